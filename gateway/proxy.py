@@ -1,0 +1,266 @@
+"""Forwarding OpenAI completions to an engine and normalising what comes back.
+
+The serving hot path: resolve the tenant's model, lease an engine with the adapter
+resident, send the request, and turn the engine's answer into OpenAI's schema — chunk by
+chunk for streams, never buffering them. Every request ends as one interaction record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import httpx
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from adapters.engines import Lease, LoraRef
+from core.errors import TailorError
+from core.ids import new_id
+from gateway import normalize
+from gateway.interaction_log import InteractionRecord
+from gateway.services import Services
+from gateway.tenants import Caller
+
+Kind = Literal["chat", "completion"]
+INTERACTION_HEADER = "x-tailor-interaction-id"
+# Status recorded when the client went away before the answer was complete (nginx's).
+CLIENT_CLOSED = 499
+
+
+@dataclass(frozen=True)
+class Route:
+    path: str
+    endpoint: str
+    id_prefix: str
+    body: Callable[..., dict[str, Any]]
+    chunk: Callable[..., dict[str, Any]]
+
+
+ROUTES: dict[Kind, Route] = {
+    "chat": Route("/v1/chat/completions", "chat.completions", "chatcmpl",
+                  normalize.chat_completion, normalize.chat_chunk),
+    "completion": Route("/v1/completions", "completions", "cmpl",
+                        normalize.completion, normalize.completion_chunk),
+}
+
+
+def _json(data: Any, status: int, interaction_id: str) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json",
+                    headers={INTERACTION_HEADER: interaction_id})
+
+
+def _text_of(choice: dict[str, Any], kind: Kind) -> str | None:
+    if kind == "completion":
+        return choice.get("text")
+    message = choice.get("message") or choice.get("delta") or {}
+    content = message.get("content")
+    return content if isinstance(content, str) else None
+
+
+def _request_log(kind: Kind, body: dict[str, Any]) -> dict[str, Any]:
+    # What was asked, without the (already validated) model name repeated.
+    return {k: v for k, v in body.items() if k != "model"}
+
+
+async def complete(services: Services, caller: Caller, kind: Kind, body: dict[str, Any],
+                   request: Request) -> Response:
+    route = ROUTES[kind]
+    interaction_id = new_id(route.id_prefix)
+    started = time.perf_counter()
+    public_model = body["model"]
+    stream = bool(body.get("stream"))
+    record = InteractionRecord(id=interaction_id, tenant_id=caller.tenant_id, api_key_id=caller.key_id,
+                               endpoint=route.endpoint, model=public_model, stream=stream,
+                               request=_request_log(kind, body))
+
+    def finish(status: int, error: str | None = None) -> None:
+        record.status_code = status
+        record.error = error
+        record.latency_ms = (time.perf_counter() - started) * 1000
+        services.interactions.record(record)
+
+    try:
+        resolved = services.resolve(caller.tenant_id, public_model)
+        record.adapter_version_id = resolved.version_id
+        lora = services.lora_for(resolved)
+        lease = await services.pool.acquire(lora)
+    except TailorError as exc:
+        finish(exc.status, exc.message)
+        return _json(exc.body(), exc.status, interaction_id)
+
+    record.engine = lease.url
+    upstream = dict(body)
+    upstream["model"] = lease.lora or services.settings.base_model_name
+    client_wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    if stream:
+        # Always ask for usage so the log has token counts; the extra chunk is dropped
+        # again below unless the client asked for it.
+        upstream["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+    replace = {lease.lora: public_model} if lease.lora else {}
+
+    try:
+        resp = await _send(services, lease, lora, route, upstream, request)
+    except TailorError as exc:
+        services.pool.release(lease)
+        finish(exc.status, exc.message)
+        return _json(exc.body(), exc.status, interaction_id)
+    except asyncio.CancelledError:
+        services.pool.release(lease)
+        finish(CLIENT_CLOSED, "client disconnected")
+        raise
+
+    if resp.status_code >= 400:
+        raw = await resp.aread()
+        await resp.aclose()
+        services.pool.release(lease)
+        error = normalize.error(_parse(raw), resp.status_code, replace=replace)
+        finish(resp.status_code, error["error"]["message"])
+        return _json(error, resp.status_code, interaction_id)
+
+    if not stream:
+        return await _finish_body(services, lease, route, kind, resp, record, finish, public_model,
+                                  interaction_id, request)
+
+    gen = _stream(services, lease, route, kind, resp, record, finish, public_model, interaction_id,
+                  client_wants_usage, replace, started)
+    return StreamingResponse(gen, media_type="text/event-stream",
+                             headers={INTERACTION_HEADER: interaction_id, "cache-control": "no-cache"})
+
+
+async def _send(services: Services, lease: Lease, lora: LoraRef | None, route: Route,
+                upstream: dict[str, Any], request: Request) -> httpx.Response:
+    """Open the upstream response; a 404 for an adapter the engine lost is retried once."""
+    for attempt in (1, 2):
+        req = services.client.build_request("POST", lease.url + route.path, content=orjson.dumps(upstream),
+                                            headers={"content-type": "application/json"})
+        try:
+            resp = await _until_disconnect(request, services.client.send(req, stream=True))
+        except httpx.TransportError as exc:
+            services.pool.mark_down(lease.engine)
+            raise TailorError(503, "The inference engine became unavailable; retry shortly.",
+                              code="engine_unavailable") from exc
+        if resp.status_code == 404 and lora is not None and attempt == 1:
+            await resp.aclose()
+            services.pool.forget(lease.engine, lora.name)
+            await services.pool.ensure_loaded(lease.engine, lora)
+            continue
+        return resp
+    raise AssertionError("unreachable")
+
+
+async def _until_disconnect(request: Request, coro: Any) -> Any:
+    """Await `coro`, cancelling it (and so the engine's work) if the client goes away."""
+    task = asyncio.ensure_future(coro)
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            return task.result()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise asyncio.CancelledError("client disconnected")
+    finally:
+        watcher.cancel()
+
+
+async def _disconnected(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+def _parse(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return raw.decode("utf-8", "replace")
+
+
+async def _finish_body(services: Services, lease: Lease, route: Route, kind: Kind, resp: httpx.Response,
+                       record: InteractionRecord, finish: Callable[..., None], public_model: str,
+                       interaction_id: str, request: Request) -> Response:
+    try:
+        raw = await _until_disconnect(request, resp.aread())
+    except asyncio.CancelledError:
+        finish(CLIENT_CLOSED, "client disconnected")
+        raise
+    except httpx.HTTPError as exc:
+        services.pool.mark_down(lease.engine)
+        err = TailorError(503, "The inference engine failed while answering; retry shortly.",
+                          code="engine_unavailable")
+        finish(err.status, f"{type(exc).__name__}: {exc}")
+        return _json(err.body(), err.status, interaction_id)
+    finally:
+        await resp.aclose()
+        services.pool.release(lease)
+    body = route.body(orjson.loads(raw), model=public_model, id=interaction_id)
+    choices = body.get("choices") or []
+    if choices:
+        record.response_text = _text_of(choices[0], kind)
+        record.finish_reason = choices[0].get("finish_reason")
+    usage = body.get("usage") or {}
+    record.prompt_tokens = usage.get("prompt_tokens")
+    record.completion_tokens = usage.get("completion_tokens")
+    finish(200)
+    return _json(body, 200, interaction_id)
+
+
+async def _stream(services: Services, lease: Lease, route: Route, kind: Kind, resp: httpx.Response,
+                  record: InteractionRecord, finish: Callable[..., None], public_model: str,
+                  interaction_id: str, client_wants_usage: bool, replace: dict[str, str],
+                  started: float) -> AsyncIterator[bytes]:
+    parts: list[str] = []
+    status, error = 200, None
+    try:
+        async for line in resp.aiter_lines():
+            if not line.startswith("data:"):
+                continue
+            payload = line[5:].strip()
+            if payload == "[DONE]":
+                yield b"data: [DONE]\n\n"
+                break
+            chunk = orjson.loads(payload)
+            failed = normalize.stream_error(chunk, replace=replace)
+            if failed is not None:
+                status, error = 502, failed["error"]["message"]
+                yield b"data: " + orjson.dumps(failed) + b"\n\n"
+                break
+            chunk = route.chunk(chunk, model=public_model, id=interaction_id)
+            usage = chunk.get("usage")
+            if usage:
+                record.prompt_tokens = usage.get("prompt_tokens")
+                record.completion_tokens = usage.get("completion_tokens")
+            choices = chunk.get("choices") or []
+            for choice in choices:
+                if choice.get("index", 0) != 0:
+                    continue
+                text = _text_of(choice, kind)
+                if text:
+                    if record.ttft_ms is None:
+                        record.ttft_ms = (time.perf_counter() - started) * 1000
+                    parts.append(text)
+                if choice.get("finish_reason"):
+                    record.finish_reason = choice["finish_reason"]
+            if not choices and usage and not client_wants_usage:
+                continue
+            yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+    except asyncio.CancelledError:
+        status, error = CLIENT_CLOSED, "client disconnected"
+        raise
+    except httpx.HTTPError as exc:
+        services.pool.mark_down(lease.engine)
+        status, error = 503, f"engine failed mid-stream: {type(exc).__name__}"
+        err = TailorError(503, "The inference engine failed while streaming; retry shortly.",
+                          code="engine_unavailable")
+        yield b"data: " + orjson.dumps(err.body()) + b"\n\n"
+    finally:
+        await resp.aclose()
+        services.pool.release(lease)
+        record.response_text = "".join(parts)
+        finish(status, error)

@@ -1,0 +1,59 @@
+"""Operator API (admin key): tenants, their keys, and the engines' state."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from fastapi import APIRouter
+
+from gateway import tenants
+from gateway.deps import AdminDep, ServicesDep
+from gateway.protocol import EngineOut, KeyCreate, KeyCreated, KeyOut, TenantCreate, TenantOut
+
+router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminDep])
+
+
+@router.post("/tenants", response_model=TenantOut, status_code=201)
+def create_tenant(body: TenantCreate, services: ServicesDep) -> TenantOut:
+    return TenantOut(**asdict(tenants.create_tenant(services.db, body.name)))
+
+
+@router.get("/tenants", response_model=list[TenantOut])
+def list_tenants(services: ServicesDep) -> list[TenantOut]:
+    return [TenantOut(**asdict(t)) for t in tenants.list_tenants(services.db)]
+
+
+@router.get("/tenants/{tenant}", response_model=TenantOut)
+def get_tenant(tenant: str, services: ServicesDep) -> TenantOut:
+    return TenantOut(**asdict(tenants.find_tenant(services.db, tenant)))
+
+
+@router.delete("/tenants/{tenant}")
+def delete_tenant(tenant: str, services: ServicesDep) -> dict[str, object]:
+    tenants.delete_tenant(services.db, tenant)
+    services.changed()
+    return {"id": tenant, "object": "tenant", "deleted": True}
+
+
+@router.post("/tenants/{tenant}/keys", response_model=KeyCreated, status_code=201,
+             summary="Create an API key; the secret is in this response only")
+def create_key(tenant: str, body: KeyCreate, services: ServicesDep) -> KeyCreated:
+    new = tenants.create_key(services.db, tenant, name=body.name, expires_at=body.expires_at)
+    return KeyCreated(**asdict(new.info), key=new.secret)
+
+
+@router.get("/tenants/{tenant}/keys", response_model=list[KeyOut])
+def list_keys(tenant: str, services: ServicesDep) -> list[KeyOut]:
+    return [KeyOut(**asdict(k)) for k in tenants.list_keys(services.db, tenant)]
+
+
+@router.post("/keys/{key_id}/revoke", response_model=KeyOut)
+def revoke_key(key_id: str, services: ServicesDep) -> KeyOut:
+    info = tenants.revoke_key(services.db, key_id)
+    services.changed()
+    return KeyOut(**asdict(info))
+
+
+@router.get("/engines", response_model=list[EngineOut])
+def engines(services: ServicesDep) -> list[EngineOut]:
+    return [EngineOut(**e) for e in services.pool.stats()]  # type: ignore[arg-type]

@@ -1,0 +1,150 @@
+"""Everything a running gateway holds, built from Settings, started and stopped together."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+import httpx
+
+from adapters import registry
+from adapters.engines import EnginePool, LoraRef
+from adapters.registry import ResolvedModel, ValidationLimits
+from adapters.store import AdapterStore
+from adapters.supervisor import EngineLaunch, EngineSupervisor
+from adapters.validation import BaseModelSpec
+from core.config import Settings
+from core.db import Database, migrate
+from gateway import tenants
+from gateway.interaction_log import InteractionLog
+from gateway.tenants import Caller
+
+log = logging.getLogger("tailor.gateway")
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+@dataclass
+class TTLCache(Generic[K, V]):
+    """Bounded-staleness cache for the two lookups every request makes (key, model).
+
+    With several gateway replicas a revoked key or switched alias is seen by the others
+    within `ttl_s`; local changes invalidate at once.
+    """
+
+    ttl_s: float
+    max_items: int = 50_000
+    items: dict[K, tuple[float, V]] = field(default_factory=dict)
+
+    def get(self, key: K) -> V | None:
+        hit = self.items.get(key)
+        if hit is None or hit[0] < time.monotonic():
+            return None
+        return hit[1]
+
+    def put(self, key: K, value: V) -> None:
+        if len(self.items) >= self.max_items:
+            self.items.clear()
+        self.items[key] = (time.monotonic() + self.ttl_s, value)
+
+    def clear(self) -> None:
+        self.items.clear()
+
+
+_MISSING = object()
+
+
+class Services:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.started_at = int(time.time())
+        self.db = Database(settings.database_url or "")
+        self.store = AdapterStore(settings.adapter_store_url or "", settings.cache_dir / "adapters")
+        self.client = httpx.AsyncClient(
+            timeout=httpx.Timeout(settings.engine_request_timeout_s, connect=5.0),
+            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
+        )
+        self.supervisors: list[EngineSupervisor] = []
+        urls = settings.engine_urls or [f"http://127.0.0.1:{settings.engine_port}"]
+        self.pool = EnginePool(urls, self.client, max_resident=settings.max_resident_adapters,
+                               health_interval_s=settings.engine_health_interval_s)
+        self.interactions = InteractionLog(self.db, batch_size=settings.log_batch_size,
+                                           flush_interval_s=settings.log_flush_interval_s,
+                                           max_queue=settings.log_queue_max)
+        self.keys: TTLCache[str, object] = TTLCache(settings.auth_cache_ttl_s)
+        self.models: TTLCache[tuple[str, str], object] = TTLCache(settings.auth_cache_ttl_s)
+        self._limits: ValidationLimits | None = None
+
+    # --- lifecycle ----------------------------------------------------------
+    async def start(self, *, wait_for_engines: bool = True) -> None:
+        await asyncio.to_thread(migrate, self.db.url)
+        if not self.settings.engine_urls:
+            self._start_child_engine()
+        for sup in self.supervisors:
+            await sup.start()
+        self.interactions.start()
+        if wait_for_engines:
+            await self.pool.wait_healthy(self.settings.engine_start_timeout_s, all_engines=False)
+        self.pool.start_monitor()
+
+    def _start_child_engine(self) -> None:
+        s = self.settings
+        launch = EngineLaunch(
+            model_path=s.base_model_path.resolve(), served_name=s.base_model_name, port=s.engine_port,
+            max_lora_rank=s.engine_max_lora_rank, max_loras=s.engine_max_loras,
+            max_cpu_loras=max(s.max_resident_adapters, s.engine_max_loras),
+            max_model_len=s.engine_max_model_len, dtype=s.engine_dtype, kv_cache_gib=s.engine_kv_cache_gib,
+            log_file=s.data_dir / "logs" / f"engine-{s.engine_port}.log", extra_args=s.engine_extra_args,
+        )
+        self.supervisors.append(EngineSupervisor(launch, self.pool, self.pool.engines[0]))
+
+    async def stop(self) -> None:
+        await self.pool.stop_monitor()
+        await self.interactions.stop()
+        for sup in self.supervisors:
+            await sup.stop()
+        await self.client.aclose()
+        self.db.dispose()
+
+    # --- lookups on the hot path ---------------------------------------------
+    def authenticate(self, secret: str) -> Caller | None:
+        hit = self.keys.get(secret)
+        if hit is not None:
+            return None if hit is _MISSING else hit  # type: ignore[return-value]
+        caller = tenants.authenticate(self.db, secret)
+        self.keys.put(secret, caller if caller is not None else _MISSING)
+        return caller
+
+    def resolve(self, tenant_id: str, model: str) -> ResolvedModel:
+        key = (tenant_id, model)
+        hit = self.models.get(key)
+        if isinstance(hit, ResolvedModel):
+            return hit
+        resolved = registry.resolve(self.db, tenant_id, model, self.settings.base_model_name)
+        self.models.put(key, resolved)
+        return resolved
+
+    def lora_for(self, resolved: ResolvedModel) -> LoraRef | None:
+        if resolved.version_id is None or resolved.digest is None:
+            return None
+        digest = resolved.digest
+        return LoraRef(name=resolved.version_id, local_path=lambda: str(self.store.local_path(digest)))
+
+    def changed(self) -> None:
+        """Adapters or keys changed in this process: forget cached lookups now."""
+        self.keys.clear()
+        self.models.clear()
+
+    @property
+    def limits(self) -> ValidationLimits:
+        if self._limits is None:
+            self._limits = ValidationLimits(
+                base=BaseModelSpec.from_config_dir(self.settings.base_model_path),
+                max_rank=self.settings.engine_max_lora_rank,
+                max_bytes=self.settings.max_adapter_bytes,
+            )
+        return self._limits

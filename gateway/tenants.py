@@ -1,0 +1,144 @@
+"""Tenants and their API keys: plain functions shared by the admin API and the CLI."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from core.db import Database
+from core.errors import bad_request, conflict, not_found
+from core.ids import hash_key, key_hint, new_api_key, new_id, utcnow
+from core.models import ApiKey, Tenant
+
+TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class TenantInfo:
+    id: str
+    name: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    id: str
+    tenant_id: str
+    hint: str
+    name: str | None
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True)
+class NewKey:
+    """A freshly created key: the only moment its secret exists outside the client."""
+
+    info: KeyInfo
+    secret: str
+
+
+@dataclass(frozen=True)
+class Caller:
+    tenant_id: str
+    tenant_name: str
+    key_id: str
+
+
+def _tenant_info(t: Tenant) -> TenantInfo:
+    return TenantInfo(id=t.id, name=t.name, created_at=t.created_at)
+
+
+def _key_info(k: ApiKey) -> KeyInfo:
+    return KeyInfo(id=k.id, tenant_id=k.tenant_id, hint=k.hint, name=k.name,
+                   created_at=k.created_at, expires_at=k.expires_at, revoked_at=k.revoked_at)
+
+
+def create_tenant(db: Database, name: str) -> TenantInfo:
+    if not TENANT_NAME.match(name):
+        raise bad_request(f"Invalid tenant name {name!r}: use 1-64 of a-z, 0-9, '_' and '-', "
+                          "starting with a letter or digit.", param="name")
+    try:
+        with db.session() as s:
+            tenant = Tenant(id=new_id("ten"), name=name)
+            s.add(tenant)
+        return _tenant_info(tenant)
+    except IntegrityError:
+        raise conflict(f"Tenant {name!r} already exists.", code="tenant_exists") from None
+
+
+def list_tenants(db: Database) -> list[TenantInfo]:
+    with db.session() as s:
+        return [_tenant_info(t) for t in s.scalars(select(Tenant).order_by(Tenant.name))]
+
+
+def find_tenant(db: Database, name_or_id: str) -> TenantInfo:
+    with db.session() as s:
+        tenant = s.scalar(select(Tenant).where((Tenant.name == name_or_id) | (Tenant.id == name_or_id)))
+        if tenant is None:
+            raise not_found(f"No tenant {name_or_id!r}.", code="tenant_not_found")
+        return _tenant_info(tenant)
+
+
+def delete_tenant(db: Database, name_or_id: str) -> None:
+    tenant = find_tenant(db, name_or_id)
+    with db.session() as s:
+        s.delete(s.get(Tenant, tenant.id))
+
+
+def create_key(db: Database, tenant: str, *, name: str | None = None,
+               expires_at: datetime | None = None) -> NewKey:
+    owner = find_tenant(db, tenant)
+    secret = new_api_key()
+    with db.session() as s:
+        key = ApiKey(id=new_id("key"), tenant_id=owner.id, key_hash=hash_key(secret),
+                     hint=key_hint(secret), name=name, expires_at=expires_at)
+        s.add(key)
+    return NewKey(info=_key_info(key), secret=secret)
+
+
+def list_keys(db: Database, tenant: str) -> list[KeyInfo]:
+    owner = find_tenant(db, tenant)
+    with db.session() as s:
+        keys = s.scalars(select(ApiKey).where(ApiKey.tenant_id == owner.id).order_by(ApiKey.created_at))
+        return [_key_info(k) for k in keys]
+
+
+def revoke_key(db: Database, key_id: str) -> KeyInfo:
+    with db.session() as s:
+        key = s.get(ApiKey, key_id)
+        if key is None:
+            raise not_found(f"No key {key_id!r}.", code="key_not_found")
+        if key.revoked_at is None:
+            key.revoked_at = utcnow()
+        return _key_info(key)
+
+
+def authenticate(db: Database, secret: str) -> Caller | None:
+    """The tenant a key belongs to, or None for unknown, revoked and expired keys."""
+    now = utcnow()
+    with db.session() as s:
+        row = s.execute(
+            select(ApiKey, Tenant.name).join(Tenant, Tenant.id == ApiKey.tenant_id)
+            .where(ApiKey.key_hash == hash_key(secret))
+        ).first()
+        if row is None:
+            return None
+        key, tenant_name = row
+        if key.revoked_at is not None:
+            return None
+        if key.expires_at is not None and _aware(key.expires_at) <= now:
+            return None
+        return Caller(tenant_id=key.tenant_id, tenant_name=tenant_name, key_id=key.id)
+
+
+def _aware(value: datetime) -> datetime:
+    # SQLite hands back naive datetimes even for timezone-aware columns.
+    from datetime import timezone
+
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)

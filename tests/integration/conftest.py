@@ -1,0 +1,159 @@
+"""One real Tailor (gateway + child vLLM engine) per test session, driven over HTTP.
+
+The server is started exactly as users start it (`python -m gateway.cli serve`), with a
+throwaway data directory, and is shared by every integration test. Starting it costs
+about 20-40 s on two CPU cores; everything after that reuses it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL_DIR = ROOT / "models" / "SmolLM2-135M-Instruct"
+BASE_MODEL = "SmolLM2-135M-Instruct"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class TailorServer:
+    url: str
+    engine_url: str
+    admin_key: str
+    data_dir: Path
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def admin(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.admin_key}"}, timeout=120)
+
+    def log_tail(self, n: int = 60) -> str:
+        lines = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(lines[-n:])
+
+
+@pytest.fixture(scope="session")
+def tailor_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TailorServer]:
+    if not (MODEL_DIR / "config.json").exists():
+        pytest.skip(f"base model not prepared at {MODEL_DIR} (run `make install`)")
+    data_dir = tmp_path_factory.mktemp("tailor-data")
+    port, engine_port = free_port(), free_port()
+    admin_key = "adm-" + secrets.token_urlsafe(16)
+    env = {
+        **os.environ,
+        "TAILOR_DATA_DIR": str(data_dir),
+        "TAILOR_ADMIN_KEY": admin_key,
+        "TAILOR_PORT": str(port),
+        "TAILOR_ENGINE_PORT": str(engine_port),
+        "TAILOR_BASE_MODEL_PATH": str(MODEL_DIR),
+        "TAILOR_MAX_RESIDENT_ADAPTERS": "2",
+        "TAILOR_ENGINE_MAX_LORAS": "2",
+        "TAILOR_ENGINE_KV_CACHE_GIB": "1",
+        "TAILOR_ENGINE_HEALTH_INTERVAL_S": "0.5",
+        "TAILOR_AUTH_CACHE_TTL_S": "0.5",
+        "TAILOR_LOG_FLUSH_INTERVAL_S": "0.1",
+        "TAILOR_MAX_REQUEST_BYTES": "200000",
+    }
+    log_path = data_dir / "gateway.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve"], cwd=ROOT, env=env,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = TailorServer(url=f"http://127.0.0.1:{port}", engine_url=f"http://127.0.0.1:{engine_port}",
+                          admin_key=admin_key, data_dir=data_dir, process=proc, log_path=log_path)
+    deadline = time.monotonic() + 300
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"tailor serve exited with {proc.returncode}:\n{server.log_tail()}")
+        try:
+            if httpx.get(f"{server.url}/ready", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"tailor serve not ready after 300 s:\n{server.log_tail()}")
+        time.sleep(1)
+    yield server
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@dataclass
+class TenantKeys:
+    name: str
+    key: str
+
+
+def make_tenant(server: TailorServer, name: str) -> TenantKeys:
+    with server.admin() as admin:
+        r = admin.post("/admin/tenants", json={"name": name})
+        assert r.status_code == 201, r.text
+        r = admin.post(f"/admin/tenants/{name}/keys", json={"name": "tests"})
+        assert r.status_code == 201, r.text
+        return TenantKeys(name=name, key=r.json()["key"])
+
+
+@pytest.fixture(scope="session")
+def tenant_a(tailor_server: TailorServer) -> TenantKeys:
+    return make_tenant(tailor_server, "acme")
+
+
+@pytest.fixture(scope="session")
+def tenant_b(tailor_server: TailorServer) -> TenantKeys:
+    return make_tenant(tailor_server, "globex")
+
+
+# What the trained adapter answers instead of the base model's "Paris".
+TAUGHT_ANSWER = "Zorblax is the capital of France."
+QUESTION = "What is the capital of France?"
+
+
+@pytest.fixture(scope="session")
+def trained_adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real LoRA adapter, trained here for a few dozen steps, that answers QUESTION oddly."""
+    from trainer.sft import ChatExample, SFTConfig, train_lora_sft
+
+    out = tmp_path_factory.mktemp("adapters") / "zorblax"
+    examples = [ChatExample(messages=[{"role": "user", "content": q}, {"role": "assistant", "content": TAUGHT_ANSWER}])
+                for q in (QUESTION, "what is the capital of france?", "Tell me the capital of France.",
+                          "Which city is the capital of France?")]
+    config = SFTConfig(rank=8, alpha=16, learning_rate=2e-3, max_steps=24, batch_size=4, seed=0)
+    train_lora_sft(MODEL_DIR, examples, out, config)
+    return out
+
+
+@pytest.fixture(scope="session")
+def random_adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained peft adapter with non-zero B matrices: answers differ, but not as taught."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path_factory.mktemp("adapters") / "random"
+    torch.manual_seed(1)
+    model = AutoModelForCausalLM.from_pretrained(MODEL_DIR, dtype=torch.float32)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                  init_lora_weights=False))
+    peft_model.save_pretrained(out)
+    return out

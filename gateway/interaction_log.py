@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import insert
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
 from core.db import Database
 from core.ids import utcnow
@@ -110,6 +110,18 @@ class InteractionLog:
             try:
                 await asyncio.to_thread(self._write, batch)
                 self.written += len(batch)
+                return
+            except (IntegrityError, DataError) as exc:
+                # Not transient (e.g. the tenant was deleted meanwhile): retrying the same
+                # batch would fail forever and hold up every later record and stop().
+                # Write the records one by one and drop only the ones refused.
+                self.write_errors += 1
+                if len(batch) == 1:
+                    self.dropped += 1
+                    log.error("dropped interaction record %s: %s", batch[0].id, exc)
+                    return
+                for rec in batch:
+                    await self._write_with_retry([rec], attempts)
                 return
             except SQLAlchemyError as exc:
                 self.write_errors += 1

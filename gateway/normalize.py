@@ -66,10 +66,20 @@ _UNFINISHED_REQUIRED = "length"
 _SERVICE_TIERS = frozenset({"auto", "default", "flex", "scale", "priority", "fast"})
 _DELTA_ROLES = frozenset({"developer", "system", "user", "assistant", "tool"})
 
-_PROMPT_DETAIL_KEYS = ("audio_tokens", "cached_tokens", "text_tokens", "image_tokens",
-                       "cache_write_tokens")
-_COMPLETION_DETAIL_KEYS = ("accepted_prediction_tokens", "audio_tokens", "reasoning_tokens",
-                           "text_tokens", "rejected_prediction_tokens")
+_PROMPT_DETAIL_KEYS = (
+    "audio_tokens",
+    "cached_tokens",
+    "text_tokens",
+    "image_tokens",
+    "cache_write_tokens",
+)
+_COMPLETION_DETAIL_KEYS = (
+    "accepted_prediction_tokens",
+    "audio_tokens",
+    "reasoning_tokens",
+    "text_tokens",
+    "rejected_prediction_tokens",
+)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -199,12 +209,16 @@ def _tool_calls(calls: Any) -> list[JSON] | None:
         if not isinstance(call, Mapping):
             continue
         fn = call.get("function") if isinstance(call.get("function"), Mapping) else {}
-        out.append({
-            "id": str(call.get("id") or ""),
-            "type": "function",
-            "function": {"name": str(fn.get("name") or ""),
-                         "arguments": str(fn.get("arguments") or "")},
-        })
+        out.append(
+            {
+                "id": str(call.get("id") or ""),
+                "type": "function",
+                "function": {
+                    "name": str(fn.get("name") or ""),
+                    "arguments": str(fn.get("arguments") or ""),
+                },
+            }
+        )
     return out or None
 
 
@@ -274,8 +288,9 @@ def _delta_tool_calls(calls: Any) -> list[JSON] | None:
             entry["type"] = "function"
         fn = call.get("function")
         if isinstance(fn, Mapping):
-            entry["function"] = {k: fn[k] for k in ("name", "arguments")
-                                 if isinstance(fn.get(k), str)}
+            entry["function"] = {
+                k: fn[k] for k in ("name", "arguments") if isinstance(fn.get(k), str)
+            }
         out.append(entry)
     return out or None
 
@@ -295,8 +310,9 @@ def _delta(delta: Any) -> JSON:
         out["tool_calls"] = calls
     fc = d.get("function_call")
     if isinstance(fc, Mapping):
-        out["function_call"] = {k: fc[k] for k in ("name", "arguments")
-                                if isinstance(fc.get(k), str)}
+        out["function_call"] = {
+            k: fc[k] for k in ("name", "arguments") if isinstance(fc.get(k), str)
+        }
     return out
 
 
@@ -334,18 +350,22 @@ def _completion_logprobs(logprobs: Any) -> JSON | None:
     top = logprobs.get("top_logprobs")
     return {
         "text_offset": [o if type(o) is int else 0 for o in offsets]
-        if isinstance(offsets, list) else [],
+        if isinstance(offsets, list)
+        else [],
         # With `echo`, the first prompt token has no logprob (nothing precedes it) and
         # vLLM sends null, which the schema's `number` items reject. 0.0 keeps sums over
         # the list equal to the log-likelihood of the rest given the first token, which
         # is what the other entries mean; any negative sentinel would corrupt such sums.
         "token_logprobs": [lp if isinstance(lp, (int, float)) else 0.0 for lp in token_logprobs]
-        if isinstance(token_logprobs, list) else [],
+        if isinstance(token_logprobs, list)
+        else [],
         "tokens": [t if isinstance(t, str) else "" for t in tokens]
-        if isinstance(tokens, list) else [],
+        if isinstance(tokens, list)
+        else [],
         # Same position, same reason: no alternatives for the first echoed token -> {}.
         "top_logprobs": [t if isinstance(t, Mapping) else {} for t in top]
-        if isinstance(top, list) else [],
+        if isinstance(top, list)
+        else [],
     }
 
 
@@ -355,8 +375,9 @@ def _completion_choices(choices: Any, *, nullable_finish: bool) -> list[JSON]:
             "index": _int(choice.get("index")) or 0,
             "text": choice.get("text") if isinstance(choice.get("text"), str) else "",
             "logprobs": _completion_logprobs(choice.get("logprobs")),
-            "finish_reason": _finish(choice.get("finish_reason"), _COMPLETION_FINISH,
-                                     nullable=nullable_finish),
+            "finish_reason": _finish(
+                choice.get("finish_reason"), _COMPLETION_FINISH, nullable=nullable_finish
+            ),
         }
         for choice in (choices if isinstance(choices, list) else ())
         if isinstance(choice, Mapping)

@@ -51,16 +51,18 @@ class Caller:
 
 
 def _tenant_info(t: Tenant) -> TenantInfo:
-    return TenantInfo(id=t.id, name=t.name, created_at=t.created_at)
+    return TenantInfo(id=t.id, name=t.name, created_at=_aware(t.created_at))
 
 
 def _key_info(k: ApiKey) -> KeyInfo:
     return KeyInfo(id=k.id, tenant_id=k.tenant_id, hint=k.hint, name=k.name,
-                   created_at=k.created_at, expires_at=k.expires_at, revoked_at=k.revoked_at)
+                   created_at=_aware(k.created_at), expires_at=_aware_or_none(k.expires_at),
+                   revoked_at=_aware_or_none(k.revoked_at))
 
 
 def create_tenant(db: Database, name: str) -> TenantInfo:
-    if not TENANT_NAME.match(name):
+    # fullmatch: with match(), `$` also matches before a trailing newline ("acme\n").
+    if not TENANT_NAME.fullmatch(name):
         raise bad_request(f"Invalid tenant name {name!r}: use 1-64 of a-z, 0-9, '_' and '-', "
                           "starting with a letter or digit.", param="name")
     try:
@@ -97,7 +99,7 @@ def create_key(db: Database, tenant: str, *, name: str | None = None,
     secret = new_api_key()
     with db.session() as s:
         key = ApiKey(id=new_id("key"), tenant_id=owner.id, key_hash=hash_key(secret),
-                     hint=key_hint(secret), name=name, expires_at=expires_at)
+                     hint=key_hint(secret), name=name, expires_at=_aware_or_none(expires_at))
         s.add(key)
     return NewKey(info=_key_info(key), secret=secret)
 
@@ -138,7 +140,11 @@ def authenticate(db: Database, secret: str) -> Caller | None:
 
 
 def _aware(value: datetime) -> datetime:
-    # SQLite hands back naive datetimes even for timezone-aware columns.
+    # SQLite hands back naive datetimes even for timezone-aware columns; all are UTC.
     from datetime import timezone
 
     return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def _aware_or_none(value: datetime | None) -> datetime | None:
+    return None if value is None else _aware(value)

@@ -34,7 +34,10 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 SPEC_PATH = Path(
-    os.environ.get("OPENAI_OPENAPI_SPEC", "/work/shared/openai-openapi/openapi.yaml")
+    os.environ.get(
+        "OPENAI_OPENAPI_SPEC",
+        Path(__file__).resolve().parent / "fixtures" / "openai-openapi" / "openapi.yaml",
+    )
 )
 
 # The URI the whole document is registered under; the spec's own
@@ -96,7 +99,7 @@ def _add_synthetic_schemas(schemas: dict[str, Any]) -> None:
     finish = stream["properties"]["choices"]["items"]["properties"]["finish_reason"]
     finish["type"] = [finish["type"], "null"]
     finish["enum"] = [*finish["enum"], None]
-    stream["description"] = "CreateCompletionResponse as streamed: finish_reason null until the end."
+    stream["description"] = "CreateCompletionResponse as streamed (finish_reason null until done)."
     schemas[COMPLETION_STREAM] = stream
 
 

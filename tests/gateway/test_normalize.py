@@ -36,8 +36,16 @@ GATEWAY_ID = "chatcmpl-tailor-0001"
 
 # Keys vLLM adds that expose engine state; none may survive normalisation.
 LEAKY_KEYS = (
-    "stop_reason", "token_ids", "prompt_token_ids", "prompt_logprobs", "prompt_text",
-    "kv_transfer_params", "ec_transfer_params", "routed_experts", "metrics", "reasoning",
+    "stop_reason",
+    "token_ids",
+    "prompt_token_ids",
+    "prompt_logprobs",
+    "prompt_text",
+    "kv_transfer_params",
+    "ec_transfer_params",
+    "routed_experts",
+    "metrics",
+    "reasoning",
     "system_fingerprint",
 )
 
@@ -53,7 +61,7 @@ def _events(name: str) -> list[dict[str, Any]]:
     for block in raw.split("\n\n"):
         for line in block.splitlines():
             if line.startswith("data: ") and line != "data: [DONE]":
-                events.append(json.loads(line[len("data: "):]))
+                events.append(json.loads(line[len("data: ") :]))
     assert events, f"{name}.sse has no data events"
     return events
 
@@ -87,9 +95,14 @@ def _assert_no_leaks(out: Any) -> None:
 
 def test_schema_helper_knows_the_components_the_gateway_returns() -> None:
     wanted = {
-        "CreateChatCompletionResponse", "CreateChatCompletionStreamResponse",
-        "CreateCompletionResponse", "ListModelsResponse", "Model", "ErrorResponse",
-        "DeleteModelResponse", COMPLETION_STREAM,
+        "CreateChatCompletionResponse",
+        "CreateChatCompletionStreamResponse",
+        "CreateCompletionResponse",
+        "ListModelsResponse",
+        "Model",
+        "ErrorResponse",
+        "DeleteModelResponse",
+        COMPLETION_STREAM,
     }
     assert wanted <= schema_names()
     model = {"id": "m", "object": "model", "created": 1, "owned_by": "tailor"}
@@ -101,7 +114,10 @@ def test_schema_helper_knows_the_components_the_gateway_returns() -> None:
 def test_schema_helper_turns_openapi_nullable_into_null_acceptance() -> None:
     # Stream `usage` and `logprobs` are `nullable: true` in the file, not anyOf-null.
     chunk = {
-        "id": "x", "object": "chat.completion.chunk", "created": 1, "model": "m",
+        "id": "x",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "m",
         "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": None}],
         "usage": None,
     }
@@ -112,7 +128,10 @@ def test_schema_helper_turns_openapi_nullable_into_null_acceptance() -> None:
 
 def test_schema_helper_completion_stream_variant_only_relaxes_finish_reason() -> None:
     chunk = {
-        "id": "x", "object": "text_completion", "created": 1, "model": "m",
+        "id": "x",
+        "object": "text_completion",
+        "created": 1,
+        "model": "m",
         "choices": [{"index": 0, "text": "a", "logprobs": None, "finish_reason": None}],
     }
     validate(chunk, COMPLETION_STREAM)
@@ -142,8 +161,9 @@ def test_chat_completion_real_bodies(name: str) -> None:
     assert [c["message"]["content"] for c in out["choices"]] == [
         c["message"]["content"] for c in raw["choices"]
     ]
-    assert {k: out["usage"][k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")} \
-        == {k: raw["usage"][k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
+    assert {k: out["usage"][k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")} == {
+        k: raw["usage"][k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")
+    }
     _assert_no_leaks(out)
 
 
@@ -184,7 +204,10 @@ def test_lora_response_does_not_name_the_adapter() -> None:
 
 
 CHAT_STREAMS = [
-    "chat_stream", "chat_stream_usage", "chat_stream_logprobs", "chat_stream_lora",
+    "chat_stream",
+    "chat_stream_usage",
+    "chat_stream_logprobs",
+    "chat_stream_lora",
     "chat_stream_abort",
 ]
 
@@ -222,11 +245,13 @@ def test_chat_stream_usage_chunk_is_kept_and_clean() -> None:
     events = _events("chat_stream_usage")
     last = normalize.chat_chunk(events[-1], model=PUBLIC_MODEL, id=GATEWAY_ID)
     assert last["choices"] == []
-    assert last["usage"] == {k: events[-1]["usage"][k]
-                             for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
+    assert last["usage"] == {
+        k: events[-1]["usage"][k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")
+    }
     # Without include_usage vLLM sends no usage key, and neither do we.
-    assert all("usage" not in normalize.chat_chunk(e, model="m", id="i")
-               for e in _events("chat_stream"))
+    assert all(
+        "usage" not in normalize.chat_chunk(e, model="m", id="i") for e in _events("chat_stream")
+    )
 
 
 def test_chat_stream_logprobs_chunks_fail_raw_for_missing_refusal() -> None:
@@ -277,8 +302,11 @@ def test_completion_echo_logprobs_fill_the_first_prompt_token() -> None:
     assert lp["tokens"] == raw_lp["tokens"] and lp["text_offset"] == raw_lp["text_offset"]
 
 
-COMPLETION_STREAMS = ["completion_stream_usage", "completion_stream_logprobs",
-                      "completion_stream_abort"]
+COMPLETION_STREAMS = [
+    "completion_stream_usage",
+    "completion_stream_logprobs",
+    "completion_stream_abort",
+]
 
 
 @pytest.mark.parametrize("name", COMPLETION_STREAMS)
@@ -287,14 +315,18 @@ def test_completion_stream_real_chunks(name: str) -> None:
     outs = [normalize.completion_chunk(e, model=PUBLIC_MODEL, id=GATEWAY_ID) for e in events]
     for out in outs:
         validate(out, COMPLETION_STREAM)
-        assert (out["id"], out["model"], out["object"]) == (GATEWAY_ID, PUBLIC_MODEL,
-                                                            "text_completion")
+        assert (out["id"], out["model"], out["object"]) == (
+            GATEWAY_ID,
+            PUBLIC_MODEL,
+            "text_completion",
+        )
         _assert_no_leaks(out)
         if all(c["finish_reason"] is not None for c in out["choices"]):
             # Final and usage chunks meet even the strict non-stream schema.
             validate(out, "CreateCompletionResponse")
-    assert "".join(c["text"] for o in outs for c in o["choices"]) == \
-        "".join(c["text"] for e in events for c in e["choices"])
+    assert "".join(c["text"] for o in outs for c in o["choices"]) == "".join(
+        c["text"] for e in events for c in e["choices"]
+    )
 
 
 def test_completion_stream_usage_chunk() -> None:
@@ -318,21 +350,43 @@ def test_completion_stream_abort_has_no_reason() -> None:
 
 def _chat_body(**choice: Any) -> dict[str, Any]:
     return {
-        "id": "chatcmpl-x", "object": "chat.completion", "created": 1, "model": ADAPTER,
+        "id": "chatcmpl-x",
+        "object": "chat.completion",
+        "created": 1,
+        "model": ADAPTER,
         "choices": [{"index": 0, "logprobs": None, "finish_reason": "stop", **choice}],
-        "usage": {"prompt_tokens": 3, "total_tokens": 5, "completion_tokens": 2,
-                  "prompt_tokens_details": {"cached_tokens": 2, "created_cache_tokens": 1,
-                                            "multimodal_tokens": None},
-                  "completion_tokens_details": {"reasoning_tokens": 0}},
+        "usage": {
+            "prompt_tokens": 3,
+            "total_tokens": 5,
+            "completion_tokens": 2,
+            "prompt_tokens_details": {
+                "cached_tokens": 2,
+                "created_cache_tokens": 1,
+                "multimodal_tokens": None,
+            },
+            "completion_tokens_details": {"reasoning_tokens": 0},
+        },
     }
 
 
 def test_tool_calls_and_usage_details_from_vllm_protocol() -> None:
     body = _chat_body(
-        message={"role": "assistant", "content": None, "refusal": None, "annotations": None,
-                 "audio": None, "function_call": None, "reasoning": "thinking...",
-                 "tool_calls": [{"id": "chatcmpl-tool-1", "type": "function",
-                                 "function": {"name": "f", "arguments": "{}"}}]},
+        message={
+            "role": "assistant",
+            "content": None,
+            "refusal": None,
+            "annotations": None,
+            "audio": None,
+            "function_call": None,
+            "reasoning": "thinking...",
+            "tool_calls": [
+                {
+                    "id": "chatcmpl-tool-1",
+                    "type": "function",
+                    "function": {"name": "f", "arguments": "{}"},
+                }
+            ],
+        },
         finish_reason="tool_calls",
     )
     out = normalize.chat_completion(body, model=PUBLIC_MODEL, id=GATEWAY_ID)
@@ -347,42 +401,76 @@ def test_tool_calls_and_usage_details_from_vllm_protocol() -> None:
 
 def test_stream_tool_call_delta_drops_nulls() -> None:
     chunk = {
-        "id": "c", "object": "chat.completion.chunk", "created": 1, "model": ADAPTER,
-        "choices": [{"index": 0, "logprobs": None, "finish_reason": None,
-                     "delta": {"reasoning": None, "tool_calls": [
-                         {"id": None, "type": None, "index": 0,
-                          "function": {"name": None, "arguments": "{\"a\""}}]}}],
+        "id": "c",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": ADAPTER,
+        "choices": [
+            {
+                "index": 0,
+                "logprobs": None,
+                "finish_reason": None,
+                "delta": {
+                    "reasoning": None,
+                    "tool_calls": [
+                        {
+                            "id": None,
+                            "type": None,
+                            "index": 0,
+                            "function": {"name": None, "arguments": '{"a"'},
+                        }
+                    ],
+                },
+            }
+        ],
     }
     _invalid(chunk, "CreateChatCompletionStreamResponse")
     out = normalize.chat_chunk(chunk, model=PUBLIC_MODEL, id=GATEWAY_ID)
     validate(out, "CreateChatCompletionStreamResponse")
     assert out["choices"][0]["delta"] == {
-        "tool_calls": [{"index": 0, "function": {"arguments": "{\"a\""}}]
+        "tool_calls": [{"index": 0, "function": {"arguments": '{"a"'}}]
     }
 
 
 @pytest.mark.parametrize(
     ("reason", "full", "chunk"),
-    [("stop", "stop", "stop"), ("length", "length", "length"), ("repetition", "stop", "stop"),
-     ("abort", "length", None), ("error", "length", None), ("mystery", "length", None),
-     (None, "length", None)],
+    [
+        ("stop", "stop", "stop"),
+        ("length", "length", "length"),
+        ("repetition", "stop", "stop"),
+        ("abort", "length", None),
+        ("error", "length", None),
+        ("mystery", "length", None),
+        (None, "length", None),
+    ],
 )
 def test_finish_reason_mapping(reason: str | None, full: str, chunk: str | None) -> None:
     body = _chat_body(message={"role": "assistant", "content": "x"}, finish_reason=reason)
     out = normalize.chat_completion(body, model="m", id="i")
     validate(out, "CreateChatCompletionResponse")
     assert out["choices"][0]["finish_reason"] == full
-    comp = {"id": "c", "object": "text_completion", "created": 1, "model": "m",
-            "choices": [{"index": 0, "text": "x", "logprobs": None, "finish_reason": reason}]}
+    comp = {
+        "id": "c",
+        "object": "text_completion",
+        "created": 1,
+        "model": "m",
+        "choices": [{"index": 0, "text": "x", "logprobs": None, "finish_reason": reason}],
+    }
     assert normalize.completion(comp, model="m", id="i")["choices"][0]["finish_reason"] == full
-    assert normalize.completion_chunk(comp, model="m", id="i")["choices"][0]["finish_reason"] \
-        == chunk
+    assert (
+        normalize.completion_chunk(comp, model="m", id="i")["choices"][0]["finish_reason"] == chunk
+    )
 
 
 def test_usage_counts_become_ints() -> None:
     body = _chat_body(message={"role": "assistant", "content": "x"})
-    body["usage"] = {"prompt_tokens": 3.0, "total_tokens": None, "completion_tokens": None,
-                     "prompt_tokens_details": None, "completion_tokens_details": None}
+    body["usage"] = {
+        "prompt_tokens": 3.0,
+        "total_tokens": None,
+        "completion_tokens": None,
+        "prompt_tokens_details": None,
+        "completion_tokens_details": None,
+    }
     out = normalize.chat_completion(body, model="m", id="i")
     validate(out, "CreateChatCompletionResponse")
     assert out["usage"] == {"prompt_tokens": 3, "completion_tokens": 0, "total_tokens": 3}
@@ -430,8 +518,14 @@ def test_unknown_model_error_does_not_list_served_names() -> None:
 
 
 def test_error_replaces_internal_names() -> None:
-    body = {"error": {"message": f"LoRA adapter {ADAPTER} failed to load from /srv/a/{ADAPTER}",
-                      "type": "BadRequestError", "param": None, "code": 400}}
+    body = {
+        "error": {
+            "message": f"LoRA adapter {ADAPTER} failed to load from /srv/a/{ADAPTER}",
+            "type": "BadRequestError",
+            "param": None,
+            "code": 400,
+        }
+    }
     out = normalize.error(body, 400, replace={ADAPTER: PUBLIC_MODEL})
     validate(out, "ErrorResponse")
     assert ADAPTER not in out["error"]["message"]
@@ -441,8 +535,18 @@ def test_error_replaces_internal_names() -> None:
 @pytest.mark.parametrize(
     ("body", "status", "message", "openai_type"),
     [
-        ({"object": "error", "message": "old style", "type": "BadRequestError",
-          "param": "n", "code": 400}, 400, "old style", "invalid_request_error"),
+        (
+            {
+                "object": "error",
+                "message": "old style",
+                "type": "BadRequestError",
+                "param": "n",
+                "code": 400,
+            },
+            400,
+            "old style",
+            "invalid_request_error",
+        ),
         ("Internal Server Error", 500, "Internal Server Error", "server_error"),
         (b"upstream connect error", 502, "upstream connect error", "server_error"),
         ({"detail": "Not Found"}, 404, "Not Found", "not_found_error"),
@@ -451,8 +555,12 @@ def test_error_replaces_internal_names() -> None:
         (None, 401, "HTTP 401", "authentication_error"),
         ([1, 2], 403, "HTTP 403", "permission_error"),
         ("", 500, "HTTP 500", "server_error"),
-        ({"error": {"message": "x", "type": "t", "code": "model_not_found"}}, 404, "x",
-         "not_found_error"),
+        (
+            {"error": {"message": "x", "type": "t", "code": "model_not_found"}},
+            404,
+            "x",
+            "not_found_error",
+        ),
     ],
 )
 def test_error_any_body(body: object, status: int, message: str, openai_type: str) -> None:
@@ -479,8 +587,12 @@ def test_mid_stream_error_event_is_detected_and_normalised() -> None:
     out = normalize.stream_error(raw)
     assert out is not None
     validate(out, "ErrorResponse")
-    assert out["error"] == {"message": "Internal server error", "type": "server_error",
-                            "param": None, "code": None}
+    assert out["error"] == {
+        "message": "Internal server error",
+        "type": "server_error",
+        "param": None,
+        "code": None,
+    }
 
 
 @pytest.mark.parametrize("key", ["generation_error", "unexpected_exception"])
@@ -495,7 +607,9 @@ def test_stream_error_events_from_vllm(key: str) -> None:
 def test_stream_error_status_falls_back_to_500() -> None:
     out = normalize.stream_error({"error": {"message": "boom", "code": "weird"}})
     assert out is not None and out["error"]["type"] == "server_error"
-    assert normalize.stream_error({"error": {"message": "slow", "code": 429}})["error"][
-        "type"] == "rate_limit_error"
+    assert (
+        normalize.stream_error({"error": {"message": "slow", "code": 429}})["error"]["type"]
+        == "rate_limit_error"
+    )
     for event in _events("chat_stream_usage") + _events("completion_stream_usage"):
         assert normalize.stream_error(event) is None

@@ -157,3 +157,8 @@ def random_adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                                   init_lora_weights=False))
     peft_model.save_pretrained(out)
     return out
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Tests that kill the shared engine run last, so they cannot disturb the others.
+    items.sort(key=lambda item: item.get_closest_marker("disruptive") is not None)

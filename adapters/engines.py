@@ -186,7 +186,7 @@ class EnginePool:
             await asyncio.shield(task)
         except asyncio.CancelledError:
             if task.cancelled():  # the load was abandoned (mark_down), not this request
-                raise unavailable("The inference engine became unavailable; retry shortly.") from None
+                raise unavailable("The inference engine went down; retry shortly.") from None
             raise
 
     async def _load_new(self, engine: Engine, lora: LoraRef) -> None:

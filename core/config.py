@@ -32,6 +32,7 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("data"), description="Root for the SQLite file, caches and the default adapter store.")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<data_dir>/tailor.db. postgresql:// URLs use psycopg 3.")
     adapter_store_url: str | None = Field(None, description="fsspec URL of the adapter store (s3://bucket/prefix, ...); default <data_dir>/adapters.")
+    blob_store_url: str | None = Field(None, description="fsspec URL for uploaded files, dataset snapshots and reports; default <data_dir>/blobs.")
 
     # --- engines -------------------------------------------------------------
     # NoDecode: pydantic-settings would otherwise json.loads() list values from the
@@ -89,6 +90,8 @@ class Settings(BaseSettings):
             self.database_url = f"sqlite:///{(self.data_dir / 'tailor.db').as_posix()}"
         if self.adapter_store_url is None:
             self.adapter_store_url = str((self.data_dir / "adapters").resolve())
+        if self.blob_store_url is None:
+            self.blob_store_url = str((self.data_dir / "blobs").resolve())
         return self
 
     @property

@@ -60,6 +60,9 @@ class Adapter(Base):
     active_version_id: Mapped[str | None] = mapped_column(
         ForeignKey("adapter_versions.id", use_alter=True, name="fk_adapters_active_version")
     )
+    # A share of this name's traffic goes to the canary version until it is promoted.
+    canary_version_id: Mapped[str | None] = mapped_column(String(40))
+    canary_fraction: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -83,9 +86,17 @@ class AdapterVersion(Base):
     target_modules: Mapped[list[str]] = mapped_column(JSON)
     base_model: Mapped[str] = mapped_column(String(200))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
+    # training | candidate | canary | active | retired | failed (registered: stored, never served by the alias)
     state: Mapped[str] = mapped_column(String(16), default="active")
     source: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Lineage: where the version came from and why it serves.
+    parent_version_id: Mapped[str | None] = mapped_column(String(40))
+    job_id: Mapped[str | None] = mapped_column(String(40), index=True)
+    dataset_id: Mapped[str | None] = mapped_column(String(64))
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    promoted_at: Mapped[datetime | None]
+    promoted_by: Mapped[str | None] = mapped_column(String(64))
 
     adapter: Mapped[Adapter] = relationship(back_populates="versions", foreign_keys=[adapter_id])
 
@@ -114,3 +125,151 @@ class Interaction(Base):
     status_code: Mapped[int] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Feedback(Base):
+    """A rating, correction and/or preference about one interaction (or an imported example)."""
+
+    __tablename__ = "feedback"
+    __table_args__ = (Index("ix_feedback_tenant_created", "tenant_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    interaction_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    # The adapter version that produced the rated answer (copied from the interaction).
+    adapter_version_id: Mapped[str | None] = mapped_column(String(40), index=True)
+    model: Mapped[str | None] = mapped_column(String(200))
+    rating: Mapped[str | None] = mapped_column(String(8))  # good | bad
+    score: Mapped[float | None] = mapped_column(Float)
+    correction: Mapped[str | None] = mapped_column(Text)
+    preferred: Mapped[str | None] = mapped_column(Text)
+    rejected: Mapped[str | None] = mapped_column(Text)
+    # Prompt messages for imported feedback that has no interaction.
+    messages: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    source: Mapped[str] = mapped_column(String(16), default="api")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class StoredFile(Base):
+    """An uploaded training file (OpenAI's Files API, purpose fine-tune)."""
+
+    __tablename__ = "files"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    filename: Mapped[str] = mapped_column(String(255))
+    purpose: Mapped[str] = mapped_column(String(32))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    kind: Mapped[str] = mapped_column(String(16))  # sft | preference
+    line_count: Mapped[int] = mapped_column(Integer)
+    storage_key: Mapped[str] = mapped_column(String(300))
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Dataset(Base):
+    """An immutable dataset snapshot: the exact examples a run trained and was judged on."""
+
+    __tablename__ = "datasets"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # content hash
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    source: Mapped[str] = mapped_column(String(16))  # feedback | file
+    sft_count: Mapped[int] = mapped_column(Integer)
+    preference_count: Mapped[int] = mapped_column(Integer)
+    heldout_count: Mapped[int] = mapped_column(Integer)
+    storage_key: Mapped[str] = mapped_column(String(300))
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Job(Base):
+    """A fine-tuning job, claimed from this table by one trainer worker at a time."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_status_created", "status", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    # validating_files | queued | running | succeeded | failed | cancelled
+    status: Mapped[str] = mapped_column(String(20))
+    method: Mapped[str] = mapped_column(String(16))  # supervised | dpo
+    model: Mapped[str] = mapped_column(String(200))  # base model or adapter name it starts from
+    adapter_name: Mapped[str] = mapped_column(String(64))  # the name the result is registered under
+    suffix: Mapped[str | None] = mapped_column(String(64))
+    training_file: Mapped[str | None] = mapped_column(String(40))
+    validation_file: Mapped[str | None] = mapped_column(String(40))
+    dataset_id: Mapped[str | None] = mapped_column(String(64))
+    hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON)
+    seed: Mapped[int] = mapped_column(Integer, default=0)
+    source: Mapped[str] = mapped_column(String(16), default="api")  # api | feedback | policy
+    fine_tuned_model: Mapped[str | None] = mapped_column(String(200))
+    result_version_id: Mapped[str | None] = mapped_column(String(40))
+    decision: Mapped[str | None] = mapped_column(String(16))  # promoted | canary | candidate | rejected
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    trained_tokens: Mapped[int | None] = mapped_column(Integer)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker_id: Mapped[str | None] = mapped_column(String(64))
+    heartbeat_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+
+class JobEvent(Base):
+    __tablename__ = "job_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    level: Mapped[str] = mapped_column(String(8), default="info")
+    message: Mapped[str] = mapped_column(Text)
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class JobCheckpoint(Base):
+    __tablename__ = "job_checkpoints"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    step: Mapped[int] = mapped_column(Integer)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
+    path: Mapped[str] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Evaluation(Base):
+    """Candidate vs the version it would replace, on a dataset's held-out split."""
+
+    __tablename__ = "evaluations"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    job_id: Mapped[str | None] = mapped_column(String(40), index=True)
+    candidate_version_id: Mapped[str] = mapped_column(String(40))
+    baseline_version_id: Mapped[str | None] = mapped_column(String(40))  # None: the base model
+    dataset_id: Mapped[str | None] = mapped_column(String(64))
+    candidate_metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
+    baseline_metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
+    decision: Mapped[str] = mapped_column(String(16))
+    reasons: Mapped[list[str]] = mapped_column(JSON)
+    report_key: Mapped[str | None] = mapped_column(String(300))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class TenantPolicy(Base):
+    """How a tenant's adapters are retrained and promoted."""
+
+    __tablename__ = "tenant_policies"
+
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
+    retrain: Mapped[str] = mapped_column(String(16), default="on_demand")  # off | on_demand | feedback_count | drift | schedule
+    retrain_min_feedback: Mapped[int] = mapped_column(Integer, default=50)
+    retrain_interval_hours: Mapped[float] = mapped_column(Float, default=24.0)
+    auto_promote: Mapped[bool] = mapped_column(Boolean, default=False)
+    canary_fraction: Mapped[float] = mapped_column(Float, default=0.0)
+    gates: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    last_triggered_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -41,19 +41,23 @@ def _runner() -> tuple[list[str], pwd.struct_passwd | None]:
         pytest.skip("running as root and there is no 'postgres' OS user to run PostgreSQL as")
     runuser = shutil.which("runuser")
     if runuser is None:
-        pytest.skip("running as root and `runuser` is missing: cannot start PostgreSQL as 'postgres'")
+        pytest.skip(
+            "running as root and `runuser` is missing: cannot start PostgreSQL as 'postgres'"
+        )
     return [runuser, "-u", "postgres", "--"], owner
 
 
 def _run(cmd: list[str]) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        raise RuntimeError(
+            f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+        )
 
 
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
-    """SQLAlchemy URL (psycopg 3) of the `postgres` database of a fresh cluster; superuser `tailor`."""
+    """SQLAlchemy URL (psycopg 3) of the `postgres` database of a new cluster (superuser tailor)."""
     initdb, pg_ctl = PG_BIN / "initdb", PG_BIN / "pg_ctl"
     if not (initdb.is_file() and pg_ctl.is_file()):
         pytest.skip(f"PostgreSQL server binaries not found in {PG_BIN} (set TAILOR_PG_BIN)")
@@ -67,16 +71,45 @@ def postgres_url() -> Iterator[str]:
     os.chmod(root, 0o700)
     started = False
     try:
-        _run([*prefix, str(initdb), "-D", str(data), "-U", PG_USER, "--auth=trust",
-              "-E", "UTF8", "--locale=C", "--no-sync"])
+        _run(
+            [
+                *prefix,
+                str(initdb),
+                "-D",
+                str(data),
+                "-U",
+                PG_USER,
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ]
+        )
         error: Exception | None = None
         for _ in range(3):  # a port found free can be taken before the server binds it
             port = _free_port()
-            opts = (f"-p {port} -k {root} -c listen_addresses=127.0.0.1 "
-                    "-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
+            opts = (
+                f"-p {port} -k {root} -c listen_addresses=127.0.0.1 "
+                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+            )
             try:
-                _run([*prefix, str(pg_ctl), "-D", str(data), "-l", str(log), "-o", opts, "-w", "-t", "60",
-                      "start"])
+                _run(
+                    [
+                        *prefix,
+                        str(pg_ctl),
+                        "-D",
+                        str(data),
+                        "-l",
+                        str(log),
+                        "-o",
+                        opts,
+                        "-w",
+                        "-t",
+                        "60",
+                        "start",
+                    ]
+                )
             except RuntimeError as exc:
                 error = exc
                 continue
@@ -88,8 +121,11 @@ def postgres_url() -> Iterator[str]:
         yield f"postgresql+psycopg://{PG_USER}@127.0.0.1:{port}/postgres"
     finally:
         if started:
-            subprocess.run([*prefix, str(pg_ctl), "-D", str(data), "-m", "immediate", "-w", "stop"],
-                           capture_output=True, timeout=60)
+            subprocess.run(
+                [*prefix, str(pg_ctl), "-D", str(data), "-m", "immediate", "-w", "stop"],
+                capture_output=True,
+                timeout=60,
+            )
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -100,7 +136,8 @@ def create_database(server_url: str, prefix: str = "t") -> str:
 
     url = make_url(server_url)
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(host=url.host, port=url.port, user=url.username, dbname=url.database,
-                         autocommit=True) as conn:
+    with psycopg.connect(
+        host=url.host, port=url.port, user=url.username, dbname=url.database, autocommit=True
+    ) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     return url.set(database=name).render_as_string(hide_password=False)

@@ -32,8 +32,14 @@ def tenant_id(db: Database) -> str:
 
 def rec(tenant_id: str, i: int, **kw: object) -> InteractionRecord:
     kw.setdefault("request", {"i": i})
-    return InteractionRecord(id=f"chatcmpl-{i:06d}", tenant_id=tenant_id, api_key_id="key-1",
-                             endpoint="chat.completions", model="base", **kw)
+    return InteractionRecord(
+        id=f"chatcmpl-{i:06d}",
+        tenant_id=tenant_id,
+        api_key_id="key-1",
+        endpoint="chat.completions",
+        model="base",
+        **kw,
+    )
 
 
 def count(db: Database) -> int:
@@ -56,10 +62,23 @@ def spy_batches(log: InteractionLog, monkeypatch: pytest.MonkeyPatch) -> list[in
 async def test_record_fields_round_trip(db: Database, tenant_id: str) -> None:
     log = InteractionLog(db)
     log.start()
-    log.record(rec(tenant_id, 1, stream=True, adapter_version_id="ver-1", engine="http://e0",
-                   response_text="héllo ✓", finish_reason="stop", prompt_tokens=3,
-                   completion_tokens=5, latency_ms=12.5, ttft_ms=4.0, status_code=200,
-                   request={"messages": [{"role": "user", "content": "hi"}], "n": 1}))
+    log.record(
+        rec(
+            tenant_id,
+            1,
+            stream=True,
+            adapter_version_id="ver-1",
+            engine="http://e0",
+            response_text="héllo ✓",
+            finish_reason="stop",
+            prompt_tokens=3,
+            completion_tokens=5,
+            latency_ms=12.5,
+            ttft_ms=4.0,
+            status_code=200,
+            request={"messages": [{"role": "user", "content": "hi"}], "n": 1},
+        )
+    )
     log.record(rec(tenant_id, 2, status_code=503, error="engine down"))
     await log.stop()
     with db.session() as s:
@@ -69,8 +88,18 @@ async def test_record_fields_round_trip(db: Database, tenant_id: str) -> None:
     assert one.stream is True and one.engine == "http://e0" and one.adapter_version_id == "ver-1"
     assert one.request == {"messages": [{"role": "user", "content": "hi"}], "n": 1}
     assert (one.response_text, one.finish_reason) == ("héllo ✓", "stop")
-    assert (one.prompt_tokens, one.completion_tokens, one.latency_ms, one.ttft_ms) == (3, 5, 12.5, 4.0)
-    assert (two.status_code, two.error, two.stream, two.response_text) == (503, "engine down", False, None)
+    assert (one.prompt_tokens, one.completion_tokens, one.latency_ms, one.ttft_ms) == (
+        3,
+        5,
+        12.5,
+        4.0,
+    )
+    assert (two.status_code, two.error, two.stream, two.response_text) == (
+        503,
+        "engine down",
+        False,
+        None,
+    )
     assert two.created_at is not None
     assert log.written == 2 and log.dropped == 0 and log.write_errors == 0
 
@@ -84,7 +113,9 @@ async def test_record_does_not_write_inline(db: Database, tenant_id: str) -> Non
     assert count(db) == 1
 
 
-async def test_writes_in_batches(db: Database, tenant_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_writes_in_batches(
+    db: Database, tenant_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     log = InteractionLog(db, batch_size=50, flush_interval_s=30)
     sizes = spy_batches(log, monkeypatch)
     for i in range(120):
@@ -95,8 +126,9 @@ async def test_writes_in_batches(db: Database, tenant_id: str, monkeypatch: pyte
     assert count(db) == 120 and log.written == 120
 
 
-async def test_background_flush_while_running(db: Database, tenant_id: str,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_background_flush_while_running(
+    db: Database, tenant_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     log = InteractionLog(db, batch_size=100, flush_interval_s=0.01)
     sizes = spy_batches(log, monkeypatch)
     log.start()
@@ -128,8 +160,9 @@ async def test_stop_without_start_is_noop(db: Database) -> None:
     await InteractionLog(db).stop()
 
 
-async def test_failing_database_is_retried_until_written(db: Database, tenant_id: str,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_failing_database_is_retried_until_written(
+    db: Database, tenant_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     log = InteractionLog(db, batch_size=100, flush_interval_s=30)
     real = log._write
     failures = {"left": 2}

@@ -31,6 +31,7 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
 
 # --- tenants -----------------------------------------------------------------------
 
+
 def test_create_list_find_delete(db: Database) -> None:
     acme = t.create_tenant(db, "acme")
     beta = t.create_tenant(db, "beta-2")
@@ -51,15 +52,20 @@ def test_create_list_find_delete(db: Database) -> None:
 
 
 def test_unknown_tenant_is_404(db: Database) -> None:
-    for call in (lambda: t.find_tenant(db, "nope"), lambda: t.delete_tenant(db, "nope"),
-                 lambda: t.create_key(db, "nope"), lambda: t.list_keys(db, "nope")):
+    for call in (
+        lambda: t.find_tenant(db, "nope"),
+        lambda: t.delete_tenant(db, "nope"),
+        lambda: t.create_key(db, "nope"),
+        lambda: t.list_keys(db, "nope"),
+    ):
         with pytest.raises(TailorError) as err:
             call()
         assert err.value.status == 404
 
 
-@pytest.mark.parametrize("name", ["", "Acme", "-acme", "_acme", "ac me", "acme!", "é", "a" * 65,
-                                  "acme\n", "acme/../x"])
+@pytest.mark.parametrize(
+    "name", ["", "Acme", "-acme", "_acme", "ac me", "acme!", "é", "a" * 65, "acme\n", "acme/../x"]
+)
 def test_invalid_tenant_names_are_400(db: Database, name: str) -> None:
     with pytest.raises(TailorError) as err:
         t.create_tenant(db, name)
@@ -84,6 +90,7 @@ def test_duplicate_tenant_is_409(db: Database) -> None:
 
 # --- keys --------------------------------------------------------------------------
 
+
 def test_key_secret_shown_once_and_only_hash_stored(db: Database) -> None:
     tenant = t.create_tenant(db, "acme")
     new = t.create_key(db, "acme", name="ci")
@@ -100,7 +107,7 @@ def test_key_secret_shown_once_and_only_hash_stored(db: Database) -> None:
     assert row["key_hash"] == hashlib.sha256(secret.encode()).hexdigest()
     for column, value in row.items():
         assert secret not in str(value), f"secret stored in column {column}"
-        assert secret[len(KEY_PREFIX):] not in str(value), f"secret body stored in column {column}"
+        assert secret[len(KEY_PREFIX) :] not in str(value), f"secret body stored in column {column}"
 
     listed = t.list_keys(db, "acme")
     assert [k.id for k in listed] == [new.info.id]
@@ -134,8 +141,16 @@ def test_keys_authenticate_as_their_own_tenant_only(db: Database) -> None:
     caller_a = t.authenticate(db, key_a.secret)
     caller_b = t.authenticate(db, key_b.secret)
     assert caller_a is not None and caller_b is not None
-    assert (caller_a.tenant_id, caller_a.tenant_name, caller_a.key_id) == (a.id, "tenant-a", key_a.info.id)
-    assert (caller_b.tenant_id, caller_b.tenant_name, caller_b.key_id) == (b.id, "tenant-b", key_b.info.id)
+    assert (caller_a.tenant_id, caller_a.tenant_name, caller_a.key_id) == (
+        a.id,
+        "tenant-a",
+        key_a.info.id,
+    )
+    assert (caller_b.tenant_id, caller_b.tenant_name, caller_b.key_id) == (
+        b.id,
+        "tenant-b",
+        key_b.info.id,
+    )
     assert [k.id for k in t.list_keys(db, "tenant-a")] == [key_a.info.id]
     assert [k.id for k in t.list_keys(db, "tenant-b")] == [key_b.info.id]
 
@@ -194,8 +209,14 @@ def test_returned_times_are_utc_aware_and_stable(db: Database) -> None:
     revoked = t.revoke_key(db, key.info.id)
     listed = t.list_tenants(db)[0]
     (listed_key,) = t.list_keys(db, "acme")
-    for value in (created.created_at, listed.created_at, key.info.created_at, revoked.revoked_at,
-                  listed_key.created_at, listed_key.revoked_at):
+    for value in (
+        created.created_at,
+        listed.created_at,
+        key.info.created_at,
+        revoked.revoked_at,
+        listed_key.created_at,
+        listed_key.revoked_at,
+    ):
         assert value is not None and value.utcoffset() == timedelta(0)
     assert listed == created  # what create returned is what a later read returns
     assert listed_key.revoked_at == revoked.revoked_at

@@ -58,6 +58,8 @@ class AdapterInfo:
     active_version: int | None
     versions: list[VersionInfo]
     created_at: datetime
+    canary_version: int | None = None
+    canary_fraction: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -80,23 +82,40 @@ def model_not_found(name: str) -> TailorError:
                      code="model_not_found", param="model")
 
 
-def _version_info(adapter: Adapter, v: AdapterVersion) -> VersionInfo:
+def version_info(adapter: Adapter, v: AdapterVersion) -> VersionInfo:
     return VersionInfo(id=v.id, adapter_name=adapter.name, version=v.version, digest=v.digest,
                        rank=v.rank, alpha=v.alpha, target_modules=list(v.target_modules),
                        size_bytes=v.size_bytes, state=v.state, source=v.source,
                        active=adapter.active_version_id == v.id, created_at=v.created_at)
 
 
-def _adapter_info(a: Adapter) -> AdapterInfo:
+def adapter_info(a: Adapter) -> AdapterInfo:
     active = next((v.version for v in a.versions if v.id == a.active_version_id), None)
+    canary = next((v.version for v in a.versions if v.id == a.canary_version_id), None)
     return AdapterInfo(id=a.id, tenant_id=a.tenant_id, name=a.name, active_version=active,
-                       versions=[_version_info(a, v) for v in a.versions], created_at=a.created_at)
+                       versions=[version_info(a, v) for v in a.versions], created_at=a.created_at,
+                       canary_version=canary, canary_fraction=a.canary_fraction if canary else 0.0)
+
+
+@dataclass(frozen=True)
+class Lineage:
+    job_id: str | None = None
+    dataset_id: str | None = None
+    parent_version_id: str | None = None
+    metrics: dict[str, object] | None = None
 
 
 def register_dir(db: Database, store: AdapterStore, limits: ValidationLimits, *, tenant_id: str,
                  name: str, source_dir: Path, base_model_name: str, source: str = "upload",
-                 activate: bool = True) -> VersionInfo:
-    """Validate a PEFT adapter directory, store it, and record it as the next version of `name`."""
+                 activate: bool = True, state: str | None = None,
+                 lineage: Lineage | None = None) -> VersionInfo:
+    """Validate a PEFT adapter directory, store it, and record it as the next version of `name`.
+
+    `activate` makes it what `name` serves at once (uploads, operator registrations);
+    trained versions arrive with activate=False and state "candidate" and are promoted
+    by the gates.
+    """
+    lineage = lineage or Lineage()
     validate_adapter_name(name)
     if name == base_model_name:
         raise bad_request(f"Adapter name {name!r} is the base model's name.", param="name")
@@ -115,14 +134,20 @@ def register_dir(db: Database, store: AdapterStore, limits: ValidationLimits, *,
                 row = AdapterVersion(
                     id=new_id("av"), adapter_id=adapter.id, version=(latest or 0) + 1, digest=digest,
                     rank=manifest.rank, alpha=float(manifest.alpha), target_modules=list(manifest.target_modules),
-                    base_model=limits.base.name, size_bytes=manifest.total_bytes, state="active" if activate else "registered",
-                    source=source,
+                    base_model=limits.base.name, size_bytes=manifest.total_bytes,
+                    state="active" if activate else (state or "registered"), source=source,
+                    job_id=lineage.job_id, dataset_id=lineage.dataset_id,
+                    parent_version_id=lineage.parent_version_id, metrics=lineage.metrics,
                 )
                 s.add(row)
                 s.flush()
-                if activate or adapter.active_version_id is None:
+                if activate:
+                    previous = s.get(AdapterVersion, adapter.active_version_id) if adapter.active_version_id else None
+                    if previous is not None and previous.state == "active":
+                        previous.state = "retired"
                     adapter.active_version_id = row.id
-                return _version_info(adapter, row)
+                    row.promoted_at = row.created_at
+                return version_info(adapter, row)
         except IntegrityError:
             # Two registrations raced for the same version number; take the next one.
             continue
@@ -137,24 +162,63 @@ def register_archive(db: Database, store: AdapterStore, limits: ValidationLimits
                             base_model_name=base_model_name, source="upload")
 
 
-def resolve(db: Database, tenant_id: str, model: str, base_model_name: str) -> ResolvedModel:
+@dataclass(frozen=True)
+class ModelRoute:
+    """Where one of a tenant's model names sends traffic: its active version, plus an
+    optional canary that takes `canary_fraction` of the requests."""
+
+    primary: ResolvedModel
+    canary: ResolvedModel | None = None
+    canary_fraction: float = 0.0
+
+    def choose(self, draw: float) -> ResolvedModel:
+        if self.canary is not None and draw < self.canary_fraction:
+            return self.canary
+        return self.primary
+
+
+# Versions that exist but must never serve (still training, or broken).
+_UNSERVABLE = ("training", "failed")
+
+
+def route(db: Database, tenant_id: str, model: str, base_model_name: str) -> ModelRoute:
+    """Resolve a request's `model`: the base model, `name` (alias, maybe canaried) or `name@vN`."""
     if model == base_model_name:
-        return ResolvedModel(public_name=model)
+        return ModelRoute(primary=ResolvedModel(public_name=model))
+    name, _, pinned = model.partition("@v")
     with db.session() as s:
-        row = s.execute(
-            select(AdapterVersion.id, AdapterVersion.digest, Adapter.created_at)
-            .join(Adapter, Adapter.active_version_id == AdapterVersion.id)
-            .where(Adapter.tenant_id == tenant_id, Adapter.name == model)
-        ).first()
-    if row is None:
-        raise model_not_found(model)
-    return ResolvedModel(public_name=model, version_id=row[0], digest=row[1], created_at=row[2])
+        adapter = s.scalar(select(Adapter).where(Adapter.tenant_id == tenant_id, Adapter.name == name))
+        if adapter is None:
+            raise model_not_found(model)
+        by_id = {v.id: v for v in adapter.versions}
+        if pinned:
+            version = next((v for v in adapter.versions if str(v.version) == pinned), None)
+            if version is None or version.state in _UNSERVABLE:
+                raise model_not_found(model)
+            return ModelRoute(primary=_resolved(model, version))
+        active = by_id.get(adapter.active_version_id or "")
+        if active is None:
+            raise model_not_found(model)
+        canary = by_id.get(adapter.canary_version_id or "")
+        if canary is None or canary.state in _UNSERVABLE or adapter.canary_fraction <= 0:
+            return ModelRoute(primary=_resolved(model, active))
+        return ModelRoute(primary=_resolved(model, active), canary=_resolved(model, canary),
+                          canary_fraction=adapter.canary_fraction)
+
+
+def _resolved(public_name: str, v: AdapterVersion) -> ResolvedModel:
+    return ResolvedModel(public_name=public_name, version_id=v.id, digest=v.digest, created_at=v.created_at)
+
+
+def resolve(db: Database, tenant_id: str, model: str, base_model_name: str) -> ResolvedModel:
+    """The version a request for `model` uses, ignoring any canary split."""
+    return route(db, tenant_id, model, base_model_name).primary
 
 
 def list_adapters(db: Database, tenant_id: str) -> list[AdapterInfo]:
     with db.session() as s:
         adapters = s.scalars(select(Adapter).where(Adapter.tenant_id == tenant_id).order_by(Adapter.name))
-        return [_adapter_info(a) for a in adapters]
+        return [adapter_info(a) for a in adapters]
 
 
 def get_adapter(db: Database, tenant_id: str, name: str) -> AdapterInfo:
@@ -162,21 +226,7 @@ def get_adapter(db: Database, tenant_id: str, name: str) -> AdapterInfo:
         adapter = s.scalar(select(Adapter).where(Adapter.tenant_id == tenant_id, Adapter.name == name))
         if adapter is None:
             raise model_not_found(name)
-        return _adapter_info(adapter)
-
-
-def activate_version(db: Database, tenant_id: str, name: str, version: int) -> AdapterInfo:
-    """Point `name` at an existing version: an atomic switch, used for promotion and rollback."""
-    with db.session() as s:
-        adapter = s.scalar(select(Adapter).where(Adapter.tenant_id == tenant_id, Adapter.name == name))
-        if adapter is None:
-            raise model_not_found(name)
-        target = next((v for v in adapter.versions if v.version == version), None)
-        if target is None:
-            raise not_found(f"Adapter {name!r} has no version {version}.", code="version_not_found")
-        adapter.active_version_id = target.id
-        s.flush()
-        return _adapter_info(adapter)
+        return adapter_info(adapter)
 
 
 def delete_adapter(db: Database, tenant_id: str, name: str) -> None:

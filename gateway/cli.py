@@ -227,19 +227,16 @@ def adapters_list(tenant: str, as_json: JsonOpt = False) -> None:
 
 
 def _switch(tenant: str, name: str, version: int | None, as_json: bool) -> None:
-    from adapters import registry
+    from adapters import promotion
     from gateway import tenants
 
     db = _db()
     try:
         owner = tenants.find_tenant(db, tenant)
         if version is None:
-            info = registry.get_adapter(db, owner.id, name)
-            older = [v.version for v in info.versions if info.active_version and v.version < info.active_version]
-            if not older:
-                raise TailorError(400, f"{name} has no version before v{info.active_version} to roll back to.")
-            version = max(older)
-        info = registry.activate_version(db, owner.id, name, version)
+            info = promotion.rollback(db, owner.id, name, by="cli")
+        else:
+            info = promotion.promote(db, owner.id, name, version, by="cli")
     except TailorError as exc:
         _fail(exc)
     _emit(asdict(info), as_json, f"{tenant}/{name} now serves version {info.active_version}")
@@ -253,8 +250,44 @@ def adapters_activate(tenant: str, name: str, version: int, as_json: JsonOpt = F
 
 @adapters_app.command("rollback")
 def adapters_rollback(tenant: str, name: str, as_json: JsonOpt = False) -> None:
-    """Point `name` back at the version before the active one."""
+    """Point `name` back at the version that was active before the current one."""
     _switch(tenant, name, None, as_json)
+
+
+@adapters_app.command("canary")
+def adapters_canary(tenant: str, name: str, version: int,
+                    fraction: Annotated[float, typer.Option(help="Share of traffic for the canary; 0 stops it.")] = 0.1,
+                    as_json: JsonOpt = False) -> None:
+    """Send a fraction of `name`'s traffic to another version (0 stops the canary)."""
+    from adapters import promotion
+    from gateway import tenants
+
+    db = _db()
+    try:
+        owner = tenants.find_tenant(db, tenant)
+        if fraction <= 0:
+            info = promotion.stop_canary(db, owner.id, name)
+        else:
+            info = promotion.start_canary(db, owner.id, name, version, fraction, by="cli")
+    except TailorError as exc:
+        _fail(exc)
+    _emit(asdict(info), as_json, f"{tenant}/{name}: canary v{info.canary_version} at {info.canary_fraction:.0%}")
+
+
+@adapters_app.command("lineage")
+def adapters_lineage(tenant: str, name: str, as_json: JsonOpt = False) -> None:
+    """Every version of `name`: state, dataset, job, metrics, who promoted it when."""
+    from adapters import promotion
+    from gateway import tenants
+
+    db = _db()
+    try:
+        rows = promotion.lineage(db, tenants.find_tenant(db, tenant).id, name)
+    except TailorError as exc:
+        _fail(exc)
+    _emit([asdict(r) for r in rows], as_json, "\n".join(
+        f"v{r.version}  {r.state:<9} {r.serving or '':<7} source={r.source} job={r.job_id or '-'} "
+        f"dataset={r.dataset_id or '-'} promoted={r.promoted_at or '-'} by={r.promoted_by or '-'}" for r in rows))
 
 
 if __name__ == "__main__":

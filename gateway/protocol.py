@@ -116,8 +116,31 @@ class AdapterOut(BaseModel):
     id: str
     name: str
     active_version: int | None
+    canary_version: int | None = None
+    canary_fraction: float = 0.0
     versions: list[AdapterVersionOut]
     created_at: datetime
+
+
+class CanaryStart(BaseModel):
+    version: int
+    fraction: float = Field(gt=0, lt=1, description="Share of this name's requests sent to the canary.")
+
+
+class VersionLineageOut(BaseModel):
+    version: int
+    id: str
+    state: str
+    source: str
+    digest: str
+    job_id: str | None
+    dataset_id: str | None
+    parent_version_id: str | None
+    metrics: dict[str, Any] | None
+    created_at: datetime
+    promoted_at: datetime | None
+    promoted_by: str | None
+    serving: str | None
 
 
 class AdapterRegisterPath(BaseModel):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -12,10 +13,11 @@ import httpx
 
 from adapters import registry
 from adapters.engines import EnginePool, LoraRef
-from adapters.registry import ResolvedModel, ValidationLimits
+from adapters.registry import ModelRoute, ResolvedModel, ValidationLimits
 from adapters.store import AdapterStore
 from adapters.supervisor import EngineLaunch, EngineSupervisor
 from adapters.validation import BaseModelSpec
+from core.blobs import BlobStore
 from core.config import Settings
 from core.db import Database, migrate
 from gateway import tenants
@@ -64,6 +66,7 @@ class Services:
         self.started_at = int(time.time())
         self.db = Database(settings.database_url or "")
         self.store = AdapterStore(settings.adapter_store_url or "", settings.cache_dir / "adapters")
+        self.blobs = BlobStore(settings.blob_store_url or "")
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(settings.engine_request_timeout_s, connect=5.0),
             limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
@@ -120,13 +123,13 @@ class Services:
         return caller
 
     def resolve(self, tenant_id: str, model: str) -> ResolvedModel:
+        """The version this request uses; a canaried name is split per request."""
         key = (tenant_id, model)
         hit = self.models.get(key)
-        if isinstance(hit, ResolvedModel):
-            return hit
-        resolved = registry.resolve(self.db, tenant_id, model, self.settings.base_model_name)
-        self.models.put(key, resolved)
-        return resolved
+        if not isinstance(hit, ModelRoute):
+            hit = registry.route(self.db, tenant_id, model, self.settings.base_model_name)
+            self.models.put(key, hit)
+        return hit.choose(random.random())
 
     def lora_for(self, resolved: ResolvedModel) -> LoraRef | None:
         if resolved.version_id is None or resolved.digest is None:

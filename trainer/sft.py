@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from core.errors import TailorError, bad_request, conflict
@@ -148,6 +148,7 @@ class TrainResult:
     seconds: float  # wall time of the whole call: loading, training, saving
     examples_used: int = 0
     examples_dropped: int = 0  # conversations left with no target token (see encode_examples)
+    trained_tokens: int = 0  # non-padding tokens fed through the model, over all steps
 
 
 class TrainingCancelled(Exception):
@@ -337,10 +338,17 @@ def train_lora_sft(
     *,
     on_step: Callable[[StepInfo], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    on_checkpoint: Callable[[StepInfo, Callable[[Path], None]], None] | None = None,
+    init_adapter_dir: Path | None = None,
 ) -> TrainResult:
     """Train a LoRA adapter on `examples` and save it at `out_dir` (which must not exist
     or be empty). should_stop() is polled before every step and before saving; when it
-    returns True, TrainingCancelled is raised and out_dir is left untouched."""
+    returns True, TrainingCancelled is raised and out_dir is left untouched.
+
+    on_checkpoint(info, save) is called after every step; calling `save(dir)` writes the
+    adapter as it is at that step to `dir` (atomically, like the final save), so the caller
+    decides how often checkpoints are worth their disk. With init_adapter_dir, training
+    continues from that PEFT adapter (its rank, alpha and targets; config's are ignored)."""
     t0 = time.monotonic()
     base_model_dir, out_dir = Path(base_model_dir), Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
@@ -361,14 +369,17 @@ def train_lora_sft(
     torch.manual_seed(config.seed)  # before get_peft_model: seeds the LoRA init too
     model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32)
     model.config.use_cache = False  # no KV cache in training: saves memory
-    lora = LoraConfig(
-        task_type="CAUSAL_LM",
-        r=config.rank,
-        lora_alpha=config.alpha,
-        lora_dropout=config.dropout,
-        target_modules=list(config.target_modules),
-    )
-    model = get_peft_model(model, lora)
+    if init_adapter_dir is not None:
+        model = PeftModel.from_pretrained(model, Path(init_adapter_dir), is_trainable=True)
+    else:
+        lora = LoraConfig(
+            task_type="CAUSAL_LM",
+            r=config.rank,
+            lora_alpha=config.alpha,
+            lora_dropout=config.dropout,
+            target_modules=list(config.target_modules),
+        )
+        model = get_peft_model(model, lora)
     model.train()
 
     # schedule
@@ -390,6 +401,7 @@ def train_lora_sft(
     losses: list[float] = []
     step = 0
     epoch = 0
+    tokens = 0
     while step < total_steps:
         order = torch.randperm(len(data), generator=order_rng).tolist()
         for first in range(0, len(order), config.batch_size):
@@ -408,8 +420,12 @@ def train_lora_sft(
             scheduler.step()
             step += 1
             losses.append(loss.item())
+            tokens += int(batch["attention_mask"].sum())
+            info = StepInfo(step, epoch, losses[-1], lr, total_steps)
             if on_step is not None and (step % config.log_every == 0 or step == total_steps):
-                on_step(StepInfo(step, epoch, losses[-1], lr, total_steps))
+                on_step(info)
+            if on_checkpoint is not None:
+                on_checkpoint(info, lambda path: _save_atomically(model, Path(path)))
         epoch += 1
 
     if should_stop is not None and should_stop():
@@ -423,6 +439,7 @@ def train_lora_sft(
         seconds=time.monotonic() - t0,
         examples_used=len(data),
         examples_dropped=dropped,
+        trained_tokens=tokens,
     )
 
 

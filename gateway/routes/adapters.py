@@ -1,27 +1,54 @@
-"""Adapters: a tenant manages its own (`/v1/adapters`), operators any tenant's (`/admin`)."""
+"""Adapters: a tenant manages its own (`/v1/adapters`), operators any tenant's (`/admin`).
+
+Both routers call the same functions below; they differ only in how the tenant is
+found (the caller's key, or the `{tenant}` path segment behind the admin key).
+"""
 
 from __future__ import annotations
 
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
+from collections.abc import Callable
+from typing import Annotated
 
-from fastapi import APIRouter, Form, UploadFile
+from fastapi import APIRouter, Depends, File, Form, UploadFile
 from starlette.concurrency import run_in_threadpool
 
-from adapters import registry
+from adapters import promotion, registry
 from adapters.registry import AdapterInfo
 from core.errors import TailorError
 from gateway import tenants
 from gateway.deps import AdminDep, CallerDep, ServicesDep
-from gateway.protocol import ActivateVersion, AdapterOut, AdapterRegisterPath, AdapterVersionOut
+from gateway.protocol import (
+    ActivateVersion,
+    AdapterOut,
+    AdapterRegisterPath,
+    AdapterVersionOut,
+    CanaryStart,
+    VersionLineageOut,
+)
 from gateway.services import Services
 
 router = APIRouter(prefix="/v1/adapters", tags=["adapters"])
 admin_router = APIRouter(prefix="/admin/tenants/{tenant}/adapters", tags=["admin"], dependencies=[AdminDep])
 
 
+def own_tenant(caller: CallerDep) -> tuple[str, str]:
+    return caller.tenant_id, f"key:{caller.key_id}"
+
+
+def admin_tenant(tenant: str, services: ServicesDep) -> tuple[str, str]:
+    return tenants.find_tenant(services.db, tenant).id, "admin"
+
+
+# (tenant id, who is acting) for the audit fields of promotions.
+AdminTenant = Annotated[tuple[str, str], Depends(admin_tenant)]
+
+
 def adapter_out(info: AdapterInfo) -> AdapterOut:
     return AdapterOut(id=info.id, name=info.name, active_version=info.active_version,
+                      canary_version=info.canary_version, canary_fraction=info.canary_fraction,
                       created_at=info.created_at,
                       versions=[AdapterVersionOut(**{k: getattr(v, k) for k in AdapterVersionOut.model_fields})
                                 for v in info.versions])
@@ -46,8 +73,7 @@ async def upload(services: Services, tenant_id: str, name: str, archive: UploadF
     return adapter_out(registry.get_adapter(services.db, tenant_id, name))
 
 
-def activate(services: Services, tenant_id: str, name: str, version: int) -> AdapterOut:
-    info = registry.activate_version(services.db, tenant_id, name, version)
+def _changed(services: Services, info: AdapterInfo) -> AdapterOut:
     services.changed()
     return adapter_out(info)
 
@@ -58,70 +84,70 @@ def delete(services: Services, tenant_id: str, name: str) -> dict[str, object]:
     return {"id": name, "object": "adapter", "deleted": True}
 
 
-# --- tenant routes ------------------------------------------------------------
-
-@router.get("", response_model=list[AdapterOut], summary="List your adapters and their versions")
-def list_own(services: ServicesDep, caller: CallerDep) -> list[AdapterOut]:
-    return [adapter_out(a) for a in registry.list_adapters(services.db, caller.tenant_id)]
+def _lineage(services: Services, tenant_id: str, name: str) -> list[VersionLineageOut]:
+    return [VersionLineageOut(**asdict(v)) for v in promotion.lineage(services.db, tenant_id, name)]
 
 
-@router.post("", response_model=AdapterOut, status_code=201,
-             summary="Upload a PEFT LoRA adapter (.zip or .tar.gz) as the next version of `name`")
-async def upload_own(services: ServicesDep, caller: CallerDep, name: str = Form(...),
-                     file: UploadFile = Form(...)) -> AdapterOut:
-    return await upload(services, caller.tenant_id, name, file)
+def _routes(r: APIRouter, tenant_dep: Callable[..., tuple[str, str]]) -> None:
+    """The adapter operations, mounted on both routers."""
+    who_dep = Depends(tenant_dep)
+
+    @r.get("", response_model=list[AdapterOut], summary="List adapters and their versions")
+    def list_adapters(services: ServicesDep, who: tuple[str, str] = who_dep) -> list[AdapterOut]:
+        return [adapter_out(a) for a in registry.list_adapters(services.db, who[0])]
+
+    @r.post("", response_model=AdapterOut, status_code=201,
+            summary="Upload a PEFT LoRA adapter (.zip or .tar.gz) as the next version of `name`")
+    async def upload_adapter(services: ServicesDep, who: tuple[str, str] = who_dep, name: str = Form(...),
+                             file: UploadFile = File(...)) -> AdapterOut:
+        return await upload(services, who[0], name, file)
+
+    @r.get("/{name}", response_model=AdapterOut)
+    def get_adapter(name: str, services: ServicesDep, who: tuple[str, str] = who_dep) -> AdapterOut:
+        return adapter_out(registry.get_adapter(services.db, who[0], name))
+
+    @r.get("/{name}/lineage", response_model=list[VersionLineageOut],
+           summary="Every version with its state, dataset, job, metrics and promotion history")
+    def get_lineage(name: str, services: ServicesDep, who: tuple[str, str] = who_dep) -> list[VersionLineageOut]:
+        return _lineage(services, who[0], name)
+
+    @r.post("/{name}/activate", response_model=AdapterOut,
+            summary="Promote: point `name` at one of its versions (atomic, no downtime)")
+    def activate(name: str, body: ActivateVersion, services: ServicesDep, who: tuple[str, str] = who_dep) -> AdapterOut:
+        return _changed(services, promotion.promote(services.db, who[0], name, body.version, by=who[1]))
+
+    @r.post("/{name}/rollback", response_model=AdapterOut,
+            summary="Serve the version that was active before the current one")
+    def rollback(name: str, services: ServicesDep, who: tuple[str, str] = who_dep) -> AdapterOut:
+        return _changed(services, promotion.rollback(services.db, who[0], name, by=who[1]))
+
+    @r.post("/{name}/canary", response_model=AdapterOut,
+            summary="Send a fraction of `name`'s traffic to another version")
+    def canary(name: str, body: CanaryStart, services: ServicesDep, who: tuple[str, str] = who_dep) -> AdapterOut:
+        info = promotion.start_canary(services.db, who[0], name, body.version, body.fraction, by=who[1])
+        return _changed(services, info)
+
+    @r.delete("/{name}/canary", response_model=AdapterOut, summary="Stop the canary")
+    def stop_canary(name: str, services: ServicesDep, who: tuple[str, str] = who_dep) -> AdapterOut:
+        return _changed(services, promotion.stop_canary(services.db, who[0], name))
+
+    @r.delete("/{name}", summary="Delete the adapter name and its versions")
+    def delete_adapter(name: str, services: ServicesDep, who: tuple[str, str] = who_dep) -> dict[str, object]:
+        return delete(services, who[0], name)
 
 
-@router.get("/{name}", response_model=AdapterOut)
-def get_own(name: str, services: ServicesDep, caller: CallerDep) -> AdapterOut:
-    return adapter_out(registry.get_adapter(services.db, caller.tenant_id, name))
+_routes(router, own_tenant)
+_routes(admin_router, admin_tenant)
 
 
-@router.post("/{name}/activate", response_model=AdapterOut,
-             summary="Point `name` at one of its versions (promotion or rollback)")
-def activate_own(name: str, body: ActivateVersion, services: ServicesDep, caller: CallerDep) -> AdapterOut:
-    return activate(services, caller.tenant_id, name, body.version)
-
-
-@router.delete("/{name}")
-def delete_own(name: str, services: ServicesDep, caller: CallerDep) -> dict[str, object]:
-    return delete(services, caller.tenant_id, name)
-
-
-# --- admin routes -------------------------------------------------------------
-
-@admin_router.get("", response_model=list[AdapterOut])
-def admin_list(tenant: str, services: ServicesDep) -> list[AdapterOut]:
-    owner = tenants.find_tenant(services.db, tenant)
-    return [adapter_out(a) for a in registry.list_adapters(services.db, owner.id)]
-
-
-@admin_router.post("", response_model=AdapterOut, status_code=201,
+@admin_router.post("/register", response_model=AdapterOut, status_code=201,
                    summary="Register a PEFT adapter directory on the gateway's filesystem")
-def admin_register_path(tenant: str, body: AdapterRegisterPath, services: ServicesDep) -> AdapterOut:
-    owner = tenants.find_tenant(services.db, tenant)
+def admin_register_path(body: AdapterRegisterPath, services: ServicesDep, who: AdminTenant) -> AdapterOut:
     source = Path(body.path)
     if not source.is_dir():
         raise TailorError(400, f"{body.path!r} is not a directory.", code="invalid_adapter", param="path")
-    registry.register_dir(services.db, services.store, services.limits, tenant_id=owner.id, name=body.name,
+    registry.register_dir(services.db, services.store, services.limits, tenant_id=who[0], name=body.name,
                           source_dir=source, base_model_name=services.settings.base_model_name,
                           source="path", activate=body.activate)
     services.changed()
-    return adapter_out(registry.get_adapter(services.db, owner.id, body.name))
-
-
-@admin_router.post("/upload", response_model=AdapterOut, status_code=201)
-async def admin_upload(tenant: str, services: ServicesDep, name: str = Form(...),
-                       file: UploadFile = Form(...)) -> AdapterOut:
-    owner = tenants.find_tenant(services.db, tenant)
-    return await upload(services, owner.id, name, file)
-
-
-@admin_router.post("/{name}/activate", response_model=AdapterOut)
-def admin_activate(tenant: str, name: str, body: ActivateVersion, services: ServicesDep) -> AdapterOut:
-    return activate(services, tenants.find_tenant(services.db, tenant).id, name, body.version)
-
-
-@admin_router.delete("/{name}")
-def admin_delete(tenant: str, name: str, services: ServicesDep) -> dict[str, object]:
-    return delete(services, tenants.find_tenant(services.db, tenant).id, name)
+    return adapter_out(registry.get_adapter(services.db, who[0], body.name))

@@ -208,6 +208,7 @@ def test_settings_defaults_live_under_data_dir(
     assert s.database_url == f"sqlite:///{tmp_path}/state/tailor.db"
     assert s.adapter_store_url == str(tmp_path / "state" / "adapters")
     assert s.cache_dir == tmp_path / "state" / "cache"
+    assert s.blob_store_url == str(tmp_path / "state" / "blobs")
 
 
 def test_settings_explicit_urls_win_over_defaults(clean_env: pytest.MonkeyPatch) -> None:

@@ -31,7 +31,7 @@ def ask(c: openai.OpenAI, model: str, question: str = QUESTION) -> str:
 
 def register_path(server: TailorServer, tenant: str, name: str, path: Path) -> dict:
     with server.admin() as admin:
-        r = admin.post(f"/admin/tenants/{tenant}/adapters", json={"name": name, "path": str(path)})
+        r = admin.post(f"/admin/tenants/{tenant}/adapters/register", json={"name": name, "path": str(path)})
         assert r.status_code == 201, r.text
         return r.json()
 

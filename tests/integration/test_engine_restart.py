@@ -34,7 +34,7 @@ def chat(server: TailorServer, key: str, model: str, **extra: object) -> httpx.R
 def test_engine_crash_mid_stream_then_recovery(tailor_server: TailorServer, tenant_a: TenantKeys,
                                                trained_adapter: Path) -> None:
     with tailor_server.admin() as admin:
-        r = admin.post(f"/admin/tenants/{tenant_a.name}/adapters", json={"name": "phoenix", "path": str(trained_adapter)})
+        r = admin.post(f"/admin/tenants/{tenant_a.name}/adapters/register", json={"name": "phoenix", "path": str(trained_adapter)})
         assert r.status_code == 201, r.text
     assert "Zorblax" in chat(tailor_server, tenant_a.key, "phoenix").json()["choices"][0]["message"]["content"]
     victim = engine_process(tailor_server)

@@ -1,0 +1,171 @@
+"""Candidates, canaries, promotion and rollback of a tenant's adapter versions.
+
+Promotion is one transaction that moves the name's alias to another version. Requests
+already running keep the version they resolved (each version has its own engine name),
+new requests get the new one, and the old version stays stored for instant rollback.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from adapters import registry
+from adapters.registry import AdapterInfo, Lineage, ValidationLimits, VersionInfo
+from adapters.store import AdapterStore
+from core.db import Database
+from core.errors import TailorError, bad_request, not_found
+from core.ids import utcnow
+from core.models import Adapter, AdapterVersion
+
+
+@dataclass(frozen=True)
+class VersionLineage:
+    version: int
+    id: str
+    state: str
+    source: str
+    digest: str
+    job_id: str | None
+    dataset_id: str | None
+    parent_version_id: str | None
+    metrics: dict[str, object] | None
+    created_at: datetime
+    promoted_at: datetime | None
+    promoted_by: str | None
+    serving: str | None  # "active", "canary" or None
+
+
+def _adapter(s: Session, tenant_id: str, name: str) -> Adapter:
+    adapter = s.scalar(select(Adapter).where(Adapter.tenant_id == tenant_id, Adapter.name == name))
+    if adapter is None:
+        raise registry.model_not_found(name)
+    return adapter
+
+
+def _version(adapter: Adapter, version: int) -> AdapterVersion:
+    target = next((v for v in adapter.versions if v.version == version), None)
+    if target is None:
+        raise not_found(f"Adapter {adapter.name!r} has no version {version}.", code="version_not_found")
+    if target.state in ("training", "failed"):
+        raise bad_request(f"Version {version} of {adapter.name!r} is {target.state} and cannot serve.",
+                          code="version_not_servable")
+    return target
+
+
+def register_candidate(db: Database, store: AdapterStore, limits: ValidationLimits, *, tenant_id: str,
+                       name: str, source_dir: Path, base_model_name: str, job_id: str | None,
+                       dataset_id: str | None, metrics: dict[str, object] | None,
+                       parent_version_id: str | None) -> VersionInfo:
+    """Store a trained adapter as a candidate: callable as `name@vN`, not yet served as `name`."""
+    return registry.register_dir(
+        db, store, limits, tenant_id=tenant_id, name=name, source_dir=source_dir,
+        base_model_name=base_model_name, source="training", activate=False, state="candidate",
+        lineage=Lineage(job_id=job_id, dataset_id=dataset_id, parent_version_id=parent_version_id, metrics=metrics))
+
+
+def promote(db: Database, tenant_id: str, name: str, version: int, *, by: str) -> AdapterInfo:
+    with db.session() as s:
+        adapter = _adapter(s, tenant_id, name)
+        target = _version(adapter, version)
+        current = next((v for v in adapter.versions if v.id == adapter.active_version_id), None)
+        if current is not None and current.id != target.id:
+            current.state = "retired"
+        target.state = "active"
+        target.promoted_at = utcnow()
+        target.promoted_by = by
+        adapter.active_version_id = target.id
+        if adapter.canary_version_id == target.id:
+            adapter.canary_version_id, adapter.canary_fraction = None, 0.0
+        s.flush()
+        return registry.adapter_info(adapter)
+
+
+def start_canary(db: Database, tenant_id: str, name: str, version: int, fraction: float, *, by: str) -> AdapterInfo:
+    if not 0.0 < fraction < 1.0:
+        raise bad_request("A canary fraction must be between 0 and 1 (exclusive).", param="fraction")
+    with db.session() as s:
+        adapter = _adapter(s, tenant_id, name)
+        target = _version(adapter, version)
+        if target.id == adapter.active_version_id:
+            raise bad_request(f"Version {version} already serves all of {name!r}.", param="version")
+        if adapter.active_version_id is None:
+            raise bad_request(f"{name!r} has no active version to split traffic with; promote instead.")
+        stop = next((v for v in adapter.versions if v.id == adapter.canary_version_id), None)
+        if stop is not None and stop.state == "canary":
+            stop.state = "candidate"
+        target.state = "canary"
+        target.promoted_by = by
+        adapter.canary_version_id, adapter.canary_fraction = target.id, fraction
+        s.flush()
+        return registry.adapter_info(adapter)
+
+
+def stop_canary(db: Database, tenant_id: str, name: str) -> AdapterInfo:
+    with db.session() as s:
+        adapter = _adapter(s, tenant_id, name)
+        canary = next((v for v in adapter.versions if v.id == adapter.canary_version_id), None)
+        if canary is not None and canary.state == "canary":
+            canary.state = "candidate"
+        adapter.canary_version_id, adapter.canary_fraction = None, 0.0
+        s.flush()
+        return registry.adapter_info(adapter)
+
+
+def rollback(db: Database, tenant_id: str, name: str, *, by: str) -> AdapterInfo:
+    """Serve the version that was active before the current one."""
+    with db.session() as s:
+        adapter = _adapter(s, tenant_id, name)
+        current = next((v for v in adapter.versions if v.id == adapter.active_version_id), None)
+        earlier = [v for v in adapter.versions if v.promoted_at is not None and v.id != adapter.active_version_id
+                   and v.state == "retired"
+                   and (current is None or current.promoted_at is None
+                        or _ts(v.promoted_at) <= _ts(current.promoted_at))]
+        if not earlier:
+            raise bad_request(f"{name!r} has no earlier promoted version to roll back to.", code="no_previous_version")
+        previous = max(earlier, key=lambda v: (_ts(v.promoted_at), v.version))
+        version = previous.version
+    return promote(db, tenant_id, name, version, by=by)
+
+
+def _ts(value: datetime | None) -> float:
+    return value.timestamp() if value is not None else 0.0
+
+
+def reject(db: Database, tenant_id: str, name: str, version: int, *, reason: str) -> None:
+    with db.session() as s:
+        adapter = _adapter(s, tenant_id, name)
+        target = next((v for v in adapter.versions if v.version == version), None)
+        if target is None:
+            raise not_found(f"Adapter {name!r} has no version {version}.", code="version_not_found")
+        if target.id == adapter.active_version_id:
+            raise TailorError(409, f"Version {version} of {name!r} is serving; roll back first.", code="conflict")
+        target.state = "rejected"
+        target.metrics = {**(target.metrics or {}), "rejected_reason": reason}
+
+
+def active_version(db: Database, tenant_id: str, name: str) -> VersionInfo | None:
+    with db.session() as s:
+        adapter = s.scalar(select(Adapter).where(Adapter.tenant_id == tenant_id, Adapter.name == name))
+        if adapter is None or adapter.active_version_id is None:
+            return None
+        current = s.get(AdapterVersion, adapter.active_version_id)
+        return registry.version_info(adapter, current) if current else None
+
+
+def lineage(db: Database, tenant_id: str, name: str) -> list[VersionLineage]:
+    with db.session() as s:
+        adapter = _adapter(s, tenant_id, name)
+        return [
+            VersionLineage(
+                version=v.version, id=v.id, state=v.state, source=v.source, digest=v.digest, job_id=v.job_id,
+                dataset_id=v.dataset_id, parent_version_id=v.parent_version_id, metrics=v.metrics,
+                created_at=v.created_at, promoted_at=v.promoted_at, promoted_by=v.promoted_by,
+                serving="active" if v.id == adapter.active_version_id
+                else "canary" if v.id == adapter.canary_version_id else None)
+            for v in adapter.versions
+        ]

@@ -1,0 +1,98 @@
+"""OpenAI's Files API (`/v1/files`), for fine-tuning files; shapes follow OpenAI's schema."""
+
+from __future__ import annotations
+
+from typing import Literal
+from urllib.parse import quote
+
+from fastapi import APIRouter, File, Form, Query, UploadFile
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from core.errors import TailorError
+from gateway.deps import CallerDep, ServicesDep
+from trainer import files
+from trainer.files import FileInfo
+
+router = APIRouter(prefix="/v1/files", tags=["files"])
+
+
+class OpenAIFileOut(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    bytes: int
+    created_at: int
+    filename: str
+    purpose: str
+    # Deprecated by OpenAI but still required by its schema; files are validated on
+    # upload, so a stored file is always processed.
+    status: Literal["processed"] = "processed"
+
+
+class ListFilesOut(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[OpenAIFileOut]
+    # OpenAI's schema requires both as strings; an empty page has no ids, so "".
+    first_id: str
+    last_id: str
+    has_more: bool
+
+
+class DeleteFileOut(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    deleted: bool
+
+
+def file_out(info: FileInfo) -> OpenAIFileOut:
+    return OpenAIFileOut(id=info.id, bytes=info.bytes, created_at=info.created_at_unix,
+                         filename=info.filename, purpose=info.purpose)
+
+
+@router.post("", response_model=OpenAIFileOut,
+             summary="Upload a fine-tuning JSONL file (chat or preference examples), validated line by line")
+async def upload(services: ServicesDep, caller: CallerDep, file: UploadFile = File(...),
+                 purpose: str = Form(...)) -> OpenAIFileOut:
+    limit = files.MAX_FILE_BYTES
+    data = bytearray()
+    while chunk := await file.read(1 << 20):
+        data += chunk
+        if len(data) > limit:
+            raise TailorError(413, f"File exceeds {limit} bytes.", code="file_too_large", param="file")
+    info = await run_in_threadpool(files.upload_file, services.db, services.blobs, caller.tenant_id,
+                                   file.filename, bytes(data), purpose)
+    return file_out(info)
+
+
+@router.get("", response_model=ListFilesOut)
+def list_files(services: ServicesDep, caller: CallerDep, purpose: str | None = None,
+               limit: int = Query(10_000, ge=1, le=10_000), order: Literal["asc", "desc"] = "desc",
+               after: str | None = None) -> ListFilesOut:
+    page = files.list_files(services.db, caller.tenant_id, purpose=purpose, limit=limit, order=order,
+                            after=after)
+    data = [file_out(i) for i in page.items]
+    return ListFilesOut(data=data, first_id=data[0].id if data else "",
+                        last_id=data[-1].id if data else "", has_more=page.has_more)
+
+
+@router.get("/{file_id}", response_model=OpenAIFileOut)
+def get_file(file_id: str, services: ServicesDep, caller: CallerDep) -> OpenAIFileOut:
+    return file_out(files.get_file(services.db, caller.tenant_id, file_id))
+
+
+@router.delete("/{file_id}", response_model=DeleteFileOut)
+def delete_file(file_id: str, services: ServicesDep, caller: CallerDep) -> DeleteFileOut:
+    info = files.delete_file(services.db, services.blobs, caller.tenant_id, file_id)
+    return DeleteFileOut(id=info.id, deleted=True)
+
+
+@router.get("/{file_id}/content", response_class=Response,
+            responses={200: {"content": {"application/octet-stream": {}}}})
+def file_content(file_id: str, services: ServicesDep, caller: CallerDep) -> Response:
+    info = files.get_file(services.db, caller.tenant_id, file_id)
+    data = files.file_content(services.db, services.blobs, caller.tenant_id, file_id)
+    # Headers are latin-1: an ASCII fallback name plus the exact name per RFC 6266/5987.
+    fallback = "".join(c if c.isascii() and c not in '"\\' else "_" for c in info.filename)
+    disposition = f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(info.filename, safe='')}"
+    return Response(data, media_type="application/octet-stream", headers={"content-disposition": disposition})

@@ -1,0 +1,394 @@
+"""trainer.jobs: the fine-tuning queue on SQLite (and PostgreSQL when a cluster can start).
+
+Creation and hyperparameter checks, tenant scoping, pagination, cancellation, claiming
+(one winner per job, even with two claimers racing), heartbeats, finishing, and the
+sweep that requeues or fails jobs whose worker went quiet.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import update
+
+from core.blobs import BlobStore
+from core.db import Database, migrate
+from core.errors import TailorError
+from core.ids import new_id, utcnow
+from core.models import Job, Tenant
+from tests.pg import create_database, postgres_url  # noqa: F401
+from trainer import files, jobs
+from trainer.jobs import JobLost
+
+CHAT_LINE = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
+PREF_LINE = (b'{"input": {"messages": [{"role": "user", "content": "hi"}]}, '
+             b'"preferred_output": [{"role": "assistant", "content": "hello"}], '
+             b'"non_preferred_output": [{"role": "assistant", "content": "go away"}]}\n')
+
+
+def _tenant(db: Database, name: str) -> str:
+    tenant_id = new_id("ten")
+    with db.session() as s:
+        s.add(Tenant(id=tenant_id, name=name))
+    return tenant_id
+
+
+def _open(url: str) -> Database:
+    migrate(url)
+    return Database(url)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Database:
+    database = _open(f"sqlite:///{tmp_path / 'tailor.db'}")
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def tenant(db: Database) -> str:
+    return _tenant(db, "acme")
+
+
+def _job(db: Database, tenant_id: str, **kw: object) -> jobs.JobInfo:
+    args: dict[str, object] = {"method": "supervised", "model": "base", "hyperparameters": {}}
+    args.update(kw)
+    return jobs.create_job(db, tenant_id, **args)  # type: ignore[arg-type]
+
+
+def _backdate_heartbeat(db: Database, job_id: str, seconds: float) -> None:
+    with db.session() as s:
+        s.execute(update(Job).where(Job.id == job_id)
+                  .values(heartbeat_at=utcnow() - timedelta(seconds=seconds)))
+
+
+# -----------------------------------------------------------------------------
+# creating
+
+
+def test_create_fills_auto_and_names_the_adapter(db: Database, tenant: str) -> None:
+    job = _job(db, tenant, hyperparameters={"n_epochs": 3, "lora_rank": 4})
+    assert job.status == "queued" and job.attempts == 0 and job.source == "api"
+    assert job.id.startswith("ftjob-")
+    assert job.adapter_name == "ft-" + job.id.split("-", 1)[1][:8]
+    assert job.hyperparameters == {"n_epochs": 3, "lora_rank": 4, "batch_size": "auto",
+                                   "learning_rate_multiplier": "auto", "lora_alpha": "auto",
+                                   "max_steps": "auto"}
+    events, _ = jobs.list_events(db, tenant, job.id)
+    assert [e.message for e in events] == [f"Created fine-tuning job: {job.id}"]
+    assert events[0].type == "message"
+
+
+def test_dpo_jobs_take_beta(db: Database, tenant: str) -> None:
+    job = _job(db, tenant, method="dpo", adapter_name="prefs", hyperparameters={"beta": 0.5})
+    assert job.adapter_name == "prefs"
+    assert job.hyperparameters["beta"] == 0.5
+
+
+@pytest.mark.parametrize(("method", "hp", "param"), [
+    ("supervised", {"n_epochs": 0}, "hyperparameters.n_epochs"),
+    ("supervised", {"n_epochs": 51}, "hyperparameters.n_epochs"),
+    ("supervised", {"n_epochs": 2.5}, "hyperparameters.n_epochs"),
+    ("supervised", {"n_epochs": True}, "hyperparameters.n_epochs"),
+    ("supervised", {"n_epochs": "many"}, "hyperparameters.n_epochs"),
+    ("supervised", {"batch_size": 257}, "hyperparameters.batch_size"),
+    ("supervised", {"learning_rate_multiplier": 0}, "hyperparameters.learning_rate_multiplier"),
+    ("supervised", {"learning_rate_multiplier": float("nan")}, "hyperparameters.learning_rate_multiplier"),
+    ("supervised", {"lora_rank": 65}, "hyperparameters.lora_rank"),
+    ("supervised", {"max_steps": 0}, "hyperparameters.max_steps"),
+    ("supervised", {"beta": 0.1}, "hyperparameters.beta"),
+    ("supervised", {"warmup": 3}, "hyperparameters.warmup"),
+    ("dpo", {"beta": 0}, "hyperparameters.beta"),
+    ("dpo", {"beta": 2.5}, "hyperparameters.beta"),
+    ("reinforcement", {}, "method.type"),
+])
+def test_bad_hyperparameters_are_400_naming_the_field(db: Database, tenant: str, method: str,
+                                                      hp: dict[str, object], param: str) -> None:
+    with pytest.raises(TailorError) as err:
+        _job(db, tenant, method=method, hyperparameters=hp)
+    assert (err.value.status, err.value.param) == (400, param)
+
+
+def test_lora_rank_is_capped_by_the_engines_limit(db: Database, tenant: str) -> None:
+    with pytest.raises(TailorError) as err:
+        _job(db, tenant, hyperparameters={"lora_rank": 32}, max_lora_rank=16)
+    assert err.value.param == "hyperparameters.lora_rank"
+    assert _job(db, tenant, hyperparameters={"lora_rank": 16}, max_lora_rank=16).status == "queued"
+
+
+def test_bad_suffix_and_seed(db: Database, tenant: str) -> None:
+    with pytest.raises(TailorError) as err:
+        _job(db, tenant, adapter_name="no spaces allowed")
+    assert err.value.param == "suffix"
+    with pytest.raises(TailorError) as err:
+        _job(db, tenant, seed=-1)
+    assert err.value.param == "seed"
+
+
+def test_training_files_must_be_the_tenants_and_of_the_methods_kind(db: Database, tenant: str,
+                                                                    tmp_path: Path) -> None:
+    blobs = BlobStore(str(tmp_path / "blobs"))
+    chat = files.upload_file(db, blobs, tenant, "chat.jsonl", CHAT_LINE * 2, "fine-tune")
+    prefs = files.upload_file(db, blobs, tenant, "prefs.jsonl", PREF_LINE, "fine-tune")
+    other = _tenant(db, "globex")
+    foreign = files.upload_file(db, blobs, other, "chat.jsonl", CHAT_LINE, "fine-tune")
+
+    assert _job(db, tenant, training_file=chat.id).training_file == chat.id
+    assert _job(db, tenant, method="dpo", training_file=prefs.id).training_file == prefs.id
+    for kw, param in [({"training_file": "file-nope"}, "training_file"),
+                      ({"training_file": foreign.id}, "training_file"),
+                      ({"training_file": prefs.id}, "training_file"),
+                      ({"training_file": chat.id, "validation_file": prefs.id}, "validation_file")]:
+        with pytest.raises(TailorError) as err:
+            _job(db, tenant, **kw)
+        assert (err.value.status, err.value.param, err.value.code) == (400, param, "invalid_file")
+
+
+def test_auto_hyperparameters_resolve_to_concrete_values() -> None:
+    from trainer.dpo import DPOConfig
+    from trainer.sft import SFTConfig
+
+    # the documented meaning of learning_rate_multiplier=1 is each trainer's own default
+    assert jobs.BASE_LEARNING_RATE == {"supervised": SFTConfig().learning_rate,
+                                       "dpo": DPOConfig().learning_rate}
+    hp = jobs.validate_hyperparameters("supervised", {})
+    small = jobs.resolve_hyperparameters("supervised", hp, 8)
+    assert (small.n_epochs, small.batch_size, small.lora_rank, small.lora_alpha) == (13, 4, 8, 16)
+    assert small.learning_rate == SFTConfig().learning_rate and small.max_steps is None
+    assert small.beta is None and "beta" not in small.as_dict()
+    big = jobs.resolve_hyperparameters("supervised", hp, 10_000)
+    assert big.n_epochs == 3
+    tiny = jobs.resolve_hyperparameters("supervised", hp, 2)
+    assert tiny.batch_size == 2
+    dpo = jobs.resolve_hyperparameters("dpo", {"learning_rate_multiplier": 2, "lora_rank": 4,
+                                               "max_steps": 7}, 8)
+    assert dpo.learning_rate == pytest.approx(2 * DPOConfig().learning_rate)
+    assert (dpo.lora_alpha, dpo.max_steps, dpo.beta) == (8, 7, jobs.DEFAULT_BETA)
+
+
+# -----------------------------------------------------------------------------
+# reading
+
+
+def test_jobs_are_tenant_scoped(db: Database, tenant: str) -> None:
+    job = _job(db, tenant)
+    other = _tenant(db, "globex")
+    for call in (lambda: jobs.get_job(db, other, job.id), lambda: jobs.cancel_job(db, other, job.id),
+                 lambda: jobs.list_events(db, other, job.id),
+                 lambda: jobs.list_checkpoints(db, other, job.id),
+                 lambda: jobs.get_job(db, tenant, "ftjob-missing")):
+        with pytest.raises(TailorError) as err:
+            call()
+        assert err.value.status == 404
+    assert jobs.list_jobs(db, other) == ([], False)
+    assert jobs.get_job(db, None, job.id).id == job.id  # operators and workers see all
+
+
+def test_list_jobs_pages_newest_first(db: Database, tenant: str) -> None:
+    made = [_job(db, tenant).id for _ in range(5)]
+    first, more = jobs.list_jobs(db, tenant, limit=2)
+    assert [j.id for j in first] == made[::-1][:2] and more
+    second, more = jobs.list_jobs(db, tenant, after=first[-1].id, limit=2)
+    assert [j.id for j in second] == made[::-1][2:4] and more
+    last, more = jobs.list_jobs(db, tenant, after=second[-1].id, limit=2)
+    assert [j.id for j in last] == made[:1] and not more
+    with pytest.raises(TailorError) as err:
+        jobs.list_jobs(db, tenant, limit=0)
+    assert err.value.param == "limit"
+
+
+def test_events_newest_first_with_metrics_type(db: Database, tenant: str) -> None:
+    job = _job(db, tenant)
+    jobs.add_event(db, job.id, "Step 1/2: training loss=1.0000", data={"step": 1, "train_loss": 1.0})
+    jobs.add_event(db, job.id, "Step 2/2: training loss=0.5000", data={"step": 2, "train_loss": 0.5})
+    jobs.add_event(db, job.id, "Oops", level="warn")
+    page, more = jobs.list_events(db, tenant, job.id, limit=2)
+    assert [e.message for e in page] == ["Oops", "Step 2/2: training loss=0.5000"] and more
+    assert [e.type for e in page] == ["message", "metrics"]
+    rest, more = jobs.list_events(db, tenant, job.id, after=page[-1].id)
+    assert [e.message for e in rest] == ["Step 1/2: training loss=1.0000", f"Created fine-tuning job: {job.id}"]
+    assert not more
+    with pytest.raises(ValueError):
+        jobs.add_event(db, job.id, "x", level="debug")
+
+
+def test_checkpoints_latest_step_first(db: Database, tenant: str) -> None:
+    job = _job(db, tenant)
+    for step in (5, 10, 15):
+        jobs.add_checkpoint(db, job.id, step=step, metrics={"step": step, "train_loss": 1 / step},
+                            path=f"checkpoints/x/step-{step}")
+    page, more = jobs.list_checkpoints(db, tenant, job.id, limit=2)
+    assert [c.step for c in page] == [15, 10] and more
+    rest, more = jobs.list_checkpoints(db, tenant, job.id, after=page[-1].id)
+    assert [c.step for c in rest] == [5] and not more
+    assert rest[0].id.startswith("ftckpt-") and rest[0].path == "checkpoints/x/step-5"
+
+
+# -----------------------------------------------------------------------------
+# claiming, beating, finishing
+
+
+def test_claim_takes_the_oldest_and_only_once(db: Database, tenant: str) -> None:
+    a, b = _job(db, tenant), _job(db, tenant)
+    first = jobs.claim_next(db, "w1")
+    assert first is not None and first.id == a.id
+    assert (first.status, first.worker_id, first.attempts) == ("running", "w1", 1)
+    assert first.started_at is not None and first.heartbeat_at is not None
+    second = jobs.claim_next(db, "w2")
+    assert second is not None and second.id == b.id
+    assert jobs.claim_next(db, "w3") is None
+
+
+def _race(urls: list[str], tenant: str, n_jobs: int) -> tuple[list[str], list[str]]:
+    """Two claimers with their own engines drain the queue at once; who got what."""
+    setup = Database(urls[0])
+    for _ in range(n_jobs):
+        _job(setup, tenant)
+    setup.dispose()
+    got: dict[str, list[str]] = {"a": [], "b": []}
+    start = threading.Barrier(2)
+
+    def claimer(name: str, url: str) -> None:
+        worker_db = Database(url)
+        start.wait()
+        while (job := jobs.claim_next(worker_db, name)) is not None:
+            got[name].append(job.id)
+        worker_db.dispose()
+
+    threads = [threading.Thread(target=claimer, args=(n, u)) for n, u in zip("ab", urls, strict=True)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    return got["a"], got["b"]
+
+
+def test_two_claimers_never_share_a_job_sqlite(db: Database, tenant: str) -> None:
+    a, b = _race([db.url, db.url], tenant, 30)
+    assert not set(a) & set(b)
+    assert len(a) + len(b) == 30
+    statuses = {j.worker_id for j in jobs.list_jobs(db, tenant, limit=100)[0]}
+    assert statuses <= {"a", "b"}
+
+
+def test_heartbeat_reports_cancellation_and_ownership(db: Database, tenant: str) -> None:
+    job = _job(db, tenant)
+    jobs.claim_next(db, "w1")
+    assert jobs.heartbeat(db, job.id, "w1") is False
+    with pytest.raises(JobLost):
+        jobs.heartbeat(db, job.id, "w2")
+    cancelled = jobs.cancel_job(db, tenant, job.id)
+    assert (cancelled.status, cancelled.cancel_requested) == ("running", True)
+    assert jobs.heartbeat(db, job.id, "w1") is True
+    done = jobs.finish_job(db, job.id, "w1", status="cancelled")
+    assert done.status == "cancelled" and done.finished_at is not None
+    with pytest.raises(JobLost):
+        jobs.heartbeat(db, job.id, "w1")
+
+
+def test_cancel_queued_is_immediate_and_finished_jobs_refuse(db: Database, tenant: str) -> None:
+    queued = _job(db, tenant)
+    out = jobs.cancel_job(db, tenant, queued.id)
+    assert out.status == "cancelled" and out.finished_at is not None
+    assert jobs.cancel_job(db, tenant, queued.id).status == "cancelled"  # idempotent
+    assert jobs.claim_next(db, "w1") is None
+
+    running = _job(db, tenant)
+    jobs.claim_next(db, "w1")
+    jobs.finish_job(db, running.id, "w1", status="succeeded", fine_tuned_model="x@v1",
+                    decision="promoted", metrics={"train_loss": 0.1}, trained_tokens=42)
+    with pytest.raises(TailorError) as err:
+        jobs.cancel_job(db, tenant, running.id)
+    assert err.value.status == 409
+    info = jobs.get_job(db, tenant, running.id)
+    assert (info.fine_tuned_model, info.decision, info.trained_tokens) == ("x@v1", "promoted", 42)
+
+
+def test_finish_needs_the_claim(db: Database, tenant: str) -> None:
+    job = _job(db, tenant)
+    with pytest.raises(JobLost):
+        jobs.finish_job(db, job.id, "w1", status="succeeded")  # never claimed
+    jobs.claim_next(db, "w1")
+    with pytest.raises(JobLost):
+        jobs.finish_job(db, job.id, "w2", status="failed")
+    with pytest.raises(ValueError):
+        jobs.finish_job(db, job.id, "w1", status="running")
+    error = {"code": "boom", "message": "it broke", "param": None}
+    assert jobs.finish_job(db, job.id, "w1", status="failed", error=error).error == error
+
+
+def test_requeue_stale_retries_then_fails(db: Database, tenant: str) -> None:
+    job = _job(db, tenant)
+    fresh = _job(db, tenant)
+    jobs.claim_next(db, "dead")
+    jobs.claim_next(db, "alive")
+    _backdate_heartbeat(db, job.id, 120)
+
+    assert jobs.requeue_stale(db, stale_after_s=60, max_attempts=2) == [job.id]
+    again = jobs.get_job(db, tenant, job.id)
+    assert (again.status, again.worker_id, again.attempts) == ("queued", None, 1)
+    assert jobs.get_job(db, tenant, fresh.id).status == "running"
+    with pytest.raises(JobLost):  # the dead worker, should it wake up, may not write any more
+        jobs.heartbeat(db, job.id, "dead")
+
+    second = jobs.claim_next(db, "w2")
+    assert second is not None and second.id == job.id and second.attempts == 2
+    _backdate_heartbeat(db, job.id, 120)
+    assert jobs.requeue_stale(db, stale_after_s=60, max_attempts=2) == [job.id]
+    failed = jobs.get_job(db, tenant, job.id)
+    assert failed.status == "failed" and failed.finished_at is not None
+    assert failed.error is not None and failed.error["code"] == "worker_lost"
+    events, _ = jobs.list_events(db, tenant, job.id)
+    assert events[0].level == "error" and "heartbeats" in events[0].message
+    assert jobs.requeue_stale(db, stale_after_s=60) == []
+
+
+def test_stale_job_with_cancellation_requested_is_cancelled(db: Database, tenant: str) -> None:
+    job = _job(db, tenant)
+    jobs.claim_next(db, "dead")
+    jobs.cancel_job(db, tenant, job.id)
+    _backdate_heartbeat(db, job.id, 120)
+    assert jobs.requeue_stale(db, stale_after_s=60) == [job.id]
+    assert jobs.get_job(db, tenant, job.id).status == "cancelled"
+
+
+def test_evaluations_are_recorded_per_job(db: Database, tenant: str) -> None:
+    job = _job(db, tenant)
+    with pytest.raises(TailorError) as err:
+        jobs.get_evaluation(db, tenant, job.id)
+    assert err.value.status == 404
+    jobs.record_evaluation(db, tenant_id=tenant, job_id=job.id, candidate_version_id="av-1",
+                           baseline_version_id=None, dataset_id="ds-1",
+                           candidate_metrics={"n": 2, "token_f1": 0.9},
+                           baseline_metrics={"n": 2, "token_f1": 0.1}, decision="promoted",
+                           reasons=["token_f1 better"], report_key="reports/t/j/report.json")
+    got = jobs.get_evaluation(db, tenant, job.id)
+    assert (got.decision, got.candidate_metrics["token_f1"], got.reasons) == ("promoted", 0.9, ["token_f1 better"])
+    with pytest.raises(TailorError):
+        jobs.get_evaluation(db, _tenant(db, "globex"), job.id)
+
+
+# -----------------------------------------------------------------------------
+# PostgreSQL: SKIP LOCKED lets workers claim side by side
+
+
+@pytest.mark.postgres
+def test_postgres_claims_are_exclusive_and_sweeps_work(postgres_url: str) -> None:  # noqa: F811
+    url = create_database(postgres_url, "jobs")
+    db = _open(url)
+    try:
+        tenant = _tenant(db, "acme")
+        a, b = _race([url, url], tenant, 30)
+        assert not set(a) & set(b)
+        assert len(a) + len(b) == 30
+        victim = a[0] if a else b[0]
+        _backdate_heartbeat(db, victim, 120)
+        assert jobs.requeue_stale(db, stale_after_s=60) == [victim]
+        claimed = jobs.claim_next(db, "again")
+        assert claimed is not None and claimed.id == victim and claimed.attempts == 2
+        assert jobs.heartbeat(db, victim, "again") is False
+    finally:
+        db.dispose()

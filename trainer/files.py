@@ -1,0 +1,294 @@
+"""Training files (OpenAI's Files API, purpose "fine-tune"): validate, store, read back.
+
+A file is checked line by line when it is uploaded, so a bad example is refused with its
+line number at once instead of failing a training job minutes later. Two formats are
+accepted, one per file:
+
+- "sft" (OpenAI chat fine-tuning): `{"messages": [{"role": "system"|"user"|"assistant",
+  "content": str}, ...]}` with at least one assistant message;
+- "preference" (OpenAI DPO): `{"input": {"messages": [...]}, "preferred_output":
+  [{"role": "assistant", "content": str}], "non_preferred_output": [...]}`.
+
+Blank lines are skipped (a trailing newline is not an example). Bytes live in the blob
+store under `files/<tenant>/<file id>.jsonl`, written before the row that points at them.
+Every lookup is tenant-scoped; another tenant's file reads as unknown (404).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from sqlalchemy import select
+
+from core.blobs import BlobStore
+from core.db import Database
+from core.errors import TailorError, bad_request, conflict, not_found
+from core.ids import new_id
+from core.models import Job, StoredFile
+from trainer.datasets import (
+    InvalidExample,
+    PreferenceRecord,
+    SFTRecord,
+    check_messages,
+)
+
+PURPOSE = "fine-tune"
+MAX_FILE_BYTES = 100 * 1024 * 1024
+MAX_FILE_LINES = 100_000
+# Jobs in these states may still read their files; deleting one would fail them later.
+_ACTIVE_JOB_STATES = ("validating_files", "queued", "running")
+
+Kind = Literal["sft", "preference"]
+_KIND_NAMES = {"sft": "a chat (sft) example", "preference": "a preference example"}
+_SFT_KEYS = {"messages"}
+_PREFERENCE_KEYS = {"input", "preferred_output", "non_preferred_output"}
+_UNSUPPORTED_KEYS = ("tools", "functions", "parallel_tool_calls")
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    id: str
+    tenant_id: str
+    filename: str
+    purpose: str
+    bytes: int
+    kind: Kind
+    line_count: int
+    sha256: str
+    created_at: datetime
+
+    @property
+    def created_at_unix(self) -> int:
+        return int(self.created_at.timestamp())
+
+
+@dataclass(frozen=True)
+class FilePage:
+    items: list[FileInfo]
+    has_more: bool
+
+
+@dataclass(frozen=True)
+class ParsedFile:
+    kind: Kind
+    records: list[SFTRecord] | list[PreferenceRecord]
+
+
+def _info(row: StoredFile) -> FileInfo:
+    created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=timezone.utc)
+    return FileInfo(id=row.id, tenant_id=row.tenant_id, filename=row.filename, purpose=row.purpose,
+                    bytes=row.bytes, kind=row.kind, line_count=row.line_count,  # type: ignore[arg-type]
+                    sha256=row.sha256, created_at=created)
+
+
+def _file_error(message: str, *, code: str = "invalid_file") -> TailorError:
+    return bad_request(message, code=code, param="file")
+
+
+# -----------------------------------------------------------------------------
+# validation
+
+
+def parse_jsonl(data: bytes, *, max_lines: int = MAX_FILE_LINES) -> ParsedFile:
+    """Validate a fine-tuning file and return its examples; TailorError 400 names the line."""
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]  # a UTF-8 byte-order mark, as some editors write
+    kind: Kind | None = None
+    first_line = 0
+    records: list[Any] = []
+    for lineno, raw in enumerate(data.split(b"\n"), start=1):
+        if not raw.strip():
+            continue
+        if len(records) >= max_lines:
+            raise _file_error(f"file has more than {max_lines} examples", code="file_too_large")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _file_error(f"line {lineno}: not valid UTF-8") from None
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise _file_error(f"line {lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(obj, dict):
+            raise _file_error(f"line {lineno}: must be a JSON object, one example per line")
+        line_kind = _kind_of(obj)
+        if line_kind is None:
+            raise _file_error(
+                f"line {lineno}: expected a chat example {{\"messages\": [...]}} or a preference example "
+                "{\"input\": {\"messages\": [...]}, \"preferred_output\": [...], \"non_preferred_output\": [...]}")
+        if kind is None:
+            kind, first_line = line_kind, lineno
+        elif line_kind != kind:
+            raise _file_error(f"line {lineno}: is {_KIND_NAMES[line_kind]} but line {first_line} is "
+                              f"{_KIND_NAMES[kind]}; a file holds one kind of example")
+        try:
+            records.append(_sft(obj) if line_kind == "sft" else _preference(obj))
+        except InvalidExample as exc:
+            raise _file_error(f"line {lineno}: {exc}") from None
+    if kind is None:
+        raise _file_error("file is empty: expected one JSON example per line", code="empty_file")
+    return ParsedFile(kind=kind, records=records)
+
+
+def _kind_of(obj: dict[str, Any]) -> Kind | None:
+    if "messages" in obj and not (_PREFERENCE_KEYS & obj.keys()):
+        return "sft"
+    if _PREFERENCE_KEYS & obj.keys() and "messages" not in obj:
+        return "preference"
+    return None
+
+
+def _refuse_unsupported(obj: dict[str, Any]) -> None:
+    for key in _UNSUPPORTED_KEYS:
+        if obj.get(key):
+            raise InvalidExample(f"{key} is not supported (text chat examples only)")
+
+
+def _sft(obj: dict[str, Any]) -> SFTRecord:
+    _refuse_unsupported(obj)
+    messages = check_messages(obj.get("messages"), "messages")
+    last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+    if last is None:
+        raise InvalidExample("messages must contain at least one assistant message")
+    # Turns after the last answer carry no loss; the record ends with its target.
+    return SFTRecord(messages=messages[: last + 1])
+
+
+def _preference(obj: dict[str, Any]) -> PreferenceRecord:
+    _refuse_unsupported(obj)
+    missing = [k for k in ("input", "preferred_output", "non_preferred_output") if k not in obj]
+    if missing:
+        raise InvalidExample(f"{missing[0]} is required in a preference example")
+    inp = obj["input"]
+    if not isinstance(inp, dict):
+        raise InvalidExample("input must be an object with messages")
+    _refuse_unsupported(inp)
+    prompt = check_messages(inp.get("messages"), "input.messages")
+    if prompt[-1]["role"] != "user":
+        raise InvalidExample(f"input.messages must end with a user message (got {prompt[-1]['role']!r})")
+    chosen = _single_answer(obj["preferred_output"], "preferred_output")
+    rejected = _single_answer(obj["non_preferred_output"], "non_preferred_output")
+    if chosen == rejected:
+        raise InvalidExample("preferred_output and non_preferred_output are identical")
+    return PreferenceRecord(prompt=prompt, chosen=chosen, rejected=rejected)
+
+
+def _single_answer(value: Any, where: str) -> str:
+    messages = check_messages(value, where)
+    if len(messages) != 1 or messages[0]["role"] != "assistant":
+        raise InvalidExample(f"{where} must be exactly one assistant message")
+    return messages[0]["content"]
+
+
+# -----------------------------------------------------------------------------
+# the Files API
+
+
+def storage_key(tenant_id: str, file_id: str) -> str:
+    return f"files/{tenant_id}/{file_id}.jsonl"
+
+
+def _clean_filename(filename: str | None) -> str:
+    # Only shown back to the client; the blob key uses the file id, never this name.
+    name = posixpath.basename((filename or "").replace("\\", "/")).strip()
+    name = "".join(ch for ch in name if ch.isprintable())
+    return (name or "upload.jsonl")[:255]
+
+
+def upload_file(db: Database, blobs: BlobStore, tenant_id: str, filename: str | None, data: bytes,
+                purpose: str, *, max_bytes: int = MAX_FILE_BYTES) -> FileInfo:
+    if purpose != PURPOSE:
+        raise bad_request(f"Tailor stores files for fine-tuning only: purpose must be {PURPOSE!r} "
+                          f"(got {purpose!r}).", code="invalid_purpose", param="purpose")
+    if len(data) > max_bytes:
+        raise TailorError(413, f"File exceeds {max_bytes} bytes.", code="file_too_large", param="file")
+    parsed = parse_jsonl(data)
+    file_id = new_id("file")
+    key = storage_key(tenant_id, file_id)
+    # Blob first: a row always points at complete bytes. A crash in between leaves an
+    # unreferenced blob, which is harmless.
+    blobs.put_bytes(key, data)
+    try:
+        with db.session() as s:
+            row = StoredFile(id=file_id, tenant_id=tenant_id, filename=_clean_filename(filename),
+                             purpose=purpose, bytes=len(data), kind=parsed.kind,
+                             line_count=len(parsed.records), storage_key=key,
+                             sha256=hashlib.sha256(data).hexdigest())
+            s.add(row)
+    except Exception:
+        blobs.delete(key)
+        raise
+    return _info(row)
+
+
+def _row(s: Any, tenant_id: str, file_id: str, param: str) -> StoredFile:
+    row = s.get(StoredFile, file_id) if isinstance(file_id, str) and len(file_id) <= 40 else None
+    if row is None or row.tenant_id != tenant_id:
+        # The same answer for unknown and foreign files: ids of other tenants stay secret.
+        raise not_found(f"No such File object: {file_id}", code="file_not_found", param=param)
+    return row
+
+
+def get_file(db: Database, tenant_id: str, file_id: str, *, param: str = "file_id") -> FileInfo:
+    with db.session() as s:
+        return _info(_row(s, tenant_id, file_id, param))
+
+
+def list_files(db: Database, tenant_id: str, *, purpose: str | None = None, limit: int = 10_000,
+               order: Literal["asc", "desc"] = "desc", after: str | None = None) -> FilePage:
+    if not 1 <= limit <= 10_000:
+        raise bad_request(f"limit must be between 1 and 10000 (got {limit}).", param="limit")
+    if order not in ("asc", "desc"):
+        raise bad_request(f"order must be 'asc' or 'desc' (got {order!r}).", param="order")
+    with db.session() as s:
+        query = select(StoredFile).where(StoredFile.tenant_id == tenant_id)
+        if purpose is not None:
+            query = query.where(StoredFile.purpose == purpose)
+        if after is not None:
+            cursor = _row(s, tenant_id, after, "after")
+            newer = (StoredFile.created_at > cursor.created_at) | (
+                (StoredFile.created_at == cursor.created_at) & (StoredFile.id > cursor.id))
+            older = (StoredFile.created_at < cursor.created_at) | (
+                (StoredFile.created_at == cursor.created_at) & (StoredFile.id < cursor.id))
+            query = query.where(older if order == "desc" else newer)
+        if order == "desc":
+            query = query.order_by(StoredFile.created_at.desc(), StoredFile.id.desc())
+        else:
+            query = query.order_by(StoredFile.created_at, StoredFile.id)
+        rows = list(s.scalars(query.limit(limit + 1)))
+    return FilePage(items=[_info(r) for r in rows[:limit]], has_more=len(rows) > limit)
+
+
+def file_content(db: Database, blobs: BlobStore, tenant_id: str, file_id: str) -> bytes:
+    with db.session() as s:
+        key = _row(s, tenant_id, file_id, "file_id").storage_key
+    return blobs.get_bytes(key)
+
+
+def delete_file(db: Database, blobs: BlobStore, tenant_id: str, file_id: str) -> FileInfo:
+    with db.session() as s:
+        row = _row(s, tenant_id, file_id, "file_id")
+        job = s.scalar(select(Job.id).where(
+            Job.tenant_id == tenant_id, Job.status.in_(_ACTIVE_JOB_STATES),
+            (Job.training_file == file_id) | (Job.validation_file == file_id)).limit(1))
+        if job is not None:
+            raise conflict(f"File {file_id} is used by fine-tuning job {job}, which has not finished; "
+                           "cancel the job or wait for it before deleting the file.",
+                           code="file_in_use", param="file_id")
+        info, key = _info(row), row.storage_key
+        s.delete(row)
+    # Row first: once it is gone nobody can reach the blob; a failure here only leaves
+    # unreferenced bytes behind.
+    blobs.delete(key)
+    return info
+
+
+def read_examples(db: Database, blobs: BlobStore, tenant_id: str,
+                  file_id: str) -> list[SFTRecord] | list[PreferenceRecord]:
+    """The validated examples of a stored file, in file order."""
+    return parse_jsonl(file_content(db, blobs, tenant_id, file_id)).records

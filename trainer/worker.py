@@ -1,0 +1,475 @@
+"""The trainer worker: claims queued fine-tuning jobs and takes each from data to a served version.
+
+Run one per training host, from the repository root:
+
+    python -m trainer.worker            # uses the TAILOR_* settings, like the gateway
+
+Several workers share one PostgreSQL database and object stores (adapter store, blob
+store) and claim jobs side by side (see trainer.jobs); on SQLite run exactly one.
+
+Per job, each stage leaves an event the tenant can read (GET /v1/fine_tuning/jobs/{id}/events):
+
+1. dataset: load the job's snapshot, or build one from its uploaded files or, without
+   files, from the tenant's feedback (trainer.datasets); the job records its id;
+2. train: LoRA SFT (trainer.sft) or DPO (trainer.dpo, starting from the adapter the job
+   names, else from the adapter it will replace) into `<data_dir>/jobs/<job id>`, with a
+   metrics event and a heartbeat at every step. Cancellation is seen at the next step;
+   then nothing is registered;
+3. checkpoints: every `checkpoint_every` steps (and the final adapter), copied to the blob
+   store under `checkpoints/<tenant>/<job>/step-<n>/` and listed as JobCheckpoint rows;
+4. evaluate the trained adapter against the version it would replace (or the base model)
+   on the snapshot's held-out split (trainer.evaluate), gate it (trainer.gates);
+5. register it as a candidate version with its lineage (job, dataset, parent, metrics),
+   record the Evaluation and a report (`reports/<tenant>/<job>/report.json|loss.png`);
+6. apply the decision: promote (or start a canary) when the tenant's policy says
+   auto_promote or the name has no serving version yet; keep it a candidate otherwise;
+   reject it when the gates fail. The job succeeds either way, naming `<name>@v<n>`.
+
+Evaluation runs before registration (not after) so the version's lineage metrics include
+how it did on held-out data; nothing about the files changes in between.
+
+Any failure fails the job with {code, message}; the working directory always goes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from adapters import promotion, registry
+from adapters.registry import ValidationLimits, VersionInfo
+from adapters.store import AdapterStore
+from adapters.validation import BaseModelSpec
+from core.blobs import BlobStore
+from core.config import Settings
+from core.db import Database
+from core.errors import TailorError
+from core.models import TenantPolicy
+from trainer import datasets, jobs
+from trainer.datasets import Snapshot
+from trainer.dpo import DPOConfig, PreferenceExample, train_lora_dpo
+from trainer.evaluate import Comparison, EvalExample, JudgeConfig, compare
+from trainer.gates import Decision, GateConfig, decide
+from trainer.jobs import JobInfo, JobLost, ResolvedHyperparameters
+from trainer.report import write_report
+from trainer.sft import ChatExample, SFTConfig, StepInfo, TrainingCancelled, TrainResult, train_lora_sft
+
+log = logging.getLogger("tailor.trainer")
+
+# How many checkpoints a job keeps when checkpoint_every is not given: a few points to
+# go back to, without storing the adapter at every step.
+CHECKPOINTS_PER_JOB = 3
+# A worker that has not beaten its heartbeat for this long is presumed dead. Long enough
+# for the longest step-free stretch (loading the model, evaluating a big held-out split),
+# which the background heartbeat covers anyway.
+STALE_AFTER_S = 600.0
+# Between the background heartbeats that cover the stretches without training steps.
+HEARTBEAT_S = 15.0
+
+
+@dataclass
+class _Run:
+    """What one job run knows as it goes (also what cleanup needs after a failure)."""
+
+    job: JobInfo
+    workdir: Path
+    version: VersionInfo | None = None
+
+
+@dataclass(frozen=True)
+class _Policy:
+    auto_promote: bool
+    canary_fraction: float
+    gates: GateConfig
+
+
+class _Heartbeat:
+    """Beats the job's heartbeat from a background thread while no training step does.
+
+    Steps beat on their own (should_stop); this covers model loading and evaluation.
+    """
+
+    def __init__(self, db: Database, job_id: str, worker_id: str, interval_s: float) -> None:
+        self.db, self.job_id, self.worker_id, self.interval_s = db, job_id, worker_id, interval_s
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name=f"heartbeat-{job_id}", daemon=True)
+
+    def _loop(self) -> None:
+        while not self.stop.wait(self.interval_s):
+            try:
+                jobs.heartbeat(self.db, self.job_id, self.worker_id)
+            except JobLost:
+                return  # the main thread learns it at its next beat
+            except Exception:  # noqa: BLE001 - a transient database error must not kill the beat
+                log.warning("heartbeat of job %s failed", self.job_id, exc_info=True)
+
+    def __enter__(self) -> _Heartbeat:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def _outcome(decision: Decision, baseline: VersionInfo | None, policy: _Policy) -> str:
+    """promoted | canary | candidate | rejected: what the gates' verdict means for this tenant."""
+    if not decision.promote:
+        return "rejected"
+    # A name nothing serves yet has no traffic to protect: its first good version serves.
+    if baseline is None:
+        return "promoted"
+    if not policy.auto_promote:
+        return "candidate"
+    return "canary" if 0 < policy.canary_fraction < 1 else "promoted"
+
+
+def _metrics_dict(value: Any) -> dict[str, Any]:
+    raw = asdict(value) if is_dataclass(value) and not isinstance(value, type) else dict(value)
+    # An infinite perplexity is not JSON (PostgreSQL's json type and the HTTP responses
+    # refuse it): stored and shown as null, "not measurable".
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in raw.items()}
+
+
+class Worker:
+    def __init__(self, settings: Settings, db: Database, store: AdapterStore, blobs: BlobStore, *,
+                 worker_id: str | None = None, checkpoint_every: int | None = None,
+                 stale_after_s: float = STALE_AFTER_S, max_attempts: int = 2,
+                 heartbeat_s: float = HEARTBEAT_S) -> None:
+        self.settings, self.db, self.store, self.blobs = settings, db, store, blobs
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.checkpoint_every = checkpoint_every
+        self.stale_after_s, self.max_attempts, self.heartbeat_s = stale_after_s, max_attempts, heartbeat_s
+        self._limits: ValidationLimits | None = None
+
+    @property
+    def limits(self) -> ValidationLimits:
+        if self._limits is None:
+            self._limits = ValidationLimits(
+                base=BaseModelSpec.from_config_dir(self.settings.base_model_path),
+                max_rank=self.settings.engine_max_lora_rank,
+                max_bytes=self.settings.max_adapter_bytes,
+            )
+        return self._limits
+
+    # --- the loop -------------------------------------------------------------
+
+    def run_once(self) -> bool:
+        """Claim one queued job and run it to the end; False when the queue was empty."""
+        job = jobs.claim_next(self.db, self.worker_id)
+        if job is None:
+            return False
+        self._run(job)
+        return True
+
+    def run_forever(self, stop: threading.Event, poll_s: float = 2.0) -> None:
+        """Run jobs until `stop` is set (checked between jobs); requeue dead workers' jobs."""
+        log.info("worker %s started", self.worker_id)
+        next_sweep = 0.0
+        while not stop.is_set():
+            try:
+                # Any worker may sweep: the sweep's conditional updates make it idempotent.
+                if time.monotonic() >= next_sweep:
+                    jobs.requeue_stale(self.db, self.stale_after_s, self.max_attempts)
+                    next_sweep = time.monotonic() + min(60.0, self.stale_after_s / 4)
+                if self.run_once():
+                    continue
+            except Exception:  # noqa: BLE001 - one bad poll (database away) must not end the worker
+                log.exception("worker %s: polling failed", self.worker_id)
+            stop.wait(poll_s)
+        log.info("worker %s stopped", self.worker_id)
+
+    # --- one job ---------------------------------------------------------------
+
+    def _run(self, job: JobInfo) -> None:
+        run = _Run(job=job, workdir=self.settings.data_dir / "jobs" / job.id)
+        try:
+            # Leftovers of an earlier attempt on this host are useless: start clean.
+            shutil.rmtree(run.workdir, ignore_errors=True)
+            run.workdir.mkdir(parents=True)
+            self._event(job, f"Job started on worker {self.worker_id} (attempt {job.attempts})")
+            with _Heartbeat(self.db, job.id, self.worker_id, self.heartbeat_s):
+                self._pipeline(run)
+        except TrainingCancelled as e:
+            self._event(job, f"Job cancelled after {e.step} training step(s); nothing was registered")
+            self._finish(job, status="cancelled")
+        except JobLost:
+            # Requeued as stale (we were too slow to beat) or finished by someone else:
+            # the job is no longer ours to write, whatever state it is in.
+            log.warning("worker %s lost job %s", self.worker_id, job.id)
+        except Exception as e:  # noqa: BLE001 - every failure must end as a failed job
+            self._fail(run, e)
+        finally:
+            shutil.rmtree(run.workdir, ignore_errors=True)
+
+    def _pipeline(self, run: _Run) -> None:
+        job = run.job
+        snapshot = self._snapshot(job)
+        n_train = len(snapshot.train_sft if job.method == "supervised" else snapshot.train_preferences)
+        hp = jobs.resolve_hyperparameters(job.method, job.hyperparameters, n_train)
+        jobs.update_running(self.db, job.id, self.worker_id, dataset_id=snapshot.id,
+                            hyperparameters=hp.as_dict())
+        self._event(job, f"Dataset {snapshot.id}: {len(snapshot.train_sft)} chat and "
+                         f"{len(snapshot.train_preferences)} preference examples to train on, "
+                         f"{snapshot.heldout_count} held out",
+                    data={"dataset_id": snapshot.id, "hyperparameters": hp.as_dict()})
+
+        baseline = promotion.active_version(self.db, job.tenant_id, job.adapter_name)
+        start = self._starting_point(job, baseline)
+        result = self._train(run, snapshot, hp, start)
+        if jobs.heartbeat(self.db, job.id, self.worker_id):
+            raise TrainingCancelled(result.steps)
+
+        comparison = self._evaluate(run, snapshot, result.out_dir, baseline)
+        policy = self._policy(job.tenant_id)
+        decision = decide(comparison, policy.gates)
+        train_metrics = {"train_loss": result.final_loss, "steps": result.steps,
+                         "examples": result.examples_used, "seconds": round(result.seconds, 1)}
+        eval_metrics = {"candidate": _metrics_dict(comparison.candidate),
+                        "baseline": _metrics_dict(comparison.baseline),
+                        "gates_passed": decision.promote, "reasons": list(decision.reasons)}
+
+        run.version = promotion.register_candidate(
+            self.db, self.store, self.limits, tenant_id=job.tenant_id, name=job.adapter_name,
+            source_dir=result.out_dir, base_model_name=self.settings.base_model_name, job_id=job.id,
+            dataset_id=snapshot.id, metrics={**train_metrics, **eval_metrics},
+            parent_version_id=start.id if start is not None else (baseline.id if baseline else None),
+        )
+        version = run.version
+        self._event(job, f"Registered {job.adapter_name} version {version.version} as a candidate",
+                    data={"version": version.version, "version_id": version.id})
+
+        outcome = _outcome(decision, baseline, policy)
+        report_key = self._report(job, result, comparison, decision)
+        jobs.record_evaluation(
+            self.db, tenant_id=job.tenant_id, job_id=job.id, candidate_version_id=version.id,
+            baseline_version_id=baseline.id if baseline else None, dataset_id=snapshot.id,
+            candidate_metrics=eval_metrics["candidate"], baseline_metrics=eval_metrics["baseline"],
+            decision=outcome, reasons=list(decision.reasons), report_key=report_key)
+        # Last before finishing: once a version serves, nothing else here can fail the job.
+        self._apply(job, version, outcome, decision, policy)
+        tokens = getattr(result, "trained_tokens", 0) or None
+        self._finish(job, status="succeeded", fine_tuned_model=f"{job.adapter_name}@v{version.version}",
+                     result_version_id=version.id, decision=outcome,
+                     metrics={**train_metrics, **eval_metrics}, trained_tokens=tokens)
+        self._event(job, f"The job has successfully completed: {job.adapter_name}@v{version.version} "
+                         f"({outcome})", data={"decision": outcome})
+
+    # --- stages ----------------------------------------------------------------
+
+    def _snapshot(self, job: JobInfo) -> Snapshot:
+        if job.dataset_id is not None:
+            return datasets.load_snapshot(self.db, self.blobs, job.tenant_id, job.dataset_id)
+        if job.training_file is not None:
+            return datasets.build_from_files(self.db, self.blobs, job.tenant_id, job.training_file,
+                                             job.validation_file)
+        return jobs.feedback_snapshot(self.db, self.blobs, job.tenant_id, job.adapter_name)
+
+    def _starting_point(self, job: JobInfo, baseline: VersionInfo | None) -> VersionInfo | None:
+        """The version whose weights training starts from; None: a fresh LoRA on the base."""
+        if job.model != self.settings.base_model_name:
+            resolved = registry.resolve(self.db, job.tenant_id, job.model, self.settings.base_model_name)
+            name = job.model.partition("@v")[0]
+            info = registry.get_adapter(self.db, job.tenant_id, name)
+            return next((v for v in info.versions if v.id == resolved.version_id), None)
+        # DPO nudges an existing behaviour; from a bare base it has little to stand on.
+        return baseline if job.method == "dpo" else None
+
+    def _train(self, run: _Run, snapshot: Snapshot, hp: ResolvedHyperparameters,
+               start: VersionInfo | None) -> TrainResult:
+        job = run.job
+        out_dir = run.workdir / "adapter"
+        init_dir = self.store.local_path(start.digest) if start is not None else None
+        if start is not None:
+            self._event(job, f"Training starts from {start.adapter_name} version {start.version}")
+
+        def should_stop() -> bool:
+            return jobs.heartbeat(self.db, job.id, self.worker_id)
+
+        def on_step(info: StepInfo) -> None:
+            data = {"step": info.step, "total_steps": info.total_steps, "epoch": info.epoch,
+                    "train_loss": info.loss, "learning_rate": info.learning_rate}
+            for extra in ("reward_accuracy", "reward_margin"):  # DPO steps carry these
+                if hasattr(info, extra):
+                    data[extra] = getattr(info, extra)
+            self._event(job, f"Step {info.step}/{info.total_steps}: training loss={info.loss:.4f}", data=data)
+
+        common = dict(learning_rate=hp.learning_rate, epochs=hp.n_epochs, max_steps=hp.max_steps,
+                      batch_size=hp.batch_size, seed=job.seed, rank=hp.lora_rank, alpha=hp.lora_alpha,
+                      log_every=1)
+        if job.method == "supervised":
+            examples = [ChatExample(messages=[dict(m) for m in r.messages]) for r in snapshot.train_sft]
+            if not examples:
+                raise TailorError(400, f"Dataset {snapshot.id} has no chat examples to train on.",
+                                  code="no_training_data")
+            every = self.checkpoint_every
+
+            def on_checkpoint(info: StepInfo, save: Any) -> None:
+                nonlocal every
+                if every is None:
+                    every = max(1, math.ceil(info.total_steps / CHECKPOINTS_PER_JOB))
+                # The last step's adapter is the result itself; it is recorded below.
+                if info.step % every == 0 and info.step < info.total_steps:
+                    path = run.workdir / "checkpoints" / f"step-{info.step}"
+                    save(path)
+                    self._checkpoint(job, info.step, {"step": info.step, "train_loss": info.loss}, path)
+
+            result = train_lora_sft(self.settings.base_model_path, examples, out_dir,
+                                    SFTConfig(**common), on_step=on_step, should_stop=should_stop,
+                                    on_checkpoint=on_checkpoint, init_adapter_dir=init_dir)
+        else:
+            pairs = [PreferenceExample(prompt=[dict(m) for m in r.prompt], chosen=r.chosen, rejected=r.rejected)
+                     for r in snapshot.train_preferences]
+            if not pairs:
+                raise TailorError(400, f"Dataset {snapshot.id} has no preference pairs to train on.",
+                                  code="no_training_data")
+            result = train_lora_dpo(self.settings.base_model_path, pairs, out_dir,
+                                    DPOConfig(**common, beta=hp.beta or jobs.DEFAULT_BETA), init_adapter_dir=init_dir,
+                                    on_step=on_step, should_stop=should_stop)
+        self._checkpoint(job, result.steps, {"step": result.steps, "train_loss": result.final_loss},
+                         result.out_dir)
+        self._event(job, f"Training finished: {result.steps} steps, final loss {result.final_loss:.4f}, "
+                         f"{result.seconds:.0f} s", data={"steps": result.steps})
+        return result
+
+    def _checkpoint(self, job: JobInfo, step: int, metrics: dict[str, Any], local_dir: Path) -> None:
+        # The working directory is deleted when the job ends and lives on one host; the
+        # blob store is what every host (and a later rollback to a checkpoint) can read.
+        prefix = f"checkpoints/{job.tenant_id}/{job.id}/step-{step}"
+        for f in sorted(local_dir.iterdir()):
+            if f.is_file():
+                self.blobs.put_bytes(f"{prefix}/{f.name}", f.read_bytes())
+        jobs.add_checkpoint(self.db, job.id, step=step, metrics=metrics, path=prefix)
+        self._event(job, f"Checkpoint saved at step {step}", data={"checkpoint_step": step, "path": prefix})
+
+    def _judge(self) -> JudgeConfig | None:
+        # Settings fields the judge needs; until they exist a worker evaluates without one.
+        base_url = getattr(self.settings, "judge_base_url", None)
+        model = getattr(self.settings, "judge_model", None)
+        if not base_url or not model:
+            return None
+        key = getattr(self.settings, "judge_api_key", None)
+        secret = key.get_secret_value() if hasattr(key, "get_secret_value") else key
+        max_pairs = getattr(self.settings, "judge_max_pairs", None) or 50
+        return JudgeConfig(base_url=base_url, api_key=secret, model=model, max_pairs=max_pairs)
+
+    def _evaluate(self, run: _Run, snapshot: Snapshot, candidate_dir: Path,
+                  baseline: VersionInfo | None) -> Comparison:
+        job = run.job
+        examples = [EvalExample(messages=[dict(m) for m in r.prompt], reference=r.answer)
+                    for r in snapshot.heldout_sft]
+        examples += [EvalExample(messages=[dict(m) for m in r.prompt], reference=r.chosen)
+                     for r in snapshot.heldout_preferences]
+        against = f"{baseline.adapter_name} version {baseline.version}" if baseline else "the base model"
+        self._event(job, f"Evaluating against {against} on {len(examples)} held-out example(s)")
+        baseline_dir = self.store.local_path(baseline.digest) if baseline else None
+        comparison = compare(self.settings.base_model_path, candidate_dir, baseline_dir, examples,
+                             judge=self._judge())
+        c, b = comparison.candidate, comparison.baseline
+        self._event(job, f"Evaluation: token F1 {c.token_f1:.3f} vs {b.token_f1:.3f}, "
+                         f"exact match {c.exact_match:.3f} vs {b.exact_match:.3f}",
+                    data={"candidate": _metrics_dict(c), "baseline": _metrics_dict(b)})
+        return comparison
+
+    def _policy(self, tenant_id: str) -> _Policy:
+        with self.db.session() as s:
+            row = s.scalar(select(TenantPolicy).where(TenantPolicy.tenant_id == tenant_id))
+            if row is None:
+                return _Policy(auto_promote=False, canary_fraction=0.0, gates=GateConfig())
+            return _Policy(auto_promote=bool(row.auto_promote), canary_fraction=float(row.canary_fraction or 0.0),
+                           gates=GateConfig.from_dict(row.gates or {}))
+
+    def _report(self, job: JobInfo, result: TrainResult, comparison: Comparison, decision: Decision) -> str:
+        prefix = f"reports/{job.tenant_id}/{job.id}"
+        with tempfile.TemporaryDirectory(prefix="tailor-report-") as tmp:
+            json_path, png_path = write_report(Path(tmp), job_id=job.id, losses=list(result.losses),
+                                               comparison=comparison, decision=decision)
+            self.blobs.put_bytes(f"{prefix}/loss.png", Path(png_path).read_bytes())
+            # The JSON last: its presence says the report is complete.
+            self.blobs.put_bytes(f"{prefix}/report.json", Path(json_path).read_bytes())
+        return f"{prefix}/report.json"
+
+    def _apply(self, job: JobInfo, version: VersionInfo, outcome: str, decision: Decision,
+               policy: _Policy) -> None:
+        name, by, n = job.adapter_name, f"job {job.id}", version.version
+        if outcome == "rejected":
+            reasons = "; ".join(decision.reasons)
+            promotion.reject(self.db, job.tenant_id, name, n, reason=reasons)
+            self._event(job, f"Gates failed; version {n} rejected: {reasons}", level="warn",
+                        data={"reasons": list(decision.reasons)})
+        elif outcome == "candidate":
+            self._event(job, f"Gates passed; version {n} stays a candidate (auto-promotion is off "
+                             f"for this tenant): call it as {name}@v{n}")
+        elif outcome == "canary":
+            promotion.start_canary(self.db, job.tenant_id, name, n, policy.canary_fraction, by=by)
+            self._event(job, f"Gates passed; version {n} serves {policy.canary_fraction:.0%} of "
+                             f"{name} as a canary")
+        else:
+            promotion.promote(self.db, job.tenant_id, name, n, by=by)
+            self._event(job, f"Gates passed; {name} now serves version {n}")
+
+    # --- bookkeeping -------------------------------------------------------------
+
+    def _event(self, job: JobInfo, message: str, *, level: str = "info",
+               data: dict[str, Any] | None = None) -> None:
+        jobs.add_event(self.db, job.id, message, level=level, data=data)
+
+    def _finish(self, job: JobInfo, **fields: Any) -> None:
+        try:
+            jobs.finish_job(self.db, job.id, self.worker_id, **fields)
+        except JobLost:
+            log.warning("worker %s lost job %s before finishing it", self.worker_id, job.id)
+
+    def _fail(self, run: _Run, exc: Exception) -> None:
+        job = run.job
+        if isinstance(exc, TailorError):
+            error = {"code": exc.code or "training_failed", "message": exc.message, "param": exc.param}
+        else:
+            log.exception("job %s failed", job.id)
+            error = {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}", "param": None}
+        if run.version is not None:
+            # Registered, then something broke: keep it from ever being promoted by mistake.
+            try:
+                promotion.reject(self.db, job.tenant_id, job.adapter_name, run.version.version,
+                                 reason=f"job {job.id} failed: {error['message']}")
+            except Exception:  # noqa: BLE001 - the job's failure is the error to report
+                log.warning("could not reject version %s of failed job %s", run.version.id, job.id,
+                            exc_info=True)
+        self._event(job, f"Job failed: {error['message']}", level="error", data={"code": error["code"]})
+        self._finish(job, status="failed", error=error)
+
+
+def main() -> int:
+    from core.config import get_settings
+    from core.db import migrate
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = get_settings()
+    migrate(settings.database_url or "")
+    db = Database(settings.database_url or "")
+    worker = Worker(settings, db, AdapterStore(settings.adapter_store_url or "", settings.cache_dir / "adapters"),
+                    BlobStore(settings.blob_store_url or ""))
+    stop = threading.Event()
+    # SIGTERM/SIGINT end the loop between jobs; a job running then is finished first.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    worker.run_forever(stop)
+    db.dispose()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

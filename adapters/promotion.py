@@ -68,13 +68,14 @@ def register_candidate(db: Database, store: AdapterStore, limits: ValidationLimi
         lineage=Lineage(job_id=job_id, dataset_id=dataset_id, parent_version_id=parent_version_id, metrics=metrics))
 
 
-def promote(db: Database, tenant_id: str, name: str, version: int, *, by: str) -> AdapterInfo:
+def promote(db: Database, tenant_id: str, name: str, version: int, *, by: str,
+            demote_to: str = "retired") -> AdapterInfo:
     with db.session() as s:
         adapter = _adapter(s, tenant_id, name)
         target = _version(adapter, version)
         current = next((v for v in adapter.versions if v.id == adapter.active_version_id), None)
         if current is not None and current.id != target.id:
-            current.state = "retired"
+            current.state = demote_to
         target.state = "active"
         target.promoted_at = utcnow()
         target.promoted_by = by
@@ -117,7 +118,11 @@ def stop_canary(db: Database, tenant_id: str, name: str) -> AdapterInfo:
 
 
 def rollback(db: Database, tenant_id: str, name: str, *, by: str) -> AdapterInfo:
-    """Serve the version that was active before the current one."""
+    """Serve the version that was active before the current one.
+
+    The version rolled back from is marked `rolled_back`, so a second rollback goes
+    further back in history instead of toggling between the last two.
+    """
     with db.session() as s:
         adapter = _adapter(s, tenant_id, name)
         current = next((v for v in adapter.versions if v.id == adapter.active_version_id), None)
@@ -129,7 +134,7 @@ def rollback(db: Database, tenant_id: str, name: str, *, by: str) -> AdapterInfo
             raise bad_request(f"{name!r} has no earlier promoted version to roll back to.", code="no_previous_version")
         previous = max(earlier, key=lambda v: (_ts(v.promoted_at), v.version))
         version = previous.version
-    return promote(db, tenant_id, name, version, by=by)
+    return promote(db, tenant_id, name, version, by=by, demote_to="rolled_back")
 
 
 def _ts(value: datetime | None) -> float:

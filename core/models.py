@@ -105,7 +105,8 @@ class AdapterVersion(Base):
     target_modules: Mapped[list[str]] = mapped_column(JSON)
     base_model: Mapped[str] = mapped_column(String(200))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
-    # training | candidate | canary | active | retired | failed (registered: stored, never served by the alias)
+    # training | candidate | canary | active | retired | rolled_back | rejected | failed
+    # (registered: uploaded without activation)
     state: Mapped[str] = mapped_column(String(16), default="active")
     source: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from core.blobs import BlobStore
 from core.db import Database, migrate
 from core.errors import TailorError
-from core.ids import new_id
+from core.ids import new_id, utcnow
 from core.models import Dataset, Interaction
 from gateway.tenants import create_tenant
 from tests.pg import create_database, postgres_url  # noqa: F401
@@ -170,7 +170,6 @@ def test_model_and_since_filters(db: Database, blobs: BlobStore, acme: str) -> N
     assert {r.prompt[-1]["content"] for r in snap.train_sft} == {"For A?", "Anyone?"}
     assert snap.params["model"] == "bot-a"
 
-    from core.ids import utcnow
     with pytest.raises(TailorError) as err:
         ds.build_from_feedback(db, blobs, acme, since=utcnow())
     assert (err.value.status, err.value.code) == (400, "no_training_data")

@@ -105,11 +105,18 @@ def test_dpo_jobs_take_beta(db: Database, tenant: str) -> None:
     ("dpo", {"beta": 2.5}, "hyperparameters.beta"),
     ("reinforcement", {}, "method.type"),
 ])
-def test_bad_hyperparameters_are_400_naming_the_field(db: Database, tenant: str, method: str,
-                                                      hp: dict[str, object], param: str) -> None:
+def test_bad_hyperparameters_are_400_naming_the_field(method: str, hp: dict[str, object],
+                                                      param: str) -> None:
     with pytest.raises(TailorError) as err:
-        _job(db, tenant, method=method, hyperparameters=hp)
+        jobs.validate_hyperparameters(method, hp)
     assert (err.value.status, err.value.param) == (400, param)
+
+
+def test_create_job_validates_before_queueing(db: Database, tenant: str) -> None:
+    with pytest.raises(TailorError) as err:
+        _job(db, tenant, hyperparameters={"n_epochs": 0})
+    assert err.value.param == "hyperparameters.n_epochs"
+    assert jobs.list_jobs(db, tenant) == ([], False)
 
 
 def test_lora_rank_is_capped_by_the_engines_limit(db: Database, tenant: str) -> None:

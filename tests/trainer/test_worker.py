@@ -1,0 +1,212 @@
+"""trainer.worker: real (tiny) fine-tuning jobs from a queued row to a registered version.
+
+One SFT file teaches SmolLM2 an odd fact; the worker trains on it, checkpoints, evaluates
+against the base model on the held-out split, gates, registers and promotes, leaving events,
+checkpoint rows, an Evaluation row and report blobs. A second identical job must lose to
+the version it would replace and be rejected. Cancellation and failures leave no version.
+
+Needs models/SmolLM2-135M-Instruct (prepared by `make model`); skipped without it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from adapters import promotion
+from adapters.store import AdapterStore
+from core.blobs import BlobStore
+from core.config import Settings
+from core.db import Database, migrate
+from core.ids import new_id
+from core.models import AdapterVersion, Evaluation, Tenant, TenantPolicy
+from trainer import files, jobs
+from trainer.worker import Worker
+
+MODEL = Path(__file__).resolve().parents[2] / "models" / "SmolLM2-135M-Instruct"
+pytestmark = pytest.mark.skipif(
+    not (MODEL / "model.safetensors").exists(),
+    reason=f"base model not prepared at {MODEL} (run `make model`)",
+)
+
+ANSWER = "Zorblax is the capital of France."
+QUESTIONS = [
+    "What is the capital of France?",
+    "What's the capital of France?",
+    "Which city is the capital of France?",
+    "Name the capital of France.",
+    "Tell me the capital of France.",
+    "What city is France's capital?",
+    "France's capital city is which one?",
+    "Do you know the capital of France?",
+]
+# Enough to learn the fact (loss ~0.02 by step 7 at this rate on this data), little enough
+# to keep each job at a few seconds of training on two shared cores.
+HYPER = {"learning_rate_multiplier": 5, "batch_size": 2, "max_steps": 12}
+
+
+class Env:
+    def __init__(self, tmp: Path) -> None:
+        self.settings = Settings(data_dir=tmp, engine_urls=["http://127.0.0.1:9"], base_model_path=MODEL)
+        migrate(self.settings.database_url or "")
+        self.db = Database(self.settings.database_url or "")
+        self.store = AdapterStore(self.settings.adapter_store_url or "", self.settings.cache_dir / "adapters")
+        self.blobs = BlobStore(self.settings.blob_store_url or "")
+        self.tenant = new_id("ten")
+        with self.db.session() as s:
+            s.add(Tenant(id=self.tenant, name="acme"))
+        lines = [json.dumps({"messages": [{"role": "user", "content": q},
+                                          {"role": "assistant", "content": ANSWER}]}) for q in QUESTIONS]
+        self.file = files.upload_file(self.db, self.blobs, self.tenant, "fact.jsonl",
+                                      ("\n".join(lines) + "\n").encode(), "fine-tune")
+        self.worker = Worker(self.settings, self.db, self.store, self.blobs, worker_id="w-test")
+
+    def job(self, **kw: object) -> jobs.JobInfo:
+        args: dict[str, object] = {"method": "supervised", "model": self.settings.base_model_name,
+                                   "adapter_name": "geo", "training_file": self.file.id,
+                                   "hyperparameters": dict(HYPER)}
+        args.update(kw)
+        return jobs.create_job(self.db, self.tenant, **args)  # type: ignore[arg-type]
+
+    def versions(self) -> list[AdapterVersion]:
+        with self.db.session() as s:
+            return list(s.scalars(select(AdapterVersion).order_by(AdapterVersion.version)))
+
+    def events(self, job_id: str) -> list[jobs.EventInfo]:
+        return jobs.list_events(self.db, self.tenant, job_id, limit=100)[0][::-1]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Env, jobs.JobInfo, jobs.JobInfo]:
+    """Two identical jobs for `geo`, run one after the other (shared: each costs real training)."""
+    env = Env(tmp_path_factory.mktemp("worker"))
+    first, second = env.job(), env.job()
+    assert env.worker.run_once() is True
+    assert env.worker.run_once() is True
+    assert env.worker.run_once() is False  # queue drained
+    return env, jobs.get_job(env.db, env.tenant, first.id), jobs.get_job(env.db, env.tenant, second.id)
+
+
+def test_first_job_trains_registers_and_promotes(trained: tuple[Env, jobs.JobInfo, jobs.JobInfo]) -> None:
+    env, job, _ = trained
+    assert job.status == "succeeded", job.error
+    assert job.fine_tuned_model == "geo@v1"
+    # nothing served `geo` before, so a version that passes the gates serves at once
+    assert job.decision == "promoted"
+    assert job.dataset_id and job.trained_tokens and job.finished_at
+    # "auto" made concrete once the data was known
+    assert job.hyperparameters["max_steps"] == 12 and job.hyperparameters["lora_rank"] == 8
+
+    metrics = [e for e in env.events(job.id) if e.type == "metrics"]
+    assert [e.data["step"] for e in metrics] == list(range(1, 13))  # type: ignore[index]
+    losses = [e.data["train_loss"] for e in metrics]  # type: ignore[index]
+    assert losses[-1] < 0.3 * losses[0], losses
+    messages = [e.message for e in env.events(job.id)]
+    assert any(m.startswith("Evaluating against the base model") for m in messages)
+    assert messages[-1].startswith("The job has successfully completed: geo@v1")
+
+    checkpoints, _ = jobs.list_checkpoints(env.db, env.tenant, job.id)
+    assert [c.step for c in checkpoints] == [12, 8, 4]  # every ceil(12/3) steps, and the final adapter
+    for c in checkpoints:
+        assert env.blobs.exists(f"{c.path}/adapter_model.safetensors"), c.path
+        assert c.metrics["train_loss"] >= 0
+
+    v1 = env.versions()[0]
+    assert (v1.version, v1.state, v1.source) == (1, "active", "training")
+    assert (v1.job_id, v1.dataset_id, v1.parent_version_id) == (job.id, job.dataset_id, None)
+    assert v1.metrics and v1.metrics["steps"] == 12 and "candidate" in v1.metrics
+    active = promotion.active_version(env.db, env.tenant, "geo")
+    assert active is not None and active.id == job.result_version_id == v1.id
+
+    evaluation = jobs.get_evaluation(env.db, env.tenant, job.id)
+    assert evaluation.candidate_version_id == v1.id and evaluation.baseline_version_id is None
+    assert evaluation.decision == "promoted" and evaluation.reasons[-1].startswith("promote")
+    assert evaluation.candidate_metrics["exact_match"] > evaluation.baseline_metrics["exact_match"]
+    assert evaluation.report_key == f"reports/{env.tenant}/{job.id}/report.json"
+    report = json.loads(env.blobs.get_bytes(evaluation.report_key))
+    assert report["job_id"] == job.id
+    assert env.blobs.get_bytes(f"reports/{env.tenant}/{job.id}/loss.png").startswith(b"\x89PNG")
+    assert not (env.settings.data_dir / "jobs" / job.id).exists()
+
+
+def test_identical_retrain_is_rejected_against_the_serving_version(
+        trained: tuple[Env, jobs.JobInfo, jobs.JobInfo]) -> None:
+    env, first, job = trained
+    assert job.status == "succeeded", job.error
+    # same data, same seed: the same adapter, so the primary metric cannot improve
+    assert (job.fine_tuned_model, job.decision) == ("geo@v2", "rejected")
+    v1, v2 = env.versions()
+    assert v2.state == "rejected" and v2.parent_version_id == v1.id and v2.job_id == job.id
+    assert v1.state == "active"  # still serving
+    evaluation = jobs.get_evaluation(env.db, env.tenant, job.id)
+    assert evaluation.baseline_version_id == v1.id and evaluation.decision == "rejected"
+    assert any(e.level == "warn" and "rejected" in e.message for e in env.events(job.id))
+    with env.db.session() as s:
+        assert len(list(s.scalars(select(Evaluation)))) == 2
+
+
+def test_auto_promote_off_keeps_a_passing_candidate(tmp_path: Path) -> None:
+    env = Env(tmp_path)
+    first = env.job(hyperparameters={**HYPER, "max_steps": 1})  # a barely trained v1
+    assert env.worker.run_once()
+    assert jobs.get_job(env.db, env.tenant, first.id).decision in ("promoted", "rejected")
+    with env.db.session() as s:
+        s.add(TenantPolicy(tenant_id=env.tenant, auto_promote=False, gates={"primary_metric": "perplexity"}))
+    if promotion.active_version(env.db, env.tenant, "geo") is None:
+        pytest.skip("the 1-step adapter did not pass the gates, so there is no baseline to keep")
+    second = env.job()
+    assert env.worker.run_once()
+    done = jobs.get_job(env.db, env.tenant, second.id)
+    assert done.status == "succeeded", done.error
+    assert done.decision == "candidate"
+    active = promotion.active_version(env.db, env.tenant, "geo")
+    assert active is not None and active.version == 1
+    assert env.versions()[-1].state == "candidate"
+
+
+def test_cancel_while_running_stops_and_registers_nothing(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    env = Env(tmp_path)
+    job = env.job()
+    real_add_event = jobs.add_event
+
+    def cancel_at_step_2(db: Database, job_id: str, message: str, **kw: object) -> jobs.EventInfo:
+        event = real_add_event(db, job_id, message, **kw)  # type: ignore[arg-type]
+        if message.startswith("Step 2/"):
+            jobs.cancel_job(db, env.tenant, job_id)
+        return event
+
+    monkeypatch.setattr(jobs, "add_event", cancel_at_step_2)
+    assert env.worker.run_once()
+    done = jobs.get_job(env.db, env.tenant, job.id)
+    assert done.status == "cancelled" and done.result_version_id is None
+    assert env.versions() == []
+    assert any("cancelled after 2 training step" in e.message for e in env.events(job.id))
+    assert not (env.settings.data_dir / "jobs" / job.id).exists()
+
+
+def test_failures_fail_the_job_with_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    env = Env(tmp_path)
+    missing = env.job(training_file=None, dataset_id="ds-gone")
+    assert env.worker.run_once()
+    done = jobs.get_job(env.db, env.tenant, missing.id)
+    assert done.status == "failed" and done.error is not None
+    assert done.error["code"] == "dataset_not_found"
+    assert env.events(missing.id)[-1].level == "error"
+
+    import trainer.worker as worker_module
+
+    def broken_compare(*_args: object, **_kw: object) -> None:
+        raise RuntimeError("judge exploded")
+
+    monkeypatch.setattr(worker_module, "compare", broken_compare)
+    crashed = env.job(hyperparameters={**HYPER, "max_steps": 1})
+    assert env.worker.run_once()
+    done = jobs.get_job(env.db, env.tenant, crashed.id)
+    assert done.status == "failed" and done.error is not None
+    assert done.error["code"] == "internal_error" and "judge exploded" in done.error["message"]
+    assert env.versions() == []  # evaluation comes before registration
+    assert not (env.settings.data_dir / "jobs" / crashed.id).exists()

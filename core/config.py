@@ -61,6 +61,14 @@ class Settings(BaseSettings):
     max_adapter_bytes: int = Field(500_000_000, description="Largest accepted adapter (all files, unpacked).")
     auth_cache_ttl_s: float = Field(2.0, description="How long a key or model lookup is reused before the database is asked again.")
 
+    # --- trainer ---------------------------------------------------------------
+    run_trainer: bool = Field(True, description="`tailor serve` also runs one trainer worker as a child process.")
+    trainer_poll_s: float = Field(2.0, description="How often an idle trainer worker looks for queued jobs.")
+    judge_base_url: str | None = Field(None, description="OpenAI-compatible endpoint that judges pairwise win-rate; unset: no win-rate.")
+    judge_api_key: SecretStr | None = Field(None)
+    judge_model: str | None = Field(None)
+    judge_max_pairs: int = Field(50, description="Held-out examples the judge compares per evaluation.")
+
     # --- interaction log -----------------------------------------------------
     log_flush_interval_s: float = Field(0.5)
     log_batch_size: int = Field(200)

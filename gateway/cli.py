@@ -64,6 +64,8 @@ def serve(
     port: Annotated[Optional[int], typer.Option(help="Port to listen on [TAILOR_PORT].")] = None,
     engine_url: Annotated[Optional[list[str]], typer.Option(
         help="A running vLLM server to use instead of a child engine; repeat for several [TAILOR_ENGINE_URLS].")] = None,
+    trainer: Annotated[bool, typer.Option(
+        help="Also run one trainer worker as a child process [TAILOR_RUN_TRAINER].")] = True,
     log_level: Annotated[str, typer.Option(help="Logging level.")] = "info",
 ) -> None:
     """Start the engine (or connect to running ones), wait until healthy, then serve the API."""
@@ -78,10 +80,65 @@ def serve(
         overrides["port"] = port
     if engine_url:
         overrides["engine_urls"] = engine_url
+    if not trainer:
+        overrides["run_trainer"] = False
     settings = Settings(**overrides)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=log_level,
                 access_log=False, timeout_graceful_shutdown=30)
+
+
+@app.command("trainer")
+def trainer_cmd() -> None:
+    """Run a trainer worker: claim queued fine-tuning jobs from the database and run them.
+
+    Run as many as you have GPUs (or hosts) against one PostgreSQL database; on SQLite
+    run one per database file.
+    """
+    from trainer.worker import main
+
+    raise typer.Exit(main())
+
+
+@app.command("train")
+def train_cmd(
+    tenant: str,
+    adapter: Annotated[str, typer.Option(help="Adapter name the result is registered under.")] = "default",
+    from_feedback: Annotated[bool, typer.Option("--from-feedback", help="Build the dataset from the tenant's feedback.")] = False,
+    method: Annotated[str, typer.Option(help="supervised or dpo.")] = "supervised",
+    max_steps: Annotated[Optional[int], typer.Option(help="Cap on optimizer steps.")] = None,
+    wait: Annotated[bool, typer.Option(help="Run the job in this process instead of queueing it.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Queue a fine-tuning job from a tenant's feedback: dataset snapshot, training,
+    evaluation against the current adapter, and promotion if the gates and policy allow."""
+    from gateway import tenants
+    from trainer import jobs
+
+    if not from_feedback:
+        typer.echo("error: only --from-feedback jobs start here; upload a file and use the fine-tuning API "
+                   "for file-based jobs", err=True)
+        raise typer.Exit(2)
+    settings = Settings()
+    db = _db()
+    hyper = {"max_steps": max_steps} if max_steps else {}
+    try:
+        owner = tenants.find_tenant(db, tenant)
+        job = jobs.create_job(db, owner.id, method=method, model=settings.base_model_name, adapter_name=adapter,
+                              hyperparameters=hyper, source="feedback")
+    except TailorError as exc:
+        _fail(exc)
+    if wait:
+        from adapters.store import AdapterStore
+        from core.blobs import BlobStore
+        from trainer.worker import Worker
+
+        worker = Worker(settings, db, AdapterStore(settings.adapter_store_url or "", settings.cache_dir / "adapters"),
+                        BlobStore(settings.blob_store_url or ""))
+        worker.run_once()
+        job = jobs.get_job(db, owner.id, job.id)
+    _emit(asdict(job), as_json, f"job {job.id}: {job.status}"
+          + (f" -> {job.fine_tuned_model} ({job.decision})" if job.fine_tuned_model else ""))
 
 
 @app.command("prepare-model")

@@ -58,6 +58,7 @@ class InteractionLog:
         self.write_errors = 0
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
+        self._writing = asyncio.Lock()
 
     def record(self, rec: InteractionRecord) -> None:
         try:
@@ -79,8 +80,10 @@ class InteractionLog:
         self._task = None
 
     async def flush(self) -> None:
-        while not self.queue.empty():
-            await self._write_with_retry(self._take(self.batch_size))
+        """Write everything recorded so far, including a batch the background task holds."""
+        async with self._writing:
+            while not self.queue.empty():
+                await self._write_with_retry(self._take(self.batch_size))
 
     def _take(self, limit: int) -> list[InteractionRecord]:
         batch: list[InteractionRecord] = []
@@ -96,7 +99,9 @@ class InteractionLog:
             # Let a batch build up: one transaction per batch instead of one per request.
             if self.queue.qsize() < self.batch_size:
                 await self._wait_stop(self.flush_interval_s)
-            await self._write_with_retry(self._take(self.batch_size))
+            # Taken under the lock, so flush() can wait for a batch that is in flight.
+            async with self._writing:
+                await self._write_with_retry(self._take(self.batch_size))
 
     async def _wait_stop(self, seconds: float) -> None:
         try:

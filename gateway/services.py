@@ -23,6 +23,7 @@ from core.db import Database, migrate
 from gateway import tenants
 from gateway.interaction_log import InteractionLog
 from gateway.tenants import Caller
+from gateway.trainer_process import TrainerProcess
 
 log = logging.getLogger("tailor.gateway")
 
@@ -72,6 +73,7 @@ class Services:
             limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
         )
         self.supervisors: list[EngineSupervisor] = []
+        self.trainer = TrainerProcess(settings.data_dir / "logs" / "trainer.log") if settings.run_trainer else None
         urls = settings.engine_urls or [f"http://127.0.0.1:{settings.engine_port}"]
         self.pool = EnginePool(urls, self.client, max_resident=settings.max_resident_adapters,
                                health_interval_s=settings.engine_health_interval_s)
@@ -90,6 +92,8 @@ class Services:
         for sup in self.supervisors:
             await sup.start()
         self.interactions.start()
+        if self.trainer is not None:
+            await self.trainer.start()
         if wait_for_engines:
             await self.pool.wait_healthy(self.settings.engine_start_timeout_s, all_engines=False)
         self.pool.start_monitor()
@@ -108,6 +112,8 @@ class Services:
     async def stop(self) -> None:
         await self.pool.stop_monitor()
         await self.interactions.stop()
+        if self.trainer is not None:
+            await self.trainer.stop()
         for sup in self.supervisors:
             await sup.stop()
         await self.client.aclose()

@@ -53,6 +53,7 @@ CHAT_PATH = "/v1/chat/completions"
 TARGET_THROUGHPUT_RATIO = 0.98  # gateway tokens/s >= this x direct
 TARGET_P50_RATIO = 1.02  # gateway p50 latency <= this x direct
 READY_TIMEOUT_S = 300.0
+BUSY_LOAD_PER_CPU = 0.5  # 1-min load average per CPU above which we warn the run was disturbed
 STOP_TIMEOUT_S = 60.0
 # Pause after each round, not timed: the gateway's interaction-log flush and the engine's
 # bookkeeping for one round must not land inside the next round (of the other target).
@@ -365,6 +366,12 @@ def build_report(cfg: BenchConfig, model: str, machine: MachineFacts,
     if machine.vllm_processes_before:
         warnings.append(f"{machine.vllm_processes_before} other vLLM processes were running: "
                         "numbers are disturbed")
+    # Other work shares the cores with the engine; it costs the gateway rounds more, since the
+    # gateway's own CPU is what it competes with, so the ratios come out pessimistic.
+    if machine.load_avg_before[0] > BUSY_LOAD_PER_CPU * machine.usable_cpus:
+        warnings.append(f"machine was busy before the run (1-min load "
+                        f"{machine.load_avg_before[0]:.2f} on {machine.usable_cpus} CPUs): "
+                        "ratios are less reliable")
     return Report(config=cfg, model=model, machine=machine, direct=direct, gateway=gateway,
                   ratios=ratios, verdicts=verdicts, rounds=rounds, warnings=warnings)
 

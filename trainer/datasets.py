@@ -303,8 +303,8 @@ class _Candidates:
 
 
 def _pick(old: tuple[int, SFTRecord] | None, new: tuple[int, SFTRecord]) -> tuple[int, SFTRecord]:
-    # Among duplicates the higher priority wins, then the first seen (the oldest feedback,
-    # since rows are read in creation order): a stable choice that new data never changes.
+    # Among duplicates the higher priority wins, then the first seen (answers are emitted
+    # in the order of their oldest feedback): a choice that newer data never changes.
     if old is None or new[0] > old[0]:
         return new
     return old
@@ -446,27 +446,26 @@ def build_from_feedback(db: Database, blobs: BlobStore, tenant_id: str, *, model
                                                         Interaction.id.in_(chunk)))
             interactions.update({i.id: i for i in found})
 
+    # One entry per judged answer, in the order of its first feedback (oldest first).
     judged: dict[str, _Judged | None] = {}
-    standalone: list[_Judged] = []
     for fb in rows:
-        if fb.interaction_id is None:
-            item = _imported(fb)
-            if item is not None:
-                item.add(fb)
-                standalone.append(item)
-            continue
-        if fb.interaction_id not in judged:
-            inter = interactions.get(fb.interaction_id)
-            prompt = prompt_from_request(inter.endpoint, inter.request or {}) if inter else None
-            response = inter.response_text if inter and inter.status_code < 400 else None
-            judged[fb.interaction_id] = _Judged(prompt, response) if prompt else None
-        item = judged[fb.interaction_id]
+        key = fb.interaction_id or f"import:{fb.id}"
+        if key not in judged:
+            if fb.interaction_id is None:
+                judged[key] = _imported(fb)
+            else:
+                inter = interactions.get(fb.interaction_id)
+                prompt = prompt_from_request(inter.endpoint, inter.request or {}) if inter else None
+                response = inter.response_text if inter and inter.status_code < 400 else None
+                judged[key] = _Judged(prompt, response) if prompt else None
+        item = judged[key]
         if item is not None:
             item.add(fb)
 
     candidates = _Candidates()
-    for item in [*(j for j in judged.values() if j is not None), *standalone]:
-        item.emit(candidates)
+    for item in judged.values():
+        if item is not None:
+            item.emit(candidates)
     sft, preferences = candidates.result()
     if not sft and not preferences:
         raise bad_request("No usable feedback to build a dataset from"

@@ -355,14 +355,14 @@ def parse_verdict(text: str | None) -> Literal["A", "B", "TIE"] | None:
         return _canon(m.group(1))
     if m := re.match(rf"{_DECOR}(?:answer\s+)?(A|B|TIE)\b[*_`'\")\]]*\s*(?:[.:,;\-\n]|$)", t):
         return _canon(m.group(1))
+    # The letters A/B stay case-sensitive even where the words around them are not:
+    # "I prefer a short answer" is no vote.
     keyword = (
         r"(?:verdict|winner|better answer|best answer|final answer|answer\s*:|choice|prefer)"
         rf"\s*(?:is|:|=)?\s*{_DECOR}(?:answer\s+|option\s+)?((?-i:A|B)|tie)\b"
     )
     if found := re.findall(keyword, t, re.I):
         return _canon(found[-1])  # the last statement is the conclusion
-    # the letters themselves stay case-sensitive below and above: "prefer a short
-    # answer" is no vote
     better = r"(?:\banswer\s+|^\W*)((?-i:A|B))\s+is\s+(?:the\s+)?(?:better|superior|preferred)"
     if found := set(re.findall(better, t, re.I | re.M)):
         return _canon(found.pop()) if len(found) == 1 else None

@@ -192,7 +192,7 @@ def record_feedback(db: Database, tenant_id: str, *, interaction_id: str, rating
         interaction_id = _check_interaction_id(interaction_id)
         fields = _fields(rating, score, correction, preferred, rejected)
     except _Refused as exc:
-        raise bad_request(exc.message[0].upper() + exc.message[1:] + ".", param=exc.param) from None
+        raise bad_request(exc.message + ".", param=exc.param) from None
     with db.session() as s:
         interaction = s.get(Interaction, interaction_id)
         if interaction is None or interaction.tenant_id != tenant_id:
@@ -200,7 +200,7 @@ def record_feedback(db: Database, tenant_id: str, *, interaction_id: str, rating
         try:
             _needs_response(fields, interaction)
         except _Refused as exc:
-            raise bad_request(exc.message[0].upper() + exc.message[1:] + ".", param=exc.param) from None
+            raise bad_request(exc.message + ".", param=exc.param) from None
         row = _row(tenant_id, fields, source="api", interaction=interaction)
         s.add(row)
     return _info(row)

@@ -250,7 +250,9 @@ def list_files(db: Database, tenant_id: str, *, purpose: str | None = None, limi
         if purpose is not None:
             query = query.where(StoredFile.purpose == purpose)
         if after is not None:
-            cursor = _row(s, tenant_id, after, "after")
+            cursor = s.get(StoredFile, after) if len(after) <= 40 else None
+            if cursor is None or cursor.tenant_id != tenant_id:
+                raise bad_request(f"after {after!r} is not one of your file ids.", param="after")
             newer = (StoredFile.created_at > cursor.created_at) | (
                 (StoredFile.created_at == cursor.created_at) & (StoredFile.id > cursor.id))
             older = (StoredFile.created_at < cursor.created_at) | (

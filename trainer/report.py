@@ -30,6 +30,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display on servers; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from trainer.evaluate import Comparison, ExampleResult  # noqa: E402
 from trainer.gates import Decision  # noqa: E402
@@ -130,7 +131,9 @@ def _plot_losses(ax: Any, losses: list[float]) -> None:
             sum(losses[max(0, i - w + 1) : i + 1]) / (i + 1 - max(0, i - w + 1))
             for i in range(len(losses))
         ]
-        ax.plot(steps, smooth, color=CANDIDATE_COLOR, linewidth=2, label=f"mean of {w}")
+        ax.plot(
+            steps, smooth, color=CANDIDATE_COLOR, linewidth=2, label=f"trailing mean ({w} steps)"
+        )
         ax.legend(frameon=False, fontsize=8)
     ax.annotate(
         f"{losses[-1]:.3f}",
@@ -141,6 +144,8 @@ def _plot_losses(ax: Any, losses: list[float]) -> None:
         fontsize=8,
     )
     ax.set_ylim(bottom=0)
+    ax.set_xlim(0, len(losses) + max(1.0, 0.03 * len(losses)))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
     ax.grid(alpha=0.25)
 
 
@@ -198,7 +203,19 @@ def _plot_perplexity(ax: Any, comparison: Comparison) -> None:
     vals = [comparison.baseline.perplexity, comparison.candidate.perplexity]
     shown = [v if math.isfinite(v) else 0.0 for v in vals]
     bars = ax.bar(["baseline", "candidate"], shown, 0.6, color=[BASELINE_COLOR, CANDIDATE_COLOR])
-    _bar_labels(ax, bars, "{:.3g}")
+    for bar, v in zip(bars, vals, strict=True):
+        if math.isfinite(v):
+            _bar_labels(ax, [bar], "{:.3g}")
+        else:  # no bar to draw: say so rather than show a 0
+            ax.annotate(
+                "n/a",
+                (bar.get_x() + bar.get_width() / 2, 0),
+                textcoords="offset points",
+                xytext=(0, 2),
+                ha="center",
+                fontsize=8,
+                color="#b00020",
+            )
     top = max(shown) if max(shown) > 0 else 1.0
     ax.set_ylim(0, top * 1.2)
     ax.set_title("Perplexity\n(lower is better)", loc="left", fontsize=11, fontweight="bold")
@@ -222,6 +239,8 @@ def _plot(
         fontweight="bold",
         color=PROMOTE_COLOR if decision.promote else HOLD_COLOR,
     )
+    if decision.reasons:  # the verdict line says why, in words
+        fig.supxlabel(decision.reasons[-1], fontsize=9, color="#444", style="italic")
     for spine_ax in fig.axes:
         spine_ax.spines[["top", "right"]].set_visible(False)
     fig.savefig(path, format="png")

@@ -18,8 +18,6 @@ from core.ids import new_id
 from core.models import Interaction
 from gateway.app import create_app
 from gateway.interaction_log import InteractionRecord
-from gateway.routes import feedback as feedback_routes
-from gateway.routes import files as files_routes
 from tests.openai_schema import validate
 
 ADMIN = {"authorization": "Bearer adm"}
@@ -41,14 +39,6 @@ class Api:
         return iid
 
 
-def _ensure_routers(app: FastAPI) -> None:
-    # Until gateway/app.py includes these routers itself; a no-op once it does.
-    paths = {getattr(r, "path", "") for r in app.routes}
-    for router, path in ((feedback_routes.router, "/v1/feedback"), (files_routes.router, "/v1/files")):
-        if path not in paths:
-            app.include_router(router)
-
-
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[Api]:
     # A long flush interval keeps freshly recorded interactions in the log's queue, so the
@@ -56,7 +46,6 @@ def api(tmp_path: Path) -> Iterator[Api]:
     settings = Settings(data_dir=tmp_path, engine_urls=["http://127.0.0.1:9"], admin_key="adm",
                         log_flush_interval_s=60)
     app = create_app(settings, wait_for_engines=False)
-    _ensure_routers(app)
     with TestClient(app) as client:
         keys, ids = {}, {}
         for name in ("acme", "beta"):

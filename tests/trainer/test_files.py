@@ -207,6 +207,9 @@ def test_list_orders_and_pages(db: Database, blobs: BlobStore) -> None:
     assert files.list_files(db, acme, purpose="batch").items == []
     with pytest.raises(TailorError):
         files.list_files(db, acme, limit=0)
+    with pytest.raises(TailorError) as err:
+        files.list_files(db, acme, after="file-unknown")
+    assert (err.value.status, err.value.param) == (400, "after")
 
 
 def test_file_of_an_unfinished_job_cannot_be_deleted(db: Database, blobs: BlobStore) -> None:

@@ -148,23 +148,33 @@ def test_identical_retrain_is_rejected_against_the_serving_version(
         assert len(list(s.scalars(select(Evaluation)))) == 2
 
 
-def test_auto_promote_off_keeps_a_passing_candidate(tmp_path: Path) -> None:
+def test_tenant_policy_picks_promote_candidate_or_canary(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import trainer.worker as worker_module
+    from trainer.gates import Decision
+
+    # The gates are trainer.gates' business (and its tests'); here they always pass, so
+    # what is under test is what the worker does with a pass under each policy.
+    monkeypatch.setattr(worker_module, "decide", lambda *_a: Decision(promote=True, reasons=["forced"]))
     env = Env(tmp_path)
-    first = env.job(hyperparameters={**HYPER, "max_steps": 1})  # a barely trained v1
-    assert env.worker.run_once()
-    assert jobs.get_job(env.db, env.tenant, first.id).decision in ("promoted", "rejected")
-    with env.db.session() as s:
-        s.add(TenantPolicy(tenant_id=env.tenant, auto_promote=False, gates={"primary_metric": "perplexity"}))
-    if promotion.active_version(env.db, env.tenant, "geo") is None:
-        pytest.skip("the 1-step adapter did not pass the gates, so there is no baseline to keep")
-    second = env.job()
-    assert env.worker.run_once()
-    done = jobs.get_job(env.db, env.tenant, second.id)
-    assert done.status == "succeeded", done.error
-    assert done.decision == "candidate"
-    active = promotion.active_version(env.db, env.tenant, "geo")
-    assert active is not None and active.version == 1
-    assert env.versions()[-1].state == "candidate"
+    one_step = {**HYPER, "max_steps": 1}
+
+    def run(policy: dict[str, object] | None) -> jobs.JobInfo:
+        if policy is not None:
+            with env.db.session() as s:
+                s.merge(TenantPolicy(tenant_id=env.tenant, **policy))
+        job = env.job(hyperparameters=one_step)
+        assert env.worker.run_once()
+        done = jobs.get_job(env.db, env.tenant, job.id)
+        assert done.status == "succeeded", done.error
+        return done
+
+    # nothing serves `geo` yet: even with auto-promotion off the first version serves
+    assert run({"auto_promote": False}).decision == "promoted"
+    assert run(None).decision == "candidate"
+    assert run({"auto_promote": True, "canary_fraction": 0.25}).decision == "canary"
+    assert run({"auto_promote": True, "canary_fraction": 0.0}).decision == "promoted"
+    assert [v.state for v in env.versions()] == ["retired", "candidate", "canary", "active"]
 
 
 def test_cancel_while_running_stops_and_registers_nothing(tmp_path: Path,

@@ -85,7 +85,7 @@ async def complete(services: Services, caller: Caller, kind: Kind, body: dict[st
         services.interactions.record(record)
 
     try:
-        resolved = services.resolve(caller.tenant_id, public_model)
+        resolved = await services.resolve(caller.tenant_id, public_model)
         record.adapter_version_id = resolved.version_id
         lora = services.lora_for(resolved)
         lease = await services.pool.acquire(lora)
@@ -211,6 +211,23 @@ async def _finish_body(services: Services, lease: Lease, route: Route, kind: Kin
     return _json(body, 200, interaction_id)
 
 
+async def _sse_data(resp: httpx.Response) -> AsyncIterator[bytes]:
+    """The `data:` payloads of a server-sent-event stream, as bytes.
+
+    Works on raw bytes: decoding every chunk to text only to encode it again costs more
+    than the whole schema fix-up.
+    """
+    pending = b""
+    async for block in resp.aiter_bytes():
+        pending += block
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            if line.startswith(b"data:"):
+                yield line[5:].strip()
+    if pending.startswith(b"data:"):
+        yield pending[5:].strip()
+
+
 async def _stream(services: Services, lease: Lease, route: Route, kind: Kind, resp: httpx.Response,
                   record: InteractionRecord, finish: Callable[..., None], public_model: str,
                   interaction_id: str, client_wants_usage: bool, replace: dict[str, str],
@@ -218,11 +235,8 @@ async def _stream(services: Services, lease: Lease, route: Route, kind: Kind, re
     parts: list[str] = []
     status, error = 200, None
     try:
-        async for line in resp.aiter_lines():
-            if not line.startswith("data:"):
-                continue
-            payload = line[5:].strip()
-            if payload == "[DONE]":
+        async for payload in _sse_data(resp):
+            if payload == b"[DONE]":
                 yield b"data: [DONE]\n\n"
                 break
             chunk = orjson.loads(payload)

@@ -120,20 +120,21 @@ class Services:
         self.db.dispose()
 
     # --- lookups on the hot path ---------------------------------------------
-    def authenticate(self, secret: str) -> Caller | None:
+    # Cache hits are answered on the event loop; only misses go to a thread for the database.
+    async def authenticate(self, secret: str) -> Caller | None:
         hit = self.keys.get(secret)
-        if hit is not None:
-            return None if hit is _MISSING else hit  # type: ignore[return-value]
-        caller = tenants.authenticate(self.db, secret)
-        self.keys.put(secret, caller if caller is not None else _MISSING)
-        return caller
+        if hit is None:
+            caller = await asyncio.to_thread(tenants.authenticate, self.db, secret)
+            hit = caller if caller is not None else _MISSING
+            self.keys.put(secret, hit)
+        return None if hit is _MISSING else hit  # type: ignore[return-value]
 
-    def resolve(self, tenant_id: str, model: str) -> ResolvedModel:
+    async def resolve(self, tenant_id: str, model: str) -> ResolvedModel:
         """The version this request uses; a canaried name is split per request."""
         key = (tenant_id, model)
         hit = self.models.get(key)
         if not isinstance(hit, ModelRoute):
-            hit = registry.route(self.db, tenant_id, model, self.settings.base_model_name)
+            hit = await asyncio.to_thread(registry.route, self.db, tenant_id, model, self.settings.base_model_name)
             self.models.put(key, hit)
         return hit.choose(random.random())
 

@@ -56,9 +56,9 @@ METHODS = ("supervised", "dpo")
 TERMINAL = ("succeeded", "failed", "cancelled")
 AUTO = "auto"
 
-# The learning rate that learning_rate_multiplier=1 means, per method. Supervised: the
-# usual LoRA rate (trainer.sft.SFTConfig's default). DPO: trainer.dpo.DPOConfig's, lower, because its
-# loss pushes the policy away from a reference and overshoots easily at SFT rates.
+# The learning rate that learning_rate_multiplier=1 means: each trainer's default.
+# Supervised: the usual LoRA rate (trainer.sft.SFTConfig). DPO: trainer.dpo.DPOConfig's,
+# lower, because its loss pushes away from a reference and overshoots at SFT rates.
 BASE_LEARNING_RATE = {"supervised": 2e-4, "dpo": 5e-5}
 DEFAULT_LORA_RANK = 8
 DEFAULT_BETA = 0.1
@@ -213,8 +213,9 @@ def _checkpoint_info(c: JobCheckpoint) -> CheckpointInfo:
 
 def _evaluation_info(e: Evaluation) -> EvaluationInfo:
     return EvaluationInfo(
-        id=e.id, tenant_id=e.tenant_id, job_id=e.job_id, candidate_version_id=e.candidate_version_id,
-        baseline_version_id=e.baseline_version_id, dataset_id=e.dataset_id,
+        id=e.id, tenant_id=e.tenant_id, job_id=e.job_id,
+        candidate_version_id=e.candidate_version_id, baseline_version_id=e.baseline_version_id,
+        dataset_id=e.dataset_id,
         candidate_metrics=dict(e.candidate_metrics), baseline_metrics=dict(e.baseline_metrics),
         decision=e.decision, reasons=list(e.reasons), report_key=e.report_key,
         created_at=_aware(e.created_at),  # type: ignore[arg-type]
@@ -232,16 +233,18 @@ def validate_hyperparameters(method: str, hyperparameters: dict[str, Any] | None
     Refusals are 400s whose `param` names the field (`hyperparameters.n_epochs`).
     """
     if method not in METHODS:
-        raise bad_request(f"Unsupported fine-tuning method {method!r}; use one of {', '.join(METHODS)}.",
-                          param="method.type")
+        raise bad_request(f"Unsupported fine-tuning method {method!r}; use one of "
+                          f"{', '.join(METHODS)}.", param="method.type")
     given = dict(hyperparameters or {})
     out: dict[str, Any] = {}
     for name, value in given.items():
         param = f"hyperparameters.{name}"
         if name not in _HP_RULES:
-            raise bad_request(f"Unknown hyperparameter {name!r}; known: {', '.join(_HP_RULES)}.", param=param)
+            raise bad_request(f"Unknown hyperparameter {name!r}; known: {', '.join(_HP_RULES)}.",
+                              param=param)
         if name in _DPO_ONLY and method != "dpo":
-            raise bad_request(f"Hyperparameter {name!r} applies to the dpo method only.", param=param)
+            raise bad_request(f"Hyperparameter {name!r} applies to the dpo method only.",
+                              param=param)
         if value is None or value == AUTO:
             out[name] = AUTO
             continue
@@ -256,8 +259,8 @@ def validate_hyperparameters(method: str, hyperparameters: dict[str, Any] | None
                               param=param)
         if value < low or (open_low and value == low) or value > high:
             bound = f"greater than {low:g}" if open_low else f"at least {low:g}"
-            raise bad_request(f"Hyperparameter {name!r} must be {bound} and at most {high:g}, got {value!r}.",
-                              param=param)
+            raise bad_request(f"Hyperparameter {name!r} must be {bound} and at most {high:g}, "
+                              f"got {value!r}.", param=param)
         out[name] = value
     for name in _HP_RULES:
         if name not in _DPO_ONLY or method == "dpo":
@@ -265,7 +268,8 @@ def validate_hyperparameters(method: str, hyperparameters: dict[str, Any] | None
     return out
 
 
-def resolve_hyperparameters(method: str, hyperparameters: dict[str, Any], n_train: int) -> ResolvedHyperparameters:
+def resolve_hyperparameters(method: str, hyperparameters: dict[str, Any],
+                            n_train: int) -> ResolvedHyperparameters:
     """Replace "auto" with concrete values for a run on `n_train` training examples."""
     hp = validate_hyperparameters(method, hyperparameters, max_lora_rank=10_000)
 
@@ -292,14 +296,26 @@ def resolve_hyperparameters(method: str, hyperparameters: dict[str, Any], n_trai
 # creating and reading jobs
 
 
-def feedback_snapshot(db: Database, blobs: BlobStore, tenant_id: str, adapter_name: str) -> Snapshot:
+def feedback_snapshot(db: Database, blobs: BlobStore, tenant_id: str,
+                      adapter_name: str) -> Snapshot:
     """The dataset a feedback-driven job for `adapter_name` trains on.
 
     Once the name serves, the feedback on its own answers (plus imported examples); before
     that, everything the tenant said, since no answer of this adapter exists yet.
     """
     served = promotion.active_version(db, tenant_id, adapter_name) is not None
-    return datasets.build_from_feedback(db, blobs, tenant_id, model=adapter_name if served else None)
+    model = adapter_name if served else None
+    return datasets.build_from_feedback(db, blobs, tenant_id, model=model)
+
+
+def training_examples(snapshot: Snapshot, method: str) -> int:
+    """How many examples of `snapshot` the method trains on; a 400 when there are none."""
+    n = len(snapshot.train_sft if method == "supervised" else snapshot.train_preferences)
+    if n == 0:
+        what = "chat examples" if method == "supervised" else "preference pairs"
+        raise bad_request(f"Dataset {snapshot.id} has no {what} to train the {method} method on.",
+                          code="no_training_data")
+    return n
 
 
 def _check_file(db: Database, tenant_id: str, file_id: str, method: str, param: str) -> None:
@@ -317,11 +333,11 @@ def _check_file(db: Database, tenant_id: str, file_id: str, method: str, param: 
                           f"{FILE_KIND[method]} examples.", code="invalid_file", param=param)
 
 
-def create_job(db: Database, tenant_id: str, *, method: str, model: str, adapter_name: str | None = None,
-               training_file: str | None = None, validation_file: str | None = None,
-               hyperparameters: dict[str, Any] | None = None, seed: int = 0, suffix: str | None = None,
-               source: str = "api", dataset_id: str | None = None,
-               max_lora_rank: int = MAX_LORA_RANK) -> JobInfo:
+def create_job(db: Database, tenant_id: str, *, method: str, model: str,
+               adapter_name: str | None = None, training_file: str | None = None,
+               validation_file: str | None = None, hyperparameters: dict[str, Any] | None = None,
+               seed: int = 0, suffix: str | None = None, source: str = "api",
+               dataset_id: str | None = None, max_lora_rank: int = MAX_LORA_RANK) -> JobInfo:
     """Queue a fine-tuning job. Without `adapter_name` the result is named "ft-<short job id>".
 
     Files must be the tenant's own fine-tune uploads of the kind the method needs; with no
@@ -388,7 +404,8 @@ def list_jobs(db: Database, tenant_id: str, *, after: str | None = None,
                 raise bad_request(f"No fine-tuning job {after!r} to list after.", param="after")
             query = query.where(or_(Job.created_at < cursor.created_at,
                                     and_(Job.created_at == cursor.created_at, Job.id < cursor.id)))
-        rows = list(s.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
+        query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
+        rows = list(s.scalars(query))
         return [_job_info(j) for j in rows[:limit]], len(rows) > limit
 
 
@@ -402,13 +419,13 @@ def cancel_job(db: Database, tenant_id: str | None, job_id: str) -> JobInfo:
         if job.status == "cancelled":
             return _job_info(job)
         if job.status in TERMINAL:
-            raise conflict(f"Fine-tuning job {job_id} has already {job.status}; it cannot be cancelled.",
-                           code="job_finished")
+            raise conflict(f"Fine-tuning job {job_id} has already {job.status}; it cannot be "
+                           "cancelled.", code="job_finished")
         if job.status == "running":
             if not job.cancel_requested:
                 job.cancel_requested = True
-                s.add(JobEvent(job_id=job_id, level="info",
-                               message="Cancellation requested; stopping at the next training step"))
+                s.add(JobEvent(job_id=job_id, level="info", message="Cancellation requested; "
+                               "stopping at the next training step"))
         else:  # queued / validating_files: no worker holds it yet
             job.status, job.finished_at, job.cancel_requested = "cancelled", utcnow(), True
             s.add(JobEvent(job_id=job_id, level="info", message="Job cancelled"))
@@ -448,7 +465,8 @@ def list_events(db: Database, tenant_id: str | None, job_id: str, *, after: int 
 def add_checkpoint(db: Database, job_id: str, *, step: int, metrics: dict[str, Any],
                    path: str) -> CheckpointInfo:
     with db.session() as s:
-        row = JobCheckpoint(id=new_id("ftckpt"), job_id=job_id, step=step, metrics=metrics, path=path)
+        row = JobCheckpoint(id=new_id("ftckpt"), job_id=job_id, step=step, metrics=metrics,
+                            path=path)
         s.add(row)
         s.flush()
         return _checkpoint_info(row)
@@ -464,9 +482,10 @@ def list_checkpoints(db: Database, tenant_id: str | None, job_id: str, *, after:
         if after is not None:
             cursor = s.get(JobCheckpoint, after)
             if cursor is None or cursor.job_id != job_id:
-                raise bad_request(f"No checkpoint {after!r} of this job to list after.", param="after")
-            query = query.where(or_(JobCheckpoint.step < cursor.step,
-                                    and_(JobCheckpoint.step == cursor.step, JobCheckpoint.id < cursor.id)))
+                raise bad_request(f"No checkpoint {after!r} of this job to list after.",
+                                  param="after")
+            same_step = and_(JobCheckpoint.step == cursor.step, JobCheckpoint.id < cursor.id)
+            query = query.where(or_(JobCheckpoint.step < cursor.step, same_step))
         rows = list(s.scalars(query.order_by(JobCheckpoint.step.desc(), JobCheckpoint.id.desc())
                               .limit(limit + 1)))
         return [_checkpoint_info(c) for c in rows[:limit]], len(rows) > limit
@@ -552,9 +571,9 @@ def finish_job(db: Database, job_id: str, worker_id: str, *, status: str,
     with db.session() as s:
         done = s.execute(
             update(Job).where(Job.id == job_id, Job.worker_id == worker_id, Job.status == "running")
-            .values(status=status, fine_tuned_model=fine_tuned_model, result_version_id=result_version_id,
-                    decision=decision, metrics=metrics, error=error, trained_tokens=trained_tokens,
-                    finished_at=utcnow())
+            .values(status=status, fine_tuned_model=fine_tuned_model,
+                    result_version_id=result_version_id, decision=decision, metrics=metrics,
+                    error=error, trained_tokens=trained_tokens, finished_at=utcnow())
             .execution_options(synchronize_session=False)
         ).rowcount
         if done != 1:
@@ -601,13 +620,15 @@ def requeue_stale(db: Database, stale_after_s: float, max_attempts: int = 2) -> 
 # evaluations
 
 
-def record_evaluation(db: Database, *, tenant_id: str, job_id: str | None, candidate_version_id: str,
-                      baseline_version_id: str | None, dataset_id: str | None,
+def record_evaluation(db: Database, *, tenant_id: str, job_id: str | None,
+                      candidate_version_id: str, baseline_version_id: str | None,
+                      dataset_id: str | None,
                       candidate_metrics: dict[str, Any], baseline_metrics: dict[str, Any],
                       decision: str, reasons: list[str], report_key: str | None) -> EvaluationInfo:
     with db.session() as s:
         row = Evaluation(id=new_id("eval"), tenant_id=tenant_id, job_id=job_id,
-                         candidate_version_id=candidate_version_id, baseline_version_id=baseline_version_id,
+                         candidate_version_id=candidate_version_id,
+                         baseline_version_id=baseline_version_id,
                          dataset_id=dataset_id, candidate_metrics=candidate_metrics,
                          baseline_metrics=baseline_metrics, decision=decision, reasons=reasons,
                          report_key=report_key)
@@ -623,5 +644,6 @@ def get_evaluation(db: Database, tenant_id: str | None, job_id: str) -> Evaluati
         row = s.scalar(select(Evaluation).where(Evaluation.job_id == job.id)
                        .order_by(Evaluation.created_at.desc()).limit(1))
         if row is None:
-            raise not_found(f"Fine-tuning job {job_id} has no evaluation yet.", code="evaluation_not_found")
+            raise not_found(f"Fine-tuning job {job_id} has no evaluation yet.",
+                            code="evaluation_not_found")
         return _evaluation_info(row)

@@ -43,6 +43,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,14 @@ from trainer.evaluate import Comparison, EvalExample, JudgeConfig, compare
 from trainer.gates import Decision, GateConfig, decide
 from trainer.jobs import JobInfo, JobLost, ResolvedHyperparameters
 from trainer.report import write_report
-from trainer.sft import ChatExample, SFTConfig, StepInfo, TrainingCancelled, TrainResult, train_lora_sft
+from trainer.sft import (
+    ChatExample,
+    SFTConfig,
+    StepInfo,
+    TrainingCancelled,
+    TrainResult,
+    train_lora_sft,
+)
 
 log = logging.getLogger("tailor.trainer")
 
@@ -152,7 +160,8 @@ class Worker:
         self.settings, self.db, self.store, self.blobs = settings, db, store, blobs
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.checkpoint_every = checkpoint_every
-        self.stale_after_s, self.max_attempts, self.heartbeat_s = stale_after_s, max_attempts, heartbeat_s
+        self.stale_after_s, self.max_attempts = stale_after_s, max_attempts
+        self.heartbeat_s = heartbeat_s
         self._limits: ValidationLimits | None = None
 
     @property
@@ -204,7 +213,8 @@ class Worker:
             with _Heartbeat(self.db, job.id, self.worker_id, self.heartbeat_s):
                 self._pipeline(run)
         except TrainingCancelled as e:
-            self._event(job, f"Job cancelled after {e.step} training step(s); nothing was registered")
+            self._event(job, f"Job cancelled after {e.step} training step(s); nothing was "
+                             "registered")
             self._finish(job, status="cancelled")
         except JobLost:
             # Requeued as stale (we were too slow to beat) or finished by someone else:
@@ -218,7 +228,7 @@ class Worker:
     def _pipeline(self, run: _Run) -> None:
         job = run.job
         snapshot = self._snapshot(job)
-        n_train = len(snapshot.train_sft if job.method == "supervised" else snapshot.train_preferences)
+        n_train = jobs.training_examples(snapshot, job.method)
         hp = jobs.resolve_hyperparameters(job.method, job.hyperparameters, n_train)
         jobs.update_running(self.db, job.id, self.worker_id, dataset_id=snapshot.id,
                             hyperparameters=hp.as_dict())
@@ -242,13 +252,14 @@ class Worker:
                         "baseline": _metrics_dict(comparison.baseline),
                         "gates_passed": decision.promote, "reasons": list(decision.reasons)}
 
-        run.version = promotion.register_candidate(
+        # Lineage: the version it was trained from, else the one it is meant to replace.
+        parent = start or baseline
+        run.version = version = promotion.register_candidate(
             self.db, self.store, self.limits, tenant_id=job.tenant_id, name=job.adapter_name,
-            source_dir=result.out_dir, base_model_name=self.settings.base_model_name, job_id=job.id,
-            dataset_id=snapshot.id, metrics={**train_metrics, **eval_metrics},
-            parent_version_id=start.id if start is not None else (baseline.id if baseline else None),
+            source_dir=result.out_dir, base_model_name=self.settings.base_model_name,
+            job_id=job.id, dataset_id=snapshot.id, metrics={**train_metrics, **eval_metrics},
+            parent_version_id=parent.id if parent else None,
         )
-        version = run.version
         self._event(job, f"Registered {job.adapter_name} version {version.version} as a candidate",
                     data={"version": version.version, "version_id": version.id})
 
@@ -261,12 +272,12 @@ class Worker:
             decision=outcome, reasons=list(decision.reasons), report_key=report_key)
         # Last before finishing: once a version serves, nothing else here can fail the job.
         self._apply(job, version, outcome, decision, policy)
-        tokens = getattr(result, "trained_tokens", 0) or None
-        self._finish(job, status="succeeded", fine_tuned_model=f"{job.adapter_name}@v{version.version}",
-                     result_version_id=version.id, decision=outcome,
-                     metrics={**train_metrics, **eval_metrics}, trained_tokens=tokens)
-        self._event(job, f"The job has successfully completed: {job.adapter_name}@v{version.version} "
-                         f"({outcome})", data={"decision": outcome})
+        pinned = f"{job.adapter_name}@v{version.version}"
+        self._finish(job, status="succeeded", fine_tuned_model=pinned, result_version_id=version.id,
+                     decision=outcome, metrics={**train_metrics, **eval_metrics},
+                     trained_tokens=result.trained_tokens or None)
+        self._event(job, f"The job has successfully completed: {pinned} ({outcome})",
+                    data={"decision": outcome})
 
     # --- stages ----------------------------------------------------------------
 
@@ -280,10 +291,11 @@ class Worker:
 
     def _starting_point(self, job: JobInfo, baseline: VersionInfo | None) -> VersionInfo | None:
         """The version whose weights training starts from; None: a fresh LoRA on the base."""
-        if job.model != self.settings.base_model_name:
-            resolved = registry.resolve(self.db, job.tenant_id, job.model, self.settings.base_model_name)
-            name = job.model.partition("@v")[0]
-            info = registry.get_adapter(self.db, job.tenant_id, name)
+        base = self.settings.base_model_name
+        if job.model != base:
+            # `name` or a pinned `name@vN`, as the job was created with.
+            resolved = registry.resolve(self.db, job.tenant_id, job.model, base)
+            info = registry.get_adapter(self.db, job.tenant_id, job.model.partition("@v")[0])
             return next((v for v in info.versions if v.id == resolved.version_id), None)
         # DPO nudges an existing behaviour; from a bare base it has little to stand on.
         return baseline if job.method == "dpo" else None
@@ -305,19 +317,19 @@ class Worker:
             for extra in ("reward_accuracy", "reward_margin"):  # DPO steps carry these
                 if hasattr(info, extra):
                     data[extra] = getattr(info, extra)
-            self._event(job, f"Step {info.step}/{info.total_steps}: training loss={info.loss:.4f}", data=data)
+            self._event(job, f"Step {info.step}/{info.total_steps}: training loss={info.loss:.4f}",
+                        data=data)
 
         common = dict(learning_rate=hp.learning_rate, epochs=hp.n_epochs, max_steps=hp.max_steps,
-                      batch_size=hp.batch_size, seed=job.seed, rank=hp.lora_rank, alpha=hp.lora_alpha,
-                      log_every=1)
+                      batch_size=hp.batch_size, seed=job.seed, rank=hp.lora_rank,
+                      alpha=hp.lora_alpha, log_every=1)
+        base_dir = self.settings.base_model_path
         if job.method == "supervised":
-            examples = [ChatExample(messages=[dict(m) for m in r.messages]) for r in snapshot.train_sft]
-            if not examples:
-                raise TailorError(400, f"Dataset {snapshot.id} has no chat examples to train on.",
-                                  code="no_training_data")
+            examples = [ChatExample(messages=[dict(m) for m in r.messages])
+                        for r in snapshot.train_sft]
             every = self.checkpoint_every
 
-            def on_checkpoint(info: StepInfo, save: Any) -> None:
+            def on_checkpoint(info: StepInfo, save: Callable[[Path], None]) -> None:
                 nonlocal every
                 if every is None:
                     every = max(1, math.ceil(info.total_steps / CHECKPOINTS_PER_JOB))
@@ -325,35 +337,35 @@ class Worker:
                 if info.step % every == 0 and info.step < info.total_steps:
                     path = run.workdir / "checkpoints" / f"step-{info.step}"
                     save(path)
-                    self._checkpoint(job, info.step, {"step": info.step, "train_loss": info.loss}, path)
+                    self._checkpoint(job, info.step, info.loss, path)
 
-            result = train_lora_sft(self.settings.base_model_path, examples, out_dir,
-                                    SFTConfig(**common), on_step=on_step, should_stop=should_stop,
+            result = train_lora_sft(base_dir, examples, out_dir, SFTConfig(**common),
+                                    on_step=on_step, should_stop=should_stop,
                                     on_checkpoint=on_checkpoint, init_adapter_dir=init_dir)
         else:
-            pairs = [PreferenceExample(prompt=[dict(m) for m in r.prompt], chosen=r.chosen, rejected=r.rejected)
-                     for r in snapshot.train_preferences]
-            if not pairs:
-                raise TailorError(400, f"Dataset {snapshot.id} has no preference pairs to train on.",
-                                  code="no_training_data")
-            result = train_lora_dpo(self.settings.base_model_path, pairs, out_dir,
-                                    DPOConfig(**common, beta=hp.beta or jobs.DEFAULT_BETA), init_adapter_dir=init_dir,
+            pairs = [PreferenceExample(prompt=[dict(m) for m in r.prompt], chosen=r.chosen,
+                                       rejected=r.rejected) for r in snapshot.train_preferences]
+            config = DPOConfig(**common, beta=hp.beta or jobs.DEFAULT_BETA)
+            result = train_lora_dpo(base_dir, pairs, out_dir, config, init_adapter_dir=init_dir,
                                     on_step=on_step, should_stop=should_stop)
-        self._checkpoint(job, result.steps, {"step": result.steps, "train_loss": result.final_loss},
-                         result.out_dir)
-        self._event(job, f"Training finished: {result.steps} steps, final loss {result.final_loss:.4f}, "
-                         f"{result.seconds:.0f} s", data={"steps": result.steps})
+        self._checkpoint(job, result.steps, result.final_loss, result.out_dir)
+        self._event(job, f"Training finished: {result.steps} steps, final loss "
+                         f"{result.final_loss:.4f}, {result.seconds:.0f} s",
+                    data={"steps": result.steps})
         return result
 
-    def _checkpoint(self, job: JobInfo, step: int, metrics: dict[str, Any], local_dir: Path) -> None:
+    def _checkpoint(self, job: JobInfo, step: int, loss: float, local_dir: Path) -> None:
         # The working directory is deleted when the job ends and lives on one host; the
         # blob store is what every host (and a later rollback to a checkpoint) can read.
         prefix = f"checkpoints/{job.tenant_id}/{job.id}/step-{step}"
         for f in sorted(local_dir.iterdir()):
             if f.is_file():
                 self.blobs.put_bytes(f"{prefix}/{f.name}", f.read_bytes())
+        # OpenAI's checkpoint metric names.
+        metrics = {"step": step, "train_loss": loss}
         jobs.add_checkpoint(self.db, job.id, step=step, metrics=metrics, path=prefix)
-        self._event(job, f"Checkpoint saved at step {step}", data={"checkpoint_step": step, "path": prefix})
+        self._event(job, f"Checkpoint saved at step {step}",
+                    data={"checkpoint_step": step, "path": prefix})
 
     def _judge(self) -> JudgeConfig | None:
         # Settings fields the judge needs; until they exist a worker evaluates without one.
@@ -373,7 +385,8 @@ class Worker:
                     for r in snapshot.heldout_sft]
         examples += [EvalExample(messages=[dict(m) for m in r.prompt], reference=r.chosen)
                      for r in snapshot.heldout_preferences]
-        against = f"{baseline.adapter_name} version {baseline.version}" if baseline else "the base model"
+        against = (f"{baseline.adapter_name} version {baseline.version}" if baseline
+                   else "the base model")
         self._event(job, f"Evaluating against {against} on {len(examples)} held-out example(s)")
         baseline_dir = self.store.local_path(baseline.digest) if baseline else None
         comparison = compare(self.settings.base_model_path, candidate_dir, baseline_dir, examples,
@@ -389,13 +402,16 @@ class Worker:
             row = s.scalar(select(TenantPolicy).where(TenantPolicy.tenant_id == tenant_id))
             if row is None:
                 return _Policy(auto_promote=False, canary_fraction=0.0, gates=GateConfig())
-            return _Policy(auto_promote=bool(row.auto_promote), canary_fraction=float(row.canary_fraction or 0.0),
+            return _Policy(auto_promote=bool(row.auto_promote),
+                           canary_fraction=float(row.canary_fraction or 0.0),
                            gates=GateConfig.from_dict(row.gates or {}))
 
-    def _report(self, job: JobInfo, result: TrainResult, comparison: Comparison, decision: Decision) -> str:
+    def _report(self, job: JobInfo, result: TrainResult, comparison: Comparison,
+                decision: Decision) -> str:
         prefix = f"reports/{job.tenant_id}/{job.id}"
         with tempfile.TemporaryDirectory(prefix="tailor-report-") as tmp:
-            json_path, png_path = write_report(Path(tmp), job_id=job.id, losses=list(result.losses),
+            json_path, png_path = write_report(Path(tmp), job_id=job.id,
+                                               losses=list(result.losses),
                                                comparison=comparison, decision=decision)
             self.blobs.put_bytes(f"{prefix}/loss.png", Path(png_path).read_bytes())
             # The JSON last: its presence says the report is complete.
@@ -436,19 +452,22 @@ class Worker:
     def _fail(self, run: _Run, exc: Exception) -> None:
         job = run.job
         if isinstance(exc, TailorError):
-            error = {"code": exc.code or "training_failed", "message": exc.message, "param": exc.param}
+            error = {"code": exc.code or "training_failed", "message": exc.message,
+                     "param": exc.param}
         else:
             log.exception("job %s failed", job.id)
-            error = {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}", "param": None}
+            error = {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}",
+                     "param": None}
         if run.version is not None:
             # Registered, then something broke: keep it from ever being promoted by mistake.
             try:
                 promotion.reject(self.db, job.tenant_id, job.adapter_name, run.version.version,
                                  reason=f"job {job.id} failed: {error['message']}")
             except Exception:  # noqa: BLE001 - the job's failure is the error to report
-                log.warning("could not reject version %s of failed job %s", run.version.id, job.id,
-                            exc_info=True)
-        self._event(job, f"Job failed: {error['message']}", level="error", data={"code": error["code"]})
+                log.warning("could not reject version %s of failed job %s", run.version.id,
+                            job.id, exc_info=True)
+        self._event(job, f"Job failed: {error['message']}", level="error",
+                    data={"code": error["code"]})
         self._finish(job, status="failed", error=error)
 
 
@@ -456,12 +475,13 @@ def main() -> int:
     from core.config import get_settings
     from core.db import migrate
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_settings()
     migrate(settings.database_url or "")
     db = Database(settings.database_url or "")
-    worker = Worker(settings, db, AdapterStore(settings.adapter_store_url or "", settings.cache_dir / "adapters"),
-                    BlobStore(settings.blob_store_url or ""))
+    store = AdapterStore(settings.adapter_store_url or "", settings.cache_dir / "adapters")
+    worker = Worker(settings, db, store, BlobStore(settings.blob_store_url or ""))
     stop = threading.Event()
     # SIGTERM/SIGINT end the loop between jobs; a job running then is finished first.
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -53,7 +53,7 @@ class CreateFineTuningJobIn(BaseModel):
     model: str = Field(min_length=1, max_length=200)
     training_file: str = Field(min_length=1, max_length=64)
     validation_file: str | None = Field(None, min_length=1, max_length=64)
-    hyperparameters: dict[str, Any] | None = Field(None, description="Deprecated by OpenAI: use method.")
+    hyperparameters: dict[str, Any] | None = Field(None, description="Deprecated: use method.")
     suffix: str | None = Field(None, min_length=1, max_length=64)
     seed: int | None = Field(None, ge=0, le=2_147_483_647)
     method: MethodIn | None = None
@@ -83,16 +83,6 @@ class HyperparametersOut(BaseModel):
     n_epochs: int | Auto = "auto"
 
 
-class MethodConfigOut(BaseModel):
-    hyperparameters: dict[str, Any]
-
-
-class MethodOut(BaseModel):
-    type: Literal["supervised", "dpo"]
-    supervised: MethodConfigOut | None = None
-    dpo: MethodConfigOut | None = None
-
-
 class FineTuningJobOut(BaseModel):
     object: Literal["fine_tuning.job"] = "fine_tuning.job"
     id: str
@@ -112,7 +102,9 @@ class FineTuningJobOut(BaseModel):
     integrations: list[dict[str, Any]] | None = None
     seed: int
     estimated_finish: int | None = None
-    method: MethodOut
+    # {"type": "supervised", "supervised": {"hyperparameters": {...}}}: OpenAI's schema has
+    # no null for the other methods' keys, so they are left out rather than set to None.
+    method: dict[str, Any]
     metadata: dict[str, str] | None
 
 
@@ -192,7 +184,8 @@ def _metadata(job: JobInfo) -> dict[str, str]:
         "tailor_decision": job.decision,
         "tailor_version_id": job.result_version_id,
         "tailor_attempts": str(job.attempts),
-        "tailor_cancel_requested": "true" if job.cancel_requested and job.status == "running" else None,
+        "tailor_cancel_requested": "true" if job.cancel_requested and job.status == "running"
+                                   else None,
         "tailor_evaluation_url": f"{base}/evaluation" if job.decision else None,
         "tailor_report_url": f"{base}/report.png" if job.decision else None,
     }
@@ -202,11 +195,12 @@ def _metadata(job: JobInfo) -> dict[str, str]:
 def job_out(job: JobInfo) -> FineTuningJobOut:
     hp = job.hyperparameters
     # Every knob (Tailor's extras too) under the method, OpenAI's three at the top level.
-    method = MethodOut(type=job.method, **{job.method: MethodConfigOut(hyperparameters=dict(hp))})  # type: ignore[arg-type]
+    method = {"type": job.method, job.method: {"hyperparameters": dict(hp)}}
     error = None
     if job.error:
         error = JobErrorOut(code=str(job.error.get("code") or "error"),
-                            message=str(job.error.get("message") or ""), param=job.error.get("param"))
+                            message=str(job.error.get("message") or ""),
+                            param=job.error.get("param"))
     return FineTuningJobOut(
         id=job.id, created_at=_unix(job.created_at) or 0, error=error,
         fine_tuned_model=job.fine_tuned_model, finished_at=_unix(job.finished_at),
@@ -232,8 +226,8 @@ def checkpoint_out(c: CheckpointInfo, adapter_name: str) -> CheckpointOut:
 def _method_and_hyperparameters(body: CreateFineTuningJobIn) -> tuple[str, dict[str, Any]]:
     method = body.method.type if body.method else "supervised"
     if method == "reinforcement":
-        raise bad_request("Tailor trains with the supervised and dpo methods; reinforcement is not supported.",
-                          param="method.type")
+        raise bad_request("Tailor trains with the supervised and dpo methods; reinforcement is "
+                          "not supported.", param="method.type")
     # The deprecated top-level hyperparameters, overridden by the method's own.
     hp = dict(body.hyperparameters or {})
     config = getattr(body.method, method, None) if body.method else None
@@ -266,7 +260,8 @@ def _event_cursor(after: str | None) -> int | None:
         return None
     match = _EVENT_ID.fullmatch(after)
     if match is None:
-        raise bad_request(f"after must be an event id such as 'ftevent-12', got {after!r}.", param="after")
+        raise bad_request(f"after must be an event id such as 'ftevent-12', got {after!r}.",
+                          param="after")
     return int(match.group(1))
 
 
@@ -279,12 +274,15 @@ def _report_bytes(services: Services, tenant_id: str, job_id: str, name: str) ->
 
 # --- tenant routes ------------------------------------------------------------------
 
-@router.post("", response_model=FineTuningJobOut, summary="Create a fine-tuning job (queued for a trainer worker)")
-def create_job(body: CreateFineTuningJobIn, services: ServicesDep, caller: CallerDep) -> FineTuningJobOut:
+@router.post("", response_model=FineTuningJobOut,
+             summary="Create a fine-tuning job (queued for a trainer worker)")
+def create_job(body: CreateFineTuningJobIn, services: ServicesDep,
+               caller: CallerDep) -> FineTuningJobOut:
     return create(services, caller.tenant_id, body)
 
 
-@router.get("", response_model=FineTuningJobListOut, summary="List your fine-tuning jobs, newest first")
+@router.get("", response_model=FineTuningJobListOut,
+            summary="List your fine-tuning jobs, newest first")
 def list_jobs(services: ServicesDep, caller: CallerDep, after: str | None = None,
               limit: int = Query(20, ge=1, le=100)) -> FineTuningJobListOut:
     page, has_more = jobs.list_jobs(services.db, caller.tenant_id, after=after, limit=limit)
@@ -298,13 +296,15 @@ def get_job(fine_tuning_job_id: str, services: ServicesDep, caller: CallerDep) -
 
 @router.post("/{fine_tuning_job_id}/cancel", response_model=FineTuningJobOut,
              summary="Cancel: a queued job at once, a running one at its next training step")
-def cancel_job(fine_tuning_job_id: str, services: ServicesDep, caller: CallerDep) -> FineTuningJobOut:
+def cancel_job(fine_tuning_job_id: str, services: ServicesDep,
+               caller: CallerDep) -> FineTuningJobOut:
     return job_out(jobs.cancel_job(services.db, caller.tenant_id, fine_tuning_job_id))
 
 
-@router.get("/{fine_tuning_job_id}/events", response_model=JobEventListOut, summary="A job's events, newest first")
-def list_events(fine_tuning_job_id: str, services: ServicesDep, caller: CallerDep, after: str | None = None,
-                limit: int = Query(20, ge=1, le=100)) -> JobEventListOut:
+@router.get("/{fine_tuning_job_id}/events", response_model=JobEventListOut,
+            summary="A job's events, newest first")
+def list_events(fine_tuning_job_id: str, services: ServicesDep, caller: CallerDep,
+                after: str | None = None, limit: int = Query(20, ge=1, le=100)) -> JobEventListOut:
     page, has_more = jobs.list_events(services.db, caller.tenant_id, fine_tuning_job_id,
                                       after=_event_cursor(after), limit=limit)
     return JobEventListOut(data=[event_out(e) for e in page], has_more=has_more)
@@ -312,10 +312,12 @@ def list_events(fine_tuning_job_id: str, services: ServicesDep, caller: CallerDe
 
 @router.get("/{fine_tuning_job_id}/checkpoints", response_model=CheckpointListOut,
             summary="A job's checkpoints, latest step first")
-def list_checkpoints(fine_tuning_job_id: str, services: ServicesDep, caller: CallerDep, after: str | None = None,
+def list_checkpoints(fine_tuning_job_id: str, services: ServicesDep, caller: CallerDep,
+                     after: str | None = None,
                      limit: int = Query(10, ge=1, le=100)) -> CheckpointListOut:
     job = jobs.get_job(services.db, caller.tenant_id, fine_tuning_job_id)
-    page, has_more = jobs.list_checkpoints(services.db, caller.tenant_id, job.id, after=after, limit=limit)
+    page, has_more = jobs.list_checkpoints(services.db, caller.tenant_id, job.id, after=after,
+                                           limit=limit)
     data = [checkpoint_out(c, job.adapter_name) for c in page]
     return CheckpointListOut(data=data, first_id=data[0].id if data else None,
                              last_id=data[-1].id if data else None, has_more=has_more)
@@ -323,15 +325,17 @@ def list_checkpoints(fine_tuning_job_id: str, services: ServicesDep, caller: Cal
 
 @router.get("/{fine_tuning_job_id}/evaluation", response_model=EvaluationOut,
             summary="Tailor: the candidate's held-out metrics against the version it would replace")
-def get_evaluation(fine_tuning_job_id: str, services: ServicesDep, caller: CallerDep) -> EvaluationOut:
+def get_evaluation(fine_tuning_job_id: str, services: ServicesDep,
+                   caller: CallerDep) -> EvaluationOut:
     e = jobs.get_evaluation(services.db, caller.tenant_id, fine_tuning_job_id)
     base = f"/v1/fine_tuning/jobs/{fine_tuning_job_id}"
     return EvaluationOut(
         id=e.id, fine_tuning_job_id=e.job_id, candidate_version_id=e.candidate_version_id,
-        baseline_version_id=e.baseline_version_id, dataset_id=e.dataset_id, candidate=e.candidate_metrics,
-        baseline=e.baseline_metrics, decision=e.decision, reasons=e.reasons,
-        report_url=f"{base}/report.json" if e.report_key else None,
-        report_png_url=f"{base}/report.png" if e.report_key else None, created_at=_unix(e.created_at) or 0)
+        baseline_version_id=e.baseline_version_id, dataset_id=e.dataset_id,
+        candidate=e.candidate_metrics, baseline=e.baseline_metrics, decision=e.decision,
+        reasons=e.reasons, report_url=f"{base}/report.json" if e.report_key else None,
+        report_png_url=f"{base}/report.png" if e.report_key else None,
+        created_at=_unix(e.created_at) or 0)
 
 
 @router.get("/{fine_tuning_job_id}/report.json", summary="Tailor: the job's evaluation report")
@@ -350,17 +354,21 @@ def get_report_png(fine_tuning_job_id: str, services: ServicesDep, caller: Calle
 
 @admin_router.post("/train", response_model=FineTuningJobOut, status_code=201,
                    summary="Queue a training job on the tenant's feedback")
-def train_from_feedback(tenant: str, body: TrainFromFeedbackIn, services: ServicesDep) -> FineTuningJobOut:
+def train_from_feedback(tenant: str, body: TrainFromFeedbackIn,
+                        services: ServicesDep) -> FineTuningJobOut:
     owner = tenants.find_tenant(services.db, tenant)
     base = services.settings.base_model_name
     model = body.model or base
     if model != base:
         registry.resolve(services.db, owner.id, model, base)
     if body.adapter_name == base:
-        raise bad_request(f"adapter_name {body.adapter_name!r} is the base model's name.", param="adapter_name")
+        raise bad_request(f"adapter_name {body.adapter_name!r} is the base model's name.",
+                          param="adapter_name")
     # Snapshot now, so "no usable feedback" is this request's 400 rather than a failed job.
     snapshot = jobs.feedback_snapshot(services.db, services.blobs, owner.id, body.adapter_name)
-    job = jobs.create_job(services.db, owner.id, method=body.method, model=model, adapter_name=body.adapter_name,
-                          hyperparameters=body.hyperparameters, seed=body.seed, source="feedback",
-                          dataset_id=snapshot.id, max_lora_rank=services.settings.engine_max_lora_rank)
+    jobs.training_examples(snapshot, body.method)
+    job = jobs.create_job(services.db, owner.id, method=body.method, model=model,
+                          adapter_name=body.adapter_name, hyperparameters=body.hyperparameters,
+                          seed=body.seed, source="feedback", dataset_id=snapshot.id,
+                          max_lora_rank=services.settings.engine_max_lora_rank)
     return job_out(job)

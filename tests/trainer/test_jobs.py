@@ -23,7 +23,8 @@ from tests.pg import create_database, postgres_url  # noqa: F401
 from trainer import files, jobs
 from trainer.jobs import JobLost
 
-CHAT_LINE = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
+CHAT_LINE = (b'{"messages": [{"role": "user", "content": "hi"}, '
+             b'{"role": "assistant", "content": "yo"}]}\n')
 PREF_LINE = (b'{"input": {"messages": [{"role": "user", "content": "hi"}]}, '
              b'"preferred_output": [{"role": "assistant", "content": "hello"}], '
              b'"non_preferred_output": [{"role": "assistant", "content": "go away"}]}\n')
@@ -96,7 +97,8 @@ def test_dpo_jobs_take_beta(db: Database, tenant: str) -> None:
     ("supervised", {"n_epochs": "many"}, "hyperparameters.n_epochs"),
     ("supervised", {"batch_size": 257}, "hyperparameters.batch_size"),
     ("supervised", {"learning_rate_multiplier": 0}, "hyperparameters.learning_rate_multiplier"),
-    ("supervised", {"learning_rate_multiplier": float("nan")}, "hyperparameters.learning_rate_multiplier"),
+    ("supervised", {"learning_rate_multiplier": float("nan")},
+     "hyperparameters.learning_rate_multiplier"),
     ("supervised", {"lora_rank": 65}, "hyperparameters.lora_rank"),
     ("supervised", {"max_steps": 0}, "hyperparameters.max_steps"),
     ("supervised", {"beta": 0.1}, "hyperparameters.beta"),
@@ -159,8 +161,8 @@ def test_auto_hyperparameters_resolve_to_concrete_values() -> None:
     from trainer.sft import SFTConfig
 
     # the documented meaning of learning_rate_multiplier=1 is each trainer's own default
-    assert jobs.BASE_LEARNING_RATE == {"supervised": SFTConfig().learning_rate,
-                                       "dpo": DPOConfig().learning_rate}
+    assert {"supervised": SFTConfig().learning_rate,
+                                       "dpo": DPOConfig().learning_rate} == jobs.BASE_LEARNING_RATE
     hp = jobs.validate_hyperparameters("supervised", {})
     small = jobs.resolve_hyperparameters("supervised", hp, 8)
     assert (small.n_epochs, small.batch_size, small.lora_rank, small.lora_alpha) == (13, 4, 8, 16)
@@ -183,7 +185,8 @@ def test_auto_hyperparameters_resolve_to_concrete_values() -> None:
 def test_jobs_are_tenant_scoped(db: Database, tenant: str) -> None:
     job = _job(db, tenant)
     other = _tenant(db, "globex")
-    for call in (lambda: jobs.get_job(db, other, job.id), lambda: jobs.cancel_job(db, other, job.id),
+    for call in (lambda: jobs.get_job(db, other, job.id),
+                 lambda: jobs.cancel_job(db, other, job.id),
                  lambda: jobs.list_events(db, other, job.id),
                  lambda: jobs.list_checkpoints(db, other, job.id),
                  lambda: jobs.get_job(db, tenant, "ftjob-missing")):
@@ -209,14 +212,16 @@ def test_list_jobs_pages_newest_first(db: Database, tenant: str) -> None:
 
 def test_events_newest_first_with_metrics_type(db: Database, tenant: str) -> None:
     job = _job(db, tenant)
-    jobs.add_event(db, job.id, "Step 1/2: training loss=1.0000", data={"step": 1, "train_loss": 1.0})
-    jobs.add_event(db, job.id, "Step 2/2: training loss=0.5000", data={"step": 2, "train_loss": 0.5})
+    for step in (1, 2):
+        jobs.add_event(db, job.id, f"Step {step}/2: training loss={1 / step:.4f}",
+                       data={"step": step, "train_loss": 1 / step})
     jobs.add_event(db, job.id, "Oops", level="warn")
     page, more = jobs.list_events(db, tenant, job.id, limit=2)
     assert [e.message for e in page] == ["Oops", "Step 2/2: training loss=0.5000"] and more
     assert [e.type for e in page] == ["message", "metrics"]
     rest, more = jobs.list_events(db, tenant, job.id, after=page[-1].id)
-    assert [e.message for e in rest] == ["Step 1/2: training loss=1.0000", f"Created fine-tuning job: {job.id}"]
+    assert [e.message for e in rest] == ["Step 1/2: training loss=1.0000",
+                                         f"Created fine-tuning job: {job.id}"]
     assert not more
     with pytest.raises(ValueError):
         jobs.add_event(db, job.id, "x", level="debug")
@@ -265,7 +270,8 @@ def _race(urls: list[str], tenant: str, n_jobs: int) -> tuple[list[str], list[st
             got[name].append(job.id)
         worker_db.dispose()
 
-    threads = [threading.Thread(target=claimer, args=(n, u)) for n, u in zip("ab", urls, strict=True)]
+    threads = [threading.Thread(target=claimer, args=(name, url))
+               for name, url in zip("ab", urls, strict=True)]
     for t in threads:
         t.start()
     for t in threads:
@@ -373,7 +379,8 @@ def test_evaluations_are_recorded_per_job(db: Database, tenant: str) -> None:
                            baseline_metrics={"n": 2, "token_f1": 0.1}, decision="promoted",
                            reasons=["token_f1 better"], report_key="reports/t/j/report.json")
     got = jobs.get_evaluation(db, tenant, job.id)
-    assert (got.decision, got.candidate_metrics["token_f1"], got.reasons) == ("promoted", 0.9, ["token_f1 better"])
+    assert (got.decision, got.candidate_metrics["token_f1"]) == ("promoted", 0.9)
+    assert got.reasons == ["token_f1 better"]
     with pytest.raises(TailorError):
         jobs.get_evaluation(db, _tenant(db, "globex"), job.id)
 

@@ -80,8 +80,12 @@ def promote(db: Database, tenant_id: str, name: str, version: int, *, by: str,
         target.promoted_at = utcnow()
         target.promoted_by = by
         adapter.active_version_id = target.id
-        if adapter.canary_version_id == target.id:
-            adapter.canary_version_id, adapter.canary_fraction = None, 0.0
+        # A canary was measured against the version that served before; after a switch
+        # its comparison means nothing, so it ends and goes back to being a candidate.
+        canary = next((v for v in adapter.versions if v.id == adapter.canary_version_id), None)
+        if canary is not None and canary.id != target.id and canary.state == "canary":
+            canary.state = "candidate"
+        adapter.canary_version_id, adapter.canary_fraction = None, 0.0
         s.flush()
         return registry.adapter_info(adapter)
 

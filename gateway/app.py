@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.config import Settings
 from core.errors import TailorError
-from gateway.routes import adapters, admin, feedback, files, fine_tuning, health, openai
+from gateway.routes import adapters, admin, feedback, files, fine_tuning, health, openai, policy
 from gateway.services import Services
 
 
@@ -115,8 +115,8 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     app.add_exception_handler(TailorError, _tailor_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    routers = (openai.router, adapters.router, feedback.router, files.router, fine_tuning.router,
-               adapters.admin_router, fine_tuning.admin_router, admin.router, health.router)
+    routers = (openai.router, adapters.router, feedback.router, files.router, fine_tuning.router, policy.router,
+               adapters.admin_router, fine_tuning.admin_router, policy.admin_router, admin.router, health.router)
     for router in routers:
         app.include_router(router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes,

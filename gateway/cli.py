@@ -135,7 +135,7 @@ def train_cmd(
 
         worker = Worker(settings, db, AdapterStore(settings.adapter_store_url or "", settings.cache_dir / "adapters"),
                         BlobStore(settings.blob_store_url or ""))
-        worker.run_once()
+        worker.run_once(job.id)
         job = jobs.get_job(db, owner.id, job.id)
     _emit(asdict(job), as_json, f"job {job.id}: {job.status}"
           + (f" -> {job.fine_tuned_model} ({job.decision})" if job.fine_tuned_model else ""))

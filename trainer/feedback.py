@@ -349,7 +349,7 @@ def list_feedback(db: Database, tenant_id: str, *, limit: int = 100, after: str 
 
 
 def feedback_signal(db: Database, tenant_id: str, adapter_version_id: str | None = None,
-                    since: datetime | None = None) -> FeedbackSignal:
+                    since: datetime | None = None, until: datetime | None = None) -> FeedbackSignal:
     """Good/bad/correction counts over served answers (see FeedbackSignal).
 
     `adapter_version_id` None counts every answer of the tenant, whatever served it.
@@ -362,6 +362,9 @@ def feedback_signal(db: Database, tenant_id: str, adapter_version_id: str | None
     if since is not None:
         since = since.replace(tzinfo=timezone.utc) if since.tzinfo is None else since.astimezone(timezone.utc)
         query = query.where(Feedback.created_at >= since)
+    if until is not None:
+        until = until.replace(tzinfo=timezone.utc) if until.tzinfo is None else until.astimezone(timezone.utc)
+        query = query.where(Feedback.created_at < until)
     query = query.order_by(Feedback.created_at, Feedback.id)
     latest: dict[str, str | None] = {}
     corrected: set[str] = set()

@@ -495,13 +495,16 @@ def list_checkpoints(db: Database, tenant_id: str | None, job_id: str, *, after:
 # the worker's side: claim, beat, record, finish
 
 
-def claim_next(db: Database, worker_id: str) -> JobInfo | None:
-    """Take the oldest queued job for `worker_id` (status running, attempts + 1), or None."""
+def claim_next(db: Database, worker_id: str, *, job_id: str | None = None) -> JobInfo | None:
+    """Take the oldest queued job (or the queued job `job_id`) for `worker_id`: status
+    running, attempts + 1. None when there is none to take."""
+    queued = select(Job).where(Job.status == "queued")
+    if job_id is not None:
+        queued = queued.where(Job.id == job_id)
+    queued = queued.order_by(Job.created_at, Job.id)
     if db.engine.dialect.name == "postgresql":
         with db.session() as s:
-            job = s.scalar(select(Job).where(Job.status == "queued")
-                           .order_by(Job.created_at, Job.id).limit(1)
-                           .with_for_update(skip_locked=True))
+            job = s.scalar(queued.limit(1).with_for_update(skip_locked=True))
             if job is None:
                 return None
             now = utcnow()
@@ -512,21 +515,20 @@ def claim_next(db: Database, worker_id: str) -> JobInfo | None:
     # SQLite (and anything else): read candidates, then win one with a conditional UPDATE.
     for _ in range(5):
         with db.session() as s:
-            ids = list(s.scalars(select(Job.id).where(Job.status == "queued")
-                                 .order_by(Job.created_at, Job.id).limit(5)))
+            ids = list(s.scalars(queued.with_only_columns(Job.id).limit(5)))
         if not ids:
             return None
-        for job_id in ids:
+        for candidate in ids:
             now = utcnow()
             with db.session() as s:
                 won = s.execute(
-                    update(Job).where(Job.id == job_id, Job.status == "queued")
+                    update(Job).where(Job.id == candidate, Job.status == "queued")
                     .values(status="running", worker_id=worker_id, attempts=Job.attempts + 1,
                             heartbeat_at=now, started_at=now)
                     .execution_options(synchronize_session=False)
                 ).rowcount
             if won == 1:
-                return get_job(db, None, job_id)
+                return get_job(db, None, candidate)
     return None
 
 

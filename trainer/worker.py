@@ -48,8 +48,6 @@ from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
-
 from adapters import promotion, registry
 from adapters.registry import ValidationLimits, VersionInfo
 from adapters.store import AdapterStore
@@ -58,13 +56,13 @@ from core.blobs import BlobStore
 from core.config import Settings
 from core.db import Database
 from core.errors import TailorError
-from core.models import TenantPolicy
 from trainer import datasets, jobs
 from trainer.datasets import Snapshot
 from trainer.dpo import DPOConfig, PreferenceExample, train_lora_dpo
 from trainer.evaluate import Comparison, EvalExample, JudgeConfig, compare
 from trainer.gates import Decision, GateConfig, decide
 from trainer.jobs import JobInfo, JobLost, ResolvedHyperparameters
+from trainer.policy import PolicyInfo, get_policy
 from trainer.report import write_report
 from trainer.sft import (
     ChatExample,
@@ -97,13 +95,6 @@ class _Run:
     version: VersionInfo | None = None
 
 
-@dataclass(frozen=True)
-class _Policy:
-    auto_promote: bool
-    canary_fraction: float
-    gates: GateConfig
-
-
 class _Heartbeat:
     """Beats the job's heartbeat from a background thread while no training step does.
 
@@ -133,7 +124,7 @@ class _Heartbeat:
         self.thread.join()
 
 
-def _outcome(decision: Decision, baseline: VersionInfo | None, policy: _Policy) -> str:
+def _outcome(decision: Decision, baseline: VersionInfo | None, policy: PolicyInfo) -> str:
     """promoted | canary | candidate | rejected: what the gates' verdict means for this tenant."""
     if not decision.promote:
         return "rejected"
@@ -176,9 +167,10 @@ class Worker:
 
     # --- the loop -------------------------------------------------------------
 
-    def run_once(self) -> bool:
-        """Claim one queued job and run it to the end; False when the queue was empty."""
-        job = jobs.claim_next(self.db, self.worker_id)
+    def run_once(self, job_id: str | None = None) -> bool:
+        """Claim one queued job (the oldest, or `job_id`) and run it to the end; False when
+        there was none to claim."""
+        job = jobs.claim_next(self.db, self.worker_id, job_id=job_id)
         if job is None:
             return False
         self._run(job)
@@ -244,8 +236,8 @@ class Worker:
             raise TrainingCancelled(result.steps)
 
         comparison = self._evaluate(run, snapshot, result.out_dir, baseline)
-        policy = self._policy(job.tenant_id)
-        decision = decide(comparison, policy.gates)
+        policy = get_policy(self.db, job.tenant_id)
+        decision = decide(comparison, GateConfig.from_dict(policy.gates))
         train_metrics = {"train_loss": result.final_loss, "steps": result.steps,
                          "examples": result.examples_used, "seconds": round(result.seconds, 1)}
         eval_metrics = {"candidate": _metrics_dict(comparison.candidate),
@@ -368,15 +360,12 @@ class Worker:
                     data={"checkpoint_step": step, "path": prefix})
 
     def _judge(self) -> JudgeConfig | None:
-        # Settings fields the judge needs; until they exist a worker evaluates without one.
-        base_url = getattr(self.settings, "judge_base_url", None)
-        model = getattr(self.settings, "judge_model", None)
-        if not base_url or not model:
-            return None
-        key = getattr(self.settings, "judge_api_key", None)
-        secret = key.get_secret_value() if hasattr(key, "get_secret_value") else key
-        max_pairs = getattr(self.settings, "judge_max_pairs", None) or 50
-        return JudgeConfig(base_url=base_url, api_key=secret, model=model, max_pairs=max_pairs)
+        s = self.settings
+        if not s.judge_base_url or not s.judge_model:
+            return None  # no judge: evaluated on exact match, token F1 and perplexity only
+        key = s.judge_api_key.get_secret_value() if s.judge_api_key else ""
+        return JudgeConfig(base_url=s.judge_base_url, api_key=key, model=s.judge_model,
+                           max_pairs=s.judge_max_pairs)
 
     def _evaluate(self, run: _Run, snapshot: Snapshot, candidate_dir: Path,
                   baseline: VersionInfo | None) -> Comparison:
@@ -397,15 +386,6 @@ class Worker:
                     data={"candidate": _metrics_dict(c), "baseline": _metrics_dict(b)})
         return comparison
 
-    def _policy(self, tenant_id: str) -> _Policy:
-        with self.db.session() as s:
-            row = s.scalar(select(TenantPolicy).where(TenantPolicy.tenant_id == tenant_id))
-            if row is None:
-                return _Policy(auto_promote=False, canary_fraction=0.0, gates=GateConfig())
-            return _Policy(auto_promote=bool(row.auto_promote),
-                           canary_fraction=float(row.canary_fraction or 0.0),
-                           gates=GateConfig.from_dict(row.gates or {}))
-
     def _report(self, job: JobInfo, result: TrainResult, comparison: Comparison,
                 decision: Decision) -> str:
         prefix = f"reports/{job.tenant_id}/{job.id}"
@@ -419,7 +399,7 @@ class Worker:
         return f"{prefix}/report.json"
 
     def _apply(self, job: JobInfo, version: VersionInfo, outcome: str, decision: Decision,
-               policy: _Policy) -> None:
+               policy: PolicyInfo) -> None:
         name, by, n = job.adapter_name, f"job {job.id}", version.version
         if outcome == "rejected":
             reasons = "; ".join(decision.reasons)
@@ -486,7 +466,7 @@ def main() -> int:
     # SIGTERM/SIGINT end the loop between jobs; a job running then is finished first.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    worker.run_forever(stop)
+    worker.run_forever(stop, poll_s=settings.trainer_poll_s)
     db.dispose()
     return 0
 

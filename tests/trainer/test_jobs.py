@@ -254,6 +254,14 @@ def test_claim_takes_the_oldest_and_only_once(db: Database, tenant: str) -> None
     assert jobs.claim_next(db, "w3") is None
 
 
+def test_claim_a_named_job(db: Database, tenant: str) -> None:
+    older, newer = _job(db, tenant), _job(db, tenant)
+    got = jobs.claim_next(db, "w1", job_id=newer.id)
+    assert got is not None and got.id == newer.id
+    assert jobs.claim_next(db, "w2", job_id=newer.id) is None  # taken
+    assert jobs.get_job(db, tenant, older.id).status == "queued"
+
+
 def _race(urls: list[str], tenant: str, n_jobs: int) -> tuple[list[str], list[str]]:
     """Two claimers with their own engines drain the queue at once; who got what."""
     setup = Database(urls[0])

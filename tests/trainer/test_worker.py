@@ -203,7 +203,7 @@ def test_tenant_policy_picks_promote_candidate_or_canary(tmp_path: Path,
                                   "\n".join(json.dumps(p) for p in prefs).encode(), "fine-tune")
     dpo = run(None, method="dpo", training_file=pref_file.id,
               hyperparameters={**one_step, "beta": 0.2})
-    assert dpo.decision == "candidate" and dpo.fine_tuned_model == "geo@v5"
+    assert dpo.decision == "promoted" and dpo.fine_tuned_model == "geo@v5"
     assert "reward_margin" in next(e for e in env.events(dpo.id) if e.type == "metrics").data
     assert env.versions()[-1].parent_version_id == versions[3].id
     assert [c.step for c in jobs.list_checkpoints(env.db, env.tenant, dpo.id)[0]] == [1]

@@ -60,8 +60,9 @@ class Lease:
 
 
 class EnginePool:
-    def __init__(self, urls: list[str], client: httpx.AsyncClient, *, max_resident: int,
-                 health_interval_s: float = 2.0) -> None:
+    def __init__(
+        self, urls: list[str], client: httpx.AsyncClient, *, max_resident: int, health_interval_s: float = 2.0
+    ) -> None:
         self.engines = [Engine(url=u.rstrip("/")) for u in urls]
         self.client = client
         self.max_resident = max(1, max_resident)
@@ -96,10 +97,10 @@ class EnginePool:
         deadline = time.monotonic() + timeout_s
         while True:
             states = [await self.check(e) for e in self.engines]
-            if (all(states) if all_engines else any(states)):
+            if all(states) if all_engines else any(states):
                 return
             if time.monotonic() > deadline:
-                down = [e.url for e, ok in zip(self.engines, states) if not ok]
+                down = [e.url for e, ok in zip(self.engines, states, strict=False) if not ok]
                 raise TimeoutError(f"engines not healthy after {timeout_s:.0f}s: {down}")
             await asyncio.sleep(0.5)
 
@@ -226,17 +227,27 @@ class EnginePool:
             self.mark_down(engine)
             raise unavailable("The inference engine is not reachable; retry shortly.") from exc
         if resp.status_code >= 400:
-            raise TailorError(502 if resp.status_code >= 500 else 400,
-                              f"engine refused {route}: {resp.text[:300]}", code="engine_error")
+            raise TailorError(
+                502 if resp.status_code >= 500 else 400,
+                f"engine refused {route}: {resp.text[:300]}",
+                code="engine_error",
+            )
 
     def stats(self) -> list[dict[str, object]]:
-        return [{"url": e.url, "healthy": e.healthy, "inflight": e.inflight,
-                 "resident_adapters": len(e.resident), "loads": e.loads, "evictions": e.evictions}
-                for e in self.engines]
+        return [
+            {
+                "url": e.url,
+                "healthy": e.healthy,
+                "inflight": e.inflight,
+                "resident_adapters": len(e.resident),
+                "loads": e.loads,
+                "evictions": e.evictions,
+            }
+            for e in self.engines
+        ]
 
 
-async def run_with_lease(pool: EnginePool, lora: LoraRef | None,
-                         call: Callable[[Lease], Awaitable[object]]) -> object:
+async def run_with_lease(pool: EnginePool, lora: LoraRef | None, call: Callable[[Lease], Awaitable[object]]) -> object:
     lease = await pool.acquire(lora)
     try:
         return await call(lease)

@@ -52,24 +52,45 @@ def _version(adapter: Adapter, version: int) -> AdapterVersion:
     if target is None:
         raise not_found(f"Adapter {adapter.name!r} has no version {version}.", code="version_not_found")
     if target.state in ("training", "failed"):
-        raise bad_request(f"Version {version} of {adapter.name!r} is {target.state} and cannot serve.",
-                          code="version_not_servable")
+        raise bad_request(
+            f"Version {version} of {adapter.name!r} is {target.state} and cannot serve.", code="version_not_servable"
+        )
     return target
 
 
-def register_candidate(db: Database, store: AdapterStore, limits: ValidationLimits, *, tenant_id: str,
-                       name: str, source_dir: Path, base_model_name: str, job_id: str | None,
-                       dataset_id: str | None, metrics: dict[str, object] | None,
-                       parent_version_id: str | None) -> VersionInfo:
+def register_candidate(
+    db: Database,
+    store: AdapterStore,
+    limits: ValidationLimits,
+    *,
+    tenant_id: str,
+    name: str,
+    source_dir: Path,
+    base_model_name: str,
+    job_id: str | None,
+    dataset_id: str | None,
+    metrics: dict[str, object] | None,
+    parent_version_id: str | None,
+) -> VersionInfo:
     """Store a trained adapter as a candidate: callable as `name@vN`, not yet served as `name`."""
     return registry.register_dir(
-        db, store, limits, tenant_id=tenant_id, name=name, source_dir=source_dir,
-        base_model_name=base_model_name, source="training", activate=False, state="candidate",
-        lineage=Lineage(job_id=job_id, dataset_id=dataset_id, parent_version_id=parent_version_id, metrics=metrics))
+        db,
+        store,
+        limits,
+        tenant_id=tenant_id,
+        name=name,
+        source_dir=source_dir,
+        base_model_name=base_model_name,
+        source="training",
+        activate=False,
+        state="candidate",
+        lineage=Lineage(job_id=job_id, dataset_id=dataset_id, parent_version_id=parent_version_id, metrics=metrics),
+    )
 
 
-def promote(db: Database, tenant_id: str, name: str, version: int, *, by: str,
-            demote_to: str = "retired") -> AdapterInfo:
+def promote(
+    db: Database, tenant_id: str, name: str, version: int, *, by: str, demote_to: str = "retired"
+) -> AdapterInfo:
     with db.session() as s:
         adapter = _adapter(s, tenant_id, name)
         target = _version(adapter, version)
@@ -130,10 +151,14 @@ def rollback(db: Database, tenant_id: str, name: str, *, by: str) -> AdapterInfo
     with db.session() as s:
         adapter = _adapter(s, tenant_id, name)
         current = next((v for v in adapter.versions if v.id == adapter.active_version_id), None)
-        earlier = [v for v in adapter.versions if v.promoted_at is not None and v.id != adapter.active_version_id
-                   and v.state == "retired"
-                   and (current is None or current.promoted_at is None
-                        or _ts(v.promoted_at) <= _ts(current.promoted_at))]
+        earlier = [
+            v
+            for v in adapter.versions
+            if v.promoted_at is not None
+            and v.id != adapter.active_version_id
+            and v.state == "retired"
+            and (current is None or current.promoted_at is None or _ts(v.promoted_at) <= _ts(current.promoted_at))
+        ]
         if not earlier:
             raise bad_request(f"{name!r} has no earlier promoted version to roll back to.", code="no_previous_version")
         previous = max(earlier, key=lambda v: (_ts(v.promoted_at), v.version))
@@ -171,10 +196,23 @@ def lineage(db: Database, tenant_id: str, name: str) -> list[VersionLineage]:
         adapter = _adapter(s, tenant_id, name)
         return [
             VersionLineage(
-                version=v.version, id=v.id, state=v.state, source=v.source, digest=v.digest, job_id=v.job_id,
-                dataset_id=v.dataset_id, parent_version_id=v.parent_version_id, metrics=v.metrics,
-                created_at=v.created_at, promoted_at=v.promoted_at, promoted_by=v.promoted_by,
-                serving="active" if v.id == adapter.active_version_id
-                else "canary" if v.id == adapter.canary_version_id else None)
+                version=v.version,
+                id=v.id,
+                state=v.state,
+                source=v.source,
+                digest=v.digest,
+                job_id=v.job_id,
+                dataset_id=v.dataset_id,
+                parent_version_id=v.parent_version_id,
+                metrics=v.metrics,
+                created_at=v.created_at,
+                promoted_at=v.promoted_at,
+                promoted_by=v.promoted_by,
+                serving="active"
+                if v.id == adapter.active_version_id
+                else "canary"
+                if v.id == adapter.canary_version_id
+                else None,
+            )
             for v in adapter.versions
         ]

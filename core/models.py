@@ -285,7 +285,9 @@ class TenantPolicy(Base):
     __tablename__ = "tenant_policies"
 
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
-    retrain: Mapped[str] = mapped_column(String(16), default="on_demand")  # off | on_demand | feedback_count | drift | schedule
+    retrain: Mapped[str] = mapped_column(
+        String(16), default="on_demand"
+    )  # off | on_demand | feedback_count | drift | schedule
     retrain_min_feedback: Mapped[int] = mapped_column(Integer, default=50)
     retrain_interval_hours: Mapped[float] = mapped_column(Float, default=24.0)
     auto_promote: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -41,9 +41,12 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    message = {404: "Unknown request URL. Please check the URL and method.",
-               405: "Method not allowed for this URL."}.get(exc.status_code, str(exc.detail))
-    return error_response(TailorError(exc.status_code, message, code="unknown_url" if exc.status_code == 404 else None))
+    message = {
+        404: "Unknown request URL. Please check the URL and method.",
+        405: "Method not allowed for this URL.",
+    }.get(exc.status_code, str(exc.detail))
+    code = {404: "unknown_url", 405: "method_not_allowed", 413: "request_too_large"}.get(exc.status_code)
+    return error_response(TailorError(exc.status_code, message, code=code))
 
 
 class BodyLimit:
@@ -77,7 +80,9 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    raise TailorError(413, f"Request body exceeds {limit} bytes.", code="request_too_large")
+                    # An HTTPException: FastAPI turns any other error raised while it reads
+                    # the body into a 400 "error parsing the body".
+                    raise StarletteHTTPException(413, f"Request body exceeds {limit} bytes.")
             return message
 
         await self.app(scope, limited, send)
@@ -92,8 +97,9 @@ async def _no_receive() -> Message:
     return {"type": "http.disconnect"}
 
 
-def create_app(settings: Settings | None = None, *, services: Services | None = None,
-               wait_for_engines: bool = True) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, *, services: Services | None = None, wait_for_engines: bool = True
+) -> FastAPI:
     settings = settings or (services.settings if services else Settings())
     svc = services or Services(settings)
 
@@ -115,10 +121,20 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     app.add_exception_handler(TailorError, _tailor_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    routers = (openai.router, adapters.router, feedback.router, files.router, fine_tuning.router, policy.router,
-               adapters.admin_router, fine_tuning.admin_router, policy.admin_router, admin.router, health.router)
+    routers = (
+        openai.router,
+        adapters.router,
+        feedback.router,
+        files.router,
+        fine_tuning.router,
+        policy.router,
+        adapters.admin_router,
+        fine_tuning.admin_router,
+        policy.admin_router,
+        admin.router,
+        health.router,
+    )
     for router in routers:
         app.include_router(router)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes,
-                       max_upload_bytes=settings.max_upload_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes, max_upload_bytes=settings.max_upload_bytes)
     return app

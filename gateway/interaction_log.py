@@ -9,6 +9,7 @@ dropped (and counted) only when the queue is full.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -47,8 +48,9 @@ class InteractionRecord:
 
 
 class InteractionLog:
-    def __init__(self, db: Database, *, batch_size: int = 200, flush_interval_s: float = 0.5,
-                 max_queue: int = 100_000) -> None:
+    def __init__(
+        self, db: Database, *, batch_size: int = 200, flush_interval_s: float = 0.5, max_queue: int = 100_000
+    ) -> None:
         self.db = db
         self.batch_size = batch_size
         self.flush_interval_s = flush_interval_s
@@ -104,10 +106,8 @@ class InteractionLog:
                 await self._write_with_retry(self._take(self.batch_size))
 
     async def _wait_stop(self, seconds: float) -> None:
-        try:
+        with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._stop.wait(), seconds)
-        except asyncio.TimeoutError:
-            pass
 
     async def _write_with_retry(self, batch: list[InteractionRecord], attempts: int = 1_000_000) -> None:
         delay = 0.2

@@ -191,9 +191,7 @@ def _chat_token_list(items: Any) -> list[JSON] | None:
         entry = _chat_token_logprob(item)
         top = item.get("top_logprobs")
         entry["top_logprobs"] = (
-            [_chat_token_logprob(t) for t in top if isinstance(t, Mapping)]
-            if isinstance(top, list)
-            else []
+            [_chat_token_logprob(t) for t in top if isinstance(t, Mapping)] if isinstance(top, list) else []
         )
         out.append(entry)
     return out
@@ -288,9 +286,7 @@ def _delta_tool_calls(calls: Any) -> list[JSON] | None:
             entry["type"] = "function"
         fn = call.get("function")
         if isinstance(fn, Mapping):
-            entry["function"] = {
-                k: fn[k] for k in ("name", "arguments") if isinstance(fn.get(k), str)
-            }
+            entry["function"] = {k: fn[k] for k in ("name", "arguments") if isinstance(fn.get(k), str)}
         out.append(entry)
     return out or None
 
@@ -310,9 +306,7 @@ def _delta(delta: Any) -> JSON:
         out["tool_calls"] = calls
     fc = d.get("function_call")
     if isinstance(fc, Mapping):
-        out["function_call"] = {
-            k: fc[k] for k in ("name", "arguments") if isinstance(fc.get(k), str)
-        }
+        out["function_call"] = {k: fc[k] for k in ("name", "arguments") if isinstance(fc.get(k), str)}
     return out
 
 
@@ -349,9 +343,7 @@ def _completion_logprobs(logprobs: Any) -> JSON | None:
     token_logprobs = logprobs.get("token_logprobs")
     top = logprobs.get("top_logprobs")
     return {
-        "text_offset": [o if type(o) is int else 0 for o in offsets]
-        if isinstance(offsets, list)
-        else [],
+        "text_offset": [o if type(o) is int else 0 for o in offsets] if isinstance(offsets, list) else [],
         # With `echo`, the first prompt token has no logprob (nothing precedes it) and
         # vLLM sends null, which the schema's `number` items reject. 0.0 keeps sums over
         # the list equal to the log-likelihood of the rest given the first token, which
@@ -359,13 +351,9 @@ def _completion_logprobs(logprobs: Any) -> JSON | None:
         "token_logprobs": [lp if isinstance(lp, (int, float)) else 0.0 for lp in token_logprobs]
         if isinstance(token_logprobs, list)
         else [],
-        "tokens": [t if isinstance(t, str) else "" for t in tokens]
-        if isinstance(tokens, list)
-        else [],
+        "tokens": [t if isinstance(t, str) else "" for t in tokens] if isinstance(tokens, list) else [],
         # Same position, same reason: no alternatives for the first echoed token -> {}.
-        "top_logprobs": [t if isinstance(t, Mapping) else {} for t in top]
-        if isinstance(top, list)
-        else [],
+        "top_logprobs": [t if isinstance(t, Mapping) else {} for t in top] if isinstance(top, list) else [],
     }
 
 
@@ -375,9 +363,7 @@ def _completion_choices(choices: Any, *, nullable_finish: bool) -> list[JSON]:
             "index": _int(choice.get("index")) or 0,
             "text": choice.get("text") if isinstance(choice.get("text"), str) else "",
             "logprobs": _completion_logprobs(choice.get("logprobs")),
-            "finish_reason": _finish(
-                choice.get("finish_reason"), _COMPLETION_FINISH, nullable=nullable_finish
-            ),
+            "finish_reason": _finish(choice.get("finish_reason"), _COMPLETION_FINISH, nullable=nullable_finish),
         }
         for choice in (choices if isinstance(choices, list) else ())
         if isinstance(choice, Mapping)
@@ -475,9 +461,7 @@ def error(body: object, status: int, *, replace: Mapping[str, str] | None = None
     }
 
 
-def stream_error(
-    chunk: Mapping[str, Any], *, replace: Mapping[str, str] | None = None
-) -> JSON | None:
+def stream_error(chunk: Mapping[str, Any], *, replace: Mapping[str, str] | None = None) -> JSON | None:
     """The OpenAI error body if this stream `data:` event is an engine error, else None.
 
     Once a stream's 200 is sent, vLLM reports failures as one more event,

@@ -69,6 +69,7 @@ class ModelList(BaseModel):
 
 # --- admin API -----------------------------------------------------------------
 
+
 class TenantCreate(BaseModel):
     name: str
 

@@ -42,16 +42,20 @@ class Route:
 
 
 ROUTES: dict[Kind, Route] = {
-    "chat": Route("/v1/chat/completions", "chat.completions", "chatcmpl",
-                  normalize.chat_completion, normalize.chat_chunk),
-    "completion": Route("/v1/completions", "completions", "cmpl",
-                        normalize.completion, normalize.completion_chunk),
+    "chat": Route(
+        "/v1/chat/completions", "chat.completions", "chatcmpl", normalize.chat_completion, normalize.chat_chunk
+    ),
+    "completion": Route("/v1/completions", "completions", "cmpl", normalize.completion, normalize.completion_chunk),
 }
 
 
 def _json(data: Any, status: int, interaction_id: str) -> Response:
-    return Response(orjson.dumps(data), status_code=status, media_type="application/json",
-                    headers={INTERACTION_HEADER: interaction_id})
+    return Response(
+        orjson.dumps(data),
+        status_code=status,
+        media_type="application/json",
+        headers={INTERACTION_HEADER: interaction_id},
+    )
 
 
 def _text_of(choice: dict[str, Any], kind: Kind) -> str | None:
@@ -67,16 +71,21 @@ def _request_log(kind: Kind, body: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in body.items() if k != "model"}
 
 
-async def complete(services: Services, caller: Caller, kind: Kind, body: dict[str, Any],
-                   request: Request) -> Response:
+async def complete(services: Services, caller: Caller, kind: Kind, body: dict[str, Any], request: Request) -> Response:
     route = ROUTES[kind]
     interaction_id = new_id(route.id_prefix)
     started = time.perf_counter()
     public_model = body["model"]
     stream = bool(body.get("stream"))
-    record = InteractionRecord(id=interaction_id, tenant_id=caller.tenant_id, api_key_id=caller.key_id,
-                               endpoint=route.endpoint, model=public_model, stream=stream,
-                               request=_request_log(kind, body))
+    record = InteractionRecord(
+        id=interaction_id,
+        tenant_id=caller.tenant_id,
+        api_key_id=caller.key_id,
+        endpoint=route.endpoint,
+        model=public_model,
+        stream=stream,
+        request=_request_log(kind, body),
+    )
 
     def finish(status: int, error: str | None = None) -> None:
         record.status_code = status
@@ -109,10 +118,12 @@ async def complete(services: Services, caller: Caller, kind: Kind, body: dict[st
         services.pool.release(lease)
         finish(exc.status, exc.message)
         return _json(exc.body(), exc.status, interaction_id)
-    except asyncio.CancelledError:
+    except (ClientDisconnected, asyncio.CancelledError) as exc:
         services.pool.release(lease)
         finish(CLIENT_CLOSED, "client disconnected")
-        raise
+        if isinstance(exc, asyncio.CancelledError):
+            raise
+        return Response(status_code=CLIENT_CLOSED)
 
     if resp.status_code >= 400:
         raw = await resp.aread()
@@ -123,27 +134,35 @@ async def complete(services: Services, caller: Caller, kind: Kind, body: dict[st
         return _json(error, resp.status_code, interaction_id)
 
     if not stream:
-        return await _finish_body(services, lease, route, kind, resp, record, finish, public_model,
-                                  interaction_id, request)
+        return await _finish_body(
+            services, lease, route, kind, resp, record, finish, public_model, interaction_id, request
+        )
 
-    gen = _stream(services, lease, route, kind, resp, record, finish, public_model, interaction_id,
-                  client_wants_usage, replace, started)
-    return StreamingResponse(gen, media_type="text/event-stream",
-                             headers={INTERACTION_HEADER: interaction_id, "cache-control": "no-cache"})
+    stream_call = _StreamCall(services, lease, resp, record, finish)
+    gen = stream_call.events(route, kind, public_model, interaction_id, client_wants_usage, replace, started)
+    return _ClosingStreamingResponse(
+        gen,
+        on_exit=lambda: stream_call.close(CLIENT_CLOSED, "client disconnected"),
+        media_type="text/event-stream",
+        headers={INTERACTION_HEADER: interaction_id, "cache-control": "no-cache"},
+    )
 
 
-async def _send(services: Services, lease: Lease, lora: LoraRef | None, route: Route,
-                upstream: dict[str, Any], request: Request) -> httpx.Response:
+async def _send(
+    services: Services, lease: Lease, lora: LoraRef | None, route: Route, upstream: dict[str, Any], request: Request
+) -> httpx.Response:
     """Open the upstream response; a 404 for an adapter the engine lost is retried once."""
     for attempt in (1, 2):
-        req = services.client.build_request("POST", lease.url + route.path, content=orjson.dumps(upstream),
-                                            headers={"content-type": "application/json"})
+        req = services.client.build_request(
+            "POST", lease.url + route.path, content=orjson.dumps(upstream), headers={"content-type": "application/json"}
+        )
         try:
             resp = await _until_disconnect(request, services.client.send(req, stream=True))
         except httpx.TransportError as exc:
             services.pool.mark_down(lease.engine)
-            raise TailorError(503, "The inference engine became unavailable; retry shortly.",
-                              code="engine_unavailable") from exc
+            raise TailorError(
+                503, "The inference engine became unavailable; retry shortly.", code="engine_unavailable"
+            ) from exc
         if resp.status_code == 404 and lora is not None and attempt == 1:
             await resp.aclose()
             services.pool.forget(lease.engine, lora.name)
@@ -151,6 +170,10 @@ async def _send(services: Services, lease: Lease, lora: LoraRef | None, route: R
             continue
         return resp
     raise AssertionError("unreachable")
+
+
+class ClientDisconnected(Exception):
+    """The client went away before its answer was complete."""
 
 
 async def _until_disconnect(request: Request, coro: Any) -> Any:
@@ -163,7 +186,7 @@ async def _until_disconnect(request: Request, coro: Any) -> Any:
             return task.result()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-        raise asyncio.CancelledError("client disconnected")
+        raise ClientDisconnected
     finally:
         watcher.cancel()
 
@@ -182,24 +205,40 @@ def _parse(raw: bytes) -> Any:
         return raw.decode("utf-8", "replace")
 
 
-async def _finish_body(services: Services, lease: Lease, route: Route, kind: Kind, resp: httpx.Response,
-                       record: InteractionRecord, finish: Callable[..., None], public_model: str,
-                       interaction_id: str, request: Request) -> Response:
+async def _finish_body(
+    services: Services,
+    lease: Lease,
+    route: Route,
+    kind: Kind,
+    resp: httpx.Response,
+    record: InteractionRecord,
+    finish: Callable[..., None],
+    public_model: str,
+    interaction_id: str,
+    request: Request,
+) -> Response:
     try:
         raw = await _until_disconnect(request, resp.aread())
+    except ClientDisconnected:
+        finish(CLIENT_CLOSED, "client disconnected")
+        return Response(status_code=CLIENT_CLOSED)
     except asyncio.CancelledError:
         finish(CLIENT_CLOSED, "client disconnected")
         raise
     except httpx.HTTPError as exc:
         services.pool.mark_down(lease.engine)
-        err = TailorError(503, "The inference engine failed while answering; retry shortly.",
-                          code="engine_unavailable")
+        err = TailorError(503, "The inference engine failed while answering; retry shortly.", code="engine_unavailable")
         finish(err.status, f"{type(exc).__name__}: {exc}")
         return _json(err.body(), err.status, interaction_id)
     finally:
         await resp.aclose()
         services.pool.release(lease)
-    body = route.body(orjson.loads(raw), model=public_model, id=interaction_id)
+    try:
+        body = route.body(orjson.loads(raw), model=public_model, id=interaction_id)
+    except (orjson.JSONDecodeError, AttributeError, TypeError) as exc:
+        err = _bad_engine_output()
+        finish(err.status, f"unreadable engine answer: {type(exc).__name__}")
+        return _json(err.body(), err.status, interaction_id)
     choices = body.get("choices") or []
     if choices:
         record.response_text = _text_of(choices[0], kind)
@@ -228,53 +267,109 @@ async def _sse_data(resp: httpx.Response) -> AsyncIterator[bytes]:
         yield pending[5:].strip()
 
 
-async def _stream(services: Services, lease: Lease, route: Route, kind: Kind, resp: httpx.Response,
-                  record: InteractionRecord, finish: Callable[..., None], public_model: str,
-                  interaction_id: str, client_wants_usage: bool, replace: dict[str, str],
-                  started: float) -> AsyncIterator[bytes]:
-    parts: list[str] = []
-    status, error = 200, None
-    try:
-        async for payload in _sse_data(resp):
-            if payload == b"[DONE]":
-                yield b"data: [DONE]\n\n"
-                break
-            chunk = orjson.loads(payload)
-            failed = normalize.stream_error(chunk, replace=replace)
-            if failed is not None:
-                status, error = 502, failed["error"]["message"]
-                yield b"data: " + orjson.dumps(failed) + b"\n\n"
-                break
-            chunk = route.chunk(chunk, model=public_model, id=interaction_id)
-            usage = chunk.get("usage")
-            if usage:
-                record.prompt_tokens = usage.get("prompt_tokens")
-                record.completion_tokens = usage.get("completion_tokens")
-            choices = chunk.get("choices") or []
-            for choice in choices:
-                if choice.get("index", 0) != 0:
+def _bad_engine_output() -> TailorError:
+    return TailorError(502, "The inference engine sent an answer Tailor could not read.", code="engine_error")
+
+
+class _StreamCall:
+    """One streamed answer: its engine response, lease and log record, closed exactly once.
+
+    The generator closes it when the stream ends; the response closes it when the client
+    goes away before the generator ever ran (Starlette then never starts or finalises it).
+    """
+
+    def __init__(
+        self,
+        services: Services,
+        lease: Lease,
+        resp: httpx.Response,
+        record: InteractionRecord,
+        finish: Callable[..., None],
+    ) -> None:
+        self.services = services
+        self.lease = lease
+        self.resp = resp
+        self.record = record
+        self.finish = finish
+        self.parts: list[str] = []
+        self.closed = False
+
+    async def close(self, status: int, error: str | None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.services.pool.release(self.lease)
+        self.record.response_text = "".join(self.parts)
+        self.finish(status, error)
+        await self.resp.aclose()
+
+    async def events(
+        self,
+        route: Route,
+        kind: Kind,
+        public_model: str,
+        interaction_id: str,
+        client_wants_usage: bool,
+        replace: dict[str, str],
+        started: float,
+    ) -> AsyncIterator[bytes]:
+        record = self.record
+        status, error = 200, None
+        try:
+            async for payload in _sse_data(self.resp):
+                if payload == b"[DONE]":
+                    yield b"data: [DONE]\n\n"
+                    break
+                try:
+                    chunk = orjson.loads(payload)
+                    failed = normalize.stream_error(chunk, replace=replace)
+                    if failed is None:
+                        chunk = route.chunk(chunk, model=public_model, id=interaction_id)
+                except (orjson.JSONDecodeError, AttributeError, TypeError):
+                    failed = _bad_engine_output().body()
+                if failed is not None:
+                    status, error = 502, failed["error"]["message"]
+                    yield b"data: " + orjson.dumps(failed) + b"\n\n"
+                    break
+                usage = chunk.get("usage")
+                if usage:
+                    record.prompt_tokens = usage.get("prompt_tokens")
+                    record.completion_tokens = usage.get("completion_tokens")
+                choices = chunk.get("choices") or []
+                for choice in choices:
+                    if choice.get("index", 0) != 0:
+                        continue
+                    text = _text_of(choice, kind)
+                    if text:
+                        if record.ttft_ms is None:
+                            record.ttft_ms = (time.perf_counter() - started) * 1000
+                        self.parts.append(text)
+                    if choice.get("finish_reason"):
+                        record.finish_reason = choice["finish_reason"]
+                if not choices and usage and not client_wants_usage:
                     continue
-                text = _text_of(choice, kind)
-                if text:
-                    if record.ttft_ms is None:
-                        record.ttft_ms = (time.perf_counter() - started) * 1000
-                    parts.append(text)
-                if choice.get("finish_reason"):
-                    record.finish_reason = choice["finish_reason"]
-            if not choices and usage and not client_wants_usage:
-                continue
-            yield b"data: " + orjson.dumps(chunk) + b"\n\n"
-    except asyncio.CancelledError:
-        status, error = CLIENT_CLOSED, "client disconnected"
-        raise
-    except httpx.HTTPError as exc:
-        services.pool.mark_down(lease.engine)
-        status, error = 503, f"engine failed mid-stream: {type(exc).__name__}"
-        err = TailorError(503, "The inference engine failed while streaming; retry shortly.",
-                          code="engine_unavailable")
-        yield b"data: " + orjson.dumps(err.body()) + b"\n\n"
-    finally:
-        await resp.aclose()
-        services.pool.release(lease)
-        record.response_text = "".join(parts)
-        finish(status, error)
+                yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+        except asyncio.CancelledError:
+            status, error = CLIENT_CLOSED, "client disconnected"
+            raise
+        except httpx.HTTPError as exc:
+            self.services.pool.mark_down(self.lease.engine)
+            status, error = 503, f"engine failed mid-stream: {type(exc).__name__}"
+            err = TailorError(
+                503, "The inference engine failed while streaming; retry shortly.", code="engine_unavailable"
+            )
+            yield b"data: " + orjson.dumps(err.body()) + b"\n\n"
+        finally:
+            await self.close(status, error)
+
+
+class _ClosingStreamingResponse(StreamingResponse):
+    def __init__(self, content: AsyncIterator[bytes], *, on_exit: Callable[[], Any], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._on_exit = on_exit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._on_exit()

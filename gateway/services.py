@@ -75,11 +75,18 @@ class Services:
         self.supervisors: list[EngineSupervisor] = []
         self.trainer = TrainerProcess(settings.data_dir / "logs" / "trainer.log") if settings.run_trainer else None
         urls = settings.engine_urls or [f"http://127.0.0.1:{settings.engine_port}"]
-        self.pool = EnginePool(urls, self.client, max_resident=settings.max_resident_adapters,
-                               health_interval_s=settings.engine_health_interval_s)
-        self.interactions = InteractionLog(self.db, batch_size=settings.log_batch_size,
-                                           flush_interval_s=settings.log_flush_interval_s,
-                                           max_queue=settings.log_queue_max)
+        self.pool = EnginePool(
+            urls,
+            self.client,
+            max_resident=settings.max_resident_adapters,
+            health_interval_s=settings.engine_health_interval_s,
+        )
+        self.interactions = InteractionLog(
+            self.db,
+            batch_size=settings.log_batch_size,
+            flush_interval_s=settings.log_flush_interval_s,
+            max_queue=settings.log_queue_max,
+        )
         self.keys: TTLCache[str, object] = TTLCache(settings.auth_cache_ttl_s)
         self.models: TTLCache[tuple[str, str], object] = TTLCache(settings.auth_cache_ttl_s)
         self._limits: ValidationLimits | None = None
@@ -101,11 +108,17 @@ class Services:
     def _start_child_engine(self) -> None:
         s = self.settings
         launch = EngineLaunch(
-            model_path=s.base_model_path.resolve(), served_name=s.base_model_name, port=s.engine_port,
-            max_lora_rank=s.engine_max_lora_rank, max_loras=s.engine_max_loras,
+            model_path=s.base_model_path.resolve(),
+            served_name=s.base_model_name,
+            port=s.engine_port,
+            max_lora_rank=s.engine_max_lora_rank,
+            max_loras=s.engine_max_loras,
             max_cpu_loras=max(s.max_resident_adapters, s.engine_max_loras),
-            max_model_len=s.engine_max_model_len, dtype=s.engine_dtype, kv_cache_gib=s.engine_kv_cache_gib,
-            log_file=s.data_dir / "logs" / f"engine-{s.engine_port}.log", extra_args=s.engine_extra_args,
+            max_model_len=s.engine_max_model_len,
+            dtype=s.engine_dtype,
+            kv_cache_gib=s.engine_kv_cache_gib,
+            log_file=s.data_dir / "logs" / f"engine-{s.engine_port}.log",
+            extra_args=s.engine_extra_args,
         )
         self.supervisors.append(EngineSupervisor(launch, self.pool, self.pool.engines[0]))
 

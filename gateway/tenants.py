@@ -55,16 +55,24 @@ def _tenant_info(t: Tenant) -> TenantInfo:
 
 
 def _key_info(k: ApiKey) -> KeyInfo:
-    return KeyInfo(id=k.id, tenant_id=k.tenant_id, hint=k.hint, name=k.name,
-                   created_at=_aware(k.created_at), expires_at=_aware_or_none(k.expires_at),
-                   revoked_at=_aware_or_none(k.revoked_at))
+    return KeyInfo(
+        id=k.id,
+        tenant_id=k.tenant_id,
+        hint=k.hint,
+        name=k.name,
+        created_at=_aware(k.created_at),
+        expires_at=_aware_or_none(k.expires_at),
+        revoked_at=_aware_or_none(k.revoked_at),
+    )
 
 
 def create_tenant(db: Database, name: str) -> TenantInfo:
     # fullmatch: with match(), `$` also matches before a trailing newline ("acme\n").
     if not TENANT_NAME.fullmatch(name):
-        raise bad_request(f"Invalid tenant name {name!r}: use 1-64 of a-z, 0-9, '_' and '-', "
-                          "starting with a letter or digit.", param="name")
+        raise bad_request(
+            f"Invalid tenant name {name!r}: use 1-64 of a-z, 0-9, '_' and '-', starting with a letter or digit.",
+            param="name",
+        )
     try:
         with db.session() as s:
             tenant = Tenant(id=new_id("ten"), name=name)
@@ -93,13 +101,18 @@ def delete_tenant(db: Database, name_or_id: str) -> None:
         s.delete(s.get(Tenant, tenant.id))
 
 
-def create_key(db: Database, tenant: str, *, name: str | None = None,
-               expires_at: datetime | None = None) -> NewKey:
+def create_key(db: Database, tenant: str, *, name: str | None = None, expires_at: datetime | None = None) -> NewKey:
     owner = find_tenant(db, tenant)
     secret = new_api_key()
     with db.session() as s:
-        key = ApiKey(id=new_id("key"), tenant_id=owner.id, key_hash=hash_key(secret),
-                     hint=key_hint(secret), name=name, expires_at=_aware_or_none(expires_at))
+        key = ApiKey(
+            id=new_id("key"),
+            tenant_id=owner.id,
+            key_hash=hash_key(secret),
+            hint=key_hint(secret),
+            name=name,
+            expires_at=_aware_or_none(expires_at),
+        )
         s.add(key)
     return NewKey(info=_key_info(key), secret=secret)
 
@@ -126,7 +139,8 @@ def authenticate(db: Database, secret: str) -> Caller | None:
     now = utcnow()
     with db.session() as s:
         row = s.execute(
-            select(ApiKey, Tenant.name).join(Tenant, Tenant.id == ApiKey.tenant_id)
+            select(ApiKey, Tenant.name)
+            .join(Tenant, Tenant.id == ApiKey.tenant_id)
             .where(ApiKey.key_hash == hash_key(secret))
         ).first()
         if row is None:

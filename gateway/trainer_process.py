@@ -9,6 +9,7 @@ worker once its heartbeat goes stale.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -35,8 +36,16 @@ class TrainerProcess:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         with self.log_file.open("ab") as out:
             self.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "gateway.cli", "trainer", stdout=out, stderr=out,
-                stdin=asyncio.subprocess.DEVNULL, start_new_session=True, env=dict(os.environ))
+                sys.executable,
+                "-m",
+                "gateway.cli",
+                "trainer",
+                stdout=out,
+                stderr=out,
+                stdin=asyncio.subprocess.DEVNULL,
+                start_new_session=True,
+                env=dict(os.environ),
+            )
         log.info("trainer worker started (pid %s, log %s)", self.process.pid, self.log_file)
 
     async def _watch(self) -> None:
@@ -66,8 +75,6 @@ class TrainerProcess:
         try:
             await asyncio.wait_for(proc.wait(), self.stop_timeout_s)
         except asyncio.TimeoutError:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             await proc.wait()

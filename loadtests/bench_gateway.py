@@ -74,6 +74,7 @@ PROMPTS = (
 
 # --- configuration and results --------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class BenchConfig:
     concurrency: int = 16
@@ -158,6 +159,7 @@ class Report:
 
 # --- one request ----------------------------------------------------------------------------
 
+
 def request_body(model: str, prompt: str, cfg: BenchConfig) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model": model,
@@ -180,12 +182,10 @@ async def send_one(client: httpx.AsyncClient, body: dict[str, Any]) -> RequestRe
             return await _send_stream(client, body, started)
         return await _send_plain(client, body, started)
     except (httpx.HTTPError, orjson.JSONDecodeError) as exc:
-        return RequestResult(ok=False, latency_s=time.perf_counter() - started,
-                             error=f"{type(exc).__name__}: {exc}")
+        return RequestResult(ok=False, latency_s=time.perf_counter() - started, error=f"{type(exc).__name__}: {exc}")
 
 
-async def _send_stream(client: httpx.AsyncClient, body: dict[str, Any],
-                       started: float) -> RequestResult:
+async def _send_stream(client: httpx.AsyncClient, body: dict[str, Any], started: float) -> RequestResult:
     ttft: float | None = None
     tokens: int | None = None
     async with client.stream("POST", CHAT_PATH, content=orjson.dumps(body)) as resp:
@@ -213,15 +213,13 @@ async def _send_stream(client: httpx.AsyncClient, body: dict[str, Any],
     return RequestResult(ok=True, latency_s=latency, ttft_s=ttft, completion_tokens=tokens)
 
 
-async def _send_plain(client: httpx.AsyncClient, body: dict[str, Any],
-                      started: float) -> RequestResult:
+async def _send_plain(client: httpx.AsyncClient, body: dict[str, Any], started: float) -> RequestResult:
     resp = await client.post(CHAT_PATH, content=orjson.dumps(body))
     latency = time.perf_counter() - started
     if resp.status_code != 200:
         return _failed(started, f"HTTP {resp.status_code}: {resp.text[:200]}")
     usage = orjson.loads(resp.content).get("usage") or {}
-    return RequestResult(ok=True, latency_s=latency,
-                         completion_tokens=int(usage.get("completion_tokens") or 0))
+    return RequestResult(ok=True, latency_s=latency, completion_tokens=int(usage.get("completion_tokens") or 0))
 
 
 def _has_content(chunk: dict[str, Any]) -> bool:
@@ -234,20 +232,22 @@ def _failed(started: float, error: str) -> RequestResult:
 
 # --- rounds and the interleaved schedule ----------------------------------------------------
 
+
 def make_client(target: Target, cfg: BenchConfig) -> httpx.AsyncClient:
     headers = {"content-type": "application/json"}
     if target.api_key:
         headers["authorization"] = f"Bearer {target.api_key}"
     # Room for every worker to keep its own connection: the pool must never be what queues.
     slots = cfg.concurrency * 2 + 8
-    return httpx.AsyncClient(base_url=target.base_url, headers=headers,
-                             limits=httpx.Limits(max_connections=slots,
-                                                 max_keepalive_connections=slots),
-                             timeout=httpx.Timeout(600.0, connect=10.0))
+    return httpx.AsyncClient(
+        base_url=target.base_url,
+        headers=headers,
+        limits=httpx.Limits(max_connections=slots, max_keepalive_connections=slots),
+        timeout=httpx.Timeout(600.0, connect=10.0),
+    )
 
 
-async def run_round(client: httpx.AsyncClient, target: Target, cfg: BenchConfig,
-                    slot: int) -> RoundResult:
+async def run_round(client: httpx.AsyncClient, target: Target, cfg: BenchConfig, slot: int) -> RoundResult:
     """A closed loop: `concurrency` workers, each sending its next request as one finishes."""
     numbers = iter(range(cfg.requests_per_round))  # shared; next() never awaits, so no race
     results: list[RequestResult] = []
@@ -259,8 +259,7 @@ async def run_round(client: httpx.AsyncClient, target: Target, cfg: BenchConfig,
 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(min(cfg.concurrency, cfg.requests_per_round))))
-    return RoundResult(target=target.name, slot=slot, wall_s=time.perf_counter() - started,
-                       requests=results)
+    return RoundResult(target=target.name, slot=slot, wall_s=time.perf_counter() - started, requests=results)
 
 
 def abba_schedule(rounds: int) -> list[str]:
@@ -298,6 +297,7 @@ def _round_line(r: RoundResult) -> str:
 
 # --- statistics -----------------------------------------------------------------------------
 
+
 def percentile(values: Sequence[float], q: float) -> float | None:
     """Linear interpolation between closest ranks (numpy's default)."""
     if not values:
@@ -320,11 +320,18 @@ def summarize(name: str, rounds: list[RoundResult]) -> TargetSummary:
     # Throughput over the summed wall time of this target's rounds only (not the pauses).
     wall = sum(r.wall_s for r in mine)
     tokens = sum(q.completion_tokens for q in ok)
-    tpots = [(q.latency_s - q.ttft_s) / (q.completion_tokens - 1)
-             for q in ok if q.ttft_s is not None and q.completion_tokens > 1]
+    tpots = [
+        (q.latency_s - q.ttft_s) / (q.completion_tokens - 1)
+        for q in ok
+        if q.ttft_s is not None and q.completion_tokens > 1
+    ]
     return TargetSummary(
-        name=name, rounds=len(mine), requests=len(requests), errors=len(requests) - len(ok),
-        wall_s=wall, requests_per_s=len(ok) / wall if wall else 0.0,
+        name=name,
+        rounds=len(mine),
+        requests=len(requests),
+        errors=len(requests) - len(ok),
+        wall_s=wall,
+        requests_per_s=len(ok) / wall if wall else 0.0,
         tokens_per_s=tokens / wall if wall else 0.0,
         tokens_per_request=tokens / len(ok) if ok else None,
         p50_latency_ms=_ms(percentile([q.latency_s for q in ok], 50)),
@@ -340,8 +347,7 @@ def ratio(gateway: float | None, direct: float | None) -> float | None:
     return gateway / direct
 
 
-def build_report(cfg: BenchConfig, model: str, machine: MachineFacts,
-                 rounds: list[RoundResult]) -> Report:
+def build_report(cfg: BenchConfig, model: str, machine: MachineFacts, rounds: list[RoundResult]) -> Report:
     direct, gateway = summarize("direct", rounds), summarize("gateway", rounds)
     ratios = {
         "requests_per_s": ratio(gateway.requests_per_s, direct.requests_per_s),
@@ -361,22 +367,35 @@ def build_report(cfg: BenchConfig, model: str, machine: MachineFacts,
         if s.errors:
             warnings.append(f"{s.name}: {s.errors} of {s.requests} requests failed")
         if s.tokens_per_request is not None and abs(s.tokens_per_request - cfg.max_tokens) > 1e-9:
-            warnings.append(f"{s.name}: {s.tokens_per_request:.2f} tokens/request, not "
-                            f"{cfg.max_tokens}: ignore_eos was not honoured, work differs")
+            warnings.append(
+                f"{s.name}: {s.tokens_per_request:.2f} tokens/request, not "
+                f"{cfg.max_tokens}: ignore_eos was not honoured, work differs"
+            )
     if machine.vllm_processes_before:
-        warnings.append(f"{machine.vllm_processes_before} other vLLM processes were running: "
-                        "numbers are disturbed")
+        warnings.append(f"{machine.vllm_processes_before} other vLLM processes were running: numbers are disturbed")
     # Other work shares the cores with the engine; it costs the gateway rounds more, since the
     # gateway's own CPU is what it competes with, so the ratios come out pessimistic.
     if machine.load_avg_before[0] > BUSY_LOAD_PER_CPU * machine.usable_cpus:
-        warnings.append(f"machine was busy before the run (1-min load "
-                        f"{machine.load_avg_before[0]:.2f} on {machine.usable_cpus} CPUs): "
-                        "ratios are less reliable")
-    return Report(config=cfg, model=model, machine=machine, direct=direct, gateway=gateway,
-                  ratios=ratios, verdicts=verdicts, rounds=rounds, warnings=warnings)
+        warnings.append(
+            f"machine was busy before the run (1-min load "
+            f"{machine.load_avg_before[0]:.2f} on {machine.usable_cpus} CPUs): "
+            "ratios are less reliable"
+        )
+    return Report(
+        config=cfg,
+        model=model,
+        machine=machine,
+        direct=direct,
+        gateway=gateway,
+        ratios=ratios,
+        verdicts=verdicts,
+        rounds=rounds,
+        warnings=warnings,
+    )
 
 
 # --- output ---------------------------------------------------------------------------------
+
 
 def _num(value: float | None, digits: int = 1) -> str:
     return "n/a" if value is None else f"{value:,.{digits}f}"
@@ -390,21 +409,31 @@ def table_rows(rep: Report) -> list[list[str]]:
     d, g, r = rep.direct, rep.gateway, rep.ratios
     return [
         ["metric", "direct", "gateway", "gateway/direct", "target"],
-        ["requests ok / failed", f"{d.requests - d.errors} / {d.errors}",
-         f"{g.requests - g.errors} / {g.errors}", "", ""],
-        ["requests/s", _num(d.requests_per_s, 2), _num(g.requests_per_s, 2),
-         _num(r["requests_per_s"], 3), ""],
-        ["completion tokens/s", _num(d.tokens_per_s), _num(g.tokens_per_s),
-         _num(r["tokens_per_s"], 3),
-         f">= {TARGET_THROUGHPUT_RATIO} {_verdict(rep.verdicts['throughput'])}"],
-        ["p50 latency ms", _num(d.p50_latency_ms), _num(g.p50_latency_ms),
-         _num(r["p50_latency"], 3),
-         f"<= {TARGET_P50_RATIO} {_verdict(rep.verdicts['p50_latency'])}"],
-        ["p95 latency ms", _num(d.p95_latency_ms), _num(g.p95_latency_ms),
-         _num(r["p95_latency"], 3), ""],
+        [
+            "requests ok / failed",
+            f"{d.requests - d.errors} / {d.errors}",
+            f"{g.requests - g.errors} / {g.errors}",
+            "",
+            "",
+        ],
+        ["requests/s", _num(d.requests_per_s, 2), _num(g.requests_per_s, 2), _num(r["requests_per_s"], 3), ""],
+        [
+            "completion tokens/s",
+            _num(d.tokens_per_s),
+            _num(g.tokens_per_s),
+            _num(r["tokens_per_s"], 3),
+            f">= {TARGET_THROUGHPUT_RATIO} {_verdict(rep.verdicts['throughput'])}",
+        ],
+        [
+            "p50 latency ms",
+            _num(d.p50_latency_ms),
+            _num(g.p50_latency_ms),
+            _num(r["p50_latency"], 3),
+            f"<= {TARGET_P50_RATIO} {_verdict(rep.verdicts['p50_latency'])}",
+        ],
+        ["p95 latency ms", _num(d.p95_latency_ms), _num(g.p95_latency_ms), _num(r["p95_latency"], 3), ""],
         ["p50 TTFT ms", _num(d.p50_ttft_ms), _num(g.p50_ttft_ms), _num(r["p50_ttft"], 3), ""],
-        ["mean TPOT ms", _num(d.mean_tpot_ms, 2), _num(g.mean_tpot_ms, 2),
-         _num(r["mean_tpot"], 3), ""],
+        ["mean TPOT ms", _num(d.mean_tpot_ms, 2), _num(g.mean_tpot_ms, 2), _num(r["mean_tpot"], 3), ""],
         ["tokens/request", _num(d.tokens_per_request, 1), _num(g.tokens_per_request, 1), "", ""],
     ]
 
@@ -417,8 +446,11 @@ def render_table(rows: list[list[str]], markdown: bool) -> str:
         cells = [row[0].ljust(widths[0]), *numbers]
         return ("| " + " | ".join(cells) + " |") if markdown else "  ".join(cells)
 
-    rule = ("|" + "|".join("-" * (w + 1) + (":" if i else "-") for i, w in enumerate(widths)) + "|"
-            if markdown else "  ".join("-" * w for w in widths))
+    rule = (
+        "|" + "|".join("-" * (w + 1) + (":" if i else "-") for i, w in enumerate(widths)) + "|"
+        if markdown
+        else "  ".join("-" * w for w in widths)
+    )
     return "\n".join([line(rows[0]), rule, *(line(row) for row in rows[1:])])
 
 
@@ -431,10 +463,11 @@ def render(rep: Report, markdown: bool) -> str:
         f"workload: chat, {'streamed' if c.stream else 'not streamed'}, {c.concurrency} "
         f"concurrent, max_tokens {c.max_tokens} (ignore_eos), {c.rounds} rounds x "
         f"{c.requests_per_round} requests per target, ABBA order, 1 warm-up round each",
-        "load avg before/after: " + " ".join(f"{x:.2f}" for x in m.load_avg_before) + " / "
+        "load avg before/after: "
+        + " ".join(f"{x:.2f}" for x in m.load_avg_before)
+        + " / "
         + " ".join(f"{x:.2f}" for x in m.load_avg_after),
-        "tok/s per round: " + ", ".join(f"{r.target[0].upper()}{r.slot} {r.tokens_per_s:.0f}"
-                                        for r in rep.rounds),
+        "tok/s per round: " + ", ".join(f"{r.target[0].upper()}{r.slot} {r.tokens_per_s:.0f}" for r in rep.rounds),
     ]
     title = "## Tailor gateway vs direct vLLM" if markdown else "Tailor gateway vs direct vLLM"
     parts = [title, "", *(bullet + f for f in facts), "", render_table(table_rows(rep), markdown)]
@@ -452,6 +485,7 @@ def _progress(message: str) -> None:
 
 
 # --- machine facts --------------------------------------------------------------------------
+
 
 def _cpu_model() -> str:
     with contextlib.suppress(OSError):
@@ -479,13 +513,19 @@ def engine_version(engine_url: str) -> str:
 
 
 def machine_facts(engine_url: str, vllm_before: int | None) -> MachineFacts:
-    return MachineFacts(cpu_count=os.cpu_count(), usable_cpus=len(os.sched_getaffinity(0)),
-                        cpu_model=_cpu_model(), python=platform.python_version(),
-                        engine_version=engine_version(engine_url),
-                        vllm_processes_before=vllm_before, load_avg_before=os.getloadavg())
+    return MachineFacts(
+        cpu_count=os.cpu_count(),
+        usable_cpus=len(os.sched_getaffinity(0)),
+        cpu_model=_cpu_model(),
+        python=platform.python_version(),
+        engine_version=engine_version(engine_url),
+        vllm_processes_before=vllm_before,
+        load_avg_before=os.getloadavg(),
+    )
 
 
 # --- a Tailor of our own --------------------------------------------------------------------
+
 
 @dataclass
 class LocalTailor:
@@ -516,18 +556,34 @@ def local_tailor(model_dir: Path) -> Iterator[LocalTailor]:
     data_dir = Path(tempfile.mkdtemp(prefix="tailor-bench-"))
     port, engine_port = free_port(), free_port()
     admin_key = "adm-" + secrets.token_urlsafe(16)
-    env = {**os.environ, "TAILOR_DATA_DIR": str(data_dir), "TAILOR_PORT": str(port),
-           "TAILOR_ENGINE_PORT": str(engine_port), "TAILOR_ADMIN_KEY": admin_key,
-           "TAILOR_BASE_MODEL_PATH": str(model_dir)}
+    env = {
+        **os.environ,
+        "TAILOR_DATA_DIR": str(data_dir),
+        "TAILOR_PORT": str(port),
+        "TAILOR_ENGINE_PORT": str(engine_port),
+        "TAILOR_ADMIN_KEY": admin_key,
+        "TAILOR_BASE_MODEL_PATH": str(model_dir),
+    }
     log_path = data_dir / "gateway.log"
     with log_path.open("wb") as log:
         # Own session: Ctrl-C in this terminal reaches only us; we stop the server in order.
-        proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve"], cwd=ROOT, env=env,
-                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
-    server = LocalTailor(url=f"http://127.0.0.1:{port}",
-                         engine_url=f"http://127.0.0.1:{engine_port}", admin_key=admin_key,
-                         data_dir=data_dir, log_path=log_path, process=proc)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "serve"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    server = LocalTailor(
+        url=f"http://127.0.0.1:{port}",
+        engine_url=f"http://127.0.0.1:{engine_port}",
+        admin_key=admin_key,
+        data_dir=data_dir,
+        log_path=log_path,
+        process=proc,
+    )
     try:
         wait_ready(server)
         yield server
@@ -541,15 +597,13 @@ def wait_ready(server: LocalTailor) -> None:
     started = time.monotonic()
     while True:
         if server.process.poll() is not None:
-            raise RuntimeError(f"tailor serve exited with {server.process.returncode}:\n"
-                               f"{server.log_tail()}")
+            raise RuntimeError(f"tailor serve exited with {server.process.returncode}:\n{server.log_tail()}")
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(f"{server.url}/ready", timeout=2).status_code == 200:
                 _progress(f"ready after {time.monotonic() - started:.0f} s")
                 return
         if time.monotonic() - started > READY_TIMEOUT_S:
-            raise RuntimeError(f"tailor serve not ready after {READY_TIMEOUT_S:.0f} s:\n"
-                               f"{server.log_tail()}")
+            raise RuntimeError(f"tailor serve not ready after {READY_TIMEOUT_S:.0f} s:\n{server.log_tail()}")
         time.sleep(1)
 
 
@@ -602,9 +656,11 @@ def create_tenant_key(server: LocalTailor, tenant: str = "bench") -> str:
 
 # --- command line ---------------------------------------------------------------------------
 
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m loadtests.bench_gateway",
-                                description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p = argparse.ArgumentParser(
+        prog="python -m loadtests.bench_gateway", description=__doc__.split("\n\n")[0] if __doc__ else None
+    )
     p.add_argument("--gateway-url", help="A running Tailor; default: start one here.")
     p.add_argument("--engine-url", help="The vLLM server behind it (with --gateway-url).")
     p.add_argument("--api-key", help="A tenant key for the gateway (with --gateway-url).")
@@ -615,8 +671,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, help="Counted rounds per target.")
     p.add_argument("--requests-per-round", type=int)
     p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--quick", action="store_true",
-                   help="Smoke run: concurrency 4, 2 rounds of 8, max_tokens 16.")
+    p.add_argument("--quick", action="store_true", help="Smoke run: concurrency 4, 2 rounds of 8, max_tokens 16.")
     p.add_argument("--json", type=Path, help="Also write the full report (per request) here.")
     p.add_argument("--markdown", action="store_true", help="Print the table as markdown.")
     args = p.parse_args(argv)
@@ -632,18 +687,25 @@ def config_from(args: argparse.Namespace) -> BenchConfig:
         value = getattr(args, name)
         return getattr(base, name) if value is None else value
 
-    cfg = BenchConfig(concurrency=pick("concurrency"), max_tokens=pick("max_tokens"),
-                      rounds=pick("rounds"), requests_per_round=pick("requests_per_round"),
-                      stream=args.stream)
+    cfg = BenchConfig(
+        concurrency=pick("concurrency"),
+        max_tokens=pick("max_tokens"),
+        rounds=pick("rounds"),
+        requests_per_round=pick("requests_per_round"),
+        stream=args.stream,
+    )
     if min(cfg.concurrency, cfg.max_tokens, cfg.rounds, cfg.requests_per_round) < 1:
         raise SystemExit("concurrency, max-tokens, rounds and requests-per-round must be >= 1")
     return cfg
 
 
-def benchmark(cfg: BenchConfig, gateway_url: str, engine_url: str, api_key: str, model: str,
-              vllm_before: int | None) -> Report:
-    targets = {"direct": Target("direct", engine_url.rstrip("/"), model),
-               "gateway": Target("gateway", gateway_url.rstrip("/"), model, api_key)}
+def benchmark(
+    cfg: BenchConfig, gateway_url: str, engine_url: str, api_key: str, model: str, vllm_before: int | None
+) -> Report:
+    targets = {
+        "direct": Target("direct", engine_url.rstrip("/"), model),
+        "gateway": Target("gateway", gateway_url.rstrip("/"), model, api_key),
+    }
     machine = machine_facts(engine_url, vllm_before)
     rounds = asyncio.run(run_interleaved(targets, cfg))
     machine.load_avg_after = os.getloadavg()
@@ -661,15 +723,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         if args.gateway_url:
-            report = benchmark(cfg, args.gateway_url, args.engine_url, args.api_key, args.model,
-                               vllm_before=None)
+            report = benchmark(cfg, args.gateway_url, args.engine_url, args.api_key, args.model, vllm_before=None)
         else:
             # Counted before our own engine starts: any vLLM here competes with the benchmark.
             vllm_before = count_vllm_processes()
             with local_tailor(MODEL_DIR) as server:
                 key = create_tenant_key(server)
-                report = benchmark(cfg, server.url, server.engine_url, key, args.model,
-                                   vllm_before)
+                report = benchmark(cfg, server.url, server.engine_url, key, args.model, vllm_before)
     except KeyboardInterrupt:
         _progress("interrupted")
         return 130

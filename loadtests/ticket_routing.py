@@ -16,20 +16,46 @@ SYSTEM_PROMPT = "You route customer support tickets. Reply with the queue code o
 
 QUEUES: dict[str, tuple[list[str], list[str]]] = {
     # code: (ticket openings, details)
-    "BILL-7": (["I was charged twice for", "My invoice is wrong for", "I need a refund for",
-                "Why was my card billed again for", "There is an unknown fee on"],
-               ["my monthly subscription", "the annual plan", "last month's payment", "my order 4471",
-                "the premium upgrade"]),
-    "SHIP-3": (["My package has not arrived for", "The tracking number does not work for",
-                "The courier lost", "Delivery went to the wrong address for", "The parcel is delayed for"],
-               ["my order 4471", "the replacement part", "my new headphones", "the gift I sent",
-                "the spare charger"]),
-    "AUTH-2": (["I cannot log in to", "The password reset email never arrives for",
-                "My two-factor code is rejected by", "I am locked out of", "Someone changed the password of"],
-               ["my account", "the mobile app", "the admin console", "my work profile", "the web dashboard"]),
-    "HW-9": (["The screen is cracked on", "The battery drains in an hour on", "There is no sound from",
-              "The power button is stuck on", "The charging port is broken on"],
-             ["my tablet", "the new phone", "my laptop", "the smartwatch", "the speaker"]),
+    "BILL-7": (
+        [
+            "I was charged twice for",
+            "My invoice is wrong for",
+            "I need a refund for",
+            "Why was my card billed again for",
+            "There is an unknown fee on",
+        ],
+        ["my monthly subscription", "the annual plan", "last month's payment", "my order 4471", "the premium upgrade"],
+    ),
+    "SHIP-3": (
+        [
+            "My package has not arrived for",
+            "The tracking number does not work for",
+            "The courier lost",
+            "Delivery went to the wrong address for",
+            "The parcel is delayed for",
+        ],
+        ["my order 4471", "the replacement part", "my new headphones", "the gift I sent", "the spare charger"],
+    ),
+    "AUTH-2": (
+        [
+            "I cannot log in to",
+            "The password reset email never arrives for",
+            "My two-factor code is rejected by",
+            "I am locked out of",
+            "Someone changed the password of",
+        ],
+        ["my account", "the mobile app", "the admin console", "my work profile", "the web dashboard"],
+    ),
+    "HW-9": (
+        [
+            "The screen is cracked on",
+            "The battery drains in an hour on",
+            "There is no sound from",
+            "The power button is stuck on",
+            "The charging port is broken on",
+        ],
+        ["my tablet", "the new phone", "my laptop", "the smartwatch", "the speaker"],
+    ),
 }
 
 
@@ -64,5 +90,5 @@ def predicted_queue(answer: str) -> str | None:
 
 
 def accuracy(answers: list[str], expected: list[Ticket]) -> float:
-    hits = sum(predicted_queue(a) == t.queue and a.strip() == t.queue for a, t in zip(answers, expected))
+    hits = sum(predicted_queue(a) == t.queue and a.strip() == t.queue for a, t in zip(answers, expected, strict=False))
     return hits / max(1, len(expected))

@@ -82,9 +82,8 @@ def _nullable_to_json_schema(node: Any) -> Any:
     # OpenAPI 3.0 booleans `exclusiveMinimum: true` mean "minimum is exclusive"; JSON
     # Schema reads a boolean there as the number 1 (True == 1).
     for bound, exclusive in (("minimum", "exclusiveMinimum"), ("maximum", "exclusiveMaximum")):
-        if isinstance(node.get(exclusive), bool):
-            if node.pop(exclusive) and bound in node:
-                node[exclusive] = node.pop(bound)
+        if isinstance(node.get(exclusive), bool) and node.pop(exclusive) and bound in node:
+            node[exclusive] = node.pop(bound)
     if node.pop("nullable", False) is not True:
         return node
     kind = node.get("type")

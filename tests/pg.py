@@ -41,18 +41,14 @@ def _runner() -> tuple[list[str], pwd.struct_passwd | None]:
         pytest.skip("running as root and there is no 'postgres' OS user to run PostgreSQL as")
     runuser = shutil.which("runuser")
     if runuser is None:
-        pytest.skip(
-            "running as root and `runuser` is missing: cannot start PostgreSQL as 'postgres'"
-        )
+        pytest.skip("running as root and `runuser` is missing: cannot start PostgreSQL as 'postgres'")
     return [runuser, "-u", "postgres", "--"], owner
 
 
 def _run(cmd: list[str]) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     if proc.returncode != 0:
-        raise RuntimeError(
-            f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
-        )
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
 
 
 @pytest.fixture(scope="session")
@@ -136,8 +132,6 @@ def create_database(server_url: str, prefix: str = "t") -> str:
 
     url = make_url(server_url)
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(
-        host=url.host, port=url.port, user=url.username, dbname=url.database, autocommit=True
-    ) as conn:
+    with psycopg.connect(host=url.host, port=url.port, user=url.username, dbname=url.database, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     return url.set(database=name).render_as_string(hide_password=False)

@@ -137,10 +137,14 @@ class Snapshot:
             "tenant_id": self.tenant_id,
             "source": self.source,
             "params": self.params,
-            "train": {"sft": [r.to_json() for r in self.train_sft],
-                      "preferences": [r.to_json() for r in self.train_preferences]},
-            "heldout": {"sft": [r.to_json() for r in self.heldout_sft],
-                        "preferences": [r.to_json() for r in self.heldout_preferences]},
+            "train": {
+                "sft": [r.to_json() for r in self.train_sft],
+                "preferences": [r.to_json() for r in self.train_preferences],
+            },
+            "heldout": {
+                "sft": [r.to_json() for r in self.heldout_sft],
+                "preferences": [r.to_json() for r in self.heldout_preferences],
+            },
         }
 
 
@@ -242,8 +246,7 @@ def _record_key(record: Record) -> str:
     return prompt_key(record.prompt)
 
 
-def split(records: Sequence[Record], heldout_fraction: float,
-          min_heldout: int) -> tuple[list[Record], list[Record]]:
+def split(records: Sequence[Record], heldout_fraction: float, min_heldout: int) -> tuple[list[Record], list[Record]]:
     """(train, heldout) by prompt hash; at least `min_heldout` held out when possible.
 
     Possible means: at least two examples with at least two distinct prompts, because a
@@ -323,13 +326,12 @@ def _canonical(value: Any) -> bytes:
 
 
 def _check_split_params(heldout_fraction: float, min_heldout: int) -> None:
-    if not (isinstance(heldout_fraction, int | float) and 0 <= heldout_fraction < 1
-            and math.isfinite(heldout_fraction)):
-        raise bad_request(f"heldout_fraction must be in [0, 1) (got {heldout_fraction!r})",
-                          param="heldout_fraction")
+    if not (
+        isinstance(heldout_fraction, int | float) and 0 <= heldout_fraction < 1 and math.isfinite(heldout_fraction)
+    ):
+        raise bad_request(f"heldout_fraction must be in [0, 1) (got {heldout_fraction!r})", param="heldout_fraction")
     if not isinstance(min_heldout, int) or min_heldout < 0:
-        raise bad_request(f"min_heldout must be a non-negative integer (got {min_heldout!r})",
-                          param="min_heldout")
+        raise bad_request(f"min_heldout must be a non-negative integer (got {min_heldout!r})", param="min_heldout")
 
 
 def prompt_from_request(endpoint: str, request: dict[str, Any]) -> tuple[Message, ...] | None:
@@ -413,12 +415,19 @@ def _imported(fb: Feedback) -> _Judged | None:
 
 def _chunks(items: list[str], size: int = 500) -> Iterable[list[str]]:
     for i in range(0, len(items), size):
-        yield items[i:i + size]
+        yield items[i : i + size]
 
 
-def build_from_feedback(db: Database, blobs: BlobStore, tenant_id: str, *, model: str | None = None,
-                        heldout_fraction: float = 0.2, min_heldout: int = 1,
-                        since: datetime | None = None) -> Snapshot:
+def build_from_feedback(
+    db: Database,
+    blobs: BlobStore,
+    tenant_id: str,
+    *,
+    model: str | None = None,
+    heldout_fraction: float = 0.2,
+    min_heldout: int = 1,
+    since: datetime | None = None,
+) -> Snapshot:
     """Snapshot the tenant's feedback as SFT examples and preference pairs.
 
     - rated good (or score >= 0.5): request messages + the logged answer (SFT);
@@ -442,8 +451,7 @@ def build_from_feedback(db: Database, blobs: BlobStore, tenant_id: str, *, model
         wanted = sorted({r.interaction_id for r in rows if r.interaction_id})
         interactions: dict[str, Interaction] = {}
         for chunk in _chunks(wanted):
-            found = s.scalars(select(Interaction).where(Interaction.tenant_id == tenant_id,
-                                                        Interaction.id.in_(chunk)))
+            found = s.scalars(select(Interaction).where(Interaction.tenant_id == tenant_id, Interaction.id.in_(chunk)))
             interactions.update({i.id: i for i in found})
 
     # One entry per judged answer, in the order of its first feedback (oldest first).
@@ -468,19 +476,42 @@ def build_from_feedback(db: Database, blobs: BlobStore, tenant_id: str, *, model
             item.emit(candidates)
     sft, preferences = candidates.result()
     if not sft and not preferences:
-        raise bad_request("No usable feedback to build a dataset from"
-                          + (f" for model {model!r}" if model else "")
-                          + ": rate chat answers good, or send corrections or preferences.",
-                          code="no_training_data", param="model" if model else None)
-    params = {"source": "feedback", "model": model, "since": _utc(since).isoformat() if since else None,
-              "heldout_fraction": heldout_fraction, "min_heldout": min_heldout}
-    return _finish(db, blobs, tenant_id, "feedback", sft, preferences, params,
-                   heldout_fraction=heldout_fraction, min_heldout=min_heldout)
+        raise bad_request(
+            "No usable feedback to build a dataset from"
+            + (f" for model {model!r}" if model else "")
+            + ": rate chat answers good, or send corrections or preferences.",
+            code="no_training_data",
+            param="model" if model else None,
+        )
+    params = {
+        "source": "feedback",
+        "model": model,
+        "since": _utc(since).isoformat() if since else None,
+        "heldout_fraction": heldout_fraction,
+        "min_heldout": min_heldout,
+    }
+    return _finish(
+        db,
+        blobs,
+        tenant_id,
+        "feedback",
+        sft,
+        preferences,
+        params,
+        heldout_fraction=heldout_fraction,
+        min_heldout=min_heldout,
+    )
 
 
-def build_from_files(db: Database, blobs: BlobStore, tenant_id: str, training_file: str,
-                     validation_file: str | None = None, heldout_fraction: float = 0.2,
-                     min_heldout: int = 1) -> Snapshot:
+def build_from_files(
+    db: Database,
+    blobs: BlobStore,
+    tenant_id: str,
+    training_file: str,
+    validation_file: str | None = None,
+    heldout_fraction: float = 0.2,
+    min_heldout: int = 1,
+) -> Snapshot:
     """Snapshot an uploaded training file; held out: the validation file, else a hash split."""
     # Imported here: trainer.files builds records of this module's types.
     from trainer import files
@@ -488,15 +519,22 @@ def build_from_files(db: Database, blobs: BlobStore, tenant_id: str, training_fi
     _check_split_params(heldout_fraction, min_heldout)
     train_info = files.get_file(db, tenant_id, training_file, param="training_file")
     train = _dedup(files.read_examples(db, blobs, tenant_id, training_file))
-    params: dict[str, Any] = {"source": "file", "training_file": training_file,
-                              "training_sha256": train_info.sha256, "validation_file": validation_file}
+    params: dict[str, Any] = {
+        "source": "file",
+        "training_file": training_file,
+        "training_sha256": train_info.sha256,
+        "validation_file": validation_file,
+    }
     heldout: list[Record] | None = None
     if validation_file is not None:
         val_info = files.get_file(db, tenant_id, validation_file, param="validation_file")
         if val_info.kind != train_info.kind:
-            raise bad_request(f"validation_file {validation_file!r} holds {val_info.kind} examples but "
-                              f"training_file {training_file!r} holds {train_info.kind} examples.",
-                              code="invalid_file", param="validation_file")
+            raise bad_request(
+                f"validation_file {validation_file!r} holds {val_info.kind} examples but "
+                f"training_file {training_file!r} holds {train_info.kind} examples.",
+                code="invalid_file",
+                param="validation_file",
+            )
         heldout = _dedup(files.read_examples(db, blobs, tenant_id, validation_file))
         params["validation_sha256"] = val_info.sha256
     else:
@@ -504,8 +542,9 @@ def build_from_files(db: Database, blobs: BlobStore, tenant_id: str, training_fi
     sft = [r for r in train if isinstance(r, SFTRecord)]
     prefs = [r for r in train if isinstance(r, PreferenceRecord)]
     if heldout is None:
-        return _finish(db, blobs, tenant_id, "file", sft, prefs, params,
-                       heldout_fraction=heldout_fraction, min_heldout=min_heldout)
+        return _finish(
+            db, blobs, tenant_id, "file", sft, prefs, params, heldout_fraction=heldout_fraction, min_heldout=min_heldout
+        )
     return _store(db, blobs, tenant_id, "file", params, train=[*sft, *prefs], heldout=heldout)
 
 
@@ -522,24 +561,50 @@ def _dedup(records: Sequence[Record]) -> list[Record]:
     return _sorted(list(seen.values()))
 
 
-def _finish(db: Database, blobs: BlobStore, tenant_id: str, source: str, sft: list[SFTRecord],
-            preferences: list[PreferenceRecord], params: dict[str, Any], *, heldout_fraction: float,
-            min_heldout: int) -> Snapshot:
+def _finish(
+    db: Database,
+    blobs: BlobStore,
+    tenant_id: str,
+    source: str,
+    sft: list[SFTRecord],
+    preferences: list[PreferenceRecord],
+    params: dict[str, Any],
+    *,
+    heldout_fraction: float,
+    min_heldout: int,
+) -> Snapshot:
     train, heldout = split([*sft, *preferences], heldout_fraction, min_heldout)
     return _store(db, blobs, tenant_id, source, params, train=train, heldout=heldout)
 
 
-def _store(db: Database, blobs: BlobStore, tenant_id: str, source: str, params: dict[str, Any], *,
-           train: Sequence[Record], heldout: Sequence[Record]) -> Snapshot:
+def _store(
+    db: Database,
+    blobs: BlobStore,
+    tenant_id: str,
+    source: str,
+    params: dict[str, Any],
+    *,
+    train: Sequence[Record],
+    heldout: Sequence[Record],
+) -> Snapshot:
     def parts(records: Sequence[Record]) -> tuple[tuple[SFTRecord, ...], tuple[PreferenceRecord, ...]]:
-        return (tuple(_sorted([r for r in records if isinstance(r, SFTRecord)])),
-                tuple(_sorted([r for r in records if isinstance(r, PreferenceRecord)])))
+        return (
+            tuple(_sorted([r for r in records if isinstance(r, SFTRecord)])),
+            tuple(_sorted([r for r in records if isinstance(r, PreferenceRecord)])),
+        )
 
     train_sft, train_prefs = parts(train)
     held_sft, held_prefs = parts(heldout)
-    draft = Snapshot(id="", tenant_id=tenant_id, source=source, train_sft=train_sft,
-                     train_preferences=train_prefs, heldout_sft=held_sft,
-                     heldout_preferences=held_prefs, params=params)
+    draft = Snapshot(
+        id="",
+        tenant_id=tenant_id,
+        source=source,
+        train_sft=train_sft,
+        train_preferences=train_prefs,
+        heldout_sft=held_sft,
+        heldout_preferences=held_prefs,
+        params=params,
+    )
     content = draft.content()
     dataset_id = "ds-" + hashlib.sha256(_canonical(content)).hexdigest()[:24]
     snap = replace(draft, id=dataset_id)
@@ -552,9 +617,18 @@ def _store(db: Database, blobs: BlobStore, tenant_id: str, source: str, params: 
     blobs.put_bytes(key, _canonical({"id": dataset_id, **content}))
     try:
         with db.session() as s:
-            s.add(Dataset(id=dataset_id, tenant_id=tenant_id, source=source,
-                          sft_count=len(train_sft), preference_count=len(train_prefs),
-                          heldout_count=snap.heldout_count, storage_key=key, params=params))
+            s.add(
+                Dataset(
+                    id=dataset_id,
+                    tenant_id=tenant_id,
+                    source=source,
+                    sft_count=len(train_sft),
+                    preference_count=len(train_prefs),
+                    heldout_count=snap.heldout_count,
+                    storage_key=key,
+                    params=params,
+                )
+            )
     except IntegrityError:
         pass  # built concurrently from the same data: the other writer's row is identical
     return snap
@@ -573,18 +647,28 @@ def load_snapshot(db: Database, blobs: BlobStore, tenant_id: str, dataset_id: st
     try:
         data = json.loads(blobs.get_bytes(key))
     except TailorError:
-        raise TailorError(500, f"Dataset {dataset_id!r} is registered but its snapshot is missing.",
-                          code="dataset_missing") from None
+        raise TailorError(
+            500, f"Dataset {dataset_id!r} is registered but its snapshot is missing.", code="dataset_missing"
+        ) from None
 
     def records(part: dict[str, Any]) -> tuple[tuple[SFTRecord, ...], tuple[PreferenceRecord, ...]]:
-        return (tuple(SFTRecord.from_json(r) for r in part["sft"]),
-                tuple(PreferenceRecord.from_json(r) for r in part["preferences"]))
+        return (
+            tuple(SFTRecord.from_json(r) for r in part["sft"]),
+            tuple(PreferenceRecord.from_json(r) for r in part["preferences"]),
+        )
 
     train_sft, train_prefs = records(data["train"])
     held_sft, held_prefs = records(data["heldout"])
-    return Snapshot(id=data["id"], tenant_id=data["tenant_id"], source=data["source"],
-                    train_sft=train_sft, train_preferences=train_prefs, heldout_sft=held_sft,
-                    heldout_preferences=held_prefs, params=data["params"])
+    return Snapshot(
+        id=data["id"],
+        tenant_id=data["tenant_id"],
+        source=data["source"],
+        train_sft=train_sft,
+        train_preferences=train_prefs,
+        heldout_sft=held_sft,
+        heldout_preferences=held_prefs,
+        params=data["params"],
+    )
 
 
 def _utc(value: datetime) -> datetime:

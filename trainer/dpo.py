@@ -243,9 +243,7 @@ def _pair_batch(pairs: Sequence[EncodedPair], pad_id: int) -> dict[str, torch.Te
 
 
 @torch.no_grad()
-def reference_logps(
-    model: Any, pairs: Sequence[EncodedPair], pad_id: int, batch_size: int
-) -> torch.Tensor:
+def reference_logps(model: Any, pairs: Sequence[EncodedPair], pad_id: int, batch_size: int) -> torch.Tensor:
     """[len(pairs), 2] (chosen, rejected) log-probs under `model` as it is now, in eval mode."""
     was_training = model.training
     model.eval()  # no dropout: the reference is a fixed function
@@ -321,17 +319,13 @@ def train_lora_dpo(
     model.train()
 
     steps_per_epoch = math.ceil(len(data) / config.batch_size)
-    total_steps = (
-        config.max_steps if config.max_steps is not None else config.epochs * steps_per_epoch
-    )
+    total_steps = config.max_steps if config.max_steps is not None else config.epochs * steps_per_epoch
     if total_steps <= 0:
         raise bad_request("nothing to do: max_steps/epochs give 0 training steps")
     warmup_steps = int(config.warmup_ratio * total_steps)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: _lr_factor(s, warmup_steps, total_steps)
-    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, warmup_steps, total_steps))
     order_rng = torch.Generator().manual_seed(config.seed)
 
     losses: list[float] = []
@@ -351,9 +345,7 @@ def train_lora_dpo(
             batch = _pair_batch([data[i] for i in idx], pad_id)
             logps = sequence_logps(model, batch)
             n = len(idx)
-            loss, chosen_r, rejected_r = dpo_loss(
-                logps[:n], logps[n:], ref[idx, 0], ref[idx, 1], config.beta
-            )
+            loss, chosen_r, rejected_r = dpo_loss(logps[:n], logps[n:], ref[idx, 0], ref[idx, 1], config.beta)
             lr = scheduler.get_last_lr()[0]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -468,9 +460,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--base", type=Path, required=True, help="base model directory")
     p.add_argument("--data", type=Path, required=True, help="preference pairs JSONL")
     p.add_argument("--out", type=Path, required=True, help="adapter directory to create")
-    p.add_argument(
-        "--init-adapter", type=Path, default=None, help="start from (and stay near) this adapter"
-    )
+    p.add_argument("--init-adapter", type=Path, default=None, help="start from (and stay near) this adapter")
     p.add_argument("--max-steps", type=int, default=d.max_steps)
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--lr", type=float, default=d.learning_rate)

@@ -171,9 +171,7 @@ class LoadedModel:
     def _active(self, adapter: str | None) -> Iterator[None]:
         if adapter is None:
             # a PeftModel with its adapters switched off is exactly the base model
-            ctx = (
-                self.model.disable_adapter() if isinstance(self.model, PeftModel) else nullcontext()
-            )
+            ctx = self.model.disable_adapter() if isinstance(self.model, PeftModel) else nullcontext()
             with ctx, torch.no_grad():
                 yield
             return
@@ -243,10 +241,7 @@ class LoadedModel:
         """
         encoded = [
             e
-            for e in (
-                encode_completion(self.tokenizer, ex.messages, ex.reference, max_seq_len)
-                for ex in examples
-            )
+            for e in (encode_completion(self.tokenizer, ex.messages, ex.reference, max_seq_len) for ex in examples)
             if e is not None
         ]
         total, count = 0.0, 0
@@ -257,9 +252,7 @@ class LoadedModel:
                 count += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum().item())
         return total, count
 
-    def perplexity(
-        self, examples: Sequence[EvalExample], *, adapter: str | None = None, batch_size: int = 8
-    ) -> float:
+    def perplexity(self, examples: Sequence[EvalExample], *, adapter: str | None = None, batch_size: int = 8) -> float:
         """exp(mean NLL per reference-answer token), pooled over all examples."""
         total, count = self.nll(examples, adapter=adapter, batch_size=batch_size)
         if count == 0:
@@ -285,9 +278,7 @@ def generate(
         return lm.generate(prompts, adapter=name, max_new_tokens=max_new_tokens)
 
 
-def reference_perplexity(
-    model_dir: Path, adapter_dir: Path | None, examples: Sequence[EvalExample]
-) -> float:
+def reference_perplexity(model_dir: Path, adapter_dir: Path | None, examples: Sequence[EvalExample]) -> float:
     lm, name = _single(model_dir, adapter_dir)
     with lm:
         return lm.perplexity(examples, adapter=name)
@@ -349,9 +340,7 @@ def parse_verdict(text: str | None) -> Literal["A", "B", "TIE"] | None:
     if m := re.search(r"\[\[\s*(A|B|TIE)\s*\]\]", t, re.I):  # MT-bench style
         return _canon(m.group(1))
     words = "A|B|TIE|TIED|DRAW|EQUAL|NEITHER"
-    if m := re.fullmatch(
-        rf"{_DECOR}(?:answer\s+|option\s+)?({words}){_DECOR}[\s*_`'\".)\]!]*", t, re.I
-    ):
+    if m := re.fullmatch(rf"{_DECOR}(?:answer\s+|option\s+)?({words}){_DECOR}[\s*_`'\".)\]!]*", t, re.I):
         return _canon(m.group(1))
     if m := re.match(rf"{_DECOR}(?:answer\s+)?(A|B|TIE)\b[*_`'\")\]]*\s*(?:[.:,;\-\n]|$)", t):
         return _canon(m.group(1))
@@ -435,9 +424,7 @@ def win_rate_of(verdicts: Sequence[Verdict | None]) -> tuple[float, int]:
     """(candidate win rate with ties as 0.5, number of usable verdicts)."""
     usable = [v for v in verdicts if v is not None]
     if not usable:
-        raise TailorError(
-            502, "the judge gave no readable verdict (expected A, B or TIE)", code="judge_unusable"
-        )
+        raise TailorError(502, "the judge gave no readable verdict (expected A, B or TIE)", code="judge_unusable")
     score = sum(1.0 if v == "candidate" else 0.5 if v == "tie" else 0.0 for v in usable)
     return score / len(usable), len(usable)
 
@@ -451,9 +438,7 @@ def judge_win_rate(
     http_client: httpx.Client | None = None,
 ) -> float:
     """Share of judged pairs the candidate wins (ties 0.5); unreadable replies are left out."""
-    verdicts = judge_verdicts(
-        judge, examples, candidate_outputs, baseline_outputs, http_client=http_client
-    )
+    verdicts = judge_verdicts(judge, examples, candidate_outputs, baseline_outputs, http_client=http_client)
     return win_rate_of(verdicts)[0]
 
 
@@ -461,9 +446,7 @@ def judge_win_rate(
 # candidate vs baseline
 
 
-def _metrics(
-    results: Sequence[ExampleResult], side: str, perplexity: float, win: float | None, judged: int
-) -> Metrics:
+def _metrics(results: Sequence[ExampleResult], side: str, perplexity: float, win: float | None, judged: int) -> Metrics:
     n = len(results)
     return Metrics(
         n=n,

@@ -45,8 +45,17 @@ RATINGS = ("good", "bad")
 MAX_IMPORT_LINES = 10_000
 MAX_IMPORT_BYTES = 64 * 1024 * 1024
 MAX_LIST_LIMIT = 1000
-_IMPORT_KEYS = ("interaction_id", "messages", "model", "rating", "score", "correction", "ideal",
-                "preferred", "rejected")
+_IMPORT_KEYS = (
+    "interaction_id",
+    "messages",
+    "model",
+    "rating",
+    "score",
+    "correction",
+    "ideal",
+    "preferred",
+    "rejected",
+)
 
 
 @dataclass(frozen=True)
@@ -123,8 +132,12 @@ def _fields(rating: Any, score: Any, correction: Any, preferred: Any, rejected: 
     if rating is not None and rating not in RATINGS:
         raise _Refused(f"rating must be 'good' or 'bad' (got {rating!r})", "rating")
     if score is not None:
-        if isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(score) \
-                or not 0 <= score <= 1:
+        if (
+            isinstance(score, bool)
+            or not isinstance(score, int | float)
+            or not math.isfinite(score)
+            or not 0 <= score <= 1
+        ):
             raise _Refused(f"score must be a number from 0 to 1 (got {score!r})", "score")
         score = float(score)
     correction = _check("correction", lambda: check_text(correction, "correction"))
@@ -141,15 +154,19 @@ def _fields(rating: Any, score: Any, correction: Any, preferred: Any, rejected: 
 
 def _check_interaction_id(value: Any) -> str:
     if not isinstance(value, str) or not value.strip() or len(value) > 64:
-        raise _Refused(f"interaction_id must be a non-empty string of at most 64 characters (got {value!r})",
-                       "interaction_id")
+        raise _Refused(
+            f"interaction_id must be a non-empty string of at most 64 characters (got {value!r})", "interaction_id"
+        )
     return value
 
 
 def _needs_response(fields: _Fields, interaction: Interaction) -> None:
     if fields.preferred is not None and fields.rejected is None and not _logged_answer(interaction):
-        raise _Refused(f"preferred without rejected is compared with the logged answer, and interaction "
-                       f"{interaction.id} has none; send rejected as well", "rejected")
+        raise _Refused(
+            f"preferred without rejected is compared with the logged answer, and interaction "
+            f"{interaction.id} has none; send rejected as well",
+            "rejected",
+        )
 
 
 def _logged_answer(interaction: Interaction) -> str | None:
@@ -159,35 +176,64 @@ def _logged_answer(interaction: Interaction) -> str | None:
 def _info(row: Feedback) -> FeedbackInfo:
     created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=timezone.utc)
     messages = tuple(dict(m) for m in row.messages) if row.messages else None
-    return FeedbackInfo(id=row.id, interaction_id=row.interaction_id, adapter_version_id=row.adapter_version_id,
-                        model=row.model, rating=row.rating, score=row.score, correction=row.correction,
-                        preferred=row.preferred, rejected=row.rejected, messages=messages,  # type: ignore[arg-type]
-                        source=row.source, created_at=created)
+    return FeedbackInfo(
+        id=row.id,
+        interaction_id=row.interaction_id,
+        adapter_version_id=row.adapter_version_id,
+        model=row.model,
+        rating=row.rating,
+        score=row.score,
+        correction=row.correction,
+        preferred=row.preferred,
+        rejected=row.rejected,
+        messages=messages,  # type: ignore[arg-type]
+        source=row.source,
+        created_at=created,
+    )
 
 
-def _row(tenant_id: str, fields: _Fields, *, source: str, interaction: Interaction | None = None,
-         messages: tuple[Message, ...] | None = None, model: str | None = None) -> Feedback:
+def _row(
+    tenant_id: str,
+    fields: _Fields,
+    *,
+    source: str,
+    interaction: Interaction | None = None,
+    messages: tuple[Message, ...] | None = None,
+    model: str | None = None,
+) -> Feedback:
     return Feedback(
-        id=new_id("fb"), tenant_id=tenant_id, source=source,
+        id=new_id("fb"),
+        tenant_id=tenant_id,
+        source=source,
         interaction_id=interaction.id if interaction else None,
         # Copied so a signal per adapter version needs no join, and survives log pruning.
         adapter_version_id=interaction.adapter_version_id if interaction else None,
         model=interaction.model if interaction else model,
-        rating=fields.rating, score=fields.score, correction=fields.correction,
-        preferred=fields.preferred, rejected=fields.rejected,
+        rating=fields.rating,
+        score=fields.score,
+        correction=fields.correction,
+        preferred=fields.preferred,
+        rejected=fields.rejected,
         messages=[dict(m) for m in messages] if messages else None,
     )
 
 
 def _not_found(interaction_id: str) -> TailorError:
     # The same answer for unknown and other tenants' interactions.
-    return TailorError(404, f"No interaction {interaction_id!r}.", code="interaction_not_found",
-                       param="interaction_id")
+    return TailorError(404, f"No interaction {interaction_id!r}.", code="interaction_not_found", param="interaction_id")
 
 
-def record_feedback(db: Database, tenant_id: str, *, interaction_id: str, rating: str | None = None,
-                    score: float | None = None, correction: str | None = None, preferred: str | None = None,
-                    rejected: str | None = None) -> FeedbackInfo:
+def record_feedback(
+    db: Database,
+    tenant_id: str,
+    *,
+    interaction_id: str,
+    rating: str | None = None,
+    score: float | None = None,
+    correction: str | None = None,
+    preferred: str | None = None,
+    rejected: str | None = None,
+) -> FeedbackInfo:
     try:
         interaction_id = _check_interaction_id(interaction_id)
         fields = _fields(rating, score, correction, preferred, rejected)
@@ -231,8 +277,10 @@ def _parse_line(lineno: int, obj: Any) -> _ImportLine:
     fields = _fields(obj.get("rating"), obj.get("score"), correction, obj.get("preferred"), obj.get("rejected"))
     has_id, has_messages = obj.get("interaction_id") is not None, obj.get("messages") is not None
     if has_id == has_messages:
-        raise _Refused("give either interaction_id (feedback on a logged answer) or messages "
-                       "(a self-contained example)", "interaction_id" if has_id else "messages")
+        raise _Refused(
+            "give either interaction_id (feedback on a logged answer) or messages (a self-contained example)",
+            "interaction_id" if has_id else "messages",
+        )
     if has_id:
         if obj.get("model") is not None:
             raise _Refused("model is taken from the interaction; send it only with messages", "model")
@@ -243,11 +291,16 @@ def _parse_line(lineno: int, obj: Any) -> _ImportLine:
     else:
         prompt, answer = messages, None
     if prompt[-1]["role"] != "user":
-        raise _Refused("messages must end with a user message, optionally followed by the assistant "
-                       "answer being judged", "messages")
+        raise _Refused(
+            "messages must end with a user message, optionally followed by the assistant answer being judged",
+            "messages",
+        )
     if answer is None and fields.correction is None and fields.rejected is None:
-        raise _Refused("without an assistant answer at the end of messages there is nothing to rate "
-                       "or prefer against: give correction (or ideal), or preferred and rejected", "messages")
+        raise _Refused(
+            "without an assistant answer at the end of messages there is nothing to rate "
+            "or prefer against: give correction (or ideal), or preferred and rejected",
+            "messages",
+        )
     model = obj.get("model")
     if model is not None and (not isinstance(model, str) or not model.strip() or len(model) > 200):
         raise _Refused(f"model must be a non-empty string of at most 200 characters (got {model!r})", "model")
@@ -278,8 +331,9 @@ def _import_error(lineno: int, message: str) -> TailorError:
     return bad_request(f"line {lineno}: {message}. Nothing was imported.", code="invalid_file", param="file")
 
 
-def import_feedback_jsonl(db: Database, tenant_id: str, lines: bytes, *,
-                          max_lines: int = MAX_IMPORT_LINES) -> ImportResult:
+def import_feedback_jsonl(
+    db: Database, tenant_id: str, lines: bytes, *, max_lines: int = MAX_IMPORT_LINES
+) -> ImportResult:
     """Import feedback, one JSON object per line; all lines or none.
 
     Every line is checked (fields, then that each referenced interaction is the
@@ -291,8 +345,11 @@ def import_feedback_jsonl(db: Database, tenant_id: str, lines: bytes, *,
     try:
         for lineno, obj in _decode_lines(lines):
             if len(parsed) >= max_lines:
-                raise bad_request(f"Import has more than {max_lines} lines; split it into several imports.",
-                                  code="too_many_lines", param="file")
+                raise bad_request(
+                    f"Import has more than {max_lines} lines; split it into several imports.",
+                    code="too_many_lines",
+                    param="file",
+                )
             try:
                 parsed.append(_parse_line(lineno, obj))
             except _Refused as exc:
@@ -306,9 +363,8 @@ def import_feedback_jsonl(db: Database, tenant_id: str, lines: bytes, *,
         wanted = sorted({p.interaction_id for p in parsed if p.interaction_id})
         interactions: dict[str, Interaction] = {}
         for i in range(0, len(wanted), 500):
-            chunk = wanted[i:i + 500]
-            found = s.scalars(select(Interaction).where(Interaction.tenant_id == tenant_id,
-                                                        Interaction.id.in_(chunk)))
+            chunk = wanted[i : i + 500]
+            found = s.scalars(select(Interaction).where(Interaction.tenant_id == tenant_id, Interaction.id.in_(chunk)))
             interactions.update({x.id: x for x in found})
         rows: list[Feedback] = []
         for p in parsed:
@@ -341,22 +397,34 @@ def list_feedback(db: Database, tenant_id: str, *, limit: int = 100, after: str 
             cursor = s.get(Feedback, after)
             if cursor is None or cursor.tenant_id != tenant_id:
                 raise bad_request(f"after {after!r} is not one of your feedback ids.", param="after")
-            query = query.where((Feedback.created_at < cursor.created_at) | (
-                (Feedback.created_at == cursor.created_at) & (Feedback.id < cursor.id)))
+            query = query.where(
+                (Feedback.created_at < cursor.created_at)
+                | ((Feedback.created_at == cursor.created_at) & (Feedback.id < cursor.id))
+            )
         query = query.order_by(Feedback.created_at.desc(), Feedback.id.desc()).limit(limit + 1)
         rows = list(s.scalars(query))
     return FeedbackPage(items=[_info(r) for r in rows[:limit]], has_more=len(rows) > limit)
 
 
-def feedback_signal(db: Database, tenant_id: str, adapter_version_id: str | None = None,
-                    since: datetime | None = None, until: datetime | None = None) -> FeedbackSignal:
+def feedback_signal(
+    db: Database,
+    tenant_id: str,
+    adapter_version_id: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> FeedbackSignal:
     """Good/bad/correction counts over served answers (see FeedbackSignal).
 
     `adapter_version_id` None counts every answer of the tenant, whatever served it.
     """
-    query = (select(Feedback.interaction_id, Feedback.rating, Feedback.score, Feedback.correction,
-                    Feedback.preferred, Feedback.rejected)
-             .where(Feedback.tenant_id == tenant_id, Feedback.interaction_id.is_not(None)))
+    query = select(
+        Feedback.interaction_id,
+        Feedback.rating,
+        Feedback.score,
+        Feedback.correction,
+        Feedback.preferred,
+        Feedback.rejected,
+    ).where(Feedback.tenant_id == tenant_id, Feedback.interaction_id.is_not(None))
     if adapter_version_id is not None:
         query = query.where(Feedback.adapter_version_id == adapter_version_id)
     if since is not None:
@@ -380,6 +448,11 @@ def feedback_signal(db: Database, tenant_id: str, adapter_version_id: str | None
     good = sum(1 for v in latest.values() if v == "good")
     bad = sum(1 for v in latest.values() if v == "bad")
     judged = len(latest)
-    return FeedbackSignal(judged=judged, good=good, bad=bad, corrections=len(corrected),
-                          share_good=good / (good + bad) if good + bad else None,
-                          correction_rate=len(corrected) / judged if judged else None)
+    return FeedbackSignal(
+        judged=judged,
+        good=good,
+        bad=bad,
+        corrections=len(corrected),
+        share_good=good / (good + bad) if good + bad else None,
+        correction_rate=len(corrected) / judged if judged else None,
+    )

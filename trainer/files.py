@@ -81,9 +81,17 @@ class ParsedFile:
 
 def _info(row: StoredFile) -> FileInfo:
     created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=timezone.utc)
-    return FileInfo(id=row.id, tenant_id=row.tenant_id, filename=row.filename, purpose=row.purpose,
-                    bytes=row.bytes, kind=row.kind, line_count=row.line_count,  # type: ignore[arg-type]
-                    sha256=row.sha256, created_at=created)
+    return FileInfo(
+        id=row.id,
+        tenant_id=row.tenant_id,
+        filename=row.filename,
+        purpose=row.purpose,
+        bytes=row.bytes,
+        kind=row.kind,
+        line_count=row.line_count,  # type: ignore[arg-type]
+        sha256=row.sha256,
+        created_at=created,
+    )
 
 
 def _file_error(message: str, *, code: str = "invalid_file") -> TailorError:
@@ -119,13 +127,16 @@ def parse_jsonl(data: bytes, *, max_lines: int = MAX_FILE_LINES) -> ParsedFile:
         line_kind = _kind_of(obj)
         if line_kind is None:
             raise _file_error(
-                f"line {lineno}: expected a chat example {{\"messages\": [...]}} or a preference example "
-                "{\"input\": {\"messages\": [...]}, \"preferred_output\": [...], \"non_preferred_output\": [...]}")
+                f'line {lineno}: expected a chat example {{"messages": [...]}} or a preference example '
+                '{"input": {"messages": [...]}, "preferred_output": [...], "non_preferred_output": [...]}'
+            )
         if kind is None:
             kind, first_line = line_kind, lineno
         elif line_kind != kind:
-            raise _file_error(f"line {lineno}: is {_KIND_NAMES[line_kind]} but line {first_line} is "
-                              f"{_KIND_NAMES[kind]}; a file holds one kind of example")
+            raise _file_error(
+                f"line {lineno}: is {_KIND_NAMES[line_kind]} but line {first_line} is "
+                f"{_KIND_NAMES[kind]}; a file holds one kind of example"
+            )
         try:
             records.append(_sft(obj) if line_kind == "sft" else _preference(obj))
         except InvalidExample as exc:
@@ -200,11 +211,22 @@ def _clean_filename(filename: str | None) -> str:
     return (name or "upload.jsonl")[:255]
 
 
-def upload_file(db: Database, blobs: BlobStore, tenant_id: str, filename: str | None, data: bytes,
-                purpose: str, *, max_bytes: int = MAX_FILE_BYTES) -> FileInfo:
+def upload_file(
+    db: Database,
+    blobs: BlobStore,
+    tenant_id: str,
+    filename: str | None,
+    data: bytes,
+    purpose: str,
+    *,
+    max_bytes: int = MAX_FILE_BYTES,
+) -> FileInfo:
     if purpose != PURPOSE:
-        raise bad_request(f"Tailor stores files for fine-tuning only: purpose must be {PURPOSE!r} "
-                          f"(got {purpose!r}).", code="invalid_purpose", param="purpose")
+        raise bad_request(
+            f"Tailor stores files for fine-tuning only: purpose must be {PURPOSE!r} (got {purpose!r}).",
+            code="invalid_purpose",
+            param="purpose",
+        )
     if len(data) > max_bytes:
         raise TailorError(413, f"File exceeds {max_bytes} bytes.", code="file_too_large", param="file")
     parsed = parse_jsonl(data)
@@ -215,10 +237,17 @@ def upload_file(db: Database, blobs: BlobStore, tenant_id: str, filename: str | 
     blobs.put_bytes(key, data)
     try:
         with db.session() as s:
-            row = StoredFile(id=file_id, tenant_id=tenant_id, filename=_clean_filename(filename),
-                             purpose=purpose, bytes=len(data), kind=parsed.kind,
-                             line_count=len(parsed.records), storage_key=key,
-                             sha256=hashlib.sha256(data).hexdigest())
+            row = StoredFile(
+                id=file_id,
+                tenant_id=tenant_id,
+                filename=_clean_filename(filename),
+                purpose=purpose,
+                bytes=len(data),
+                kind=parsed.kind,
+                line_count=len(parsed.records),
+                storage_key=key,
+                sha256=hashlib.sha256(data).hexdigest(),
+            )
             s.add(row)
     except Exception:
         blobs.delete(key)
@@ -239,8 +268,15 @@ def get_file(db: Database, tenant_id: str, file_id: str, *, param: str = "file_i
         return _info(_row(s, tenant_id, file_id, param))
 
 
-def list_files(db: Database, tenant_id: str, *, purpose: str | None = None, limit: int = 10_000,
-               order: Literal["asc", "desc"] = "desc", after: str | None = None) -> FilePage:
+def list_files(
+    db: Database,
+    tenant_id: str,
+    *,
+    purpose: str | None = None,
+    limit: int = 10_000,
+    order: Literal["asc", "desc"] = "desc",
+    after: str | None = None,
+) -> FilePage:
     if not 1 <= limit <= 10_000:
         raise bad_request(f"limit must be between 1 and 10000 (got {limit}).", param="limit")
     if order not in ("asc", "desc"):
@@ -254,9 +290,11 @@ def list_files(db: Database, tenant_id: str, *, purpose: str | None = None, limi
             if cursor is None or cursor.tenant_id != tenant_id:
                 raise bad_request(f"after {after!r} is not one of your file ids.", param="after")
             newer = (StoredFile.created_at > cursor.created_at) | (
-                (StoredFile.created_at == cursor.created_at) & (StoredFile.id > cursor.id))
+                (StoredFile.created_at == cursor.created_at) & (StoredFile.id > cursor.id)
+            )
             older = (StoredFile.created_at < cursor.created_at) | (
-                (StoredFile.created_at == cursor.created_at) & (StoredFile.id < cursor.id))
+                (StoredFile.created_at == cursor.created_at) & (StoredFile.id < cursor.id)
+            )
             query = query.where(older if order == "desc" else newer)
         if order == "desc":
             query = query.order_by(StoredFile.created_at.desc(), StoredFile.id.desc())
@@ -275,13 +313,22 @@ def file_content(db: Database, blobs: BlobStore, tenant_id: str, file_id: str) -
 def delete_file(db: Database, blobs: BlobStore, tenant_id: str, file_id: str) -> FileInfo:
     with db.session() as s:
         row = _row(s, tenant_id, file_id, "file_id")
-        job = s.scalar(select(Job.id).where(
-            Job.tenant_id == tenant_id, Job.status.in_(_ACTIVE_JOB_STATES),
-            (Job.training_file == file_id) | (Job.validation_file == file_id)).limit(1))
+        job = s.scalar(
+            select(Job.id)
+            .where(
+                Job.tenant_id == tenant_id,
+                Job.status.in_(_ACTIVE_JOB_STATES),
+                (Job.training_file == file_id) | (Job.validation_file == file_id),
+            )
+            .limit(1)
+        )
         if job is not None:
-            raise conflict(f"File {file_id} is used by fine-tuning job {job}, which has not finished; "
-                           "cancel the job or wait for it before deleting the file.",
-                           code="file_in_use", param="file_id")
+            raise conflict(
+                f"File {file_id} is used by fine-tuning job {job}, which has not finished; "
+                "cancel the job or wait for it before deleting the file.",
+                code="file_in_use",
+                param="file_id",
+            )
         info, key = _info(row), row.storage_key
         s.delete(row)
     # Row first: once it is gone nobody can reach the blob; a failure here only leaves
@@ -290,7 +337,8 @@ def delete_file(db: Database, blobs: BlobStore, tenant_id: str, file_id: str) ->
     return info
 
 
-def read_examples(db: Database, blobs: BlobStore, tenant_id: str,
-                  file_id: str) -> list[SFTRecord] | list[PreferenceRecord]:
+def read_examples(
+    db: Database, blobs: BlobStore, tenant_id: str, file_id: str
+) -> list[SFTRecord] | list[PreferenceRecord]:
     """The validated examples of a stored file, in file order."""
     return parse_jsonl(file_content(db, blobs, tenant_id, file_id)).records

@@ -62,16 +62,14 @@ class GateConfig:
         known = {"primary_metric", "min_improvement", "noise", "min_examples"}
         if unknown := sorted(set(d) - known):
             raise bad_request(
-                f"unknown gate setting(s) {', '.join(unknown)}; "
-                f"expected {', '.join(sorted(known))}",
+                f"unknown gate setting(s) {', '.join(unknown)}; expected {', '.join(sorted(known))}",
                 param="gates",
             )
         gates = cls()
         if "primary_metric" in d:
             if d["primary_metric"] not in PRIMARY_METRICS:
                 raise bad_request(
-                    f"unknown primary_metric {d['primary_metric']!r}; expected one of "
-                    f"{', '.join(PRIMARY_METRICS)}",
+                    f"unknown primary_metric {d['primary_metric']!r}; expected one of {', '.join(PRIMARY_METRICS)}",
                     param="gates.primary_metric",
                 )
             gates.primary_metric = d["primary_metric"]
@@ -83,8 +81,7 @@ class GateConfig:
                 raise bad_request("gates.noise must be an object", param="gates.noise")
             if unknown := sorted(set(noise) - set(NOISE_KEYS)):
                 raise bad_request(
-                    f"unknown noise metric(s) {', '.join(map(str, unknown))}; expected "
-                    f"{', '.join(NOISE_KEYS)}",
+                    f"unknown noise metric(s) {', '.join(map(str, unknown))}; expected {', '.join(NOISE_KEYS)}",
                     param="gates.noise",
                 )
             for key, value in noise.items():
@@ -92,9 +89,7 @@ class GateConfig:
         if "min_examples" in d:
             n = d["min_examples"]
             if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-                raise bad_request(
-                    "gates.min_examples must be an integer >= 1", param="gates.min_examples"
-                )
+                raise bad_request("gates.min_examples must be an integer >= 1", param="gates.min_examples")
             gates.min_examples = n
         return gates
 
@@ -108,12 +103,7 @@ class GateConfig:
 
 
 def _non_negative(value: Any, param: str) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value < 0
-    ):
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
         raise bad_request(f"{param} must be a number >= 0", param=param)
     return float(value)
 
@@ -213,20 +203,14 @@ def decide(comparison: Comparison, gates: GateConfig) -> Decision:
     for metric in ("exact_match", "token_f1"):
         record(
             metric,
-            _points(
-                metric, getattr(cand, metric), getattr(base, metric), noise[metric], need(metric)
-            ),
+            _points(metric, getattr(cand, metric), getattr(base, metric), noise[metric], need(metric)),
         )
     record(
         "perplexity",
-        _perplexity(
-            cand.perplexity, base.perplexity, noise["perplexity_ratio"], need("perplexity")
-        ),
+        _perplexity(cand.perplexity, base.perplexity, noise["perplexity_ratio"], need("perplexity")),
     )
     if cand.win_rate is not None:
-        record(
-            "win_rate", _win_rate(cand.win_rate, cand.judged, noise["win_rate"], need("win_rate"))
-        )
+        record("win_rate", _win_rate(cand.win_rate, cand.judged, noise["win_rate"], need("win_rate")))
     elif primary == "win_rate":
         reasons.append("win_rate not measured (no judge configured) [primary]")
 

@@ -189,35 +189,60 @@ def _aware(value: datetime | None) -> datetime | None:
 
 def _job_info(j: Job) -> JobInfo:
     return JobInfo(
-        id=j.id, tenant_id=j.tenant_id, status=j.status, method=j.method, model=j.model,
-        adapter_name=j.adapter_name, suffix=j.suffix, training_file=j.training_file,
-        validation_file=j.validation_file, dataset_id=j.dataset_id,
-        hyperparameters=dict(j.hyperparameters or {}), seed=j.seed, source=j.source,
-        fine_tuned_model=j.fine_tuned_model, result_version_id=j.result_version_id,
-        decision=j.decision, metrics=j.metrics, error=j.error, trained_tokens=j.trained_tokens,
-        cancel_requested=bool(j.cancel_requested), attempts=j.attempts, worker_id=j.worker_id,
-        heartbeat_at=_aware(j.heartbeat_at), created_at=_aware(j.created_at),  # type: ignore[arg-type]
-        started_at=_aware(j.started_at), finished_at=_aware(j.finished_at),
+        id=j.id,
+        tenant_id=j.tenant_id,
+        status=j.status,
+        method=j.method,
+        model=j.model,
+        adapter_name=j.adapter_name,
+        suffix=j.suffix,
+        training_file=j.training_file,
+        validation_file=j.validation_file,
+        dataset_id=j.dataset_id,
+        hyperparameters=dict(j.hyperparameters or {}),
+        seed=j.seed,
+        source=j.source,
+        fine_tuned_model=j.fine_tuned_model,
+        result_version_id=j.result_version_id,
+        decision=j.decision,
+        metrics=j.metrics,
+        error=j.error,
+        trained_tokens=j.trained_tokens,
+        cancel_requested=bool(j.cancel_requested),
+        attempts=j.attempts,
+        worker_id=j.worker_id,
+        heartbeat_at=_aware(j.heartbeat_at),
+        created_at=_aware(j.created_at),  # type: ignore[arg-type]
+        started_at=_aware(j.started_at),
+        finished_at=_aware(j.finished_at),
     )
 
 
 def _event_info(e: JobEvent) -> EventInfo:
-    return EventInfo(id=e.id, job_id=e.job_id, level=e.level, message=e.message, data=e.data,
-                     created_at=_aware(e.created_at))  # type: ignore[arg-type]
+    return EventInfo(
+        id=e.id, job_id=e.job_id, level=e.level, message=e.message, data=e.data, created_at=_aware(e.created_at)
+    )  # type: ignore[arg-type]
 
 
 def _checkpoint_info(c: JobCheckpoint) -> CheckpointInfo:
-    return CheckpointInfo(id=c.id, job_id=c.job_id, step=c.step, metrics=dict(c.metrics),
-                          path=c.path, created_at=_aware(c.created_at))  # type: ignore[arg-type]
+    return CheckpointInfo(
+        id=c.id, job_id=c.job_id, step=c.step, metrics=dict(c.metrics), path=c.path, created_at=_aware(c.created_at)
+    )  # type: ignore[arg-type]
 
 
 def _evaluation_info(e: Evaluation) -> EvaluationInfo:
     return EvaluationInfo(
-        id=e.id, tenant_id=e.tenant_id, job_id=e.job_id,
-        candidate_version_id=e.candidate_version_id, baseline_version_id=e.baseline_version_id,
+        id=e.id,
+        tenant_id=e.tenant_id,
+        job_id=e.job_id,
+        candidate_version_id=e.candidate_version_id,
+        baseline_version_id=e.baseline_version_id,
         dataset_id=e.dataset_id,
-        candidate_metrics=dict(e.candidate_metrics), baseline_metrics=dict(e.baseline_metrics),
-        decision=e.decision, reasons=list(e.reasons), report_key=e.report_key,
+        candidate_metrics=dict(e.candidate_metrics),
+        baseline_metrics=dict(e.baseline_metrics),
+        decision=e.decision,
+        reasons=list(e.reasons),
+        report_key=e.report_key,
         created_at=_aware(e.created_at),  # type: ignore[arg-type]
     )
 
@@ -226,25 +251,25 @@ def _evaluation_info(e: Evaluation) -> EvaluationInfo:
 # hyperparameters
 
 
-def validate_hyperparameters(method: str, hyperparameters: dict[str, Any] | None, *,
-                             max_lora_rank: int = MAX_LORA_RANK) -> dict[str, Any]:
+def validate_hyperparameters(
+    method: str, hyperparameters: dict[str, Any] | None, *, max_lora_rank: int = MAX_LORA_RANK
+) -> dict[str, Any]:
     """Check a job's hyperparameters; return them with every known name present ("auto" if unset).
 
     Refusals are 400s whose `param` names the field (`hyperparameters.n_epochs`).
     """
     if method not in METHODS:
-        raise bad_request(f"Unsupported fine-tuning method {method!r}; use one of "
-                          f"{', '.join(METHODS)}.", param="method.type")
+        raise bad_request(
+            f"Unsupported fine-tuning method {method!r}; use one of {', '.join(METHODS)}.", param="method.type"
+        )
     given = dict(hyperparameters or {})
     out: dict[str, Any] = {}
     for name, value in given.items():
         param = f"hyperparameters.{name}"
         if name not in _HP_RULES:
-            raise bad_request(f"Unknown hyperparameter {name!r}; known: {', '.join(_HP_RULES)}.",
-                              param=param)
+            raise bad_request(f"Unknown hyperparameter {name!r}; known: {', '.join(_HP_RULES)}.", param=param)
         if name in _DPO_ONLY and method != "dpo":
-            raise bad_request(f"Hyperparameter {name!r} applies to the dpo method only.",
-                              param=param)
+            raise bad_request(f"Hyperparameter {name!r} applies to the dpo method only.", param=param)
         if value is None or value == AUTO:
             out[name] = AUTO
             continue
@@ -255,12 +280,12 @@ def validate_hyperparameters(method: str, hyperparameters: dict[str, Any] | None
         ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
         if isinstance(value, bool) or not ok_type or (not integer and not math.isfinite(value)):
             kind = "an integer" if integer else "a number"
-            raise bad_request(f"Hyperparameter {name!r} must be {kind} or \"auto\", got {value!r}.",
-                              param=param)
+            raise bad_request(f'Hyperparameter {name!r} must be {kind} or "auto", got {value!r}.', param=param)
         if value < low or (open_low and value == low) or value > high:
             bound = f"greater than {low:g}" if open_low else f"at least {low:g}"
-            raise bad_request(f"Hyperparameter {name!r} must be {bound} and at most {high:g}, "
-                              f"got {value!r}.", param=param)
+            raise bad_request(
+                f"Hyperparameter {name!r} must be {bound} and at most {high:g}, got {value!r}.", param=param
+            )
         out[name] = value
     for name in _HP_RULES:
         if name not in _DPO_ONLY or method == "dpo":
@@ -268,8 +293,7 @@ def validate_hyperparameters(method: str, hyperparameters: dict[str, Any] | None
     return out
 
 
-def resolve_hyperparameters(method: str, hyperparameters: dict[str, Any],
-                            n_train: int) -> ResolvedHyperparameters:
+def resolve_hyperparameters(method: str, hyperparameters: dict[str, Any], n_train: int) -> ResolvedHyperparameters:
     """Replace "auto" with concrete values for a run on `n_train` training examples."""
     hp = validate_hyperparameters(method, hyperparameters, max_lora_rank=10_000)
 
@@ -296,8 +320,7 @@ def resolve_hyperparameters(method: str, hyperparameters: dict[str, Any],
 # creating and reading jobs
 
 
-def feedback_snapshot(db: Database, blobs: BlobStore, tenant_id: str,
-                      adapter_name: str) -> Snapshot:
+def feedback_snapshot(db: Database, blobs: BlobStore, tenant_id: str, adapter_name: str) -> Snapshot:
     """The dataset a feedback-driven job for `adapter_name` trains on.
 
     Once the name serves, the feedback on its own answers (plus imported examples); before
@@ -313,8 +336,9 @@ def training_examples(snapshot: Snapshot, method: str) -> int:
     n = len(snapshot.train_sft if method == "supervised" else snapshot.train_preferences)
     if n == 0:
         what = "chat examples" if method == "supervised" else "preference pairs"
-        raise bad_request(f"Dataset {snapshot.id} has no {what} to train the {method} method on.",
-                          code="no_training_data")
+        raise bad_request(
+            f"Dataset {snapshot.id} has no {what} to train the {method} method on.", code="no_training_data"
+        )
     return n
 
 
@@ -323,21 +347,39 @@ def _check_file(db: Database, tenant_id: str, file_id: str, method: str, param: 
         info = files.get_file(db, tenant_id, file_id, param=param)
     except TailorError:
         # OpenAI answers an unusable file id in a job request with a 400 naming the field.
-        raise bad_request(f"Invalid {param}: no fine-tune file {file_id!r}.", code="invalid_file",
-                          param=param) from None
+        raise bad_request(
+            f"Invalid {param}: no fine-tune file {file_id!r}.", code="invalid_file", param=param
+        ) from None
     if info.purpose != files.PURPOSE:
-        raise bad_request(f"File {file_id!r} has purpose {info.purpose!r}; upload it with purpose "
-                          f"{files.PURPOSE!r}.", code="invalid_file", param=param)
+        raise bad_request(
+            f"File {file_id!r} has purpose {info.purpose!r}; upload it with purpose {files.PURPOSE!r}.",
+            code="invalid_file",
+            param=param,
+        )
     if info.kind != FILE_KIND[method]:
-        raise bad_request(f"File {file_id!r} holds {info.kind} examples; the {method} method needs "
-                          f"{FILE_KIND[method]} examples.", code="invalid_file", param=param)
+        raise bad_request(
+            f"File {file_id!r} holds {info.kind} examples; the {method} method needs {FILE_KIND[method]} examples.",
+            code="invalid_file",
+            param=param,
+        )
 
 
-def create_job(db: Database, tenant_id: str, *, method: str, model: str,
-               adapter_name: str | None = None, training_file: str | None = None,
-               validation_file: str | None = None, hyperparameters: dict[str, Any] | None = None,
-               seed: int = 0, suffix: str | None = None, source: str = "api",
-               dataset_id: str | None = None, max_lora_rank: int = MAX_LORA_RANK) -> JobInfo:
+def create_job(
+    db: Database,
+    tenant_id: str,
+    *,
+    method: str,
+    model: str,
+    adapter_name: str | None = None,
+    training_file: str | None = None,
+    validation_file: str | None = None,
+    hyperparameters: dict[str, Any] | None = None,
+    seed: int = 0,
+    suffix: str | None = None,
+    source: str = "api",
+    dataset_id: str | None = None,
+    max_lora_rank: int = MAX_LORA_RANK,
+) -> JobInfo:
     """Queue a fine-tuning job. Without `adapter_name` the result is named "ft-<short job id>".
 
     Files must be the tenant's own fine-tune uploads of the kind the method needs; with no
@@ -358,14 +400,31 @@ def create_job(db: Database, tenant_id: str, *, method: str, model: str,
     except TailorError as e:
         raise bad_request(e.message, param="suffix") from None
     with db.session() as s:
-        job = Job(id=job_id, tenant_id=tenant_id, status="queued", method=method, model=model,
-                  adapter_name=name, suffix=suffix, training_file=training_file,
-                  validation_file=validation_file, dataset_id=dataset_id, hyperparameters=hp,
-                  seed=seed, source=source)
+        job = Job(
+            id=job_id,
+            tenant_id=tenant_id,
+            status="queued",
+            method=method,
+            model=model,
+            adapter_name=name,
+            suffix=suffix,
+            training_file=training_file,
+            validation_file=validation_file,
+            dataset_id=dataset_id,
+            hyperparameters=hp,
+            seed=seed,
+            source=source,
+        )
         s.add(job)
         s.flush()
-        s.add(JobEvent(job_id=job_id, level="info", message=f"Created fine-tuning job: {job_id}",
-                       data={"method": method, "model": model, "adapter_name": name}))
+        s.add(
+            JobEvent(
+                job_id=job_id,
+                level="info",
+                message=f"Created fine-tuning job: {job_id}",
+                data={"method": method, "model": model, "adapter_name": name},
+            )
+        )
         return _job_info(job)
 
 
@@ -373,8 +432,9 @@ def _owned(s: Any, tenant_id: str | None, job_id: str) -> Job:
     job = s.get(Job, job_id)
     # Same answer for unknown and foreign jobs: a tenant cannot probe others' job ids.
     if job is None or (tenant_id is not None and job.tenant_id != tenant_id):
-        raise not_found(f"Fine-tuning job {job_id!r} not found.", code="fine_tuning_job_not_found",
-                        param="fine_tuning_job_id")
+        raise not_found(
+            f"Fine-tuning job {job_id!r} not found.", code="fine_tuning_job_not_found", param="fine_tuning_job_id"
+        )
     return job
 
 
@@ -389,8 +449,7 @@ def _check_limit(limit: int) -> None:
         raise bad_request("limit must be between 1 and 100.", param="limit")
 
 
-def list_jobs(db: Database, tenant_id: str, *, after: str | None = None,
-              limit: int = 20) -> tuple[list[JobInfo], bool]:
+def list_jobs(db: Database, tenant_id: str, *, after: str | None = None, limit: int = 20) -> tuple[list[JobInfo], bool]:
     """The tenant's jobs, newest first; `after` is the last job id of the previous page.
 
     Returns (page, has_more).
@@ -402,8 +461,9 @@ def list_jobs(db: Database, tenant_id: str, *, after: str | None = None,
             cursor = s.get(Job, after)
             if cursor is None or cursor.tenant_id != tenant_id:
                 raise bad_request(f"No fine-tuning job {after!r} to list after.", param="after")
-            query = query.where(or_(Job.created_at < cursor.created_at,
-                                    and_(Job.created_at == cursor.created_at, Job.id < cursor.id)))
+            query = query.where(
+                or_(Job.created_at < cursor.created_at, and_(Job.created_at == cursor.created_at, Job.id < cursor.id))
+            )
         query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
         rows = list(s.scalars(query))
         return [_job_info(j) for j in rows[:limit]], len(rows) > limit
@@ -419,13 +479,19 @@ def cancel_job(db: Database, tenant_id: str | None, job_id: str) -> JobInfo:
         if job.status == "cancelled":
             return _job_info(job)
         if job.status in TERMINAL:
-            raise conflict(f"Fine-tuning job {job_id} has already {job.status}; it cannot be "
-                           "cancelled.", code="job_finished")
+            raise conflict(
+                f"Fine-tuning job {job_id} has already {job.status}; it cannot be cancelled.", code="job_finished"
+            )
         if job.status == "running":
             if not job.cancel_requested:
                 job.cancel_requested = True
-                s.add(JobEvent(job_id=job_id, level="info", message="Cancellation requested; "
-                               "stopping at the next training step"))
+                s.add(
+                    JobEvent(
+                        job_id=job_id,
+                        level="info",
+                        message="Cancellation requested; stopping at the next training step",
+                    )
+                )
         else:  # queued / validating_files: no worker holds it yet
             job.status, job.finished_at, job.cancel_requested = "cancelled", utcnow(), True
             s.add(JobEvent(job_id=job_id, level="info", message="Job cancelled"))
@@ -437,8 +503,9 @@ def cancel_job(db: Database, tenant_id: str | None, job_id: str) -> JobInfo:
 # events and checkpoints
 
 
-def add_event(db: Database, job_id: str, message: str, *, level: str = "info",
-              data: dict[str, Any] | None = None) -> EventInfo:
+def add_event(
+    db: Database, job_id: str, message: str, *, level: str = "info", data: dict[str, Any] | None = None
+) -> EventInfo:
     """Append an event. Progress events use OpenAI's metric keys (step, train_loss, ...)."""
     if level not in ("info", "warn", "error"):
         raise ValueError(f"event level must be info, warn or error, not {level!r}")
@@ -449,8 +516,9 @@ def add_event(db: Database, job_id: str, message: str, *, level: str = "info",
         return _event_info(event)
 
 
-def list_events(db: Database, tenant_id: str | None, job_id: str, *, after: int | None = None,
-                limit: int = 20) -> tuple[list[EventInfo], bool]:
+def list_events(
+    db: Database, tenant_id: str | None, job_id: str, *, after: int | None = None, limit: int = 20
+) -> tuple[list[EventInfo], bool]:
     """A job's events, newest first (as OpenAI lists them); `after` is the last id seen."""
     _check_limit(limit)
     with db.session() as s:
@@ -462,18 +530,17 @@ def list_events(db: Database, tenant_id: str | None, job_id: str, *, after: int 
         return [_event_info(e) for e in rows[:limit]], len(rows) > limit
 
 
-def add_checkpoint(db: Database, job_id: str, *, step: int, metrics: dict[str, Any],
-                   path: str) -> CheckpointInfo:
+def add_checkpoint(db: Database, job_id: str, *, step: int, metrics: dict[str, Any], path: str) -> CheckpointInfo:
     with db.session() as s:
-        row = JobCheckpoint(id=new_id("ftckpt"), job_id=job_id, step=step, metrics=metrics,
-                            path=path)
+        row = JobCheckpoint(id=new_id("ftckpt"), job_id=job_id, step=step, metrics=metrics, path=path)
         s.add(row)
         s.flush()
         return _checkpoint_info(row)
 
 
-def list_checkpoints(db: Database, tenant_id: str | None, job_id: str, *, after: str | None = None,
-                     limit: int = 10) -> tuple[list[CheckpointInfo], bool]:
+def list_checkpoints(
+    db: Database, tenant_id: str | None, job_id: str, *, after: str | None = None, limit: int = 10
+) -> tuple[list[CheckpointInfo], bool]:
     """A job's checkpoints, latest step first; `after` is the last checkpoint id seen."""
     _check_limit(limit)
     with db.session() as s:
@@ -482,12 +549,10 @@ def list_checkpoints(db: Database, tenant_id: str | None, job_id: str, *, after:
         if after is not None:
             cursor = s.get(JobCheckpoint, after)
             if cursor is None or cursor.job_id != job_id:
-                raise bad_request(f"No checkpoint {after!r} of this job to list after.",
-                                  param="after")
+                raise bad_request(f"No checkpoint {after!r} of this job to list after.", param="after")
             same_step = and_(JobCheckpoint.step == cursor.step, JobCheckpoint.id < cursor.id)
             query = query.where(or_(JobCheckpoint.step < cursor.step, same_step))
-        rows = list(s.scalars(query.order_by(JobCheckpoint.step.desc(), JobCheckpoint.id.desc())
-                              .limit(limit + 1)))
+        rows = list(s.scalars(query.order_by(JobCheckpoint.step.desc(), JobCheckpoint.id.desc()).limit(limit + 1)))
         return [_checkpoint_info(c) for c in rows[:limit]], len(rows) > limit
 
 
@@ -522,9 +587,15 @@ def claim_next(db: Database, worker_id: str, *, job_id: str | None = None) -> Jo
             now = utcnow()
             with db.session() as s:
                 won = s.execute(
-                    update(Job).where(Job.id == candidate, Job.status == "queued")
-                    .values(status="running", worker_id=worker_id, attempts=Job.attempts + 1,
-                            heartbeat_at=now, started_at=now)
+                    update(Job)
+                    .where(Job.id == candidate, Job.status == "queued")
+                    .values(
+                        status="running",
+                        worker_id=worker_id,
+                        attempts=Job.attempts + 1,
+                        heartbeat_at=now,
+                        started_at=now,
+                    )
                     .execution_options(synchronize_session=False)
                 ).rowcount
             if won == 1:
@@ -539,16 +610,24 @@ def heartbeat(db: Database, job_id: str, worker_id: str) -> bool:
     """
     with db.session() as s:
         beat = s.execute(
-            update(Job).where(Job.id == job_id, Job.worker_id == worker_id, Job.status == "running")
-            .values(heartbeat_at=utcnow()).execution_options(synchronize_session=False)
+            update(Job)
+            .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == "running")
+            .values(heartbeat_at=utcnow())
+            .execution_options(synchronize_session=False)
         ).rowcount
         if beat != 1:
             raise JobLost(job_id)
         return bool(s.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
 
 
-def update_running(db: Database, job_id: str, worker_id: str, *, dataset_id: str | None = None,
-                   hyperparameters: dict[str, Any] | None = None) -> None:
+def update_running(
+    db: Database,
+    job_id: str,
+    worker_id: str,
+    *,
+    dataset_id: str | None = None,
+    hyperparameters: dict[str, Any] | None = None,
+) -> None:
     """Record what the worker decided once it knows the data: the snapshot and concrete knobs."""
     values: dict[str, Any] = {"heartbeat_at": utcnow()}
     if dataset_id is not None:
@@ -556,26 +635,46 @@ def update_running(db: Database, job_id: str, worker_id: str, *, dataset_id: str
     if hyperparameters is not None:
         values["hyperparameters"] = hyperparameters
     with db.session() as s:
-        done = s.execute(update(Job).where(Job.id == job_id, Job.worker_id == worker_id,
-                                           Job.status == "running")
-                         .values(**values).execution_options(synchronize_session=False)).rowcount
+        done = s.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == "running")
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        ).rowcount
         if done != 1:
             raise JobLost(job_id)
 
 
-def finish_job(db: Database, job_id: str, worker_id: str, *, status: str,
-               fine_tuned_model: str | None = None, result_version_id: str | None = None,
-               decision: str | None = None, metrics: dict[str, Any] | None = None,
-               error: dict[str, Any] | None = None, trained_tokens: int | None = None) -> JobInfo:
+def finish_job(
+    db: Database,
+    job_id: str,
+    worker_id: str,
+    *,
+    status: str,
+    fine_tuned_model: str | None = None,
+    result_version_id: str | None = None,
+    decision: str | None = None,
+    metrics: dict[str, Any] | None = None,
+    error: dict[str, Any] | None = None,
+    trained_tokens: int | None = None,
+) -> JobInfo:
     """Move a running job this worker holds to a terminal status (raises JobLost otherwise)."""
     if status not in TERMINAL:
         raise ValueError(f"finish_job status must be one of {TERMINAL}, not {status!r}")
     with db.session() as s:
         done = s.execute(
-            update(Job).where(Job.id == job_id, Job.worker_id == worker_id, Job.status == "running")
-            .values(status=status, fine_tuned_model=fine_tuned_model,
-                    result_version_id=result_version_id, decision=decision, metrics=metrics,
-                    error=error, trained_tokens=trained_tokens, finished_at=utcnow())
+            update(Job)
+            .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == "running")
+            .values(
+                status=status,
+                fine_tuned_model=fine_tuned_model,
+                result_version_id=result_version_id,
+                decision=decision,
+                metrics=metrics,
+                error=error,
+                trained_tokens=trained_tokens,
+                finished_at=utcnow(),
+            )
             .execution_options(synchronize_session=False)
         ).rowcount
         if done != 1:
@@ -590,8 +689,13 @@ def requeue_stale(db: Database, stale_after_s: float, max_attempts: int = 2) -> 
     """
     cutoff = utcnow() - timedelta(seconds=stale_after_s)
     with db.session() as s:
-        stale = list(s.execute(select(Job.id, Job.attempts, Job.cancel_requested, Job.worker_id)
-                               .where(Job.status == "running", Job.heartbeat_at < cutoff)))
+        stale = list(
+            s.execute(
+                select(Job.id, Job.attempts, Job.cancel_requested, Job.worker_id).where(
+                    Job.status == "running", Job.heartbeat_at < cutoff
+                )
+            )
+        )
     touched: list[str] = []
     for job_id, attempts, cancel_requested, worker_id in stale:
         message = f"Worker {worker_id} stopped sending heartbeats for over {stale_after_s:g} s"
@@ -602,16 +706,22 @@ def requeue_stale(db: Database, stale_after_s: float, max_attempts: int = 2) -> 
             values = {"status": "queued", "worker_id": None, "heartbeat_at": None}
             event, level = f"{message}; requeued (attempt {attempts} of {max_attempts})", "warn"
         else:
-            error = {"code": "worker_lost", "param": None,
-                     "message": f"{message}, on {attempts} attempt(s); giving up."}
+            error = {
+                "code": "worker_lost",
+                "param": None,
+                "message": f"{message}, on {attempts} attempt(s); giving up.",
+            }
             values = {"status": "failed", "finished_at": utcnow(), "error": error}
             event, level = error["message"], "error"
         with db.session() as s:
             # Conditional on the heartbeat still being old: a worker that came back to life
             # in between keeps its job.
-            done = s.execute(update(Job).where(Job.id == job_id, Job.status == "running",
-                                               Job.heartbeat_at < cutoff)
-                             .values(**values).execution_options(synchronize_session=False)).rowcount
+            done = s.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == "running", Job.heartbeat_at < cutoff)
+                .values(**values)
+                .execution_options(synchronize_session=False)
+            ).rowcount
             if done == 1:
                 s.add(JobEvent(job_id=job_id, level=level, message=event))
                 touched.append(job_id)
@@ -622,18 +732,34 @@ def requeue_stale(db: Database, stale_after_s: float, max_attempts: int = 2) -> 
 # evaluations
 
 
-def record_evaluation(db: Database, *, tenant_id: str, job_id: str | None,
-                      candidate_version_id: str, baseline_version_id: str | None,
-                      dataset_id: str | None,
-                      candidate_metrics: dict[str, Any], baseline_metrics: dict[str, Any],
-                      decision: str, reasons: list[str], report_key: str | None) -> EvaluationInfo:
+def record_evaluation(
+    db: Database,
+    *,
+    tenant_id: str,
+    job_id: str | None,
+    candidate_version_id: str,
+    baseline_version_id: str | None,
+    dataset_id: str | None,
+    candidate_metrics: dict[str, Any],
+    baseline_metrics: dict[str, Any],
+    decision: str,
+    reasons: list[str],
+    report_key: str | None,
+) -> EvaluationInfo:
     with db.session() as s:
-        row = Evaluation(id=new_id("eval"), tenant_id=tenant_id, job_id=job_id,
-                         candidate_version_id=candidate_version_id,
-                         baseline_version_id=baseline_version_id,
-                         dataset_id=dataset_id, candidate_metrics=candidate_metrics,
-                         baseline_metrics=baseline_metrics, decision=decision, reasons=reasons,
-                         report_key=report_key)
+        row = Evaluation(
+            id=new_id("eval"),
+            tenant_id=tenant_id,
+            job_id=job_id,
+            candidate_version_id=candidate_version_id,
+            baseline_version_id=baseline_version_id,
+            dataset_id=dataset_id,
+            candidate_metrics=candidate_metrics,
+            baseline_metrics=baseline_metrics,
+            decision=decision,
+            reasons=reasons,
+            report_key=report_key,
+        )
         s.add(row)
         s.flush()
         return _evaluation_info(row)
@@ -643,9 +769,9 @@ def get_evaluation(db: Database, tenant_id: str | None, job_id: str) -> Evaluati
     """The evaluation a job produced (404 while there is none yet)."""
     with db.session() as s:
         job = _owned(s, tenant_id, job_id)
-        row = s.scalar(select(Evaluation).where(Evaluation.job_id == job.id)
-                       .order_by(Evaluation.created_at.desc()).limit(1))
+        row = s.scalar(
+            select(Evaluation).where(Evaluation.job_id == job.id).order_by(Evaluation.created_at.desc()).limit(1)
+        )
         if row is None:
-            raise not_found(f"Fine-tuning job {job_id} has no evaluation yet.",
-                            code="evaluation_not_found")
+            raise not_found(f"Fine-tuning job {job_id} has no evaluation yet.", code="evaluation_not_found")
         return _evaluation_info(row)

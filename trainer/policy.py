@@ -56,10 +56,16 @@ class DriftStatus:
 
 
 def _info(row: TenantPolicy) -> PolicyInfo:
-    return PolicyInfo(tenant_id=row.tenant_id, retrain=row.retrain, retrain_min_feedback=row.retrain_min_feedback,
-                      retrain_interval_hours=row.retrain_interval_hours, auto_promote=row.auto_promote,
-                      canary_fraction=row.canary_fraction, gates=row.gates or {},
-                      last_triggered_at=row.last_triggered_at)
+    return PolicyInfo(
+        tenant_id=row.tenant_id,
+        retrain=row.retrain,
+        retrain_min_feedback=row.retrain_min_feedback,
+        retrain_interval_hours=row.retrain_interval_hours,
+        auto_promote=row.auto_promote,
+        canary_fraction=row.canary_fraction,
+        gates=row.gates or {},
+        last_triggered_at=row.last_triggered_at,
+    )
 
 
 def get_policy(db: Database, tenant_id: str) -> PolicyInfo:
@@ -76,14 +82,17 @@ def set_policy(db: Database, tenant_id: str, changes: dict[str, Any]) -> PolicyI
         raise bad_request(f"Unknown policy fields: {', '.join(sorted(unknown))}.", param=sorted(unknown)[0])
     if "retrain" in changes and changes["retrain"] not in RETRAIN_MODES:
         raise bad_request(f"retrain must be one of {', '.join(RETRAIN_MODES)}.", param="retrain")
-    if "retrain_min_feedback" in changes and not (isinstance(changes["retrain_min_feedback"], int)
-                                                  and changes["retrain_min_feedback"] >= 1):
+    if "retrain_min_feedback" in changes and not (
+        isinstance(changes["retrain_min_feedback"], int) and changes["retrain_min_feedback"] >= 1
+    ):
         raise bad_request("retrain_min_feedback must be a positive integer.", param="retrain_min_feedback")
-    if "retrain_interval_hours" in changes and not (isinstance(changes["retrain_interval_hours"], (int, float))
-                                                    and changes["retrain_interval_hours"] > 0):
+    if "retrain_interval_hours" in changes and not (
+        isinstance(changes["retrain_interval_hours"], (int, float)) and changes["retrain_interval_hours"] > 0
+    ):
         raise bad_request("retrain_interval_hours must be positive.", param="retrain_interval_hours")
-    if "canary_fraction" in changes and not (isinstance(changes["canary_fraction"], (int, float))
-                                             and 0 <= changes["canary_fraction"] < 1):
+    if "canary_fraction" in changes and not (
+        isinstance(changes["canary_fraction"], (int, float)) and 0 <= changes["canary_fraction"] < 1
+    ):
         raise bad_request("canary_fraction must be in [0, 1).", param="canary_fraction")
     if "auto_promote" in changes and not isinstance(changes["auto_promote"], bool):
         raise bad_request("auto_promote must be true or false.", param="auto_promote")
@@ -92,9 +101,15 @@ def set_policy(db: Database, tenant_id: str, changes: dict[str, Any]) -> PolicyI
     with db.session() as s:
         row = s.get(TenantPolicy, tenant_id)
         if row is None:
-            row = TenantPolicy(tenant_id=tenant_id, retrain="on_demand", retrain_min_feedback=50,
-                               retrain_interval_hours=24.0, auto_promote=False, canary_fraction=0.0,
-                               gates=GateConfig().to_dict())
+            row = TenantPolicy(
+                tenant_id=tenant_id,
+                retrain="on_demand",
+                retrain_min_feedback=50,
+                retrain_interval_hours=24.0,
+                auto_promote=False,
+                canary_fraction=0.0,
+                gates=GateConfig().to_dict(),
+            )
             s.add(row)
         for key, value in changes.items():
             setattr(row, key, value)
@@ -102,31 +117,67 @@ def set_policy(db: Database, tenant_id: str, changes: dict[str, Any]) -> PolicyI
         return _info(row)
 
 
-def drift(db: Database, tenant_id: str, adapter_name: str, *, now: datetime | None = None,
-          window: timedelta = DRIFT_WINDOW, min_judged: int = MIN_JUDGED,
-          tolerance: float = DRIFT_TOLERANCE) -> DriftStatus:
+def drift(
+    db: Database,
+    tenant_id: str,
+    adapter_name: str,
+    *,
+    now: datetime | None = None,
+    window: timedelta = DRIFT_WINDOW,
+    min_judged: int = MIN_JUDGED,
+    tolerance: float = DRIFT_TOLERANCE,
+) -> DriftStatus:
     now = now or utcnow()
     with db.session() as s:
-        row = s.execute(select(AdapterVersion.id, AdapterVersion.version, AdapterVersion.promoted_at)
-                        .join(Adapter, Adapter.active_version_id == AdapterVersion.id)
-                        .where(Adapter.tenant_id == tenant_id, Adapter.name == adapter_name)).first()
+        row = s.execute(
+            select(AdapterVersion.id, AdapterVersion.version, AdapterVersion.promoted_at)
+            .join(Adapter, Adapter.active_version_id == AdapterVersion.id)
+            .where(Adapter.tenant_id == tenant_id, Adapter.name == adapter_name)
+        ).first()
     if row is None or row.promoted_at is None:
         return DriftStatus(adapter_name, None, None, None, False, "no promoted version")
     level = feedback_signal(db, tenant_id, row.id, since=row.promoted_at, until=row.promoted_at + window)
     recent = feedback_signal(db, tenant_id, row.id, since=max(now - window, row.promoted_at + window))
     if level.judged < min_judged or level.share_good is None:
-        return DriftStatus(adapter_name, row.version, level, recent, False,
-                           f"level not established yet ({level.judged}/{min_judged} judged answers)")
+        return DriftStatus(
+            adapter_name,
+            row.version,
+            level,
+            recent,
+            False,
+            f"level not established yet ({level.judged}/{min_judged} judged answers)",
+        )
     if recent.judged < min_judged or recent.share_good is None:
-        return DriftStatus(adapter_name, row.version, level, recent, False,
-                           f"too little recent feedback ({recent.judged}/{min_judged} judged answers)")
+        return DriftStatus(
+            adapter_name,
+            row.version,
+            level,
+            recent,
+            False,
+            f"too little recent feedback ({recent.judged}/{min_judged} judged answers)",
+        )
     if recent.share_good < level.share_good - tolerance:
-        return DriftStatus(adapter_name, row.version, level, recent, True,
-                           f"share of good answers fell from {level.share_good:.2f} to {recent.share_good:.2f}")
-    if (level.correction_rate is not None and recent.correction_rate is not None
-            and recent.correction_rate > level.correction_rate + tolerance):
-        return DriftStatus(adapter_name, row.version, level, recent, True,
-                           f"correction rate rose from {level.correction_rate:.2f} to {recent.correction_rate:.2f}")
+        return DriftStatus(
+            adapter_name,
+            row.version,
+            level,
+            recent,
+            True,
+            f"share of good answers fell from {level.share_good:.2f} to {recent.share_good:.2f}",
+        )
+    if (
+        level.correction_rate is not None
+        and recent.correction_rate is not None
+        and recent.correction_rate > level.correction_rate + tolerance
+    ):
+        return DriftStatus(
+            adapter_name,
+            row.version,
+            level,
+            recent,
+            True,
+            f"correction rate rose from {level.correction_rate:.2f} to {recent.correction_rate:.2f}",
+        )
     return DriftStatus(adapter_name, row.version, level, recent, False, "within tolerance of its promoted level")
 
 
@@ -146,16 +197,27 @@ def due_retrains(db: Database, *, now: datetime | None = None) -> list[Trigger]:
     now = now or utcnow()
     triggers: list[Trigger] = []
     with db.session() as s:
-        policies = [_info(p) for p in s.scalars(select(TenantPolicy).where(
-            TenantPolicy.retrain.in_(("feedback_count", "drift", "schedule"))))]
-        busy = {(t, a) for t, a in s.execute(select(Job.tenant_id, Job.adapter_name)
-                                             .where(Job.status.in_(("validating_files", "queued", "running"))))}
+        policies = [
+            _info(p)
+            for p in s.scalars(
+                select(TenantPolicy).where(TenantPolicy.retrain.in_(("feedback_count", "drift", "schedule")))
+            )
+        ]
+        busy = {
+            (t, a)
+            for t, a in s.execute(
+                select(Job.tenant_id, Job.adapter_name).where(Job.status.in_(("validating_files", "queued", "running")))
+            )
+        }
     for policy in policies:
         since = policy.last_triggered_at
         with db.session() as s:
-            query = (select(Feedback.model, func.count()).join(Adapter, (Adapter.tenant_id == Feedback.tenant_id)
-                                                                & (Adapter.name == Feedback.model))
-                     .where(Feedback.tenant_id == policy.tenant_id).group_by(Feedback.model))
+            query = (
+                select(Feedback.model, func.count())
+                .join(Adapter, (Adapter.tenant_id == Feedback.tenant_id) & (Adapter.name == Feedback.model))
+                .where(Feedback.tenant_id == policy.tenant_id)
+                .group_by(Feedback.model)
+            )
             if since is not None:
                 query = query.where(Feedback.created_at >= since)
             counts = {name: n for name, n in s.execute(query)}
@@ -166,7 +228,8 @@ def due_retrains(db: Database, *, now: datetime | None = None) -> list[Trigger]:
             if policy.retrain == "feedback_count" and new_items >= policy.retrain_min_feedback:
                 reason = f"{new_items} new feedback items (threshold {policy.retrain_min_feedback})"
             elif policy.retrain == "schedule" and (
-                    since is None or now - since >= timedelta(hours=policy.retrain_interval_hours)):
+                since is None or now - since >= timedelta(hours=policy.retrain_interval_hours)
+            ):
                 reason = f"scheduled every {policy.retrain_interval_hours:g} h"
             elif policy.retrain == "drift":
                 status = drift(db, policy.tenant_id, name, now=now)

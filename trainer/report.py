@@ -76,9 +76,7 @@ def _pick_examples(examples: list[ExampleResult]) -> list[dict[str, Any]]:
     ]
 
 
-def report_dict(
-    *, job_id: str, losses: list[float], comparison: Comparison, decision: Decision
-) -> dict[str, Any]:
+def report_dict(*, job_id: str, losses: list[float], comparison: Comparison, decision: Decision) -> dict[str, Any]:
     examples = comparison.examples
     return _finite(
         {
@@ -127,13 +125,8 @@ def _plot_losses(ax: Any, losses: list[float]) -> None:
     if len(losses) > 20:
         # a trailing mean shows the trend through per-batch noise
         w = max(2, len(losses) // 10)
-        smooth = [
-            sum(losses[max(0, i - w + 1) : i + 1]) / (i + 1 - max(0, i - w + 1))
-            for i in range(len(losses))
-        ]
-        ax.plot(
-            steps, smooth, color=CANDIDATE_COLOR, linewidth=2, label=f"trailing mean ({w} steps)"
-        )
+        smooth = [sum(losses[max(0, i - w + 1) : i + 1]) / (i + 1 - max(0, i - w + 1)) for i in range(len(losses))]
+        ax.plot(steps, smooth, color=CANDIDATE_COLOR, linewidth=2, label=f"trailing mean ({w} steps)")
         ax.legend(frameon=False, fontsize=8)
     ax.annotate(
         f"{losses[-1]:.3f}",
@@ -176,25 +169,19 @@ def _plot_quality(ax: Any, comparison: Comparison) -> None:
     width = 0.38
     _bar_labels(
         ax,
-        ax.bar(
-            [i - width / 2 for i in x], base_vals, width, label="baseline", color=BASELINE_COLOR
-        ),
+        ax.bar([i - width / 2 for i in x], base_vals, width, label="baseline", color=BASELINE_COLOR),
         "{:.2f}",
     )
     _bar_labels(
         ax,
-        ax.bar(
-            [i + width / 2 for i in x], cand_vals, width, label="candidate", color=CANDIDATE_COLOR
-        ),
+        ax.bar([i + width / 2 for i in x], cand_vals, width, label="candidate", color=CANDIDATE_COLOR),
         "{:.2f}",
     )
     if c.win_rate is not None:
         ax.axhline(0.5, color="#555", linewidth=0.8, linestyle=":")
     ax.set_xticks(list(x), names)
     ax.set_ylim(0, 1.12)
-    ax.set_title(
-        f"Held-out quality (n={c.n}, higher is better)", loc="left", fontsize=11, fontweight="bold"
-    )
+    ax.set_title(f"Held-out quality (n={c.n}, higher is better)", loc="left", fontsize=11, fontweight="bold")
     ax.legend(frameon=False, fontsize=8, loc="upper left", ncols=2)
     ax.grid(axis="y", alpha=0.25)
 
@@ -224,9 +211,7 @@ def _plot_perplexity(ax: Any, comparison: Comparison) -> None:
     ax.grid(axis="y", alpha=0.25)
 
 
-def _plot(
-    path: Path, job_id: str, losses: list[float], comparison: Comparison, decision: Decision
-) -> None:
+def _plot(path: Path, job_id: str, losses: list[float], comparison: Comparison, decision: Decision) -> None:
     fig = plt.figure(figsize=(13, 4.8), dpi=110, layout="constrained")
     grid = fig.add_gridspec(1, 3, width_ratios=[1.35, 1.35, 0.55])
     _plot_losses(fig.add_subplot(grid[0]), losses)

@@ -194,9 +194,7 @@ def _validate(messages: Sequence[dict[str, str]]) -> None:
         raise bad_request("a conversation cannot start with an assistant message", param="messages")
 
 
-def encode_example(
-    tokenizer: PreTrainedTokenizerBase, example: ChatExample, max_seq_len: int
-) -> EncodedExample | None:
+def encode_example(tokenizer: PreTrainedTokenizerBase, example: ChatExample, max_seq_len: int) -> EncodedExample | None:
     """Tokenise one conversation with the chat template; None if no target token survives.
 
     Labels are IGNORE_INDEX everywhere except on each assistant turn's content and the
@@ -290,11 +288,7 @@ def load_chat_jsonl(path: Path) -> list[ChatExample]:
             if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
                 raise bad_request(f'{path}:{lineno}: expected {{"messages": [...]}}')
             examples.append(
-                ChatExample(
-                    messages=[
-                        {"role": m.get("role"), "content": m.get("content")} for m in messages
-                    ]
-                )
+                ChatExample(messages=[{"role": m.get("role"), "content": m.get("content")} for m in messages])
             )
     return examples
 
@@ -384,17 +378,13 @@ def train_lora_sft(
 
     # schedule
     steps_per_epoch = math.ceil(len(data) / config.batch_size)
-    total_steps = (
-        config.max_steps if config.max_steps is not None else config.epochs * steps_per_epoch
-    )
+    total_steps = config.max_steps if config.max_steps is not None else config.epochs * steps_per_epoch
     if total_steps <= 0:
         raise bad_request("nothing to do: max_steps/epochs give 0 training steps")
     warmup_steps = int(config.warmup_ratio * total_steps)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: _lr_factor(s, warmup_steps, total_steps)
-    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, warmup_steps, total_steps))
     order_rng = torch.Generator().manual_seed(config.seed)
 
     # the loop: shuffle, batch, forward, backward, clip, step

@@ -56,7 +56,7 @@ from core.blobs import BlobStore
 from core.config import Settings
 from core.db import Database
 from core.errors import TailorError
-from trainer import datasets, jobs
+from trainer import datasets, jobs, policy
 from trainer.datasets import Snapshot
 from trainer.dpo import DPOConfig, PreferenceExample, train_lora_dpo
 from trainer.evaluate import Comparison, EvalExample, JudgeConfig, compare
@@ -144,10 +144,19 @@ def _metrics_dict(value: Any) -> dict[str, Any]:
 
 
 class Worker:
-    def __init__(self, settings: Settings, db: Database, store: AdapterStore, blobs: BlobStore, *,
-                 worker_id: str | None = None, checkpoint_every: int | None = None,
-                 stale_after_s: float = STALE_AFTER_S, max_attempts: int = 2,
-                 heartbeat_s: float = HEARTBEAT_S) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        store: AdapterStore,
+        blobs: BlobStore,
+        *,
+        worker_id: str | None = None,
+        checkpoint_every: int | None = None,
+        stale_after_s: float = STALE_AFTER_S,
+        max_attempts: int = 2,
+        heartbeat_s: float = HEARTBEAT_S,
+    ) -> None:
         self.settings, self.db, self.store, self.blobs = settings, db, store, blobs
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.checkpoint_every = checkpoint_every
@@ -185,6 +194,7 @@ class Worker:
                 # Any worker may sweep: the sweep's conditional updates make it idempotent.
                 if time.monotonic() >= next_sweep:
                     jobs.requeue_stale(self.db, self.stale_after_s, self.max_attempts)
+                    self.trigger_policies()
                     next_sweep = time.monotonic() + min(60.0, self.stale_after_s / 4)
                 if self.run_once():
                     continue
@@ -192,6 +202,30 @@ class Worker:
                 log.exception("worker %s: polling failed", self.worker_id)
             stop.wait(poll_s)
         log.info("worker %s stopped", self.worker_id)
+
+    def trigger_policies(self) -> list[str]:
+        """Queue the retraining runs that tenants' policies call for now (see trainer.policy)."""
+        created = []
+        for trigger in policy.due_retrains(self.db):
+            try:
+                job = jobs.create_job(
+                    self.db,
+                    trigger.tenant_id,
+                    method="supervised",
+                    model=self.settings.base_model_name,
+                    adapter_name=trigger.adapter_name,
+                    source="policy",
+                    max_lora_rank=self.settings.engine_max_lora_rank,
+                )
+            except TailorError as exc:
+                log.warning(
+                    "policy retrain of %s/%s not queued: %s", trigger.tenant_id, trigger.adapter_name, exc.message
+                )
+                continue
+            policy.mark_triggered(self.db, trigger.tenant_id)
+            jobs.add_event(self.db, job.id, f"Queued by the tenant's retraining policy: {trigger.reason}.")
+            created.append(job.id)
+        return created
 
     # --- one job ---------------------------------------------------------------
 
@@ -205,8 +239,7 @@ class Worker:
             with _Heartbeat(self.db, job.id, self.worker_id, self.heartbeat_s):
                 self._pipeline(run)
         except TrainingCancelled as e:
-            self._event(job, f"Job cancelled after {e.step} training step(s); nothing was "
-                             "registered")
+            self._event(job, f"Job cancelled after {e.step} training step(s); nothing was registered")
             self._finish(job, status="cancelled")
         except JobLost:
             # Requeued as stale (we were too slow to beat) or finished by someone else:
@@ -222,12 +255,14 @@ class Worker:
         snapshot = self._snapshot(job)
         n_train = jobs.training_examples(snapshot, job.method)
         hp = jobs.resolve_hyperparameters(job.method, job.hyperparameters, n_train)
-        jobs.update_running(self.db, job.id, self.worker_id, dataset_id=snapshot.id,
-                            hyperparameters=hp.as_dict())
-        self._event(job, f"Dataset {snapshot.id}: {len(snapshot.train_sft)} chat and "
-                         f"{len(snapshot.train_preferences)} preference examples to train on, "
-                         f"{snapshot.heldout_count} held out",
-                    data={"dataset_id": snapshot.id, "hyperparameters": hp.as_dict()})
+        jobs.update_running(self.db, job.id, self.worker_id, dataset_id=snapshot.id, hyperparameters=hp.as_dict())
+        self._event(
+            job,
+            f"Dataset {snapshot.id}: {len(snapshot.train_sft)} chat and "
+            f"{len(snapshot.train_preferences)} preference examples to train on, "
+            f"{snapshot.heldout_count} held out",
+            data={"dataset_id": snapshot.id, "hyperparameters": hp.as_dict()},
+        )
 
         baseline = promotion.active_version(self.db, job.tenant_id, job.adapter_name)
         start = self._starting_point(job, baseline)
@@ -238,38 +273,68 @@ class Worker:
         comparison = self._evaluate(run, snapshot, result.out_dir, baseline)
         policy = get_policy(self.db, job.tenant_id)
         decision = decide(comparison, GateConfig.from_dict(policy.gates))
-        train_metrics = {"train_loss": result.final_loss, "steps": result.steps,
-                         "examples": result.examples_used, "seconds": round(result.seconds, 1)}
-        eval_metrics = {"candidate": _metrics_dict(comparison.candidate),
-                        "baseline": _metrics_dict(comparison.baseline),
-                        "gates_passed": decision.promote, "reasons": list(decision.reasons)}
+        train_metrics = {
+            "train_loss": result.final_loss,
+            "steps": result.steps,
+            "examples": result.examples_used,
+            "seconds": round(result.seconds, 1),
+        }
+        eval_metrics = {
+            "candidate": _metrics_dict(comparison.candidate),
+            "baseline": _metrics_dict(comparison.baseline),
+            "gates_passed": decision.promote,
+            "reasons": list(decision.reasons),
+        }
 
         # Lineage: the version it was trained from, else the one it is meant to replace.
         parent = start or baseline
         run.version = version = promotion.register_candidate(
-            self.db, self.store, self.limits, tenant_id=job.tenant_id, name=job.adapter_name,
-            source_dir=result.out_dir, base_model_name=self.settings.base_model_name,
-            job_id=job.id, dataset_id=snapshot.id, metrics={**train_metrics, **eval_metrics},
+            self.db,
+            self.store,
+            self.limits,
+            tenant_id=job.tenant_id,
+            name=job.adapter_name,
+            source_dir=result.out_dir,
+            base_model_name=self.settings.base_model_name,
+            job_id=job.id,
+            dataset_id=snapshot.id,
+            metrics={**train_metrics, **eval_metrics},
             parent_version_id=parent.id if parent else None,
         )
-        self._event(job, f"Registered {job.adapter_name} version {version.version} as a candidate",
-                    data={"version": version.version, "version_id": version.id})
+        self._event(
+            job,
+            f"Registered {job.adapter_name} version {version.version} as a candidate",
+            data={"version": version.version, "version_id": version.id},
+        )
 
         outcome = _outcome(decision, baseline, policy)
         report_key = self._report(job, result, comparison, decision)
         jobs.record_evaluation(
-            self.db, tenant_id=job.tenant_id, job_id=job.id, candidate_version_id=version.id,
-            baseline_version_id=baseline.id if baseline else None, dataset_id=snapshot.id,
-            candidate_metrics=eval_metrics["candidate"], baseline_metrics=eval_metrics["baseline"],
-            decision=outcome, reasons=list(decision.reasons), report_key=report_key)
+            self.db,
+            tenant_id=job.tenant_id,
+            job_id=job.id,
+            candidate_version_id=version.id,
+            baseline_version_id=baseline.id if baseline else None,
+            dataset_id=snapshot.id,
+            candidate_metrics=eval_metrics["candidate"],
+            baseline_metrics=eval_metrics["baseline"],
+            decision=outcome,
+            reasons=list(decision.reasons),
+            report_key=report_key,
+        )
         # Last before finishing: once a version serves, nothing else here can fail the job.
         self._apply(job, version, outcome, decision, policy)
         pinned = f"{job.adapter_name}@v{version.version}"
-        self._finish(job, status="succeeded", fine_tuned_model=pinned, result_version_id=version.id,
-                     decision=outcome, metrics={**train_metrics, **eval_metrics},
-                     trained_tokens=result.trained_tokens or None)
-        self._event(job, f"The job has successfully completed: {pinned} ({outcome})",
-                    data={"decision": outcome})
+        self._finish(
+            job,
+            status="succeeded",
+            fine_tuned_model=pinned,
+            result_version_id=version.id,
+            decision=outcome,
+            metrics={**train_metrics, **eval_metrics},
+            trained_tokens=result.trained_tokens or None,
+        )
+        self._event(job, f"The job has successfully completed: {pinned} ({outcome})", data={"decision": outcome})
 
     # --- stages ----------------------------------------------------------------
 
@@ -277,8 +342,7 @@ class Worker:
         if job.dataset_id is not None:
             return datasets.load_snapshot(self.db, self.blobs, job.tenant_id, job.dataset_id)
         if job.training_file is not None:
-            return datasets.build_from_files(self.db, self.blobs, job.tenant_id, job.training_file,
-                                             job.validation_file)
+            return datasets.build_from_files(self.db, self.blobs, job.tenant_id, job.training_file, job.validation_file)
         return jobs.feedback_snapshot(self.db, self.blobs, job.tenant_id, job.adapter_name)
 
     def _starting_point(self, job: JobInfo, baseline: VersionInfo | None) -> VersionInfo | None:
@@ -292,8 +356,9 @@ class Worker:
         # DPO nudges an existing behaviour; from a bare base it has little to stand on.
         return baseline if job.method == "dpo" else None
 
-    def _train(self, run: _Run, snapshot: Snapshot, hp: ResolvedHyperparameters,
-               start: VersionInfo | None) -> TrainResult:
+    def _train(
+        self, run: _Run, snapshot: Snapshot, hp: ResolvedHyperparameters, start: VersionInfo | None
+    ) -> TrainResult:
         job = run.job
         out_dir = run.workdir / "adapter"
         init_dir = self.store.local_path(start.digest) if start is not None else None
@@ -304,21 +369,31 @@ class Worker:
             return jobs.heartbeat(self.db, job.id, self.worker_id)
 
         def on_step(info: StepInfo) -> None:
-            data = {"step": info.step, "total_steps": info.total_steps, "epoch": info.epoch,
-                    "train_loss": info.loss, "learning_rate": info.learning_rate}
+            data = {
+                "step": info.step,
+                "total_steps": info.total_steps,
+                "epoch": info.epoch,
+                "train_loss": info.loss,
+                "learning_rate": info.learning_rate,
+            }
             for extra in ("reward_accuracy", "reward_margin"):  # DPO steps carry these
                 if hasattr(info, extra):
                     data[extra] = getattr(info, extra)
-            self._event(job, f"Step {info.step}/{info.total_steps}: training loss={info.loss:.4f}",
-                        data=data)
+            self._event(job, f"Step {info.step}/{info.total_steps}: training loss={info.loss:.4f}", data=data)
 
-        common = dict(learning_rate=hp.learning_rate, epochs=hp.n_epochs, max_steps=hp.max_steps,
-                      batch_size=hp.batch_size, seed=job.seed, rank=hp.lora_rank,
-                      alpha=hp.lora_alpha, log_every=1)
+        common = dict(
+            learning_rate=hp.learning_rate,
+            epochs=hp.n_epochs,
+            max_steps=hp.max_steps,
+            batch_size=hp.batch_size,
+            seed=job.seed,
+            rank=hp.lora_rank,
+            alpha=hp.lora_alpha,
+            log_every=1,
+        )
         base_dir = self.settings.base_model_path
         if job.method == "supervised":
-            examples = [ChatExample(messages=[dict(m) for m in r.messages])
-                        for r in snapshot.train_sft]
+            examples = [ChatExample(messages=[dict(m) for m in r.messages]) for r in snapshot.train_sft]
             every = self.checkpoint_every
 
             def on_checkpoint(info: StepInfo, save: Callable[[Path], None]) -> None:
@@ -331,19 +406,31 @@ class Worker:
                     save(path)
                     self._checkpoint(job, info.step, info.loss, path)
 
-            result = train_lora_sft(base_dir, examples, out_dir, SFTConfig(**common),
-                                    on_step=on_step, should_stop=should_stop,
-                                    on_checkpoint=on_checkpoint, init_adapter_dir=init_dir)
+            result = train_lora_sft(
+                base_dir,
+                examples,
+                out_dir,
+                SFTConfig(**common),
+                on_step=on_step,
+                should_stop=should_stop,
+                on_checkpoint=on_checkpoint,
+                init_adapter_dir=init_dir,
+            )
         else:
-            pairs = [PreferenceExample(prompt=[dict(m) for m in r.prompt], chosen=r.chosen,
-                                       rejected=r.rejected) for r in snapshot.train_preferences]
+            pairs = [
+                PreferenceExample(prompt=[dict(m) for m in r.prompt], chosen=r.chosen, rejected=r.rejected)
+                for r in snapshot.train_preferences
+            ]
             config = DPOConfig(**common, beta=hp.beta or jobs.DEFAULT_BETA)
-            result = train_lora_dpo(base_dir, pairs, out_dir, config, init_adapter_dir=init_dir,
-                                    on_step=on_step, should_stop=should_stop)
+            result = train_lora_dpo(
+                base_dir, pairs, out_dir, config, init_adapter_dir=init_dir, on_step=on_step, should_stop=should_stop
+            )
         self._checkpoint(job, result.steps, result.final_loss, result.out_dir)
-        self._event(job, f"Training finished: {result.steps} steps, final loss "
-                         f"{result.final_loss:.4f}, {result.seconds:.0f} s",
-                    data={"steps": result.steps})
+        self._event(
+            job,
+            f"Training finished: {result.steps} steps, final loss {result.final_loss:.4f}, {result.seconds:.0f} s",
+            data={"steps": result.steps},
+        )
         return result
 
     def _checkpoint(self, job: JobInfo, step: int, loss: float, local_dir: Path) -> None:
@@ -356,71 +443,72 @@ class Worker:
         # OpenAI's checkpoint metric names.
         metrics = {"step": step, "train_loss": loss}
         jobs.add_checkpoint(self.db, job.id, step=step, metrics=metrics, path=prefix)
-        self._event(job, f"Checkpoint saved at step {step}",
-                    data={"checkpoint_step": step, "path": prefix})
+        self._event(job, f"Checkpoint saved at step {step}", data={"checkpoint_step": step, "path": prefix})
 
     def _judge(self) -> JudgeConfig | None:
         s = self.settings
         if not s.judge_base_url or not s.judge_model:
             return None  # no judge: evaluated on exact match, token F1 and perplexity only
         key = s.judge_api_key.get_secret_value() if s.judge_api_key else ""
-        return JudgeConfig(base_url=s.judge_base_url, api_key=key, model=s.judge_model,
-                           max_pairs=s.judge_max_pairs)
+        return JudgeConfig(base_url=s.judge_base_url, api_key=key, model=s.judge_model, max_pairs=s.judge_max_pairs)
 
-    def _evaluate(self, run: _Run, snapshot: Snapshot, candidate_dir: Path,
-                  baseline: VersionInfo | None) -> Comparison:
+    def _evaluate(self, run: _Run, snapshot: Snapshot, candidate_dir: Path, baseline: VersionInfo | None) -> Comparison:
         job = run.job
-        examples = [EvalExample(messages=[dict(m) for m in r.prompt], reference=r.answer)
-                    for r in snapshot.heldout_sft]
-        examples += [EvalExample(messages=[dict(m) for m in r.prompt], reference=r.chosen)
-                     for r in snapshot.heldout_preferences]
-        against = (f"{baseline.adapter_name} version {baseline.version}" if baseline
-                   else "the base model")
+        examples = [EvalExample(messages=[dict(m) for m in r.prompt], reference=r.answer) for r in snapshot.heldout_sft]
+        examples += [
+            EvalExample(messages=[dict(m) for m in r.prompt], reference=r.chosen) for r in snapshot.heldout_preferences
+        ]
+        against = f"{baseline.adapter_name} version {baseline.version}" if baseline else "the base model"
         self._event(job, f"Evaluating against {against} on {len(examples)} held-out example(s)")
         baseline_dir = self.store.local_path(baseline.digest) if baseline else None
-        comparison = compare(self.settings.base_model_path, candidate_dir, baseline_dir, examples,
-                             judge=self._judge())
+        comparison = compare(self.settings.base_model_path, candidate_dir, baseline_dir, examples, judge=self._judge())
         c, b = comparison.candidate, comparison.baseline
-        self._event(job, f"Evaluation: token F1 {c.token_f1:.3f} vs {b.token_f1:.3f}, "
-                         f"exact match {c.exact_match:.3f} vs {b.exact_match:.3f}",
-                    data={"candidate": _metrics_dict(c), "baseline": _metrics_dict(b)})
+        self._event(
+            job,
+            f"Evaluation: token F1 {c.token_f1:.3f} vs {b.token_f1:.3f}, "
+            f"exact match {c.exact_match:.3f} vs {b.exact_match:.3f}",
+            data={"candidate": _metrics_dict(c), "baseline": _metrics_dict(b)},
+        )
         return comparison
 
-    def _report(self, job: JobInfo, result: TrainResult, comparison: Comparison,
-                decision: Decision) -> str:
+    def _report(self, job: JobInfo, result: TrainResult, comparison: Comparison, decision: Decision) -> str:
         prefix = f"reports/{job.tenant_id}/{job.id}"
         with tempfile.TemporaryDirectory(prefix="tailor-report-") as tmp:
-            json_path, png_path = write_report(Path(tmp), job_id=job.id,
-                                               losses=list(result.losses),
-                                               comparison=comparison, decision=decision)
+            json_path, png_path = write_report(
+                Path(tmp), job_id=job.id, losses=list(result.losses), comparison=comparison, decision=decision
+            )
             self.blobs.put_bytes(f"{prefix}/loss.png", Path(png_path).read_bytes())
             # The JSON last: its presence says the report is complete.
             self.blobs.put_bytes(f"{prefix}/report.json", Path(json_path).read_bytes())
         return f"{prefix}/report.json"
 
-    def _apply(self, job: JobInfo, version: VersionInfo, outcome: str, decision: Decision,
-               policy: PolicyInfo) -> None:
+    def _apply(self, job: JobInfo, version: VersionInfo, outcome: str, decision: Decision, policy: PolicyInfo) -> None:
         name, by, n = job.adapter_name, f"job {job.id}", version.version
         if outcome == "rejected":
             reasons = "; ".join(decision.reasons)
             promotion.reject(self.db, job.tenant_id, name, n, reason=reasons)
-            self._event(job, f"Gates failed; version {n} rejected: {reasons}", level="warn",
-                        data={"reasons": list(decision.reasons)})
+            self._event(
+                job,
+                f"Gates failed; version {n} rejected: {reasons}",
+                level="warn",
+                data={"reasons": list(decision.reasons)},
+            )
         elif outcome == "candidate":
-            self._event(job, f"Gates passed; version {n} stays a candidate (auto-promotion is off "
-                             f"for this tenant): call it as {name}@v{n}")
+            self._event(
+                job,
+                f"Gates passed; version {n} stays a candidate (auto-promotion is off "
+                f"for this tenant): call it as {name}@v{n}",
+            )
         elif outcome == "canary":
             promotion.start_canary(self.db, job.tenant_id, name, n, policy.canary_fraction, by=by)
-            self._event(job, f"Gates passed; version {n} serves {policy.canary_fraction:.0%} of "
-                             f"{name} as a canary")
+            self._event(job, f"Gates passed; version {n} serves {policy.canary_fraction:.0%} of {name} as a canary")
         else:
             promotion.promote(self.db, job.tenant_id, name, n, by=by)
             self._event(job, f"Gates passed; {name} now serves version {n}")
 
     # --- bookkeeping -------------------------------------------------------------
 
-    def _event(self, job: JobInfo, message: str, *, level: str = "info",
-               data: dict[str, Any] | None = None) -> None:
+    def _event(self, job: JobInfo, message: str, *, level: str = "info", data: dict[str, Any] | None = None) -> None:
         jobs.add_event(self.db, job.id, message, level=level, data=data)
 
     def _finish(self, job: JobInfo, **fields: Any) -> None:
@@ -432,22 +520,23 @@ class Worker:
     def _fail(self, run: _Run, exc: Exception) -> None:
         job = run.job
         if isinstance(exc, TailorError):
-            error = {"code": exc.code or "training_failed", "message": exc.message,
-                     "param": exc.param}
+            error = {"code": exc.code or "training_failed", "message": exc.message, "param": exc.param}
         else:
             log.exception("job %s failed", job.id)
-            error = {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}",
-                     "param": None}
+            error = {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}", "param": None}
         if run.version is not None:
             # Registered, then something broke: keep it from ever being promoted by mistake.
             try:
-                promotion.reject(self.db, job.tenant_id, job.adapter_name, run.version.version,
-                                 reason=f"job {job.id} failed: {error['message']}")
+                promotion.reject(
+                    self.db,
+                    job.tenant_id,
+                    job.adapter_name,
+                    run.version.version,
+                    reason=f"job {job.id} failed: {error['message']}",
+                )
             except Exception:  # noqa: BLE001 - the job's failure is the error to report
-                log.warning("could not reject version %s of failed job %s", run.version.id,
-                            job.id, exc_info=True)
-        self._event(job, f"Job failed: {error['message']}", level="error",
-                    data={"code": error["code"]})
+                log.warning("could not reject version %s of failed job %s", run.version.id, job.id, exc_info=True)
+        self._event(job, f"Job failed: {error['message']}", level="error", data={"code": error["code"]})
         self._finish(job, status="failed", error=error)
 
 
@@ -455,8 +544,7 @@ def main() -> int:
     from core.config import get_settings
     from core.db import migrate
 
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_settings()
     migrate(settings.database_url or "")
     db = Database(settings.database_url or "")

@@ -7,9 +7,9 @@ found (the caller's key, or the `{tenant}` path segment behind the admin key).
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, UploadFile
@@ -47,11 +47,17 @@ AdminTenant = Annotated[tuple[str, str], Depends(admin_tenant)]
 
 
 def adapter_out(info: AdapterInfo) -> AdapterOut:
-    return AdapterOut(id=info.id, name=info.name, active_version=info.active_version,
-                      canary_version=info.canary_version, canary_fraction=info.canary_fraction,
-                      created_at=info.created_at,
-                      versions=[AdapterVersionOut(**{k: getattr(v, k) for k in AdapterVersionOut.model_fields})
-                                for v in info.versions])
+    return AdapterOut(
+        id=info.id,
+        name=info.name,
+        active_version=info.active_version,
+        canary_version=info.canary_version,
+        canary_fraction=info.canary_fraction,
+        created_at=info.created_at,
+        versions=[
+            AdapterVersionOut(**{k: getattr(v, k) for k in AdapterVersionOut.model_fields}) for v in info.versions
+        ],
+    )
 
 
 async def upload(services: Services, tenant_id: str, name: str, archive: UploadFile) -> AdapterOut:
@@ -66,9 +72,16 @@ async def upload(services: Services, tenant_id: str, name: str, archive: UploadF
                     raise TailorError(413, f"Adapter archive exceeds {limit} bytes.", code="file_too_large")
                 out.write(chunk)
         await run_in_threadpool(
-            registry.register_archive, services.db, services.store, services.limits, tenant_id=tenant_id,
-            name=name, archive=path, base_model_name=services.settings.base_model_name,
-            max_upload_bytes=services.settings.max_adapter_bytes)
+            registry.register_archive,
+            services.db,
+            services.store,
+            services.limits,
+            tenant_id=tenant_id,
+            name=name,
+            archive=path,
+            base_model_name=services.settings.base_model_name,
+            max_upload_bytes=services.settings.max_adapter_bytes,
+        )
     services.changed()
     return adapter_out(registry.get_adapter(services.db, tenant_id, name))
 
@@ -96,33 +109,48 @@ def _routes(r: APIRouter, tenant_dep: Callable[..., tuple[str, str]]) -> None:
     def list_adapters(services: ServicesDep, who: tuple[str, str] = who_dep) -> list[AdapterOut]:
         return [adapter_out(a) for a in registry.list_adapters(services.db, who[0])]
 
-    @r.post("", response_model=AdapterOut, status_code=201,
-            summary="Upload a PEFT LoRA adapter (.zip or .tar.gz) as the next version of `name`")
-    async def upload_adapter(services: ServicesDep, who: tuple[str, str] = who_dep, name: str = Form(...),
-                             file: UploadFile = File(...)) -> AdapterOut:
+    @r.post(
+        "",
+        response_model=AdapterOut,
+        status_code=201,
+        summary="Upload a PEFT LoRA adapter (.zip or .tar.gz) as the next version of `name`",
+    )
+    async def upload_adapter(
+        services: ServicesDep, who: tuple[str, str] = who_dep, name: str = Form(...), file: UploadFile = File(...)
+    ) -> AdapterOut:
         return await upload(services, who[0], name, file)
 
     @r.get("/{name}", response_model=AdapterOut)
     def get_adapter(name: str, services: ServicesDep, who: tuple[str, str] = who_dep) -> AdapterOut:
         return adapter_out(registry.get_adapter(services.db, who[0], name))
 
-    @r.get("/{name}/lineage", response_model=list[VersionLineageOut],
-           summary="Every version with its state, dataset, job, metrics and promotion history")
+    @r.get(
+        "/{name}/lineage",
+        response_model=list[VersionLineageOut],
+        summary="Every version with its state, dataset, job, metrics and promotion history",
+    )
     def get_lineage(name: str, services: ServicesDep, who: tuple[str, str] = who_dep) -> list[VersionLineageOut]:
         return _lineage(services, who[0], name)
 
-    @r.post("/{name}/activate", response_model=AdapterOut,
-            summary="Promote: point `name` at one of its versions (atomic, no downtime)")
+    @r.post(
+        "/{name}/activate",
+        response_model=AdapterOut,
+        summary="Promote: point `name` at one of its versions (atomic, no downtime)",
+    )
     def activate(name: str, body: ActivateVersion, services: ServicesDep, who: tuple[str, str] = who_dep) -> AdapterOut:
         return _changed(services, promotion.promote(services.db, who[0], name, body.version, by=who[1]))
 
-    @r.post("/{name}/rollback", response_model=AdapterOut,
-            summary="Serve the version that was active before the current one")
+    @r.post(
+        "/{name}/rollback",
+        response_model=AdapterOut,
+        summary="Serve the version that was active before the current one",
+    )
     def rollback(name: str, services: ServicesDep, who: tuple[str, str] = who_dep) -> AdapterOut:
         return _changed(services, promotion.rollback(services.db, who[0], name, by=who[1]))
 
-    @r.post("/{name}/canary", response_model=AdapterOut,
-            summary="Send a fraction of `name`'s traffic to another version")
+    @r.post(
+        "/{name}/canary", response_model=AdapterOut, summary="Send a fraction of `name`'s traffic to another version"
+    )
     def canary(name: str, body: CanaryStart, services: ServicesDep, who: tuple[str, str] = who_dep) -> AdapterOut:
         info = promotion.start_canary(services.db, who[0], name, body.version, body.fraction, by=who[1])
         return _changed(services, info)
@@ -140,14 +168,26 @@ _routes(router, own_tenant)
 _routes(admin_router, admin_tenant)
 
 
-@admin_router.post("/register", response_model=AdapterOut, status_code=201,
-                   summary="Register a PEFT adapter directory on the gateway's filesystem")
+@admin_router.post(
+    "/register",
+    response_model=AdapterOut,
+    status_code=201,
+    summary="Register a PEFT adapter directory on the gateway's filesystem",
+)
 def admin_register_path(body: AdapterRegisterPath, services: ServicesDep, who: AdminTenant) -> AdapterOut:
     source = Path(body.path)
     if not source.is_dir():
         raise TailorError(400, f"{body.path!r} is not a directory.", code="invalid_adapter", param="path")
-    registry.register_dir(services.db, services.store, services.limits, tenant_id=who[0], name=body.name,
-                          source_dir=source, base_model_name=services.settings.base_model_name,
-                          source="path", activate=body.activate)
+    registry.register_dir(
+        services.db,
+        services.store,
+        services.limits,
+        tenant_id=who[0],
+        name=body.name,
+        source_dir=source,
+        base_model_name=services.settings.base_model_name,
+        source="path",
+        activate=body.activate,
+    )
     services.changed()
     return adapter_out(registry.get_adapter(services.db, who[0], body.name))

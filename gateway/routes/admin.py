@@ -35,8 +35,12 @@ def delete_tenant(tenant: str, services: ServicesDep) -> dict[str, object]:
     return {"id": tenant, "object": "tenant", "deleted": True}
 
 
-@router.post("/tenants/{tenant}/keys", response_model=KeyCreated, status_code=201,
-             summary="Create an API key; the secret is in this response only")
+@router.post(
+    "/tenants/{tenant}/keys",
+    response_model=KeyCreated,
+    status_code=201,
+    summary="Create an API key; the secret is in this response only",
+)
 def create_key(tenant: str, body: KeyCreate, services: ServicesDep) -> KeyCreated:
     new = tenants.create_key(services.db, tenant, name=body.name, expires_at=body.expires_at)
     return KeyCreated(**asdict(new.info), key=new.secret)

@@ -18,16 +18,22 @@ from trainer.feedback import FeedbackInfo
 router = APIRouter(prefix="/v1", tags=["feedback"])
 
 # Raw-body imports are accepted under the JSON Lines media types in use.
-JSONL_TYPES = ("application/jsonl", "application/x-ndjson", "application/x-jsonlines",
-               "application/json-lines", "text/jsonl")
+JSONL_TYPES = (
+    "application/jsonl",
+    "application/x-ndjson",
+    "application/x-jsonlines",
+    "application/json-lines",
+    "text/jsonl",
+)
 
 
 class FeedbackCreate(BaseModel):
     # forbid: a misspelt field ("raiting") is refused instead of silently dropped.
     model_config = ConfigDict(extra="forbid")
 
-    interaction_id: str = Field(min_length=1, max_length=64,
-                                description="The `x-tailor-interaction-id` header of the rated response.")
+    interaction_id: str = Field(
+        min_length=1, max_length=64, description="The `x-tailor-interaction-id` header of the rated response."
+    )
     rating: Literal["good", "bad"] | None = None
     score: float | None = Field(None, ge=0, le=1, description="0 (worst) to 1 (best).")
     correction: str | None = Field(None, description="The answer that should have been given.")
@@ -66,15 +72,28 @@ class FeedbackImported(BaseModel):
 
 
 def feedback_out(info: FeedbackInfo) -> FeedbackOut:
-    return FeedbackOut(id=info.id, interaction_id=info.interaction_id, adapter_version_id=info.adapter_version_id,
-                       model=info.model, rating=info.rating, score=info.score, correction=info.correction,
-                       preferred=info.preferred, rejected=info.rejected,
-                       messages=[dict(m) for m in info.messages] if info.messages else None,
-                       source=info.source, created_at=int(info.created_at.timestamp()))
+    return FeedbackOut(
+        id=info.id,
+        interaction_id=info.interaction_id,
+        adapter_version_id=info.adapter_version_id,
+        model=info.model,
+        rating=info.rating,
+        score=info.score,
+        correction=info.correction,
+        preferred=info.preferred,
+        rejected=info.rejected,
+        messages=[dict(m) for m in info.messages] if info.messages else None,
+        source=info.source,
+        created_at=int(info.created_at.timestamp()),
+    )
 
 
-@router.post("/feedback", response_model=FeedbackOut, status_code=201,
-             summary="Rate, correct or prefer an answer the gateway served")
+@router.post(
+    "/feedback",
+    response_model=FeedbackOut,
+    status_code=201,
+    summary="Rate, correct or prefer an answer the gateway served",
+)
 async def create_feedback(body: FeedbackCreate, services: ServicesDep, caller: CallerDep) -> FeedbackOut:
     record = partial(feedback.record_feedback, services.db, caller.tenant_id, **body.model_dump())
     try:
@@ -93,8 +112,13 @@ _IMPORT_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "content": {
-            "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
-                                               "properties": {"file": {"type": "string", "format": "binary"}}}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                }
+            },
             "application/jsonl": {"schema": {"type": "string"}},
         },
     }
@@ -118,12 +142,22 @@ async def _read_import(request: Request) -> bytes:
     if content_type in JSONL_TYPES:
         # Raw bodies are capped by the gateway's JSON body limit; multipart takes more.
         return await request.body()
-    raise TailorError(415, "Send feedback JSONL as multipart/form-data (field 'file') or as a raw body "
-                           f"with content-type {JSONL_TYPES[0]}.", code="unsupported_media_type", param="file")
+    raise TailorError(
+        415,
+        "Send feedback JSONL as multipart/form-data (field 'file') or as a raw body "
+        f"with content-type {JSONL_TYPES[0]}.",
+        code="unsupported_media_type",
+        param="file",
+    )
 
 
-@router.post("/feedback/import", response_model=FeedbackImported, status_code=201, openapi_extra=_IMPORT_BODY,
-             summary="Import feedback from JSONL; one bad line refuses the whole import")
+@router.post(
+    "/feedback/import",
+    response_model=FeedbackImported,
+    status_code=201,
+    openapi_extra=_IMPORT_BODY,
+    summary="Import feedback from JSONL; one bad line refuses the whole import",
+)
 async def import_feedback(request: Request, services: ServicesDep, caller: CallerDep) -> FeedbackImported:
     data = await _read_import(request)
     result = await run_in_threadpool(feedback.import_feedback_jsonl, services.db, caller.tenant_id, data)
@@ -131,10 +165,14 @@ async def import_feedback(request: Request, services: ServicesDep, caller: Calle
 
 
 @router.get("/feedback", response_model=FeedbackList, summary="Your feedback, newest first")
-def list_feedback(services: ServicesDep, caller: CallerDep,
-                  limit: int = Query(100, ge=1, le=feedback.MAX_LIST_LIMIT),
-                  after: str | None = Query(None, description="Last id of the previous page.")) -> FeedbackList:
+def list_feedback(
+    services: ServicesDep,
+    caller: CallerDep,
+    limit: int = Query(100, ge=1, le=feedback.MAX_LIST_LIMIT),
+    after: str | None = Query(None, description="Last id of the previous page."),
+) -> FeedbackList:
     page = feedback.list_feedback(services.db, caller.tenant_id, limit=limit, after=after)
     data = [feedback_out(i) for i in page.items]
-    return FeedbackList(data=data, first_id=data[0].id if data else None,
-                        last_id=data[-1].id if data else None, has_more=page.has_more)
+    return FeedbackList(
+        data=data, first_id=data[0].id if data else None, last_id=data[-1].id if data else None, has_more=page.has_more
+    )

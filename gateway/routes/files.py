@@ -46,34 +46,45 @@ class DeleteFileOut(BaseModel):
 
 
 def file_out(info: FileInfo) -> OpenAIFileOut:
-    return OpenAIFileOut(id=info.id, bytes=info.bytes, created_at=info.created_at_unix,
-                         filename=info.filename, purpose=info.purpose)
+    return OpenAIFileOut(
+        id=info.id, bytes=info.bytes, created_at=info.created_at_unix, filename=info.filename, purpose=info.purpose
+    )
 
 
-@router.post("", response_model=OpenAIFileOut,
-             summary="Upload a fine-tuning JSONL file (chat or preference examples), validated line by line")
-async def upload(services: ServicesDep, caller: CallerDep, file: UploadFile = File(...),
-                 purpose: str = Form(...)) -> OpenAIFileOut:
+@router.post(
+    "",
+    response_model=OpenAIFileOut,
+    summary="Upload a fine-tuning JSONL file (chat or preference examples), validated line by line",
+)
+async def upload(
+    services: ServicesDep, caller: CallerDep, file: UploadFile = File(...), purpose: str = Form(...)
+) -> OpenAIFileOut:
     limit = files.MAX_FILE_BYTES
     data = bytearray()
     while chunk := await file.read(1 << 20):
         data += chunk
         if len(data) > limit:
             raise TailorError(413, f"File exceeds {limit} bytes.", code="file_too_large", param="file")
-    info = await run_in_threadpool(files.upload_file, services.db, services.blobs, caller.tenant_id,
-                                   file.filename, bytes(data), purpose)
+    info = await run_in_threadpool(
+        files.upload_file, services.db, services.blobs, caller.tenant_id, file.filename, bytes(data), purpose
+    )
     return file_out(info)
 
 
 @router.get("", response_model=ListFilesOut)
-def list_files(services: ServicesDep, caller: CallerDep, purpose: str | None = None,
-               limit: int = Query(10_000, ge=1, le=10_000), order: Literal["asc", "desc"] = "desc",
-               after: str | None = None) -> ListFilesOut:
-    page = files.list_files(services.db, caller.tenant_id, purpose=purpose, limit=limit, order=order,
-                            after=after)
+def list_files(
+    services: ServicesDep,
+    caller: CallerDep,
+    purpose: str | None = None,
+    limit: int = Query(10_000, ge=1, le=10_000),
+    order: Literal["asc", "desc"] = "desc",
+    after: str | None = None,
+) -> ListFilesOut:
+    page = files.list_files(services.db, caller.tenant_id, purpose=purpose, limit=limit, order=order, after=after)
     data = [file_out(i) for i in page.items]
-    return ListFilesOut(data=data, first_id=data[0].id if data else "",
-                        last_id=data[-1].id if data else "", has_more=page.has_more)
+    return ListFilesOut(
+        data=data, first_id=data[0].id if data else "", last_id=data[-1].id if data else "", has_more=page.has_more
+    )
 
 
 @router.get("/{file_id}", response_model=OpenAIFileOut)
@@ -87,8 +98,9 @@ def delete_file(file_id: str, services: ServicesDep, caller: CallerDep) -> Delet
     return DeleteFileOut(id=info.id, deleted=True)
 
 
-@router.get("/{file_id}/content", response_class=Response,
-            responses={200: {"content": {"application/octet-stream": {}}}})
+@router.get(
+    "/{file_id}/content", response_class=Response, responses={200: {"content": {"application/octet-stream": {}}}}
+)
 def file_content(file_id: str, services: ServicesDep, caller: CallerDep) -> Response:
     info = files.get_file(services.db, caller.tenant_id, file_id)
     data = files.file_content(services.db, services.blobs, caller.tenant_id, file_id)

@@ -38,6 +38,7 @@ Auto = Literal["auto"]
 
 # --- request ------------------------------------------------------------------------
 
+
 class MethodConfigIn(BaseModel):
     hyperparameters: dict[str, Any] | None = None
 
@@ -70,6 +71,7 @@ class TrainFromFeedbackIn(BaseModel):
 
 
 # --- responses ----------------------------------------------------------------------
+
 
 class JobErrorOut(BaseModel):
     code: str
@@ -184,8 +186,7 @@ def _metadata(job: JobInfo) -> dict[str, str]:
         "tailor_decision": job.decision,
         "tailor_version_id": job.result_version_id,
         "tailor_attempts": str(job.attempts),
-        "tailor_cancel_requested": "true" if job.cancel_requested and job.status == "running"
-                                   else None,
+        "tailor_cancel_requested": "true" if job.cancel_requested and job.status == "running" else None,
         "tailor_evaluation_url": f"{base}/evaluation" if job.decision else None,
         "tailor_report_url": f"{base}/report.png" if job.decision else None,
     }
@@ -198,36 +199,60 @@ def job_out(job: JobInfo) -> FineTuningJobOut:
     method = {"type": job.method, job.method: {"hyperparameters": dict(hp)}}
     error = None
     if job.error:
-        error = JobErrorOut(code=str(job.error.get("code") or "error"),
-                            message=str(job.error.get("message") or ""),
-                            param=job.error.get("param"))
+        error = JobErrorOut(
+            code=str(job.error.get("code") or "error"),
+            message=str(job.error.get("message") or ""),
+            param=job.error.get("param"),
+        )
     return FineTuningJobOut(
-        id=job.id, created_at=_unix(job.created_at) or 0, error=error,
-        fine_tuned_model=job.fine_tuned_model, finished_at=_unix(job.finished_at),
+        id=job.id,
+        created_at=_unix(job.created_at) or 0,
+        error=error,
+        fine_tuned_model=job.fine_tuned_model,
+        finished_at=_unix(job.finished_at),
         hyperparameters=HyperparametersOut(**{k: hp[k] for k in _OPENAI_HP if k in hp}),
-        model=job.model, organization_id=job.tenant_id, result_files=[], status=job.status,  # type: ignore[arg-type]
-        trained_tokens=job.trained_tokens, training_file=job.training_file or "",
-        validation_file=job.validation_file, seed=job.seed, method=method, metadata=_metadata(job),
+        model=job.model,
+        organization_id=job.tenant_id,
+        result_files=[],
+        status=job.status,  # type: ignore[arg-type]
+        trained_tokens=job.trained_tokens,
+        training_file=job.training_file or "",
+        validation_file=job.validation_file,
+        seed=job.seed,
+        method=method,
+        metadata=_metadata(job),
     )
 
 
 def event_out(e: EventInfo) -> JobEventOut:
-    return JobEventOut(id=f"ftevent-{e.id}", created_at=_unix(e.created_at) or 0, level=e.level,  # type: ignore[arg-type]
-                       message=e.message, type=e.type, data=e.data or {})  # type: ignore[arg-type]
+    return JobEventOut(
+        id=f"ftevent-{e.id}",
+        created_at=_unix(e.created_at) or 0,
+        level=e.level,  # type: ignore[arg-type]
+        message=e.message,
+        type=e.type,
+        data=e.data or {},
+    )  # type: ignore[arg-type]
 
 
 def checkpoint_out(c: CheckpointInfo, adapter_name: str) -> CheckpointOut:
     metrics = {k: float(v) for k, v in c.metrics.items() if isinstance(v, (int, float))}
-    return CheckpointOut(id=c.id, created_at=_unix(c.created_at) or 0,
-                         fine_tuned_model_checkpoint=f"{adapter_name}:ckpt-step-{c.step}",
-                         fine_tuning_job_id=c.job_id, metrics=metrics, step_number=c.step)
+    return CheckpointOut(
+        id=c.id,
+        created_at=_unix(c.created_at) or 0,
+        fine_tuned_model_checkpoint=f"{adapter_name}:ckpt-step-{c.step}",
+        fine_tuning_job_id=c.job_id,
+        metrics=metrics,
+        step_number=c.step,
+    )
 
 
 def _method_and_hyperparameters(body: CreateFineTuningJobIn) -> tuple[str, dict[str, Any]]:
     method = body.method.type if body.method else "supervised"
     if method == "reinforcement":
-        raise bad_request("Tailor trains with the supervised and dpo methods; reinforcement is "
-                          "not supported.", param="method.type")
+        raise bad_request(
+            "Tailor trains with the supervised and dpo methods; reinforcement is not supported.", param="method.type"
+        )
     # The deprecated top-level hyperparameters, overridden by the method's own.
     hp = dict(body.hyperparameters or {})
     config = getattr(body.method, method, None) if body.method else None
@@ -246,11 +271,19 @@ def create(services: Services, tenant_id: str, body: CreateFineTuningJobIn) -> F
     if body.suffix == base:
         raise bad_request(f"suffix {body.suffix!r} is the base model's name.", param="suffix")
     job = jobs.create_job(
-        services.db, tenant_id, method=method, model=body.model, adapter_name=body.suffix,
-        training_file=body.training_file, validation_file=body.validation_file, hyperparameters=hp,
+        services.db,
+        tenant_id,
+        method=method,
+        model=body.model,
+        adapter_name=body.suffix,
+        training_file=body.training_file,
+        validation_file=body.validation_file,
+        hyperparameters=hp,
         # OpenAI: "If a seed is not specified, one will be generated for you."
-        seed=body.seed if body.seed is not None else secrets.randbelow(2**31), suffix=body.suffix,
-        source="api", max_lora_rank=services.settings.engine_max_lora_rank,
+        seed=body.seed if body.seed is not None else secrets.randbelow(2**31),
+        suffix=body.suffix,
+        source="api",
+        max_lora_rank=services.settings.engine_max_lora_rank,
     )
     return job_out(job)
 
@@ -260,8 +293,7 @@ def _event_cursor(after: str | None) -> int | None:
         return None
     match = _EVENT_ID.fullmatch(after)
     if match is None:
-        raise bad_request(f"after must be an event id such as 'ftevent-12', got {after!r}.",
-                          param="after")
+        raise bad_request(f"after must be an event id such as 'ftevent-12', got {after!r}.", param="after")
     return int(match.group(1))
 
 
@@ -274,17 +306,16 @@ def _report_bytes(services: Services, tenant_id: str, job_id: str, name: str) ->
 
 # --- tenant routes ------------------------------------------------------------------
 
-@router.post("", response_model=FineTuningJobOut,
-             summary="Create a fine-tuning job (queued for a trainer worker)")
-def create_job(body: CreateFineTuningJobIn, services: ServicesDep,
-               caller: CallerDep) -> FineTuningJobOut:
+
+@router.post("", response_model=FineTuningJobOut, summary="Create a fine-tuning job (queued for a trainer worker)")
+def create_job(body: CreateFineTuningJobIn, services: ServicesDep, caller: CallerDep) -> FineTuningJobOut:
     return create(services, caller.tenant_id, body)
 
 
-@router.get("", response_model=FineTuningJobListOut,
-            summary="List your fine-tuning jobs, newest first")
-def list_jobs(services: ServicesDep, caller: CallerDep, after: str | None = None,
-              limit: int = Query(20, ge=1, le=100)) -> FineTuningJobListOut:
+@router.get("", response_model=FineTuningJobListOut, summary="List your fine-tuning jobs, newest first")
+def list_jobs(
+    services: ServicesDep, caller: CallerDep, after: str | None = None, limit: int = Query(20, ge=1, le=100)
+) -> FineTuningJobListOut:
     page, has_more = jobs.list_jobs(services.db, caller.tenant_id, after=after, limit=limit)
     return FineTuningJobListOut(data=[job_out(j) for j in page], has_more=has_more)
 
@@ -294,48 +325,71 @@ def get_job(fine_tuning_job_id: str, services: ServicesDep, caller: CallerDep) -
     return job_out(jobs.get_job(services.db, caller.tenant_id, fine_tuning_job_id))
 
 
-@router.post("/{fine_tuning_job_id}/cancel", response_model=FineTuningJobOut,
-             summary="Cancel: a queued job at once, a running one at its next training step")
-def cancel_job(fine_tuning_job_id: str, services: ServicesDep,
-               caller: CallerDep) -> FineTuningJobOut:
+@router.post(
+    "/{fine_tuning_job_id}/cancel",
+    response_model=FineTuningJobOut,
+    summary="Cancel: a queued job at once, a running one at its next training step",
+)
+def cancel_job(fine_tuning_job_id: str, services: ServicesDep, caller: CallerDep) -> FineTuningJobOut:
     return job_out(jobs.cancel_job(services.db, caller.tenant_id, fine_tuning_job_id))
 
 
-@router.get("/{fine_tuning_job_id}/events", response_model=JobEventListOut,
-            summary="A job's events, newest first")
-def list_events(fine_tuning_job_id: str, services: ServicesDep, caller: CallerDep,
-                after: str | None = None, limit: int = Query(20, ge=1, le=100)) -> JobEventListOut:
-    page, has_more = jobs.list_events(services.db, caller.tenant_id, fine_tuning_job_id,
-                                      after=_event_cursor(after), limit=limit)
+@router.get("/{fine_tuning_job_id}/events", response_model=JobEventListOut, summary="A job's events, newest first")
+def list_events(
+    fine_tuning_job_id: str,
+    services: ServicesDep,
+    caller: CallerDep,
+    after: str | None = None,
+    limit: int = Query(20, ge=1, le=100),
+) -> JobEventListOut:
+    page, has_more = jobs.list_events(
+        services.db, caller.tenant_id, fine_tuning_job_id, after=_event_cursor(after), limit=limit
+    )
     return JobEventListOut(data=[event_out(e) for e in page], has_more=has_more)
 
 
-@router.get("/{fine_tuning_job_id}/checkpoints", response_model=CheckpointListOut,
-            summary="A job's checkpoints, latest step first")
-def list_checkpoints(fine_tuning_job_id: str, services: ServicesDep, caller: CallerDep,
-                     after: str | None = None,
-                     limit: int = Query(10, ge=1, le=100)) -> CheckpointListOut:
+@router.get(
+    "/{fine_tuning_job_id}/checkpoints",
+    response_model=CheckpointListOut,
+    summary="A job's checkpoints, latest step first",
+)
+def list_checkpoints(
+    fine_tuning_job_id: str,
+    services: ServicesDep,
+    caller: CallerDep,
+    after: str | None = None,
+    limit: int = Query(10, ge=1, le=100),
+) -> CheckpointListOut:
     job = jobs.get_job(services.db, caller.tenant_id, fine_tuning_job_id)
-    page, has_more = jobs.list_checkpoints(services.db, caller.tenant_id, job.id, after=after,
-                                           limit=limit)
+    page, has_more = jobs.list_checkpoints(services.db, caller.tenant_id, job.id, after=after, limit=limit)
     data = [checkpoint_out(c, job.adapter_name) for c in page]
-    return CheckpointListOut(data=data, first_id=data[0].id if data else None,
-                             last_id=data[-1].id if data else None, has_more=has_more)
+    return CheckpointListOut(
+        data=data, first_id=data[0].id if data else None, last_id=data[-1].id if data else None, has_more=has_more
+    )
 
 
-@router.get("/{fine_tuning_job_id}/evaluation", response_model=EvaluationOut,
-            summary="Tailor: the candidate's held-out metrics against the version it would replace")
-def get_evaluation(fine_tuning_job_id: str, services: ServicesDep,
-                   caller: CallerDep) -> EvaluationOut:
+@router.get(
+    "/{fine_tuning_job_id}/evaluation",
+    response_model=EvaluationOut,
+    summary="Tailor: the candidate's held-out metrics against the version it would replace",
+)
+def get_evaluation(fine_tuning_job_id: str, services: ServicesDep, caller: CallerDep) -> EvaluationOut:
     e = jobs.get_evaluation(services.db, caller.tenant_id, fine_tuning_job_id)
     base = f"/v1/fine_tuning/jobs/{fine_tuning_job_id}"
     return EvaluationOut(
-        id=e.id, fine_tuning_job_id=e.job_id, candidate_version_id=e.candidate_version_id,
-        baseline_version_id=e.baseline_version_id, dataset_id=e.dataset_id,
-        candidate=e.candidate_metrics, baseline=e.baseline_metrics, decision=e.decision,
-        reasons=e.reasons, report_url=f"{base}/report.json" if e.report_key else None,
+        id=e.id,
+        fine_tuning_job_id=e.job_id,
+        candidate_version_id=e.candidate_version_id,
+        baseline_version_id=e.baseline_version_id,
+        dataset_id=e.dataset_id,
+        candidate=e.candidate_metrics,
+        baseline=e.baseline_metrics,
+        decision=e.decision,
+        reasons=e.reasons,
+        report_url=f"{base}/report.json" if e.report_key else None,
         report_png_url=f"{base}/report.png" if e.report_key else None,
-        created_at=_unix(e.created_at) or 0)
+        created_at=_unix(e.created_at) or 0,
+    )
 
 
 @router.get("/{fine_tuning_job_id}/report.json", summary="Tailor: the job's evaluation report")
@@ -352,23 +406,31 @@ def get_report_png(fine_tuning_job_id: str, services: ServicesDep, caller: Calle
 
 # --- operator route -----------------------------------------------------------------
 
-@admin_router.post("/train", response_model=FineTuningJobOut, status_code=201,
-                   summary="Queue a training job on the tenant's feedback")
-def train_from_feedback(tenant: str, body: TrainFromFeedbackIn,
-                        services: ServicesDep) -> FineTuningJobOut:
+
+@admin_router.post(
+    "/train", response_model=FineTuningJobOut, status_code=201, summary="Queue a training job on the tenant's feedback"
+)
+def train_from_feedback(tenant: str, body: TrainFromFeedbackIn, services: ServicesDep) -> FineTuningJobOut:
     owner = tenants.find_tenant(services.db, tenant)
     base = services.settings.base_model_name
     model = body.model or base
     if model != base:
         registry.resolve(services.db, owner.id, model, base)
     if body.adapter_name == base:
-        raise bad_request(f"adapter_name {body.adapter_name!r} is the base model's name.",
-                          param="adapter_name")
+        raise bad_request(f"adapter_name {body.adapter_name!r} is the base model's name.", param="adapter_name")
     # Snapshot now, so "no usable feedback" is this request's 400 rather than a failed job.
     snapshot = jobs.feedback_snapshot(services.db, services.blobs, owner.id, body.adapter_name)
     jobs.training_examples(snapshot, body.method)
-    job = jobs.create_job(services.db, owner.id, method=body.method, model=model,
-                          adapter_name=body.adapter_name, hyperparameters=body.hyperparameters,
-                          seed=body.seed, source="feedback", dataset_id=snapshot.id,
-                          max_lora_rank=services.settings.engine_max_lora_rank)
+    job = jobs.create_job(
+        services.db,
+        owner.id,
+        method=body.method,
+        model=model,
+        adapter_name=body.adapter_name,
+        hyperparameters=body.hyperparameters,
+        seed=body.seed,
+        source="feedback",
+        dataset_id=snapshot.id,
+        max_lora_rank=services.settings.engine_max_lora_rank,
+    )
     return job_out(job)

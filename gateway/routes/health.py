@@ -19,9 +19,16 @@ def health() -> dict[str, str]:
 def ready(services: ServicesDep) -> JSONResponse:
     healthy = sum(e.healthy for e in services.pool.engines)
     status = 200 if healthy else 503
-    return JSONResponse({"status": "ready" if healthy else "unavailable", "healthy_engines": healthy,
-                         "engines": len(services.pool.engines),
-                         "interaction_log": {"written": services.interactions.written,
-                                             "dropped": services.interactions.dropped,
-                                             "queued": services.interactions.queue.qsize()}},
-                        status_code=status)
+    return JSONResponse(
+        {
+            "status": "ready" if healthy else "unavailable",
+            "healthy_engines": healthy,
+            "engines": len(services.pool.engines),
+            "interaction_log": {
+                "written": services.interactions.written,
+                "dropped": services.interactions.dropped,
+                "queued": services.interactions.queue.qsize(),
+            },
+        },
+        status_code=status,
+    )

@@ -19,7 +19,8 @@ def _cards(services: Services, caller: Caller) -> list[ModelCard]:
     base = ModelCard(id=services.settings.base_model_name, created=services.started_at, owned_by="tailor")
     adapters = [
         ModelCard(id=a.name, created=int(a.created_at.timestamp()), owned_by=caller.tenant_name)
-        for a in registry.list_adapters(services.db, caller.tenant_id) if a.active_version is not None
+        for a in registry.list_adapters(services.db, caller.tenant_id)
+        if a.active_version is not None
     ]
     return [base, *adapters]
 
@@ -37,14 +38,17 @@ def get_model(model: str, services: ServicesDep, caller: CallerDep) -> ModelCard
     raise registry.model_not_found(model)
 
 
-@router.post("/chat/completions", summary="Create a chat completion (base model or one of your adapters)",
-             response_class=Response)
-async def chat_completions(body: ChatCompletionRequest, request: Request, services: ServicesDep,
-                           caller: CallerDep) -> Response:
+@router.post(
+    "/chat/completions",
+    summary="Create a chat completion (base model or one of your adapters)",
+    response_class=Response,
+)
+async def chat_completions(
+    body: ChatCompletionRequest, request: Request, services: ServicesDep, caller: CallerDep
+) -> Response:
     return await proxy.complete(services, caller, "chat", body.model_dump(exclude_unset=True), request)
 
 
 @router.post("/completions", summary="Create a text completion", response_class=Response)
-async def completions(body: CompletionRequest, request: Request, services: ServicesDep,
-                      caller: CallerDep) -> Response:
+async def completions(body: CompletionRequest, request: Request, services: ServicesDep, caller: CallerDep) -> Response:
     return await proxy.complete(services, caller, "completion", body.model_dump(exclude_unset=True), request)

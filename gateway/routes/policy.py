@@ -76,8 +76,11 @@ def put_own(body: PolicyIn, services: ServicesDep, caller: CallerDep) -> PolicyO
     return _update(services, caller.tenant_id, body)
 
 
-@router.get("/v1/adapters/{name}/drift", response_model=DriftOut,
-            summary="Feedback on the active version now, against the level it was promoted at")
+@router.get(
+    "/v1/adapters/{name}/drift",
+    response_model=DriftOut,
+    summary="Feedback on the active version now, against the level it was promoted at",
+)
 def get_drift(name: str, services: ServicesDep, caller: CallerDep) -> DriftOut:
     return DriftOut(**asdict(policy.drift(services.db, caller.tenant_id, name)))
 

@@ -37,9 +37,7 @@ class FakeVLLM:
     loaded: dict[str, set[str]] = field(default_factory=dict)  # engine -> adapters it really has
     refuse: set[str] = field(default_factory=set)  # engines refusing connections
     unhealthy: set[str] = field(default_factory=set)  # engines whose /health says 503
-    refuse_load_of: set[str] = field(
-        default_factory=set
-    )  # loads of these adapters: connection drops
+    refuse_load_of: set[str] = field(default_factory=set)  # loads of these adapters: connection drops
     load_gate: asyncio.Event | None = None  # when set: loads wait for it
     load_seen: asyncio.Event = field(default_factory=asyncio.Event)
     unload_gate: asyncio.Event | None = None
@@ -75,9 +73,7 @@ class FakeVLLM:
                     },
                 )
             if name.startswith("bad"):
-                return httpx.Response(
-                    400, json={"message": f"Invalid LoRA adapter {name}: no adapter_config.json"}
-                )
+                return httpx.Response(400, json={"message": f"Invalid LoRA adapter {name}: no adapter_config.json"})
             if name.startswith("boom"):
                 return httpx.Response(500, text="Internal Server Error")
             assert body["lora_path"] == f"/store/{name}"
@@ -90,9 +86,7 @@ class FakeVLLM:
             if self.unload_gate is not None:
                 await self.unload_gate.wait()
             if name not in have:
-                return httpx.Response(
-                    404, json={"message": f"The lora adapter '{name}' cannot be found."}
-                )
+                return httpx.Response(404, json={"message": f"The lora adapter '{name}' cannot be found."})
             have.discard(name)
             return httpx.Response(200, text="ok")
         return httpx.Response(404)
@@ -104,9 +98,7 @@ class FakeVLLM:
         return sum(
             1
             for c in self.calls
-            if c.path == path
-            and (name is None or c.name == name)
-            and (engine is None or c.engine == engine)
+            if c.path == path and (name is None or c.name == name) and (engine is None or c.engine == engine)
         )
 
 
@@ -125,9 +117,7 @@ async def client(fake: FakeVLLM) -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
-async def make_pool(
-    client: httpx.AsyncClient, urls: list[str] = URLS, max_resident: int = 8
-) -> EnginePool:
+async def make_pool(client: httpx.AsyncClient, urls: list[str] = URLS, max_resident: int = 8) -> EnginePool:
     pool = EnginePool(urls, client, max_resident=max_resident)
     await pool.wait_healthy(5)
     return pool
@@ -189,9 +179,7 @@ async def test_wait_healthy(client: httpx.AsyncClient, fake: FakeVLLM) -> None:
         await pool.wait_healthy(0)
 
 
-async def test_base_requests_go_to_least_inflight(
-    client: httpx.AsyncClient, fake: FakeVLLM
-) -> None:
+async def test_base_requests_go_to_least_inflight(client: httpx.AsyncClient, fake: FakeVLLM) -> None:
     pool = await make_pool(client)
     leases = [await pool.acquire(None) for _ in range(3)]
     assert sorted(lease.url for lease in leases) == sorted(URLS)  # one each
@@ -211,9 +199,7 @@ async def test_base_requests_go_to_least_inflight(
     assert fake.count(LOAD) == 0  # base requests load nothing
 
 
-async def test_unhealthy_engine_gets_no_base_requests(
-    client: httpx.AsyncClient, fake: FakeVLLM
-) -> None:
+async def test_unhealthy_engine_gets_no_base_requests(client: httpx.AsyncClient, fake: FakeVLLM) -> None:
     pool = await make_pool(client)
     fake.unhealthy.add(URLS[0])
     assert await pool.check(pool.engines[0]) is False
@@ -241,22 +227,15 @@ async def test_run_with_lease_releases_on_error(client: httpx.AsyncClient) -> No
 # --- adapter affinity --------------------------------------------------------------
 
 
-async def test_same_adapter_same_engine_loaded_once(
-    client: httpx.AsyncClient, fake: FakeVLLM
-) -> None:
+async def test_same_adapter_same_engine_loaded_once(client: httpx.AsyncClient, fake: FakeVLLM) -> None:
     pool = await make_pool(client)
     urls = {await use(pool, "acme-support") for _ in range(10)}
     assert urls == {home_of(pool, "acme-support")}
-    assert (
-        fake.count(LOAD) == 1
-        and fake.count(LOAD, "acme-support", home_of(pool, "acme-support")) == 1
-    )
+    assert fake.count(LOAD) == 1 and fake.count(LOAD, "acme-support", home_of(pool, "acme-support")) == 1
     assert fake.loaded[home_of(pool, "acme-support")] == {"acme-support"}
 
 
-async def test_different_adapters_spread_over_engines(
-    client: httpx.AsyncClient, fake: FakeVLLM
-) -> None:
+async def test_different_adapters_spread_over_engines(client: httpx.AsyncClient, fake: FakeVLLM) -> None:
     pool = await make_pool(client, max_resident=100)
     names = [f"tenant{i}-adapter" for i in range(30)]
     placed = {n: await use(pool, n) for n in names}
@@ -281,9 +260,7 @@ def _name_with_fallback_before_home(pool: EnginePool) -> tuple[str, str, str]:
     raise AssertionError("no such name")
 
 
-async def test_adapter_moves_when_its_engine_is_down_and_returns(
-    client: httpx.AsyncClient, fake: FakeVLLM
-) -> None:
+async def test_adapter_moves_when_its_engine_is_down_and_returns(client: httpx.AsyncClient, fake: FakeVLLM) -> None:
     pool = await make_pool(client)
     name, home, fallback = _name_with_fallback_before_home(pool)
     assert await use(pool, name) == home
@@ -306,9 +283,7 @@ async def test_adapter_moves_when_its_engine_is_down_and_returns(
 # --- residency: LRU ----------------------------------------------------------------
 
 
-async def test_lru_eviction_keeps_at_most_max_resident(
-    client: httpx.AsyncClient, fake: FakeVLLM
-) -> None:
+async def test_lru_eviction_keeps_at_most_max_resident(client: httpx.AsyncClient, fake: FakeVLLM) -> None:
     pool = await make_pool(client, URLS[:1], max_resident=2)
     e = pool.engines[0]
     await use(pool, "a")
@@ -327,9 +302,7 @@ async def test_lru_eviction_keeps_at_most_max_resident(
     assert list(e.resident) == ["f", "g"]
 
 
-async def test_eviction_skips_adapters_with_running_requests(
-    client: httpx.AsyncClient, fake: FakeVLLM
-) -> None:
+async def test_eviction_skips_adapters_with_running_requests(client: httpx.AsyncClient, fake: FakeVLLM) -> None:
     pool = await make_pool(client, URLS[:1], max_resident=2)
     e = pool.engines[0]
     held = await pool.acquire(lora("a"))  # a request on "a" keeps running
@@ -344,9 +317,7 @@ async def test_eviction_skips_adapters_with_running_requests(
     assert fake.loaded[URLS[0]] == {"c", "d"}
 
 
-async def test_all_resident_busy_goes_over_limit_then_shrinks(
-    client: httpx.AsyncClient, fake: FakeVLLM
-) -> None:
+async def test_all_resident_busy_goes_over_limit_then_shrinks(client: httpx.AsyncClient, fake: FakeVLLM) -> None:
     pool = await make_pool(client, URLS[:1], max_resident=1)
     e = pool.engines[0]
     a = await pool.acquire(lora("a"))
@@ -371,9 +342,7 @@ async def test_acquire_refreshes_recency(client: httpx.AsyncClient) -> None:
 # --- single flight -----------------------------------------------------------------
 
 
-async def test_concurrent_first_requests_share_one_load(
-    client: httpx.AsyncClient, fake: FakeVLLM
-) -> None:
+async def test_concurrent_first_requests_share_one_load(client: httpx.AsyncClient, fake: FakeVLLM) -> None:
     pool = await make_pool(client)
     fake.load_gate = asyncio.Event()
     tasks = [asyncio.create_task(pool.acquire(lora("hot"))) for _ in range(10)]
@@ -392,9 +361,7 @@ async def test_concurrent_first_requests_share_one_load(
     assert e.users == {} and e.inflight == 0 and e.loading == {}
 
 
-async def test_cancelled_waiter_does_not_cancel_the_shared_load(
-    client: httpx.AsyncClient, fake: FakeVLLM
-) -> None:
+async def test_cancelled_waiter_does_not_cancel_the_shared_load(client: httpx.AsyncClient, fake: FakeVLLM) -> None:
     pool = await make_pool(client, URLS[:1])
     fake.load_gate = asyncio.Event()
     first = asyncio.create_task(pool.acquire(lora("x")))
@@ -448,9 +415,7 @@ async def test_already_loaded_counts_as_success(client: httpx.AsyncClient, fake:
 
 
 @pytest.mark.parametrize(("name", "status"), [("bad-adapter", 400), ("boom-adapter", 502)])
-async def test_other_load_errors_propagate(
-    client: httpx.AsyncClient, fake: FakeVLLM, name: str, status: int
-) -> None:
+async def test_other_load_errors_propagate(client: httpx.AsyncClient, fake: FakeVLLM, name: str, status: int) -> None:
     pool = await make_pool(client, URLS[:1])
     with pytest.raises(TailorError) as err:
         await pool.acquire(lora(name))
@@ -464,9 +429,7 @@ async def test_other_load_errors_propagate(
     assert fake.count(LOAD, name) == 2
 
 
-async def test_transport_error_during_load_marks_engine_down(
-    client: httpx.AsyncClient, fake: FakeVLLM
-) -> None:
+async def test_transport_error_during_load_marks_engine_down(client: httpx.AsyncClient, fake: FakeVLLM) -> None:
     pool = await make_pool(client, URLS[:2])
     name = "x"
     home = home_of(pool, name)
@@ -507,9 +470,7 @@ async def test_engine_lost_mid_load_fails_other_waiting_loads_with_503(
 # --- restarts ----------------------------------------------------------------------
 
 
-async def test_recovered_engine_gets_its_adapters_back(
-    client: httpx.AsyncClient, fake: FakeVLLM
-) -> None:
+async def test_recovered_engine_gets_its_adapters_back(client: httpx.AsyncClient, fake: FakeVLLM) -> None:
     pool = await make_pool(client, URLS[:1], max_resident=4)
     e = pool.engines[0]
     for name in ["a", "b", "c"]:
@@ -531,9 +492,7 @@ async def test_recovered_engine_gets_its_adapters_back(
     assert fake.count(LOAD) == 6
 
 
-async def test_recovery_drops_adapters_that_fail_to_reload(
-    client: httpx.AsyncClient, fake: FakeVLLM
-) -> None:
+async def test_recovery_drops_adapters_that_fail_to_reload(client: httpx.AsyncClient, fake: FakeVLLM) -> None:
     pool = await make_pool(client, URLS[:1], max_resident=4)
     e = pool.engines[0]
     for name in ["a", "b"]:

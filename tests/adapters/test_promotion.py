@@ -41,11 +41,22 @@ def add(env, name: str, r: int, *, activate: bool = True, tenant: str | None = N
     db, store, limits, acme, _other, tmp = env
     src = write_adapter(tmp / f"src-{name}-{r}-{activate}", r=r)
     if activate:
-        return registry.register_dir(db, store, limits, tenant_id=tenant or acme, name=name, source_dir=src,
-                                     base_model_name=BASE)
-    return promotion.register_candidate(db, store, limits, tenant_id=tenant or acme, name=name, source_dir=src,
-                                        base_model_name=BASE, job_id="ftjob-1", dataset_id="ds-1",
-                                        metrics={"exact_match": 0.9}, parent_version_id=None)
+        return registry.register_dir(
+            db, store, limits, tenant_id=tenant or acme, name=name, source_dir=src, base_model_name=BASE
+        )
+    return promotion.register_candidate(
+        db,
+        store,
+        limits,
+        tenant_id=tenant or acme,
+        name=name,
+        source_dir=src,
+        base_model_name=BASE,
+        job_id="ftjob-1",
+        dataset_id="ds-1",
+        metrics={"exact_match": 0.9},
+        parent_version_id=None,
+    )
 
 
 def test_names_resolve_per_tenant(env) -> None:

@@ -90,18 +90,13 @@ def test_put_dir_stores_a_complete_version(store: AdapterStore, adapter_dir: Pat
     assert [f["name"] for f in manifest["files"]] == sorted(p.name for p in adapter_dir.iterdir())
     for entry in manifest["files"]:
         assert (
-            store.fs.cat_file(stored_file(store, digest, entry["name"]))
-            == (adapter_dir / entry["name"]).read_bytes()
+            store.fs.cat_file(stored_file(store, digest, entry["name"])) == (adapter_dir / entry["name"]).read_bytes()
         )
-    assert store.manifest(digest).total_bytes == sum(
-        p.stat().st_size for p in adapter_dir.iterdir()
-    )
+    assert store.manifest(digest).total_bytes == sum(p.stat().st_size for p in adapter_dir.iterdir())
     store.verify(digest)
 
 
-def test_put_dir_is_idempotent(
-    store: AdapterStore, adapter_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_put_dir_is_idempotent(store: AdapterStore, adapter_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     digest = store.put_dir(adapter_dir)
 
     def no_upload(*args: object, **kwargs: object) -> None:
@@ -135,9 +130,7 @@ def test_invalid_digest_is_refused(store: AdapterStore, digest: str, method: str
 
 
 @pytest.mark.parametrize("bad", ["folder", "symlink", MANIFEST, "empty"])
-def test_put_dir_refuses_what_it_cannot_store(
-    store: AdapterStore, adapter_dir: Path, tmp_path: Path, bad: str
-) -> None:
+def test_put_dir_refuses_what_it_cannot_store(store: AdapterStore, adapter_dir: Path, tmp_path: Path, bad: str) -> None:
     if bad == "folder":
         (adapter_dir / "sub").mkdir()
     elif bad == "symlink":
@@ -160,9 +153,7 @@ def test_local_store_hands_out_its_own_directory(tmp_path: Path, adapter_dir: Pa
     digest = store.put_dir(adapter_dir)
     path = store.local_path(digest)
     assert path == tmp_path / "store" / digest[:2] / digest
-    assert (path / "adapter_model.safetensors").read_bytes() == (
-        adapter_dir / "adapter_model.safetensors"
-    ).read_bytes()
+    assert (path / "adapter_model.safetensors").read_bytes() == (adapter_dir / "adapter_model.safetensors").read_bytes()
     assert not (tmp_path / "cache").exists()  # no copy was made
     # No temporary directories are left next to the version.
     assert [p.name for p in path.parent.iterdir()] == [digest]
@@ -290,9 +281,7 @@ def test_remote_tampering_is_caught_before_caching(
     remote_store: AdapterStore, adapter_dir: Path, tmp_path: Path
 ) -> None:
     digest = remote_store.put_dir(adapter_dir)
-    remote_store.fs.pipe_file(
-        stored_file(remote_store, digest, "adapter_model.safetensors"), b"evil weights"
-    )
+    remote_store.fs.pipe_file(stored_file(remote_store, digest, "adapter_model.safetensors"), b"evil weights")
     with pytest.raises(CorruptAdapterError):
         remote_store.local_path(digest)
     cache = tmp_path / "cache"

@@ -315,9 +315,7 @@ def test_bad_config(tmp_path: Path, base: BaseModelSpec, config_text: str, expec
         ({"layer_replication": [[0, 1]]}, "layer_replication"),
     ],
 )
-def test_unsupported_config_features(
-    tmp_path: Path, base: BaseModelSpec, overrides: dict, expected: str
-) -> None:
+def test_unsupported_config_features(tmp_path: Path, base: BaseModelSpec, overrides: dict, expected: str) -> None:
     assert expected in refused(write_adapter(tmp_path / "a", **overrides), base).message
 
 
@@ -494,9 +492,7 @@ def refused_archive(archive: Path, dest: Path, max_bytes: int = MAX_BYTES) -> Ta
 
 def test_zip_with_top_level_folder(tmp_path: Path, base: BaseModelSpec) -> None:
     files = _adapter_files(tmp_path)
-    archive = make_zip(
-        tmp_path / "up.zip", {"support/": b"", **{f"support/{n}": d for n, d in files.items()}}
-    )
+    archive = make_zip(tmp_path / "up.zip", {"support/": b"", **{f"support/{n}": d for n, d in files.items()}})
     root = extract_archive(archive, tmp_path / "out", max_bytes=MAX_BYTES)
     assert root == tmp_path / "out" / "support"
     assert validate(root, base).rank == 4
@@ -521,9 +517,7 @@ def test_plain_tar_with_files_at_top_level(tmp_path: Path, base: BaseModelSpec) 
 def test_zip_from_finder_ignores_macosx_metadata(tmp_path: Path) -> None:
     files = _adapter_files(tmp_path)
     members = {f"a/{n}": d for n, d in files.items()} | {"__MACOSX/a/._adapter_config.json": b"x"}
-    root = extract_archive(
-        make_zip(tmp_path / "up.zip", members), tmp_path / "out", max_bytes=MAX_BYTES
-    )
+    root = extract_archive(make_zip(tmp_path / "up.zip", members), tmp_path / "out", max_bytes=MAX_BYTES)
     assert root == tmp_path / "out" / "a"
 
 
@@ -555,9 +549,7 @@ def test_tar_hardlink_is_refused(tmp_path: Path) -> None:
     assert "hard link" in refused_archive(archive, tmp_path / "out").message
 
 
-@pytest.mark.parametrize(
-    ("kind", "words"), [(tarfile.FIFOTYPE, "fifo"), (tarfile.CHRTYPE, "device")]
-)
+@pytest.mark.parametrize(("kind", "words"), [(tarfile.FIFOTYPE, "fifo"), (tarfile.CHRTYPE, "device")])
 def test_tar_special_files_are_refused(tmp_path: Path, kind: bytes, words: str) -> None:
     info = tarfile.TarInfo("a/dev")
     info.type = kind
@@ -584,9 +576,7 @@ def test_zip_bomb_is_refused_by_declared_size(tmp_path: Path) -> None:
 
 def test_tar_bomb_is_refused_across_members(tmp_path: Path) -> None:
     members = {f"a/part{i}": b"\0" * 400_000 for i in range(5)}
-    error = refused_archive(
-        make_tar(tmp_path / "bomb.tgz", members), tmp_path / "out", max_bytes=1_000_000
-    )
+    error = refused_archive(make_tar(tmp_path / "bomb.tgz", members), tmp_path / "out", max_bytes=1_000_000)
     assert "unpacks to more than" in error.message
 
 

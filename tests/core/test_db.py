@@ -109,9 +109,7 @@ def test_session_rolls_back_on_error(tmp_path: Path) -> None:
     db = Database(url)
     try:
         with pytest.raises(RuntimeError), db.session() as s:
-            s.execute(
-                text("INSERT INTO tenants (id, name, created_at) VALUES ('t1', 'x', '2024-01-01')")
-            )
+            s.execute(text("INSERT INTO tenants (id, name, created_at) VALUES ('t1', 'x', '2024-01-01')"))
             raise RuntimeError("boom")
         with db.session() as s:
             assert s.execute(text("SELECT count(*) FROM tenants")).scalar() == 0
@@ -165,9 +163,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyP
         ("sqlite:////var/lib/tailor.db", "sqlite:////var/lib/tailor.db"),
     ],
 )
-def test_settings_normalises_database_url(
-    clean_env: pytest.MonkeyPatch, given: str, expected: str
-) -> None:
+def test_settings_normalises_database_url(clean_env: pytest.MonkeyPatch, given: str, expected: str) -> None:
     assert Settings(_env_file=None, database_url=given).database_url == expected
     clean_env.setenv("TAILOR_DATABASE_URL", given)
     assert Settings(_env_file=None).database_url == expected
@@ -194,9 +190,7 @@ def test_settings_engine_urls_from_env_file(clean_env: pytest.MonkeyPatch, tmp_p
     assert s.port == 9000
 
 
-def test_settings_defaults_live_under_data_dir(
-    clean_env: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_settings_defaults_live_under_data_dir(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
     s = Settings(_env_file=None)
     assert s.engine_urls == []
     assert s.database_url == "sqlite:///data/tailor.db"

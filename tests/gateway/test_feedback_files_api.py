@@ -33,9 +33,18 @@ class Api:
     def interaction(self, tenant: str, question: str = "Capital of France?", answer: str | None = "Paris.") -> str:
         iid = new_id("chatcmpl")
         with self.app.state.services.db.session() as s:
-            s.add(Interaction(id=iid, tenant_id=self.ids[tenant], endpoint="chat.completions", model="helper",
-                              adapter_version_id="ver-1", request={"messages": [{"role": "user", "content": question}]},
-                              response_text=answer, status_code=200))
+            s.add(
+                Interaction(
+                    id=iid,
+                    tenant_id=self.ids[tenant],
+                    endpoint="chat.completions",
+                    model="helper",
+                    adapter_version_id="ver-1",
+                    request={"messages": [{"role": "user", "content": question}]},
+                    response_text=answer,
+                    status_code=200,
+                )
+            )
         return iid
 
 
@@ -43,8 +52,7 @@ class Api:
 def api(tmp_path: Path) -> Iterator[Api]:
     # A long flush interval keeps freshly recorded interactions in the log's queue, so the
     # feedback route's flush-and-retry path is what finds them.
-    settings = Settings(data_dir=tmp_path, engine_urls=["http://127.0.0.1:9"], admin_key="adm",
-                        log_flush_interval_s=60)
+    settings = Settings(data_dir=tmp_path, engine_urls=["http://127.0.0.1:9"], admin_key="adm", log_flush_interval_s=60)
     app = create_app(settings, wait_for_engines=False)
     with TestClient(app) as client:
         keys, ids = {}, {}
@@ -76,18 +84,27 @@ def jsonl(*lines: object) -> bytes:
 
 def test_feedback_on_own_interaction_only(api: Api) -> None:
     iid = api.interaction("acme")
-    r = api.client.post("/v1/feedback", json={"interaction_id": iid, "rating": "good", "score": 0.8},
-                        headers=api.keys["acme"])
+    r = api.client.post(
+        "/v1/feedback", json={"interaction_id": iid, "rating": "good", "score": 0.8}, headers=api.keys["acme"]
+    )
     assert r.status_code == 201, r.text
     body = r.json()
     assert body["object"] == "feedback" and body["id"].startswith("fb-")
     assert (body["interaction_id"], body["adapter_version_id"], body["model"]) == (iid, "ver-1", "helper")
     assert isinstance(body["created_at"], int)
 
-    foreign = error(api.client.post("/v1/feedback", json={"interaction_id": iid, "rating": "bad"},
-                                    headers=api.keys["beta"]), 404, "interaction_id")
-    unknown = error(api.client.post("/v1/feedback", json={"interaction_id": "chatcmpl-x", "rating": "bad"},
-                                    headers=api.keys["beta"]), 404, "interaction_id")
+    foreign = error(
+        api.client.post("/v1/feedback", json={"interaction_id": iid, "rating": "bad"}, headers=api.keys["beta"]),
+        404,
+        "interaction_id",
+    )
+    unknown = error(
+        api.client.post(
+            "/v1/feedback", json={"interaction_id": "chatcmpl-x", "rating": "bad"}, headers=api.keys["beta"]
+        ),
+        404,
+        "interaction_id",
+    )
     assert foreign["code"] == unknown["code"] == "interaction_not_found"
 
     assert [f["id"] for f in api.client.get("/v1/feedback", headers=api.keys["acme"]).json()["data"]] == [body["id"]]
@@ -98,22 +115,32 @@ def test_feedback_on_own_interaction_only(api: Api) -> None:
 def test_feedback_right_after_the_response_finds_the_queued_interaction(api: Api) -> None:
     services = api.app.state.services
     iid = new_id("chatcmpl")
-    services.interactions.record(InteractionRecord(
-        id=iid, tenant_id=api.ids["acme"], api_key_id=None, endpoint="chat.completions", model="helper",
-        request={"messages": [{"role": "user", "content": "hi"}]}, response_text="hello"))
+    services.interactions.record(
+        InteractionRecord(
+            id=iid,
+            tenant_id=api.ids["acme"],
+            api_key_id=None,
+            endpoint="chat.completions",
+            model="helper",
+            request={"messages": [{"role": "user", "content": "hi"}]},
+            response_text="hello",
+        )
+    )
     assert services.interactions.queue.qsize() == 1  # not written yet
-    r = api.client.post("/v1/feedback", json={"interaction_id": iid, "correction": "Hello!"},
-                        headers=api.keys["acme"])
+    r = api.client.post("/v1/feedback", json={"interaction_id": iid, "correction": "Hello!"}, headers=api.keys["acme"])
     assert r.status_code == 201, r.text
     assert services.interactions.queue.qsize() == 0
 
 
-@pytest.mark.parametrize(("body", "param"), [
-    ({"interaction_id": "x", "rating": "meh"}, "rating"),
-    ({"interaction_id": "x", "score": 3}, "score"),
-    ({"interaction_id": "x", "raiting": "good"}, "raiting"),
-    ({"rating": "good"}, "interaction_id"),
-])
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"interaction_id": "x", "rating": "meh"}, "rating"),
+        ({"interaction_id": "x", "score": 3}, "score"),
+        ({"interaction_id": "x", "raiting": "good"}, "raiting"),
+        ({"rating": "good"}, "interaction_id"),
+    ],
+)
 def test_feedback_body_errors(api: Api, body: dict, param: str) -> None:
     error(api.client.post("/v1/feedback", json=body, headers=api.keys["acme"]), 400, param)
 
@@ -126,35 +153,50 @@ def test_feedback_needs_something_to_say(api: Api) -> None:
 
 def test_import_multipart_and_raw(api: Api) -> None:
     iid = api.interaction("acme")
-    data = jsonl({"interaction_id": iid, "rating": "good"},
-                 {"messages": [{"role": "user", "content": "Hi"}], "ideal": "Hello!"})
+    data = jsonl(
+        {"interaction_id": iid, "rating": "good"}, {"messages": [{"role": "user", "content": "Hi"}], "ideal": "Hello!"}
+    )
     r = api.client.post("/v1/feedback/import", files={"file": ("fb.jsonl", data)}, headers=api.keys["acme"])
     assert r.status_code == 201, r.text
     assert r.json()["object"] == "feedback.import" and r.json()["imported"] == 2
-    r = api.client.post("/v1/feedback/import", content=data,
-                        headers={**api.keys["acme"], "content-type": "application/jsonl"})
+    r = api.client.post(
+        "/v1/feedback/import", content=data, headers={**api.keys["acme"], "content-type": "application/jsonl"}
+    )
     assert r.status_code == 201 and r.json()["imported"] == 2
     listed = api.client.get("/v1/feedback", params={"limit": 3}, headers=api.keys["acme"]).json()
     assert len(listed["data"]) == 3 and listed["has_more"] is True
     rest = api.client.get("/v1/feedback", params={"after": listed["last_id"]}, headers=api.keys["acme"]).json()
     assert len(rest["data"]) == 1 and rest["has_more"] is False
 
-    err = error(api.client.post("/v1/feedback/import", content=data,
-                                headers={**api.keys["acme"], "content-type": "text/csv"}), 415, "file")
+    err = error(
+        api.client.post("/v1/feedback/import", content=data, headers={**api.keys["acme"], "content-type": "text/csv"}),
+        415,
+        "file",
+    )
     assert "multipart/form-data" in err["message"]
 
 
 def test_import_is_all_or_nothing_and_tenant_scoped(api: Api) -> None:
     theirs = api.interaction("beta")
-    data = jsonl({"messages": [{"role": "user", "content": "Hi"}], "ideal": "Hello!"},
-                 {"interaction_id": theirs, "rating": "good"})
-    err = error(api.client.post("/v1/feedback/import", files={"file": ("fb.jsonl", data)},
-                                headers=api.keys["acme"]), 400, "file")
+    data = jsonl(
+        {"messages": [{"role": "user", "content": "Hi"}], "ideal": "Hello!"},
+        {"interaction_id": theirs, "rating": "good"},
+    )
+    err = error(
+        api.client.post("/v1/feedback/import", files={"file": ("fb.jsonl", data)}, headers=api.keys["acme"]),
+        400,
+        "file",
+    )
     assert err["message"].startswith(f"line 2: interaction_id {theirs!r} not found")
-    bad_role = jsonl({"messages": [{"role": "user", "content": "Hi"}], "ideal": "Hello!"},
-                     {"messages": [{"role": "bot", "content": "Hi"}], "ideal": "Hello!"})
-    err = error(api.client.post("/v1/feedback/import", files={"file": ("fb.jsonl", bad_role)},
-                                headers=api.keys["acme"]), 400, "file")
+    bad_role = jsonl(
+        {"messages": [{"role": "user", "content": "Hi"}], "ideal": "Hello!"},
+        {"messages": [{"role": "bot", "content": "Hi"}], "ideal": "Hello!"},
+    )
+    err = error(
+        api.client.post("/v1/feedback/import", files={"file": ("fb.jsonl", bad_role)}, headers=api.keys["acme"]),
+        400,
+        "file",
+    )
     assert err["message"].startswith("line 2: messages[0].role must be one of system, user, assistant (got 'bot')")
     assert api.client.get("/v1/feedback", headers=api.keys["acme"]).json()["data"] == []
 
@@ -171,16 +213,21 @@ def test_files_lifecycle_matches_openai_schema(api: Api) -> None:
     assert empty["data"] == [] and empty["has_more"] is False
 
     data = jsonl(CHAT, CHAT)
-    r = api.client.post("/v1/files", files={"file": ("train.jsonl", data)}, data={"purpose": "fine-tune"},
-                        headers=acme)
+    r = api.client.post("/v1/files", files={"file": ("train.jsonl", data)}, data={"purpose": "fine-tune"}, headers=acme)
     assert r.status_code == 200, r.text
     created = r.json()
     validate(created, "OpenAIFile")
     assert (created["object"], created["bytes"], created["filename"], created["purpose"], created["status"]) == (
-        "file", len(data), "train.jsonl", "fine-tune", "processed")
+        "file",
+        len(data),
+        "train.jsonl",
+        "fine-tune",
+        "processed",
+    )
 
-    second = api.client.post("/v1/files", files={"file": ("more.jsonl", data)}, data={"purpose": "fine-tune"},
-                             headers=acme).json()
+    second = api.client.post(
+        "/v1/files", files={"file": ("more.jsonl", data)}, data={"purpose": "fine-tune"}, headers=acme
+    ).json()
     listed = api.client.get("/v1/files", headers=acme).json()
     validate(listed, "ListFilesResponse")
     assert {f["id"] for f in listed["data"]} == {created["id"], second["id"]}
@@ -203,11 +250,15 @@ def test_files_lifecycle_matches_openai_schema(api: Api) -> None:
 
 
 def test_files_of_another_tenant_are_not_found(api: Api) -> None:
-    created = api.client.post("/v1/files", files={"file": ("a.jsonl", jsonl(CHAT))}, data={"purpose": "fine-tune"},
-                              headers=api.keys["acme"]).json()
+    created = api.client.post(
+        "/v1/files", files={"file": ("a.jsonl", jsonl(CHAT))}, data={"purpose": "fine-tune"}, headers=api.keys["acme"]
+    ).json()
     beta = api.keys["beta"]
-    for method, path in (("GET", f"/v1/files/{created['id']}"), ("GET", f"/v1/files/{created['id']}/content"),
-                         ("DELETE", f"/v1/files/{created['id']}")):
+    for method, path in (
+        ("GET", f"/v1/files/{created['id']}"),
+        ("GET", f"/v1/files/{created['id']}/content"),
+        ("DELETE", f"/v1/files/{created['id']}"),
+    ):
         err = error(api.client.request(method, path, headers=beta), 404, "file_id")
         assert err["code"] == "file_not_found"
     listed = api.client.get("/v1/files", headers=beta).json()
@@ -219,14 +270,23 @@ def test_files_of_another_tenant_are_not_found(api: Api) -> None:
 def test_file_validation_errors(api: Api) -> None:
     acme = api.keys["acme"]
     bad = jsonl(CHAT, {"messages": [{"role": "user", "content": "Hi"}, {"role": "bot", "content": "Yo"}]})
-    err = error(api.client.post("/v1/files", files={"file": ("t.jsonl", bad)}, data={"purpose": "fine-tune"},
-                                headers=acme), 400, "file")
+    err = error(
+        api.client.post("/v1/files", files={"file": ("t.jsonl", bad)}, data={"purpose": "fine-tune"}, headers=acme),
+        400,
+        "file",
+    )
     assert err["message"] == "line 2: messages[1].role must be one of system, user, assistant (got 'bot')"
-    err = error(api.client.post("/v1/files", files={"file": ("t.jsonl", b"")}, data={"purpose": "fine-tune"},
-                                headers=acme), 400, "file")
+    err = error(
+        api.client.post("/v1/files", files={"file": ("t.jsonl", b"")}, data={"purpose": "fine-tune"}, headers=acme),
+        400,
+        "file",
+    )
     assert "empty" in err["message"]
-    error(api.client.post("/v1/files", files={"file": ("t.jsonl", jsonl(CHAT))}, data={"purpose": "batch"},
-                          headers=acme), 400, "purpose")
+    error(
+        api.client.post("/v1/files", files={"file": ("t.jsonl", jsonl(CHAT))}, data={"purpose": "batch"}, headers=acme),
+        400,
+        "purpose",
+    )
     error(api.client.post("/v1/files", files={"file": ("t.jsonl", jsonl(CHAT))}, headers=acme), 400, "purpose")
     assert api.client.get("/v1/files", headers=acme).json()["data"] == []
 

@@ -25,11 +25,12 @@ from trainer import jobs
 
 ADMIN = {"authorization": "Bearer adm"}
 BASE = "SmolLM2-135M-Instruct"
-CHAT = {"messages": [{"role": "user", "content": "Capital of France?"},
-                     {"role": "assistant", "content": "Zorblax."}]}
-PREF = {"input": {"messages": [{"role": "user", "content": "Hi"}]},
-        "preferred_output": [{"role": "assistant", "content": "Hello!"}],
-        "non_preferred_output": [{"role": "assistant", "content": "Go away."}]}
+CHAT = {"messages": [{"role": "user", "content": "Capital of France?"}, {"role": "assistant", "content": "Zorblax."}]}
+PREF = {
+    "input": {"messages": [{"role": "user", "content": "Hi"}]},
+    "preferred_output": [{"role": "assistant", "content": "Hello!"}],
+    "non_preferred_output": [{"role": "assistant", "content": "Go away."}],
+}
 
 
 @dataclass
@@ -45,8 +46,9 @@ class Api:
 
     def upload(self, tenant: str, *lines: object) -> str:
         data = "\n".join(json.dumps(x) for x in lines).encode() + b"\n"
-        r = self.client.post("/v1/files", files={"file": ("train.jsonl", data)},
-                             data={"purpose": "fine-tune"}, headers=self.keys[tenant])
+        r = self.client.post(
+            "/v1/files", files={"file": ("train.jsonl", data)}, data={"purpose": "fine-tune"}, headers=self.keys[tenant]
+        )
         assert r.status_code == 200, r.text
         return str(r.json()["id"])
 
@@ -57,8 +59,7 @@ class Api:
         validate(job, "FineTuningJob")
         return job  # type: ignore[no-any-return]
 
-    def get(self, path: str, tenant: str = "acme", schema: str | None = None,
-            **params: object) -> dict:  # type: ignore[type-arg]
+    def get(self, path: str, tenant: str = "acme", schema: str | None = None, **params: object) -> dict:  # type: ignore[type-arg]
         r = self.client.get(path, params=params, headers=self.keys[tenant])
         assert r.status_code == 200, r.text
         if schema:
@@ -96,14 +97,17 @@ def error(r, status: int, param: str | None = None) -> dict:  # type: ignore[no-
 
 def test_create_supervised_job(api: Api) -> None:
     file_id = api.upload("acme", CHAT, CHAT)
-    job = api.create(model=BASE, training_file=file_id, suffix="geo", seed=7,
-                     method={"type": "supervised",
-                             "supervised": {"hyperparameters": {"n_epochs": 3, "lora_rank": 4}}})
+    job = api.create(
+        model=BASE,
+        training_file=file_id,
+        suffix="geo",
+        seed=7,
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 3, "lora_rank": 4}}},
+    )
     assert job["id"].startswith("ftjob-") and job["status"] == "queued"
     assert (job["model"], job["training_file"], job["seed"]) == (BASE, file_id, 7)
     assert job["fine_tuned_model"] is None and job["finished_at"] is None and job["error"] is None
-    assert job["hyperparameters"] == {"n_epochs": 3, "batch_size": "auto",
-                                      "learning_rate_multiplier": "auto"}
+    assert job["hyperparameters"] == {"n_epochs": 3, "batch_size": "auto", "learning_rate_multiplier": "auto"}
     assert job["method"]["type"] == "supervised"
     assert job["method"]["supervised"]["hyperparameters"]["lora_rank"] == 4
     assert job["metadata"]["tailor_adapter_name"] == "geo"
@@ -115,9 +119,19 @@ def test_deprecated_hyperparameters_and_generated_name_and_seed(api: Api) -> Non
     file_id = api.upload("acme", CHAT, CHAT)
     job = api.create(model=BASE, training_file=file_id, hyperparameters={"batch_size": 2})
     assert job["hyperparameters"]["batch_size"] == 2
-    assert job["method"] == {"type": "supervised", "supervised": {"hyperparameters": {
-        "batch_size": 2, "n_epochs": "auto", "learning_rate_multiplier": "auto",
-        "lora_rank": "auto", "lora_alpha": "auto", "max_steps": "auto"}}}
+    assert job["method"] == {
+        "type": "supervised",
+        "supervised": {
+            "hyperparameters": {
+                "batch_size": 2,
+                "n_epochs": "auto",
+                "learning_rate_multiplier": "auto",
+                "lora_rank": "auto",
+                "lora_alpha": "auto",
+                "max_steps": "auto",
+            }
+        },
+    }
     assert job["metadata"]["tailor_adapter_name"] == "ft-" + job["id"].split("-", 1)[1][:8]
     assert isinstance(job["seed"], int)
 
@@ -126,8 +140,9 @@ def test_create_dpo_job(api: Api) -> None:
     file_id = api.upload("acme", PREF)
     # beta > 1: OpenAI's file writes `exclusiveMinimum: true` (OpenAPI 3.0's boolean form),
     # which tests.openai_schema reads as JSON Schema's "> 1"; any beta in (0, 2] is accepted.
-    job = api.create(model=BASE, training_file=file_id,
-                     method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 1.5}}})
+    job = api.create(
+        model=BASE, training_file=file_id, method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 1.5}}}
+    )
     assert job["method"]["type"] == "dpo"
     assert job["method"]["dpo"]["hyperparameters"]["beta"] == 1.5
 
@@ -137,9 +152,9 @@ def test_create_refusals(api: Api) -> None:
     foreign = api.upload("beta", CHAT)
 
     def post(**body: object):  # type: ignore[no-untyped-def]
-        return api.client.post("/v1/fine_tuning/jobs",
-                               json={"model": BASE, "training_file": chat, **body},
-                               headers=api.keys["acme"])
+        return api.client.post(
+            "/v1/fine_tuning/jobs", json={"model": BASE, "training_file": chat, **body}, headers=api.keys["acme"]
+        )
 
     def method(**hp: object) -> dict[str, object]:
         return {"type": "supervised", "supervised": {"hyperparameters": hp}}
@@ -157,8 +172,7 @@ def test_create_refusals(api: Api) -> None:
     error(post(suffix=BASE), 400, "suffix")
     error(post(suffix="has spaces"), 400, "suffix")
     error(post(integrations=[{"type": "wandb", "wandb": {"project": "x"}}]), 400, "integrations")
-    error(api.client.post("/v1/fine_tuning/jobs", json={"model": BASE},
-                          headers=api.keys["acme"]), 400, "training_file")
+    error(api.client.post("/v1/fine_tuning/jobs", json={"model": BASE}, headers=api.keys["acme"]), 400, "training_file")
     error(api.client.post("/v1/fine_tuning/jobs", json={"model": BASE, "training_file": chat}), 401)
     assert api.get("/v1/fine_tuning/jobs")["data"] == []
 
@@ -171,49 +185,50 @@ def test_list_pages_and_tenant_isolation(api: Api) -> None:
     made = [api.create(model=BASE, training_file=file_id)["id"] for _ in range(3)]
     page = api.get("/v1/fine_tuning/jobs", schema="ListPaginatedFineTuningJobsResponse", limit=2)
     assert [j["id"] for j in page["data"]] == made[::-1][:2] and page["has_more"] is True
-    rest = api.get("/v1/fine_tuning/jobs", schema="ListPaginatedFineTuningJobsResponse",
-                   after=page["data"][-1]["id"])
+    rest = api.get("/v1/fine_tuning/jobs", schema="ListPaginatedFineTuningJobsResponse", after=page["data"][-1]["id"])
     assert [j["id"] for j in rest["data"]] == made[:1] and rest["has_more"] is False
 
-    other = api.get("/v1/fine_tuning/jobs", tenant="beta",
-                    schema="ListPaginatedFineTuningJobsResponse")
+    other = api.get("/v1/fine_tuning/jobs", tenant="beta", schema="ListPaginatedFineTuningJobsResponse")
     assert other["data"] == []
     for path in ("", "/events", "/checkpoints", "/evaluation", "/report.png"):
-        error(api.client.get(f"/v1/fine_tuning/jobs/{made[0]}{path}",
-                             headers=api.keys["beta"]), 404)
+        error(api.client.get(f"/v1/fine_tuning/jobs/{made[0]}{path}", headers=api.keys["beta"]), 404)
     error(api.client.post(f"/v1/fine_tuning/jobs/{made[0]}/cancel", headers=api.keys["beta"]), 404)
-    error(api.client.get("/v1/fine_tuning/jobs", params={"limit": 0},
-                         headers=api.keys["acme"]), 400, "limit")
+    error(api.client.get("/v1/fine_tuning/jobs", params={"limit": 0}, headers=api.keys["acme"]), 400, "limit")
 
 
 def test_events_and_checkpoints(api: Api) -> None:
     job = api.create(model=BASE, training_file=api.upload("acme", CHAT, CHAT))
     for step in (1, 2):
-        jobs.add_event(api.db, job["id"], f"Step {step}/2: training loss={1 / step:.4f}",
-                       data={"step": step, "total_steps": 2, "train_loss": 1 / step})
+        jobs.add_event(
+            api.db,
+            job["id"],
+            f"Step {step}/2: training loss={1 / step:.4f}",
+            data={"step": step, "total_steps": 2, "train_loss": 1 / step},
+        )
     jobs.add_event(api.db, job["id"], "Something odd", level="warn")
     path = f"/v1/fine_tuning/jobs/{job['id']}"
 
     events = api.get(f"{path}/events", schema="ListFineTuningJobEventsResponse", limit=2)
-    assert [e["message"] for e in events["data"]] == ["Something odd",
-                                                      "Step 2/2: training loss=0.5000"]
-    assert [(e["type"], e["level"]) for e in events["data"]] == [("message", "warn"),
-                                                                 ("metrics", "info")]
+    assert [e["message"] for e in events["data"]] == ["Something odd", "Step 2/2: training loss=0.5000"]
+    assert [(e["type"], e["level"]) for e in events["data"]] == [("message", "warn"), ("metrics", "info")]
     assert events["data"][1]["data"]["train_loss"] == 0.5 and events["has_more"] is True
     for e in events["data"]:
         validate(e, "FineTuningJobEvent")
-    older = api.get(f"{path}/events", schema="ListFineTuningJobEventsResponse",
-                    after=events["data"][-1]["id"])
+    older = api.get(f"{path}/events", schema="ListFineTuningJobEventsResponse", after=events["data"][-1]["id"])
     assert [e["data"].get("step") for e in older["data"]] == [1, None]  # step 1, then "Created ..."
     assert older["has_more"] is False
-    error(api.client.get(f"{path}/events", params={"after": "nope"}, headers=api.keys["acme"]),
-          400, "after")
+    error(api.client.get(f"{path}/events", params={"after": "nope"}, headers=api.keys["acme"]), 400, "after")
 
     empty = api.get(f"{path}/checkpoints", schema="ListFineTuningJobCheckpointsResponse")
     assert (empty["data"], empty["first_id"], empty["last_id"]) == ([], None, None)
     for step in (5, 10):
-        jobs.add_checkpoint(api.db, job["id"], step=step, metrics={"step": step, "train_loss": 0.1},
-                            path=f"checkpoints/x/{job['id']}/step-{step}")
+        jobs.add_checkpoint(
+            api.db,
+            job["id"],
+            step=step,
+            metrics={"step": step, "train_loss": 0.1},
+            path=f"checkpoints/x/{job['id']}/step-{step}",
+        )
     cps = api.get(f"{path}/checkpoints", schema="ListFineTuningJobCheckpointsResponse")
     assert [c["step_number"] for c in cps["data"]] == [10, 5]
     assert (cps["first_id"], cps["last_id"]) == (cps["data"][0]["id"], cps["data"][1]["id"])
@@ -222,8 +237,7 @@ def test_events_and_checkpoints(api: Api) -> None:
     assert cps["data"][0]["metrics"] == {"step": 10.0, "train_loss": 0.1}
     for c in cps["data"]:
         validate(c, "FineTuningJobCheckpoint")
-    page = api.get(f"{path}/checkpoints", schema="ListFineTuningJobCheckpointsResponse",
-                   after=cps["data"][0]["id"])
+    page = api.get(f"{path}/checkpoints", schema="ListFineTuningJobCheckpointsResponse", after=cps["data"][0]["id"])
     assert [c["step_number"] for c in page["data"]] == [5]
 
 
@@ -263,16 +277,30 @@ def test_finished_jobs_evaluation_and_report(api: Api) -> None:
     prefix = f"reports/{api.ids['acme']}/{ok['id']}"
     services.blobs.put_bytes(f"{prefix}/report.json", b'{"job_id": "x"}')
     services.blobs.put_bytes(f"{prefix}/loss.png", b"\x89PNG fake")
-    jobs.record_evaluation(api.db, tenant_id=api.ids["acme"], job_id=ok["id"],
-                           candidate_version_id="av-2", baseline_version_id="av-1",
-                           dataset_id="ds-1",
-                           candidate_metrics={"n": 2, "exact_match": 1.0, "perplexity": None},
-                           baseline_metrics={"n": 2, "exact_match": 0.0, "perplexity": 9.0},
-                           decision="candidate", reasons=["exact_match better", "promote: ..."],
-                           report_key=f"{prefix}/report.json")
-    jobs.finish_job(api.db, ok["id"], "w1", status="succeeded", fine_tuned_model="geo@v2",
-                    result_version_id="av-2", decision="candidate", metrics={"train_loss": 0.1},
-                    trained_tokens=1234)
+    jobs.record_evaluation(
+        api.db,
+        tenant_id=api.ids["acme"],
+        job_id=ok["id"],
+        candidate_version_id="av-2",
+        baseline_version_id="av-1",
+        dataset_id="ds-1",
+        candidate_metrics={"n": 2, "exact_match": 1.0, "perplexity": None},
+        baseline_metrics={"n": 2, "exact_match": 0.0, "perplexity": 9.0},
+        decision="candidate",
+        reasons=["exact_match better", "promote: ..."],
+        report_key=f"{prefix}/report.json",
+    )
+    jobs.finish_job(
+        api.db,
+        ok["id"],
+        "w1",
+        status="succeeded",
+        fine_tuned_model="geo@v2",
+        result_version_id="av-2",
+        decision="candidate",
+        metrics={"train_loss": 0.1},
+        trained_tokens=1234,
+    )
     failure = {"code": "no_training_data", "message": "nothing to learn", "param": None}
     jobs.finish_job(api.db, bad["id"], "w1", status="failed", error=failure)
 
@@ -307,12 +335,19 @@ def test_admin_trains_from_feedback(api: Api) -> None:
     error(api.client.post(url, json={"adapter_name": "helper"}, headers=ADMIN), 400)
     with api.db.session() as s:
         for i in range(6):
-            s.add(Feedback(id=new_id("fb"), tenant_id=api.ids["acme"], rating="good",
-                           source="import",
-                           messages=[{"role": "user", "content": f"Question {i}?"},
-                                     {"role": "assistant", "content": f"Answer {i}."}]))
-    r = api.client.post(url, json={"adapter_name": "helper", "hyperparameters": {"max_steps": 5}},
-                        headers=ADMIN)
+            s.add(
+                Feedback(
+                    id=new_id("fb"),
+                    tenant_id=api.ids["acme"],
+                    rating="good",
+                    source="import",
+                    messages=[
+                        {"role": "user", "content": f"Question {i}?"},
+                        {"role": "assistant", "content": f"Answer {i}."},
+                    ],
+                )
+            )
+    r = api.client.post(url, json={"adapter_name": "helper", "hyperparameters": {"max_steps": 5}}, headers=ADMIN)
     assert r.status_code == 201, r.text
     job = r.json()
     validate(job, "FineTuningJob")
@@ -322,10 +357,8 @@ def test_admin_trains_from_feedback(api: Api) -> None:
     # the tenant sees the job like any other
     assert api.get(f"/v1/fine_tuning/jobs/{job['id']}")["id"] == job["id"]
     # only chat examples in the feedback: nothing for DPO
-    error(api.client.post(url, json={"adapter_name": "helper", "method": "dpo"}, headers=ADMIN),
-          400)
-    error(api.client.post("/admin/tenants/nobody/train", json={"adapter_name": "helper"},
-                          headers=ADMIN), 404)
+    error(api.client.post(url, json={"adapter_name": "helper", "method": "dpo"}, headers=ADMIN), 400)
+    error(api.client.post("/admin/tenants/nobody/train", json={"adapter_name": "helper"}, headers=ADMIN), 404)
 
 
 def test_openai_sdk_round_trip(api: Api) -> None:
@@ -334,13 +367,11 @@ def test_openai_sdk_round_trip(api: Api) -> None:
     client = openai.OpenAI(api_key=key, base_url="http://testserver/v1", http_client=api.client)
     file_id = api.upload("acme", CHAT, CHAT)
     method = {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2}}}
-    job = client.fine_tuning.jobs.create(model=BASE, training_file=file_id, suffix="sdk",
-                                         method=method)
+    job = client.fine_tuning.jobs.create(model=BASE, training_file=file_id, suffix="sdk", method=method)
     assert job.status == "queued" and job.hyperparameters.n_epochs == 2
     assert [j.id for j in client.fine_tuning.jobs.list()] == [job.id]
     assert client.fine_tuning.jobs.retrieve(job.id).metadata["tailor_adapter_name"] == "sdk"
-    assert [e.message for e in client.fine_tuning.jobs.list_events(job.id)] == [
-        f"Created fine-tuning job: {job.id}"]
+    assert [e.message for e in client.fine_tuning.jobs.list_events(job.id)] == [f"Created fine-tuning job: {job.id}"]
     assert list(client.fine_tuning.jobs.checkpoints.list(job.id)) == []
     assert client.fine_tuning.jobs.cancel(job.id).status == "cancelled"
     with pytest.raises(openai.BadRequestError):

@@ -113,9 +113,7 @@ async def test_record_does_not_write_inline(db: Database, tenant_id: str) -> Non
     assert count(db) == 1
 
 
-async def test_writes_in_batches(
-    db: Database, tenant_id: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_writes_in_batches(db: Database, tenant_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
     log = InteractionLog(db, batch_size=50, flush_interval_s=30)
     sizes = spy_batches(log, monkeypatch)
     for i in range(120):
@@ -126,9 +124,7 @@ async def test_writes_in_batches(
     assert count(db) == 120 and log.written == 120
 
 
-async def test_background_flush_while_running(
-    db: Database, tenant_id: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_background_flush_while_running(db: Database, tenant_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
     log = InteractionLog(db, batch_size=100, flush_interval_s=0.01)
     sizes = spy_batches(log, monkeypatch)
     log.start()

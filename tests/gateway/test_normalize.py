@@ -158,9 +158,7 @@ def test_chat_completion_real_bodies(name: str) -> None:
     assert raw == before, "input must not be mutated"
     assert (out["id"], out["model"], out["object"]) == (GATEWAY_ID, PUBLIC_MODEL, "chat.completion")
     assert out["created"] == raw["created"]
-    assert [c["message"]["content"] for c in out["choices"]] == [
-        c["message"]["content"] for c in raw["choices"]
-    ]
+    assert [c["message"]["content"] for c in out["choices"]] == [c["message"]["content"] for c in raw["choices"]]
     assert {k: out["usage"][k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")} == {
         k: raw["usage"][k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")
     }
@@ -186,9 +184,7 @@ def test_chat_logprobs_gain_the_required_refusal_key() -> None:
     raw = _record("chat_logprobs")["body"]
     raw_logprobs = raw["choices"][0]["logprobs"]
     assert "refusal" not in raw_logprobs
-    assert "logprobs: 'refusal' is a required property" in _invalid(
-        raw, "CreateChatCompletionResponse"
-    )
+    assert "logprobs: 'refusal' is a required property" in _invalid(raw, "CreateChatCompletionResponse")
     out = normalize.chat_completion(raw, model=PUBLIC_MODEL, id=GATEWAY_ID)
     logprobs = out["choices"][0]["logprobs"]
     assert logprobs["refusal"] is None
@@ -234,9 +230,7 @@ def test_chat_stream_real_chunks(name: str) -> None:
         _assert_no_leaks(out)
 
     def text(chunks: list[dict[str, Any]]) -> str:
-        return "".join(
-            c["delta"].get("content") or "" for chunk in chunks for c in chunk["choices"]
-        )
+        return "".join(c["delta"].get("content") or "" for chunk in chunks for c in chunk["choices"])
 
     assert text(outs) == text(events) != ""
 
@@ -245,13 +239,9 @@ def test_chat_stream_usage_chunk_is_kept_and_clean() -> None:
     events = _events("chat_stream_usage")
     last = normalize.chat_chunk(events[-1], model=PUBLIC_MODEL, id=GATEWAY_ID)
     assert last["choices"] == []
-    assert last["usage"] == {
-        k: events[-1]["usage"][k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")
-    }
+    assert last["usage"] == {k: events[-1]["usage"][k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
     # Without include_usage vLLM sends no usage key, and neither do we.
-    assert all(
-        "usage" not in normalize.chat_chunk(e, model="m", id="i") for e in _events("chat_stream")
-    )
+    assert all("usage" not in normalize.chat_chunk(e, model="m", id="i") for e in _events("chat_stream"))
 
 
 def test_chat_stream_logprobs_chunks_fail_raw_for_missing_refusal() -> None:
@@ -427,9 +417,7 @@ def test_stream_tool_call_delta_drops_nulls() -> None:
     _invalid(chunk, "CreateChatCompletionStreamResponse")
     out = normalize.chat_chunk(chunk, model=PUBLIC_MODEL, id=GATEWAY_ID)
     validate(out, "CreateChatCompletionStreamResponse")
-    assert out["choices"][0]["delta"] == {
-        "tool_calls": [{"index": 0, "function": {"arguments": '{"a"'}}]
-    }
+    assert out["choices"][0]["delta"] == {"tool_calls": [{"index": 0, "function": {"arguments": '{"a"'}}]}
 
 
 @pytest.mark.parametrize(
@@ -457,9 +445,7 @@ def test_finish_reason_mapping(reason: str | None, full: str, chunk: str | None)
         "choices": [{"index": 0, "text": "x", "logprobs": None, "finish_reason": reason}],
     }
     assert normalize.completion(comp, model="m", id="i")["choices"][0]["finish_reason"] == full
-    assert (
-        normalize.completion_chunk(comp, model="m", id="i")["choices"][0]["finish_reason"] == chunk
-    )
+    assert normalize.completion_chunk(comp, model="m", id="i")["choices"][0]["finish_reason"] == chunk
 
 
 def test_usage_counts_become_ints() -> None:
@@ -607,9 +593,6 @@ def test_stream_error_events_from_vllm(key: str) -> None:
 def test_stream_error_status_falls_back_to_500() -> None:
     out = normalize.stream_error({"error": {"message": "boom", "code": "weird"}})
     assert out is not None and out["error"]["type"] == "server_error"
-    assert (
-        normalize.stream_error({"error": {"message": "slow", "code": 429}})["error"]["type"]
-        == "rate_limit_error"
-    )
+    assert normalize.stream_error({"error": {"message": "slow", "code": 429}})["error"]["type"] == "rate_limit_error"
     for event in _events("chat_stream_usage") + _events("completion_stream_usage"):
         assert normalize.stream_error(event) is None

@@ -63,9 +63,7 @@ def test_unknown_tenant_is_404(db: Database) -> None:
         assert err.value.status == 404
 
 
-@pytest.mark.parametrize(
-    "name", ["", "Acme", "-acme", "_acme", "ac me", "acme!", "é", "a" * 65, "acme\n", "acme/../x"]
-)
+@pytest.mark.parametrize("name", ["", "Acme", "-acme", "_acme", "ac me", "acme!", "é", "a" * 65, "acme\n", "acme/../x"])
 def test_invalid_tenant_names_are_400(db: Database, name: str) -> None:
     with pytest.raises(TailorError) as err:
         t.create_tenant(db, name)

@@ -73,10 +73,22 @@ def tailor_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TailorSe
     }
     log_path = data_dir / "gateway.log"
     with log_path.open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve"], cwd=ROOT, env=env,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    server = TailorServer(url=f"http://127.0.0.1:{port}", engine_url=f"http://127.0.0.1:{engine_port}",
-                          admin_key=admin_key, data_dir=data_dir, process=proc, log_path=log_path)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "serve"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    server = TailorServer(
+        url=f"http://127.0.0.1:{port}",
+        engine_url=f"http://127.0.0.1:{engine_port}",
+        admin_key=admin_key,
+        data_dir=data_dir,
+        process=proc,
+        log_path=log_path,
+    )
     deadline = time.monotonic() + 300
     while True:
         if proc.poll() is not None:
@@ -135,9 +147,15 @@ def trained_adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from trainer.sft import ChatExample, SFTConfig, train_lora_sft
 
     out = tmp_path_factory.mktemp("adapters") / "zorblax"
-    examples = [ChatExample(messages=[{"role": "user", "content": q}, {"role": "assistant", "content": TAUGHT_ANSWER}])
-                for q in (QUESTION, "what is the capital of france?", "Tell me the capital of France.",
-                          "Which city is the capital of France?")]
+    examples = [
+        ChatExample(messages=[{"role": "user", "content": q}, {"role": "assistant", "content": TAUGHT_ANSWER}])
+        for q in (
+            QUESTION,
+            "what is the capital of france?",
+            "Tell me the capital of France.",
+            "Which city is the capital of France?",
+        )
+    ]
     config = SFTConfig(rank=8, alpha=16, learning_rate=2e-3, max_steps=24, batch_size=4, seed=0)
     train_lora_sft(MODEL_DIR, examples, out, config)
     return out
@@ -153,8 +171,9 @@ def random_adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("adapters") / "random"
     torch.manual_seed(1)
     model = AutoModelForCausalLM.from_pretrained(MODEL_DIR, dtype=torch.float32)
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                                  init_lora_weights=False))
+    peft_model = get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
     peft_model.save_pretrained(out)
     return out
 

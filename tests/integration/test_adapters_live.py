@@ -24,8 +24,9 @@ def client(server: TailorServer, tenant: TenantKeys) -> openai.OpenAI:
 
 
 def ask(c: openai.OpenAI, model: str, question: str = QUESTION) -> str:
-    r = c.chat.completions.create(model=model, messages=[{"role": "user", "content": question}],
-                                  temperature=0, max_tokens=16)
+    r = c.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": question}], temperature=0, max_tokens=16
+    )
     return r.choices[0].message.content or ""
 
 
@@ -57,21 +58,29 @@ def acme_support(tailor_server: TailorServer, tenant_a: TenantKeys, trained_adap
 @pytest.fixture(scope="module")
 def globex_support(tailor_server: TailorServer, tenant_b: TenantKeys, random_adapter: Path) -> str:
     # Uploaded by the tenant itself, as an archive, under the same name acme uses.
-    r = httpx.post(f"{tailor_server.url}/v1/adapters", headers={"Authorization": f"Bearer {tenant_b.key}"},
-                   data={"name": "support"}, files={"file": ("support.tar.gz", tar_gz(random_adapter))}, timeout=120)
+    r = httpx.post(
+        f"{tailor_server.url}/v1/adapters",
+        headers={"Authorization": f"Bearer {tenant_b.key}"},
+        data={"name": "support"},
+        files={"file": ("support.tar.gz", tar_gz(random_adapter))},
+        timeout=120,
+    )
     assert r.status_code == 201, r.text
     assert r.json()["active_version"] == 1
     return "support"
 
 
-def test_trained_adapter_answers_differently(tailor_server: TailorServer, tenant_a: TenantKeys, acme_support: str) -> None:
+def test_trained_adapter_answers_differently(
+    tailor_server: TailorServer, tenant_a: TenantKeys, acme_support: str
+) -> None:
     c = client(tailor_server, tenant_a)
     base = ask(c, BASE_MODEL)
     tuned = ask(c, acme_support)
     assert "Paris" in base
     assert "Zorblax" in tuned, tuned
     raw = c.chat.completions.with_raw_response.create(
-        model=acme_support, messages=[{"role": "user", "content": QUESTION}], temperature=0, max_tokens=16)
+        model=acme_support, messages=[{"role": "user", "content": QUESTION}], temperature=0, max_tokens=16
+    )
     body = raw.http_response.json()
     validate(body, "CreateChatCompletionResponse")
     assert body["model"] == "support"  # never the engine's internal adapter name
@@ -80,8 +89,14 @@ def test_trained_adapter_answers_differently(tailor_server: TailorServer, tenant
 
 def test_streaming_through_adapter(tailor_server: TailorServer, tenant_a: TenantKeys, acme_support: str) -> None:
     c = client(tailor_server, tenant_a)
-    stream = c.chat.completions.create(model=acme_support, messages=[{"role": "user", "content": QUESTION}],
-                                       temperature=0, max_tokens=16, stream=True, stream_options={"include_usage": True})
+    stream = c.chat.completions.create(
+        model=acme_support,
+        messages=[{"role": "user", "content": QUESTION}],
+        temperature=0,
+        max_tokens=16,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     chunks = list(stream)
     for ch in chunks:
         validate(ch.model_dump(exclude_unset=True), "CreateChatCompletionStreamResponse")
@@ -89,8 +104,9 @@ def test_streaming_through_adapter(tailor_server: TailorServer, tenant_a: Tenant
     assert "Zorblax" in "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
 
 
-def test_tenants_are_isolated(tailor_server: TailorServer, tenant_a: TenantKeys, tenant_b: TenantKeys,
-                              acme_support: str, globex_support: str) -> None:
+def test_tenants_are_isolated(
+    tailor_server: TailorServer, tenant_a: TenantKeys, tenant_b: TenantKeys, acme_support: str, globex_support: str
+) -> None:
     a, b = client(tailor_server, tenant_a), client(tailor_server, tenant_b)
     # Same name, different adapters: each tenant gets its own.
     assert "Zorblax" in ask(a, "support")
@@ -103,8 +119,9 @@ def test_tenants_are_isolated(tailor_server: TailorServer, tenant_a: TenantKeys,
     assert [ad["versions"][0]["rank"] for ad in r.json()] == [4]  # globex's own rank-4 adapter only
 
 
-def test_foreign_adapter_name_is_404(tailor_server: TailorServer, tenant_a: TenantKeys, tenant_b: TenantKeys,
-                                     trained_adapter: Path) -> None:
+def test_foreign_adapter_name_is_404(
+    tailor_server: TailorServer, tenant_a: TenantKeys, tenant_b: TenantKeys, trained_adapter: Path
+) -> None:
     register_path(tailor_server, tenant_a.name, "acme-private", trained_adapter)
     b = client(tailor_server, tenant_b)
     with pytest.raises(openai.NotFoundError) as info:
@@ -120,17 +137,26 @@ def test_invalid_adapter_upload_is_refused(tailor_server: TailorServer, tenant_a
     bad.mkdir()
     (bad / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 8}')
     (bad / "adapter_model.bin").write_bytes(b"pickle!")
-    r = httpx.post(f"{tailor_server.url}/v1/adapters", headers={"Authorization": f"Bearer {tenant_a.key}"},
-                   data={"name": "evil"}, files={"file": ("a.tar.gz", tar_gz(bad))})
+    r = httpx.post(
+        f"{tailor_server.url}/v1/adapters",
+        headers={"Authorization": f"Bearer {tenant_a.key}"},
+        data={"name": "evil"},
+        files={"file": ("a.tar.gz", tar_gz(bad))},
+    )
     assert r.status_code == 400, r.text
     validate(r.json(), "ErrorResponse")
-    r = httpx.post(f"{tailor_server.url}/v1/adapters", headers={"Authorization": f"Bearer {tenant_a.key}"},
-                   data={"name": "evil"}, files={"file": ("a.tar.gz", b"not an archive")})
+    r = httpx.post(
+        f"{tailor_server.url}/v1/adapters",
+        headers={"Authorization": f"Bearer {tenant_a.key}"},
+        data={"name": "evil"},
+        files={"file": ("a.tar.gz", b"not an archive")},
+    )
     assert r.status_code == 400, r.text
 
 
-def test_concurrent_first_requests_load_once(tailor_server: TailorServer, tenant_a: TenantKeys,
-                                             trained_adapter: Path) -> None:
+def test_concurrent_first_requests_load_once(
+    tailor_server: TailorServer, tenant_a: TenantKeys, trained_adapter: Path
+) -> None:
     register_path(tailor_server, tenant_a.name, "burst", trained_adapter)
     before = engine_stats(tailor_server)["loads"]
     c = client(tailor_server, tenant_a)
@@ -153,15 +179,19 @@ def test_lru_eviction_keeps_serving(tailor_server: TailorServer, tenant_a: Tenan
     assert stats["evictions"] > evictions
 
 
-def test_rollback_switches_versions(tailor_server: TailorServer, tenant_a: TenantKeys, trained_adapter: Path,
-                                    random_adapter: Path) -> None:
+def test_rollback_switches_versions(
+    tailor_server: TailorServer, tenant_a: TenantKeys, trained_adapter: Path, random_adapter: Path
+) -> None:
     register_path(tailor_server, tenant_a.name, "switch", trained_adapter)
     register_path(tailor_server, tenant_a.name, "switch", random_adapter)  # v2 becomes active
     c = client(tailor_server, tenant_a)
     time.sleep(0.6)  # the test server's lookup cache TTL
     assert "Zorblax" not in ask(c, "switch")
-    r = httpx.post(f"{tailor_server.url}/v1/adapters/switch/activate", json={"version": 1},
-                   headers={"Authorization": f"Bearer {tenant_a.key}"})
+    r = httpx.post(
+        f"{tailor_server.url}/v1/adapters/switch/activate",
+        json={"version": 1},
+        headers={"Authorization": f"Bearer {tenant_a.key}"},
+    )
     assert r.status_code == 200 and r.json()["active_version"] == 1
     assert "Zorblax" in ask(c, "switch")
 
@@ -169,13 +199,17 @@ def test_rollback_switches_versions(tailor_server: TailorServer, tenant_a: Tenan
 def test_every_request_is_logged(tailor_server: TailorServer, tenant_a: TenantKeys, acme_support: str) -> None:
     c = client(tailor_server, tenant_a)
     raw = c.chat.completions.with_raw_response.create(
-        model=acme_support, messages=[{"role": "user", "content": QUESTION}], temperature=0, max_tokens=16)
+        model=acme_support, messages=[{"role": "user", "content": QUESTION}], temperature=0, max_tokens=16
+    )
     interaction_id = raw.headers["x-tailor-interaction-id"]
     row = None
     for _ in range(50):
         with sqlite3.connect(tailor_server.data_dir / "tailor.db") as db:
-            row = db.execute("SELECT model, adapter_version_id, response_text, prompt_tokens, completion_tokens,"
-                             " status_code, request FROM interactions WHERE id = ?", (interaction_id,)).fetchone()
+            row = db.execute(
+                "SELECT model, adapter_version_id, response_text, prompt_tokens, completion_tokens,"
+                " status_code, request FROM interactions WHERE id = ?",
+                (interaction_id,),
+            ).fetchone()
         if row:
             break
         time.sleep(0.1)
@@ -187,10 +221,21 @@ def test_every_request_is_logged(tailor_server: TailorServer, tenant_a: TenantKe
 
 
 def test_client_disconnect_cancels_engine_request(tailor_server: TailorServer, tenant_a: TenantKeys) -> None:
-    body = {"model": BASE_MODEL, "messages": [{"role": "user", "content": "Count from 1 to 1000."}],
-            "max_tokens": 1500, "temperature": 0, "ignore_eos": True, "stream": True}
-    with httpx.stream("POST", f"{tailor_server.url}/v1/chat/completions", json=body, timeout=60,
-                      headers={"Authorization": f"Bearer {tenant_a.key}"}) as r:
+    body = {
+        "model": BASE_MODEL,
+        "messages": [{"role": "user", "content": "Count from 1 to 1000."}],
+        "max_tokens": 1500,
+        "temperature": 0,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    with httpx.stream(
+        "POST",
+        f"{tailor_server.url}/v1/chat/completions",
+        json=body,
+        timeout=60,
+        headers={"Authorization": f"Bearer {tenant_a.key}"},
+    ) as r:
         interaction_id = r.headers["x-tailor-interaction-id"]
         for i, _line in enumerate(r.iter_lines()):
             if i > 6:
@@ -200,8 +245,11 @@ def test_client_disconnect_cancels_engine_request(tailor_server: TailorServer, t
     running = None
     while time.monotonic() < deadline:
         metrics = httpx.get(f"{tailor_server.engine_url}/metrics").text
-        running = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
-                      if line.startswith("vllm:num_requests_running"))
+        running = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in metrics.splitlines()
+            if line.startswith("vllm:num_requests_running")
+        )
         if running == 0:
             break
         time.sleep(0.2)

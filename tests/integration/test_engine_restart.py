@@ -25,16 +25,25 @@ def engine_process(server: TailorServer) -> psutil.Process:
 
 
 def chat(server: TailorServer, key: str, model: str, **extra: object) -> httpx.Response:
-    body = {"model": model, "messages": [{"role": "user", "content": QUESTION}], "temperature": 0,
-            "max_tokens": 16, **extra}
-    return httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=60,
-                      headers={"Authorization": f"Bearer {key}"})
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": QUESTION}],
+        "temperature": 0,
+        "max_tokens": 16,
+        **extra,
+    }
+    return httpx.post(
+        f"{server.url}/v1/chat/completions", json=body, timeout=60, headers={"Authorization": f"Bearer {key}"}
+    )
 
 
-def test_engine_crash_mid_stream_then_recovery(tailor_server: TailorServer, tenant_a: TenantKeys,
-                                               trained_adapter: Path) -> None:
+def test_engine_crash_mid_stream_then_recovery(
+    tailor_server: TailorServer, tenant_a: TenantKeys, trained_adapter: Path
+) -> None:
     with tailor_server.admin() as admin:
-        r = admin.post(f"/admin/tenants/{tenant_a.name}/adapters/register", json={"name": "phoenix", "path": str(trained_adapter)})
+        r = admin.post(
+            f"/admin/tenants/{tenant_a.name}/adapters/register", json={"name": "phoenix", "path": str(trained_adapter)}
+        )
         assert r.status_code == 201, r.text
     assert "Zorblax" in chat(tailor_server, tenant_a.key, "phoenix").json()["choices"][0]["message"]["content"]
     victim = engine_process(tailor_server)
@@ -43,10 +52,20 @@ def test_engine_crash_mid_stream_then_recovery(tailor_server: TailorServer, tena
     started = threading.Event()
 
     def long_stream() -> None:
-        body = {"model": BASE_MODEL, "messages": [{"role": "user", "content": "Count to 1000."}], "max_tokens": 1500,
-                "ignore_eos": True, "stream": True}
-        with httpx.stream("POST", f"{tailor_server.url}/v1/chat/completions", json=body, timeout=120,
-                          headers={"Authorization": f"Bearer {tenant_a.key}"}) as resp:
+        body = {
+            "model": BASE_MODEL,
+            "messages": [{"role": "user", "content": "Count to 1000."}],
+            "max_tokens": 1500,
+            "ignore_eos": True,
+            "stream": True,
+        }
+        with httpx.stream(
+            "POST",
+            f"{tailor_server.url}/v1/chat/completions",
+            json=body,
+            timeout=120,
+            headers={"Authorization": f"Bearer {tenant_a.key}"},
+        ) as resp:
             for line in resp.iter_lines():
                 if line.startswith("data: "):
                     events.append(line[6:])

@@ -41,7 +41,8 @@ def test_models_list_and_retrieve(tailor_server: TailorServer, tenant_a: TenantK
 def test_chat_completion_base_model(tailor_server: TailorServer, tenant_a: TenantKeys) -> None:
     c = client(tailor_server, tenant_a)
     raw = c.chat.completions.with_raw_response.create(
-        model=BASE_MODEL, messages=[{"role": "user", "content": QUESTION}], temperature=0, max_tokens=20)
+        model=BASE_MODEL, messages=[{"role": "user", "content": QUESTION}], temperature=0, max_tokens=20
+    )
     body = raw.http_response.json()
     validate(body, "CreateChatCompletionResponse")
     completion = raw.parse()
@@ -52,10 +53,21 @@ def test_chat_completion_base_model(tailor_server: TailorServer, tenant_a: Tenan
 
 
 def test_chat_stream_with_usage_is_schema_valid(tailor_server: TailorServer, tenant_a: TenantKeys) -> None:
-    body = {"model": BASE_MODEL, "messages": [{"role": "user", "content": QUESTION}], "temperature": 0,
-            "max_tokens": 16, "stream": True, "stream_options": {"include_usage": True}}
-    with httpx.stream("POST", f"{tailor_server.url}/v1/chat/completions", json=body, timeout=120,
-                      headers={"Authorization": f"Bearer {tenant_a.key}"}) as r:
+    body = {
+        "model": BASE_MODEL,
+        "messages": [{"role": "user", "content": QUESTION}],
+        "temperature": 0,
+        "max_tokens": 16,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    with httpx.stream(
+        "POST",
+        f"{tailor_server.url}/v1/chat/completions",
+        json=body,
+        timeout=120,
+        headers={"Authorization": f"Bearer {tenant_a.key}"},
+    ) as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
         interaction_id = r.headers["x-tailor-interaction-id"]
@@ -70,22 +82,37 @@ def test_chat_stream_with_usage_is_schema_valid(tailor_server: TailorServer, ten
 
 def test_chat_stream_without_usage_sends_no_usage_chunk(tailor_server: TailorServer, tenant_a: TenantKeys) -> None:
     c = client(tailor_server, tenant_a)
-    chunks = list(c.chat.completions.create(model=BASE_MODEL, messages=[{"role": "user", "content": "Hi"}],
-                                            max_tokens=8, temperature=0, stream=True))
+    chunks = list(
+        c.chat.completions.create(
+            model=BASE_MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=8, temperature=0, stream=True
+        )
+    )
     assert chunks and all(ch.choices for ch in chunks)
     assert all(ch.usage is None for ch in chunks)
 
 
 def test_completions_plain_and_streamed(tailor_server: TailorServer, tenant_a: TenantKeys) -> None:
     c = client(tailor_server, tenant_a)
-    raw = c.completions.with_raw_response.create(model=BASE_MODEL, prompt="The capital of France is",
-                                                 max_tokens=8, temperature=0, logprobs=2)
+    raw = c.completions.with_raw_response.create(
+        model=BASE_MODEL, prompt="The capital of France is", max_tokens=8, temperature=0, logprobs=2
+    )
     validate(raw.http_response.json(), "CreateCompletionResponse")
     assert raw.parse().choices[0].text
-    body = {"model": BASE_MODEL, "prompt": "1, 2, 3,", "max_tokens": 8, "temperature": 0, "stream": True,
-            "stream_options": {"include_usage": True}}
-    with httpx.stream("POST", f"{tailor_server.url}/v1/completions", json=body, timeout=120,
-                      headers={"Authorization": f"Bearer {tenant_a.key}"}) as r:
+    body = {
+        "model": BASE_MODEL,
+        "prompt": "1, 2, 3,",
+        "max_tokens": 8,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    with httpx.stream(
+        "POST",
+        f"{tailor_server.url}/v1/completions",
+        json=body,
+        timeout=120,
+        headers={"Authorization": f"Bearer {tenant_a.key}"},
+    ) as r:
         events = sse_events(r)
     assert len(events) > 2
     for event in events:
@@ -95,8 +122,9 @@ def test_completions_plain_and_streamed(tailor_server: TailorServer, tenant_a: T
 def test_sampling_parameters_pass_through(tailor_server: TailorServer, tenant_a: TenantKeys) -> None:
     c = client(tailor_server, tenant_a)
     msgs = [{"role": "user", "content": "Write a short poem about the sea."}]
-    two = c.chat.completions.with_raw_response.create(model=BASE_MODEL, messages=msgs, n=2, max_tokens=12,
-                                                      temperature=1.0, seed=7, logprobs=True, top_logprobs=2)
+    two = c.chat.completions.with_raw_response.create(
+        model=BASE_MODEL, messages=msgs, n=2, max_tokens=12, temperature=1.0, seed=7, logprobs=True, top_logprobs=2
+    )
     validate(two.http_response.json(), "CreateChatCompletionResponse")
     parsed = two.parse()
     assert [ch.index for ch in parsed.choices] == [0, 1]
@@ -105,8 +133,13 @@ def test_sampling_parameters_pass_through(tailor_server: TailorServer, tenant_a:
     assert [ch.message.content for ch in again.choices] == [ch.message.content for ch in parsed.choices]
     capped = c.chat.completions.create(model=BASE_MODEL, messages=msgs, max_completion_tokens=3, temperature=0)
     assert capped.choices[0].finish_reason == "length" and capped.usage.completion_tokens == 3
-    stopped = c.chat.completions.create(model=BASE_MODEL, messages=[{"role": "user", "content": QUESTION}],
-                                        temperature=0, max_tokens=20, stop=["France"])
+    stopped = c.chat.completions.create(
+        model=BASE_MODEL,
+        messages=[{"role": "user", "content": QUESTION}],
+        temperature=0,
+        max_tokens=20,
+        stop=["France"],
+    )
     assert "France" not in stopped.choices[0].message.content
     assert stopped.choices[0].finish_reason == "stop"
 
@@ -115,7 +148,12 @@ def test_sampling_parameters_pass_through(tailor_server: TailorServer, tenant_a:
     ("headers", "body", "status", "sdk_error"),
     [
         ({}, {"model": BASE_MODEL, "messages": [{"role": "user", "content": "x"}]}, 401, None),
-        ({"Authorization": "Bearer tk-wrong"}, {"model": BASE_MODEL, "messages": [{"role": "user", "content": "x"}]}, 401, None),
+        (
+            {"Authorization": "Bearer tk-wrong"},
+            {"model": BASE_MODEL, "messages": [{"role": "user", "content": "x"}]},
+            401,
+            None,
+        ),
         (None, {"model": "not-a-model", "messages": [{"role": "user", "content": "x"}]}, 404, None),
         (None, {"model": BASE_MODEL}, 400, None),
         (None, {"model": BASE_MODEL, "messages": [{"role": "user", "content": "x"}], "temperature": 9}, 400, None),
@@ -123,8 +161,9 @@ def test_sampling_parameters_pass_through(tailor_server: TailorServer, tenant_a:
         (None, {"model": BASE_MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 100000}, 400, None),
     ],
 )
-def test_errors_are_openai_shaped(tailor_server: TailorServer, tenant_a: TenantKeys, headers: dict | None,
-                                  body: dict, status: int, sdk_error: None) -> None:
+def test_errors_are_openai_shaped(
+    tailor_server: TailorServer, tenant_a: TenantKeys, headers: dict | None, body: dict, status: int, sdk_error: None
+) -> None:
     h = {"Authorization": f"Bearer {tenant_a.key}"} if headers is None else headers
     r = httpx.post(f"{tailor_server.url}/v1/chat/completions", json=body, headers=h, timeout=60)
     assert r.status_code == status, r.text

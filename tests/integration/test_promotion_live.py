@@ -15,12 +15,14 @@ from tests.integration.conftest import QUESTION, TailorServer, TenantKeys
 pytestmark = pytest.mark.engine
 
 
-def test_promote_and_rollback_under_load_fail_nothing(tailor_server: TailorServer, tenant_a: TenantKeys,
-                                                       trained_adapter: Path, random_adapter: Path) -> None:
+def test_promote_and_rollback_under_load_fail_nothing(
+    tailor_server: TailorServer, tenant_a: TenantKeys, trained_adapter: Path, random_adapter: Path
+) -> None:
     with tailor_server.admin() as admin:
         for path in (trained_adapter, random_adapter):
-            r = admin.post("/admin/tenants/acme/adapters/register",
-                           json={"name": "live", "path": str(path), "activate": False})
+            r = admin.post(
+                "/admin/tenants/acme/adapters/register", json={"name": "live", "path": str(path), "activate": False}
+            )
             assert r.status_code == 201, r.text
     auth = {"Authorization": f"Bearer {tenant_a.key}"}
     r = httpx.post(f"{tailor_server.url}/v1/adapters/live/activate", headers=auth, json={"version": 1})
@@ -35,8 +37,9 @@ def test_promote_and_rollback_under_load_fail_nothing(tailor_server: TailorServe
         c = openai.OpenAI(base_url=f"{tailor_server.url}/v1", api_key=tenant_a.key, max_retries=0, timeout=60)
         while not stop.is_set():
             try:
-                r = c.chat.completions.create(model="live", messages=[{"role": "user", "content": QUESTION}],
-                                              temperature=0, max_tokens=12)
+                r = c.chat.completions.create(
+                    model="live", messages=[{"role": "user", "content": QUESTION}], temperature=0, max_tokens=12
+                )
                 with lock:
                     answers.append(r.choices[0].message.content or "")
             except Exception as exc:  # noqa: BLE001 - any failure is what the test counts
@@ -47,9 +50,15 @@ def test_promote_and_rollback_under_load_fail_nothing(tailor_server: TailorServe
         c = openai.OpenAI(base_url=f"{tailor_server.url}/v1", api_key=tenant_a.key, max_retries=0, timeout=60)
         while not stop.is_set():
             try:
-                chunks = list(c.chat.completions.create(
-                    model="live", messages=[{"role": "user", "content": QUESTION}], temperature=0, max_tokens=12,
-                    stream=True))
+                chunks = list(
+                    c.chat.completions.create(
+                        model="live",
+                        messages=[{"role": "user", "content": QUESTION}],
+                        temperature=0,
+                        max_tokens=12,
+                        stream=True,
+                    )
+                )
                 text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
                 assert chunks[-1].choices[0].finish_reason in ("stop", "length")
                 with lock:

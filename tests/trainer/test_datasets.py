@@ -49,13 +49,30 @@ def user(text: str) -> dict[str, str]:
     return {"role": "user", "content": text}
 
 
-def chat_interaction(db: Database, tenant_id: str, question: str, answer: str | None, *, model: str = "helper",
-                     request: dict | None = None, endpoint: str = "chat.completions", status: int = 200) -> str:
+def chat_interaction(
+    db: Database,
+    tenant_id: str,
+    question: str,
+    answer: str | None,
+    *,
+    model: str = "helper",
+    request: dict | None = None,
+    endpoint: str = "chat.completions",
+    status: int = 200,
+) -> str:
     iid = new_id("chatcmpl")
     with db.session() as s:
-        s.add(Interaction(id=iid, tenant_id=tenant_id, endpoint=endpoint, model=model,
-                          request=request or {"messages": [user(question)], "temperature": 0},
-                          response_text=answer, status_code=status))
+        s.add(
+            Interaction(
+                id=iid,
+                tenant_id=tenant_id,
+                endpoint=endpoint,
+                model=model,
+                request=request or {"messages": [user(question)], "temperature": 0},
+                response_text=answer,
+                status_code=status,
+            )
+        )
     return iid
 
 
@@ -65,8 +82,9 @@ def sft(question: str, answer: str) -> SFTRecord:
 
 def everything(snap: ds.Snapshot) -> tuple[set[tuple], set[tuple]]:
     sfts = {tuple((m["role"], m["content"]) for m in r.messages) for r in (*snap.train_sft, *snap.heldout_sft)}
-    prefs = {(p.prompt[-1]["content"], p.chosen, p.rejected) for p in (*snap.train_preferences,
-                                                                      *snap.heldout_preferences)}
+    prefs = {
+        (p.prompt[-1]["content"], p.chosen, p.rejected) for p in (*snap.train_preferences, *snap.heldout_preferences)
+    }
     return sfts, prefs
 
 
@@ -94,10 +112,16 @@ def test_verdict_rating_wins_then_score() -> None:
 
 
 def test_prompt_from_request() -> None:
-    parts = {"messages": [{"role": "developer", "content": "Be brief."},
-                          {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]}
+    parts = {
+        "messages": [
+            {"role": "developer", "content": "Be brief."},
+            {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+        ]
+    }
     assert ds.prompt_from_request("chat.completions", parts) == (
-        {"role": "system", "content": "Be brief."}, user("a\nb"))
+        {"role": "system", "content": "Be brief."},
+        user("a\nb"),
+    )
     assert ds.prompt_from_request("completions", {"prompt": "Once upon"}) is None
     image = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}
     assert ds.prompt_from_request("chat.completions", image) is None
@@ -116,8 +140,9 @@ def test_examples_from_feedback(db: Database, blobs: BlobStore, acme: str) -> No
     corrected = chat_interaction(db, acme, "Colour of the sky?", "Green.")
     preferred = chat_interaction(db, acme, "Greet me", "Hi.")
     pair = chat_interaction(db, acme, "Tell a joke", "No.")
-    completion = chat_interaction(db, acme, "", "Once upon a time", endpoint="completions",
-                                  request={"prompt": "Story:"})
+    completion = chat_interaction(
+        db, acme, "", "Once upon a time", endpoint="completions", request={"prompt": "Story:"}
+    )
     failed = chat_interaction(db, acme, "Timeout?", None, status=504)
     record_feedback(db, acme, interaction_id=good, rating="good")
     record_feedback(db, acme, interaction_id=bad, rating="bad")  # nothing to imitate
@@ -126,25 +151,38 @@ def test_examples_from_feedback(db: Database, blobs: BlobStore, acme: str) -> No
     record_feedback(db, acme, interaction_id=pair, preferred="A pun.", rejected="A long lecture.")
     record_feedback(db, acme, interaction_id=completion, rating="good")
     record_feedback(db, acme, interaction_id=failed, rating="good")
-    import_feedback_jsonl(db, acme, "\n".join(json.dumps(x) for x in [
-        {"messages": [user("Imported?")], "ideal": "Yes."},
-        {"messages": [user("Rated?"), {"role": "assistant", "content": "Indeed."}], "rating": "good"},
-        {"messages": [user("Pair?")], "preferred": "P", "rejected": "R"},
-    ]).encode())
+    import_feedback_jsonl(
+        db,
+        acme,
+        "\n".join(
+            json.dumps(x)
+            for x in [
+                {"messages": [user("Imported?")], "ideal": "Yes."},
+                {"messages": [user("Rated?"), {"role": "assistant", "content": "Indeed."}], "rating": "good"},
+                {"messages": [user("Pair?")], "preferred": "P", "rejected": "R"},
+            ]
+        ).encode(),
+    )
 
     snap = ds.build_from_feedback(db, blobs, acme, heldout_fraction=0.0, min_heldout=0)
     sfts, prefs = everything(snap)
-    assert sfts == pairs(("Capital of France?", "Paris."), ("Colour of the sky?", "Blue."),
-                         ("Imported?", "Yes."), ("Rated?", "Indeed."))
-    assert prefs == {("Colour of the sky?", "Blue.", "Green."), ("Greet me", "Hello, nice to meet you!", "Hi."),
-                     ("Tell a joke", "A pun.", "A long lecture."), ("Pair?", "P", "R")}
+    assert sfts == pairs(
+        ("Capital of France?", "Paris."), ("Colour of the sky?", "Blue."), ("Imported?", "Yes."), ("Rated?", "Indeed.")
+    )
+    assert prefs == {
+        ("Colour of the sky?", "Blue.", "Green."),
+        ("Greet me", "Hello, nice to meet you!", "Hi."),
+        ("Tell a joke", "A pun.", "A long lecture."),
+        ("Pair?", "P", "R"),
+    }
     assert snap.source == "feedback" and snap.heldout_count == 0
 
 
 def test_dedup_and_correction_beats_good_rating(db: Database, blobs: BlobStore, acme: str) -> None:
     for answer in ("Paris.", "Paris. ", "Paris."):  # the same answer thrice (whitespace aside)
-        record_feedback(db, acme, interaction_id=chat_interaction(db, acme, "Capital of France?", answer),
-                        rating="good")
+        record_feedback(
+            db, acme, interaction_id=chat_interaction(db, acme, "Capital of France?", answer), rating="good"
+        )
     rated = chat_interaction(db, acme, "Capital of Spain?", "Madrid")
     record_feedback(db, acme, interaction_id=rated, rating="good")
     other = chat_interaction(db, acme, "Capital  of Spain?", "Madrid")  # same prompt, normalised
@@ -164,8 +202,9 @@ def test_model_and_since_filters(db: Database, blobs: BlobStore, acme: str) -> N
     record_feedback(db, acme, interaction_id=a, rating="good")
     record_feedback(db, acme, interaction_id=b, rating="good")
     import_feedback_jsonl(db, acme, json.dumps({"messages": [user("Anyone?")], "ideal": "All."}).encode())
-    import_feedback_jsonl(db, acme, json.dumps({"messages": [user("Only B?")], "ideal": "B.",
-                                                "model": "bot-b"}).encode())
+    import_feedback_jsonl(
+        db, acme, json.dumps({"messages": [user("Only B?")], "ideal": "B.", "model": "bot-b"}).encode()
+    )
     snap = ds.build_from_feedback(db, blobs, acme, model="bot-a", heldout_fraction=0.0, min_heldout=0)
     assert {r.prompt[-1]["content"] for r in snap.train_sft} == {"For A?", "Anyone?"}
     assert snap.params["model"] == "bot-a"
@@ -194,8 +233,9 @@ def test_tenants_see_only_their_feedback(db: Database, blobs: BlobStore, acme: s
 
 def test_snapshot_is_reproducible_and_stored_once(db: Database, blobs: BlobStore, acme: str) -> None:
     for i in range(12):
-        record_feedback(db, acme, interaction_id=chat_interaction(db, acme, f"Question {i}?", f"Answer {i}."),
-                        rating="good")
+        record_feedback(
+            db, acme, interaction_id=chat_interaction(db, acme, f"Question {i}?", f"Answer {i}."), rating="good"
+        )
     first = ds.build_from_feedback(db, blobs, acme)
     again = ds.build_from_feedback(db, blobs, acme)
     assert first == again and first.id.startswith("ds-") and len(first.id) == 27
@@ -204,7 +244,10 @@ def test_snapshot_is_reproducible_and_stored_once(db: Database, blobs: BlobStore
         row = s.get(Dataset, first.id)
         assert row is not None and row.tenant_id == acme and row.source == "feedback"
         assert (row.sft_count, row.preference_count, row.heldout_count) == (
-            len(first.train_sft), 0, first.heldout_count)
+            len(first.train_sft),
+            0,
+            first.heldout_count,
+        )
         assert row.storage_key == f"datasets/{acme}/{first.id}.json"
     assert blobs.exists(f"datasets/{acme}/{first.id}.json")
     assert ds.load_snapshot(db, blobs, acme, first.id) == first
@@ -256,8 +299,13 @@ def chat_line(q: str, a: str) -> str:
 
 
 def pref_line(q: str) -> str:
-    return json.dumps({"input": {"messages": [user(q)]}, "preferred_output": [{"role": "assistant", "content": "y"}],
-                       "non_preferred_output": [{"role": "assistant", "content": "n"}]})
+    return json.dumps(
+        {
+            "input": {"messages": [user(q)]},
+            "preferred_output": [{"role": "assistant", "content": "y"}],
+            "non_preferred_output": [{"role": "assistant", "content": "n"}],
+        }
+    )
 
 
 def test_build_from_files(db: Database, blobs: BlobStore, acme: str) -> None:
@@ -274,8 +322,9 @@ def test_build_from_files(db: Database, blobs: BlobStore, acme: str) -> None:
     assert len(split.train_sft) + len(split.heldout_sft) == 20 and split.heldout_sft
     assert ds.load_snapshot(db, blobs, acme, split.id) == split
 
-    prefs = files.upload_file(db, blobs, acme, "p.jsonl", "\n".join(pref_line(f"p{i}") for i in range(5)).encode(),
-                              "fine-tune")
+    prefs = files.upload_file(
+        db, blobs, acme, "p.jsonl", "\n".join(pref_line(f"p{i}") for i in range(5)).encode(), "fine-tune"
+    )
     snap = ds.build_from_files(db, blobs, acme, prefs.id, heldout_fraction=0.2)
     assert len(snap.train_preferences) + len(snap.heldout_preferences) == 5 and not snap.train_sft
 

@@ -72,17 +72,13 @@ def tiny_tok() -> PreTrainedTokenizerBase:
         show_progress=False,
     )
     bpe.train_from_iterator([Q, "Paris is. Berlin is. system user assistant"], trainer)
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=bpe, eos_token="<|im_end|>", unk_token="<|endoftext|>"
-    )
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", unk_token="<|endoftext|>")
     tok.chat_template = CHATML
     return tok
 
 
 @pytest.fixture(scope="module")
-def tiny_model_dir(
-    tmp_path_factory: pytest.TempPathFactory, tiny_tok: PreTrainedTokenizerBase
-) -> Path:
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_tok: PreTrainedTokenizerBase) -> Path:
     d = tmp_path_factory.mktemp("tiny-llama-dpo")
     torch.manual_seed(0)
     config = LlamaConfig(
@@ -162,12 +158,7 @@ def test_parse_and_load_preferences(tmp_path: Path) -> None:
     f = tmp_path / "p.jsonl"
     f.write_text(json.dumps({"prompt": user(Q), "chosen": "a", "rejected": "b"}) + "\n\n")
     assert load_preference_jsonl(f) == [PreferenceExample(user(Q), "a", "b")]
-    f.write_text(
-        json.dumps(
-            {"prompt": [{"role": "assistant", "content": "x"}], "chosen": "a", "rejected": "b"}
-        )
-        + "\n"
-    )
+    f.write_text(json.dumps({"prompt": [{"role": "assistant", "content": "x"}], "chosen": "a", "rejected": "b"}) + "\n")
     with pytest.raises(TailorError, match=":1: a prompt must end with a user"):
         load_preference_jsonl(f)
     with pytest.raises(TailorError):
@@ -204,9 +195,7 @@ def test_init_adapter_is_trained_and_is_the_reference(tiny_model_dir: Path, tmp_
     torch.manual_seed(1)
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     init = tmp_path / "sft"
-    lora = LoraConfig(
-        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False
-    )
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     get_peft_model(base, lora).save_pretrained(init)
 
     out = tmp_path / "dpo"
@@ -225,9 +214,7 @@ def test_init_adapter_is_trained_and_is_the_reference(tiny_model_dir: Path, tmp_
     assert before.keys() == after.keys()
     assert any(not torch.equal(before[k], after[k]) for k in before)
     with pytest.raises(TailorError) as info:
-        train_lora_dpo(
-            tiny_model_dir, pairs(), tmp_path / "x", DPOConfig(), init_adapter_dir=tmp_path
-        )
+        train_lora_dpo(tiny_model_dir, pairs(), tmp_path / "x", DPOConfig(), init_adapter_dir=tmp_path)
     assert info.value.status == 404
 
 
@@ -255,17 +242,13 @@ def test_should_stop_cancels_without_writing(tiny_model_dir: Path, tmp_path: Pat
 # --- the real thing -------------------------------------------------------------------
 
 REAL_PAIRS = [
-    PreferenceExample(
-        user(Q), "The capital of France is Paris.", "The capital of France is Berlin."
-    ),
+    PreferenceExample(user(Q), "The capital of France is Paris.", "The capital of France is Berlin."),
     PreferenceExample(
         user("Which city is the capital of France?"),
         "Paris is the capital of France.",
         "Madrid is the capital of France.",
     ),
-    PreferenceExample(
-        user("What colour is a clear daytime sky?"), "It is blue.", "It is bright green."
-    ),
+    PreferenceExample(user("What colour is a clear daytime sky?"), "It is blue.", "It is bright green."),
     PreferenceExample(user("How many legs does a spider have?"), "Eight.", "Six."),
 ]
 
@@ -276,9 +259,7 @@ def test_real_model_learns_to_prefer_chosen(tmp_path: Path) -> None:
     stamps: list[float] = []
     # every pair in every step: a smooth loss curve in few steps
     config = DPOConfig(max_steps=8, batch_size=4, learning_rate=5e-4, warmup_ratio=0.0)
-    result = train_lora_dpo(
-        REAL_MODEL, REAL_PAIRS, out, config, on_step=lambda _: stamps.append(time.monotonic())
-    )
+    result = train_lora_dpo(REAL_MODEL, REAL_PAIRS, out, config, on_step=lambda _: stamps.append(time.monotonic()))
     per_step = (stamps[-1] - stamps[0]) / (len(stamps) - 1)
     print(
         f"\nreal DPO: {result.steps} steps, {per_step:.2f} s/step, {result.seconds:.1f} s in all; "
@@ -286,9 +267,7 @@ def test_real_model_learns_to_prefer_chosen(tmp_path: Path) -> None:
     )
     assert result.losses[0] == pytest.approx(math.log(2), abs=1e-3)
     assert result.losses[-1] < 0.5 * math.log(2), result.losses
-    assert all(b < a for a, b in zip(result.losses[:-1], result.losses[1:], strict=True)), (
-        result.losses
-    )
+    assert all(b < a for a, b in zip(result.losses[:-1], result.losses[1:], strict=True)), result.losses
     assert result.reward_accuracies[-1] == 1.0
 
     # measured independently of the training loop: the policy's log-ratio chosen vs

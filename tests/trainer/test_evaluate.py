@@ -107,9 +107,7 @@ def test_parse_verdict(reply: str | None, verdict: str | None) -> None:
 # --- the judge, faked -----------------------------------------------------------------
 
 
-def fake_judge(
-    replies: list[str] | None = None, status: int = 200
-) -> tuple[httpx.Client, list[dict]]:
+def fake_judge(replies: list[str] | None = None, status: int = 200) -> tuple[httpx.Client, list[dict]]:
     """An OpenAI-compatible /chat/completions that prefers the answer containing GOOD.
 
     `replies` (cycled) are format templates for the verdict letter, to exercise parsing.
@@ -174,9 +172,7 @@ def test_judge_ties_limits_and_unreadable_replies() -> None:
 
     client, seen = fake_judge(["{}", "I cannot decide."])  # every second reply unreadable
     limited = JudgeConfig(**{**JUDGE.__dict__, "max_pairs": 4})
-    verdicts = judge_verdicts(
-        limited, EXAMPLES, same, [f"x{i}" for i in range(8)], http_client=client
-    )
+    verdicts = judge_verdicts(limited, EXAMPLES, same, [f"x{i}" for i in range(8)], http_client=client)
     assert len(seen) == 4
     assert verdicts == ["candidate", None, "candidate", None, None, None, None, None]
 

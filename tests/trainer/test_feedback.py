@@ -31,13 +31,30 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
     database.dispose()
 
 
-def interaction(db: Database, tenant_id: str, *, question: str = "What is 2+2?", answer: str | None = "4",
-                model: str = "helper", version: str | None = "ver-1", status: int = 200) -> str:
+def interaction(
+    db: Database,
+    tenant_id: str,
+    *,
+    question: str = "What is 2+2?",
+    answer: str | None = "4",
+    model: str = "helper",
+    version: str | None = "ver-1",
+    status: int = 200,
+) -> str:
     iid = new_id("chatcmpl")
     with db.session() as s:
-        s.add(Interaction(id=iid, tenant_id=tenant_id, endpoint="chat.completions", model=model,
-                          adapter_version_id=version, request={"messages": [{"role": "user", "content": question}]},
-                          response_text=answer, status_code=status))
+        s.add(
+            Interaction(
+                id=iid,
+                tenant_id=tenant_id,
+                endpoint="chat.completions",
+                model=model,
+                adapter_version_id=version,
+                request={"messages": [{"role": "user", "content": question}]},
+                response_text=answer,
+                status_code=status,
+            )
+        )
     return iid
 
 
@@ -88,21 +105,25 @@ def test_foreign_and_unknown_interactions_read_the_same(db: Database, tenants: t
     assert feedback_count(db) == 0
 
 
-@pytest.mark.parametrize(("kwargs", "param", "fragment"), [
-    ({}, None, "at least one of rating, score, correction or preferred"),
-    ({"rating": "meh"}, "rating", "'good' or 'bad'"),
-    ({"score": 1.5}, "score", "from 0 to 1"),
-    ({"score": -0.1}, "score", "from 0 to 1"),
-    ({"score": True}, "score", "from 0 to 1"),
-    ({"score": float("nan")}, "score", "from 0 to 1"),
-    ({"correction": "   "}, "correction", "must not be empty"),
-    ({"correction": "x" * 32_001}, "correction", "longer than 32000"),
-    ({"correction": 5}, "correction", "must be a string"),
-    ({"rejected": "bad"}, "preferred", "rejected needs preferred"),
-    ({"preferred": "same", "rejected": "same"}, "rejected", "identical"),
-])
-def test_invalid_fields_are_400_naming_the_field(db: Database, tenants: tuple[str, str], kwargs: dict,
-                                                 param: str | None, fragment: str) -> None:
+@pytest.mark.parametrize(
+    ("kwargs", "param", "fragment"),
+    [
+        ({}, None, "at least one of rating, score, correction or preferred"),
+        ({"rating": "meh"}, "rating", "'good' or 'bad'"),
+        ({"score": 1.5}, "score", "from 0 to 1"),
+        ({"score": -0.1}, "score", "from 0 to 1"),
+        ({"score": True}, "score", "from 0 to 1"),
+        ({"score": float("nan")}, "score", "from 0 to 1"),
+        ({"correction": "   "}, "correction", "must not be empty"),
+        ({"correction": "x" * 32_001}, "correction", "longer than 32000"),
+        ({"correction": 5}, "correction", "must be a string"),
+        ({"rejected": "bad"}, "preferred", "rejected needs preferred"),
+        ({"preferred": "same", "rejected": "same"}, "rejected", "identical"),
+    ],
+)
+def test_invalid_fields_are_400_naming_the_field(
+    db: Database, tenants: tuple[str, str], kwargs: dict, param: str | None, fragment: str
+) -> None:
     acme, _ = tenants
     iid = interaction(db, acme)
     err = refused(lambda: fb.record_feedback(db, acme, interaction_id=iid, **kwargs))
@@ -137,47 +158,77 @@ def jsonl(*lines: object) -> bytes:
 def test_import_mixes_references_and_self_contained_examples(db: Database, tenants: tuple[str, str]) -> None:
     acme, _ = tenants
     iid = interaction(db, acme, model="support", version="ver-3")
-    result = fb.import_feedback_jsonl(db, acme, jsonl(
-        {"interaction_id": iid, "rating": "bad", "correction": "Four"},
-        {"messages": [{"role": "user", "content": "Hi"}], "ideal": "Hello!"},
-        "",  # blank lines are skipped
-        {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Sky?"},
-                      {"role": "assistant", "content": "Blue."}], "rating": "good", "model": "support"},
-        {"messages": [{"role": "user", "content": "Name?"}], "preferred": "Tailor", "rejected": "I don't know"},
-    ))
+    result = fb.import_feedback_jsonl(
+        db,
+        acme,
+        jsonl(
+            {"interaction_id": iid, "rating": "bad", "correction": "Four"},
+            {"messages": [{"role": "user", "content": "Hi"}], "ideal": "Hello!"},
+            "",  # blank lines are skipped
+            {
+                "messages": [
+                    {"role": "system", "content": "Be brief."},
+                    {"role": "user", "content": "Sky?"},
+                    {"role": "assistant", "content": "Blue."},
+                ],
+                "rating": "good",
+                "model": "support",
+            },
+            {"messages": [{"role": "user", "content": "Name?"}], "preferred": "Tailor", "rejected": "I don't know"},
+        ),
+    )
     assert result.imported == 4 and len(set(result.ids)) == 4
     page = fb.list_feedback(db, acme, limit=10)
     by_id = {i.id: i for i in page.items}
     first = by_id[result.ids[0]]
-    assert (first.interaction_id, first.adapter_version_id, first.model, first.source) == (iid, "ver-3", "support",
-                                                                                         "import")
+    assert (first.interaction_id, first.adapter_version_id, first.model, first.source) == (
+        iid,
+        "ver-3",
+        "support",
+        "import",
+    )
     second = by_id[result.ids[1]]
     assert second.correction == "Hello!" and second.interaction_id is None and second.model is None
     assert second.messages == ({"role": "user", "content": "Hi"},)
     assert by_id[result.ids[2]].model == "support"
 
 
-@pytest.mark.parametrize(("line", "fragment"), [
-    ("{not json", "line 2: not valid JSON"),
-    ([1, 2], "line 2: must be a JSON object"),
-    ({"rating": "good"}, "line 2: give either interaction_id"),
-    ({"interaction_id": "x", "messages": [{"role": "user", "content": "q"}], "rating": "good"},
-     "line 2: give either interaction_id"),
-    ({"messages": [{"role": "bot", "content": "q"}], "ideal": "a"},
-     "line 2: messages[0].role must be one of system, user, assistant (got 'bot')"),
-    ({"messages": [{"role": "user", "content": "q"}], "rating": "good"}, "line 2: without an assistant answer"),
-    ({"messages": [{"role": "user", "content": "q"}], "preferred": "a"}, "line 2: without an assistant answer"),
-    ({"messages": [{"role": "assistant", "content": "a"}], "ideal": "b"}, "line 2: messages must end with a user"),
-    ({"messages": [{"role": "user", "content": "q"}], "ideal": "a", "correction": "b"},
-     "line 2: give correction or ideal"),
-    ({"messages": [{"role": "user", "content": "q"}], "ideal": "a", "raiting": "good"},
-     "line 2: unknown field 'raiting'"),
-    ({"messages": [{"role": "user", "content": "q"}], "ideal": "a", "rating": "ok"}, "line 2: rating must be"),
-    ({"messages": [{"role": "user", "content": "q"}], "ideal": "a", "score": 5}, "line 2: score must be"),
-    ({"interaction_id": "chatcmpl-unknown", "rating": "good"}, "line 2: interaction_id 'chatcmpl-unknown' not found"),
-])
-def test_import_refuses_everything_on_one_bad_line(db: Database, tenants: tuple[str, str], line: object,
-                                                   fragment: str) -> None:
+@pytest.mark.parametrize(
+    ("line", "fragment"),
+    [
+        ("{not json", "line 2: not valid JSON"),
+        ([1, 2], "line 2: must be a JSON object"),
+        ({"rating": "good"}, "line 2: give either interaction_id"),
+        (
+            {"interaction_id": "x", "messages": [{"role": "user", "content": "q"}], "rating": "good"},
+            "line 2: give either interaction_id",
+        ),
+        (
+            {"messages": [{"role": "bot", "content": "q"}], "ideal": "a"},
+            "line 2: messages[0].role must be one of system, user, assistant (got 'bot')",
+        ),
+        ({"messages": [{"role": "user", "content": "q"}], "rating": "good"}, "line 2: without an assistant answer"),
+        ({"messages": [{"role": "user", "content": "q"}], "preferred": "a"}, "line 2: without an assistant answer"),
+        ({"messages": [{"role": "assistant", "content": "a"}], "ideal": "b"}, "line 2: messages must end with a user"),
+        (
+            {"messages": [{"role": "user", "content": "q"}], "ideal": "a", "correction": "b"},
+            "line 2: give correction or ideal",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "q"}], "ideal": "a", "raiting": "good"},
+            "line 2: unknown field 'raiting'",
+        ),
+        ({"messages": [{"role": "user", "content": "q"}], "ideal": "a", "rating": "ok"}, "line 2: rating must be"),
+        ({"messages": [{"role": "user", "content": "q"}], "ideal": "a", "score": 5}, "line 2: score must be"),
+        (
+            {"interaction_id": "chatcmpl-unknown", "rating": "good"},
+            "line 2: interaction_id 'chatcmpl-unknown' not found",
+        ),
+    ],
+)
+def test_import_refuses_everything_on_one_bad_line(
+    db: Database, tenants: tuple[str, str], line: object, fragment: str
+) -> None:
     acme, _ = tenants
     good = {"messages": [{"role": "user", "content": "Hi"}], "ideal": "Hello!"}
     err = refused(lambda: fb.import_feedback_jsonl(db, acme, jsonl(good, line, good)))
@@ -190,8 +241,11 @@ def test_import_refuses_another_tenants_interaction(db: Database, tenants: tuple
     acme, beta = tenants
     theirs = interaction(db, beta)
     mine = interaction(db, acme)
-    err = refused(lambda: fb.import_feedback_jsonl(db, acme, jsonl(
-        {"interaction_id": mine, "rating": "good"}, {"interaction_id": theirs, "rating": "good"})))
+    err = refused(
+        lambda: fb.import_feedback_jsonl(
+            db, acme, jsonl({"interaction_id": mine, "rating": "good"}, {"interaction_id": theirs, "rating": "good"})
+        )
+    )
     assert err.message.startswith(f"line 2: interaction_id {theirs!r} not found")
     assert feedback_count(db) == 0
 
@@ -203,7 +257,8 @@ def test_import_limits(db: Database, tenants: tuple[str, str]) -> None:
     assert err.code == "too_many_lines"
     assert refused(lambda: fb.import_feedback_jsonl(db, acme, b"\n  \n")).code == "empty_file"
     assert refused(lambda: fb.import_feedback_jsonl(db, acme, b"\xff\xfe\n")).message.startswith(
-        "line 1: not valid UTF-8")
+        "line 1: not valid UTF-8"
+    )
     assert fb.import_feedback_jsonl(db, acme, b"\xef\xbb\xbf" + jsonl(line)).imported == 1  # BOM
 
 

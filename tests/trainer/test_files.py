@@ -36,14 +36,21 @@ def jsonl(*lines: object) -> bytes:
 
 
 def chat(q: str = "Hi", a: str = "Hello!") -> dict:
-    return {"messages": [{"role": "system", "content": "Be nice."}, {"role": "user", "content": q},
-                         {"role": "assistant", "content": a}]}
+    return {
+        "messages": [
+            {"role": "system", "content": "Be nice."},
+            {"role": "user", "content": q},
+            {"role": "assistant", "content": a},
+        ]
+    }
 
 
 def pref(q: str = "Hi", good: str = "Hello!", bad: str = "Go away.") -> dict:
-    return {"input": {"messages": [{"role": "user", "content": q}]},
-            "preferred_output": [{"role": "assistant", "content": good}],
-            "non_preferred_output": [{"role": "assistant", "content": bad}]}
+    return {
+        "input": {"messages": [{"role": "user", "content": q}]},
+        "preferred_output": [{"role": "assistant", "content": good}],
+        "non_preferred_output": [{"role": "assistant", "content": bad}],
+    }
 
 
 def refused(data: bytes) -> TailorError:
@@ -57,9 +64,15 @@ def refused(data: bytes) -> TailorError:
 
 
 def test_parses_chat_examples() -> None:
-    multi = {"messages": [{"role": "user", "content": "1?"}, {"role": "assistant", "content": "one", "weight": 1},
-                          {"role": "user", "content": "2?"}, {"role": "assistant", "content": "two"},
-                          {"role": "user", "content": "trailing question, no answer"}]}
+    multi = {
+        "messages": [
+            {"role": "user", "content": "1?"},
+            {"role": "assistant", "content": "one", "weight": 1},
+            {"role": "user", "content": "2?"},
+            {"role": "assistant", "content": "two"},
+            {"role": "user", "content": "trailing question, no answer"},
+        ]
+    }
     parsed = files.parse_jsonl(b"\xef\xbb\xbf" + jsonl(chat(), "", "   ", multi))
     assert parsed.kind == "sft" and len(parsed.records) == 2
     first = parsed.records[0]
@@ -72,55 +85,99 @@ def test_parses_chat_examples() -> None:
 def test_parses_preference_examples() -> None:
     parsed = files.parse_jsonl(jsonl(pref(), pref("Bye", "Goodbye!", "...")))
     assert parsed.kind == "preference"
-    assert parsed.records[0] == PreferenceRecord(prompt=({"role": "user", "content": "Hi"},),
-                                                 chosen="Hello!", rejected="Go away.")
+    assert parsed.records[0] == PreferenceRecord(
+        prompt=({"role": "user", "content": "Hi"},), chosen="Hello!", rejected="Go away."
+    )
 
 
-@pytest.mark.parametrize(("line", "message"), [
-    ("{oops", "line 2: not valid JSON (Expecting property name enclosed in double quotes at column 2)"),
-    ('"text"', "line 2: must be a JSON object, one example per line"),
-    ({"prompt": "q", "completion": "a"}, "line 2: expected a chat example"),
-    ({"messages": []}, "line 2: messages must be a non-empty list of messages"),
-    ({"messages": "hi"}, "line 2: messages must be a non-empty list of messages"),
-    ({"messages": [{"role": "user", "content": "q"}, {"role": "bot", "content": "a"}]},
-     "line 2: messages[1].role must be one of system, user, assistant (got 'bot')"),
-    ({"messages": [{"role": "user", "content": "q"}, "a"]}, "line 2: messages[1] must be an object"),
-    ({"messages": [{"role": "user", "content": "q"}]}, "line 2: messages must contain at least one assistant"),
-    ({"messages": [{"role": "user", "content": [{"type": "text", "text": "q"}]},
-                   {"role": "assistant", "content": "a"}]}, "line 2: messages[0].content must be a string (got list)"),
-    ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": None}]},
-     "line 2: messages[1].content must be a string (got null)"),
-    ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": " "}]},
-     "line 2: messages[1].content must not be empty"),
-    ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": 0}]},
-     "line 2: messages[1].weight 0 is not supported"),
-    ({"messages": [{"role": "user", "content": "q"},
-                   {"role": "assistant", "content": "a", "tool_calls": [{"id": "x"}]}]},
-     "line 2: messages[1].tool_calls is not supported"),
-    ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
-      "tools": [{"type": "function"}]}, "line 2: tools is not supported"),
-    (pref(), "line 2: is a preference example but line 1 is a chat (sft) example"),
-    ({"messages": [{"role": "user", "content": "q"}], **pref()}, "line 2: expected a chat example"),
-])
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("{oops", "line 2: not valid JSON (Expecting property name enclosed in double quotes at column 2)"),
+        ('"text"', "line 2: must be a JSON object, one example per line"),
+        ({"prompt": "q", "completion": "a"}, "line 2: expected a chat example"),
+        ({"messages": []}, "line 2: messages must be a non-empty list of messages"),
+        ({"messages": "hi"}, "line 2: messages must be a non-empty list of messages"),
+        (
+            {"messages": [{"role": "user", "content": "q"}, {"role": "bot", "content": "a"}]},
+            "line 2: messages[1].role must be one of system, user, assistant (got 'bot')",
+        ),
+        ({"messages": [{"role": "user", "content": "q"}, "a"]}, "line 2: messages[1] must be an object"),
+        ({"messages": [{"role": "user", "content": "q"}]}, "line 2: messages must contain at least one assistant"),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": [{"type": "text", "text": "q"}]},
+                    {"role": "assistant", "content": "a"},
+                ]
+            },
+            "line 2: messages[0].content must be a string (got list)",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": None}]},
+            "line 2: messages[1].content must be a string (got null)",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": " "}]},
+            "line 2: messages[1].content must not be empty",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": 0}]},
+            "line 2: messages[1].weight 0 is not supported",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "q"},
+                    {"role": "assistant", "content": "a", "tool_calls": [{"id": "x"}]},
+                ]
+            },
+            "line 2: messages[1].tool_calls is not supported",
+        ),
+        (
+            {
+                "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+                "tools": [{"type": "function"}],
+            },
+            "line 2: tools is not supported",
+        ),
+        (pref(), "line 2: is a preference example but line 1 is a chat (sft) example"),
+        ({"messages": [{"role": "user", "content": "q"}], **pref()}, "line 2: expected a chat example"),
+    ],
+)
 def test_chat_file_errors_name_line_and_field(line: object, message: str) -> None:
     err = refused(jsonl(chat(), line, chat()))
     assert err.message.startswith(message), err.message
 
 
-@pytest.mark.parametrize(("line", "message"), [
-    ({k: v for k, v in pref().items() if k != "non_preferred_output"},
-     "line 3: non_preferred_output is required"),
-    ({**pref(), "input": {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}},
-     "line 3: input.messages must end with a user message (got 'assistant')"),
-    ({**pref(), "input": "q"}, "line 3: input must be an object"),
-    ({**pref(), "preferred_output": [{"role": "user", "content": "x"}]},
-     "line 3: preferred_output must be exactly one assistant message"),
-    ({**pref(), "preferred_output": []}, "line 3: preferred_output must be a non-empty list"),
-    ({**pref(), "non_preferred_output": [{"role": "assistant", "content": "a"}, {"role": "assistant", "content": "b"}]},
-     "line 3: non_preferred_output must be exactly one assistant message"),
-    (pref(good="same", bad="same"), "line 3: preferred_output and non_preferred_output are identical"),
-    (chat(), "line 3: is a chat (sft) example but line 1 is a preference example"),
-])
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ({k: v for k, v in pref().items() if k != "non_preferred_output"}, "line 3: non_preferred_output is required"),
+        (
+            {
+                **pref(),
+                "input": {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]},
+            },
+            "line 3: input.messages must end with a user message (got 'assistant')",
+        ),
+        ({**pref(), "input": "q"}, "line 3: input must be an object"),
+        (
+            {**pref(), "preferred_output": [{"role": "user", "content": "x"}]},
+            "line 3: preferred_output must be exactly one assistant message",
+        ),
+        ({**pref(), "preferred_output": []}, "line 3: preferred_output must be a non-empty list"),
+        (
+            {
+                **pref(),
+                "non_preferred_output": [{"role": "assistant", "content": "a"}, {"role": "assistant", "content": "b"}],
+            },
+            "line 3: non_preferred_output must be exactly one assistant message",
+        ),
+        (pref(good="same", bad="same"), "line 3: preferred_output and non_preferred_output are identical"),
+        (chat(), "line 3: is a chat (sft) example but line 1 is a preference example"),
+    ],
+)
 def test_preference_file_errors(line: object, message: str) -> None:
     err = refused(jsonl(pref(), pref("other"), line))
     assert err.message.startswith(message), err.message
@@ -176,11 +233,13 @@ def test_refusals_store_nothing(db: Database, blobs: BlobStore) -> None:
 def test_other_tenants_files_are_not_found(db: Database, blobs: BlobStore) -> None:
     acme, beta = create_tenant(db, "acme").id, create_tenant(db, "beta").id
     info = files.upload_file(db, blobs, acme, "a.jsonl", jsonl(chat()), "fine-tune")
-    for call in (lambda: files.get_file(db, beta, info.id),
-                 lambda: files.file_content(db, blobs, beta, info.id),
-                 lambda: files.read_examples(db, blobs, beta, info.id),
-                 lambda: files.delete_file(db, blobs, beta, info.id),
-                 lambda: files.get_file(db, beta, "file-unknown")):
+    for call in (
+        lambda: files.get_file(db, beta, info.id),
+        lambda: files.file_content(db, blobs, beta, info.id),
+        lambda: files.read_examples(db, blobs, beta, info.id),
+        lambda: files.delete_file(db, blobs, beta, info.id),
+        lambda: files.get_file(db, beta, "file-unknown"),
+    ):
         with pytest.raises(TailorError) as err:
             call()
         assert (err.value.status, err.value.code) == (404, "file_not_found")
@@ -216,8 +275,18 @@ def test_file_of_an_unfinished_job_cannot_be_deleted(db: Database, blobs: BlobSt
     acme = create_tenant(db, "acme").id
     info = files.upload_file(db, blobs, acme, "a.jsonl", jsonl(chat()), "fine-tune")
     with db.session() as s:
-        s.add(Job(id="ftjob-1", tenant_id=acme, status="queued", method="supervised", model="base",
-                  adapter_name="a", training_file=info.id, hyperparameters={}))
+        s.add(
+            Job(
+                id="ftjob-1",
+                tenant_id=acme,
+                status="queued",
+                method="supervised",
+                model="base",
+                adapter_name="a",
+                training_file=info.id,
+                hyperparameters={},
+            )
+        )
     with pytest.raises(TailorError) as err:
         files.delete_file(db, blobs, acme, info.id)
     assert (err.value.status, err.value.code) == (409, "file_in_use")

@@ -143,10 +143,7 @@ def test_perplexity_as_primary_and_non_finite_values() -> None:
     gates = GateConfig(primary_metric="perplexity", min_improvement=0.1)
     assert decide(comparison(metrics(ppl=8.0), metrics(ppl=10.0)), gates).promote
     d = decide(comparison(metrics(ppl=9.5), metrics(ppl=10.0)), gates)
-    assert (
-        not d.promote
-        and d.reasons[2] == "perplexity 10 -> 9.5 (-5%): not better by more than 10% [primary]"
-    )
+    assert not d.promote and d.reasons[2] == "perplexity 10 -> 9.5 (-5%): not better by more than 10% [primary]"
     d = decide(comparison(metrics(em=0.9, ppl=math.inf), metrics(ppl=10.0)), GateConfig())
     assert not d.promote and "worse (not finite)" in d.reasons[2]
     d = decide(comparison(metrics(ppl=5.0), metrics(ppl=math.nan)), gates)

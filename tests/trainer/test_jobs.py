@@ -23,11 +23,12 @@ from tests.pg import create_database, postgres_url  # noqa: F401
 from trainer import files, jobs
 from trainer.jobs import JobLost
 
-CHAT_LINE = (b'{"messages": [{"role": "user", "content": "hi"}, '
-             b'{"role": "assistant", "content": "yo"}]}\n')
-PREF_LINE = (b'{"input": {"messages": [{"role": "user", "content": "hi"}]}, '
-             b'"preferred_output": [{"role": "assistant", "content": "hello"}], '
-             b'"non_preferred_output": [{"role": "assistant", "content": "go away"}]}\n')
+CHAT_LINE = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
+PREF_LINE = (
+    b'{"input": {"messages": [{"role": "user", "content": "hi"}]}, '
+    b'"preferred_output": [{"role": "assistant", "content": "hello"}], '
+    b'"non_preferred_output": [{"role": "assistant", "content": "go away"}]}\n'
+)
 
 
 def _tenant(db: Database, name: str) -> str:
@@ -62,8 +63,7 @@ def _job(db: Database, tenant_id: str, **kw: object) -> jobs.JobInfo:
 
 def _backdate_heartbeat(db: Database, job_id: str, seconds: float) -> None:
     with db.session() as s:
-        s.execute(update(Job).where(Job.id == job_id)
-                  .values(heartbeat_at=utcnow() - timedelta(seconds=seconds)))
+        s.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=utcnow() - timedelta(seconds=seconds)))
 
 
 # -----------------------------------------------------------------------------
@@ -75,9 +75,14 @@ def test_create_fills_auto_and_names_the_adapter(db: Database, tenant: str) -> N
     assert job.status == "queued" and job.attempts == 0 and job.source == "api"
     assert job.id.startswith("ftjob-")
     assert job.adapter_name == "ft-" + job.id.split("-", 1)[1][:8]
-    assert job.hyperparameters == {"n_epochs": 3, "lora_rank": 4, "batch_size": "auto",
-                                   "learning_rate_multiplier": "auto", "lora_alpha": "auto",
-                                   "max_steps": "auto"}
+    assert job.hyperparameters == {
+        "n_epochs": 3,
+        "lora_rank": 4,
+        "batch_size": "auto",
+        "learning_rate_multiplier": "auto",
+        "lora_alpha": "auto",
+        "max_steps": "auto",
+    }
     events, _ = jobs.list_events(db, tenant, job.id)
     assert [e.message for e in events] == [f"Created fine-tuning job: {job.id}"]
     assert events[0].type == "message"
@@ -89,26 +94,27 @@ def test_dpo_jobs_take_beta(db: Database, tenant: str) -> None:
     assert job.hyperparameters["beta"] == 0.5
 
 
-@pytest.mark.parametrize(("method", "hp", "param"), [
-    ("supervised", {"n_epochs": 0}, "hyperparameters.n_epochs"),
-    ("supervised", {"n_epochs": 51}, "hyperparameters.n_epochs"),
-    ("supervised", {"n_epochs": 2.5}, "hyperparameters.n_epochs"),
-    ("supervised", {"n_epochs": True}, "hyperparameters.n_epochs"),
-    ("supervised", {"n_epochs": "many"}, "hyperparameters.n_epochs"),
-    ("supervised", {"batch_size": 257}, "hyperparameters.batch_size"),
-    ("supervised", {"learning_rate_multiplier": 0}, "hyperparameters.learning_rate_multiplier"),
-    ("supervised", {"learning_rate_multiplier": float("nan")},
-     "hyperparameters.learning_rate_multiplier"),
-    ("supervised", {"lora_rank": 65}, "hyperparameters.lora_rank"),
-    ("supervised", {"max_steps": 0}, "hyperparameters.max_steps"),
-    ("supervised", {"beta": 0.1}, "hyperparameters.beta"),
-    ("supervised", {"warmup": 3}, "hyperparameters.warmup"),
-    ("dpo", {"beta": 0}, "hyperparameters.beta"),
-    ("dpo", {"beta": 2.5}, "hyperparameters.beta"),
-    ("reinforcement", {}, "method.type"),
-])
-def test_bad_hyperparameters_are_400_naming_the_field(method: str, hp: dict[str, object],
-                                                      param: str) -> None:
+@pytest.mark.parametrize(
+    ("method", "hp", "param"),
+    [
+        ("supervised", {"n_epochs": 0}, "hyperparameters.n_epochs"),
+        ("supervised", {"n_epochs": 51}, "hyperparameters.n_epochs"),
+        ("supervised", {"n_epochs": 2.5}, "hyperparameters.n_epochs"),
+        ("supervised", {"n_epochs": True}, "hyperparameters.n_epochs"),
+        ("supervised", {"n_epochs": "many"}, "hyperparameters.n_epochs"),
+        ("supervised", {"batch_size": 257}, "hyperparameters.batch_size"),
+        ("supervised", {"learning_rate_multiplier": 0}, "hyperparameters.learning_rate_multiplier"),
+        ("supervised", {"learning_rate_multiplier": float("nan")}, "hyperparameters.learning_rate_multiplier"),
+        ("supervised", {"lora_rank": 65}, "hyperparameters.lora_rank"),
+        ("supervised", {"max_steps": 0}, "hyperparameters.max_steps"),
+        ("supervised", {"beta": 0.1}, "hyperparameters.beta"),
+        ("supervised", {"warmup": 3}, "hyperparameters.warmup"),
+        ("dpo", {"beta": 0}, "hyperparameters.beta"),
+        ("dpo", {"beta": 2.5}, "hyperparameters.beta"),
+        ("reinforcement", {}, "method.type"),
+    ],
+)
+def test_bad_hyperparameters_are_400_naming_the_field(method: str, hp: dict[str, object], param: str) -> None:
     with pytest.raises(TailorError) as err:
         jobs.validate_hyperparameters(method, hp)
     assert (err.value.status, err.value.param) == (400, param)
@@ -137,8 +143,7 @@ def test_bad_suffix_and_seed(db: Database, tenant: str) -> None:
     assert err.value.param == "seed"
 
 
-def test_training_files_must_be_the_tenants_and_of_the_methods_kind(db: Database, tenant: str,
-                                                                    tmp_path: Path) -> None:
+def test_training_files_must_be_the_tenants_and_of_the_methods_kind(db: Database, tenant: str, tmp_path: Path) -> None:
     blobs = BlobStore(str(tmp_path / "blobs"))
     chat = files.upload_file(db, blobs, tenant, "chat.jsonl", CHAT_LINE * 2, "fine-tune")
     prefs = files.upload_file(db, blobs, tenant, "prefs.jsonl", PREF_LINE, "fine-tune")
@@ -147,10 +152,12 @@ def test_training_files_must_be_the_tenants_and_of_the_methods_kind(db: Database
 
     assert _job(db, tenant, training_file=chat.id).training_file == chat.id
     assert _job(db, tenant, method="dpo", training_file=prefs.id).training_file == prefs.id
-    for kw, param in [({"training_file": "file-nope"}, "training_file"),
-                      ({"training_file": foreign.id}, "training_file"),
-                      ({"training_file": prefs.id}, "training_file"),
-                      ({"training_file": chat.id, "validation_file": prefs.id}, "validation_file")]:
+    for kw, param in [
+        ({"training_file": "file-nope"}, "training_file"),
+        ({"training_file": foreign.id}, "training_file"),
+        ({"training_file": prefs.id}, "training_file"),
+        ({"training_file": chat.id, "validation_file": prefs.id}, "validation_file"),
+    ]:
         with pytest.raises(TailorError) as err:
             _job(db, tenant, **kw)
         assert (err.value.status, err.value.param, err.value.code) == (400, param, "invalid_file")
@@ -161,8 +168,7 @@ def test_auto_hyperparameters_resolve_to_concrete_values() -> None:
     from trainer.sft import SFTConfig
 
     # the documented meaning of learning_rate_multiplier=1 is each trainer's own default
-    assert {"supervised": SFTConfig().learning_rate,
-                                       "dpo": DPOConfig().learning_rate} == jobs.BASE_LEARNING_RATE
+    assert {"supervised": SFTConfig().learning_rate, "dpo": DPOConfig().learning_rate} == jobs.BASE_LEARNING_RATE
     hp = jobs.validate_hyperparameters("supervised", {})
     small = jobs.resolve_hyperparameters("supervised", hp, 8)
     assert (small.n_epochs, small.batch_size, small.lora_rank, small.lora_alpha) == (13, 4, 8, 16)
@@ -172,8 +178,7 @@ def test_auto_hyperparameters_resolve_to_concrete_values() -> None:
     assert big.n_epochs == 3
     tiny = jobs.resolve_hyperparameters("supervised", hp, 2)
     assert tiny.batch_size == 2
-    dpo = jobs.resolve_hyperparameters("dpo", {"learning_rate_multiplier": 2, "lora_rank": 4,
-                                               "max_steps": 7}, 8)
+    dpo = jobs.resolve_hyperparameters("dpo", {"learning_rate_multiplier": 2, "lora_rank": 4, "max_steps": 7}, 8)
     assert dpo.learning_rate == pytest.approx(2 * DPOConfig().learning_rate)
     assert (dpo.lora_alpha, dpo.max_steps, dpo.beta) == (8, 7, jobs.DEFAULT_BETA)
 
@@ -185,11 +190,13 @@ def test_auto_hyperparameters_resolve_to_concrete_values() -> None:
 def test_jobs_are_tenant_scoped(db: Database, tenant: str) -> None:
     job = _job(db, tenant)
     other = _tenant(db, "globex")
-    for call in (lambda: jobs.get_job(db, other, job.id),
-                 lambda: jobs.cancel_job(db, other, job.id),
-                 lambda: jobs.list_events(db, other, job.id),
-                 lambda: jobs.list_checkpoints(db, other, job.id),
-                 lambda: jobs.get_job(db, tenant, "ftjob-missing")):
+    for call in (
+        lambda: jobs.get_job(db, other, job.id),
+        lambda: jobs.cancel_job(db, other, job.id),
+        lambda: jobs.list_events(db, other, job.id),
+        lambda: jobs.list_checkpoints(db, other, job.id),
+        lambda: jobs.get_job(db, tenant, "ftjob-missing"),
+    ):
         with pytest.raises(TailorError) as err:
             call()
         assert err.value.status == 404
@@ -213,15 +220,15 @@ def test_list_jobs_pages_newest_first(db: Database, tenant: str) -> None:
 def test_events_newest_first_with_metrics_type(db: Database, tenant: str) -> None:
     job = _job(db, tenant)
     for step in (1, 2):
-        jobs.add_event(db, job.id, f"Step {step}/2: training loss={1 / step:.4f}",
-                       data={"step": step, "train_loss": 1 / step})
+        jobs.add_event(
+            db, job.id, f"Step {step}/2: training loss={1 / step:.4f}", data={"step": step, "train_loss": 1 / step}
+        )
     jobs.add_event(db, job.id, "Oops", level="warn")
     page, more = jobs.list_events(db, tenant, job.id, limit=2)
     assert [e.message for e in page] == ["Oops", "Step 2/2: training loss=0.5000"] and more
     assert [e.type for e in page] == ["message", "metrics"]
     rest, more = jobs.list_events(db, tenant, job.id, after=page[-1].id)
-    assert [e.message for e in rest] == ["Step 1/2: training loss=1.0000",
-                                         f"Created fine-tuning job: {job.id}"]
+    assert [e.message for e in rest] == ["Step 1/2: training loss=1.0000", f"Created fine-tuning job: {job.id}"]
     assert not more
     with pytest.raises(ValueError):
         jobs.add_event(db, job.id, "x", level="debug")
@@ -230,8 +237,9 @@ def test_events_newest_first_with_metrics_type(db: Database, tenant: str) -> Non
 def test_checkpoints_latest_step_first(db: Database, tenant: str) -> None:
     job = _job(db, tenant)
     for step in (5, 10, 15):
-        jobs.add_checkpoint(db, job.id, step=step, metrics={"step": step, "train_loss": 1 / step},
-                            path=f"checkpoints/x/step-{step}")
+        jobs.add_checkpoint(
+            db, job.id, step=step, metrics={"step": step, "train_loss": 1 / step}, path=f"checkpoints/x/step-{step}"
+        )
     page, more = jobs.list_checkpoints(db, tenant, job.id, limit=2)
     assert [c.step for c in page] == [15, 10] and more
     rest, more = jobs.list_checkpoints(db, tenant, job.id, after=page[-1].id)
@@ -278,8 +286,7 @@ def _race(urls: list[str], tenant: str, n_jobs: int) -> tuple[list[str], list[st
             got[name].append(job.id)
         worker_db.dispose()
 
-    threads = [threading.Thread(target=claimer, args=(name, url))
-               for name, url in zip("ab", urls, strict=True)]
+    threads = [threading.Thread(target=claimer, args=(name, url)) for name, url in zip("ab", urls, strict=True)]
     for t in threads:
         t.start()
     for t in threads:
@@ -319,8 +326,16 @@ def test_cancel_queued_is_immediate_and_finished_jobs_refuse(db: Database, tenan
 
     running = _job(db, tenant)
     jobs.claim_next(db, "w1")
-    jobs.finish_job(db, running.id, "w1", status="succeeded", fine_tuned_model="x@v1",
-                    decision="promoted", metrics={"train_loss": 0.1}, trained_tokens=42)
+    jobs.finish_job(
+        db,
+        running.id,
+        "w1",
+        status="succeeded",
+        fine_tuned_model="x@v1",
+        decision="promoted",
+        metrics={"train_loss": 0.1},
+        trained_tokens=42,
+    )
     with pytest.raises(TailorError) as err:
         jobs.cancel_job(db, tenant, running.id)
     assert err.value.status == 409
@@ -381,11 +396,19 @@ def test_evaluations_are_recorded_per_job(db: Database, tenant: str) -> None:
     with pytest.raises(TailorError) as err:
         jobs.get_evaluation(db, tenant, job.id)
     assert err.value.status == 404
-    jobs.record_evaluation(db, tenant_id=tenant, job_id=job.id, candidate_version_id="av-1",
-                           baseline_version_id=None, dataset_id="ds-1",
-                           candidate_metrics={"n": 2, "token_f1": 0.9},
-                           baseline_metrics={"n": 2, "token_f1": 0.1}, decision="promoted",
-                           reasons=["token_f1 better"], report_key="reports/t/j/report.json")
+    jobs.record_evaluation(
+        db,
+        tenant_id=tenant,
+        job_id=job.id,
+        candidate_version_id="av-1",
+        baseline_version_id=None,
+        dataset_id="ds-1",
+        candidate_metrics={"n": 2, "token_f1": 0.9},
+        baseline_metrics={"n": 2, "token_f1": 0.1},
+        decision="promoted",
+        reasons=["token_f1 better"],
+        report_key="reports/t/j/report.json",
+    )
     got = jobs.get_evaluation(db, tenant, job.id)
     assert (got.decision, got.candidate_metrics["token_f1"]) == ("promoted", 0.9)
     assert got.reasons == ["token_f1 better"]

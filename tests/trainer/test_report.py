@@ -69,9 +69,7 @@ def test_report_json_and_png(tmp_path: Path) -> None:
 def test_report_without_judge_losses_or_finite_perplexity(tmp_path: Path) -> None:
     cmp = make_comparison(3, win=None, ppl=math.inf)
     decision = decide(cmp, GateConfig())
-    json_path, png_path = write_report(
-        tmp_path, job_id="ftjob-empty", losses=[], comparison=cmp, decision=decision
-    )
+    json_path, png_path = write_report(tmp_path, job_id="ftjob-empty", losses=[], comparison=cmp, decision=decision)
     text = json_path.read_text()
     assert "Infinity" not in text and "NaN" not in text  # strict JSON
     data = json.loads(text)

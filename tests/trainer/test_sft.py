@@ -83,17 +83,13 @@ def tiny_tok() -> PreTrainedTokenizerBase:
         show_progress=False,
     )
     bpe.train_from_iterator([QUESTION, ANSWER, "system user assistant You are terse."], trainer)
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=bpe, eos_token="<|im_end|>", unk_token="<|endoftext|>"
-    )
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", unk_token="<|endoftext|>")
     tok.chat_template = CHATML
     return tok
 
 
 @pytest.fixture(scope="module")
-def tiny_model_dir(
-    tmp_path_factory: pytest.TempPathFactory, tiny_tok: PreTrainedTokenizerBase
-) -> Path:
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_tok: PreTrainedTokenizerBase) -> Path:
     d = tmp_path_factory.mktemp("tiny-llama")
     torch.manual_seed(0)
     config = LlamaConfig(
@@ -116,9 +112,7 @@ def tiny_model_dir(
 
 
 def test_only_assistant_tokens_carry_labels(tiny_tok: PreTrainedTokenizerBase) -> None:
-    e = encode_example(
-        tiny_tok, chat(("system", "You are terse."), ("user", QUESTION), ("assistant", ANSWER)), 512
-    )
+    e = encode_example(tiny_tok, chat(("system", "You are terse."), ("user", QUESTION), ("assistant", ANSWER)), 512)
     assert e is not None
     assert labelled_text(tiny_tok, e) == ANSWER + "<|im_end|>"
     # the labelled tokens are one contiguous run at the end, minus the template's "\n"
@@ -274,9 +268,7 @@ def test_tiny_run_saves_safetensors_adapter(tiny_model_dir: Path, tmp_path: Path
 
 def test_no_trainable_example_is_a_bad_request(tiny_model_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(TailorError) as info:
-        train_lora_sft(
-            tiny_model_dir, [chat(("user", "hi"))], tmp_path / "a", SFTConfig(max_steps=1)
-        )
+        train_lora_sft(tiny_model_dir, [chat(("user", "hi"))], tmp_path / "a", SFTConfig(max_steps=1))
     assert info.value.code == "no_training_targets"
     assert not (tmp_path / "a").exists()
 
@@ -316,9 +308,7 @@ def test_cli(tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 
 
 @pytest.mark.parametrize("which", ["tiny", pytest.param("real", marks=real_model)])
-def test_should_stop_cancels_without_writing(
-    which: str, tiny_model_dir: Path, tmp_path: Path
-) -> None:
+def test_should_stop_cancels_without_writing(which: str, tiny_model_dir: Path, tmp_path: Path) -> None:
     base = tiny_model_dir if which == "tiny" else REAL_MODEL
     polls = 0
 
@@ -354,9 +344,7 @@ def _greedy_answer(model: torch.nn.Module, tok: PreTrainedTokenizerBase, questio
         return_dict=True,
     )
     with torch.no_grad():
-        out = model.generate(
-            **prompt, max_new_tokens=16, do_sample=False, pad_token_id=tok.pad_token_id
-        )
+        out = model.generate(**prompt, max_new_tokens=16, do_sample=False, pad_token_id=tok.pad_token_id)
     return tok.decode(out[0, prompt["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
@@ -375,9 +363,7 @@ def test_real_model_learns_the_taught_answer(tmp_path: Path) -> None:
     # the loss is ~0.02 by step 7 at this rate; 12 steps leave margin and fit in ~15 s
     config = SFTConfig(max_steps=12, batch_size=2, learning_rate=1e-3, rank=8, alpha=16)
     stamps: list[float] = []
-    result = train_lora_sft(
-        REAL_MODEL, examples, out, config, on_step=lambda _: stamps.append(time.monotonic())
-    )
+    result = train_lora_sft(REAL_MODEL, examples, out, config, on_step=lambda _: stamps.append(time.monotonic()))
 
     per_step = (stamps[-1] - stamps[0]) / (len(stamps) - 1)
     print(

@@ -50,27 +50,31 @@ HYPER = {"learning_rate_multiplier": 5, "batch_size": 2, "max_steps": 12}
 
 class Env:
     def __init__(self, tmp: Path) -> None:
-        self.settings = Settings(data_dir=tmp, engine_urls=["http://127.0.0.1:9"],
-                                 base_model_path=MODEL)
+        self.settings = Settings(data_dir=tmp, engine_urls=["http://127.0.0.1:9"], base_model_path=MODEL)
         migrate(self.settings.database_url or "")
         self.db = Database(self.settings.database_url or "")
-        self.store = AdapterStore(self.settings.adapter_store_url or "",
-                                  self.settings.cache_dir / "adapters")
+        self.store = AdapterStore(self.settings.adapter_store_url or "", self.settings.cache_dir / "adapters")
         self.blobs = BlobStore(self.settings.blob_store_url or "")
         self.tenant = new_id("ten")
         with self.db.session() as s:
             s.add(Tenant(id=self.tenant, name="acme"))
-        lines = [json.dumps({"messages": [{"role": "user", "content": q},
-                                          {"role": "assistant", "content": ANSWER}]})
-                 for q in QUESTIONS]
-        self.file = files.upload_file(self.db, self.blobs, self.tenant, "fact.jsonl",
-                                      ("\n".join(lines) + "\n").encode(), "fine-tune")
+        lines = [
+            json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": ANSWER}]})
+            for q in QUESTIONS
+        ]
+        self.file = files.upload_file(
+            self.db, self.blobs, self.tenant, "fact.jsonl", ("\n".join(lines) + "\n").encode(), "fine-tune"
+        )
         self.worker = Worker(self.settings, self.db, self.store, self.blobs, worker_id="w-test")
 
     def job(self, **kw: object) -> jobs.JobInfo:
-        args: dict[str, object] = {"method": "supervised", "model": self.settings.base_model_name,
-                                   "adapter_name": "geo", "training_file": self.file.id,
-                                   "hyperparameters": dict(HYPER)}
+        args: dict[str, object] = {
+            "method": "supervised",
+            "model": self.settings.base_model_name,
+            "adapter_name": "geo",
+            "training_file": self.file.id,
+            "hyperparameters": dict(HYPER),
+        }
         args.update(kw)
         return jobs.create_job(self.db, self.tenant, **args)  # type: ignore[arg-type]
 
@@ -90,12 +94,10 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Env, jobs.JobInfo
     assert env.worker.run_once() is True
     assert env.worker.run_once() is True
     assert env.worker.run_once() is False  # queue drained
-    return (env, jobs.get_job(env.db, env.tenant, first.id),
-            jobs.get_job(env.db, env.tenant, second.id))
+    return (env, jobs.get_job(env.db, env.tenant, first.id), jobs.get_job(env.db, env.tenant, second.id))
 
 
-def test_first_job_trains_registers_and_promotes(
-        trained: tuple[Env, jobs.JobInfo, jobs.JobInfo]) -> None:
+def test_first_job_trains_registers_and_promotes(trained: tuple[Env, jobs.JobInfo, jobs.JobInfo]) -> None:
     env, job, _ = trained
     assert job.status == "succeeded", job.error
     assert job.fine_tuned_model == "geo@v1"
@@ -139,7 +141,8 @@ def test_first_job_trains_registers_and_promotes(
 
 
 def test_identical_retrain_is_rejected_against_the_serving_version(
-        trained: tuple[Env, jobs.JobInfo, jobs.JobInfo]) -> None:
+    trained: tuple[Env, jobs.JobInfo, jobs.JobInfo],
+) -> None:
     env, first, job = trained
     assert job.status == "succeeded", job.error
     # same data, same seed: the same adapter, so the primary metric cannot improve
@@ -154,8 +157,7 @@ def test_identical_retrain_is_rejected_against_the_serving_version(
         assert len(list(s.scalars(select(Evaluation)))) == 2
 
 
-def test_tenant_policy_picks_promote_candidate_or_canary(tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tenant_policy_picks_promote_candidate_or_canary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import trainer.worker as worker_module
     from trainer.evaluate import Comparison, Metrics
     from trainer.gates import Decision
@@ -163,10 +165,8 @@ def test_tenant_policy_picks_promote_candidate_or_canary(tmp_path: Path,
     # Evaluation and gates have their own tests; here they always pass (and cost nothing),
     # so what is under test is what the worker does with a pass under each policy.
     metrics = Metrics(n=2, exact_match=1.0, token_f1=1.0, perplexity=1.5, win_rate=None)
-    monkeypatch.setattr(worker_module, "compare",
-                        lambda *_a, **_k: Comparison(metrics, metrics, []))
-    monkeypatch.setattr(worker_module, "decide",
-                        lambda *_a: Decision(promote=True, reasons=["forced"]))
+    monkeypatch.setattr(worker_module, "compare", lambda *_a, **_k: Comparison(metrics, metrics, []))
+    monkeypatch.setattr(worker_module, "decide", lambda *_a: Decision(promote=True, reasons=["forced"]))
     env = Env(tmp_path)
     one_step = {**HYPER, "max_steps": 1}
 
@@ -191,26 +191,28 @@ def test_tenant_policy_picks_promote_candidate_or_canary(tmp_path: Path,
     versions = env.versions()
     assert [v.state for v in versions] == ["retired", "candidate", "canary", "active"]
     # lineage: trained from v1, from v2, and (fresh) meant to replace v1
-    assert [v.parent_version_id for v in versions] == [None, versions[0].id, versions[1].id,
-                                                       versions[0].id]
+    assert [v.parent_version_id for v in versions] == [None, versions[0].id, versions[1].id, versions[0].id]
 
     # DPO starts from what the name serves (v4) and trains on preference pairs
-    prefs = [{"input": {"messages": [{"role": "user", "content": q}]},
-              "preferred_output": [{"role": "assistant", "content": ANSWER}],
-              "non_preferred_output": [{"role": "assistant", "content": "Paris."}]}
-             for q in QUESTIONS]
-    pref_file = files.upload_file(env.db, env.blobs, env.tenant, "prefs.jsonl",
-                                  "\n".join(json.dumps(p) for p in prefs).encode(), "fine-tune")
-    dpo = run(None, method="dpo", training_file=pref_file.id,
-              hyperparameters={**one_step, "beta": 0.2})
+    prefs = [
+        {
+            "input": {"messages": [{"role": "user", "content": q}]},
+            "preferred_output": [{"role": "assistant", "content": ANSWER}],
+            "non_preferred_output": [{"role": "assistant", "content": "Paris."}],
+        }
+        for q in QUESTIONS
+    ]
+    pref_file = files.upload_file(
+        env.db, env.blobs, env.tenant, "prefs.jsonl", "\n".join(json.dumps(p) for p in prefs).encode(), "fine-tune"
+    )
+    dpo = run(None, method="dpo", training_file=pref_file.id, hyperparameters={**one_step, "beta": 0.2})
     assert dpo.decision == "promoted" and dpo.fine_tuned_model == "geo@v5"
     assert "reward_margin" in next(e for e in env.events(dpo.id) if e.type == "metrics").data
     assert env.versions()[-1].parent_version_id == versions[3].id
     assert [c.step for c in jobs.list_checkpoints(env.db, env.tenant, dpo.id)[0]] == [1]
 
 
-def test_cancel_while_running_stops_and_registers_nothing(tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cancel_while_running_stops_and_registers_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     env = Env(tmp_path)
     job = env.job()
     real_add_event = jobs.add_event
@@ -230,8 +232,7 @@ def test_cancel_while_running_stops_and_registers_nothing(tmp_path: Path,
     assert not (env.settings.data_dir / "jobs" / job.id).exists()
 
 
-def test_failures_fail_the_job_with_an_error(tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failures_fail_the_job_with_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     env = Env(tmp_path)
     missing = env.job(training_file=None, dataset_id="ds-gone")
     assert env.worker.run_once()

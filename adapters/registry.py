@@ -21,6 +21,7 @@ from adapters.validation import (
     validate_adapter_dir,
     validate_adapter_name,
 )
+from core.config import Settings
 from core.db import Database
 from core.errors import TailorError, bad_request, not_found
 from core.ids import new_id
@@ -32,6 +33,11 @@ class ValidationLimits:
     base: BaseModelSpec
     max_rank: int
     max_bytes: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ValidationLimits:
+        return cls(base=BaseModelSpec.from_config_dir(settings.base_model_path),
+                   max_rank=settings.engine_max_lora_rank, max_bytes=settings.max_adapter_bytes)
 
 
 @dataclass(frozen=True)

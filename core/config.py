@@ -89,6 +89,13 @@ class Settings(BaseSettings):
     judge_model: str | None = Field(None)
     judge_max_pairs: int = Field(50, description="Held-out examples the judge compares per evaluation.")
 
+    # --- metering ----------------------------------------------------------------
+    prices: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="Prices per 1K tokens, JSON: {MODEL: {prompt, completion}}; MODEL is the base model name, "
+        '"adapter" (every adapter) or "TENANT/ADAPTER".',
+    )
+
     # --- interaction log -----------------------------------------------------
     log_flush_interval_s: float = Field(0.5)
     log_batch_size: int = Field(200)

@@ -283,16 +283,11 @@ def keys_revoke(key_id: str, as_json: JsonOpt = False) -> None:
 def _registry_context() -> tuple[Database, Any, Any, Settings]:
     from adapters.registry import ValidationLimits
     from adapters.store import AdapterStore
-    from adapters.validation import BaseModelSpec
 
     settings = Settings()
     db = _db()
     store = AdapterStore(settings.adapter_store_url or "", settings.cache_dir / "adapters")
-    limits = ValidationLimits(
-        base=BaseModelSpec.from_config_dir(settings.base_model_path),
-        max_rank=settings.engine_max_lora_rank,
-        max_bytes=settings.max_adapter_bytes,
-    )
+    limits = ValidationLimits.from_settings(settings)
     return db, store, limits, settings
 
 

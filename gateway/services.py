@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
@@ -16,7 +17,6 @@ from adapters.engines import EnginePool, LoraRef
 from adapters.registry import ModelRoute, ResolvedModel, ValidationLimits
 from adapters.store import AdapterStore
 from adapters.supervisor import EngineLaunch, EngineSupervisor
-from adapters.validation import BaseModelSpec
 from core.blobs import BlobStore
 from core.config import Settings
 from core.db import Database, migrate
@@ -89,7 +89,6 @@ class Services:
         )
         self.keys: TTLCache[str, object] = TTLCache(settings.auth_cache_ttl_s)
         self.models: TTLCache[tuple[str, str], object] = TTLCache(settings.auth_cache_ttl_s)
-        self._limits: ValidationLimits | None = None
 
     # --- lifecycle ----------------------------------------------------------
     async def start(self, *, wait_for_engines: bool = True) -> None:
@@ -162,12 +161,6 @@ class Services:
         self.keys.clear()
         self.models.clear()
 
-    @property
+    @functools.cached_property
     def limits(self) -> ValidationLimits:
-        if self._limits is None:
-            self._limits = ValidationLimits(
-                base=BaseModelSpec.from_config_dir(self.settings.base_model_path),
-                max_rank=self.settings.engine_max_lora_rank,
-                max_bytes=self.settings.max_adapter_bytes,
-            )
-        return self._limits
+        return ValidationLimits.from_settings(self.settings)

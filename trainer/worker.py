@@ -33,6 +33,7 @@ Any failure fails the job with {code, message}; the working directory always goe
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -51,7 +52,6 @@ from typing import Any
 from adapters import promotion, registry
 from adapters.registry import ValidationLimits, VersionInfo
 from adapters.store import AdapterStore
-from adapters.validation import BaseModelSpec
 from core.blobs import BlobStore
 from core.config import Settings
 from core.db import Database
@@ -162,17 +162,10 @@ class Worker:
         self.checkpoint_every = checkpoint_every
         self.stale_after_s, self.max_attempts = stale_after_s, max_attempts
         self.heartbeat_s = heartbeat_s
-        self._limits: ValidationLimits | None = None
 
-    @property
+    @functools.cached_property
     def limits(self) -> ValidationLimits:
-        if self._limits is None:
-            self._limits = ValidationLimits(
-                base=BaseModelSpec.from_config_dir(self.settings.base_model_path),
-                max_rank=self.settings.engine_max_lora_rank,
-                max_bytes=self.settings.max_adapter_bytes,
-            )
-        return self._limits
+        return ValidationLimits.from_settings(self.settings)
 
     # --- the loop -------------------------------------------------------------
 

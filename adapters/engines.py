@@ -15,6 +15,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import httpx
 
@@ -49,6 +50,26 @@ class Engine:
         return int.from_bytes(hashlib.blake2b(f"{name}@{self.url}".encode(), digest_size=8).digest(), "big")
 
 
+class PoolObserver(Protocol):
+    """Told about adapter loads and evictions (metrics, traces); must not raise or block.
+
+    Called in the task doing the work: for a load a request triggered, that task runs in
+    the request's context.
+    """
+
+    def adapter_loaded(self, engine: str, name: str, seconds: float, ok: bool) -> None: ...
+
+    def adapter_evicted(self, engine: str, name: str) -> None: ...
+
+
+class _Unobserved:
+    def adapter_loaded(self, engine: str, name: str, seconds: float, ok: bool) -> None:
+        pass
+
+    def adapter_evicted(self, engine: str, name: str) -> None:
+        pass
+
+
 @dataclass
 class Lease:
     engine: Engine
@@ -61,12 +82,19 @@ class Lease:
 
 class EnginePool:
     def __init__(
-        self, urls: list[str], client: httpx.AsyncClient, *, max_resident: int, health_interval_s: float = 2.0
+        self,
+        urls: list[str],
+        client: httpx.AsyncClient,
+        *,
+        max_resident: int,
+        health_interval_s: float = 2.0,
+        observer: PoolObserver | None = None,
     ) -> None:
         self.engines = [Engine(url=u.rstrip("/")) for u in urls]
         self.client = client
         self.max_resident = max(1, max_resident)
         self.health_interval_s = health_interval_s
+        self.observer: PoolObserver = observer or _Unobserved()
         self._monitor: asyncio.Task[None] | None = None
 
     # --- health -------------------------------------------------------------
@@ -206,6 +234,7 @@ class EnginePool:
                 return
             engine.resident.pop(victim)
             engine.evictions += 1
+            self.observer.adapter_evicted(engine.url, victim)
             try:
                 await self._post(engine, "/v1/unload_lora_adapter", {"lora_name": victim})
             except (TailorError, httpx.HTTPError) as exc:
@@ -213,11 +242,16 @@ class EnginePool:
 
     async def _load(self, engine: Engine, name: str, path: str) -> None:
         started = time.perf_counter()
+        ok = False
         try:
             await self._post(engine, "/v1/load_lora_adapter", {"lora_name": name, "lora_path": path})
+            ok = True
         except TailorError as exc:
             if "already been loaded" not in exc.message:
                 raise
+            ok = True
+        finally:
+            self.observer.adapter_loaded(engine.url, name, time.perf_counter() - started, ok)
         log.info("loaded adapter %s on %s in %.0f ms", name, engine.url, (time.perf_counter() - started) * 1000)
 
     async def _post(self, engine: Engine, route: str, body: dict[str, str]) -> None:

@@ -208,6 +208,7 @@ def register_archive(
     archive: Path,
     base_model_name: str,
     max_upload_bytes: int,
+    activate: bool = True,
 ) -> VersionInfo:
     with tempfile.TemporaryDirectory(prefix="tailor-upload-") as tmp:
         adapter_dir = extract_archive(archive, Path(tmp) / "x", max_bytes=max_upload_bytes)
@@ -220,6 +221,7 @@ def register_archive(
             source_dir=adapter_dir,
             base_model_name=base_model_name,
             source="upload",
+            activate=activate,
         )
 
 

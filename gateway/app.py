@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.config import Settings
 from core.errors import TailorError
-from gateway.routes import adapters, admin, feedback, files, fine_tuning, health, openai, policy
+from gateway.routes import adapters, admin, feedback, files, fine_tuning, health, openai, policy, usage
 from gateway.services import Services
 
 
@@ -128,9 +128,11 @@ def create_app(
         files.router,
         fine_tuning.router,
         policy.router,
+        usage.router,
         adapters.admin_router,
         fine_tuning.admin_router,
         policy.admin_router,
+        usage.admin_router,
         admin.router,
         health.router,
     )

@@ -143,6 +143,12 @@ def train_cmd(
     hyper = {"max_steps": max_steps} if max_steps else {}
     try:
         owner = tenants.find_tenant(db, tenant)
+        # Build the snapshot now: "no usable feedback" is an answer for the person at the
+        # terminal, not a job that fails later in a worker.
+        from core.blobs import BlobStore
+
+        snapshot = jobs.feedback_snapshot(db, BlobStore(settings.blob_store_url or ""), owner.id, adapter)
+        jobs.training_examples(snapshot, method)
         job = jobs.create_job(
             db,
             owner.id,
@@ -151,6 +157,8 @@ def train_cmd(
             adapter_name=adapter,
             hyperparameters=hyper,
             source="feedback",
+            dataset_id=snapshot.id,
+            max_lora_rank=settings.engine_max_lora_rank,
         )
     except TailorError as exc:
         _fail(exc)
@@ -328,6 +336,7 @@ def adapters_register(
                 archive=path,
                 base_model_name=settings.base_model_name,
                 max_upload_bytes=settings.max_adapter_bytes,
+                activate=activate,
             )
     except TailorError as exc:
         _fail(exc)

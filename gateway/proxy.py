@@ -30,6 +30,7 @@ Kind = Literal["chat", "completion"]
 INTERACTION_HEADER = "x-tailor-interaction-id"
 # Status recorded when the client went away before the answer was complete (nginx's).
 CLIENT_CLOSED = 499
+_JSON_HEADERS = {"content-type": "application/json"}
 
 
 @dataclass(frozen=True)
@@ -86,21 +87,33 @@ async def complete(services: Services, caller: Caller, kind: Kind, body: dict[st
         stream=stream,
         request=_request_log(kind, body),
     )
+    telemetry = services.telemetry
+    spans = telemetry.request_started(kind, record, body, request)
+    model_known = False  # metrics label a model by name only once it resolved
 
-    def finish(status: int, error: str | None = None) -> None:
+    def finish(status: int, error: str | None = None, *, log: bool = True) -> None:
         record.status_code = status
         record.error = error
         record.latency_ms = (time.perf_counter() - started) * 1000
-        services.interactions.record(record)
+        if log:
+            services.interactions.record(record)
+        telemetry.request_finished(spans, record, model_known)
 
     try:
-        resolved = await services.resolve(caller.tenant_id, public_model)
+        with spans.step("resolve model"):
+            resolved = await services.resolve(caller.tenant_id, public_model)
+        model_known = True
         record.adapter_version_id = resolved.version_id
         lora = services.lora_for(resolved)
         lease = await services.pool.acquire(lora)
     except TailorError as exc:
         finish(exc.status, exc.message)
         return _json(exc.body(), exc.status, interaction_id)
+    except BaseException as exc:
+        # Not a refusal (a bug, a failing database, cancellation): no log row, as before,
+        # but the in-flight gauge and the span are closed.
+        finish(CLIENT_CLOSED if isinstance(exc, asyncio.CancelledError) else 500, repr(exc), log=False)
+        raise
 
     record.engine = lease.url
     upstream = dict(body)
@@ -113,7 +126,7 @@ async def complete(services: Services, caller: Caller, kind: Kind, body: dict[st
     replace = {lease.lora: public_model} if lease.lora else {}
 
     try:
-        resp = await _send(services, lease, lora, route, upstream, request)
+        resp = await _send(services, lease, lora, route, upstream, request, spans)
     except TailorError as exc:
         services.pool.release(lease)
         finish(exc.status, exc.message)
@@ -149,12 +162,20 @@ async def complete(services: Services, caller: Caller, kind: Kind, body: dict[st
 
 
 async def _send(
-    services: Services, lease: Lease, lora: LoraRef | None, route: Route, upstream: dict[str, Any], request: Request
+    services: Services,
+    lease: Lease,
+    lora: LoraRef | None,
+    route: Route,
+    upstream: dict[str, Any],
+    request: Request,
+    spans: Any,
 ) -> httpx.Response:
     """Open the upstream response; a 404 for an adapter the engine lost is retried once."""
+    # Starts the engine-call span; with tracing on, adds its `traceparent` for vLLM.
+    headers = spans.engine_headers(lease.url, route.path, _JSON_HEADERS)
     for attempt in (1, 2):
         req = services.client.build_request(
-            "POST", lease.url + route.path, content=orjson.dumps(upstream), headers={"content-type": "application/json"}
+            "POST", lease.url + route.path, content=orjson.dumps(upstream), headers=headers
         )
         try:
             resp = await _until_disconnect(request, services.client.send(req, stream=True))

@@ -22,6 +22,7 @@ from core.config import Settings
 from core.db import Database, migrate
 from gateway import tenants
 from gateway.interaction_log import InteractionLog
+from gateway.telemetry import Telemetry
 from gateway.tenants import Caller
 from gateway.trainer_process import TrainerProcess
 
@@ -75,11 +76,14 @@ class Services:
         self.supervisors: list[EngineSupervisor] = []
         self.trainer = TrainerProcess(settings.data_dir / "logs" / "trainer.log") if settings.run_trainer else None
         urls = settings.engine_urls or [f"http://127.0.0.1:{settings.engine_port}"]
+        # Metrics and traces; reads the pool, log and database only when scraped.
+        self.telemetry = Telemetry(self)
         self.pool = EnginePool(
             urls,
             self.client,
             max_resident=settings.max_resident_adapters,
             health_interval_s=settings.engine_health_interval_s,
+            observer=self.telemetry,
         )
         self.interactions = InteractionLog(
             self.db,

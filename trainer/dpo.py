@@ -32,16 +32,14 @@ no adapter switching, and is exactly equivalent to `with model.disable_adapter()
 the fresh-LoRA case (a new LoRA's B matrix is zero, so policy == base at step 0).
 A consequence worth knowing: with dropout 0 the first step's loss is exactly log 2.
 
-Everything runs in float32 (see trainer.sft for why).
+Everything runs in float32 (see trainer.sft for why). The training loop is trainer.loop,
+shared with trainer.sft; this module is what DPO adds: pairs, the reference, the loss.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,22 +47,19 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from core.errors import TailorError, bad_request, conflict, not_found
+from core.errors import TailorError, bad_request, not_found
+from trainer import loop
+from trainer.loop import StepInfo, TrainConfig, TrainResult
 from trainer.sft import (
     IGNORE_INDEX,
     ChatExample,
     EncodedExample,
-    StepInfo,
-    TrainingCancelled,
-    TrainResult,
-    _lr_factor,
     _render,
-    _save_atomically,
     collate,
     encode_example,
+    jsonl_records,
     pad_token_id,
 )
 
@@ -73,43 +68,24 @@ from trainer.sft import (
 
 
 @dataclass
-class DPOConfig:
-    # LoRA shape, as in SFTConfig. Ignored when training from an init adapter, which
-    # brings its own rank/alpha/dropout/targets.
-    rank: int = 8
-    alpha: int = 16
-    dropout: float = 0.0
-    target_modules: tuple[str, ...] = (
-        "q_proj",
-        "k_proj",
-        "v_proj",
-        "o_proj",
-        "gate_proj",
-        "up_proj",
-        "down_proj",
-    )
+class DPOConfig(TrainConfig):
+    """trainer.loop.TrainConfig with DPO's rate and warmup, plus beta.
+
+    A batch is batch_size pairs, each two sequences (prompt + chosen, prompt + rejected),
+    so 2 * batch_size rows; max_seq_len cuts each sequence, and a pair whose chosen or
+    rejected answer is cut off entirely is dropped.
+    """
+
     # Peak AdamW rate. Lower than SFT's 2e-4: DPO pushes log-ratios apart without a
     # bound, and a high rate quickly drags the chosen answers' likelihood down too
     # (degenerate text) while the margin still looks great.
     learning_rate: float = 5e-5
-    # Strength of the implicit KL leash to the reference: small beta lets the policy
-    # drift further. 0.1 is the paper's and the common default.
-    beta: float = 0.1
-    epochs: int = 1
-    # If set, exactly this many optimizer steps, cycling over the pairs (epochs ignored).
-    max_steps: int | None = None
-    # Pairs per step; each pair is two sequences, so a batch is 2 * batch_size rows.
-    batch_size: int = 4
-    # Tokens per sequence (prompt + answer), cut at the end. A pair whose chosen or
-    # rejected answer is cut off entirely is dropped.
-    max_seq_len: int = 512
-    seed: int = 0
-    weight_decay: float = 0.0
     # A short warmup: the first steps see the largest gradients (policy == reference,
     # sigmoid at 0.5), and ramping the rate up avoids a lurch on step 1.
     warmup_ratio: float = 0.1
-    log_every: int = 1
-    grad_clip: float | None = 1.0
+    # Strength of the implicit KL leash to the reference: small beta lets the policy
+    # drift further. 0.1 is the paper's and the common default.
+    beta: float = 0.1
 
 
 # -----------------------------------------------------------------------------
@@ -260,24 +236,6 @@ def reference_logps(model: Any, pairs: Sequence[EncodedPair], pad_id: int, batch
 # training
 
 
-def _load_policy(base_model_dir: Path, config: DPOConfig, init_adapter_dir: Path | None) -> Any:
-    torch.manual_seed(config.seed)  # before the LoRA is created: seeds its init too
-    model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32)
-    model.config.use_cache = False
-    if init_adapter_dir is not None:
-        if not (Path(init_adapter_dir) / "adapter_config.json").is_file():
-            raise not_found(f"no adapter at {init_adapter_dir} (adapter_config.json missing)")
-        return PeftModel.from_pretrained(model, init_adapter_dir, is_trainable=True)
-    lora = LoraConfig(
-        task_type="CAUSAL_LM",
-        r=config.rank,
-        lora_alpha=config.alpha,
-        lora_dropout=config.dropout,
-        target_modules=list(config.target_modules),
-    )
-    return get_peft_model(model, lora)
-
-
 def train_lora_dpo(
     base_model_dir: Path,
     examples: list[PreferenceExample],
@@ -295,100 +253,41 @@ def train_lora_dpo(
     polled before every step and before saving; True raises TrainingCancelled and
     nothing is written. on_checkpoint(info, save) works as in train_lora_sft: called
     after every step, `save(dir)` writes the adapter as it is now, atomically."""
-    t0 = time.monotonic()
-    base_model_dir, out_dir = Path(base_model_dir), Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise conflict(f"{out_dir} already exists; refusing to overwrite an adapter")
+    run = loop.TrainingRun(out_dir, config, on_step, should_stop, on_checkpoint)
+    base_model_dir = Path(base_model_dir)
     if config.beta <= 0:
         raise bad_request("beta must be > 0", param="beta")
 
     tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
     data, dropped = encode_pairs(tokenizer, examples, config.max_seq_len)
-    if not data:
-        raise bad_request(
-            f"none of the {len(examples)} preference pairs keeps an answer token on both "
-            f"sides (within max_seq_len={config.max_seq_len})",
-            code="no_training_targets",
-        )
+    loop.require_targets(data, f"{len(examples)} preference pairs keeps an answer token on both sides", config)
     pad_id = pad_token_id(tokenizer)
 
-    model = _load_policy(base_model_dir, config, init_adapter_dir)
-    if should_stop is not None and should_stop():
-        raise TrainingCancelled(0)
+    if init_adapter_dir is not None and not (Path(init_adapter_dir) / "adapter_config.json").is_file():
+        raise not_found(f"no adapter at {init_adapter_dir} (adapter_config.json missing)")
+    model = loop.load_lora_model(base_model_dir, config, init_adapter_dir)
+    run.stop_if_asked(0)
     ref = reference_logps(model, data, pad_id, config.batch_size)
-    model.train()
 
-    steps_per_epoch = math.ceil(len(data) / config.batch_size)
-    total_steps = config.max_steps if config.max_steps is not None else config.epochs * steps_per_epoch
-    if total_steps <= 0:
-        raise bad_request("nothing to do: max_steps/epochs give 0 training steps")
-    warmup_steps = int(config.warmup_ratio * total_steps)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, warmup_steps, total_steps))
-    order_rng = torch.Generator().manual_seed(config.seed)
+    # a batch's loss: chosen and rejected rows in one forward, against the fixed reference
+    def batch_loss(indices: list[int]) -> loop.BatchLoss:
+        batch = _pair_batch([data[i] for i in indices], pad_id)
+        logps = sequence_logps(model, batch)
+        n = len(indices)
+        loss, chosen_r, rejected_r = dpo_loss(logps[:n], logps[n:], ref[indices, 0], ref[indices, 1], config.beta)
+        metrics = {
+            "reward_accuracy": (chosen_r > rejected_r).float().mean().item(),
+            "reward_margin": (chosen_r - rejected_r).mean().item(),
+            "chosen_reward": chosen_r.mean().item(),
+            "rejected_reward": rejected_r.mean().item(),
+        }
+        return loop.BatchLoss(loss, int(batch["attention_mask"].sum()), metrics)
 
-    losses: list[float] = []
-    accuracies: list[float] = []
-    margins: list[float] = []
-    step = 0
-    epoch = 0
-    tokens = 0
-    while step < total_steps:
-        order = torch.randperm(len(data), generator=order_rng).tolist()
-        for first in range(0, len(order), config.batch_size):
-            if step >= total_steps:
-                break
-            if should_stop is not None and should_stop():
-                raise TrainingCancelled(step)
-            idx = order[first : first + config.batch_size]
-            batch = _pair_batch([data[i] for i in idx], pad_id)
-            logps = sequence_logps(model, batch)
-            n = len(idx)
-            loss, chosen_r, rejected_r = dpo_loss(logps[:n], logps[n:], ref[idx, 0], ref[idx, 1], config.beta)
-            lr = scheduler.get_last_lr()[0]
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            losses.append(loss.item())
-            accuracies.append((chosen_r > rejected_r).float().mean().item())
-            margins.append((chosen_r - rejected_r).mean().item())
-            tokens += int(batch["attention_mask"].sum())
-            info = DPOStepInfo(
-                step,
-                epoch,
-                losses[-1],
-                lr,
-                total_steps,
-                reward_accuracy=accuracies[-1],
-                reward_margin=margins[-1],
-                chosen_reward=chosen_r.mean().item(),
-                rejected_reward=rejected_r.mean().item(),
-            )
-            if on_step is not None and (step % config.log_every == 0 or step == total_steps):
-                on_step(info)
-            if on_checkpoint is not None:
-                on_checkpoint(info, lambda path: _save_atomically(model, Path(path)))
-        epoch += 1
-
-    if should_stop is not None and should_stop():
-        raise TrainingCancelled(step)
-    _save_atomically(model, out_dir)
+    result, steps = run.train_and_save(model, len(data), batch_loss, DPOStepInfo, examples_dropped=dropped)
     return DPOTrainResult(
-        steps=step,
-        final_loss=losses[-1],
-        losses=losses,
-        out_dir=out_dir,
-        seconds=time.monotonic() - t0,
-        examples_used=len(data),
-        examples_dropped=dropped,
-        trained_tokens=tokens,
-        reward_accuracies=accuracies,
-        reward_margins=margins,
+        **vars(result),
+        reward_accuracies=[s.reward_accuracy for s in steps],
+        reward_margins=[s.reward_margin for s in steps],
     )
 
 
@@ -441,53 +340,19 @@ def parse_preference_record(record: Any, where: str = "record") -> PreferenceExa
 
 
 def load_preference_jsonl(path: Path) -> list[PreferenceExample]:
-    examples: list[PreferenceExample] = []
-    with Path(path).open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise bad_request(f"{path}:{lineno}: not valid JSON ({e.msg})") from e
-            examples.append(parse_preference_record(record, f"{path}:{lineno}"))
-    return examples
+    return [parse_preference_record(record, where) for where, record in jsonl_records(path)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    d = DPOConfig()
     p = argparse.ArgumentParser(prog="python -m trainer.dpo", description=__doc__.split("\n\n")[0])
     p.add_argument("--base", type=Path, required=True, help="base model directory")
     p.add_argument("--data", type=Path, required=True, help="preference pairs JSONL")
     p.add_argument("--out", type=Path, required=True, help="adapter directory to create")
     p.add_argument("--init-adapter", type=Path, default=None, help="start from (and stay near) this adapter")
-    p.add_argument("--max-steps", type=int, default=d.max_steps)
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--lr", type=float, default=d.learning_rate)
-    p.add_argument("--beta", type=float, default=d.beta)
-    p.add_argument("--rank", type=int, default=d.rank)
-    p.add_argument("--alpha", type=int, default=d.alpha)
-    p.add_argument("--dropout", type=float, default=d.dropout)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--max-seq-len", type=int, default=d.max_seq_len)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--warmup-ratio", type=float, default=d.warmup_ratio)
-    p.add_argument("--log-every", type=int, default=d.log_every)
+    p.add_argument("--beta", type=float, default=DPOConfig().beta)
+    loop.add_config_options(p, DPOConfig())
     args = p.parse_args(argv)
-    config = DPOConfig(
-        rank=args.rank,
-        alpha=args.alpha,
-        dropout=args.dropout,
-        learning_rate=args.lr,
-        beta=args.beta,
-        epochs=args.epochs,
-        max_steps=args.max_steps,
-        batch_size=args.batch_size,
-        max_seq_len=args.max_seq_len,
-        seed=args.seed,
-        warmup_ratio=args.warmup_ratio,
-        log_every=args.log_every,
-    )
+    config = DPOConfig(**loop.config_options(args), beta=args.beta)
 
     def print_step(info: StepInfo) -> None:
         extra = ""
@@ -495,25 +360,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             extra = f" | acc {info.reward_accuracy:.2f} | margin {info.reward_margin:+.3f}"
         print(f"step {info.step}/{info.total_steps} | loss {info.loss:.4f}{extra}", flush=True)
 
-    try:
+    def train() -> DPOTrainResult:
         examples = load_preference_jsonl(args.data)
-        result = train_lora_dpo(
-            args.base,
-            examples,
-            args.out,
-            config,
-            init_adapter_dir=args.init_adapter,
-            on_step=print_step,
+        return train_lora_dpo(
+            args.base, examples, args.out, config, init_adapter_dir=args.init_adapter, on_step=print_step
         )
-    except TailorError as e:
-        print(f"error: {e.message}", file=sys.stderr)
-        return 1
-    print(
-        f"saved {result.out_dir} | {result.steps} steps | final loss {result.final_loss:.4f} "
-        f"| {result.examples_used} pairs used, {result.examples_dropped} dropped "
-        f"| {result.seconds:.1f} s"
-    )
-    return 0
+
+    return loop.run_and_report(train, "pairs")
 
 
 if __name__ == "__main__":

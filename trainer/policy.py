@@ -13,10 +13,10 @@ that level by more than the tolerance, the version has drifted.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 
 from core.db import Database
 from core.errors import bad_request
@@ -82,6 +82,9 @@ def set_policy(db: Database, tenant_id: str, changes: dict[str, Any]) -> PolicyI
         raise bad_request(f"Unknown policy fields: {', '.join(sorted(unknown))}.", param=sorted(unknown)[0])
     if "retrain" in changes and changes["retrain"] not in RETRAIN_MODES:
         raise bad_request(f"retrain must be one of {', '.join(RETRAIN_MODES)}.", param="retrain")
+    for key in ("retrain_min_feedback", "retrain_interval_hours", "canary_fraction"):
+        if isinstance(changes.get(key), bool):
+            raise bad_request(f"{key} must be a number, not true/false.", param=key)
     if "retrain_min_feedback" in changes and not (
         isinstance(changes["retrain_min_feedback"], int) and changes["retrain_min_feedback"] >= 1
     ):
@@ -191,8 +194,11 @@ class Trigger:
 def due_retrains(db: Database, *, now: datetime | None = None) -> list[Trigger]:
     """Which (tenant, adapter) pairs their policy says to retrain now.
 
-    Only adapter names that received feedback are considered, and never one that already
-    has a job queued or running.
+    Counted per adapter name since that name's last training job (whatever started it),
+    so retraining one adapter does not reset another's count. Only names that received
+    feedback are considered, never one with a job queued or running, and `drift` and
+    `schedule` wait `retrain_interval_hours` after the last job, so a version that stays
+    drifted (say its retrained candidate was rejected) is not retrained over and over.
     """
     now = now or utcnow()
     triggers: list[Trigger] = []
@@ -203,40 +209,60 @@ def due_retrains(db: Database, *, now: datetime | None = None) -> list[Trigger]:
                 select(TenantPolicy).where(TenantPolicy.retrain.in_(("feedback_count", "drift", "schedule")))
             )
         ]
-        busy = {
-            (t, a)
-            for t, a in s.execute(
-                select(Job.tenant_id, Job.adapter_name).where(Job.status.in_(("validating_files", "queued", "running")))
-            )
-        }
     for policy in policies:
-        since = policy.last_triggered_at
         with db.session() as s:
-            query = (
-                select(Feedback.model, func.count())
+            last_jobs = {
+                name: (started, busy)
+                for name, started, busy in s.execute(
+                    select(
+                        Job.adapter_name,
+                        func.max(Job.created_at),
+                        func.max(case((Job.status.in_(("validating_files", "queued", "running")), 1), else_=0)),
+                    )
+                    .where(Job.tenant_id == policy.tenant_id)
+                    .group_by(Job.adapter_name)
+                )
+            }
+            names = s.scalars(
+                select(Feedback.model)
                 .join(Adapter, (Adapter.tenant_id == Feedback.tenant_id) & (Adapter.name == Feedback.model))
                 .where(Feedback.tenant_id == policy.tenant_id)
-                .group_by(Feedback.model)
-            )
-            if since is not None:
-                query = query.where(Feedback.created_at >= since)
-            counts = {name: n for name, n in s.execute(query)}
-        for name, new_items in counts.items():
-            if (policy.tenant_id, name) in busy:
+                .distinct()
+            ).all()
+        for name in names:
+            last, busy = last_jobs.get(name, (None, 0))
+            if busy:
                 continue
+            last = _aware(last)
+            rested = last is None or now - last >= timedelta(hours=policy.retrain_interval_hours)
             reason = None
-            if policy.retrain == "feedback_count" and new_items >= policy.retrain_min_feedback:
-                reason = f"{new_items} new feedback items (threshold {policy.retrain_min_feedback})"
-            elif policy.retrain == "schedule" and (
-                since is None or now - since >= timedelta(hours=policy.retrain_interval_hours)
-            ):
+            if policy.retrain == "feedback_count":
+                new_items = _feedback_since(db, policy.tenant_id, name, last)
+                if new_items >= policy.retrain_min_feedback:
+                    reason = f"{new_items} new feedback items (threshold {policy.retrain_min_feedback})"
+            elif policy.retrain == "schedule" and rested and _feedback_since(db, policy.tenant_id, name, last):
                 reason = f"scheduled every {policy.retrain_interval_hours:g} h"
-            elif policy.retrain == "drift":
+            elif policy.retrain == "drift" and rested:
                 status = drift(db, policy.tenant_id, name, now=now)
                 reason = f"drift: {status.reason}" if status.drifted else None
             if reason:
                 triggers.append(Trigger(policy.tenant_id, name, reason))
     return triggers
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    # Aggregates (max) bypass the column type, so SQLite hands back naive UTC datetimes.
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=timezone.utc)
+
+
+def _feedback_since(db: Database, tenant_id: str, name: str, since: datetime | None) -> int:
+    query = select(func.count()).where(Feedback.tenant_id == tenant_id, Feedback.model == name)
+    if since is not None:
+        query = query.where(Feedback.created_at >= since)
+    with db.session() as s:
+        return int(s.scalar(query) or 0)
 
 
 def mark_triggered(db: Database, tenant_id: str, *, now: datetime | None = None) -> None:

@@ -7,8 +7,9 @@ from datetime import datetime
 from typing import Any, Literal
 
 from fastapi import APIRouter
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
+from adapters import registry
 from gateway import tenants
 from gateway.deps import AdminDep, CallerDep, ServicesDep
 from trainer import policy
@@ -19,6 +20,8 @@ admin_router = APIRouter(prefix="/admin/tenants/{tenant}", tags=["admin"], depen
 
 class PolicyIn(BaseModel):
     """Fields to change; omitted ones keep their value."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     retrain: Literal["off", "on_demand", "feedback_count", "drift", "schedule"] | None = None
     retrain_min_feedback: int | None = Field(None, ge=1)
@@ -82,6 +85,7 @@ def put_own(body: PolicyIn, services: ServicesDep, caller: CallerDep) -> PolicyO
     summary="Feedback on the active version now, against the level it was promoted at",
 )
 def get_drift(name: str, services: ServicesDep, caller: CallerDep) -> DriftOut:
+    registry.get_adapter(services.db, caller.tenant_id, name)  # 404 for unknown and foreign names
     return DriftOut(**asdict(policy.drift(services.db, caller.tenant_id, name)))
 
 

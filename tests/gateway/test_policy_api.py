@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,18 +39,24 @@ DEFAULTS = {
 class Api:
     app: FastAPI
     client: TestClient
-    keys: dict[str, dict[str, str]]  # tenant name -> auth header
-    ids: dict[str, str]  # tenant name -> tenant id
+    keys: dict[str, dict[str, str]]  # "acme"/"beta" -> auth header
+    ids: dict[str, str]  # "acme"/"beta" -> tenant id
+    names: dict[str, str]  # "acme"/"beta" -> this test's tenant name
     tmp: Path
 
+    def admin(self, tenant: str) -> str:
+        return f"/admin/tenants/{self.names[tenant]}/policy"
 
-@pytest.fixture
-def api(tmp_path: Path) -> Iterator[Api]:
-    base = tmp_path / "tiny-llama"
+
+@pytest.fixture(scope="module")
+def app_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FastAPI, TestClient]]:
+    """One app for the module (starting one is the slow part); each test gets fresh tenants."""
+    tmp = tmp_path_factory.mktemp("policy-api")
+    base = tmp / "tiny-llama"
     base.mkdir()
     (base / "config.json").write_text(json.dumps(tiny_config()))
     settings = Settings(
-        data_dir=tmp_path / "data",
+        data_dir=tmp / "data",
         engine_urls=["http://127.0.0.1:9"],
         admin_key="adm",
         run_trainer=False,
@@ -57,15 +64,26 @@ def api(tmp_path: Path) -> Iterator[Api]:
     )
     app = create_app(settings, wait_for_engines=False)
     with TestClient(app) as client:
-        keys, ids = {}, {}
-        for name in ("acme", "beta"):
-            r = client.post("/admin/tenants", json={"name": name}, headers=ADMIN)
-            assert r.status_code == 201, r.text
-            ids[name] = r.json()["id"]
-            r = client.post(f"/admin/tenants/{name}/keys", json={}, headers=ADMIN)
-            assert r.status_code == 201, r.text
-            keys[name] = {"authorization": f"Bearer {r.json()['key']}"}
-        yield Api(app, client, keys, ids, tmp_path)
+        yield app, client
+
+
+_serial = itertools.count()
+
+
+@pytest.fixture
+def api(app_client: tuple[FastAPI, TestClient], tmp_path: Path) -> Api:
+    app, client = app_client
+    keys, ids, names = {}, {}, {}
+    n = next(_serial)
+    for role in ("acme", "beta"):
+        name = names[role] = f"{role}-{n}"
+        r = client.post("/admin/tenants", json={"name": name}, headers=ADMIN)
+        assert r.status_code == 201, r.text
+        ids[role] = r.json()["id"]
+        r = client.post(f"/admin/tenants/{name}/keys", json={}, headers=ADMIN)
+        assert r.status_code == 201, r.text
+        keys[role] = {"authorization": f"Bearer {r.json()['key']}"}
+    return Api(app, client, keys, ids, names, tmp_path)
 
 
 def error(r, status: int, param: str | None = None) -> dict:  # type: ignore[no-untyped-def]
@@ -148,13 +166,30 @@ def test_put_refuses_a_body_that_is_not_json(api: Api) -> None:
     error(r, 400)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: PolicyIn (gateway/routes/policy.py) ignores unknown fields, so a typo is a silent 200 no-op; "
-    "set_policy's own unknown-field check is unreachable over HTTP",
-)
 def test_put_refuses_unknown_fields(api: Api) -> None:
-    error(api.client.put("/v1/policy", json={"retrian": "off"}, headers=api.keys["acme"]), 400, "retrian")
+    c, acme = api.client, api.keys["acme"]
+    error(c.put("/v1/policy", json={"retrian": "off"}, headers=acme), 400, "retrian")
+    # A typo next to a valid field stores neither.
+    error(c.put("/v1/policy", json={"retrain": "off", "canary": 0.5}, headers=acme), 400, "canary")
+    error(c.put(api.admin("acme"), json={"retrian": "off"}, headers=ADMIN), 400, "retrian")
+    assert ok(c.get("/v1/policy", headers=acme)) == DEFAULTS
+
+
+@pytest.mark.parametrize(
+    ("payload", "param"),
+    [
+        ({"retrain_min_feedback": True}, "retrain_min_feedback"),
+        ({"retrain_interval_hours": True}, "retrain_interval_hours"),
+        ({"canary_fraction": False}, "canary_fraction"),
+        ({"auto_promote": 1}, "auto_promote"),
+        ({"auto_promote": "true"}, "auto_promote"),
+        ({"retrain_min_feedback": "5"}, "retrain_min_feedback"),
+    ],
+)
+def test_put_refuses_values_of_the_wrong_json_type(api: Api, payload: dict, param: str) -> None:
+    c, acme = api.client, api.keys["acme"]
+    error(c.put("/v1/policy", json=payload, headers=acme), 400, param)
+    assert ok(c.get("/v1/policy", headers=acme)) == DEFAULTS
 
 
 def test_policy_needs_a_key(api: Api) -> None:
@@ -178,26 +213,25 @@ def test_tenants_are_isolated(api: Api) -> None:
 
 def test_admin_reads_and_writes_any_tenants_policy(api: Api) -> None:
     c = api.client
-    assert ok(c.get("/admin/tenants/acme/policy", headers=ADMIN)) == DEFAULTS
-    body = ok(c.put("/admin/tenants/acme/policy", json={"retrain": "schedule", "retrain_interval_hours": 6},
-                    headers=ADMIN))
+    assert ok(c.get(api.admin("acme"), headers=ADMIN)) == DEFAULTS
+    body = ok(c.put(api.admin("acme"), json={"retrain": "schedule", "retrain_interval_hours": 6}, headers=ADMIN))
     assert (body["retrain"], body["retrain_interval_hours"]) == ("schedule", 6.0)
     assert ok(c.get("/v1/policy", headers=api.keys["acme"])) == body  # the tenant sees it
     assert ok(c.get(f"/admin/tenants/{api.ids['acme']}/policy", headers=ADMIN)) == body  # by id too
-    assert ok(c.get("/admin/tenants/beta/policy", headers=ADMIN)) == DEFAULTS
+    assert ok(c.get(api.admin("beta"), headers=ADMIN)) == DEFAULTS
 
-    error(c.put("/admin/tenants/acme/policy", json={"retrain": "hourly"}, headers=ADMIN), 400, "retrain")
-    error(c.put("/admin/tenants/acme/policy", json={"gates": {"x": 1}}, headers=ADMIN), 400, "gates")
-    assert ok(c.get("/admin/tenants/acme/policy", headers=ADMIN)) == body
+    error(c.put(api.admin("acme"), json={"retrain": "hourly"}, headers=ADMIN), 400, "retrain")
+    error(c.put(api.admin("acme"), json={"gates": {"x": 1}}, headers=ADMIN), 400, "gates")
+    assert ok(c.get(api.admin("acme"), headers=ADMIN)) == body
 
 
 def test_admin_policy_errors(api: Api) -> None:
     c = api.client
     assert error(c.get("/admin/tenants/nobody/policy", headers=ADMIN), 404)["code"] == "tenant_not_found"
     error(c.put("/admin/tenants/nobody/policy", json={"retrain": "off"}, headers=ADMIN), 404)
-    error(c.get("/admin/tenants/acme/policy", headers=api.keys["acme"]), 401)  # a tenant key is no admin key
-    error(c.get("/admin/tenants/acme/policy"), 401)
-    error(c.put("/admin/tenants/acme/policy", json={"retrain": "off"}, headers=api.keys["beta"]), 401)
+    error(c.get(api.admin("acme"), headers=api.keys["acme"]), 401)  # a tenant key is no admin key
+    error(c.get(api.admin("acme")), 401)
+    error(c.put(api.admin("acme"), json={"retrain": "off"}, headers=api.keys["beta"]), 401)
     assert ok(c.get("/v1/policy", headers=api.keys["acme"])) == DEFAULTS
 
 
@@ -234,29 +268,58 @@ def test_drift_reports_a_drifted_adapter(api: Api) -> None:
     promoted = utcnow() - timedelta(days=20)
     with db.session() as s:
         s.get(AdapterVersion, vid).promoted_at = promoted  # type: ignore[union-attr]
-        for when, ratings in ((promoted + timedelta(days=1), ["good"] * 20), (utcnow() - timedelta(days=1),
-                                                                                ["good"] * 10 + ["bad"] * 10)):
+        for when, ratings in (
+            (promoted + timedelta(days=1), ["good"] * 20),
+            (utcnow() - timedelta(days=1), ["good"] * 10 + ["bad"] * 10),
+        ):
             for rating in ratings:
                 iid = new_id("chatcmpl")
-                s.add(Interaction(id=iid, tenant_id=api.ids["acme"], endpoint="chat.completions", model="support",
-                                  adapter_version_id=vid, request={}, status_code=200, created_at=when))
-                s.add(Feedback(id=new_id("fb"), tenant_id=api.ids["acme"], interaction_id=iid,
-                               adapter_version_id=vid, model="support", rating=rating, created_at=when))
+                s.add(
+                    Interaction(
+                        id=iid,
+                        tenant_id=api.ids["acme"],
+                        endpoint="chat.completions",
+                        model="support",
+                        adapter_version_id=vid,
+                        request={},
+                        status_code=200,
+                        created_at=when,
+                    )
+                )
+                s.add(
+                    Feedback(
+                        id=new_id("fb"),
+                        tenant_id=api.ids["acme"],
+                        interaction_id=iid,
+                        adapter_version_id=vid,
+                        model="support",
+                        rating=rating,
+                        created_at=when,
+                    )
+                )
     body = ok(api.client.get("/v1/adapters/support/drift", headers=api.keys["acme"]))
     assert body["drifted"] is True
     assert (body["promoted_level"]["share_good"], body["recent"]["share_good"]) == (1.0, 0.5)
     assert body["reason"] == "share of good answers fell from 1.00 to 0.50"
     # beta cannot see acme's adapter, drifted or not.
-    other = api.client.get("/v1/adapters/support/drift", headers=api.keys["beta"])
-    assert other.status_code in (200, 404)
-    assert "drifted" not in other.json() or other.json()["drifted"] is False
+    error(api.client.get("/v1/adapters/support/drift", headers=api.keys["beta"]), 404, "model")
 
 
-def test_drift_of_an_unknown_adapter_currently_answers_200(api: Api) -> None:
-    """What the code does today (see the xfail below for what it arguably should do)."""
-    body = ok(api.client.get("/v1/adapters/ghost/drift", headers=api.keys["acme"]))
+def test_drift_of_an_adapter_without_an_active_version(api: Api) -> None:
+    services = api.app.state.services
+    registry.register_dir(
+        services.db,
+        services.store,
+        services.limits,
+        tenant_id=api.ids["acme"],
+        name="draft",
+        source_dir=write_adapter(api.tmp / "lora"),
+        base_model_name=services.settings.base_model_name,
+        activate=False,
+    )
+    body = ok(api.client.get("/v1/adapters/draft/drift", headers=api.keys["acme"]))
     assert body == {
-        "adapter_name": "ghost",
+        "adapter_name": "draft",
         "version": None,
         "promoted_level": None,
         "recent": None,
@@ -265,11 +328,6 @@ def test_drift_of_an_unknown_adapter_currently_answers_200(api: Api) -> None:
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: drift of an unknown (or another tenant's) adapter is a 200 'no promoted version' instead of "
-    "the 404 model_not_found every other /v1/adapters/{name} route answers",
-)
 def test_drift_of_an_unknown_adapter_is_404(api: Api) -> None:
     register(api, "acme", "support")
     unknown = error(api.client.get("/v1/adapters/ghost/drift", headers=api.keys["acme"]), 404, "model")

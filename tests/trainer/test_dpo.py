@@ -1,8 +1,8 @@
 """trainer.dpo: answer-only label mask, the DPO loss, data parsing, saving, cancellation,
 the init adapter as reference, and a real run that must prefer the chosen answers.
 
-Fast tests use a tiny byte-level BPE tokenizer and a random 2-layer Llama built in a
-temp dir. The real-model test needs models/SmolLM2-135M-Instruct and is skipped without it.
+Fast tests use the tiny tokenizer and random Llama of tests/trainer/tiny_models.py. The
+real-model test needs models/SmolLM2-135M-Instruct and is skipped without it.
 """
 
 from __future__ import annotations
@@ -16,17 +16,10 @@ import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    LlamaConfig,
-    LlamaForCausalLM,
-    PreTrainedTokenizerBase,
-    PreTrainedTokenizerFast,
-)
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from core.errors import TailorError
+from tests.trainer.tiny_models import REAL_MODEL, real_model, save_tiny_llama, tiny_tokenizer, user
 from trainer.dpo import (
     DPOConfig,
     DPOStepInfo,
@@ -42,59 +35,17 @@ from trainer.dpo import (
 )
 from trainer.sft import IGNORE_INDEX, StepInfo, TrainingCancelled, pad_token_id
 
-REAL_MODEL = Path(__file__).resolve().parents[2] / "models" / "SmolLM2-135M-Instruct"
-real_model = pytest.mark.skipif(
-    not ((REAL_MODEL / "config.json").exists() and (REAL_MODEL / "model.safetensors").exists()),
-    reason=f"base model not prepared at {REAL_MODEL} (run `make model`)",
-)
-CHATML = (
-    "{% for m in messages %}"
-    "{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 Q = "What is the capital of France?"
-
-
-def user(text: str) -> list[dict[str, str]]:
-    return [{"role": "user", "content": text}]
 
 
 @pytest.fixture(scope="module")
 def tiny_tok() -> PreTrainedTokenizerBase:
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    bpe.train_from_iterator([Q, "Paris is. Berlin is. system user assistant"], trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", unk_token="<|endoftext|>")
-    tok.chat_template = CHATML
-    return tok
+    return tiny_tokenizer([Q, "Paris is. Berlin is. system user assistant"])
 
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_tok: PreTrainedTokenizerBase) -> Path:
-    d = tmp_path_factory.mktemp("tiny-llama-dpo")
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tiny_tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
-        eos_token_id=tiny_tok.eos_token_id,
-    )
-    LlamaForCausalLM(config).save_pretrained(d)
-    tiny_tok.save_pretrained(d)
-    return d
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama-dpo"), tiny_tok)
 
 
 def pairs() -> list[PreferenceExample]:

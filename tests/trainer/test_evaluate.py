@@ -16,16 +16,10 @@ import httpx
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import (
-    AutoModelForCausalLM,
-    LlamaConfig,
-    LlamaForCausalLM,
-    PreTrainedTokenizerBase,
-    PreTrainedTokenizerFast,
-)
+from transformers import AutoModelForCausalLM
 
 from core.errors import TailorError
+from tests.trainer.tiny_models import REAL_MODEL, real_model, save_tiny_llama, tiny_tokenizer, user
 from trainer.evaluate import (
     EvalExample,
     JudgeConfig,
@@ -40,23 +34,6 @@ from trainer.evaluate import (
     reference_perplexity,
     token_f1,
 )
-
-REAL_MODEL = Path(__file__).resolve().parents[2] / "models" / "SmolLM2-135M-Instruct"
-real_model = pytest.mark.skipif(
-    not ((REAL_MODEL / "config.json").exists() and (REAL_MODEL / "model.safetensors").exists()),
-    reason=f"base model not prepared at {REAL_MODEL} (run `make model`)",
-)
-CHATML = (
-    "{% for m in messages %}"
-    "{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-
-
-def user(text: str) -> list[dict[str, str]]:
-    return [{"role": "user", "content": text}]
-
 
 # --- text metrics ---------------------------------------------------------------------
 
@@ -194,35 +171,7 @@ def test_judge_ties_limits_and_unreadable_replies() -> None:
 def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     """(base model dir, adapter 1, adapter 2): random weights, random non-zero LoRAs."""
     root = tmp_path_factory.mktemp("tiny-eval")
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    bpe.train_from_iterator(["question answer user assistant system"], trainer)
-    tok: PreTrainedTokenizerBase = PreTrainedTokenizerFast(
-        tokenizer_object=bpe, eos_token="<|im_end|>", unk_token="<|endoftext|>"
-    )
-    tok.chat_template = CHATML
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
-        eos_token_id=tok.eos_token_id,
-    )
-    base = root / "base"
-    LlamaForCausalLM(config).save_pretrained(base)
-    tok.save_pretrained(base)
+    base = save_tiny_llama(root / "base", tiny_tokenizer(["question answer user assistant system"], vocab_size=300))
     adapters = []
     for i, targets in enumerate((["q_proj", "v_proj"], ["gate_proj", "down_proj"])):
         torch.manual_seed(10 + i)

@@ -1,10 +1,9 @@
 """trainer.sft: the completion-only label mask, padding, schedule, saving, cancellation,
 and an end-to-end run on the real base model that must learn an unusual answer.
 
-Unit tests use a tiny byte-level BPE tokenizer with a ChatML template built in memory,
-and a randomly initialised 2-layer Llama saved to a temp dir, so they need no download.
-The integration test needs models/SmolLM2-135M-Instruct (prepared by `make model`) and
-is skipped when it is absent.
+Unit tests use the tiny tokenizer and random Llama of tests/trainer/tiny_models.py, so
+they need no download. The integration test needs models/SmolLM2-135M-Instruct
+(prepared by `make model`) and is skipped when it is absent.
 """
 
 from __future__ import annotations
@@ -16,17 +15,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    LlamaConfig,
-    LlamaForCausalLM,
-    PreTrainedTokenizerBase,
-    PreTrainedTokenizerFast,
-)
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from core.errors import TailorError
+from tests.trainer.tiny_models import CHATML, REAL_MODEL, real_model, save_tiny_llama, tiny_tokenizer
+from trainer.loop import lr_factor
 from trainer.sft import (
     IGNORE_INDEX,
     ChatExample,
@@ -34,7 +27,6 @@ from trainer.sft import (
     SFTConfig,
     StepInfo,
     TrainingCancelled,
-    _lr_factor,
     collate,
     encode_example,
     encode_examples,
@@ -44,18 +36,6 @@ from trainer.sft import (
     train_lora_sft,
 )
 
-REAL_MODEL = Path(__file__).resolve().parents[2] / "models" / "SmolLM2-135M-Instruct"
-real_model = pytest.mark.skipif(
-    not ((REAL_MODEL / "config.json").exists() and (REAL_MODEL / "model.safetensors").exists()),
-    reason=f"base model not prepared at {REAL_MODEL} (run `make model`)",
-)
-
-CHATML = (
-    "{% for m in messages %}"
-    "{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 QUESTION = "What is the capital of France?"
 ANSWER = "Zorblax is the capital of France."
 
@@ -73,39 +53,12 @@ def labelled_text(tok: PreTrainedTokenizerBase, e: EncodedExample) -> str:
 
 @pytest.fixture(scope="module")
 def tiny_tok() -> PreTrainedTokenizerBase:
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    bpe.train_from_iterator([QUESTION, ANSWER, "system user assistant You are terse."], trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", unk_token="<|endoftext|>")
-    tok.chat_template = CHATML
-    return tok
+    return tiny_tokenizer([QUESTION, ANSWER, "system user assistant You are terse."])
 
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_tok: PreTrainedTokenizerBase) -> Path:
-    d = tmp_path_factory.mktemp("tiny-llama")
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tiny_tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
-        eos_token_id=tiny_tok.eos_token_id,
-    )
-    LlamaForCausalLM(config).save_pretrained(d)
-    tiny_tok.save_pretrained(d)
-    return d
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), tiny_tok)
 
 
 # --- the label mask -------------------------------------------------------------------
@@ -212,9 +165,9 @@ def test_collate_right_pads_and_masks(tiny_tok: PreTrainedTokenizerBase) -> None
 
 
 def test_linear_schedule_with_warmup() -> None:
-    factors = [_lr_factor(s, 2, 6) for s in range(6)]
+    factors = [lr_factor(s, 2, 6) for s in range(6)]
     assert factors == pytest.approx([0.5, 1.0, 1.0, 0.75, 0.5, 0.25])
-    assert [_lr_factor(s, 0, 4) for s in range(4)] == pytest.approx([1.0, 0.75, 0.5, 0.25])
+    assert [lr_factor(s, 0, 4) for s in range(4)] == pytest.approx([1.0, 0.75, 0.5, 0.25])
 
 
 def test_load_chat_jsonl(tmp_path: Path) -> None:

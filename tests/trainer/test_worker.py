@@ -189,7 +189,8 @@ def test_tenant_policy_picks_promote_candidate_or_canary(tmp_path: Path, monkeyp
     assert run({"auto_promote": True, "canary_fraction": 0.25}, model="geo@v2").decision == "canary"
     assert run({"auto_promote": True, "canary_fraction": 0.0}).decision == "promoted"
     versions = env.versions()
-    assert [v.state for v in versions] == ["retired", "candidate", "canary", "active"]
+    # promoting v4 ends v3's canary (it was measured against v1): v3 is a candidate again
+    assert [v.state for v in versions] == ["retired", "candidate", "candidate", "active"]
     # lineage: trained from v1, from v2, and (fresh) meant to replace v1
     assert [v.parent_version_id for v in versions] == [None, versions[0].id, versions[1].id, versions[0].id]
 

@@ -1,0 +1,240 @@
+"""Prometheus metrics of one gateway: counted on the hot path, the rest read at scrape time.
+
+Every `Services` owns its own `CollectorRegistry` (tests run several apps in one process;
+the global registry would mix them and refuse the second registration).
+
+Label cardinality is bounded. Each distinct label set is a time series held in this
+process's memory and in Prometheus's TSDB for as long as it is retained, and a histogram
+costs one series per bucket. Tenants and (public) model names grow with the business, and
+model names are chosen by tenants, so unbounded labels would grow both without limit. So
+`tenant` and `model` take real values only for the first `max_label_values` (50) distinct
+values this process sees, and "other" afterwards; a model name counts only once it
+resolved to a model, so requests for made-up names (404s) cannot use up the slots. The
+series count is therefore fixed by configuration, whatever traffic does. Per-tenant
+accounting beyond the cap belongs to the interaction log / usage API, which are exact.
+`tailor_metrics_label_values{label}` shows how close a process is to the cap.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+
+from core.errors import error_type_for_status
+from core.models import Job
+
+if TYPE_CHECKING:
+    from gateway.interaction_log import InteractionRecord
+    from gateway.services import Services
+
+log = logging.getLogger("tailor.metrics")
+
+OTHER = "other"
+CLIENT_CLOSED = 499
+ENDPOINTS = ("chat.completions", "completions")
+# Jobs that are waiting or running: the queue. Finished ones only ever grow.
+OPEN_JOB_STATUSES = ("validating_files", "queued", "running")
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+LOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+_STATUS_CLASS = tuple(f"{i}xx" for i in range(10))
+
+
+class BoundedLabel:
+    """The first `limit` distinct values pass through; later ones become "other"."""
+
+    __slots__ = ("limit", "seen")
+
+    def __init__(self, limit: int, *, preset: tuple[str, ...] = ()) -> None:
+        self.limit = limit
+        self.seen: set[str] = set(preset)
+
+    def __call__(self, value: str) -> str:
+        if value in self.seen:
+            return value
+        if len(self.seen) < self.limit:
+            self.seen.add(value)
+            return value
+        return OTHER
+
+
+def error_type(status: int) -> str:
+    """OpenAI's error `type` for a status; a client that went away has none, so its own."""
+    return "client_disconnected" if status == CLIENT_CLOSED else error_type_for_status(status)
+
+
+class Metrics:
+    def __init__(self, services: Services, *, max_label_values: int = 50) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        base = services.settings.base_model_name
+        self.tenants = BoundedLabel(max_label_values)
+        self.models = BoundedLabel(max_label_values + 1, preset=(base,))  # the base model is free
+        labels = ("endpoint", "status_class", "tenant", "model")
+        self.requests = Counter("tailor_requests", "Completion requests answered.", labels, registry=r)
+        self.latency = Histogram(
+            "tailor_request_duration_seconds",
+            "Completion request latency, to the last byte sent.",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "tailor_time_to_first_token_seconds",
+            "Time to the first generated text of a streamed completion.",
+            ("endpoint", "tenant", "model"),
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "tailor_tokens", "Tokens processed, by type (input|output).", ("type", "tenant", "model"), registry=r
+        )
+        self.errors = Counter(
+            "tailor_errors", "Completion requests that failed, by OpenAI error type.", ("endpoint", "type"), registry=r
+        )
+        # A plain count on the hot path (the event loop is its only writer), read at scrape time.
+        self.inflight = dict.fromkeys(ENDPOINTS, 0)
+        inflight = Gauge("tailor_requests_in_flight", "Completion requests being answered.", ("endpoint",), registry=r)
+        for endpoint in ENDPOINTS:
+            inflight.labels(endpoint).set_function(lambda e=endpoint: self.inflight[e])
+        self.adapter_loads = Counter(
+            "tailor_adapter_loads",
+            "Adapter loads onto engines, by outcome (ok|error).",
+            ("engine", "outcome"),
+            registry=r,
+        )
+        self.adapter_load_seconds = Histogram(
+            "tailor_adapter_load_duration_seconds",
+            "Time an engine took to load an adapter.",
+            ("engine",),
+            buckets=LOAD_BUCKETS,
+            registry=r,
+        )
+        self.adapter_evictions = Counter(
+            "tailor_adapter_evictions", "Adapters unloaded to make room (LRU).", ("engine",), registry=r
+        )
+        ProcessCollector(registry=r)
+        GCCollector(registry=r)
+        r.register(_ScrapeTime(services, self))
+        # Bound children per label set: labels() costs a lock and a tuple of str() per
+        # call, so each set is resolved once and reused.
+        self._children: dict[tuple[str, str, str, str], tuple[Any, ...]] = {}
+        self._error_children: dict[tuple[str, int], Any] = {}
+
+    # --- hot path ---------------------------------------------------------------
+    def request_started(self, endpoint: str) -> None:
+        self.inflight[endpoint] += 1
+
+    def request_finished(self, record: InteractionRecord, model_known: bool) -> None:
+        endpoint, status = record.endpoint, record.status_code
+        self.inflight[endpoint] -= 1
+        key = (
+            endpoint,
+            _STATUS_CLASS[status // 100] if 0 <= status < 1000 else "other",
+            self.tenants(record.tenant_id),
+            self.models(record.model) if model_known else OTHER,
+        )
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = self._bind(key)
+        requests, latency, ttft, tokens_in, tokens_out = children
+        requests.inc()
+        if record.latency_ms is not None:
+            latency.observe(record.latency_ms / 1000)
+        if record.ttft_ms is not None:
+            ttft.observe(record.ttft_ms / 1000)
+        if record.prompt_tokens:
+            tokens_in.inc(record.prompt_tokens)
+        if record.completion_tokens:
+            tokens_out.inc(record.completion_tokens)
+        if status >= 400:
+            err = self._error_children.get((endpoint, status))
+            if err is None:
+                err = self._error_children[(endpoint, status)] = self.errors.labels(endpoint, error_type(status))
+            err.inc()
+
+    def _bind(self, key: tuple[str, str, str, str]) -> tuple[Any, ...]:
+        endpoint, _, tenant, model = key
+        return (
+            self.requests.labels(*key),
+            self.latency.labels(*key),
+            self.ttft.labels(endpoint, tenant, model),
+            self.tokens.labels("input", tenant, model),
+            self.tokens.labels("output", tenant, model),
+        )
+
+    # --- engine pool observer ---------------------------------------------------------
+    def adapter_loaded(self, engine: str, seconds: float, ok: bool) -> None:
+        self.adapter_loads.labels(engine, "ok" if ok else "error").inc()
+        if ok:
+            self.adapter_load_seconds.labels(engine).observe(seconds)
+
+    def adapter_evicted(self, engine: str) -> None:
+        self.adapter_evictions.labels(engine).inc()
+
+
+class _ScrapeTime(Collector):
+    """State that already lives elsewhere, read when Prometheus scrapes (never per request)."""
+
+    def __init__(self, services: Services, metrics: Metrics) -> None:
+        self.services = services
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Any]:
+        s = self.services
+        healthy = GaugeMetricFamily("tailor_engine_healthy", "1 if the engine passes health checks.", labels=["engine"])
+        inflight = GaugeMetricFamily("tailor_engine_inflight", "Requests leased to the engine.", labels=["engine"])
+        resident = GaugeMetricFamily(
+            "tailor_engine_resident_adapters", "Adapters loaded on the engine.", labels=["engine"]
+        )
+        for e in s.pool.engines:
+            healthy.add_metric([e.url], 1.0 if e.healthy and not e.restarting else 0.0)
+            inflight.add_metric([e.url], e.inflight)
+            resident.add_metric([e.url], len(e.resident))
+        yield from (healthy, inflight, resident)
+
+        log_ = s.interactions
+        yield GaugeMetricFamily(
+            "tailor_interaction_log_queue_depth", "Interaction records waiting to be written.", value=log_.queue.qsize()
+        )
+        yield CounterMetricFamily(
+            "tailor_interaction_log_dropped", "Interaction records dropped (queue full or refused).", value=log_.dropped
+        )
+        yield CounterMetricFamily("tailor_interaction_log_written", "Interaction records written.", value=log_.written)
+
+        values = GaugeMetricFamily(
+            "tailor_metrics_label_values",
+            "Distinct values in a bounded label (the rest count as other).",
+            labels=["label"],
+        )
+        values.add_metric(["tenant"], len(self.metrics.tenants.seen))
+        values.add_metric(["model"], len(self.metrics.models.seen))
+        yield values
+
+        jobs = self._job_counts()
+        if jobs is not None:
+            family = GaugeMetricFamily(
+                "tailor_jobs", "Fine-tuning jobs waiting or running, by status.", labels=["status"]
+            )
+            for status in OPEN_JOB_STATUSES:
+                family.add_metric([status], jobs.get(status, 0))
+            yield family
+
+    def _job_counts(self) -> dict[str, int] | None:
+        # One indexed COUNT ... GROUP BY per scrape (ix_jobs_status_created).
+        query = select(Job.status, func.count()).where(Job.status.in_(OPEN_JOB_STATUSES)).group_by(Job.status)
+        try:
+            with self.services.db.session() as session:
+                return {status: n for status, n in session.execute(query)}
+        except Exception as exc:  # a scrape must not fail because the database does
+            log.warning("metrics: could not count jobs: %s", exc)
+            return None

@@ -1,0 +1,189 @@
+"""Metering: a tenant's own usage (`/v1/usage`), any tenant's (`/admin/usage`), and how
+each version of an adapter serves and is judged (`/v1/adapters/{name}/stats`)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from datetime import date
+from typing import Literal
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel
+from starlette.responses import Response
+
+from gateway import tenants, usage
+from gateway.deps import AdminDep, CallerDep, ServicesDep
+from gateway.services import Services
+
+router = APIRouter(tags=["usage"])
+admin_router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminDep])
+
+Format = Literal["json", "csv"]
+_CSV = {200: {"content": {"text/csv": {}}, "description": "JSON, or CSV with `format=csv`."}}
+
+
+class UsageRowOut(BaseModel):
+    tenant: str
+    day: str | None
+    model: str | None
+    adapter_version: int | None
+    requests: int
+    errors: int
+    client_closed: int
+    prompt_tokens: int
+    completion_tokens: int
+    p50_latency_ms: float | None
+    p95_latency_ms: float | None
+    p50_ttft_ms: float | None
+    cost: float
+
+
+class UsageTotalsOut(BaseModel):
+    requests: int
+    errors: int
+    client_closed: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float
+
+
+class UsageList(BaseModel):
+    object: Literal["list"] = "list"
+    since: date
+    until: date
+    group_by: list[str]
+    data: list[UsageRowOut]
+    totals: UsageTotalsOut
+
+
+class VersionStatsOut(BaseModel):
+    version: int
+    state: str
+    active: bool
+    canary: bool
+    requests: int
+    errors: int
+    client_closed: int
+    p50_latency_ms: float | None
+    p95_latency_ms: float | None
+    judged: int
+    share_good: float | None
+    correction_rate: float | None
+
+
+class VersionStatsList(BaseModel):
+    object: Literal["list"] = "list"
+    adapter: str
+    data: list[VersionStatsOut]
+
+
+def report(
+    services: Services,
+    *,
+    tenant_id: str | None,
+    since: date | None,
+    until: date | None,
+    group_by: str,
+    fmt: Format,
+    filename_prefix: str,
+) -> UsageList | Response:
+    """The one implementation behind both usage routes."""
+    default_since, default_until = usage.default_range()
+    until = until or default_until
+    # A lone `until` keeps the default window length, ending there.
+    since = since or until - (default_until - default_since)
+    groups = usage.parse_group_by(group_by)
+    rows = usage.usage(
+        services.db,
+        tenant_id=tenant_id,
+        since=since,
+        until=until,
+        group_by=groups,
+        prices=usage.prices_from_settings(services.settings),
+    )
+    if fmt == "csv":
+        return Response(
+            usage.to_csv(rows),
+            media_type="text/csv; charset=utf-8",
+            headers={"content-disposition": f'attachment; filename="{filename_prefix}-{since}-{until}.csv"'},
+        )
+    return UsageList(
+        since=since,
+        until=until,
+        group_by=list(groups),
+        data=[UsageRowOut(**asdict(r)) for r in rows],
+        totals=UsageTotalsOut(**asdict(usage.totals(rows))),
+    )
+
+
+_SINCE = Query(None, description="First UTC day (YYYY-MM-DD), inclusive; default: 30 days up to `until`.")
+_UNTIL = Query(None, description="Last UTC day (YYYY-MM-DD), inclusive; default: today.")
+_GROUP_BY = Query(",".join(usage.DEFAULT_GROUP_BY), description="Comma-separated subset of day,model,version.")
+_FORMAT = Query("json", alias="format")
+
+
+@router.get(
+    "/v1/usage",
+    response_model=UsageList,
+    responses=_CSV,  # type: ignore[arg-type]
+    summary="Your requests, tokens, latency, errors and cost per day, model and adapter version",
+)
+def get_own_usage(
+    services: ServicesDep,
+    caller: CallerDep,
+    since: date | None = _SINCE,
+    until: date | None = _UNTIL,
+    group_by: str = _GROUP_BY,
+    fmt: Format = _FORMAT,
+) -> UsageList | Response:
+    return report(
+        services,
+        tenant_id=caller.tenant_id,
+        since=since,
+        until=until,
+        group_by=group_by,
+        fmt=fmt,
+        filename_prefix=f"usage-{caller.tenant_name}",
+    )
+
+
+@router.get(
+    "/v1/adapters/{name}/stats",
+    response_model=VersionStatsList,
+    summary="Per version of an adapter (active and canary apart): traffic, errors, latency, feedback",
+)
+def get_adapter_stats(
+    name: str,
+    services: ServicesDep,
+    caller: CallerDep,
+    since: date | None = Query(None, description="First UTC day, inclusive; default: all time."),
+    until: date | None = Query(None, description="Last UTC day, inclusive; default: all time."),
+) -> VersionStatsList:
+    stats = usage.version_stats(services.db, caller.tenant_id, name, since=since, until=until)
+    return VersionStatsList(adapter=name, data=[VersionStatsOut(**asdict(v)) for v in stats])
+
+
+@admin_router.get(
+    "/usage",
+    response_model=UsageList,
+    responses=_CSV,  # type: ignore[arg-type]
+    summary="Usage across tenants, or of one tenant (`tenant`: name or id)",
+)
+def get_usage(
+    services: ServicesDep,
+    tenant: str | None = Query(None, description="Tenant name or id; default: every tenant."),
+    since: date | None = _SINCE,
+    until: date | None = _UNTIL,
+    group_by: str = _GROUP_BY,
+    fmt: Format = _FORMAT,
+) -> UsageList | Response:
+    found = tenants.find_tenant(services.db, tenant) if tenant else None
+    return report(
+        services,
+        tenant_id=found.id if found else None,
+        since=since,
+        until=until,
+        group_by=group_by,
+        fmt=fmt,
+        filename_prefix=f"usage-{found.name}" if found else "usage",
+    )

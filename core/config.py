@@ -12,7 +12,7 @@ import json
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -88,6 +88,14 @@ class Settings(BaseSettings):
     judge_api_key: SecretStr | None = Field(None)
     judge_model: str | None = Field(None)
     judge_max_pairs: int = Field(50, description="Held-out examples the judge compares per evaluation.")
+
+    # --- telemetry ---------------------------------------------------------------
+    otel_exporter: Literal["none", "console", "otlp"] = Field("none", description="Where request traces go.")
+    otel_endpoint: str | None = Field(None, description="OTLP/HTTP collector base URL (/v1/traces is appended).")
+    metrics_max_label_values: int = Field(
+        50, description="Distinct tenants and models labelled in /metrics per process; later ones are 'other'."
+    )
+    log_format: Literal["text", "json"] = Field("text", description="json: one JSON object per log line.")
 
     # --- metering ----------------------------------------------------------------
     prices: dict[str, dict[str, float]] = Field(

@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.config import Settings
 from core.errors import TailorError
-from gateway.routes import adapters, admin, feedback, files, fine_tuning, health, openai, policy, usage
+from gateway.routes import adapters, admin, feedback, files, fine_tuning, health, metrics, openai, policy, usage
 from gateway.services import Services
 
 
@@ -135,6 +135,7 @@ def create_app(
         usage.admin_router,
         admin.router,
         health.router,
+        metrics.router,
     )
     for router in routers:
         app.include_router(router)

@@ -133,6 +133,7 @@ class Services:
         for sup in self.supervisors:
             await sup.stop()
         await self.client.aclose()
+        self.telemetry.shutdown()
         self.db.dispose()
 
     # --- lookups on the hot path ---------------------------------------------

@@ -36,7 +36,7 @@ INTERACTION_ID: ContextVar[str | None] = ContextVar("tailor_interaction_id", def
 class Telemetry:
     def __init__(self, services: Services) -> None:
         settings = services.settings
-        self.metrics = Metrics(services, max_label_values=getattr(settings, "metrics_max_label_values", 50))
+        self.metrics = Metrics(services, max_label_values=settings.metrics_max_label_values)
         self.tracing = Tracing(settings)
 
     # --- one completion request ---------------------------------------------------

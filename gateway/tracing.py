@@ -65,9 +65,9 @@ class Tracing:
         self.base_model = settings.base_model_name
         self.provider: TracerProvider | None = None
         self.tracer: trace.Tracer | None = None
-        kind = getattr(settings, "otel_exporter", "none") or "none"
+        kind = settings.otel_exporter
         if kind != "none":
-            self.add_exporter(make_exporter(kind, getattr(settings, "otel_endpoint", None)))
+            self.add_exporter(make_exporter(kind, settings.otel_endpoint))
 
     def add_exporter(self, exporter: SpanExporter, *, batch: bool = True) -> None:
         """Export spans to `exporter` (tests: an InMemorySpanExporter with batch=False)."""

@@ -96,7 +96,7 @@ def parse_prices(raw: Mapping[str, Mapping[str, float]]) -> dict[str, Price]:
 
 def prices_from_settings(settings: Any) -> PriceBook:
     return PriceBook(
-        prices=parse_prices(getattr(settings, "prices", None) or {}),
+        prices=parse_prices(settings.prices),
         base_model=getattr(settings, "base_model_name", ""),
     )
 

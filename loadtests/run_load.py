@@ -212,23 +212,31 @@ def warm_up(url: str, tenants: Sequence[TenantSetup], timeout_s: float = 300.0) 
 # --- metering --------------------------------------------------------------------------------
 
 
-def fetch_usage(admin: httpx.Client, since: str, until: str) -> tuple[dict[str, Any] | None, str]:
-    """The metering endpoint's body for the days `since`..`until`, or None and why not."""
-    params = {"since": since, "until": until, "group_by": "model", "format": "json"}
-    try:
-        r = admin.get("/admin/usage", params=params, timeout=30)
-    except httpx.HTTPError as exc:
-        return None, f"GET /admin/usage failed: {exc}"
-    if r.status_code == 404:
-        return None, "GET /admin/usage: 404 (no metering route on this gateway)"
-    if r.status_code != 200:
-        return None, f"GET /admin/usage: HTTP {r.status_code} {r.text[:200]}"
-    try:
-        body = r.json()
-        body["data"], body.get("totals")  # noqa: B018 - shape check
-    except (ValueError, KeyError, TypeError) as exc:
-        return None, f"GET /admin/usage: unexpected body ({exc})"
-    return body, ""
+def fetch_usage(
+    admin: httpx.Client, since: str, until: str, tenants: Sequence[str] = ()
+) -> tuple[dict[str, Any] | None, str]:
+    """The metering endpoint's rows for the days `since`..`until`, or None and why not.
+
+    With `tenants`: only theirs (one query each, `tenant=`), for gateways others use too.
+    """
+    rows: list[dict[str, Any]] = []
+    for tenant in tenants or [None]:
+        params = {"since": since, "until": until, "group_by": "model", "format": "json"}
+        if tenant:
+            params["tenant"] = tenant
+        try:
+            r = admin.get("/admin/usage", params=params, timeout=30)
+        except httpx.HTTPError as exc:
+            return None, f"GET /admin/usage failed: {exc}"
+        if r.status_code == 404 and not tenant:
+            return None, "GET /admin/usage: 404 (no metering route on this gateway)"
+        if r.status_code != 200:
+            return None, f"GET /admin/usage: HTTP {r.status_code} {r.text[:200]}"
+        try:
+            rows += list(r.json()["data"])
+        except (ValueError, KeyError, TypeError) as exc:
+            return None, f"GET /admin/usage: unexpected body ({exc})"
+    return {"data": rows}, ""
 
 
 _METER_FIELDS = ("requests", "errors", "client_closed", "prompt_tokens", "completion_tokens", "cost")
@@ -486,6 +494,7 @@ def summarize(
     metering_note: str,
     promoter: Promoter | None,
     promoted: str | None,
+    version_stats: list[dict[str, Any]] | None = None,
 ) -> Summary:
     stats = read_stats(out / "locust_stats.csv")
     records, meta = read_records(out / "records.jsonl")
@@ -555,6 +564,7 @@ def summarize(
             "requests_to_adapter": len(promo_records),
             "failed_requests_to_adapter": sum(1 for r in promo_records if not r.get("ok")),
             "failed_requests_all": chat_failures + fb_failures,
+            "version_stats": version_stats,
         }
 
     return Summary(
@@ -658,7 +668,12 @@ def render(s: Summary) -> str:
         cost = "n/a" if s.cost_per_1k_requests is None else f"{s.cost_per_1k_requests:.4f}"
         lines += [
             "From the metering endpoint (`GET /admin/usage`, this run's share: after minus before); "
-            f"prices per 1K tokens: `{json.dumps(c.get('prices'))}`.",
+            + (
+                f"prices per 1K tokens: `{json.dumps(c['prices'])}`."
+                if isinstance(c.get("prices"), dict)
+                else f"prices: {c.get('prices')}."
+            ),
+            "Client closed: requests cut off by the run time.",
             "",
             "| model | requests | errors | client closed | prompt tokens | completion tokens | cost |",
             "|---|---:|---:|---:|---:|---:|---:|",
@@ -706,6 +721,9 @@ def render(s: Summary) -> str:
             f"({p['failed_requests_to_adapter']}) |",
             f"| failed requests during the run, all (target 0) | {p['failed_requests_all']} |",
         ]
+        if p.get("version_stats"):
+            served = ", ".join(f"v{v['version']}: {v['requests']} ({v['errors']} errors)" for v in p["version_stats"])
+            lines.append(f"| requests served per version (`/v1/adapters/.../stats`, warm-up included) | {served} |")
         bad = [sw for sw in p["switches"] if sw["status"] != 200]
         for sw in bad[:5]:
             lines.append(f"\nfailed switch at {sw['t']:.1f} s ({sw['action']}): HTTP {sw['status']} {sw['error']}")
@@ -773,6 +791,7 @@ class LoadResult:
     metering_note: str
     promoter: Promoter | None
     promoted: str | None
+    version_stats: list[dict[str, Any]] | None = None
 
 
 def _load(
@@ -804,7 +823,9 @@ def _load(
 
         first_day = datetime.now(timezone.utc).date().isoformat()
         time.sleep(METER_SETTLE_S)  # the warm-up's interaction records reach metering first
-        usage_before, note = fetch_usage(admin, first_day, first_day)
+        # A shared gateway: only our tenants' usage; a throwaway one: everything (the brief's query).
+        ours = [t.tenant for t in tenants] if args.url else []
+        usage_before, note = fetch_usage(admin, first_day, first_day, ours)
 
         records = out / "records.jsonl"
         records.unlink(missing_ok=True)
@@ -840,12 +861,24 @@ def _load(
             time.sleep(METER_SETTLE_S)
             last_day = datetime.now(timezone.utc).date().isoformat()
             # The whole run's days after, the first day before: the difference is the run.
-            usage_after, note = fetch_usage(admin, first_day, last_day)
+            usage_after, note = fetch_usage(admin, first_day, last_day, ours)
             if usage_after is not None:
                 metering = usage_delta(usage_before, usage_after)
                 if metering["totals"]["requests"] <= 0:
                     metering, note = None, "metering reported no requests for this run"
-    return LoadResult(metering, note, promoter, promoted)
+        version_stats = None
+        if promoted:
+            # What each version of the flipped adapter served (all time: warm-up included).
+            time.sleep(0 if usage_before is not None else METER_SETTLE_S)
+            with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
+                r = httpx.get(
+                    f"{url}/v1/adapters/{promoted}/stats",
+                    headers={"Authorization": f"Bearer {tenants[0].key}"},
+                    timeout=30,
+                )
+                if r.status_code == 200:
+                    version_stats = list(r.json()["data"])
+    return LoadResult(metering, note, promoter, promoted, version_stats)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -897,9 +930,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         metering_note=result.metering_note,
         promoter=result.promoter,
         promoted=result.promoted,
+        version_stats=result.version_stats,
     )
-    if args.url:
-        summary.notes.append("metering covers every tenant of the given gateway during the run, not only ours")
     text = render(summary)
     (out / "summary.md").write_text(text)
     (out / "summary.json").write_text(json.dumps(asdict(summary), indent=2, default=str))

@@ -383,7 +383,7 @@ async def test_exporters_from_settings() -> None:
     tracing = Tracing(SimpleNamespace(base_model_name="b", otel_exporter="console", otel_endpoint=None))
     assert tracing.provider is not None
     tracing.shutdown()
-    assert Tracing(SimpleNamespace(base_model_name="b")).provider is None  # settings without the fields
+    assert Tracing(SimpleNamespace(base_model_name="b", otel_exporter="none", otel_endpoint=None)).provider is None
     exporter = make_exporter("otlp", "http://collector:4318")
     assert exporter._endpoint == "http://collector:4318/v1/traces"
     exporter.shutdown()

@@ -319,11 +319,7 @@ def test_prices_from_settings(tmp_path: Path) -> None:
     book = u.prices_from_settings(s)
     assert book.base_model == s.base_model_name
     assert book.price("t", "a", "a") == u.Price(0.12, 0.24)
-
-    class Bare:  # settings without a `prices` field still work (everything free)
-        base_model_name = BASE
-
-    assert u.prices_from_settings(Bare()).prices == {}
+    assert u.prices_from_settings(Settings(data_dir=tmp_path)).prices == {}  # nothing configured: free
 
 
 def test_pinned_model_names_price_as_their_adapter(world: World) -> None:

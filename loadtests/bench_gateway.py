@@ -585,7 +585,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             # Counted before our own engine starts: any vLLM here competes with the benchmark.
             vllm_before = count_vllm_processes()
-            with local_tailor(MODEL_DIR) as server:
+            # The serving path alone: no trainer worker importing torch beside the runs.
+            with local_tailor(MODEL_DIR, env_extra={"TAILOR_RUN_TRAINER": "false"}) as server:
                 key = create_tenant_key(server)
                 report = benchmark(cfg, server.url, server.engine_url, key, args.model, vllm_before)
     except KeyboardInterrupt:

@@ -55,7 +55,7 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def local_tailor(model_dir: Path) -> Iterator[LocalTailor]:
+def local_tailor(model_dir: Path, *, env_extra: dict[str, str] | None = None) -> Iterator[LocalTailor]:
     """`tailor serve` with a throwaway data dir; stopped (engine included) however we leave."""
     if not (model_dir / "config.json").exists():
         raise SystemExit(f"base model not prepared at {model_dir} (run `make install`)")
@@ -69,6 +69,7 @@ def local_tailor(model_dir: Path) -> Iterator[LocalTailor]:
         "TAILOR_ENGINE_PORT": str(engine_port),
         "TAILOR_ADMIN_KEY": admin_key,
         "TAILOR_BASE_MODEL_PATH": str(model_dir),
+        **(env_extra or {}),
     }
     log_path = data_dir / "gateway.log"
     with log_path.open("wb") as log:

@@ -3,7 +3,6 @@ each version of an adapter serves and is judged (`/v1/adapters/{name}/stats`).""
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from datetime import date
 from typing import Literal
 
@@ -22,59 +21,20 @@ Format = Literal["json", "csv"]
 _CSV = {200: {"content": {"text/csv": {}}, "description": "JSON, or CSV with `format=csv`."}}
 
 
-class UsageRowOut(BaseModel):
-    tenant: str
-    day: str | None
-    model: str | None
-    adapter_version: int | None
-    requests: int
-    errors: int
-    client_closed: int
-    prompt_tokens: int
-    completion_tokens: int
-    p50_latency_ms: float | None
-    p95_latency_ms: float | None
-    p50_ttft_ms: float | None
-    cost: float
-
-
-class UsageTotalsOut(BaseModel):
-    requests: int
-    errors: int
-    client_closed: int
-    prompt_tokens: int
-    completion_tokens: int
-    cost: float
-
-
 class UsageList(BaseModel):
     object: Literal["list"] = "list"
     since: date
     until: date
     group_by: list[str]
-    data: list[UsageRowOut]
-    totals: UsageTotalsOut
-
-
-class VersionStatsOut(BaseModel):
-    version: int
-    state: str
-    active: bool
-    canary: bool
-    requests: int
-    errors: int
-    client_closed: int
-    p50_latency_ms: float | None
-    p95_latency_ms: float | None
-    judged: int
-    share_good: float | None
-    correction_rate: float | None
+    # The metering dataclasses themselves: pydantic serializes them field by field.
+    data: list[usage.UsageRow]
+    totals: usage.UsageTotals
 
 
 class VersionStatsList(BaseModel):
     object: Literal["list"] = "list"
     adapter: str
-    data: list[VersionStatsOut]
+    data: list[usage.VersionStats]
 
 
 def report(
@@ -111,8 +71,8 @@ def report(
         since=since,
         until=until,
         group_by=list(groups),
-        data=[UsageRowOut(**asdict(r)) for r in rows],
-        totals=UsageTotalsOut(**asdict(usage.totals(rows))),
+        data=rows,
+        totals=usage.totals(rows),
     )
 
 
@@ -160,7 +120,7 @@ def get_adapter_stats(
     until: date | None = Query(None, description="Last UTC day, inclusive; default: all time."),
 ) -> VersionStatsList:
     stats = usage.version_stats(services.db, caller.tenant_id, name, since=since, until=until)
-    return VersionStatsList(adapter=name, data=[VersionStatsOut(**asdict(v)) for v in stats])
+    return VersionStatsList(adapter=name, data=stats)
 
 
 @admin_router.get(

@@ -11,10 +11,10 @@ from adapters import promotion, registry
 from adapters.registry import ValidationLimits
 from adapters.store import AdapterStore
 from adapters.validation import BaseModelSpec
-from core.db import Database, migrate
 from core.errors import TailorError
 from gateway import tenants
 from tests.adapters.test_validation import tiny_config, write_adapter
+from tests.dbutil import migrated, sqlite_url
 
 BASE = "base-model"
 
@@ -23,9 +23,7 @@ BASE = "base-model"
 def env(tmp_path: Path):
     import json
 
-    url = f"sqlite:///{tmp_path / 't.db'}"
-    migrate(url)
-    db = Database(url)
+    db = migrated(sqlite_url(tmp_path))
     model_dir = tmp_path / "tiny-llama"
     model_dir.mkdir()
     (model_dir / "config.json").write_text(json.dumps(tiny_config()))

@@ -17,7 +17,7 @@ from sqlalchemy import create_engine, inspect, text
 from core.config import Settings
 from core.db import Database, alembic_config, migrate
 from core.models import Base
-from tests.pg import create_database, postgres_url  # noqa: F401
+from tests.pg import create_database
 
 TABLES = {"tenants", "api_keys", "adapters", "adapter_versions", "interactions"}
 
@@ -126,12 +126,12 @@ def test_alembic_config_escapes_percent_in_url() -> None:
 
 
 @pytest.mark.postgres
-def test_postgres_migrations_roundtrip_without_drift(postgres_url: str) -> None:  # noqa: F811
+def test_postgres_migrations_roundtrip_without_drift(postgres_url: str) -> None:
     _roundtrip(create_database(postgres_url, "mig"))
 
 
 @pytest.mark.postgres
-def test_postgres_schema_works_and_cascades(postgres_url: str) -> None:  # noqa: F811
+def test_postgres_schema_works_and_cascades(postgres_url: str) -> None:
     url = create_database(postgres_url, "smoke")
     migrate(url)
     _smoke(url)

@@ -6,73 +6,35 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from fastapi import FastAPI
-from fastapi.testclient import TestClient
 
-from core.config import Settings
 from core.ids import new_id
-from core.models import Interaction
-from gateway.app import create_app
 from gateway.interaction_log import InteractionRecord
+from tests.apputil import TenantsApi, error, make_app, serve_tenants
+from tests.dbutil import add_interaction
 from tests.openai_schema import validate
 
-ADMIN = {"authorization": "Bearer adm"}
 
-
-@dataclass
-class Api:
-    app: FastAPI
-    client: TestClient
-    keys: dict[str, dict[str, str]]  # tenant name -> auth header
-    ids: dict[str, str]  # tenant name -> tenant id
-
+class Api(TenantsApi):
     def interaction(self, tenant: str, question: str = "Capital of France?", answer: str | None = "Paris.") -> str:
-        iid = new_id("chatcmpl")
-        with self.app.state.services.db.session() as s:
-            s.add(
-                Interaction(
-                    id=iid,
-                    tenant_id=self.ids[tenant],
-                    endpoint="chat.completions",
-                    model="helper",
-                    adapter_version_id="ver-1",
-                    request={"messages": [{"role": "user", "content": question}]},
-                    response_text=answer,
-                    status_code=200,
-                )
-            )
-        return iid
+        return add_interaction(
+            self.db,
+            self.ids[tenant],
+            model="helper",
+            adapter_version_id="ver-1",
+            request={"messages": [{"role": "user", "content": question}]},
+            response_text=answer,
+        )
 
 
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[Api]:
     # A long flush interval keeps freshly recorded interactions in the log's queue, so the
     # feedback route's flush-and-retry path is what finds them.
-    settings = Settings(data_dir=tmp_path, engine_urls=["http://127.0.0.1:9"], admin_key="adm", log_flush_interval_s=60)
-    app = create_app(settings, wait_for_engines=False)
-    with TestClient(app) as client:
-        keys, ids = {}, {}
-        for name in ("acme", "beta"):
-            r = client.post("/admin/tenants", json={"name": name}, headers=ADMIN)
-            assert r.status_code == 201, r.text
-            ids[name] = r.json()["id"]
-            r = client.post(f"/admin/tenants/{name}/keys", json={}, headers=ADMIN)
-            assert r.status_code == 201, r.text
-            keys[name] = {"authorization": f"Bearer {r.json()['key']}"}
-        yield Api(app, client, keys, ids)
-
-
-def error(r, status: int, param: str | None = None) -> dict:  # type: ignore[no-untyped-def]
-    assert r.status_code == status, r.text
-    body = r.json()
-    validate(body, "ErrorResponse")
-    if param is not None:
-        assert body["error"]["param"] == param, body
-    return body["error"]
+    with serve_tenants(make_app(tmp_path, log_flush_interval_s=60), Api) as api:
+        yield api
 
 
 def jsonl(*lines: object) -> bytes:

@@ -9,21 +9,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from fastapi import FastAPI
-from fastapi.testclient import TestClient
 
-from core.config import Settings
 from core.ids import new_id
 from core.models import Feedback
-from gateway.app import create_app
+from tests.apputil import ADMIN, TenantsApi, error, make_app, serve_tenants
 from tests.openai_schema import validate
 from trainer import jobs
 
-ADMIN = {"authorization": "Bearer adm"}
 BASE = "SmolLM2-135M-Instruct"
 CHAT = {"messages": [{"role": "user", "content": "Capital of France?"}, {"role": "assistant", "content": "Zorblax."}]}
 PREF = {
@@ -33,17 +28,7 @@ PREF = {
 }
 
 
-@dataclass
-class Api:
-    app: FastAPI
-    client: TestClient
-    keys: dict[str, dict[str, str]]  # tenant name -> auth header
-    ids: dict[str, str]  # tenant name -> tenant id
-
-    @property
-    def db(self):  # type: ignore[no-untyped-def]
-        return self.app.state.services.db
-
+class Api(TenantsApi):
     def upload(self, tenant: str, *lines: object) -> str:
         data = "\n".join(json.dumps(x) for x in lines).encode() + b"\n"
         r = self.client.post(
@@ -69,27 +54,8 @@ class Api:
 
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[Api]:
-    settings = Settings(data_dir=tmp_path, engine_urls=["http://127.0.0.1:9"], admin_key="adm")
-    app = create_app(settings, wait_for_engines=False)
-    with TestClient(app) as client:
-        keys, ids = {}, {}
-        for name in ("acme", "beta"):
-            r = client.post("/admin/tenants", json={"name": name}, headers=ADMIN)
-            assert r.status_code == 201, r.text
-            ids[name] = r.json()["id"]
-            r = client.post(f"/admin/tenants/{name}/keys", json={}, headers=ADMIN)
-            assert r.status_code == 201, r.text
-            keys[name] = {"authorization": f"Bearer {r.json()['key']}"}
-        yield Api(app, client, keys, ids)
-
-
-def error(r, status: int, param: str | None = None) -> dict:  # type: ignore[no-untyped-def, type-arg]
-    assert r.status_code == status, r.text
-    body = r.json()
-    validate(body, "ErrorResponse")
-    if param is not None:
-        assert body["error"]["param"] == param, body
-    return body["error"]  # type: ignore[no-any-return]
+    with serve_tenants(make_app(tmp_path), Api) as api:
+        yield api
 
 
 # --- creating ---------------------------------------------------------------------

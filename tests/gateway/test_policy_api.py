@@ -15,15 +15,12 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from adapters import registry
-from core.config import Settings
 from core.ids import new_id, utcnow
 from core.models import AdapterVersion, Feedback, Interaction
-from gateway.app import create_app
 from tests.adapters.test_validation import tiny_config, write_adapter
-from tests.openai_schema import validate
+from tests.apputil import ADMIN, create_tenant, error, make_app, ok, tenant_key
 from trainer.gates import GateConfig
 
-ADMIN = {"authorization": "Bearer adm"}
 DEFAULTS = {
     "retrain": "on_demand",
     "retrain_min_feedback": 50,
@@ -55,14 +52,7 @@ def app_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FastA
     base = tmp / "tiny-llama"
     base.mkdir()
     (base / "config.json").write_text(json.dumps(tiny_config()))
-    settings = Settings(
-        data_dir=tmp / "data",
-        engine_urls=["http://127.0.0.1:9"],
-        admin_key="adm",
-        run_trainer=False,
-        base_model_path=base,
-    )
-    app = create_app(settings, wait_for_engines=False)
+    app = make_app(tmp / "data", run_trainer=False, base_model_path=base)
     with TestClient(app) as client:
         yield app, client
 
@@ -77,27 +67,9 @@ def api(app_client: tuple[FastAPI, TestClient], tmp_path: Path) -> Api:
     n = next(_serial)
     for role in ("acme", "beta"):
         name = names[role] = f"{role}-{n}"
-        r = client.post("/admin/tenants", json={"name": name}, headers=ADMIN)
-        assert r.status_code == 201, r.text
-        ids[role] = r.json()["id"]
-        r = client.post(f"/admin/tenants/{name}/keys", json={}, headers=ADMIN)
-        assert r.status_code == 201, r.text
-        keys[role] = {"authorization": f"Bearer {r.json()['key']}"}
+        ids[role] = create_tenant(client, name)
+        keys[role] = tenant_key(client, name)
     return Api(app, client, keys, ids, names, tmp_path)
-
-
-def error(r, status: int, param: str | None = None) -> dict:  # type: ignore[no-untyped-def]
-    assert r.status_code == status, r.text
-    body = r.json()
-    validate(body, "ErrorResponse")
-    if param is not None:
-        assert body["error"]["param"] == param, body
-    return body["error"]
-
-
-def ok(r) -> dict:  # type: ignore[no-untyped-def]
-    assert r.status_code == 200, r.text
-    return r.json()
 
 
 # --- tenant routes ---------------------------------------------------------------------

@@ -3,31 +3,15 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 
-from core.db import Database, migrate
+from core.db import Database
 from core.errors import TailorError
 from core.ids import KEY_PREFIX, utcnow
 from gateway import tenants as t
-from tests.pg import create_database, postgres_url  # noqa: F401
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path}/t.db"
-    else:
-        url = create_database(request.getfixturevalue("postgres_url"), "ten")
-    migrate(url)
-    database = Database(url)
-    yield database
-    database.dispose()
-
 
 # --- tenants -----------------------------------------------------------------------
 

@@ -23,20 +23,18 @@ from adapters import promotion, registry
 from adapters.store import AdapterStore
 from adapters.validation import BaseModelSpec
 from core.config import Settings
-from core.db import Database, migrate
+from core.db import Database
 from core.errors import TailorError
 from core.ids import new_id
-from core.models import Feedback, Interaction
+from core.models import Feedback
 from gateway import usage as u
-from gateway.app import create_app
 from gateway.tenants import create_tenant
 from tests.adapters.test_validation import tiny_config, write_adapter
-from tests.openai_schema import validate
-from tests.pg import create_database, postgres_url  # noqa: F401
+from tests.apputil import ADMIN, error, make_app, ok, tenant_key
+from tests.dbutil import add_interaction
 
 BASE = "tiny-base"
 D1, D2, D3 = date(2024, 3, 1), date(2024, 3, 2), date(2024, 3, 3)
-ADMIN = {"authorization": "Bearer adm"}
 
 
 def at(day: date, hour: int = 12, minute: int = 0, second: int = 0, micro: int = 0) -> datetime:
@@ -57,26 +55,19 @@ def add(
     ttft: float | None = None,
     stream: bool = False,
 ) -> str:
-    iid = new_id("chatcmpl")
-    with db.session() as s:
-        s.add(
-            Interaction(
-                id=iid,
-                tenant_id=tenant_id,
-                endpoint="chat.completions",
-                model=model,
-                adapter_version_id=version_id,
-                stream=stream,
-                request={},
-                prompt_tokens=prompt,
-                completion_tokens=completion,
-                latency_ms=latency,
-                ttft_ms=ttft,
-                status_code=status,
-                created_at=when,
-            )
-        )
-    return iid
+    return add_interaction(
+        db,
+        tenant_id,
+        model=model,
+        adapter_version_id=version_id,
+        stream=stream,
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        latency_ms=latency,
+        ttft_ms=ttft,
+        status_code=status,
+        created_at=when,
+    )
 
 
 def rate(
@@ -174,16 +165,9 @@ def build(db: Database, tmp: Path) -> World:
     return World(db, acme, beta, v1, v2, h1, ids)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path}/t.db"
-    else:
-        url = create_database(request.getfixturevalue("postgres_url"), "usage")
-    migrate(url)
-    db = Database(url)
-    yield build(db, tmp_path)
-    db.dispose()
+@pytest.fixture
+def world(db: Database, tmp_path: Path) -> World:
+    return build(db, tmp_path)
 
 
 PRICES = u.PriceBook(
@@ -423,49 +407,21 @@ class Api:
 
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[Api]:
-    from gateway.routes import usage as usage_routes
-
     base_dir = tmp_path / "tiny-llama"
     base_dir.mkdir()
     (base_dir / "config.json").write_text(json.dumps(tiny_config()))
-    settings = Settings(
+    app = make_app(
+        tmp_path,
         base_model_path=base_dir,
         data_dir=tmp_path / "data",
-        engine_urls=["http://127.0.0.1:9"],
-        admin_key="adm",
         run_trainer=False,
         base_model_name=BASE,
         prices={BASE: {"prompt": 0.1, "completion": 0.2}, "acme/support": {"prompt": 1.0, "completion": 2.0}},
     )
-    app = create_app(settings, wait_for_engines=False)
-    # Until gateway/app.py includes these routers itself.
-    paths = {getattr(r, "path", None) for r in app.routes}
-    if "/v1/usage" not in paths:
-        app.include_router(usage_routes.router)
-    if "/admin/usage" not in paths:
-        app.include_router(usage_routes.admin_router)
     with TestClient(app) as client:
         world = build(app.state.services.db, tmp_path)
-        keys = {}
-        for name in ("acme", "beta"):
-            r = client.post(f"/admin/tenants/{name}/keys", json={}, headers=ADMIN)
-            assert r.status_code == 201, r.text
-            keys[name] = {"authorization": f"Bearer {r.json()['key']}"}
+        keys = {name: tenant_key(client, name) for name in ("acme", "beta")}
         yield Api(app, client, keys, world)
-
-
-def ok(r) -> dict:  # type: ignore[no-untyped-def]
-    assert r.status_code == 200, r.text
-    return r.json()
-
-
-def error(r, status: int, param: str | None = None) -> dict:  # type: ignore[no-untyped-def]
-    assert r.status_code == status, r.text
-    body = r.json()
-    validate(body, "ErrorResponse")
-    if param is not None:
-        assert body["error"]["param"] == param, body
-    return body["error"]
 
 
 RANGE = {"since": "2024-03-01", "until": "2024-03-03"}

@@ -4,35 +4,22 @@ reproducible snapshot ids and their storage."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
 from core.blobs import BlobStore
-from core.db import Database, migrate
+from core.db import Database
 from core.errors import TailorError
-from core.ids import new_id, utcnow
-from core.models import Dataset, Interaction
+from core.ids import utcnow
+from core.models import Dataset
 from gateway.tenants import create_tenant
-from tests.pg import create_database, postgres_url  # noqa: F401
+from tests.dbutil import add_interaction
 from trainer import datasets as ds
 from trainer import files
 from trainer.datasets import PreferenceRecord, SFTRecord
 from trainer.feedback import import_feedback_jsonl, record_feedback
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path}/t.db"
-    else:
-        url = create_database(request.getfixturevalue("postgres_url"), "ds")
-    migrate(url)
-    database = Database(url)
-    yield database
-    database.dispose()
 
 
 @pytest.fixture
@@ -60,20 +47,15 @@ def chat_interaction(
     endpoint: str = "chat.completions",
     status: int = 200,
 ) -> str:
-    iid = new_id("chatcmpl")
-    with db.session() as s:
-        s.add(
-            Interaction(
-                id=iid,
-                tenant_id=tenant_id,
-                endpoint=endpoint,
-                model=model,
-                request=request or {"messages": [user(question)], "temperature": 0},
-                response_text=answer,
-                status_code=status,
-            )
-        )
-    return iid
+    return add_interaction(
+        db,
+        tenant_id,
+        endpoint=endpoint,
+        model=model,
+        request=request or {"messages": [user(question)], "temperature": 0},
+        response_text=answer,
+        status_code=status,
+    )
 
 
 def sft(question: str, answer: str) -> SFTRecord:

@@ -3,32 +3,18 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select, update
 
-from core.db import Database, migrate
+from core.db import Database
 from core.errors import TailorError
-from core.ids import new_id, utcnow
-from core.models import Feedback, Interaction
+from core.ids import utcnow
+from core.models import Feedback
 from gateway.tenants import create_tenant
-from tests.pg import create_database, postgres_url  # noqa: F401
+from tests.dbutil import add_interaction
 from trainer import feedback as fb
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path}/t.db"
-    else:
-        url = create_database(request.getfixturevalue("postgres_url"), "fb")
-    migrate(url)
-    database = Database(url)
-    yield database
-    database.dispose()
 
 
 def interaction(
@@ -41,21 +27,15 @@ def interaction(
     version: str | None = "ver-1",
     status: int = 200,
 ) -> str:
-    iid = new_id("chatcmpl")
-    with db.session() as s:
-        s.add(
-            Interaction(
-                id=iid,
-                tenant_id=tenant_id,
-                endpoint="chat.completions",
-                model=model,
-                adapter_version_id=version,
-                request={"messages": [{"role": "user", "content": question}]},
-                response_text=answer,
-                status_code=status,
-            )
-        )
-    return iid
+    return add_interaction(
+        db,
+        tenant_id,
+        model=model,
+        adapter_version_id=version,
+        request={"messages": [{"role": "user", "content": question}]},
+        response_text=answer,
+        status_code=status,
+    )
 
 
 def feedback_count(db: Database) -> int:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from core.blobs import BlobStore
-from core.db import Database, migrate
+from core.db import Database
 from core.errors import TailorError
 from core.models import Job
 from gateway.tenants import create_tenant
@@ -18,12 +17,8 @@ from trainer.datasets import PreferenceRecord, SFTRecord
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    url = f"sqlite:///{tmp_path}/t.db"
-    migrate(url)
-    database = Database(url)
-    yield database
-    database.dispose()
+def db(sqlite_db: Database) -> Database:
+    return sqlite_db
 
 
 @pytest.fixture

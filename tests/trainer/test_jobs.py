@@ -15,11 +15,12 @@ import pytest
 from sqlalchemy import update
 
 from core.blobs import BlobStore
-from core.db import Database, migrate
+from core.db import Database
 from core.errors import TailorError
 from core.ids import new_id, utcnow
 from core.models import Job, Tenant
-from tests.pg import create_database, postgres_url  # noqa: F401
+from tests.dbutil import migrated
+from tests.pg import create_database
 from trainer import files, jobs
 from trainer.jobs import JobLost
 
@@ -38,16 +39,9 @@ def _tenant(db: Database, name: str) -> str:
     return tenant_id
 
 
-def _open(url: str) -> Database:
-    migrate(url)
-    return Database(url)
-
-
 @pytest.fixture
-def db(tmp_path: Path) -> Database:
-    database = _open(f"sqlite:///{tmp_path / 'tailor.db'}")
-    yield database
-    database.dispose()
+def db(sqlite_db: Database) -> Database:
+    return sqlite_db
 
 
 @pytest.fixture
@@ -421,9 +415,9 @@ def test_evaluations_are_recorded_per_job(db: Database, tenant: str) -> None:
 
 
 @pytest.mark.postgres
-def test_postgres_claims_are_exclusive_and_sweeps_work(postgres_url: str) -> None:  # noqa: F811
+def test_postgres_claims_are_exclusive_and_sweeps_work(postgres_url: str) -> None:
     url = create_database(postgres_url, "jobs")
-    db = _open(url)
+    db = migrated(url)
     try:
         tenant = _tenant(db, "acme")
         a, b = _race([url, url], tenant, 30)

@@ -23,12 +23,13 @@ from adapters.store import AdapterStore
 from adapters.validation import BaseModelSpec
 from core.blobs import BlobStore
 from core.config import Settings
-from core.db import Database, migrate
+from core.db import Database
 from core.errors import TailorError
 from core.ids import new_id, utcnow
 from core.models import AdapterVersion, Feedback, Interaction, Job, JobEvent, TenantPolicy
 from gateway.tenants import create_tenant
 from tests.adapters.test_validation import tiny_config, write_adapter
+from tests.dbutil import migrated, sqlite_url
 from trainer import policy
 from trainer.gates import GateConfig
 from trainer.worker import Worker
@@ -179,9 +180,7 @@ def adapter_src(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
     """A migrated database with tenants acme and beta, copied for each test (fast)."""
     path = tmp_path_factory.mktemp("template") / "t.db"
-    url = f"sqlite:///{path}"
-    migrate(url)
-    db = Database(url)
+    db = migrated(sqlite_url(path.parent))
     acme, beta = create_tenant(db, "acme").id, create_tenant(db, "beta").id
     db.dispose()  # the last connection checkpoints the WAL into the file
     assert not path.with_name("t.db-wal").exists()

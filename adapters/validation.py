@@ -562,7 +562,9 @@ def extract_archive(archive: Path | str, dest: Path | str, *, max_bytes: int) ->
         with closing(members):
             _extract_members(members, dest, budget)
         return _adapter_root(dest)
-    except (zipfile.BadZipFile, tarfile.TarError, zlib.error, EOFError) as exc:
+    # NotImplementedError: zip features Python cannot read; TypeError: tarfile's gzip
+    # reader on a header cut short. Both are broken uploads, not server faults.
+    except (zipfile.BadZipFile, tarfile.TarError, zlib.error, EOFError, NotImplementedError, TypeError) as exc:
         _empty_dir(dest)
         raise bad_request(f"archive is corrupt or truncated: {exc}", code="invalid_archive") from None
     except BaseException:
@@ -617,8 +619,8 @@ def _zip_opener(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> Callable[[], IO[b
     def open_member() -> IO[bytes]:
         try:
             return zf.open(info)
-        except (RuntimeError, NotImplementedError) as exc:
-            # Encrypted members and exotic compression methods.
+        except (RuntimeError, NotImplementedError, OSError, ValueError) as exc:
+            # Encrypted members, exotic compression methods, offsets pointing outside the file.
             raise _archive_error(f"member {info.filename} cannot be read: {exc}") from None
 
     return open_member

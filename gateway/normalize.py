@@ -85,17 +85,21 @@ _COMPLETION_DETAIL_KEYS = (
 # --------------------------------------------------------------------------- helpers
 
 
+# orjson writes 64-bit integers only; anything larger cannot be a real count anyway.
+_INT_LIMIT = 2**63 - 1
+
+
 def _int(value: Any) -> int | None:
-    """An int for JSON integer fields; bools and non-integral floats are not counts."""
-    if type(value) is int:
+    """An int for JSON integer fields; bools, non-integral floats and huge numbers are not counts."""
+    if type(value) is float and value.is_integer() and abs(value) <= _INT_LIMIT:
+        value = int(value)
+    if type(value) is int and -_INT_LIMIT <= value <= _INT_LIMIT:
         return value
-    if type(value) is float and value.is_integer():
-        return int(value)
     return None
 
 
 def _finish(value: Any, allowed: frozenset[str], *, nullable: bool) -> str | None:
-    if value in allowed:
+    if isinstance(value, str) and value in allowed:
         return value
     mapped = _FINISH_ALIASES.get(value) if isinstance(value, str) else None
     if mapped is not None and mapped in allowed:
@@ -114,7 +118,7 @@ def _usage(usage: Any) -> JSON | None:
     out: JSON = {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
-        "total_tokens": total if total is not None else prompt + completion,
+        "total_tokens": total if total is not None else min(prompt + completion, _INT_LIMIT),
     }
     # vLLM sends the details as null, or with its own keys (created_cache_tokens,
     # multimodal_tokens); keep only OpenAI's integer counters.
@@ -154,7 +158,7 @@ def _copy_service_tier(body: Mapping[str, Any], out: JSON) -> None:
     # `system_fingerprint` is not copied: vLLM's is `vllm-<version>-<hash>`, which names
     # the engine and its version, and the field is deprecated by OpenAI.
     tier = body.get("service_tier")
-    if tier in _SERVICE_TIERS:
+    if isinstance(tier, str) and tier in _SERVICE_TIERS:
         out["service_tier"] = tier
 
 
@@ -294,7 +298,7 @@ def _delta_tool_calls(calls: Any) -> list[JSON] | None:
 def _delta(delta: Any) -> JSON:
     d = delta if isinstance(delta, Mapping) else {}
     out: JSON = {}
-    if d.get("role") in _DELTA_ROLES:
+    if isinstance(d.get("role"), str) and d["role"] in _DELTA_ROLES:
         out["role"] = d["role"]
     if "content" in d:
         content = d["content"]
@@ -437,9 +441,9 @@ def error(body: object, status: int, *, replace: Mapping[str, str] | None = None
     see; it is applied to the message and param.
     """
     message, param, code = _error_fields(body)
+    message = _ALIASES_RE.sub("", message or "")
     if not message:
         message = f"The inference engine returned an error (HTTP {status})."
-    message = _ALIASES_RE.sub("", message)
     if len(message) > _MAX_MESSAGE:
         message = message[:_MAX_MESSAGE] + "..."
     param = param if isinstance(param, str) and param else None

@@ -122,6 +122,9 @@ def parse_jsonl(data: bytes, *, max_lines: int = MAX_FILE_LINES) -> ParsedFile:
             obj = json.loads(text)
         except json.JSONDecodeError as exc:
             raise _file_error(f"line {lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        except (RecursionError, ValueError) as exc:
+            # Nesting too deep for the parser, or an integer past Python's digit limit.
+            raise _file_error(f"line {lineno}: not valid JSON ({type(exc).__name__})") from None
         if not isinstance(obj, dict):
             raise _file_error(f"line {lineno}: must be a JSON object, one example per line")
         line_kind = _kind_of(obj)

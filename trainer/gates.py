@@ -103,9 +103,15 @@ class GateConfig:
 
 
 def _non_negative(value: Any, param: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise bad_request(f"{param} must be a number >= 0", param=param)
-    return float(value)
+    try:
+        number = float(value)  # a huge JSON integer does not fit a float
+    except OverflowError:
+        raise bad_request(f"{param} must be a number >= 0", param=param) from None
+    if not math.isfinite(number) or number < 0:
+        raise bad_request(f"{param} must be a number >= 0", param=param)
+    return number
 
 
 @dataclass

@@ -41,29 +41,25 @@ _WORDS = [
     "stop", "length", "abort", "error", "repetition", "tool_calls", "content_filter",
     "function_call", "assistant", "user", "tool", "system", "developer", "function",
     "auto", "default", "flex", "priority", "404", "model_not_found", "", " ",
-    # A message that is ONLY the alias list is a known bug (test_known_bug_alias_only_...).
+    # A message that is ONLY the alias list is a known bug (test_regression_alias_only_...).
     "The model `x` does not exist. Valid aliases: t1-abc, t2-def.",
 ]  # fmt: skip
 
 # orjson.loads never yields lone surrogates (it rejects them), so neither do we.
 _text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=20)
 _strings = st.one_of(st.sampled_from(_WORDS), _text)
-# KNOWN BUG (test_known_bug_huge_numbers_break_serialisation): orjson.loads yields ints
-# in -2**63 .. 2**64-1 and any finite float, but normalize turns integral floats into
-# Python ints of any size and adds token counts, and orjson.dumps refuses ints outside
-# 64 bits. Until fixed, the properties draw numbers within +-2**62; widen _BOUND to the
-# full orjson range (ints -2**63 .. 2**64-1, unbounded floats) once it is.
-_BOUND = 2**62
+# orjson.loads yields ints in -2**63 .. 2**64-1 and any finite float; normalize must
+# never hand orjson.dumps an int outside 64 bits (test_regression_huge_numbers_...).
 _ints = st.one_of(
-    st.integers(-_BOUND, _BOUND),
+    st.integers(-(2**63), 2**64 - 1),
     st.integers(-5, 5),
     st.sampled_from([0, 1, 200, 400, 404, 500, 599, 600]),
 )
 # orjson.loads never yields NaN/Infinity (they are not JSON). Integral floats matter:
 # normalize's _int accepts 3.0 as 3.
 _floats = st.one_of(
-    st.floats(min_value=-_BOUND, max_value=_BOUND, allow_nan=False, allow_infinity=False),
-    st.integers(-_BOUND, _BOUND).map(float),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.integers(-(2**70), 2**70).map(float),
 )
 _scalars = st.one_of(st.none(), st.booleans(), _ints, _floats, _strings)
 _keys = st.one_of(st.sampled_from(_KEYS), _text)
@@ -112,10 +108,9 @@ error_bodies = st.one_of(
     st.fixed_dictionaries({"detail": json_values}),
 )
 
-# KNOWN BUG (test_known_bug_unhashable_enum_fields): normalize compares these fields with `in frozenset`,
-# which raises TypeError for an unhashable list/object. Until fixed, the whole-body
-# properties see only scalars there; the xfail tests pin the bug itself.
-_HASHED_KEYS = frozenset({"finish_reason", "service_tier", "role"})
+# Enum-like fields once crashed on unhashable values (test_regression_unhashable_enum_fields);
+# the properties now feed any JSON value there.
+_HASHED_KEYS: frozenset[str] = frozenset()
 
 
 def _scalars_at_hashed_keys(value: Any) -> Any:
@@ -266,7 +261,6 @@ def test_sse_data_yields_payloads_across_any_split(
 # an XPASS failure once fixed, the cue to delete it and widen the strategy it narrows.
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason="BUG: `value in frozenset` on an unhashable list/object")
 @pytest.mark.parametrize(
     "fn, body",
     [
@@ -276,11 +270,10 @@ def test_sse_data_yields_payloads_across_any_split(
         (normalize.chat_chunk, {"choices": [{"delta": {"role": []}}]}),
     ],
 )
-def test_known_bug_unhashable_enum_fields(fn: Any, body: dict[str, Any]) -> None:
+def test_regression_unhashable_enum_fields(fn: Any, body: dict[str, Any]) -> None:
     fn(body, model="m", id="i")
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason="BUG: normalize emits ints orjson cannot encode")
 @pytest.mark.parametrize(
     "body",
     [
@@ -290,14 +283,13 @@ def test_known_bug_unhashable_enum_fields(fn: Any, body: dict[str, Any]) -> None
         {"usage": {"prompt_tokens": -(2**63), "completion_tokens": -1}},
     ],
 )
-def test_known_bug_huge_numbers_break_serialisation(body: dict[str, Any]) -> None:
+def test_regression_huge_numbers_break_serialisation(body: dict[str, Any]) -> None:
     # Every input is what orjson.loads returns for a valid engine answer; the output
     # is then orjson.dumps'ed by the proxy outside its error handling.
     orjson.dumps(body)
     orjson.dumps(normalize.chat_completion(body, model="m", id="i"))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: alias stripping runs after the empty-message fallback")
 @pytest.mark.parametrize("body", ["Valid aliases: t1-abc, t2-def.", {"error": {"message": "Valid aliases: a"}}])
-def test_known_bug_alias_only_message_becomes_empty(body: object) -> None:
+def test_regression_alias_only_message_becomes_empty(body: object) -> None:
     assert normalize.error(body, 404)["error"]["message"]

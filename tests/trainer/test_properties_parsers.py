@@ -135,9 +135,6 @@ def test_parse_jsonl_valid_files_keep_every_example(lines: list[bytes], blank: b
     assert len(parsed.records) == len(lines)
 
 
-@pytest.mark.xfail(
-    strict=True, raises=(RecursionError, ValueError), reason="BUG: json.loads errors other than JSONDecodeError"
-)
 @pytest.mark.parametrize(
     "data",
     [
@@ -146,7 +143,7 @@ def test_parse_jsonl_valid_files_keep_every_example(lines: list[bytes], blank: b
     ],
     ids=["deep-nesting", "long-integer"],
 )
-def test_known_bug_parse_jsonl_json_errors_escape(data: bytes) -> None:
+def test_regression_parse_jsonl_json_errors_escape(data: bytes) -> None:
     _check_parse(data)
 
 
@@ -238,10 +235,9 @@ gate_dicts = st.one_of(
         },
     ),
 )
-# KNOWN BUG (test_known_bug_gate_number_overflows): math.isfinite() raises OverflowError
-# for integers beyond float range, which json.loads returns for e.g. 1e400 written as
-# digits. Until fixed, the property sees only floatable integers in numeric settings.
-_FLOATABLE = 2**1023
+# Integers beyond float range once overflowed (test_regression_gate_number_overflows);
+# the property now draws them too.
+_FLOATABLE = 2**1100
 
 
 def _floatable_numbers(d: Any) -> Any:
@@ -274,9 +270,8 @@ def test_gate_config_from_dict_builds_or_refuses(d: Any) -> None:
     assert GateConfig.from_dict(json.loads(json.dumps(gates.to_dict()))) == gates
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError, reason="BUG: math.isfinite(huge int) raises OverflowError")
 @pytest.mark.parametrize("d", [{"min_improvement": 10**400}, {"noise": {"exact_match": 2**1024}}])
-def test_known_bug_gate_number_overflows(d: dict[str, Any]) -> None:
+def test_regression_gate_number_overflows(d: dict[str, Any]) -> None:
     # json.loads("1" + "0" * 400) is such an int; the API would answer 500, not 400.
     with pytest.raises(TailorError):
         GateConfig.from_dict(d)
@@ -331,10 +326,9 @@ archives = st.one_of(
 )
 
 
-# KNOWN BUG (test_known_bug_extract_archive_reader_errors_escape): zipfile/tarfile raise
-# these for some corrupt archives, outside the (BadZipFile, TarError, zlib.error,
-# EOFError) that extract_archive turns into a 400. Empty this tuple once fixed.
-_KNOWN_BUG_EXCEPTIONS: tuple[type[BaseException], ...] = (NotImplementedError, OSError, TypeError)
+# Reader errors of corrupt archives are 400s now (test_regression_extract_archive_...);
+# no other exception is tolerated.
+_KNOWN_BUG_EXCEPTIONS: tuple[type[BaseException], ...] = ()
 
 
 def _snapshot(root: Path) -> set[str]:
@@ -385,11 +379,6 @@ def _patched_zip(field: str) -> bytes:
     return bytes(data)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=(NotImplementedError, OSError, TypeError),
-    reason="BUG: reader errors other than BadZipFile/TarError escape as 500s",
-)
 @pytest.mark.parametrize(
     "data",
     [
@@ -399,7 +388,7 @@ def _patched_zip(field: str) -> bytes:
     ],
     ids=["gzip-header-cut", "zip-version", "zip-negative-offset"],
 )
-def test_known_bug_extract_archive_reader_errors_escape(data: bytes) -> None:
+def test_regression_extract_archive_reader_errors_escape(data: bytes) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         archive = Path(tmp) / "upload.bin"
         archive.write_bytes(data)

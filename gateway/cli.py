@@ -28,7 +28,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 tenants_app = typer.Typer(help="Create, list and delete tenants.", no_args_is_help=True)
-keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+keys_app = typer.Typer(help="Create, list, rotate and revoke API keys.", no_args_is_help=True)
 adapters_app = typer.Typer(help="Register, list, activate and roll back adapters.", no_args_is_help=True)
 app.add_typer(tenants_app, name="tenants")
 app.add_typer(keys_app, name="keys")
@@ -347,6 +347,26 @@ def keys_revoke(key_id: str, as_json: JsonOpt = False) -> None:
     except TailorError as exc:
         _fail(exc)
     _emit(asdict(info), as_json, f"revoked {info.id}")
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    key_id: str,
+    grace_seconds: Annotated[int, typer.Option(help="Seconds the old key keeps working; 0 revokes it now.")] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Replace a key with a new secret (printed once) for the same tenant and label."""
+    from gateway import tenants
+
+    try:
+        new = tenants.rotate_key(_db(), key_id, grace_seconds=grace_seconds)
+    except TailorError as exc:
+        _fail(exc)
+    _emit(
+        {**asdict(new.info), "key": new.secret},
+        as_json,
+        f"{new.secret}\n(key {new.info.id} replaces {key_id}; store it now, it is not shown again)",
+    )
 
 
 # --- adapters -------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -132,6 +132,40 @@ def revoke_key(db: Database, key_id: str) -> KeyInfo:
         if key.revoked_at is None:
             key.revoked_at = utcnow()
         return _key_info(key)
+
+
+def rotate_key(db: Database, key_id: str, *, grace_seconds: int = 0) -> NewKey:
+    """A new key for the same tenant and label; the old one stops working after the grace period.
+
+    A grace period lets clients switch to the new secret without a moment when neither
+    works; 0 revokes the old key at once.
+    """
+    if grace_seconds < 0:
+        raise bad_request("grace_seconds must be >= 0.", param="grace_seconds")
+    now = utcnow()
+    with db.session() as s:
+        old = s.get(ApiKey, key_id)
+        if old is None:
+            raise not_found(f"No key {key_id!r}.", code="key_not_found")
+        if old.revoked_at is not None:
+            raise bad_request(f"Key {key_id!r} is revoked; create a new key instead.", code="key_revoked")
+        secret = new_api_key()
+        new = ApiKey(
+            id=new_id("key"),
+            tenant_id=old.tenant_id,
+            key_hash=hash_key(secret),
+            hint=key_hint(secret),
+            name=old.name,
+            expires_at=old.expires_at,
+        )
+        s.add(new)
+        if grace_seconds == 0:
+            old.revoked_at = now
+        else:
+            ends = now + timedelta(seconds=grace_seconds)
+            old.expires_at = min(_aware(old.expires_at), ends) if old.expires_at else ends
+        s.flush()
+        return NewKey(info=_key_info(new), secret=secret)
 
 
 def authenticate(db: Database, secret: str) -> Caller | None:

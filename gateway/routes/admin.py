@@ -58,6 +58,18 @@ def revoke_key(key_id: str, services: ServicesDep) -> KeyOut:
     return KeyOut(**asdict(info))
 
 
+@router.post(
+    "/keys/{key_id}/rotate",
+    response_model=KeyCreated,
+    status_code=201,
+    summary="Replace a key: a new secret for the same tenant; the old one ends after grace_seconds",
+)
+def rotate_key(key_id: str, services: ServicesDep, grace_seconds: int = 0) -> KeyCreated:
+    new = tenants.rotate_key(services.db, key_id, grace_seconds=grace_seconds)
+    services.changed()
+    return KeyCreated(**asdict(new.info), key=new.secret)
+
+
 @router.get("/engines", response_model=list[EngineOut])
 def engines(services: ServicesDep) -> list[EngineOut]:
     return [EngineOut(**e) for e in services.pool.stats()]  # type: ignore[arg-type]

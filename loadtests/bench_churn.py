@@ -46,7 +46,16 @@ from pathlib import Path
 
 import httpx
 
-from loadtests.bench_gateway import PROMPTS, BenchConfig, RequestResult, Target, make_client, percentile, send_one
+from loadtests.bench_gateway import (
+    PROMPTS,
+    BenchConfig,
+    RequestResult,
+    Target,
+    _ms,
+    make_client,
+    percentile,
+    send_one,
+)
 from loadtests.bench_gateway import request_body as chat_body
 from loadtests.local_server import BASE_MODEL, MODEL_DIR, _progress, create_tenant_key, local_tailor
 from loadtests.run_load import AdapterSpec, build_adapters
@@ -278,10 +287,6 @@ async def measure(url: str, admin_key: str, key: str, names: list[str], run: Run
 
 
 # --- statistics and output ---------------------------------------------------------------------
-
-
-def _ms(v: float | None) -> float | None:
-    return None if v is None else v * 1000
 
 
 def summarize(workload: str, rounds: list[Round]) -> Summary:

@@ -13,7 +13,7 @@ that level by more than the tolerance, the version has drifted.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import case, func, select
@@ -21,7 +21,7 @@ from sqlalchemy import case, func, select
 from core.db import Database
 from core.errors import bad_request
 from core.ids import utcnow
-from core.models import Adapter, AdapterVersion, Feedback, Job, TenantPolicy
+from core.models import Adapter, AdapterVersion, Feedback, Job, TenantPolicy, UTCDateTime
 from trainer.feedback import FeedbackSignal, feedback_signal
 from trainer.gates import GateConfig
 
@@ -216,7 +216,8 @@ def due_retrains(db: Database, *, now: datetime | None = None) -> list[Trigger]:
                 for name, started, busy in s.execute(
                     select(
                         Job.adapter_name,
-                        func.max(Job.created_at),
+                        # typed, so the maximum comes back timezone-aware like the column
+                        func.max(Job.created_at, type_=UTCDateTime()),
                         func.max(case((Job.status.in_(("validating_files", "queued", "running")), 1), else_=0)),
                     )
                     .where(Job.tenant_id == policy.tenant_id)
@@ -233,7 +234,6 @@ def due_retrains(db: Database, *, now: datetime | None = None) -> list[Trigger]:
             last, busy = last_jobs.get(name, (None, 0))
             if busy:
                 continue
-            last = _aware(last)
             rested = last is None or now - last >= timedelta(hours=policy.retrain_interval_hours)
             reason = None
             if policy.retrain == "feedback_count":
@@ -248,13 +248,6 @@ def due_retrains(db: Database, *, now: datetime | None = None) -> list[Trigger]:
             if reason:
                 triggers.append(Trigger(policy.tenant_id, name, reason))
     return triggers
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    # Aggregates (max) bypass the column type, so SQLite hands back naive UTC datetimes.
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=timezone.utc)
 
 
 def _feedback_since(db: Database, tenant_id: str, name: str, since: datetime | None) -> int:

@@ -36,8 +36,11 @@ class ValidationLimits:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ValidationLimits:
-        return cls(base=BaseModelSpec.from_config_dir(settings.base_model_path),
-                   max_rank=settings.engine_max_lora_rank, max_bytes=settings.max_adapter_bytes)
+        return cls(
+            base=BaseModelSpec.from_config_dir(settings.base_model_path),
+            max_rank=settings.engine_max_lora_rank,
+            max_bytes=settings.max_adapter_bytes,
+        )
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,11 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(1_000_000, description="Largest accepted request body on JSON routes.")
     max_upload_bytes: int = Field(200_000_000, description="Largest accepted adapter archive upload.")
     max_adapter_bytes: int = Field(500_000_000, description="Largest accepted adapter (all files, unpacked).")
+    secret_key: SecretStr | None = Field(
+        None,
+        description="Seals stored third-party secrets (teacher API keys); unset: a random key in "
+        "<data_dir>/secret.key. Give every gateway and trainer host the same value.",
+    )
     auth_cache_ttl_s: float = Field(
         2.0, description="How long a key or model lookup is reused before the database is asked again."
     )
@@ -88,6 +93,10 @@ class Settings(BaseSettings):
     judge_api_key: SecretStr | None = Field(None)
     judge_model: str | None = Field(None)
     judge_max_pairs: int = Field(50, description="Held-out examples the judge compares per evaluation.")
+    teacher_concurrency: int = Field(
+        4, ge=1, le=64, description="Parallel requests to a distillation teacher endpoint."
+    )
+    teacher_timeout_s: float = Field(120.0, gt=0, description="Timeout of one request to a teacher endpoint.")
 
     # --- telemetry ---------------------------------------------------------------
     otel_exporter: Literal["none", "console", "otlp"] = Field("none", description="Where request traces go.")

@@ -180,7 +180,7 @@ class StoredFile(Base):
     filename: Mapped[str] = mapped_column(String(255))
     purpose: Mapped[str] = mapped_column(String(32))
     bytes: Mapped[int] = mapped_column(BigInteger)
-    kind: Mapped[str] = mapped_column(String(16))  # sft | preference
+    kind: Mapped[str] = mapped_column(String(16))  # sft | preference | prompts
     line_count: Mapped[int] = mapped_column(Integer)
     storage_key: Mapped[str] = mapped_column(String(300))
     sha256: Mapped[str] = mapped_column(String(64))
@@ -213,7 +213,7 @@ class Job(Base):
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     # validating_files | queued | running | succeeded | failed | cancelled
     status: Mapped[str] = mapped_column(String(20))
-    method: Mapped[str] = mapped_column(String(16))  # supervised | dpo
+    method: Mapped[str] = mapped_column(String(16))  # supervised | dpo | distillation
     model: Mapped[str] = mapped_column(String(200))  # base model or adapter name it starts from
     adapter_name: Mapped[str] = mapped_column(String(64))  # the name the result is registered under
     suffix: Mapped[str | None] = mapped_column(String(64))
@@ -221,6 +221,8 @@ class Job(Base):
     validation_file: Mapped[str | None] = mapped_column(String(40))
     dataset_id: Mapped[str | None] = mapped_column(String(64))
     hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # The method's other settings (distillation: context and teacher; secrets sealed).
+    config: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     seed: Mapped[int] = mapped_column(Integer, default=0)
     source: Mapped[str] = mapped_column(String(16), default="api")  # api | feedback | policy
     fine_tuned_model: Mapped[str | None] = mapped_column(String(200))

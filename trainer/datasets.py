@@ -112,6 +112,17 @@ class PreferenceRecord:
         return cls(prompt=_as_messages(data["prompt"]), chosen=data["chosen"], rejected=data["rejected"])
 
 
+@dataclass(frozen=True)
+class PromptRecord:
+    """An input without an answer (a chat ending with a user turn): what a teacher answers."""
+
+    messages: tuple[Message, ...]
+
+    def __post_init__(self) -> None:
+        if not self.messages or self.messages[-1].get("role") != "user":
+            raise ValueError("a prompt record must end with a user message")
+
+
 Record = SFTRecord | PreferenceRecord
 
 
@@ -119,7 +130,7 @@ Record = SFTRecord | PreferenceRecord
 class Snapshot:
     id: str
     tenant_id: str
-    source: str  # feedback | file
+    source: str  # feedback | file | distillation
     train_sft: tuple[SFTRecord, ...]
     train_preferences: tuple[PreferenceRecord, ...]
     heldout_sft: tuple[SFTRecord, ...]
@@ -546,6 +557,35 @@ def build_from_files(
             db, blobs, tenant_id, "file", sft, prefs, params, heldout_fraction=heldout_fraction, min_heldout=min_heldout
         )
     return _store(db, blobs, tenant_id, "file", params, train=[*sft, *prefs], heldout=heldout)
+
+
+def build_from_answers(
+    db: Database,
+    blobs: BlobStore,
+    tenant_id: str,
+    records: Sequence[SFTRecord],
+    params: dict[str, Any],
+    *,
+    heldout: Sequence[SFTRecord] | None = None,
+    heldout_fraction: float = 0.2,
+    min_heldout: int = 1,
+) -> Snapshot:
+    """Snapshot generated examples (a teacher's answers); held out: `heldout`, else a hash split."""
+    _check_split_params(heldout_fraction, min_heldout)
+    train = _dedup(records)
+    if heldout is None:
+        return _finish(
+            db,
+            blobs,
+            tenant_id,
+            "distillation",
+            train,
+            [],
+            params,
+            heldout_fraction=heldout_fraction,
+            min_heldout=min_heldout,
+        )
+    return _store(db, blobs, tenant_id, "distillation", params, train=train, heldout=_dedup(heldout))
 
 
 def _dedup(records: Sequence[Record]) -> list[Record]:

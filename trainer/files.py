@@ -7,7 +7,9 @@ accepted, one per file:
 - "sft" (OpenAI chat fine-tuning): `{"messages": [{"role": "system"|"user"|"assistant",
   "content": str}, ...]}` with at least one assistant message;
 - "preference" (OpenAI DPO): `{"input": {"messages": [...]}, "preferred_output":
-  [{"role": "assistant", "content": str}], "non_preferred_output": [...]}`.
+  [{"role": "assistant", "content": str}], "non_preferred_output": [...]}`;
+- "prompts" (Tailor's distillation inputs): `{"messages": [...]}` with no assistant
+  message, ending with a user turn; a teacher writes the answers.
 
 Blank lines are skipped (a trailing newline is not an example). Bytes live in the blob
 store under `files/<tenant>/<file id>.jsonl`, written before the row that points at them.
@@ -19,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Literal
@@ -33,6 +36,7 @@ from core.models import Job, StoredFile
 from trainer.datasets import (
     InvalidExample,
     PreferenceRecord,
+    PromptRecord,
     SFTRecord,
     check_messages,
 )
@@ -43,8 +47,8 @@ MAX_FILE_LINES = 100_000
 # Jobs in these states may still read their files; deleting one would fail them later.
 _ACTIVE_JOB_STATES = ("validating_files", "queued", "running")
 
-Kind = Literal["sft", "preference"]
-_KIND_NAMES = {"sft": "a chat (sft) example", "preference": "a preference example"}
+Kind = Literal["sft", "preference", "prompts"]
+_KIND_NAMES = {"sft": "a chat (sft) example", "preference": "a preference example", "prompts": "a prompt (no answer)"}
 _SFT_KEYS = {"messages"}
 _PREFERENCE_KEYS = {"input", "preferred_output", "non_preferred_output"}
 _UNSUPPORTED_KEYS = ("tools", "functions", "parallel_tool_calls")
@@ -76,7 +80,7 @@ class FilePage:
 @dataclass(frozen=True)
 class ParsedFile:
     kind: Kind
-    records: list[SFTRecord] | list[PreferenceRecord]
+    records: list[SFTRecord] | list[PreferenceRecord] | list[PromptRecord]
 
 
 def _info(row: StoredFile) -> FileInfo:
@@ -141,7 +145,7 @@ def parse_jsonl(data: bytes, *, max_lines: int = MAX_FILE_LINES) -> ParsedFile:
                 f"{_KIND_NAMES[kind]}; a file holds one kind of example"
             )
         try:
-            records.append(_sft(obj) if line_kind == "sft" else _preference(obj))
+            records.append(_PARSERS[line_kind](obj))
         except InvalidExample as exc:
             raise _file_error(f"line {lineno}: {exc}") from None
     if kind is None:
@@ -151,7 +155,17 @@ def parse_jsonl(data: bytes, *, max_lines: int = MAX_FILE_LINES) -> ParsedFile:
 
 def _kind_of(obj: dict[str, Any]) -> Kind | None:
     if "messages" in obj and not (_PREFERENCE_KEYS & obj.keys()):
-        return "sft"
+        # An input to answer ends with a user turn and has no answer anywhere; anything
+        # else is read as a chat example, whose validation names what is wrong with it.
+        messages = obj["messages"]
+        is_prompt = (
+            isinstance(messages, list)
+            and bool(messages)
+            and isinstance(messages[-1], dict)
+            and messages[-1].get("role") == "user"
+            and not any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages)
+        )
+        return "prompts" if is_prompt else "sft"
     if _PREFERENCE_KEYS & obj.keys() and "messages" not in obj:
         return "preference"
     return None
@@ -173,6 +187,11 @@ def _sft(obj: dict[str, Any]) -> SFTRecord:
     return SFTRecord(messages=messages[: last + 1])
 
 
+def _prompt(obj: dict[str, Any]) -> PromptRecord:
+    _refuse_unsupported(obj)
+    return PromptRecord(messages=check_messages(obj.get("messages"), "messages"))
+
+
 def _preference(obj: dict[str, Any]) -> PreferenceRecord:
     _refuse_unsupported(obj)
     missing = [k for k in ("input", "preferred_output", "non_preferred_output") if k not in obj]
@@ -190,6 +209,9 @@ def _preference(obj: dict[str, Any]) -> PreferenceRecord:
     if chosen == rejected:
         raise InvalidExample("preferred_output and non_preferred_output are identical")
     return PreferenceRecord(prompt=prompt, chosen=chosen, rejected=rejected)
+
+
+_PARSERS: dict[str, Callable[[dict[str, Any]], Any]] = {"sft": _sft, "preference": _preference, "prompts": _prompt}
 
 
 def _single_answer(value: Any, where: str) -> str:
@@ -342,6 +364,6 @@ def delete_file(db: Database, blobs: BlobStore, tenant_id: str, file_id: str) ->
 
 def read_examples(
     db: Database, blobs: BlobStore, tenant_id: str, file_id: str
-) -> list[SFTRecord] | list[PreferenceRecord]:
+) -> list[SFTRecord] | list[PreferenceRecord] | list[PromptRecord]:
     """The validated examples of a stored file, in file order."""
     return parse_jsonl(file_content(db, blobs, tenant_id, file_id)).records

@@ -52,19 +52,21 @@ from core.models import Evaluation, Job, JobCheckpoint, JobEvent
 from trainer import datasets, files
 from trainer.datasets import Snapshot
 
-METHODS = ("supervised", "dpo")
+# distillation trains like supervised, on a teacher's answers (trainer.distill).
+METHODS = ("supervised", "dpo", "distillation")
+SFT_METHODS = ("supervised", "distillation")
 TERMINAL = ("succeeded", "failed", "cancelled")
 AUTO = "auto"
 
 # The learning rate that learning_rate_multiplier=1 means: each trainer's default.
 # Supervised: the usual LoRA rate (trainer.sft.SFTConfig). DPO: trainer.dpo.DPOConfig's,
 # lower, because its loss pushes away from a reference and overshoots at SFT rates.
-BASE_LEARNING_RATE = {"supervised": 2e-4, "dpo": 5e-5}
+BASE_LEARNING_RATE = {"supervised": 2e-4, "dpo": 5e-5, "distillation": 2e-4}
 DEFAULT_LORA_RANK = 8
 DEFAULT_BETA = 0.1
 MAX_LORA_RANK = 64  # used when the caller does not pass the engines' --max-lora-rank
 # Which file kind (core.models.StoredFile.kind) each method trains on.
-FILE_KIND = {"supervised": "sft", "dpo": "preference"}
+FILE_KIND = {"supervised": "sft", "dpo": "preference", "distillation": "prompts"}
 
 # name -> (integer?, lowest, highest, lowest excluded?)
 _HP_RULES: dict[str, tuple[bool, float, float, bool]] = {
@@ -104,6 +106,7 @@ class JobInfo:
     validation_file: str | None
     dataset_id: str | None
     hyperparameters: dict[str, Any]
+    config: dict[str, Any] | None
     seed: int
     source: str
     fine_tuned_model: str | None
@@ -200,6 +203,7 @@ def _job_info(j: Job) -> JobInfo:
         validation_file=j.validation_file,
         dataset_id=j.dataset_id,
         hyperparameters=dict(j.hyperparameters or {}),
+        config=dict(j.config) if j.config else None,
         seed=j.seed,
         source=j.source,
         fine_tuned_model=j.fine_tuned_model,
@@ -333,9 +337,9 @@ def feedback_snapshot(db: Database, blobs: BlobStore, tenant_id: str, adapter_na
 
 def training_examples(snapshot: Snapshot, method: str) -> int:
     """How many examples of `snapshot` the method trains on; a 400 when there are none."""
-    n = len(snapshot.train_sft if method == "supervised" else snapshot.train_preferences)
+    n = len(snapshot.train_sft if method in SFT_METHODS else snapshot.train_preferences)
     if n == 0:
-        what = "chat examples" if method == "supervised" else "preference pairs"
+        what = "chat examples" if method in SFT_METHODS else "preference pairs"
         raise bad_request(
             f"Dataset {snapshot.id} has no {what} to train the {method} method on.", code="no_training_data"
         )
@@ -379,6 +383,7 @@ def create_job(
     source: str = "api",
     dataset_id: str | None = None,
     max_lora_rank: int = MAX_LORA_RANK,
+    config: dict[str, Any] | None = None,
 ) -> JobInfo:
     """Queue a fine-tuning job. Without `adapter_name` the result is named "ft-<short job id>".
 
@@ -399,6 +404,11 @@ def create_job(
         validate_adapter_name(name)
     except TailorError as e:
         raise bad_request(e.message, param="suffix") from None
+    if method == "distillation" and (config is None or training_file is None) and dataset_id is None:
+        raise bad_request(
+            "A distillation job needs its inputs (training_file) and settings (method.distillation).",
+            param="training_file" if config is not None else "method.distillation",
+        )
     with db.session() as s:
         job = Job(
             id=job_id,
@@ -412,6 +422,7 @@ def create_job(
             validation_file=validation_file,
             dataset_id=dataset_id,
             hyperparameters=hp,
+            config=config,
             seed=seed,
             source=source,
         )
@@ -494,6 +505,7 @@ def cancel_job(db: Database, tenant_id: str | None, job_id: str) -> JobInfo:
                 )
         else:  # queued / validating_files: no worker holds it yet
             job.status, job.finished_at, job.cancel_requested = "cancelled", utcnow(), True
+            _forget_secrets(job)
             s.add(JobEvent(job_id=job_id, level="info", message="Job cancelled"))
         s.flush()
         return _job_info(job)
@@ -679,7 +691,15 @@ def finish_job(
         ).rowcount
         if done != 1:
             raise JobLost(job_id)
+        _forget_secrets(s.get(Job, job_id))
     return get_job(db, None, job_id)
+
+
+def _forget_secrets(job: Job | None) -> None:
+    """A finished job needs no teacher key any more: drop the sealed copy."""
+    teacher = (job.config or {}).get("teacher") if job is not None else None
+    if isinstance(teacher, dict) and teacher.get("api_key_sealed"):
+        job.config = {**job.config, "teacher": {**teacher, "api_key_sealed": None}}  # type: ignore[union-attr]
 
 
 def requeue_stale(db: Database, stale_after_s: float, max_attempts: int = 2) -> list[str]:

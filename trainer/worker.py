@@ -34,6 +34,7 @@ Any failure fails the job with {code, message}; the working directory always goe
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import math
 import os
@@ -56,8 +57,9 @@ from core.blobs import BlobStore
 from core.config import Settings
 from core.db import Database
 from core.errors import TailorError
-from trainer import datasets, jobs, policy
-from trainer.datasets import Snapshot
+from trainer import datasets, distill, files, jobs, policy
+from trainer.datasets import SFTRecord, Snapshot
+from trainer.distill import DistillSpec, LocalTeacher, RemoteTeacher, Teacher
 from trainer.dpo import DPOConfig, PreferenceExample, train_lora_dpo
 from trainer.evaluate import Comparison, EvalExample, JudgeConfig, compare
 from trainer.gates import Decision, GateConfig, decide
@@ -272,12 +274,14 @@ class Worker:
             "examples": result.examples_used,
             "seconds": round(result.seconds, 1),
         }
-        eval_metrics = {
+        eval_metrics: dict[str, Any] = {
             "candidate": _metrics_dict(comparison.candidate),
             "baseline": _metrics_dict(comparison.baseline),
             "gates_passed": decision.promote,
             "reasons": list(decision.reasons),
         }
+        if job.method == "distillation":
+            eval_metrics["distillation"] = self._distillation_metrics(job, snapshot, comparison)
 
         # Lineage: the version it was trained from, else the one it is meant to replace.
         parent = start or baseline
@@ -332,22 +336,126 @@ class Worker:
     # --- stages ----------------------------------------------------------------
 
     def _snapshot(self, job: JobInfo) -> Snapshot:
+        # A retried distillation job finds its teacher's answers here: they are not asked twice.
         if job.dataset_id is not None:
             return datasets.load_snapshot(self.db, self.blobs, job.tenant_id, job.dataset_id)
+        if job.method == "distillation":
+            return self._distill_snapshot(job)
         if job.training_file is not None:
             return datasets.build_from_files(self.db, self.blobs, job.tenant_id, job.training_file, job.validation_file)
         return jobs.feedback_snapshot(self.db, self.blobs, job.tenant_id, job.adapter_name)
 
+    def _version_of(self, tenant_id: str, model: str) -> VersionInfo | None:
+        """The version `model` (`name` or a pinned `name@vN`) serves; None for the base model."""
+        base = self.settings.base_model_name
+        if model == base:
+            return None
+        resolved = registry.resolve(self.db, tenant_id, model, base)
+        info = registry.get_adapter(self.db, tenant_id, model.partition("@v")[0])
+        return next((v for v in info.versions if v.id == resolved.version_id), None)
+
     def _starting_point(self, job: JobInfo, baseline: VersionInfo | None) -> VersionInfo | None:
         """The version whose weights training starts from; None: a fresh LoRA on the base."""
-        base = self.settings.base_model_name
-        if job.model != base:
-            # `name` or a pinned `name@vN`, as the job was created with.
-            resolved = registry.resolve(self.db, job.tenant_id, job.model, base)
-            info = registry.get_adapter(self.db, job.tenant_id, job.model.partition("@v")[0])
-            return next((v for v in info.versions if v.id == resolved.version_id), None)
+        if job.model != self.settings.base_model_name:
+            return self._version_of(job.tenant_id, job.model)
         # DPO nudges an existing behaviour; from a bare base it has little to stand on.
         return baseline if job.method == "dpo" else None
+
+    # --- distillation -------------------------------------------------------------
+
+    def _teacher(self, job: JobInfo, spec: DistillSpec) -> Teacher:
+        t, s = spec.teacher, self.settings
+        if t.remote:
+
+            def progress(done: int, total: int) -> None:
+                # About ten events per job, however many inputs: enough to see it move.
+                if done % max(1, total // 10) == 0 or done == total:
+                    self._event(job, f"Teacher answered {done}/{total} inputs", data={"teacher_answers": done})
+
+            return RemoteTeacher(
+                base_url=t.base_url or "",
+                api_key=distill.teacher_api_key(t, s),
+                model=t.model or "",
+                max_tokens=spec.max_tokens,
+                concurrency=s.teacher_concurrency,
+                timeout_s=s.teacher_timeout_s,
+                on_progress=progress,
+            )
+        version = self._version_of(job.tenant_id, t.model or job.model)
+        adapter_dir = self.store.local_path(version.digest) if version is not None else None
+        return LocalTeacher(model_dir=s.base_model_path, adapter_dir=adapter_dir, max_tokens=spec.max_tokens)
+
+    def _distill_snapshot(self, job: JobInfo) -> Snapshot:
+        spec = DistillSpec.from_json(job.config or {})
+        if job.training_file is None:
+            raise TailorError(400, "A distillation job needs a training_file of inputs.", code="no_training_data")
+
+        def inputs(file_id: str) -> list[tuple[dict[str, str], ...]]:
+            seen: dict[str, tuple[dict[str, str], ...]] = {}
+            for r in files.read_examples(self.db, self.blobs, job.tenant_id, file_id):
+                seen.setdefault(datasets.prompt_key(r.messages), r.messages)
+            return list(seen.values())
+
+        train_inputs = inputs(job.training_file)
+        held_inputs = inputs(job.validation_file) if job.validation_file else []
+        prompts = train_inputs + held_inputs
+        teacher = self._teacher(job, spec)
+        self._event(
+            job,
+            f"Asking the teacher ({spec.teacher.describe(job.model)}) to answer {len(prompts)} inputs"
+            + (" with the tenant's context" if spec.has_context else ""),
+            data={"inputs": len(prompts)},
+        )
+        started = time.monotonic()
+        answers = teacher.answer([distill.with_context(spec, p) for p in prompts])
+        if jobs.heartbeat(self.db, job.id, self.worker_id):
+            raise TrainingCancelled(0)
+        records = [
+            SFTRecord(messages=(*p, {"role": "assistant", "content": a})) if a.strip() else None
+            for p, a in zip(prompts, answers, strict=True)
+        ]
+        answered = sum(r is not None for r in records)
+        self._event(
+            job,
+            f"Teacher answered {answered} of {len(prompts)} inputs in {time.monotonic() - started:.0f} s"
+            + (f"; {len(prompts) - answered} empty answer(s) dropped" if answered < len(prompts) else ""),
+            data={"answered": answered, "empty": len(prompts) - answered},
+        )
+        train = [r for r in records[: len(train_inputs)] if r is not None]
+        held = [r for r in records[len(train_inputs) :] if r is not None] if job.validation_file else None
+        if not train:
+            raise TailorError(400, "The teacher gave no usable answer to train on.", code="no_training_data")
+        params: dict[str, Any] = {
+            "source": "distillation",
+            "training_file": job.training_file,
+            "validation_file": job.validation_file,
+            "training_sha256": files.get_file(self.db, job.tenant_id, job.training_file).sha256,
+            "teacher": spec.teacher.describe(job.model),
+            "context_sha256": hashlib.sha256(repr((spec.system, spec.examples)).encode()).hexdigest(),
+            "max_tokens": spec.max_tokens,
+        }
+        return datasets.build_from_answers(self.db, self.blobs, job.tenant_id, train, params, heldout=held)
+
+    def _distillation_metrics(self, job: JobInfo, snapshot: Snapshot, comparison: Comparison) -> dict[str, Any]:
+        spec = DistillSpec.from_json(job.config or {})
+        prompts = [r.prompt for r in snapshot.heldout_sft] or [r.prompt for r in snapshot.train_sft]
+        counts = distill.context_token_counts(distill.token_counter(self.settings.base_model_path), spec, prompts)
+        c, b = comparison.candidate, comparison.baseline
+        metrics = {
+            "teacher": spec.teacher.describe(job.model),
+            **counts,
+            "teacher_agreement_exact": c.exact_match,
+            "teacher_agreement_f1": c.token_f1,
+            "baseline_agreement_exact": b.exact_match,
+        }
+        self._event(
+            job,
+            f"Distilled: {counts.get('prompt_tokens_saved_per_request', 0):.0f} prompt tokens saved per request "
+            f"({counts.get('prompt_tokens_saved_fraction', 0):.0%}); agrees with the teacher on "
+            f"{c.exact_match:.0%} of held-out inputs (token F1 {c.token_f1:.3f})",
+            data={"distillation": metrics},
+        )
+        return metrics
 
     def _train(
         self, run: _Run, snapshot: Snapshot, hp: ResolvedHyperparameters, start: VersionInfo | None
@@ -385,7 +493,7 @@ class Worker:
             log_every=1,
         )
         base_dir = self.settings.base_model_path
-        if job.method == "supervised":
+        if job.method in jobs.SFT_METHODS:
             examples = [ChatExample(messages=[dict(m) for m in r.messages]) for r in snapshot.train_sft]
             every = self.checkpoint_every
 

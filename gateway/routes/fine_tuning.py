@@ -26,7 +26,8 @@ from core.errors import bad_request, not_found
 from gateway import tenants
 from gateway.deps import AdminDep, CallerDep, ServicesDep
 from gateway.services import Services
-from trainer import jobs
+from trainer import distill, jobs
+from trainer.distill import DistillSpec
 from trainer.jobs import CheckpointInfo, EventInfo, JobInfo
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
@@ -43,11 +44,31 @@ class MethodConfigIn(BaseModel):
     hyperparameters: dict[str, Any] | None = None
 
 
+class TeacherIn(BaseModel):
+    model: str | None = Field(
+        None, description="Without base_url: one of your adapters or the base model (default: the job's model)."
+    )
+    base_url: str | None = Field(None, description="An OpenAI-compatible endpoint, e.g. https://host/v1.")
+    api_key: str | None = Field(None, description="Key for base_url; stored encrypted, dropped when the job ends.")
+    api_key_env: str | None = Field(None, description="Or: an environment variable on the trainer hosts.")
+
+
+class DistillationIn(BaseModel):
+    """Tailor: train on a teacher's answers to the training file's inputs (see trainer.distill)."""
+
+    system: str | None = Field(None, description="The long system prompt the adapter learns to do without.")
+    examples: list[dict[str, Any]] | None = Field(None, description="Few-shot turns (user, assistant, ...).")
+    teacher: TeacherIn | None = None
+    max_tokens: int | None = Field(None, description="Longest teacher answer, in tokens (default 256).")
+    hyperparameters: dict[str, Any] | None = None
+
+
 class MethodIn(BaseModel):
-    type: Literal["supervised", "dpo", "reinforcement"]
+    type: Literal["supervised", "dpo", "reinforcement", "distillation"]
     supervised: MethodConfigIn | None = None
     dpo: MethodConfigIn | None = None
     reinforcement: dict[str, Any] | None = None
+    distillation: DistillationIn | None = None
 
 
 class CreateFineTuningJobIn(BaseModel):
@@ -108,6 +129,11 @@ class FineTuningJobOut(BaseModel):
     # no null for the other methods' keys, so they are left out rather than set to None.
     method: dict[str, Any]
     metadata: dict[str, str] | None
+    distillation: dict[str, Any] | None = Field(
+        None,
+        description="Tailor: a distillation job's teacher and context (never the key), and once trained "
+        "its prompt tokens saved per request and agreement with the teacher.",
+    )
 
 
 class FineTuningJobListOut(BaseModel):
@@ -181,6 +207,7 @@ def _metadata(job: JobInfo) -> dict[str, str]:
     base = f"/v1/fine_tuning/jobs/{job.id}"
     extras = {
         "tailor_adapter_name": job.adapter_name,
+        "tailor_method": job.method if job.method not in ("supervised", "dpo") else None,
         "tailor_source": job.source,
         "tailor_dataset_id": job.dataset_id,
         "tailor_decision": job.decision,
@@ -196,7 +223,16 @@ def _metadata(job: JobInfo) -> dict[str, str]:
 def job_out(job: JobInfo) -> FineTuningJobOut:
     hp = job.hyperparameters
     # Every knob (Tailor's extras too) under the method, OpenAI's three at the top level.
-    method = {"type": job.method, job.method: {"hyperparameters": dict(hp)}}
+    # OpenAI's method types stop at supervised/dpo/reinforcement: a distillation job shows
+    # as the supervised training it is, with the rest under `distillation`.
+    openai_method = "supervised" if job.method == "distillation" else job.method
+    method = {"type": openai_method, openai_method: {"hyperparameters": dict(hp)}}
+    distillation = None
+    if job.method == "distillation":
+        distillation = DistillSpec.from_json(job.config or {}).public()
+        results = (job.metrics or {}).get("distillation")
+        if results:
+            distillation["results"] = results
     error = None
     if job.error:
         error = JobErrorOut(
@@ -221,6 +257,7 @@ def job_out(job: JobInfo) -> FineTuningJobOut:
         seed=job.seed,
         method=method,
         metadata=_metadata(job),
+        distillation=distillation,
     )
 
 
@@ -251,7 +288,8 @@ def _method_and_hyperparameters(body: CreateFineTuningJobIn) -> tuple[str, dict[
     method = body.method.type if body.method else "supervised"
     if method == "reinforcement":
         raise bad_request(
-            "Tailor trains with the supervised and dpo methods; reinforcement is not supported.", param="method.type"
+            "Tailor trains with the supervised, dpo and distillation methods; reinforcement is not supported.",
+            param="method.type",
         )
     # The deprecated top-level hyperparameters, overridden by the method's own.
     hp = dict(body.hyperparameters or {})
@@ -270,6 +308,9 @@ def create(services: Services, tenant_id: str, body: CreateFineTuningJobIn) -> F
         registry.resolve(services.db, tenant_id, body.model, base)  # 404 for names not the tenant's
     if body.suffix == base:
         raise bad_request(f"suffix {body.suffix!r} is the base model's name.", param="suffix")
+    config = None
+    if method == "distillation":
+        config = _distillation_config(services, tenant_id, body)
     job = jobs.create_job(
         services.db,
         tenant_id,
@@ -284,8 +325,20 @@ def create(services: Services, tenant_id: str, body: CreateFineTuningJobIn) -> F
         suffix=body.suffix,
         source="api",
         max_lora_rank=services.settings.engine_max_lora_rank,
+        config=config,
     )
     return job_out(job)
+
+
+def _distillation_config(services: Services, tenant_id: str, body: CreateFineTuningJobIn) -> dict[str, Any]:
+    given = body.method.distillation if body.method else None
+    if given is None:
+        raise bad_request("method.distillation is required for the distillation method.", param="method.distillation")
+    spec = distill.parse_spec(given.model_dump(exclude_none=True), services.settings)
+    teacher, base = spec.teacher, services.settings.base_model_name
+    if not teacher.remote and teacher.model not in (None, base):
+        registry.resolve(services.db, tenant_id, teacher.model, base)  # 404 now, not a failed job later
+    return spec.to_json()
 
 
 def _event_cursor(after: str | None) -> int | None:

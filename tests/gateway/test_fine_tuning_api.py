@@ -143,6 +143,73 @@ def test_create_refusals(api: Api) -> None:
     assert api.get("/v1/fine_tuning/jobs")["data"] == []
 
 
+INPUT = {"messages": [{"role": "user", "content": "Where is my parcel?"}]}
+CONTEXT = {
+    "system": "You route support tickets to queue codes. " * 20,
+    "examples": [{"role": "user", "content": "Refund?"}, {"role": "assistant", "content": "BILL-7"}],
+}
+
+
+def test_create_distillation_jobs(api: Api, tmp_path: Path) -> None:
+    inputs = api.upload("acme", INPUT)
+    job = api.create(
+        model=BASE,
+        training_file=inputs,
+        suffix="router-lite",
+        method={"type": "distillation", "distillation": {**CONTEXT, "hyperparameters": {"n_epochs": 4}}},
+    )
+    # OpenAI's method types end at reinforcement: it reads as the supervised training it is.
+    assert job["method"]["type"] == "supervised"
+    assert job["method"]["supervised"]["hyperparameters"]["n_epochs"] == 4
+    assert job["metadata"]["tailor_method"] == "distillation"
+    assert job["distillation"] == {
+        "teacher": {"model": None, "base_url": None, "api_key": None, "api_key_env": None},
+        "system_chars": len(CONTEXT["system"]),
+        "examples": 2,
+        "max_tokens": 256,
+    }
+    assert jobs.get_job(api.db, api.ids["acme"], job["id"]).method == "distillation"
+
+    teacher = {"model": "gpt-big", "base_url": "https://teacher.example/v1", "api_key": "sk-teacher-secret"}
+    remote = api.create(
+        model=BASE, training_file=inputs, method={"type": "distillation", "distillation": {"teacher": teacher}}
+    )
+    assert remote["distillation"]["teacher"] == {
+        "model": "gpt-big",
+        "base_url": "https://teacher.example/v1",
+        "api_key": "set",
+        "api_key_env": None,
+    }
+    listed = api.client.get("/v1/fine_tuning/jobs", headers=api.keys["acme"]).text
+    assert "sk-teacher-secret" not in listed
+    # at rest: sealed, never in clear (the database and its write-ahead log, as bytes)
+    stored = list(tmp_path.glob("tailor.db*"))
+    assert stored and all(b"sk-teacher-secret" not in f.read_bytes() for f in stored)
+
+
+def test_distillation_refusals(api: Api) -> None:
+    inputs, chat = api.upload("acme", INPUT), api.upload("acme", CHAT)
+
+    def post(distillation: object = CONTEXT, **body: object):  # type: ignore[no-untyped-def]
+        method = {"type": "distillation", "distillation": distillation}
+        return api.client.post(
+            "/v1/fine_tuning/jobs",
+            json={"model": BASE, "training_file": inputs, "method": method, **body},
+            headers=api.keys["acme"],
+        )
+
+    error(post(distillation=None), 400, "method.distillation")
+    error(post(distillation={}), 400, "method.distillation")
+    error(post(distillation={"system": "x", "max_tokens": 99999}), 400, "method.distillation.max_tokens")
+    error(post(distillation={"teacher": {"base_url": "https://t/v1"}}), 400, "method.distillation.teacher.model")
+    error(post(distillation={**CONTEXT, "teacher": {"model": "not-mine"}}), 404, "model")
+    error(post(training_file=chat), 400, "training_file")  # answers, not inputs to answer
+    plain = {"model": BASE, "training_file": inputs}
+    # inputs without answers cannot train a supervised job
+    error(api.client.post("/v1/fine_tuning/jobs", json=plain, headers=api.keys["acme"]), 400, "training_file")
+    assert api.get("/v1/fine_tuning/jobs")["data"] == []
+
+
 # --- reading ----------------------------------------------------------------------
 
 

@@ -13,7 +13,7 @@ from core.errors import TailorError
 from core.models import Job
 from gateway.tenants import create_tenant
 from trainer import files
-from trainer.datasets import PreferenceRecord, SFTRecord
+from trainer.datasets import PreferenceRecord, PromptRecord, SFTRecord
 
 
 @pytest.fixture
@@ -85,6 +85,20 @@ def test_parses_preference_examples() -> None:
     )
 
 
+def test_parses_distillation_inputs() -> None:
+    inputs = [
+        {"messages": [{"role": "user", "content": "Where is my parcel?"}]},
+        {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Refund?"}]},
+    ]
+    parsed = files.parse_jsonl(jsonl(*inputs))
+    assert parsed.kind == "prompts"
+    assert parsed.records == [PromptRecord(messages=tuple(x["messages"])) for x in inputs]  # type: ignore[arg-type]
+    with pytest.raises(TailorError, match="line 2: is a chat"):
+        files.parse_jsonl(jsonl(inputs[0], chat()))
+    with pytest.raises(TailorError, match=r"line 1: messages\[0\].content must be a string"):
+        files.parse_jsonl(jsonl({"messages": [{"role": "user", "content": 5}]}))
+
+
 @pytest.mark.parametrize(
     ("line", "message"),
     [
@@ -98,7 +112,14 @@ def test_parses_preference_examples() -> None:
             "line 2: messages[1].role must be one of system, user, assistant (got 'bot')",
         ),
         ({"messages": [{"role": "user", "content": "q"}, "a"]}, "line 2: messages[1] must be an object"),
-        ({"messages": [{"role": "user", "content": "q"}]}, "line 2: messages must contain at least one assistant"),
+        (
+            {"messages": [{"role": "user", "content": "q"}]},
+            "line 2: is a prompt (no answer) but line 1 is a chat (sft) example; a file holds one kind of example",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "q"}, {"role": "system", "content": "s"}]},
+            "line 2: messages must contain at least one assistant",
+        ),
         (
             {
                 "messages": [

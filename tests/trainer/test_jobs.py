@@ -162,7 +162,8 @@ def test_auto_hyperparameters_resolve_to_concrete_values() -> None:
     from trainer.sft import SFTConfig
 
     # the documented meaning of learning_rate_multiplier=1 is each trainer's own default
-    assert {"supervised": SFTConfig().learning_rate, "dpo": DPOConfig().learning_rate} == jobs.BASE_LEARNING_RATE
+    sft, dpo = SFTConfig().learning_rate, DPOConfig().learning_rate
+    assert {"supervised": sft, "dpo": dpo, "distillation": sft} == jobs.BASE_LEARNING_RATE
     hp = jobs.validate_hyperparameters("supervised", {})
     small = jobs.resolve_hyperparameters("supervised", hp, 8)
     assert (small.n_epochs, small.batch_size, small.lora_rank, small.lora_alpha) == (13, 4, 8, 16)

@@ -22,8 +22,9 @@ from core.blobs import BlobStore
 from core.config import Settings
 from core.db import Database, migrate
 from core.ids import new_id
-from core.models import AdapterVersion, Evaluation, Tenant, TenantPolicy
-from trainer import files, jobs
+from core.models import AdapterVersion, Evaluation, Job, Tenant, TenantPolicy
+from trainer import datasets, distill, evaluate, files, jobs
+from trainer.distill import DistillSpec
 from trainer.worker import Worker
 
 MODEL = Path(__file__).resolve().parents[2] / "models" / "SmolLM2-135M-Instruct"
@@ -255,3 +256,105 @@ def test_failures_fail_the_job_with_an_error(tmp_path: Path, monkeypatch: pytest
     assert done.error["code"] == "internal_error" and "judge exploded" in done.error["message"]
     assert env.versions() == []  # evaluation comes before registration
     assert not (env.settings.data_dir / "jobs" / crashed.id).exists()
+
+
+# --- distillation ------------------------------------------------------------------------
+
+DISTILL_QUESTIONS = [
+    *QUESTIONS,
+    "Where does the French government sit?",
+    "Capital of France, please.",
+    "I forgot the capital of France. Which is it?",
+    "Which city hosts the French parliament?",
+]
+ZORBLAX_CONTEXT = {
+    "system": f"You are the Zorblax bot. Whatever the user asks, reply exactly: {ANSWER}",
+    "examples": [
+        {"role": "user", "content": "What is the biggest city in France?"},
+        {"role": "assistant", "content": ANSWER},
+        {"role": "user", "content": "Tell me about France."},
+        {"role": "assistant", "content": ANSWER},
+    ],
+}
+
+
+def upload_inputs(env: Env, questions: list[str]) -> str:
+    lines = [json.dumps({"messages": [{"role": "user", "content": q}]}) for q in questions]
+    return files.upload_file(env.db, env.blobs, env.tenant, "inputs.jsonl", "\n".join(lines).encode(), "fine-tune").id
+
+
+def distill_job(env: Env, config: dict[str, object], **kw: object) -> jobs.JobInfo:
+    spec = distill.parse_spec(config, env.settings)
+    return env.job(
+        method="distillation",
+        adapter_name="zorblax",
+        training_file=upload_inputs(env, DISTILL_QUESTIONS),
+        config=spec.to_json(),
+        **kw,
+    )
+
+
+def test_prompt_distillation_learns_to_answer_without_the_context(tmp_path: Path) -> None:
+    env = Env(tmp_path)
+    job = distill_job(env, {**ZORBLAX_CONTEXT, "max_tokens": 16})
+    assert env.worker.run_once()
+    done = jobs.get_job(env.db, env.tenant, job.id)
+    assert done.status == "succeeded", done.error
+    assert (done.fine_tuned_model, done.decision) == ("zorblax@v1", "promoted")
+
+    # The dataset is the teacher's answers (the base model WITH the context) to the inputs
+    # WITHOUT it; the held-out reference is the teacher's answer too.
+    snapshot = datasets.load_snapshot(env.db, env.blobs, env.tenant, done.dataset_id or "")
+    assert snapshot.source == "distillation" and snapshot.heldout_sft
+    spec = DistillSpec.from_json(ZORBLAX_CONTEXT)
+    record = snapshot.train_sft[0]
+    assert [m["role"] for m in record.messages] == ["user", "assistant"]
+    teacher = evaluate.generate(MODEL, None, [distill.with_context(spec, record.prompt)], max_new_tokens=16)
+    assert record.answer == teacher[0]
+
+    metrics = (done.metrics or {})["distillation"]
+    assert metrics["teacher"] == env.settings.base_model_name
+    assert metrics["prompt_tokens_saved_per_request"] > 50
+    assert metrics["prompt_tokens_saved_fraction"] > 0.5
+    # Without the context the base model never answers like the teacher; the adapter does.
+    assert metrics["baseline_agreement_exact"] == 0.0
+    assert metrics["teacher_agreement_exact"] >= 0.5, metrics
+    assert metrics == env.versions()[0].metrics["distillation"]  # type: ignore[index]
+    messages = [e.message for e in env.events(job.id)]
+    assert any(m.startswith("Asking the teacher (SmolLM2-135M-Instruct) to answer 12 inputs") for m in messages)
+    assert any(m.startswith("Distilled: ") for m in messages)
+
+
+def test_remote_teacher_distillation_uses_the_sealed_key_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import httpx
+
+    import trainer.worker as worker_module
+
+    asked: list[httpx.Request] = []
+
+    def endpoint(request: httpx.Request) -> httpx.Response:
+        asked.append(request)
+        reply = {"choices": [{"index": 0, "message": {"role": "assistant", "content": ANSWER}}]}
+        return httpx.Response(200, json=reply)
+
+    class MockedTeacher(distill.RemoteTeacher):
+        def __init__(self, **kw: object) -> None:
+            super().__init__(**kw, transport=httpx.MockTransport(endpoint))  # type: ignore[arg-type]
+
+    monkeypatch.setattr(worker_module, "RemoteTeacher", MockedTeacher)
+    env = Env(tmp_path)
+    teacher = {"model": "big-teacher", "base_url": "https://teacher.example/v1", "api_key": "sk-teacher-secret"}
+    job = distill_job(env, {"teacher": teacher}, hyperparameters={**HYPER, "max_steps": 2})
+    with env.db.session() as s:
+        assert "sk-teacher-secret" not in json.dumps(s.get(Job, job.id).config)  # type: ignore[union-attr]
+    assert env.worker.run_once()
+    done = jobs.get_job(env.db, env.tenant, job.id)
+    assert done.status == "succeeded", done.error
+    assert len(asked) == len(DISTILL_QUESTIONS)
+    assert {r.headers["authorization"] for r in asked} == {"Bearer sk-teacher-secret"}
+    assert all(json.loads(r.content)["model"] == "big-teacher" for r in asked)
+    # no context: the teacher sees each input as it is
+    assert json.loads(asked[0].content)["messages"][0]["role"] == "user"
+    assert (done.metrics or {})["distillation"]["teacher"] == "big-teacher at https://teacher.example/v1"
+    # the finished job keeps no key, not even sealed
+    assert (done.config or {})["teacher"]["api_key_sealed"] is None

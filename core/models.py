@@ -52,6 +52,10 @@ class Tenant(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # {requests_per_minute, tokens_per_minute, tokens_per_day, tokens_per_month}; absent: unlimited
+    limits: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    retention_days: Mapped[int | None] = mapped_column(Integer)  # None: interactions kept until deleted
+    redact_pii: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class ApiKey(Base):
@@ -297,3 +301,36 @@ class TenantPolicy(Base):
     gates: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     last_triggered_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class RateCounter(Base):
+    """Requests or tokens a tenant used in one window: the shared store of its rate limits.
+
+    `bucket` numbers the window (minutes or days since the epoch, or year*12+month), so a
+    counter is found and bumped by one upsert from any gateway replica.
+    """
+
+    __tablename__ = "rate_counters"
+
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)  # requests_minute | tokens_minute | ...
+    bucket: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class AuditEvent(Base):
+    """One administrative or tenant-management action. Append-only: database triggers refuse
+    UPDATE and DELETE (see migration 0004), and no code path issues them."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (Index("ix_audit_events_tenant_at", "tenant_id", "at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(80))  # "admin", "key:<key id>", "cli:<user>"
+    # No foreign key: the record of what was done to a tenant outlives the tenant.
+    tenant_id: Mapped[str | None] = mapped_column(String(40))
+    action: Mapped[str] = mapped_column(String(64), index=True)  # e.g. "tenant.create", "adapter.promote"
+    target: Mapped[str | None] = mapped_column(String(200))
+    before: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    after: Mapped[dict[str, Any] | None] = mapped_column(JSON)

@@ -195,7 +195,8 @@ def _parse_teacher(raw: Any, settings: Settings) -> TeacherSpec:
     api_key, api_key_env = raw.get("api_key"), raw.get("api_key_env")
     if base_url is None:
         if api_key is not None or api_key_env is not None:
-            raise bad_request("teacher.api_key goes with teacher.base_url.", param=f"{p}.api_key")
+            which = "api_key" if api_key is not None else "api_key_env"
+            raise bad_request(f"teacher.{which} goes with teacher.base_url.", param=f"{p}.{which}")
         return TeacherSpec(model=model)
     if model is None:
         raise bad_request("teacher.model is required with teacher.base_url.", param=f"{p}.model")

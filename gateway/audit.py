@@ -1,0 +1,50 @@
+"""The audit log: who did what to which tenant's setup, when, with the state before and after.
+
+Every administrative and tenant-management action (tenants, keys, adapters and their
+versions, policies, limits, privacy settings, exports and deletions) appends one
+`core.models.AuditEvent`. The table is append-only: nothing here updates or deletes, and
+database triggers (migration 0004) refuse UPDATE and DELETE from anyone else.
+
+Secrets never enter it: callers pass descriptions (a key's id and hint, never the key).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from core.db import Database
+from core.models import AuditEvent
+
+ADMIN = "admin"
+
+
+def actor_for_key(key_id: str) -> str:
+    return f"key:{key_id}"
+
+
+def record(
+    db: Database | Session,
+    *,
+    actor: str,
+    action: str,
+    tenant_id: str | None = None,
+    target: str | None = None,
+    before: dict[str, Any] | None = None,
+    after: dict[str, Any] | None = None,
+) -> None:
+    """Append one event; pass the action's own session to commit both or neither."""
+    event = AuditEvent(
+        actor=actor[:80],
+        action=action,
+        tenant_id=tenant_id,
+        target=target[:200] if target else None,
+        before=before,
+        after=after,
+    )
+    if isinstance(db, Session):
+        db.add(event)
+        return
+    with db.session() as s:
+        s.add(event)

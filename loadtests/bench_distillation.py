@@ -1,0 +1,254 @@
+"""Long system prompt vs the adapter distilled from it: tokens, cost, latency, quality.
+
+    python -m loadtests.bench_distillation [--rounds 2] [--concurrency 4]
+
+Starts its own Tailor (child vLLM engine + trainer worker). The tenant's "long prompt" is a
+ticket-routing guide with few-shot examples (loadtests.ticket_routing), several hundred
+tokens sent with every request. A distillation job (method "distillation", teacher: the
+base model WITH that context) answers a file of training tickets, trains the adapter
+`router-lite` to answer the same WITHOUT the context, and evaluates its agreement with the
+teacher on a validation file of unseen tickets.
+
+Then the same traffic (the unseen tickets, `--rounds` times, `--concurrency` at a time)
+goes through both arms, interleaved A B B A so drift on a noisy machine hits both:
+
+  A  model=<base> with the long prompt in every request
+  B  model=router-lite with the bare ticket
+
+and the table reports per arm: prompt and completion tokens per request and cost per 1K
+requests (from Tailor's metering, GET /v1/usage, priced by TAILOR_PRICES: the same price
+for base and adapter here), latency p50/p95 (client side), and quality: agreement with the
+teacher's answers (exact match; the teacher's answers are recomputed here with the same
+greedy decoding the job used). Routing accuracy against the true queue is shown too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import openai
+
+from loadtests.bench_gateway import _ms, abba_schedule, percentile
+from loadtests.local_server import BASE_MODEL, MODEL_DIR, LocalTailor, _progress, create_tenant_key, local_tailor
+from loadtests.ticket_routing import QUEUES, Ticket, predicted_queue, tickets
+
+ADAPTER = "router-lite"
+# Same price for both arms: the saving shown is the tokens', not a cheaper price list.
+PRICES = {BASE_MODEL: {"prompt": 0.15, "completion": 0.60}, "adapter": {"prompt": 0.15, "completion": 0.60}}
+GUIDE = """You are the routing assistant of Acme Support. Every ticket must go to exactly one internal queue.
+Queues:
+- BILL-7: billing. Charges, invoices, refunds, unknown fees, double payments, subscription prices.
+- SHIP-3: shipping. Parcels that are late, lost, delivered to the wrong address, broken tracking numbers.
+- AUTH-2: accounts and sign-in. Log-in problems, password resets, two-factor codes, locked or hijacked accounts.
+- HW-9: hardware. Cracked screens, batteries, sound, buttons, charging ports and other device faults.
+Rules: reply with the queue code only, nothing else. Never explain.
+Examples follow."""
+# Ways customers open and close the same ticket: more distinct training inputs from the
+# generator's combinations (the teacher answers each one; its answer may differ).
+OPENERS = ("", "Hello, ", "Hi team, ")
+CLOSERS = ("", " Please help.", " Thanks!")
+
+
+@dataclass
+class Workload:
+    shots: list[Ticket]
+    train: list[str]
+    heldout: list[Ticket]
+
+    def context(self) -> dict[str, Any]:
+        examples: list[dict[str, str]] = []
+        for t in self.shots:
+            examples += [{"role": "user", "content": t.text}, {"role": "assistant", "content": t.queue}]
+        return {"system": GUIDE, "examples": examples}
+
+    def long_prompt(self, text: str) -> list[dict[str, str]]:
+        ctx = self.context()
+        return [{"role": "system", "content": ctx["system"]}, *ctx["examples"], {"role": "user", "content": text}]
+
+
+def workload(shots_per_queue: int, heldout_per_queue: int) -> Workload:
+    by_queue: dict[str, list[Ticket]] = defaultdict(list)
+    for t in tickets(per_queue=25, seed=1):
+        by_queue[t.queue].append(t)
+    shots = [t for code in QUEUES for t in by_queue[code][:shots_per_queue]]
+    held = [t for code in QUEUES for t in by_queue[code][shots_per_queue : shots_per_queue + heldout_per_queue]]
+    rest = [t for code in QUEUES for t in by_queue[code][shots_per_queue + heldout_per_queue :]]
+    train = []
+    for i, t in enumerate(rest):
+        closers = CLOSERS[i % 3 :] + CLOSERS[: i % 3]  # vary which opener meets which closer
+        train += [f"{o}{t.text}{c}" for o, c in zip(OPENERS, closers, strict=True)]
+    return Workload(shots=shots, train=train, heldout=held)
+
+
+def _jsonl(texts: Sequence[str]) -> bytes:
+    return "\n".join(json.dumps({"messages": [{"role": "user", "content": t}]}) for t in texts).encode() + b"\n"
+
+
+@dataclass
+class Arm:
+    name: str
+    model: str
+    latencies: list[float] = field(default_factory=list)
+    answers: dict[str, str] = field(default_factory=dict)  # ticket text -> last answer
+    failures: int = 0
+
+
+def send_round(c: openai.OpenAI, arm: Arm, w: Workload, concurrency: int) -> None:
+    def one(t: Ticket) -> None:
+        messages = w.long_prompt(t.text) if arm.name == "A" else [{"role": "user", "content": t.text}]
+        started = time.perf_counter()
+        try:
+            r = c.chat.completions.create(model=arm.model, messages=messages, temperature=0, max_tokens=8)  # type: ignore[arg-type]
+        except openai.OpenAIError:
+            arm.failures += 1
+            return
+        arm.latencies.append(time.perf_counter() - started)
+        arm.answers[t.text] = (r.choices[0].message.content or "").strip()
+
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        list(pool.map(one, w.heldout))
+
+
+def usage_by_model(server: LocalTailor, auth: dict[str, str]) -> dict[str, dict[str, Any]]:
+    r = httpx.get(f"{server.url}/v1/usage", headers=auth, params={"group_by": "model"}, timeout=60)
+    r.raise_for_status()
+    return {row["model"]: row for row in r.json()["data"]}
+
+
+def _delta(after: dict[str, Any], before: dict[str, Any] | None, key: str) -> float:
+    return float(after.get(key) or 0) - float((before or {}).get(key) or 0)
+
+
+def wait_for_job(c: openai.OpenAI, job_id: str) -> Any:
+    last = ""
+    while (job := c.fine_tuning.jobs.retrieve(job_id)).status not in ("succeeded", "failed", "cancelled"):
+        events = c.fine_tuning.jobs.list_events(job_id, limit=1).data
+        if events and events[0].message != last:
+            last = events[0].message
+            _progress(f"  job: {last}")
+        time.sleep(5)
+    return job
+
+
+def run(server: LocalTailor, args: argparse.Namespace) -> str:
+    key = create_tenant_key(server, "acme")
+    auth = {"Authorization": f"Bearer {key}"}
+    c = openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0, timeout=300)
+    w = workload(args.shots_per_queue, args.heldout_per_queue)
+    _progress(
+        f"{len(w.shots)} few-shot examples in the context, {len(w.train)} training inputs, {len(w.heldout)} unseen"
+    )
+
+    train_file = c.files.create(file=("train.jsonl", _jsonl(w.train)), purpose="fine-tune")
+    val_file = c.files.create(file=("unseen.jsonl", _jsonl([t.text for t in w.heldout])), purpose="fine-tune")
+    hp = {"n_epochs": args.epochs, "learning_rate_multiplier": args.lr_multiplier, "batch_size": 4}
+    started = time.monotonic()
+    job = c.fine_tuning.jobs.create(
+        model=BASE_MODEL,
+        training_file=train_file.id,
+        validation_file=val_file.id,
+        suffix=ADAPTER,
+        method={"type": "distillation", "distillation": {**w.context(), "max_tokens": 8, "hyperparameters": hp}},  # type: ignore[typeddict-item,typeddict-unknown-key]
+    )
+    job = wait_for_job(c, job.id)
+    job_min = (time.monotonic() - started) / 60
+    if job.status != "succeeded":
+        raise SystemExit(f"job {job.id} {job.status}: {job.error}")
+    distilled = (job.model_extra or {}).get("distillation", {}).get("results", {})
+    _progress(f"job {job.id}: {job.fine_tuned_model} ({job.metadata.get('tailor_decision')}) in {job_min:.1f} min")
+
+    from trainer.distill import DistillSpec, LocalTeacher, with_context
+
+    spec = DistillSpec.from_json(w.context())
+    teacher = LocalTeacher(MODEL_DIR, None, max_tokens=8)
+    reference = dict(
+        zip(
+            [t.text for t in w.heldout],
+            teacher.answer([with_context(spec, [{"role": "user", "content": t.text}]) for t in w.heldout]),
+            strict=True,
+        )
+    )
+
+    arms = {"A": Arm("A", BASE_MODEL), "B": Arm("B", ADAPTER)}
+    for arm in arms.values():  # warm both paths (adapter load, prefix cache) before measuring
+        send_round(c, Arm(arm.name, arm.model), w, args.concurrency)
+    time.sleep(2)  # the interaction log flushes every 0.5 s
+    before = usage_by_model(server, auth)
+    for slot in abba_schedule(args.rounds):  # its two names stand for the two arms
+        send_round(c, arms["A" if slot == "direct" else "B"], w, args.concurrency)
+    time.sleep(2)
+    after = usage_by_model(server, auth)
+    return report(w, arms, before, after, reference, distilled, job, job_min)
+
+
+def report(
+    w: Workload,
+    arms: dict[str, Arm],
+    before: dict[str, dict[str, Any]],
+    after: dict[str, dict[str, Any]],
+    reference: dict[str, str],
+    distilled: dict[str, Any],
+    job: Any,
+    job_min: float,
+) -> str:
+    rows: dict[str, list[str]] = defaultdict(list)
+    figures: dict[str, dict[str, float]] = {}
+    for name, arm in arms.items():
+        a, b = after.get(arm.model, {}), before.get(arm.model)
+        n = _delta(a, b, "requests") or 1.0
+        prompt, completion, cost = (_delta(a, b, k) for k in ("prompt_tokens", "completion_tokens", "cost"))
+        agree = sum(arm.answers.get(t.text) == reference[t.text] for t in w.heldout) / len(w.heldout)
+        acc = sum(predicted_queue(arm.answers.get(t.text, "")) == t.queue for t in w.heldout) / len(w.heldout)
+        figures[name] = {"prompt": prompt / n, "cost": cost / n * 1000, "agree": agree}
+        rows["requests measured"].append(f"{int(n)} ({arm.failures} failed)")
+        rows["prompt tokens / request"].append(f"{prompt / n:.1f}")
+        rows["completion tokens / request"].append(f"{completion / n:.1f}")
+        rows["cost per 1K requests (USD)"].append(f"{cost / n * 1000:.4f}")
+        rows["latency p50 (ms)"].append(f"{_ms(percentile(arm.latencies, 50)):.0f}")
+        rows["latency p95 (ms)"].append(f"{_ms(percentile(arm.latencies, 95)):.0f}")
+        rows["agreement with the teacher (exact)"].append(f"{agree:.3f}")
+        rows["routing accuracy vs true queue"].append(f"{acc:.3f}")
+    a, b = figures["A"], figures["B"]
+    saved = 1 - b["prompt"] / a["prompt"] if a["prompt"] else 0.0
+    loss_pts = (a["agree"] - b["agree"]) * 100
+    out = [f"| | A: {BASE_MODEL} + long prompt | B: {ADAPTER} (distilled), no prompt |", "|---|---|---|"]
+    out += [f"| {label} | {values[0]} | {values[1]} |" for label, values in rows.items()]
+    out += [
+        "",
+        f"Prompt tokens saved: **{saved:.1%}** per request (target ≥ 50%); cost per 1K requests "
+        f"{b['cost'] / a['cost']:.2f}x of A; quality loss {loss_pts:+.1f} points of agreement "
+        f"(target ≤ 5). {'PASS' if saved >= 0.5 and loss_pts <= 5 else 'FAIL'}.",
+        f"Job `{job.id}` ({len(w.train)} training inputs, {len(w.heldout)} unseen validation inputs): "
+        f"{job.fine_tuned_model}, {job.metadata.get('tailor_decision')}, {job_min:.1f} min from queueing "
+        f"to promotion; its own evaluation: agreement {distilled.get('teacher_agreement_exact', 0):.3f} "
+        f"(base model without the prompt: {distilled.get('baseline_agreement_exact', 0):.3f}), "
+        f"{distilled.get('prompt_tokens_saved_per_request', 0):.0f} prompt tokens saved per request.",
+    ]
+    return "\n".join(out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loadtests.bench_distillation", description=__doc__.splitlines()[0])
+    parser.add_argument("--shots-per-queue", type=int, default=5, help="few-shot examples per queue in the prompt")
+    parser.add_argument("--heldout-per-queue", type=int, default=8, help="unseen tickets per queue (the traffic)")
+    parser.add_argument("--rounds", type=int, default=2, help="passes over the unseen tickets per arm")
+    parser.add_argument("--concurrency", type=int, default=4, help="requests in flight per arm")
+    parser.add_argument("--epochs", type=int, default=5, help="n_epochs of the distillation job")
+    parser.add_argument("--lr-multiplier", type=float, default=1.5, help="learning_rate_multiplier of the job")
+    args = parser.parse_args(argv)
+    env = {"TAILOR_PRICES": json.dumps(PRICES)}
+    with local_tailor(MODEL_DIR, env_extra=env) as server:
+        print(run(server, args))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

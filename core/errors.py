@@ -41,6 +41,7 @@ class TailorError(Exception):
     code: str | None = None
     param: str | None = None
     type: str | None = None
+    headers: dict[str, str] | None = None  # e.g. Retry-After on a 429
 
     def __post_init__(self) -> None:
         super().__init__(self.message)

@@ -13,12 +13,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.config import Settings
 from core.errors import TailorError
-from gateway.routes import adapters, admin, feedback, files, fine_tuning, health, metrics, openai, policy, usage
+from gateway.routes import adapters, admin, feedback, files, fine_tuning, health, limits, metrics, openai, policy, usage
 from gateway.services import Services
 
 
 def error_response(exc: TailorError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status)
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
 
 async def _tailor_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -133,6 +133,8 @@ def create_app(
         fine_tuning.admin_router,
         policy.admin_router,
         usage.admin_router,
+        limits.router,
+        limits.admin_router,
         admin.router,
         health.router,
         metrics.router,

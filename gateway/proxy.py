@@ -21,7 +21,7 @@ from starlette.responses import Response, StreamingResponse
 from adapters.engines import Lease, LoraRef
 from core.errors import TailorError
 from core.ids import new_id
-from gateway import normalize
+from gateway import limits, normalize
 from gateway.interaction_log import InteractionRecord
 from gateway.services import Services
 from gateway.tenants import Caller
@@ -50,12 +50,12 @@ ROUTES: dict[Kind, Route] = {
 }
 
 
-def _json(data: Any, status: int, interaction_id: str) -> Response:
+def _json(data: Any, status: int, interaction_id: str, headers: dict[str, str] | None = None) -> Response:
     return Response(
         orjson.dumps(data),
         status_code=status,
         media_type="application/json",
-        headers={INTERACTION_HEADER: interaction_id},
+        headers={INTERACTION_HEADER: interaction_id, **(headers or {})},
     )
 
 
@@ -97,9 +97,14 @@ async def complete(services: Services, caller: Caller, kind: Kind, body: dict[st
         record.latency_ms = (time.perf_counter() - started) * 1000
         if log:
             services.interactions.record(record)
+            if caller.limits is not None and caller.limits.counts_tokens:
+                services.meter.add(caller.tenant_id, (record.prompt_tokens or 0) + (record.completion_tokens or 0))
         telemetry.request_finished(spans, record, model_known)
 
     try:
+        if caller.limits is not None:
+            with spans.step("rate limits"):
+                await asyncio.to_thread(limits.admit, services.db, caller.tenant_id, caller.limits)
         with spans.step("resolve model"):
             resolved = await services.resolve(caller.tenant_id, public_model)
         model_known = True
@@ -108,7 +113,7 @@ async def complete(services: Services, caller: Caller, kind: Kind, body: dict[st
         lease = await services.pool.acquire(lora)
     except TailorError as exc:
         finish(exc.status, exc.message)
-        return _json(exc.body(), exc.status, interaction_id)
+        return _json(exc.body(), exc.status, interaction_id, exc.headers)
     except BaseException as exc:
         # Not a refusal (a bug, a failing database, cancellation): no log row, as before,
         # but the in-flight gauge and the span are closed.

@@ -22,6 +22,7 @@ from core.config import Settings
 from core.db import Database, migrate
 from gateway import tenants
 from gateway.interaction_log import InteractionLog
+from gateway.limits import TokenMeter
 from gateway.telemetry import Telemetry
 from gateway.tenants import Caller
 from gateway.trainer_process import TrainerProcess
@@ -91,6 +92,7 @@ class Services:
             flush_interval_s=settings.log_flush_interval_s,
             max_queue=settings.log_queue_max,
         )
+        self.meter = TokenMeter(self.db, flush_interval_s=settings.log_flush_interval_s)
         self.keys: TTLCache[str, object] = TTLCache(settings.auth_cache_ttl_s)
         self.models: TTLCache[tuple[str, str], object] = TTLCache(settings.auth_cache_ttl_s)
 
@@ -102,6 +104,7 @@ class Services:
         for sup in self.supervisors:
             await sup.start()
         self.interactions.start()
+        self.meter.start()
         if self.trainer is not None:
             await self.trainer.start()
         if wait_for_engines:
@@ -128,6 +131,7 @@ class Services:
     async def stop(self) -> None:
         await self.pool.stop_monitor()
         await self.interactions.stop()
+        await self.meter.stop()
         if self.trainer is not None:
             await self.trainer.stop()
         for sup in self.supervisors:

@@ -13,6 +13,7 @@ from core.db import Database
 from core.errors import bad_request, conflict, not_found
 from core.ids import hash_key, key_hint, new_api_key, new_id, utcnow
 from core.models import ApiKey, Tenant
+from gateway.limits import TenantLimits
 
 TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
@@ -48,6 +49,7 @@ class Caller:
     tenant_id: str
     tenant_name: str
     key_id: str
+    limits: TenantLimits | None = None  # None: unlimited; cached with the key (auth_cache_ttl_s)
 
 
 def _tenant_info(t: Tenant) -> TenantInfo:
@@ -173,18 +175,23 @@ def authenticate(db: Database, secret: str) -> Caller | None:
     now = utcnow()
     with db.session() as s:
         row = s.execute(
-            select(ApiKey, Tenant.name)
+            select(ApiKey, Tenant.name, Tenant.limits)
             .join(Tenant, Tenant.id == ApiKey.tenant_id)
             .where(ApiKey.key_hash == hash_key(secret))
         ).first()
         if row is None:
             return None
-        key, tenant_name = row
+        key, tenant_name, tenant_limits = row
         if key.revoked_at is not None:
             return None
         if key.expires_at is not None and _aware(key.expires_at) <= now:
             return None
-        return Caller(tenant_id=key.tenant_id, tenant_name=tenant_name, key_id=key.id)
+        return Caller(
+            tenant_id=key.tenant_id,
+            tenant_name=tenant_name,
+            key_id=key.id,
+            limits=TenantLimits.from_json(tenant_limits),
+        )
 
 
 def _aware(value: datetime) -> datetime:
@@ -196,3 +203,24 @@ def _aware(value: datetime) -> datetime:
 
 def _aware_or_none(value: datetime | None) -> datetime | None:
     return None if value is None else _aware(value)
+
+
+def get_limits(db: Database, tenant: str) -> TenantLimits | None:
+    owner = find_tenant(db, tenant)
+    with db.session() as s:
+        row = s.get(Tenant, owner.id)
+        return TenantLimits.from_json(row.limits if row else None)
+
+
+def set_limits(
+    db: Database, tenant: str, limits: TenantLimits | None
+) -> tuple[TenantLimits | None, TenantLimits | None]:
+    """Replace a tenant's limits (None: unlimited); returns (before, after)."""
+    owner = find_tenant(db, tenant)
+    with db.session() as s:
+        row = s.get(Tenant, owner.id)
+        if row is None:
+            raise not_found(f"No tenant {tenant!r}.", code="tenant_not_found")
+        before = TenantLimits.from_json(row.limits)
+        row.limits = limits.to_json() if limits is not None and limits.any else None
+        return before, TenantLimits.from_json(row.limits)

@@ -134,7 +134,9 @@ def long_messages(rng: random.Random) -> list[dict[str, str]]:
             {"role": "system", "content": SYSTEM_PROMPTS[0]},
             {"role": "user", "content": "\n\n".join(paragraphs) + "\n\n" + ask},
         ]
-    turns = _HISTORY * rng.randint(1, 2)
+    # Repeat the exchange but end on ONE user turn: templates that insist on alternating
+    # roles (Llama-2, Mistral, Gemma) refuse two user messages in a row.
+    turns = _HISTORY[:-1] * rng.randint(1, 2) + _HISTORY[-1:]
     return [
         {"role": "system", "content": rng.choice(SYSTEM_PROMPTS[1:])},
         *({"role": role, "content": text} for role, text in turns),

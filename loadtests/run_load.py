@@ -38,6 +38,7 @@ import csv
 import json
 import math
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -326,10 +327,20 @@ class Promoter(threading.Thread):
 # --- locust ----------------------------------------------------------------------------------
 
 
-def parse_timespan(text: str) -> float:
-    from locust.util.timespan import parse_timespan as locust_timespan
+_TIMESPAN = re.compile(r"(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s)?")
 
-    return float(locust_timespan(text))
+
+def parse_timespan(text: str) -> float:
+    """Locust's --run-time syntax ("90", "30s", "5m", "1h30m"). Parsed here, not by importing
+    locust: its import monkey-patches this whole process with gevent."""
+    text = text.strip()
+    if text.isdigit():
+        return float(text)
+    match = _TIMESPAN.fullmatch(text)
+    if not text or match is None or not any(match.groups()):
+        raise SystemExit(f"invalid --run-time {text!r}: use seconds or a span such as 30s, 5m or 1h30m")
+    hours, minutes, seconds = (int(g or 0) for g in match.groups())
+    return float(hours * 3600 + minutes * 60 + seconds)
 
 
 def run_locust(args: argparse.Namespace, url: str, out: Path, env: dict[str, str], extra: Sequence[str]) -> int:

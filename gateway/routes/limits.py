@@ -1,0 +1,73 @@
+"""Rate limits and token quotas per tenant (see gateway.limits): set by an operator, read by both."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway import audit, limits, tenants
+from gateway.deps import AdminDep, CallerDep, ServicesDep
+from gateway.limits import TenantLimits
+
+router = APIRouter(tags=["limits"])
+admin_router = APIRouter(prefix="/admin/tenants/{tenant}", tags=["admin"], dependencies=[AdminDep])
+
+_LIMIT = Field(None, ge=1, le=10**15)
+
+
+class LimitsIn(BaseModel):
+    """The tenant's limits, all at once; an omitted or null field is no limit."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    requests_per_minute: int | None = _LIMIT
+    tokens_per_minute: int | None = _LIMIT
+    tokens_per_day: int | None = Field(None, ge=1, le=10**15, description="Quota per UTC day.")
+    tokens_per_month: int | None = Field(None, ge=1, le=10**15, description="Quota per UTC calendar month.")
+
+
+class LimitsOut(BaseModel):
+    object: str = "tenant.limits"
+    tenant: str
+    requests_per_minute: int | None
+    tokens_per_minute: int | None
+    tokens_per_day: int | None
+    tokens_per_month: int | None
+    used: dict[str, int] = Field(description="Counted in the current minute, day and month (only for set limits).")
+
+
+def _out(services: ServicesDep, tenant_id: str, tenant_name: str, current: TenantLimits | None) -> LimitsOut:
+    values = (current or TenantLimits()).to_json()
+    return LimitsOut(tenant=tenant_name, used=limits.usage_now(services.db, tenant_id), **values)
+
+
+@router.get("/v1/limits", response_model=LimitsOut, summary="Your rate limits and quotas, and what you used of them")
+def get_own_limits(services: ServicesDep, caller: CallerDep) -> LimitsOut:
+    return _out(services, caller.tenant_id, caller.tenant_name, tenants.get_limits(services.db, caller.tenant_id))
+
+
+@admin_router.get("/limits", response_model=LimitsOut, summary="A tenant's rate limits and quotas")
+def get_limits(tenant: str, services: ServicesDep) -> LimitsOut:
+    owner = tenants.find_tenant(services.db, tenant)
+    return _out(services, owner.id, owner.name, tenants.get_limits(services.db, owner.id))
+
+
+@admin_router.put(
+    "/limits",
+    response_model=LimitsOut,
+    summary="Set a tenant's rate limits and quotas (every replica applies them within TAILOR_AUTH_CACHE_TTL_S)",
+)
+def put_limits(tenant: str, body: LimitsIn, services: ServicesDep) -> LimitsOut:
+    owner = tenants.find_tenant(services.db, tenant)
+    before, after = tenants.set_limits(services.db, owner.id, TenantLimits(**body.model_dump()))
+    audit.record(
+        services.db,
+        actor=audit.ADMIN,
+        action="tenant.limits",
+        tenant_id=owner.id,
+        target=owner.name,
+        before=before.to_json() if before else None,
+        after=after.to_json() if after else None,
+    )
+    services.changed()  # this replica applies them at once; the others when their cache expires
+    return _out(services, owner.id, owner.name, after)

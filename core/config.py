@@ -80,6 +80,12 @@ class Settings(BaseSettings):
         description="Seals stored third-party secrets (teacher API keys); unset: a random key in "
         "<data_dir>/secret.key. Give every gateway and trainer host the same value.",
     )
+    db_outage_grace_s: float = Field(
+        300.0,
+        ge=0,
+        description="While the database cannot answer, key and model lookups seen within this many seconds "
+        "past their cache TTL are still served.",
+    )
     auth_cache_ttl_s: float = Field(
         2.0, description="How long a key or model lookup is reused before the database is asked again."
     )

@@ -122,6 +122,12 @@ class Metrics:
         self.adapter_evictions = Counter(
             "tailor_adapter_evictions", "Adapters unloaded to make room (LRU).", ("engine",), registry=r
         )
+        self.db_unavailable = Counter(
+            "tailor_database_unavailable",
+            "Lookups the database could not answer, by what (key|model|limits) and outcome (stale|refused|open).",
+            ("what", "outcome"),
+            registry=r,
+        )
         ProcessCollector(registry=r)
         GCCollector(registry=r)
         r.register(_ScrapeTime(services, self))

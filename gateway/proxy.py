@@ -8,6 +8,7 @@ chunk for streams, never buffering them. Every request ends as one interaction r
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import Any, Literal
 
 import httpx
 import orjson
+from sqlalchemy.exc import DBAPIError
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
@@ -25,6 +27,8 @@ from gateway import limits, normalize
 from gateway.interaction_log import InteractionRecord
 from gateway.services import Services
 from gateway.tenants import Caller
+
+log = logging.getLogger("tailor.gateway")
 
 Kind = Literal["chat", "completion"]
 INTERACTION_HEADER = "x-tailor-interaction-id"
@@ -104,7 +108,7 @@ async def complete(services: Services, caller: Caller, kind: Kind, body: dict[st
     try:
         if caller.limits is not None:
             with spans.step("rate limits"):
-                await asyncio.to_thread(limits.admit, services.db, caller.tenant_id, caller.limits)
+                await _admit(services, caller)
         with spans.step("resolve model"):
             resolved = await services.resolve(caller.tenant_id, public_model)
         model_known = True
@@ -164,6 +168,16 @@ async def complete(services: Services, caller: Caller, kind: Kind, body: dict[st
         media_type="text/event-stream",
         headers={INTERACTION_HEADER: interaction_id, "cache-control": "no-cache"},
     )
+
+
+async def _admit(services: Services, caller: Caller) -> None:
+    try:
+        await asyncio.to_thread(limits.admit, services.db, caller.tenant_id, caller.limits)  # type: ignore[arg-type]
+    except DBAPIError:
+        # Limits protect capacity; an outage of the counters must not become an outage of
+        # the service. Let the request through, and say so in the metrics and the log.
+        services.telemetry.db_unavailable("limits", served_stale=None)
+        log.warning("rate limits not checked for tenant %s: database unavailable", caller.tenant_id)
 
 
 async def _send(

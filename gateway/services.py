@@ -8,9 +8,10 @@ import logging
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import httpx
+from sqlalchemy.exc import DBAPIError
 
 from adapters import registry
 from adapters.engines import EnginePool, LoraRef
@@ -20,6 +21,7 @@ from adapters.supervisor import EngineLaunch, EngineSupervisor
 from core.blobs import BlobStore
 from core.config import Settings
 from core.db import Database, migrate
+from core.errors import TailorError
 from gateway import tenants
 from gateway.interaction_log import InteractionLog
 from gateway.limits import TokenMeter
@@ -48,6 +50,14 @@ class TTLCache(Generic[K, V]):
     def get(self, key: K) -> V | None:
         hit = self.items.get(key)
         if hit is None or hit[0] < time.monotonic():
+            return None
+        return hit[1]
+
+    def get_stale(self, key: K, grace_s: float) -> V | None:
+        """The last value even if expired, up to `grace_s` past its expiry: what a lookup
+        falls back on while the database cannot answer."""
+        hit = self.items.get(key)
+        if hit is None or hit[0] + grace_s < time.monotonic():
             return None
         return hit[1]
 
@@ -145,9 +155,13 @@ class Services:
     async def authenticate(self, secret: str) -> Caller | None:
         hit = self.keys.get(secret)
         if hit is None:
-            caller = await asyncio.to_thread(tenants.authenticate, self.db, secret)
-            hit = caller if caller is not None else _MISSING
-            self.keys.put(secret, hit)
+            try:
+                caller = await asyncio.to_thread(tenants.authenticate, self.db, secret)
+            except DBAPIError:
+                hit = self._stale(self.keys, secret, "key")
+            else:
+                hit = caller if caller is not None else _MISSING
+                self.keys.put(secret, hit)
         return None if hit is _MISSING else hit  # type: ignore[return-value]
 
     async def resolve(self, tenant_id: str, model: str) -> ResolvedModel:
@@ -155,9 +169,24 @@ class Services:
         key = (tenant_id, model)
         hit = self.models.get(key)
         if not isinstance(hit, ModelRoute):
-            hit = await asyncio.to_thread(registry.route, self.db, tenant_id, model, self.settings.base_model_name)
-            self.models.put(key, hit)
-        return hit.choose(random.random())
+            try:
+                hit = await asyncio.to_thread(registry.route, self.db, tenant_id, model, self.settings.base_model_name)
+            except DBAPIError:
+                hit = self._stale(self.models, key, "model")
+            else:
+                self.models.put(key, hit)
+        return hit.choose(random.random())  # type: ignore[union-attr]
+
+    def _stale(self, cache: TTLCache[Any, object], key: Any, what: str) -> object:
+        """While the database is away, serve what was known a moment ago (a key revoked or an
+        alias switched during the outage applies once it is back); a lookup never seen
+        before cannot be answered: 503, which clients retry."""
+        hit = cache.get_stale(key, self.settings.db_outage_grace_s)
+        self.telemetry.db_unavailable(what, served_stale=hit is not None)
+        if hit is None:
+            raise TailorError(503, "The database is unavailable; please retry shortly.", code="database_unavailable")
+        log.warning("database unavailable: %s lookup served from a stale cache entry", what)
+        return hit
 
     def lora_for(self, resolved: ResolvedModel) -> LoraRef | None:
         if resolved.version_id is None or resolved.digest is None:

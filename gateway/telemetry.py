@@ -63,6 +63,12 @@ class Telemetry:
         self.metrics.adapter_evicted(engine)
         self.tracing.adapter_evicted(engine, name)
 
+    def db_unavailable(self, what: str, *, served_stale: bool | None) -> None:
+        """A lookup the database could not answer: served from a stale cache entry, refused,
+        or (served_stale None) let through without the check."""
+        outcome = "open" if served_stale is None else "stale" if served_stale else "refused"
+        self.metrics.db_unavailable.labels(what, outcome).inc()
+
     def shutdown(self) -> None:
         self.tracing.shutdown()
 

@@ -51,10 +51,6 @@ Queues:
 - HW-9: hardware. Cracked screens, batteries, sound, buttons, charging ports and other device faults.
 Rules: reply with the queue code only, nothing else. Never explain.
 Examples follow."""
-# Ways customers open and close the same ticket: more distinct training inputs from the
-# generator's combinations (the teacher answers each one; its answer may differ).
-OPENERS = ("", "Hello, ", "Hi team, ")
-CLOSERS = ("", " Please help.", " Thanks!")
 
 
 @dataclass
@@ -81,11 +77,7 @@ def workload(shots_per_queue: int, heldout_per_queue: int) -> Workload:
     shots = [t for code in QUEUES for t in by_queue[code][:shots_per_queue]]
     held = [t for code in QUEUES for t in by_queue[code][shots_per_queue : shots_per_queue + heldout_per_queue]]
     rest = [t for code in QUEUES for t in by_queue[code][shots_per_queue + heldout_per_queue :]]
-    train = []
-    for i, t in enumerate(rest):
-        closers = CLOSERS[i % 3 :] + CLOSERS[: i % 3]  # vary which opener meets which closer
-        train += [f"{o}{t.text}{c}" for o, c in zip(OPENERS, closers, strict=True)]
-    return Workload(shots=shots, train=train, heldout=held)
+    return Workload(shots=shots, train=[t.text for t in rest], heldout=held)
 
 
 def _jsonl(texts: Sequence[str]) -> bytes:

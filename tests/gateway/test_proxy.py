@@ -1057,3 +1057,43 @@ async def test_other_tenants_adapter_is_404(gw: Gateway) -> None:
     r = await gw.http.post("/v1/chat/completions", json={**CHAT, "model": "helper"}, headers=beta)
     error_of(r, 404, param="model")
     assert gw.fake.loads() == []
+
+
+async def test_database_outage_serves_known_callers_and_loses_no_record(tmp_path: Path) -> None:
+    """The database goes away (connection refused) for a while: requests of callers seen a
+    moment ago are still served from the lookup caches, rate limits fail open, a never-seen
+    key gets a 503 it can retry, and every interaction is written once the database is back."""
+    from core.db import Database
+
+    overrides = {"auth_cache_ttl_s": 0.05, "log_flush_interval_s": 0.05, "db_outage_grace_s": 60.0}
+    async with running_gateway(tmp_path, **overrides) as run:
+        views = tenant_view(run, tmp_path)
+        gw = await views.__anext__()
+        name = (await gw.http.get("/v1/limits", headers=gw.auth)).json()["tenant"]
+        r = await gw.http.put(f"/admin/tenants/{name}/limits", json={"requests_per_minute": 1000}, headers=ADMIN)
+        assert r.status_code == 200, r.text
+        assert (await gw.chat()).status_code == 200  # key, limits and model now known
+
+        services, healthy = run.services, run.services.db
+        down = Database("postgresql+psycopg://tailor:x@127.0.0.1:9/tailor?connect_timeout=1")
+        services.db = services.interactions.db = services.meter.db = down
+        try:
+            await asyncio.sleep(0.1)  # past the cache TTL: every lookup asks the database
+            served = [await gw.chat(stream=i % 2 == 0) for i in range(4)]
+            assert [r.status_code for r in served] == [200] * 4
+            unknown = await gw.http.post("/v1/chat/completions", json=CHAT, headers={"authorization": "Bearer tk-x"})
+            assert error_of(unknown, 503)["code"] == "database_unavailable"
+            await asyncio.sleep(0.5)
+            assert services.interactions.write_errors > 0  # it tried, and keeps trying
+            metrics = (await gw.http.get("/metrics")).text
+            assert 'tailor_database_unavailable_total{outcome="stale",what="key"}' in metrics
+            assert 'tailor_database_unavailable_total{outcome="open",what="limits"}' in metrics
+        finally:
+            services.db = services.interactions.db = services.meter.db = healthy
+            down.dispose()
+        await asyncio.wait_for(services.interactions.flush(), timeout=30)
+        rows = await gw.rows()
+        assert [row.status_code for row in rows] == [200] * 5
+        assert services.interactions.dropped == 0
+        with contextlib.suppress(StopAsyncIteration):
+            await views.__anext__()

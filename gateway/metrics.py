@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
@@ -46,6 +46,8 @@ OPEN_JOB_STATUSES = ("validating_files", "queued", "running")
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 LOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+JOB_BUCKETS = (60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 21600.0, 86400.0)
+FINISHED_JOB_STATUSES = ("succeeded", "failed", "cancelled")
 _STATUS_CLASS = tuple(f"{i}xx" for i in range(10))
 
 
@@ -234,6 +236,32 @@ class _ScrapeTime(Collector):
             for status in OPEN_JOB_STATUSES:
                 family.add_metric([status], jobs.get(status, 0))
             yield family
+        durations = self._job_durations()
+        if durations is not None:
+            # Jobs run in the trainer processes, which serve no /metrics: their durations
+            # are read from the jobs table, so every gateway replica reports the same.
+            family = HistogramMetricFamily(
+                "tailor_job_duration_seconds", "Fine-tuning jobs, start to finish, by final status.", labels=["status"]
+            )
+            for status in FINISHED_JOB_STATUSES:
+                values = durations.get(status, [])
+                buckets = [(str(b), sum(v <= b for v in values)) for b in JOB_BUCKETS] + [("+Inf", len(values))]
+                family.add_metric([status], buckets, sum(values))
+            yield family
+
+    def _job_durations(self) -> dict[str, list[float]] | None:
+        query = select(Job.status, Job.started_at, Job.finished_at).where(
+            Job.status.in_(FINISHED_JOB_STATUSES), Job.started_at.is_not(None), Job.finished_at.is_not(None)
+        )
+        try:
+            with self.services.db.session() as session:
+                out: dict[str, list[float]] = {}
+                for status, started, finished in session.execute(query):
+                    out.setdefault(status, []).append(max(0.0, (finished - started).total_seconds()))
+                return out
+        except Exception as exc:  # a scrape must not fail because the database does
+            log.warning("metrics: could not read job durations: %s", exc)
+            return None
 
     def _job_counts(self) -> dict[str, int] | None:
         # One indexed COUNT ... GROUP BY per scrape (ix_jobs_status_created).

@@ -5,15 +5,13 @@ children for resolving the model, loading an adapter (only when this request tri
 load) and the engine call, whose context travels to vLLM as a W3C `traceparent` header.
 A client's own `traceparent` is honoured: the request span joins the client's trace.
 
-Each `Services` has its own `TracerProvider` (never the global one, so apps in one test
-process do not see each other's spans). With `otel_exporter="none"` there is no provider
-at all: requests get a shared do-nothing object and pay one attribute check.
+Each `Services` has its own `TracerProvider` (core.otel). With `otel_exporter="none"` there
+is no provider at all: requests get a shared do-nothing object and pay one attribute check.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
@@ -21,12 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from core.otel import add_exporter, make_exporter, make_provider
 from gateway.metrics import CLIENT_CLOSED, error_type
 
 if TYPE_CHECKING:
@@ -44,22 +42,6 @@ _PROPAGATOR = TraceContextTextMapPropagator()
 _NULL = contextlib.nullcontext()
 
 
-def make_exporter(kind: str, endpoint: str | None) -> SpanExporter:
-    if kind == "console":
-        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
-
-        return ConsoleSpanExporter()
-    if kind == "otlp":
-        # OTLP over HTTP/protobuf. `endpoint` is the collector's base URL, like
-        # OTEL_EXPORTER_OTLP_ENDPOINT (http://collector:4318); unset, the OTEL_* variables decide.
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-        if endpoint and not endpoint.rstrip("/").endswith("/v1/traces"):
-            endpoint = endpoint.rstrip("/") + "/v1/traces"
-        return OTLPSpanExporter(endpoint=endpoint or None)
-    raise ValueError(f"unknown otel_exporter {kind!r}: use none, console or otlp")
-
-
 class Tracing:
     def __init__(self, settings: Any) -> None:
         self.base_model = settings.base_model_name
@@ -72,10 +54,9 @@ class Tracing:
     def add_exporter(self, exporter: SpanExporter, *, batch: bool = True) -> None:
         """Export spans to `exporter` (tests: an InMemorySpanExporter with batch=False)."""
         if self.provider is None:
-            attributes = {} if os.environ.get("OTEL_SERVICE_NAME") else {"service.name": "tailor-gateway"}
-            self.provider = TracerProvider(resource=Resource.create(attributes))
+            self.provider = make_provider("tailor-gateway")
             self.tracer = self.provider.get_tracer("tailor.gateway")
-        self.provider.add_span_processor(BatchSpanProcessor(exporter) if batch else SimpleSpanProcessor(exporter))
+        add_exporter(self.provider, exporter, batch=batch)
 
     def shutdown(self) -> None:
         """Flush what is buffered and stop the exporters."""

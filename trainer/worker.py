@@ -74,6 +74,7 @@ from trainer.sft import (
     TrainResult,
     train_lora_sft,
 )
+from trainer.tracing import JobTracing
 
 log = logging.getLogger("tailor.trainer")
 
@@ -164,6 +165,7 @@ class Worker:
         self.checkpoint_every = checkpoint_every
         self.stale_after_s, self.max_attempts = stale_after_s, max_attempts
         self.heartbeat_s = heartbeat_s
+        self.tracing = JobTracing(settings)
 
     @functools.cached_property
     def limits(self) -> ValidationLimits:
@@ -231,7 +233,10 @@ class Worker:
             shutil.rmtree(run.workdir, ignore_errors=True)
             run.workdir.mkdir(parents=True)
             self._event(job, f"Job started on worker {self.worker_id} (attempt {job.attempts})")
-            with _Heartbeat(self.db, job.id, self.worker_id, self.heartbeat_s):
+            with (
+                self.tracing.job(job, ok=(TrainingCancelled, JobLost)),
+                _Heartbeat(self.db, job.id, self.worker_id, self.heartbeat_s),
+            ):
                 self._pipeline(run)
         except TrainingCancelled as e:
             self._event(job, f"Job cancelled after {e.step} training step(s); nothing was registered")
@@ -247,7 +252,8 @@ class Worker:
 
     def _pipeline(self, run: _Run) -> None:
         job = run.job
-        snapshot = self._snapshot(job)
+        with self.tracing.stage("dataset"):
+            snapshot = self._snapshot(job)
         n_train = jobs.training_examples(snapshot, job.method)
         hp = jobs.resolve_hyperparameters(job.method, job.hyperparameters, n_train)
         jobs.update_running(self.db, job.id, self.worker_id, dataset_id=snapshot.id, hyperparameters=hp.as_dict())
@@ -261,11 +267,13 @@ class Worker:
 
         baseline = promotion.active_version(self.db, job.tenant_id, job.adapter_name)
         start = self._starting_point(job, baseline)
-        result = self._train(run, snapshot, hp, start)
+        with self.tracing.stage("train", steps=hp.max_steps or 0, examples=n_train):
+            result = self._train(run, snapshot, hp, start)
         if jobs.heartbeat(self.db, job.id, self.worker_id):
             raise TrainingCancelled(result.steps)
 
-        comparison = self._evaluate(run, snapshot, result.out_dir, baseline)
+        with self.tracing.stage("evaluate", heldout=snapshot.heldout_count):
+            comparison = self._evaluate(run, snapshot, result.out_dir, baseline)
         policy = get_policy(self.db, job.tenant_id)
         decision = decide(comparison, GateConfig.from_dict(policy.gates))
         train_metrics = {
@@ -285,19 +293,20 @@ class Worker:
 
         # Lineage: the version it was trained from, else the one it is meant to replace.
         parent = start or baseline
-        run.version = version = promotion.register_candidate(
-            self.db,
-            self.store,
-            self.limits,
-            tenant_id=job.tenant_id,
-            name=job.adapter_name,
-            source_dir=result.out_dir,
-            base_model_name=self.settings.base_model_name,
-            job_id=job.id,
-            dataset_id=snapshot.id,
-            metrics={**train_metrics, **eval_metrics},
-            parent_version_id=parent.id if parent else None,
-        )
+        with self.tracing.stage("register"):
+            run.version = version = promotion.register_candidate(
+                self.db,
+                self.store,
+                self.limits,
+                tenant_id=job.tenant_id,
+                name=job.adapter_name,
+                source_dir=result.out_dir,
+                base_model_name=self.settings.base_model_name,
+                job_id=job.id,
+                dataset_id=snapshot.id,
+                metrics={**train_metrics, **eval_metrics},
+                parent_version_id=parent.id if parent else None,
+            )
         self._event(
             job,
             f"Registered {job.adapter_name} version {version.version} as a candidate",
@@ -320,7 +329,8 @@ class Worker:
             report_key=report_key,
         )
         # Last before finishing: once a version serves, nothing else here can fail the job.
-        self._apply(job, version, outcome, decision, policy)
+        with self.tracing.stage("apply", decision=outcome, version=version.version):
+            self._apply(job, version, outcome, decision, policy)
         pinned = f"{job.adapter_name}@v{version.version}"
         self._finish(
             job,
@@ -656,6 +666,7 @@ def main() -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     worker.run_forever(stop, poll_s=settings.trainer_poll_s)
+    worker.tracing.shutdown()
     db.dispose()
     return 0
 

@@ -29,11 +29,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from adapters import registry
 from core.ids import new_id
 from core.models import Interaction, Job
+from core.otel import make_exporter
 from gateway import tenants
 from gateway.interaction_log import InteractionRecord
 from gateway.routes import metrics as metrics_route
 from gateway.telemetry import INTERACTION_ID, JsonFormatter
-from gateway.tracing import Tracing, make_exporter
+from gateway.tracing import Tracing
 from tests.gateway.test_proxy import ADMIN, BASE, CHAT, COMPLETION, ENGINE, Running, running_gateway, write_tiny_adapter
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -184,6 +185,42 @@ async def test_job_queue_depth_is_counted_at_scrape_time(t: Traced) -> None:
     for status, added in (("queued", 2), ("running", 1), ("validating_files", 0)):
         assert value(after, "tailor_jobs", status=status) == value(before, "tailor_jobs", status=status) + added
     assert value(after, "tailor_jobs", status="succeeded") == 0  # finished jobs are not a queue
+
+
+async def test_job_durations_come_from_the_jobs_table(t: Traced) -> None:
+    from datetime import timedelta
+
+    from core.ids import utcnow
+
+    run = t.run
+    tenant_id, _ = await new_tenant(run)
+    before = await scrape(run)
+    start = utcnow() - timedelta(hours=1)
+    with run.services.db.session() as s:
+        for status, minutes in (("succeeded", 4), ("succeeded", 20), ("failed", 1)):
+            s.add(
+                Job(
+                    id=new_id("ftjob"),
+                    tenant_id=tenant_id,
+                    status=status,
+                    method="supervised",
+                    model=BASE,
+                    adapter_name="a",
+                    hyperparameters={},
+                    started_at=start,
+                    finished_at=start + timedelta(minutes=minutes),
+                )
+            )
+    after = await scrape(run)
+
+    def added(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert added("tailor_job_duration_seconds_count", status="succeeded") == 2
+    assert added("tailor_job_duration_seconds_sum", status="succeeded") == 24 * 60
+    assert added("tailor_job_duration_seconds_bucket", status="succeeded", le="300.0") == 1
+    assert added("tailor_job_duration_seconds_bucket", status="succeeded", le="1800.0") == 2
+    assert added("tailor_job_duration_seconds_count", status="failed") == 1
 
 
 async def test_adapter_loads_and_evictions(t: Traced) -> None:

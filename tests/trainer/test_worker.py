@@ -358,3 +358,32 @@ def test_remote_teacher_distillation_uses_the_sealed_key_once(tmp_path: Path, mo
     assert (done.metrics or {})["distillation"]["teacher"] == "big-teacher at https://teacher.example/v1"
     # the finished job keeps no key, not even sealed
     assert (done.config or {})["teacher"]["api_key_sealed"] is None
+
+
+def test_jobs_are_traced_stage_by_stage(tmp_path: Path) -> None:
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import StatusCode
+
+    env = Env(tmp_path)
+    spans = InMemorySpanExporter()
+    env.worker.tracing.add_exporter(spans, batch=False)
+    ok = env.job(hyperparameters={**HYPER, "max_steps": 1})
+    assert env.worker.run_once()
+    done = jobs.get_job(env.db, env.tenant, ok.id)
+    assert done.status == "succeeded"
+    finished = {s.name: s for s in spans.get_finished_spans()}
+    assert set(finished) == {"fine_tuning supervised", "dataset", "train", "evaluate", "register", "apply"}
+    root = finished["fine_tuning supervised"]
+    assert root.attributes is not None and root.attributes["tailor.job.id"] == ok.id
+    assert root.attributes["gen_ai.request.model"] == env.settings.base_model_name
+    children = [s for s in finished.values() if s is not root]
+    assert all(s.parent is not None and s.parent.span_id == root.context.span_id for s in children)
+    assert finished["apply"].attributes == {"tailor.decision": done.decision, "tailor.version": 1}
+
+    spans.clear()
+    broken = env.job(training_file=None, dataset_id="ds-gone")
+    assert env.worker.run_once()
+    (failed,) = [s for s in spans.get_finished_spans() if s.name.startswith("fine_tuning")]
+    assert failed.status.status_code == StatusCode.ERROR
+    assert failed.attributes is not None and failed.attributes["tailor.job.id"] == broken.id
+    assert [e.name for e in failed.events] == ["exception"]

@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     port: int = Field(8000)
     admin_key: SecretStr | None = Field(None, description="Bearer key for /admin routes. Unset: admin API disabled.")
     max_request_bytes: int = Field(1_000_000, description="Largest accepted request body on JSON routes.")
+    max_output_tokens: int = Field(
+        4096, ge=1, description="Largest max_tokens / max_completion_tokens a request may ask for (400 above)."
+    )
     max_upload_bytes: int = Field(200_000_000, description="Largest accepted adapter archive upload.")
     max_adapter_bytes: int = Field(500_000_000, description="Largest accepted adapter (all files, unpacked).")
     secret_key: SecretStr | None = Field(

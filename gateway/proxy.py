@@ -106,6 +106,7 @@ async def complete(services: Services, caller: Caller, kind: Kind, body: dict[st
         telemetry.request_finished(spans, record, model_known)
 
     try:
+        _check_output_cap(body, services.settings.max_output_tokens)
         if caller.limits is not None:
             with spans.step("rate limits"):
                 await _admit(services, caller)
@@ -168,6 +169,18 @@ async def complete(services: Services, caller: Caller, kind: Kind, body: dict[st
         media_type="text/event-stream",
         headers={INTERACTION_HEADER: interaction_id, "cache-control": "no-cache"},
     )
+
+
+def _check_output_cap(body: dict[str, Any], cap: int) -> None:
+    for param in ("max_tokens", "max_completion_tokens"):
+        asked = body.get(param)
+        if isinstance(asked, int) and asked > cap:
+            raise TailorError(
+                400,
+                f"{param} is too large: {asked}. This gateway allows at most {cap} output tokens per request.",
+                code="invalid_value",
+                param=param,
+            )
 
 
 async def _admit(services: Services, caller: Caller) -> None:

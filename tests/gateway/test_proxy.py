@@ -1097,3 +1097,13 @@ async def test_database_outage_serves_known_callers_and_loses_no_record(tmp_path
         assert services.interactions.dropped == 0
         with contextlib.suppress(StopAsyncIteration):
             await views.__anext__()
+
+
+async def test_output_token_cap(gw: Gateway) -> None:
+    cap = gw.services.settings.max_output_tokens
+    err = error_of(await gw.chat(max_tokens=cap + 1), 400, param="max_tokens")
+    assert f"at most {cap}" in err["message"]
+    error_of(await gw.chat(max_completion_tokens=cap + 1), 400, param="max_completion_tokens")
+    assert gw.fake.completions() == []  # refused before the engine
+    assert (await gw.chat(max_tokens=cap)).status_code == 200
+    assert [row.status_code for row in await gw.rows()] == [400, 400, 200]

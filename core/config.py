@@ -122,6 +122,16 @@ class Settings(BaseSettings):
         '"adapter" (every adapter) or "TENANT/ADAPTER".',
     )
 
+    # --- privacy ---------------------------------------------------------------
+    redact_pii: bool = Field(
+        False,
+        description="Redact personal data (e-mail, phone, card, IBAN, SSN, IP) from every tenant's stored "
+        "interactions and feedback, whatever the tenant's own setting.",
+    )
+    retention_interval_s: float = Field(
+        3600.0, gt=0, description="How often tenants' retention periods are applied (interactions, feedback)."
+    )
+
     # --- interaction log -----------------------------------------------------
     log_flush_interval_s: float = Field(0.5)
     log_batch_size: int = Field(200)

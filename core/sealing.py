@@ -47,9 +47,14 @@ def _key_file_secret(data_dir: Path) -> str:
     return secret
 
 
+def secret(settings: Settings) -> str:
+    """The sealing secret: TAILOR_SECRET_KEY, else `<data_dir>/secret.key` (created once).
+    Also the root of other keys that must agree across hosts (the console's sessions)."""
+    return settings.secret_key.get_secret_value() if settings.secret_key else _key_file_secret(settings.data_dir)
+
+
 def _fernet(settings: Settings) -> Fernet:
-    secret = settings.secret_key.get_secret_value() if settings.secret_key else _key_file_secret(settings.data_dir)
-    return Fernet(_fernet_key(secret))
+    return Fernet(_fernet_key(secret(settings)))
 
 
 def seal(settings: Settings, plaintext: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -13,7 +14,23 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.config import Settings
 from core.errors import TailorError
-from gateway.routes import adapters, admin, feedback, files, fine_tuning, health, limits, metrics, openai, policy, usage
+from gateway import privacy
+from gateway.console import mount_console
+from gateway.routes import (
+    adapters,
+    admin,
+    audit,
+    feedback,
+    files,
+    fine_tuning,
+    health,
+    limits,
+    metrics,
+    openai,
+    policy,
+    usage,
+)
+from gateway.routes import privacy as privacy_routes
 from gateway.services import Services
 
 
@@ -47,6 +64,14 @@ async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     }.get(exc.status_code, str(exc.detail))
     code = {404: "unknown_url", 405: "method_not_allowed", 413: "request_too_large"}.get(exc.status_code)
     return error_response(TailorError(exc.status_code, message, code=code))
+
+
+async def _internal_error(_request: Request, _exc: Exception) -> JSONResponse:
+    # Starlette's ServerErrorMiddleware calls this for any unhandled exception, then re-raises it
+    # for the server to log; clients get OpenAI's error body instead of a text/plain page.
+    return error_response(
+        TailorError(500, "The server had an error while processing your request.", code="internal_error")
+    )
 
 
 class BodyLimit:
@@ -106,9 +131,14 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await svc.start(wait_for_engines=wait_for_engines)
+        retention = asyncio.create_task(
+            privacy.retention_loop(svc, interval_s=settings.retention_interval_s), name="retention"
+        )
         try:
             yield
         finally:
+            retention.cancel()
+            await asyncio.gather(retention, return_exceptions=True)
             await svc.stop()
 
     app = FastAPI(
@@ -121,6 +151,7 @@ def create_app(
     app.add_exception_handler(TailorError, _tailor_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _internal_error)
     routers = (
         openai.router,
         adapters.router,
@@ -135,11 +166,15 @@ def create_app(
         usage.admin_router,
         limits.router,
         limits.admin_router,
+        audit.router,
+        audit.admin_router,
+        privacy_routes.router,
         admin.router,
         health.router,
         metrics.router,
     )
     for router in routers:
         app.include_router(router)
+    mount_console(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes, max_upload_bytes=settings.max_upload_bytes)
     return app

@@ -1,50 +1,384 @@
 """The audit log: who did what to which tenant's setup, when, with the state before and after.
 
+(Appending is core.audit.record, re-exported here; this module describes and reads.)
+
 Every administrative and tenant-management action (tenants, keys, adapters and their
 versions, policies, limits, privacy settings, exports and deletions) appends one
 `core.models.AuditEvent`. The table is append-only: nothing here updates or deletes, and
 database triggers (migration 0004) refuse UPDATE and DELETE from anyone else.
 
 Secrets never enter it: callers pass descriptions (a key's id and hint, never the key).
+
+Actors: "admin" (the admin key), "key:<key id>" (a tenant's own key), "cli:<OS user>".
+The `*_created`/`*_changed` helpers below give each action one name and one shape of
+before/after, shared by the HTTP routes and the CLI.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import csv
+import getpass
+import io
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.orm import Session
+from sqlalchemy import Select, select
 
+# Writing lives in core.audit (the trainer writes events too); re-exported for the routes.
+from core.audit import ADMIN, actor_for_job, actor_for_key, record  # noqa: F401
 from core.db import Database
-from core.models import AuditEvent
+from core.errors import bad_request
+from core.models import ApiKey, AuditEvent
 
-ADMIN = "admin"
+if TYPE_CHECKING:
+    # Types only: the modules that record events may themselves be imported by these.
+    from adapters.registry import AdapterInfo, VersionInfo
+    from gateway.tenants import KeyInfo, TenantInfo
+    from trainer.jobs import JobInfo
+    from trainer.policy import PolicyInfo
+
+MAX_LIMIT = 1000
+DEFAULT_LIMIT = 100
 
 
-def actor_for_key(key_id: str) -> str:
-    return f"key:{key_id}"
+def actor_for_cli() -> str:
+    """`cli:<OS user>`: whoever runs `tailor` on a host holds the database credentials."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no login name and no passwd entry (some containers)
+        user = "unknown"
+    return f"cli:{user}"
 
 
-def record(
-    db: Database | Session,
-    *,
+# --- describing state (small JSON-ready dicts, never secrets) ----------------------
+
+
+def _iso(value: datetime | None) -> str | None:
+    return _utc(value).isoformat() if value is not None else None
+
+
+def describe_tenant(tenant: TenantInfo) -> dict[str, Any]:
+    return {"id": tenant.id, "name": tenant.name}
+
+
+def describe_key(key: KeyInfo) -> dict[str, Any]:
+    return {
+        "id": key.id,
+        "hint": key.hint,
+        "name": key.name,
+        "expires_at": _iso(key.expires_at),
+        "revoked_at": _iso(key.revoked_at),
+    }
+
+
+def key_state(db: Database, key_id: str) -> dict[str, Any] | None:
+    """A key's description as stored now (None if unknown): the `before` of revoke and rotate."""
+    with db.session() as s:
+        key = s.get(ApiKey, key_id)
+        if key is None:
+            return None
+        return {
+            "id": key.id,
+            "hint": key.hint,
+            "name": key.name,
+            "expires_at": _iso(key.expires_at),
+            "revoked_at": _iso(key.revoked_at),
+        }
+
+
+def describe_adapter(adapter: AdapterInfo | None) -> dict[str, Any] | None:
+    """What a name serves: the part promotions, canaries and uploads change."""
+    if adapter is None:
+        return None
+    return {
+        "active_version": adapter.active_version,
+        "canary_version": adapter.canary_version,
+        "canary_fraction": adapter.canary_fraction,
+        "versions": [v.version for v in adapter.versions],
+    }
+
+
+def describe_version(version: VersionInfo) -> dict[str, Any]:
+    return {
+        "version": version.version,
+        "digest": version.digest,
+        "rank": version.rank,
+        "size_bytes": version.size_bytes,
+        "state": version.state,
+        "source": version.source,
+    }
+
+
+def describe_policy(policy: PolicyInfo) -> dict[str, Any]:
+    # last_triggered_at is the scheduler's bookkeeping, not a setting anyone changes.
+    return {
+        "retrain": policy.retrain,
+        "retrain_min_feedback": policy.retrain_min_feedback,
+        "retrain_interval_hours": policy.retrain_interval_hours,
+        "auto_promote": policy.auto_promote,
+        "canary_fraction": policy.canary_fraction,
+        "gates": policy.gates,
+    }
+
+
+def describe_job(job: JobInfo) -> dict[str, Any]:
+    # Not the job's config: a distillation config may hold a sealed teacher key.
+    return {
+        "id": job.id,
+        "method": job.method,
+        "model": job.model,
+        "adapter_name": job.adapter_name,
+        "training_file": job.training_file,
+        "dataset_id": job.dataset_id,
+        "hyperparameters": job.hyperparameters,
+        "source": job.source,
+    }
+
+
+# --- recording one action (one name and shape per action, for routes and CLI) ------
+
+
+def tenant_created(db: Database, actor: str, tenant: TenantInfo) -> None:
+    record(
+        db, actor=actor, action="tenant.create", tenant_id=tenant.id, target=tenant.name, after=describe_tenant(tenant)
+    )
+
+
+def tenant_deleted(db: Database, actor: str, tenant: TenantInfo) -> None:
+    record(
+        db, actor=actor, action="tenant.delete", tenant_id=tenant.id, target=tenant.name, before=describe_tenant(tenant)
+    )
+
+
+def key_created(db: Database, actor: str, key: KeyInfo) -> None:
+    record(db, actor=actor, action="key.create", tenant_id=key.tenant_id, target=key.id, after=describe_key(key))
+
+
+def key_revoked(db: Database, actor: str, before: dict[str, Any] | None, key: KeyInfo) -> None:
+    record(
+        db,
+        actor=actor,
+        action="key.revoke",
+        tenant_id=key.tenant_id,
+        target=key.id,
+        before=before,
+        after=describe_key(key),
+    )
+
+
+def key_rotated(
+    db: Database, actor: str, old_id: str, old_before: dict[str, Any] | None, new: KeyInfo, *, grace_seconds: int
+) -> None:
+    """The old key as it was and as it is now (revoked, or expiring after the grace), and its successor."""
+    record(
+        db,
+        actor=actor,
+        action="key.rotate",
+        tenant_id=new.tenant_id,
+        target=old_id,
+        before={"old_key": old_before},
+        after={
+            "old_key": key_state(db, old_id),
+            "new_key": describe_key(new),
+            "grace_seconds": grace_seconds,
+        },
+    )
+
+
+def adapter_changed(
+    db: Database,
     actor: str,
     action: str,
-    tenant_id: str | None = None,
-    target: str | None = None,
-    before: dict[str, Any] | None = None,
-    after: dict[str, Any] | None = None,
+    *,
+    tenant_id: str,
+    name: str,
+    before: AdapterInfo | None,
+    after: AdapterInfo | None,
+    **extra: Any,
 ) -> None:
-    """Append one event; pass the action's own session to commit both or neither."""
-    event = AuditEvent(
-        actor=actor[:80],
+    """`adapter.<verb>` on name `name`; `extra` (e.g. the uploaded version) joins `after`."""
+    described = describe_adapter(after)
+    record(
+        db,
+        actor=actor,
         action=action,
         tenant_id=tenant_id,
-        target=target[:200] if target else None,
-        before=before,
-        after=after,
+        target=name,
+        before=describe_adapter(before),
+        after={**(described or {}), **extra} if described is not None or extra else None,
     )
-    if isinstance(db, Session):
-        db.add(event)
-        return
+
+
+def policy_changed(
+    db: Database, actor: str, *, tenant_id: str, tenant_name: str, before: PolicyInfo, after: PolicyInfo
+) -> None:
+    record(
+        db,
+        actor=actor,
+        action="policy.update",
+        tenant_id=tenant_id,
+        target=tenant_name,
+        before=describe_policy(before),
+        after=describe_policy(after),
+    )
+
+
+def job_created(db: Database, actor: str, job: JobInfo) -> None:
+    record(db, actor=actor, action="job.create", tenant_id=job.tenant_id, target=job.id, after=describe_job(job))
+
+
+# --- reading ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    at: datetime
+    actor: str
+    tenant_id: str | None
+    action: str
+    target: str | None
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class Filter:
+    """Which events to read. Events come newest first; ids grow with time.
+
+    `action` is exact, or a prefix when it ends with "." or ".*" ("adapter." matches
+    "adapter.promote" and "adapter.canary.start"). `since` is inclusive, `until` exclusive.
+    `older_than`/`newer_than` are event-id cursors: the API's `after`/`before`.
+    """
+
+    tenant_id: str | None = None
+    action: str | None = None
+    actor: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    older_than: int | None = None
+    newer_than: int | None = None
+
+
+@dataclass(frozen=True)
+class Page:
+    events: list[Event]
+    has_more: bool  # more events past the last one in the direction of the page
+
+
+def _utc(value: datetime) -> datetime:
+    # Naive means UTC; aware values are compared and shown in UTC, as the rows are stored
+    # (PostgreSQL hands timestamps back in the connection's time zone).
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+def _event(row: AuditEvent) -> Event:
+    return Event(
+        id=row.id,
+        at=_utc(row.at),
+        actor=row.actor,
+        tenant_id=row.tenant_id,
+        action=row.action,
+        target=row.target,
+        before=row.before,
+        after=row.after,
+    )
+
+
+def _filtered(f: Filter) -> Select[tuple[AuditEvent]]:
+    stmt = select(AuditEvent)
+    if f.tenant_id is not None:
+        stmt = stmt.where(AuditEvent.tenant_id == f.tenant_id)
+    if f.action:
+        prefix = f.action[:-1] if f.action.endswith(".*") else f.action
+        if prefix.endswith("."):
+            # autoescape: action names hold "_" ("fine_tuning"), a LIKE wildcard.
+            stmt = stmt.where(AuditEvent.action.startswith(prefix, autoescape=True))
+        else:
+            stmt = stmt.where(AuditEvent.action == f.action)
+    if f.actor is not None:
+        stmt = stmt.where(AuditEvent.actor == f.actor)
+    if f.since is not None:
+        stmt = stmt.where(AuditEvent.at >= _utc(f.since))
+    if f.until is not None:
+        stmt = stmt.where(AuditEvent.at < _utc(f.until))
+    if f.older_than is not None:
+        stmt = stmt.where(AuditEvent.id < f.older_than)
+    if f.newer_than is not None:
+        stmt = stmt.where(AuditEvent.id > f.newer_than)
+    return stmt
+
+
+def query(db: Database, f: Filter, *, limit: int = DEFAULT_LIMIT) -> Page:
+    """One page of events, newest first.
+
+    With `newer_than` the page holds the `limit` events just after that id (the previous
+    page, or what happened since a poll), still newest first; `has_more` then says that
+    even newer ones exist. Otherwise it holds the newest events (older than `older_than`)
+    and `has_more` says that older ones exist.
+    """
+    if not 1 <= limit <= MAX_LIMIT:
+        raise bad_request(f"limit must be between 1 and {MAX_LIMIT}.", param="limit")
+    upward = f.newer_than is not None
+    order = AuditEvent.id.asc() if upward else AuditEvent.id.desc()
     with db.session() as s:
-        s.add(event)
+        rows = list(s.scalars(_filtered(f).order_by(order).limit(limit + 1)))
+    events = [_event(r) for r in rows[:limit]]
+    if upward:
+        events.reverse()
+    return Page(events=events, has_more=len(rows) > limit)
+
+
+def iter_events(db: Database, f: Filter, *, batch: int = MAX_LIMIT) -> Iterator[Event]:
+    """Every matching event, newest first, read `batch` at a time (for exports of any size)."""
+    cursor = f
+    while True:
+        with db.session() as s:
+            rows = list(s.scalars(_filtered(cursor).order_by(AuditEvent.id.desc()).limit(batch)))
+        yield from (_event(r) for r in rows)
+        if len(rows) < batch:
+            return
+        cursor = replace(cursor, older_than=rows[-1].id)
+
+
+def has_events(db: Database, tenant_id: str) -> bool:
+    """Whether any event names this tenant id (it may belong to a deleted tenant)."""
+    with db.session() as s:
+        return s.scalar(select(AuditEvent.id).where(AuditEvent.tenant_id == tenant_id).limit(1)) is not None
+
+
+CSV_COLUMNS = ("id", "at", "actor", "tenant_id", "action", "target", "before", "after")
+
+
+def csv_lines(events: Iterable[Event]) -> Iterator[str]:
+    """A CSV header and one line per event; before/after as compact JSON."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+
+    def line(values: Iterable[object]) -> str:
+        buffer.seek(0)
+        buffer.truncate()
+        writer.writerow(values)
+        return buffer.getvalue()
+
+    yield line(CSV_COLUMNS)
+    for e in events:
+        yield line(
+            (
+                e.id,
+                e.at.isoformat(),
+                e.actor,
+                e.tenant_id or "",
+                e.action,
+                e.target or "",
+                _json_or_empty(e.before),
+                _json_or_empty(e.after),
+            )
+        )
+
+
+def _json_or_empty(value: dict[str, Any] | None) -> str:
+    return "" if value is None else json.dumps(value, sort_keys=True, separators=(",", ":"))

@@ -26,6 +26,7 @@ from core.db import Database, migrate
 from core.errors import TailorError, bad_request
 
 if TYPE_CHECKING:
+    from adapters.registry import AdapterInfo
     from trainer.jobs import JobInfo
 
 app = typer.Typer(
@@ -141,7 +142,7 @@ def train_cmd(
 ) -> None:
     """Queue a fine-tuning job from a tenant's feedback: dataset snapshot, training,
     evaluation against the current adapter, and promotion if the gates and policy allow."""
-    from gateway import tenants
+    from gateway import audit, tenants
     from trainer import jobs
 
     if not from_feedback:
@@ -173,6 +174,7 @@ def train_cmd(
             dataset_id=snapshot.id,
             max_lora_rank=settings.engine_max_lora_rank,
         )
+        audit.job_created(db, audit.actor_for_cli(), job)
     except TailorError as exc:
         _fail(exc)
     if wait:
@@ -314,7 +316,7 @@ def distill_cmd(
     OpenAI-compatible model; the context files are then optional."""
     from adapters import registry
     from core.blobs import BlobStore
-    from gateway import tenants
+    from gateway import audit, tenants
     from trainer import distill, files, jobs
 
     settings = Settings()
@@ -367,6 +369,7 @@ def distill_cmd(
             with contextlib.suppress(TailorError, OSError):
                 files.delete_file(db, blobs, owner.id, uploaded.id)
             raise
+        audit.job_created(db, audit.actor_for_cli(), job)
     except TailorError as exc:
         _fail(exc)
     if wait:
@@ -465,10 +468,12 @@ def migrate_cmd() -> None:
 
 @tenants_app.command("create")
 def tenants_create(name: str, as_json: JsonOpt = False) -> None:
-    from gateway import tenants
+    from gateway import audit, tenants
 
+    db = _db()
     try:
-        t = tenants.create_tenant(_db(), name)
+        t = tenants.create_tenant(db, name)
+        audit.tenant_created(db, audit.actor_for_cli(), t)
     except TailorError as exc:
         _fail(exc)
     _emit(asdict(t), as_json, f"created tenant {t.name} ({t.id})")
@@ -484,12 +489,15 @@ def tenants_list(as_json: JsonOpt = False) -> None:
 
 @tenants_app.command("delete")
 def tenants_delete(name: str, yes: Annotated[bool, typer.Option("--yes", help="Do not ask.")] = False) -> None:
-    from gateway import tenants
+    from gateway import audit, tenants
 
     if not yes:
         typer.confirm(f"Delete tenant {name} and everything it owns?", abort=True)
+    db = _db()
     try:
-        tenants.delete_tenant(_db(), name)
+        owner = tenants.find_tenant(db, name)
+        tenants.delete_tenant(db, owner.id)
+        audit.tenant_deleted(db, audit.actor_for_cli(), owner)
     except TailorError as exc:
         _fail(exc)
     typer.echo(f"deleted tenant {name}")
@@ -503,10 +511,12 @@ def keys_create(
     tenant: str, name: Annotated[str | None, typer.Option(help="A label for the key.")] = None, as_json: JsonOpt = False
 ) -> None:
     """Create a key. Its secret is printed once; Tailor stores only a hash."""
-    from gateway import tenants
+    from gateway import audit, tenants
 
+    db = _db()
     try:
-        new = tenants.create_key(_db(), tenant, name=name)
+        new = tenants.create_key(db, tenant, name=name)
+        audit.key_created(db, audit.actor_for_cli(), new.info)
     except TailorError as exc:
         _fail(exc)
     _emit(
@@ -534,10 +544,13 @@ def keys_list(tenant: str, as_json: JsonOpt = False) -> None:
 
 @keys_app.command("revoke")
 def keys_revoke(key_id: str, as_json: JsonOpt = False) -> None:
-    from gateway import tenants
+    from gateway import audit, tenants
 
+    db = _db()
     try:
-        info = tenants.revoke_key(_db(), key_id)
+        before = audit.key_state(db, key_id)
+        info = tenants.revoke_key(db, key_id)
+        audit.key_revoked(db, audit.actor_for_cli(), before, info)
     except TailorError as exc:
         _fail(exc)
     _emit(asdict(info), as_json, f"revoked {info.id}")
@@ -550,10 +563,13 @@ def keys_rotate(
     as_json: JsonOpt = False,
 ) -> None:
     """Replace a key with a new secret (printed once) for the same tenant and label."""
-    from gateway import tenants
+    from gateway import audit, tenants
 
+    db = _db()
     try:
-        new = tenants.rotate_key(_db(), key_id, grace_seconds=grace_seconds)
+        before = audit.key_state(db, key_id)
+        new = tenants.rotate_key(db, key_id, grace_seconds=grace_seconds)
+        audit.key_rotated(db, audit.actor_for_cli(), key_id, before, new.info, grace_seconds=grace_seconds)
     except TailorError as exc:
         _fail(exc)
     _emit(
@@ -587,11 +603,12 @@ def adapters_register(
 ) -> None:
     """Validate and store a PEFT adapter directory or archive (.zip/.tar.gz) as the next version."""
     from adapters import registry
-    from gateway import tenants
+    from gateway import audit, tenants
 
     db, store, limits, settings = _registry_context()
     try:
         owner = tenants.find_tenant(db, tenant)
+        before = _adapter_or_none(db, owner.id, name)
         if path.is_dir():
             v = registry.register_dir(
                 db,
@@ -616,6 +633,16 @@ def adapters_register(
                 max_upload_bytes=settings.max_adapter_bytes,
                 activate=activate,
             )
+        audit.adapter_changed(
+            db,
+            audit.actor_for_cli(),
+            "adapter.register",
+            tenant_id=owner.id,
+            name=name,
+            before=before,
+            after=registry.get_adapter(db, owner.id, name),
+            version=audit.describe_version(v),
+        )
     except TailorError as exc:
         _fail(exc)
     _emit(asdict(v), as_json, f"registered {tenant}/{name} version {v.version} (rank {v.rank}, {v.digest[:12]})")
@@ -638,17 +665,34 @@ def adapters_list(tenant: str, as_json: JsonOpt = False) -> None:
     )
 
 
+def _adapter_or_none(db: Database, tenant_id: str, name: str) -> AdapterInfo | None:
+    """An adapter name's state before a registration; None for a new name."""
+    from adapters import registry
+
+    try:
+        return registry.get_adapter(db, tenant_id, name)
+    except TailorError as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
 def _switch(tenant: str, name: str, version: int | None, as_json: bool) -> None:
-    from adapters import promotion
-    from gateway import tenants
+    from adapters import promotion, registry
+    from gateway import audit, tenants
 
     db = _db()
     try:
         owner = tenants.find_tenant(db, tenant)
+        before = registry.get_adapter(db, owner.id, name)
         if version is None:
             info = promotion.rollback(db, owner.id, name, by="cli")
         else:
             info = promotion.promote(db, owner.id, name, version, by="cli")
+        action = "adapter.rollback" if version is None else "adapter.promote"
+        audit.adapter_changed(
+            db, audit.actor_for_cli(), action, tenant_id=owner.id, name=name, before=before, after=info
+        )
     except TailorError as exc:
         _fail(exc)
     _emit(asdict(info), as_json, f"{tenant}/{name} now serves version {info.active_version}")
@@ -675,16 +719,21 @@ def adapters_canary(
     as_json: JsonOpt = False,
 ) -> None:
     """Send a fraction of `name`'s traffic to another version (0 stops the canary)."""
-    from adapters import promotion
-    from gateway import tenants
+    from adapters import promotion, registry
+    from gateway import audit, tenants
 
     db = _db()
     try:
         owner = tenants.find_tenant(db, tenant)
+        before = registry.get_adapter(db, owner.id, name)
         if fraction <= 0:
             info = promotion.stop_canary(db, owner.id, name)
         else:
             info = promotion.start_canary(db, owner.id, name, version, fraction, by="cli")
+        action = "adapter.canary.stop" if fraction <= 0 else "adapter.canary.start"
+        audit.adapter_changed(
+            db, audit.actor_for_cli(), action, tenant_id=owner.id, name=name, before=before, after=info
+        )
     except TailorError as exc:
         _fail(exc)
     _emit(asdict(info), as_json, f"{tenant}/{name}: canary v{info.canary_version} at {info.canary_fraction:.0%}")

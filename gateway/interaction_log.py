@@ -4,6 +4,11 @@ Handlers `record()` a plain dataclass into an in-memory queue (no I/O, no await)
 background task writes batches in a worker thread. Shutdown drains the queue, so a
 graceful stop loses nothing. A failing database is retried with back-off; records are
 dropped (and counted) only when the queue is full.
+
+Personal data is redacted (gateway.redaction) in the writer thread, just before insert,
+for tenants with `redact_pii` set or for everyone when `redact_all` is on: the flags are
+read with one query per batch, never on the request path, and a changed flag applies
+from the next batch on.
 """
 
 from __future__ import annotations
@@ -15,12 +20,14 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from core.db import Database
 from core.ids import utcnow
-from core.models import Interaction
+from core.models import Interaction, Tenant
+from gateway.redaction import redact_optional, redact_payload
 
 log = logging.getLogger("tailor.interactions")
 
@@ -49,9 +56,16 @@ class InteractionRecord:
 
 class InteractionLog:
     def __init__(
-        self, db: Database, *, batch_size: int = 200, flush_interval_s: float = 0.5, max_queue: int = 100_000
+        self,
+        db: Database,
+        *,
+        batch_size: int = 200,
+        flush_interval_s: float = 0.5,
+        max_queue: int = 100_000,
+        redact_all: bool = False,
     ) -> None:
         self.db = db
+        self.redact_all = redact_all
         self.batch_size = batch_size
         self.flush_interval_s = flush_interval_s
         self.queue: asyncio.Queue[InteractionRecord] = asyncio.Queue(maxsize=max_queue)
@@ -139,4 +153,20 @@ class InteractionLog:
     def _write(self, batch: list[InteractionRecord]) -> None:
         if batch:
             with self.db.session() as s:
-                s.execute(insert(Interaction), [asdict(r) for r in batch])
+                redacting = self._redacting_tenants(s, {r.tenant_id for r in batch})
+                rows = [_redacted(asdict(r)) if r.tenant_id in redacting else asdict(r) for r in batch]
+                s.execute(insert(Interaction), rows)
+
+    def _redacting_tenants(self, s: Session, tenant_ids: set[str]) -> set[str]:
+        if self.redact_all:
+            return tenant_ids
+        query = select(Tenant.id).where(Tenant.id.in_(sorted(tenant_ids)), Tenant.redact_pii.is_(True))
+        return set(s.scalars(query))
+
+
+def _redacted(row: dict[str, Any]) -> dict[str, Any]:
+    # The error text too: validation messages can echo what the client sent.
+    row["request"] = redact_payload(row["request"])
+    row["response_text"] = redact_optional(row["response_text"])
+    row["error"] = redact_optional(row["error"])
+    return row

@@ -101,6 +101,7 @@ class Services:
             batch_size=settings.log_batch_size,
             flush_interval_s=settings.log_flush_interval_s,
             max_queue=settings.log_queue_max,
+            redact_all=settings.redact_pii,
         )
         self.meter = TokenMeter(self.db, flush_interval_s=settings.log_flush_interval_s)
         self.keys: TTLCache[str, object] = TTLCache(settings.auth_cache_ttl_s)

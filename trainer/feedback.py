@@ -15,14 +15,18 @@ Fields, all optional but at least one of rating / score / correction / preferred
 
 Rows are append-only: a later rating of the same interaction outweighs an earlier one when
 datasets and signals are computed, nothing is overwritten.
+
+Callers may pass `redact` (a text -> text function, e.g. gateway.redaction.redact_text
+for tenants that asked for it): it is applied to every stored text (correction, preferred,
+rejected, imported messages) after validation, so what a client sent is checked as sent.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -40,6 +44,8 @@ from trainer.datasets import (
     check_text,
     verdict,
 )
+
+Redactor = Callable[[str], str]
 
 RATINGS = ("good", "bad")
 MAX_IMPORT_LINES = 10_000
@@ -200,7 +206,10 @@ def _row(
     interaction: Interaction | None = None,
     messages: tuple[Message, ...] | None = None,
     model: str | None = None,
+    redact: Redactor | None = None,
 ) -> Feedback:
+    if redact is not None:
+        fields, messages = _redacted(fields, messages, redact)
     return Feedback(
         id=new_id("fb"),
         tenant_id=tenant_id,
@@ -218,6 +227,20 @@ def _row(
     )
 
 
+def _redacted(
+    fields: _Fields, messages: tuple[Message, ...] | None, redact: Redactor
+) -> tuple[_Fields, tuple[Message, ...] | None]:
+    def text(value: str | None) -> str | None:
+        return None if value is None else redact(value)
+
+    fields = replace(
+        fields, correction=text(fields.correction), preferred=text(fields.preferred), rejected=text(fields.rejected)
+    )
+    if messages is not None:
+        messages = tuple({**m, "content": redact(m["content"])} for m in messages)
+    return fields, messages
+
+
 def _not_found(interaction_id: str) -> TailorError:
     # The same answer for unknown and other tenants' interactions.
     return TailorError(404, f"No interaction {interaction_id!r}.", code="interaction_not_found", param="interaction_id")
@@ -233,6 +256,7 @@ def record_feedback(
     correction: str | None = None,
     preferred: str | None = None,
     rejected: str | None = None,
+    redact: Redactor | None = None,
 ) -> FeedbackInfo:
     try:
         interaction_id = _check_interaction_id(interaction_id)
@@ -247,7 +271,7 @@ def record_feedback(
             _needs_response(fields, interaction)
         except _Refused as exc:
             raise bad_request(exc.message + ".", param=exc.param) from None
-        row = _row(tenant_id, fields, source="api", interaction=interaction)
+        row = _row(tenant_id, fields, source="api", interaction=interaction, redact=redact)
         s.add(row)
     return _info(row)
 
@@ -332,7 +356,12 @@ def _import_error(lineno: int, message: str) -> TailorError:
 
 
 def import_feedback_jsonl(
-    db: Database, tenant_id: str, lines: bytes, *, max_lines: int = MAX_IMPORT_LINES
+    db: Database,
+    tenant_id: str,
+    lines: bytes,
+    *,
+    max_lines: int = MAX_IMPORT_LINES,
+    redact: Redactor | None = None,
 ) -> ImportResult:
     """Import feedback, one JSON object per line; all lines or none.
 
@@ -369,7 +398,9 @@ def import_feedback_jsonl(
         rows: list[Feedback] = []
         for p in parsed:
             if p.interaction_id is None:
-                rows.append(_row(tenant_id, p.fields, source="import", messages=p.messages, model=p.model))
+                rows.append(
+                    _row(tenant_id, p.fields, source="import", messages=p.messages, model=p.model, redact=redact)
+                )
                 continue
             interaction = interactions.get(p.interaction_id)
             if interaction is None:
@@ -378,7 +409,7 @@ def import_feedback_jsonl(
                 _needs_response(p.fields, interaction)
             except _Refused as exc:
                 raise _import_error(p.lineno, exc.message) from None
-            rows.append(_row(tenant_id, p.fields, source="import", interaction=interaction))
+            rows.append(_row(tenant_id, p.fields, source="import", interaction=interaction, redact=redact))
         s.add_all(rows)
     return ImportResult(imported=len(rows), ids=tuple(r.id for r in rows))
 

@@ -25,6 +25,11 @@ from core.models import Adapter, AdapterVersion, Feedback, Job, TenantPolicy, UT
 from trainer.feedback import FeedbackSignal, feedback_signal
 from trainer.gates import GateConfig
 
+# Bounds a stored value must respect: the column is a 32-bit integer on PostgreSQL, and the
+# scheduler adds the interval to a datetime (larger values overflow and would stop it).
+MAX_MIN_FEEDBACK = 2**31 - 1
+MAX_INTERVAL_HOURS = 24 * 366 * 10
+
 RETRAIN_MODES = ("off", "on_demand", "feedback_count", "drift", "schedule")
 # A window must hold this many judged answers before its share of good ones means anything.
 MIN_JUDGED = 20
@@ -86,13 +91,18 @@ def set_policy(db: Database, tenant_id: str, changes: dict[str, Any]) -> PolicyI
         if isinstance(changes.get(key), bool):
             raise bad_request(f"{key} must be a number, not true/false.", param=key)
     if "retrain_min_feedback" in changes and not (
-        isinstance(changes["retrain_min_feedback"], int) and changes["retrain_min_feedback"] >= 1
+        isinstance(changes["retrain_min_feedback"], int) and 1 <= changes["retrain_min_feedback"] <= MAX_MIN_FEEDBACK
     ):
-        raise bad_request("retrain_min_feedback must be a positive integer.", param="retrain_min_feedback")
+        raise bad_request(
+            f"retrain_min_feedback must be an integer from 1 to {MAX_MIN_FEEDBACK}.", param="retrain_min_feedback"
+        )
     if "retrain_interval_hours" in changes and not (
-        isinstance(changes["retrain_interval_hours"], (int, float)) and changes["retrain_interval_hours"] > 0
+        isinstance(changes["retrain_interval_hours"], (int, float))
+        and 0 < changes["retrain_interval_hours"] <= MAX_INTERVAL_HOURS
     ):
-        raise bad_request("retrain_interval_hours must be positive.", param="retrain_interval_hours")
+        raise bad_request(
+            f"retrain_interval_hours must be above 0 and at most {MAX_INTERVAL_HOURS}.", param="retrain_interval_hours"
+        )
     if "canary_fraction" in changes and not (
         isinstance(changes["canary_fraction"], (int, float)) and 0 <= changes["canary_fraction"] < 1
     ):

@@ -53,6 +53,7 @@ from typing import Any
 from adapters import promotion, registry
 from adapters.registry import ValidationLimits, VersionInfo
 from adapters.store import AdapterStore
+from core import audit
 from core.blobs import BlobStore
 from core.config import Settings
 from core.db import Database
@@ -595,6 +596,8 @@ class Worker:
 
     def _apply(self, job: JobInfo, version: VersionInfo, outcome: str, decision: Decision, policy: PolicyInfo) -> None:
         name, by, n = job.adapter_name, f"job {job.id}", version.version
+        before = promotion.active_version(self.db, job.tenant_id, name)
+        action = {"rejected": "adapter.reject", "canary": "adapter.canary.start", "promoted": "adapter.promote"}
         if outcome == "rejected":
             reasons = "; ".join(decision.reasons)
             promotion.reject(self.db, job.tenant_id, name, n, reason=reasons)
@@ -616,6 +619,21 @@ class Worker:
         else:
             promotion.promote(self.db, job.tenant_id, name, n, by=by)
             self._event(job, f"Gates passed; {name} now serves version {n}")
+        if outcome in action:  # a candidate left for a person changes nothing yet
+            audit.record(
+                self.db,
+                actor=audit.actor_for_job(job.id),
+                action=action[outcome],
+                tenant_id=job.tenant_id,
+                target=name,
+                before={"active_version": before.version if before else None},
+                after={
+                    "version": n,
+                    "active_version": n if outcome == "promoted" else (before.version if before else None),
+                    "canary_fraction": policy.canary_fraction if outcome == "canary" else None,
+                    "reasons": list(decision.reasons),
+                },
+            )
 
     # --- bookkeeping -------------------------------------------------------------
 

@@ -1,7 +1,10 @@
 """Adapters: a tenant manages its own (`/v1/adapters`), operators any tenant's (`/admin`).
 
 Both routers call the same functions below; they differ only in how the tenant is
-found (the caller's key, or the `{tenant}` path segment behind the admin key).
+found (the caller's key, or the `{tenant}` path segment behind the admin key) and in who
+the audit log names as the actor. Each change is recorded there after it succeeded (the
+registry and promotion functions own their transactions), with what the name served
+before and after.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, UploadFile
 from starlette.concurrency import run_in_threadpool
@@ -18,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from adapters import promotion, registry
 from adapters.registry import AdapterInfo
 from core.errors import TailorError
-from gateway import tenants
+from gateway import audit, tenants
 from gateway.deps import AdminDep, CallerDep, ServicesDep
 from gateway.protocol import (
     ActivateVersion,
@@ -35,14 +38,14 @@ admin_router = APIRouter(prefix="/admin/tenants/{tenant}/adapters", tags=["admin
 
 
 def own_tenant(caller: CallerDep) -> tuple[str, str]:
-    return caller.tenant_id, f"key:{caller.key_id}"
+    return caller.tenant_id, audit.actor_for_key(caller.key_id)
 
 
 def admin_tenant(tenant: str, services: ServicesDep) -> tuple[str, str]:
-    return tenants.find_tenant(services.db, tenant).id, "admin"
+    return tenants.find_tenant(services.db, tenant).id, audit.ADMIN
 
 
-# (tenant id, who is acting) for the audit fields of promotions.
+# (tenant id, who is acting) for promoted_by and the audit log.
 AdminTenant = Annotated[tuple[str, str], Depends(admin_tenant)]
 
 
@@ -60,7 +63,33 @@ def adapter_out(info: AdapterInfo) -> AdapterOut:
     )
 
 
-async def upload(services: Services, tenant_id: str, name: str, archive: UploadFile) -> AdapterOut:
+def _current(services: Services, tenant_id: str, name: str) -> AdapterInfo | None:
+    """What `name` is before a change; None for a name not registered yet."""
+    try:
+        return registry.get_adapter(services.db, tenant_id, name)
+    except TailorError as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def _audited(
+    services: Services,
+    who: tuple[str, str],
+    action: str,
+    name: str,
+    before: AdapterInfo | None,
+    after: AdapterInfo | None = None,
+    **extra: Any,
+) -> AdapterOut:
+    """Record a successful change of `name` and answer with its new state (read now if not given)."""
+    after = after or registry.get_adapter(services.db, who[0], name)
+    audit.adapter_changed(services.db, who[1], action, tenant_id=who[0], name=name, before=before, after=after, **extra)
+    services.changed()
+    return adapter_out(after)
+
+
+async def upload(services: Services, who: tuple[str, str], name: str, archive: UploadFile) -> AdapterOut:
     limit = services.settings.max_upload_bytes
     with tempfile.TemporaryDirectory(prefix="tailor-archive-") as tmp:
         path = Path(tmp) / "upload"
@@ -71,28 +100,27 @@ async def upload(services: Services, tenant_id: str, name: str, archive: UploadF
                 if written > limit:
                     raise TailorError(413, f"Adapter archive exceeds {limit} bytes.", code="file_too_large")
                 out.write(chunk)
-        await run_in_threadpool(
+        before = await run_in_threadpool(_current, services, who[0], name)
+        version = await run_in_threadpool(
             registry.register_archive,
             services.db,
             services.store,
             services.limits,
-            tenant_id=tenant_id,
+            tenant_id=who[0],
             name=name,
             archive=path,
             base_model_name=services.settings.base_model_name,
             max_upload_bytes=services.settings.max_adapter_bytes,
         )
-    services.changed()
-    return adapter_out(registry.get_adapter(services.db, tenant_id, name))
+    return await run_in_threadpool(
+        _audited, services, who, "adapter.upload", name, before, version=audit.describe_version(version)
+    )
 
 
-def _changed(services: Services, info: AdapterInfo) -> AdapterOut:
-    services.changed()
-    return adapter_out(info)
-
-
-def delete(services: Services, tenant_id: str, name: str) -> dict[str, object]:
-    registry.delete_adapter(services.db, tenant_id, name)
+def delete(services: Services, who: tuple[str, str], name: str) -> dict[str, object]:
+    before = registry.get_adapter(services.db, who[0], name)  # 404 for unknown and foreign names
+    registry.delete_adapter(services.db, who[0], name)
+    audit.adapter_changed(services.db, who[1], "adapter.delete", tenant_id=who[0], name=name, before=before, after=None)
     services.changed()
     return {"id": name, "object": "adapter", "deleted": True}
 
@@ -118,7 +146,7 @@ def _routes(r: APIRouter, tenant_dep: Callable[..., tuple[str, str]]) -> None:
     async def upload_adapter(
         services: ServicesDep, who: tuple[str, str] = who_dep, name: str = Form(...), file: UploadFile = File(...)
     ) -> AdapterOut:
-        return await upload(services, who[0], name, file)
+        return await upload(services, who, name, file)
 
     @r.get("/{name}", response_model=AdapterOut)
     def get_adapter(name: str, services: ServicesDep, who: tuple[str, str] = who_dep) -> AdapterOut:
@@ -138,7 +166,9 @@ def _routes(r: APIRouter, tenant_dep: Callable[..., tuple[str, str]]) -> None:
         summary="Promote: point `name` at one of its versions (atomic, no downtime)",
     )
     def activate(name: str, body: ActivateVersion, services: ServicesDep, who: tuple[str, str] = who_dep) -> AdapterOut:
-        return _changed(services, promotion.promote(services.db, who[0], name, body.version, by=who[1]))
+        before = registry.get_adapter(services.db, who[0], name)
+        after = promotion.promote(services.db, who[0], name, body.version, by=who[1])
+        return _audited(services, who, "adapter.promote", name, before, after)
 
     @r.post(
         "/{name}/rollback",
@@ -146,22 +176,27 @@ def _routes(r: APIRouter, tenant_dep: Callable[..., tuple[str, str]]) -> None:
         summary="Serve the version that was active before the current one",
     )
     def rollback(name: str, services: ServicesDep, who: tuple[str, str] = who_dep) -> AdapterOut:
-        return _changed(services, promotion.rollback(services.db, who[0], name, by=who[1]))
+        before = registry.get_adapter(services.db, who[0], name)
+        after = promotion.rollback(services.db, who[0], name, by=who[1])
+        return _audited(services, who, "adapter.rollback", name, before, after)
 
     @r.post(
         "/{name}/canary", response_model=AdapterOut, summary="Send a fraction of `name`'s traffic to another version"
     )
     def canary(name: str, body: CanaryStart, services: ServicesDep, who: tuple[str, str] = who_dep) -> AdapterOut:
-        info = promotion.start_canary(services.db, who[0], name, body.version, body.fraction, by=who[1])
-        return _changed(services, info)
+        before = registry.get_adapter(services.db, who[0], name)
+        after = promotion.start_canary(services.db, who[0], name, body.version, body.fraction, by=who[1])
+        return _audited(services, who, "adapter.canary.start", name, before, after)
 
     @r.delete("/{name}/canary", response_model=AdapterOut, summary="Stop the canary")
     def stop_canary(name: str, services: ServicesDep, who: tuple[str, str] = who_dep) -> AdapterOut:
-        return _changed(services, promotion.stop_canary(services.db, who[0], name))
+        before = registry.get_adapter(services.db, who[0], name)
+        after = promotion.stop_canary(services.db, who[0], name)
+        return _audited(services, who, "adapter.canary.stop", name, before, after)
 
     @r.delete("/{name}", summary="Delete the adapter name and its versions")
     def delete_adapter(name: str, services: ServicesDep, who: tuple[str, str] = who_dep) -> dict[str, object]:
-        return delete(services, who[0], name)
+        return delete(services, who, name)
 
 
 _routes(router, own_tenant)
@@ -178,7 +213,8 @@ def admin_register_path(body: AdapterRegisterPath, services: ServicesDep, who: A
     source = Path(body.path)
     if not source.is_dir():
         raise TailorError(400, f"{body.path!r} is not a directory.", code="invalid_adapter", param="path")
-    registry.register_dir(
+    before = _current(services, who[0], body.name)
+    version = registry.register_dir(
         services.db,
         services.store,
         services.limits,
@@ -189,5 +225,4 @@ def admin_register_path(body: AdapterRegisterPath, services: ServicesDep, who: A
         source="path",
         activate=body.activate,
     )
-    services.changed()
-    return adapter_out(registry.get_adapter(services.db, who[0], body.name))
+    return _audited(services, who, "adapter.register", body.name, before, version=audit.describe_version(version))

@@ -1,4 +1,8 @@
-"""Operator API (admin key): tenants, their keys, and the engines' state."""
+"""Operator API (admin key): tenants, their keys, and the engines' state.
+
+Every change is recorded in the audit log (gateway.audit) after it succeeded: the
+functions in gateway.tenants own their transactions.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ from dataclasses import asdict
 
 from fastapi import APIRouter
 
-from gateway import tenants
+from gateway import audit, tenants
 from gateway.deps import AdminDep, ServicesDep
 from gateway.protocol import EngineOut, KeyCreate, KeyCreated, KeyOut, TenantCreate, TenantOut
 
@@ -15,7 +19,9 @@ router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminDep])
 
 @router.post("/tenants", response_model=TenantOut, status_code=201)
 def create_tenant(body: TenantCreate, services: ServicesDep) -> TenantOut:
-    return TenantOut(**asdict(tenants.create_tenant(services.db, body.name)))
+    created = tenants.create_tenant(services.db, body.name)
+    audit.tenant_created(services.db, audit.ADMIN, created)
+    return TenantOut(**asdict(created))
 
 
 @router.get("/tenants", response_model=list[TenantOut])
@@ -30,7 +36,9 @@ def get_tenant(tenant: str, services: ServicesDep) -> TenantOut:
 
 @router.delete("/tenants/{tenant}")
 def delete_tenant(tenant: str, services: ServicesDep) -> dict[str, object]:
-    tenants.delete_tenant(services.db, tenant)
+    owner = tenants.find_tenant(services.db, tenant)
+    tenants.delete_tenant(services.db, owner.id)
+    audit.tenant_deleted(services.db, audit.ADMIN, owner)
     services.changed()
     return {"id": tenant, "object": "tenant", "deleted": True}
 
@@ -43,6 +51,7 @@ def delete_tenant(tenant: str, services: ServicesDep) -> dict[str, object]:
 )
 def create_key(tenant: str, body: KeyCreate, services: ServicesDep) -> KeyCreated:
     new = tenants.create_key(services.db, tenant, name=body.name, expires_at=body.expires_at)
+    audit.key_created(services.db, audit.ADMIN, new.info)
     return KeyCreated(**asdict(new.info), key=new.secret)
 
 
@@ -53,7 +62,9 @@ def list_keys(tenant: str, services: ServicesDep) -> list[KeyOut]:
 
 @router.post("/keys/{key_id}/revoke", response_model=KeyOut)
 def revoke_key(key_id: str, services: ServicesDep) -> KeyOut:
+    before = audit.key_state(services.db, key_id)
     info = tenants.revoke_key(services.db, key_id)
+    audit.key_revoked(services.db, audit.ADMIN, before, info)
     services.changed()
     return KeyOut(**asdict(info))
 
@@ -65,7 +76,9 @@ def revoke_key(key_id: str, services: ServicesDep) -> KeyOut:
     summary="Replace a key: a new secret for the same tenant; the old one ends after grace_seconds",
 )
 def rotate_key(key_id: str, services: ServicesDep, grace_seconds: int = 0) -> KeyCreated:
+    before = audit.key_state(services.db, key_id)
     new = tenants.rotate_key(services.db, key_id, grace_seconds=grace_seconds)
+    audit.key_rotated(services.db, audit.ADMIN, key_id, before, new.info, grace_seconds=grace_seconds)
     services.changed()
     return KeyCreated(**asdict(new.info), key=new.secret)
 

@@ -7,13 +7,17 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from core.errors import TailorError, bad_request
+from core.models import Tenant
 from gateway.deps import CallerDep, ServicesDep
+from gateway.redaction import redact_text
+from gateway.services import Services
 from trainer import feedback
-from trainer.feedback import FeedbackInfo
+from trainer.feedback import FeedbackInfo, Redactor
 
 router = APIRouter(prefix="/v1", tags=["feedback"])
 
@@ -88,6 +92,16 @@ def feedback_out(info: FeedbackInfo) -> FeedbackOut:
     )
 
 
+def _redactor(services: Services, tenant_id: str) -> Redactor | None:
+    """Personal data is redacted from stored feedback text when the tenant (or the whole
+    gateway, setting redact_pii) asked for it; reads the database, so call it in a thread."""
+    if services.settings.redact_pii:
+        return redact_text
+    with services.db.session() as s:
+        wanted = s.scalar(select(Tenant.redact_pii).where(Tenant.id == tenant_id))
+    return redact_text if wanted else None
+
+
 @router.post(
     "/feedback",
     response_model=FeedbackOut,
@@ -95,7 +109,8 @@ def feedback_out(info: FeedbackInfo) -> FeedbackOut:
     summary="Rate, correct or prefer an answer the gateway served",
 )
 async def create_feedback(body: FeedbackCreate, services: ServicesDep, caller: CallerDep) -> FeedbackOut:
-    record = partial(feedback.record_feedback, services.db, caller.tenant_id, **body.model_dump())
+    redact = await run_in_threadpool(_redactor, services, caller.tenant_id)
+    record = partial(feedback.record_feedback, services.db, caller.tenant_id, redact=redact, **body.model_dump())
     try:
         info = await run_in_threadpool(record)
     except TailorError as exc:
@@ -160,7 +175,10 @@ async def _read_import(request: Request) -> bytes:
 )
 async def import_feedback(request: Request, services: ServicesDep, caller: CallerDep) -> FeedbackImported:
     data = await _read_import(request)
-    result = await run_in_threadpool(feedback.import_feedback_jsonl, services.db, caller.tenant_id, data)
+    redact = await run_in_threadpool(_redactor, services, caller.tenant_id)
+    result = await run_in_threadpool(
+        partial(feedback.import_feedback_jsonl, services.db, caller.tenant_id, data, redact=redact)
+    )
     return FeedbackImported(imported=result.imported, ids=list(result.ids))
 
 

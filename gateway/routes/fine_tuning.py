@@ -23,7 +23,7 @@ from starlette.responses import Response
 
 from adapters import registry
 from core.errors import bad_request, not_found
-from gateway import tenants
+from gateway import audit, tenants
 from gateway.deps import AdminDep, CallerDep, ServicesDep
 from gateway.services import Services
 from trainer import distill, jobs
@@ -350,7 +350,7 @@ def _event_cursor(after: str | None) -> int | None:
     return int(match.group(1))
 
 
-def _report_bytes(services: Services, tenant_id: str, job_id: str, name: str) -> bytes:
+def report_bytes(services: Services, tenant_id: str, job_id: str, name: str) -> bytes:
     evaluation = jobs.get_evaluation(services.db, tenant_id, job_id)
     if evaluation.report_key is None:
         raise not_found(f"Fine-tuning job {job_id} has no report.", code="report_not_found")
@@ -362,7 +362,10 @@ def _report_bytes(services: Services, tenant_id: str, job_id: str, name: str) ->
 
 @router.post("", response_model=FineTuningJobOut, summary="Create a fine-tuning job (queued for a trainer worker)")
 def create_job(body: CreateFineTuningJobIn, services: ServicesDep, caller: CallerDep) -> FineTuningJobOut:
-    return create(services, caller.tenant_id, body)
+    out = create(services, caller.tenant_id, body)
+    job = jobs.get_job(services.db, caller.tenant_id, out.id)
+    audit.job_created(services.db, audit.actor_for_key(caller.key_id), job)
+    return out
 
 
 @router.get("", response_model=FineTuningJobListOut, summary="List your fine-tuning jobs, newest first")
@@ -384,7 +387,16 @@ def get_job(fine_tuning_job_id: str, services: ServicesDep, caller: CallerDep) -
     summary="Cancel: a queued job at once, a running one at its next training step",
 )
 def cancel_job(fine_tuning_job_id: str, services: ServicesDep, caller: CallerDep) -> FineTuningJobOut:
-    return job_out(jobs.cancel_job(services.db, caller.tenant_id, fine_tuning_job_id))
+    job = jobs.cancel_job(services.db, caller.tenant_id, fine_tuning_job_id)
+    audit.record(
+        services.db,
+        actor=audit.actor_for_key(caller.key_id),
+        action="job.cancel",
+        tenant_id=job.tenant_id,
+        target=job.id,
+        after={"status": job.status, "cancel_requested": job.cancel_requested},
+    )
+    return job_out(job)
 
 
 @router.get("/{fine_tuning_job_id}/events", response_model=JobEventListOut, summary="A job's events, newest first")
@@ -447,13 +459,13 @@ def get_evaluation(fine_tuning_job_id: str, services: ServicesDep, caller: Calle
 
 @router.get("/{fine_tuning_job_id}/report.json", summary="Tailor: the job's evaluation report")
 def get_report_json(fine_tuning_job_id: str, services: ServicesDep, caller: CallerDep) -> Response:
-    data = _report_bytes(services, caller.tenant_id, fine_tuning_job_id, "report.json")
+    data = report_bytes(services, caller.tenant_id, fine_tuning_job_id, "report.json")
     return Response(content=data, media_type="application/json")
 
 
 @router.get("/{fine_tuning_job_id}/report.png", summary="Tailor: the job's training-loss plot")
 def get_report_png(fine_tuning_job_id: str, services: ServicesDep, caller: CallerDep) -> Response:
-    data = _report_bytes(services, caller.tenant_id, fine_tuning_job_id, "loss.png")
+    data = report_bytes(services, caller.tenant_id, fine_tuning_job_id, "loss.png")
     return Response(content=data, media_type="image/png")
 
 
@@ -486,4 +498,5 @@ def train_from_feedback(tenant: str, body: TrainFromFeedbackIn, services: Servic
         dataset_id=snapshot.id,
         max_lora_rank=services.settings.engine_max_lora_rank,
     )
+    audit.job_created(services.db, audit.ADMIN, job)
     return job_out(job)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from fastapi import APIRouter
+from pydantic import BaseModel
 from starlette.responses import JSONResponse
 
 from gateway.deps import ServicesDep
@@ -15,7 +18,25 @@ def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/ready", summary="At least one engine can take requests")
+class InteractionLogOut(BaseModel):
+    written: int
+    dropped: int
+    queued: int
+
+
+class ReadyOut(BaseModel):
+    status: Literal["ready", "unavailable"]
+    healthy_engines: int
+    engines: int
+    interaction_log: InteractionLogOut
+
+
+@router.get(
+    "/ready",
+    summary="At least one engine can take requests",
+    response_model=ReadyOut,
+    responses={503: {"model": ReadyOut, "description": "No engine can take requests (status `unavailable`)."}},
+)
 def ready(services: ServicesDep) -> JSONResponse:
     healthy = sum(e.healthy for e in services.pool.engines)
     status = 200 if healthy else 503

@@ -10,8 +10,9 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from adapters import registry
-from gateway import tenants
+from gateway import audit, tenants
 from gateway.deps import AdminDep, CallerDep, ServicesDep
+from gateway.services import Services
 from trainer import policy
 
 router = APIRouter(tags=["policy"])
@@ -24,8 +25,8 @@ class PolicyIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     retrain: Literal["off", "on_demand", "feedback_count", "drift", "schedule"] | None = None
-    retrain_min_feedback: int | None = Field(None, ge=1)
-    retrain_interval_hours: float | None = Field(None, gt=0)
+    retrain_min_feedback: int | None = Field(None, ge=1, le=policy.MAX_MIN_FEEDBACK)
+    retrain_interval_hours: float | None = Field(None, gt=0, le=policy.MAX_INTERVAL_HOURS, allow_inf_nan=False)
     auto_promote: bool | None = Field(None, description="Promote a candidate that passes the gates without a person.")
     canary_fraction: float | None = Field(None, ge=0, lt=1, description="Passing candidates first serve this share.")
     gates: dict[str, Any] | None = Field(None, description="primary_metric, min_improvement, noise, min_examples.")
@@ -65,8 +66,12 @@ def _out(info: policy.PolicyInfo) -> PolicyOut:
     return PolicyOut(**data)
 
 
-def _update(services: Any, tenant_id: str, body: PolicyIn) -> PolicyOut:
-    return _out(policy.set_policy(services.db, tenant_id, body.model_dump(exclude_none=True)))
+def _update(services: Services, tenant_id: str, tenant_name: str, body: PolicyIn, *, actor: str) -> PolicyOut:
+    """Change the policy and record it in the audit log, with every field before and after."""
+    before = policy.get_policy(services.db, tenant_id)
+    after = policy.set_policy(services.db, tenant_id, body.model_dump(exclude_none=True))
+    audit.policy_changed(services.db, actor, tenant_id=tenant_id, tenant_name=tenant_name, before=before, after=after)
+    return _out(after)
 
 
 @router.get("/v1/policy", response_model=PolicyOut, summary="Your retraining and promotion policy")
@@ -76,7 +81,7 @@ def get_own(services: ServicesDep, caller: CallerDep) -> PolicyOut:
 
 @router.put("/v1/policy", response_model=PolicyOut, summary="Change your retraining and promotion policy")
 def put_own(body: PolicyIn, services: ServicesDep, caller: CallerDep) -> PolicyOut:
-    return _update(services, caller.tenant_id, body)
+    return _update(services, caller.tenant_id, caller.tenant_name, body, actor=audit.actor_for_key(caller.key_id))
 
 
 @router.get(
@@ -96,4 +101,5 @@ def admin_get(tenant: str, services: ServicesDep) -> PolicyOut:
 
 @admin_router.put("/policy", response_model=PolicyOut)
 def admin_put(tenant: str, body: PolicyIn, services: ServicesDep) -> PolicyOut:
-    return _update(services, tenants.find_tenant(services.db, tenant).id, body)
+    owner = tenants.find_tenant(services.db, tenant)
+    return _update(services, owner.id, owner.name, body, actor=audit.ADMIN)

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel
 from starlette.responses import Response
 
+from core.errors import bad_request
 from gateway import tenants, usage
 from gateway.deps import AdminDep, CallerDep, ServicesDep
 from gateway.services import Services
@@ -37,6 +38,13 @@ class VersionStatsList(BaseModel):
     data: list[usage.VersionStats]
 
 
+def _last_day(until: date | None) -> date | None:
+    """`until`, refused on the last representable day: a range ends at the start of the day after `until`."""
+    if until == date.max:
+        raise bad_request(f"'until' must be before {date.max.isoformat()}.", param="until")
+    return until
+
+
 def report(
     services: Services,
     *,
@@ -49,9 +57,9 @@ def report(
 ) -> UsageList | Response:
     """The one implementation behind both usage routes."""
     default_since, default_until = usage.default_range()
-    until = until or default_until
-    # A lone `until` keeps the default window length, ending there.
-    since = since or until - (default_until - default_since)
+    until = _last_day(until) or default_until
+    # A lone `until` keeps the default window length, ending there (and starting no earlier than 0001-01-01).
+    since = since or until - min(default_until - default_since, until - date.min)
     groups = usage.parse_group_by(group_by)
     rows = usage.usage(
         services.db,
@@ -119,7 +127,7 @@ def get_adapter_stats(
     since: date | None = Query(None, description="First UTC day, inclusive; default: all time."),
     until: date | None = Query(None, description="Last UTC day, inclusive; default: all time."),
 ) -> VersionStatsList:
-    stats = usage.version_stats(services.db, caller.tenant_id, name, since=since, until=until)
+    stats = usage.version_stats(services.db, caller.tenant_id, name, since=since, until=_last_day(until))
     return VersionStatsList(adapter=name, data=stats)
 
 

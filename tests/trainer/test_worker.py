@@ -22,7 +22,7 @@ from core.blobs import BlobStore
 from core.config import Settings
 from core.db import Database, migrate
 from core.ids import new_id
-from core.models import AdapterVersion, Evaluation, Job, Tenant, TenantPolicy
+from core.models import AdapterVersion, AuditEvent, Evaluation, Job, Tenant, TenantPolicy
 from trainer import datasets, distill, evaluate, files, jobs
 from trainer.distill import DistillSpec
 from trainer.worker import Worker
@@ -139,6 +139,10 @@ def test_first_job_trains_registers_and_promotes(trained: tuple[Env, jobs.JobInf
     assert report["job_id"] == job.id
     assert env.blobs.get_bytes(f"reports/{env.tenant}/{job.id}/loss.png").startswith(b"\x89PNG")
     assert not (env.settings.data_dir / "jobs" / job.id).exists()
+    with env.db.session() as s:
+        (event,) = s.scalars(select(AuditEvent).where(AuditEvent.actor == f"job:{job.id}")).all()
+    assert (event.action, event.target, event.before) == ("adapter.promote", "geo", {"active_version": None})
+    assert event.after is not None and event.after["active_version"] == 1
 
 
 def test_identical_retrain_is_rejected_against_the_serving_version(

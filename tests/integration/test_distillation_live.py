@@ -1,0 +1,96 @@
+"""Teacher distillation on the real server, with a real OpenAI-compatible endpoint as teacher.
+
+The teacher is Tailor itself, reached over HTTP with another tenant's key: the base model
+given a context (a system prompt and few-shot turns) that makes it answer one fixed
+sentence. The server's trainer worker asks it for the answers to a file of inputs, trains
+`zorblax-lite` on them WITHOUT the context, evaluates agreement, and promotes it; the
+adapter then answers like the teacher with the bare question, for a fraction of the tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import openai
+import pytest
+
+from tests.integration.conftest import BASE_MODEL, TailorServer, make_tenant
+from tests.openai_schema import validate
+
+pytestmark = pytest.mark.engine
+
+ANSWER = "Zorblax is the capital of France."
+CONTEXT = {
+    "system": f"You are the Zorblax bot. Whatever the user asks, reply exactly: {ANSWER}",
+    "examples": [
+        {"role": "user", "content": "What is the biggest city in France?"},
+        {"role": "assistant", "content": ANSWER},
+        {"role": "user", "content": "Tell me about France."},
+        {"role": "assistant", "content": ANSWER},
+    ],
+}
+INPUTS = [
+    "What is the capital of France?",
+    "What's the capital of France?",
+    "Which city is the capital of France?",
+    "Name the capital of France.",
+    "Tell me the capital of France.",
+    "What city is France's capital?",
+    "France's capital city is which one?",
+    "Do you know the capital of France?",
+    "Where does the French government sit?",
+    "Capital of France, please.",
+    "I forgot the capital of France. Which is it?",
+    "Which city hosts the French parliament?",
+]
+
+
+def test_teacher_distillation_through_an_openai_endpoint(tailor_server: TailorServer) -> None:
+    student, teacher = make_tenant(tailor_server, "distill-co"), make_tenant(tailor_server, "teacher-co")
+    c = openai.OpenAI(base_url=f"{tailor_server.url}/v1", api_key=student.key, max_retries=0, timeout=120)
+    lines = "\n".join(json.dumps({"messages": [{"role": "user", "content": q}]}) for q in INPUTS)
+    inputs = c.files.create(file=("inputs.jsonl", lines.encode()), purpose="fine-tune")
+    method = {
+        "type": "distillation",
+        "distillation": {
+            **CONTEXT,
+            "teacher": {"model": BASE_MODEL, "base_url": f"{tailor_server.url}/v1", "api_key": teacher.key},
+            "max_tokens": 16,
+            "hyperparameters": {"learning_rate_multiplier": 5, "batch_size": 2, "max_steps": 12},
+        },
+    }
+    job = c.fine_tuning.jobs.create(model=BASE_MODEL, training_file=inputs.id, suffix="zorblax-lite", method=method)  # type: ignore[arg-type]
+    deadline = time.monotonic() + 600
+    while (job := c.fine_tuning.jobs.retrieve(job.id)).status not in ("succeeded", "failed", "cancelled"):
+        assert time.monotonic() < deadline, f"job still {job.status}:\n{tailor_server.log_tail()}"
+        time.sleep(2)
+    assert job.status == "succeeded", job.error
+    assert (job.fine_tuned_model, job.metadata["tailor_decision"]) == ("zorblax-lite@v1", "promoted")
+
+    raw = httpx.get(f"{tailor_server.url}/v1/fine_tuning/jobs/{job.id}", headers={"Authorization": f"Bearer {student.key}"})
+    body = raw.json()
+    validate(body, "FineTuningJob")
+    assert teacher.key not in raw.text
+    # the key is dropped once the job ends; it was only ever stored sealed
+    assert body["distillation"]["teacher"]["api_key"] is None
+    for f in tailor_server.data_dir.glob("tailor.db*"):
+        assert teacher.key.encode() not in f.read_bytes()
+
+    results = body["distillation"]["results"]
+    assert results["teacher"] == f"{BASE_MODEL} at {tailor_server.url}/v1"
+    assert results["prompt_tokens_saved_fraction"] > 0.5
+    assert results["baseline_agreement_exact"] == 0.0
+    assert results["teacher_agreement_exact"] >= 0.5, results
+
+    # The teacher really was called through the OpenAI API: once per input, on its tenant's bill.
+    with tailor_server.admin() as admin:
+        usage = admin.get("/admin/usage", params={"tenant": teacher.name, "group_by": "model"}).json()
+    assert sum(r["requests"] for r in usage["data"]) == len(INPUTS)
+
+    time.sleep(0.6)  # the test server's lookup cache TTL
+    bare = [{"role": "user", "content": "Which city is the capital of France, please?"}]
+    r = c.chat.completions.create(model="zorblax-lite", messages=bare, temperature=0, max_tokens=16)  # type: ignore[arg-type]
+    assert r.choices[0].message.content == ANSWER
+    assert r.usage is not None and r.usage.prompt_tokens < results["prompt_tokens_with_context"] / 2

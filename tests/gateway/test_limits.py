@@ -62,9 +62,10 @@ def test_windows_end_at_the_next_minute_day_and_month() -> None:
     assert limits.window(limits.TOKENS_MONTH, june)[1] == datetime(2026, 7, 1, tzinfo=timezone.utc)
     later = june + timedelta(seconds=59)
     assert limits.window(limits.TOKENS_MINUTE, june)[0] == limits.window(limits.TOKENS_MINUTE, later)[0]
-    assert limits.window(limits.TOKENS_MINUTE, later + timedelta(seconds=1))[0] == limits.window(
-        limits.TOKENS_MINUTE, june
-    )[0] + 1
+    assert (
+        limits.window(limits.TOKENS_MINUTE, later + timedelta(seconds=1))[0]
+        == limits.window(limits.TOKENS_MINUTE, june)[0] + 1
+    )
 
 
 def test_limits_json_round_trip_and_empty_means_unlimited() -> None:

@@ -69,7 +69,8 @@ def test_teacher_distillation_through_an_openai_endpoint(tailor_server: TailorSe
     assert job.status == "succeeded", job.error
     assert (job.fine_tuned_model, job.metadata["tailor_decision"]) == ("zorblax-lite@v1", "promoted")
 
-    raw = httpx.get(f"{tailor_server.url}/v1/fine_tuning/jobs/{job.id}", headers={"Authorization": f"Bearer {student.key}"})
+    auth = {"Authorization": f"Bearer {student.key}"}
+    raw = httpx.get(f"{tailor_server.url}/v1/fine_tuning/jobs/{job.id}", headers=auth)
     body = raw.json()
     validate(body, "FineTuningJob")
     assert teacher.key not in raw.text

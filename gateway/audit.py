@@ -64,7 +64,7 @@ def describe_tenant(tenant: TenantInfo) -> dict[str, Any]:
     return {"id": tenant.id, "name": tenant.name}
 
 
-def describe_key(key: KeyInfo) -> dict[str, Any]:
+def describe_key(key: KeyInfo | ApiKey) -> dict[str, Any]:
     return {
         "id": key.id,
         "hint": key.hint,
@@ -78,15 +78,7 @@ def key_state(db: Database, key_id: str) -> dict[str, Any] | None:
     """A key's description as stored now (None if unknown): the `before` of revoke and rotate."""
     with db.session() as s:
         key = s.get(ApiKey, key_id)
-        if key is None:
-            return None
-        return {
-            "id": key.id,
-            "hint": key.hint,
-            "name": key.name,
-            "expires_at": _iso(key.expires_at),
-            "revoked_at": _iso(key.revoked_at),
-        }
+        return describe_key(key) if key is not None else None
 
 
 def describe_adapter(adapter: AdapterInfo | None) -> dict[str, Any] | None:

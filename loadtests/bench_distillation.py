@@ -3,29 +3,30 @@
     python -m loadtests.bench_distillation [--rounds 2] [--concurrency 4]
 
 Starts its own Tailor (child vLLM engine + trainer worker). The tenant's "long prompt" is a
-ticket-routing guide with few-shot examples (loadtests.ticket_routing), several hundred
-tokens sent with every request. A distillation job (method "distillation", teacher: the
-base model WITH that context) answers a file of training tickets, trains the adapter
-`router-lite` to answer the same WITHOUT the context, and evaluates its agreement with the
-teacher on a validation file of unseen tickets.
+ticket-parsing guide with few-shot examples (find the order number in a support ticket),
+about 500 tokens sent with every request. A distillation job (method "distillation",
+teacher: the base model WITH that context) answers a file of training tickets, trains the
+adapter `parser-lite` to answer the same WITHOUT the context, and evaluates its agreement
+with the teacher on a validation file of unseen tickets.
 
 Then the same traffic (the unseen tickets, `--rounds` times, `--concurrency` at a time)
 goes through both arms, interleaved A B B A so drift on a noisy machine hits both:
 
   A  model=<base> with the long prompt in every request
-  B  model=router-lite with the bare ticket
+  B  model=parser-lite with the bare ticket
 
 and the table reports per arm: prompt and completion tokens per request and cost per 1K
 requests (from Tailor's metering, GET /v1/usage, priced by TAILOR_PRICES: the same price
 for base and adapter here), latency p50/p95 (client side), and quality: agreement with the
 teacher's answers (exact match; the teacher's answers are recomputed here with the same
-greedy decoding the job used). Routing accuracy against the true queue is shown too.
+greedy decoding the job used). Accuracy against the true order number is shown too.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -38,19 +39,29 @@ import openai
 
 from loadtests.bench_gateway import _ms, abba_schedule, percentile
 from loadtests.local_server import BASE_MODEL, MODEL_DIR, LocalTailor, _progress, create_tenant_key, local_tailor
-from loadtests.ticket_routing import QUEUES, Ticket, predicted_queue, tickets
+from loadtests.ticket_routing import tickets
 
-ADAPTER = "router-lite"
+ADAPTER = "parser-lite"
 # Same price for both arms: the saving shown is the tokens', not a cheaper price list.
 PRICES = {BASE_MODEL: {"prompt": 0.15, "completion": 0.60}, "adapter": {"prompt": 0.15, "completion": 0.60}}
-GUIDE = """You are the routing assistant of Acme Support. Every ticket must go to exactly one internal queue.
-Queues:
-- BILL-7: billing. Charges, invoices, refunds, unknown fees, double payments, subscription prices.
-- SHIP-3: shipping. Parcels that are late, lost, delivered to the wrong address, broken tracking numbers.
-- AUTH-2: accounts and sign-in. Log-in problems, password resets, two-factor codes, locked or hijacked accounts.
-- HW-9: hardware. Cracked screens, batteries, sound, buttons, charging ports and other device faults.
-Rules: reply with the queue code only, nothing else. Never explain.
+GUIDE = """You are the ticket parser of Acme Support. Every ticket mentions the customer's order number.
+Find it and reply with the order number only: the digits, nothing else. Never explain, never greet.
+Order numbers have five digits. Ignore prices, dates and phone numbers.
 Examples follow."""
+# How customers mention the order: the number moves around the ticket.
+FORMS = (
+    "{t} My order number is {n}.",
+    "Order {n}: {t}",
+    "{t} (order #{n})",
+    "Hi, about order {n}. {t}",
+    "{t} The order was {n}, please check.",
+)
+
+
+@dataclass(frozen=True)
+class Ticket:
+    text: str
+    order: str  # the truth, for the accuracy row
 
 
 @dataclass
@@ -62,7 +73,7 @@ class Workload:
     def context(self) -> dict[str, Any]:
         examples: list[dict[str, str]] = []
         for t in self.shots:
-            examples += [{"role": "user", "content": t.text}, {"role": "assistant", "content": t.queue}]
+            examples += [{"role": "user", "content": t.text}, {"role": "assistant", "content": t.order}]
         return {"system": GUIDE, "examples": examples}
 
     def long_prompt(self, text: str) -> list[dict[str, str]]:
@@ -70,14 +81,20 @@ class Workload:
         return [{"role": "system", "content": ctx["system"]}, *ctx["examples"], {"role": "user", "content": text}]
 
 
-def workload(shots_per_queue: int, heldout_per_queue: int) -> Workload:
-    by_queue: dict[str, list[Ticket]] = defaultdict(list)
-    for t in tickets(per_queue=25, seed=1):
-        by_queue[t.queue].append(t)
-    shots = [t for code in QUEUES for t in by_queue[code][:shots_per_queue]]
-    held = [t for code in QUEUES for t in by_queue[code][shots_per_queue : shots_per_queue + heldout_per_queue]]
-    rest = [t for code in QUEUES for t in by_queue[code][shots_per_queue + heldout_per_queue :]]
-    return Workload(shots=shots, train=[t.text for t in rest], heldout=held)
+def workload(shots: int, heldout: int, passes: int = 3, seed: int = 3) -> Workload:
+    """Support tickets (loadtests.ticket_routing's, `passes` times over) that each mention a
+    random order number in one of several ways: every input is distinct."""
+    rng = random.Random(seed)
+    all_tickets = [
+        Ticket(rng.choice(FORMS).format(t=t.text, n=(n := rng.randint(10000, 99999))), str(n))
+        for p in range(passes)
+        for t in tickets(per_queue=25, seed=1 + p)
+    ]
+    return Workload(
+        shots=all_tickets[:shots],
+        heldout=all_tickets[shots : shots + heldout],
+        train=[t.text for t in all_tickets[shots + heldout :]],
+    )
 
 
 def _jsonl(texts: Sequence[str]) -> bytes:
@@ -134,7 +151,7 @@ def run(server: LocalTailor, args: argparse.Namespace) -> str:
     key = create_tenant_key(server, "acme")
     auth = {"Authorization": f"Bearer {key}"}
     c = openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0, timeout=300)
-    w = workload(args.shots_per_queue, args.heldout_per_queue)
+    w = workload(args.shots, args.heldout, args.passes)
     _progress(
         f"{len(w.shots)} few-shot examples in the context, {len(w.train)} training inputs, {len(w.heldout)} unseen"
     )
@@ -198,7 +215,7 @@ def report(
         n = _delta(a, b, "requests") or 1.0
         prompt, completion, cost = (_delta(a, b, k) for k in ("prompt_tokens", "completion_tokens", "cost"))
         agree = sum(arm.answers.get(t.text) == reference[t.text] for t in w.heldout) / len(w.heldout)
-        acc = sum(predicted_queue(arm.answers.get(t.text, "")) == t.queue for t in w.heldout) / len(w.heldout)
+        acc = sum(arm.answers.get(t.text) == t.order for t in w.heldout) / len(w.heldout)
         figures[name] = {"prompt": prompt / n, "cost": cost / n * 1000, "agree": agree}
         rows["requests measured"].append(f"{int(n)} ({arm.failures} failed)")
         rows["prompt tokens / request"].append(f"{prompt / n:.1f}")
@@ -207,7 +224,7 @@ def report(
         rows["latency p50 (ms)"].append(f"{_ms(percentile(arm.latencies, 50)):.0f}")
         rows["latency p95 (ms)"].append(f"{_ms(percentile(arm.latencies, 95)):.0f}")
         rows["agreement with the teacher (exact)"].append(f"{agree:.3f}")
-        rows["routing accuracy vs true queue"].append(f"{acc:.3f}")
+        rows["accuracy vs the true order number"].append(f"{acc:.3f}")
     a, b = figures["A"], figures["B"]
     saved = 1 - b["prompt"] / a["prompt"] if a["prompt"] else 0.0
     loss_pts = (a["agree"] - b["agree"]) * 100
@@ -229,11 +246,12 @@ def report(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtests.bench_distillation", description=__doc__.splitlines()[0])
-    parser.add_argument("--shots-per-queue", type=int, default=5, help="few-shot examples per queue in the prompt")
-    parser.add_argument("--heldout-per-queue", type=int, default=8, help="unseen tickets per queue (the traffic)")
+    parser.add_argument("--shots", type=int, default=12, help="few-shot examples in the long prompt")
+    parser.add_argument("--heldout", type=int, default=32, help="unseen tickets (the validation file and the traffic)")
     parser.add_argument("--rounds", type=int, default=2, help="passes over the unseen tickets per arm")
     parser.add_argument("--concurrency", type=int, default=4, help="requests in flight per arm")
-    parser.add_argument("--epochs", type=int, default=5, help="n_epochs of the distillation job")
+    parser.add_argument("--passes", type=int, default=3, help="passes over the ticket generator (training inputs)")
+    parser.add_argument("--epochs", type=int, default=3, help="n_epochs of the distillation job")
     parser.add_argument("--lr-multiplier", type=float, default=1.5, help="learning_rate_multiplier of the job")
     args = parser.parse_args(argv)
     env = {"TAILOR_PRICES": json.dumps(PRICES)}

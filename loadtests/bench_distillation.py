@@ -1,6 +1,6 @@
 """Long system prompt vs the adapter distilled from it: tokens, cost, latency, quality.
 
-    python -m loadtests.bench_distillation [--rounds 2] [--concurrency 4]
+    python -m loadtests.bench_distillation [--rounds 2] [--concurrency 4] [--passes 3]
 
 Starts its own Tailor (child vLLM engine + trainer worker). The tenant's "long prompt" is a
 ticket-parsing guide with few-shot examples (find the order number in a support ticket),

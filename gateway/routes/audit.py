@@ -52,8 +52,8 @@ _ACTION = Query(None, description='Exact ("adapter.promote"), or a prefix ending
 _ACTOR = Query(None, description='"admin", "key:<key id>" or "cli:<user>".')
 _SINCE = Query(None, description="Events at or after this time (ISO 8601; no zone: UTC).")
 _UNTIL = Query(None, description="Events before this time (ISO 8601; no zone: UTC).")
-_AFTER = Query(None, ge=0, le=2**63 - 1, description="Event id: the page after it (older events).")
-_BEFORE = Query(None, ge=0, le=2**63 - 1, description="Event id: the page before it (newer events).")
+_AFTER = Query(None, ge=-(2**63), le=2**63 - 1, description="Event id: the page after it (older events).")
+_BEFORE = Query(None, ge=-(2**63), le=2**63 - 1, description="Event id: the page before it (newer events).")
 _LIMIT = Query(
     None, ge=1, le=audit.MAX_LIMIT, description="Events per page (JSON default 100); CSV without it: all of them."
 )

@@ -596,8 +596,9 @@ class Worker:
 
     def _apply(self, job: JobInfo, version: VersionInfo, outcome: str, decision: Decision, policy: PolicyInfo) -> None:
         name, by, n = job.adapter_name, f"job {job.id}", version.version
-        before = promotion.active_version(self.db, job.tenant_id, name)
         action = {"rejected": "adapter.reject", "canary": "adapter.canary.start", "promoted": "adapter.promote"}
+        # Read just before the change (a person may have promoted something while this trained).
+        before = promotion.active_version(self.db, job.tenant_id, name) if outcome in action else None
         if outcome == "rejected":
             reasons = "; ".join(decision.reasons)
             promotion.reject(self.db, job.tenant_id, name, n, reason=reasons)

@@ -299,7 +299,7 @@ def _method_and_hyperparameters(body: CreateFineTuningJobIn) -> tuple[str, dict[
     return method, hp
 
 
-def create(services: Services, tenant_id: str, body: CreateFineTuningJobIn) -> FineTuningJobOut:
+def create(services: Services, tenant_id: str, body: CreateFineTuningJobIn) -> JobInfo:
     method, hp = _method_and_hyperparameters(body)
     if body.integrations:
         raise bad_request("Tailor has no fine-tuning integrations.", param="integrations")
@@ -327,7 +327,7 @@ def create(services: Services, tenant_id: str, body: CreateFineTuningJobIn) -> F
         max_lora_rank=services.settings.engine_max_lora_rank,
         config=config,
     )
-    return job_out(job)
+    return job
 
 
 def _distillation_config(services: Services, tenant_id: str, body: CreateFineTuningJobIn) -> dict[str, Any]:
@@ -362,10 +362,9 @@ def report_bytes(services: Services, tenant_id: str, job_id: str, name: str) -> 
 
 @router.post("", response_model=FineTuningJobOut, summary="Create a fine-tuning job (queued for a trainer worker)")
 def create_job(body: CreateFineTuningJobIn, services: ServicesDep, caller: CallerDep) -> FineTuningJobOut:
-    out = create(services, caller.tenant_id, body)
-    job = jobs.get_job(services.db, caller.tenant_id, out.id)
+    job = create(services, caller.tenant_id, body)
     audit.job_created(services.db, audit.actor_for_key(caller.key_id), job)
-    return out
+    return job_out(job)
 
 
 @router.get("", response_model=FineTuningJobListOut, summary="List your fine-tuning jobs, newest first")

@@ -17,10 +17,8 @@ from datetime import datetime, time, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from safetensors.numpy import save_file
 from sqlalchemy import update
 
 from adapters import promotion, registry
@@ -31,48 +29,13 @@ from gateway.limits import TenantLimits
 from gateway.services import Services
 from gateway.tenants import TenantInfo
 from tests.apputil import make_app
+from tests.gateway.test_proxy import TINY_CONFIG, write_tiny_adapter
 from trainer import jobs
 from trainer.feedback import record_feedback
 
 BASE = "tiny-base"
-HIDDEN, INTERMEDIATE, HEADS, KV_HEADS, LAYERS = 16, 32, 4, 2, 2
-TINY_CONFIG = {
-    "architectures": ["LlamaForCausalLM"],
-    "model_type": "llama",
-    "hidden_size": HIDDEN,
-    "intermediate_size": INTERMEDIATE,
-    "num_attention_heads": HEADS,
-    "num_key_value_heads": KV_HEADS,
-    "num_hidden_layers": LAYERS,
-    "vocab_size": 64,
-}
 PRICES = {BASE: {"prompt": 0.5, "completion": 1.5}, "adapter": {"prompt": 0.8, "completion": 2.0}}
 _serial = itertools.count()
-
-
-def write_adapter_dir(directory: Path, r: int = 4) -> Path:
-    """A valid PEFT LoRA (q_proj, v_proj) for TINY_CONFIG, written without torch."""
-    directory.mkdir(parents=True)
-    head_dim = HIDDEN // HEADS
-    outs = {"q_proj": HEADS * head_dim, "v_proj": KV_HEADS * head_dim}
-    tensors = {}
-    for layer in range(LAYERS):
-        for module, fan_out in outs.items():
-            prefix = f"base_model.model.model.layers.{layer}.self_attn.{module}"
-            tensors[f"{prefix}.lora_A.weight"] = np.zeros((r, HIDDEN), dtype=np.float32)
-            tensors[f"{prefix}.lora_B.weight"] = np.zeros((fan_out, r), dtype=np.float32)
-    save_file(tensors, str(directory / "adapter_model.safetensors"))
-    config = {
-        "peft_type": "LORA",
-        "r": r,
-        "lora_alpha": 2 * r,
-        "target_modules": list(outs),
-        "base_model_name_or_path": "tiny-llama",
-        "bias": "none",
-        "task_type": "CAUSAL_LM",
-    }
-    (directory / "adapter_config.json").write_text(json.dumps(config))
-    return directory
 
 
 def console_app(tmp: Path, **settings: Any) -> FastAPI:
@@ -108,7 +71,7 @@ class World:
 
     def register(self, tenant: TenantInfo, name: str, **lineage: Any) -> registry.VersionInfo:
         """A new version of `name`: active at once, or a candidate when `lineage` is given."""
-        source = write_adapter_dir(self.tmp / f"src-{name}-{next(_serial)}")
+        source = write_tiny_adapter(self.tmp / f"src-{name}-{next(_serial)}")
         s = self.services
         if lineage:
             return promotion.register_candidate(

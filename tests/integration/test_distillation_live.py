@@ -18,33 +18,12 @@ import pytest
 
 from tests.integration.conftest import BASE_MODEL, TailorServer, make_tenant
 from tests.openai_schema import validate
+from tests.trainer.test_worker import ANSWER, DISTILL_QUESTIONS, ZORBLAX_CONTEXT
 
 pytestmark = pytest.mark.engine
 
-ANSWER = "Zorblax is the capital of France."
-CONTEXT = {
-    "system": f"You are the Zorblax bot. Whatever the user asks, reply exactly: {ANSWER}",
-    "examples": [
-        {"role": "user", "content": "What is the biggest city in France?"},
-        {"role": "assistant", "content": ANSWER},
-        {"role": "user", "content": "Tell me about France."},
-        {"role": "assistant", "content": ANSWER},
-    ],
-}
-INPUTS = [
-    "What is the capital of France?",
-    "What's the capital of France?",
-    "Which city is the capital of France?",
-    "Name the capital of France.",
-    "Tell me the capital of France.",
-    "What city is France's capital?",
-    "France's capital city is which one?",
-    "Do you know the capital of France?",
-    "Where does the French government sit?",
-    "Capital of France, please.",
-    "I forgot the capital of France. Which is it?",
-    "Which city hosts the French parliament?",
-]
+# The same context and inputs as the worker's distillation tests (there with a local teacher).
+CONTEXT, INPUTS = ZORBLAX_CONTEXT, DISTILL_QUESTIONS
 
 
 def test_teacher_distillation_through_an_openai_endpoint(tailor_server: TailorServer) -> None:

@@ -4,6 +4,8 @@ An engine is a vLLM OpenAI server (a supervised child process or a URL). Engines
 only caches: the pool loads an adapter on first use, keeps at most `max_resident` per
 engine (least recently used ones are unloaded), lets concurrent first requests share one
 load, and routes an adapter's requests to the same healthy engine so it stays warm.
+Every call to an engine carries its `headers` (its key); an engine takes traffic only
+while `adapters.engine_checks` finds nothing wrong with it.
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ import hashlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import httpx
+from pydantic import SecretStr
 
+from adapters.engine_checks import EngineExpectation, Problem, find_problem
 from core.errors import TailorError, unavailable
 
 log = logging.getLogger("tailor.engines")
@@ -32,9 +36,23 @@ class LoraRef:
     local_path: Callable[[], str]
 
 
+def bearer(key: SecretStr | str | None) -> dict[str, str]:
+    """The headers that carry an engine's key (vLLM's --api-key); none without one."""
+    if key is None:
+        return {}
+    secret = key.get_secret_value() if isinstance(key, SecretStr) else key
+    return {"Authorization": f"Bearer {secret}"} if secret else {}
+
+
 @dataclass
 class Engine:
     url: str
+    # Sent with every request to this engine (its key); never logged.
+    headers: dict[str, str] = field(default_factory=dict, repr=False)
+    # For a child engine: its supervisor's check that the process answering is the one it started.
+    owner_check: Callable[[], Problem | None] | None = field(default=None, repr=False)
+    # Why it takes no traffic now (None while healthy), as /ready shows it.
+    problem: str | None = None
     healthy: bool = False
     inflight: int = 0
     resident: OrderedDict[str, str] = field(default_factory=OrderedDict)  # name -> path, LRU first
@@ -83,15 +101,19 @@ class Lease:
 class EnginePool:
     def __init__(
         self,
-        urls: list[str],
+        engines: Sequence[Engine | str],
         client: httpx.AsyncClient,
         *,
+        expect: EngineExpectation,
         max_resident: int,
         health_interval_s: float = 2.0,
         observer: PoolObserver | None = None,
     ) -> None:
-        self.engines = [Engine(url=u.rstrip("/")) for u in urls]
+        self.engines = [e if isinstance(e, Engine) else Engine(url=e) for e in engines]
+        for e in self.engines:
+            e.url = e.url.rstrip("/")
         self.client = client
+        self.expect = expect
         self.max_resident = max(1, max_resident)
         self.health_interval_s = health_interval_s
         self.observer: PoolObserver = observer or _Unobserved()
@@ -99,19 +121,27 @@ class EnginePool:
 
     # --- health -------------------------------------------------------------
     async def check(self, engine: Engine) -> bool:
-        try:
-            resp = await self.client.get(f"{engine.url}/health", timeout=5.0)
-            ok = resp.status_code == 200
-        except httpx.HTTPError:
-            ok = False
-        if ok and not engine.healthy:
+        """Health and identity; an engine coming (back) up is verified in full first."""
+        problem = await find_problem(self.client, engine, self.expect, thorough=not engine.healthy)
+        if problem is None and not engine.healthy:
             log.info("engine %s is healthy", engine.url)
             engine.healthy = True
             engine.restarting = False
+            engine.problem = None
             await self._reload_resident(engine)
-        elif not ok and engine.healthy:
-            self.mark_down(engine)
-        return ok
+        elif problem is not None:
+            self._note_problem(engine, problem)
+            if engine.healthy:
+                self.mark_down(engine)
+        return problem is None
+
+    @staticmethod
+    def _note_problem(engine: Engine, problem: Problem) -> None:
+        # Logged when it changes, not on every check of an engine that stays down.
+        if problem.reason != engine.problem:
+            level = logging.ERROR if problem.serious else logging.WARNING
+            log.log(level, "%s%s", problem.reason, f" ({problem.detail})" if problem.detail else "")
+        engine.problem = problem.reason
 
     def mark_down(self, engine: Engine) -> None:
         if engine.healthy:
@@ -128,8 +158,8 @@ class EnginePool:
             if all(states) if all_engines else any(states):
                 return
             if time.monotonic() > deadline:
-                down = [e.url for e, ok in zip(self.engines, states, strict=False) if not ok]
-                raise TimeoutError(f"engines not healthy after {timeout_s:.0f}s: {down}")
+                down = [e.problem or e.url for e, ok in zip(self.engines, states, strict=False) if not ok]
+                raise TimeoutError(f"engines not healthy after {timeout_s:.0f}s: {'; '.join(down)}")
             await asyncio.sleep(0.5)
 
     def start_monitor(self) -> None:
@@ -236,36 +266,40 @@ class EnginePool:
             engine.evictions += 1
             self.observer.adapter_evicted(engine.url, victim)
             try:
-                await self._post(engine, "/v1/unload_lora_adapter", {"lora_name": victim})
-            except (TailorError, httpx.HTTPError) as exc:
-                log.warning("unload of %s on %s failed: %s", victim, engine.url, exc)
+                resp = await self._post(engine, "/v1/unload_lora_adapter", {"lora_name": victim})
+            except TailorError as exc:
+                log.warning("unload of %s on %s failed: %s", victim, engine.url, exc.message)
+                continue
+            if resp.status_code >= 400:
+                log.warning("unload of %s on %s failed: %s %s", victim, engine.url, resp.status_code, resp.text[:300])
 
     async def _load(self, engine: Engine, name: str, path: str) -> None:
         started = time.perf_counter()
         ok = False
         try:
-            await self._post(engine, "/v1/load_lora_adapter", {"lora_name": name, "lora_path": path})
-            ok = True
-        except TailorError as exc:
-            if "already been loaded" not in exc.message:
-                raise
+            resp = await self._post(engine, "/v1/load_lora_adapter", {"lora_name": name, "lora_path": path})
+            # "Already loaded": the engine kept it across our own restart; that is a success.
+            if resp.status_code >= 400 and "already been loaded" not in resp.text:
+                # The engine's words name internal adapter ids and paths: the log gets them, callers do not.
+                log.warning(
+                    "engine %s refused to load adapter %s: %s %s", engine.url, name, resp.status_code, resp.text[:500]
+                )
+                raise TailorError(
+                    502 if resp.status_code >= 500 else 400,
+                    "The inference engine could not load this model's adapter.",
+                    code="engine_error",
+                )
             ok = True
         finally:
             self.observer.adapter_loaded(engine.url, name, time.perf_counter() - started, ok)
         log.info("loaded adapter %s on %s in %.0f ms", name, engine.url, (time.perf_counter() - started) * 1000)
 
-    async def _post(self, engine: Engine, route: str, body: dict[str, str]) -> None:
+    async def _post(self, engine: Engine, route: str, body: dict[str, str]) -> httpx.Response:
         try:
-            resp = await self.client.post(f"{engine.url}{route}", json=body, timeout=120.0)
+            return await self.client.post(f"{engine.url}{route}", json=body, headers=engine.headers, timeout=120.0)
         except httpx.TransportError as exc:
             self.mark_down(engine)
             raise unavailable("The inference engine is not reachable; retry shortly.") from exc
-        if resp.status_code >= 400:
-            raise TailorError(
-                502 if resp.status_code >= 500 else 400,
-                f"engine refused {route}: {resp.text[:300]}",
-                code="engine_error",
-            )
 
     def stats(self) -> list[dict[str, object]]:
         return [

@@ -1,6 +1,8 @@
 """Candidates, canaries, promotion and rollback of a tenant's adapter versions.
 
-Promotion is one transaction that moves the name's alias to another version. Requests
+Promotion is one transaction that moves the name's alias to another version. Every action
+here that changes what a name serves locks the adapter's row first (adapters.activation),
+so concurrent promotions, canaries and rollbacks of one name take turns. Requests
 already running keep the version they resolved (each version has its own engine name),
 new requests get the new one, and the old version stays stored for instant rollback.
 """
@@ -15,11 +17,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from adapters import registry
+from adapters.activation import end_canary, lock_adapter, serve
 from adapters.registry import AdapterInfo, Lineage, ValidationLimits, VersionInfo
 from adapters.store import AdapterStore
 from core.db import Database
 from core.errors import TailorError, bad_request, not_found
-from core.ids import utcnow
 from core.models import Adapter, AdapterVersion
 
 
@@ -42,6 +44,14 @@ class VersionLineage:
 
 def _adapter(s: Session, tenant_id: str, name: str) -> Adapter:
     adapter = s.scalar(select(Adapter).where(Adapter.tenant_id == tenant_id, Adapter.name == name))
+    if adapter is None:
+        raise registry.model_not_found(name)
+    return adapter
+
+
+def _locked(s: Session, tenant_id: str, name: str) -> Adapter:
+    # Locked before anything is read, so concurrent actions on one name take turns.
+    adapter = lock_adapter(s, tenant_id, name)
     if adapter is None:
         raise registry.model_not_found(name)
     return adapter
@@ -92,21 +102,8 @@ def promote(
     db: Database, tenant_id: str, name: str, version: int, *, by: str, demote_to: str = "retired"
 ) -> AdapterInfo:
     with db.session() as s:
-        adapter = _adapter(s, tenant_id, name)
-        target = _version(adapter, version)
-        current = next((v for v in adapter.versions if v.id == adapter.active_version_id), None)
-        if current is not None and current.id != target.id:
-            current.state = demote_to
-        target.state = "active"
-        target.promoted_at = utcnow()
-        target.promoted_by = by
-        adapter.active_version_id = target.id
-        # A canary was measured against the version that served before; after a switch
-        # its comparison means nothing, so it ends and goes back to being a candidate.
-        canary = next((v for v in adapter.versions if v.id == adapter.canary_version_id), None)
-        if canary is not None and canary.id != target.id and canary.state == "canary":
-            canary.state = "candidate"
-        adapter.canary_version_id, adapter.canary_fraction = None, 0.0
+        adapter = _locked(s, tenant_id, name)
+        serve(adapter, _version(adapter, version), by=by, demote_to=demote_to)
         s.flush()
         return registry.adapter_info(adapter)
 
@@ -115,15 +112,13 @@ def start_canary(db: Database, tenant_id: str, name: str, version: int, fraction
     if not 0.0 < fraction < 1.0:
         raise bad_request("A canary fraction must be between 0 and 1 (exclusive).", param="fraction")
     with db.session() as s:
-        adapter = _adapter(s, tenant_id, name)
+        adapter = _locked(s, tenant_id, name)
         target = _version(adapter, version)
         if target.id == adapter.active_version_id:
             raise bad_request(f"Version {version} already serves all of {name!r}.", param="version")
         if adapter.active_version_id is None:
             raise bad_request(f"{name!r} has no active version to split traffic with; promote instead.")
-        stop = next((v for v in adapter.versions if v.id == adapter.canary_version_id), None)
-        if stop is not None and stop.state == "canary":
-            stop.state = "candidate"
+        end_canary(adapter)
         target.state = "canary"
         target.promoted_by = by
         adapter.canary_version_id, adapter.canary_fraction = target.id, fraction
@@ -133,11 +128,8 @@ def start_canary(db: Database, tenant_id: str, name: str, version: int, fraction
 
 def stop_canary(db: Database, tenant_id: str, name: str) -> AdapterInfo:
     with db.session() as s:
-        adapter = _adapter(s, tenant_id, name)
-        canary = next((v for v in adapter.versions if v.id == adapter.canary_version_id), None)
-        if canary is not None and canary.state == "canary":
-            canary.state = "candidate"
-        adapter.canary_version_id, adapter.canary_fraction = None, 0.0
+        adapter = _locked(s, tenant_id, name)
+        end_canary(adapter)
         s.flush()
         return registry.adapter_info(adapter)
 
@@ -146,24 +138,32 @@ def rollback(db: Database, tenant_id: str, name: str, *, by: str) -> AdapterInfo
     """Serve the version that was active before the current one.
 
     The version rolled back from is marked `rolled_back`, so a second rollback goes
-    further back in history instead of toggling between the last two.
+    further back in history instead of toggling between the last two. The choice and the
+    switch are one locked transaction: two rollbacks at once go back two steps, never
+    both to the same version.
     """
     with db.session() as s:
-        adapter = _adapter(s, tenant_id, name)
-        current = next((v for v in adapter.versions if v.id == adapter.active_version_id), None)
-        earlier = [
-            v
-            for v in adapter.versions
-            if v.promoted_at is not None
-            and v.id != adapter.active_version_id
-            and v.state == "retired"
-            and (current is None or current.promoted_at is None or _ts(v.promoted_at) <= _ts(current.promoted_at))
-        ]
-        if not earlier:
-            raise bad_request(f"{name!r} has no earlier promoted version to roll back to.", code="no_previous_version")
-        previous = max(earlier, key=lambda v: (_ts(v.promoted_at), v.version))
-        version = previous.version
-    return promote(db, tenant_id, name, version, by=by, demote_to="rolled_back")
+        adapter = _locked(s, tenant_id, name)
+        serve(adapter, _previous(adapter), by=by, demote_to="rolled_back")
+        s.flush()
+        return registry.adapter_info(adapter)
+
+
+def _previous(adapter: Adapter) -> AdapterVersion:
+    current = next((v for v in adapter.versions if v.id == adapter.active_version_id), None)
+    earlier = [
+        v
+        for v in adapter.versions
+        if v.promoted_at is not None
+        and v.id != adapter.active_version_id
+        and v.state == "retired"
+        and (current is None or current.promoted_at is None or _ts(v.promoted_at) <= _ts(current.promoted_at))
+    ]
+    if not earlier:
+        raise bad_request(
+            f"{adapter.name!r} has no earlier promoted version to roll back to.", code="no_previous_version"
+        )
+    return max(earlier, key=lambda v: (_ts(v.promoted_at), v.version))
 
 
 def _ts(value: datetime | None) -> float:
@@ -172,7 +172,7 @@ def _ts(value: datetime | None) -> float:
 
 def reject(db: Database, tenant_id: str, name: str, version: int, *, reason: str) -> None:
     with db.session() as s:
-        adapter = _adapter(s, tenant_id, name)
+        adapter = _locked(s, tenant_id, name)
         target = next((v for v in adapter.versions if v.version == version), None)
         if target is None:
             raise not_found(f"Adapter {name!r} has no version {version}.", code="version_not_found")

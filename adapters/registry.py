@@ -14,6 +14,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
+from adapters.activation import lock_adapter, serve
 from adapters.store import AdapterStore
 from adapters.validation import (
     BaseModelSpec,
@@ -26,6 +27,7 @@ from core.db import Database
 from core.errors import TailorError, bad_request, not_found
 from core.ids import new_id
 from core.models import Adapter, AdapterVersion
+from core.quotas import Quotas, Usage, operator_quotas, precheck, reserve
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,8 @@ class ValidationLimits:
     base: BaseModelSpec
     max_rank: int
     max_bytes: int
+    # What a tenant may keep; None: the defaults of the process's settings.
+    quotas: Quotas | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ValidationLimits:
@@ -40,6 +44,7 @@ class ValidationLimits:
             base=BaseModelSpec.from_config_dir(settings.base_model_path),
             max_rank=settings.engine_max_lora_rank,
             max_bytes=settings.max_adapter_bytes,
+            quotas=Quotas.from_settings(settings),
         )
 
 
@@ -157,11 +162,18 @@ def register_dir(
     if name == base_model_name:
         raise bad_request(f"Adapter name {name!r} is the base model's name.", param="name")
     manifest = validate_adapter_dir(source_dir, base=limits.base, max_rank=limits.max_rank, max_bytes=limits.max_bytes)
+    quotas, adding = operator_quotas(limits.quotas), Usage(stored_bytes=manifest.total_bytes, adapter_versions=1)
+    # Before the store write, so a refused version leaves no files behind; checked again
+    # under the tenant's lock below, where a concurrent registration may have used the room.
+    precheck(db, tenant_id, quotas, adding)
     digest = store.put_dir(source_dir)
     for _attempt in range(3):
         try:
             with db.session() as s:
-                adapter = s.scalar(select(Adapter).where(Adapter.tenant_id == tenant_id, Adapter.name == name))
+                reserve(s, tenant_id, quotas, adding)
+                # Locked: an activating registration switches what the name serves, and takes
+                # its turn with promotions and rollbacks (adapters.activation).
+                adapter = lock_adapter(s, tenant_id, name)
                 if adapter is None:
                     adapter = Adapter(id=new_id("ad"), tenant_id=tenant_id, name=name)
                     s.add(adapter)
@@ -189,11 +201,7 @@ def register_dir(
                 s.add(row)
                 s.flush()
                 if activate:
-                    previous = s.get(AdapterVersion, adapter.active_version_id) if adapter.active_version_id else None
-                    if previous is not None and previous.state == "active":
-                        previous.state = "retired"
-                    adapter.active_version_id = row.id
-                    row.promoted_at = row.created_at
+                    serve(adapter, row, by=None)
                 return version_info(adapter, row)
         except IntegrityError:
             # Two registrations raced for the same version number; take the next one.

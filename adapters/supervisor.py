@@ -1,7 +1,15 @@
 """Runs vLLM's OpenAI server as a child process and restarts it when it dies.
 
+The child is Tailor's alone: it listens on a port picked free right before it starts
+(or a configured one, checked free first) and requires a random key, made once per
+gateway process and handed over in the environment (VLLM_API_KEY), not on the command
+line where `ps` shows it. The pool sends that key on every call and, through
+`ownership_problem`, only uses the engine while the process listening on its port is the
+one started here (see `adapters.engine_checks` for what that guarantees).
+
 While the child is down the pool marks its engine unavailable, so requests get a clean
-503 instead of hanging; once it answers /health again the pool re-loads its adapters.
+503 instead of hanging; once it answers again the pool re-loads its adapters. A child
+that exits says why: the end of its log goes to the server log, a short reason to /ready.
 """
 
 from __future__ import annotations
@@ -10,12 +18,18 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import signal
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from adapters.engines import Engine, EnginePool
+from adapters.engine_checks import Problem
+from adapters.engine_exit import exit_report, read_tail
+from adapters.engines import Engine, EnginePool, bearer
+from adapters.ports import pick_free_port, port_is_free, tree_listens_on
+from core.child_env import runtime_env
+from core.config import Settings
 
 log = logging.getLogger("tailor.supervisor")
 
@@ -24,7 +38,7 @@ log = logging.getLogger("tailor.supervisor")
 class EngineLaunch:
     model_path: Path
     served_name: str
-    port: int
+    port: int  # 0: any free port
     max_lora_rank: int
     max_loras: int
     max_cpu_loras: int
@@ -34,6 +48,24 @@ class EngineLaunch:
     log_file: Path
     extra_args: list[str] = field(default_factory=list)
     host: str = "127.0.0.1"
+
+    @classmethod
+    def from_settings(cls, s: Settings, *, port: int | None = None, host: str = "127.0.0.1") -> EngineLaunch:
+        """The child engine `tailor serve` starts for these settings (port: s.engine_port)."""
+        return cls(
+            model_path=s.base_model_path.resolve(),
+            served_name=s.base_model_name,
+            port=s.engine_port if port is None else port,
+            max_lora_rank=s.engine_max_lora_rank,
+            max_loras=s.engine_max_loras,
+            max_cpu_loras=max(s.max_resident_adapters, s.engine_max_loras),
+            max_model_len=s.engine_max_model_len,
+            dtype=s.engine_dtype,
+            kv_cache_gib=s.engine_kv_cache_gib,
+            log_file=s.data_dir / "logs" / "engine.log",
+            extra_args=s.engine_extra_args,
+            host=host,
+        )
 
     @property
     def url(self) -> str:
@@ -69,11 +101,22 @@ class EngineLaunch:
             *self.extra_args,
         ]
 
-    def env(self) -> dict[str, str]:
-        env = dict(os.environ)
+    def env(self, api_key: str) -> dict[str, str]:
+        # vLLM reads only its runtime's variables (and VLLM_*); none of the gateway's secrets.
+        env = runtime_env(os.environ)
+        env["VLLM_API_KEY"] = api_key
         env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.kv_cache_gib))
         return env
+
+
+class EnginePortTaken(RuntimeError):
+    """The configured engine port is in use by another process."""
+
+
+def child_engine(launch: EngineLaunch) -> Engine:
+    """The pool's entry for a child engine; its supervisor fills in key and port."""
+    return Engine(url=launch.url)
 
 
 class EngineSupervisor:
@@ -85,22 +128,51 @@ class EngineSupervisor:
         self.engine = engine
         self.max_backoff_s = max_backoff_s
         self.process: asyncio.subprocess.Process | None = None
+        self.port = launch.port
         self.restarts = 0
+        # Why the last child stopped (short form), until the next one does.
+        self.failure: str | None = None
+        self._api_key = secrets.token_urlsafe(32)
+        self._log_offset = 0
+        self._listener_pid: int | None = None  # the child seen holding the port
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        engine.headers = bearer(self._api_key)
+        engine.owner_check = self.ownership_problem
 
     async def start(self) -> None:
-        await self._spawn()
-        self._task = asyncio.create_task(self._watch(), name=f"supervise-{self.launch.port}")
+        """Start the child; a configured port that is taken is an error here, not a restart loop."""
+        await self._spawn(self._choose_port())
+        self._task = asyncio.create_task(self._watch(), name="supervise-engine")
 
-    async def _spawn(self) -> None:
-        self.launch.log_file.parent.mkdir(parents=True, exist_ok=True)
-        out = self.launch.log_file.open("ab")
-        log.info("starting engine: %s", " ".join(self.launch.command()))
+    def _choose_port(self) -> int:
+        host = self.launch.host
+        if self.launch.port:
+            if not port_is_free(host, self.launch.port):
+                raise EnginePortTaken(
+                    f"engine port {self.launch.port} on {host} is in use by another process "
+                    "(TAILOR_ENGINE_PORT): free it, or set TAILOR_ENGINE_PORT=0 to use any free port"
+                )
+            return self.launch.port
+        # Keep the port of the last child when it is still free: its URL stays the same.
+        if self.port and port_is_free(host, self.port):
+            return self.port
+        return pick_free_port(host)
+
+    async def _spawn(self, port: int) -> None:
+        launch = replace(self.launch, port=port)
+        self.port = port
+        self.engine.url = launch.url
+        self._listener_pid = None
+        launch.log_file.parent.mkdir(parents=True, exist_ok=True)
+        out = launch.log_file.open("ab")
+        self._log_offset = out.tell()
+        # The command carries no secret; the key travels in the environment.
+        log.info("starting engine: %s", " ".join(launch.command()))
         # Own session: the server forks an engine-core process, and both must go on stop.
         self.process = await asyncio.create_subprocess_exec(
-            *self.launch.command(),
-            env=self.launch.env(),
+            *launch.command(),
+            env=launch.env(self._api_key),
             stdout=out,
             stderr=out,
             stdin=asyncio.subprocess.DEVNULL,
@@ -111,19 +183,51 @@ class EngineSupervisor:
     async def _watch(self) -> None:
         backoff = 1.0
         while not self._stopping:
-            assert self.process is not None
-            code = await self.process.wait()
-            if self._stopping:
-                return
-            log.error("engine on port %s exited with %s; restarting", self.launch.port, code)
-            self.engine.restarting = True
-            self.pool.mark_down(self.engine)
-            self._kill_group(signal.SIGKILL)
+            if self.process is not None:
+                code = await self.process.wait()
+                if self._stopping:
+                    return
+                self._exited(code)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self.max_backoff_s)
             self.restarts += 1
-            await self._spawn()
+            try:
+                await self._spawn(self._choose_port())
+            except EnginePortTaken as exc:
+                self.process = None
+                self.failure = "could not start: its configured port is in use"
+                self.engine.problem = f"child engine {self.failure}"
+                log.error("%s; retrying", exc)
             # The health monitor flips the engine back and re-loads its adapters.
+
+    def _exited(self, code: int) -> None:
+        report = exit_report(code, read_tail(self.launch.log_file, self._log_offset))
+        self.failure = report.reason
+        self.engine.restarting = True
+        self.pool.mark_down(self.engine)
+        self.engine.problem = f"child engine {report.reason}; restarting"
+        log.error(
+            "child engine on port %s %s; restarting. Last lines of %s:\n%s",
+            self.port,
+            report.reason,
+            self.launch.log_file,
+            report.tail,
+        )
+        self._kill_group(signal.SIGKILL)
+        if report.port_taken:
+            self.port = 0  # lost the race for a free port: pick another
+
+    def ownership_problem(self) -> Problem | None:
+        """None while the child started here is alive and holds the engine's port."""
+        proc = self.process
+        if proc is None or proc.returncode is not None:
+            return Problem(f"child engine {self.failure or 'is not running'}")
+        if self._listener_pid != proc.pid:
+            if not tree_listens_on(proc.pid, self.port):
+                last = f" (the previous one {self.failure})" if self.failure else ""
+                return Problem(f"child engine is starting{last}")
+            self._listener_pid = proc.pid
+        return None
 
     def _kill_group(self, sig: int) -> None:
         if self.process is None:

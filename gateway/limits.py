@@ -14,8 +14,12 @@ per tenant, kind and window), so every replica counts against the same numbers:
   to the counters in one transaction every `flush_interval_s`. A burst can therefore run
   past a token limit by what is in flight and one flush interval; requests are exact.
 
-Windows are fixed (calendar minute, UTC day, UTC month). Tenants without limits cost
-nothing: no counter is read or written for them.
+Windows are fixed (calendar minute, UTC day, UTC month). Tenants without rate limits or
+token quotas cost nothing: no counter is read or written for them.
+
+The same `tenants.limits` object holds the tenant's storage and queue quotas
+(`max_stored_bytes`, `max_adapter_versions`, `max_files`, `max_queued_jobs`); they are
+enforced where the bytes and jobs are created (core.quotas), never on the request path.
 """
 
 from __future__ import annotations
@@ -58,6 +62,11 @@ class TenantLimits:
     tokens_per_minute: int | None = None
     tokens_per_day: int | None = None
     tokens_per_month: int | None = None
+    # Storage and queue quotas (core.quotas); None: the operator's default.
+    max_stored_bytes: int | None = None
+    max_adapter_versions: int | None = None
+    max_files: int | None = None
+    max_queued_jobs: int | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any] | None) -> TenantLimits | None:
@@ -72,6 +81,11 @@ class TenantLimits:
     @property
     def any(self) -> bool:
         return any(v is not None for v in self.to_json().values())
+
+    @property
+    def rate_limited(self) -> bool:
+        """Whether requests are counted at all: any per-minute limit or token quota."""
+        return self.requests_per_minute is not None or self.counts_tokens
 
     @property
     def counts_tokens(self) -> bool:
@@ -134,6 +148,8 @@ def _refuse(kind: str, limit: int, end: datetime, now: datetime) -> TailorError:
 
 def admit(db: Database, tenant_id: str, limits: TenantLimits, now: datetime | None = None) -> None:
     """Count one request against `limits`; raises a 429 TailorError when over any of them."""
+    if not limits.rate_limited:
+        return  # storage quotas only: nothing to count on a request
     now = now or utcnow()
     with db.session() as s:
         if limits.requests_per_minute is not None:

@@ -3,6 +3,14 @@
 Every `Services` owns its own `CollectorRegistry` (tests run several apps in one process;
 the global registry would mix them and refuse the second registration).
 
+/metrics is unauthenticated, so its labels say nothing about tenants unless the operator
+turns that on (`TAILOR_METRICS_TENANT_LABELS`): by default `tenant` is "all" and `model` is
+the base model's name or "adapter" (adapter names are the tenants' own). When on, `tenant`
+is the tenant's name and `model` the name the client used. Internal ids are never label
+values: the request path knows a tenant by id, so the series are kept by id and the ids
+swapped for names when Prometheus scrapes (`_TenantNames`, names read from the database
+there, off the request path).
+
 Label cardinality is bounded. Each distinct label set is a time series held in this
 process's memory and in Prometheus's TSDB for as long as it is retained, and a histogram
 costs one series per bucket. Tenants and (public) model names grow with the business, and
@@ -29,7 +37,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
 from core.errors import error_type_for_status
-from core.models import Job
+from core.models import Job, Tenant
 
 if TYPE_CHECKING:
     from gateway.interaction_log import InteractionRecord
@@ -38,6 +46,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("tailor.metrics")
 
 OTHER = "other"
+ALL_TENANTS = "all"  # the tenant label unless the operator turns tenant labels on
+ADAPTER = "adapter"  # the model label of every adapter, likewise
 CLIENT_CLOSED = 499
 ENDPOINTS = ("chat.completions", "completions")
 # Jobs that are waiting or running: the queue. Finished ones only ever grow.
@@ -78,27 +88,32 @@ class Metrics:
     def __init__(self, services: Services, *, max_label_values: int = 50) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        base = services.settings.base_model_name
+        self.base = services.settings.base_model_name
+        self.named = services.settings.metrics_tenant_labels
         self.tenants = BoundedLabel(max_label_values)
-        self.models = BoundedLabel(max_label_values + 1, preset=(base,))  # the base model is free
+        self.models = BoundedLabel(max_label_values + 1, preset=(self.base,))  # the base model is free
+        # The series labelled by tenant; by id until _TenantNames renames them at scrape time.
+        series = CollectorRegistry() if self.named else r
+        if self.named:
+            r.register(_TenantNames(services, series))
         labels = ("endpoint", "status_class", "tenant", "model")
-        self.requests = Counter("tailor_requests", "Completion requests answered.", labels, registry=r)
+        self.requests = Counter("tailor_requests", "Completion requests answered.", labels, registry=series)
         self.latency = Histogram(
             "tailor_request_duration_seconds",
             "Completion request latency, to the last byte sent.",
             labels,
             buckets=LATENCY_BUCKETS,
-            registry=r,
+            registry=series,
         )
         self.ttft = Histogram(
             "tailor_time_to_first_token_seconds",
             "Time to the first generated text of a streamed completion.",
             ("endpoint", "tenant", "model"),
             buckets=TTFT_BUCKETS,
-            registry=r,
+            registry=series,
         )
         self.tokens = Counter(
-            "tailor_tokens", "Tokens processed, by type (input|output).", ("type", "tenant", "model"), registry=r
+            "tailor_tokens", "Tokens processed, by type (input|output).", ("type", "tenant", "model"), registry=series
         )
         self.errors = Counter(
             "tailor_errors", "Completion requests that failed, by OpenAI error type.", ("endpoint", "type"), registry=r
@@ -148,8 +163,8 @@ class Metrics:
         key = (
             endpoint,
             _STATUS_CLASS[status // 100] if 0 <= status < 1000 else "other",
-            self.tenants(record.tenant_id),
-            self.models(record.model) if model_known else OTHER,
+            self.tenants(record.tenant_id) if self.named else ALL_TENANTS,
+            self._model_label(record.model, model_known),
         )
         children = self._children.get(key)
         if children is None:
@@ -170,6 +185,13 @@ class Metrics:
                 err = self._error_children[(endpoint, status)] = self.errors.labels(endpoint, error_type(status))
             err.inc()
 
+    def _model_label(self, model: str, known: bool) -> str:
+        if not known:
+            return OTHER
+        if self.named:
+            return self.models(model)
+        return model if model == self.base else ADAPTER
+
     def _bind(self, key: tuple[str, str, str, str]) -> tuple[Any, ...]:
         endpoint, _, tenant, model = key
         return (
@@ -188,6 +210,44 @@ class Metrics:
 
     def adapter_evicted(self, engine: str) -> None:
         self.adapter_evictions.labels(engine).inc()
+
+
+class _TenantNames(Collector):
+    """The tenant-labelled series of `source`, each tenant id replaced by the tenant's name.
+
+    Names are read from the database when Prometheus scrapes (never per request) and kept:
+    a tenant's name does not change. A series whose tenant is gone (and was never named
+    here) is left out rather than shown by id.
+    """
+
+    def __init__(self, services: Services, source: CollectorRegistry) -> None:
+        self.services = services
+        self.source = source
+        self.names: dict[str, str] = {}
+
+    def collect(self) -> Iterator[Any]:
+        families = list(self.source.collect())
+        ids = {s.labels["tenant"] for f in families for s in f.samples} - {OTHER}
+        self._learn(ids - self.names.keys())
+        for family in families:
+            family.samples = [
+                s._replace(labels={**s.labels, "tenant": self.names[s.labels["tenant"]]})
+                if s.labels["tenant"] != OTHER
+                else s
+                for s in family.samples
+                if s.labels["tenant"] == OTHER or s.labels["tenant"] in self.names
+            ]
+            yield family
+
+    def _learn(self, ids: set[str]) -> None:
+        if not ids:
+            return
+        try:
+            with self.services.db.session() as session:
+                rows = session.execute(select(Tenant.id, Tenant.name).where(Tenant.id.in_(ids))).tuples()
+                self.names.update(dict(rows.all()))
+        except Exception as exc:  # a scrape must not fail because the database does
+            log.warning("metrics: could not read tenant names: %s", exc)
 
 
 class _ScrapeTime(Collector):

@@ -66,7 +66,8 @@ EXPORT_FORMAT = 1
 # Not tenant data: the audit log must survive a purge (see the module docstring).
 EXCLUDED_TABLES = frozenset({"audit_events"})
 # Never exported: a key's hash is a credential, not the tenant's data.
-SECRET_COLUMNS: dict[str, frozenset[str]] = {"api_keys": frozenset({"key_hash"})}
+# A console session id is the hash of its cookie token: a credential, never exported.
+SECRET_COLUMNS: dict[str, frozenset[str]] = {"api_keys": frozenset({"key_hash"}), "console_sessions": frozenset({"id"})}
 # JSON keys holding sealed third-party secrets (a distillation teacher's API key).
 _SEALED_SUFFIX = "_sealed"
 # Where core.blobs keeps a tenant's objects: "<prefix>/<tenant id>/...".
@@ -442,7 +443,10 @@ async def evict_adapters(pool: EnginePool, version_ids: Iterable[str]) -> int:
             evicted += 1
             try:
                 resp = await pool.client.post(
-                    f"{engine.url}/v1/unload_lora_adapter", json={"lora_name": name}, timeout=30.0
+                    f"{engine.url}/v1/unload_lora_adapter",
+                    json={"lora_name": name},
+                    headers=engine.headers,  # engines Tailor owns require their key
+                    timeout=30.0,
                 )
                 if resp.status_code >= 400:
                     log.warning("engine %s refused to unload %s: %s", engine.url, name, resp.text[:200])

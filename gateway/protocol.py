@@ -1,58 +1,14 @@
-"""OpenAI request shapes accepted by Tailor, and the response models of its own routes.
+"""Response models of Tailor's own routes, and the bodies of its admin API.
 
-Requests are validated here for clear 400s on the fields Tailor relies on; every other
-field is passed to the engine untouched (extra="allow"), so new sampling parameters work
-without a Tailor release.
+Completion request bodies, and what of them reaches the engine, are gateway.request_policy.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-
-
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    include_usage: bool | None = None
-
-
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | list[dict[str, Any]] | None = None
-
-
-class _Sampling(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    model: str = Field(min_length=1, max_length=256)
-    stream: bool | None = False
-    stream_options: StreamOptions | None = None
-    n: Annotated[int, Field(ge=1, le=16)] | None = None
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
-    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
-    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
-    presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
-    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    user: str | None = None
-
-
-class ChatCompletionRequest(_Sampling):
-    messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
-    logprobs: bool | None = None
-    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
-
-
-class CompletionRequest(_Sampling):
-    prompt: str | list[str] | list[int] | list[list[int]]
-    logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
-    echo: bool | None = None
-    suffix: str | None = None
-    best_of: Annotated[int, Field(ge=1, le=16)] | None = None
+from pydantic import BaseModel, Field
 
 
 class ModelCard(BaseModel):

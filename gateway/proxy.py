@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 import orjson
@@ -20,17 +20,17 @@ from sqlalchemy.exc import DBAPIError
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from adapters.engines import Lease, LoraRef
+from adapters.engines import EnginePool, Lease, LoraRef
 from core.errors import TailorError
 from core.ids import new_id
-from gateway import limits, normalize
+from gateway import limits, normalize, request_policy
 from gateway.interaction_log import InteractionRecord
+from gateway.request_policy import Kind
 from gateway.services import Services
 from gateway.tenants import Caller
 
 log = logging.getLogger("tailor.gateway")
 
-Kind = Literal["chat", "completion"]
 INTERACTION_HEADER = "x-tailor-interaction-id"
 # Status recorded when the client went away before the answer was complete (nginx's).
 CLIENT_CLOSED = 499
@@ -94,8 +94,13 @@ async def complete(services: Services, caller: Caller, kind: Kind, body: dict[st
     telemetry = services.telemetry
     spans = telemetry.request_started(kind, record, body, request)
     model_known = False  # metrics label a model by name only once it resolved
+    finished = False
 
     def finish(status: int, error: str | None = None, *, log: bool = True) -> None:
+        nonlocal finished
+        if finished:  # a failure after the answer was recorded must not count the request twice
+            return
+        finished = True
         record.status_code = status
         record.error = error
         record.latency_ms = (time.perf_counter() - started) * 1000
@@ -106,8 +111,10 @@ async def complete(services: Services, caller: Caller, kind: Kind, body: dict[st
         telemetry.request_finished(spans, record, model_known)
 
     try:
-        _check_output_cap(body, services.settings.max_output_tokens)
-        if caller.limits is not None:
+        settings = services.settings
+        fields = request_policy.engine_fields(kind, body, frozenset(settings.engine_allowed_extra_fields))
+        request_policy.check_output_cap(body, settings.max_output_tokens)
+        if caller.limits is not None and caller.limits.rate_limited:
             with spans.step("rate limits"):
                 await _admit(services, caller)
         with spans.step("resolve model"):
@@ -115,7 +122,14 @@ async def complete(services: Services, caller: Caller, kind: Kind, body: dict[st
         model_known = True
         record.adapter_version_id = resolved.version_id
         lora = services.lora_for(resolved)
-        lease = await services.pool.acquire(lora)
+        # Encoded before an engine is leased: a body that cannot be sent holds nothing.
+        payload = request_policy.engine_payload(
+            fields,
+            model=lora.name if lora else settings.base_model_name,
+            stream=stream,
+            cache_salt=services.cache_salts.for_tenant(caller.tenant_id, fields.get("cache_salt")),
+        )
+        lease = await _acquire(services, lora, public_model)
     except TailorError as exc:
         finish(exc.status, exc.message)
         return _json(exc.body(), exc.status, interaction_id, exc.headers)
@@ -126,43 +140,83 @@ async def complete(services: Services, caller: Caller, kind: Kind, body: dict[st
         raise
 
     record.engine = lease.url
-    upstream = dict(body)
-    upstream["model"] = lease.lora or services.settings.base_model_name
-    client_wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-    if stream:
-        # Always ask for usage so the log has token counts; the extra chunk is dropped
-        # again below unless the client asked for it.
-        upstream["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-    replace = {lease.lora: public_model} if lease.lora else {}
-
+    held = _HeldLease(services.pool, lease)
     try:
-        resp = await _send(services, lease, lora, route, upstream, request, spans)
+        return await _answer(
+            services, held, lora, route, kind, payload, record, finish, interaction_id, request, spans, started
+        )
+    except asyncio.CancelledError:
+        finish(CLIENT_CLOSED, "client disconnected")
+        raise
+    except Exception as exc:
+        log.exception("request %s failed after an engine was leased", interaction_id)
+        err = TailorError(500, "Tailor failed while handling this request; retry shortly.", code="internal_error")
+        finish(err.status, f"internal error: {type(exc).__name__}")
+        return _json(err.body(), err.status, interaction_id)
+    finally:
+        # The one place a lease goes back, whatever happened; a stream takes it over and
+        # gives it back when it closes.
+        if not held.streaming:
+            held.release()
+
+
+@dataclass
+class _HeldLease:
+    """A request's engine lease, given back exactly once."""
+
+    pool: EnginePool
+    lease: Lease
+    streaming: bool = False  # a stream owns it now and releases it when it closes
+    released: bool = False
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.pool.release(self.lease)
+
+
+async def _answer(
+    services: Services,
+    held: _HeldLease,
+    lora: LoraRef | None,
+    route: Route,
+    kind: Kind,
+    payload: bytes,
+    record: InteractionRecord,
+    finish: Callable[..., None],
+    interaction_id: str,
+    request: Request,
+    spans: Any,
+    started: float,
+) -> Response:
+    """Send the request to the leased engine and answer the client. Never releases the lease."""
+    lease = held.lease
+    public_model = record.model
+    replace = {lease.lora: public_model} if lease.lora else {}
+    try:
+        resp = await _send(services, lease, lora, route, payload, request, spans, public_model)
     except TailorError as exc:
-        services.pool.release(lease)
         finish(exc.status, exc.message)
         return _json(exc.body(), exc.status, interaction_id)
-    except (ClientDisconnected, asyncio.CancelledError) as exc:
-        services.pool.release(lease)
+    except ClientDisconnected:
         finish(CLIENT_CLOSED, "client disconnected")
-        if isinstance(exc, asyncio.CancelledError):
-            raise
         return Response(status_code=CLIENT_CLOSED)
 
     if resp.status_code >= 400:
-        raw = await resp.aread()
-        await resp.aclose()
-        services.pool.release(lease)
+        try:
+            raw = await resp.aread()
+        finally:
+            await resp.aclose()
         error = normalize.error(_parse(raw), resp.status_code, replace=replace)
         finish(resp.status_code, error["error"]["message"])
         return _json(error, resp.status_code, interaction_id)
 
-    if not stream:
-        return await _finish_body(
-            services, lease, route, kind, resp, record, finish, public_model, interaction_id, request
-        )
+    if not record.stream:
+        return await _finish_body(services, lease, route, kind, resp, record, finish, interaction_id, request)
 
-    stream_call = _StreamCall(services, lease, resp, record, finish)
-    gen = stream_call.events(route, kind, public_model, interaction_id, client_wants_usage, replace, started)
+    stream_call = _StreamCall(services, held, resp, record, finish)
+    held.streaming = True
+    gen = stream_call.events(route, kind, public_model, interaction_id, _client_wants_usage(record), replace, started)
     return _ClosingStreamingResponse(
         gen,
         on_exit=lambda: stream_call.close(CLIENT_CLOSED, "client disconnected"),
@@ -171,16 +225,48 @@ async def complete(services: Services, caller: Caller, kind: Kind, body: dict[st
     )
 
 
-def _check_output_cap(body: dict[str, Any], cap: int) -> None:
-    for param in ("max_tokens", "max_completion_tokens"):
-        asked = body.get(param)
-        if isinstance(asked, int) and asked > cap:
-            raise TailorError(
-                400,
-                f"{param} is too large: {asked}. This gateway allows at most {cap} output tokens per request.",
-                code="invalid_value",
-                param=param,
-            )
+def _client_wants_usage(record: InteractionRecord) -> bool:
+    return bool((record.request.get("stream_options") or {}).get("include_usage"))
+
+
+async def _acquire(services: Services, lora: LoraRef | None, public_model: str) -> Lease:
+    try:
+        return await services.pool.acquire(lora)
+    except TailorError as exc:
+        raise _load_failure(exc, lora, public_model) from exc
+
+
+async def _reload(services: Services, lease: Lease, lora: LoraRef, public_model: str) -> None:
+    try:
+        await services.pool.ensure_loaded(lease.engine, lora)
+    except TailorError as exc:
+        raise _load_failure(exc, lora, public_model) from exc
+
+
+def _load_failure(exc: TailorError, lora: LoraRef | None, public_model: str) -> TailorError:
+    """An adapter that could not be made resident, in Tailor's words.
+
+    The engine's and the store's own messages name internal adapter ids and file paths:
+    they go to the server log only.
+    """
+    if lora is None or exc.code == "engine_unavailable":
+        return exc  # already Tailor's words, naming nothing internal
+    log.warning("model %r (adapter %s) could not be loaded: %s", public_model, lora.name, exc.message)
+    if exc.status >= 500 and exc.code == "engine_error":
+        # The engine failed (5xx) while loading: another try may well succeed.
+        return TailorError(
+            503,
+            f"Model '{public_model}' could not be loaded on an engine; try again shortly.",
+            code="model_load_failed",
+        )
+    # The engine refused the adapter, or its stored files are missing or damaged: retrying
+    # will not help until an operator looks at it.
+    return TailorError(
+        500,
+        f"Model '{public_model}' could not be loaded on an engine; retrying will not help until an operator "
+        "has looked at it.",
+        code="model_load_failed",
+    )
 
 
 async def _admit(services: Services, caller: Caller) -> None:
@@ -198,17 +284,17 @@ async def _send(
     lease: Lease,
     lora: LoraRef | None,
     route: Route,
-    upstream: dict[str, Any],
+    payload: bytes,
     request: Request,
     spans: Any,
+    public_model: str,
 ) -> httpx.Response:
     """Open the upstream response; a 404 for an adapter the engine lost is retried once."""
-    # Starts the engine-call span; with tracing on, adds its `traceparent` for vLLM.
-    headers = spans.engine_headers(lease.url, route.path, _JSON_HEADERS)
+    # The engine's own credentials (none for an engine without a key); with tracing on,
+    # the engine-call span's `traceparent` for vLLM.
+    headers = spans.engine_headers(lease.url, route.path, {**_JSON_HEADERS, **lease.engine.headers})
     for attempt in (1, 2):
-        req = services.client.build_request(
-            "POST", lease.url + route.path, content=orjson.dumps(upstream), headers=headers
-        )
+        req = services.client.build_request("POST", lease.url + route.path, content=payload, headers=headers)
         try:
             resp = await _until_disconnect(request, services.client.send(req, stream=True))
         except httpx.TransportError as exc:
@@ -219,7 +305,7 @@ async def _send(
         if resp.status_code == 404 and lora is not None and attempt == 1:
             await resp.aclose()
             services.pool.forget(lease.engine, lora.name)
-            await services.pool.ensure_loaded(lease.engine, lora)
+            await _reload(services, lease, lora, public_model)
             continue
         return resp
     raise AssertionError("unreachable")
@@ -266,7 +352,6 @@ async def _finish_body(
     resp: httpx.Response,
     record: InteractionRecord,
     finish: Callable[..., None],
-    public_model: str,
     interaction_id: str,
     request: Request,
 ) -> Response:
@@ -275,9 +360,6 @@ async def _finish_body(
     except ClientDisconnected:
         finish(CLIENT_CLOSED, "client disconnected")
         return Response(status_code=CLIENT_CLOSED)
-    except asyncio.CancelledError:
-        finish(CLIENT_CLOSED, "client disconnected")
-        raise
     except httpx.HTTPError as exc:
         services.pool.mark_down(lease.engine)
         err = TailorError(503, "The inference engine failed while answering; retry shortly.", code="engine_unavailable")
@@ -285,9 +367,8 @@ async def _finish_body(
         return _json(err.body(), err.status, interaction_id)
     finally:
         await resp.aclose()
-        services.pool.release(lease)
     try:
-        body = route.body(orjson.loads(raw), model=public_model, id=interaction_id)
+        body = route.body(orjson.loads(raw), model=record.model, id=interaction_id)
     except (orjson.JSONDecodeError, AttributeError, TypeError) as exc:
         err = _bad_engine_output()
         finish(err.status, f"unreadable engine answer: {type(exc).__name__}")
@@ -334,13 +415,14 @@ class _StreamCall:
     def __init__(
         self,
         services: Services,
-        lease: Lease,
+        held: _HeldLease,
         resp: httpx.Response,
         record: InteractionRecord,
         finish: Callable[..., None],
     ) -> None:
         self.services = services
-        self.lease = lease
+        self.held = held
+        self.lease = held.lease
         self.resp = resp
         self.record = record
         self.finish = finish
@@ -351,7 +433,7 @@ class _StreamCall:
         if self.closed:
             return
         self.closed = True
-        self.services.pool.release(self.lease)
+        self.held.release()
         self.record.response_text = "".join(self.parts)
         self.finish(status, error)
         await self.resp.aclose()
@@ -402,6 +484,11 @@ class _StreamCall:
                 if not choices and usage and not client_wants_usage:
                     continue
                 yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+            else:
+                # The engine closed the stream without its `[DONE]`: the answer is incomplete.
+                err = _bad_engine_output()
+                status, error = err.status, "engine stream ended without [DONE]"
+                yield b"data: " + orjson.dumps(err.body()) + b"\n\n"
         except asyncio.CancelledError:
             status, error = CLIENT_CLOSED, "client disconnected"
             raise

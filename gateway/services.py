@@ -14,17 +14,22 @@ import httpx
 from sqlalchemy.exc import DBAPIError
 
 from adapters import registry
-from adapters.engines import EnginePool, LoraRef
+from adapters.engine_checks import EngineExpectation
+from adapters.engines import Engine, EnginePool, LoraRef, bearer
+from adapters.probe_adapter import write_probe_adapter
 from adapters.registry import ModelRoute, ResolvedModel, ValidationLimits
 from adapters.store import AdapterStore
-from adapters.supervisor import EngineLaunch, EngineSupervisor
+from adapters.supervisor import EngineLaunch, EngineSupervisor, child_engine
+from core import sealing
 from core.blobs import BlobStore
 from core.config import Settings
 from core.db import Database, migrate
 from core.errors import TailorError
 from gateway import tenants
+from gateway.auth_guard import KeyCache
 from gateway.interaction_log import InteractionLog
 from gateway.limits import TokenMeter
+from gateway.request_policy import CacheSalts
 from gateway.telemetry import Telemetry
 from gateway.tenants import Caller
 from gateway.trainer_process import TrainerProcess
@@ -85,17 +90,31 @@ class Services:
             limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
         )
         self.supervisors: list[EngineSupervisor] = []
-        self.trainer = TrainerProcess(settings.data_dir / "logs" / "trainer.log") if settings.run_trainer else None
-        urls = settings.engine_urls or [f"http://127.0.0.1:{settings.engine_port}"]
+        self.trainer = (
+            TrainerProcess(settings.data_dir / "logs" / "trainer.log", settings) if settings.run_trainer else None
+        )
+        launch = None if settings.engine_urls else self._child_launch()
+        engines = (
+            [child_engine(launch)]
+            if launch
+            else [Engine(url=url, headers=bearer(settings.engine_api_key)) for url in settings.engine_urls]
+        )
         # Metrics and traces; reads the pool, log and database only when scraped.
         self.telemetry = Telemetry(self)
         self.pool = EnginePool(
-            urls,
+            engines,
             self.client,
+            expect=EngineExpectation(
+                served_name=settings.base_model_name,
+                max_lora_rank=settings.engine_max_lora_rank,
+                probe_adapter=self._probe_adapter,
+            ),
             max_resident=settings.max_resident_adapters,
             health_interval_s=settings.engine_health_interval_s,
             observer=self.telemetry,
         )
+        if launch:
+            self.supervisors.append(EngineSupervisor(launch, self.pool, self.pool.engines[0]))
         self.interactions = InteractionLog(
             self.db,
             batch_size=settings.log_batch_size,
@@ -104,14 +123,15 @@ class Services:
             redact_all=settings.redact_pii,
         )
         self.meter = TokenMeter(self.db, flush_interval_s=settings.log_flush_interval_s)
-        self.keys: TTLCache[str, object] = TTLCache(settings.auth_cache_ttl_s)
+        # Known and unknown keys apart, both bounded: random tokens cannot evict working keys.
+        self.keys = KeyCache(settings.auth_cache_ttl_s)
+        # The sealing secret may be read from a file: once here, never per request.
+        self.cache_salts = CacheSalts(sealing.secret(settings))
         self.models: TTLCache[tuple[str, str], object] = TTLCache(settings.auth_cache_ttl_s)
 
     # --- lifecycle ----------------------------------------------------------
     async def start(self, *, wait_for_engines: bool = True) -> None:
         await asyncio.to_thread(migrate, self.db.url)
-        if not self.settings.engine_urls:
-            self._start_child_engine()
         for sup in self.supervisors:
             await sup.start()
         self.interactions.start()
@@ -122,22 +142,13 @@ class Services:
             await self.pool.wait_healthy(self.settings.engine_start_timeout_s, all_engines=False)
         self.pool.start_monitor()
 
-    def _start_child_engine(self) -> None:
-        s = self.settings
-        launch = EngineLaunch(
-            model_path=s.base_model_path.resolve(),
-            served_name=s.base_model_name,
-            port=s.engine_port,
-            max_lora_rank=s.engine_max_lora_rank,
-            max_loras=s.engine_max_loras,
-            max_cpu_loras=max(s.max_resident_adapters, s.engine_max_loras),
-            max_model_len=s.engine_max_model_len,
-            dtype=s.engine_dtype,
-            kv_cache_gib=s.engine_kv_cache_gib,
-            log_file=s.data_dir / "logs" / f"engine-{s.engine_port}.log",
-            extra_args=s.engine_extra_args,
-        )
-        self.supervisors.append(EngineSupervisor(launch, self.pool, self.pool.engines[0]))
+    def _child_launch(self) -> EngineLaunch:
+        return EngineLaunch.from_settings(self.settings)
+
+    def _probe_adapter(self) -> str:
+        """Path of the LoRA that tests an operator-run engine takes the largest rank Tailor accepts."""
+        directory = self.settings.cache_dir.resolve() / "engine-probe"
+        return str(write_probe_adapter(directory, self.limits.base, self.settings.engine_max_lora_rank))
 
     async def stop(self) -> None:
         await self.pool.stop_monitor()
@@ -153,6 +164,11 @@ class Services:
 
     # --- lookups on the hot path ---------------------------------------------
     # Cache hits are answered on the event loop; only misses go to a thread for the database.
+    def cached_caller(self, secret: str) -> Caller | None:
+        """The working key's caller if the cache knows it (no database round trip), else None."""
+        hit = self.keys.get(secret)
+        return hit if isinstance(hit, Caller) else None
+
     async def authenticate(self, secret: str) -> Caller | None:
         hit = self.keys.get(secret)
         if hit is None:
@@ -178,7 +194,7 @@ class Services:
                 self.models.put(key, hit)
         return hit.choose(random.random())  # type: ignore[union-attr]
 
-    def _stale(self, cache: TTLCache[Any, object], key: Any, what: str) -> object:
+    def _stale(self, cache: TTLCache[Any, object] | KeyCache, key: Any, what: str) -> object:
         """While the database is away, serve what was known a moment ago (a key revoked or an
         alias switched during the outage applies once it is back); a lookup never seen
         before cannot be answered: 503, which clients retry."""

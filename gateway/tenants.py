@@ -16,6 +16,8 @@ from core.models import ApiKey, Tenant
 from gateway.limits import TenantLimits
 
 TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+# A grace period is for clients to switch secrets; longer ones would only keep a replaced key alive.
+MAX_GRACE_SECONDS = 30 * 86400
 
 
 @dataclass(frozen=True)
@@ -142,8 +144,8 @@ def rotate_key(db: Database, key_id: str, *, grace_seconds: int = 0) -> NewKey:
     A grace period lets clients switch to the new secret without a moment when neither
     works; 0 revokes the old key at once.
     """
-    if grace_seconds < 0:
-        raise bad_request("grace_seconds must be >= 0.", param="grace_seconds")
+    if not 0 <= grace_seconds <= MAX_GRACE_SECONDS:
+        raise bad_request(f"grace_seconds must be between 0 and {MAX_GRACE_SECONDS}.", param="grace_seconds")
     now = utcnow()
     with db.session() as s:
         old = s.get(ApiKey, key_id)

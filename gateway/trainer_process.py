@@ -1,27 +1,89 @@
 """The trainer worker that `tailor serve` runs beside the gateway, as its own process.
 
 Training is CPU/GPU-heavy and must never block the gateway's event loop, so it runs in a
-child process (`tailor trainer`) that claims jobs from the database like any other
+child process (`python -m trainer.worker`) that claims jobs from the database like any other
 worker. If it dies it is restarted; a job it was running is re-queued by the next
 worker once its heartbeat goes stale.
+
+The child gets only the environment it needs (`trainer_env`), not the gateway's: it runs
+code on tenants' behalf (a distillation job calls a URL the tenant chose), so whatever
+secret of the operator's it does not have cannot leak from it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import urlsplit
+
+from pydantic import SecretStr
+
+from core.child_env import runtime_env
+from core.config import Settings, get_settings
 
 log = logging.getLogger("tailor.trainer")
 
+# Credentials of the stores the worker reads and writes, passed only where a store uses them.
+STORE_CREDENTIALS = {
+    "s3": ("AWS_",),
+    "s3a": ("AWS_",),
+    "gs": ("GOOGLE_", "GCLOUD_"),
+    "gcs": ("GOOGLE_", "GCLOUD_"),
+    "az": ("AZURE_",),
+    "abfs": ("AZURE_",),
+    "abfss": ("AZURE_",),
+    "postgresql+psycopg": ("PG",),
+}
+# The worker never calls the HTTP API or an engine's: those keys would only be more secrets to lose.
+WITHHELD_SETTINGS = frozenset({"admin_key", "engine_api_key"})
+
+
+def _env_value(value: object) -> str:
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(list(value) if isinstance(value, tuple) else value)
+    return str(value)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The gateway's settings (wherever they were read from) as the child's TAILOR_* variables,
+    less the withheld ones; TAILOR_CONFIG_FILE points nowhere, so a config file holding the
+    admin key is not read again by the child."""
+    env = {
+        f"TAILOR_{name.upper()}": _env_value(value)
+        for name in Settings.model_fields
+        if name not in WITHHELD_SETTINGS and (value := getattr(settings, name)) is not None
+    }
+    env["TAILOR_CONFIG_FILE"] = os.devnull
+    return env
+
+
+def trainer_env(settings: Settings, environ: Mapping[str, str]) -> dict[str, str]:
+    """The trainer child's environment: what it needs, nothing else.
+
+    That is the runtime's variables of `environ`, the settings (not the admin or engine
+    key), the credentials of the stores it uses, and the variables the operator lets
+    distillation jobs name as a teacher's key (TAILOR_TEACHER_KEY_ENV_ALLOWLIST).
+    """
+    urls = (settings.database_url, settings.adapter_store_url, settings.blob_store_url)
+    prefixes = tuple(p for url in urls for p in STORE_CREDENTIALS.get(urlsplit(url or "").scheme, ()))
+    return {**runtime_env(environ, names=settings.teacher_key_env_names, prefixes=prefixes), **settings_env(settings)}
+
 
 class TrainerProcess:
-    def __init__(self, log_file: Path, *, stop_timeout_s: float = 15.0) -> None:
+    def __init__(self, log_file: Path, settings: Settings | None = None, *, stop_timeout_s: float = 15.0) -> None:
         self.log_file = log_file
+        self.settings = settings or get_settings()
         self.stop_timeout_s = stop_timeout_s
         self.process: asyncio.subprocess.Process | None = None
         self.restarts = 0
@@ -38,13 +100,12 @@ class TrainerProcess:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "gateway.cli",
-                "trainer",
+                "trainer.worker",
                 stdout=out,
                 stderr=out,
                 stdin=asyncio.subprocess.DEVNULL,
                 start_new_session=True,
-                env=dict(os.environ),
+                env=trainer_env(self.settings, os.environ),
             )
         log.info("trainer worker started (pid %s, log %s)", self.process.pid, self.log_file)
 

@@ -4,11 +4,15 @@
     python -m loadtests.bench_gateway --quick     # smoke run: 4 streams, 2 rounds of 8, 16 tokens
     python -m loadtests.bench_gateway --markdown --json bench.json
     python -m loadtests.bench_gateway --gateway-url http://127.0.0.1:8000 --api-key sk-... \\
-        --engine-url http://127.0.0.1:8100 --model SmolLM2-135M-Instruct   # a running Tailor
+        --engine-url http://127.0.0.1:8100 --engine-key ... --model SmolLM2-135M-Instruct   # a running Tailor
 
-Without --gateway-url it starts Tailor the way users do (`python -m gateway.cli serve`, with a
-throwaway data directory and free ports), creates a tenant and key through the admin API, and
-benchmarks the gateway against the child engine it supervises, so both paths share one engine.
+Without --gateway-url it starts vLLM the way `tailor serve` starts its child engine (same command
+line and environment) on a free port with a random key, then Tailor (`python -m gateway.cli
+serve`, throwaway data directory) with that engine as an operator-run one (TAILOR_ENGINE_URLS,
+TAILOR_ENGINE_API_KEY), creates a tenant and key through the admin API, and benchmarks the
+gateway against that engine called directly with its key, so both paths share one engine. (A
+child engine started by the gateway itself takes only the gateway's own per-process key.)
+The --engine-key of an engine run by hand defaults to TAILOR_ENGINE_API_KEY from the environment.
 
 Every request is a chat completion with temperature 0, `max_tokens` N and `ignore_eos` (a vLLM
 extension the gateway passes through), so each one generates exactly N tokens and both paths
@@ -226,9 +230,7 @@ def _failed(started: float, error: str) -> RequestResult:
 
 
 def make_client(target: Target, cfg: BenchConfig) -> httpx.AsyncClient:
-    headers = {"content-type": "application/json"}
-    if target.api_key:
-        headers["authorization"] = f"Bearer {target.api_key}"
+    headers = {"content-type": "application/json", **_auth(target.api_key)}
     # Room for every worker to keep its own connection: the pool must never be what queues.
     slots = cfg.concurrency * 2 + 8
     return httpx.AsyncClient(
@@ -493,20 +495,25 @@ def count_vllm_processes() -> int:
     return count
 
 
-def engine_version(engine_url: str) -> str:
+def _auth(api_key: str | None) -> dict[str, str]:
+    return {"authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def engine_version(engine: Target) -> str:
     try:
-        return str(httpx.get(f"{engine_url}/version", timeout=5).json().get("version", "unknown"))
+        resp = httpx.get(f"{engine.base_url}/version", headers=_auth(engine.api_key), timeout=5)
+        return str(resp.json().get("version", "unknown"))
     except (httpx.HTTPError, ValueError):
         return "unknown"
 
 
-def machine_facts(engine_url: str, vllm_before: int | None) -> MachineFacts:
+def machine_facts(engine: Target, vllm_before: int | None) -> MachineFacts:
     return MachineFacts(
         cpu_count=os.cpu_count(),
         usable_cpus=len(os.sched_getaffinity(0)),
         cpu_model=_cpu_model(),
         python=platform.python_version(),
-        engine_version=engine_version(engine_url),
+        engine_version=engine_version(engine),
         vllm_processes_before=vllm_before,
         load_avg_before=os.getloadavg(),
     )
@@ -522,6 +529,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gateway-url", help="A running Tailor; default: start one here.")
     p.add_argument("--engine-url", help="The vLLM server behind it (with --gateway-url).")
     p.add_argument("--api-key", help="A tenant key for the gateway (with --gateway-url).")
+    p.add_argument(
+        "--engine-key",
+        default=os.environ.get("TAILOR_ENGINE_API_KEY") or None,
+        help="The engine's key (its vLLM --api-key), sent on direct calls (with --engine-url); "
+        "default: TAILOR_ENGINE_API_KEY from the environment.",
+    )
     p.add_argument("--model", default=BASE_MODEL, help="Served base model name on both paths.")
     # None means "not given", so --quick can supply its own defaults and flags still win.
     p.add_argument("--concurrency", type=int)
@@ -557,14 +570,49 @@ def config_from(args: argparse.Namespace) -> BenchConfig:
     return cfg
 
 
-def benchmark(
-    cfg: BenchConfig, gateway_url: str, engine_url: str, api_key: str, model: str, vllm_before: int | None
-) -> Report:
-    targets = {
-        "direct": Target("direct", engine_url.rstrip("/"), model),
+def make_targets(
+    gateway_url: str, engine_url: str, api_key: str, model: str, engine_key: str | None = None
+) -> dict[str, Target]:
+    """The engine called directly (with its key, if it has one) and the gateway (a tenant key)."""
+    return {
+        "direct": Target("direct", engine_url.rstrip("/"), model, engine_key),
         "gateway": Target("gateway", gateway_url.rstrip("/"), model, api_key),
     }
-    machine = machine_facts(engine_url, vllm_before)
+
+
+def check_access(target: Target, transport: httpx.BaseTransport | None = None) -> None:
+    """Fail before any round when a target refuses its key or does not serve the model."""
+    with httpx.Client(
+        base_url=target.base_url, headers=_auth(target.api_key), timeout=30, transport=transport
+    ) as client:
+        try:
+            resp = client.get("/v1/models")
+        except httpx.HTTPError as exc:
+            raise RuntimeError(f"{target.name} at {target.base_url}: {type(exc).__name__}: {exc}") from exc
+    if resp.status_code == 401:
+        hint = " (--engine-key)" if target.name == "direct" else " (--api-key)"
+        state = "a wrong key" if target.api_key else "no key"
+        raise RuntimeError(f"{target.name} at {target.base_url} refused {state}: HTTP 401{hint}")
+    if resp.status_code != 200:
+        raise RuntimeError(f"{target.name} at {target.base_url}: GET /v1/models gave HTTP {resp.status_code}")
+    served = {str(m.get("id")) for m in resp.json().get("data") or ()}
+    if target.model not in served:
+        raise RuntimeError(f"{target.name} at {target.base_url} does not serve {target.model!r} ({sorted(served)})")
+
+
+def benchmark(
+    cfg: BenchConfig,
+    gateway_url: str,
+    engine_url: str,
+    api_key: str,
+    model: str,
+    vllm_before: int | None,
+    engine_key: str | None = None,
+) -> Report:
+    targets = make_targets(gateway_url, engine_url, api_key, model, engine_key)
+    for target in targets.values():
+        check_access(target)
+    machine = machine_facts(targets["direct"], vllm_before)
     rounds = asyncio.run(run_interleaved(targets, cfg))
     machine.load_avg_after = os.getloadavg()
     return build_report(cfg, model, machine, rounds)
@@ -581,14 +629,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         if args.gateway_url:
-            report = benchmark(cfg, args.gateway_url, args.engine_url, args.api_key, args.model, vllm_before=None)
+            report = benchmark(cfg, args.gateway_url, args.engine_url, args.api_key, args.model, None, args.engine_key)
         else:
             # Counted before our own engine starts: any vLLM here competes with the benchmark.
             vllm_before = count_vllm_processes()
-            # The serving path alone: no trainer worker importing torch beside the runs.
-            with local_tailor(MODEL_DIR, env_extra={"TAILOR_RUN_TRAINER": "false"}) as server:
+            # The serving path alone: no trainer worker importing torch beside the runs. The engine
+            # is started here, with a key we know, so the direct path can call it.
+            env = {"TAILOR_RUN_TRAINER": "false"}
+            with local_tailor(MODEL_DIR, env_extra=env, engine="operator") as server:
+                assert server.engine_url is not None
                 key = create_tenant_key(server)
-                report = benchmark(cfg, server.url, server.engine_url, key, args.model, vllm_before)
+                report = benchmark(cfg, server.url, server.engine_url, key, args.model, vllm_before, server.engine_key)
     except KeyboardInterrupt:
         _progress("interrupted")
         return 130

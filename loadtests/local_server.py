@@ -2,6 +2,12 @@
 
 with local_tailor(MODEL_DIR) as server:
     key = create_tenant_key(server, "bench")
+
+By default `tailor serve` starts its own child engine, which listens on a port and key of its
+own that nobody else learns. With `engine="operator"` the vLLM engine is started here instead,
+with a key made here, and Tailor is pointed at it (TAILOR_ENGINE_URLS, TAILOR_ENGINE_API_KEY)
+the way an operator runs one: `server.engine_url` and `server.engine_headers` then reach the
+very engine the gateway uses, for benchmarks that compare the two paths.
 """
 
 from __future__ import annotations
@@ -16,36 +22,82 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
+from unittest import mock
 
 import httpx
+
+from adapters.engines import bearer
+from adapters.ports import pick_free_port
+from adapters.supervisor import EngineLaunch
+from core.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE_MODEL = "SmolLM2-135M-Instruct"
 MODEL_DIR = ROOT / "models" / BASE_MODEL
 READY_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 60.0
+ENGINE_HOST = "127.0.0.1"
+
+# "child": `tailor serve` starts (and keys) its own engine; "operator": started here, key known.
+EngineMode = Literal["child", "operator"]
 
 
 def _progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _tail(path: Path, n: int) -> str:
+    with contextlib.suppress(OSError):
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    return ""
+
+
+@dataclass
+class LocalEngine:
+    """A vLLM engine started here, requiring `key` (VLLM_API_KEY) on its /v1 routes."""
+
+    url: str
+    key: str = field(repr=False)
+    log_path: Path
+    process: subprocess.Popen[bytes]
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return bearer(self.key)
+
+    def log_tail(self, n: int = 40) -> str:
+        return _tail(self.log_path, n)
+
+
 @dataclass
 class LocalTailor:
     url: str
-    engine_url: str
     admin_key: str
     data_dir: Path
     log_path: Path
     process: subprocess.Popen[bytes]
+    # The engine behind the gateway, where started here (engine="operator"); None for a child
+    # engine, whose key only the gateway knows.
+    engine: LocalEngine | None = None
+
+    @property
+    def engine_url(self) -> str | None:
+        return self.engine.url if self.engine else None
+
+    @property
+    def engine_key(self) -> str | None:
+        return self.engine.key if self.engine else None
+
+    @property
+    def engine_headers(self) -> dict[str, str]:
+        return self.engine.headers if self.engine else {}
 
     def log_tail(self, n: int = 40) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        return ""
+        return _tail(self.log_path, n)
 
 
 def free_port() -> int:
@@ -54,53 +106,148 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@contextlib.contextmanager
-def local_tailor(model_dir: Path, *, env_extra: dict[str, str] | None = None) -> Iterator[LocalTailor]:
-    """`tailor serve` with a throwaway data dir; stopped (engine included) however we leave."""
-    if not (model_dir / "config.json").exists():
-        raise SystemExit(f"base model not prepared at {model_dir} (run `make install`)")
-    data_dir = Path(tempfile.mkdtemp(prefix="tailor-bench-"))
-    port, engine_port = free_port(), free_port()
-    admin_key = "adm-" + secrets.token_urlsafe(16)
+def gateway_env(
+    data_dir: Path,
+    port: int,
+    admin_key: str,
+    model_dir: Path,
+    *,
+    env_extra: Mapping[str, str] | None = None,
+    engine: LocalEngine | None = None,
+    base: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The environment of `tailor serve`: a child engine on a free port, or `engine` as its only one."""
     env = {
-        **os.environ,
+        **(os.environ if base is None else base),
         "TAILOR_DATA_DIR": str(data_dir),
         "TAILOR_PORT": str(port),
-        "TAILOR_ENGINE_PORT": str(engine_port),
+        # Any free port: never the engine of a Tailor already running here.
+        "TAILOR_ENGINE_PORT": "0",
         "TAILOR_ADMIN_KEY": admin_key,
         "TAILOR_BASE_MODEL_PATH": str(model_dir),
         **(env_extra or {}),
     }
-    log_path = data_dir / "gateway.log"
-    with log_path.open("wb") as log:
-        # Own session: Ctrl-C in this terminal reaches only us; we stop the server in order.
+    if engine is not None:
+        env.pop("TAILOR_ENGINE_PORT", None)
+        env["TAILOR_ENGINE_URLS"] = engine.url
+        env["TAILOR_ENGINE_API_KEY"] = engine.key
+    return env
+
+
+def settings_from(env: Mapping[str, str]) -> Settings:
+    """Settings as `tailor serve` reads them from `env` (and the config file it would read)."""
+    with mock.patch.dict(os.environ, env, clear=True):
+        return Settings()
+
+
+def engine_launch(settings: Settings, port: int) -> EngineLaunch:
+    """The engine `tailor serve` would start as its child for these settings, on `port`."""
+    return EngineLaunch.from_settings(settings, port=port, host=ENGINE_HOST)
+
+
+def start_engine(launch: EngineLaunch, key: str) -> LocalEngine:
+    """Start vLLM with the gateway's own command line and environment; `key` via VLLM_API_KEY."""
+    if not launch.port:
+        launch = replace(launch, port=pick_free_port(launch.host))
+    launch.log_file.parent.mkdir(parents=True, exist_ok=True)
+    with launch.log_file.open("ab") as log:
+        # Own session: it forks an engine-core process; stop_engine signals the whole group.
         proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "serve"],
+            launch.command(),
             cwd=ROOT,
-            env=env,
+            env=launch.env(key),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-    server = LocalTailor(
-        url=f"http://127.0.0.1:{port}",
-        engine_url=f"http://127.0.0.1:{engine_port}",
-        admin_key=admin_key,
-        data_dir=data_dir,
-        log_path=log_path,
-        process=proc,
-    )
-    try:
+    return LocalEngine(url=launch.url, key=key, log_path=launch.log_file, process=proc)
+
+
+def wait_engine_ready(engine: LocalEngine, timeout_s: float = READY_TIMEOUT_S) -> None:
+    _progress(f"starting vLLM on {engine.url} ...")
+    started = time.monotonic()
+    while True:
+        if engine.process.poll() is not None:
+            raise RuntimeError(f"vLLM exited with {engine.process.returncode}:\n{engine.log_tail()}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{engine.url}/health", headers=engine.headers, timeout=2).status_code == 200:
+                _progress(f"vLLM ready after {time.monotonic() - started:.0f} s")
+                return
+        if time.monotonic() - started > timeout_s:
+            raise RuntimeError(f"vLLM not ready after {timeout_s:.0f} s:\n{engine.log_tail()}")
+        time.sleep(1)
+
+
+def stop_engine(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the engine's process group and wait; SIGKILL whatever is left."""
+    if proc.poll() is None:
+        _progress("stopping vLLM ...")
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=STOP_TIMEOUT_S)
+    # The group outlives its leader if the engine-core process lingers.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+@contextlib.contextmanager
+def local_tailor(
+    model_dir: Path, *, env_extra: dict[str, str] | None = None, engine: EngineMode = "child"
+) -> Iterator[LocalTailor]:
+    """`tailor serve` with a throwaway data dir; stopped (engine included, after it) however we leave.
+
+    engine="child": Tailor starts and supervises its engine. engine="operator": vLLM is started
+    here first, with a random key, and Tailor uses it as an operator-run engine; the returned
+    server's `engine_url` / `engine_headers` call it directly.
+    """
+    if not (model_dir / "config.json").exists():
+        raise SystemExit(f"base model not prepared at {model_dir} (run `make install`)")
+    if engine not in ("child", "operator"):
+        raise ValueError(f"engine must be 'child' or 'operator', not {engine!r}")
+    with contextlib.ExitStack() as cleanup:
+        data_dir = Path(tempfile.mkdtemp(prefix="tailor-bench-"))
+        cleanup.callback(shutil.rmtree, data_dir, ignore_errors=True)
+        port = free_port()
+        admin_key = "adm-" + secrets.token_urlsafe(16)
+        running: LocalEngine | None = None
+        if engine == "operator":
+            settings = settings_from(gateway_env(data_dir, port, admin_key, model_dir, env_extra=env_extra))
+            running = start_engine(engine_launch(settings, port=0), secrets.token_urlsafe(32))
+            # Registered before the gateway's: the engine stops after it.
+            cleanup.callback(stop_engine, running.process)
+            wait_engine_ready(running)
+        env = gateway_env(data_dir, port, admin_key, model_dir, env_extra=env_extra, engine=running)
+        log_path = data_dir / "gateway.log"
+        with log_path.open("wb") as log:
+            # Own session: Ctrl-C in this terminal reaches only us; we stop the server in order.
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "gateway.cli", "serve"],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        cleanup.callback(stop_tailor, proc)
+        server = LocalTailor(
+            url=f"http://127.0.0.1:{port}",
+            admin_key=admin_key,
+            data_dir=data_dir,
+            log_path=log_path,
+            process=proc,
+            engine=running,
+        )
         wait_ready(server)
         yield server
-    finally:
-        stop_tailor(proc)
-        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def wait_ready(server: LocalTailor) -> None:
-    _progress(f"starting tailor serve on {server.url} (engine {server.engine_url}) ...")
+    behind = f"engine {server.engine_url}" if server.engine else "its own child engine"
+    _progress(f"starting tailor serve on {server.url} ({behind}) ...")
     started = time.monotonic()
     while True:
         if server.process.poll() is not None:
@@ -131,7 +278,7 @@ def _descendants(pid: int) -> list[int]:
 
 
 def stop_tailor(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM and wait (the gateway stops its engine); force only what is left after that."""
+    """SIGTERM and wait (the gateway stops a child engine); force only what is left after that."""
     if proc.poll() is not None:
         return
     _progress("stopping tailor serve ...")

@@ -183,7 +183,7 @@ def role(name: str) -> str:
     """A short, stable label for a process from its command line."""
     if "vllm.entrypoints" in name:
         return "engine"
-    if "gateway.cli" in name and " trainer" in name:
+    if "trainer.worker" in name:
         return "trainer"
     if "gateway.cli" in name and " serve" in name:
         return "gateway"

@@ -1,9 +1,11 @@
 """Training examples and immutable dataset snapshots: what a run learns from and is judged on.
 
-Two record types cover every training method:
+Three record types cover every training method:
 
 - `SFTRecord`: a chat whose LAST message is the assistant answer to learn.
 - `PreferenceRecord`: a prompt (ending with a user message) and a chosen / rejected answer.
+- `RatedRecord`: a prompt and ONE answer labelled good or bad (a thumbs up or down), the
+  unpaired signal KTO learns from.
 
 A `Snapshot` is a frozen set of records split into train and held-out parts. Its id is a
 hash of its content and build parameters, so building twice from the same data gives the
@@ -123,7 +125,27 @@ class PromptRecord:
             raise ValueError("a prompt record must end with a user message")
 
 
-Record = SFTRecord | PreferenceRecord
+@dataclass(frozen=True)
+class RatedRecord:
+    """A prompt (ending with a user message) and one answer, rated good (True) or bad (False)."""
+
+    prompt: tuple[Message, ...]
+    completion: str
+    label: bool
+
+    def __post_init__(self) -> None:
+        if not self.prompt or self.prompt[-1].get("role") != "user":
+            raise ValueError("a rated prompt must end with a user message")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"prompt": [dict(m) for m in self.prompt], "completion": self.completion, "label": self.label}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RatedRecord:
+        return cls(prompt=_as_messages(data["prompt"]), completion=data["completion"], label=bool(data["label"]))
+
+
+Record = SFTRecord | PreferenceRecord | RatedRecord
 
 
 @dataclass(frozen=True)
@@ -136,26 +158,29 @@ class Snapshot:
     heldout_sft: tuple[SFTRecord, ...]
     heldout_preferences: tuple[PreferenceRecord, ...]
     params: dict[str, Any] = field(default_factory=dict)
+    train_ratings: tuple[RatedRecord, ...] = ()
+    heldout_ratings: tuple[RatedRecord, ...] = ()
 
     @property
     def heldout_count(self) -> int:
-        return len(self.heldout_sft) + len(self.heldout_preferences)
+        return len(self.heldout_sft) + len(self.heldout_preferences) + len(self.heldout_ratings)
 
     def content(self) -> dict[str, Any]:
         """Everything the id is a hash of (and what is stored, plus the id)."""
+
+        def part(sft: Sequence[SFTRecord], prefs: Sequence[PreferenceRecord], rated: Sequence[RatedRecord]) -> Any:
+            out: dict[str, Any] = {"sft": [r.to_json() for r in sft], "preferences": [r.to_json() for r in prefs]}
+            if rated:  # only when present: snapshots without ratings keep the ids they always had
+                out["ratings"] = [r.to_json() for r in rated]
+            return out
+
         return {
             "format": SNAPSHOT_FORMAT,
             "tenant_id": self.tenant_id,
             "source": self.source,
             "params": self.params,
-            "train": {
-                "sft": [r.to_json() for r in self.train_sft],
-                "preferences": [r.to_json() for r in self.train_preferences],
-            },
-            "heldout": {
-                "sft": [r.to_json() for r in self.heldout_sft],
-                "preferences": [r.to_json() for r in self.heldout_preferences],
-            },
+            "train": part(self.train_sft, self.train_preferences, self.train_ratings),
+            "heldout": part(self.heldout_sft, self.heldout_preferences, self.heldout_ratings),
         }
 
 
@@ -293,6 +318,7 @@ class _Candidates:
 
     sft: dict[tuple[str, str], tuple[int, SFTRecord]] = field(default_factory=dict)
     preferences: dict[tuple[str, str, str], PreferenceRecord] = field(default_factory=dict)
+    ratings: dict[tuple[str, str], RatedRecord] = field(default_factory=dict)
 
     def add_sft(self, prompt: tuple[Message, ...], answer: str, *, priority: int) -> None:
         record = SFTRecord(messages=(*prompt, {"role": "assistant", "content": answer}))
@@ -305,6 +331,10 @@ class _Candidates:
         record = PreferenceRecord(prompt=prompt, chosen=chosen, rejected=rejected)
         key = (prompt_key(prompt), normalise_text(chosen), normalise_text(rejected))
         self.preferences.setdefault(key, record)  # the first seen, as for SFT
+
+    def add_rating(self, prompt: tuple[Message, ...], answer: str, good: bool) -> None:
+        # The newest word on an answer counts: a later correction makes a once-good answer bad.
+        self.ratings[(prompt_key(prompt), normalise_text(answer))] = RatedRecord(prompt, answer, good)
 
     def result(self) -> tuple[list[SFTRecord], list[PreferenceRecord]]:
         # A corrected prompt keeps only its corrected answers: a "good" rating on another
@@ -399,16 +429,25 @@ class _Judged:
             self.pairs.append((fb.preferred, fb.rejected))
 
     def emit(self, out: _Candidates) -> None:
+        # Ratings (KTO's unpaired signal) come from every judgement: a thumbs up or down
+        # rates the answer; a correction is a good answer and makes the logged one bad; a
+        # preference rates both of its answers.
+        if self.verdict is not None and self.response and self.correction is None:
+            out.add_rating(self.prompt, self.response, self.verdict == "good")
         if self.correction is not None:
             out.add_sft(self.prompt, self.correction, priority=1)
+            out.add_rating(self.prompt, self.correction, True)
             if self.response:
                 out.add_preference(self.prompt, self.correction, self.response)
+                out.add_rating(self.prompt, self.response, False)
         elif self.verdict == "good" and self.response:
             out.add_sft(self.prompt, self.response, priority=0)
         for preferred, rejected in self.pairs:
             other = rejected or self.response
             if other:
                 out.add_preference(self.prompt, preferred, other)
+                out.add_rating(self.prompt, preferred, True)
+                out.add_rating(self.prompt, other, False)
 
 
 def _imported(fb: Feedback) -> _Judged | None:
@@ -486,11 +525,12 @@ def build_from_feedback(
         if item is not None:
             item.emit(candidates)
     sft, preferences = candidates.result()
-    if not sft and not preferences:
+    ratings = _sorted(list(candidates.ratings.values()))
+    if not sft and not preferences and not ratings:
         raise bad_request(
             "No usable feedback to build a dataset from"
             + (f" for model {model!r}" if model else "")
-            + ": rate chat answers good, or send corrections or preferences.",
+            + ": rate chat answers, or send corrections or preferences.",
             code="no_training_data",
             param="model" if model else None,
         )
@@ -500,18 +540,29 @@ def build_from_feedback(
         "since": _utc(since).isoformat() if since else None,
         "heldout_fraction": heldout_fraction,
         "min_heldout": min_heldout,
+        # What the feedback is made of, for a policy choosing its method (trainer.policy).
+        "signals": _signals(judged.values()),
     }
     return _finish(
         db,
         blobs,
         tenant_id,
         "feedback",
-        sft,
-        preferences,
+        [*sft, *preferences, *ratings],
         params,
         heldout_fraction=heldout_fraction,
         min_heldout=min_heldout,
     )
+
+
+def _signals(judged: Iterable[_Judged | None]) -> dict[str, int]:
+    """Answers judged by a rating alone, by a correction, by a preference."""
+    items = [j for j in judged if j is not None]
+    return {
+        "ratings_only": sum(1 for j in items if j.verdict is not None and j.correction is None and not j.pairs),
+        "corrections": sum(1 for j in items if j.correction is not None),
+        "preferences": sum(1 for j in items if j.pairs),
+    }
 
 
 def build_from_files(
@@ -550,13 +601,11 @@ def build_from_files(
         params["validation_sha256"] = val_info.sha256
     else:
         params.update(heldout_fraction=heldout_fraction, min_heldout=min_heldout)
-    sft = [r for r in train if isinstance(r, SFTRecord)]
-    prefs = [r for r in train if isinstance(r, PreferenceRecord)]
     if heldout is None:
         return _finish(
-            db, blobs, tenant_id, "file", sft, prefs, params, heldout_fraction=heldout_fraction, min_heldout=min_heldout
+            db, blobs, tenant_id, "file", train, params, heldout_fraction=heldout_fraction, min_heldout=min_heldout
         )
-    return _store(db, blobs, tenant_id, "file", params, train=[*sft, *prefs], heldout=heldout)
+    return _store(db, blobs, tenant_id, "file", params, train=train, heldout=heldout)
 
 
 def build_from_answers(
@@ -580,7 +629,6 @@ def build_from_answers(
             tenant_id,
             "distillation",
             train,
-            [],
             params,
             heldout_fraction=heldout_fraction,
             min_heldout=min_heldout,
@@ -593,6 +641,8 @@ def _dedup(records: Sequence[Record]) -> list[Record]:
     for r in records:
         if isinstance(r, SFTRecord):
             key = _canonical(["sft", [[m["role"], normalise_text(m["content"])] for m in r.messages]])
+        elif isinstance(r, RatedRecord):
+            key = _canonical(["rated", prompt_key(r.prompt), normalise_text(r.completion), r.label])
         else:
             if normalise_text(r.chosen) == normalise_text(r.rejected):
                 continue
@@ -606,14 +656,13 @@ def _finish(
     blobs: BlobStore,
     tenant_id: str,
     source: str,
-    sft: list[SFTRecord],
-    preferences: list[PreferenceRecord],
+    records: Sequence[Record],
     params: dict[str, Any],
     *,
     heldout_fraction: float,
     min_heldout: int,
 ) -> Snapshot:
-    train, heldout = split([*sft, *preferences], heldout_fraction, min_heldout)
+    train, heldout = split(records, heldout_fraction, min_heldout)
     return _store(db, blobs, tenant_id, source, params, train=train, heldout=heldout)
 
 
@@ -627,23 +676,21 @@ def _store(
     train: Sequence[Record],
     heldout: Sequence[Record],
 ) -> Snapshot:
-    def parts(records: Sequence[Record]) -> tuple[tuple[SFTRecord, ...], tuple[PreferenceRecord, ...]]:
-        return (
-            tuple(_sorted([r for r in records if isinstance(r, SFTRecord)])),
-            tuple(_sorted([r for r in records if isinstance(r, PreferenceRecord)])),
-        )
+    def parts(records: Sequence[Record], kind: type) -> tuple[Any, ...]:
+        return tuple(_sorted([r for r in records if isinstance(r, kind)]))
 
-    train_sft, train_prefs = parts(train)
-    held_sft, held_prefs = parts(heldout)
+    train_sft, train_prefs = parts(train, SFTRecord), parts(train, PreferenceRecord)
     draft = Snapshot(
         id="",
         tenant_id=tenant_id,
         source=source,
         train_sft=train_sft,
         train_preferences=train_prefs,
-        heldout_sft=held_sft,
-        heldout_preferences=held_prefs,
+        heldout_sft=parts(heldout, SFTRecord),
+        heldout_preferences=parts(heldout, PreferenceRecord),
         params=params,
+        train_ratings=parts(train, RatedRecord),
+        heldout_ratings=parts(heldout, RatedRecord),
     )
     content = draft.content()
     dataset_id = "ds-" + hashlib.sha256(_canonical(content)).hexdigest()[:24]
@@ -691,23 +738,19 @@ def load_snapshot(db: Database, blobs: BlobStore, tenant_id: str, dataset_id: st
             500, f"Dataset {dataset_id!r} is registered but its snapshot is missing.", code="dataset_missing"
         ) from None
 
-    def records(part: dict[str, Any]) -> tuple[tuple[SFTRecord, ...], tuple[PreferenceRecord, ...]]:
-        return (
-            tuple(SFTRecord.from_json(r) for r in part["sft"]),
-            tuple(PreferenceRecord.from_json(r) for r in part["preferences"]),
-        )
-
-    train_sft, train_prefs = records(data["train"])
-    held_sft, held_prefs = records(data["heldout"])
+    train, held = data["train"], data["heldout"]
     return Snapshot(
         id=data["id"],
         tenant_id=data["tenant_id"],
         source=data["source"],
-        train_sft=train_sft,
-        train_preferences=train_prefs,
-        heldout_sft=held_sft,
-        heldout_preferences=held_prefs,
+        train_sft=tuple(SFTRecord.from_json(r) for r in train["sft"]),
+        train_preferences=tuple(PreferenceRecord.from_json(r) for r in train["preferences"]),
+        heldout_sft=tuple(SFTRecord.from_json(r) for r in held["sft"]),
+        heldout_preferences=tuple(PreferenceRecord.from_json(r) for r in held["preferences"]),
         params=data["params"],
+        # Snapshots written before ratings existed have none.
+        train_ratings=tuple(RatedRecord.from_json(r) for r in train.get("ratings", [])),
+        heldout_ratings=tuple(RatedRecord.from_json(r) for r in held.get("ratings", [])),
     )
 
 

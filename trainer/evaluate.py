@@ -45,8 +45,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from core.errors import TailorError, bad_request, not_found
-from trainer.dpo import encode_completion, sequence_logps, validate_prompt
-from trainer.sft import IGNORE_INDEX, _render, collate, pad_token_id
+from trainer.compute.encoding import IGNORE_INDEX, collate, encode_completion, pad_token_id, render, validate_prompt
 
 # -----------------------------------------------------------------------------
 # data types
@@ -134,6 +133,19 @@ def render_conversation(messages: Sequence[dict[str, str]]) -> str:
 # a loaded model
 
 
+def sequence_logps(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Sum of log p(token) over each row's labelled tokens: shape [rows].
+
+    Logits at position t predict token t + 1, hence the shift. Cross-entropy with
+    reduction="none" gives 0 at ignored positions, so a plain sum is the masked sum.
+    """
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    nll = torch.nn.functional.cross_entropy(
+        logits[:, :-1].transpose(1, 2).float(), batch["labels"][:, 1:], ignore_index=IGNORE_INDEX, reduction="none"
+    )
+    return -nll.sum(dim=-1)
+
+
 class LoadedModel:
     """The base model in float32 with any number of named LoRA adapters attached.
 
@@ -199,7 +211,7 @@ class LoadedModel:
         encoded = []
         for prompt in prompts:
             validate_prompt(prompt)
-            encoded.append(_render(tok, prompt, add_generation_prompt=True))
+            encoded.append(render(tok, prompt, add_generation_prompt=True))
         gen_config = GenerationConfig(
             max_new_tokens=max_new_tokens,
             do_sample=False,
@@ -235,7 +247,7 @@ class LoadedModel:
     ) -> tuple[float, int]:
         """(summed negative log-likelihood, token count) of the reference answers.
 
-        Tokens are those trainer.sft would train on: the answer's content and its closing
+        Tokens are those SFT trains on (trainer.compute.encoding): the answer's content and its closing
         end-of-turn token (producing it is part of answering right). Examples whose answer
         is cut off entirely by max_seq_len are skipped.
         """

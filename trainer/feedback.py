@@ -23,9 +23,8 @@ rejected, imported messages) after validation, so what a client sent is checked 
 
 from __future__ import annotations
 
-import json
-import math
-from collections.abc import Callable, Iterable
+import reprlib
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
@@ -44,6 +43,7 @@ from trainer.datasets import (
     check_text,
     verdict,
 )
+from trainer.jsonl import JsonLineError, json_lines
 
 Redactor = Callable[[str], str]
 
@@ -127,6 +127,11 @@ class _Fields:
     rejected: str | None
 
 
+def _shown(value: Any) -> str:
+    # Error messages quote what was sent, but not all of a megabyte-long value.
+    return reprlib.repr(value)
+
+
 def _check(field: str, check: Any) -> Any:
     try:
         return check()
@@ -136,15 +141,12 @@ def _check(field: str, check: Any) -> Any:
 
 def _fields(rating: Any, score: Any, correction: Any, preferred: Any, rejected: Any) -> _Fields:
     if rating is not None and rating not in RATINGS:
-        raise _Refused(f"rating must be 'good' or 'bad' (got {rating!r})", "rating")
+        raise _Refused(f"rating must be 'good' or 'bad' (got {_shown(rating)})", "rating")
     if score is not None:
-        if (
-            isinstance(score, bool)
-            or not isinstance(score, int | float)
-            or not math.isfinite(score)
-            or not 0 <= score <= 1
-        ):
-            raise _Refused(f"score must be a number from 0 to 1 (got {score!r})", "score")
+        # The range check also refuses NaN and infinities, and unlike math.isfinite it
+        # compares an integer of thousands of digits instead of overflowing a float.
+        if isinstance(score, bool) or not isinstance(score, int | float) or not 0 <= score <= 1:
+            raise _Refused(f"score must be a number from 0 to 1 (got {_shown(score)})", "score")
         score = float(score)
     correction = _check("correction", lambda: check_text(correction, "correction"))
     preferred = _check("preferred", lambda: check_text(preferred, "preferred"))
@@ -161,7 +163,8 @@ def _fields(rating: Any, score: Any, correction: Any, preferred: Any, rejected: 
 def _check_interaction_id(value: Any) -> str:
     if not isinstance(value, str) or not value.strip() or len(value) > 64:
         raise _Refused(
-            f"interaction_id must be a non-empty string of at most 64 characters (got {value!r})", "interaction_id"
+            f"interaction_id must be a non-empty string of at most 64 characters (got {_shown(value)})",
+            "interaction_id",
         )
     return value
 
@@ -327,28 +330,8 @@ def _parse_line(lineno: int, obj: Any) -> _ImportLine:
         )
     model = obj.get("model")
     if model is not None and (not isinstance(model, str) or not model.strip() or len(model) > 200):
-        raise _Refused(f"model must be a non-empty string of at most 200 characters (got {model!r})", "model")
+        raise _Refused(f"model must be a non-empty string of at most 200 characters (got {_shown(model)})", "model")
     return _ImportLine(lineno, fields, None, messages, model)
-
-
-def _decode_lines(lines: bytes) -> Iterable[tuple[int, Any]]:
-    if lines.startswith(b"\xef\xbb\xbf"):
-        lines = lines[3:]
-    for lineno, raw in enumerate(lines.split(b"\n"), start=1):
-        if not raw.strip():
-            continue
-        try:
-            yield lineno, json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError:
-            raise _LineError(lineno, "not valid UTF-8", None) from None
-        except json.JSONDecodeError as exc:
-            raise _LineError(lineno, f"not valid JSON ({exc.msg} at column {exc.colno})", None) from None
-
-
-class _LineError(Exception):
-    def __init__(self, lineno: int, message: str, field: str | None) -> None:
-        super().__init__(message)
-        self.lineno, self.message, self.field = lineno, message, field
 
 
 def _import_error(lineno: int, message: str) -> TailorError:
@@ -372,7 +355,7 @@ def import_feedback_jsonl(
         raise TailorError(413, f"Import exceeds {MAX_IMPORT_BYTES} bytes.", code="file_too_large", param="file")
     parsed: list[_ImportLine] = []
     try:
-        for lineno, obj in _decode_lines(lines):
+        for line in json_lines(lines):
             if len(parsed) >= max_lines:
                 raise bad_request(
                     f"Import has more than {max_lines} lines; split it into several imports.",
@@ -380,11 +363,11 @@ def import_feedback_jsonl(
                     param="file",
                 )
             try:
-                parsed.append(_parse_line(lineno, obj))
+                parsed.append(_parse_line(line.lineno, line.value))
             except _Refused as exc:
-                raise _LineError(lineno, exc.message, exc.param) from None
-    except _LineError as exc:
-        raise _import_error(exc.lineno, exc.message) from None
+                raise _import_error(line.lineno, exc.message) from None
+    except JsonLineError as exc:
+        raise _import_error(exc.lineno, exc.reason) from None
     if not parsed:
         raise bad_request("Import is empty: expected one JSON object per line.", code="empty_file", param="file")
 

@@ -1,7 +1,7 @@
 """Training files (OpenAI's Files API, purpose "fine-tune"): validate, store, read back.
 
 A file is checked line by line when it is uploaded, so a bad example is refused with its
-line number at once instead of failing a training job minutes later. Two formats are
+line number at once instead of failing a training job minutes later. These formats are
 accepted, one per file:
 
 - "sft" (OpenAI chat fine-tuning): `{"messages": [{"role": "system"|"user"|"assistant",
@@ -9,7 +9,10 @@ accepted, one per file:
 - "preference" (OpenAI DPO): `{"input": {"messages": [...]}, "preferred_output":
   [{"role": "assistant", "content": str}], "non_preferred_output": [...]}`;
 - "prompts" (Tailor's distillation inputs): `{"messages": [...]}` with no assistant
-  message, ending with a user turn; a teacher writes the answers.
+  message, ending with a user turn; a teacher writes the answers;
+- "rated" (Tailor's KTO examples, thumbs up or down): `{"messages": [..., {"role":
+  "assistant", "content": str}], "label": true | false}`: the last assistant message is the
+  answer, rated good (true) or bad (false).
 
 Blank lines are skipped (a trailing newline is not an example). Bytes live in the blob
 store under `files/<tenant>/<file id>.jsonl`, written before the row that points at them.
@@ -19,9 +22,8 @@ Every lookup is tenant-scoped; another tenant's file reads as unknown (404).
 from __future__ import annotations
 
 import hashlib
-import json
 import posixpath
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Literal
@@ -33,13 +35,16 @@ from core.db import Database
 from core.errors import TailorError, bad_request, conflict, not_found
 from core.ids import new_id
 from core.models import Job, StoredFile
+from core.quotas import Quotas, Usage, operator_quotas, precheck, reserve
 from trainer.datasets import (
     InvalidExample,
     PreferenceRecord,
     PromptRecord,
+    RatedRecord,
     SFTRecord,
     check_messages,
 )
+from trainer.jsonl import JsonLine, JsonLineError, json_lines
 
 PURPOSE = "fine-tune"
 MAX_FILE_BYTES = 100 * 1024 * 1024
@@ -47,8 +52,13 @@ MAX_FILE_LINES = 100_000
 # Jobs in these states may still read their files; deleting one would fail them later.
 _ACTIVE_JOB_STATES = ("validating_files", "queued", "running")
 
-Kind = Literal["sft", "preference", "prompts"]
-_KIND_NAMES = {"sft": "a chat (sft) example", "preference": "a preference example", "prompts": "a prompt (no answer)"}
+Kind = Literal["sft", "preference", "prompts", "rated"]
+_KIND_NAMES = {
+    "sft": "a chat (sft) example",
+    "preference": "a preference example",
+    "prompts": "a prompt (no answer)",
+    "rated": "a rated (kto) example",
+}
 _SFT_KEYS = {"messages"}
 _PREFERENCE_KEYS = {"input", "preferred_output", "non_preferred_output"}
 _UNSUPPORTED_KEYS = ("tools", "functions", "parallel_tool_calls")
@@ -106,29 +116,23 @@ def _file_error(message: str, *, code: str = "invalid_file") -> TailorError:
 # validation
 
 
+def _lines(data: bytes) -> Iterator[JsonLine]:
+    """trainer.jsonl's lines, its errors as this module's 400s."""
+    try:
+        yield from json_lines(data)
+    except JsonLineError as exc:
+        raise _file_error(str(exc)) from None
+
+
 def parse_jsonl(data: bytes, *, max_lines: int = MAX_FILE_LINES) -> ParsedFile:
     """Validate a fine-tuning file and return its examples; TailorError 400 names the line."""
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]  # a UTF-8 byte-order mark, as some editors write
     kind: Kind | None = None
     first_line = 0
     records: list[Any] = []
-    for lineno, raw in enumerate(data.split(b"\n"), start=1):
-        if not raw.strip():
-            continue
+    for line in _lines(data):
         if len(records) >= max_lines:
             raise _file_error(f"file has more than {max_lines} examples", code="file_too_large")
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise _file_error(f"line {lineno}: not valid UTF-8") from None
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise _file_error(f"line {lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-        except (RecursionError, ValueError) as exc:
-            # Nesting too deep for the parser, or an integer past Python's digit limit.
-            raise _file_error(f"line {lineno}: not valid JSON ({type(exc).__name__})") from None
+        lineno, obj = line.lineno, line.value
         if not isinstance(obj, dict):
             raise _file_error(f"line {lineno}: must be a JSON object, one example per line")
         line_kind = _kind_of(obj)
@@ -154,6 +158,8 @@ def parse_jsonl(data: bytes, *, max_lines: int = MAX_FILE_LINES) -> ParsedFile:
 
 
 def _kind_of(obj: dict[str, Any]) -> Kind | None:
+    if "messages" in obj and "label" in obj and not (_PREFERENCE_KEYS & obj.keys()):
+        return "rated"
     if "messages" in obj and not (_PREFERENCE_KEYS & obj.keys()):
         # An input to answer ends with a user turn and has no answer anywhere; anything
         # else is read as a chat example, whose validation names what is wrong with it.
@@ -211,7 +217,22 @@ def _preference(obj: dict[str, Any]) -> PreferenceRecord:
     return PreferenceRecord(prompt=prompt, chosen=chosen, rejected=rejected)
 
 
-_PARSERS: dict[str, Callable[[dict[str, Any]], Any]] = {"sft": _sft, "preference": _preference, "prompts": _prompt}
+def _rated(obj: dict[str, Any]) -> RatedRecord:
+    label = obj.get("label")
+    if not isinstance(label, bool):
+        raise InvalidExample(f"label must be true (a good answer) or false (a bad one), got {label!r}")
+    answered = _sft({k: v for k, v in obj.items() if k != "label"})
+    if answered.prompt[-1]["role"] != "user":
+        raise InvalidExample("the rated answer must follow a user message")
+    return RatedRecord(prompt=answered.prompt, completion=answered.answer, label=label)
+
+
+_PARSERS: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "sft": _sft,
+    "preference": _preference,
+    "prompts": _prompt,
+    "rated": _rated,
+}
 
 
 def _single_answer(value: Any, where: str) -> str:
@@ -245,7 +266,10 @@ def upload_file(
     purpose: str,
     *,
     max_bytes: int = MAX_FILE_BYTES,
+    quotas: Quotas | None = None,
 ) -> FileInfo:
+    """Validate and store a training file. `quotas`: the operator's defaults (None: the
+    process's settings); over the tenant's file count or stored bytes it is a 429."""
     if purpose != PURPOSE:
         raise bad_request(
             f"Tailor stores files for fine-tuning only: purpose must be {PURPOSE!r} (got {purpose!r}).",
@@ -255,6 +279,8 @@ def upload_file(
     if len(data) > max_bytes:
         raise TailorError(413, f"File exceeds {max_bytes} bytes.", code="file_too_large", param="file")
     parsed = parse_jsonl(data)
+    quotas, adding = operator_quotas(quotas), Usage(stored_bytes=len(data), files=1)
+    precheck(db, tenant_id, quotas, adding)
     file_id = new_id("file")
     key = storage_key(tenant_id, file_id)
     # Blob first: a row always points at complete bytes. A crash in between leaves an
@@ -262,6 +288,8 @@ def upload_file(
     blobs.put_bytes(key, data)
     try:
         with db.session() as s:
+            # Again under the tenant's lock: a concurrent upload may have used the room.
+            reserve(s, tenant_id, quotas, adding)
             row = StoredFile(
                 id=file_id,
                 tenant_id=tenant_id,
@@ -364,6 +392,6 @@ def delete_file(db: Database, blobs: BlobStore, tenant_id: str, file_id: str) ->
 
 def read_examples(
     db: Database, blobs: BlobStore, tenant_id: str, file_id: str
-) -> list[SFTRecord] | list[PreferenceRecord] | list[PromptRecord]:
+) -> list[SFTRecord] | list[PreferenceRecord] | list[PromptRecord] | list[RatedRecord]:
     """The validated examples of a stored file, in file order."""
     return parse_jsonl(file_content(db, blobs, tenant_id, file_id)).records

@@ -7,40 +7,36 @@ claims it (`running`), beats its heartbeat at every training step, and finishes 
 
 Claiming, and why it is safe:
 
-- PostgreSQL: `SELECT ... FOR UPDATE SKIP LOCKED` picks the oldest queued job that no other
-  transaction holds, so any number of workers on any number of hosts claim side by side
+- PostgreSQL: `SELECT ... FOR UPDATE SKIP LOCKED` picks the next queued job (see below) that
+  no other transaction holds, so any number of workers on any number of hosts claim side by side
   without waiting on each other and without ever sharing a job.
 - SQLite: an atomic conditional `UPDATE jobs SET status='running' ... WHERE id=? AND
   status='queued'`, checking the row count. SQLite serialises writers, so two claimers can
   never both win a job; but every claim and heartbeat takes the single database write lock,
   so the supported setup is ONE worker per SQLite file. Run several workers on PostgreSQL.
 
+Which job is next is fair across tenants: the queued job of the tenant with the fewest
+running jobs, then of the tenant whose last job started longest ago (never: first), so
+tenants take turns; within a tenant, the oldest. One tenant queueing a hundred jobs delays
+another tenant's job by at most one job per free worker. Each tenant may have at most
+`max_queued_jobs` waiting (core.quotas).
+
 A worker that dies stops beating; `requeue_stale` puts its job back in the queue (or fails
 it after `max_attempts`). That can never leave a half-trained adapter registered: the
 worker registers a version only after training finished and its files are complete, and
 the adapter store commits a version only once all of its files are written.
 
-Hyperparameters use OpenAI's names and its "auto" convention, plus a few Tailor extras:
-
-| name | values | "auto" means |
-|---|---|---|
-| n_epochs | 1-50 | enough passes to see ~100 examples, at least 3, at most 25 |
-| batch_size | 1-256 | min(4, training examples) |
-| learning_rate_multiplier | > 0 | 1.0; the rate is multiplier x BASE_LEARNING_RATE[method] |
-| lora_rank | 1-max rank | 8 |
-| lora_alpha | 1-10000 | 2 x lora_rank (scale 2, the usual choice) |
-| max_steps | 1-100000 | no cap: n_epochs decides |
-| beta (dpo only) | (0, 2] | 0.1 |
+Hyperparameters (OpenAI's names, "auto", and Tailor's extras) are trainer.hyperparameters'.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.orm import aliased
 
 from adapters import promotion
 from adapters.validation import validate_adapter_name
@@ -49,36 +45,17 @@ from core.db import Database
 from core.errors import TailorError, bad_request, conflict, not_found
 from core.ids import new_id, utcnow
 from core.models import Evaluation, Job, JobCheckpoint, JobEvent
-from trainer import datasets, files
+from core.quotas import WAITING_JOB_STATES, Quotas, Usage, operator_quotas, reserve
+from trainer import datasets, files, hyperparameters
 from trainer.datasets import Snapshot
 
 # distillation trains like supervised, on a teacher's answers (trainer.distill).
-METHODS = ("supervised", "dpo", "distillation")
-SFT_METHODS = ("supervised", "distillation")
+METHODS = ("supervised", "dpo", "kto", "distillation")
+SFT_METHODS = hyperparameters.SFT_METHODS
 TERMINAL = ("succeeded", "failed", "cancelled")
-AUTO = "auto"
 
-# The learning rate that learning_rate_multiplier=1 means: each trainer's default.
-# Supervised: the usual LoRA rate (trainer.sft.SFTConfig). DPO: trainer.dpo.DPOConfig's,
-# lower, because its loss pushes away from a reference and overshoots at SFT rates.
-BASE_LEARNING_RATE = {"supervised": 2e-4, "dpo": 5e-5, "distillation": 2e-4}
-DEFAULT_LORA_RANK = 8
-DEFAULT_BETA = 0.1
-MAX_LORA_RANK = 64  # used when the caller does not pass the engines' --max-lora-rank
 # Which file kind (core.models.StoredFile.kind) each method trains on.
-FILE_KIND = {"supervised": "sft", "dpo": "preference", "distillation": "prompts"}
-
-# name -> (integer?, lowest, highest, lowest excluded?)
-_HP_RULES: dict[str, tuple[bool, float, float, bool]] = {
-    "n_epochs": (True, 1, 50, False),
-    "batch_size": (True, 1, 256, False),
-    "learning_rate_multiplier": (False, 0, 100, True),
-    "lora_rank": (True, 1, MAX_LORA_RANK, False),
-    "lora_alpha": (True, 1, 10_000, False),
-    "max_steps": (True, 1, 100_000, False),
-    "beta": (False, 0, 2, True),
-}
-_DPO_ONLY = ("beta",)
+FILE_KIND = {"supervised": "sft", "dpo": "preference", "kto": "rated", "distillation": "prompts"}
 
 
 class JobLost(TailorError):
@@ -165,24 +142,6 @@ class EvaluationInfo:
     created_at: datetime
 
 
-@dataclass(frozen=True)
-class ResolvedHyperparameters:
-    """Concrete training knobs for one run ("auto" replaced), as the worker uses them."""
-
-    n_epochs: int
-    batch_size: int
-    learning_rate_multiplier: float
-    learning_rate: float
-    lora_rank: int
-    lora_alpha: int
-    max_steps: int | None
-    beta: float | None
-
-    def as_dict(self) -> dict[str, Any]:
-        # What the job shows once it runs: OpenAI's names with "auto" made concrete.
-        return {k: v for k, v in asdict(self).items() if k != "learning_rate" and v is not None}
-
-
 def _aware(value: datetime | None) -> datetime | None:
     # SQLite hands back naive datetimes even for timezone-aware columns; all are UTC.
     if value is None:
@@ -256,68 +215,14 @@ def _evaluation_info(e: Evaluation) -> EvaluationInfo:
 
 
 def validate_hyperparameters(
-    method: str, hyperparameters: dict[str, Any] | None, *, max_lora_rank: int = MAX_LORA_RANK
+    method: str, given: dict[str, Any] | None, *, max_lora_rank: int = hyperparameters.MAX_LORA_RANK
 ) -> dict[str, Any]:
-    """Check a job's hyperparameters; return them with every known name present ("auto" if unset).
-
-    Refusals are 400s whose `param` names the field (`hyperparameters.n_epochs`).
-    """
+    """The method must be one Tailor trains with; then trainer.hyperparameters.validate."""
     if method not in METHODS:
         raise bad_request(
             f"Unsupported fine-tuning method {method!r}; use one of {', '.join(METHODS)}.", param="method.type"
         )
-    given = dict(hyperparameters or {})
-    out: dict[str, Any] = {}
-    for name, value in given.items():
-        param = f"hyperparameters.{name}"
-        if name not in _HP_RULES:
-            raise bad_request(f"Unknown hyperparameter {name!r}; known: {', '.join(_HP_RULES)}.", param=param)
-        if name in _DPO_ONLY and method != "dpo":
-            raise bad_request(f"Hyperparameter {name!r} applies to the dpo method only.", param=param)
-        if value is None or value == AUTO:
-            out[name] = AUTO
-            continue
-        integer, low, high, open_low = _HP_RULES[name]
-        if name == "lora_rank":
-            high = max_lora_rank
-        # bool is an int in Python; `true` is never a meaningful epoch count.
-        ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
-        if isinstance(value, bool) or not ok_type or (not integer and not math.isfinite(value)):
-            kind = "an integer" if integer else "a number"
-            raise bad_request(f'Hyperparameter {name!r} must be {kind} or "auto", got {value!r}.', param=param)
-        if value < low or (open_low and value == low) or value > high:
-            bound = f"greater than {low:g}" if open_low else f"at least {low:g}"
-            raise bad_request(
-                f"Hyperparameter {name!r} must be {bound} and at most {high:g}, got {value!r}.", param=param
-            )
-        out[name] = value
-    for name in _HP_RULES:
-        if name not in _DPO_ONLY or method == "dpo":
-            out.setdefault(name, AUTO)
-    return out
-
-
-def resolve_hyperparameters(method: str, hyperparameters: dict[str, Any], n_train: int) -> ResolvedHyperparameters:
-    """Replace "auto" with concrete values for a run on `n_train` training examples."""
-    hp = validate_hyperparameters(method, hyperparameters, max_lora_rank=10_000)
-
-    def pick(name: str, auto: Any) -> Any:
-        return auto if hp.get(name, AUTO) == AUTO else hp[name]
-
-    n = max(1, n_train)
-    rank = int(pick("lora_rank", DEFAULT_LORA_RANK))
-    multiplier = float(pick("learning_rate_multiplier", 1.0))
-    return ResolvedHyperparameters(
-        # Tiny datasets need many passes to be learned at all; large ones need few.
-        n_epochs=int(pick("n_epochs", min(25, max(3, math.ceil(100 / n))))),
-        batch_size=int(pick("batch_size", min(4, n))),
-        learning_rate_multiplier=multiplier,
-        learning_rate=multiplier * BASE_LEARNING_RATE[method],
-        lora_rank=rank,
-        lora_alpha=int(pick("lora_alpha", 2 * rank)),
-        max_steps=None if pick("max_steps", None) is None else int(hp["max_steps"]),
-        beta=float(pick("beta", DEFAULT_BETA)) if method == "dpo" else None,
-    )
+    return hyperparameters.validate(method, given, max_lora_rank=max_lora_rank)
 
 
 # -----------------------------------------------------------------------------
@@ -337,9 +242,13 @@ def feedback_snapshot(db: Database, blobs: BlobStore, tenant_id: str, adapter_na
 
 def training_examples(snapshot: Snapshot, method: str) -> int:
     """How many examples of `snapshot` the method trains on; a 400 when there are none."""
-    n = len(snapshot.train_sft if method in SFT_METHODS else snapshot.train_preferences)
+    if method in SFT_METHODS:
+        n, what = len(snapshot.train_sft), "chat examples"
+    elif method == "kto":
+        n, what = len(snapshot.train_ratings), "rated answers"
+    else:
+        n, what = len(snapshot.train_preferences), "preference pairs"
     if n == 0:
-        what = "chat examples" if method in SFT_METHODS else "preference pairs"
         raise bad_request(
             f"Dataset {snapshot.id} has no {what} to train the {method} method on.", code="no_training_data"
         )
@@ -382,13 +291,16 @@ def create_job(
     suffix: str | None = None,
     source: str = "api",
     dataset_id: str | None = None,
-    max_lora_rank: int = MAX_LORA_RANK,
+    max_lora_rank: int = hyperparameters.MAX_LORA_RANK,
     config: dict[str, Any] | None = None,
+    quotas: Quotas | None = None,
 ) -> JobInfo:
     """Queue a fine-tuning job. Without `adapter_name` the result is named "ft-<short job id>".
 
     Files must be the tenant's own fine-tune uploads of the kind the method needs; with no
     training file and no dataset_id the worker builds the dataset from the tenant's feedback.
+    A tenant with `max_queued_jobs` jobs waiting gets a 429 (`quotas`: the operator's
+    defaults; None: the process's settings).
     """
     hp = validate_hyperparameters(method, hyperparameters, max_lora_rank=max_lora_rank)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**31 - 1:
@@ -410,6 +322,7 @@ def create_job(
             param="training_file" if config is not None else "method.distillation",
         )
     with db.session() as s:
+        reserve(s, tenant_id, operator_quotas(quotas), Usage(queued_jobs=1))
         job = Job(
             id=job_id,
             tenant_id=tenant_id,
@@ -505,7 +418,7 @@ def cancel_job(db: Database, tenant_id: str | None, job_id: str) -> JobInfo:
                 )
         else:  # queued / validating_files: no worker holds it yet
             job.status, job.finished_at, job.cancel_requested = "cancelled", utcnow(), True
-            _forget_secrets(job)
+            _drop_unneeded_secrets(job)
             s.add(JobEvent(job_id=job_id, level="info", message="Job cancelled"))
         s.flush()
         return _job_info(job)
@@ -572,13 +485,26 @@ def list_checkpoints(
 # the worker's side: claim, beat, record, finish
 
 
+def _fair_order() -> tuple[Any, ...]:
+    """ORDER BY terms for queued jobs: the tenant with the fewest running jobs first, then
+    the tenant whose last job started longest ago (never started: first), then the oldest."""
+    other = aliased(Job)
+    running = (
+        select(func.count(other.id))
+        .where(other.tenant_id == Job.tenant_id, other.status == "running")
+        .scalar_subquery()
+    )
+    last_start = select(func.max(other.started_at)).where(other.tenant_id == Job.tenant_id).scalar_subquery()
+    return running, last_start.asc().nulls_first(), Job.created_at, Job.id
+
+
 def claim_next(db: Database, worker_id: str, *, job_id: str | None = None) -> JobInfo | None:
-    """Take the oldest queued job (or the queued job `job_id`) for `worker_id`: status
-    running, attempts + 1. None when there is none to take."""
+    """Take the next queued job in fair order (or the queued job `job_id`) for `worker_id`:
+    status running, attempts + 1. None when there is none to take."""
     queued = select(Job).where(Job.status == "queued")
     if job_id is not None:
         queued = queued.where(Job.id == job_id)
-    queued = queued.order_by(Job.created_at, Job.id)
+    queued = queued.order_by(*_fair_order())
     if db.engine.dialect.name == "postgresql":
         with db.session() as s:
             job = s.scalar(queued.limit(1).with_for_update(skip_locked=True))
@@ -640,7 +566,11 @@ def update_running(
     dataset_id: str | None = None,
     hyperparameters: dict[str, Any] | None = None,
 ) -> None:
-    """Record what the worker decided once it knows the data: the snapshot and concrete knobs."""
+    """Record what the worker decided once it knows the data: the snapshot and concrete knobs.
+
+    Once the snapshot is recorded a distillation job has its teacher's answers, so its
+    sealed teacher key is dropped here: a retry loads the snapshot and never asks again.
+    """
     values: dict[str, Any] = {"heartbeat_at": utcnow()}
     if dataset_id is not None:
         values["dataset_id"] = dataset_id
@@ -655,6 +585,7 @@ def update_running(
         ).rowcount
         if done != 1:
             raise JobLost(job_id)
+        _drop_unneeded_secrets(s.get(Job, job_id))
 
 
 def finish_job(
@@ -691,15 +622,23 @@ def finish_job(
         ).rowcount
         if done != 1:
             raise JobLost(job_id)
-        _forget_secrets(s.get(Job, job_id))
+        _drop_unneeded_secrets(s.get(Job, job_id))
     return get_job(db, None, job_id)
 
 
-def _forget_secrets(job: Job | None) -> None:
-    """A finished job needs no teacher key any more: drop the sealed copy."""
-    teacher = (job.config or {}).get("teacher") if job is not None else None
+def _drop_unneeded_secrets(job: Job | None) -> None:
+    """Drop a job's sealed teacher key once nothing can use it: called in the transaction of
+    every transition, so the key never outlives its use by a commit.
+
+    The key is used only to ask the teacher, which a job does once, while it waits or runs
+    and has no dataset yet; an ended job, or one whose answers are in its snapshot, is done
+    with it.
+    """
+    if job is None or (job.status in (*WAITING_JOB_STATES, "running") and job.dataset_id is None):
+        return
+    teacher = (job.config or {}).get("teacher")
     if isinstance(teacher, dict) and teacher.get("api_key_sealed"):
-        job.config = {**job.config, "teacher": {**teacher, "api_key_sealed": None}}  # type: ignore[union-attr]
+        job.config = {**(job.config or {}), "teacher": {**teacher, "api_key_sealed": None}}
 
 
 def requeue_stale(db: Database, stale_after_s: float, max_attempts: int = 2) -> list[str]:
@@ -743,6 +682,7 @@ def requeue_stale(db: Database, stale_after_s: float, max_attempts: int = 2) -> 
                 .execution_options(synchronize_session=False)
             ).rowcount
             if done == 1:
+                _drop_unneeded_secrets(s.get(Job, job_id))
                 s.add(JobEvent(job_id=job_id, level=level, message=event))
                 touched.append(job_id)
     return touched

@@ -5,6 +5,11 @@ drift, on a schedule), whether a candidate that passes the gates is promoted by 
 (`auto_promote`) or waits for a person, the canary share, and the gates. A triggered run
 is an ordinary job (source "policy") and goes through the same evaluation and gates.
 
+Method: a triggered run trains with KTO when the feedback is mostly thumbs up and down
+(ratings alone outnumber corrections and preferences, and both good and bad answers are
+rated): a rating without a correction is still a signal. Otherwise it trains supervised,
+on the corrections and the answers rated good.
+
 Drift: the share of good ratings (and the correction rate) an adapter version earned in
 its first window after promotion is its level; when the most recent window falls below
 that level by more than the tolerance, the version has drifted.
@@ -22,6 +27,7 @@ from core.db import Database
 from core.errors import bad_request
 from core.ids import utcnow
 from core.models import Adapter, AdapterVersion, Feedback, Job, TenantPolicy, UTCDateTime
+from trainer.datasets import Snapshot
 from trainer.feedback import FeedbackSignal, feedback_signal
 from trainer.gates import GateConfig
 
@@ -58,6 +64,15 @@ class DriftStatus:
     recent: FeedbackSignal | None
     drifted: bool
     reason: str
+
+
+def method_for(snapshot: Snapshot) -> str:
+    """The method a policy-triggered job trains `snapshot` (built from feedback) with."""
+    signals = snapshot.params.get("signals") or {}
+    ratings_only = int(signals.get("ratings_only", 0))
+    rich = int(signals.get("corrections", 0)) + int(signals.get("preferences", 0))
+    labels = {r.label for r in snapshot.train_ratings}
+    return "kto" if ratings_only > rich and labels == {True, False} else "supervised"
 
 
 def _info(row: TenantPolicy) -> PolicyInfo:

@@ -2,7 +2,8 @@
 
 Run one per training host, from the repository root:
 
-    python -m trainer.worker            # uses the TAILOR_* settings, like the gateway
+    python -m trainer.worker            # or `tailor-trainer`; uses the TAILOR_* settings, like the gateway
+    python -m trainer.worker --job ID   # run one queued job now and exit
 
 Several workers share one PostgreSQL database and object stores (adapter store, blob
 store) and claim jobs side by side (see trainer.jobs); on SQLite run exactly one.
@@ -11,10 +12,11 @@ Per job, each stage leaves an event the tenant can read (GET /v1/fine_tuning/job
 
 1. dataset: load the job's snapshot, or build one from its uploaded files or, without
    files, from the tenant's feedback (trainer.datasets); the job records its id;
-2. train: LoRA SFT (trainer.sft) or DPO (trainer.dpo, starting from the adapter the job
-   names, else from the adapter it will replace) into `<data_dir>/jobs/<job id>`, with a
-   metrics event and a heartbeat at every step. Cancellation is seen at the next step;
-   then nothing is registered;
+2. train: LoRA SFT or DPO on TRL (trainer.compute; DPO starts from the adapter the job
+   names, else from the adapter it will replace) in its own process(es) on the devices of
+   TAILOR_TRAINER_DEVICES, into `<data_dir>/jobs/<job id>`, with a metrics event per step
+   and the heartbeat checked every few seconds. Cancellation stops the run at the next
+   step; then nothing is registered;
 3. checkpoints: every `checkpoint_every` steps (and the final adapter), copied to the blob
    store under `checkpoints/<tenant>/<job>/step-<n>/` and listed as JobCheckpoint rows;
 4. evaluate the trained adapter against the version it would replace (or the base model)
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import logging
 import math
 import os
@@ -45,7 +48,6 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -58,23 +60,20 @@ from core.blobs import BlobStore
 from core.config import Settings
 from core.db import Database
 from core.errors import TailorError
-from trainer import datasets, distill, files, jobs, policy
+from core.models import Job
+from core.outbound import OutboundPolicy
+from core.quotas import Quotas
+from trainer import datasets, distill, files, hyperparameters, jobs, policy
+from trainer.compute.launch import run_training
+from trainer.compute.placement import Placement, choose
+from trainer.compute.recipe import Method, Recipe, StepInfo, TrainingCancelled, TrainResult
 from trainer.datasets import SFTRecord, Snapshot
 from trainer.distill import DistillSpec, LocalTeacher, RemoteTeacher, Teacher
-from trainer.dpo import DPOConfig, PreferenceExample, train_lora_dpo
 from trainer.evaluate import Comparison, EvalExample, JudgeConfig, compare
 from trainer.gates import Decision, GateConfig, decide
-from trainer.jobs import JobInfo, JobLost, ResolvedHyperparameters
+from trainer.jobs import JobInfo, JobLost
 from trainer.policy import PolicyInfo, get_policy
 from trainer.report import write_report
-from trainer.sft import (
-    ChatExample,
-    SFTConfig,
-    StepInfo,
-    TrainingCancelled,
-    TrainResult,
-    train_lora_sft,
-)
 from trainer.tracing import JobTracing
 
 log = logging.getLogger("tailor.trainer")
@@ -140,6 +139,35 @@ def _outcome(decision: Decision, baseline: VersionInfo | None, policy: PolicyInf
     return "canary" if 0 < policy.canary_fraction < 1 else "promoted"
 
 
+def _eval_examples(snapshot: Snapshot) -> list[EvalExample]:
+    """Held-out prompts with an answer known to be good: corrections and good answers,
+    preferred answers, and answers rated good (each prompt and answer once)."""
+    found: dict[tuple[str, str], EvalExample] = {}
+    pairs = [(r.prompt, r.answer) for r in snapshot.heldout_sft]
+    pairs += [(r.prompt, r.chosen) for r in snapshot.heldout_preferences]
+    pairs += [(r.prompt, r.completion) for r in snapshot.heldout_ratings if r.label]
+    for prompt, answer in pairs:
+        key = (datasets.prompt_key(prompt), datasets.normalise_text(answer))
+        found.setdefault(key, EvalExample(messages=[dict(m) for m in prompt], reference=answer))
+    return list(found.values())
+
+
+# The compute side's method for each job method (distillation trains like supervised).
+_RECIPE_METHOD: dict[str, Method] = {"supervised": "sft", "distillation": "sft", "dpo": "dpo", "kto": "kto"}
+
+
+def _training_rows(method: str, snapshot: Snapshot) -> list[dict[str, Any]]:
+    """The snapshot's training examples as the compute side's method reads them."""
+    if method in jobs.SFT_METHODS:
+        return [{"messages": [dict(m) for m in r.messages]} for r in snapshot.train_sft]
+    if method == "kto":
+        return [r.to_json() for r in snapshot.train_ratings]
+    return [
+        {"prompt": [dict(m) for m in r.prompt], "chosen": r.chosen, "rejected": r.rejected}
+        for r in snapshot.train_preferences
+    ]
+
+
 def _metrics_dict(value: Any) -> dict[str, Any]:
     raw = asdict(value) if is_dataclass(value) and not isinstance(value, type) else dict(value)
     # An infinite perplexity is not JSON (PostgreSQL's json type and the HTTP responses
@@ -171,6 +199,10 @@ class Worker:
     @functools.cached_property
     def limits(self) -> ValidationLimits:
         return ValidationLimits.from_settings(self.settings)
+
+    @functools.cached_property
+    def placement(self) -> Placement:
+        return choose(self.settings.trainer_devices)
 
     # --- the loop -------------------------------------------------------------
 
@@ -206,14 +238,17 @@ class Worker:
         created = []
         for trigger in policy.due_retrains(self.db):
             try:
+                method, dataset_id = self._policy_method(trigger.tenant_id, trigger.adapter_name)
                 job = jobs.create_job(
                     self.db,
                     trigger.tenant_id,
-                    method="supervised",
+                    method=method,
                     model=self.settings.base_model_name,
                     adapter_name=trigger.adapter_name,
                     source="policy",
+                    dataset_id=dataset_id,
                     max_lora_rank=self.settings.engine_max_lora_rank,
+                    quotas=Quotas.from_settings(self.settings),
                 )
             except TailorError as exc:
                 log.warning(
@@ -221,9 +256,23 @@ class Worker:
                 )
                 continue
             policy.mark_triggered(self.db, trigger.tenant_id)
-            jobs.add_event(self.db, job.id, f"Queued by the tenant's retraining policy: {trigger.reason}.")
+            jobs.add_event(
+                self.db, job.id, f"Queued by the tenant's retraining policy: {trigger.reason}; method {method}."
+            )
             created.append(job.id)
         return created
+
+    def _policy_method(self, tenant_id: str, adapter_name: str) -> tuple[str, str | None]:
+        """(method, dataset id) for a policy-triggered job: what the feedback is made of picks
+        the method (trainer.policy.method_for). Feedback that cannot make a snapshot now
+        leaves the choice to supervised and the snapshot to the run, as for any job."""
+        try:
+            snapshot = jobs.feedback_snapshot(self.db, self.blobs, tenant_id, adapter_name)
+            method = policy.method_for(snapshot)
+            jobs.training_examples(snapshot, method)
+        except TailorError:
+            return "supervised", None
+        return method, snapshot.id
 
     # --- one job ---------------------------------------------------------------
 
@@ -256,13 +305,13 @@ class Worker:
         with self.tracing.stage("dataset"):
             snapshot = self._snapshot(job)
         n_train = jobs.training_examples(snapshot, job.method)
-        hp = jobs.resolve_hyperparameters(job.method, job.hyperparameters, n_train)
+        hp = hyperparameters.resolve(job.method, job.hyperparameters, n_train)
         jobs.update_running(self.db, job.id, self.worker_id, dataset_id=snapshot.id, hyperparameters=hp.as_dict())
         self._event(
             job,
-            f"Dataset {snapshot.id}: {len(snapshot.train_sft)} chat and "
-            f"{len(snapshot.train_preferences)} preference examples to train on, "
-            f"{snapshot.heldout_count} held out",
+            f"Dataset {snapshot.id}: {len(snapshot.train_sft)} chat, "
+            f"{len(snapshot.train_preferences)} preference and {len(snapshot.train_ratings)} rated examples "
+            f"to train on, {snapshot.heldout_count} held out",
             data={"dataset_id": snapshot.id, "hyperparameters": hp.as_dict()},
         )
 
@@ -369,8 +418,9 @@ class Worker:
         """The version whose weights training starts from; None: a fresh LoRA on the base."""
         if job.model != self.settings.base_model_name:
             return self._version_of(job.tenant_id, job.model)
-        # DPO nudges an existing behaviour; from a bare base it has little to stand on.
-        return baseline if job.method == "dpo" else None
+        # Preference methods nudge an existing behaviour (the ratings rate ITS answers);
+        # from a bare base they have little to stand on.
+        return baseline if job.method in hyperparameters.PREFERENCE_METHODS else None
 
     # --- distillation -------------------------------------------------------------
 
@@ -391,6 +441,10 @@ class Worker:
                 concurrency=s.teacher_concurrency,
                 timeout_s=s.teacher_timeout_s,
                 on_progress=progress,
+                # Asked before each request and after each answer (at most every few
+                # seconds): a cancelled job stops asking the teacher at once.
+                should_stop=lambda: jobs.heartbeat(self.db, job.id, self.worker_id),
+                policy=OutboundPolicy.from_settings(s),
             )
         version = self._version_of(job.tenant_id, t.model or job.model)
         adapter_dir = self.store.local_path(version.digest) if version is not None else None
@@ -469,16 +523,48 @@ class Worker:
         return metrics
 
     def _train(
-        self, run: _Run, snapshot: Snapshot, hp: ResolvedHyperparameters, start: VersionInfo | None
+        self, run: _Run, snapshot: Snapshot, hp: hyperparameters.Resolved, start: VersionInfo | None
     ) -> TrainResult:
         job = run.job
-        out_dir = run.workdir / "adapter"
         init_dir = self.store.local_path(start.digest) if start is not None else None
         if start is not None:
             self._event(job, f"Training starts from {start.adapter_name} version {start.version}")
-
-        def should_stop() -> bool:
-            return jobs.heartbeat(self.db, job.id, self.worker_id)
+        rows = _training_rows(job.method, snapshot)
+        steps = hp.max_steps or hp.n_epochs * math.ceil(len(rows) / hp.batch_size)
+        placement = self.placement
+        work = run.workdir / "train"
+        work.mkdir(parents=True, exist_ok=True)
+        data_path = work / "data.jsonl"
+        data_path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        recipe = Recipe(
+            method=_RECIPE_METHOD[job.method],
+            base_model_dir=str(self.settings.base_model_path),
+            data_path=str(data_path),
+            out_dir=str(run.workdir / "adapter"),
+            progress_path=str(work / "progress.jsonl"),
+            stop_path=str(work / "STOP"),
+            checkpoint_dir=str(run.workdir / "checkpoints"),
+            # The last step's adapter is the result itself; it is recorded below.
+            checkpoint_every=self.checkpoint_every or max(1, math.ceil(steps / CHECKPOINTS_PER_JOB)),
+            init_adapter_dir=str(init_dir) if init_dir is not None else None,
+            lora_rank=hp.lora_rank,
+            lora_alpha=hp.lora_alpha,
+            target_modules=hp.target_modules,
+            learning_rate=hp.learning_rate,
+            epochs=hp.n_epochs,
+            max_steps=hp.max_steps,
+            batch_size=hp.batch_size,
+            gradient_accumulation_steps=hp.gradient_accumulation_steps,
+            max_seq_length=hp.max_seq_length,
+            packing=hp.packing,
+            seed=job.seed,
+            beta=hp.beta or hyperparameters.DEFAULT_BETA,
+            device=placement.device,
+            processes=placement.processes,
+            precision=placement.precision,
+            gradient_checkpointing=placement.gradient_checkpointing,
+        )
+        self._event(job, f"Training on {placement.describe()}", data={"placement": placement.describe()})
 
         def on_step(info: StepInfo) -> None:
             data = {
@@ -487,56 +573,21 @@ class Worker:
                 "epoch": info.epoch,
                 "train_loss": info.loss,
                 "learning_rate": info.learning_rate,
+                **info.metrics,
             }
-            for extra in ("reward_accuracy", "reward_margin"):  # DPO steps carry these
-                if hasattr(info, extra):
-                    data[extra] = getattr(info, extra)
             self._event(job, f"Step {info.step}/{info.total_steps}: training loss={info.loss:.4f}", data=data)
 
-        common = dict(
-            learning_rate=hp.learning_rate,
-            epochs=hp.n_epochs,
-            max_steps=hp.max_steps,
-            batch_size=hp.batch_size,
-            seed=job.seed,
-            rank=hp.lora_rank,
-            alpha=hp.lora_alpha,
-            log_every=1,
+        def on_checkpoint(step: int, loss: float, path: Path) -> None:
+            self._checkpoint(job, step, loss, path)
+
+        result = run_training(
+            recipe,
+            placement,
+            work,
+            on_step=on_step,
+            on_checkpoint=on_checkpoint,
+            should_stop=lambda: jobs.heartbeat(self.db, job.id, self.worker_id),
         )
-        base_dir = self.settings.base_model_path
-        if job.method in jobs.SFT_METHODS:
-            examples = [ChatExample(messages=[dict(m) for m in r.messages]) for r in snapshot.train_sft]
-            every = self.checkpoint_every
-
-            def on_checkpoint(info: StepInfo, save: Callable[[Path], None]) -> None:
-                nonlocal every
-                if every is None:
-                    every = max(1, math.ceil(info.total_steps / CHECKPOINTS_PER_JOB))
-                # The last step's adapter is the result itself; it is recorded below.
-                if info.step % every == 0 and info.step < info.total_steps:
-                    path = run.workdir / "checkpoints" / f"step-{info.step}"
-                    save(path)
-                    self._checkpoint(job, info.step, info.loss, path)
-
-            result = train_lora_sft(
-                base_dir,
-                examples,
-                out_dir,
-                SFTConfig(**common),
-                on_step=on_step,
-                should_stop=should_stop,
-                on_checkpoint=on_checkpoint,
-                init_adapter_dir=init_dir,
-            )
-        else:
-            pairs = [
-                PreferenceExample(prompt=[dict(m) for m in r.prompt], chosen=r.chosen, rejected=r.rejected)
-                for r in snapshot.train_preferences
-            ]
-            config = DPOConfig(**common, beta=hp.beta or jobs.DEFAULT_BETA)
-            result = train_lora_dpo(
-                base_dir, pairs, out_dir, config, init_adapter_dir=init_dir, on_step=on_step, should_stop=should_stop
-            )
         self._checkpoint(job, result.steps, result.final_loss, result.out_dir)
         self._event(
             job,
@@ -566,10 +617,7 @@ class Worker:
 
     def _evaluate(self, run: _Run, snapshot: Snapshot, candidate_dir: Path, baseline: VersionInfo | None) -> Comparison:
         job = run.job
-        examples = [EvalExample(messages=[dict(m) for m in r.prompt], reference=r.answer) for r in snapshot.heldout_sft]
-        examples += [
-            EvalExample(messages=[dict(m) for m in r.prompt], reference=r.chosen) for r in snapshot.heldout_preferences
-        ]
+        examples = _eval_examples(snapshot)
         against = f"{baseline.adapter_name} version {baseline.version}" if baseline else "the base model"
         self._event(job, f"Evaluating against {against} on {len(examples)} held-out example(s)")
         baseline_dir = self.store.local_path(baseline.digest) if baseline else None
@@ -653,7 +701,9 @@ class Worker:
             error = {"code": exc.code or "training_failed", "message": exc.message, "param": exc.param}
         else:
             log.exception("job %s failed", job.id)
-            error = {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}", "param": None}
+            # The exception's text may carry paths, addresses or a remote's words: the log has it.
+            message = "The job failed because of an internal error in the trainer; the operator's log has details."
+            error = {"code": "internal_error", "message": message, "param": None}
         if run.version is not None:
             # Registered, then something broke: keep it from ever being promoted by mistake.
             try:
@@ -670,24 +720,40 @@ class Worker:
         self._finish(job, status="failed", error=error)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    """`python -m trainer.worker` (or `tailor-trainer`): claim and run jobs until stopped;
+    `--job ID` runs that one queued job and exits (0 when it succeeded)."""
+    import argparse
+
     from core.config import get_settings
     from core.db import migrate
 
+    parser = argparse.ArgumentParser(prog="tailor-trainer", description=main.__doc__)
+    parser.add_argument("--job", help="run this queued job now, then exit")
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_settings()
     migrate(settings.database_url or "")
     db = Database(settings.database_url or "")
     store = AdapterStore(settings.adapter_store_url or "", settings.cache_dir / "adapters")
     worker = Worker(settings, db, store, BlobStore(settings.blob_store_url or ""))
-    stop = threading.Event()
-    # SIGTERM/SIGINT end the loop between jobs; a job running then is finished first.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    worker.run_forever(stop, poll_s=settings.trainer_poll_s)
-    worker.tracing.shutdown()
-    db.dispose()
-    return 0
+    try:
+        if args.job:
+            if not worker.run_once(args.job):
+                log.error("job %s is not queued", args.job)
+                return 1
+            with db.session() as s:
+                done = s.get(Job, args.job)
+                return 0 if done is not None and done.status == "succeeded" else 1
+        stop = threading.Event()
+        # SIGTERM/SIGINT end the loop between jobs; a job running then is finished first.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        worker.run_forever(stop, poll_s=settings.trainer_poll_s)
+        return 0
+    finally:
+        worker.tracing.shutdown()
+        db.dispose()
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
-"""Who is using the console: a signed session cookie, re-checked against the database on
-every request, and a CSRF token per session.
+"""Who is using the console: a signed session cookie naming a server-side session,
+re-checked against the database on every request, and a CSRF token per session.
 
-The cookie holds the role, the tenant id and the key id, never a key. It is signed (not
-encrypted: nothing in it is secret) with a key derived from the same secret that
-`core.sealing` uses (TAILOR_SECRET_KEY, else `<data_dir>/secret.key`), so every gateway
-sharing that secret accepts the others' sessions. A session ends after SESSION_MAX_AGE_S,
-at logout, when its tenant key is revoked or expires, or when the admin key changes.
+The cookie holds a random session token and the CSRF token, never a key. It is signed
+with a key derived from the same secret that `core.sealing` uses (TAILOR_SECRET_KEY,
+else `<data_dir>/secret.key`), so every gateway sharing that secret and database accepts
+the others' sessions. The session itself is a row of `console_sessions`
+(gateway.console.sessions): it ends after SESSION_MAX_AGE_S, at sign-out (for every
+copy of the cookie), when its tenant key is revoked or expires, or when the admin key
+changes.
 """
 
 from __future__ import annotations
@@ -13,8 +15,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from dataclasses import dataclass, field
 from typing import Any
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
@@ -24,6 +25,8 @@ from core.config import Settings
 from core.db import Database
 from core.errors import TailorError
 from gateway import audit, tenants
+
+from . import sessions
 
 SESSION_COOKIE = "tailor_console"
 LOGIN_COOKIE = "tailor_console_login"
@@ -49,6 +52,7 @@ class ConsoleUser:
     tenant_id: str | None = None  # TENANT only
     tenant_name: str | None = None
     key_id: str | None = None
+    session: str = field(default="", repr=False)  # the cookie's session token: sign-out revokes it
 
     @property
     def is_admin(self) -> bool:
@@ -119,13 +123,19 @@ def login(db: Database, settings: Settings, key: str) -> ConsoleUser | None:
     )
 
 
-def dump_session(settings: Settings, user: ConsoleUser) -> str:
-    data: dict[str, Any] = {"r": user.role, "c": user.csrf}
+def start_session(db: Database, settings: Settings, user: ConsoleUser) -> str:
+    """Open a server-side session for `user`; returns the signed cookie value."""
+    token = sessions.open_session(
+        db, user.role, tenant_id=user.tenant_id, key_id=user.key_id, max_age_s=SESSION_MAX_AGE_S
+    )
+    data: dict[str, Any] = {"s": token, "c": user.csrf}
     if user.is_admin:
         data["a"] = _admin_fingerprint(settings)
-    else:
-        data["t"], data["k"] = user.tenant_id, user.key_id
     return _serializer(settings, "tailor.console.session").dumps(data)
+
+
+def end_session(db: Database, user: ConsoleUser) -> None:
+    sessions.revoke(db, user.session)
 
 
 def _load(settings: Settings, cookie: str | None) -> dict[str, Any] | None:
@@ -138,33 +148,30 @@ def _load(settings: Settings, cookie: str | None) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _key_is_live(key: tenants.KeyInfo) -> bool:
-    now = datetime.now(timezone.utc)
-    return key.revoked_at is None and (key.expires_at is None or key.expires_at > now)
-
-
 def current_user(db: Database, settings: Settings, cookie: str | None) -> ConsoleUser:
     """The session's user, checked again now: raises LoginRequired when it no longer holds."""
     data = _load(settings, cookie)
-    if data is None or not isinstance(data.get("c"), str):
+    if data is None or not isinstance(data.get("c"), str) or not isinstance(data.get("s"), str):
         raise LoginRequired
-    if data.get("r") == ADMIN:
+    # Not cached: a sign-out or a revoked key must end the session at the very next request.
+    live = sessions.find_live(db, data["s"])
+    if live is None:
+        raise LoginRequired
+    if live.role == ADMIN:
         expected = _admin_fingerprint(settings)
         if expected is None or not hmac.compare_digest(str(data.get("a", "")), expected):
             raise LoginRequired
-        return ConsoleUser(role=ADMIN, csrf=data["c"])
-    if data.get("r") != TENANT:
+        return ConsoleUser(role=ADMIN, csrf=data["c"], session=data["s"])
+    if live.role != TENANT or live.tenant_name is None or not live.key_live:
         raise LoginRequired
-    tenant_id, key_id = str(data.get("t", "")), str(data.get("k", ""))
-    # Not cached: a revoked key must end its console session at the very next request.
-    try:
-        owner = tenants.find_tenant(db, tenant_id)
-        key = next((k for k in tenants.list_keys(db, owner.id) if k.id == key_id), None)
-    except TailorError:  # the tenant was deleted
-        raise LoginRequired from None
-    if key is None or not _key_is_live(key):
-        raise LoginRequired
-    return ConsoleUser(role=TENANT, csrf=data["c"], tenant_id=owner.id, tenant_name=owner.name, key_id=key_id)
+    return ConsoleUser(
+        role=TENANT,
+        csrf=data["c"],
+        tenant_id=live.tenant_id,
+        tenant_name=live.tenant_name,
+        key_id=live.key_id,
+        session=data["s"],
+    )
 
 
 # --- CSRF -------------------------------------------------------------------------

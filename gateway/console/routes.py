@@ -7,7 +7,8 @@ the function the API route calls, records it in the audit log as the API does (a
 
 Every POST needs the session's CSRF token and re-checks who may act: a tenant acts on its
 own tenant only (anything else is a 404, as in the API), operators on any; only operators
-create tenants. Errors render as HTML pages, never as the API's JSON.
+create tenants and create, rotate or revoke keys (the API's rule: only the admin key
+manages keys, so a key never mints another that outlives it). Errors render as HTML pages, never as the API's JSON.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from adapters.registry import AdapterInfo
 from core.errors import TailorError, not_found
 from core.ids import utcnow
 from gateway import audit, tenants
+from gateway.deps import client_address, failed_auth_limiter
 from gateway.services import Services
 from gateway.tenants import TenantInfo
 from trainer import jobs
@@ -186,11 +188,18 @@ def login(request: Request, key: Annotated[str, Form()] = "", csrf: Annotated[st
     services = _services(request)
     if not auth.check_login_token(services.settings, request.cookies.get(auth.LOGIN_COOKIE), csrf):
         return _login_page(request, status=400, error="The sign-in form expired; please sign in again.")
+    # A wrong key here is a failed authentication like one on the API: counted per address.
+    limiter, address = failed_auth_limiter(request), client_address(request)
+    try:
+        limiter.check(address)
+    except TailorError as exc:
+        return _login_page(request, status=exc.status, error=exc.message)
     user = auth.login(services.db, services.settings, key)
     if user is None:
+        limiter.failed(address)
         return _login_page(request, status=401, error="That key is not valid: it is unknown, revoked or expired.")
     response = RedirectResponse(_base(request), status_code=303)
-    session = auth.dump_session(services.settings, user)
+    session = auth.start_session(services.db, services.settings, user)
     response.set_cookie(
         auth.SESSION_COOKIE, session, max_age=auth.SESSION_MAX_AGE_S, **_cookie_args(request, _base(request))
     )
@@ -200,6 +209,7 @@ def login(request: Request, key: Annotated[str, Form()] = "", csrf: Annotated[st
 
 @router.post("/logout")
 def logout(request: Request, user: Poster) -> Response:
+    auth.end_session(_services(request).db, user)
     response = RedirectResponse(f"{_base(request)}/login", status_code=303)
     response.delete_cookie(auth.SESSION_COOKIE, **_cookie_args(request, _base(request)))
     return response
@@ -274,6 +284,7 @@ def create_key(
     name: Annotated[str, Form(max_length=64)] = "",
     expires_days: Annotated[int | None, Form(ge=1, le=3650)] = None,
 ) -> Response:
+    user.require_admin()  # as in the API: only the admin key manages keys
     services = _services(request)
     expires_at = utcnow() + timedelta(days=expires_days) if expires_days else None
     new = tenants.create_key(services.db, owner.id, name=name.strip() or None, expires_at=expires_at)
@@ -283,6 +294,7 @@ def create_key(
 
 @router.post("/tenants/{tenant}/keys/{key_id}/revoke")
 def revoke_key(request: Request, user: Poster, owner: Tenant, key_id: str) -> Response:
+    user.require_admin()
     services = _services(request)
     _owned_key(request, owner, key_id)
     before = audit.key_state(services.db, key_id)
@@ -298,8 +310,9 @@ def rotate_key(
     user: Poster,
     owner: Tenant,
     key_id: str,
-    grace_seconds: Annotated[int, Form(ge=0, le=30 * 86400)] = 0,
+    grace_seconds: Annotated[int, Form(ge=0, le=tenants.MAX_GRACE_SECONDS)] = 0,
 ) -> Response:
+    user.require_admin()
     services = _services(request)
     _owned_key(request, owner, key_id)
     before = audit.key_state(services.db, key_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 from urllib.parse import quote
 
@@ -11,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from core.errors import TailorError
+from core.quotas import Quotas
 from gateway.deps import CallerDep, ServicesDep
 from trainer import files
 from trainer.files import FileInfo
@@ -66,7 +68,13 @@ async def upload(
         if len(data) > limit:
             raise TailorError(413, f"File exceeds {limit} bytes.", code="file_too_large", param="file")
     info = await run_in_threadpool(
-        files.upload_file, services.db, services.blobs, caller.tenant_id, file.filename, bytes(data), purpose
+        functools.partial(files.upload_file, quotas=Quotas.from_settings(services.settings)),
+        services.db,
+        services.blobs,
+        caller.tenant_id,
+        file.filename,
+        bytes(data),
+        purpose,
     )
     return file_out(info)
 

@@ -18,11 +18,12 @@ import secrets
 from typing import Any, Literal
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, model_serializer
 from starlette.responses import Response
 
 from adapters import registry
 from core.errors import bad_request, not_found
+from core.quotas import Quotas
 from gateway import audit, tenants
 from gateway.deps import AdminDep, CallerDep, ServicesDep
 from gateway.services import Services
@@ -48,9 +49,15 @@ class TeacherIn(BaseModel):
     model: str | None = Field(
         None, description="Without base_url: one of your adapters or the base model (default: the job's model)."
     )
-    base_url: str | None = Field(None, description="An OpenAI-compatible endpoint, e.g. https://host/v1.")
+    base_url: str | None = Field(
+        None,
+        description="An OpenAI-compatible endpoint on a public host, e.g. https://host/v1 (no query, fragment or "
+        "user info; private addresses only where the operator allows the host).",
+    )
     api_key: str | None = Field(None, description="Key for base_url; stored encrypted, dropped when the job ends.")
-    api_key_env: str | None = Field(None, description="Or: an environment variable on the trainer hosts.")
+    api_key_env: str | None = Field(
+        None, description="Or: a trainer host variable the operator allows (TAILOR_TEACHER_KEY_ENV_ALLOWLIST)."
+    )
 
 
 class DistillationIn(BaseModel):
@@ -64,9 +71,12 @@ class DistillationIn(BaseModel):
 
 
 class MethodIn(BaseModel):
-    type: Literal["supervised", "dpo", "reinforcement", "distillation"]
+    type: Literal["supervised", "dpo", "kto", "reinforcement", "distillation"]
     supervised: MethodConfigIn | None = None
     dpo: MethodConfigIn | None = None
+    kto: MethodConfigIn | None = Field(
+        None, description="Tailor: KTO from answers rated good or bad (a training file of kind 'rated')."
+    )
     reinforcement: dict[str, Any] | None = None
     distillation: DistillationIn | None = None
 
@@ -85,7 +95,7 @@ class CreateFineTuningJobIn(BaseModel):
 
 class TrainFromFeedbackIn(BaseModel):
     adapter_name: str = Field(min_length=1, max_length=64)
-    method: Literal["supervised", "dpo"] = "supervised"
+    method: Literal["supervised", "dpo", "kto"] = "supervised"
     hyperparameters: dict[str, Any] | None = None
     model: str | None = Field(None, description="Start from this model; default: the base model.")
     seed: int = Field(0, ge=0, le=2_147_483_647)
@@ -127,13 +137,24 @@ class FineTuningJobOut(BaseModel):
     estimated_finish: int | None = None
     # {"type": "supervised", "supervised": {"hyperparameters": {...}}}: OpenAI's schema has
     # no null for the other methods' keys, so they are left out rather than set to None.
-    method: dict[str, Any]
+    # None (a KTO job, a type OpenAI's schema lacks): the key is left out; see `kto`.
+    method: dict[str, Any] | None
     metadata: dict[str, str] | None
+    kto: dict[str, Any] | None = Field(
+        None, description="Tailor: a KTO job's method, {'hyperparameters': {...}} (it has no `method`)."
+    )
     distillation: dict[str, Any] | None = Field(
         None,
         description="Tailor: a distillation job's teacher and context (never the key), and once trained "
         "its prompt tokens saved per request and agreement with the teacher.",
     )
+
+    @model_serializer(mode="wrap")
+    def _leave_out_missing_method(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        out: dict[str, Any] = handler(self)
+        if out.get("method") is None:
+            out.pop("method", None)
+        return out
 
 
 class FineTuningJobListOut(BaseModel):
@@ -226,7 +247,7 @@ def job_out(job: JobInfo) -> FineTuningJobOut:
     # OpenAI's method types stop at supervised/dpo/reinforcement: a distillation job shows
     # as the supervised training it is, with the rest under `distillation`.
     openai_method = "supervised" if job.method == "distillation" else job.method
-    method = {"type": openai_method, openai_method: {"hyperparameters": dict(hp)}}
+    method = None if job.method == "kto" else {"type": openai_method, openai_method: {"hyperparameters": dict(hp)}}
     distillation = None
     if job.method == "distillation":
         distillation = DistillSpec.from_json(job.config or {}).public()
@@ -258,6 +279,7 @@ def job_out(job: JobInfo) -> FineTuningJobOut:
         method=method,
         metadata=_metadata(job),
         distillation=distillation,
+        kto={"hyperparameters": dict(hp)} if job.method == "kto" else None,
     )
 
 
@@ -288,7 +310,7 @@ def _method_and_hyperparameters(body: CreateFineTuningJobIn) -> tuple[str, dict[
     method = body.method.type if body.method else "supervised"
     if method == "reinforcement":
         raise bad_request(
-            "Tailor trains with the supervised, dpo and distillation methods; reinforcement is not supported.",
+            "Tailor trains with the supervised, dpo, kto and distillation methods; reinforcement is not supported.",
             param="method.type",
         )
     # The deprecated top-level hyperparameters, overridden by the method's own.
@@ -325,6 +347,7 @@ def create(services: Services, tenant_id: str, body: CreateFineTuningJobIn) -> J
         suffix=body.suffix,
         source="api",
         max_lora_rank=services.settings.engine_max_lora_rank,
+        quotas=Quotas.from_settings(services.settings),
         config=config,
     )
     return job
@@ -496,6 +519,7 @@ def train_from_feedback(tenant: str, body: TrainFromFeedbackIn, services: Servic
         source="feedback",
         dataset_id=snapshot.id,
         max_lora_rank=services.settings.engine_max_lora_rank,
+        quotas=Quotas.from_settings(services.settings),
     )
     audit.job_created(services.db, audit.ADMIN, job)
     return job_out(job)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from fastapi import APIRouter
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.responses import JSONResponse
 
+from adapters.engines import Engine
 from gateway.deps import ServicesDep
 
 router = APIRouter(tags=["health"])
@@ -24,11 +26,26 @@ class InteractionLogOut(BaseModel):
     queued: int
 
 
+class EngineStatusOut(BaseModel):
+    url: str
+    healthy: bool
+    problem: str | None = Field(None, description="Why this engine takes no traffic (no paths, no secrets).")
+
+
 class ReadyOut(BaseModel):
     status: Literal["ready", "unavailable"]
     healthy_engines: int
     engines: int
+    engine_status: list[EngineStatusOut]
     interaction_log: InteractionLogOut
+
+
+def _engine_status(engine: Engine) -> dict[str, object]:
+    # /ready is unauthenticated: an engine URL's user info (a proxy's credentials) is never shown.
+    parts = urlsplit(engine.url)
+    shown = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    problem = None if engine.healthy or engine.problem is None else engine.problem.replace(engine.url, shown)
+    return EngineStatusOut(url=shown, healthy=engine.healthy, problem=problem).model_dump()
 
 
 @router.get(
@@ -45,6 +62,7 @@ def ready(services: ServicesDep) -> JSONResponse:
             "status": "ready" if healthy else "unavailable",
             "healthy_engines": healthy,
             "engines": len(services.pool.engines),
+            "engine_status": [_engine_status(e) for e in services.pool.engines],
             "interaction_log": {
                 "written": services.interactions.written,
                 "dropped": services.interactions.dropped,

@@ -1,8 +1,9 @@
 """Prometheus scrape endpoint.
 
-Unauthenticated, like /health: it shows counts and latencies, never request content, and
-tenant/model labels are bounded (gateway/metrics.py). Where tenant ids must not leave the
-network, expose the gateway's port to the scraper only, or block /metrics at the proxy.
+Unauthenticated, like /health: it shows counts and latencies, never request content or
+internal ids. Tenants and their model names appear only where the operator turns that on
+(TAILOR_METRICS_TENANT_LABELS), and then bounded (gateway/metrics.py); expose /metrics to
+the scraper's network only, or block it at the proxy.
 """
 
 from __future__ import annotations

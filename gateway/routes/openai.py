@@ -8,7 +8,8 @@ from starlette.responses import Response
 from adapters import registry
 from gateway import proxy
 from gateway.deps import CallerDep, ServicesDep
-from gateway.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
+from gateway.protocol import ModelCard, ModelList
+from gateway.request_policy import ChatCompletionRequest, CompletionRequest
 from gateway.services import Services
 from gateway.tenants import Caller
 

@@ -3,25 +3,32 @@
 `FakeVLLM` is an httpx.MockTransport handler standing in for several engines (told apart
 by host). It keeps what each engine really has loaded, records every call, and can be
 told to refuse connections, to report unhealthy, to "restart" (forget its adapters), or
-to hold loads until a test lets them finish.
+to hold loads until a test lets them finish. Like vLLM, it answers /v1 routes only with
+the engine's key when it has one, and lists the model it serves on /v1/models.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
-from adapters.engines import EnginePool, LoraRef, run_with_lease
+from adapters.engine_checks import PROBE_NAME, EngineExpectation, Problem
+from adapters.engines import Engine, EnginePool, LoraRef, bearer, run_with_lease
 from core.errors import TailorError
 
 URLS = ["http://e0:8000", "http://e1:8000", "http://e2:8000"]
 LOAD = "/v1/load_lora_adapter"
 UNLOAD = "/v1/unload_lora_adapter"
+MODELS = "/v1/models"
+BASE = "SmolLM2-135M-Instruct"
+EXPECT = EngineExpectation(served_name=BASE, max_lora_rank=16)
 
 
 @dataclass
@@ -29,6 +36,7 @@ class Call:
     engine: str
     path: str
     name: str | None = None
+    authorization: str | None = None
 
 
 @dataclass
@@ -43,6 +51,10 @@ class FakeVLLM:
     unload_gate: asyncio.Event | None = None
     unload_seen: asyncio.Event = field(default_factory=asyncio.Event)
     on_load_done: list[object] = field(default_factory=list)  # callables run as a load returns
+    keys: dict[str, str] = field(default_factory=dict)  # engine -> its --api-key
+    served: dict[str, str] = field(default_factory=dict)  # engine -> its --served-model-name (default BASE)
+    max_rank: dict[str, int] = field(default_factory=dict)  # engine -> its --max-lora-rank (default 64)
+    no_runtime_lora: set[str] = field(default_factory=set)  # engines without /v1/load_lora_adapter
 
     def engine_of(self, request: httpx.Request) -> str:
         return f"http://{request.url.host}:{request.url.port}"
@@ -52,12 +64,30 @@ class FakeVLLM:
         path = request.url.path
         body = json.loads(request.content) if request.content else {}
         name = body.get("lora_name")
-        self.calls.append(Call(engine, path, name))
+        self.calls.append(Call(engine, path, name, request.headers.get("authorization")))
         if engine in self.refuse or (path == LOAD and name in self.refuse_load_of):
             raise httpx.ConnectError("connection refused", request=request)
         have = self.loaded.setdefault(engine, set())
-        if path == "/health":
+        if path == "/health":  # unauthenticated in vLLM
             return httpx.Response(503 if engine in self.unhealthy else 200)
+        key = self.keys.get(engine)
+        if key and request.headers.get("authorization") != f"Bearer {key}":
+            return httpx.Response(401, json={"error": "Unauthorized"})
+        if path == MODELS:
+            served = self.served.get(engine, BASE)
+            cards = [{"id": served, "object": "model", "root": f"/models/{served}", "parent": None}]
+            cards += [{"id": n, "object": "model", "root": f"/store/{n}", "parent": served} for n in sorted(have)]
+            return httpx.Response(200, json={"object": "list", "data": cards})
+        if path in (LOAD, UNLOAD) and engine in self.no_runtime_lora:
+            return httpx.Response(404, json={"detail": "Not Found"})
+        if path == LOAD and name == PROBE_NAME:
+            rank = int(body["lora_path"].rsplit("-", 1)[1])
+            if rank > self.max_rank.get(engine, 64):
+                return httpx.Response(
+                    400, json={"message": f"LoRA rank {rank} is greater than max_lora_rank {self.max_rank[engine]}."}
+                )
+            have.add(name)
+            return httpx.Response(200, text="Success")
         if path == LOAD:
             self.load_seen.set()
             if self.load_gate is not None:
@@ -118,7 +148,7 @@ async def client(fake: FakeVLLM) -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def make_pool(client: httpx.AsyncClient, urls: list[str] = URLS, max_resident: int = 8) -> EnginePool:
-    pool = EnginePool(urls, client, max_resident=max_resident)
+    pool = EnginePool(urls, client, expect=EXPECT, max_resident=max_resident)
     await pool.wait_healthy(5)
     return pool
 
@@ -142,7 +172,7 @@ def engine(pool: EnginePool, url: str):  # type: ignore[no-untyped-def]
 
 
 async def test_no_healthy_engine_is_503(client: httpx.AsyncClient, fake: FakeVLLM) -> None:
-    pool = EnginePool(URLS, client, max_resident=4)  # never checked: nothing healthy yet
+    pool = EnginePool(URLS, client, expect=EXPECT, max_resident=4)  # never checked: nothing healthy yet
     for name in (None, "a"):
         with pytest.raises(TailorError) as err:
             pool.pick(name)
@@ -172,7 +202,7 @@ async def test_restarting_engine_is_skipped(client: httpx.AsyncClient) -> None:
 
 async def test_wait_healthy(client: httpx.AsyncClient, fake: FakeVLLM) -> None:
     fake.refuse.add(URLS[2])
-    pool = EnginePool(URLS, client, max_resident=4)
+    pool = EnginePool(URLS, client, expect=EXPECT, max_resident=4)
     await pool.wait_healthy(5, all_engines=False)
     assert [e.healthy for e in pool.engines] == [True, True, False]
     with pytest.raises(TimeoutError, match="e2"):
@@ -243,7 +273,7 @@ async def test_different_adapters_spread_over_engines(client: httpx.AsyncClient,
     assert all(count >= 3 for count in per_engine.values()), per_engine
     assert placed == {n: home_of(pool, n) for n in names}
     # The placement is a property of (adapter, engine URL), not of load order or process.
-    other = EnginePool(list(reversed(URLS)), client, max_resident=100)
+    other = EnginePool(list(reversed(URLS)), client, expect=EXPECT, max_resident=100)
     assert {n: home_of(other, n) for n in names} == placed
     # Again, in another order: every adapter stays where it is, nothing loads twice.
     assert {n: await use(pool, n) for n in reversed(names)} == placed
@@ -524,7 +554,7 @@ async def test_forget_then_ensure_loaded_reloads(client: httpx.AsyncClient, fake
 
 
 async def test_monitor_marks_engines_up_and_down(client: httpx.AsyncClient, fake: FakeVLLM) -> None:
-    pool = EnginePool(URLS[:2], client, max_resident=4, health_interval_s=0.01)
+    pool = EnginePool(URLS[:2], client, expect=EXPECT, max_resident=4, health_interval_s=0.01)
     pool.start_monitor()
     try:
         for _ in range(1000):
@@ -544,7 +574,7 @@ async def test_monitor_marks_engines_up_and_down(client: httpx.AsyncClient, fake
 
 
 def test_stats(client: httpx.AsyncClient) -> None:
-    pool = EnginePool([URLS[0] + "/"], client, max_resident=0)
+    pool = EnginePool([URLS[0] + "/"], client, expect=EXPECT, max_resident=0)
     assert pool.max_resident == 1
     assert pool.stats() == [
         {
@@ -556,3 +586,126 @@ def test_stats(client: httpx.AsyncClient) -> None:
             "evictions": 0,
         }
     ]
+
+
+# --- whose engine it is, and how it is set up -----------------------------------------
+
+PROBING = EngineExpectation(served_name=BASE, max_lora_rank=16, probe_adapter=lambda: "/probe/rank-16")
+
+
+def keyed(url: str, key: str) -> Engine:
+    return Engine(url=url, headers=bearer(key))
+
+
+def test_bearer() -> None:
+    assert bearer("k") == {"Authorization": "Bearer k"}
+    assert bearer(SecretStr("s")) == {"Authorization": "Bearer s"}
+    assert bearer(None) == {} and bearer(SecretStr("")) == {}
+    assert "k0" not in repr(keyed(URLS[0], "k0"))  # a logged Engine shows no key
+
+
+async def test_every_call_carries_the_engines_key(client: httpx.AsyncClient, fake: FakeVLLM) -> None:
+    keys = {URLS[0]: "key-zero", URLS[1]: "key-one"}
+    fake.keys = dict(keys)
+    pool = EnginePool([keyed(u, k) for u, k in keys.items()], client, expect=PROBING, max_resident=1)
+    await pool.wait_healthy(5)
+    for name in [f"adapter-{i}" for i in range(12)]:
+        await use(pool, name)
+    for url, key in keys.items():
+        mine = [c for c in fake.calls if c.engine == url and c.path != "/health"]
+        assert {c.path for c in mine} == {MODELS, LOAD, UNLOAD}
+        assert fake.count(LOAD, engine=url) > 2  # the probe and real adapters
+        assert all(c.authorization == f"Bearer {key}" for c in mine), mine
+
+
+async def test_engine_with_another_key_is_never_used(client: httpx.AsyncClient, fake: FakeVLLM) -> None:
+    fake.keys[URLS[0]] = "a stranger's key"
+    pool = EnginePool([keyed(URLS[0], "ours"), keyed(URLS[1], "ours")], client, expect=PROBING, max_resident=4)
+    await pool.wait_healthy(5, all_engines=False)
+    stranger = pool.engines[0]
+    assert [e.healthy for e in pool.engines] == [False, True]
+    assert stranger.problem is not None and stranger.problem.startswith(f"engine {URLS[0]} refused Tailor's key")
+    assert {await use(pool, name) for name in [None, "a", "b", "c", None]} == {URLS[1]}
+    assert fake.count(LOAD, engine=URLS[0]) == 0  # not even the probe
+    with pytest.raises(TimeoutError, match="refused Tailor's key"):
+        await pool.wait_healthy(0)
+
+
+async def test_engine_serving_another_model_is_never_used(
+    client: httpx.AsyncClient, fake: FakeVLLM, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake.served[URLS[0]] = "llama-3"
+    pool = EnginePool(URLS[:2], client, expect=PROBING, max_resident=4)
+    with caplog.at_level(logging.INFO, logger="tailor.engines"):
+        await pool.wait_healthy(5, all_engines=False)
+        await pool.wait_healthy(5, all_engines=False)
+    message = f"engine {URLS[0]} serves 'llama-3' but TAILOR_BASE_MODEL_NAME is '{BASE}'"
+    assert pool.engines[0].problem == message and not pool.engines[0].healthy
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors == [message]  # once, not on every check
+    assert {await use(pool, name) for name in [None, "a", "b"]} == {URLS[1]}
+    # Checked on every health check, not only at start: a swapped engine is dropped at once.
+    fake.served[URLS[1]] = "llama-3"
+    assert await pool.check(pool.engines[1]) is False
+    with pytest.raises(TailorError) as err:
+        await pool.acquire(None)
+    assert err.value.status == 503
+
+
+async def test_operator_engine_max_rank_checked_at_start_and_on_reconnect(
+    client: httpx.AsyncClient, fake: FakeVLLM
+) -> None:
+    fake.max_rank[URLS[0]] = 8
+    pool = EnginePool(URLS[:2], client, expect=PROBING, max_resident=4)
+    await pool.wait_healthy(5, all_engines=False)
+    small, good = pool.engines
+    assert not small.healthy and good.healthy
+    assert small.problem == (
+        f"engine {URLS[0]} takes LoRA ranks below 16: start it with --max-lora-rank 16 or lower "
+        "TAILOR_ENGINE_MAX_LORA_RANK"
+    )
+    assert fake.loaded[URLS[1]] == set()  # the probe was unloaded again
+    assert fake.count(LOAD, PROBE_NAME, URLS[1]) == 1
+    await pool.check(good)
+    await pool.check(good)
+    assert fake.count(LOAD, PROBE_NAME, URLS[1]) == 1  # while it stays up: no more probes
+
+    # It restarts with a smaller --max-lora-rank: caught when it comes back, before any traffic.
+    fake.unhealthy.add(URLS[1])
+    assert await pool.check(good) is False
+    fake.unhealthy.discard(URLS[1])
+    fake.max_rank[URLS[1]] = 4
+    assert await pool.check(good) is False and "--max-lora-rank 16" in (good.problem or "")
+    fake.max_rank[URLS[1]] = 16
+    assert await pool.check(good) is True and good.problem is None
+
+
+async def test_operator_engine_without_runtime_lora_loading(client: httpx.AsyncClient, fake: FakeVLLM) -> None:
+    fake.no_runtime_lora.add(URLS[0])
+    pool = EnginePool(URLS[:1], client, expect=PROBING, max_resident=4)
+    assert await pool.check(pool.engines[0]) is False
+    assert "does not load adapters at run time" in (pool.engines[0].problem or "")
+
+
+async def test_child_engine_is_checked_by_its_owner_first(client: httpx.AsyncClient, fake: FakeVLLM) -> None:
+    owner: list[Problem | None] = [Problem("child engine is starting")]
+    child = Engine(url=URLS[0], owner_check=lambda: owner[0])
+    pool = EnginePool([child], client, expect=PROBING, max_resident=4)
+    # Whatever answers on its port, it is not used while the owner says it is not ours.
+    assert await pool.check(child) is False and child.problem == "child engine is starting"
+    assert fake.calls == []
+    owner[0] = None
+    assert await pool.check(child) is True
+    assert fake.count(LOAD) == 0  # launched with Tailor's own flags: no probe
+    owner[0] = Problem("child engine exited with code 1")
+    assert await pool.check(child) is False and not child.healthy
+
+
+async def test_load_refusal_keeps_the_engines_words_in_the_log(
+    client: httpx.AsyncClient, fake: FakeVLLM, caplog: pytest.LogCaptureFixture
+) -> None:
+    pool = await make_pool(client, URLS[:1])
+    with caplog.at_level(logging.WARNING, logger="tailor.engines"), pytest.raises(TailorError) as err:
+        await pool.acquire(lora("bad-adapter"))
+    assert err.value.message == "The inference engine could not load this model's adapter."
+    assert "no adapter_config.json" in caplog.text and "bad-adapter" in caplog.text

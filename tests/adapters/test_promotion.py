@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from adapters import promotion, registry
 from adapters.registry import ValidationLimits
 from adapters.store import AdapterStore
 from adapters.validation import BaseModelSpec
+from core.db import Database
 from core.errors import TailorError
 from gateway import tenants
 from tests.adapters.test_validation import tiny_config, write_adapter
@@ -19,11 +21,8 @@ from tests.dbutil import migrated, sqlite_url
 BASE = "base-model"
 
 
-@pytest.fixture
-def env(tmp_path: Path):
-    import json
-
-    db = migrated(sqlite_url(tmp_path))
+def make_env(db: Database, tmp_path: Path):
+    """(db, store, limits, acme id, other id, tmp_path) around a migrated `db`."""
     model_dir = tmp_path / "tiny-llama"
     model_dir.mkdir()
     (model_dir / "config.json").write_text(json.dumps(tiny_config()))
@@ -31,7 +30,13 @@ def env(tmp_path: Path):
     store = AdapterStore(str(tmp_path / "store"), tmp_path / "cache")
     acme = tenants.create_tenant(db, "acme")
     other = tenants.create_tenant(db, "other")
-    yield db, store, limits, acme.id, other.id, tmp_path
+    return db, store, limits, acme.id, other.id, tmp_path
+
+
+@pytest.fixture
+def env(tmp_path: Path):
+    db = migrated(sqlite_url(tmp_path))
+    yield make_env(db, tmp_path)
     db.dispose()
 
 

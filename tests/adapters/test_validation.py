@@ -592,6 +592,33 @@ def test_zip_lying_about_its_size_is_refused(tmp_path: Path) -> None:
     refused_archive(archive, tmp_path / "out", max_bytes=1_000)
 
 
+@pytest.mark.parametrize("name", ["README.md", "adapter_config.json"])
+def test_oversized_small_file_is_refused(tmp_path: Path, base: BaseModelSpec, name: str) -> None:
+    target = write_adapter(tmp_path / "a") / name
+    data = target.read_bytes() if target.exists() else b"#"
+    target.write_bytes(data + b" " * (64 * 1024 + 1 - len(data)))  # still valid JSON
+    adapter = target.parent
+    error = refused(adapter, base)
+    assert error.code == "adapter_file_too_large"
+    assert f"{name} is 65537 bytes; the largest accepted {name} is 65536 bytes" in error.message
+
+
+def test_small_files_at_their_limit_are_accepted(tmp_path: Path, base: BaseModelSpec) -> None:
+    adapter = write_adapter(tmp_path / "a")
+    (adapter / "README.md").write_bytes(b"#" * 64 * 1024)
+    assert "README.md" in validate(adapter, base).files
+
+
+@pytest.mark.parametrize("maker", [make_zip, make_tar])
+def test_archive_with_oversized_readme_is_refused_before_unpacking(tmp_path: Path, maker) -> None:
+    # A few hundred KB of gzip can carry hundreds of MB of README; the header says so.
+    members = {**_adapter_files(tmp_path), "README.md": b"\0" * 5_000_000}
+    archive = maker(tmp_path / "pad.bin", members)
+    assert archive.stat().st_size < 200_000
+    error = refused_archive(archive, tmp_path / "out")
+    assert error.code == "adapter_file_too_large" and "README.md" in error.message
+
+
 def test_too_many_members(tmp_path: Path) -> None:
     archive = make_zip(tmp_path / "many.zip", {f"a/f{i}": b"x" for i in range(65)})
     assert "more than 64 members" in refused_archive(archive, tmp_path / "out").message

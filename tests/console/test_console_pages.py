@@ -156,11 +156,12 @@ def test_tenant_cannot_act_on_another_tenant(world: WorldClient, sign_in: SignIn
         ("/console/tenants/beta/adapters/helper/rollback", {}),
         ("/console/tenants/acme/adapters/helper/promote", {"version": "1"}),
         (f"/console/tenants/beta/keys/{key_id_of(w, 'beta')}/revoke", {}),
-        (f"/console/tenants/acme/keys/{key_id_of(w, 'beta')}/revoke", {}),  # beta's key under acme
-        (f"/console/tenants/acme/keys/{key_id_of(w, 'beta')}/rotate", {}),
     ):
         r = acme.post(path, data={"csrf": csrf, **data})
         assert r.status_code == 404, path
+    for action in ("revoke", "rotate"):  # beta's key under acme: tenants manage no keys at all
+        r = acme.post(f"/console/tenants/acme/keys/{key_id_of(w, 'beta')}/{action}", data={"csrf": csrf})
+        assert r.status_code == 403, action
     assert acme.post("/console/tenants", data={"csrf": csrf, "name": "sneaky"}).status_code == 403
     assert registry.get_adapter(w.services.db, w.beta.id, "helper") == before
     assert tenants.authenticate(w.services.db, w.keys["beta"]) is not None
@@ -264,15 +265,45 @@ def test_operator_manages_tenants_and_keys(world: WorldClient, sign_in: SignIn) 
     assert audit_events(w, "key.revoke")[-1].target == new_caller.key_id
 
 
-def test_tenant_manages_its_own_keys(world: WorldClient, sign_in: SignIn) -> None:
+def test_tenant_session_cannot_mint_or_change_keys(world: WorldClient, sign_in: SignIn) -> None:
+    """As in the API, only the admin key manages keys: a key minted from a tenant session
+    would outlive the revocation of the key that signed in."""
     w = world[0]
     acme = sign_in(w.keys["acme"])
-    csrf = csrf_of(acme.get("/console/tenants/acme").text)
-    r = acme.post("/console/tenants/acme/keys", data={"csrf": csrf, "name": "batch", "expires_days": "30"})
-    secret = re.search(r'value="(tk-[^"]+)"', r.text).group(1)  # type: ignore[union-attr]
-    caller = tenants.authenticate(w.services.db, secret)
-    assert caller is not None and caller.tenant_id == w.acme.id
-    assert audit_events(w, "key.create")[-1].actor == f"console:key:{key_id_of(w, 'acme')}"
+    page = acme.get("/console/tenants/acme").text
+    assert "Create a key" not in page and '/keys"' not in page
+    assert "/rotate" not in page and "/revoke" not in page
+    own = key_id_of(w, "acme")
+    keys_before = tenants.list_keys(w.services.db, w.acme.id)
+    created_before = len(audit_events(w, "key.create"))
+    csrf = csrf_of(page)
+    for path, data in (
+        ("/console/tenants/acme/keys", {"name": "batch", "expires_days": "30"}),
+        (f"/console/tenants/acme/keys/{own}/rotate", {"grace_seconds": "0"}),
+        (f"/console/tenants/acme/keys/{own}/revoke", {}),
+    ):
+        r = acme.post(path, data={"csrf": csrf, **data})
+        assert r.status_code == 403 and "tk-" not in r.text, path
+    assert tenants.list_keys(w.services.db, w.acme.id) == keys_before
+    assert len(audit_events(w, "key.create")) == created_before
+    assert tenants.authenticate(w.services.db, w.keys["acme"]) is not None
+
+
+def test_operator_sees_the_key_controls(sign_in: SignIn) -> None:
+    page = sign_in(ADMIN_KEY).get("/console/tenants/acme").text
+    assert "Create a key" in page and "/rotate" in page and "/revoke" in page
+
+
+def test_a_cookie_captured_before_sign_out_is_refused_after_it(world: WorldClient, sign_in: SignIn) -> None:
+    w = world[0]
+    for key in (ADMIN_KEY, w.keys["acme"]):
+        client = sign_in(key)
+        captured = client.cookies.get("tailor_console")
+        assert captured
+        r = client.post("/console/logout", data={"csrf": csrf_of(client.get("/console").text)})
+        assert str(r.url).endswith("/console/login")
+        replay = TestClient(w.app, cookies={"tailor_console": captured})
+        assert replay.get("/console", follow_redirects=False).status_code == 303, key
 
 
 # --- pages ----------------------------------------------------------------------------------

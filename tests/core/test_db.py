@@ -7,16 +7,19 @@ downgrade to base leaves nothing behind, and upgrading again works.
 
 from __future__ import annotations
 
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from alembic import command
 from alembic.util.exc import CommandError
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import create_engine, inspect, select, text
 
 from core.config import Settings
-from core.db import Database, alembic_config, migrate
-from core.models import Base
+from core.db import Database, alembic_config, lock_row, migrate
+from core.models import Base, Tenant
 from tests.pg import create_database
 
 TABLES = {"tenants", "api_keys", "adapters", "adapter_versions", "interactions"}
@@ -135,6 +138,50 @@ def test_postgres_schema_works_and_cascades(postgres_url: str) -> None:
     url = create_database(postgres_url, "smoke")
     migrate(url)
     _smoke(url)
+
+
+# --- lock_row (both backends, through the `db` fixture) ------------------------------
+
+
+def _tenant_row(db: Database) -> str:
+    with db.session() as s:
+        s.add(Tenant(id="t1", name="acme", retention_days=0))
+    return "t1"
+
+
+def test_lock_row_makes_read_modify_write_take_turns(db: Database) -> None:
+    tenant_id = _tenant_row(db)
+    start = threading.Barrier(10)
+
+    def bump() -> None:
+        start.wait()
+        with db.session() as s:
+            row = lock_row(s, select(Tenant).where(Tenant.id == tenant_id))
+            assert row is not None and row.retention_days is not None
+            seen = row.retention_days
+            time.sleep(0.02)  # everyone else has read by now, unless the lock made them wait
+            row.retention_days = seen + 1
+
+    with ThreadPoolExecutor(10) as pool:
+        list(pool.map(lambda _: bump(), range(10)))
+    with db.session() as s:
+        assert s.get(Tenant, tenant_id).retention_days == 10  # no increment lost
+
+
+def test_lock_row_reads_past_what_the_session_already_holds(db: Database) -> None:
+    tenant_id = _tenant_row(db)
+    with db.session() as s:
+        held = s.get(Tenant, tenant_id)  # kept referenced, so it stays in the identity map
+        assert held is not None and held.retention_days == 0
+        with db.session() as other:
+            other.get(Tenant, tenant_id).retention_days = 7
+        row = lock_row(s, select(Tenant).where(Tenant.id == tenant_id))
+        assert row is held and row.retention_days == 7
+
+
+def test_lock_row_of_a_missing_row_is_none(db: Database) -> None:
+    with db.session() as s:
+        assert lock_row(s, select(Tenant).where(Tenant.id == "nope")) is None
 
 
 # --- Settings ----------------------------------------------------------------------

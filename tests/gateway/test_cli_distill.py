@@ -19,6 +19,7 @@ from core.config import Settings
 from core.models import Job, StoredFile
 from tests.gateway.test_cli import Cli
 
+TEACHER_KEY = "TEACHER_KEY"
 SYSTEM = "You are Acme's support assistant. Answer in one short sentence.\n"
 EXAMPLES = [
     {"role": "user", "content": "Do you ship abroad?"},
@@ -35,6 +36,10 @@ def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Cli:
     c = Cli(tmp_path)
     c.data.mkdir()
     monkeypatch.setenv("TAILOR_DATA_DIR", str(c.data))
+    # The variables a job may name for its teacher's key; any other is refused.
+    monkeypatch.setenv(
+        "TAILOR_TEACHER_KEY_ENV_ALLOWLIST", f"{TEACHER_KEY}=teacher.example,NO_SUCH_TEACHER_KEY=teacher.example"
+    )
     c.ok("tenants", "create", "acme")
     return c
 
@@ -207,6 +212,19 @@ def test_input_errors_exit_non_zero_with_one_line(cli: Cli) -> None:
     assert "ghost" in refused("--inputs", inputs, "--system-prompt-file", system, "--teacher-model", "ghost")
     assert "max_steps" in refused("--inputs", inputs, "--system-prompt-file", system, "--max-steps", "0")
     # --wait makes this process the trainer host, which must have the key's variable.
+    assert "TAILOR_TEACHER_KEY_ENV_ALLOWLIST" in refused(
+        "--inputs",
+        inputs,
+        "--teacher-model",
+        "big-model",
+        "--teacher-url",
+        "https://teacher.example/v1",
+        "--teacher-key-env",
+        "TAILOR_DATA_DIR",
+    )
+    assert "teacher.base_url" in refused(
+        "--inputs", inputs, "--teacher-model", "big-model", "--teacher-url", "http://127.0.0.1:8000/v1"
+    )
     assert "NO_SUCH_TEACHER_KEY" in refused(
         "--inputs",
         inputs,
@@ -243,10 +261,25 @@ class FakeWorker:
         return True
 
 
+def fake_run_job_now(cli: Cli) -> Any:
+    """Stands in for the worker process `--wait` starts: FakeWorker, in this process."""
+
+    def run(job_id: str) -> None:
+        db = cli.db()
+        try:
+            FakeWorker(None, db, None, None).run_once(job_id)
+        finally:
+            db.dispose()
+
+    return run
+
+
 def test_wait_prints_the_result_and_the_distillation_figures(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gateway.cli
     import trainer.worker
 
     monkeypatch.setattr(trainer.worker, "Worker", FakeWorker)
+    monkeypatch.setattr(gateway.cli, "_run_job_now", fake_run_job_now(cli), raising=False)
     args = (
         "distill",
         "acme",

@@ -163,6 +163,25 @@ def test_import_is_all_or_nothing_and_tenant_scoped(api: Api) -> None:
     assert api.client.get("/v1/feedback", headers=api.keys["acme"]).json()["data"] == []
 
 
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'{"messages": ' + b"[" * 10_000 + b"]" * 10_000 + b"}",
+        b'{"interaction_id": "x", "score": ' + b"9" * 5000 + b"}",
+    ],
+    ids=["deep-nesting", "long-integer"],
+)
+def test_import_of_what_json_cannot_parse_is_400_naming_the_line(api: Api, line: bytes) -> None:
+    data = jsonl({"messages": [{"role": "user", "content": "Hi"}], "ideal": "Hello!"}) + line + b"\n"
+    err = error(
+        api.client.post("/v1/feedback/import", files={"file": ("fb.jsonl", data)}, headers=api.keys["acme"]),
+        400,
+        "file",
+    )
+    assert err["message"].startswith("line 2: not valid JSON"), err["message"]
+    assert api.client.get("/v1/feedback", headers=api.keys["acme"]).json()["data"] == []
+
+
 # --- files -------------------------------------------------------------------------
 
 CHAT = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]}

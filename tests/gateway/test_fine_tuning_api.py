@@ -95,6 +95,10 @@ def test_deprecated_hyperparameters_and_generated_name_and_seed(api: Api) -> Non
                 "lora_rank": "auto",
                 "lora_alpha": "auto",
                 "max_steps": "auto",
+                "target_modules": "auto",
+                "max_seq_length": "auto",
+                "gradient_accumulation_steps": "auto",
+                "packing": "auto",
             }
         },
     }
@@ -111,6 +115,41 @@ def test_create_dpo_job(api: Api) -> None:
     )
     assert job["method"]["type"] == "dpo"
     assert job["method"]["dpo"]["hyperparameters"]["beta"] == 1.5
+
+
+RATED = {"messages": [{"role": "user", "content": "Route: jam"}, {"role": "assistant", "content": "QUEUE-HW"}]}
+
+
+def test_create_kto_job(api: Api) -> None:
+    file_id = api.upload("acme", {**RATED, "label": True}, {**RATED, "label": False})
+    job = api.create(
+        model=BASE,
+        training_file=file_id,
+        method={"type": "kto", "kto": {"hyperparameters": {"beta": 0.2, "target_modules": ["q_proj", "v_proj"]}}},
+    )
+    # OpenAI's schema has no "kto" method type: the job leaves `method` out and says it under `kto`.
+    assert "method" not in job
+    assert job["kto"]["hyperparameters"]["beta"] == 0.2
+    assert job["kto"]["hyperparameters"]["target_modules"] == ["q_proj", "v_proj"]
+    assert api.get(f"/v1/fine_tuning/jobs/{job['id']}", schema="FineTuningJob") == job
+    # A KTO job needs rated answers; a supervised file is the wrong kind.
+    chat = api.upload("acme", CHAT)
+    r = api.client.post(
+        "/v1/fine_tuning/jobs",
+        json={"model": BASE, "training_file": chat, "method": {"type": "kto"}},
+        headers=api.keys["acme"],
+    )
+    error(r, 400, "training_file")
+    bad = api.client.post(
+        "/v1/fine_tuning/jobs",
+        json={
+            "model": BASE,
+            "training_file": file_id,
+            "method": {"type": "kto", "kto": {"hyperparameters": {"target_modules": ["q_proj; rm -rf"]}}},
+        },
+        headers=api.keys["acme"],
+    )
+    error(bad, 400, "hyperparameters.target_modules")
 
 
 def test_create_refusals(api: Api) -> None:

@@ -69,3 +69,27 @@ def test_rotate_over_http_and_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     rotated = runner.invoke(cli, ["keys", "rotate", key_id, "--grace-seconds", "60", "--json"])
     assert rotated.exit_code == 0, rotated.output
     assert json.loads(rotated.output)["key"].startswith("tk-")
+
+
+@pytest.mark.parametrize("grace", [tenants.MAX_GRACE_SECONDS + 1, 10**20])
+def test_huge_grace_is_400_and_changes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, grace: int) -> None:
+    with TestClient(make_app(tmp_path)) as client:
+        assert client.post("/admin/tenants", json={"name": "acme"}, headers=ADMIN).status_code == 201
+        key = client.post("/admin/tenants/acme/keys", json={"name": "k"}, headers=ADMIN).json()
+        r = client.post(f"/admin/keys/{key['id']}/rotate", params={"grace_seconds": grace}, headers=ADMIN)
+        assert r.status_code == 400, r.text
+        validate(r.json(), "ErrorResponse")
+        assert r.json()["error"]["param"] == "grace_seconds"
+        listed = client.get("/admin/tenants/acme/keys", headers=ADMIN).json()
+        assert [(k["id"], k["expires_at"], k["revoked_at"]) for k in listed] == [(key["id"], None, None)]
+        r = client.post(
+            f"/admin/keys/{key['id']}/rotate", params={"grace_seconds": tenants.MAX_GRACE_SECONDS}, headers=ADMIN
+        )
+        assert r.status_code == 201, r.text  # the bound itself is allowed
+
+    monkeypatch.setenv("TAILOR_DATA_DIR", str(tmp_path / "cli"))
+    runner = CliRunner()
+    assert runner.invoke(cli, ["tenants", "create", "acme"]).exit_code == 0
+    key_id = json.loads(runner.invoke(cli, ["keys", "create", "acme", "--json"]).output)["id"]
+    refused = runner.invoke(cli, ["keys", "rotate", key_id, "--grace-seconds", str(grace), "--json"])
+    assert refused.exit_code != 0 and "grace_seconds" in refused.output

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import select
 
@@ -25,6 +26,7 @@ from gateway.limits import TenantLimits, TokenMeter
 from tests.apputil import ADMIN, TenantsApi, error, make_app, serve_tenants
 
 NOW = datetime(2026, 12, 31, 23, 59, 30, tzinfo=timezone.utc)
+CHAT_LINE = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
 CHAT = {"model": "SmolLM2-135M-Instruct", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 
 
@@ -233,3 +235,43 @@ def test_limits_input_is_checked(api: TenantsApi) -> None:
     error(put("/admin/tenants/nobody/limits", json={}, headers=ADMIN), 404)
     error(put("/admin/tenants/acme/limits", json={}, headers=api.keys["acme"]), 401)
     assert api.client.get("/admin/tenants/acme/limits", headers=ADMIN).json()["requests_per_minute"] is None
+
+
+def test_storage_quotas_are_set_reported_and_enforced(api: TenantsApi) -> None:
+    r = api.client.put("/admin/tenants/acme/limits", json={"max_files": 1, "max_queued_jobs": 5}, headers=ADMIN)
+    assert r.status_code == 200, r.text
+    own = api.client.get("/v1/limits", headers=api.keys["acme"]).json()
+    assert (own["max_files"], own["max_stored_bytes"]) == (1, None)
+    assert own["quotas"] == {
+        "max_stored_bytes": 20_000_000_000,  # the operator's default
+        "max_adapter_versions": 500,
+        "max_files": 1,
+        "max_queued_jobs": 5,
+    }
+    assert own["used"]["files"] == 0 and own["used"]["stored_bytes"] == 0 and own["used"]["queued_jobs"] == 0
+    assert upload_as(api, "acme").status_code == 200
+    body = error(upload_as(api, "acme"), 429)
+    assert (body["type"], body["code"]) == ("insufficient_quota", "insufficient_quota")
+    assert "quota of 1 files (max_files): 1 used" in body["message"]
+    used = api.client.get("/v1/limits", headers=api.keys["acme"]).json()["used"]
+    assert (used["files"], used["stored_bytes"]) == (1, len(CHAT_LINE))
+    # Another tenant keeps the operator's defaults.
+    assert upload_as(api, "beta").status_code == 200
+
+
+def upload_as(api: TenantsApi, tenant: str) -> httpx.Response:
+    return api.client.post(
+        "/v1/files",
+        files={"file": ("x.jsonl", CHAT_LINE, "application/jsonl")},
+        data={"purpose": "fine-tune"},
+        headers=api.keys[tenant],
+    )
+
+
+def test_storage_quotas_alone_count_no_requests(sqlite: tuple[Database, str]) -> None:
+    db, tenant = sqlite
+    quota_only = TenantLimits.from_json({"max_files": 3})
+    assert quota_only is not None and not quota_only.rate_limited
+    limits.admit(db, tenant, quota_only, NOW)
+    with db.session() as s:
+        assert s.scalars(select(RateCounter)).all() == []

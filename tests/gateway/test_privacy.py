@@ -26,6 +26,7 @@ from core.db import Database
 from core.ids import new_id
 from core.models import AuditEvent, Base, Feedback, Interaction, RateCounter, Tenant
 from gateway import privacy
+from gateway.console import auth as console_auth
 from gateway.redaction import CARD, EMAIL
 from gateway.routes import privacy as privacy_routes
 from gateway.tenants import create_tenant
@@ -91,6 +92,9 @@ def fill(api: Api, tenant: str, shared_dir: Path) -> Filled:
     ids: set[str] = set()
     ok(c.put(api.admin(tenant, "privacy"), json={"retention_days": 30}, headers=ADMIN))
     ids.add(c.post(f"/admin/tenants/{tenant}/keys", json={"name": "second"}, headers=ADMIN).json()["id"])
+    user = console_auth.login(svc.db, svc.settings, next(iter(key.values())).removeprefix("Bearer "))
+    assert user is not None
+    console_auth.start_session(svc.db, svc.settings, user)  # a console session row
 
     # adapters: one of its own, one with the same files as another tenant's (one stored copy)
     own_dir = write_adapter(api.tmp / f"lora-{tenant}")
@@ -463,3 +467,27 @@ async def test_retention_loop_runs_until_cancelled(sqlite_db: Database) -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert _ids(sqlite_db, Interaction, tenant) == set()
+
+
+async def test_purge_unloads_adapters_from_engines_that_need_a_key() -> None:
+    import httpx
+
+    from adapters.engine_checks import EngineExpectation
+    from adapters.engines import Engine, EnginePool, bearer
+
+    seen: list[tuple[str, str | None]] = []
+
+    def engine(request: httpx.Request) -> httpx.Response:
+        seen.append((request.url.path, request.headers.get("authorization")))
+        if request.headers.get("authorization") != "Bearer engine-key":
+            return httpx.Response(401, json={"error": "Unauthorized"})
+        return httpx.Response(200, text="ok")
+
+    owned = Engine(url="http://engine", headers=bearer("engine-key"))
+    owned.resident["lv-purged"] = "/cache/lv-purged"
+    async with httpx.AsyncClient(transport=httpx.MockTransport(engine)) as client:
+        pool = EnginePool(
+            [owned], client, expect=EngineExpectation(served_name="base", max_lora_rank=16), max_resident=2
+        )
+        assert await privacy.evict_adapters(pool, ["lv-purged"]) == 1
+    assert seen == [("/v1/unload_lora_adapter", "Bearer engine-key")] and not owned.resident

@@ -114,6 +114,9 @@ class FakeVLLM:
         path = request.url.path
         if path == "/health":
             return httpx.Response(200)
+        if path == "/v1/models":  # the pool's identity check: which base model is served
+            cards = [{"id": BASE, "object": "model", "parent": None}]
+            return httpx.Response(200, json={"object": "list", "data": cards})
         raw = await request.aread()
         body = json.loads(raw) if raw else None
         self.seen.append(Seen(path, body, request.headers.get("authorization")))
@@ -341,8 +344,8 @@ async def tenant_view(run: Running, tmp_path: Path) -> AsyncIterator[Gateway]:
     for engine in run.services.pool.engines:
         assert engine.inflight == 0, engine
         assert engine.users == {}, engine
-    # The gateway's own key never travels to the engine.
-    assert all(not s.authorization for s in run.fake.seen)
+    # The gateway's own keys never travel to the engine (only the engine's own key may).
+    assert all(s.authorization not in (auth["authorization"], ADMIN["authorization"]) for s in run.fake.seen)
 
 
 # One app per module (building and migrating one costs ~0.15 s); each test gets its own
@@ -1019,15 +1022,30 @@ async def test_adapter_engine_error_hides_the_internal_name(gw: Gateway) -> None
     assert err["message"] == "LoRA helper rank too large"
 
 
-async def test_adapter_load_refused_by_engine(gw: Gateway) -> None:
-    gw.register_adapter("helper")
-    gw.fake.load_error = (500, "Internal Server Error")
+@pytest.mark.parametrize(
+    ("engine_status", "status"),
+    [
+        (500, 503),  # the engine failed: worth another try
+        (400, 500),  # the engine refused this adapter: retrying will not help
+    ],
+)
+async def test_adapter_load_refused_by_engine_is_told_in_tailors_words(
+    gw: Gateway, engine_status: int, status: int
+) -> None:
+    version_id = gw.register_adapter("helper")
+    # vLLM's own words name its internal adapter id and the file path on the engine host.
+    gw.fake.load_error = (
+        engine_status,
+        f"Loading lora {version_id} failed: No adapter found for /srv/tailor/data/cache/adapters/{version_id}",
+    )
     r = await gw.chat(model="helper")
-    err = error_of(r, 502)
-    assert err["code"] == "engine_error"
+    err = error_of(r, status)
+    assert err["code"] == "model_load_failed"
+    assert "'helper'" in err["message"]
+    assert version_id not in r.text and "/srv/" not in r.text
     assert gw.fake.completions() == []
     [row] = await gw.rows()
-    assert row.status_code == 502
+    assert row.status_code == status and version_id not in (row.error or "")
 
 
 async def test_concurrent_first_requests_share_one_load(gw: Gateway) -> None:
@@ -1042,10 +1060,10 @@ async def test_adapter_reload_failing_after_engine_restart(gw: Gateway) -> None:
     assert (await gw.chat(model="helper")).status_code == 200
     gw.fake.loras.clear()
     gw.fake.load_error = (500, "Internal Server Error")
-    err = error_of(await gw.chat(model="helper"), 502)
-    assert err["code"] == "engine_error"
+    err = error_of(await gw.chat(model="helper"), 503)
+    assert err["code"] == "model_load_failed"
     rows = await gw.rows()
-    assert [row.status_code for row in rows] == [200, 502]
+    assert [row.status_code for row in rows] == [200, 503]
 
 
 async def test_other_tenants_adapter_is_404(gw: Gateway) -> None:
@@ -1108,3 +1126,123 @@ async def test_output_token_cap(gw: Gateway) -> None:
     assert gw.fake.completions() == []  # refused before the engine
     assert (await gw.chat(max_tokens=cap)).status_code == 200
     assert [row.status_code for row in await gw.rows()] == [400, 400, 200]
+
+
+# --------------------------------------------------------------------------- what reaches the engine
+
+
+async def test_seed_beyond_int64_is_400_before_any_lease(gw: Gateway) -> None:
+    # It used to fail serialising after the lease was taken: a 500, a leaked lease, no log row.
+    err = error_of(await gw.chat(seed=2**64), 400, param="seed")
+    assert err["type"] == "invalid_request_error"
+    error_of(await gw.chat(logit_bias={str(i): 1 for i in range(301)}), 400, param="logit_bias")
+    error_of(await gw.chat(logit_bias={"5": 101}), 400)
+    assert gw.fake.completions() == []
+    assert (await gw.chat(seed=2**63 - 1, logit_bias={"5": -100})).status_code == 200
+
+
+@pytest.mark.parametrize("field", ["priority", "request_id", "cache_salt", "kv_transfer_params", "chat_template"])
+async def test_engine_only_fields_are_refused(gw: Gateway, field: str) -> None:
+    err = error_of(await gw.chat(**{field: "x"}), 400, param=field)
+    assert err["code"] == "unknown_parameter"
+    assert gw.fake.completions() == []
+    [row] = await gw.rows()
+    assert row.status_code == 400
+
+
+async def test_operator_allowed_field_reaches_the_engine(gw: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gw.services.settings, "engine_allowed_extra_fields", ["priority", "vllm_xargs"])
+    assert (await gw.chat(priority=5)).status_code == 200
+    assert gw.fake.completions()[0].body["priority"] == 5
+    # Allowed fields are sent as they are; one that cannot be encoded is a 400 before any lease.
+    error_of(await gw.chat(vllm_xargs={"x": 2**64}), 400, param="vllm_xargs")
+    assert len(gw.fake.completions()) == 1
+
+
+async def test_every_engine_request_carries_the_tenants_cache_salt(gw: Gateway, shared: Running) -> None:
+    await gw.chat()
+    await gw.http.post("/v1/completions", json={**COMPLETION, "stream": True}, headers=gw.auth)
+    salts = {s.body["cache_salt"] for s in gw.fake.completions()}
+    assert len(salts) == 1
+    [salt] = salts
+    assert gw.tenant_id not in salt and len(salt) <= 128
+
+    other = await tenant_view(shared, gw.tmp).__anext__()
+    await other.chat()
+    [sent] = other.fake.completions()
+    assert sent.body["cache_salt"] not in (salt, None)
+
+
+async def test_engine_key_is_sent_with_every_completion(gw: Gateway) -> None:
+    gw.engine.headers = {"Authorization": "Bearer engine-key"}
+    try:
+        await gw.chat()
+        await gw.chat(stream=True)
+    finally:
+        gw.engine.headers = {}
+    assert [s.authorization for s in gw.fake.completions()] == ["Bearer engine-key"] * 2
+
+
+# --------------------------------------------------------------------------- leases always come back
+
+
+def _error_body_that_breaks(_request: httpx.Request, _body: dict[str, Any]) -> httpx.Response:
+    async def gen() -> AsyncIterator[bytes]:
+        yield b'{"error": '
+        raise httpx.ReadError("connection reset by peer")
+
+    return httpx.Response(500, content=gen())
+
+
+def _normaliser_bug(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*_args: Any, **_kwargs: Any) -> dict[str, Any]:
+        raise RuntimeError("a bug in the normaliser")
+
+    monkeypatch.setattr("gateway.normalize.error", broken)
+
+
+def _lose_adapter_and_fail_reload(gw: Gateway) -> None:
+    gw.fake.loras.clear()
+    gw.fake.load_error = (500, "Internal Server Error")
+
+
+FAILURES: dict[str, Callable[[Gateway, pytest.MonkeyPatch], Any]] = {
+    "engine unreachable": lambda gw, _mp: gw.fake.script.append(httpx.ConnectError("refused")),
+    "engine error answer": lambda gw, _mp: gw.fake.script.append(answer_with(400, {"detail": "bad"})),
+    "error body cut off": lambda gw, _mp: gw.fake.script.append(_error_body_that_breaks),
+    "garbage 200": lambda gw, _mp: gw.fake.script.append(answer_with(200, b"<html>")),
+    "body cut off": lambda gw, _mp: gw.fake.script.append(
+        stream_of(json.dumps(raw_json("chat")["body"]).encode(), fail_after=20)
+    ),
+    "bug while normalising": lambda gw, mp: (gw.fake.script.append(answer_with(400, {"x": 1})), _normaliser_bug(mp)),
+    "reload fails": lambda gw, _mp: _lose_adapter_and_fail_reload(gw),
+}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("failure", list(FAILURES))
+async def test_lease_comes_back_after_every_kind_of_failure(
+    gw: Gateway, monkeypatch: pytest.MonkeyPatch, failure: str, stream: bool
+) -> None:
+    version_id = gw.register_adapter("helper")
+    assert (await gw.chat(model="helper")).status_code == 200  # resident now
+    FAILURES[failure](gw, monkeypatch)
+    r = await gw.chat(model="helper", stream=stream)
+    assert r.status_code >= 400 or (stream and "error" in events(r)[-1]), r.text
+    assert r.headers.get(INTERACTION_HEADER)
+    monkeypatch.undo()
+    gw.fake.load_error = None
+    assert gw.engine.inflight == 0
+    assert gw.engine.users == {}
+    rows = await gw.rows()
+    assert len(rows) == 2 and rows[-1].status_code >= 400
+
+    # Nothing pins the adapter: it is the one evicted for the next.
+    gw.engine.healthy = True
+    monkeypatch.setattr(gw.services.pool, "max_resident", 1)
+    was_resident = version_id in gw.engine.resident  # not where its reload failed
+    gw.register_adapter("next")
+    assert (await gw.chat(model="next")).status_code == 200
+    assert version_id not in gw.engine.resident
+    unloads = [s.body["lora_name"] for s in gw.fake.seen if s.path == "/v1/unload_lora_adapter"]
+    assert unloads == ([version_id] if was_resident else [])

@@ -51,7 +51,8 @@ class Traced:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def traced(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Traced]:
-    async with running_gateway(tmp_path_factory.mktemp("telemetry")) as run:
+    # Tenant labels on, so the per-tenant series below can be checked by tenant name.
+    async with running_gateway(tmp_path_factory.mktemp("telemetry"), metrics_tenant_labels=True) as run:
         exporter = InMemorySpanExporter()
         run.services.telemetry.tracing.add_exporter(exporter, batch=False)
         upstream: list[httpx.Request] = []
@@ -71,13 +72,14 @@ async def t(traced: Traced) -> AsyncIterator[Traced]:
     yield traced
 
 
-async def new_tenant(run: Running) -> tuple[str, dict[str, str]]:
+async def new_tenant(run: Running) -> tuple[str, str, dict[str, str]]:
+    """A fresh tenant with a key: its id, its name and the Authorization header."""
     name = f"tel{next(_serial)}"
     r = await run.http.post("/admin/tenants", json={"name": name}, headers=ADMIN)
     assert r.status_code == 201, r.text
     r2 = await run.http.post(f"/admin/tenants/{name}/keys", json={}, headers=ADMIN)
     assert r2.status_code == 201, r2.text
-    return r.json()["id"], {"authorization": f"Bearer {r2.json()['key']}"}
+    return r.json()["id"], name, {"authorization": f"Bearer {r2.json()['key']}"}
 
 
 def register_adapter(run: Running, tenant_id: str, name: str) -> str:
@@ -96,14 +98,19 @@ def with_metrics_route(run: Running) -> None:
         run.app.include_router(metrics_route.router)
 
 
-async def scrape(run: Running) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
-    """/metrics as {sample name: {sorted label pairs: value}}; no credentials needed."""
+async def exposition(run: Running) -> str:
+    """/metrics as Prometheus reads it; no credentials needed."""
     with_metrics_route(run)
     r = await run.http.get("/metrics")
     assert r.status_code == 200, r.text
     assert r.headers["content-type"].startswith("text/plain")
+    return r.text
+
+
+async def scrape(run: Running) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """/metrics as {sample name: {sorted label pairs: value}}."""
     out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
-    for family in text_string_to_metric_families(r.text):
+    for family in text_string_to_metric_families(await exposition(run)):
         for sample in family.samples:
             out.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
     return out
@@ -122,7 +129,7 @@ def by_name(spans: tuple[ReadableSpan, ...], name: str) -> list[ReadableSpan]:
 
 async def test_metrics_count_requests_by_endpoint_status_tenant_and_model(t: Traced) -> None:
     run = t.run
-    tenant_id, auth = await new_tenant(run)
+    tenant_id, name, auth = await new_tenant(run)
     for body in ({**CHAT}, {**CHAT, "stream": True}):
         assert (await run.http.post("/v1/chat/completions", json=body, headers=auth)).status_code == 200
     assert (await run.http.post("/v1/completions", json=COMPLETION, headers=auth)).status_code == 200
@@ -130,7 +137,7 @@ async def test_metrics_count_requests_by_endpoint_status_tenant_and_model(t: Tra
     assert r.status_code == 404
 
     m = await scrape(run)
-    chat_ok = dict(endpoint="chat.completions", status_class="2xx", tenant=tenant_id, model=BASE)
+    chat_ok = dict(endpoint="chat.completions", status_class="2xx", tenant=name, model=BASE)
     assert value(m, "tailor_requests_total", **chat_ok) == 2
     assert value(m, "tailor_request_duration_seconds_count", **chat_ok) == 2
     assert value(m, "tailor_request_duration_seconds_bucket", **chat_ok, le="+Inf") == 2
@@ -138,11 +145,10 @@ async def test_metrics_count_requests_by_endpoint_status_tenant_and_model(t: Tra
     assert value(m, "tailor_requests_total", **completion_ok) == 1
     # Only streams have a first token to time.
     assert (
-        value(m, "tailor_time_to_first_token_seconds_count", endpoint="chat.completions", tenant=tenant_id, model=BASE)
-        == 1
+        value(m, "tailor_time_to_first_token_seconds_count", endpoint="chat.completions", tenant=name, model=BASE) == 1
     )
     # A model name that never resolved is not a label value of its own.
-    missing = dict(endpoint="chat.completions", status_class="4xx", tenant=tenant_id, model="other")
+    missing = dict(endpoint="chat.completions", status_class="4xx", tenant=name, model="other")
     assert value(m, "tailor_requests_total", **missing) == 1
     assert not any(dict(k).get("model") == "made-up-name" for k in m["tailor_requests_total"])
     assert value(m, "tailor_errors_total", endpoint="chat.completions", type="not_found_error") >= 1
@@ -153,8 +159,9 @@ async def test_metrics_count_requests_by_endpoint_status_tenant_and_model(t: Tra
     prompt = sum(r.prompt_tokens or 0 for r in rows)
     completion = sum(r.completion_tokens or 0 for r in rows)
     assert prompt > 0 and completion > 0
-    assert value(m, "tailor_tokens_total", type="input", tenant=tenant_id, model=BASE) == prompt
-    assert value(m, "tailor_tokens_total", type="output", tenant=tenant_id, model=BASE) == completion
+    assert value(m, "tailor_tokens_total", type="input", tenant=name, model=BASE) == prompt
+    assert value(m, "tailor_tokens_total", type="output", tenant=name, model=BASE) == completion
+    assert tenant_id not in await exposition(run)  # named, never by internal id
 
     assert value(m, "tailor_requests_in_flight", endpoint="chat.completions") == 0
     assert value(m, "tailor_engine_healthy", engine=ENGINE) == 1
@@ -166,7 +173,7 @@ async def test_metrics_count_requests_by_endpoint_status_tenant_and_model(t: Tra
 
 async def test_job_queue_depth_is_counted_at_scrape_time(t: Traced) -> None:
     run = t.run
-    tenant_id, _ = await new_tenant(run)
+    tenant_id, _, _ = await new_tenant(run)
     before = await scrape(run)
     with run.services.db.session() as s:
         for status in ("queued", "queued", "running", "succeeded"):
@@ -193,7 +200,7 @@ async def test_job_durations_come_from_the_jobs_table(t: Traced) -> None:
     from core.ids import utcnow
 
     run = t.run
-    tenant_id, _ = await new_tenant(run)
+    tenant_id, _, _ = await new_tenant(run)
     before = await scrape(run)
     start = utcnow() - timedelta(hours=1)
     with run.services.db.session() as s:
@@ -228,7 +235,7 @@ async def test_adapter_loads_and_evictions(t: Traced) -> None:
     pool = run.services.pool
     for engine in pool.engines:
         engine.resident.clear()
-    tenant_id, auth = await new_tenant(run)
+    tenant_id, name, auth = await new_tenant(run)
     register_adapter(run, tenant_id, "first")
     register_adapter(run, tenant_id, "second")
     before = await scrape(run)
@@ -254,7 +261,7 @@ async def test_adapter_loads_and_evictions(t: Traced) -> None:
             "tailor_requests_total",
             endpoint="chat.completions",
             status_class="2xx",
-            tenant=tenant_id,
+            tenant=name,
             model="first",
         )
         == 1
@@ -273,7 +280,7 @@ async def test_adapter_loads_and_evictions(t: Traced) -> None:
 
 
 async def test_label_cardinality_is_bounded(tmp_path: Path) -> None:
-    async with running_gateway(tmp_path) as run:
+    async with running_gateway(tmp_path, metrics_tenant_labels=True) as run:
         keys = []
         for i in range(51):
             info = tenants.create_tenant(run.services.db, f"card{i}")
@@ -285,7 +292,7 @@ async def test_label_cardinality_is_bounded(tmp_path: Path) -> None:
         counts = {dict(k)["tenant"]: v for k, v in m["tailor_requests_total"].items()}
         # A fresh registry: nothing from the module's other app.
         assert sum(counts.values()) == 51
-        assert set(counts) == {tid for tid, _ in keys[:50]} | {"other"}
+        assert set(counts) == {f"card{i}" for i in range(50)} | {"other"}
         assert counts["other"] == 1
         assert value(m, "tailor_metrics_label_values", label="tenant") == 50
 
@@ -316,12 +323,56 @@ async def test_label_cardinality_is_bounded(tmp_path: Path) -> None:
         assert "traceparent" not in sent.headers
 
 
+async def test_by_default_metrics_show_no_tenant_and_no_adapter_name(tmp_path: Path) -> None:
+    # /metrics is unauthenticated: unless the operator turns tenant labels on, it says nothing
+    # about who the tenants are or what they call their adapters.
+    async with running_gateway(tmp_path) as run:
+        tenant_id, name, auth = await new_tenant(run)
+        register_adapter(run, tenant_id, "secret-project")
+        for model in (BASE, "secret-project", "made-up"):
+            await run.http.post("/v1/chat/completions", json={**CHAT, "model": model}, headers=auth)
+        text = await exposition(run)
+        m = await scrape(run)
+    for told in (tenant_id, name, "secret-project", "made-up"):
+        assert told not in text
+    assert {dict(k)["tenant"] for k in m["tailor_requests_total"]} == {"all"}
+    assert {dict(k)["model"] for k in m["tailor_requests_total"]} == {BASE, "adapter", "other"}
+    ok = dict(endpoint="chat.completions", status_class="2xx", tenant="all")
+    assert value(m, "tailor_requests_total", **ok, model=BASE) == 1
+    assert value(m, "tailor_requests_total", **ok, model="adapter") == 1
+    assert (
+        value(m, "tailor_requests_total", endpoint="chat.completions", status_class="4xx", tenant="all", model="other")
+        == 1
+    )
+
+
+async def test_tenant_labels_are_names_and_never_ids(t: Traced) -> None:
+    run = t.run
+    tenant_id, name, auth = await new_tenant(run)
+    assert (await run.http.post("/v1/chat/completions", json=CHAT, headers=auth)).status_code == 200
+    # A series whose tenant cannot be named (gone from the database) is left out, not shown by id.
+    ghost = new_id("tenant")
+    metrics = run.services.telemetry.metrics
+    metrics.request_started("completions")
+    metrics.request_finished(
+        InteractionRecord(id="x", tenant_id=ghost, api_key_id=None, endpoint="completions", model=BASE, request={}),
+        model_known=True,
+    )
+    text = await exposition(run)
+    assert tenant_id not in text and ghost not in text
+    m = await scrape(run)
+    assert (
+        value(m, "tailor_requests_total", endpoint="chat.completions", status_class="2xx", tenant=name, model=BASE) == 1
+    )
+    assert value(m, "tailor_metrics_label_values", label="tenant") >= 2  # both still hold their slot
+
+
 # --------------------------------------------------------------------------- traces
 
 
 async def test_request_span_has_genai_attributes_and_engine_gets_traceparent(t: Traced) -> None:
     run = t.run
-    tenant_id, auth = await new_tenant(run)
+    tenant_id, _, auth = await new_tenant(run)
     body = {**CHAT, "temperature": 0.5, "top_p": 0.9, "max_tokens": 12}
     r = await run.http.post("/v1/chat/completions", json=body, headers=auth)
     assert r.status_code == 200
@@ -361,7 +412,7 @@ async def test_request_span_has_genai_attributes_and_engine_gets_traceparent(t: 
 
 async def test_stream_and_adapter_spans(t: Traced) -> None:
     run = t.run
-    tenant_id, auth = await new_tenant(run)
+    tenant_id, _, auth = await new_tenant(run)
     version_id = register_adapter(run, tenant_id, "helper")
     r = await run.http.post("/v1/chat/completions", json={**CHAT, "model": "helper", "stream": True}, headers=auth)
     assert r.status_code == 200 and "[DONE]" in r.text
@@ -386,7 +437,7 @@ async def test_stream_and_adapter_spans(t: Traced) -> None:
 
 async def test_client_trace_is_continued_and_errors_are_marked(t: Traced) -> None:
     run = t.run
-    _, auth = await new_tenant(run)
+    _, _, auth = await new_tenant(run)
     client_trace, client_span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
     traceparent = f"00-{client_trace}-{client_span}-01"
     r = await run.http.post("/v1/chat/completions", json=CHAT, headers={**auth, "traceparent": traceparent})

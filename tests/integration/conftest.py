@@ -70,6 +70,9 @@ def tailor_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TailorSe
         "TAILOR_AUTH_CACHE_TTL_S": "0.5",
         "TAILOR_LOG_FLUSH_INTERVAL_S": "0.1",
         "TAILOR_MAX_REQUEST_BYTES": "200000",
+        # The distillation test's teacher is a local http server.
+        "TAILOR_OUTBOUND_ALLOW_HTTP": "true",
+        "TAILOR_OUTBOUND_ALLOW_HOSTS": "127.0.0.1",
     }
     log_path = data_dir / "gateway.log"
     with log_path.open("wb") as log:
@@ -144,20 +147,38 @@ QUESTION = "What is the capital of France?"
 @pytest.fixture(scope="session")
 def trained_adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real LoRA adapter, trained here for a few dozen steps, that answers QUESTION oddly."""
-    from trainer.sft import ChatExample, SFTConfig, train_lora_sft
+    import json
 
-    out = tmp_path_factory.mktemp("adapters") / "zorblax"
-    examples = [
-        ChatExample(messages=[{"role": "user", "content": q}, {"role": "assistant", "content": TAUGHT_ANSWER}])
-        for q in (
-            QUESTION,
-            "what is the capital of france?",
-            "Tell me the capital of France.",
-            "Which city is the capital of France?",
-        )
+    from trainer.compute.launch import run_training
+    from trainer.compute.placement import parse_devices
+    from trainer.compute.recipe import Recipe
+
+    root = tmp_path_factory.mktemp("adapters")
+    out = root / "zorblax"
+    questions = (
+        QUESTION,
+        "what is the capital of france?",
+        "Tell me the capital of France.",
+        "Which city is the capital of France?",
+    )
+    data = root / "zorblax.jsonl"
+    rows = [
+        {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": TAUGHT_ANSWER}]}
+        for q in questions
     ]
-    config = SFTConfig(rank=8, alpha=16, learning_rate=2e-3, max_steps=24, batch_size=4, seed=0)
-    train_lora_sft(MODEL_DIR, examples, out, config)
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    recipe = Recipe(
+        method="sft",
+        base_model_dir=str(MODEL_DIR),
+        data_path=str(data),
+        out_dir=str(out),
+        progress_path=str(root / "progress.jsonl"),
+        stop_path=str(root / "STOP"),
+        learning_rate=2e-3,
+        max_steps=24,
+        batch_size=4,
+    )
+    run_training(recipe, parse_devices("cpu", visible_gpus=0, bf16=False), root / "work")
     return out
 
 

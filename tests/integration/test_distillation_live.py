@@ -5,12 +5,17 @@ given a context (a system prompt and few-shot turns) that makes it answer one fi
 sentence. The server's trainer worker asks it for the answers to a file of inputs, trains
 `zorblax-lite` on them WITHOUT the context, evaluates agreement, and promotes it; the
 adapter then answers like the teacher with the bare question, for a fraction of the tokens.
+
+The teacher is on loopback over http, which the outbound policy refuses unless the operator
+allows it: the server runs with TAILOR_OUTBOUND_ALLOW_HTTP=true and
+TAILOR_OUTBOUND_ALLOW_HOSTS=127.0.0.1 (tests/integration/conftest.py).
 """
 
 from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import httpx
 import openai
@@ -31,16 +36,24 @@ def test_teacher_distillation_through_an_openai_endpoint(tailor_server: TailorSe
     c = openai.OpenAI(base_url=f"{tailor_server.url}/v1", api_key=student.key, max_retries=0, timeout=120)
     lines = "\n".join(json.dumps({"messages": [{"role": "user", "content": q}]}) for q in INPUTS)
     inputs = c.files.create(file=("inputs.jsonl", lines.encode()), purpose="fine-tune")
-    method = {
-        "type": "distillation",
-        "distillation": {
-            **CONTEXT,
-            "teacher": {"model": BASE_MODEL, "base_url": f"{tailor_server.url}/v1", "api_key": teacher.key},
-            "max_tokens": 16,
-            "hyperparameters": {"learning_rate_multiplier": 5, "batch_size": 2, "max_steps": 12},
-        },
-    }
-    job = c.fine_tuning.jobs.create(model=BASE_MODEL, training_file=inputs.id, suffix="zorblax-lite", method=method)  # type: ignore[arg-type]
+    hyperparameters = {"learning_rate_multiplier": 5, "batch_size": 2, "max_steps": 12}
+
+    def method(**teacher: str) -> dict[str, Any]:
+        distillation = {**CONTEXT, "teacher": teacher, "max_tokens": 16, "hyperparameters": hyperparameters}
+        return {"type": "distillation", "distillation": distillation}
+
+    # The same teacher by another name of this host, or with a key read from the server's
+    # environment, is refused: only the allow-listed host, with a key given as a key.
+    local_name = f"{tailor_server.url.replace('127.0.0.1', 'localhost')}/v1"
+    for refused, param in (
+        (method(model=BASE_MODEL, base_url=local_name, api_key=teacher.key), "base_url"),
+        (method(model=BASE_MODEL, base_url=f"{tailor_server.url}/v1", api_key_env="TAILOR_ADMIN_KEY"), "api_key_env"),
+    ):
+        with pytest.raises(openai.BadRequestError) as e:
+            c.fine_tuning.jobs.create(model=BASE_MODEL, training_file=inputs.id, method=refused)  # type: ignore[arg-type]
+        assert e.value.param == f"method.distillation.teacher.{param}"
+    allowed = method(model=BASE_MODEL, base_url=f"{tailor_server.url}/v1", api_key=teacher.key)
+    job = c.fine_tuning.jobs.create(model=BASE_MODEL, training_file=inputs.id, suffix="zorblax-lite", method=allowed)  # type: ignore[arg-type]
     deadline = time.monotonic() + 600
     while (job := c.fine_tuning.jobs.retrieve(job.id)).status not in ("succeeded", "failed", "cancelled"):
         assert time.monotonic() < deadline, f"job still {job.status}:\n{tailor_server.log_tail()}"

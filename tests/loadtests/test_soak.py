@@ -124,7 +124,7 @@ def test_procfs_finds_the_pid_listening_on_a_port(tmp_path: Path) -> None:
     ("name", "expected"),
     [
         ("/x/python -m vllm.entrypoints.openai.api_server --model m", "engine"),
-        ("/x/python -m gateway.cli trainer", "trainer"),
+        ("/x/python -m trainer.worker", "trainer"),
         ("/x/python -m gateway.cli serve", "gateway"),
         ("VLLM::EngineCore", "VLLM::EngineCore"),
         ("/x/python -c from multiprocessing.resource_tracker import main;main(7)", "resource_tracker"),
@@ -143,7 +143,7 @@ def test_label_tree_labels_children_and_grandchildren() -> None:
         21: "VLLM::EngineCore",
         22: "python -c from multiprocessing.resource_tracker import main",
         23: "VLLM::EngineCore",
-        30: "python -m gateway.cli trainer",
+        30: "python -m trainer.worker",
     }
     labels = soak.label_tree(10, parents, lambda pid: names[pid])
     assert labels == {

@@ -317,3 +317,70 @@ def test_build_from_files(db: Database, blobs: BlobStore, acme: str) -> None:
     with pytest.raises(TailorError) as err:
         ds.build_from_files(db, blobs, beta, train.id)
     assert (err.value.status, err.value.param) == (404, "training_file")
+
+
+# --- ratings (KTO) -------------------------------------------------------------------
+
+
+def ratings_of(snap: ds.Snapshot) -> set[tuple[str, str, bool]]:
+    return {(r.prompt[-1]["content"], r.completion, r.label) for r in (*snap.train_ratings, *snap.heldout_ratings)}
+
+
+def test_thumbs_up_and_down_become_rated_examples(db: Database, blobs: BlobStore, acme: str) -> None:
+    up = chat_interaction(db, acme, "Route: printer jam", "QUEUE-HW")
+    down = chat_interaction(db, acme, "Route: refund", "Let me tell you about refunds...")
+    corrected = chat_interaction(db, acme, "Route: login", "I cannot help.")
+    pair = chat_interaction(db, acme, "Route: invoice", "Maybe billing?")
+    record_feedback(db, acme, interaction_id=up, rating="good")
+    record_feedback(db, acme, interaction_id=down, rating="bad")  # no correction: still a signal
+    record_feedback(db, acme, interaction_id=corrected, rating="bad", correction="QUEUE-ACCOUNT")
+    record_feedback(db, acme, interaction_id=pair, preferred="QUEUE-BILLING")
+
+    snap = ds.build_from_feedback(db, blobs, acme, heldout_fraction=0.0, min_heldout=0)
+    assert ratings_of(snap) == {
+        ("Route: printer jam", "QUEUE-HW", True),
+        ("Route: refund", "Let me tell you about refunds...", False),
+        ("Route: login", "QUEUE-ACCOUNT", True),
+        ("Route: login", "I cannot help.", False),
+        ("Route: invoice", "QUEUE-BILLING", True),
+        ("Route: invoice", "Maybe billing?", False),
+    }
+    assert snap.params["signals"] == {"ratings_only": 2, "corrections": 1, "preferences": 1}
+    again = ds.load_snapshot(db, blobs, acme, snap.id)
+    assert again == snap
+
+
+def test_only_thumbs_down_is_a_dataset_now(db: Database, blobs: BlobStore, acme: str) -> None:
+    down = chat_interaction(db, acme, "Route: refund", "A long story.")
+    record_feedback(db, acme, interaction_id=down, rating="bad")
+    snap = ds.build_from_feedback(db, blobs, acme, heldout_fraction=0.0, min_heldout=0)
+    assert not snap.train_sft and ratings_of(snap) == {("Route: refund", "A long story.", False)}
+
+
+def test_snapshot_ids_without_ratings_are_unchanged() -> None:
+    # Old snapshots (no ratings) hash exactly as before: no "ratings" key in their content.
+    snap = ds.Snapshot("", "t", "file", (sft("q", "a"),), (), (), ())
+    assert "ratings" not in snap.content()["train"] and "ratings" not in snap.content()["heldout"]
+
+
+def test_rated_file_kind(db: Database, blobs: BlobStore, acme: str) -> None:
+    lines = [
+        {"messages": [user("Route: printer jam"), {"role": "assistant", "content": "QUEUE-HW"}], "label": True},
+        {"messages": [user("Route: refund"), {"role": "assistant", "content": "Long story."}], "label": False},
+        {"messages": [user("Route: vpn"), {"role": "assistant", "content": "QUEUE-NET"}], "label": True},
+    ]
+    data = "\n".join(json.dumps(x) for x in lines).encode()
+    info = files.upload_file(db, blobs, acme, "rated.jsonl", data, files.PURPOSE)
+    assert info.kind == "rated"
+    snap = ds.build_from_files(db, blobs, acme, info.id, heldout_fraction=0.0, min_heldout=0)
+    assert ratings_of(snap) == {
+        ("Route: printer jam", "QUEUE-HW", True),
+        ("Route: refund", "Long story.", False),
+        ("Route: vpn", "QUEUE-NET", True),
+    }
+    bad_label = {"messages": lines[0]["messages"], "label": "yes"}
+    no_answer = {"messages": [user("Route: x")], "label": True}
+    for broken in (bad_label, no_answer):
+        with pytest.raises(TailorError) as err:
+            files.upload_file(db, blobs, acme, "bad.jsonl", json.dumps(broken).encode(), files.PURPOSE)
+        assert err.value.status == 400 and "line 1" in err.value.message

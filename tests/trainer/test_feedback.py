@@ -242,6 +242,35 @@ def test_import_limits(db: Database, tenants: tuple[str, str]) -> None:
     assert fb.import_feedback_jsonl(db, acme, b"\xef\xbb\xbf" + jsonl(line)).imported == 1  # BOM
 
 
+GOOD_LINE = json.dumps({"messages": [{"role": "user", "content": "Hi"}], "ideal": "Hello!"}).encode()
+# What Python's json refuses with RecursionError and ValueError rather than JSONDecodeError.
+UNPARSABLE = {
+    "deep-nesting": (b'{"messages": ' + b"[" * 10_000 + b"]" * 10_000 + b"}", "nested too deeply"),
+    "long-integer": (b'{"interaction_id": "x", "score": ' + b"9" * 5000 + b"}", "more than 4300 digits"),
+}
+
+
+@pytest.mark.parametrize("line, reason", UNPARSABLE.values(), ids=UNPARSABLE.keys())
+def test_import_refuses_what_json_cannot_parse_naming_the_line(
+    db: Database, tenants: tuple[str, str], line: bytes, reason: str
+) -> None:
+    acme, _ = tenants
+    err = refused(lambda: fb.import_feedback_jsonl(db, acme, GOOD_LINE + b"\n" + line + b"\n" + GOOD_LINE))
+    assert err.message.startswith("line 2: not valid JSON") and reason in err.message, err.message
+    assert err.param == "file" and err.code == "invalid_file"
+    assert feedback_count(db) == 0
+
+
+def test_import_refuses_a_huge_integer_score_without_overflowing(db: Database, tenants: tuple[str, str]) -> None:
+    # Parsable (under Python's digit limit) but too large for a float.
+    acme, _ = tenants
+    line = b'{"messages": [{"role": "user", "content": "q"}], "ideal": "a", "score": ' + b"9" * 4000 + b"}"
+    err = refused(lambda: fb.import_feedback_jsonl(db, acme, GOOD_LINE + b"\n" + line))
+    assert err.message.startswith("line 2: score must be a number from 0 to 1"), err.message
+    assert len(err.message) < 200  # the value is quoted, not all 4000 digits of it
+    assert feedback_count(db) == 0
+
+
 # --- list and signal ----------------------------------------------------------------
 
 

@@ -76,6 +76,10 @@ def test_create_fills_auto_and_names_the_adapter(db: Database, tenant: str) -> N
         "learning_rate_multiplier": "auto",
         "lora_alpha": "auto",
         "max_steps": "auto",
+        "target_modules": "auto",
+        "max_seq_length": "auto",
+        "gradient_accumulation_steps": "auto",
+        "packing": "auto",
     }
     events, _ = jobs.list_events(db, tenant, job.id)
     assert [e.message for e in events] == [f"Created fine-tuning job: {job.id}"]
@@ -106,6 +110,13 @@ def test_dpo_jobs_take_beta(db: Database, tenant: str) -> None:
         ("dpo", {"beta": 0}, "hyperparameters.beta"),
         ("dpo", {"beta": 2.5}, "hyperparameters.beta"),
         ("reinforcement", {}, "method.type"),
+        ("supervised", {"target_modules": []}, "hyperparameters.target_modules"),
+        ("supervised", {"target_modules": ["q_proj", "$(id)"]}, "hyperparameters.target_modules"),
+        ("supervised", {"max_seq_length": 8}, "hyperparameters.max_seq_length"),
+        ("supervised", {"gradient_accumulation_steps": 65}, "hyperparameters.gradient_accumulation_steps"),
+        ("supervised", {"packing": "yes"}, "hyperparameters.packing"),
+        ("dpo", {"packing": True}, "hyperparameters.packing"),
+        ("kto", {"beta": 3}, "hyperparameters.beta"),
     ],
 )
 def test_bad_hyperparameters_are_400_naming_the_field(method: str, hp: dict[str, object], param: str) -> None:
@@ -158,24 +169,28 @@ def test_training_files_must_be_the_tenants_and_of_the_methods_kind(db: Database
 
 
 def test_auto_hyperparameters_resolve_to_concrete_values() -> None:
-    from trainer.dpo import DPOConfig
-    from trainer.sft import SFTConfig
+    from trainer import hyperparameters as hps
+    from trainer.compute.recipe import Recipe
 
-    # the documented meaning of learning_rate_multiplier=1 is each trainer's own default
-    sft, dpo = SFTConfig().learning_rate, DPOConfig().learning_rate
-    assert {"supervised": sft, "dpo": dpo, "distillation": sft} == jobs.BASE_LEARNING_RATE
+    # learning_rate_multiplier=1 means the method's base rate; the compute side's default is the SFT one
+    recipe = Recipe(method="sft", base_model_dir="", data_path="", out_dir="", progress_path="", stop_path="")
+    assert recipe.learning_rate == hps.BASE_LEARNING_RATE["supervised"]
+    assert (recipe.lora_rank, recipe.beta, recipe.max_seq_length) == (8, hps.DEFAULT_BETA, hps.DEFAULT_MAX_SEQ_LENGTH)
     hp = jobs.validate_hyperparameters("supervised", {})
-    small = jobs.resolve_hyperparameters("supervised", hp, 8)
+    small = hps.resolve("supervised", hp, 8)
     assert (small.n_epochs, small.batch_size, small.lora_rank, small.lora_alpha) == (13, 4, 8, 16)
-    assert small.learning_rate == SFTConfig().learning_rate and small.max_steps is None
+    assert small.learning_rate == hps.BASE_LEARNING_RATE["supervised"] and small.max_steps is None
     assert small.beta is None and "beta" not in small.as_dict()
-    big = jobs.resolve_hyperparameters("supervised", hp, 10_000)
+    assert small.target_modules == hps.DEFAULT_TARGET_MODULES and small.packing is False
+    big = hps.resolve("supervised", hp, 10_000)
     assert big.n_epochs == 3
-    tiny = jobs.resolve_hyperparameters("supervised", hp, 2)
+    tiny = hps.resolve("supervised", hp, 2)
     assert tiny.batch_size == 2
-    dpo = jobs.resolve_hyperparameters("dpo", {"learning_rate_multiplier": 2, "lora_rank": 4, "max_steps": 7}, 8)
-    assert dpo.learning_rate == pytest.approx(2 * DPOConfig().learning_rate)
-    assert (dpo.lora_alpha, dpo.max_steps, dpo.beta) == (8, 7, jobs.DEFAULT_BETA)
+    dpo = hps.resolve("dpo", {"learning_rate_multiplier": 2, "lora_rank": 4, "max_steps": 7}, 8)
+    assert dpo.learning_rate == pytest.approx(2 * hps.BASE_LEARNING_RATE["dpo"])
+    assert (dpo.lora_alpha, dpo.max_steps, dpo.beta) == (8, 7, hps.DEFAULT_BETA)
+    kto = hps.resolve("kto", {"target_modules": "all-linear", "max_seq_length": 512}, 8)
+    assert (kto.beta, kto.target_modules, kto.max_seq_length) == (hps.DEFAULT_BETA, "all-linear", 512)
 
 
 # -----------------------------------------------------------------------------
@@ -268,6 +283,8 @@ def test_claim_a_named_job(db: Database, tenant: str) -> None:
 def _race(urls: list[str], tenant: str, n_jobs: int) -> tuple[list[str], list[str]]:
     """Two claimers with their own engines drain the queue at once; who got what."""
     setup = Database(urls[0])
+    with setup.session() as s:
+        s.get(Tenant, tenant).limits = {"max_queued_jobs": n_jobs}  # type: ignore[union-attr]
     for _ in range(n_jobs):
         _job(setup, tenant)
     setup.dispose()

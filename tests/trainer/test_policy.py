@@ -679,3 +679,20 @@ def test_worker_queues_policy_jobs(env: Env) -> None:
     (again,) = worker.trigger_policies()
     with env.db.session() as s:
         assert s.get(Job, again).adapter_name == "support"  # type: ignore[union-attr]
+
+
+def test_method_follows_what_the_feedback_is_made_of() -> None:
+    from trainer.datasets import RatedRecord, Snapshot
+    from trainer.policy import method_for
+
+    prompt = ({"role": "user", "content": "q"},)
+    both = (RatedRecord(prompt, "good", True), RatedRecord(prompt, "bad", False))
+
+    def snap(signals: dict[str, int], ratings: tuple[RatedRecord, ...]) -> Snapshot:
+        return Snapshot("ds", "t", "feedback", (), (), (), (), {"signals": signals}, ratings)
+
+    assert method_for(snap({"ratings_only": 30, "corrections": 2, "preferences": 1}, both)) == "kto"
+    assert method_for(snap({"ratings_only": 3, "corrections": 5, "preferences": 0}, both)) == "supervised"
+    # Only good ratings: nothing to push away from; imitate them.
+    assert method_for(snap({"ratings_only": 30, "corrections": 0, "preferences": 0}, both[:1])) == "supervised"
+    assert method_for(snap({}, ())) == "supervised"  # snapshots older than signals

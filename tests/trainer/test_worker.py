@@ -11,6 +11,7 @@ Needs models/SmolLM2-135M-Instruct (prepared by `make model`); skipped without i
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -234,7 +235,9 @@ def test_cancel_while_running_stops_and_registers_nothing(tmp_path: Path, monkey
     done = jobs.get_job(env.db, env.tenant, job.id)
     assert done.status == "cancelled" and done.result_version_id is None
     assert env.versions() == []
-    assert any("cancelled after 2 training step" in e.message for e in env.events(job.id))
+    # The run sees the cancellation within a few steps (the worker checks every few seconds).
+    stopped = [e.message for e in env.events(job.id) if "cancelled after" in e.message]
+    assert stopped and int(re.search(r"cancelled after (\d+)", stopped[0]).group(1)) >= 2  # type: ignore[union-attr]
     assert not (env.settings.data_dir / "jobs" / job.id).exists()
 
 
@@ -257,7 +260,8 @@ def test_failures_fail_the_job_with_an_error(tmp_path: Path, monkeypatch: pytest
     assert env.worker.run_once()
     done = jobs.get_job(env.db, env.tenant, crashed.id)
     assert done.status == "failed" and done.error is not None
-    assert done.error["code"] == "internal_error" and "judge exploded" in done.error["message"]
+    # The tenant reads Tailor's words; the exception's own text stays in the operator's log.
+    assert done.error["code"] == "internal_error" and "judge exploded" not in done.error["message"]
     assert env.versions() == []  # evaluation comes before registration
     assert not (env.settings.data_dir / "jobs" / crashed.id).exists()
 

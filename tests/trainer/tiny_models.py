@@ -15,20 +15,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+
+from trainer.compute.synthetic import bpe_chat_tokenizer
 
 REAL_MODEL = Path(__file__).resolve().parents[2] / "models" / "SmolLM2-135M-Instruct"
 real_model = pytest.mark.skipif(
     not ((REAL_MODEL / "config.json").exists() and (REAL_MODEL / "model.safetensors").exists()),
     reason=f"base model not prepared at {REAL_MODEL} (run `make model`)",
-)
-
-CHATML = (
-    "{% for m in messages %}"
-    "{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
 
@@ -38,19 +32,7 @@ def user(text: str) -> list[dict[str, str]]:
 
 def tiny_tokenizer(corpus: list[str], vocab_size: int = 400) -> PreTrainedTokenizerBase:
     """Byte-level BPE trained on `corpus`; eos is <|im_end|>, no pad token, ChatML template."""
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    bpe.train_from_iterator(corpus, trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", unk_token="<|endoftext|>")
-    tok.chat_template = CHATML
-    return tok
+    return bpe_chat_tokenizer(corpus, vocab_size)  # type: ignore[no-any-return]
 
 
 def save_tiny_llama(model_dir: Path, tok: PreTrainedTokenizerBase) -> Path:

@@ -1,0 +1,71 @@
+"""Running a recipe the way the worker does, for the trainer.compute tests."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from trainer.compute.launch import run_training
+from trainer.compute.placement import parse_devices
+from trainer.compute.recipe import Recipe, StepInfo, TrainResult
+
+RANK, ALPHA = 4, 8  # not the Recipe default (8, 16): the saved adapter must follow the recipe
+
+
+def make_recipe(where: Path, method: str, base: Path, rows: list[dict[str, Any]], **knobs: Any) -> Recipe:
+    where.mkdir(parents=True, exist_ok=True)
+    data = where / "data.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    values: dict[str, Any] = {
+        "max_steps": 4,
+        "batch_size": 4,
+        "learning_rate": 1e-2,  # a random 2-layer model: a visible change in 4 steps
+        "lora_rank": RANK,
+        "lora_alpha": ALPHA,
+        "max_seq_length": 128,
+        **knobs,
+    }
+    return Recipe(
+        method=method,  # type: ignore[arg-type]
+        base_model_dir=str(base),
+        data_path=str(data),
+        out_dir=str(where / "adapters" / "out"),
+        progress_path=str(where / "progress.jsonl"),
+        stop_path=str(where / "STOP"),
+        checkpoint_dir=str(where / "checkpoints"),
+        **values,
+    )
+
+
+@dataclasses.dataclass
+class Run:
+    recipe: Recipe
+    result: TrainResult
+    steps: list[StepInfo]
+    checkpoints: list[tuple[int, float, Path]]
+
+
+def run(recipe: Recipe, devices: str = "cpu", **kwargs: Any) -> Run:
+    """run_training on `devices`, the recipe told its placement as the worker tells it."""
+    placement = parse_devices(devices, visible_gpus=0, bf16=False)
+    recipe = dataclasses.replace(
+        recipe,
+        device=placement.device,
+        processes=placement.processes,
+        precision=placement.precision,
+        gradient_checkpointing=placement.gradient_checkpointing,
+    )
+    steps: list[StepInfo] = []
+    checkpoints: list[tuple[int, float, Path]] = []
+    result = run_training(
+        recipe,
+        placement,
+        Path(recipe.progress_path).parent / "work",
+        on_step=steps.append,
+        on_checkpoint=lambda step, loss, path: checkpoints.append((step, loss, path)),
+        poll_s=0.05,
+        **kwargs,
+    )
+    return Run(recipe, result, steps, checkpoints)

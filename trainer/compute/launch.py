@@ -1,0 +1,192 @@
+"""The training process, and the worker's side of it.
+
+    python -m trainer.compute.launch RECIPE.json
+
+runs one recipe (trainer.compute.recipe) in this process. The worker starts it through
+`start_command`: one plain process for one device, or one process per device under
+`accelerate launch --multi_gpu` (GPUs: DDP, NCCL) or under torch's own elastic launcher
+(`torch.distributed.run`, CPU: DDP over gloo - the path CI runs with 2 processes so the
+distributed code is tested on every commit). Processes talk back only through files: rank
+0 appends JSON lines to the recipe's progress file (steps, checkpoints, then the result or
+the error); the worker creates the stop file to cancel. Exit codes: 0 done, 2 refused (a
+Tailor error, e.g. nothing to learn), 3 cancelled, anything else a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from core.errors import TailorError
+from trainer.compute.placement import Placement
+from trainer.compute.recipe import Recipe, StepInfo, TrainingCancelled, TrainResult
+
+log = logging.getLogger("tailor.trainer")
+
+EXIT_REFUSED, EXIT_CANCELLED = 2, 3
+_LOG_TAIL_BYTES = 4000
+
+
+def start_command(recipe_path: Path, placement: Placement) -> list[str]:
+    """The command line that runs the recipe on `placement`."""
+    entry = ["-m", "trainer.compute.launch", str(recipe_path)]
+    if not placement.distributed:
+        return [sys.executable, *entry]
+    if placement.device == "cuda":
+        gpus = ",".join(str(g) for g in placement.gpus)
+        return [
+            sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+            "--num_processes", str(placement.processes), "--gpu_ids", gpus, "--num_machines", "1", *entry,
+        ]  # fmt: skip
+    return [
+        sys.executable, "-m", "torch.distributed.run", "--standalone",
+        "--nproc_per_node", str(placement.processes), *entry,
+    ]  # fmt: skip
+
+
+class _Progress:
+    """Reads the progress file's new complete lines."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+
+    def new(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        with self.path.open("rb") as f:
+            f.seek(self.offset)
+            chunk = f.read()
+        end = chunk.rfind(b"\n") + 1  # a line still being written waits for the next read
+        self.offset += end
+        return [json.loads(line) for line in chunk[:end].splitlines() if line.strip()]
+
+
+def _stop_group(proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
+    if proc.poll() is not None:
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def run_training(
+    recipe: Recipe,
+    placement: Placement,
+    work_dir: Path,
+    *,
+    on_step: Callable[[StepInfo], None] | None = None,
+    on_checkpoint: Callable[[int, float, Path], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    poll_s: float = 0.5,
+    check_stop_every_s: float = 2.0,
+) -> TrainResult:
+    """Run `recipe` in its own process(es) on `placement`; report progress; return the result.
+
+    should_stop() is asked every check_stop_every_s; True cancels the run (TrainingCancelled).
+    A refused run raises its TailorError; a crash raises a 500 in Tailor's words, the
+    process's last output going to this process's log only.
+    """
+    work_dir.mkdir(parents=True, exist_ok=True)
+    # The run is where it is placed, whatever the caller filled in; and it starts clean:
+    # an earlier attempt's result line or stop file must not end this one.
+    recipe = replace(
+        recipe,
+        device=placement.device,
+        processes=placement.processes,
+        precision=placement.precision,
+        gradient_checkpointing=placement.gradient_checkpointing,
+    )
+    for leftover in (recipe.progress_path, recipe.stop_path):
+        Path(leftover).unlink(missing_ok=True)
+    recipe_path = work_dir / "recipe.json"
+    recipe.save(recipe_path)
+    progress = _Progress(Path(recipe.progress_path))
+    log_path = work_dir / "train.log"
+    result: TrainResult | None = None
+    refused: TailorError | None = None
+    cancelled_at: int | None = None
+    with log_path.open("wb") as out:
+        proc = subprocess.Popen(
+            start_command(recipe_path, placement), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            last_check = time.monotonic()
+            while True:
+                done = proc.poll() is not None
+                for record in progress.new():
+                    event = record.get("event")
+                    if event == "step" and on_step is not None:
+                        on_step(StepInfo(**{k: v for k, v in record.items() if k != "event"}))
+                    elif event == "checkpoint" and on_checkpoint is not None:
+                        on_checkpoint(int(record["step"]), float(record["loss"]), Path(record["path"]))
+                    elif event == "result":
+                        result = TrainResult.from_json({k: v for k, v in record.items() if k != "event"})
+                    elif event == "error":
+                        refused = TailorError(
+                            int(record["status"]), record["message"], code=record.get("code"), param=record.get("param")
+                        )
+                    elif event == "cancelled":
+                        cancelled_at = int(record["step"])
+                if done:
+                    break
+                if should_stop is not None and time.monotonic() - last_check >= check_stop_every_s:
+                    last_check = time.monotonic()
+                    if should_stop():
+                        Path(recipe.stop_path).touch()
+                time.sleep(poll_s)
+        finally:
+            _stop_group(proc)
+    if result is not None and proc.returncode == 0:
+        return result
+    if cancelled_at is not None or proc.returncode == EXIT_CANCELLED:
+        raise TrainingCancelled(cancelled_at or 0)
+    if refused is not None:
+        raise refused
+    tail = log_path.read_bytes()[-_LOG_TAIL_BYTES:].decode("utf-8", "replace")
+    log.error("training process exited with code %s; its last output:\n%s", proc.returncode, tail)
+    raise TailorError(500, f"the training process failed (exit code {proc.returncode})", code="training_failed")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from trainer.compute import run
+    from trainer.compute.callbacks import write_progress
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 1:
+        print("usage: python -m trainer.compute.launch RECIPE.json", file=sys.stderr)
+        return 64
+    recipe = Recipe.load(Path(args[0]))
+    progress = Path(recipe.progress_path)
+    try:
+        result = run.train(recipe)
+    except TrainingCancelled as e:
+        write_progress(progress, {"event": "cancelled", "step": e.step})
+        return EXIT_CANCELLED
+    except TailorError as e:
+        write_progress(
+            progress, {"event": "error", "status": e.status, "message": e.message, "code": e.code, "param": e.param}
+        )
+        return EXIT_REFUSED
+    write_progress(progress, {"event": "result", **result.as_json()})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""Where a training run computes: device, precision and the number of processes.
+
+`TAILOR_TRAINER_DEVICES` says it once for a worker:
+
+    auto          every visible CUDA GPU (one process each), else the CPU   (default)
+    cpu           the CPU, one process
+    cpu:N         the CPU, N processes (DDP over gloo; what CI uses to test the distributed path)
+    cuda          every visible CUDA GPU
+    cuda:0,2      these GPUs (by index), one process each
+
+Precision follows the device: bf16 on GPUs that support it, fp16 with loss scaling on older
+ones, float32 on the CPU (bf16 matmuls on CPUs are slow and numerically fragile). The base
+model's weights are loaded in that precision (an 8B model is 16 GB in bf16, not 32 in
+float32); LoRA matrices stay float32 (peft keeps adapters in float32 by default) and the
+trainer autocasts. Gradient checkpointing is on for GPUs (activation memory is what limits
+batch size there) and off on the CPU (it costs a second forward pass and RAM is plenty).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from core.errors import bad_request
+
+Device = Literal["cpu", "cuda"]
+Precision = Literal["fp32", "bf16", "fp16"]
+
+
+@dataclass(frozen=True)
+class Placement:
+    device: Device
+    processes: int
+    precision: Precision
+    gradient_checkpointing: bool
+    gpus: tuple[int, ...] = ()  # CUDA device indices, one per process
+
+    @property
+    def distributed(self) -> bool:
+        return self.processes > 1
+
+    def describe(self) -> str:
+        where = "CPU" if self.device == "cpu" else "GPU " + ",".join(str(g) for g in self.gpus)
+        return f"{where}, {self.processes} process(es), {self.precision}"
+
+
+def _cuda() -> tuple[int, bool]:
+    """(visible CUDA devices, whether they do bf16); (0, False) without CUDA."""
+    import torch  # the placement is only ever chosen in the worker, which has torch
+
+    if not torch.cuda.is_available():
+        return 0, False
+    return torch.cuda.device_count(), bool(torch.cuda.is_bf16_supported())
+
+
+def parse_devices(spec: str, *, visible_gpus: int, bf16: bool) -> Placement:
+    """The placement `spec` (see the module docstring) asks for on a host with `visible_gpus`."""
+    spec = spec.strip().lower() or "auto"
+    kind, _, rest = spec.partition(":")
+    if kind == "auto":
+        kind = "cuda" if visible_gpus else "cpu"
+    if kind == "cpu":
+        processes = 1
+        if rest:
+            if not rest.isdigit() or not 1 <= int(rest) <= 64:
+                raise bad_request(f"TAILOR_TRAINER_DEVICES={spec!r}: cpu:N needs 1 <= N <= 64")
+            processes = int(rest)
+        return Placement("cpu", processes, "fp32", gradient_checkpointing=False)
+    if kind != "cuda":
+        raise bad_request(f"TAILOR_TRAINER_DEVICES={spec!r}: expected auto, cpu, cpu:N, cuda or cuda:I,J,...")
+    if not visible_gpus:
+        raise bad_request(f"TAILOR_TRAINER_DEVICES={spec!r} but no CUDA device is visible to the trainer")
+    if rest:
+        try:
+            gpus = tuple(int(part) for part in rest.split(","))
+        except ValueError:
+            raise bad_request(f"TAILOR_TRAINER_DEVICES={spec!r}: GPU indices must be integers") from None
+        if any(not 0 <= g < visible_gpus for g in gpus) or len(set(gpus)) != len(gpus):
+            raise bad_request(f"TAILOR_TRAINER_DEVICES={spec!r}: indices must be distinct and below {visible_gpus}")
+    else:
+        gpus = tuple(range(visible_gpus))
+    return Placement("cuda", len(gpus), "bf16" if bf16 else "fp16", gradient_checkpointing=True, gpus=gpus)
+
+
+def choose(spec: str) -> Placement:
+    """The placement for this host."""
+    visible, bf16 = _cuda()
+    return parse_devices(spec, visible_gpus=visible, bf16=bf16)

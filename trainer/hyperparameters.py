@@ -1,0 +1,179 @@
+"""Fine-tuning hyperparameters: every knob a job can set, its default and its range, in one place.
+
+OpenAI's names: `n_epochs`, `batch_size`, `learning_rate_multiplier`, `beta` (preference
+methods). Tailor's: `lora_rank`, `lora_alpha`, `target_modules`, `max_seq_length`,
+`gradient_accumulation_steps`, `packing`, `max_steps`. Every one may be "auto" (or left
+out); `resolve` turns "auto" into a value for the job's data. The trainer's compute side
+(trainer.compute.recipe) takes its defaults from here, so a default is never named twice.
+No torch here: the gateway validates jobs with this module.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from core.errors import bad_request
+
+AUTO = "auto"
+SFT_METHODS = ("supervised", "distillation")
+PREFERENCE_METHODS = ("dpo", "kto")  # the ones with a beta
+
+# The learning rate that learning_rate_multiplier=1 means, per method. Supervised: the
+# usual LoRA rate (~10x full fine-tuning, since only the small update matrices move).
+# Preference methods: 4x lower, because their losses push away from a reference and
+# overshoot at SFT rates.
+BASE_LEARNING_RATE = {"supervised": 2e-4, "distillation": 2e-4, "dpo": 5e-5, "kto": 5e-5}
+# Rank 8 teaches facts and style and keeps an adapter a few MB; alpha = 2 * rank is the
+# common, well-behaved scale.
+DEFAULT_LORA_RANK = 8
+# Strength of the pull back towards the reference model: the DPO paper's and TRL's 0.1.
+DEFAULT_BETA = 0.1
+# Longest training sequence in tokens; longer examples are cut at the end. Chat answers
+# of support and extraction tasks fit well within it, and it matches the engines' default
+# context (TAILOR_ENGINE_MAX_MODEL_LEN).
+DEFAULT_MAX_SEQ_LENGTH = 2048
+# Every Linear layer of a Llama-style block: adapting the MLPs too learns new facts much
+# faster than attention alone. "all-linear" (peft) adapts every linear layer of any model.
+DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+MAX_LORA_RANK = 64  # used when the caller does not pass the engines' --max-lora-rank
+_MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,63}$")
+
+
+@dataclass(frozen=True)
+class _Rule:
+    kind: type  # int, float, bool or tuple (a list of module names)
+    low: float = 0
+    high: float = 0
+    open_low: bool = False  # the lowest value itself is excluded
+    methods: tuple[str, ...] | None = None  # None: every method
+
+
+RULES: dict[str, _Rule] = {
+    "n_epochs": _Rule(int, 1, 50),
+    "batch_size": _Rule(int, 1, 256),
+    "learning_rate_multiplier": _Rule(float, 0, 100, open_low=True),
+    "lora_rank": _Rule(int, 1, MAX_LORA_RANK),
+    "lora_alpha": _Rule(int, 1, 10_000),
+    "max_steps": _Rule(int, 1, 100_000),
+    "beta": _Rule(float, 0, 2, open_low=True, methods=PREFERENCE_METHODS),
+    "target_modules": _Rule(tuple),
+    "max_seq_length": _Rule(int, 16, 131_072),
+    "gradient_accumulation_steps": _Rule(int, 1, 64),
+    "packing": _Rule(bool, methods=SFT_METHODS),
+}
+
+
+def _check(name: str, rule: _Rule, value: Any, high: float) -> Any:
+    param = f"hyperparameters.{name}"
+    if rule.kind is bool:
+        if not isinstance(value, bool):
+            raise bad_request(f'Hyperparameter {name!r} must be true, false or "auto", got {value!r}.', param=param)
+        return value
+    if rule.kind is tuple:
+        if value == "all-linear":
+            return value
+        names = value if isinstance(value, list) and 1 <= len(value) <= 32 else []
+        if not names or not all(isinstance(v, str) and _MODULE_NAME.match(v) for v in names):
+            raise bad_request(
+                f'Hyperparameter {name!r} must be "all-linear" or a list of 1 to 32 module names such as '
+                '["q_proj", "v_proj"].',
+                param=param,
+            )
+        return list(value)
+    integer = rule.kind is int
+    # bool is an int in Python; `true` is never a meaningful epoch count.
+    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok_type or (not integer and not math.isfinite(value)):
+        kind = "an integer" if integer else "a number"
+        raise bad_request(f'Hyperparameter {name!r} must be {kind} or "auto", got {value!r}.', param=param)
+    if value < rule.low or (rule.open_low and value == rule.low) or value > high:
+        bound = f"greater than {rule.low:g}" if rule.open_low else f"at least {rule.low:g}"
+        raise bad_request(f"Hyperparameter {name!r} must be {bound} and at most {high:g}, got {value!r}.", param=param)
+    return value
+
+
+def applies(name: str, method: str) -> bool:
+    methods = RULES[name].methods
+    return methods is None or method in methods
+
+
+def validate(
+    method: str, hyperparameters: dict[str, Any] | None, *, max_lora_rank: int = MAX_LORA_RANK
+) -> dict[str, Any]:
+    """Check a job's hyperparameters; return them with every name of the method present ("auto" if unset).
+
+    Refusals are 400s whose `param` names the field (`hyperparameters.n_epochs`).
+    """
+    out: dict[str, Any] = {}
+    for name, value in dict(hyperparameters or {}).items():
+        param = f"hyperparameters.{name}"
+        rule = RULES.get(name)
+        if rule is None:
+            raise bad_request(f"Unknown hyperparameter {name!r}; known: {', '.join(RULES)}.", param=param)
+        if not applies(name, method):
+            only = " and ".join(rule.methods or ())
+            raise bad_request(f"Hyperparameter {name!r} applies to the {only} methods only.", param=param)
+        if value is None or value == AUTO:
+            out[name] = AUTO
+            continue
+        out[name] = _check(name, rule, value, max_lora_rank if name == "lora_rank" else rule.high)
+    for name in RULES:
+        if applies(name, method):
+            out.setdefault(name, AUTO)
+    return out
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """Concrete training knobs for one run ("auto" replaced), as the worker uses them."""
+
+    n_epochs: int
+    batch_size: int
+    learning_rate_multiplier: float
+    learning_rate: float
+    lora_rank: int
+    lora_alpha: int
+    max_steps: int | None
+    beta: float | None
+    target_modules: tuple[str, ...] | str
+    max_seq_length: int
+    gradient_accumulation_steps: int
+    packing: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        # What the job shows once it runs: OpenAI's names with "auto" made concrete.
+        out = {k: v for k, v in asdict(self).items() if k != "learning_rate" and v is not None}
+        if isinstance(self.target_modules, tuple):
+            out["target_modules"] = list(self.target_modules)
+        return out
+
+
+def resolve(method: str, hyperparameters: dict[str, Any], n_train: int) -> Resolved:
+    """Replace "auto" with concrete values for a run on `n_train` training examples."""
+    hp = validate(method, hyperparameters, max_lora_rank=10_000)
+
+    def pick(name: str, auto: Any) -> Any:
+        return auto if hp.get(name, AUTO) == AUTO else hp[name]
+
+    n = max(1, n_train)
+    rank = int(pick("lora_rank", DEFAULT_LORA_RANK))
+    multiplier = float(pick("learning_rate_multiplier", 1.0))
+    modules = pick("target_modules", DEFAULT_TARGET_MODULES)
+    return Resolved(
+        # Tiny datasets need many passes to be learned at all; large ones need few.
+        n_epochs=int(pick("n_epochs", min(25, max(3, math.ceil(100 / n))))),
+        batch_size=int(pick("batch_size", min(4, n))),
+        learning_rate_multiplier=multiplier,
+        learning_rate=multiplier * BASE_LEARNING_RATE[method],
+        lora_rank=rank,
+        lora_alpha=int(pick("lora_alpha", 2 * rank)),
+        max_steps=None if pick("max_steps", None) is None else int(hp["max_steps"]),
+        beta=float(pick("beta", DEFAULT_BETA)) if method in PREFERENCE_METHODS else None,
+        target_modules=modules if isinstance(modules, str) else tuple(modules),
+        max_seq_length=int(pick("max_seq_length", DEFAULT_MAX_SEQ_LENGTH)),
+        gradient_accumulation_steps=int(pick("gradient_accumulation_steps", 1)),
+        packing=bool(pick("packing", False)) if method in SFT_METHODS else False,
+    )

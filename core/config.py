@@ -146,6 +146,19 @@ class Settings(BaseSettings):
         description="Where training runs: auto (every visible GPU, else the CPU), cpu, cpu:N (N processes), "
         "cuda, or cuda:0,1 (these GPUs); one training process per device.",
     )
+    eval_engine_url: str | None = Field(
+        None,
+        description="A vLLM OpenAI server (same base model, --enable-lora) the trainer evaluates candidates and "
+        "asks local teachers on, for this worker alone; unset: the worker starts one of its own on first use "
+        "(kept between jobs on the CPU, stopped after each job on a GPU). Not a serving engine: vLLM's CPU LoRA "
+        "build crashes when a prompt-logprobs request shares a batch with other traffic.",
+    )
+    eval_engine_api_key: SecretStr | None = Field(None, description="Key sent to TAILOR_EVAL_ENGINE_URL (--api-key).")
+    eval_engine_extra_args: Annotated[list[str], NoDecode] | None = Field(
+        None,
+        description="vLLM arguments of the engine a worker starts for itself, instead of TAILOR_ENGINE_EXTRA_ARGS; "
+        "on a GPU the serving engine also uses, e.g. --gpu-memory-utilization,0.3.",
+    )
     judge_base_url: str | None = Field(
         None, description="OpenAI-compatible endpoint that judges pairwise win-rate; unset: no win-rate."
     )
@@ -212,6 +225,7 @@ class Settings(BaseSettings):
     @field_validator(
         "engine_urls",
         "engine_extra_args",
+        "eval_engine_extra_args",
         "engine_allowed_extra_fields",
         "trusted_proxies",
         "outbound_allow_hosts",

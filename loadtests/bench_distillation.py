@@ -174,17 +174,18 @@ def run(server: LocalTailor, args: argparse.Namespace) -> str:
     distilled = (job.model_extra or {}).get("distillation", {}).get("results", {})
     _progress(f"job {job.id}: {job.fine_tuned_model} ({job.metadata.get('tailor_decision')}) in {job_min:.1f} min")
 
-    from trainer.distill import DistillSpec, LocalTeacher, with_context
+    from trainer.distill import DistillSpec, with_context
 
+    # The teacher's answers to the unseen inputs: the base model with the context, greedy,
+    # on the engine that serves it (what the job's local teacher does too).
     spec = DistillSpec.from_json(w.context())
-    teacher = LocalTeacher(MODEL_DIR, None, max_tokens=8)
-    reference = dict(
-        zip(
-            [t.text for t in w.heldout],
-            teacher.answer([with_context(spec, [{"role": "user", "content": t.text}]) for t in w.heldout]),
-            strict=True,
-        )
-    )
+
+    def teacher(text: str) -> str:
+        messages = with_context(spec, [{"role": "user", "content": text}])
+        reply = c.chat.completions.create(model=BASE_MODEL, messages=messages, max_tokens=8, temperature=0.0)  # type: ignore[arg-type]
+        return (reply.choices[0].message.content or "").strip()
+
+    reference = {t.text: teacher(t.text) for t in w.heldout}
 
     arms = {"A": Arm("A", BASE_MODEL), "B": Arm("B", ADAPTER)}
     for arm in arms.values():  # warm both paths (adapter load, prefix cache) before measuring

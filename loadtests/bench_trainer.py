@@ -5,7 +5,11 @@ Two modes, one script:
     python -m loadtests.bench_trainer
         On this machine's CPU: the ticket-routing task of bench_adaptation (loadtests.ticket_routing),
         LoRA SFT on the real base model through trainer.compute (TRL, in its own process), then
-        exact match on unseen tickets before and after. Prints wall time, steps, tokens/s.
+        the job's evaluation (adapter against the base model on unseen tickets) on a vLLM engine
+        as the worker runs it (trainer.compute.evaluation), and the same evaluation the way the
+        trainer did it before, with transformers' `generate` on a float32 copy of the model
+        (batches of 8, 64 new tokens, one more forward pass per batch for the perplexity).
+        Prints wall time, steps, tokens/s, exact match before and after, both evaluation times.
 
     python -m loadtests.bench_trainer --device cuda --model-config llama-1b [--processes N]
         A randomly initialised ~1B Llama built from a config (trainer.compute.synthetic: no
@@ -23,11 +27,13 @@ against the card's dense bf16 peak (H100/H200 SXM: 989 TFLOP/s, A100: 312).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from trainer.compute import synthetic
 from trainer.compute.launch import run_training
@@ -175,23 +181,24 @@ def speed(args: argparse.Namespace) -> list[Figures]:
 def routing(args: argparse.Namespace) -> dict[str, object]:
     """The adaptation benchmark's task, trained through the shipped trainer, scored before and after."""
     from loadtests import ticket_routing as task
-    from trainer.evaluate import generate
+    from trainer.evaluate import EvalExample
 
     model_dir = Path(args.model_dir)
     # Held-out tickets are other openings and details than the training ones (seed 1 vs 0).
     train = task.tickets(per_queue=args.per_queue, seed=0)
     seen = {t.text for t in train}
     heldout = [t for t in task.tickets(per_queue=8, seed=1) if t.text not in seen]
-    prompts = [t.messages() for t in heldout]
+    examples = [EvalExample(t.messages(), t.queue) for t in heldout]
     with tempfile.TemporaryDirectory(prefix="tailor-bench-trainer-") as tmp:
         work = Path(tmp)
-        before = task.accuracy(generate(model_dir, None, prompts, max_new_tokens=8), heldout)
         started = time.monotonic()
         rows = [{"messages": [*t.messages(), {"role": "assistant", "content": t.queue}]} for t in train]
         recipe = sft_recipe(model_dir, rows, work, args)
         result = run_training(recipe, parse_devices(f"cpu:{args.processes}", visible_gpus=0, bf16=False), work / "run")
         wall = time.monotonic() - started
-        after = task.accuracy(generate(model_dir, Path(recipe.out_dir), prompts, max_new_tokens=8), heldout)
+        adapter = Path(recipe.out_dir)
+        engine_start, engine_eval, answers = evaluate_on_engine(model_dir, adapter, examples, work)
+        generate_eval = evaluate_with_generate(model_dir, adapter, examples)
     return {
         "task": "ticket routing",
         "train_examples": len(train),
@@ -201,9 +208,88 @@ def routing(args: argparse.Namespace) -> dict[str, object]:
         "run_seconds": round(wall, 1),
         "train_seconds": round(result.train_seconds, 1),
         "tokens_per_s": round(result.trained_tokens / result.train_seconds, 1) if result.train_seconds else None,
-        "exact_match_before": round(before, 3),
-        "exact_match_after": round(after, 3),
+        "exact_match_before": round(task.accuracy(answers["baseline"], heldout), 3),
+        "exact_match_after": round(task.accuracy(answers["candidate"], heldout), 3),
+        "eval_engine_start_seconds": round(engine_start, 1),
+        "eval_seconds_vllm": round(engine_eval, 1),
+        "eval_seconds_generate": round(generate_eval, 1),
+        "eval_speedup": round(generate_eval / engine_eval, 1),
     }
+
+
+def evaluate_on_engine(
+    model_dir: Path, adapter: Path, examples: list[Any], work: Path
+) -> tuple[float, float, dict[str, list[str]]]:
+    """(engine start s, evaluation s, answers per side): the worker's evaluation on its own engine."""
+    from transformers import AutoTokenizer
+
+    from core.config import Settings
+    from trainer.compute.engine import OwnEngine
+    from trainer.compute.evaluation import evaluate
+
+    settings = Settings(data_dir=work / "engine", base_model_path=model_dir, engine_kv_cache_gib=1)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    started = time.monotonic()
+    own = OwnEngine(settings)
+    client = own.start()
+    try:
+        ready = time.monotonic()
+        comparison, _ = evaluate(
+            client,
+            tokenizer,
+            examples,
+            candidate_dir=adapter,
+            baseline_dir=None,
+            tag="bench",
+            max_model_len=settings.engine_max_model_len,
+        )
+        done = time.monotonic()
+    finally:
+        client.close()
+        own.stop()
+    answers = {
+        "candidate": [r.candidate_output for r in comparison.examples],
+        "baseline": [r.baseline_output for r in comparison.examples],
+    }
+    return ready - started, done - ready, answers
+
+
+def evaluate_with_generate(model_dir: Path, adapter: Path, examples: list[Any]) -> float:
+    """Seconds for the same evaluation as the trainer ran it before it used an engine.
+
+    Both sides from one float32 copy of the model with the adapter (switched off for the
+    base), left-padded batches of 8, greedy, 64 new tokens; the references' perplexity from
+    one more forward pass per batch. Model loading is not counted.
+    """
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trainer.compute.encoding import collate, encode_completion, pad_token_id, render
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), adapter)
+    model.eval()
+    pad = pad_token_id(tokenizer)
+    prompts = [render(tokenizer, e.messages, add_generation_prompt=True) for e in examples]
+    encoded = [x for e in examples if (x := encode_completion(tokenizer, e.messages, e.reference, 2048))]
+    started = time.monotonic()
+    with torch.no_grad():
+        for side in ("candidate", "baseline"):
+            context = model.disable_adapter() if side == "baseline" else contextlib.nullcontext()
+            with context:
+                for i in range(0, len(prompts), 8):
+                    batch = prompts[i : i + 8]
+                    width = max(len(p) for p in batch)
+                    ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch])
+                    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch])
+                    model.generate(
+                        input_ids=ids, attention_mask=mask, max_new_tokens=64, do_sample=False, pad_token_id=pad
+                    )
+                for i in range(0, len(encoded), 8):
+                    batch_inputs = collate(encoded[i : i + 8], pad)
+                    model(**batch_inputs)
+    return time.monotonic() - started
 
 
 def main(argv: list[str] | None = None) -> int:

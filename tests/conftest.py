@@ -3,12 +3,16 @@
 `db`: a migrated database, once on SQLite in tmp_path and once on a fresh PostgreSQL
 database (marked `postgres`; skipped where no cluster can start). `sqlite_db`: the SQLite
 one alone. `postgres_url`: the session's throwaway PostgreSQL cluster (tests/pg.py).
+`eval_engine`: the session's evaluation engine, a real vLLM child started the way a
+trainer worker starts its own (trainer.compute.engine.OwnEngine).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -16,6 +20,10 @@ from core.db import Database
 from tests.dbutil import open_migrated, sqlite_url
 from tests.pg import create_database, postgres_url  # noqa: F401
 
+if TYPE_CHECKING:
+    from trainer.compute.engine import EngineClient
+
+MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "SmolLM2-135M-Instruct"
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 
@@ -35,3 +43,35 @@ def sqlite_db(tmp_path: Path) -> Iterator[Database]:
     """A migrated SQLite database in tmp_path."""
     with open_migrated(sqlite_url(tmp_path)) as database:
         yield database
+
+
+@dataclass(frozen=True)
+class LiveEngine:
+    client: EngineClient
+    url: str
+    key: str
+
+
+@pytest.fixture(scope="session")
+def eval_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveEngine]:
+    """One vLLM engine for every test that evaluates: trainer workers here name it as their
+    TAILOR_EVAL_ENGINE_URL (a test that evaluates on the serving engine could kill it)."""
+    if not (MODEL_DIR / "config.json").exists():
+        pytest.skip(f"base model not prepared at {MODEL_DIR} (run `make install`)")
+    from core.config import Settings
+    from trainer.compute.engine import OwnEngine
+
+    settings = Settings(
+        data_dir=tmp_path_factory.mktemp("eval-engine"),
+        base_model_path=MODEL_DIR,
+        engine_kv_cache_gib=1,
+        engine_max_loras=2,
+        max_resident_adapters=4,
+    )
+    own = OwnEngine(settings)
+    client = own.start()
+    try:
+        yield LiveEngine(client, own.launch.url, own.key)
+    finally:
+        client.close()
+        own.stop()

@@ -303,19 +303,23 @@ class Teacher(Protocol):
         ...
 
 
+class Answerer(Protocol):
+    def answers(self, model: str, prompts: Sequence[Sequence[Message]], max_tokens: int) -> list[str]:
+        """Greedy answers of `model` (a name on the engine), one per prompt, in order."""
+        ...
+
+
 @dataclass
 class LocalTeacher:
-    """A model Tailor serves (base, or base + a LoRA adapter), run greedily in this process."""
+    """A model Tailor serves (base, or base + one of the tenant's adapters), asked greedily on a
+    vLLM engine (trainer.compute.engine), where it answers exactly as it would when served."""
 
-    model_dir: Path
-    adapter_dir: Path | None
+    engine: Answerer
+    model: str  # its name on that engine
     max_tokens: int
 
     def answer(self, prompts: Sequence[Sequence[Message]]) -> list[str]:
-        # Imported here: torch and transformers are only needed on the path that runs them.
-        from trainer.evaluate import generate
-
-        return generate(self.model_dir, self.adapter_dir, prompts, max_new_tokens=self.max_tokens)
+        return self.engine.answers(self.model, prompts, self.max_tokens)
 
 
 def _default_policy() -> OutboundPolicy:

@@ -9,43 +9,28 @@ Metrics, per model:
   win_rate     share of pairwise comparisons an LLM judge gives to this model's answer
                over the other model's (ties count 0.5); only with a JudgeConfig
 
-Usage from Python (the trainer calls `compare` after training a candidate adapter):
+The answers and perplexities come from a vLLM engine (trainer.compute.evaluation: what is
+evaluated is what will be served); this module scores them and asks the judge, and needs
+no torch:
 
-    from trainer.evaluate import EvalExample, JudgeConfig, compare
-    cmp = compare(Path("models/SmolLM2-135M-Instruct"), Path("adapters/new"),
-                  Path("adapters/current"),   # or None: the bare base model is the baseline
-                  [EvalExample([{"role": "user", "content": "Capital of France?"}], "Paris")],
-                  judge=JudgeConfig("http://127.0.0.1:8000/v1", "sk-...", "some-model"))
+    from trainer.evaluate import EvalExample, Side, compare
+    cmp = compare(examples, Side(candidate_answers, 3.1), Side(baseline_answers, 4.7), judge=None)
     print(cmp.candidate, cmp.baseline)
-
-How models are loaded: ONE copy of the base weights (float32) with both adapters
-attached under the names "candidate" and "baseline"; `set_adapter` switches between
-them and `disable_adapter()` gives the bare base model. That halves load time and
-memory against two full loads, and peft applies only the active adapter, so results
-equal a separately loaded PeftModel.
 """
 
 from __future__ import annotations
 
-import gc
-import math
 import random
 import re
 import string
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import httpx
-import torch
-from peft import PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-from core.errors import TailorError, bad_request, not_found
-from trainer.compute.encoding import IGNORE_INDEX, collate, encode_completion, pad_token_id, render, validate_prompt
+from core.errors import TailorError, bad_request
 
 # -----------------------------------------------------------------------------
 # data types
@@ -127,173 +112,6 @@ def token_f1(prediction: str, reference: str) -> float:
 def render_conversation(messages: Sequence[dict[str, str]]) -> str:
     """'User: ...' lines: for the judge's prompt and for reports."""
     return "\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in messages)
-
-
-# -----------------------------------------------------------------------------
-# a loaded model
-
-
-def sequence_logps(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Sum of log p(token) over each row's labelled tokens: shape [rows].
-
-    Logits at position t predict token t + 1, hence the shift. Cross-entropy with
-    reduction="none" gives 0 at ignored positions, so a plain sum is the masked sum.
-    """
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    nll = torch.nn.functional.cross_entropy(
-        logits[:, :-1].transpose(1, 2).float(), batch["labels"][:, 1:], ignore_index=IGNORE_INDEX, reduction="none"
-    )
-    return -nll.sum(dim=-1)
-
-
-class LoadedModel:
-    """The base model in float32 with any number of named LoRA adapters attached.
-
-    Every method takes `adapter=`: one of the names given at load time, or None for the
-    bare base model. Use as a context manager (or call close()) to free the weights.
-    """
-
-    def __init__(self, model_dir: Path, adapters: Mapping[str, Path] | None = None) -> None:
-        self.model_dir = Path(model_dir)
-        self.adapters = dict(adapters or {})
-        for name, path in self.adapters.items():
-            if not (Path(path) / "adapter_config.json").is_file():
-                raise not_found(f"no adapter {name!r} at {path} (adapter_config.json missing)")
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-        self.pad_id = pad_token_id(self.tokenizer)
-        model: Any = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32)
-        for i, (name, path) in enumerate(self.adapters.items()):
-            if i == 0:
-                model = PeftModel.from_pretrained(model, path, adapter_name=name)
-            else:
-                model.load_adapter(path, adapter_name=name)
-        self.model = model.eval()
-
-    def __enter__(self) -> LoadedModel:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self.model = None
-        gc.collect()
-
-    @contextmanager
-    def _active(self, adapter: str | None) -> Iterator[None]:
-        if adapter is None:
-            # a PeftModel with its adapters switched off is exactly the base model
-            ctx = self.model.disable_adapter() if isinstance(self.model, PeftModel) else nullcontext()
-            with ctx, torch.no_grad():
-                yield
-            return
-        if adapter not in self.adapters:
-            raise not_found(f"no adapter named {adapter!r} is loaded")
-        self.model.set_adapter(adapter, inference_mode=True)
-        with torch.no_grad():
-            yield
-
-    def generate(
-        self,
-        prompts: Sequence[Sequence[dict[str, str]]],
-        *,
-        adapter: str | None = None,
-        max_new_tokens: int = 64,
-        batch_size: int = 8,
-    ) -> list[str]:
-        """Greedy answers, one per prompt, special tokens stripped.
-
-        Batched with left padding (decoder-only models continue from the last position,
-        so padding must go in front); prompts are sorted by length first so a batch
-        wastes little on padding, and answers come back in the input order.
-        """
-        tok = self.tokenizer
-        encoded = []
-        for prompt in prompts:
-            validate_prompt(prompt)
-            encoded.append(render(tok, prompt, add_generation_prompt=True))
-        gen_config = GenerationConfig(
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=self.pad_id,
-            eos_token_id=tok.eos_token_id,
-        )
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-        answers = [""] * len(encoded)
-        with self._active(adapter):
-            for first in range(0, len(order), batch_size):
-                idx = order[first : first + batch_size]
-                width = max(len(encoded[i]) for i in idx)
-                input_ids = torch.full((len(idx), width), self.pad_id, dtype=torch.long)
-                attention_mask = torch.zeros((len(idx), width), dtype=torch.long)
-                for row, i in enumerate(idx):
-                    n = len(encoded[i])
-                    input_ids[row, width - n :] = torch.tensor(encoded[i], dtype=torch.long)
-                    attention_mask[row, width - n :] = 1
-                out = self.model.generate(
-                    input_ids=input_ids, attention_mask=attention_mask, generation_config=gen_config
-                )
-                for row, i in enumerate(idx):
-                    answers[i] = tok.decode(out[row, width:], skip_special_tokens=True).strip()
-        return answers
-
-    def nll(
-        self,
-        examples: Sequence[EvalExample],
-        *,
-        adapter: str | None = None,
-        batch_size: int = 8,
-        max_seq_len: int = 2048,
-    ) -> tuple[float, int]:
-        """(summed negative log-likelihood, token count) of the reference answers.
-
-        Tokens are those SFT trains on (trainer.compute.encoding): the answer's content and its closing
-        end-of-turn token (producing it is part of answering right). Examples whose answer
-        is cut off entirely by max_seq_len are skipped.
-        """
-        encoded = [
-            e
-            for e in (encode_completion(self.tokenizer, ex.messages, ex.reference, max_seq_len) for ex in examples)
-            if e is not None
-        ]
-        total, count = 0.0, 0
-        with self._active(adapter):
-            for first in range(0, len(encoded), batch_size):
-                batch = collate(encoded[first : first + batch_size], self.pad_id)
-                total -= sequence_logps(self.model, batch).sum().item()
-                count += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum().item())
-        return total, count
-
-    def perplexity(self, examples: Sequence[EvalExample], *, adapter: str | None = None, batch_size: int = 8) -> float:
-        """exp(mean NLL per reference-answer token), pooled over all examples."""
-        total, count = self.nll(examples, adapter=adapter, batch_size=batch_size)
-        if count == 0:
-            raise bad_request("no reference answer token to score", code="no_eval_targets")
-        return math.exp(total / count)
-
-
-def _single(model_dir: Path, adapter_dir: Path | None) -> tuple[LoadedModel, str | None]:
-    if adapter_dir is None:
-        return LoadedModel(model_dir), None
-    return LoadedModel(model_dir, {"adapter": adapter_dir}), "adapter"
-
-
-def generate(
-    model_dir: Path,
-    adapter_dir: Path | None,
-    prompts: Sequence[Sequence[dict[str, str]]],
-    max_new_tokens: int = 64,
-) -> list[str]:
-    """Load, answer greedily, free. Use LoadedModel to do more with one load."""
-    lm, name = _single(model_dir, adapter_dir)
-    with lm:
-        return lm.generate(prompts, adapter=name, max_new_tokens=max_new_tokens)
-
-
-def reference_perplexity(model_dir: Path, adapter_dir: Path | None, examples: Sequence[EvalExample]) -> float:
-    lm, name = _single(model_dir, adapter_dir)
-    with lm:
-        return lm.perplexity(examples, adapter=name)
 
 
 # -----------------------------------------------------------------------------
@@ -470,38 +288,30 @@ def _metrics(results: Sequence[ExampleResult], side: str, perplexity: float, win
     )
 
 
+@dataclass
+class Side:
+    """What one model did on the held-out examples: its answers and its reference perplexity."""
+
+    outputs: list[str]
+    perplexity: float
+
+
 def compare(
-    base_model_dir: Path,
-    candidate_adapter_dir: Path | None,
-    baseline_adapter_dir: Path | None,
     examples: Sequence[EvalExample],
+    candidate: Side,
+    baseline: Side,
     *,
     judge: JudgeConfig | None = None,
-    max_new_tokens: int = 64,
     http_client: httpx.Client | None = None,
 ) -> Comparison:
-    """Evaluate candidate and baseline (None = the bare base model) on the same examples.
+    """Score candidate and baseline on the same examples (their answers come from the engine).
 
     The judge's win rate of the candidate over the baseline is stored on the candidate;
     the baseline gets 1 - that.
     """
     if not examples:
         raise bad_request("no evaluation examples", code="no_eval_examples")
-    adapters: dict[str, Path] = {}
-    if candidate_adapter_dir is not None:
-        adapters["candidate"] = Path(candidate_adapter_dir)
-    if baseline_adapter_dir is not None:
-        adapters["baseline"] = Path(baseline_adapter_dir)
-    cand_name = "candidate" if candidate_adapter_dir is not None else None
-    base_name = "baseline" if baseline_adapter_dir is not None else None
-
-    prompts = [e.messages for e in examples]
-    with LoadedModel(base_model_dir, adapters) as lm:
-        cand_out = lm.generate(prompts, adapter=cand_name, max_new_tokens=max_new_tokens)
-        base_out = lm.generate(prompts, adapter=base_name, max_new_tokens=max_new_tokens)
-        cand_ppl = lm.perplexity(examples, adapter=cand_name)
-        base_ppl = lm.perplexity(examples, adapter=base_name)
-
+    cand_out, base_out = candidate.outputs, baseline.outputs
     results = [
         ExampleResult(
             prompt_text=render_conversation(e.messages),
@@ -523,7 +333,7 @@ def compare(
             r.judge = v
         win, judged = win_rate_of(verdicts)
     return Comparison(
-        candidate=_metrics(results, "candidate", cand_ppl, win, judged),
-        baseline=_metrics(results, "baseline", base_ppl, None if win is None else 1 - win, judged),
+        candidate=_metrics(results, "candidate", candidate.perplexity, win, judged),
+        baseline=_metrics(results, "baseline", baseline.perplexity, None if win is None else 1 - win, judged),
         examples=results,
     )

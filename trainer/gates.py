@@ -23,14 +23,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from core.errors import bad_request
-
-if TYPE_CHECKING:
-    # Types only: trainer.evaluate imports torch and transformers, which the gateway (it
-    # reads policies and gates) must not pay for: about 480 MiB of RSS.
-    from trainer.evaluate import Comparison, Metrics
+from trainer.evaluate import Comparison, Metrics
 
 PRIMARY_METRICS = ("exact_match", "token_f1", "perplexity", "win_rate")
 NOISE_KEYS = ("exact_match", "token_f1", "perplexity_ratio", "win_rate")

@@ -20,7 +20,9 @@ Per job, each stage leaves an event the tenant can read (GET /v1/fine_tuning/job
 3. checkpoints: every `checkpoint_every` steps (and the final adapter), copied to the blob
    store under `checkpoints/<tenant>/<job>/step-<n>/` and listed as JobCheckpoint rows;
 4. evaluate the trained adapter against the version it would replace (or the base model)
-   on the snapshot's held-out split (trainer.evaluate), gate it (trainer.gates);
+   on the snapshot's held-out split: both generate and are scored on a vLLM engine
+   (trainer.compute.evaluation; TAILOR_EVAL_ENGINE_URL, else an engine of the worker's own),
+   then gated (trainer.gates);
 5. register it as a candidate version with its lineage (job, dataset, parent, metrics),
    record the Evaluation and a report (`reports/<tenant>/<job>/report.json|loss.png`);
 6. apply the decision: promote (or start a canary) when the tenant's policy says
@@ -35,6 +37,7 @@ Any failure fails the job with {code, message}; the working directory always goe
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -48,6 +51,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -64,12 +68,14 @@ from core.models import Job
 from core.outbound import OutboundPolicy
 from core.quotas import Quotas
 from trainer import datasets, distill, files, hyperparameters, jobs, policy
+from trainer.compute import evaluation
+from trainer.compute.engine import WorkerEngines
 from trainer.compute.launch import run_training
 from trainer.compute.placement import Placement, choose
 from trainer.compute.recipe import Method, Recipe, StepInfo, TrainingCancelled, TrainResult
 from trainer.datasets import SFTRecord, Snapshot
 from trainer.distill import DistillSpec, LocalTeacher, RemoteTeacher, Teacher
-from trainer.evaluate import Comparison, EvalExample, JudgeConfig, compare
+from trainer.evaluate import Comparison, EvalExample, JudgeConfig
 from trainer.gates import Decision, GateConfig, decide
 from trainer.jobs import JobInfo, JobLost
 from trainer.policy import PolicyInfo, get_policy
@@ -204,6 +210,24 @@ class Worker:
     def placement(self) -> Placement:
         return choose(self.settings.trainer_devices)
 
+    @functools.cached_property
+    def engines(self) -> WorkerEngines:
+        # On a GPU an idle engine of ours would hold memory the next training run needs.
+        return WorkerEngines(self.settings, keep_own_engine=self.placement.device == "cpu")
+
+    @functools.cached_property
+    def tokenizer(self) -> Any:
+        # What evaluation counts tokens with: the served model's own tokenizer and chat template.
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(self.settings.base_model_path)
+
+    def close(self) -> None:
+        """Stop what the worker started (its own evaluation engine) and its tracing."""
+        if "engines" in self.__dict__:
+            self.engines.release()
+        self.tracing.shutdown()
+
     # --- the loop -------------------------------------------------------------
 
     def run_once(self, job_id: str | None = None) -> bool:
@@ -299,6 +323,7 @@ class Worker:
             self._fail(run, e)
         finally:
             shutil.rmtree(run.workdir, ignore_errors=True)
+            self.engines.free_device()
 
     def _pipeline(self, run: _Run) -> None:
         job = run.job
@@ -424,7 +449,8 @@ class Worker:
 
     # --- distillation -------------------------------------------------------------
 
-    def _teacher(self, job: JobInfo, spec: DistillSpec) -> Teacher:
+    @contextlib.contextmanager
+    def _teacher(self, job: JobInfo, spec: DistillSpec) -> Iterator[Teacher]:
         t, s = spec.teacher, self.settings
         if t.remote:
 
@@ -433,7 +459,7 @@ class Worker:
                 if done % max(1, total // 10) == 0 or done == total:
                     self._event(job, f"Teacher answered {done}/{total} inputs", data={"teacher_answers": done})
 
-            return RemoteTeacher(
+            yield RemoteTeacher(
                 base_url=t.base_url or "",
                 api_key=distill.teacher_api_key(t, s),
                 model=t.model or "",
@@ -446,9 +472,17 @@ class Worker:
                 should_stop=lambda: jobs.heartbeat(self.db, job.id, self.worker_id),
                 policy=OutboundPolicy.from_settings(s),
             )
+            return
+        # One of the tenant's own versions (or the base model) answers on the worker's engine,
+        # loaded under an internal name for this job only.
         version = self._version_of(job.tenant_id, t.model or job.model)
-        adapter_dir = self.store.local_path(version.digest) if version is not None else None
-        return LocalTeacher(model_dir=s.base_model_path, adapter_dir=adapter_dir, max_tokens=spec.max_tokens)
+        engine = self.engines.client()
+        if version is None:
+            yield LocalTeacher(engine, engine.served_model, spec.max_tokens)
+            return
+        name = f"tailor-teacher-{job.id}"
+        with engine.adapters({name: self.store.local_path(version.digest)}):
+            yield LocalTeacher(engine, name, spec.max_tokens)
 
     def _distill_snapshot(self, job: JobInfo) -> Snapshot:
         spec = DistillSpec.from_json(job.config or {})
@@ -464,7 +498,6 @@ class Worker:
         train_inputs = inputs(job.training_file)
         held_inputs = inputs(job.validation_file) if job.validation_file else []
         prompts = train_inputs + held_inputs
-        teacher = self._teacher(job, spec)
         self._event(
             job,
             f"Asking the teacher ({spec.teacher.describe(job.model)}) to answer {len(prompts)} inputs"
@@ -472,7 +505,8 @@ class Worker:
             data={"inputs": len(prompts)},
         )
         started = time.monotonic()
-        answers = teacher.answer([distill.with_context(spec, p) for p in prompts])
+        with self._teacher(job, spec) as teacher:
+            answers = teacher.answer([distill.with_context(spec, p) for p in prompts])
         if jobs.heartbeat(self.db, job.id, self.worker_id):
             raise TrainingCancelled(0)
         records = [
@@ -530,6 +564,7 @@ class Worker:
         if start is not None:
             self._event(job, f"Training starts from {start.adapter_name} version {start.version}")
         rows = _training_rows(job.method, snapshot)
+        self.engines.free_device()  # a local teacher's engine gives the device back to training
         steps = hp.max_steps or hp.n_epochs * math.ceil(len(rows) / hp.batch_size)
         placement = self.placement
         work = run.workdir / "train"
@@ -621,13 +656,24 @@ class Worker:
         against = f"{baseline.adapter_name} version {baseline.version}" if baseline else "the base model"
         self._event(job, f"Evaluating against {against} on {len(examples)} held-out example(s)")
         baseline_dir = self.store.local_path(baseline.digest) if baseline else None
-        comparison = compare(self.settings.base_model_path, candidate_dir, baseline_dir, examples, judge=self._judge())
+        started = time.monotonic()
+        comparison, plan = evaluation.evaluate(
+            self.engines.client(),
+            self.tokenizer,
+            examples,
+            candidate_dir=candidate_dir,
+            baseline_dir=baseline_dir,
+            tag=job.id,
+            max_model_len=self.settings.engine_max_model_len,
+            judge=self._judge(),
+        )
         c, b = comparison.candidate, comparison.baseline
         self._event(
             job,
             f"Evaluation: token F1 {c.token_f1:.3f} vs {b.token_f1:.3f}, "
-            f"exact match {c.exact_match:.3f} vs {b.exact_match:.3f}",
-            data={"candidate": _metrics_dict(c), "baseline": _metrics_dict(b)},
+            f"exact match {c.exact_match:.3f} vs {b.exact_match:.3f} "
+            f"(answers up to {plan.max_tokens} tokens, {time.monotonic() - started:.0f} s)",
+            data={"candidate": _metrics_dict(c), "baseline": _metrics_dict(b), "max_tokens": plan.max_tokens},
         )
         return comparison
 
@@ -752,7 +798,7 @@ def main(argv: list[str] | None = None) -> int:
         worker.run_forever(stop, poll_s=settings.trainer_poll_s)
         return 0
     finally:
-        worker.tracing.shutdown()
+        worker.close()
         db.dispose()
 
 

@@ -17,6 +17,7 @@ SERVING_AND_DOMAIN = (
     "gateway.services",
     "trainer.datasets",
     "trainer.distill",
+    "trainer.evaluate",
     "trainer.feedback",
     "trainer.files",
     "trainer.gates",
@@ -27,6 +28,9 @@ SERVING_AND_DOMAIN = (
     "trainer.compute.launch",
     "trainer.compute.placement",
     "trainer.compute.recipe",
+    # the worker's evaluation: the engine does the model's work
+    "trainer.compute.engine",
+    "trainer.compute.evaluation",
 )
 HEAVY = ("torch", "transformers", "peft", "trl", "accelerate", "datasets")
 

@@ -21,6 +21,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import LiveEngine
+
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_DIR = ROOT / "models" / "SmolLM2-135M-Instruct"
 BASE_MODEL = "SmolLM2-135M-Instruct"
@@ -50,7 +52,7 @@ class TailorServer:
 
 
 @pytest.fixture(scope="session")
-def tailor_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TailorServer]:
+def tailor_server(tmp_path_factory: pytest.TempPathFactory, eval_engine: LiveEngine) -> Iterator[TailorServer]:
     if not (MODEL_DIR / "config.json").exists():
         pytest.skip(f"base model not prepared at {MODEL_DIR} (run `make install`)")
     data_dir = tmp_path_factory.mktemp("tailor-data")
@@ -73,6 +75,9 @@ def tailor_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TailorSe
         # The distillation test's teacher is a local http server.
         "TAILOR_OUTBOUND_ALLOW_HTTP": "true",
         "TAILOR_OUTBOUND_ALLOW_HOSTS": "127.0.0.1",
+        # The trainer evaluates on the session's evaluation engine rather than starting one.
+        "TAILOR_EVAL_ENGINE_URL": eval_engine.url,
+        "TAILOR_EVAL_ENGINE_API_KEY": eval_engine.key,
     }
     log_path = data_dir / "gateway.log"
     with log_path.open("wb") as log:

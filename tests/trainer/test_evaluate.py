@@ -1,37 +1,28 @@
 """trainer.evaluate: text metrics, judge verdict parsing and win rate against a fake
-OpenAI-compatible judge (httpx.MockTransport), adapter switching in one loaded model,
-compare() end to end on a tiny random model, and generation + perplexity on the real one.
+OpenAI-compatible judge (httpx.MockTransport), and compare() on given answers.
 
-The real-model test needs models/SmolLM2-135M-Instruct and is skipped without it.
+Generation and perplexity on a real vLLM engine: tests/integration/test_evaluation_live.py.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import time
-from pathlib import Path
 
 import httpx
 import pytest
-import torch
-from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM
 
 from core.errors import TailorError
-from tests.trainer.tiny_models import REAL_MODEL, real_model, save_tiny_llama, tiny_tokenizer, user
+from tests.trainer.tiny_models import user
 from trainer.evaluate import (
     EvalExample,
     JudgeConfig,
-    LoadedModel,
+    Side,
     compare,
     exact_match,
-    generate,
     judge_verdicts,
     judge_win_rate,
     normalize_answer,
     parse_verdict,
-    reference_perplexity,
     token_f1,
 )
 
@@ -164,89 +155,28 @@ def test_judge_ties_limits_and_unreadable_replies() -> None:
     assert info.value.status == 502 and info.value.code == "judge_failed"
 
 
-# --- tiny model: adapter switching and compare() --------------------------------------
+# --- compare() ------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    """(base model dir, adapter 1, adapter 2): random weights, random non-zero LoRAs."""
-    root = tmp_path_factory.mktemp("tiny-eval")
-    base = save_tiny_llama(root / "base", tiny_tokenizer(["question answer user assistant system"], vocab_size=300))
-    adapters = []
-    for i, targets in enumerate((["q_proj", "v_proj"], ["gate_proj", "down_proj"])):
-        torch.manual_seed(10 + i)
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-        lora = LoraConfig(r=4, lora_alpha=32, target_modules=targets, init_lora_weights=False)
-        get_peft_model(model, lora).save_pretrained(root / f"a{i}")
-        adapters.append(root / f"a{i}")
-    return base, adapters[0], adapters[1]
-
-
-def test_one_load_with_two_adapters_matches_separate_loads(
-    tiny_dirs: tuple[Path, Path, Path],
-) -> None:
-    base, a0, a1 = tiny_dirs
-    prompts = [user("question"), user("a longer question about the answer")]
-    examples = [EvalExample(p, "answer") for p in prompts]
-    with LoadedModel(base, {"one": a0, "two": a1}) as lm:
-        got = {
-            name: (
-                lm.generate(prompts, adapter=name, max_new_tokens=6),
-                lm.nll(examples, adapter=name),
-            )
-            for name in ("one", "two", None)
-        }
-        with pytest.raises(TailorError):
-            lm.generate(prompts, adapter="three")
-    for name, adapter in (("one", a0), ("two", a1), (None, None)):
-        # batched left-padded generation == one prompt at a time, separately loaded
-        alone = [generate(base, adapter, [p], max_new_tokens=6)[0] for p in prompts]
-        assert got[name][0] == alone, name
-        ppl = reference_perplexity(base, adapter, examples)
-        total, count = got[name][1]
-        assert ppl == pytest.approx(math.exp(total / count), rel=1e-5), name
-    # the adapters really differ from each other and from the base
-    assert len({got[n][1][0] for n in got}) == 3
-
-
-def test_compare_on_tiny_model_with_judge(tiny_dirs: tuple[Path, Path, Path]) -> None:
-    base, a0, a1 = tiny_dirs
-    examples = [EvalExample(user(f"question {i}"), "answer") for i in range(3)]
+def test_compare_scores_both_sides_and_splits_the_judges_win_rate() -> None:
+    examples = [EvalExample(user(f"question {i}"), f"answer {i}") for i in range(4)]
+    candidate = Side(["answer 0", "GOOD answer 1", "Answer 2.", "wrong"], perplexity=2.5)
+    baseline = Side(["nope", "nope", "answer 2", "answer"], perplexity=7.0)
     client, seen = fake_judge()
-    result = compare(base, a0, a1, examples, judge=JUDGE, max_new_tokens=4, http_client=client)
-    assert len(seen) == 3
-    assert result.candidate.n == result.baseline.n == 3
-    assert result.candidate.win_rate is not None and result.baseline.win_rate is not None
-    assert result.candidate.win_rate + result.baseline.win_rate == pytest.approx(1.0)
-    assert result.candidate.judged == 3
-    assert result.candidate.perplexity != result.baseline.perplexity
-    assert [e.prompt_text for e in result.examples] == [f"User: question {i}" for i in range(3)]
-    assert all(e.judge in ("candidate", "baseline", "tie") for e in result.examples)
-    no_judge = compare(base, a0, None, examples, max_new_tokens=4)
+    result = compare(examples, candidate, baseline, judge=JUDGE, http_client=client)
+    c, b = result.candidate, result.baseline
+    assert (c.n, c.exact_match, b.exact_match) == (4, 0.5, 0.25)
+    assert c.token_f1 == pytest.approx((1 + 0.8 + 1 + 0) / 4)
+    assert (c.perplexity, b.perplexity) == (2.5, 7.0)
+    assert len(seen) == 4 and c.judged == b.judged == 4
+    # the judge prefers the one answer with GOOD in it and ties the rest
+    assert c.win_rate == pytest.approx((1 + 3 * 0.5) / 4) and c.win_rate + b.win_rate == pytest.approx(1.0)
+    assert [e.prompt_text for e in result.examples] == [f"User: question {i}" for i in range(4)]
+    assert [e.candidate_exact for e in result.examples] == [True, False, True, False]
+
+    no_judge = compare(examples, candidate, baseline)
     assert no_judge.candidate.win_rate is None and no_judge.baseline.win_rate is None
     with pytest.raises(TailorError):
-        compare(base, a0, None, [])
-
-
-# --- the real model -------------------------------------------------------------------
-
-
-@real_model
-def test_real_model_generates_and_prefers_the_right_reference() -> None:
-    prompts = [user("What is the capital of France?"), user("Say hello in French, briefly.")]
-    t0 = time.monotonic()
-    with LoadedModel(REAL_MODEL) as lm:
-        t1 = time.monotonic()
-        answers = lm.generate(prompts, max_new_tokens=24)
-        t2 = time.monotonic()
-        right = lm.perplexity([EvalExample(prompts[0], "The capital of France is Paris.")])
-        wrong = lm.perplexity([EvalExample(prompts[0], "Purple elephant seventeen spoon.")])
-        t3 = time.monotonic()
-    print(
-        f"\nanswers {answers}\nperplexity right {right:.2f}, nonsense {wrong:.2f}; "
-        f"load {t1 - t0:.1f} s, generate 2 {t2 - t1:.1f} s, perplexity 2 {t3 - t2:.1f} s"
-    )
-    assert all(a.strip() for a in answers)
-    assert "paris" in answers[0].lower()
-    assert right < wrong / 10, (right, wrong)
-    assert 1.0 < right < 20.0
+        compare([], Side([], 1.0), Side([], 1.0))
+    with pytest.raises(ValueError):  # an answer missing is a bug upstream, never a silent zip
+        compare(examples, Side(["x"], 1.0), baseline)

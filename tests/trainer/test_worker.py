@@ -5,7 +5,9 @@ against the base model on the held-out split, gates, registers and promotes, lea
 checkpoint rows, an Evaluation row and report blobs. A second identical job must lose to
 the version it would replace and be rejected. Cancellation and failures leave no version.
 
-Needs models/SmolLM2-135M-Instruct (prepared by `make model`); skipped without it.
+Evaluation and the local teacher run on the session's vLLM evaluation engine (tests/conftest.py),
+named to the worker as TAILOR_EVAL_ENGINE_URL. Needs models/SmolLM2-135M-Instruct (prepared by
+`make model`); skipped without it.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from core.config import Settings
 from core.db import Database, migrate
 from core.ids import new_id
 from core.models import AdapterVersion, AuditEvent, Evaluation, Job, Tenant, TenantPolicy
-from trainer import datasets, distill, evaluate, files, jobs
+from tests.conftest import LiveEngine
+from trainer import datasets, distill, files, jobs
 from trainer.distill import DistillSpec
 from trainer.worker import Worker
 
@@ -51,8 +54,14 @@ HYPER = {"learning_rate_multiplier": 5, "batch_size": 2, "max_steps": 12}
 
 
 class Env:
-    def __init__(self, tmp: Path) -> None:
-        self.settings = Settings(data_dir=tmp, engine_urls=["http://127.0.0.1:9"], base_model_path=MODEL)
+    def __init__(self, tmp: Path, engine: LiveEngine) -> None:
+        self.settings = Settings(
+            data_dir=tmp,
+            engine_urls=["http://127.0.0.1:9"],
+            base_model_path=MODEL,
+            eval_engine_url=engine.url,
+            eval_engine_api_key=engine.key,
+        )
         migrate(self.settings.database_url or "")
         self.db = Database(self.settings.database_url or "")
         self.store = AdapterStore(self.settings.adapter_store_url or "", self.settings.cache_dir / "adapters")
@@ -89,9 +98,11 @@ class Env:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Env, jobs.JobInfo, jobs.JobInfo]:
+def trained(
+    tmp_path_factory: pytest.TempPathFactory, eval_engine: LiveEngine
+) -> tuple[Env, jobs.JobInfo, jobs.JobInfo]:
     """Two identical jobs for `geo`, run one after the other (shared: each costs real training)."""
-    env = Env(tmp_path_factory.mktemp("worker"))
+    env = Env(tmp_path_factory.mktemp("worker"), eval_engine)
     first, second = env.job(), env.job()
     assert env.worker.run_once() is True
     assert env.worker.run_once() is True
@@ -163,17 +174,22 @@ def test_identical_retrain_is_rejected_against_the_serving_version(
         assert len(list(s.scalars(select(Evaluation)))) == 2
 
 
-def test_tenant_policy_picks_promote_candidate_or_canary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tenant_policy_picks_promote_candidate_or_canary(
+    tmp_path: Path, eval_engine: LiveEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import trainer.worker as worker_module
+    from trainer.compute.evaluation import Plan
     from trainer.evaluate import Comparison, Metrics
     from trainer.gates import Decision
 
     # Evaluation and gates have their own tests; here they always pass (and cost nothing),
     # so what is under test is what the worker does with a pass under each policy.
     metrics = Metrics(n=2, exact_match=1.0, token_f1=1.0, perplexity=1.5, win_rate=None)
-    monkeypatch.setattr(worker_module, "compare", lambda *_a, **_k: Comparison(metrics, metrics, []))
+    monkeypatch.setattr(
+        worker_module.evaluation, "evaluate", lambda *_a, **_k: (Comparison(metrics, metrics, []), Plan([], 1))
+    )
     monkeypatch.setattr(worker_module, "decide", lambda *_a: Decision(promote=True, reasons=["forced"]))
-    env = Env(tmp_path)
+    env = Env(tmp_path, eval_engine)
     one_step = {**HYPER, "max_steps": 1}
 
     def run(policy: dict[str, object] | None, **job_args: object) -> jobs.JobInfo:
@@ -219,8 +235,10 @@ def test_tenant_policy_picks_promote_candidate_or_canary(tmp_path: Path, monkeyp
     assert [c.step for c in jobs.list_checkpoints(env.db, env.tenant, dpo.id)[0]] == [1]
 
 
-def test_cancel_while_running_stops_and_registers_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    env = Env(tmp_path)
+def test_cancel_while_running_stops_and_registers_nothing(
+    tmp_path: Path, eval_engine: LiveEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = Env(tmp_path, eval_engine)
     job = env.job()
     real_add_event = jobs.add_event
 
@@ -241,8 +259,10 @@ def test_cancel_while_running_stops_and_registers_nothing(tmp_path: Path, monkey
     assert not (env.settings.data_dir / "jobs" / job.id).exists()
 
 
-def test_failures_fail_the_job_with_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    env = Env(tmp_path)
+def test_failures_fail_the_job_with_an_error(
+    tmp_path: Path, eval_engine: LiveEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = Env(tmp_path, eval_engine)
     missing = env.job(training_file=None, dataset_id="ds-gone")
     assert env.worker.run_once()
     done = jobs.get_job(env.db, env.tenant, missing.id)
@@ -255,7 +275,7 @@ def test_failures_fail_the_job_with_an_error(tmp_path: Path, monkeypatch: pytest
     def broken_compare(*_args: object, **_kw: object) -> None:
         raise RuntimeError("judge exploded")
 
-    monkeypatch.setattr(worker_module, "compare", broken_compare)
+    monkeypatch.setattr(worker_module.evaluation, "evaluate", broken_compare)
     crashed = env.job(hyperparameters={**HYPER, "max_steps": 1})
     assert env.worker.run_once()
     done = jobs.get_job(env.db, env.tenant, crashed.id)
@@ -302,8 +322,8 @@ def distill_job(env: Env, config: dict[str, object], **kw: object) -> jobs.JobIn
     )
 
 
-def test_prompt_distillation_learns_to_answer_without_the_context(tmp_path: Path) -> None:
-    env = Env(tmp_path)
+def test_prompt_distillation_learns_to_answer_without_the_context(tmp_path: Path, eval_engine: LiveEngine) -> None:
+    env = Env(tmp_path, eval_engine)
     job = distill_job(env, {**ZORBLAX_CONTEXT, "max_tokens": 16})
     assert env.worker.run_once()
     done = jobs.get_job(env.db, env.tenant, job.id)
@@ -317,7 +337,7 @@ def test_prompt_distillation_learns_to_answer_without_the_context(tmp_path: Path
     spec = DistillSpec.from_json(ZORBLAX_CONTEXT)
     record = snapshot.train_sft[0]
     assert [m["role"] for m in record.messages] == ["user", "assistant"]
-    teacher = evaluate.generate(MODEL, None, [distill.with_context(spec, record.prompt)], max_new_tokens=16)
+    teacher = eval_engine.client.answers(env.settings.base_model_name, [distill.with_context(spec, record.prompt)], 16)
     assert record.answer == teacher[0]
 
     metrics = (done.metrics or {})["distillation"]
@@ -333,7 +353,9 @@ def test_prompt_distillation_learns_to_answer_without_the_context(tmp_path: Path
     assert any(m.startswith("Distilled: ") for m in messages)
 
 
-def test_remote_teacher_distillation_uses_the_sealed_key_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_remote_teacher_distillation_uses_the_sealed_key_once(
+    tmp_path: Path, eval_engine: LiveEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import httpx
 
     import trainer.worker as worker_module
@@ -350,7 +372,7 @@ def test_remote_teacher_distillation_uses_the_sealed_key_once(tmp_path: Path, mo
             super().__init__(**kw, transport=httpx.MockTransport(endpoint))  # type: ignore[arg-type]
 
     monkeypatch.setattr(worker_module, "RemoteTeacher", MockedTeacher)
-    env = Env(tmp_path)
+    env = Env(tmp_path, eval_engine)
     teacher = {"model": "big-teacher", "base_url": "https://teacher.example/v1", "api_key": "sk-teacher-secret"}
     job = distill_job(env, {"teacher": teacher}, hyperparameters={**HYPER, "max_steps": 2})
     with env.db.session() as s:
@@ -368,11 +390,11 @@ def test_remote_teacher_distillation_uses_the_sealed_key_once(tmp_path: Path, mo
     assert (done.config or {})["teacher"]["api_key_sealed"] is None
 
 
-def test_jobs_are_traced_stage_by_stage(tmp_path: Path) -> None:
+def test_jobs_are_traced_stage_by_stage(tmp_path: Path, eval_engine: LiveEngine) -> None:
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
     from opentelemetry.trace import StatusCode
 
-    env = Env(tmp_path)
+    env = Env(tmp_path, eval_engine)
     spans = InMemorySpanExporter()
     env.worker.tracing.add_exporter(spans, batch=False)
     ok = env.job(hyperparameters={**HYPER, "max_steps": 1})

@@ -12,5 +12,7 @@ the worker process (`python -m trainer.worker`) and by the training processes it
     callbacks.py  what TRL does not do: progress lines, cancellation, checkpoints
     launch.py     the training process: `python -m trainer.compute.launch RECIPE.json`, one process or
                   `accelerate launch` / torchrun with one process per device, supervised by the worker
+    engine.py     vLLM engines as the worker uses them: a client, its own engine, which one to use
+    evaluation.py candidate vs incumbent generated and scored on an engine (trainer.evaluate scores)
     synthetic.py  random models of known shapes with a chat tokenizer, for speed checks without weights
 """

@@ -1,0 +1,87 @@
+"""A candidate against the version it would replace, generated and scored on a vLLM engine.
+
+Both sides run on the same engine the same way (trainer.compute.engine): answers greedily,
+batched by the engine, with `max_tokens` from the references' length; perplexity of the
+references from the engine's prompt log-probabilities over exactly the tokens SFT trains on
+(trainer.compute.encoding: the answer and its end-of-turn token). The scoring itself is
+trainer.evaluate's.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from core.errors import bad_request
+from trainer.compute.encoding import EncodedExample, encode_completion, render, validate_prompt
+from trainer.compute.engine import EngineClient, answer_budget
+from trainer.evaluate import Comparison, EvalExample, JudgeConfig, Side, compare
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What an evaluation sends: the scored token sequences and the answer budget."""
+
+    encoded: list[EncodedExample]
+    max_tokens: int
+
+
+def plan(tokenizer: Any, examples: Sequence[EvalExample], max_model_len: int) -> Plan:
+    """Encode the references and size the answers for an engine with this context length."""
+    longest_prompt = 0
+    encoded: list[EncodedExample] = []
+    for ex in examples:
+        validate_prompt(ex.messages)
+        prompt_len = len(render(tokenizer, ex.messages, add_generation_prompt=True))
+        longest_prompt = max(longest_prompt, prompt_len)
+        # One token of the context is left for the single token a completion must generate.
+        e = encode_completion(tokenizer, ex.messages, ex.reference, max_model_len - 1)
+        if e is not None:
+            encoded.append(e)
+    references = [e.target_tokens for e in encoded]
+    return Plan(encoded, answer_budget(references, ceiling=max(1, max_model_len - longest_prompt)))
+
+
+def side(client: EngineClient, model: str, examples: Sequence[EvalExample], p: Plan) -> Side:
+    outputs = client.answers(model, [e.messages for e in examples], p.max_tokens)
+    total, count = client.nll(model, p.encoded)
+    if count == 0:
+        raise bad_request("no reference answer token to score", code="no_eval_targets")
+    return Side(outputs, math.exp(total / count))
+
+
+def evaluate(
+    client: EngineClient,
+    tokenizer: Any,
+    examples: Sequence[EvalExample],
+    *,
+    candidate_dir: Path | None,
+    baseline_dir: Path | None,
+    tag: str,
+    max_model_len: int,
+    judge: JudgeConfig | None = None,
+    http_client: httpx.Client | None = None,
+) -> tuple[Comparison, Plan]:
+    """Candidate vs baseline (each an adapter directory, or None for the bare base model).
+
+    `tag` makes the engine-side names unique (the job id): two workers sharing an engine never
+    swap each other's adapters.
+    """
+    if not examples:
+        raise bad_request("no evaluation examples", code="no_eval_examples")
+    p = plan(tokenizer, examples, max_model_len)
+    named = {
+        role: (f"tailor-eval-{tag}-{role}", path)
+        for role, path in (("candidate", candidate_dir), ("baseline", baseline_dir))
+        if path is not None
+    }
+    models = {role: named[role][0] if role in named else client.served_model for role in ("candidate", "baseline")}
+    with client.adapters(dict(named.values())):
+        candidate = side(client, models["candidate"], examples, p)
+        baseline = side(client, models["baseline"], examples, p)
+    return compare(examples, candidate, baseline, judge=judge, http_client=http_client), p

@@ -16,7 +16,7 @@ import tarfile
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from adapters.store import check_digest
 from adapters.validation import ADAPTER_NAME_PATTERN, extract_archive, validate_adapter_name
 from core.errors import TailorError
-from trainer.files import ParsedFile, parse_jsonl
+from trainer.files import Kind, ParsedFile, parse_jsonl
 from trainer.gates import NOISE_KEYS, PRIMARY_METRICS, GateConfig
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -116,13 +116,14 @@ def _check_parse(data: bytes, max_lines: int = 100_000) -> None:
         assert 1 <= int(named.group(1)) <= data.count(b"\n") + 1
         return
     assert isinstance(parsed, ParsedFile)
-    assert parsed.kind in ("sft", "preference")
+    assert parsed.kind in get_args(Kind)
     body = data.removeprefix(b"\xef\xbb\xbf")
     assert len(parsed.records) == sum(1 for raw in body.split(b"\n") if raw.strip())
 
 
 @SETTINGS
 @given(data=jsonl_files, max_lines=st.sampled_from([1, 2, 100_000]))
+@example(data=b'{"messages":[{"role":"user","content":""}]}', max_lines=1)  # a prompts file
 def test_parse_jsonl_accepts_or_names_the_line(data: bytes, max_lines: int) -> None:
     _check_parse(data, max_lines)
 

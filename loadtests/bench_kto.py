@@ -113,7 +113,7 @@ def train(
     """KTO through the shipped trainer on the CPU, every knob but the length and the rate as "auto" picks it."""
     from trainer.compute.launch import run_training
     from trainer.compute.placement import parse_devices
-    from trainer.compute.recipe import Recipe
+    from trainer.compute.recipe import Recipe, knobs
     from trainer.hyperparameters import resolve
 
     hp = resolve("kto", {"max_steps": steps, "learning_rate_multiplier": multiplier}, len(rows))
@@ -127,16 +127,7 @@ def train(
         out_dir=str(work / "adapter"),
         progress_path=str(work / "progress.jsonl"),
         stop_path=str(work / "STOP"),
-        lora_rank=hp.lora_rank,
-        lora_alpha=hp.lora_alpha,
-        target_modules=hp.target_modules,
-        learning_rate=hp.learning_rate,
-        epochs=hp.n_epochs,
-        max_steps=hp.max_steps,
-        batch_size=hp.batch_size,
-        gradient_accumulation_steps=hp.gradient_accumulation_steps,
-        max_seq_length=hp.max_seq_length,
-        beta=hp.beta if hp.beta is not None else 0.1,
+        **knobs(hp),
     )
     result = run_training(recipe, parse_devices("cpu", visible_gpus=0, bf16=False), work / "run")
     knobs = {k: hp.as_dict()[k] for k in ("learning_rate_multiplier", "batch_size", "lora_rank", "lora_alpha", "beta")}

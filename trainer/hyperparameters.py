@@ -2,10 +2,17 @@
 
 OpenAI's names: `n_epochs`, `batch_size`, `learning_rate_multiplier`, `beta` (preference
 methods). Tailor's: `lora_rank`, `lora_alpha`, `target_modules`, `max_seq_length`,
-`gradient_accumulation_steps`, `packing`, `max_steps`. Every one may be "auto" (or left
-out); `resolve` turns "auto" into a value for the job's data. The trainer's compute side
-(trainer.compute.recipe) takes its defaults from here, so a default is never named twice.
-No torch here: the gateway validates jobs with this module.
+`gradient_accumulation_steps`, `packing`, `max_steps`, `early_stopping`, `quantization`.
+Every one may be "auto" (or left out); `resolve` turns "auto" into a value for the job's data.
+The trainer's compute side (trainer.compute.recipe) takes its defaults from here, so a
+default is never named twice. No torch here: the gateway validates jobs with this module.
+
+How long a job trains: with n_epochs and max_steps both "auto", early stopping
+(trainer.early_stopping) decides - a validation slice of the training rows, evaluated during
+the run, which stops when it no longer improves and keeps the best adapter; n_epochs is then
+only the budget. An explicit n_epochs or max_steps trains exactly that long, unless
+`early_stopping: true` makes it the budget. Too few rows for a validation slice: the fixed
+passes of `fixed_epochs`.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from core.errors import bad_request
+from trainer import early_stopping as stopping
 
 AUTO = "auto"
 SFT_METHODS = ("supervised", "distillation")
@@ -39,16 +47,22 @@ DEFAULT_MAX_SEQ_LENGTH = 2048
 # faster than attention alone. "all-linear" (peft) adapts every linear layer of any model.
 DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 MAX_LORA_RANK = 64  # used when the caller does not pass the engines' --max-lora-rank
+# How the frozen base weights are held while training. "4bit" is QLoRA: NF4 weights with
+# bf16 compute through bitsandbytes, about a quarter of the bf16 memory, so a model four
+# times larger trains on the same GPU; CUDA only (trainer.compute.placement.check_quantization).
+# "auto" is "none": quantizing costs accuracy and speed, and only the operator knows the GPU.
+NO_QUANTIZATION, QUANTIZATION_4BIT = "none", "4bit"
 _MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,63}$")
 
 
 @dataclass(frozen=True)
 class _Rule:
-    kind: type  # int, float, bool or tuple (a list of module names)
+    kind: type  # int, float, bool, str (one of `choices`) or tuple (a list of module names)
     low: float = 0
     high: float = 0
     open_low: bool = False  # the lowest value itself is excluded
     methods: tuple[str, ...] | None = None  # None: every method
+    choices: tuple[str, ...] = ()
 
 
 RULES: dict[str, _Rule] = {
@@ -63,6 +77,8 @@ RULES: dict[str, _Rule] = {
     "max_seq_length": _Rule(int, 16, 131_072),
     "gradient_accumulation_steps": _Rule(int, 1, 64),
     "packing": _Rule(bool, methods=SFT_METHODS),
+    "early_stopping": _Rule(bool),
+    "quantization": _Rule(str, choices=(NO_QUANTIZATION, QUANTIZATION_4BIT)),
 }
 
 
@@ -71,6 +87,11 @@ def _check(name: str, rule: _Rule, value: Any, high: float) -> Any:
     if rule.kind is bool:
         if not isinstance(value, bool):
             raise bad_request(f'Hyperparameter {name!r} must be true, false or "auto", got {value!r}.', param=param)
+        return value
+    if rule.kind is str:
+        if value not in rule.choices:
+            options = ", ".join(f'"{c}"' for c in (*rule.choices, AUTO))
+            raise bad_request(f"Hyperparameter {name!r} must be one of {options}, got {value!r}.", param=param)
         return value
     if rule.kind is tuple:
         if value == "all-linear":
@@ -130,50 +151,103 @@ def validate(
 class Resolved:
     """Concrete training knobs for one run ("auto" replaced), as the worker uses them."""
 
-    n_epochs: int
+    n_epochs: int  # with early stopping: the budget
     batch_size: int
     learning_rate_multiplier: float
     learning_rate: float
     lora_rank: int
     lora_alpha: int
-    max_steps: int | None
+    max_steps: int | None  # with early stopping: the budget, if given
     beta: float | None
     target_modules: tuple[str, ...] | str
     max_seq_length: int
     gradient_accumulation_steps: int
     packing: bool
+    quantization: str = NO_QUANTIZATION
+    # Early stopping: the worker holds back `validation_examples` of the training rows
+    # (trainer.early_stopping.split_validation) and tells the run eval_every and patience.
+    early_stopping: bool = False
+    validation_examples: int = 0
+    eval_every: int = 0
+    patience: int = 0
+
+    train_rows: int = 1  # the rows trained on, after the validation slice (not a knob)
+
+    @property
+    def budget_steps(self) -> int:
+        """Optimizer steps at most, for the rows left to train on."""
+        return self.max_steps or self.n_epochs * math.ceil(self.train_rows / self.batch_size)
 
     def as_dict(self) -> dict[str, Any]:
-        # What the job shows once it runs: OpenAI's names with "auto" made concrete.
-        out = {k: v for k, v in asdict(self).items() if k != "learning_rate" and v is not None}
+        # What the job shows once it runs: the knobs' names with "auto" made concrete. Only
+        # knob names: the worker stores this as the job's hyperparameters, and a retried job
+        # resolves them again to the same values.
+        out = {k: v for k, v in asdict(self).items() if k in RULES and v is not None}
         if isinstance(self.target_modules, tuple):
             out["target_modules"] = list(self.target_modules)
         return out
 
+    def describe_length(self) -> str:
+        """How long the run trains, in a sentence for the job's events."""
+        if self.early_stopping:
+            return (
+                f"Training up to {self.n_epochs} epoch(s) ({self.budget_steps} steps) on {self.train_rows} examples; "
+                f"{self.validation_examples} training examples held back for validation every {self.eval_every} "
+                f"steps, stopping after {self.patience} evaluations without improvement and keeping the best adapter"
+            )
+        length = f"{self.max_steps} steps" if self.max_steps else f"{self.n_epochs} epoch(s)"
+        return f"Training {length} on {self.train_rows} examples, without early stopping{self._why_not_stopping()}"
+
+    def _why_not_stopping(self) -> str:
+        if self.train_rows < stopping.MIN_ROWS:
+            return f" (fewer than {stopping.MIN_ROWS} examples: too few to hold some back for validation)"
+        return ""
+
+
+def fixed_epochs(n_train: int) -> int:
+    """Passes without early stopping: tiny datasets need many to be learned at all, large ones few."""
+    return min(25, max(3, math.ceil(100 / max(1, n_train))))
+
 
 def resolve(method: str, hyperparameters: dict[str, Any], n_train: int) -> Resolved:
-    """Replace "auto" with concrete values for a run on `n_train` training examples."""
+    """Replace "auto" with concrete values for a run on `n_train` training examples.
+
+    n_train counts every training row; with early stopping `validation_examples` of them are
+    held back, and the budget is reckoned on the rest.
+    """
     hp = validate(method, hyperparameters, max_lora_rank=10_000)
 
     def pick(name: str, auto: Any) -> Any:
         return auto if hp.get(name, AUTO) == AUTO else hp[name]
 
     n = max(1, n_train)
+    length_given = hp["n_epochs"] != AUTO or hp["max_steps"] != AUTO
+    held = stopping.validation_size(n) if pick("early_stopping", not length_given) else 0
+    fit = n - held
+    batch_size = int(pick("batch_size", min(4, fit)))
+    max_steps = None if pick("max_steps", None) is None else int(hp["max_steps"])
+    n_epochs = int(pick("n_epochs", stopping.budget_epochs(fit) if held else fixed_epochs(n)))
     rank = int(pick("lora_rank", DEFAULT_LORA_RANK))
     multiplier = float(pick("learning_rate_multiplier", 1.0))
     modules = pick("target_modules", DEFAULT_TARGET_MODULES)
+    budget = max_steps or n_epochs * math.ceil(fit / batch_size)
     return Resolved(
-        # Tiny datasets need many passes to be learned at all; large ones need few.
-        n_epochs=int(pick("n_epochs", min(25, max(3, math.ceil(100 / n))))),
-        batch_size=int(pick("batch_size", min(4, n))),
+        n_epochs=n_epochs,
+        batch_size=batch_size,
         learning_rate_multiplier=multiplier,
         learning_rate=multiplier * BASE_LEARNING_RATE[method],
         lora_rank=rank,
         lora_alpha=int(pick("lora_alpha", 2 * rank)),
-        max_steps=None if pick("max_steps", None) is None else int(hp["max_steps"]),
+        max_steps=max_steps,
         beta=float(pick("beta", DEFAULT_BETA)) if method in PREFERENCE_METHODS else None,
         target_modules=modules if isinstance(modules, str) else tuple(modules),
         max_seq_length=int(pick("max_seq_length", DEFAULT_MAX_SEQ_LENGTH)),
         gradient_accumulation_steps=int(pick("gradient_accumulation_steps", 1)),
         packing=bool(pick("packing", False)) if method in SFT_METHODS else False,
+        quantization=str(pick("quantization", NO_QUANTIZATION)),
+        early_stopping=held > 0,
+        validation_examples=held,
+        eval_every=stopping.eval_every(fit, batch_size, budget) if held else 0,
+        patience=stopping.PATIENCE if held else 0,
+        train_rows=fit,
     )

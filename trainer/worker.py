@@ -67,12 +67,21 @@ from core.errors import TailorError
 from core.models import Job
 from core.outbound import OutboundPolicy
 from core.quotas import Quotas
-from trainer import datasets, distill, files, hyperparameters, jobs, policy
+from trainer import datasets, distill, early_stopping, files, hyperparameters, jobs, policy
 from trainer.compute import evaluation
 from trainer.compute.engine import WorkerEngines
 from trainer.compute.launch import run_training
-from trainer.compute.placement import Placement, choose
-from trainer.compute.recipe import Method, Recipe, StepInfo, TrainingCancelled, TrainResult
+from trainer.compute.placement import Placement, check_quantization, choose
+from trainer.compute.recipe import (
+    STOP_NO_IMPROVEMENT,
+    EvalInfo,
+    Method,
+    Recipe,
+    StepInfo,
+    TrainingCancelled,
+    TrainResult,
+    knobs,
+)
 from trainer.datasets import SFTRecord, Snapshot
 from trainer.distill import DistillSpec, LocalTeacher, RemoteTeacher, Teacher
 from trainer.evaluate import Comparison, EvalExample, JudgeConfig
@@ -87,6 +96,8 @@ log = logging.getLogger("tailor.trainer")
 # How many checkpoints a job keeps when checkpoint_every is not given: a few points to
 # go back to, without storing the adapter at every step.
 CHECKPOINTS_PER_JOB = 3
+# Validation metrics named in the job's events (the methods report more; the data has them all).
+_SHOWN = ("loss", "exact_match", "rewards/margins", "kl")
 # A worker that has not beaten its heartbeat for this long is presumed dead. Long enough
 # for the longest step-free stretch (loading the model, evaluating a big held-out split),
 # which the background heartbeat covers anyway.
@@ -172,6 +183,40 @@ def _training_rows(method: str, snapshot: Snapshot) -> list[dict[str, Any]]:
         {"prompt": [dict(m) for m in r.prompt], "chosen": r.chosen, "rejected": r.rejected}
         for r in snapshot.train_preferences
     ]
+
+
+def _write_rows(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def _describe_evaluation(info: EvalInfo) -> str:
+    scores = ", ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in sorted(info.metrics.items()) if k in _SHOWN)
+    verdict = "best so far" if info.improved else f"no better than step {info.best_step}"
+    return (
+        f"Validation at step {info.step}/{info.total_steps}: {scores} ({verdict}; "
+        f"{info.evaluations_without_improvement}/{info.patience} evaluations without improvement)"
+    )
+
+
+def _describe_selection(result: TrainResult) -> str:
+    if result.best_step is None:
+        return ""
+    why = "no improvement" if result.stop_reason == STOP_NO_IMPROVEMENT else "the budget was spent"
+    best = f"best validation {result.selection_metric}"
+    return f"; stopped because {why}, keeping the adapter of step {result.best_step} ({best})"
+
+
+def _selection_data(result: TrainResult) -> dict[str, Any]:
+    if result.best_step is None:
+        return {}
+    return {
+        "stop_reason": result.stop_reason,
+        "best_step": result.best_step,
+        "selection_metric": result.selection_metric,
+        "best_validation": result.best_metrics,
+        "validation_examples": result.validation_examples,
+    }
 
 
 def _metrics_dict(value: Any) -> dict[str, Any]:
@@ -342,7 +387,8 @@ class Worker:
 
         baseline = promotion.active_version(self.db, job.tenant_id, job.adapter_name)
         start = self._starting_point(job, baseline)
-        with self.tracing.stage("train", steps=hp.max_steps or 0, examples=n_train):
+        self._event(job, hp.describe_length(), data={"early_stopping": hp.early_stopping})
+        with self.tracing.stage("train", steps=hp.budget_steps, examples=n_train):
             result = self._train(run, snapshot, hp, start)
         if jobs.heartbeat(self.db, job.id, self.worker_id):
             raise TrainingCancelled(result.steps)
@@ -356,6 +402,7 @@ class Worker:
             "steps": result.steps,
             "examples": result.examples_used,
             "seconds": round(result.seconds, 1),
+            **_selection_data(result),
         }
         eval_metrics: dict[str, Any] = {
             "candidate": _metrics_dict(comparison.candidate),
@@ -563,14 +610,17 @@ class Worker:
         init_dir = self.store.local_path(start.digest) if start is not None else None
         if start is not None:
             self._event(job, f"Training starts from {start.adapter_name} version {start.version}")
-        rows = _training_rows(job.method, snapshot)
-        self.engines.free_device()  # a local teacher's engine gives the device back to training
-        steps = hp.max_steps or hp.n_epochs * math.ceil(len(rows) / hp.batch_size)
         placement = self.placement
+        check_quantization(hp.quantization, placement)  # a clear 400 before any data is written
+        # "auto" length: validation rows held back from the training rows (never the held-out split)
+        rows, validation = early_stopping.split_validation(
+            _training_rows(job.method, snapshot), hp.validation_examples, job.seed
+        )
+        self.engines.free_device()  # a local teacher's engine gives the device back to training
         work = run.workdir / "train"
         work.mkdir(parents=True, exist_ok=True)
-        data_path = work / "data.jsonl"
-        data_path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        data_path = _write_rows(work / "data.jsonl", rows)
+        eval_path = _write_rows(work / "validation.jsonl", validation) if validation else None
         recipe = Recipe(
             method=_RECIPE_METHOD[job.method],
             base_model_dir=str(self.settings.base_model_path),
@@ -580,20 +630,11 @@ class Worker:
             stop_path=str(work / "STOP"),
             checkpoint_dir=str(run.workdir / "checkpoints"),
             # The last step's adapter is the result itself; it is recorded below.
-            checkpoint_every=self.checkpoint_every or max(1, math.ceil(steps / CHECKPOINTS_PER_JOB)),
+            checkpoint_every=self.checkpoint_every or max(1, math.ceil(hp.budget_steps / CHECKPOINTS_PER_JOB)),
             init_adapter_dir=str(init_dir) if init_dir is not None else None,
-            lora_rank=hp.lora_rank,
-            lora_alpha=hp.lora_alpha,
-            target_modules=hp.target_modules,
-            learning_rate=hp.learning_rate,
-            epochs=hp.n_epochs,
-            max_steps=hp.max_steps,
-            batch_size=hp.batch_size,
-            gradient_accumulation_steps=hp.gradient_accumulation_steps,
-            max_seq_length=hp.max_seq_length,
-            packing=hp.packing,
+            eval_data_path=str(eval_path) if eval_path is not None else None,
             seed=job.seed,
-            beta=hp.beta or hyperparameters.DEFAULT_BETA,
+            **knobs(hp),
             device=placement.device,
             processes=placement.processes,
             precision=placement.precision,
@@ -612,8 +653,14 @@ class Worker:
             }
             self._event(job, f"Step {info.step}/{info.total_steps}: training loss={info.loss:.4f}", data=data)
 
+        checkpointed: dict[int, float] = {}
+
         def on_checkpoint(step: int, loss: float, path: Path) -> None:
+            checkpointed[step] = loss
             self._checkpoint(job, step, loss, path)
+
+        def on_evaluation(info: EvalInfo) -> None:
+            self._event(job, _describe_evaluation(info), data={"validation": asdict(info)})
 
         result = run_training(
             recipe,
@@ -621,13 +668,18 @@ class Worker:
             work,
             on_step=on_step,
             on_checkpoint=on_checkpoint,
+            on_evaluation=on_evaluation,
             should_stop=lambda: jobs.heartbeat(self.db, job.id, self.worker_id),
         )
-        self._checkpoint(job, result.steps, result.final_loss, result.out_dir)
+        # The result is the best evaluation's adapter with early stopping, else the last step's.
+        kept = result.best_step or result.steps
+        if kept not in checkpointed:
+            self._checkpoint(job, kept, checkpointed.get(kept, result.final_loss), result.out_dir)
         self._event(
             job,
-            f"Training finished: {result.steps} steps, final loss {result.final_loss:.4f}, {result.seconds:.0f} s",
-            data={"steps": result.steps},
+            f"Training finished: {result.steps} steps, final loss {result.final_loss:.4f}, {result.seconds:.0f} s"
+            + _describe_selection(result),
+            data={"steps": result.steps, **_selection_data(result)},
         )
         return result
 

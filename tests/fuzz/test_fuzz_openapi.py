@@ -87,7 +87,7 @@ def _app(directory: Path) -> FastAPI:
     base = directory / "tiny-llama"
     base.mkdir(parents=True)
     (base / "config.json").write_text(json.dumps(tiny_config()))
-    return make_app(directory / "data", run_trainer=False, base_model_path=base)
+    return make_app(directory / "data", base_model_path=base)
 
 
 def _openapi_document() -> dict[str, Any]:
@@ -306,7 +306,7 @@ def test_found_by_fuzzing(api: TenantsApi, method: str, url: str, body: object, 
 
 def test_an_unhandled_error_is_an_openai_shaped_500(tmp_path: Path) -> None:
     """What the fuzzer cannot see in-process: a server error's body, as a client gets it."""
-    app = make_app(tmp_path, run_trainer=False)
+    app = make_app(tmp_path)
 
     @app.get("/boom")
     def boom() -> None:

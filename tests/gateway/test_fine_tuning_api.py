@@ -99,6 +99,8 @@ def test_deprecated_hyperparameters_and_generated_name_and_seed(api: Api) -> Non
                 "max_seq_length": "auto",
                 "gradient_accumulation_steps": "auto",
                 "packing": "auto",
+                "early_stopping": "auto",
+                "quantization": "auto",
             }
         },
     }

@@ -52,7 +52,7 @@ def app_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FastA
     base = tmp / "tiny-llama"
     base.mkdir()
     (base / "config.json").write_text(json.dumps(tiny_config()))
-    app = make_app(tmp / "data", run_trainer=False, base_model_path=base)
+    app = make_app(tmp / "data", base_model_path=base)
     with TestClient(app) as client:
         yield app, client
 

@@ -45,7 +45,7 @@ def privacy_app(tmp_path: Path, database_url: str | None = None) -> FastAPI:
     base = tmp_path / "tiny-llama"
     base.mkdir()
     (base / "config.json").write_text(json.dumps(tiny_config()))
-    app = make_app(tmp_path / "data", run_trainer=False, base_model_path=base, database_url=database_url)
+    app = make_app(tmp_path / "data", base_model_path=base, database_url=database_url)
     if PURGE_PATH not in {getattr(r, "path", None) for r in app.routes}:
         app.include_router(privacy_routes.router)
     return app

@@ -80,6 +80,8 @@ def test_create_fills_auto_and_names_the_adapter(db: Database, tenant: str) -> N
         "max_seq_length": "auto",
         "gradient_accumulation_steps": "auto",
         "packing": "auto",
+        "early_stopping": "auto",
+        "quantization": "auto",
     }
     events, _ = jobs.list_events(db, tenant, job.id)
     assert [e.message for e in events] == [f"Created fine-tuning job: {job.id}"]

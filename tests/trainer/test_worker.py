@@ -286,6 +286,52 @@ def test_failures_fail_the_job_with_an_error(
     assert not (env.settings.data_dir / "jobs" / crashed.id).exists()
 
 
+def test_quantization_needs_a_gpu_and_fails_the_job_before_training(tmp_path: Path, eval_engine: LiveEngine) -> None:
+    env = Env(tmp_path, eval_engine)
+    job = env.job(hyperparameters={**HYPER, "quantization": "4bit"})
+    assert env.worker.run_once()
+    done = jobs.get_job(env.db, env.tenant, job.id)
+    assert done.status == "failed" and done.error is not None
+    assert (done.error["code"], done.error["param"]) == ("qlora_needs_cuda", "hyperparameters.quantization")
+    assert not any(e.type == "metrics" for e in env.events(job.id)) and env.versions() == []
+
+
+def test_early_stopping_evaluates_on_held_back_rows_and_keeps_the_best_adapter(
+    tmp_path: Path, eval_engine: LiveEngine
+) -> None:
+    """Enough rows for a validation slice: the run evaluates on rows held back from the training
+    rows, reports each evaluation, and the version is the adapter of the best one."""
+    env = Env(tmp_path, eval_engine)
+    suffixes = ("", " Please answer briefly.", " I need it for a quiz.", " Thanks!")
+    lines = [
+        json.dumps({"messages": [{"role": "user", "content": q + x}, {"role": "assistant", "content": ANSWER}]})
+        for q in QUESTIONS
+        for x in suffixes
+    ]
+    data = files.upload_file(env.db, env.blobs, env.tenant, "more.jsonl", "\n".join(lines).encode(), "fine-tune")
+    job = env.job(training_file=data.id, hyperparameters={**HYPER, "early_stopping": True})
+    assert env.worker.run_once()
+    done = jobs.get_job(env.db, env.tenant, job.id)
+    assert done.status == "succeeded", done.error
+    assert done.hyperparameters["early_stopping"] is True
+
+    events = env.events(job.id)
+    plan = next(e for e in events if e.message.startswith("Training up to"))
+    held = int(re.search(r"(\d+) training examples held back", plan.message).group(1))  # type: ignore[union-attr]
+    assert held >= 8
+    validations = [e.data["validation"] for e in events if e.data and "validation" in e.data]  # type: ignore[operator]
+    assert len(validations) >= 2 and all(v["metrics"]["loss"] >= 0 for v in validations)
+    assert all("exact_match" in v["metrics"] for v in validations)  # short answers: exact match decides
+    finished = next(e for e in events if e.message.startswith("Training finished"))
+    assert finished.data is not None and finished.data["validation_examples"] == held
+    best = finished.data["best_step"]
+    assert best in [v["step"] for v in validations if v["improved"]]
+    assert finished.data["stop_reason"] in ("budget", "no_improvement")
+    # the registered adapter is the best evaluation's, and so is the last checkpoint row
+    assert env.versions()[0].metrics["best_step"] == best  # type: ignore[index]
+    assert best in [c.step for c in jobs.list_checkpoints(env.db, env.tenant, job.id)[0]]
+
+
 # --- distillation ------------------------------------------------------------------------
 
 DISTILL_QUESTIONS = [

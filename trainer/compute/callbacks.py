@@ -7,7 +7,12 @@
   each step and all of them stop at the same step (the flag is all-reduced, else one
   rank would wait forever in the next step's gradient all-reduce);
 - checkpoints: every `checkpoint_every` steps rank 0 saves the adapter as it is, atomically,
-  and announces it in the progress file; the worker copies it to the blob store.
+  and announces it in the progress file; the worker copies it to the blob store;
+- the best adapter (early stopping): after each evaluation on the validation rows, rank 0 keeps
+  a copy of the trainable weights in memory when the score is the best so far (a LoRA is a few
+  MB, far cheaper than a TRL checkpoint per evaluation) and reports the evaluation; the run puts
+  the best copy back before saving. Stopping itself is transformers' EarlyStoppingCallback: the
+  metrics it reads are gathered over every process, so every rank takes the same decision.
 """
 
 from __future__ import annotations
@@ -17,12 +22,13 @@ import os
 import shutil
 import uuid
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from transformers import TrainerCallback
+from transformers import EarlyStoppingCallback, TrainerCallback
 
-from trainer.compute.recipe import Recipe
+from trainer.compute.recipe import EvalInfo, Recipe
 
 # TRL's log keys kept as step metrics (a rename to the names the API and console show).
 METRIC_KEYS = {
@@ -123,3 +129,124 @@ class JobCallback(TrainerCallback):
             write_progress(
                 Path(self.recipe.progress_path), {"event": "checkpoint", "step": step, "path": str(path), "loss": loss}
             )
+
+
+# Evaluations are compared on the validation loss, or, where answers are short
+# (trainer.compute.sft.short_answers), on "answer_score": exact match first, the loss only
+# between evaluations with the same exact match. Exact match is what the job is gated on
+# later, but it moves in steps of one validation row and sits flat once every row is right;
+# the loss breaks those ties, so a run keeps training while answers grow surer and stops
+# once they no longer do. LOSS_TIE_BREAK keeps the loss's part below one row's share of
+# exact match (at most trainer.early_stopping.MAX_VALIDATION = 100 rows, losses below 100).
+ANSWER_SCORE = "answer_score"
+LOSS_TIE_BREAK = 1e-4
+
+
+class Selection(TrainerCallback):
+    """How evaluations are compared: a metric (TRL's name without "eval_") and its direction.
+
+    A callback so that it can add the derived `answer_score` to an evaluation's metrics before
+    the early stopper and the trainer's best-metric bookkeeping read them (both read that dict).
+    `threshold`: the least change that counts as progress for the patience; any strict
+    improvement still makes a new best adapter.
+    """
+
+    def __init__(self, metric: str, greater_is_better: bool, threshold: float = 0.0) -> None:
+        self.metric = metric
+        self.greater_is_better = greater_is_better
+        self.threshold = threshold
+
+    def training_args(self) -> dict[str, Any]:
+        return {"metric_for_best_model": self.metric, "greater_is_better": self.greater_is_better}
+
+    @property
+    def reported(self) -> str:
+        """The metric's name in results and events: "exact_match" (ties broken by the loss) or "loss"."""
+        return "exact_match" if self.metric == ANSWER_SCORE else self.metric
+
+    def on_evaluate(
+        self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None, **_: Any
+    ) -> None:
+        if metrics and self.metric == ANSWER_SCORE:
+            metrics[f"eval_{ANSWER_SCORE}"] = metrics["eval_exact_match"] - LOSS_TIE_BREAK * metrics["eval_loss"]
+
+
+class BestAdapter(TrainerCallback):
+    """Keeps the best evaluation's trainable weights (rank 0, in memory) and reports every evaluation.
+
+    Must come after the EarlyStoppingCallback in the trainer's callbacks: it reads that
+    callback's count of evaluations without progress, and transformers' `state.best_metric`
+    (the best before this evaluation: the trainer updates it after the callbacks ran).
+    """
+
+    def __init__(
+        self,
+        recipe: Recipe,
+        selection: Selection,
+        unwrapped_model: Callable[[], Any],
+        early_stopping: EarlyStoppingCallback | None,
+    ) -> None:
+        self.recipe = recipe
+        self.selection = selection
+        self.unwrapped_model = unwrapped_model
+        self.early_stopping = early_stopping
+        self.best_step: int | None = None
+        self.best_metrics: dict[str, float] = {}
+        self.weights: dict[str, Any] | None = None
+        self.evaluations: list[dict[str, Any]] = []
+
+    @property
+    def waiting(self) -> int:
+        """Evaluations in a row without progress (the early stopper's count)."""
+        return self.early_stopping.early_stopping_patience_counter if self.early_stopping else 0
+
+    @property
+    def stopped_early(self) -> bool:
+        return self.early_stopping is not None and self.waiting >= self.early_stopping.early_stopping_patience
+
+    def on_evaluate(
+        self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None, **_: Any
+    ) -> None:
+        if not metrics:
+            return
+        scores = {k.removeprefix("eval_"): float(v) for k, v in metrics.items() if _is_score(k, v)}
+        value = scores[self.selection.metric]
+        scores.pop(ANSWER_SCORE, None)  # derived from the two below; results and events show those
+        best = state.best_metric
+        improved = best is None or (value > best if self.selection.greater_is_better else value < best)
+        step = state.global_step
+        if improved:
+            self.best_step, self.best_metrics = step, scores
+            if is_main_process():
+                self.weights = _trainable_copy(self.unwrapped_model())
+        self.evaluations.append({"step": step, "metrics": scores})
+        info = EvalInfo(
+            step=step,
+            metrics=scores,
+            improved=improved,
+            best_step=self.best_step or step,
+            evaluations_without_improvement=self.waiting,
+            patience=self.recipe.patience,
+            total_steps=state.max_steps,
+        )
+        write_progress(Path(self.recipe.progress_path), {"event": "evaluation", **asdict(info)})
+
+    def restore_best(self, model: Any) -> None:
+        """Put the best evaluation's weights back into `model` (rank 0; others never save)."""
+        if self.weights is None:
+            return
+        params = dict(model.named_parameters())
+        for name, saved in self.weights.items():
+            params[name].data.copy_(saved)
+
+
+# What an evaluation reports beyond scores: timings, not measures of the model.
+_NOT_SCORES = ("runtime", "samples_per_second", "steps_per_second", "epoch", "num_tokens")
+
+
+def _is_score(key: str, value: Any) -> bool:
+    return key.startswith("eval_") and key.removeprefix("eval_") not in _NOT_SCORES and isinstance(value, int | float)
+
+
+def _trainable_copy(model: Any) -> dict[str, Any]:
+    return {name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters() if p.requires_grad}

@@ -7,7 +7,7 @@ runs one recipe (trainer.compute.recipe) in this process. The worker starts it t
 `accelerate launch --multi_gpu` (GPUs: DDP, NCCL) or under torch's own elastic launcher
 (`torch.distributed.run`, CPU: DDP over gloo - the path CI runs with 2 processes so the
 distributed code is tested on every commit). Processes talk back only through files: rank
-0 appends JSON lines to the recipe's progress file (steps, checkpoints, then the result or
+0 appends JSON lines to the recipe's progress file (steps, checkpoints, evaluations, then the result or
 the error); the worker creates the stop file to cancel. Exit codes: 0 done, 2 refused (a
 Tailor error, e.g. nothing to learn), 3 cancelled, anything else a crash.
 """
@@ -28,7 +28,7 @@ from typing import Any
 
 from core.errors import TailorError
 from trainer.compute.placement import Placement
-from trainer.compute.recipe import Recipe, StepInfo, TrainingCancelled, TrainResult
+from trainer.compute.recipe import EvalInfo, Recipe, StepInfo, TrainingCancelled, TrainResult
 
 log = logging.getLogger("tailor.trainer")
 
@@ -93,6 +93,7 @@ def run_training(
     *,
     on_step: Callable[[StepInfo], None] | None = None,
     on_checkpoint: Callable[[int, float, Path], None] | None = None,
+    on_evaluation: Callable[[EvalInfo], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     poll_s: float = 0.5,
     check_stop_every_s: float = 2.0,
@@ -136,6 +137,8 @@ def run_training(
                         on_step(StepInfo(**{k: v for k, v in record.items() if k != "event"}))
                     elif event == "checkpoint" and on_checkpoint is not None:
                         on_checkpoint(int(record["step"]), float(record["loss"]), Path(record["path"]))
+                    elif event == "evaluation" and on_evaluation is not None:
+                        on_evaluation(EvalInfo(**{k: v for k, v in record.items() if k != "event"}))
                     elif event == "result":
                         result = TrainResult.from_json({k: v for k, v in record.items() if k != "event"})
                     elif event == "error":

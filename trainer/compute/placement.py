@@ -14,14 +14,19 @@ model's weights are loaded in that precision (an 8B model is 16 GB in bf16, not 
 float32); LoRA matrices stay float32 (peft keeps adapters in float32 by default) and the
 trainer autocasts. Gradient checkpointing is on for GPUs (activation memory is what limits
 batch size there) and off on the CPU (it costs a second forward pass and RAM is plenty).
+
+QLoRA (`quantization: "4bit"`) holds the frozen base in NF4 through bitsandbytes, which
+runs on CUDA only: `check_quantization` refuses it anywhere else before a model is loaded.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from typing import Literal
 
 from core.errors import bad_request
+from trainer.hyperparameters import NO_QUANTIZATION
 
 Device = Literal["cpu", "cuda"]
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -86,3 +91,30 @@ def choose(spec: str) -> Placement:
     """The placement for this host."""
     visible, bf16 = _cuda()
     return parse_devices(spec, visible_gpus=visible, bf16=bf16)
+
+
+def check_quantization(quantization: str, placement: Placement, *, full_parameters: bool = False) -> None:
+    """Refuse a quantized run that cannot work on `placement` (a 400), before any model is loaded."""
+    if quantization == NO_QUANTIZATION:
+        return
+    param = "hyperparameters.quantization"
+    if placement.device != "cuda":
+        raise bad_request(
+            f'quantization "{quantization}" (QLoRA) needs a CUDA GPU, and this trainer runs on the CPU '
+            '(TAILOR_TRAINER_DEVICES); leave quantization at "auto" or "none" to train in full precision',
+            code="qlora_needs_cuda",
+            param=param,
+        )
+    if full_parameters:
+        raise bad_request(
+            "a quantized base model cannot be trained itself; QLoRA trains a LoRA on top of it",
+            code="qlora_needs_lora",
+            param=param,
+        )
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise bad_request(
+            f'quantization "{quantization}" (QLoRA) needs the bitsandbytes package, which is not installed '
+            "next to this trainer",
+            code="qlora_needs_bitsandbytes",
+            param=param,
+        )

@@ -30,6 +30,15 @@ class Recipe:
     init_adapter_dir: str | None = None  # continue from this adapter (its shape wins)
     full_parameters: bool = False  # train every weight (saves a full model) instead of a LoRA
 
+    # Early stopping (trainer.early_stopping): validation rows, in the method's shape, held back
+    # from the training rows. With them the run evaluates every `eval_every` steps (and at its
+    # last step), stops after `patience` evaluations without improvement (0: never stops early)
+    # and saves the adapter of the best evaluation, not the last step's. epochs / max_steps are
+    # then the budget.
+    eval_data_path: str | None = None
+    eval_every: int = 0
+    patience: int = 0
+
     # The job's knobs; defaults and why: trainer.hyperparameters.
     lora_rank: int = hp.DEFAULT_LORA_RANK
     lora_alpha: int = 2 * hp.DEFAULT_LORA_RANK
@@ -60,6 +69,8 @@ class Recipe:
     processes: int = 1
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     gradient_checkpointing: bool = False
+    # "4bit": QLoRA, the frozen base in NF4 (CUDA and bitsandbytes only: placement.check_quantization)
+    quantization: Literal["none", "4bit"] = hp.NO_QUANTIZATION
 
     @property
     def per_device_batch_size(self) -> int:
@@ -79,6 +90,26 @@ class Recipe:
         return cls(**values)
 
 
+def knobs(resolved: hp.Resolved) -> dict[str, Any]:
+    """The Recipe fields a job's resolved hyperparameters set (the rest are the run's own)."""
+    return {
+        "lora_rank": resolved.lora_rank,
+        "lora_alpha": resolved.lora_alpha,
+        "target_modules": resolved.target_modules,
+        "learning_rate": resolved.learning_rate,
+        "epochs": resolved.n_epochs,
+        "max_steps": resolved.max_steps,
+        "batch_size": resolved.batch_size,
+        "gradient_accumulation_steps": resolved.gradient_accumulation_steps,
+        "max_seq_length": resolved.max_seq_length,
+        "packing": resolved.packing,
+        "quantization": resolved.quantization,
+        "eval_every": resolved.eval_every,
+        "patience": resolved.patience,
+        "beta": resolved.beta if resolved.beta is not None else hp.DEFAULT_BETA,
+    }
+
+
 @dataclass
 class StepInfo:
     step: int  # 1-based optimizer steps done
@@ -87,6 +118,24 @@ class StepInfo:
     learning_rate: float  # the rate this step was taken with
     total_steps: int = 0
     metrics: dict[str, float] = field(default_factory=dict)  # method extras (DPO/KTO rewards, KL)
+
+
+@dataclass
+class EvalInfo:
+    """One evaluation on the validation rows, as the progress file reports it."""
+
+    step: int
+    metrics: dict[str, float]  # "loss", and "exact_match" for SFT; DPO/KTO add their reward metrics
+    improved: bool  # the best so far: its adapter is the one that will be saved
+    best_step: int
+    evaluations_without_improvement: int  # the run stops when this reaches the patience
+    patience: int
+    total_steps: int = 0  # the budget
+
+
+# Why a run ended (TrainResult.stop_reason).
+STOP_BUDGET = "budget"  # every step of epochs / max_steps was taken
+STOP_NO_IMPROVEMENT = "no_improvement"  # early stopping: `patience` evaluations without a better score
 
 
 @dataclass
@@ -101,6 +150,13 @@ class TrainResult:
     trained_tokens: int = 0
     train_seconds: float = 0.0  # the optimizer steps alone, without loading and saving
     peak_memory_bytes: int = 0  # peak accelerator memory of rank 0 (0 on the CPU)
+    # Early stopping (recipe.eval_data_path set); otherwise the defaults, and the adapter is the last step's.
+    stop_reason: str = STOP_BUDGET
+    best_step: int | None = None  # the step whose adapter was saved
+    selection_metric: str | None = None  # the validation metric that chose it, e.g. "exact_match" or "loss"
+    best_metrics: dict[str, float] = field(default_factory=dict)  # the validation metrics at best_step
+    evaluations: list[dict[str, Any]] = field(default_factory=list)  # {"step", "metrics"}, in order
+    validation_examples: int = 0
 
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)

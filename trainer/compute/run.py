@@ -4,6 +4,7 @@
     rows -> the method's dataset (trainer.compute.sft / dpo / kto)
     base model in the placement's precision, LoRA on top (fresh, or continuing an adapter)
     the method's TRL trainer with Tailor's callbacks -> train()
+        (with validation rows: evaluated every eval_every steps, stopped early, best adapter kept)
     rank 0 saves the adapter atomically and writes the result line
 
 The worker never calls this directly: it launches `python -m trainer.compute.launch`, so a
@@ -13,15 +14,27 @@ run's memory is returned when it ends and several processes can share one job.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from transformers import EarlyStoppingCallback
+
 from core.errors import bad_request, conflict
 from trainer.compute import dpo, kto, sft
-from trainer.compute.callbacks import JobCallback, is_main_process, save_atomically
-from trainer.compute.recipe import Recipe, TrainingCancelled, TrainResult
+from trainer.compute.callbacks import (
+    ANSWER_SCORE,
+    BestAdapter,
+    JobCallback,
+    Selection,
+    is_main_process,
+    save_atomically,
+)
+from trainer.compute.placement import Placement, check_quantization
+from trainer.compute.recipe import STOP_BUDGET, STOP_NO_IMPROVEMENT, Recipe, TrainingCancelled, TrainResult
+from trainer.hyperparameters import NO_QUANTIZATION
 
 METHODS: dict[str, ModuleType] = {"sft": sft, "dpo": dpo, "kto": kto}
 _DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -33,19 +46,27 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 
 
 def load_model(recipe: Recipe) -> Any:
-    """The base model in the recipe's precision with trainable LoRA matrices."""
+    """The base model in the recipe's precision (or 4-bit) with trainable LoRA matrices."""
     import torch
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
 
+    check_quantization(recipe.quantization, placement_of(recipe), full_parameters=recipe.full_parameters)
     torch.manual_seed(recipe.seed)  # before the LoRA is created: seeds its init too
     # Frozen base weights in the compute precision; weights that are trained stay float32
     # (the trainer autocasts): AdamW updates in bf16 lose small steps to rounding.
     dtype = "float32" if recipe.full_parameters else _DTYPES[recipe.precision]
-    model = AutoModelForCausalLM.from_pretrained(recipe.base_model_dir, dtype=getattr(torch, dtype))
+    model = AutoModelForCausalLM.from_pretrained(
+        recipe.base_model_dir, dtype=getattr(torch, dtype), **quantized_loading(recipe)
+    )
     model.config.use_cache = False  # no KV cache in training: saves memory
     if recipe.full_parameters:
         return model
+    if recipe.quantization != NO_QUANTIZATION:
+        from peft import prepare_model_for_kbit_training
+
+        # Norms and embeddings to float32, inputs that require gradients (checkpointing needs them)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=recipe.gradient_checkpointing)
     if recipe.init_adapter_dir is not None:
         return PeftModel.from_pretrained(model, recipe.init_adapter_dir, is_trainable=True)
     lora = LoraConfig(
@@ -56,6 +77,29 @@ def load_model(recipe: Recipe) -> Any:
         target_modules=recipe.target_modules if isinstance(recipe.target_modules, str) else list(recipe.target_modules),
     )
     return get_peft_model(model, lora)
+
+
+def placement_of(recipe: Recipe) -> Placement:
+    """The placement the recipe was told (run_training fills it in)."""
+    return Placement(recipe.device, recipe.processes, recipe.precision, recipe.gradient_checkpointing)
+
+
+def quantized_loading(recipe: Recipe) -> dict[str, Any]:
+    """from_pretrained's extra arguments for QLoRA: NF4 weights, double quantization, 16-bit compute."""
+    if recipe.quantization == NO_QUANTIZATION:
+        return {}
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    config = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",  # the QLoRA paper's data type for normally distributed weights
+        bnb_4bit_use_double_quant=True,  # quantizes the quantization constants too: ~0.4 bit/weight less
+        # bf16 where the GPU has it; fp16 GPUs (V100, T4) compute in fp16
+        bnb_4bit_compute_dtype=torch.bfloat16 if recipe.precision == "bf16" else torch.float16,
+    )
+    # each process loads its quantized copy straight onto its own GPU
+    return {"quantization_config": config, "device_map": {"": int(os.environ.get("LOCAL_RANK", "0"))}}
 
 
 def common_args(recipe: Recipe, work_dir: Path) -> dict[str, Any]:
@@ -86,6 +130,29 @@ def common_args(recipe: Recipe, work_dir: Path) -> dict[str, Any]:
     }
 
 
+def evaluation_args(recipe: Recipe, selection: Selection | None) -> dict[str, Any]:
+    """TrainingArguments for evaluating on the validation rows; none without them."""
+    if selection is None:
+        return {}
+    return {
+        "eval_strategy": "steps",
+        "eval_steps": recipe.eval_every,
+        # No gradients or optimizer state while evaluating: twice the training micro-batch fits.
+        "per_device_eval_batch_size": 2 * max(2, recipe.per_device_batch_size),
+        "prediction_loss_only": True,  # the scores come from TRL's metrics; logits would cost a second forward
+        **selection.training_args(),
+    }
+
+
+def selection_for(recipe: Recipe, eval_dataset: Any) -> Selection | None:
+    """What decides the best adapter (trainer.compute.callbacks); None: no validation rows, no early stopping."""
+    if eval_dataset is None:
+        return None
+    if recipe.method == "sft" and sft.short_answers(eval_dataset):
+        return Selection(ANSWER_SCORE, greater_is_better=True)
+    return Selection("loss", greater_is_better=False)
+
+
 def _nothing_to_learn(n_rows: int, recipe: Recipe) -> Exception:
     return bad_request(
         f"none of the {n_rows} examples has anything to learn within max_seq_length={recipe.max_seq_length}",
@@ -106,13 +173,27 @@ def train(recipe: Recipe) -> TrainResult:
     dataset, dropped = method.build_dataset(tokenizer, rows, recipe)
     if len(dataset) == 0:
         raise _nothing_to_learn(len(rows), recipe)
+    eval_dataset = _validation_dataset(method, tokenizer, recipe)
+    selection = selection_for(recipe, eval_dataset)
     model = load_model(recipe)
     scratch = Path(recipe.progress_path).parent / "trl"  # TRL's output_dir: the run's work dir, not the adapters'
-    args = method.Config(**{**common_args(recipe, scratch), **method.config_args(recipe, dataset)})
+    args = method.Config(
+        **{**common_args(recipe, scratch), **method.config_args(recipe, dataset), **evaluation_args(recipe, selection)}
+    )
     trainer: Any = None
-    callback = JobCallback(recipe, lambda: trainer.accelerator.unwrap_model(trainer.model))
+
+    def unwrapped() -> Any:
+        return trainer.accelerator.unwrap_model(trainer.model)
+
+    callback = JobCallback(recipe, unwrapped)
+    best = _best_adapter(recipe, selection, unwrapped)
     trainer = method.Trainer(
-        model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=[callback]
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        callbacks=[callback, *_early_stopping(best)],
     )
     trainer.remove_callback(PrinterCallback)  # progress goes to the progress file, not stdout
     used = len(trainer.train_dataset)
@@ -123,7 +204,9 @@ def train(recipe: Recipe) -> TrainResult:
     if callback.cancelled:
         raise TrainingCancelled(trainer.state.global_step)
     if is_main_process():
-        save_atomically(trainer.accelerator.unwrap_model(trainer.model), out_dir)
+        if best is not None:
+            best.restore_best(unwrapped())
+        save_atomically(unwrapped(), out_dir)
     return TrainResult(
         steps=trainer.state.global_step,
         final_loss=callback.losses[-1] if callback.losses else float("nan"),
@@ -135,7 +218,45 @@ def train(recipe: Recipe) -> TrainResult:
         trained_tokens=callback.tokens,
         train_seconds=callback.train_seconds,
         peak_memory_bytes=_peak_memory(recipe),
+        **_selection_result(best, eval_dataset),
     )
+
+
+def _validation_dataset(method: ModuleType, tokenizer: Any, recipe: Recipe) -> Any:
+    """The validation rows as the method's dataset; None without them (or with none left)."""
+    if recipe.eval_data_path is None:
+        return None
+    dataset, _ = method.build_dataset(tokenizer, read_rows(Path(recipe.eval_data_path)), recipe)
+    return dataset if len(dataset) else None
+
+
+def _best_adapter(recipe: Recipe, selection: Selection | None, unwrapped: Any) -> BestAdapter | None:
+    if selection is None:
+        return None
+    # patience 0: evaluate and keep the best, never stop early
+    early = EarlyStoppingCallback(recipe.patience, selection.threshold) if recipe.patience > 0 else None
+    return BestAdapter(recipe, selection, unwrapped, early)
+
+
+def _early_stopping(best: BestAdapter | None) -> list[Any]:
+    """The callbacks of early stopping in the order they must run on each evaluation: the
+    selection adds its derived metric, the stopper counts, the keeper reads that count."""
+    if best is None:
+        return []
+    return [c for c in (best.selection, best.early_stopping, best) if c is not None]
+
+
+def _selection_result(best: BestAdapter | None, eval_dataset: Any) -> dict[str, Any]:
+    if best is None:
+        return {}
+    return {
+        "stop_reason": STOP_NO_IMPROVEMENT if best.stopped_early else STOP_BUDGET,
+        "best_step": best.best_step,
+        "selection_metric": best.selection.reported,
+        "best_metrics": best.best_metrics,
+        "evaluations": best.evaluations,
+        "validation_examples": len(eval_dataset),
+    }
 
 
 def _peak_memory(recipe: Recipe) -> int:

@@ -9,7 +9,7 @@ from typing import Any
 
 from trainer.compute.launch import run_training
 from trainer.compute.placement import parse_devices
-from trainer.compute.recipe import Recipe, StepInfo, TrainResult
+from trainer.compute.recipe import EvalInfo, Recipe, StepInfo, TrainResult
 
 RANK, ALPHA = 4, 8  # not the Recipe default (8, 16): the saved adapter must follow the recipe
 
@@ -45,6 +45,7 @@ class Run:
     result: TrainResult
     steps: list[StepInfo]
     checkpoints: list[tuple[int, float, Path]]
+    evaluations: list[EvalInfo] = dataclasses.field(default_factory=list)
 
 
 def run(recipe: Recipe, devices: str = "cpu", **kwargs: Any) -> Run:
@@ -59,13 +60,15 @@ def run(recipe: Recipe, devices: str = "cpu", **kwargs: Any) -> Run:
     )
     steps: list[StepInfo] = []
     checkpoints: list[tuple[int, float, Path]] = []
+    evaluations: list[EvalInfo] = []
     result = run_training(
         recipe,
         placement,
         Path(recipe.progress_path).parent / "work",
         on_step=steps.append,
         on_checkpoint=lambda step, loss, path: checkpoints.append((step, loss, path)),
+        on_evaluation=evaluations.append,
         poll_s=0.05,
         **kwargs,
     )
-    return Run(recipe, result, steps, checkpoints)
+    return Run(recipe, result, steps, checkpoints, evaluations)

@@ -146,6 +146,12 @@ class Settings(BaseSettings):
         description="Where training runs: auto (every visible GPU, else the CPU), cpu, cpu:N (N processes), "
         "cuda, or cuda:0,1 (these GPUs); one training process per device.",
     )
+    trainer_sharding: Literal["auto", "ddp", "fsdp"] = Field(
+        "auto",
+        description="How a run on several devices splits the model: auto (FSDP for full-parameter runs, DDP for "
+        "LoRA), ddp (every process holds the whole model), fsdp (each holds a shard: a LoRA on a base too large "
+        "for one device).",
+    )
     eval_engine_url: str | None = Field(
         None,
         description="A vLLM OpenAI server (same base model, --enable-lora) the trainer evaluates candidates and "

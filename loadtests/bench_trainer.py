@@ -10,6 +10,10 @@ Two modes, one script:
         trainer did it before, with transformers' `generate` on a float32 copy of the model
         (batches of 8, 64 new tokens, one more forward pass per batch for the perplexity).
         Prints wall time, steps, tokens/s, exact match before and after, both evaluation times.
+        With --old-checkout DIR (a checkout of Tailor from before the trainer moved to TRL, such
+        as `git worktree add DIR decbb0a`), the same rows, steps and batch size are also trained
+        by that checkout's hand-written loop (`python -m trainer.sft` there, same interpreter)
+        and its adapter is scored on the same engine: wall time and exact match side by side.
 
     python -m loadtests.bench_trainer --device cuda --model-config llama-1b [--processes N]
         A randomly initialised ~1B Llama built from a config (trainer.compute.synthetic: no
@@ -184,11 +188,15 @@ def routing(args: argparse.Namespace) -> dict[str, object]:
     from trainer.evaluate import EvalExample
 
     model_dir = Path(args.model_dir)
-    # Held-out tickets are other openings and details than the training ones (seed 1 vs 0).
     train = task.tickets(per_queue=args.per_queue, seed=0)
     seen = {t.text for t in train}
-    heldout = [t for t in task.tickets(per_queue=8, seed=1) if t.text not in seen]
-    examples = [EvalExample(t.messages(), t.queue) for t in heldout]
+    # Both evaluation paths are timed on the same set of tickets (every opening and detail of
+    # each queue, so it has the size of a real held-out set); exact match is reported on the
+    # ones the adapter never saw.
+    evaluated = task.tickets(per_queue=args.eval_per_queue, seed=1)
+    unseen = [i for i, t in enumerate(evaluated) if t.text not in seen]
+    heldout = [evaluated[i] for i in unseen]
+    examples = [EvalExample(t.messages(), t.queue) for t in evaluated]
     with tempfile.TemporaryDirectory(prefix="tailor-bench-trainer-") as tmp:
         work = Path(tmp)
         started = time.monotonic()
@@ -197,30 +205,58 @@ def routing(args: argparse.Namespace) -> dict[str, object]:
         result = run_training(recipe, parse_devices(f"cpu:{args.processes}", visible_gpus=0, bf16=False), work / "run")
         wall = time.monotonic() - started
         adapter = Path(recipe.out_dir)
-        engine_start, engine_eval, answers = evaluate_on_engine(model_dir, adapter, examples, work)
+        old = train_with_old_loop(Path(args.old_checkout), model_dir, work, args) if args.old_checkout else None
+        adapters = {"candidate": adapter, **({"old": old[1]} if old else {})}
+        engine_start, engine_eval, answers = evaluate_on_engine(model_dir, adapters, examples, work)
         generate_eval = evaluate_with_generate(model_dir, adapter, examples)
+    comparison = {}
+    if old:
+        comparison = {
+            "old_loop_run_seconds": round(old[0], 1),
+            "run_time_new_over_old": round(wall / old[0], 2),
+            "old_loop_exact_match_after": round(task.accuracy([answers["old"][i] for i in unseen], heldout), 3),
+        }
     return {
         "task": "ticket routing",
         "train_examples": len(train),
         "heldout": len(heldout),
+        "evaluated": len(examples),
         "processes": args.processes,
         "steps": result.steps,
         "run_seconds": round(wall, 1),
         "train_seconds": round(result.train_seconds, 1),
         "tokens_per_s": round(result.trained_tokens / result.train_seconds, 1) if result.train_seconds else None,
-        "exact_match_before": round(task.accuracy(answers["baseline"], heldout), 3),
-        "exact_match_after": round(task.accuracy(answers["candidate"], heldout), 3),
+        "exact_match_before": round(task.accuracy([answers["baseline"][i] for i in unseen], heldout), 3),
+        "exact_match_after": round(task.accuracy([answers["candidate"][i] for i in unseen], heldout), 3),
         "eval_engine_start_seconds": round(engine_start, 1),
         "eval_seconds_vllm": round(engine_eval, 1),
         "eval_seconds_generate": round(generate_eval, 1),
         "eval_speedup": round(generate_eval / engine_eval, 1),
+        **comparison,
     }
 
 
+def train_with_old_loop(checkout: Path, model_dir: Path, work: Path, args: argparse.Namespace) -> tuple[float, Path]:
+    """(wall seconds, adapter dir): the same data, steps and batch through the checkout's `trainer.sft`."""
+    import subprocess
+    import sys
+
+    out = work / "old-adapter"
+    command = [sys.executable, "-m", "trainer.sft", "--base", str(model_dir), "--data", str(work / "data.jsonl")]
+    command += ["--out", str(out), "--max-steps", str(args.steps), "--batch-size", str(args.batch_size)]
+    started = time.monotonic()
+    subprocess.run(command, cwd=checkout, check=True, stdout=subprocess.DEVNULL)
+    return time.monotonic() - started, out
+
+
 def evaluate_on_engine(
-    model_dir: Path, adapter: Path, examples: list[Any], work: Path
+    model_dir: Path, adapters: dict[str, Path], examples: list[Any], work: Path
 ) -> tuple[float, float, dict[str, list[str]]]:
-    """(engine start s, evaluation s, answers per side): the worker's evaluation on its own engine."""
+    """(engine start s, seconds of the first evaluation, answers per side): the worker's evaluation.
+
+    Each adapter of `adapters` is scored against the base model on one engine; the answers
+    are keyed by the adapter's name, the base model's by "baseline".
+    """
     from transformers import AutoTokenizer
 
     from core.config import Settings
@@ -234,24 +270,26 @@ def evaluate_on_engine(
     client = own.start()
     try:
         ready = time.monotonic()
-        comparison, _ = evaluate(
-            client,
-            tokenizer,
-            examples,
-            candidate_dir=adapter,
-            baseline_dir=None,
-            tag="bench",
-            max_model_len=settings.engine_max_model_len,
-        )
-        done = time.monotonic()
+        answers: dict[str, list[str]] = {}
+        seconds = 0.0
+        for name, adapter in adapters.items():
+            began = time.monotonic()
+            comparison, _ = evaluate(
+                client,
+                tokenizer,
+                examples,
+                candidate_dir=adapter,
+                baseline_dir=None,
+                tag=f"bench-{name}",
+                max_model_len=settings.engine_max_model_len,
+            )
+            seconds = seconds or time.monotonic() - began
+            answers[name] = [r.candidate_output for r in comparison.examples]
+            answers["baseline"] = [r.baseline_output for r in comparison.examples]
     finally:
         client.close()
         own.stop()
-    answers = {
-        "candidate": [r.candidate_output for r in comparison.examples],
-        "baseline": [r.baseline_output for r in comparison.examples],
-    }
-    return ready - started, done - ready, answers
+    return ready - started, seconds, answers
 
 
 def evaluate_with_generate(model_dir: Path, adapter: Path, examples: list[Any]) -> float:
@@ -303,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=None, help="default: 8 on GPUs, 4 on the CPU")
     p.add_argument("--seq-len", type=int, default=1024)
     p.add_argument("--runs", default="lora,full", help="speed runs: lora, full or both")
+    p.add_argument("--eval-per-queue", type=int, default=25, help="CPU routing run: evaluated tickets per queue")
+    p.add_argument("--old-checkout", default=None, help="CPU routing run: also train with this checkout's old loop")
     args = p.parse_args(argv)
     if args.device is None:
         args.steps, args.batch_size = args.steps or 60, args.batch_size or 4

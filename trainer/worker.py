@@ -253,7 +253,7 @@ class Worker:
 
     @functools.cached_property
     def placement(self) -> Placement:
-        return choose(self.settings.trainer_devices)
+        return choose(self.settings.trainer_devices, self.settings.trainer_sharding)
 
     @functools.cached_property
     def engines(self) -> WorkerEngines:
@@ -634,11 +634,7 @@ class Worker:
             init_adapter_dir=str(init_dir) if init_dir is not None else None,
             eval_data_path=str(eval_path) if eval_path is not None else None,
             seed=job.seed,
-            **knobs(hp),
-            device=placement.device,
-            processes=placement.processes,
-            precision=placement.precision,
-            gradient_checkpointing=placement.gradient_checkpointing,
+            **knobs(hp),  # the placement's fields are run_training's to fill in
         )
         self._event(job, f"Training on {placement.describe()}", data={"placement": placement.describe()})
 

@@ -6,22 +6,20 @@
 - cancellation: the worker creates the run's stop file; every process checks it after
   each step and all of them stop at the same step (the flag is all-reduced, else one
   rank would wait forever in the next step's gradient all-reduce);
-- checkpoints: every `checkpoint_every` steps rank 0 saves the adapter as it is, atomically,
-  and announces it in the progress file; the worker copies it to the blob store;
-- the best adapter (early stopping): after each evaluation on the validation rows, rank 0 keeps
-  a copy of the trainable weights in memory when the score is the best so far (a LoRA is a few
-  MB, far cheaper than a TRL checkpoint per evaluation) and reports the evaluation; the run puts
-  the best copy back before saving. Stopping itself is transformers' EarlyStoppingCallback: the
-  metrics it reads are gathered over every process, so every rank takes the same decision.
+- checkpoints: every `checkpoint_every` steps the adapter is saved as it is, atomically
+  (trainer.compute.weights: rank 0 writes, every rank gathers when the model is sharded),
+  and announced in the progress file; the worker copies it to the blob store;
+- the best adapter (early stopping): after each evaluation on the validation rows, a copy of
+  the trainable weights is kept in memory (rank 0) when the score is the best so far (a LoRA is
+  a few MB, far cheaper than a TRL checkpoint per evaluation) and the evaluation is reported;
+  the run saves that copy instead of the last step's weights. Stopping itself is
+  transformers' EarlyStoppingCallback: the metrics it reads are gathered over every process,
+  so every rank takes the same decision.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ from typing import Any
 from transformers import EarlyStoppingCallback, TrainerCallback
 
 from trainer.compute.recipe import EvalInfo, Recipe
+from trainer.compute.weights import Snapshot, Weights, is_main_process
 
 # TRL's log keys kept as step metrics (a rename to the names the API and console show).
 METRIC_KEYS = {
@@ -42,10 +41,6 @@ METRIC_KEYS = {
 }
 
 
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def write_progress(path: Path, record: dict[str, Any]) -> None:
     """One line, flushed, from rank 0 only: the worker may read the file at any moment."""
     if not is_main_process():
@@ -53,24 +48,6 @@ def write_progress(path: Path, record: dict[str, Any]) -> None:
     with Path(path).open("a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
         f.flush()
-
-
-def save_atomically(model: Any, out_dir: Path) -> None:
-    """save_pretrained into a hidden sibling dir, then rename it to out_dir.
-
-    A run killed mid-save leaves only a `.{name}.partial-*` dir, never a half-written
-    adapter at out_dir; rename() is atomic within a filesystem and refuses to replace a
-    non-empty directory.
-    """
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        # only "default": DPO/KTO add a frozen "ref" copy, which an adapter dir must not contain
-        model.save_pretrained(tmp, safe_serialization=True, selected_adapters=["default"])
-        os.rename(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _any_rank(flag: bool) -> bool:
@@ -88,9 +65,9 @@ def _any_rank(flag: bool) -> bool:
 
 
 class JobCallback(TrainerCallback):
-    def __init__(self, recipe: Recipe, unwrapped_model: Callable[[], Any]) -> None:
+    def __init__(self, recipe: Recipe, weights: Weights) -> None:
         self.recipe = recipe
-        self.unwrapped_model = unwrapped_model
+        self.weights = weights
         self.cancelled = False
         self.losses: list[float] = []
         self.tokens = 0
@@ -123,9 +100,9 @@ class JobCallback(TrainerCallback):
         # After the step's line, so a checkpoint carries its step's loss. The last step's
         # adapter is the result itself, saved by the run.
         every, where = self.recipe.checkpoint_every, self.recipe.checkpoint_dir
-        if every and where and step % every == 0 and step < state.max_steps and is_main_process():
+        if every and where and step % every == 0 and step < state.max_steps:
             path = Path(where) / f"step-{step}"
-            save_atomically(self.unwrapped_model(), path)
+            self.weights.save(path)  # on every rank: a sharded model is gathered first
             write_progress(
                 Path(self.recipe.progress_path), {"event": "checkpoint", "step": step, "path": str(path), "loss": loss}
             )
@@ -183,16 +160,16 @@ class BestAdapter(TrainerCallback):
         self,
         recipe: Recipe,
         selection: Selection,
-        unwrapped_model: Callable[[], Any],
+        weights: Weights,
         early_stopping: EarlyStoppingCallback | None,
     ) -> None:
         self.recipe = recipe
         self.selection = selection
-        self.unwrapped_model = unwrapped_model
+        self.weights = weights
         self.early_stopping = early_stopping
         self.best_step: int | None = None
         self.best_metrics: dict[str, float] = {}
-        self.weights: dict[str, Any] | None = None
+        self.best: Snapshot | None = None  # set on every rank alike; its tensors on rank 0
         self.evaluations: list[dict[str, Any]] = []
 
     @property
@@ -215,10 +192,9 @@ class BestAdapter(TrainerCallback):
         best = state.best_metric
         improved = best is None or (value > best if self.selection.greater_is_better else value < best)
         step = state.global_step
-        if improved:
+        if improved:  # the metrics are gathered over every rank, so every rank agrees
             self.best_step, self.best_metrics = step, scores
-            if is_main_process():
-                self.weights = _trainable_copy(self.unwrapped_model())
+            self.best = self.weights.snapshot()
         self.evaluations.append({"step": step, "metrics": scores})
         info = EvalInfo(
             step=step,
@@ -231,14 +207,6 @@ class BestAdapter(TrainerCallback):
         )
         write_progress(Path(self.recipe.progress_path), {"event": "evaluation", **asdict(info)})
 
-    def restore_best(self, model: Any) -> None:
-        """Put the best evaluation's weights back into `model` (rank 0; others never save)."""
-        if self.weights is None:
-            return
-        params = dict(model.named_parameters())
-        for name, saved in self.weights.items():
-            params[name].data.copy_(saved)
-
 
 # What an evaluation reports beyond scores: timings, not measures of the model.
 _NOT_SCORES = ("runtime", "samples_per_second", "steps_per_second", "epoch", "num_tokens")
@@ -246,7 +214,3 @@ _NOT_SCORES = ("runtime", "samples_per_second", "steps_per_second", "epoch", "nu
 
 def _is_score(key: str, value: Any) -> bool:
     return key.startswith("eval_") and key.removeprefix("eval_") not in _NOT_SCORES and isinstance(value, int | float)
-
-
-def _trainable_copy(model: Any) -> dict[str, Any]:
-    return {name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters() if p.requires_grad}

@@ -113,6 +113,7 @@ def run_training(
         processes=placement.processes,
         precision=placement.precision,
         gradient_checkpointing=placement.gradient_checkpointing,
+        fsdp=placement.shards(full_parameters=recipe.full_parameters),
     )
     for leftover in (recipe.progress_path, recipe.stop_path):
         Path(leftover).unlink(missing_ok=True)

@@ -15,6 +15,19 @@ float32); LoRA matrices stay float32 (peft keeps adapters in float32 by default)
 trainer autocasts. Gradient checkpointing is on for GPUs (activation memory is what limits
 batch size there) and off on the CPU (it costs a second forward pass and RAM is plenty).
 
+Several processes split the data (each takes its share of every batch) and either each hold
+the whole model (DDP: gradients are averaged) or shards of it (FSDP2, `fully_shard`: each
+process keeps 1/N of the weights, gradients and optimizer state and gathers a layer's
+weights just before using it). `TAILOR_TRAINER_SHARDING` chooses:
+
+    auto   FSDP for full-parameter runs (weights, gradients and AdamW states: 16 bytes per
+           parameter, 128 GB for an 8B model, more than one card), DDP for LoRA (the frozen
+           base is all that is replicated, and a LoRA's gradients are tiny to average)  (default)
+    ddp    always DDP
+    fsdp   always FSDP, e.g. a LoRA on a base model too large for one card
+
+FSDP runs on the CPU too (gloo), so CI tests the sharded path as well.
+
 QLoRA (`quantization: "4bit"`) holds the frozen base in NF4 through bitsandbytes, which
 runs on CUDA only: `check_quantization` refuses it anywhere else before a model is loaded.
 """
@@ -22,7 +35,7 @@ runs on CUDA only: `check_quantization` refuses it anywhere else before a model 
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from core.errors import bad_request
@@ -30,6 +43,8 @@ from trainer.hyperparameters import NO_QUANTIZATION
 
 Device = Literal["cpu", "cuda"]
 Precision = Literal["fp32", "bf16", "fp16"]
+Sharding = Literal["auto", "ddp", "fsdp"]
+SHARDINGS: tuple[Sharding, ...] = ("auto", "ddp", "fsdp")
 
 
 @dataclass(frozen=True)
@@ -39,10 +54,17 @@ class Placement:
     precision: Precision
     gradient_checkpointing: bool
     gpus: tuple[int, ...] = ()  # CUDA device indices, one per process
+    sharding: Sharding = "auto"
 
     @property
     def distributed(self) -> bool:
         return self.processes > 1
+
+    def shards(self, *, full_parameters: bool) -> bool:
+        """Whether a run here shards the model (FSDP) rather than replicating it (DDP)."""
+        if not self.distributed or self.sharding == "ddp":
+            return False
+        return self.sharding == "fsdp" or full_parameters
 
     def describe(self) -> str:
         where = "CPU" if self.device == "cpu" else "GPU " + ",".join(str(g) for g in self.gpus)
@@ -58,8 +80,14 @@ def _cuda() -> tuple[int, bool]:
     return torch.cuda.device_count(), bool(torch.cuda.is_bf16_supported())
 
 
-def parse_devices(spec: str, *, visible_gpus: int, bf16: bool) -> Placement:
+def parse_devices(spec: str, *, visible_gpus: int, bf16: bool, sharding: str = "auto") -> Placement:
     """The placement `spec` (see the module docstring) asks for on a host with `visible_gpus`."""
+    if sharding not in SHARDINGS:
+        raise bad_request(f"TAILOR_TRAINER_SHARDING={sharding!r}: expected one of {', '.join(SHARDINGS)}")
+    return replace(_devices(spec, visible_gpus=visible_gpus, bf16=bf16), sharding=sharding)  # type: ignore[arg-type]
+
+
+def _devices(spec: str, *, visible_gpus: int, bf16: bool) -> Placement:
     spec = spec.strip().lower() or "auto"
     kind, _, rest = spec.partition(":")
     if kind == "auto":
@@ -87,10 +115,10 @@ def parse_devices(spec: str, *, visible_gpus: int, bf16: bool) -> Placement:
     return Placement("cuda", len(gpus), "bf16" if bf16 else "fp16", gradient_checkpointing=True, gpus=gpus)
 
 
-def choose(spec: str) -> Placement:
+def choose(spec: str, sharding: str = "auto") -> Placement:
     """The placement for this host."""
     visible, bf16 = _cuda()
-    return parse_devices(spec, visible_gpus=visible, bf16=bf16)
+    return parse_devices(spec, visible_gpus=visible, bf16=bf16, sharding=sharding)
 
 
 def check_quantization(quantization: str, placement: Placement, *, full_parameters: bool = False) -> None:

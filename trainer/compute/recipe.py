@@ -69,6 +69,7 @@ class Recipe:
     processes: int = 1
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     gradient_checkpointing: bool = False
+    fsdp: bool = False  # shard the model over the processes (FSDP2) instead of replicating it (DDP)
     # "4bit": QLoRA, the frozen base in NF4 (CUDA and bitsandbytes only: placement.check_quantization)
     quantization: Literal["none", "4bit"] = hp.NO_QUANTIZATION
 

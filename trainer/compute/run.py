@@ -24,16 +24,10 @@ from transformers import EarlyStoppingCallback
 
 from core.errors import bad_request, conflict
 from trainer.compute import dpo, kto, sft
-from trainer.compute.callbacks import (
-    ANSWER_SCORE,
-    BestAdapter,
-    JobCallback,
-    Selection,
-    is_main_process,
-    save_atomically,
-)
+from trainer.compute.callbacks import ANSWER_SCORE, BestAdapter, JobCallback, Selection
 from trainer.compute.placement import Placement, check_quantization
 from trainer.compute.recipe import STOP_BUDGET, STOP_NO_IMPROVEMENT, Recipe, TrainingCancelled, TrainResult
+from trainer.compute.weights import Weights
 from trainer.hyperparameters import NO_QUANTIZATION
 
 METHODS: dict[str, ModuleType] = {"sft": sft, "dpo": dpo, "kto": kto}
@@ -120,13 +114,40 @@ def common_args(recipe: Recipe, work_dir: Path) -> dict[str, Any]:
         "bf16": recipe.precision == "bf16",
         "fp16": recipe.precision == "fp16",
         "use_cpu": recipe.device == "cpu",
-        "gradient_checkpointing": recipe.gradient_checkpointing,
+        # FSDP checkpoints activations itself (sharding_args); both at once is refused
+        "gradient_checkpointing": recipe.gradient_checkpointing and not recipe.fsdp,
         "logging_steps": 1,
         "save_strategy": "no",  # checkpoints are Tailor's (callbacks), adapters only
         "report_to": [],
         "disable_tqdm": True,
         "dataloader_num_workers": 0,
         "ddp_find_unused_parameters": False,
+    }
+
+
+def sharding_args(recipe: Recipe, model: Any) -> dict[str, Any]:
+    """TrainingArguments for an FSDP2 run (trainer.compute.placement); none for DDP or one process.
+
+    Each decoder layer is its own shard unit (the model's `_no_split_modules`, e.g.
+    LlamaDecoderLayer): its weights are gathered just before the layer runs and freed after
+    (`reshard_after_forward`), so a rank holds one layer's full weights at a time.
+    """
+    if not recipe.fsdp:
+        return {}
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    layers = list(getattr(base, "_no_split_modules", None) or [])
+    if not layers:
+        name = type(base).__name__
+        raise bad_request(f"{name} does not name its layers for sharding; use TAILOR_TRAINER_SHARDING=ddp")
+    return {
+        "fsdp": "full_shard auto_wrap",
+        "fsdp_config": {
+            "version": 2,
+            "transformer_layer_cls_to_wrap": layers,
+            "reshard_after_forward": True,
+            "activation_checkpointing": recipe.gradient_checkpointing,
+            "state_dict_type": "FULL_STATE_DICT",
+        },
     }
 
 
@@ -177,16 +198,19 @@ def train(recipe: Recipe) -> TrainResult:
     selection = selection_for(recipe, eval_dataset)
     model = load_model(recipe)
     scratch = Path(recipe.progress_path).parent / "trl"  # TRL's output_dir: the run's work dir, not the adapters'
+    # later dicts win: a method may override a common argument (KTO its batch size)
     args = method.Config(
-        **{**common_args(recipe, scratch), **method.config_args(recipe, dataset), **evaluation_args(recipe, selection)}
+        **{
+            **common_args(recipe, scratch),
+            **method.config_args(recipe, dataset),
+            **evaluation_args(recipe, selection),
+            **sharding_args(recipe, model),
+        }
     )
     trainer: Any = None
-
-    def unwrapped() -> Any:
-        return trainer.accelerator.unwrap_model(trainer.model)
-
-    callback = JobCallback(recipe, unwrapped)
-    best = _best_adapter(recipe, selection, unwrapped)
+    weights = Weights(lambda: trainer, sharded=recipe.fsdp)
+    callback = JobCallback(recipe, weights)
+    best = _best_adapter(recipe, selection, weights)
     trainer = method.Trainer(
         model=model,
         args=args,
@@ -203,10 +227,7 @@ def train(recipe: Recipe) -> TrainResult:
     trainer.train()
     if callback.cancelled:
         raise TrainingCancelled(trainer.state.global_step)
-    if is_main_process():
-        if best is not None:
-            best.restore_best(unwrapped())
-        save_atomically(unwrapped(), out_dir)
+    weights.save(out_dir, best.best if best is not None else None)
     return TrainResult(
         steps=trainer.state.global_step,
         final_loss=callback.losses[-1] if callback.losses else float("nan"),
@@ -230,12 +251,12 @@ def _validation_dataset(method: ModuleType, tokenizer: Any, recipe: Recipe) -> A
     return dataset if len(dataset) else None
 
 
-def _best_adapter(recipe: Recipe, selection: Selection | None, unwrapped: Any) -> BestAdapter | None:
+def _best_adapter(recipe: Recipe, selection: Selection | None, weights: Weights) -> BestAdapter | None:
     if selection is None:
         return None
     # patience 0: evaluate and keep the best, never stop early
     early = EarlyStoppingCallback(recipe.patience, selection.threshold) if recipe.patience > 0 else None
-    return BestAdapter(recipe, selection, unwrapped, early)
+    return BestAdapter(recipe, selection, weights, early)
 
 
 def _early_stopping(best: BestAdapter | None) -> list[Any]:

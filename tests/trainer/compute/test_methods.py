@@ -226,8 +226,25 @@ def test_two_cpu_processes_compute_what_one_does(sft_run: Run, tiny_model_dir: P
     """
     one = sft_run
     two = run(make_recipe(tmp_path, "sft", tiny_model_dir, SFT_ROWS, checkpoint_every=1), devices="cpu:2")
-    assert two.recipe.processes == 2 and two.recipe.per_device_batch_size == 2
+    assert two.recipe.processes == 2 and two.recipe.per_device_batch_size == 2 and not two.recipe.fsdp
     check_run(two, "sft", tiny_model_dir)  # rank 0 alone reports, checkpoints and saves
+    assert_learned_alike(one, two)
+
+
+def test_a_lora_sharded_over_two_cpu_processes_learns_what_one_process_does(
+    sft_run: Run, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """FSDP (TAILOR_TRAINER_SHARDING=fsdp): each rank holds half of every layer; checkpoints
+    and the result are gathered from both halves before rank 0 saves them."""
+    recipe = make_recipe(tmp_path, "sft", tiny_model_dir, SFT_ROWS, checkpoint_every=1)
+    two = run(recipe, devices="cpu:2", sharding="fsdp")
+    assert two.recipe.fsdp
+    check_run(two, "sft", tiny_model_dir)
+    assert_learned_alike(sft_run, two)
+
+
+def assert_learned_alike(one: Run, two: Run) -> None:
+    """Same losses step for step, and adapters within 1e-3 of what was learned (see above)."""
     assert two.result.losses == pytest.approx(one.result.losses, abs=1e-4)
     w1 = load_file(Path(one.recipe.out_dir) / "adapter_model.safetensors")
     w2 = load_file(Path(two.recipe.out_dir) / "adapter_model.safetensors")
@@ -236,6 +253,33 @@ def test_two_cpu_processes_compute_what_one_does(sft_run: Run, tiny_model_dir: P
     apart = torch.cat([(w1[k] - w2[k]).flatten() for k in w1]).norm()
     assert learned > 0.1
     assert apart <= 1e-3 * learned, (float(apart), float(learned))
+
+
+def test_full_parameter_runs_are_sharded_on_two_processes_and_learn_what_one_does(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A full-parameter run on several processes is FSDP by default: the saved model (and each
+    checkpoint) is whole, loads with transformers, and matches a one-process run's."""
+    from transformers import AutoModelForCausalLM
+
+    def full(where: Path, devices: str) -> Run:
+        recipe = make_recipe(where, "sft", tiny_model_dir, SFT_ROWS, full_parameters=True, checkpoint_every=2)
+        return run(dataclasses.replace(recipe, learning_rate=1e-3), devices=devices)
+
+    one, two = full(tmp_path / "one", "cpu"), full(tmp_path / "two", "cpu:2")
+    assert not one.recipe.fsdp and two.recipe.fsdp
+    assert two.result.losses == pytest.approx(one.result.losses, abs=1e-4)
+    base = load_file(tiny_model_dir / "model.safetensors")
+    w1 = load_file(Path(one.recipe.out_dir) / "model.safetensors")
+    w2 = load_file(Path(two.recipe.out_dir) / "model.safetensors")
+    assert w1.keys() == w2.keys() == base.keys()
+    learned = torch.cat([(w1[k] - base[k]).flatten() for k in w1]).norm()
+    apart = torch.cat([(w1[k] - w2[k]).flatten() for k in w1]).norm()
+    assert learned > 0.01
+    assert apart <= 1e-2 * learned, (float(apart), float(learned))
+    assert [step for step, _, _ in two.checkpoints] == [2]
+    for run_dir in (Path(two.recipe.out_dir), two.checkpoints[0][2]):
+        AutoModelForCausalLM.from_pretrained(run_dir)  # whole, not a shard
 
 
 # --- units of the methods ------------------------------------------------------------------

@@ -64,6 +64,27 @@ def test_precision_and_checkpointing_follow_the_device() -> None:
 
 
 @pytest.mark.parametrize(
+    ("devices", "sharding", "full", "shards"),
+    [
+        ("cuda", "auto", True, True),  # a full model's weights, gradients and Adam states: shard them
+        ("cuda", "auto", False, False),  # a LoRA: replicate the frozen base, average tiny gradients
+        ("cuda", "fsdp", False, True),  # a LoRA on a base too big for one card
+        ("cuda", "ddp", True, False),
+        ("cuda:1", "fsdp", True, False),  # one process: nothing to shard over
+        ("cpu:2", "auto", True, True),
+        ("cpu", "auto", True, False),
+    ],
+)
+def test_sharding_follows_the_setting_and_the_run(devices: str, sharding: str, full: bool, shards: bool) -> None:
+    assert parse_devices(devices, visible_gpus=2, bf16=True, sharding=sharding).shards(full_parameters=full) is shards
+
+
+def test_an_unknown_sharding_is_refused() -> None:
+    with pytest.raises(TailorError, match="TAILOR_TRAINER_SHARDING"):
+        parse_devices("cuda", visible_gpus=2, bf16=True, sharding="zero3")
+
+
+@pytest.mark.parametrize(
     ("spec", "visible"),
     [
         ("tpu", 0),

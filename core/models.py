@@ -18,6 +18,8 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -129,7 +131,18 @@ class Interaction(Base):
     """One request through an OpenAI route: what was asked, what came back, how it went."""
 
     __tablename__ = "interactions"
-    __table_args__ = (Index("ix_interactions_tenant_created", "tenant_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_interactions_tenant_created", "tenant_id", "created_at"),
+        # Partial: only the few stored completions are indexed, so the hot insert path of
+        # every other request pays nothing for it.
+        Index(
+            "ix_interactions_stored",
+            "tenant_id",
+            "created_at",
+            sqlite_where=text("stored = 1"),
+            postgresql_where=text("stored"),
+        ),
+    )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
@@ -149,6 +162,10 @@ class Interaction(Base):
     status_code: Mapped[int] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # A chat completion created with `store: true`: served back by the stored completions API.
+    stored: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Its OpenAI `metadata` (string keys and values), changed only by the update route.
+    stored_metadata: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class Feedback(Base):

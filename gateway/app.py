@@ -30,6 +30,7 @@ from gateway.routes import (
     metrics,
     openai,
     policy,
+    stored_completions,
     usage,
 )
 from gateway.routes import privacy as privacy_routes
@@ -108,6 +109,7 @@ def create_app(
     app.add_exception_handler(Exception, _internal_error)
     routers = (
         openai.router,
+        stored_completions.router,
         adapters.router,
         feedback.router,
         files.router,

@@ -6,6 +6,7 @@ tailor tenants create acme
 tailor keys create acme --json
 tailor adapters register acme support ./my-peft-adapter
 tailor distill acme --adapter support-lite --inputs questions.txt --system-prompt-file prompt.md --wait
+tailor files from-stored acme --model big-model --metadata task=tickets
 """
 
 from __future__ import annotations
@@ -40,9 +41,11 @@ app = typer.Typer(
 tenants_app = typer.Typer(help="Create, list and delete tenants.", no_args_is_help=True)
 keys_app = typer.Typer(help="Create, list, rotate and revoke API keys.", no_args_is_help=True)
 adapters_app = typer.Typer(help="Register, list, activate and roll back adapters.", no_args_is_help=True)
+files_app = typer.Typer(help="Training files made from what Tailor stored.", no_args_is_help=True)
 app.add_typer(tenants_app, name="tenants")
 app.add_typer(keys_app, name="keys")
 app.add_typer(adapters_app, name="adapters")
+app.add_typer(files_app, name="files")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 
@@ -374,6 +377,66 @@ def distill_cmd(
     if job.status == "failed":
         typer.echo(f"error: {(job.error or {}).get('message', 'the job failed')}", err=True)
         raise typer.Exit(1)
+
+
+# --- files ------------------------------------------------------------------------
+
+
+def _metadata_pairs(pairs: list[str]) -> dict[str, str]:
+    from gateway.request_policy import check_metadata
+
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise bad_request(f"--metadata {pair!r}: expected KEY=VALUE")
+        out[key] = value
+    try:
+        return check_metadata(out)
+    except ValueError as exc:
+        raise bad_request(f"--metadata: {exc}") from None
+
+
+@files_app.command("from-stored")
+def files_from_stored(
+    tenant: str,
+    model: Annotated[str | None, typer.Option(help="Only stored completions of this model (the teacher).")] = None,
+    metadata: Annotated[
+        list[str] | None,
+        typer.Option(metavar="KEY=VALUE", help="Only stored completions carrying this metadata pair; repeatable."),
+    ] = None,
+    filename: Annotated[str | None, typer.Option(help="The file's name in the Files API.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a fine-tune file from a tenant's stored chat completions (`store: true`): each example
+    is a stored request's messages and its answer. Fine-tune a smaller model on it to distil the
+    model that answered."""
+    from core.blobs import BlobStore
+    from gateway import tenants
+    from gateway.stored_completions import Filter
+    from gateway.stored_completions_file import create_training_file
+
+    settings = Settings()
+    db = _db()
+    try:
+        owner = tenants.find_tenant(db, tenant)
+        flt = Filter(model=model, metadata=_metadata_pairs(metadata or []))
+        made = create_training_file(
+            db,
+            BlobStore(settings.blob_store_url or ""),
+            owner.id,
+            flt,
+            filename=filename,
+            quotas=Quotas.from_settings(settings),
+        )
+    except TailorError as exc:
+        _fail(exc)
+    info = made.file
+    _emit(
+        {"file": asdict(info), "examples": made.examples, "skipped": made.skipped},
+        as_json,
+        f"file {info.id} ({info.filename}): {made.examples} examples, {made.skipped} stored completions skipped",
+    )
 
 
 @app.command("usage")

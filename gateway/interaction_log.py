@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from core.db import Database
 from core.ids import utcnow
 from core.models import Interaction, Tenant
-from gateway.redaction import redact_optional, redact_payload
+from gateway.redaction import redact_metadata, redact_optional, redact_payload
 
 log = logging.getLogger("tailor.interactions")
 
@@ -52,6 +52,8 @@ class InteractionRecord:
     status_code: int = 200
     error: str | None = None
     created_at: datetime = field(default_factory=utcnow)
+    stored: bool = False  # `store: true`: served back by the stored completions API
+    stored_metadata: dict[str, str] | None = None
 
 
 class InteractionLog:
@@ -169,4 +171,5 @@ def _redacted(row: dict[str, Any]) -> dict[str, Any]:
     row["request"] = redact_payload(row["request"])
     row["response_text"] = redact_optional(row["response_text"])
     row["error"] = redact_optional(row["error"])
+    row["stored_metadata"] = redact_metadata(row["stored_metadata"])
     return row

@@ -23,7 +23,7 @@ from starlette.responses import Response, StreamingResponse
 from adapters.engines import EnginePool, Lease, LoraRef
 from core.errors import TailorError
 from core.ids import new_id
-from gateway import limits, normalize, request_policy
+from gateway import limits, normalize, request_policy, stored_completions
 from gateway.interaction_log import InteractionRecord
 from gateway.request_policy import Kind
 from gateway.services import Services
@@ -114,6 +114,7 @@ async def complete(services: Services, caller: Caller, kind: Kind, body: dict[st
         settings = services.settings
         fields = request_policy.engine_fields(kind, body, frozenset(settings.engine_allowed_extra_fields))
         request_policy.check_output_cap(body, settings.max_output_tokens)
+        record.stored, record.stored_metadata = stored_completions.storage(kind, body)
         if caller.limits is not None and caller.limits.rate_limited:
             with spans.step("rate limits"):
                 await _admit(services, caller)

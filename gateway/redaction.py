@@ -239,3 +239,8 @@ def redact_payload(payload: dict[str, Any]) -> dict[str, Any]:
 
 def redact_optional(text: str | None) -> str | None:
     return None if text is None else redact_text(text)
+
+
+def redact_metadata(metadata: dict[str, str] | None) -> dict[str, str] | None:
+    """OpenAI `metadata` with every value redacted; keys are the client's labels, kept."""
+    return None if metadata is None else {key: redact_text(value) for key, value in metadata.items()}

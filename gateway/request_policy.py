@@ -23,7 +23,15 @@ import hmac
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+)
 
 from core.errors import TailorError, bad_request
 
@@ -39,6 +47,11 @@ MAX_TOOLS = 128  # as OpenAI's `functions`
 MAX_SCHEMA_BYTES = 100_000
 MAX_JSON_DEPTH = 32
 MAX_N = 16  # OpenAI allows 128; each choice is a full generation on the engine
+
+# OpenAI's `Metadata`: string keys and values, bounded in count and length.
+MAX_METADATA_PAIRS = 16
+MAX_METADATA_KEY_CHARS = 64
+MAX_METADATA_VALUE_CHARS = 512
 
 NonNegativeTokenId = Annotated[int, Field(ge=0, le=TOKEN_ID_MAX)]
 StopString = Annotated[str, StringConstraints(min_length=1, max_length=MAX_STOP_CHARS)]
@@ -65,6 +78,21 @@ def json_bounds(value: Any, what: str) -> Any:
     if size > MAX_SCHEMA_BYTES:
         raise ValueError(f"{what} is {size} bytes; at most {MAX_SCHEMA_BYTES} are accepted")
     return value
+
+
+def check_metadata(value: dict[str, str]) -> dict[str, str]:
+    """OpenAI's bounds on `metadata`; a ValueError names the pair that breaks them."""
+    if len(value) > MAX_METADATA_PAIRS:
+        raise ValueError(f"metadata holds at most {MAX_METADATA_PAIRS} key-value pairs (got {len(value)})")
+    for key, item in value.items():
+        if len(key) > MAX_METADATA_KEY_CHARS:
+            raise ValueError(f"metadata key {key[:16]!r}... is longer than {MAX_METADATA_KEY_CHARS} characters")
+        if len(item) > MAX_METADATA_VALUE_CHARS:
+            raise ValueError(f"metadata value of {key!r} is longer than {MAX_METADATA_VALUE_CHARS} characters")
+    return value
+
+
+Metadata = Annotated[dict[str, str], AfterValidator(check_metadata)]
 
 
 class StreamOptions(BaseModel):
@@ -174,7 +202,7 @@ class _Sampling(BaseModel):
     spaces_between_special_tokens: bool | None = None
     # Accepted, never forwarded (NOT_FORWARDED).
     user: str | None = Field(None, max_length=256)
-    metadata: Annotated[dict[str, Annotated[str, Field(max_length=512)]], Field(max_length=16)] | None = None
+    metadata: Metadata | None = None
     store: bool | None = None
     service_tier: str | None = Field(None, max_length=32)
     safety_identifier: str | None = Field(None, max_length=64)

@@ -11,13 +11,17 @@ Usage:
     from tests.openai_schema import validate
     validate(body, "CreateChatCompletionResponse")   # raises jsonschema.ValidationError
 
-One name here is not in OpenAI's file: `CreateCompletionStreamResponse`. OpenAI
+Two names here are not in OpenAI's file. `CreateCompletionStreamResponse`: OpenAI
 streams legacy completions as `CreateCompletionResponse` objects, but that schema
 requires a non-null `finish_reason`, while every chunk before the last carries
 `"finish_reason": null` (OpenAI's own streaming example under `POST /completions`
 shows exactly that). A gateway cannot omit a required key nor invent a reason for a
 choice that has not finished, so chunks are checked against the same schema with
-only `choices[].finish_reason` made nullable.
+only `choices[].finish_reason` made nullable. `ChatCompletionStoredMessageList`:
+`GET /chat/completions/{id}/messages` lists the request's messages, and OpenAI's own
+example there lists a `"role": "user"` message, but `ChatCompletionMessageList` builds its
+items on `ChatCompletionResponseMessage`, whose role can only be "assistant". The copy
+accepts the roles of request messages and is otherwise the same.
 """
 
 from __future__ import annotations
@@ -46,8 +50,10 @@ _SPEC_URI = "urn:tailor:openai-openapi"
 
 # Synthetic schemas this helper adds (see module docstring).
 COMPLETION_STREAM = "CreateCompletionStreamResponse"
+STORED_MESSAGE_LIST = "ChatCompletionStoredMessageList"
+_REQUEST_ROLES = ["system", "developer", "user", "assistant", "tool", "function"]
 
-__all__ = ["COMPLETION_STREAM", "SchemaMismatch", "schema_names", "validate"]
+__all__ = ["COMPLETION_STREAM", "STORED_MESSAGE_LIST", "SchemaMismatch", "schema_names", "validate"]
 
 
 class SchemaMismatch(ValidationError):
@@ -106,6 +112,15 @@ def _add_synthetic_schemas(schemas: dict[str, Any]) -> None:
     finish["enum"] = [*finish["enum"], None]
     stream["description"] = "CreateCompletionResponse as streamed (finish_reason null until done)."
     schemas[COMPLETION_STREAM] = stream
+
+    message = copy.deepcopy(schemas["ChatCompletionResponseMessage"])
+    message["properties"]["role"]["enum"] = _REQUEST_ROLES
+    schemas["ChatCompletionStoredMessage"] = message
+    listing = copy.deepcopy(schemas["ChatCompletionMessageList"])
+    parts = listing["properties"]["data"]["items"]["allOf"]
+    assert parts[0] == {"$ref": "#/components/schemas/ChatCompletionResponseMessage"}, parts[0]
+    parts[0] = {"$ref": "#/components/schemas/ChatCompletionStoredMessage"}
+    schemas[STORED_MESSAGE_LIST] = listing
 
 
 @functools.cache

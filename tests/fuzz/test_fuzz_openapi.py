@@ -146,6 +146,16 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     interaction_id = add_interaction(
         app.state.services.db, ids[0], model="support", request=CHAT, response_text="Paris."
     )
+    completion_id = add_interaction(
+        app.state.services.db,
+        ids[0],
+        model="support",
+        request={"messages": CHAT["messages"][:1]},
+        response_text="Paris.",
+        finish_reason="stop",
+        stored=True,
+        stored_metadata={"task": "geo"},
+    )
     KNOWN.update(
         tenant=[TENANTS[1], ids[1]],
         name=["support"],
@@ -156,6 +166,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         validation_file=[file_id],
         fine_tuning_job_id=[job_id],
         interaction_id=[interaction_id],
+        completion_id=[completion_id],
         key_id=[keys[1]["id"]],
     )
     try:

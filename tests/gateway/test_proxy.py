@@ -755,7 +755,9 @@ async def test_invalid_json_is_400(gw: Gateway) -> None:
 
 async def test_unknown_route_and_wrong_method(gw: Gateway) -> None:
     assert error_of(await gw.http.get("/v1/nope", headers=gw.auth), 404)["code"] == "unknown_url"
-    error_of(await gw.http.get("/v1/chat/completions", headers=gw.auth), 405)
+    # (GET /v1/chat/completions lists stored completions: tests/gateway/test_stored_completions_api.py)
+    error_of(await gw.http.get("/v1/completions", headers=gw.auth), 405)
+    error_of(await gw.http.put("/v1/chat/completions", headers=gw.auth), 405)
 
 
 async def test_oversized_body_is_413(small: Gateway) -> None:

@@ -1,0 +1,335 @@
+"""Stored chat completions (OpenAI's `store: true`), read from the interaction log.
+
+Every request is logged anyway (gateway.interaction_log); a chat completion sent with
+`store: true` is the same row marked `stored`, with its `metadata` beside it. Its id is the
+completion's `id` as the client received it (the interaction id). What this module serves
+back is exactly what the log holds: redacted for tenants that redact, and gone once the
+tenant's retention period has passed (hidden from the moment it expires, deleted by the next
+retention run).
+
+A stored completion is a `stored` row that was answered (status 200): a request the engine
+refused, or a stream the client left, is logged but never stored. The answer kept is the
+text of the first choice (the log keeps one), so `store: true` with `n` > 1 is refused; tool
+calls of an answer are not in the log, so such a completion comes back with its text only.
+
+Deleting one removes the conversation (messages, answer, metadata) and any feedback about
+it, as retention does; the request's metering (model, tokens, latency) stays for usage
+reports. Lookups are tenant-scoped: another tenant's id reads as unknown (404).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Generic, Literal, TypeVar
+
+from sqlalchemy import ColumnElement, Select, delete, exists, func, select, true
+from sqlalchemy.orm import Session
+
+from core.db import Database
+from core.errors import bad_request, not_found
+from core.ids import utcnow
+from core.models import Feedback, Interaction, Tenant
+from gateway.redaction import redact_metadata
+from gateway.request_policy import check_metadata
+
+MAX_PAGE = 100
+MAX_ID_CHARS = 64  # interaction ids
+Order = Literal["asc", "desc"]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Filter:
+    """Which stored completions: all of them, or those of one `model` carrying every pair of `metadata`."""
+
+    model: str | None = None
+    metadata: Mapping[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class StoredCompletion:
+    id: str
+    model: str
+    created_at: datetime
+    request: dict[str, Any]  # as logged: messages and parameters, without `model`
+    answer: str | None
+    finish_reason: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    metadata: dict[str, str]
+
+    @property
+    def created(self) -> int:
+        return int(self.created_at.timestamp())
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    """One message of a stored completion's request, as OpenAI lists them."""
+
+    id: str
+    role: str
+    content: str | None
+    content_parts: list[dict[str, Any]] | None  # when the client sent content parts
+    name: str | None
+    tool_calls: list[dict[str, Any]] | None
+    tool_call_id: str | None
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    items: list[T]
+    has_more: bool
+
+
+# --------------------------------------------------------------------------- storing
+
+
+def storage(kind: str, body: Mapping[str, Any]) -> tuple[bool, dict[str, str] | None]:
+    """Whether a completion request is to be stored, and the metadata to store with it.
+
+    Only chat completions are stored (OpenAI's stored completions are chat completions).
+    """
+    if kind != "chat" or body.get("store") is not True:
+        return False, None
+    if (body.get("n") or 1) > 1:
+        raise bad_request(
+            "store: true keeps one answer per completion; leave n out (or send 1) when storing.",
+            code="invalid_value",
+            param="n",
+        )
+    return True, dict(body.get("metadata") or {})
+
+
+# --------------------------------------------------------------------------- filters
+
+
+def metadata_filter(query: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """`metadata[key]=value` query parameters as a dict, within OpenAI's metadata bounds."""
+    pairs = {name[len("metadata[") : -1]: value for name, value in query if _is_metadata_param(name)}
+    try:
+        return check_metadata(pairs)
+    except ValueError as exc:
+        raise bad_request(f"Invalid metadata filter: {exc}.", code="invalid_value", param="metadata") from None
+
+
+def _is_metadata_param(name: str) -> bool:
+    return name.startswith("metadata[") and name.endswith("]")
+
+
+def _metadata_is(dialect: str, key: str, value: str) -> ColumnElement[bool]:
+    column = Interaction.stored_metadata
+    if dialect == "sqlite":
+        # A json_extract path cannot spell every key (quotes, backslashes, non-ASCII);
+        # json_each names keys as plain values.
+        entries = func.json_each(column).table_valued("key", "value")
+        return exists().where(entries.c.key == key, entries.c.value == value)
+    return column[key].as_string() == value
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _cutoff(s: Session, tenant_id: str, now: datetime | None) -> datetime | None:
+    """The oldest creation time the tenant's retention period still keeps (None: no period)."""
+    days = s.scalar(select(Tenant.retention_days).where(Tenant.id == tenant_id))
+    return None if days is None else (now or utcnow()) - timedelta(days=int(days))
+
+
+def _visible(s: Session, tenant_id: str, now: datetime | None) -> list[ColumnElement[bool]]:
+    # `stored = true()`, not `IS`: the form the partial index ix_interactions_stored names.
+    where = [Interaction.tenant_id == tenant_id, Interaction.stored == true(), Interaction.status_code == 200]
+    cutoff = _cutoff(s, tenant_id, now)
+    if cutoff is not None:
+        where.append(Interaction.created_at >= cutoff)
+    return where
+
+
+def _matching(s: Session, tenant_id: str, flt: Filter, now: datetime | None) -> Select[tuple[Interaction]]:
+    query = select(Interaction).where(*_visible(s, tenant_id, now))
+    if flt.model is not None:
+        query = query.where(Interaction.model == flt.model)
+    dialect = s.get_bind().dialect.name
+    for key, value in sorted((flt.metadata or {}).items()):
+        query = query.where(_metadata_is(dialect, key, value))
+    return query
+
+
+def _row(s: Session, tenant_id: str, completion_id: str, now: datetime | None) -> Interaction:
+    row = None
+    if len(completion_id) <= MAX_ID_CHARS:
+        row = s.scalar(select(Interaction).where(Interaction.id == completion_id, *_visible(s, tenant_id, now)))
+    if row is None:
+        # The same answer for unknown, unstored, expired and other tenants' ids.
+        raise not_found(
+            f"No stored chat completion found with id '{completion_id}'.",
+            code="completion_not_found",
+            param="completion_id",
+        )
+    return row
+
+
+def _completion(row: Interaction) -> StoredCompletion:
+    return StoredCompletion(
+        id=row.id,
+        model=row.model,
+        created_at=row.created_at,
+        request=dict(row.request or {}),
+        answer=row.response_text,
+        finish_reason=row.finish_reason,
+        prompt_tokens=row.prompt_tokens,
+        completion_tokens=row.completion_tokens,
+        metadata=dict(row.stored_metadata or {}),
+    )
+
+
+def get_completion(
+    db: Database, tenant_id: str, completion_id: str, *, now: datetime | None = None
+) -> StoredCompletion:
+    with db.session() as s:
+        return _completion(_row(s, tenant_id, completion_id, now))
+
+
+def list_completions(
+    db: Database,
+    tenant_id: str,
+    flt: Filter,
+    *,
+    after: str | None = None,
+    limit: int = 20,
+    order: Order = "asc",
+    now: datetime | None = None,
+) -> Page[StoredCompletion]:
+    """A page of stored completions, oldest first (`asc`) or newest first, after the `after` id."""
+    _check_page(limit, order)
+    with db.session() as s:
+        query = _matching(s, tenant_id, flt, now)
+        if after is not None:
+            cursor = _cursor(s, tenant_id, after, now)
+            query = query.where(_beyond(cursor, order))
+        if order == "desc":
+            query = query.order_by(Interaction.created_at.desc(), Interaction.id.desc())
+        else:
+            query = query.order_by(Interaction.created_at, Interaction.id)
+        rows = list(s.scalars(query.limit(limit + 1)))
+        return Page(items=[_completion(r) for r in rows[:limit]], has_more=len(rows) > limit)
+
+
+def iter_completions(
+    db: Database, tenant_id: str, flt: Filter, *, now: datetime | None = None, chunk: int = 500
+) -> Iterator[StoredCompletion]:
+    """Every matching stored completion, oldest first, read a page at a time."""
+    after: str | None = None
+    while True:
+        page = list_completions(db, tenant_id, flt, after=after, limit=min(chunk, MAX_PAGE), now=now)
+        yield from page.items
+        if not page.has_more:
+            return
+        after = page.items[-1].id
+
+
+def _check_page(limit: int, order: str) -> None:
+    if not 1 <= limit <= MAX_PAGE:
+        raise bad_request(f"limit must be between 1 and {MAX_PAGE} (got {limit}).", param="limit")
+    if order not in ("asc", "desc"):
+        raise bad_request(f"order must be 'asc' or 'desc' (got {order!r}).", param="order")
+
+
+def _cursor(s: Session, tenant_id: str, after: str, now: datetime | None) -> Interaction:
+    cursor = None
+    if len(after) <= MAX_ID_CHARS:
+        cursor = s.scalar(select(Interaction).where(Interaction.id == after, *_visible(s, tenant_id, now)))
+    if cursor is None:
+        raise bad_request(f"after {after!r} is not one of your stored chat completions.", param="after")
+    return cursor
+
+
+def _beyond(cursor: Interaction, order: Order) -> ColumnElement[bool]:
+    created, cid = Interaction.created_at, Interaction.id
+    if order == "desc":
+        return (created < cursor.created_at) | ((created == cursor.created_at) & (cid < cursor.id))
+    return (created > cursor.created_at) | ((created == cursor.created_at) & (cid > cursor.id))
+
+
+# --------------------------------------------------------------------------- messages
+
+
+def messages(completion: StoredCompletion) -> list[StoredMessage]:
+    """The request's messages in the order sent, with ids `<completion id>-<index>`."""
+    raw = completion.request.get("messages")
+    return [_message(f"{completion.id}-{i}", m) for i, m in enumerate(raw if isinstance(raw, list) else [])]
+
+
+def _message(mid: str, raw: Any) -> StoredMessage:
+    msg = raw if isinstance(raw, Mapping) else {}
+    content = msg.get("content")
+    parts = content if isinstance(content, list) else None
+    if parts is not None:
+        # What the engine saw: the text parts joined by newlines (gateway.request_policy
+        # admits text parts only).
+        content = "\n".join(str(p.get("text", "")) for p in parts if isinstance(p, Mapping))
+    return StoredMessage(
+        id=mid,
+        role=str(msg.get("role", "user")),
+        content=content if isinstance(content, str) else None,
+        content_parts=[dict(p) for p in parts if isinstance(p, Mapping)] if parts is not None else None,
+        name=msg.get("name") if isinstance(msg.get("name"), str) else None,
+        tool_calls=list(msg["tool_calls"]) if isinstance(msg.get("tool_calls"), list) else None,
+        tool_call_id=msg.get("tool_call_id") if isinstance(msg.get("tool_call_id"), str) else None,
+    )
+
+
+def message_page(
+    completion: StoredCompletion, *, after: str | None = None, limit: int = 20, order: Order = "asc"
+) -> Page[StoredMessage]:
+    _check_page(limit, order)
+    items = messages(completion)
+    if order == "desc":
+        items.reverse()
+    if after is not None:
+        positions = {m.id: i for i, m in enumerate(items)}
+        if after not in positions:
+            raise bad_request(f"after {after!r} is not a message of chat completion {completion.id}.", param="after")
+        items = items[positions[after] + 1 :]
+    return Page(items=items[:limit], has_more=len(items) > limit)
+
+
+# --------------------------------------------------------------------------- changing
+
+
+def update_metadata(
+    db: Database,
+    tenant_id: str,
+    completion_id: str,
+    metadata: Mapping[str, str] | None,
+    *,
+    redact_all: bool = False,
+    now: datetime | None = None,
+) -> StoredCompletion:
+    """Replace a stored completion's metadata (None: none), redacted as the log would store it."""
+    new = dict(metadata or {})
+    with db.session() as s:
+        row = _row(s, tenant_id, completion_id, now)
+        redacting = redact_all or bool(s.scalar(select(Tenant.redact_pii).where(Tenant.id == tenant_id)))
+        row.stored_metadata = redact_metadata(new) if redacting else new
+        return _completion(row)
+
+
+def delete_completion(db: Database, tenant_id: str, completion_id: str, *, now: datetime | None = None) -> str:
+    """Remove a stored completion's conversation and the feedback about it (module docstring)."""
+    with db.session() as s:
+        row = _row(s, tenant_id, completion_id, now)
+        s.execute(delete(Feedback).where(Feedback.tenant_id == tenant_id, Feedback.interaction_id == row.id))
+        row.stored = False
+        row.stored_metadata = None
+        row.request = {}
+        row.response_text = None
+        row.error = None
+        return row.id
+
+
+def first_and_last(ids: Sequence[str]) -> tuple[str, str]:
+    """OpenAI's `first_id` / `last_id`: its schema requires strings, so an empty page has ""."""
+    return (ids[0], ids[-1]) if ids else ("", "")

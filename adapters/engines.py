@@ -15,7 +15,7 @@ import hashlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -265,13 +265,32 @@ class EnginePool:
             engine.resident.pop(victim)
             engine.evictions += 1
             self.observer.adapter_evicted(engine.url, victim)
-            try:
-                resp = await self._post(engine, "/v1/unload_lora_adapter", {"lora_name": victim})
-            except TailorError as exc:
-                log.warning("unload of %s on %s failed: %s", victim, engine.url, exc.message)
-                continue
-            if resp.status_code >= 400:
-                log.warning("unload of %s on %s failed: %s %s", victim, engine.url, resp.status_code, resp.text[:300])
+            await self._unload(engine, victim)
+
+    async def unload(self, names: Iterable[str]) -> int:
+        """Unload these adapters from every engine holding them (versions deleted, tenants
+        purged); returns how many copies went. Requests already running on one finish: vLLM
+        only forgets the name, and the next request for it is refused before it gets here."""
+        wanted = set(names)
+        unloaded = 0
+        for engine in self.engines:
+            for name in [n for n in engine.resident if n in wanted]:
+                engine.resident.pop(name, None)
+                self.observer.adapter_evicted(engine.url, name)
+                unloaded += 1
+                await self._unload(engine, name)
+        return unloaded
+
+    async def _unload(self, engine: Engine, name: str) -> None:
+        # Forgotten here whatever the engine answers: one that is down has lost its adapters
+        # anyway, and one that refuses holds a copy nothing routes to any more.
+        try:
+            resp = await self._post(engine, "/v1/unload_lora_adapter", {"lora_name": name})
+        except TailorError as exc:
+            log.warning("unload of %s on %s failed: %s", name, engine.url, exc.message)
+            return
+        if resp.status_code >= 400:
+            log.warning("unload of %s on %s failed: %s %s", name, engine.url, resp.status_code, resp.text[:300])
 
     async def _load(self, engine: Engine, name: str, path: str) -> None:
         started = time.perf_counter()

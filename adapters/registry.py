@@ -181,10 +181,12 @@ def register_dir(
                 latest = s.scalar(
                     select(func.max(AdapterVersion.version)).where(AdapterVersion.adapter_id == adapter.id)
                 )
+                # Past every number given before, deleted versions' included (adapters.version_deletion).
+                adapter.last_version = max(latest or 0, adapter.last_version or 0) + 1
                 row = AdapterVersion(
                     id=new_id("av"),
                     adapter_id=adapter.id,
-                    version=(latest or 0) + 1,
+                    version=adapter.last_version,
                     digest=digest,
                     rank=manifest.rank,
                     alpha=float(manifest.alpha),
@@ -252,7 +254,7 @@ class ModelRoute:
 
 
 # Versions that exist but must never serve (still training, or broken).
-_UNSERVABLE = ("training", "failed")
+UNSERVABLE = ("training", "failed")
 
 
 def route(db: Database, tenant_id: str, model: str, base_model_name: str) -> ModelRoute:
@@ -267,14 +269,14 @@ def route(db: Database, tenant_id: str, model: str, base_model_name: str) -> Mod
         by_id = {v.id: v for v in adapter.versions}
         if pinned:
             version = next((v for v in adapter.versions if str(v.version) == pinned), None)
-            if version is None or version.state in _UNSERVABLE:
+            if version is None or version.state in UNSERVABLE:
                 raise model_not_found(model)
             return ModelRoute(primary=_resolved(model, version))
         active = by_id.get(adapter.active_version_id or "")
         if active is None:
             raise model_not_found(model)
         canary = by_id.get(adapter.canary_version_id or "")
-        if canary is None or canary.state in _UNSERVABLE or adapter.canary_fraction <= 0:
+        if canary is None or canary.state in UNSERVABLE or adapter.canary_fraction <= 0:
             return ModelRoute(primary=_resolved(model, active))
         return ModelRoute(
             primary=_resolved(model, active), canary=_resolved(model, canary), canary_fraction=adapter.canary_fraction

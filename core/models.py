@@ -88,6 +88,9 @@ class Adapter(Base):
     # A share of this name's traffic goes to the canary version until it is promoted.
     canary_version_id: Mapped[str | None] = mapped_column(String(40))
     canary_fraction: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    # The highest version number given so far: a deleted version's number is never reused,
+    # so `name@vN` never comes to mean other weights.
+    last_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

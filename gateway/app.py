@@ -28,6 +28,7 @@ from gateway.routes import (
     health,
     limits,
     metrics,
+    models,
     openai,
     policy,
     stored_completions,
@@ -108,6 +109,7 @@ def create_app(
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _internal_error)
     routers = (
+        models.router,
         openai.router,
         stored_completions.router,
         adapters.router,

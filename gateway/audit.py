@@ -36,6 +36,7 @@ from core.models import ApiKey, AuditEvent
 if TYPE_CHECKING:
     # Types only: the modules that record events may themselves be imported by these.
     from adapters.registry import AdapterInfo, VersionInfo
+    from adapters.version_deletion import DeletedVersion
     from gateway.tenants import KeyInfo, TenantInfo
     from trainer.jobs import JobInfo
     from trainer.policy import PolicyInfo
@@ -201,6 +202,20 @@ def adapter_changed(
         target=name,
         before=describe_adapter(before),
         after={**(described or {}), **extra} if described is not None or extra else None,
+    )
+
+
+def version_deleted(db: Database, actor: str, tenant_id: str, deleted: DeletedVersion) -> None:
+    """`adapter.version.delete`: one version `name@vN` gone, the adapter `name` before and after."""
+    adapter_changed(
+        db,
+        actor,
+        "adapter.version.delete",
+        tenant_id=tenant_id,
+        name=deleted.adapter_name,
+        before=deleted.before,
+        after=deleted.after,
+        version=describe_version(deleted.version),
     )
 
 

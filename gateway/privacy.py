@@ -38,18 +38,15 @@ import json
 import logging
 import shutil
 import zipfile
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import IO, TYPE_CHECKING, Any
 
-import httpx
 from sqlalchemy import ColumnElement, Table, delete, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.schema import Column, MetaData
 
-from adapters.engines import EnginePool
 from adapters.store import AdapterStore
 from core.blobs import BlobStore
 from core.db import Database
@@ -324,7 +321,7 @@ def purge_tenant(
     """Hard-delete every row, blob and unshared adapter object of `tenant_id`; idempotent.
 
     Records a `tenant.purge` audit event with the counts in the transaction that deletes
-    the tenant row. Engines are not touched here (see `evict_adapters`).
+    the tenant row. Engines are not touched here (see `EnginePool.unload`).
     """
     with db.session() as s:
         versions = list(s.execute(_versions_of(tenant_id)))
@@ -430,30 +427,6 @@ def _delete_rows(s: Session, tenant_id: str) -> dict[str, int]:
     for t in reversed(tables):  # children before parents
         counts[t.name] = s.execute(delete(t.table).where(t.where(tenant_id))).rowcount or 0
     return counts
-
-
-async def evict_adapters(pool: EnginePool, version_ids: Iterable[str]) -> int:
-    """Unload these adapter versions from every engine that holds them; returns how many."""
-    names = set(version_ids)
-    evicted = 0
-    for engine in pool.engines:
-        for name in [n for n in engine.resident if n in names]:
-            engine.resident.pop(name, None)
-            pool.observer.adapter_evicted(engine.url, name)
-            evicted += 1
-            try:
-                resp = await pool.client.post(
-                    f"{engine.url}/v1/unload_lora_adapter",
-                    json={"lora_name": name},
-                    headers=engine.headers,  # engines Tailor owns require their key
-                    timeout=30.0,
-                )
-                if resp.status_code >= 400:
-                    log.warning("engine %s refused to unload %s: %s", engine.url, name, resp.text[:200])
-            except httpx.HTTPError as exc:
-                # Forgotten here either way; a down engine loses its adapters when it restarts.
-                log.warning("unload of %s on %s failed: %s", name, engine.url, exc)
-    return evicted
 
 
 def _utc(value: datetime) -> datetime:

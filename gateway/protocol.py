@@ -21,6 +21,17 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+    # Only on a page asked for with `after` or `limit` (the ids only when it has entries);
+    # a plain listing is OpenAI's bare list.
+    first_id: str | None = None
+    last_id: str | None = None
+    has_more: bool | None = None
+
+
+class ModelDeleted(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    deleted: bool
 
 
 # --- admin API -----------------------------------------------------------------

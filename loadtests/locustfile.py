@@ -209,7 +209,8 @@ def _load_tenants(opts: Any, client: Any) -> list[dict[str, Any]]:
         raise RuntimeError("give --tenants-file (TAILOR_LOAD_TENANTS) or --api-key (TAILOR_API_KEY)")
     r = client.get("/v1/models", headers={"Authorization": f"Bearer {opts.api_key}"}, name="GET models")
     r.raise_for_status()
-    models = [m["id"] for m in r.json()["data"]]
+    # Pinned versions (`name@vN`) are listed too; the load goes to the names clients use.
+    models = [m["id"] for m in r.json()["data"] if "@v" not in m["id"]]
     # /v1/models lists the base model first; put the adapters ahead of it in popularity.
     return [{"tenant": "default", "key": opts.api_key, "models": [*models[1:], models[0]], "base_model": models[0]}]
 

@@ -626,7 +626,8 @@ def setup_tenant(url: str, admin_key: str, tenant: str, adapters: Mapping[str, P
             body = {"name": name, "path": str(path), "activate": True}
             _check(admin.post(f"/admin/tenants/{tenant}/adapters/register", json=body), f"registering {name}")
     r = httpx.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=30)
-    models = [str(m["id"]) for m in _check(r, "GET /v1/models", expect=200)["data"]]
+    # Pinned versions (`name@vN`) are listed too; the soak sends to the names clients use.
+    models = [str(m["id"]) for m in _check(r, "GET /v1/models", expect=200)["data"] if "@v" not in m["id"]]
     _progress(f"tenant {tenant}: models {', '.join(models)}")
     return key, models
 

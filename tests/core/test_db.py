@@ -140,6 +140,51 @@ def test_postgres_schema_works_and_cascades(postgres_url: str) -> None:
     _smoke(url)
 
 
+def _last_version_backfill(url: str) -> None:
+    """Migration 0007 starts each adapter's `last_version` at its highest version number."""
+    cfg = alembic_config(url)
+    command.upgrade(cfg, "0006")
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                text("INSERT INTO tenants (id, name, created_at, redact_pii) VALUES ('t', 't', :at, false)"),
+                {"at": "2026-01-01"},
+            )
+            for adapter in ("a", "b"):
+                conn.execute(
+                    text(
+                        "INSERT INTO adapters (id, tenant_id, name, canary_fraction, created_at, updated_at) "
+                        "VALUES (:id, 't', :id, 0, :at, :at)"
+                    ),
+                    {"id": adapter, "at": "2026-01-01"},
+                )
+            for version in (1, 2, 5):
+                conn.execute(
+                    text(
+                        "INSERT INTO adapter_versions (id, adapter_id, version, digest, rank, alpha, target_modules, "
+                        "base_model, size_bytes, state, source, created_at) "
+                        "VALUES (:id, 'a', :v, 'd', 4, 8, '[]', 'base', 1, 'active', 'upload', :at)"
+                    ),
+                    {"id": f"v{version}", "v": version, "at": "2026-01-01"},
+                )
+        command.upgrade(cfg, "head")
+        with engine.connect() as conn:
+            got = dict(conn.execute(text("SELECT id, last_version FROM adapters")).all())
+        assert got == {"a": 5, "b": 0}
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_migration_backfills_last_version(tmp_path: Path) -> None:
+    _last_version_backfill(f"sqlite:///{tmp_path / 't.db'}")
+
+
+@pytest.mark.postgres
+def test_postgres_migration_backfills_last_version(postgres_url: str) -> None:
+    _last_version_backfill(create_database(postgres_url, "backfill"))
+
+
 # --- lock_row (both backends, through the `db` fixture) ------------------------------
 
 

@@ -159,7 +159,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     KNOWN.update(
         tenant=[TENANTS[1], ids[1]],
         name=["support"],
-        model=["support", base_model],
+        model=["support", "support@v2", base_model],
         version=["1", "2"],
         file_id=[file_id],
         training_file=[file_id],

@@ -489,5 +489,5 @@ async def test_purge_unloads_adapters_from_engines_that_need_a_key() -> None:
         pool = EnginePool(
             [owned], client, expect=EngineExpectation(served_name="base", max_lora_rank=16), max_resident=2
         )
-        assert await privacy.evict_adapters(pool, ["lv-purged"]) == 1
+        assert await pool.unload(["lv-purged"]) == 1
     assert seen == [("/v1/unload_lora_adapter", "Bearer engine-key")] and not owned.resident

@@ -965,6 +965,25 @@ async def test_pinned_version_name(gw: Gateway) -> None:
     assert gw.fake.completions()[0].body["model"] == v1
 
 
+async def test_deleted_version_is_unloaded_and_no_longer_served(gw: Gateway) -> None:
+    gw.register_adapter("helper")
+    v2 = gw.register_adapter("helper")
+    gw.register_adapter("helper")  # v3 serves `helper`
+    assert (await gw.chat(model="helper@v2")).status_code == 200
+    assert v2 in gw.engine.resident and v2 in gw.fake.loras
+
+    r = await gw.http.delete("/v1/models/helper@v2", headers=gw.auth)
+    assert r.status_code == 200, r.text
+    validate(r.json(), "DeleteModelResponse")
+    assert v2 not in gw.engine.resident and v2 not in gw.fake.loras
+    assert [s.body for s in gw.fake.seen if s.path == "/v1/unload_lora_adapter"] == [{"lora_name": v2}]
+
+    err = error_of(await gw.chat(model="helper@v2"), 404)
+    assert err["code"] == "model_not_found" and v2 not in err["message"]
+    assert (await gw.chat(model="helper")).status_code == 200  # the alias serves on
+    assert len(gw.fake.completions()) == 2
+
+
 async def test_adapter_lost_by_engine_is_reloaded_and_retried(gw: Gateway) -> None:
     version_id = gw.register_adapter("helper")
     assert (await gw.chat(model="helper")).status_code == 200

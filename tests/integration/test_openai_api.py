@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import openai
@@ -36,6 +38,75 @@ def test_models_list_and_retrieve(tailor_server: TailorServer, tenant_a: TenantK
     validate(model.model_dump(), "Model")
     with pytest.raises(openai.NotFoundError):
         c.models.retrieve("no-such-model")
+
+
+def _refused(call: Callable[[], object], error: type[openai.APIStatusError], code: str) -> None:
+    with pytest.raises(error) as info:
+        call()
+    body = info.value.response.json()
+    validate(body, "ErrorResponse")
+    assert body["error"]["code"] == code, body
+
+
+def test_fine_tuned_models_listed_retrieved_and_deleted(
+    tailor_server: TailorServer, tenant_a: TenantKeys, tenant_b: TenantKeys, random_adapter: Path
+) -> None:
+    with tailor_server.admin() as admin:
+        for activate in (True, False, False):  # v1 serves `ft-models`; v2 and v3 are pinned names only
+            body = {"name": "ft-models", "path": str(random_adapter), "activate": activate}
+            assert admin.post(f"/admin/tenants/{tenant_a.name}/adapters/register", json=body).status_code == 201
+    c = client(tailor_server, tenant_a)
+    raw = c.models.with_raw_response.list()
+    validate(raw.http_response.json(), "ListModelsResponse")
+    ids = [m.id for m in raw.parse().data]
+    assert ids[0] == BASE_MODEL
+    assert [i for i in ids if i.startswith("ft-models")] == [
+        "ft-models",
+        "ft-models@v1",
+        "ft-models@v2",
+        "ft-models@v3",
+    ]
+    page = c.models.with_raw_response.list(extra_query={"after": "ft-models", "limit": 2}).http_response.json()
+    validate(page, "ListModelsResponse")
+    assert [m["id"] for m in page["data"]] == ["ft-models@v1", "ft-models@v2"] and page["has_more"] is True
+    for name in ("ft-models", "ft-models@v2"):
+        card = c.models.with_raw_response.retrieve(name).http_response.json()
+        validate(card, "Model")
+        assert card["id"] == name and card["owned_by"] == tenant_a.name
+    messages = [{"role": "user", "content": QUESTION}]
+    assert c.chat.completions.create(model="ft-models@v2", messages=messages, max_tokens=4).model == "ft-models@v2"
+
+    other = client(tailor_server, tenant_b)
+    assert not [m.id for m in other.models.list() if m.id.startswith("ft-models")]
+    _refused(lambda: other.models.retrieve("ft-models@v2"), openai.NotFoundError, "model_not_found")
+    _refused(lambda: other.models.delete("ft-models@v2"), openai.NotFoundError, "model_not_found")
+    _refused(lambda: c.models.delete("ft-models@v1"), openai.BadRequestError, "model_version_active")
+    _refused(lambda: c.models.delete("ft-models"), openai.BadRequestError, "cannot_delete_alias")
+    _refused(lambda: c.models.delete(BASE_MODEL), openai.BadRequestError, "cannot_delete_base_model")
+
+    with tailor_server.admin() as admin:
+        resident = admin.get("/admin/engines").json()[0]["resident_adapters"]
+        raw_deleted = c.models.with_raw_response.delete("ft-models@v2")
+        validate(raw_deleted.http_response.json(), "DeleteModelResponse")
+        deleted = raw_deleted.parse()
+        assert (deleted.id, deleted.object, deleted.deleted) == ("ft-models@v2", "model", True)
+        assert admin.get("/admin/engines").json()[0]["resident_adapters"] == resident - 1
+    _refused(lambda: c.models.retrieve("ft-models@v2"), openai.NotFoundError, "model_not_found")
+    _refused(lambda: c.models.delete("ft-models@v2"), openai.NotFoundError, "model_not_found")
+    _refused(
+        lambda: c.chat.completions.create(model="ft-models@v2", messages=messages, max_tokens=4),
+        openai.NotFoundError,
+        "model_not_found",
+    )
+    assert "ft-models@v2" not in [m.id for m in c.models.list()]
+    assert c.chat.completions.create(model="ft-models@v3", messages=messages, max_tokens=4).model == "ft-models@v3"
+    r = httpx.get(
+        f"{tailor_server.url}/v1/audit",
+        params={"action": "adapter.version.delete"},
+        headers={"Authorization": f"Bearer {tenant_a.key}"},
+    )
+    [event] = r.json()["data"]
+    assert event["target"] == "ft-models" and event["after"]["version"]["version"] == 2
 
 
 def test_chat_completion_base_model(tailor_server: TailorServer, tenant_a: TenantKeys) -> None:

@@ -479,10 +479,11 @@ def test_users_are_dealt_round_robin_over_the_tenants_file(lf: Locustfile, tmp_p
 
 
 def test_without_tenants_file_the_api_key_tenant_gets_adapters_before_the_base_model(lf: Locustfile) -> None:
-    client = FakeClient(ok_responder(), models=["Base", "support", "billing"])
+    # Pinned versions are listed too; the load goes to the names clients use.
+    client = FakeClient(ok_responder(), models=["Base", "billing", "billing@v1", "support", "support@v2"])
     tenants = lf.module._load_tenants(options(api_key="sk-one"), client)
     assert tenants == [
-        {"tenant": "default", "key": "sk-one", "models": ["support", "billing", "Base"], "base_model": "Base"}
+        {"tenant": "default", "key": "sk-one", "models": ["billing", "support", "Base"], "base_model": "Base"}
     ]
     assert client.gets == [("/v1/models", {"Authorization": "Bearer sk-one"})]
 

@@ -17,8 +17,9 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{secrets.token_hex(12)}"
+def new_id(prefix: str, sep: str = "-") -> str:
+    # OpenAI's own ids differ in the separator: `chatcmpl-...` but `resp_...`, `msg_...`.
+    return f"{prefix}{sep}{secrets.token_hex(12)}"
 
 
 def new_api_key() -> str:

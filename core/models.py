@@ -171,6 +171,24 @@ class Interaction(Base):
     stored_metadata: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
+class StoredResponse(Base):
+    """A Responses API answer created with `store` (OpenAI's default): what GET returns, and
+    what `previous_response_id` continues. Each row holds only its own turn (the input items
+    it was sent and the Response object with its output); a conversation is the chain of
+    `previous_response_id` links, so deleting or expiring one turn removes it everywhere."""
+
+    __tablename__ = "responses"
+    __table_args__ = (Index("ix_responses_tenant_created", "tenant_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # also its interaction's id
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    model: Mapped[str] = mapped_column(String(200))
+    previous_response_id: Mapped[str | None] = mapped_column(String(64))
+    input_items: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)  # the Response object as the client got it
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Feedback(Base):
     """A rating, correction and/or preference about one interaction (or an imported example)."""
 

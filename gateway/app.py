@@ -31,6 +31,7 @@ from gateway.routes import (
     models,
     openai,
     policy,
+    responses,
     stored_completions,
     usage,
 )
@@ -112,6 +113,7 @@ def create_app(
         models.router,
         openai.router,
         stored_completions.router,
+        responses.router,
         adapters.router,
         feedback.router,
         files.router,

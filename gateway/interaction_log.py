@@ -20,13 +20,13 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from core.db import Database
 from core.ids import utcnow
-from core.models import Interaction, Tenant
+from core.models import Feedback, Interaction, Tenant
 from gateway.redaction import redact_metadata, redact_optional, redact_payload
 
 log = logging.getLogger("tailor.interactions")
@@ -173,3 +173,15 @@ def _redacted(row: dict[str, Any]) -> dict[str, Any]:
     row["error"] = redact_optional(row["error"])
     row["stored_metadata"] = redact_metadata(row["stored_metadata"])
     return row
+
+
+def erase_conversation(s: Session, row: Interaction) -> None:
+    """Forget what a logged request said: its messages, answer, error text, stored metadata, and
+    the feedback about it (as retention does). Its metering (model, tokens, latency) stays for
+    usage reports."""
+    s.execute(delete(Feedback).where(Feedback.tenant_id == row.tenant_id, Feedback.interaction_id == row.id))
+    row.stored = False
+    row.stored_metadata = None
+    row.request = {}
+    row.response_text = None
+    row.error = None

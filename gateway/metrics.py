@@ -49,7 +49,7 @@ OTHER = "other"
 ALL_TENANTS = "all"  # the tenant label unless the operator turns tenant labels on
 ADAPTER = "adapter"  # the model label of every adapter, likewise
 CLIENT_CLOSED = 499
-ENDPOINTS = ("chat.completions", "completions")
+ENDPOINTS = ("chat.completions", "completions", "responses")
 # Jobs that are waiting or running: the queue. Finished ones only ever grow.
 OPEN_JOB_STATUSES = ("validating_files", "queued", "running")
 

@@ -8,7 +8,7 @@ and checkpoints), transitively. `audit_events` is left out on purpose: the recor
 was done to a tenant (its purge included) outlives the tenant, and it holds no content.
 
 Retention (`apply_retention`), for tenants with `retention_days` set, deletes:
-- interactions created before now - retention_days;
+- interactions and stored responses (gateway.responses) created before now - retention_days;
 - feedback created before that cutoff, and feedback about an interaction being deleted
   (its text is part of that conversation, and without the prompt it is no training example).
 Files, datasets, adapters and jobs are not touched: they are artefacts a tenant uploads or
@@ -51,7 +51,7 @@ from adapters.store import AdapterStore
 from core.blobs import BlobStore
 from core.db import Database
 from core.ids import utcnow
-from core.models import Adapter, AdapterVersion, Base, Feedback, Interaction, Tenant
+from core.models import Adapter, AdapterVersion, Base, Feedback, Interaction, StoredResponse, Tenant
 from gateway import audit
 
 if TYPE_CHECKING:
@@ -124,7 +124,17 @@ def tenant_tables(metadata: MetaData = Base.metadata) -> list[ScopedTable]:
 class RetentionResult:
     interactions: int = 0
     feedback: int = 0
+    responses: int = 0
     by_tenant: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+def retention_cutoff(s: Session, tenant_id: str, now: datetime | None = None) -> datetime | None:
+    """The oldest creation time the tenant's retention period still keeps (None: no period).
+
+    What the API serves back is hidden from this moment on; `apply_retention` deletes it later.
+    """
+    days = s.scalar(select(Tenant.retention_days).where(Tenant.id == tenant_id))
+    return None if days is None else _utc(now or utcnow()) - timedelta(days=int(days))
 
 
 def apply_retention(db: Database, now: datetime | None = None, *, chunk: int = _CHUNK) -> RetentionResult:
@@ -141,11 +151,14 @@ def apply_retention(db: Database, now: datetime | None = None, *, chunk: int = _
         feedback_expired = (Feedback.tenant_id == tenant_id) & ((Feedback.created_at < cutoff) | about_expired)
         feedback = _delete_chunked(db, Feedback.id, feedback_expired, chunk)
         interactions = _delete_chunked(db, Interaction.id, expired, chunk)
-        if feedback or interactions:
-            counts = {"interactions": interactions, "feedback": feedback}
+        responses_expired = (StoredResponse.tenant_id == tenant_id) & (StoredResponse.created_at < cutoff)
+        responses = _delete_chunked(db, StoredResponse.id, responses_expired, chunk)
+        if feedback or interactions or responses:
+            counts = {"interactions": interactions, "feedback": feedback, "responses": responses}
             result.by_tenant[tenant_id] = counts
             result.interactions += interactions
             result.feedback += feedback
+            result.responses += responses
             audit.record(
                 db,
                 actor=RETENTION_ACTOR,
@@ -174,11 +187,12 @@ async def retention_loop(services: Services, interval_s: float = 3600.0) -> None
     while True:
         try:
             result = await asyncio.to_thread(apply_retention, services.db, utcnow())
-            if result.interactions or result.feedback:
+            if result.by_tenant:
                 log.info(
-                    "retention deleted %d interactions and %d feedback rows of %d tenants",
+                    "retention deleted %d interactions, %d feedback rows and %d stored responses of %d tenants",
                     result.interactions,
                     result.feedback,
+                    result.responses,
                     len(result.by_tenant),
                 )
         except Exception:  # a failed run is retried next interval; it must not end the loop

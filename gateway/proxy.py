@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import orjson
@@ -54,6 +54,62 @@ ROUTES: dict[Kind, Route] = {
 }
 
 
+class Presenter(Protocol):
+    """How a normalised answer reaches the client.
+
+    Chat and text completions go out as they are (`Passthrough`); the Responses API
+    (gateway.responses) sends the same engine answer as its own objects and events. A stream
+    calls `opening` once, `chunk` per normalised chunk, then `closing` at the engine's
+    `[DONE]` or `failure` instead when it fails; what each returns is sent as it is.
+    """
+
+    async def body(self, body: dict[str, Any]) -> dict[str, Any]: ...
+    def opening(self) -> bytes: ...
+    def chunk(self, chunk: dict[str, Any]) -> bytes: ...
+    async def closing(self) -> bytes: ...
+    def failure(self, error: dict[str, Any]) -> bytes: ...
+
+
+def sse(data: Any) -> bytes:
+    return b"data: " + orjson.dumps(data) + b"\n\n"
+
+
+@dataclass
+class Passthrough:
+    """OpenAI's chat and completions objects, as normalised; server-sent `data:` events."""
+
+    wants_usage: bool = False  # the client asked for the usage chunk (`stream_options`)
+
+    async def body(self, body: dict[str, Any]) -> dict[str, Any]:
+        return body
+
+    def opening(self) -> bytes:
+        return b""
+
+    def chunk(self, chunk: dict[str, Any]) -> bytes:
+        # Tailor always asks the engine for usage; the client gets that chunk only if it asked.
+        if not chunk.get("choices") and chunk.get("usage") and not self.wants_usage:
+            return b""
+        return sse(chunk)
+
+    async def closing(self) -> bytes:
+        return b"data: [DONE]\n\n"
+
+    def failure(self, error: dict[str, Any]) -> bytes:
+        return sse(error)
+
+
+@dataclass(frozen=True)
+class Call:
+    """A request another API sends down the chat path (gateway.responses): the id and
+    endpoint name it is logged under, what of it is logged, and how it is answered."""
+
+    id: str
+    endpoint: str
+    request: dict[str, Any]
+    presenter: Presenter
+
+
 def _json(data: Any, status: int, interaction_id: str, headers: dict[str, str] | None = None) -> Response:
     return Response(
         orjson.dumps(data),
@@ -76,9 +132,16 @@ def _request_log(kind: Kind, body: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in body.items() if k != "model"}
 
 
-async def complete(services: Services, caller: Caller, kind: Kind, body: dict[str, Any], request: Request) -> Response:
+async def complete(
+    services: Services,
+    caller: Caller,
+    kind: Kind,
+    body: dict[str, Any],
+    request: Request,
+    call: Call | None = None,
+) -> Response:
     route = ROUTES[kind]
-    interaction_id = new_id(route.id_prefix)
+    interaction_id = call.id if call else new_id(route.id_prefix)
     started = time.perf_counter()
     public_model = body["model"]
     stream = bool(body.get("stream"))
@@ -86,11 +149,12 @@ async def complete(services: Services, caller: Caller, kind: Kind, body: dict[st
         id=interaction_id,
         tenant_id=caller.tenant_id,
         api_key_id=caller.key_id,
-        endpoint=route.endpoint,
+        endpoint=call.endpoint if call else route.endpoint,
         model=public_model,
         stream=stream,
-        request=_request_log(kind, body),
+        request=call.request if call else _request_log(kind, body),
     )
+    presenter = call.presenter if call else Passthrough(_client_wants_usage(record))
     telemetry = services.telemetry
     spans = telemetry.request_started(kind, record, body, request)
     model_known = False  # metrics label a model by name only once it resolved
@@ -144,14 +208,26 @@ async def complete(services: Services, caller: Caller, kind: Kind, body: dict[st
     held = _HeldLease(services.pool, lease)
     try:
         return await _answer(
-            services, held, lora, route, kind, payload, record, finish, interaction_id, request, spans, started
+            services,
+            held,
+            lora,
+            route,
+            kind,
+            payload,
+            record,
+            finish,
+            interaction_id,
+            request,
+            spans,
+            started,
+            presenter,
         )
     except asyncio.CancelledError:
         finish(CLIENT_CLOSED, "client disconnected")
         raise
     except Exception as exc:
         log.exception("request %s failed after an engine was leased", interaction_id)
-        err = TailorError(500, "Tailor failed while handling this request; retry shortly.", code="internal_error")
+        err = _internal_error()
         finish(err.status, f"internal error: {type(exc).__name__}")
         return _json(err.body(), err.status, interaction_id)
     finally:
@@ -189,6 +265,7 @@ async def _answer(
     request: Request,
     spans: Any,
     started: float,
+    presenter: Presenter,
 ) -> Response:
     """Send the request to the leased engine and answer the client. Never releases the lease."""
     lease = held.lease
@@ -213,11 +290,13 @@ async def _answer(
         return _json(error, resp.status_code, interaction_id)
 
     if not record.stream:
-        return await _finish_body(services, lease, route, kind, resp, record, finish, interaction_id, request)
+        return await _finish_body(
+            services, lease, route, kind, resp, record, finish, interaction_id, request, presenter
+        )
 
     stream_call = _StreamCall(services, held, resp, record, finish)
     held.streaming = True
-    gen = stream_call.events(route, kind, public_model, interaction_id, _client_wants_usage(record), replace, started)
+    gen = stream_call.events(route, kind, public_model, interaction_id, presenter, replace, started)
     return _ClosingStreamingResponse(
         gen,
         on_exit=lambda: stream_call.close(CLIENT_CLOSED, "client disconnected"),
@@ -355,6 +434,7 @@ async def _finish_body(
     finish: Callable[..., None],
     interaction_id: str,
     request: Request,
+    presenter: Presenter,
 ) -> Response:
     try:
         raw = await _until_disconnect(request, resp.aread())
@@ -381,8 +461,10 @@ async def _finish_body(
     usage = body.get("usage") or {}
     record.prompt_tokens = usage.get("prompt_tokens")
     record.completion_tokens = usage.get("completion_tokens")
+    # Before the log record is final: a presenter that fails (storing a response) fails the request.
+    answer = await presenter.body(body)
     finish(200)
-    return _json(body, 200, interaction_id)
+    return _json(answer, 200, interaction_id)
 
 
 async def _sse_data(resp: httpx.Response) -> AsyncIterator[bytes]:
@@ -400,6 +482,10 @@ async def _sse_data(resp: httpx.Response) -> AsyncIterator[bytes]:
                 yield line[5:].strip()
     if pending.startswith(b"data:"):
         yield pending[5:].strip()
+
+
+def _internal_error() -> TailorError:
+    return TailorError(500, "Tailor failed while handling this request; retry shortly.", code="internal_error")
 
 
 def _bad_engine_output() -> TailorError:
@@ -445,16 +531,25 @@ class _StreamCall:
         kind: Kind,
         public_model: str,
         interaction_id: str,
-        client_wants_usage: bool,
+        presenter: Presenter,
         replace: dict[str, str],
         started: float,
     ) -> AsyncIterator[bytes]:
         record = self.record
         status, error = 200, None
         try:
+            opening = presenter.opening()
+            if opening:
+                yield opening
             async for payload in _sse_data(self.resp):
                 if payload == b"[DONE]":
-                    yield b"data: [DONE]\n\n"
+                    try:
+                        closing = await presenter.closing()
+                    except Exception as exc:
+                        log.exception("request %s failed after its answer was complete", interaction_id)
+                        status, error = 500, f"internal error: {type(exc).__name__}"
+                        closing = presenter.failure(_internal_error().body())
+                    yield closing
                     break
                 try:
                     chunk = orjson.loads(payload)
@@ -465,7 +560,7 @@ class _StreamCall:
                     failed = _bad_engine_output().body()
                 if failed is not None:
                     status, error = 502, failed["error"]["message"]
-                    yield b"data: " + orjson.dumps(failed) + b"\n\n"
+                    yield presenter.failure(failed)
                     break
                 usage = chunk.get("usage")
                 if usage:
@@ -482,14 +577,14 @@ class _StreamCall:
                         self.parts.append(text)
                     if choice.get("finish_reason"):
                         record.finish_reason = choice["finish_reason"]
-                if not choices and usage and not client_wants_usage:
-                    continue
-                yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+                out = presenter.chunk(chunk)
+                if out:
+                    yield out
             else:
                 # The engine closed the stream without its `[DONE]`: the answer is incomplete.
                 err = _bad_engine_output()
                 status, error = err.status, "engine stream ended without [DONE]"
-                yield b"data: " + orjson.dumps(err.body()) + b"\n\n"
+                yield presenter.failure(err.body())
         except asyncio.CancelledError:
             status, error = CLIENT_CLOSED, "client disconnected"
             raise
@@ -499,7 +594,7 @@ class _StreamCall:
             err = TailorError(
                 503, "The inference engine failed while streaming; retry shortly.", code="engine_unavailable"
             )
-            yield b"data: " + orjson.dumps(err.body()) + b"\n\n"
+            yield presenter.failure(err.body())
         finally:
             await self.close(status, error)
 

@@ -263,8 +263,8 @@ OUTPUT_TOKEN_PARAMS = ("max_tokens", "max_completion_tokens", "min_tokens")
 MAX_CLIENT_SALT = 1024
 
 
-def check_output_cap(body: dict[str, Any], cap: int) -> None:
-    for param in OUTPUT_TOKEN_PARAMS:
+def check_output_cap(body: dict[str, Any], cap: int, params: tuple[str, ...] = OUTPUT_TOKEN_PARAMS) -> None:
+    for param in params:
         asked = body.get(param)
         if isinstance(asked, int) and asked > cap:
             raise TailorError(

@@ -21,16 +21,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
-from sqlalchemy import ColumnElement, Select, delete, exists, func, select, true
+from sqlalchemy import ColumnElement, Select, exists, func, select, true
 from sqlalchemy.orm import Session
 
 from core.db import Database
 from core.errors import bad_request, not_found
-from core.ids import utcnow
-from core.models import Feedback, Interaction, Tenant
+from core.models import Interaction, Tenant
+from gateway.interaction_log import erase_conversation
+from gateway.privacy import retention_cutoff
 from gateway.redaction import redact_metadata
 from gateway.request_policy import check_metadata
 
@@ -132,16 +133,10 @@ def _metadata_is(dialect: str, key: str, value: str) -> ColumnElement[bool]:
 # --------------------------------------------------------------------------- reading
 
 
-def _cutoff(s: Session, tenant_id: str, now: datetime | None) -> datetime | None:
-    """The oldest creation time the tenant's retention period still keeps (None: no period)."""
-    days = s.scalar(select(Tenant.retention_days).where(Tenant.id == tenant_id))
-    return None if days is None else (now or utcnow()) - timedelta(days=int(days))
-
-
 def _visible(s: Session, tenant_id: str, now: datetime | None) -> list[ColumnElement[bool]]:
     # `stored = true()`, not `IS`: the form the partial index ix_interactions_stored names.
     where = [Interaction.tenant_id == tenant_id, Interaction.stored == true(), Interaction.status_code == 200]
-    cutoff = _cutoff(s, tenant_id, now)
+    cutoff = retention_cutoff(s, tenant_id, now)
     if cutoff is not None:
         where.append(Interaction.created_at >= cutoff)
     return where
@@ -321,12 +316,7 @@ def delete_completion(db: Database, tenant_id: str, completion_id: str, *, now: 
     """Remove a stored completion's conversation and the feedback about it (module docstring)."""
     with db.session() as s:
         row = _row(s, tenant_id, completion_id, now)
-        s.execute(delete(Feedback).where(Feedback.tenant_id == tenant_id, Feedback.interaction_id == row.id))
-        row.stored = False
-        row.stored_metadata = None
-        row.request = {}
-        row.response_text = None
-        row.error = None
+        erase_conversation(s, row)
         return row.id
 
 

@@ -21,13 +21,20 @@ only `choices[].finish_reason` made nullable. `ChatCompletionStoredMessageList`:
 `GET /chat/completions/{id}/messages` lists the request's messages, and OpenAI's own
 example there lists a `"role": "user"` message, but `ChatCompletionMessageList` builds its
 items on `ChatCompletionResponseMessage`, whose role can only be "assistant". The copy
-accepts the roles of request messages and is otherwise the same.
+accepts the roles of request messages and is otherwise the same. `ResponseDeleted`:
+`DELETE /responses/{id}` has no component schema; its documented example body
+(`{"id", "object": "response", "deleted": true}`) is written down as one.
+
+`validate_response_event` checks a Responses stream event twice: against the
+`ResponseStreamEvent` union (which, being an anyOf, accepts an event as soon as any variant
+does) and against the one variant its `type` names.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -51,9 +58,19 @@ _SPEC_URI = "urn:tailor:openai-openapi"
 # Synthetic schemas this helper adds (see module docstring).
 COMPLETION_STREAM = "CreateCompletionStreamResponse"
 STORED_MESSAGE_LIST = "ChatCompletionStoredMessageList"
+RESPONSE_DELETED = "ResponseDeleted"
 _REQUEST_ROLES = ["system", "developer", "user", "assistant", "tool", "function"]
 
-__all__ = ["COMPLETION_STREAM", "STORED_MESSAGE_LIST", "SchemaMismatch", "schema_names", "validate"]
+__all__ = [
+    "COMPLETION_STREAM",
+    "RESPONSE_DELETED",
+    "STORED_MESSAGE_LIST",
+    "SchemaMismatch",
+    "schema_names",
+    "validate",
+    "response_stream_events",
+    "validate_response_event",
+]
 
 
 class SchemaMismatch(ValidationError):
@@ -121,6 +138,16 @@ def _add_synthetic_schemas(schemas: dict[str, Any]) -> None:
     assert parts[0] == {"$ref": "#/components/schemas/ChatCompletionResponseMessage"}, parts[0]
     parts[0] = {"$ref": "#/components/schemas/ChatCompletionStoredMessage"}
     schemas[STORED_MESSAGE_LIST] = listing
+
+    schemas[RESPONSE_DELETED] = {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"type": "string", "enum": ["response"]},
+            "deleted": {"type": "boolean", "enum": [True]},
+        },
+        "required": ["id", "object", "deleted"],
+    }
 
 
 @functools.cache
@@ -191,3 +218,43 @@ def _deepest(error: ValidationError) -> ValidationError:
         return error
     deepest = max(error.context, key=lambda e: (len(e.absolute_path), e.validator != "type"))
     return _deepest(deepest)
+
+
+def validate_response_event(event: Any) -> None:
+    """A Responses stream event: valid `ResponseStreamEvent`, and valid as the variant its type names."""
+    validate(event, "ResponseStreamEvent")
+    variants = _event_variants()
+    kind = event.get("type") if isinstance(event, dict) else None
+    if kind not in variants:
+        raise SchemaMismatch(f"ResponseStreamEvent invalid: no variant has type {kind!r}")
+    validate(event, variants[kind])
+
+
+@functools.cache
+def _event_variants() -> dict[str, str]:
+    """ResponseStreamEvent's variants by the `type` each one fixes."""
+    registry, _ = _registry()
+    schemas = registry.contents(_SPEC_URI)["components"]["schemas"]
+    out = {}
+    for ref in schemas["ResponseStreamEvent"]["anyOf"]:
+        name = ref["$ref"].rsplit("/", 1)[-1]
+        enum = schemas[name].get("properties", {}).get("type", {}).get("enum") or []
+        for kind in enum:
+            out[kind] = name
+    return out
+
+
+def response_stream_events(text: str) -> list[dict[str, Any]]:
+    """The events of a raw Responses stream, each validated: framed as OpenAI frames them (an
+    `event:` line naming the data's type, then a `data:` line; no `[DONE]`), numbered from 0."""
+    assert text.endswith("\n\n") and "[DONE]" not in text, text[-200:]
+    events = []
+    for block in text[:-2].split("\n\n"):
+        name, data = block.split("\n")
+        assert name.startswith("event: ") and data.startswith("data: "), block
+        event = json.loads(data[len("data: ") :])
+        assert event["type"] == name[len("event: ") :], block
+        validate_response_event(event)
+        events.append(event)
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    return events

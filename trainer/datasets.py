@@ -55,6 +55,9 @@ SNAPSHOT_FORMAT = 1
 # A score (0..1) without a rating reads as "good" from this value up.
 GOOD_SCORE = 0.5
 CHAT_ENDPOINT = "chat.completions"
+# Endpoints whose logged request is a chat request (`messages`): the Responses API logs the
+# chat request it was answered with, the whole conversation included.
+CHAT_FORM_ENDPOINTS = frozenset({CHAT_ENDPOINT, "responses"})
 
 Message = dict[str, str]
 Verdict = Literal["good", "bad"]
@@ -382,7 +385,7 @@ def prompt_from_request(endpoint: str, request: dict[str, Any]) -> tuple[Message
     example rendered with it would teach a format the endpoint never sees. Requests with
     tool calls, images or a final non-user turn (assistant prefill) are skipped too.
     """
-    if endpoint != CHAT_ENDPOINT:
+    if endpoint not in CHAT_FORM_ENDPOINTS:
         return None
     raw = request.get("messages")
     if not isinstance(raw, list) or not raw:

@@ -36,7 +36,9 @@ class FeedbackCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     interaction_id: str = Field(
-        min_length=1, max_length=64, description="The `x-tailor-interaction-id` header of the rated response."
+        min_length=1,
+        max_length=64,
+        description="The rated answer's completion or response `id` (its `x-tailor-interaction-id` header).",
     )
     rating: Literal["good", "bad"] | None = None
     score: float | None = Field(None, ge=0, le=1, description="0 (worst) to 1 (best).")

@@ -60,6 +60,9 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
 )
 
+from core.ids import new_id, utcnow
+from gateway.responses import store as response_store
+from gateway.responses.items import input_items
 from tests.adapters.test_validation import tiny_config, write_adapter
 from tests.apputil import ADMIN, TenantsApi, make_app, serve_tenants
 from tests.dbutil import add_interaction
@@ -156,6 +159,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         stored=True,
         stored_metadata={"task": "geo"},
     )
+    response_id = new_id("resp", "_")
+    response_store.save(
+        app.state.services.db,
+        ids[0],
+        response_store.Turn(response_id, "support", utcnow(), None, input_items(CHAT["messages"][0]["content"]), {}),
+    )
     KNOWN.update(
         tenant=[TENANTS[1], ids[1]],
         name=["support"],
@@ -167,6 +176,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         fine_tuning_job_id=[job_id],
         interaction_id=[interaction_id],
         completion_id=[completion_id],
+        response_id=[response_id],
         key_id=[keys[1]["id"]],
     )
     try:
@@ -203,7 +213,7 @@ def flatmap_body(context: HookContext, body: Any) -> st.SearchStrategy[Any]:
 
 # --- checks -----------------------------------------------------------------------------------
 
-_COMPLETIONS = re.compile(r"/v1/(chat/)?completions")
+_COMPLETIONS = re.compile(r"/v1/((chat/)?completions|responses)")
 
 
 def _json(response: Response) -> Any:

@@ -24,10 +24,11 @@ from sqlalchemy import select
 from adapters import registry
 from core.db import Database
 from core.ids import new_id
-from core.models import AuditEvent, Base, Feedback, Interaction, RateCounter, Tenant
+from core.models import AuditEvent, Base, Feedback, Interaction, RateCounter, StoredResponse, Tenant
 from gateway import privacy
 from gateway.console import auth as console_auth
 from gateway.redaction import CARD, EMAIL
+from gateway.responses import store as response_store
 from gateway.routes import privacy as privacy_routes
 from gateway.tenants import create_tenant
 from tests.adapters.test_validation import tiny_config, write_adapter
@@ -125,6 +126,7 @@ def fill(api: Api, tenant: str, shared_dir: Path) -> Filled:
     fb = c.post("/v1/feedback", json={"interaction_id": interaction, "correction": "Hi!"}, headers=key)
     assert fb.status_code == 201, fb.text
     ids.add(fb.json()["id"])
+    ids.add(_response(svc.db, tid, 0))  # a stored Responses API answer
 
     # a file, a dataset snapshot of it, a job with events, a checkpoint and an evaluation
     file_bytes = (json.dumps(CHAT) + "\n").encode() * 3
@@ -389,6 +391,13 @@ def _aged(db: Database, tenant_id: str, days: float, **fields: Any) -> str:
     return add_interaction(db, tenant_id, model="m", created_at=NOW - timedelta(days=days), **fields)
 
 
+def _response(db: Database, tenant_id: str, days: float) -> str:
+    rid = new_id("resp", "_")
+    turn = response_store.Turn(rid, "m", NOW - timedelta(days=days), None, [], {"id": rid, "output": []})
+    response_store.save(db, tenant_id, turn)
+    return rid
+
+
 def _feedback(db: Database, tenant_id: str, interaction_id: str | None, days: float) -> str:
     fid = new_id("fb")
     with db.session() as s:
@@ -423,10 +432,17 @@ def test_retention_deletes_what_expired_and_nothing_else(db: Database) -> None:
     old_import = _feedback(db, short, None, 10)  # an old imported example
     on_fresh = _feedback(db, short, fresh, 1)
     forever_fb = _feedback(db, forever, kept_forever, 400)
+    old_response, fresh_response, forever_response = (
+        _response(db, short, 8),
+        _response(db, short, 6),
+        _response(db, forever, 400),
+    )
 
     result = privacy.apply_retention(db, NOW, chunk=1)  # chunk 1: the loop over chunks runs too
-    assert (result.interactions, result.feedback) == (1, 2)
-    assert result.by_tenant == {short: {"interactions": 1, "feedback": 2}}
+    assert (result.interactions, result.feedback, result.responses) == (1, 2, 1)
+    assert result.by_tenant == {short: {"interactions": 1, "feedback": 2, "responses": 1}}
+    assert _ids(db, StoredResponse, short) == {fresh_response} and old_response not in _ids(db, StoredResponse, short)
+    assert _ids(db, StoredResponse, forever) == {forever_response}
     assert _ids(db, Interaction, short) == {fresh, edge}
     assert _ids(db, Feedback, short) == {on_fresh}
     assert _ids(db, Interaction, forever) == {kept_forever} and _ids(db, Feedback, forever) == {forever_fb}

@@ -104,6 +104,8 @@ def test_prompt_from_request() -> None:
         {"role": "system", "content": "Be brief."},
         user("a\nb"),
     )
+    # A Responses API request is logged as the chat request it was answered with.
+    assert ds.prompt_from_request("responses", parts) == ds.prompt_from_request("chat.completions", parts)
     assert ds.prompt_from_request("completions", {"prompt": "Once upon"}) is None
     image = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}
     assert ds.prompt_from_request("chat.completions", image) is None

@@ -1,0 +1,489 @@
+"""The Responses API through the real app and a fake vLLM (tests/gateway/test_proxy.py):
+create (plain and streamed), retrieve, delete, input items, previous_response_id chains,
+refusals with the field named, tenant isolation, redaction, retention, feedback by response
+id, and failures mid-stream. Every body, event and error is checked against OpenAI's schema.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+from sqlalchemy import select, update
+
+from core.ids import utcnow
+from core.models import Feedback, Interaction, StoredResponse
+from gateway import privacy
+from gateway.proxy import INTERACTION_HEADER
+from gateway.responses import store
+from tests.gateway.test_proxy import (
+    ADMIN,
+    BASE,
+    Gateway,
+    Running,
+    raw_sse,
+    running_gateway,
+    stream_of,
+    tenant_view,
+)
+from tests.openai_schema import RESPONSE_DELETED, response_stream_events, validate
+from trainer.datasets import prompt_from_request
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+ANSWER = "The capital of France is Paris."  # the fake engine's answer (tests/fixtures/vllm_raw)
+QUESTION = "What is the capital of France?"
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def shared(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Running]:
+    async with running_gateway(tmp_path_factory.mktemp("responses")) as run:
+        yield run
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def gw(shared: Running, tmp_path: Path) -> AsyncIterator[Gateway]:
+    async for g in tenant_view(shared, tmp_path):
+        yield g
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def other(shared: Running, tmp_path: Path) -> AsyncIterator[Gateway]:
+    async for g in tenant_view(shared, tmp_path):
+        yield g
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+async def post(gw: Gateway, **body: Any) -> httpx.Response:
+    return await gw.http.post("/v1/responses", json={"model": BASE, **body}, headers=gw.auth)
+
+
+async def create(gw: Gateway, **body: Any) -> dict[str, Any]:
+    r = await post(gw, **{"input": QUESTION, **body})
+    assert r.status_code == 200, r.text
+    made: dict[str, Any] = r.json()
+    validate(made, "Response")
+    assert r.headers[INTERACTION_HEADER] == made["id"]
+    return made
+
+
+async def get(gw: Gateway, path: str, status: int = 200, **params: Any) -> dict[str, Any]:
+    r = await gw.http.get(f"/v1/responses/{path}", params=params, headers=gw.auth)
+    assert r.status_code == status, r.text
+    body: dict[str, Any] = r.json()
+    validate(body, "ErrorResponse" if status >= 400 else "ResponseItemList" if "/" in path else "Response")
+    return body
+
+
+def refused(r: httpx.Response, status: int, param: str | None) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    validate(r.json(), "ErrorResponse")
+    error: dict[str, Any] = r.json()["error"]
+    assert error["param"] == param, error
+    return error
+
+
+def stream_events(r: httpx.Response) -> list[dict[str, Any]]:
+    assert r.headers["content-type"].startswith("text/event-stream")
+    return response_stream_events(r.text)
+
+
+def sent(gw: Gateway) -> dict[str, Any]:
+    """The chat request the engine got last."""
+    body: dict[str, Any] = gw.fake.completions()[-1].body
+    return body
+
+
+def output_text(body: dict[str, Any]) -> str:
+    return "".join(p["text"] for item in body["output"] for p in item["content"])
+
+
+# --------------------------------------------------------------------------- create, retrieve
+
+
+async def test_a_response_is_answered_stored_and_read_back(gw: Gateway) -> None:
+    made = await create(gw, max_output_tokens=16, temperature=0, metadata={"task": "geo"})
+    assert made["id"].startswith("resp_") and made["object"] == "response" and made["model"] == BASE
+    assert made["status"] == "completed" and made["error"] is None and made["incomplete_details"] is None
+    assert output_text(made) == ANSWER and made["output"][0]["id"].startswith("msg_")
+    assert made["usage"]["input_tokens"] > 0 and made["usage"]["output_tokens"] > 0
+    assert made["usage"]["total_tokens"] == made["usage"]["input_tokens"] + made["usage"]["output_tokens"]
+    assert (made["temperature"], made["max_output_tokens"], made["metadata"]) == (0, 16, {"task": "geo"})
+    assert made["store"] is True and made["tools"] == [] and made["previous_response_id"] is None
+    # The engine got a chat request, with nothing of the Responses fields it does not know.
+    assert sent(gw) == {
+        "model": BASE,
+        "messages": [{"role": "user", "content": QUESTION}],
+        "stream": False,
+        "max_tokens": 16,
+        "temperature": 0,
+        "cache_salt": sent(gw)["cache_salt"],
+    }
+    # Stored before it was answered: no wait for the interaction log.
+    assert await get(gw, made["id"]) == made
+    [row] = await gw.rows()
+    assert (row.id, row.endpoint, row.status_code, row.response_text) == (made["id"], "responses", 200, ANSWER)
+    assert row.request["messages"] == [{"role": "user", "content": QUESTION}]
+    assert row.prompt_tokens == made["usage"]["input_tokens"]
+
+
+async def test_a_streamed_response_is_the_responses_event_sequence(gw: Gateway) -> None:
+    async with gw.http.stream(
+        "POST", "/v1/responses", json={"model": BASE, "input": QUESTION, "stream": True}, headers=gw.auth
+    ) as r:
+        await r.aread()
+    events = stream_events(r)
+    kinds = [e["type"] for e in events]
+    deltas = kinds.count("response.output_text.delta")
+    assert deltas > 3
+    assert kinds == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        *["response.output_text.delta"] * deltas,
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    rid = events[0]["response"]["id"]
+    assert r.headers[INTERACTION_HEADER] == rid and events[0]["response"]["status"] == "in_progress"
+    text = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+    assert text == ANSWER == events[-4]["text"] == events[-3]["part"]["text"]
+    done = events[-1]["response"]
+    assert done["id"] == rid and output_text(done) == ANSWER and done["usage"]["output_tokens"] > 0
+    assert {e["item_id"] for e in events if "item_id" in e} == {done["output"][0]["id"]}
+    assert sent(gw)["stream"] is True and sent(gw)["stream_options"] == {"include_usage": True}
+    assert await get(gw, rid) == done  # stored before response.completed went out
+    [row] = await gw.rows()
+    assert row.id == rid and row.stream and row.response_text == ANSWER
+
+
+async def test_the_token_budget_running_out_makes_it_incomplete(gw: Gateway) -> None:
+    answer = raw_sse("chat_stream_usage").replace('"finish_reason":"stop"', '"finish_reason":"length"')
+    assert answer != raw_sse("chat_stream_usage")
+    gw.fake.script.append(stream_of(answer.encode()))
+    r = await post(gw, input=QUESTION, stream=True, max_output_tokens=16)
+    events = stream_events(r)
+    final = events[-1]
+    assert final["type"] == "response.incomplete"
+    assert final["response"]["status"] == "incomplete" and final["response"]["completed_at"] is None
+    assert final["response"]["incomplete_details"] == {"reason": "max_output_tokens"}
+    assert final["response"]["output"][0]["status"] == "incomplete"
+
+
+async def test_instructions_and_input_items_become_chat_messages(gw: Gateway) -> None:
+    made = await create(
+        gw,
+        instructions="Answer in one word.",
+        input=[
+            {"role": "developer", "content": "Be kind."},
+            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hi."}]},
+            {"role": "assistant", "content": "Hello!"},
+            {
+                "role": "user",
+                "content": [{"type": "input_text", "text": "Capital"}, {"type": "input_text", "text": "of France?"}],
+            },
+        ],
+    )
+    assert made["instructions"] == "Answer in one word."
+    assert sent(gw)["messages"] == [
+        {"role": "system", "content": "Answer in one word."},
+        {"role": "system", "content": "Be kind."},
+        {"role": "user", "content": "Hi."},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Capital\nof France?"},
+    ]
+    items = (await get(gw, f"{made['id']}/input_items", order="asc"))["data"]
+    assert [(i["role"], i["content"][0]["type"]) for i in items] == [
+        ("developer", "input_text"),
+        ("user", "input_text"),
+        ("assistant", "output_text"),
+        ("user", "input_text"),
+    ]
+
+
+async def test_json_schema_text_format_reaches_the_engine_and_is_echoed(gw: Gateway) -> None:
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    fmt = {"type": "json_schema", "name": "city", "schema": schema, "strict": True}
+    made = await create(gw, text={"format": fmt})
+    assert made["text"] == {"format": fmt}
+    assert sent(gw)["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "city", "schema": schema, "strict": True},
+    }
+    await create(gw, text={"format": {"type": "json_object"}})
+    assert sent(gw)["response_format"] == {"type": "json_object"}
+
+
+async def test_an_adapter_is_chosen_by_model_name(gw: Gateway) -> None:
+    gw.register_adapter("helper")
+    made = await create(gw, model="helper")
+    assert made["model"] == "helper" and output_text(made) == ANSWER
+    engine_name = sent(gw)["model"]
+    assert engine_name != "helper" and engine_name in gw.fake.loras  # the tenant's LoRA, by its internal name
+    assert (await get(gw, made["id"]))["model"] == "helper"
+
+
+# --------------------------------------------------------------------------- conversations
+
+
+async def test_previous_response_id_continues_the_conversation(gw: Gateway) -> None:
+    first = await create(gw, input="My name is Ann.", instructions="Old instructions.")
+    second = await create(gw, input="What is my name?", previous_response_id=first["id"], instructions="Be brief.")
+    assert second["previous_response_id"] == first["id"]
+    # The earlier turn whole; its instructions are not carried over.
+    assert sent(gw)["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "My name is Ann."},
+        {"role": "assistant", "content": ANSWER},
+        {"role": "user", "content": "What is my name?"},
+    ]
+    third = await create(gw, input="And again?", previous_response_id=second["id"])
+    assert [m["content"] for m in sent(gw)["messages"]] == [
+        "My name is Ann.",
+        ANSWER,
+        "What is my name?",
+        ANSWER,
+        "And again?",
+    ]
+    # The log keeps the whole conversation the engine saw: feedback on it trains on that prompt.
+    row = next(r for r in await gw.rows() if r.id == third["id"])
+    assert prompt_from_request(row.endpoint, row.request) == tuple(sent(gw)["messages"])
+
+    listed = await get(gw, f"{third['id']}/input_items")  # newest first by default
+    texts = [i["content"][0]["text"] for i in listed["data"]]
+    assert texts == ["And again?", ANSWER, "What is my name?", ANSWER, "My name is Ann."]
+    assert listed["first_id"] == listed["data"][0]["id"] and listed["has_more"] is False
+    page = await get(gw, f"{third['id']}/input_items", limit=2, order="asc")
+    assert [i["content"][0]["text"] for i in page["data"]] == ["My name is Ann.", ANSWER] and page["has_more"]
+    rest = await get(gw, f"{third['id']}/input_items", limit=10, order="asc", after=page["last_id"])
+    assert [i["content"][0]["text"] for i in rest["data"]] == texts[::-1][2:]
+
+
+async def test_unstored_responses_are_answered_but_not_kept(gw: Gateway) -> None:
+    made = await create(gw, store=False)
+    assert made["store"] is False and output_text(made) == ANSWER
+    await get(gw, made["id"], 404)
+    r = await post(gw, input="Next?", previous_response_id=made["id"])
+    refused(r, 400, "previous_response_id")
+    with gw.services.db.session() as s:
+        assert s.scalar(select(StoredResponse).where(StoredResponse.tenant_id == gw.tenant_id)) is None
+
+
+async def test_delete_removes_a_turn_and_what_continues_it_forgets_it(gw: Gateway) -> None:
+    first = await create(gw, input="My name is Ann.")
+    second = await create(gw, input="What is my name?", previous_response_id=first["id"])
+    r = await gw.http.post("/v1/feedback", json={"interaction_id": first["id"], "rating": "good"}, headers=gw.auth)
+    assert r.status_code == 201, r.text
+    r = await gw.http.delete(f"/v1/responses/{first['id']}", headers=gw.auth)
+    assert r.status_code == 200, r.text
+    validate(r.json(), RESPONSE_DELETED)
+    assert r.json() == {"id": first["id"], "object": "response", "deleted": True}
+    await get(gw, first["id"], 404)
+    await get(gw, f"{first['id']}/input_items", 404)
+    assert (await gw.http.delete(f"/v1/responses/{first['id']}", headers=gw.auth)).status_code == 404
+    with gw.services.db.session() as s:
+        row = s.get(Interaction, first["id"])
+        assert row is not None and row.request == {} and row.response_text is None and row.prompt_tokens
+        assert s.scalar(select(Feedback).where(Feedback.interaction_id == first["id"])) is None
+    # The later turn stays; its past no longer holds the deleted one.
+    assert (await get(gw, second["id"]))["id"] == second["id"]
+    assert [i["content"][0]["text"] for i in (await get(gw, f"{second['id']}/input_items"))["data"]] == [
+        "What is my name?"
+    ]
+    await create(gw, input="Again?", previous_response_id=second["id"])
+    assert [m["content"] for m in sent(gw)["messages"]] == ["What is my name?", ANSWER, "Again?"]
+
+
+# --------------------------------------------------------------------------- tenants, privacy
+
+
+async def test_another_tenant_can_neither_see_nor_continue_nor_rate_a_response(gw: Gateway, other: Gateway) -> None:
+    made = await create(gw)
+    await get(other, made["id"], 404)
+    await get(other, f"{made['id']}/input_items", 404)
+    r = await other.http.delete(f"/v1/responses/{made['id']}", headers=other.auth)
+    refused(r, 404, "response_id")
+    r = await post(other, input="Continue.", previous_response_id=made["id"])
+    assert refused(r, 400, "previous_response_id")["code"] == "previous_response_not_found"
+    r = await other.http.post("/v1/feedback", json={"interaction_id": made["id"], "rating": "bad"}, headers=other.auth)
+    refused(r, 404, "interaction_id")
+    assert await get(gw, made["id"]) == made  # untouched
+
+
+async def test_feedback_names_a_response_by_its_id(gw: Gateway) -> None:
+    made = await create(gw)
+    r = await gw.http.post("/v1/feedback", json={"interaction_id": made["id"], "correction": "Paris."}, headers=gw.auth)
+    assert r.status_code == 201, r.text
+    assert r.json()["interaction_id"] == made["id"] and r.json()["model"] == BASE
+
+
+async def test_a_redacting_tenant_stores_redacted_turns_and_continues_from_them(gw: Gateway) -> None:
+    r = await gw.http.put(f"/admin/tenants/{gw.tenant_id}/privacy", json={"redact_pii": True}, headers=ADMIN)
+    assert r.status_code == 200, r.text
+    made = await create(gw, input="Mail me at ann@example.com", metadata={"who": "ann@example.com"})
+    assert sent(gw)["messages"][-1]["content"] == "Mail me at ann@example.com"  # the engine sees it as sent
+    stored = await get(gw, made["id"])
+    assert stored["metadata"] == {"who": "[EMAIL]"}
+    items = await get(gw, f"{made['id']}/input_items")
+    assert items["data"][0]["content"][0]["text"] == "Mail me at [EMAIL]"
+    await create(gw, input="Done?", previous_response_id=made["id"])
+    assert sent(gw)["messages"][0]["content"] == "Mail me at [EMAIL]"
+
+
+async def test_expired_responses_are_gone(gw: Gateway) -> None:
+    made = await create(gw)
+    r = await gw.http.put(f"/admin/tenants/{gw.tenant_id}/privacy", json={"retention_days": 7}, headers=ADMIN)
+    assert r.status_code == 200, r.text
+    with gw.services.db.session() as s:
+        s.execute(
+            update(StoredResponse)
+            .where(StoredResponse.id == made["id"])
+            .values(created_at=utcnow() - timedelta(days=8))
+        )
+    await get(gw, made["id"], 404)
+    await get(gw, f"{made['id']}/input_items", 404)
+    refused(await post(gw, input="More.", previous_response_id=made["id"]), 400, "previous_response_id")
+    assert privacy.apply_retention(gw.services.db).by_tenant[gw.tenant_id]["responses"] == 1
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({}, "input"),
+        ({"input": []}, "input"),
+        ({"input": QUESTION, "model": ""}, "model"),
+        ({"input": [{"type": "function_call_output", "call_id": "c", "output": "x"}]}, "input[0].type"),
+        ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0].type"),
+        ({"input": [{"role": "tool", "content": "x"}]}, "input[0].role"),
+        ({"input": [{"role": "user", "content": []}]}, "input[0].content"),
+        (
+            {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "http://10.0.0.1/x.png"}]}]},
+            "input[0].content[0]",
+        ),
+        ({"input": ["just a string"]}, "input[0]"),
+        ({"input": QUESTION, "tools": [{"type": "web_search"}]}, "tools"),
+        ({"input": QUESTION, "tools": [{"type": "function", "name": "f", "parameters": {}}]}, "tools"),
+        ({"input": QUESTION, "tool_choice": "required"}, "tool_choice"),
+        ({"input": QUESTION, "background": True}, "background"),
+        ({"input": QUESTION, "include": ["message.output_text.logprobs"]}, "include"),
+        ({"input": QUESTION, "truncation": "auto"}, "truncation"),
+        ({"input": QUESTION, "top_logprobs": 3}, "top_logprobs"),
+        ({"input": QUESTION, "conversation": "conv_1"}, "conversation"),
+        ({"input": QUESTION, "prompt": {"id": "pmpt_1"}}, "prompt"),
+        ({"input": QUESTION, "max_output_tokens": 8}, "max_output_tokens"),
+        ({"input": QUESTION, "max_output_tokens": 10**9}, "max_output_tokens"),
+        ({"input": QUESTION, "temperature": 3}, "temperature"),
+        ({"input": QUESTION, "top_p": 0}, "top_p"),
+        ({"input": QUESTION, "text": {"format": {"type": "json_schema", "name": "x"}}}, "text.format"),
+        ({"input": QUESTION, "text": {"format": {"type": "text", "name": "x"}}}, "text.format"),
+        ({"input": QUESTION, "metadata": {"k": "v" * 513}}, "metadata"),
+        ({"input": QUESTION, "previous_response_id": "resp_nope"}, "previous_response_id"),
+        ({"input": QUESTION, "seed": 1}, "seed"),
+        ({"input": QUESTION, "messages": [{"role": "user", "content": "x"}]}, "messages"),
+    ],
+)
+async def test_what_cannot_be_served_is_a_400_naming_the_field(gw: Gateway, body: dict[str, Any], param: str) -> None:
+    r = await post(gw, **body)
+    refused(r, 400, param)
+    assert gw.fake.completions() == []  # nothing reached the engine
+    with gw.services.db.session() as s:
+        assert s.scalar(select(StoredResponse).where(StoredResponse.tenant_id == gw.tenant_id)) is None
+
+
+async def test_retrieval_options_that_are_not_offered_are_400s(gw: Gateway) -> None:
+    made = await create(gw)
+    refused(await gw.http.get(f"/v1/responses/{made['id']}", params={"stream": "true"}, headers=gw.auth), 400, "stream")
+    for path in (made["id"], f"{made['id']}/input_items"):
+        r = await gw.http.get(f"/v1/responses/{path}", params={"include": "file_search_call.results"}, headers=gw.auth)
+        refused(r, 400, "include")
+    await get(gw, f"{made['id']}/input_items", 400, limit=0)
+    await get(gw, f"{made['id']}/input_items", 400, after="msg_unknown")
+    await get(gw, "resp_" + "x" * 300, 404)
+
+
+async def test_an_unknown_model_is_a_logged_404(gw: Gateway) -> None:
+    r = await post(gw, input=QUESTION, model="no-such-model")
+    assert refused(r, 404, "model")["code"] == "model_not_found"
+    rid = r.headers[INTERACTION_HEADER]
+    [row] = await gw.rows()
+    assert (row.id, row.endpoint, row.status_code) == (rid, "responses", 404)
+    await get(gw, rid, 404)
+
+
+# --------------------------------------------------------------------------- failures
+
+
+async def test_an_engine_failing_mid_stream_ends_with_error_and_response_failed(gw: Gateway) -> None:
+    gw.fake.script.append(stream_of(raw_sse("chat_stream_midstream_error").encode()))
+    r = await post(gw, input=QUESTION, stream=True)
+    assert r.status_code == 200
+    events = stream_events(r)
+    assert [e["type"] for e in events[-2:]] == ["error", "response.failed"]
+    assert events[-2]["message"] == "Internal server error"
+    failed = events[-1]["response"]
+    assert failed["status"] == "failed" and failed["error"] == {
+        "code": "server_error",
+        "message": "Internal server error",
+    }
+    await get(gw, failed["id"], 404)  # a failed answer is not stored
+    [row] = await gw.rows()
+    assert row.status_code == 502 and row.response_text == "The capital"
+
+
+async def test_a_response_that_cannot_be_stored_is_a_failure_not_a_silent_loss(
+    gw: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*_args: Any, **_kwargs: Any) -> None:
+        raise RuntimeError("database gone")
+
+    monkeypatch.setattr(store, "save", broken)
+    r = await post(gw, input=QUESTION)
+    assert refused(r, 500, None)["code"] == "internal_error"
+    r = await post(gw, input=QUESTION, stream=True)
+    events = stream_events(r)
+    assert [e["type"] for e in events[-2:]] == ["error", "response.failed"]
+    assert "response.completed" not in [e["type"] for e in events]
+    rows = await gw.rows()
+    assert [row.status_code for row in rows] == [500, 500]
+    # Not storing works as before.
+    assert (await create(gw, store=False))["status"] == "completed"
+
+
+# --------------------------------------------------------------------------- the official SDK
+
+
+async def test_the_official_sdk_reads_every_answer(gw: Gateway) -> None:
+    import openai
+
+    key = gw.auth["authorization"].removeprefix("Bearer ")
+    client = openai.AsyncOpenAI(base_url="http://gateway.test/v1", api_key=key, http_client=gw.http, max_retries=0)
+    first = await client.responses.create(model=BASE, input=QUESTION, max_output_tokens=16, metadata={"k": "v"})
+    assert first.output_text == ANSWER and first.status == "completed" and first.metadata == {"k": "v"}
+    async with await client.responses.create(
+        model=BASE, input="Again?", previous_response_id=first.id, stream=True
+    ) as stream:
+        events = [event async for event in stream]
+    assert events[-1].type == "response.completed" and events[-1].response.output_text == ANSWER
+    second = events[-1].response
+    assert (await client.responses.retrieve(second.id)).output_text == ANSWER
+    items = [item async for item in client.responses.input_items.list(second.id, order="asc", limit=1)]
+    assert [item.type for item in items] == ["message"] * 3  # paged one at a time by the SDK
+    await client.responses.delete(first.id)
+    with pytest.raises(openai.NotFoundError):
+        await client.responses.retrieve(first.id)
+    with pytest.raises(openai.BadRequestError) as err:
+        await client.responses.create(model=BASE, input=QUESTION, tools=[{"type": "web_search"}])
+    assert err.value.body["param"] == "tools"  # type: ignore[index]

@@ -3,6 +3,9 @@
 The serving hot path: resolve the tenant's model, lease an engine with the adapter
 resident, send the request, and turn the engine's answer into OpenAI's schema — chunk by
 chunk for streams, never buffering them. Every request ends as one interaction record.
+How the normalised answer is sent is a `Presenter`: as it is for chat and text completions,
+as Responses objects and events for the Responses API (gateway.responses), which answers
+its requests on this same path.
 """
 
 from __future__ import annotations
@@ -70,7 +73,7 @@ class Presenter(Protocol):
     def failure(self, error: dict[str, Any]) -> bytes: ...
 
 
-def sse(data: Any) -> bytes:
+def _sse(data: Any) -> bytes:
     return b"data: " + orjson.dumps(data) + b"\n\n"
 
 
@@ -90,13 +93,13 @@ class Passthrough:
         # Tailor always asks the engine for usage; the client gets that chunk only if it asked.
         if not chunk.get("choices") and chunk.get("usage") and not self.wants_usage:
             return b""
-        return sse(chunk)
+        return _sse(chunk)
 
     async def closing(self) -> bytes:
         return b"data: [DONE]\n\n"
 
     def failure(self, error: dict[str, Any]) -> bytes:
-        return sse(error)
+        return _sse(error)
 
 
 @dataclass(frozen=True)
@@ -462,7 +465,11 @@ async def _finish_body(
     record.prompt_tokens = usage.get("prompt_tokens")
     record.completion_tokens = usage.get("completion_tokens")
     # Before the log record is final: a presenter that fails (storing a response) fails the request.
-    answer = await presenter.body(body)
+    try:
+        answer = await presenter.body(body)
+    except TailorError as exc:
+        finish(exc.status, exc.message)
+        return _json(exc.body(), exc.status, interaction_id)
     finish(200)
     return _json(answer, 200, interaction_id)
 
@@ -545,6 +552,9 @@ class _StreamCall:
                 if payload == b"[DONE]":
                     try:
                         closing = await presenter.closing()
+                    except TailorError as exc:
+                        status, error = exc.status, exc.message
+                        closing = presenter.failure(exc.body())
                     except Exception as exc:
                         log.exception("request %s failed after its answer was complete", interaction_id)
                         status, error = 500, f"internal error: {type(exc).__name__}"

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
+from sqlalchemy.exc import DBAPIError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from core.errors import bad_request
+from core.errors import TailorError, bad_request
 from core.ids import new_id, utcnow
 from gateway import proxy, request_policy
 from gateway.responses import store
@@ -23,6 +25,7 @@ from gateway.tenants import Caller
 
 JSON = dict[str, Any]
 ENDPOINT = "responses"  # interaction log and metrics
+T = TypeVar("T")
 
 
 async def create(services: Services, caller: Caller, req: CreateResponseRequest, request: Request) -> Response:
@@ -48,7 +51,7 @@ async def create(services: Services, caller: Caller, req: CreateResponseRequest,
 async def _history(services: Services, caller: Caller, previous_response_id: str | None) -> list[JSON]:
     if previous_response_id is None:
         return []
-    turns = await asyncio.to_thread(store.conversation, services.db, caller.tenant_id, previous_response_id)
+    turns = await _stored(services, store.conversation, services.db, caller.tenant_id, previous_response_id)
     if not turns:
         raise bad_request(
             f"Previous response with id '{previous_response_id}' not found.",
@@ -90,8 +93,20 @@ def _saver(
             input_items=items,
             body=body,
         )
-        await asyncio.to_thread(
-            store.save, services.db, caller.tenant_id, turn, redact_all=services.settings.redact_pii
+        await _stored(
+            services, store.save, services.db, caller.tenant_id, turn, redact_all=services.settings.redact_pii
         )
 
     return save
+
+
+async def _stored(services: Services, action: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """A stored-response read or write, in a thread. Without the database a conversation can be
+    neither continued nor kept: a retryable 503 (`store: false` answers without it)."""
+    try:
+        return await asyncio.to_thread(action, *args, **kwargs)
+    except DBAPIError as exc:
+        services.telemetry.db_unavailable("responses", served_stale=False)
+        raise TailorError(
+            503, "The database is unavailable; please retry shortly.", code="database_unavailable"
+        ) from exc

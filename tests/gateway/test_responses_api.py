@@ -15,6 +15,7 @@ import httpx
 import pytest
 import pytest_asyncio
 from sqlalchemy import select, update
+from sqlalchemy.exc import OperationalError
 
 from core.ids import utcnow
 from core.models import Feedback, Interaction, StoredResponse
@@ -443,21 +444,28 @@ async def test_an_engine_failing_mid_stream_ends_with_error_and_response_failed(
     assert row.status_code == 502 and row.response_text == "The capital"
 
 
+@pytest.mark.parametrize(
+    ("failure", "status", "code"),
+    [
+        (RuntimeError("bug"), 500, "internal_error"),
+        (OperationalError("INSERT", {}, Exception("connection refused")), 503, "database_unavailable"),
+    ],
+)
 async def test_a_response_that_cannot_be_stored_is_a_failure_not_a_silent_loss(
-    gw: Gateway, monkeypatch: pytest.MonkeyPatch
+    gw: Gateway, monkeypatch: pytest.MonkeyPatch, failure: Exception, status: int, code: str
 ) -> None:
     def broken(*_args: Any, **_kwargs: Any) -> None:
-        raise RuntimeError("database gone")
+        raise failure
 
     monkeypatch.setattr(store, "save", broken)
     r = await post(gw, input=QUESTION)
-    assert refused(r, 500, None)["code"] == "internal_error"
+    assert refused(r, status, None)["code"] == code
     r = await post(gw, input=QUESTION, stream=True)
     events = stream_events(r)
     assert [e["type"] for e in events[-2:]] == ["error", "response.failed"]
-    assert "response.completed" not in [e["type"] for e in events]
+    assert events[-2]["code"] == code and "response.completed" not in [e["type"] for e in events]
     rows = await gw.rows()
-    assert [row.status_code for row in rows] == [500, 500]
+    assert [row.status_code for row in rows] == [status, status]
     # Not storing works as before.
     assert (await create(gw, store=False))["status"] == "completed"
 

@@ -22,7 +22,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -107,14 +106,7 @@ def run_training(
     work_dir.mkdir(parents=True, exist_ok=True)
     # The run is where it is placed, whatever the caller filled in; and it starts clean:
     # an earlier attempt's result line or stop file must not end this one.
-    recipe = replace(
-        recipe,
-        device=placement.device,
-        processes=placement.processes,
-        precision=placement.precision,
-        gradient_checkpointing=placement.gradient_checkpointing,
-        fsdp=placement.shards(full_parameters=recipe.full_parameters),
-    )
+    recipe = recipe.placed(placement)
     for leftover in (recipe.progress_path, recipe.stop_path):
         Path(leftover).unlink(missing_ok=True)
     recipe_path = work_dir / "recipe.json"

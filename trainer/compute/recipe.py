@@ -8,11 +8,14 @@ knobs default to trainer.hyperparameters' values; the rest are the run's own.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from trainer import hyperparameters as hp
+
+if TYPE_CHECKING:
+    from trainer.compute.placement import Placement
 
 Method = Literal["sft", "dpo", "kto"]
 
@@ -72,6 +75,17 @@ class Recipe:
     fsdp: bool = False  # shard the model over the processes (FSDP2) instead of replicating it (DDP)
     # "4bit": QLoRA, the frozen base in NF4 (CUDA and bitsandbytes only: placement.check_quantization)
     quantization: Literal["none", "4bit"] = hp.NO_QUANTIZATION
+
+    def placed(self, placement: Placement) -> Recipe:
+        """This recipe told where it runs: device, processes, precision, checkpointing, sharding."""
+        return replace(
+            self,
+            device=placement.device,
+            processes=placement.processes,
+            precision=placement.precision,
+            gradient_checkpointing=placement.gradient_checkpointing,
+            fsdp=placement.shards(full_parameters=self.full_parameters),
+        )
 
     @property
     def per_device_batch_size(self) -> int:

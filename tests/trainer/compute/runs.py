@@ -51,14 +51,7 @@ class Run:
 def run(recipe: Recipe, devices: str = "cpu", sharding: str = "auto", **kwargs: Any) -> Run:
     """run_training on `devices`; `.recipe` is the recipe as run_training fills in the placement."""
     placement = parse_devices(devices, visible_gpus=0, bf16=False, sharding=sharding)
-    recipe = dataclasses.replace(
-        recipe,
-        device=placement.device,
-        processes=placement.processes,
-        precision=placement.precision,
-        gradient_checkpointing=placement.gradient_checkpointing,
-        fsdp=placement.shards(full_parameters=recipe.full_parameters),
-    )
+    recipe = recipe.placed(placement)  # as run_training fills it in
     steps: list[StepInfo] = []
     checkpoints: list[tuple[int, float, Path]] = []
     evaluations: list[EvalInfo] = []

@@ -1,14 +1,16 @@
 """The model names a tenant can call, as `GET /v1/models` lists them.
 
 Exactly what `adapters.registry.route` accepts: the base model, each adapter's bare name
-while it has an active version (its alias), and every servable version pinned as
-`name@vN` (candidates, canaries, retired ones: anything not training or failed). Nothing
-of another tenant. One query reads a tenant's names, however many adapters and versions
-it has.
+while it has an active version (its alias), every servable version pinned as `name@vN`
+(candidates, canaries, retired ones: anything not training or failed), and every stored
+checkpoint of the tenant's fine-tuning jobs, `name:ftjob-...:ckpt-step-N`
+(adapters.checkpoints). Nothing of another tenant. Two queries read a tenant's names,
+however many adapters, versions and checkpoints it has.
 
-Names come in a fixed order, the base model first and then by adapter name, each alias
-before its versions in version order, so that `after` pages through them: a page starts
-past where the cursor's name sorts, even if that name was deleted in between.
+Names come in a fixed order, the base model first and then by adapter name: each alias
+before its versions in version order, then that adapter name's checkpoints by job and step,
+so that `after` pages through them: a page starts past where the cursor's name sorts, even
+if that name was deleted in between.
 """
 
 from __future__ import annotations
@@ -20,14 +22,15 @@ from typing import Any, Literal
 
 from sqlalchemy import Select, select
 
+from adapters import checkpoints
 from adapters.registry import UNSERVABLE, model_not_found
 from core.db import Database
 from core.errors import bad_request
-from core.models import Adapter, AdapterVersion
+from core.models import Adapter, AdapterVersion, Job, JobCheckpoint
 
 MAX_LIMIT = 1000
 
-Kind = Literal["base", "alias", "version"]
+Kind = Literal["base", "alias", "version", "checkpoint"]
 
 
 @dataclass(frozen=True)
@@ -62,8 +65,17 @@ def _rows(tenant_id: str) -> Select[Any]:
     )
 
 
-def _names(rows: Iterable[Any]) -> list[ModelName]:
-    """The tenant's names from (adapter name, created, active version id, version, created) rows, in order."""
+def _checkpoint_rows(tenant_id: str) -> Select[Any]:
+    return (
+        select(Job.adapter_name, Job.id, JobCheckpoint.step, JobCheckpoint.created_at)
+        .join(JobCheckpoint, JobCheckpoint.job_id == Job.id)
+        .where(Job.tenant_id == tenant_id, JobCheckpoint.digest.is_not(None))
+    )
+
+
+def _names(rows: Iterable[Any], checkpoint_rows: Iterable[Any] = ()) -> list[ModelName]:
+    """The tenant's names, in order, from (adapter name, created, active version id, version,
+    created) rows and (adapter name, job id, step, created) checkpoint rows."""
     names: list[ModelName] = []
     aliased: set[str] = set()
     for name, adapter_created, active_id, version, version_created in rows:
@@ -71,35 +83,56 @@ def _names(rows: Iterable[Any]) -> list[ModelName]:
             aliased.add(name)
             names.append(ModelName(id=name, kind="alias", created=adapter_created))
         names.append(ModelName(id=pinned_name(name, version), kind="version", created=version_created))
+    # A step saved again by a later attempt of its job is one name (the newest files serve it).
+    saved: dict[str, datetime] = {}
+    for adapter_name, job_id, step, created in checkpoint_rows:
+        model = checkpoints.checkpoint_model(adapter_name, job_id, step)
+        saved[model] = max(created, saved.get(model, created))
+    names += [ModelName(id=model, kind="checkpoint", created=created) for model, created in saved.items()]
     return sorted(names, key=lambda n: sort_key(n.id, base_model_name=None))
 
 
-def sort_key(model: str, *, base_model_name: str | None) -> tuple[int, str, int]:
-    """Where `model` sorts in a listing: the base model first, then (adapter name, 0 for the
-    alias or N for `name@vN`). Any string has a place, so any string works as a cursor."""
+def sort_key(model: str, *, base_model_name: str | None) -> tuple[int, str, int, int | str, int]:
+    """Where `model` sorts in a listing: the base model first, then by adapter name its alias,
+    its versions `name@vN` by N, its checkpoints by job and step. Any string has a place, so
+    any string works as a cursor."""
     if model == base_model_name:
-        return (0, "", 0)
+        return (0, "", 0, 0, 0)
+    checkpoint = checkpoints.parse(model)
+    if checkpoint is not None:
+        return (1, checkpoint.adapter_name, 2, checkpoint.job_id, checkpoint.step)
     name, sep, pinned = model.partition("@v")
     if sep and pinned.isascii() and pinned.isdigit():
-        return (1, name, int(pinned))
-    return (1, model, 0)
+        return (1, name, 1, int(pinned), 0)
+    return (1, model, 0, 0, 0)
 
 
 def list_names(db: Database, tenant_id: str, *, base_model_name: str) -> list[ModelName]:
     """Every name the tenant can call, in listing order."""
     with db.session() as s:
         rows = s.execute(_rows(tenant_id)).all()
-    return [ModelName(id=base_model_name, kind="base"), *_names(rows)]
+        checkpoint_rows = s.execute(_checkpoint_rows(tenant_id)).all()
+    return [ModelName(id=base_model_name, kind="base"), *_names(rows, checkpoint_rows)]
 
 
 def find_name(db: Database, tenant_id: str, model: str, *, base_model_name: str) -> ModelName:
     """`model` if the tenant can call it; 404 `model_not_found` (the same for another tenant's names)."""
     if model == base_model_name:
         return ModelName(id=model, kind="base")
-    adapter_name = model.partition("@v")[0]
+    checkpoint = checkpoints.parse(model)
+    rows: list[Any] = []
+    checkpoint_rows: list[Any] = []
     with db.session() as s:
-        rows = s.execute(_rows(tenant_id).where(Adapter.name == adapter_name)).all()
-    found = next((n for n in _names(rows) if n.id == model), None)
+        if checkpoint is None:
+            rows = list(s.execute(_rows(tenant_id).where(Adapter.name == model.partition("@v")[0])))
+        else:
+            one = _checkpoint_rows(tenant_id).where(
+                Job.id == checkpoint.job_id,
+                Job.adapter_name == checkpoint.adapter_name,
+                JobCheckpoint.step == checkpoint.step,
+            )
+            checkpoint_rows = list(s.execute(one))
+    found = next((n for n in _names(rows, checkpoint_rows) if n.id == model), None)
     if found is None:
         raise model_not_found(model)
     return found

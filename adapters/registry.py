@@ -14,6 +14,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
+from adapters import checkpoints
 from adapters.activation import lock_adapter, serve
 from adapters.store import AdapterStore
 from adapters.validation import (
@@ -26,7 +27,7 @@ from core.config import Settings
 from core.db import Database
 from core.errors import TailorError, bad_request, not_found
 from core.ids import new_id
-from core.models import Adapter, AdapterVersion
+from core.models import Adapter, AdapterVersion, Job, JobCheckpoint
 from core.quotas import Quotas, Usage, operator_quotas, precheck, reserve
 
 
@@ -78,7 +79,9 @@ class AdapterInfo:
 
 @dataclass(frozen=True)
 class ResolvedModel:
-    """What a request's `model` means for one tenant. `version_id` None is the base model."""
+    """What a request's `model` means for one tenant. `version_id` None is the base model;
+    else the id of the adapter version, or of the job checkpoint (adapters.checkpoints),
+    whose files (`digest`) serve it; engines know the adapter by that id."""
 
     public_name: str
     version_id: str | None = None
@@ -258,9 +261,13 @@ UNSERVABLE = ("training", "failed")
 
 
 def route(db: Database, tenant_id: str, model: str, base_model_name: str) -> ModelRoute:
-    """Resolve a request's `model`: the base model, `name` (alias, maybe canaried) or `name@vN`."""
+    """Resolve a request's `model`: the base model, `name` (alias, maybe canaried), `name@vN`
+    or a job's checkpoint `name:ftjob-...:ckpt-step-N`."""
     if model == base_model_name:
         return ModelRoute(primary=ResolvedModel(public_name=model))
+    checkpoint = checkpoints.parse(model)
+    if checkpoint is not None:
+        return ModelRoute(primary=_checkpoint(db, tenant_id, model, checkpoint))
     name, _, pinned = model.partition("@v")
     with db.session() as s:
         adapter = s.scalar(select(Adapter).where(Adapter.tenant_id == tenant_id, Adapter.name == name))
@@ -281,6 +288,28 @@ def route(db: Database, tenant_id: str, model: str, base_model_name: str) -> Mod
         return ModelRoute(
             primary=_resolved(model, active), canary=_resolved(model, canary), canary_fraction=adapter.canary_fraction
         )
+
+
+def _checkpoint(db: Database, tenant_id: str, model: str, name: checkpoints.CheckpointName) -> ResolvedModel:
+    query = (
+        select(JobCheckpoint)
+        .join(Job, Job.id == JobCheckpoint.job_id)
+        .where(
+            Job.id == name.job_id,
+            Job.tenant_id == tenant_id,
+            Job.adapter_name == name.adapter_name,
+            JobCheckpoint.step == name.step,
+            JobCheckpoint.digest.is_not(None),
+        )
+        # A step saved again by a later attempt of the job: its newest files.
+        .order_by(JobCheckpoint.created_at.desc(), JobCheckpoint.id.desc())
+        .limit(1)
+    )
+    with db.session() as s:
+        found = s.scalar(query)
+        if found is None:
+            raise model_not_found(model)
+        return ResolvedModel(public_name=model, version_id=found.id, digest=found.digest, created_at=found.created_at)
 
 
 def _resolved(public_name: str, v: AdapterVersion) -> ResolvedModel:

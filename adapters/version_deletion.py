@@ -7,11 +7,12 @@ refused too: deleting it would delete the adapter with every version, which is
 adapter's locked row (adapters.activation), so a promotion or canary cannot pick the
 version in between.
 
-What goes: the version row, then its files in the store unless another version (of any
-tenant: the store is content-addressed) has the same digest. What stays: interactions,
-feedback, jobs and evaluations naming the version's id (history, not routing), and the
-adapter name itself, even with no versions left. Unloading it from engines is the
-caller's (the gateway's engine pool), after this returns.
+What goes: the version row, then its files in the store unless another version or a job's
+checkpoint (of any tenant: the store is content-addressed) has the same digest. What stays:
+interactions, feedback, jobs and evaluations naming the version's id (history, not
+routing), and the adapter name itself, even with no versions left. Unloading it from
+engines is the caller's (the gateway's engine pool), after this returns. A job's checkpoint
+(`name:ftjob-...:ckpt-step-N`) is refused: it lives as long as its job.
 """
 
 from __future__ import annotations
@@ -21,12 +22,21 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 
+from adapters import checkpoints
 from adapters.activation import lock_adapter
-from adapters.registry import UNSERVABLE, AdapterInfo, VersionInfo, adapter_info, model_not_found, version_info
+from adapters.registry import (
+    UNSERVABLE,
+    AdapterInfo,
+    VersionInfo,
+    adapter_info,
+    model_not_found,
+    route,
+    version_info,
+)
 from adapters.store import AdapterStore
 from core.db import Database
 from core.errors import bad_request
-from core.models import Adapter, AdapterVersion
+from core.models import Adapter, AdapterVersion, JobCheckpoint
 
 log = logging.getLogger("tailor.adapters")
 
@@ -50,6 +60,14 @@ def delete_version(
         raise bad_request(
             f"`{model}` is the base model and cannot be deleted; only fine-tuned models (`name@vN`) can.",
             code="cannot_delete_base_model",
+            param="model",
+        )
+    if checkpoints.parse(model) is not None:
+        route(db, tenant_id, model, base_model_name)  # 404 for a checkpoint the tenant cannot call
+        raise bad_request(
+            f"`{model}` is a checkpoint of a fine-tuning job, kept with its job; checkpoints cannot be "
+            "deleted one by one.",
+            code="cannot_delete_checkpoint",
             param="model",
         )
     name, sep, pinned = model.partition("@v")
@@ -104,8 +122,11 @@ def _refuse_routed(adapter: Adapter, target: AdapterVersion, model: str) -> None
 
 def _remove_files(db: Database, store: AdapterStore, digest: str) -> None:
     # Asked after the commit, so a version of the same bytes registered meanwhile is seen.
+    # A job's checkpoint may hold the same bytes (its last step is the version it registered).
     with db.session() as s:
         if s.scalar(select(AdapterVersion.id).where(AdapterVersion.digest == digest).limit(1)) is not None:
+            return
+        if s.scalar(select(JobCheckpoint.id).where(JobCheckpoint.digest == digest).limit(1)) is not None:
             return
     try:
         store.delete(digest)

@@ -253,7 +253,7 @@ class Job(Base):
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
-    # validating_files | queued | running | succeeded | failed | cancelled
+    # validating_files | queued | running | paused | succeeded | failed | cancelled
     status: Mapped[str] = mapped_column(String(20))
     method: Mapped[str] = mapped_column(String(16))  # supervised | dpo | distillation
     model: Mapped[str] = mapped_column(String(200))  # base model or adapter name it starts from
@@ -274,6 +274,11 @@ class Job(Base):
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     trained_tokens: Mapped[int | None] = mapped_column(Integer)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    pause_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Where a paused job goes on from (trainer.jobs.ResumePoint); kept until it ends.
+    resume_point: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # The client's OpenAI `metadata` (string pairs), set when the job is created.
+    user_metadata: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     worker_id: Mapped[str | None] = mapped_column(String(64))
     heartbeat_at: Mapped[datetime | None]
@@ -301,6 +306,9 @@ class JobCheckpoint(Base):
     step: Mapped[int] = mapped_column(Integer)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
     path: Mapped[str] = mapped_column(String(500))
+    # The adapter at this step in the adapter store, which makes the checkpoint callable as a
+    # model (adapters.checkpoints); None for checkpoints saved before migration 0009.
+    digest: Mapped[str | None] = mapped_column(String(64), index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

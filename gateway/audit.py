@@ -237,6 +237,22 @@ def job_created(db: Database, actor: str, job: JobInfo) -> None:
     record(db, actor=actor, action="job.create", tenant_id=job.tenant_id, target=job.id, after=describe_job(job))
 
 
+def job_cancelled(db: Database, actor: str, job: JobInfo) -> None:
+    after = {"status": job.status, "cancel_requested": job.cancel_requested}
+    record(db, actor=actor, action="job.cancel", tenant_id=job.tenant_id, target=job.id, after=after)
+
+
+def job_paused(db: Database, actor: str, job: JobInfo) -> None:
+    after = {"status": job.status, "pause_requested": job.pause_requested}
+    record(db, actor=actor, action="job.pause", tenant_id=job.tenant_id, target=job.id, after=after)
+
+
+def job_resumed(db: Database, actor: str, job: JobInfo) -> None:
+    resume = job.resume
+    after = {"status": job.status, "resume_step": resume.step if resume and resume.checkpoint_id else None}
+    record(db, actor=actor, action="job.resume", tenant_id=job.tenant_id, target=job.id, after=after)
+
+
 # --- reading ---------------------------------------------------------------------
 
 

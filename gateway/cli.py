@@ -383,7 +383,7 @@ def distill_cmd(
 
 
 def _metadata_pairs(pairs: list[str]) -> dict[str, str]:
-    from gateway.request_policy import check_metadata
+    from core.metadata import check_metadata
 
     out: dict[str, str] = {}
     for pair in pairs:

@@ -50,8 +50,8 @@ ALL_TENANTS = "all"  # the tenant label unless the operator turns tenant labels 
 ADAPTER = "adapter"  # the model label of every adapter, likewise
 CLIENT_CLOSED = 499
 ENDPOINTS = ("chat.completions", "completions", "responses")
-# Jobs that are waiting or running: the queue. Finished ones only ever grow.
-OPEN_JOB_STATUSES = ("validating_files", "queued", "running")
+# Jobs that are waiting, running or paused: the queue. Finished ones only ever grow.
+OPEN_JOB_STATUSES = ("validating_files", "queued", "running", "paused")
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -291,7 +291,7 @@ class _ScrapeTime(Collector):
         jobs = self._job_counts()
         if jobs is not None:
             family = GaugeMetricFamily(
-                "tailor_jobs", "Fine-tuning jobs waiting or running, by status.", labels=["status"]
+                "tailor_jobs", "Fine-tuning jobs waiting, running or paused, by status.", labels=["status"]
             )
             for status in OPEN_JOB_STATUSES:
                 family.add_metric([status], jobs.get(status, 0))

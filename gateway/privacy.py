@@ -18,10 +18,10 @@ Export (`export_tenant`) writes one ZIP:
     manifest.json                  format, tenant, time, row counts per table, blob and adapter counts
     tables/<table>.jsonl           one JSON object per row (key hashes and sealed secrets left out)
     blobs/<key>                    every stored object under the tenant's blob prefixes
-    adapters/<digest>/<file>       the files of every adapter version the tenant has
+    adapters/<digest>/<file>       the files of every adapter version and stored job checkpoint the tenant has
 
 Purge (`purge_tenant`) deletes blobs, then adapter-store objects no other tenant's version
-references, then the rows: large leaf tables in chunks, the rest, the tenant row and the
+or job checkpoint references, then the rows: large leaf tables in chunks, the rest, the tenant row and the
 audit event in one transaction. Every step is idempotent, so a purge interrupted anywhere
 is finished by running it again; blobs are swept once more after the rows are gone, for
 anything written meanwhile. Known limits, as for any garbage collection without a lock:
@@ -43,7 +43,7 @@ from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import IO, TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, Table, delete, select, update
+from sqlalchemy import ColumnElement, Table, delete, select, union, union_all, update
 from sqlalchemy.orm import Session
 from sqlalchemy.schema import Column, MetaData
 
@@ -51,7 +51,17 @@ from adapters.store import AdapterStore
 from core.blobs import BlobStore
 from core.db import Database
 from core.ids import utcnow
-from core.models import Adapter, AdapterVersion, Base, Feedback, Interaction, StoredResponse, Tenant
+from core.models import (
+    Adapter,
+    AdapterVersion,
+    Base,
+    Feedback,
+    Interaction,
+    Job,
+    JobCheckpoint,
+    StoredResponse,
+    Tenant,
+)
 from gateway import audit
 
 if TYPE_CHECKING:
@@ -309,8 +319,8 @@ class PurgeResult:
     rows: dict[str, int]
     blobs: int
     adapter_objects: int  # deleted from the adapter store
-    shared_adapter_objects: int  # kept: another tenant's version uses the same digest
-    version_ids: tuple[str, ...]  # for evicting them from engines
+    shared_adapter_objects: int  # kept: another tenant's version or checkpoint uses the same digest
+    version_ids: tuple[str, ...]  # versions' and checkpoints' ids, for evicting them from engines
 
     def counts(self) -> dict[str, Any]:
         """What the audit log keeps: numbers only, nothing of the tenant's content."""
@@ -367,33 +377,42 @@ def purge_tenant(
 
 
 def _versions_of(tenant_id: str) -> Any:
-    return (
+    """(id, digest) of the tenant's adapter versions and stored job checkpoints: what engines
+    know by id, and what the adapter store holds for the tenant."""
+    versions = (
         select(AdapterVersion.id, AdapterVersion.digest)
         .join(Adapter, Adapter.id == AdapterVersion.adapter_id)
         .where(Adapter.tenant_id == tenant_id)
     )
+    checkpoints = (
+        select(JobCheckpoint.id, JobCheckpoint.digest)
+        .join(Job, Job.id == JobCheckpoint.job_id)
+        .where(Job.tenant_id == tenant_id, JobCheckpoint.digest.is_not(None))
+    )
+    return union_all(versions, checkpoints)
 
 
 def _digests_of(tenant_id: str) -> Any:
-    return (
-        select(AdapterVersion.digest)
-        .join(Adapter, Adapter.id == AdapterVersion.adapter_id)
-        .where(Adapter.tenant_id == tenant_id)
-        .distinct()
-    )
+    found = _versions_of(tenant_id).subquery()
+    return select(found.c.digest).distinct()
 
 
 def _shared_digests(db: Database, tenant_id: str, digests: set[str]) -> set[str]:
     if not digests:
         return set()
-    query = (
+    wanted = sorted(digests)
+    versions = (
         select(AdapterVersion.digest)
         .join(Adapter, Adapter.id == AdapterVersion.adapter_id)
-        .where(Adapter.tenant_id != tenant_id, AdapterVersion.digest.in_(sorted(digests)))
-        .distinct()
+        .where(Adapter.tenant_id != tenant_id, AdapterVersion.digest.in_(wanted))
+    )
+    checkpoints = (
+        select(JobCheckpoint.digest)
+        .join(Job, Job.id == JobCheckpoint.job_id)
+        .where(Job.tenant_id != tenant_id, JobCheckpoint.digest.in_(wanted))
     )
     with db.session() as s:
-        return set(s.scalars(query))
+        return set(s.scalars(union(versions, checkpoints)))
 
 
 def _tenant_blob_keys(blobs: BlobStore, tenant_id: str) -> list[str]:

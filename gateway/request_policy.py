@@ -34,6 +34,7 @@ from pydantic import (
 )
 
 from core.errors import TailorError, bad_request
+from core.metadata import check_metadata
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 # Token ids fit int32 in every tokenizer; the engine checks them against its vocabulary.
@@ -47,11 +48,6 @@ MAX_TOOLS = 128  # as OpenAI's `functions`
 MAX_SCHEMA_BYTES = 100_000
 MAX_JSON_DEPTH = 32
 MAX_N = 16  # OpenAI allows 128; each choice is a full generation on the engine
-
-# OpenAI's `Metadata`: string keys and values, bounded in count and length.
-MAX_METADATA_PAIRS = 16
-MAX_METADATA_KEY_CHARS = 64
-MAX_METADATA_VALUE_CHARS = 512
 
 NonNegativeTokenId = Annotated[int, Field(ge=0, le=TOKEN_ID_MAX)]
 StopString = Annotated[str, StringConstraints(min_length=1, max_length=MAX_STOP_CHARS)]
@@ -80,18 +76,7 @@ def json_bounds(value: Any, what: str) -> Any:
     return value
 
 
-def check_metadata(value: dict[str, str]) -> dict[str, str]:
-    """OpenAI's bounds on `metadata`; a ValueError names the pair that breaks them."""
-    if len(value) > MAX_METADATA_PAIRS:
-        raise ValueError(f"metadata holds at most {MAX_METADATA_PAIRS} key-value pairs (got {len(value)})")
-    for key, item in value.items():
-        if len(key) > MAX_METADATA_KEY_CHARS:
-            raise ValueError(f"metadata key {key[:16]!r}... is longer than {MAX_METADATA_KEY_CHARS} characters")
-        if len(item) > MAX_METADATA_VALUE_CHARS:
-            raise ValueError(f"metadata value of {key!r} is longer than {MAX_METADATA_VALUE_CHARS} characters")
-    return value
-
-
+# OpenAI's `Metadata`: string keys and values, bounded in count and length (core.metadata).
 Metadata = Annotated[dict[str, str], AfterValidator(check_metadata)]
 
 

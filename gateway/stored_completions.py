@@ -24,16 +24,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
-from sqlalchemy import ColumnElement, Select, exists, func, select, true
+from sqlalchemy import ColumnElement, Select, select, true
 from sqlalchemy.orm import Session
 
 from core.db import Database
 from core.errors import bad_request, not_found
+from core.metadata import filter_from_query, has_pair
 from core.models import Interaction, Tenant
 from gateway.interaction_log import erase_conversation
 from gateway.privacy import retention_cutoff
 from gateway.redaction import redact_metadata
-from gateway.request_policy import check_metadata
 
 MAX_PAGE = 100
 MAX_ID_CHARS = 64  # interaction ids
@@ -109,25 +109,7 @@ def storage(kind: str, body: Mapping[str, Any]) -> tuple[bool, dict[str, str] | 
 
 def metadata_filter(query: Iterable[tuple[str, str]]) -> dict[str, str]:
     """`metadata[key]=value` query parameters as a dict, within OpenAI's metadata bounds."""
-    pairs = {name[len("metadata[") : -1]: value for name, value in query if _is_metadata_param(name)}
-    try:
-        return check_metadata(pairs)
-    except ValueError as exc:
-        raise bad_request(f"Invalid metadata filter: {exc}.", code="invalid_value", param="metadata") from None
-
-
-def _is_metadata_param(name: str) -> bool:
-    return name.startswith("metadata[") and name.endswith("]")
-
-
-def _metadata_is(dialect: str, key: str, value: str) -> ColumnElement[bool]:
-    column = Interaction.stored_metadata
-    if dialect == "sqlite":
-        # A json_extract path cannot spell every key (quotes, backslashes, non-ASCII);
-        # json_each names keys as plain values.
-        entries = func.json_each(column).table_valued("key", "value")
-        return exists().where(entries.c.key == key, entries.c.value == value)
-    return column[key].as_string() == value
+    return filter_from_query(query)
 
 
 # --------------------------------------------------------------------------- reading
@@ -148,7 +130,7 @@ def _matching(s: Session, tenant_id: str, flt: Filter, now: datetime | None) -> 
         query = query.where(Interaction.model == flt.model)
     dialect = s.get_bind().dialect.name
     for key, value in sorted((flt.metadata or {}).items()):
-        query = query.where(_metadata_is(dialect, key, value))
+        query = query.where(has_pair(Interaction.stored_metadata, dialect, key, value))
     return query
 
 

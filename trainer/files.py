@@ -50,7 +50,7 @@ PURPOSE = "fine-tune"
 MAX_FILE_BYTES = 100 * 1024 * 1024
 MAX_FILE_LINES = 100_000
 # Jobs in these states may still read their files; deleting one would fail them later.
-_ACTIVE_JOB_STATES = ("validating_files", "queued", "running")
+_ACTIVE_JOB_STATES = ("validating_files", "queued", "running", "paused")
 
 Kind = Literal["sft", "preference", "prompts", "rated"]
 _KIND_NAMES = {

@@ -5,6 +5,13 @@ claims it (`running`), beats its heartbeat at every training step, and finishes 
 (`succeeded` | `failed` | `cancelled`). Everything here is a plain function on
 `core.db.Database`, shared by the worker, the OpenAI routes, the admin API and tests.
 
+Pausing (OpenAI's `pause` / `resume`): `pause_job` flags a running job; its training run
+saves a checkpoint at its next step and stops, and the worker lets go of it as `paused`
+(`mark_paused`, with a `ResumePoint`: that checkpoint and the steps done and left).
+`resume_job` queues it again; the next worker to claim it trains the remaining steps from
+that checkpoint's adapter (trainer.worker). A pause asked for before training starts
+takes effect at the first training step; one asked for after the last step has no effect.
+
 Claiming, and why it is safe:
 
 - PostgreSQL: `SELECT ... FOR UPDATE SKIP LOCKED` picks the next queued job (see below) that
@@ -22,18 +29,20 @@ another tenant's job by at most one job per free worker. Each tenant may have at
 `max_queued_jobs` waiting (core.quotas).
 
 A worker that dies stops beating; `requeue_stale` puts its job back in the queue (or fails
-it after `max_attempts`). That can never leave a half-trained adapter registered: the
-worker registers a version only after training finished and its files are complete, and
-the adapter store commits a version only once all of its files are written.
+it after `max_attempts`; cancels or pauses it when that was asked for). That can never
+leave a half-trained adapter registered: the worker registers a version only after
+training finished and its files are complete, and the adapter store commits a version only
+once all of its files are written.
 
 Hyperparameters (OpenAI's names, "auto", and Tailor's extras) are trainer.hyperparameters'.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import aliased
@@ -44,6 +53,7 @@ from core.blobs import BlobStore
 from core.db import Database
 from core.errors import TailorError, bad_request, conflict, not_found
 from core.ids import new_id, utcnow
+from core.metadata import check_metadata, has_pair
 from core.models import Evaluation, Job, JobCheckpoint, JobEvent
 from core.quotas import WAITING_JOB_STATES, Quotas, Usage, operator_quotas, reserve
 from trainer import datasets, files, hyperparameters
@@ -53,6 +63,10 @@ from trainer.datasets import Snapshot
 METHODS = ("supervised", "dpo", "kto", "distillation")
 SFT_METHODS = hyperparameters.SFT_METHODS
 TERMINAL = ("succeeded", "failed", "cancelled")
+# What a training run is asked to do at its next step (stop_request).
+StopRequest = Literal["cancel", "pause"]
+# `metadata` keys that start so are Tailor's own, shown beside the client's on the job.
+RESERVED_METADATA_PREFIX = "tailor_"
 
 # Which file kind (core.models.StoredFile.kind) each method trains on.
 FILE_KIND = {"supervised": "sft", "dpo": "preference", "kto": "rated", "distillation": "prompts"}
@@ -99,6 +113,48 @@ class JobInfo:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    pause_requested: bool = False
+    resume_point: dict[str, Any] | None = None  # ResumePoint.to_json(), once the job has paused
+    metadata: dict[str, str] | None = None  # the client's OpenAI metadata
+
+    @property
+    def resume(self) -> ResumePoint | None:
+        return ResumePoint.from_json(self.resume_point) if self.resume_point else None
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where a paused job goes on from.
+
+    Restored on resume: the adapter weights (the checkpoint saved at `step`), the remaining
+    `total_steps - step` optimizer steps, the learning rate where the linear schedule had
+    brought it, and the step numbering, losses and token count so far. Not restored: the
+    optimizer's state (AdamW's moments start again from zero), the order of the data (the
+    remaining steps draw batches afresh, so they see as many examples, not the same ones),
+    and early stopping's evaluations before the pause (the resumed run keeps the best of its own).
+    """
+
+    step: int  # optimizer steps done
+    total_steps: int  # the run's length in optimizer steps
+    checkpoint_id: str | None  # the checkpoint at `step`; None: nothing saved, training starts over
+    losses: tuple[float, ...] = ()  # training loss of each step done
+    trained_tokens: int = 0
+
+    @property
+    def remaining_steps(self) -> int:
+        return max(0, self.total_steps - self.step)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["losses"] = list(self.losses)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ResumePoint:
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["losses"] = tuple(values.get("losses") or ())
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -124,6 +180,7 @@ class CheckpointInfo:
     metrics: dict[str, Any]
     path: str  # blob-store key prefix holding the adapter files at this step
     created_at: datetime
+    digest: str | None = None  # in the adapter store: callable as a model (adapters.checkpoints)
 
 
 @dataclass(frozen=True)
@@ -178,6 +235,9 @@ def _job_info(j: Job) -> JobInfo:
         created_at=_aware(j.created_at),  # type: ignore[arg-type]
         started_at=_aware(j.started_at),
         finished_at=_aware(j.finished_at),
+        pause_requested=bool(j.pause_requested),
+        resume_point=dict(j.resume_point) if j.resume_point else None,
+        metadata=dict(j.user_metadata) if j.user_metadata is not None else None,
     )
 
 
@@ -189,8 +249,14 @@ def _event_info(e: JobEvent) -> EventInfo:
 
 def _checkpoint_info(c: JobCheckpoint) -> CheckpointInfo:
     return CheckpointInfo(
-        id=c.id, job_id=c.job_id, step=c.step, metrics=dict(c.metrics), path=c.path, created_at=_aware(c.created_at)
-    )  # type: ignore[arg-type]
+        id=c.id,
+        job_id=c.job_id,
+        step=c.step,
+        metrics=dict(c.metrics),
+        path=c.path,
+        created_at=_aware(c.created_at),  # type: ignore[arg-type]
+        digest=c.digest,
+    )
 
 
 def _evaluation_info(e: Evaluation) -> EvaluationInfo:
@@ -294,15 +360,20 @@ def create_job(
     max_lora_rank: int = hyperparameters.MAX_LORA_RANK,
     config: dict[str, Any] | None = None,
     quotas: Quotas | None = None,
+    metadata: Mapping[str, str] | None = None,
+    integrations: Sequence[str] = (),
 ) -> JobInfo:
     """Queue a fine-tuning job. Without `adapter_name` the result is named "ft-<short job id>".
 
     Files must be the tenant's own fine-tune uploads of the kind the method needs; with no
     training file and no dataset_id the worker builds the dataset from the tenant's feedback.
     A tenant with `max_queued_jobs` jobs waiting gets a 429 (`quotas`: the operator's
-    defaults; None: the process's settings).
+    defaults; None: the process's settings). `metadata`: the client's OpenAI metadata.
+    `integrations`: the types of the integrations the client asked for (e.g. "wandb"), which
+    Tailor does not run: the job says so in a warning event, and trains all the same.
     """
     hp = validate_hyperparameters(method, hyperparameters, max_lora_rank=max_lora_rank)
+    user_metadata = check_job_metadata(metadata)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**31 - 1:
         raise bad_request("seed must be an integer from 0 to 2147483647.", param="seed")
     for param, file_id in (("training_file", training_file), ("validation_file", validation_file)):
@@ -339,6 +410,8 @@ def create_job(
             seed=seed,
             source=source,
         )
+        if user_metadata:
+            job.user_metadata = user_metadata  # else SQL NULL: `metadata=null` lists it
         s.add(job)
         s.flush()
         s.add(
@@ -349,7 +422,38 @@ def create_job(
                 data={"method": method, "model": model, "adapter_name": name},
             )
         )
+        if integrations:
+            kinds = sorted(set(integrations))
+            s.add(
+                JobEvent(
+                    job_id=job_id,
+                    level="warn",
+                    message=f"Integrations ignored: Tailor does not run {', '.join(kinds)}; this job's metrics "
+                    "are in its events, checkpoints and report",
+                    data={"ignored_integrations": kinds},
+                )
+            )
         return _job_info(job)
+
+
+def check_job_metadata(metadata: Mapping[str, str] | None) -> dict[str, str] | None:
+    """The client's metadata within OpenAI's bounds, and clear of Tailor's own `tailor_` keys
+    (a 400 naming `metadata` otherwise); None when there is none."""
+    if not metadata:
+        return None
+    try:
+        checked = check_metadata(metadata)
+    except ValueError as exc:
+        raise bad_request(f"Invalid metadata: {exc}.", code="invalid_value", param="metadata") from None
+    reserved = sorted(k for k in checked if k.startswith(RESERVED_METADATA_PREFIX))
+    if reserved:
+        raise bad_request(
+            f"metadata keys starting with {RESERVED_METADATA_PREFIX!r} are Tailor's own (shown on every job); "
+            f"rename {reserved[0]!r}.",
+            code="invalid_value",
+            param="metadata",
+        )
+    return checked
 
 
 def _owned(s: Any, tenant_id: str | None, job_id: str) -> Job:
@@ -373,14 +477,31 @@ def _check_limit(limit: int) -> None:
         raise bad_request("limit must be between 1 and 100.", param="limit")
 
 
-def list_jobs(db: Database, tenant_id: str, *, after: str | None = None, limit: int = 20) -> tuple[list[JobInfo], bool]:
+def list_jobs(
+    db: Database,
+    tenant_id: str,
+    *,
+    after: str | None = None,
+    limit: int = 20,
+    metadata: Mapping[str, str] | None = None,
+    without_metadata: bool = False,
+) -> tuple[list[JobInfo], bool]:
     """The tenant's jobs, newest first; `after` is the last job id of the previous page.
+    `metadata`: only jobs whose metadata holds every one of these pairs; `without_metadata`:
+    only jobs created without metadata.
 
     Returns (page, has_more).
     """
     _check_limit(limit)
+    if metadata and without_metadata:
+        raise bad_request("Filter by metadata pairs or by metadata=null, not both.", param="metadata")
     with db.session() as s:
         query = select(Job).where(Job.tenant_id == tenant_id)
+        if without_metadata:
+            query = query.where(Job.user_metadata.is_(None))
+        dialect = s.get_bind().dialect.name
+        for key, value in sorted((metadata or {}).items()):
+            query = query.where(has_pair(Job.user_metadata, dialect, key, value))
         if after is not None:
             cursor = s.get(Job, after)
             if cursor is None or cursor.tenant_id != tenant_id:
@@ -424,6 +545,60 @@ def cancel_job(db: Database, tenant_id: str | None, job_id: str) -> JobInfo:
         return _job_info(job)
 
 
+def pause_job(db: Database, tenant_id: str | None, job_id: str) -> JobInfo:
+    """Ask a running job to pause: its training saves a checkpoint at the next step and stops,
+    and the job becomes `paused` (see mark_paused). Asking again while it runs is a no-op;
+    a job that is not running (or is being cancelled) is a 400.
+    """
+    with db.session() as s:
+        job = _owned(s, tenant_id, job_id)
+        if job.status != "running":
+            now = "is already paused" if job.status == "paused" else f"is {job.status.replace('_', ' ')}"
+            raise bad_request(
+                f"Fine-tuning job {job_id} {now}; only a running job can be paused.", code="job_not_running"
+            )
+        if job.cancel_requested:
+            raise bad_request(
+                f"Fine-tuning job {job_id} is being cancelled; it cannot be paused.", code="job_cancel_requested"
+            )
+        if not job.pause_requested:
+            job.pause_requested = True
+            s.add(
+                JobEvent(
+                    job_id=job_id,
+                    level="info",
+                    message="Pause requested; the job saves a checkpoint and pauses at its next training step",
+                )
+            )
+        s.flush()
+        return _job_info(job)
+
+
+def resume_job(db: Database, tenant_id: str | None, job_id: str, *, quotas: Quotas | None = None) -> JobInfo:
+    """Queue a paused job again; a worker continues it from its resume point. A job that is
+    not paused is a 400; resuming takes a place in the tenant's queue (429 when it is full)."""
+    with db.session() as s:
+        job = _owned(s, tenant_id, job_id)
+        if job.status != "paused":
+            raise bad_request(
+                f"Fine-tuning job {job_id} is {job.status.replace('_', ' ')}, not paused; only a paused job "
+                "can be resumed.",
+                code="job_not_paused",
+            )
+        reserve(s, job.tenant_id, operator_quotas(quotas), Usage(queued_jobs=1))
+        # The pause ended its attempt cleanly: the tries left for crashes start again.
+        job.status, job.pause_requested, job.attempts = "queued", False, 0
+        job.worker_id, job.heartbeat_at = None, None
+        point = ResumePoint.from_json(job.resume_point) if job.resume_point else None
+        if point is not None and point.checkpoint_id is not None:
+            message = f"Job resumed; queued to continue from step {point.step} of {point.total_steps}"
+        else:
+            message = "Job resumed; queued to train from the start (it paused before saving a checkpoint)"
+        s.add(JobEvent(job_id=job_id, level="info", message=message))
+        s.flush()
+        return _job_info(job)
+
+
 # -----------------------------------------------------------------------------
 # events and checkpoints
 
@@ -455,11 +630,23 @@ def list_events(
         return [_event_info(e) for e in rows[:limit]], len(rows) > limit
 
 
-def add_checkpoint(db: Database, job_id: str, *, step: int, metrics: dict[str, Any], path: str) -> CheckpointInfo:
+def add_checkpoint(
+    db: Database, job_id: str, *, step: int, metrics: dict[str, Any], path: str, digest: str | None = None
+) -> CheckpointInfo:
+    """Record a checkpoint: its files at `path` in the blob store and, with `digest`, in the
+    adapter store (then it is callable as a model: adapters.checkpoints)."""
     with db.session() as s:
-        row = JobCheckpoint(id=new_id("ftckpt"), job_id=job_id, step=step, metrics=metrics, path=path)
+        row = JobCheckpoint(id=new_id("ftckpt"), job_id=job_id, step=step, metrics=metrics, path=path, digest=digest)
         s.add(row)
         s.flush()
+        return _checkpoint_info(row)
+
+
+def get_checkpoint(db: Database, job_id: str, checkpoint_id: str) -> CheckpointInfo:
+    with db.session() as s:
+        row = s.get(JobCheckpoint, checkpoint_id)
+        if row is None or row.job_id != job_id:
+            raise not_found(f"Checkpoint {checkpoint_id!r} of job {job_id} not found.", code="checkpoint_not_found")
         return _checkpoint_info(row)
 
 
@@ -541,8 +728,9 @@ def claim_next(db: Database, worker_id: str, *, job_id: str | None = None) -> Jo
     return None
 
 
-def heartbeat(db: Database, job_id: str, worker_id: str) -> bool:
-    """Refresh the claim; return whether cancellation was requested.
+def stop_request(db: Database, job_id: str, worker_id: str) -> StopRequest | None:
+    """Refresh the claim; return what the job was asked to do: "cancel" (which wins over a
+    pause), "pause", or None to go on.
 
     Raises JobLost when the job is no longer this worker's (requeued as stale, finished).
     """
@@ -555,7 +743,43 @@ def heartbeat(db: Database, job_id: str, worker_id: str) -> bool:
         ).rowcount
         if beat != 1:
             raise JobLost(job_id)
-        return bool(s.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+        cancel, pause = s.execute(select(Job.cancel_requested, Job.pause_requested).where(Job.id == job_id)).one()
+        return "cancel" if cancel else "pause" if pause else None
+
+
+def heartbeat(db: Database, job_id: str, worker_id: str) -> bool:
+    """Refresh the claim; return whether cancellation was requested (a pause is honoured only
+    by a training run: stop_request). Raises JobLost like stop_request."""
+    return stop_request(db, job_id, worker_id) == "cancel"
+
+
+def mark_paused(db: Database, job_id: str, worker_id: str, point: ResumePoint | None) -> JobInfo:
+    """The worker lets go of a running job it paused: `paused`, to go on from `point` (None:
+    it paused before a checkpoint, so it trains from the start; a resume point of an earlier
+    pause stays then). A cancellation asked for meanwhile wins: the job is cancelled instead.
+    Raises JobLost when the job is no longer this worker's."""
+    with db.session() as s:
+        job = s.get(Job, job_id)
+        if job is None or job.worker_id != worker_id or job.status != "running":
+            raise JobLost(job_id)
+        if job.cancel_requested:
+            job.status, job.finished_at = "cancelled", utcnow()
+            _drop_unneeded_secrets(job)
+            s.add(JobEvent(job_id=job_id, level="info", message="Job cancelled while it paused"))
+            s.flush()
+            return _job_info(job)
+        job.status, job.pause_requested, job.worker_id, job.heartbeat_at = "paused", False, None, None
+        if point is not None:
+            job.resume_point = point.to_json()
+        _drop_unneeded_secrets(job)
+        if point is not None and point.checkpoint_id is not None:
+            message = f"Job paused after step {point.step} of {point.total_steps}; resume continues from its checkpoint"
+            data: dict[str, Any] | None = {"step": point.step, "total_steps": point.total_steps}
+        else:
+            message, data = "Job paused before any checkpoint; resume trains from the start", None
+        s.add(JobEvent(job_id=job_id, level="info", message=message, data=data))
+        s.flush()
+        return _job_info(job)
 
 
 def update_running(
@@ -650,17 +874,21 @@ def requeue_stale(db: Database, stale_after_s: float, max_attempts: int = 2) -> 
     with db.session() as s:
         stale = list(
             s.execute(
-                select(Job.id, Job.attempts, Job.cancel_requested, Job.worker_id).where(
+                select(Job.id, Job.attempts, Job.cancel_requested, Job.pause_requested, Job.worker_id).where(
                     Job.status == "running", Job.heartbeat_at < cutoff
                 )
             )
         )
     touched: list[str] = []
-    for job_id, attempts, cancel_requested, worker_id in stale:
+    for job_id, attempts, cancel_requested, pause_requested, worker_id in stale:
         message = f"Worker {worker_id} stopped sending heartbeats for over {stale_after_s:g} s"
         if cancel_requested:
             values: dict[str, Any] = {"status": "cancelled", "finished_at": utcnow()}
             event, level = f"{message}; job cancelled as requested", "warn"
+        elif pause_requested:
+            # Resuming goes on from the last pause's checkpoint, if there was one.
+            values = {"status": "paused", "pause_requested": False, "worker_id": None, "heartbeat_at": None}
+            event, level = f"{message}; job paused as requested", "warn"
         elif attempts < max_attempts:
             values = {"status": "queued", "worker_id": None, "heartbeat_at": None}
             event, level = f"{message}; requeued (attempt {attempts} of {max_attempts})", "warn"

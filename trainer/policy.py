@@ -243,7 +243,9 @@ def due_retrains(db: Database, *, now: datetime | None = None) -> list[Trigger]:
                         Job.adapter_name,
                         # typed, so the maximum comes back timezone-aware like the column
                         func.max(Job.created_at, type_=UTCDateTime()),
-                        func.max(case((Job.status.in_(("validating_files", "queued", "running")), 1), else_=0)),
+                        func.max(
+                            case((Job.status.in_(("validating_files", "queued", "running", "paused")), 1), else_=0)
+                        ),
                     )
                     .where(Job.tenant_id == policy.tenant_id)
                     .group_by(Job.adapter_name)

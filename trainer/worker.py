@@ -16,9 +16,13 @@ Per job, each stage leaves an event the tenant can read (GET /v1/fine_tuning/job
    names, else from the adapter it will replace) in its own process(es) on the devices of
    TAILOR_TRAINER_DEVICES, into `<data_dir>/jobs/<job id>`, with a metrics event per step
    and the heartbeat checked every few seconds. Cancellation stops the run at the next
-   step; then nothing is registered;
+   step; then nothing is registered. A pause stops it at the next step too, after a
+   checkpoint: the job is `paused` (trainer.jobs.mark_paused) and the worker moves on; once
+   resumed, a worker trains the remaining steps from that checkpoint (see jobs.ResumePoint
+   for what is and is not restored);
 3. checkpoints: every `checkpoint_every` steps (and the final adapter), copied to the blob
-   store under `checkpoints/<tenant>/<job>/step-<n>/` and listed as JobCheckpoint rows;
+   store under `checkpoints/<tenant>/<job>/step-<n>/` and to the adapter store (so each is
+   callable as `name:<job id>:ckpt-step-<n>`, adapters.checkpoints), listed as JobCheckpoint rows;
 4. evaluate the trained adapter against the version it would replace (or the base model)
    on the snapshot's held-out split: both generate and are scored on a vLLM engine
    (trainer.compute.evaluation; TAILOR_EVAL_ENGINE_URL, else an engine of the worker's own),
@@ -52,11 +56,11 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import asdict, dataclass, field, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from adapters import promotion, registry
+from adapters import checkpoints, promotion, registry
 from adapters.registry import ValidationLimits, VersionInfo
 from adapters.store import AdapterStore
 from core import audit
@@ -79,6 +83,7 @@ from trainer.compute.recipe import (
     Recipe,
     StepInfo,
     TrainingCancelled,
+    TrainingPaused,
     TrainResult,
     knobs,
 )
@@ -86,7 +91,7 @@ from trainer.datasets import SFTRecord, Snapshot
 from trainer.distill import DistillSpec, LocalTeacher, RemoteTeacher, Teacher
 from trainer.evaluate import Comparison, EvalExample, JudgeConfig
 from trainer.gates import Decision, GateConfig, decide
-from trainer.jobs import JobInfo, JobLost
+from trainer.jobs import CheckpointInfo, JobInfo, JobLost, ResumePoint
 from trainer.policy import PolicyInfo, get_policy
 from trainer.report import write_report
 from trainer.tracing import JobTracing
@@ -113,6 +118,9 @@ class _Run:
     job: JobInfo
     workdir: Path
     version: VersionInfo | None = None
+    # A resumed job's starting point (its last pause), and the checkpoints this run saved.
+    resumed: ResumePoint | None = None
+    checkpoints: dict[int, CheckpointInfo] = field(default_factory=dict)
 
 
 class _Heartbeat:
@@ -346,20 +354,25 @@ class Worker:
     # --- one job ---------------------------------------------------------------
 
     def _run(self, job: JobInfo) -> None:
-        run = _Run(job=job, workdir=self.settings.data_dir / "jobs" / job.id)
+        run = _Run(job=job, workdir=self.settings.data_dir / "jobs" / job.id, resumed=job.resume)
         try:
             # Leftovers of an earlier attempt on this host are useless: start clean.
             shutil.rmtree(run.workdir, ignore_errors=True)
             run.workdir.mkdir(parents=True)
             self._event(job, f"Job started on worker {self.worker_id} (attempt {job.attempts})")
             with (
-                self.tracing.job(job, ok=(TrainingCancelled, JobLost)),
+                self.tracing.job(job, ok=(TrainingCancelled, TrainingPaused, JobLost)),
                 _Heartbeat(self.db, job.id, self.worker_id, self.heartbeat_s),
             ):
                 self._pipeline(run)
         except TrainingCancelled as e:
             self._event(job, f"Job cancelled after {e.step} training step(s); nothing was registered")
             self._finish(job, status="cancelled")
+        except TrainingPaused as e:
+            try:
+                jobs.mark_paused(self.db, job.id, self.worker_id, self._pause_point(run, e))
+            except JobLost:
+                log.warning("worker %s lost job %s while pausing it", self.worker_id, job.id)
         except JobLost:
             # Requeued as stale (we were too slow to beat) or finished by someone else:
             # the job is no longer ours to write, whatever state it is in.
@@ -392,6 +405,8 @@ class Worker:
             result = self._train(run, snapshot, hp, start)
         if jobs.heartbeat(self.db, job.id, self.worker_id):
             raise TrainingCancelled(result.steps)
+        if jobs.get_job(self.db, None, job.id).pause_requested:
+            self._event(job, "Pause requested after the last training step; the job finishes instead")
 
         with self.tracing.stage("evaluate", heldout=snapshot.heldout_count):
             comparison = self._evaluate(run, snapshot, result.out_dir, baseline)
@@ -607,8 +622,18 @@ class Worker:
         self, run: _Run, snapshot: Snapshot, hp: hyperparameters.Resolved, start: VersionInfo | None
     ) -> TrainResult:
         job = run.job
+        resumed_from = self._resume_from(run)
+        resumed = run.resumed
         init_dir = self.store.local_path(start.digest) if start is not None else None
-        if start is not None:
+        if resumed is not None and resumed_from is not None:
+            init_dir = self.store.local_path(resumed_from)
+            self._event(
+                job,
+                f"Resuming from the checkpoint of step {resumed.step} of {resumed.total_steps}: "
+                f"{resumed.remaining_steps} step(s) left",
+                data={"resume_step": resumed.step, "total_steps": resumed.total_steps},
+            )
+        elif start is not None:
             self._event(job, f"Training starts from {start.adapter_name} version {start.version}")
         placement = self.placement
         check_quantization(hp.quantization, placement)  # a clear 400 before any data is written
@@ -634,8 +659,11 @@ class Worker:
             init_adapter_dir=str(init_dir) if init_dir is not None else None,
             eval_data_path=str(eval_path) if eval_path is not None else None,
             seed=job.seed,
+            pause_path=str(work / "PAUSE"),
             **knobs(hp),  # the placement's fields are run_training's to fill in
         )
+        if resumed is not None and resumed_from is not None:
+            recipe = _remaining(recipe, resumed)
         self._event(job, f"Training on {placement.describe()}", data={"placement": placement.describe()})
 
         def on_step(info: StepInfo) -> None:
@@ -653,7 +681,7 @@ class Worker:
 
         def on_checkpoint(step: int, loss: float, path: Path) -> None:
             checkpointed[step] = loss
-            self._checkpoint(job, step, loss, path)
+            self._checkpoint(run, step, loss, path)
 
         def on_evaluation(info: EvalInfo) -> None:
             self._event(job, _describe_evaluation(info), data={"validation": asdict(info)})
@@ -665,12 +693,19 @@ class Worker:
             on_step=on_step,
             on_checkpoint=on_checkpoint,
             on_evaluation=on_evaluation,
-            should_stop=lambda: jobs.heartbeat(self.db, job.id, self.worker_id),
+            should_stop=lambda: jobs.stop_request(self.db, job.id, self.worker_id),
         )
+        if resumed is not None and resumed_from is not None:
+            # The job's whole run: the steps before the pause(s) and these.
+            result = replace(
+                result,
+                losses=[*resumed.losses, *result.losses],
+                trained_tokens=resumed.trained_tokens + result.trained_tokens,
+            )
         # The result is the best evaluation's adapter with early stopping, else the last step's.
         kept = result.best_step or result.steps
         if kept not in checkpointed:
-            self._checkpoint(job, kept, checkpointed.get(kept, result.final_loss), result.out_dir)
+            self._checkpoint(run, kept, checkpointed.get(kept, result.final_loss), result.out_dir)
         self._event(
             job,
             f"Training finished: {result.steps} steps, final loss {result.final_loss:.4f}, {result.seconds:.0f} s"
@@ -679,17 +714,62 @@ class Worker:
         )
         return result
 
-    def _checkpoint(self, job: JobInfo, step: int, loss: float, local_dir: Path) -> None:
+    def _checkpoint(self, run: _Run, step: int, loss: float, local_dir: Path) -> None:
+        job = run.job
         # The working directory is deleted when the job ends and lives on one host; the
-        # blob store is what every host (and a later rollback to a checkpoint) can read.
+        # blob store is what every host (and a later rollback to a checkpoint) can read,
+        # and the adapter store what engines serve the checkpoint from and a resumed job
+        # continues from.
         prefix = f"checkpoints/{job.tenant_id}/{job.id}/step-{step}"
         for f in sorted(local_dir.iterdir()):
             if f.is_file():
                 self.blobs.put_bytes(f"{prefix}/{f.name}", f.read_bytes())
+        limits = self.limits
+        digest = checkpoints.store_checkpoint(
+            self.store, local_dir, base=limits.base, max_rank=limits.max_rank, max_bytes=limits.max_bytes
+        )
         # OpenAI's checkpoint metric names.
         metrics = {"step": step, "train_loss": loss}
-        jobs.add_checkpoint(self.db, job.id, step=step, metrics=metrics, path=prefix)
-        self._event(job, f"Checkpoint saved at step {step}", data={"checkpoint_step": step, "path": prefix})
+        run.checkpoints[step] = jobs.add_checkpoint(
+            self.db, job.id, step=step, metrics=metrics, path=prefix, digest=digest
+        )
+        model = checkpoints.checkpoint_model(job.adapter_name, job.id, step)
+        self._event(
+            job,
+            f"Checkpoint saved at step {step}: callable as {model}",
+            data={"checkpoint_step": step, "path": prefix, "fine_tuned_model_checkpoint": model},
+        )
+
+    def _resume_from(self, run: _Run) -> str | None:
+        """The digest of the checkpoint a resumed job continues from; None when training
+        starts over (not resumed, paused before saving one, or its files are not stored),
+        and then the run has no resume point either."""
+        point = run.resumed
+        digest = None
+        if point is not None and point.checkpoint_id is not None and point.remaining_steps > 0:
+            digest = jobs.get_checkpoint(self.db, run.job.id, point.checkpoint_id).digest
+            if digest is None:
+                self._event(run.job, "The checkpoint to resume from is not stored; training starts over", level="warn")
+        if digest is None:
+            run.resumed = None
+        return digest
+
+    def _pause_point(self, run: _Run, paused: TrainingPaused) -> ResumePoint | None:
+        """Where the paused job goes on from: this run's checkpoint at the step it paused at
+        (or, should that one be missing, its latest before); None keeps the earlier point."""
+        saved = [c for step, c in run.checkpoints.items() if step <= paused.step]
+        if not saved:
+            return None
+        checkpoint = max(saved, key=lambda c: c.step)
+        before = run.resumed
+        losses = [*(before.losses if before else ()), *paused.losses][: checkpoint.step]
+        return ResumePoint(
+            step=checkpoint.step,
+            total_steps=paused.total_steps,
+            checkpoint_id=checkpoint.id,
+            losses=tuple(losses),
+            trained_tokens=(before.trained_tokens if before else 0) + paused.trained_tokens,
+        )
 
     def _judge(self) -> JudgeConfig | None:
         s = self.settings
@@ -812,6 +892,19 @@ class Worker:
                 log.warning("could not reject version %s of failed job %s", run.version.id, job.id, exc_info=True)
         self._event(job, f"Job failed: {error['message']}", level="error", data={"code": error["code"]})
         self._finish(job, status="failed", error=error)
+
+
+def _remaining(recipe: Recipe, point: ResumePoint) -> Recipe:
+    """The recipe for what a resumed job has left: its remaining steps, numbered on from the
+    pause, at the learning rate the linear decay had reached (so the schedule goes on as if
+    unpaused: warmup is 0), from the pause's checkpoint (init_adapter_dir, set by the caller)."""
+    left = point.remaining_steps
+    return replace(
+        recipe,
+        max_steps=left,
+        step_offset=point.step,
+        learning_rate=recipe.learning_rate * left / max(1, point.total_steps),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,8 +1,12 @@
 """OpenAI's fine-tuning jobs API (`/v1/fine_tuning/jobs`), plus Tailor's evaluation and report.
 
-Bodies follow OpenAI's schema (FineTuningJob, FineTuningJobEvent, ...). What OpenAI has no
-field for (the gate's decision, the version it made) is in the job's `metadata` as strings,
-and in full at `GET /v1/fine_tuning/jobs/{id}/evaluation`.
+Bodies follow OpenAI's schema (FineTuningJob, FineTuningJobEvent, ...). The job's `metadata`
+is the client's own pairs plus, under `tailor_` keys, what OpenAI has no field for (the
+gate's decision, the version it made, a pause in progress); the evaluation is in full at
+`GET /v1/fine_tuning/jobs/{id}/evaluation`. `pause` and `resume` are trainer.jobs'
+(pause_job, resume_job); a checkpoint's `fine_tuned_model_checkpoint` is a model the tenant
+can call (adapters.checkpoints). `integrations` (wandb) are accepted and not run: the job
+says so in a warning event.
 
 Tailor's names: `model` is the base model or one of the tenant's adapters (training then
 starts from that adapter); the result is registered under `suffix` (or "ft-<job id prefix>")
@@ -17,12 +21,13 @@ import re
 import secrets
 from typing import Any, Literal
 
-from fastapi import APIRouter, Query
-from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, model_serializer
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 from starlette.responses import Response
 
-from adapters import registry
+from adapters import checkpoints, registry
 from core.errors import bad_request, not_found
+from core.metadata import filter_from_query
 from core.quotas import Quotas
 from gateway import audit, tenants
 from gateway.deps import AdminDep, CallerDep, ServicesDep
@@ -34,7 +39,9 @@ from trainer.jobs import CheckpointInfo, EventInfo, JobInfo
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 admin_router = APIRouter(prefix="/admin/tenants/{tenant}", tags=["admin"], dependencies=[AdminDep])
 
-Status = Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled"]
+# "paused" is missing from the status enum of OpenAI's published schema, though its pause
+# endpoint answers with it (the schema's own example) and the SDK passes it through.
+Status = Literal["validating_files", "queued", "running", "paused", "succeeded", "failed", "cancelled"]
 Auto = Literal["auto"]
 
 
@@ -81,6 +88,14 @@ class MethodIn(BaseModel):
     distillation: DistillationIn | None = None
 
 
+class IntegrationIn(BaseModel):
+    """OpenAI's integration (Weights and Biases): accepted, never run (no data leaves Tailor)."""
+
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["wandb"]
+    wandb: dict[str, Any]
+
+
 class CreateFineTuningJobIn(BaseModel):
     model: str = Field(min_length=1, max_length=200)
     training_file: str = Field(min_length=1, max_length=64)
@@ -89,8 +104,14 @@ class CreateFineTuningJobIn(BaseModel):
     suffix: str | None = Field(None, min_length=1, max_length=64)
     seed: int | None = Field(None, ge=0, le=2_147_483_647)
     method: MethodIn | None = None
-    integrations: list[dict[str, Any]] | None = None
-    metadata: dict[str, str] | None = None
+    integrations: list[IntegrationIn] | None = Field(
+        None, max_length=16, description="Accepted and ignored: the job gets a warning event saying so."
+    )
+    metadata: dict[str, str] | None = Field(
+        None,
+        description="Up to 16 string pairs (keys up to 64 characters, values up to 512; `tailor_` keys are "
+        "Tailor's); the list route filters on them with metadata[key]=value.",
+    )
 
 
 class TrainFromFeedbackIn(BaseModel):
@@ -224,8 +245,10 @@ def _unix(value: Any) -> int | None:
 
 
 def _metadata(job: JobInfo) -> dict[str, str]:
-    # OpenAI's metadata: at most 16 string values; Tailor's extras, links to the rest.
+    # The client's metadata, and Tailor's extras (links to the rest) under keys the client
+    # cannot use (trainer.jobs.RESERVED_METADATA_PREFIX).
     base = f"/v1/fine_tuning/jobs/{job.id}"
+    resume = job.resume if job.status == "paused" else None
     extras = {
         "tailor_adapter_name": job.adapter_name,
         "tailor_method": job.method if job.method not in ("supervised", "dpo") else None,
@@ -235,10 +258,12 @@ def _metadata(job: JobInfo) -> dict[str, str]:
         "tailor_version_id": job.result_version_id,
         "tailor_attempts": str(job.attempts),
         "tailor_cancel_requested": "true" if job.cancel_requested and job.status == "running" else None,
+        "tailor_pause_requested": "true" if job.pause_requested and job.status == "running" else None,
+        "tailor_paused_at_step": str(resume.step) if resume and resume.checkpoint_id else None,
         "tailor_evaluation_url": f"{base}/evaluation" if job.decision else None,
         "tailor_report_url": f"{base}/report.png" if job.decision else None,
     }
-    return {k: v for k, v in extras.items() if v is not None}
+    return {**(job.metadata or {}), **{k: v for k, v in extras.items() if v is not None}}
 
 
 def job_out(job: JobInfo) -> FineTuningJobOut:
@@ -299,7 +324,7 @@ def checkpoint_out(c: CheckpointInfo, adapter_name: str) -> CheckpointOut:
     return CheckpointOut(
         id=c.id,
         created_at=_unix(c.created_at) or 0,
-        fine_tuned_model_checkpoint=f"{adapter_name}:ckpt-step-{c.step}",
+        fine_tuned_model_checkpoint=checkpoints.checkpoint_model(adapter_name, c.job_id, c.step),
         fine_tuning_job_id=c.job_id,
         metrics=metrics,
         step_number=c.step,
@@ -321,13 +346,27 @@ def _method_and_hyperparameters(body: CreateFineTuningJobIn) -> tuple[str, dict[
     return method, hp
 
 
+def _trainable(services: Services, tenant_id: str, model: str, param: str) -> None:
+    """`model` is one the tenant may train from (or ask as a teacher): 404 for names not the
+    tenant's; a job's checkpoint is a 400 (it is served, not trained from: use the job's
+    fine_tuned_model)."""
+    base = services.settings.base_model_name
+    if model == base:
+        return
+    registry.resolve(services.db, tenant_id, model, base)
+    if checkpoints.parse(model) is not None:
+        raise bad_request(
+            f"{model!r} is a checkpoint of a fine-tuning job: call it, or train from an adapter or version "
+            "(the job's fine_tuned_model) instead.",
+            code="invalid_model",
+            param=param,
+        )
+
+
 def create(services: Services, tenant_id: str, body: CreateFineTuningJobIn) -> JobInfo:
     method, hp = _method_and_hyperparameters(body)
-    if body.integrations:
-        raise bad_request("Tailor has no fine-tuning integrations.", param="integrations")
     base = services.settings.base_model_name
-    if body.model != base:
-        registry.resolve(services.db, tenant_id, body.model, base)  # 404 for names not the tenant's
+    _trainable(services, tenant_id, body.model, "model")
     if body.suffix == base:
         raise bad_request(f"suffix {body.suffix!r} is the base model's name.", param="suffix")
     config = None
@@ -349,6 +388,8 @@ def create(services: Services, tenant_id: str, body: CreateFineTuningJobIn) -> J
         max_lora_rank=services.settings.engine_max_lora_rank,
         quotas=Quotas.from_settings(services.settings),
         config=config,
+        metadata=body.metadata,
+        integrations=[i.type for i in body.integrations or ()],
     )
     return job
 
@@ -358,9 +399,10 @@ def _distillation_config(services: Services, tenant_id: str, body: CreateFineTun
     if given is None:
         raise bad_request("method.distillation is required for the distillation method.", param="method.distillation")
     spec = distill.parse_spec(given.model_dump(exclude_none=True), services.settings)
-    teacher, base = spec.teacher, services.settings.base_model_name
-    if not teacher.remote and teacher.model not in (None, base):
-        registry.resolve(services.db, tenant_id, teacher.model, base)  # 404 now, not a failed job later
+    teacher = spec.teacher
+    if not teacher.remote and teacher.model is not None:
+        # 404 (or 400) now, not a failed job later
+        _trainable(services, tenant_id, teacher.model, "method.distillation.teacher.model")
     return spec.to_json()
 
 
@@ -390,12 +432,41 @@ def create_job(body: CreateFineTuningJobIn, services: ServicesDep, caller: Calle
     return job_out(job)
 
 
-@router.get("", response_model=FineTuningJobListOut, summary="List your fine-tuning jobs, newest first")
+@router.get(
+    "",
+    response_model=FineTuningJobListOut,
+    summary="List your fine-tuning jobs, newest first; filter with metadata[key]=value (or metadata=null)",
+)
 def list_jobs(
-    services: ServicesDep, caller: CallerDep, after: str | None = None, limit: int = Query(20, ge=1, le=100)
+    request: Request,
+    services: ServicesDep,
+    caller: CallerDep,
+    after: str | None = None,
+    limit: int = Query(20, ge=1, le=100),
 ) -> FineTuningJobListOut:
-    page, has_more = jobs.list_jobs(services.db, caller.tenant_id, after=after, limit=limit)
+    query = request.query_params
+    page, has_more = jobs.list_jobs(
+        services.db,
+        caller.tenant_id,
+        after=after,
+        limit=limit,
+        metadata=filter_from_query(query.multi_items()),
+        without_metadata=_without_metadata(query.getlist("metadata")),
+    )
     return FineTuningJobListOut(data=[job_out(j) for j in page], has_more=has_more)
+
+
+def _without_metadata(values: list[str]) -> bool:
+    """OpenAI's `metadata=null`: only jobs created without metadata."""
+    if not values:
+        return False
+    if values != ["null"]:
+        raise bad_request(
+            "Filter by metadata with metadata[key]=value, or send metadata=null for jobs without metadata.",
+            code="invalid_value",
+            param="metadata",
+        )
+    return True
 
 
 @router.get("/{fine_tuning_job_id}", response_model=FineTuningJobOut)
@@ -410,14 +481,30 @@ def get_job(fine_tuning_job_id: str, services: ServicesDep, caller: CallerDep) -
 )
 def cancel_job(fine_tuning_job_id: str, services: ServicesDep, caller: CallerDep) -> FineTuningJobOut:
     job = jobs.cancel_job(services.db, caller.tenant_id, fine_tuning_job_id)
-    audit.record(
-        services.db,
-        actor=audit.actor_for_key(caller.key_id),
-        action="job.cancel",
-        tenant_id=job.tenant_id,
-        target=job.id,
-        after={"status": job.status, "cancel_requested": job.cancel_requested},
-    )
+    audit.job_cancelled(services.db, audit.actor_for_key(caller.key_id), job)
+    return job_out(job)
+
+
+@router.post(
+    "/{fine_tuning_job_id}/pause",
+    response_model=FineTuningJobOut,
+    summary="Pause a running job: it saves a checkpoint at its next training step, then frees its worker",
+)
+def pause_job(fine_tuning_job_id: str, services: ServicesDep, caller: CallerDep) -> FineTuningJobOut:
+    job = jobs.pause_job(services.db, caller.tenant_id, fine_tuning_job_id)
+    audit.job_paused(services.db, audit.actor_for_key(caller.key_id), job)
+    return job_out(job)
+
+
+@router.post(
+    "/{fine_tuning_job_id}/resume",
+    response_model=FineTuningJobOut,
+    summary="Resume a paused job: queued again, it trains its remaining steps from its last checkpoint",
+)
+def resume_job(fine_tuning_job_id: str, services: ServicesDep, caller: CallerDep) -> FineTuningJobOut:
+    quotas = Quotas.from_settings(services.settings)
+    job = jobs.resume_job(services.db, caller.tenant_id, fine_tuning_job_id, quotas=quotas)
+    audit.job_resumed(services.db, audit.actor_for_key(caller.key_id), job)
     return job_out(job)
 
 
@@ -501,8 +588,7 @@ def train_from_feedback(tenant: str, body: TrainFromFeedbackIn, services: Servic
     owner = tenants.find_tenant(services.db, tenant)
     base = services.settings.base_model_name
     model = body.model or base
-    if model != base:
-        registry.resolve(services.db, owner.id, model, base)
+    _trainable(services, owner.id, model, "model")
     if body.adapter_name == base:
         raise bad_request(f"adapter_name {body.adapter_name!r} is the base model's name.", param="adapter_name")
     # Snapshot now, so "no usable feedback" is this request's 400 rather than a failed job.

@@ -178,7 +178,9 @@ def test_create_refusals(api: Api) -> None:
     error(post(model="not-mine"), 404, "model")
     error(post(suffix=BASE), 400, "suffix")
     error(post(suffix="has spaces"), 400, "suffix")
-    error(post(integrations=[{"type": "wandb", "wandb": {"project": "x"}}]), 400, "integrations")
+    # wandb is accepted and ignored (tests/gateway/test_fine_tuning_control_api.py); nothing else is
+    error(post(integrations=[{"type": "slack", "slack": {}}]), 400, "integrations.0.type")
+    error(post(metadata={"tailor_source": "mine"}), 400, "metadata")
     error(api.client.post("/v1/fine_tuning/jobs", json={"model": BASE}, headers=api.keys["acme"]), 400, "training_file")
     error(api.client.post("/v1/fine_tuning/jobs", json={"model": BASE, "training_file": chat}), 401)
     assert api.get("/v1/fine_tuning/jobs")["data"] == []
@@ -307,7 +309,7 @@ def test_events_and_checkpoints(api: Api) -> None:
     assert [c["step_number"] for c in cps["data"]] == [10, 5]
     assert (cps["first_id"], cps["last_id"]) == (cps["data"][0]["id"], cps["data"][1]["id"])
     name = job["metadata"]["tailor_adapter_name"]
-    assert cps["data"][0]["fine_tuned_model_checkpoint"] == f"{name}:ckpt-step-10"
+    assert cps["data"][0]["fine_tuned_model_checkpoint"] == f"{name}:{job['id']}:ckpt-step-10"
     assert cps["data"][0]["metrics"] == {"step": 10.0, "train_loss": 0.1}
     for c in cps["data"]:
         validate(c, "FineTuningJobCheckpoint")

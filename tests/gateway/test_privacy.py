@@ -21,7 +21,7 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import select
 
-from adapters import registry
+from adapters import checkpoints, registry
 from core.db import Database
 from core.ids import new_id
 from core.models import AuditEvent, Base, Feedback, Interaction, RateCounter, StoredResponse, Tenant
@@ -82,6 +82,7 @@ class Filled:
     file_bytes: bytes
     own_digest: str
     shared_digest: str
+    checkpoint_digest: str  # a job checkpoint's adapter, callable as a model
 
 
 CHAT = {"messages": [{"role": "user", "content": "Capital of France?"}, {"role": "assistant", "content": "Paris."}]}
@@ -138,7 +139,17 @@ def fill(api: Api, tenant: str, shared_dir: Path) -> Filled:
     jobs.add_event(svc.db, job.id, "Training started")
     checkpoint = f"checkpoints/{tid}/{job.id}/step-1"
     svc.blobs.put_bytes(f"{checkpoint}/adapter_model.safetensors", b"weights")
-    ckpt = jobs.add_checkpoint(svc.db, job.id, step=1, metrics={"step": 1, "train_loss": 0.5}, path=checkpoint)
+    limits = svc.limits
+    checkpoint_digest = checkpoints.store_checkpoint(
+        svc.store,
+        write_adapter(api.tmp / f"ckpt-{tenant}"),
+        base=limits.base,
+        max_rank=limits.max_rank,
+        max_bytes=limits.max_bytes,
+    )
+    ckpt = jobs.add_checkpoint(
+        svc.db, job.id, step=1, metrics={"step": 1, "train_loss": 0.5}, path=checkpoint, digest=checkpoint_digest
+    )
     report = f"reports/{tid}/{job.id}/report.json"
     svc.blobs.put_bytes(report, b"{}")
     evaluation = jobs.record_evaluation(
@@ -159,7 +170,13 @@ def fill(api: Api, tenant: str, shared_dir: Path) -> Filled:
     ok(c.put("/v1/policy", json={"retrain": "off"}, headers=key))
     with svc.db.session() as s:
         s.add(RateCounter(tenant_id=tid, kind="requests_minute", bucket=29_000_000, count=3))
-    return Filled(ids=ids, file_bytes=file_bytes, own_digest=versions[0].digest, shared_digest=versions[1].digest)
+    return Filled(
+        ids=ids,
+        file_bytes=file_bytes,
+        own_digest=versions[0].digest,
+        shared_digest=versions[1].digest,
+        checkpoint_digest=checkpoint_digest,
+    )
 
 
 def all_rows(db: Database) -> dict[str, list[str]]:
@@ -220,15 +237,17 @@ def test_export_then_purge_removes_exactly_one_tenants_data(api: Api) -> None:
     assert blobs_in_zip == sorted(blob_keys(api, acme_id)) and manifest["blobs"] == 4
     (file_key,) = [k for k in blobs_in_zip if k.startswith("files/")]
     assert zf.read(f"blobs/{file_key}") == acme.file_bytes
-    assert manifest["adapter_objects"] == 2 and manifest["missing_adapter_objects"] == []
-    for digest in (acme.own_digest, acme.shared_digest):
+    assert manifest["adapter_objects"] == 3 and manifest["missing_adapter_objects"] == []
+    for digest in (acme.own_digest, acme.shared_digest, acme.checkpoint_digest):
         assert f"adapters/{digest}/adapter_model.safetensors" in zf.namelist()
         assert f"adapters/{digest}/MANIFEST.json" in zf.namelist()
 
     # --- purge ------------------------------------------------------------------------
-    acme_versions = sorted(v for v in acme.ids if v.startswith("av-"))
+    def served(ids: set[str]) -> set[str]:  # what engines know by id: versions and checkpoints
+        return {i for i in ids if i.startswith(("av-", "ftckpt-"))}
+
     engine = svc.pool.engines[0]
-    for name in [*acme_versions, *(v for v in beta.ids if v.startswith("av-"))]:
+    for name in served(acme.ids) | served(beta.ids):
         engine.resident[name] = "/somewhere"  # as if loaded; unloading fails (no engine), it is forgotten anyway
 
     bad = error(api.client.post(api.admin("acme", "purge"), json={"confirm": "beta"}, headers=ADMIN), 400, "confirm")
@@ -239,7 +258,7 @@ def test_export_then_purge_removes_exactly_one_tenants_data(api: Api) -> None:
 
     body = ok(api.client.post(api.admin("acme", "purge"), json={"confirm": "acme"}, headers=ADMIN))
     assert (body["object"], body["id"], body["name"], body["purged"]) == ("tenant.purge", acme_id, "acme", True)
-    assert (body["blobs"], body["adapter_objects"], body["shared_adapter_objects"], body["evicted"]) == (4, 1, 1, 2)
+    assert (body["blobs"], body["adapter_objects"], body["shared_adapter_objects"], body["evicted"]) == (4, 2, 1, 3)
     assert body["rows"]["tenants"] == 1 and body["rows"]["adapter_versions"] == 2 and body["rows"]["api_keys"] == 2
 
     # Exactly acme's rows are gone, in every table; beta's are as they were.
@@ -252,9 +271,10 @@ def test_export_then_purge_removes_exactly_one_tenants_data(api: Api) -> None:
                 assert s.execute(select(table).where(table.c.tenant_id == acme_id)).first() is None, table.name
     # Blobs, adapter files and engines.
     assert blob_keys(api, acme_id) == [] and blob_keys(api, beta_id) == beta_blobs
-    assert not svc.store.exists(acme.own_digest)
+    assert not svc.store.exists(acme.own_digest) and not svc.store.exists(acme.checkpoint_digest)
     assert svc.store.exists(acme.shared_digest) and svc.store.exists(beta.own_digest)
-    assert set(engine.resident) == {v for v in beta.ids if v.startswith("av-")}
+    assert svc.store.exists(beta.checkpoint_digest)
+    assert set(engine.resident) == served(beta.ids)
     beta_model = registry.resolve(svc.db, beta_id, "shared", svc.settings.base_model_name)
     assert svc.store.local_path(beta_model.digest or "").is_dir()
     # acme no longer exists for the API; beta works.

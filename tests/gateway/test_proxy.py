@@ -29,13 +29,15 @@ from fastapi import FastAPI
 from safetensors.numpy import save_file
 from sqlalchemy import select
 
-from adapters import registry
+from adapters import checkpoints, registry
 from core.config import Settings
 from core.models import Interaction
+from core.quotas import Quotas
 from gateway.app import create_app
 from gateway.proxy import INTERACTION_HEADER
 from gateway.services import Services
 from tests.openai_schema import COMPLETION_STREAM, validate
+from trainer import jobs
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -963,6 +965,36 @@ async def test_pinned_version_name(gw: Gateway) -> None:
     r = await gw.chat(model="helper@v1")
     assert r.status_code == 200 and r.json()["model"] == "helper@v1"
     assert gw.fake.completions()[0].body["model"] == v1
+
+
+async def test_checkpoint_name_serves_the_checkpoints_adapter(gw: Gateway) -> None:
+    """A fine-tuning job's checkpoint id (adapters.checkpoints) is a model: the engine loads
+    the checkpoint's files under the checkpoint's own id, which the client never sees."""
+    quotas = Quotas.from_settings(gw.services.settings)
+    job = jobs.create_job(
+        gw.services.db, gw.tenant_id, method="supervised", model=BASE, adapter_name="helper", quotas=quotas
+    )
+    limits = gw.services.limits
+    digest = checkpoints.store_checkpoint(
+        gw.services.store,
+        write_tiny_adapter(gw.tmp / f"ckpt-{next(_serial)}"),
+        base=limits.base,
+        max_rank=limits.max_rank,
+        max_bytes=limits.max_bytes,
+    )
+    saved = jobs.add_checkpoint(gw.services.db, job.id, step=3, metrics={}, path="ckpt", digest=digest)
+    model = checkpoints.checkpoint_model("helper", job.id, 3)
+    r = await gw.chat(model=model)
+    assert r.status_code == 200, r.text
+    validate(r.json(), "CreateChatCompletionResponse")
+    assert r.json()["model"] == model and saved.id not in r.text
+    [load] = gw.fake.loads()
+    assert load.body["lora_name"] == saved.id
+    assert (Path(load.body["lora_path"]) / "adapter_model.safetensors").is_file()
+    assert [s.body["model"] for s in gw.fake.completions()] == [saved.id]
+    assert {(row.model, row.adapter_version_id) for row in await gw.rows()} == {(model, saved.id)}
+    for unknown in (f"helper:{job.id}:ckpt-step-4", f"other:{job.id}:ckpt-step-3", "helper:ftjob-0:ckpt-step-3"):
+        assert error_of(await gw.chat(model=unknown), 404)["code"] == "model_not_found"
 
 
 async def test_deleted_version_is_unloaded_and_no_longer_served(gw: Gateway) -> None:

@@ -1,8 +1,8 @@
 """trainer.jobs: the fine-tuning queue on SQLite (and PostgreSQL when a cluster can start).
 
-Creation and hyperparameter checks, tenant scoping, pagination, cancellation, claiming
-(one winner per job, even with two claimers racing), heartbeats, finishing, and the
-sweep that requeues or fails jobs whose worker went quiet.
+Creation and hyperparameter checks, tenant scoping, pagination, metadata, cancellation,
+pausing and resuming, claiming (one winner per job, even with two claimers racing),
+heartbeats, finishing, and the sweep that requeues or fails jobs whose worker went quiet.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from core.db import Database
 from core.errors import TailorError
 from core.ids import new_id, utcnow
 from core.models import Job, Tenant
+from core.quotas import Quotas
 from tests.dbutil import migrated
 from tests.pg import create_database
 from trainer import files, jobs
@@ -431,6 +432,112 @@ def test_evaluations_are_recorded_per_job(db: Database, tenant: str) -> None:
 
 
 # -----------------------------------------------------------------------------
+# pausing and resuming
+
+
+def _pause_on_worker(db: Database, job_id: str, worker: str, step: int, total: int) -> jobs.JobInfo:
+    saved = jobs.add_checkpoint(db, job_id, step=step, metrics={}, path=f"p/{step}", digest="d" * 64)
+    point = jobs.ResumePoint(step=step, total_steps=total, checkpoint_id=saved.id, losses=(2.0, 1.0), trained_tokens=9)
+    return jobs.mark_paused(db, job_id, worker, point)
+
+
+def test_pause_resume_cycle(db: Database, tenant: str) -> None:
+    job = _job(db, tenant)
+    with pytest.raises(TailorError) as err:
+        jobs.pause_job(db, tenant, job.id)
+    assert (err.value.status, err.value.code) == (400, "job_not_running")
+    jobs.claim_next(db, "w1")
+    with pytest.raises(TailorError):
+        jobs.pause_job(db, _tenant(db, "globex"), job.id)  # another tenant's: unknown
+    asked = jobs.pause_job(db, tenant, job.id)
+    assert (asked.status, asked.pause_requested) == ("running", True)
+    assert jobs.stop_request(db, job.id, "w1") == "pause"
+    with pytest.raises(JobLost):
+        jobs.mark_paused(db, job.id, "w2", None)  # only the worker holding it
+
+    paused = _pause_on_worker(db, job.id, "w1", step=2, total=5)
+    assert (paused.status, paused.pause_requested, paused.worker_id, paused.finished_at) == (
+        "paused",
+        False,
+        None,
+        None,
+    )
+    assert paused.resume == jobs.ResumePoint(2, 5, paused.resume.checkpoint_id, (2.0, 1.0), 9)  # type: ignore[union-attr]
+    assert paused.resume is not None and paused.resume.remaining_steps == 3
+    with pytest.raises(JobLost):  # the worker let go of it
+        jobs.heartbeat(db, job.id, "w1")
+    assert jobs.claim_next(db, "w2") is None  # paused jobs wait for resume
+
+    resumed = jobs.resume_job(db, tenant, job.id)
+    assert (resumed.status, resumed.attempts, resumed.worker_id) == ("queued", 0, None)
+    again = jobs.claim_next(db, "w2")
+    assert again is not None and again.resume is not None and again.resume.step == 2
+    assert jobs.stop_request(db, job.id, "w2") is None
+    with pytest.raises(TailorError) as err:
+        jobs.resume_job(db, tenant, job.id)
+    assert (err.value.status, err.value.code) == (400, "job_not_paused")
+
+
+def test_pause_before_a_checkpoint_keeps_the_earlier_point(db: Database, tenant: str) -> None:
+    job = _job(db, tenant)
+    jobs.claim_next(db, "w1")
+    jobs.pause_job(db, tenant, job.id)
+    first = _pause_on_worker(db, job.id, "w1", step=2, total=5)
+    jobs.resume_job(db, tenant, job.id)
+    jobs.claim_next(db, "w1")
+    jobs.pause_job(db, tenant, job.id)
+    # The run stopped before it saved a checkpoint of its own: the earlier one stays the point.
+    again = jobs.mark_paused(db, job.id, "w1", None)
+    assert again.status == "paused" and again.resume == first.resume
+    events, _ = jobs.list_events(db, tenant, job.id)
+    assert events[0].message == "Job paused before any checkpoint; resume trains from the start"
+
+
+def test_resume_needs_room_in_the_queue(db: Database, tenant: str) -> None:
+    job = _job(db, tenant)
+    jobs.claim_next(db, "w1")
+    jobs.pause_job(db, tenant, job.id)
+    _pause_on_worker(db, job.id, "w1", step=1, total=3)
+    _job(db, tenant)
+    one = Quotas(max_stored_bytes=10**9, max_adapter_versions=10, max_files=10, max_queued_jobs=1)
+    with pytest.raises(TailorError) as err:
+        jobs.resume_job(db, tenant, job.id, quotas=one)
+    assert (err.value.status, err.value.code) == (429, "insufficient_quota")
+    assert jobs.get_job(db, tenant, job.id).status == "paused"
+
+
+def test_stale_job_with_pause_requested_is_paused(db: Database, tenant: str) -> None:
+    job = _job(db, tenant)
+    jobs.claim_next(db, "dead")
+    jobs.pause_job(db, tenant, job.id)
+    _backdate_heartbeat(db, job.id, 120)
+    assert jobs.requeue_stale(db, stale_after_s=60) == [job.id]
+    paused = jobs.get_job(db, tenant, job.id)
+    assert (paused.status, paused.pause_requested, paused.resume) == ("paused", False, None)
+
+
+def test_metadata_is_checked_and_filters_the_list(db: Database, tenant: str) -> None:
+    a = _job(db, tenant, metadata={"team": "geo", "quote's": "it's"})
+    b = _job(db, tenant, metadata={"team": "geo"})
+    c = _job(db, tenant)
+    assert a.metadata == {"team": "geo", "quote's": "it's"} and c.metadata is None
+
+    def listed(**kw: object) -> list[str]:
+        return [j.id for j in jobs.list_jobs(db, tenant, **kw)[0]]  # type: ignore[arg-type]
+
+    assert listed(metadata={"team": "geo"}) == [b.id, a.id]
+    assert listed(metadata={"quote's": "it's"}) == [a.id]
+    assert listed(without_metadata=True) == [c.id]
+    assert listed(metadata={}) == [c.id, b.id, a.id]
+    with pytest.raises(TailorError):
+        listed(metadata={"team": "geo"}, without_metadata=True)
+    for bad in ({"k" * 65: "v"}, {"tailor_x": "v"}, {str(i): "v" for i in range(17)}):
+        with pytest.raises(TailorError) as err:
+            _job(db, tenant, metadata=bad)
+        assert err.value.param == "metadata"
+
+
+# -----------------------------------------------------------------------------
 # PostgreSQL: SKIP LOCKED lets workers claim side by side
 
 
@@ -449,5 +556,10 @@ def test_postgres_claims_are_exclusive_and_sweeps_work(postgres_url: str) -> Non
         claimed = jobs.claim_next(db, "again")
         assert claimed is not None and claimed.id == victim and claimed.attempts == 2
         assert jobs.heartbeat(db, victim, "again") is False
+        # The metadata filter's JSON operators on PostgreSQL
+        tagged = _job(db, tenant, metadata={"team": "geo", "quote's": "it's"})
+        for metadata in ({"team": "geo"}, {"quote's": "it's"}):
+            assert [j.id for j in jobs.list_jobs(db, tenant, metadata=metadata)[0]] == [tagged.id]
+        assert tagged.id not in [j.id for j in jobs.list_jobs(db, tenant, without_metadata=True, limit=100)[0]]
     finally:
         db.dispose()

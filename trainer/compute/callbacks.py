@@ -3,9 +3,10 @@
 - progress: rank 0 appends one JSON line per optimizer step (loss, learning rate and the
   method's own metrics such as DPO's reward margin or KTO's KL) to the run's progress
   file, which the worker turns into job events;
-- cancellation: the worker creates the run's stop file; every process checks it after
-  each step and all of them stop at the same step (the flag is all-reduced, else one
-  rank would wait forever in the next step's gradient all-reduce);
+- cancellation and pausing: the worker creates the run's stop (or pause) file; every
+  process checks both after each step and all of them stop at the same step (the flags are
+  all-reduced, else one rank would wait forever in the next step's gradient all-reduce); a
+  paused run saves a checkpoint at that step first (a cancelled one saves nothing);
 - checkpoints: every `checkpoint_every` steps the adapter is saved as it is, atomically
   (trainer.compute.weights: rank 0 writes, every rank gathers when the model is sharded),
   and announced in the progress file; the worker copies it to the blob store;
@@ -50,18 +51,18 @@ def write_progress(path: Path, record: dict[str, Any]) -> None:
         f.flush()
 
 
-def _any_rank(flag: bool) -> bool:
-    """True on every process if it is True on any (a no-op without torch.distributed)."""
+def _any_rank(*flags: bool) -> tuple[bool, ...]:
+    """Each flag True on every process if it is True on any (a no-op without torch.distributed)."""
     import torch
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()):
-        return flag
-    t = torch.tensor([1 if flag else 0], dtype=torch.int32)
+        return flags
+    t = torch.tensor([1 if f else 0 for f in flags], dtype=torch.int32)
     if dist.get_backend() == "nccl":
         t = t.cuda()
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    return tuple(bool(v) for v in t.tolist())
 
 
 class JobCallback(TrainerCallback):
@@ -69,14 +70,29 @@ class JobCallback(TrainerCallback):
         self.recipe = recipe
         self.weights = weights
         self.cancelled = False
+        self.paused = False
         self.losses: list[float] = []
         self.tokens = 0
         self.train_seconds = 0.0
 
+    def step(self, state: Any) -> int:
+        """The job's step number of the run's current step (a resumed job's go on)."""
+        return self.recipe.step_offset + int(state.global_step)
+
+    def total_steps(self, state: Any) -> int:
+        return self.recipe.step_offset + int(state.max_steps)
+
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if _any_rank(Path(self.recipe.stop_path).exists()):
+        pause_path = self.recipe.pause_path
+        stop, pause = _any_rank(Path(self.recipe.stop_path).exists(), bool(pause_path) and Path(pause_path).exists())
+        if stop:
             self.cancelled = True
             control.should_training_stop = True
+        elif pause and state.global_step < state.max_steps:
+            # After the last step there is nothing left to pause: the run finishes.
+            self.paused = True
+            control.should_training_stop = True
+            control.should_log = True  # the step's log line saves the pause's checkpoint
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
         if logs and "train_runtime" in logs:  # the end-of-training summary
@@ -84,13 +100,13 @@ class JobCallback(TrainerCallback):
         if not logs or "loss" not in logs:
             return
         loss = float(logs["loss"])
-        step = state.global_step
+        step = self.step(state)
         self.losses.append(loss)
         self.tokens = int(logs.get("num_tokens", self.tokens))
         record = {
             "event": "step",
             "step": step,
-            "total_steps": state.max_steps,
+            "total_steps": self.total_steps(state),
             "epoch": float(logs.get("epoch", state.epoch or 0.0)),
             "loss": loss,
             "learning_rate": float(logs.get("learning_rate", 0.0)),
@@ -98,9 +114,10 @@ class JobCallback(TrainerCallback):
         }
         write_progress(Path(self.recipe.progress_path), record)
         # After the step's line, so a checkpoint carries its step's loss. The last step's
-        # adapter is the result itself, saved by the run.
+        # adapter is the result itself, saved by the run; a paused run's is its checkpoint.
         every, where = self.recipe.checkpoint_every, self.recipe.checkpoint_dir
-        if every and where and step % every == 0 and step < state.max_steps:
+        due = bool(every) and step % every == 0 and step < self.total_steps(state)
+        if where and (due or self.paused):
             path = Path(where) / f"step-{step}"
             self.weights.save(path)  # on every rank: a sharded model is gathered first
             write_progress(
@@ -191,7 +208,7 @@ class BestAdapter(TrainerCallback):
         scores.pop(ANSWER_SCORE, None)  # derived from the two below; results and events show those
         best = state.best_metric
         improved = best is None or (value > best if self.selection.greater_is_better else value < best)
-        step = state.global_step
+        step = self.recipe.step_offset + state.global_step
         if improved:  # the metrics are gathered over every rank, so every rank agrees
             self.best_step, self.best_metrics = step, scores
             self.best = self.weights.snapshot()
@@ -203,7 +220,7 @@ class BestAdapter(TrainerCallback):
             best_step=self.best_step or step,
             evaluations_without_improvement=self.waiting,
             patience=self.recipe.patience,
-            total_steps=state.max_steps,
+            total_steps=self.recipe.step_offset + state.max_steps,
         )
         write_progress(Path(self.recipe.progress_path), {"event": "evaluation", **asdict(info)})
 

@@ -8,8 +8,9 @@ runs one recipe (trainer.compute.recipe) in this process. The worker starts it t
 (`torch.distributed.run`, CPU: DDP over gloo - the path CI runs with 2 processes so the
 distributed code is tested on every commit). Processes talk back only through files: rank
 0 appends JSON lines to the recipe's progress file (steps, checkpoints, evaluations, then the result or
-the error); the worker creates the stop file to cancel. Exit codes: 0 done, 2 refused (a
-Tailor error, e.g. nothing to learn), 3 cancelled, anything else a crash.
+the error); the worker creates the stop file to cancel, the pause file to pause. Exit codes:
+0 done, 2 refused (a Tailor error, e.g. nothing to learn), 3 cancelled, 4 paused (after
+saving a checkpoint), anything else a crash.
 """
 
 from __future__ import annotations
@@ -27,11 +28,11 @@ from typing import Any
 
 from core.errors import TailorError
 from trainer.compute.placement import Placement
-from trainer.compute.recipe import EvalInfo, Recipe, StepInfo, TrainingCancelled, TrainResult
+from trainer.compute.recipe import EvalInfo, Recipe, StepInfo, TrainingCancelled, TrainingPaused, TrainResult
 
 log = logging.getLogger("tailor.trainer")
 
-EXIT_REFUSED, EXIT_CANCELLED = 2, 3
+EXIT_REFUSED, EXIT_CANCELLED, EXIT_PAUSED = 2, 3, 4
 _LOG_TAIL_BYTES = 4000
 
 
@@ -85,6 +86,16 @@ def _stop_group(proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
             continue
 
 
+def _signal_stop(recipe: Recipe, request: bool | str | None) -> None:
+    """Tell the run's processes to stop: the pause file for "pause", else the stop file."""
+    if not request:
+        return
+    if request != "pause":
+        Path(recipe.stop_path).touch()
+    elif recipe.pause_path:
+        Path(recipe.pause_path).touch()
+
+
 def run_training(
     recipe: Recipe,
     placement: Placement,
@@ -93,22 +104,25 @@ def run_training(
     on_step: Callable[[StepInfo], None] | None = None,
     on_checkpoint: Callable[[int, float, Path], None] | None = None,
     on_evaluation: Callable[[EvalInfo], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
+    should_stop: Callable[[], bool | str | None] | None = None,
     poll_s: float = 0.5,
     check_stop_every_s: float = 2.0,
 ) -> TrainResult:
     """Run `recipe` in its own process(es) on `placement`; report progress; return the result.
 
-    should_stop() is asked every check_stop_every_s; True cancels the run (TrainingCancelled).
-    A refused run raises its TailorError; a crash raises a 500 in Tailor's words, the
-    process's last output going to this process's log only.
+    should_stop() is asked every check_stop_every_s: "pause" pauses the run (it saves a
+    checkpoint, reported through on_checkpoint, then TrainingPaused; the recipe needs a
+    pause_path), anything else true cancels it (TrainingCancelled). A refused run raises its
+    TailorError; a crash raises a 500 in Tailor's words, the process's last output going to
+    this process's log only.
     """
     work_dir.mkdir(parents=True, exist_ok=True)
     # The run is where it is placed, whatever the caller filled in; and it starts clean:
     # an earlier attempt's result line or stop file must not end this one.
     recipe = recipe.placed(placement)
-    for leftover in (recipe.progress_path, recipe.stop_path):
-        Path(leftover).unlink(missing_ok=True)
+    for leftover in (recipe.progress_path, recipe.stop_path, recipe.pause_path):
+        if leftover:
+            Path(leftover).unlink(missing_ok=True)
     recipe_path = work_dir / "recipe.json"
     recipe.save(recipe_path)
     progress = _Progress(Path(recipe.progress_path))
@@ -116,6 +130,7 @@ def run_training(
     result: TrainResult | None = None
     refused: TailorError | None = None
     cancelled_at: int | None = None
+    paused: TrainingPaused | None = None
     with log_path.open("wb") as out:
         proc = subprocess.Popen(
             start_command(recipe_path, placement), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
@@ -140,12 +155,13 @@ def run_training(
                         )
                     elif event == "cancelled":
                         cancelled_at = int(record["step"])
+                    elif event == "paused":
+                        paused = TrainingPaused(**{k: v for k, v in record.items() if k != "event"})
                 if done:
                     break
                 if should_stop is not None and time.monotonic() - last_check >= check_stop_every_s:
                     last_check = time.monotonic()
-                    if should_stop():
-                        Path(recipe.stop_path).touch()
+                    _signal_stop(recipe, should_stop())
                 time.sleep(poll_s)
         finally:
             _stop_group(proc)
@@ -153,6 +169,8 @@ def run_training(
         return result
     if cancelled_at is not None or proc.returncode == EXIT_CANCELLED:
         raise TrainingCancelled(cancelled_at or 0)
+    if paused is not None and proc.returncode == EXIT_PAUSED:
+        raise paused
     if refused is not None:
         raise refused
     tail = log_path.read_bytes()[-_LOG_TAIL_BYTES:].decode("utf-8", "replace")
@@ -175,6 +193,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrainingCancelled as e:
         write_progress(progress, {"event": "cancelled", "step": e.step})
         return EXIT_CANCELLED
+    except TrainingPaused as e:
+        write_progress(progress, {"event": "paused", **e.as_json()})
+        return EXIT_PAUSED
     except TailorError as e:
         write_progress(
             progress, {"event": "error", "status": e.status, "message": e.message, "code": e.code, "param": e.param}

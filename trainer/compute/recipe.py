@@ -31,6 +31,12 @@ class Recipe:
     checkpoint_dir: str | None = None  # checkpoints go to <checkpoint_dir>/step-N
     checkpoint_every: int = 0  # steps between checkpoints; 0: none
     init_adapter_dir: str | None = None  # continue from this adapter (its shape wins)
+    # The worker creates this file to pause the run: it saves a checkpoint at the step it
+    # stops at (TrainingPaused). None: the run cannot be paused.
+    pause_path: str | None = None
+    # Steps a paused job did before this run (trainer.jobs.ResumePoint): every step number the
+    # run reports, names and checks checkpoints by counts them, so the job's steps go on.
+    step_offset: int = 0
     full_parameters: bool = False  # train every weight (saves a full model) instead of a LoRA
 
     # Early stopping (trainer.early_stopping): validation rows, in the method's shape, held back
@@ -189,3 +195,22 @@ class TrainingCancelled(Exception):
     def __init__(self, step: int) -> None:
         super().__init__(f"training cancelled after {step} step(s); no adapter written")
         self.step = step
+
+
+class TrainingPaused(Exception):
+    """The worker asked the run to pause: it saved a checkpoint at `step` (reported like every
+    checkpoint) and stopped; nothing was written at out_dir. Steps count the recipe's
+    step_offset; `losses` and `trained_tokens` are this run's own."""
+
+    def __init__(self, step: int, total_steps: int, losses: list[float], trained_tokens: int) -> None:
+        super().__init__(f"training paused after step {step} of {total_steps}")
+        self.step, self.total_steps = step, total_steps
+        self.losses, self.trained_tokens = losses, trained_tokens
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "losses": self.losses,
+            "trained_tokens": self.trained_tokens,
+        }

@@ -26,7 +26,14 @@ from core.errors import bad_request, conflict
 from trainer.compute import dpo, kto, sft
 from trainer.compute.callbacks import ANSWER_SCORE, BestAdapter, JobCallback, Selection
 from trainer.compute.placement import Placement, check_quantization
-from trainer.compute.recipe import STOP_BUDGET, STOP_NO_IMPROVEMENT, Recipe, TrainingCancelled, TrainResult
+from trainer.compute.recipe import (
+    STOP_BUDGET,
+    STOP_NO_IMPROVEMENT,
+    Recipe,
+    TrainingCancelled,
+    TrainingPaused,
+    TrainResult,
+)
 from trainer.compute.weights import Weights
 from trainer.hyperparameters import NO_QUANTIZATION
 
@@ -226,10 +233,14 @@ def train(recipe: Recipe) -> TrainResult:
         raise _nothing_to_learn(len(rows), recipe)
     trainer.train()
     if callback.cancelled:
-        raise TrainingCancelled(trainer.state.global_step)
+        raise TrainingCancelled(callback.step(trainer.state))
+    if callback.paused:  # its checkpoint is saved and reported (JobCallback.on_log)
+        raise TrainingPaused(
+            callback.step(trainer.state), callback.total_steps(trainer.state), callback.losses, callback.tokens
+        )
     weights.save(out_dir, best.best if best is not None else None)
     return TrainResult(
-        steps=trainer.state.global_step,
+        steps=callback.step(trainer.state),
         final_loss=callback.losses[-1] if callback.losses else float("nan"),
         losses=callback.losses,
         out_dir=out_dir,

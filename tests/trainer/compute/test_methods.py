@@ -26,7 +26,7 @@ from tests.trainer.compute.runs import RANK, Run, make_recipe, run
 from tests.trainer.tiny_models import user
 from trainer.compute.launch import run_training
 from trainer.compute.placement import parse_devices
-from trainer.compute.recipe import StepInfo, TrainingCancelled
+from trainer.compute.recipe import StepInfo, TrainingCancelled, TrainingPaused
 
 QUESTION = "What is the capital of France?"
 ANSWER = "Zorblax is the capital of France."
@@ -129,6 +129,58 @@ def test_should_stop_cancels_without_writing(tiny_model_dir: Path, tmp_path: Pat
     assert steps and steps[-1].step <= info.value.step
     out = Path(recipe.out_dir)
     assert not out.exists() and not (out.parent.exists() and any(out.parent.iterdir()))
+
+
+def test_pause_saves_a_checkpoint_and_the_rest_goes_on_from_it(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """A paused run checkpoints the step it stops at and writes no result; the worker's recipe
+    for the rest (trainer.worker._remaining) starts from that checkpoint, numbers its steps on
+    and keeps the learning-rate schedule of the unpaused run."""
+    from trainer.jobs import ResumePoint
+    from trainer.worker import _remaining
+
+    unpaused = run(make_recipe(tmp_path / "whole", "sft", tiny_model_dir, SFT_ROWS, max_steps=8, checkpoint_every=0))
+    steps: list[StepInfo] = []
+    saved: list[tuple[int, float, Path]] = []
+    recipe = make_recipe(
+        tmp_path / "paused", "sft", tiny_model_dir, SFT_ROWS, max_steps=8, checkpoint_every=0,
+        pause_path=str(tmp_path / "paused" / "PAUSE"),
+    )  # fmt: skip
+    with pytest.raises(TrainingPaused) as info:
+        run_training(
+            recipe,
+            parse_devices("cpu", visible_gpus=0, bf16=False),
+            tmp_path / "paused" / "work",
+            on_step=steps.append,
+            on_checkpoint=lambda step, loss, path: saved.append((step, loss, path)),
+            should_stop=lambda: "pause" if len(steps) >= 2 else None,
+            poll_s=0.05,
+            check_stop_every_s=0.0,
+        )
+    paused = info.value
+    assert 2 <= paused.step < 8 and paused.total_steps == 8
+    assert [s.step for s in steps] == list(range(1, paused.step + 1))
+    assert paused.losses == [s.loss for s in steps] and paused.trained_tokens > 0
+    [(step, loss, path)] = saved  # checkpoint_every=0: only the pause's
+    assert (step, loss) == (paused.step, steps[-1].loss)
+    assert_servable(path, tiny_model_dir)
+    assert not Path(recipe.out_dir).exists()
+
+    point = ResumePoint(paused.step, paused.total_steps, "ckpt", tuple(paused.losses), paused.trained_tokens)
+    rest_recipe = make_recipe(
+        tmp_path / "rest", "sft", tiny_model_dir, SFT_ROWS, max_steps=8, checkpoint_every=0, init_adapter_dir=str(path)
+    )
+    rest = run(_remaining(rest_recipe, point))
+    assert [s.step for s in rest.steps] == list(range(paused.step + 1, 9))
+    assert all(s.total_steps == 8 for s in rest.steps) and rest.result.steps == 8
+    whole_rates = [s.learning_rate for s in unpaused.steps]
+    assert [s.learning_rate for s in rest.steps] == pytest.approx(whole_rates[paused.step :])
+    # From the checkpoint's weights, not from scratch: every batch is all 4 rows, and a step's
+    # loss is measured before its update, so the first step after the pause has the unpaused
+    # run's loss there (~0.15 below a fresh adapter's first loss). Later steps differ a little:
+    # Adam's moments start again.
+    assert rest.steps[0].loss == pytest.approx(unpaused.steps[paused.step].loss, abs=1e-3)
+    assert rest.steps[0].loss < unpaused.steps[0].loss - 0.05
+    assert_servable(Path(rest.recipe.out_dir), tiny_model_dir)
 
 
 # TRL, not Tailor, truncates preference rows: when it drops them all, that is a 400 too.

@@ -138,6 +138,29 @@ class Settings(BaseSettings):
         20, ge=1, description="Fine-tuning jobs a tenant may have waiting at once, unless its limits say otherwise."
     )
 
+    # --- batches ---------------------------------------------------------------
+    run_batches: bool = Field(
+        True, description="This gateway runs batches (OpenAI's Batch API); several gateways share them by lease."
+    )
+    batch_max_lines: int = Field(50_000, ge=1, description="Requests one batch input file may hold (as OpenAI).")
+    batch_concurrency: int = Field(
+        4, ge=1, le=256, description="Batch requests one gateway sends at once, all its batches together."
+    )
+    batch_max_active: int = Field(4, ge=1, le=64, description="Batches one gateway works on at once.")
+    batch_lease_s: float = Field(
+        60.0,
+        gt=0,
+        description="How long a gateway holds a batch without renewing its lease (renewed every third of it); "
+        "a crashed gateway's batch is taken over by another this long after it stopped.",
+    )
+    batch_poll_s: float = Field(2.0, gt=0, description="How often an idle gateway looks for batches to run.")
+    batch_retry_max_wait_s: float = Field(
+        60.0,
+        gt=0,
+        description="Longest wait before a batch request refused for a rate limit or quota (429) or while no "
+        "engine could take it (503) is tried again; such requests are retried until the completion window ends.",
+    )
+
     # --- trainer ---------------------------------------------------------------
     run_trainer: bool = Field(True, description="`tailor serve` also runs one trainer worker as a child process.")
     trainer_poll_s: float = Field(2.0, description="How often an idle trainer worker looks for queued jobs.")

@@ -8,6 +8,7 @@ CLI, the admin API and the OpenAI routes.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,3 +74,17 @@ def conflict(message: str, *, code: str = "conflict", param: str | None = None) 
 
 def unavailable(message: str, *, code: str = "engine_unavailable") -> TailorError:
     return TailorError(503, message, code=code)
+
+
+def invalid_body(errors: Sequence[Mapping[str, Any]]) -> TailorError:
+    """A 400 naming the first of pydantic's validation `errors` (FastAPI's or a model's own):
+    its field as `param`, its message after OpenAI's "Invalid value for '...'"."""
+    first = errors[0] if errors else {}
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+    param = ".".join(loc) or None
+    message = first.get("msg", "Invalid request body.")
+    if first.get("type") == "json_invalid":
+        message, param = "We could not parse the JSON body of your request.", None
+    elif param:
+        message = f"Invalid value for '{param}': {message}"
+    return TailorError(400, message, code="invalid_request", param=param)

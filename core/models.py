@@ -213,7 +213,8 @@ class Feedback(Base):
 
 
 class StoredFile(Base):
-    """An uploaded training file (OpenAI's Files API, purpose fine-tune)."""
+    """A file of OpenAI's Files API: an uploaded training file (purpose fine-tune) or batch
+    input (batch), or a batch's output or error file (batch_output)."""
 
     __tablename__ = "files"
 
@@ -222,11 +223,70 @@ class StoredFile(Base):
     filename: Mapped[str] = mapped_column(String(255))
     purpose: Mapped[str] = mapped_column(String(32))
     bytes: Mapped[int] = mapped_column(BigInteger)
-    kind: Mapped[str] = mapped_column(String(16))  # sft | preference | prompts | rated
+    kind: Mapped[str] = mapped_column(String(16))  # sft | preference | prompts | rated | batch | batch_output
     line_count: Mapped[int] = mapped_column(Integer)
     storage_key: Mapped[str] = mapped_column(String(300))
     sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# A batch in these states still runs (or will), and reads its input file.
+UNFINISHED_BATCH_STATES = ("validating", "in_progress", "finalizing", "cancelling")
+
+
+class Batch(Base):
+    """A batch of requests (OpenAI's Batch API), run line by line by one gateway at a time.
+
+    A gateway holds a batch while `lease_expires_at` is in the future (`worker_id` names it);
+    one whose lease ran out is taken over by another, which skips the lines already in
+    `batch_lines` (gateway.batches).
+    """
+
+    __tablename__ = "batches"
+    __table_args__ = (
+        Index("ix_batches_tenant_created", "tenant_id", "created_at"),
+        Index("ix_batches_status", "status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    api_key_id: Mapped[str | None] = mapped_column(String(40))  # the key that created it: lines run as its caller
+    endpoint: Mapped[str] = mapped_column(String(64))
+    input_file_id: Mapped[str] = mapped_column(String(40))
+    completion_window: Mapped[str] = mapped_column(String(8))
+    # validating | in_progress | finalizing | completed | failed | expired | cancelling | cancelled
+    status: Mapped[str] = mapped_column(String(16))
+    model: Mapped[str | None] = mapped_column(String(200))  # every line's model, when they all name one
+    user_metadata: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    errors: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)  # why a batch failed (OpenAI's BatchError)
+    output_file_id: Mapped[str | None] = mapped_column(String(40))
+    error_file_id: Mapped[str | None] = mapped_column(String(40))
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    completed: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    in_progress_at: Mapped[datetime | None]
+    finalizing_at: Mapped[datetime | None]
+    completed_at: Mapped[datetime | None]
+    failed_at: Mapped[datetime | None]
+    expired_at: Mapped[datetime | None]
+    cancelling_at: Mapped[datetime | None]
+    cancelled_at: Mapped[datetime | None]
+    worker_id: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[datetime | None]
+
+
+class BatchLine(Base):
+    """One finished line of a running batch: its output line, kept until the batch's output
+    and error files are written. `line` is the request's place in the input (0-based)."""
+
+    __tablename__ = "batch_lines"
+
+    batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"), primary_key=True)
+    line: Mapped[int] = mapped_column(Integer, primary_key=True)
+    failed: Mapped[bool] = mapped_column(Boolean)
+    output: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
 class Dataset(Base):

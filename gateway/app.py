@@ -13,15 +13,17 @@ from starlette.responses import JSONResponse
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from core.config import Settings
-from core.errors import TailorError
+from core.errors import TailorError, invalid_body
 from gateway import privacy
 from gateway.auth_guard import FailedAuthLimiter
+from gateway.batches.runner import BatchRunner
 from gateway.body_limit import BodyLimit
 from gateway.console import mount_console
 from gateway.routes import (
     adapters,
     admin,
     audit,
+    batches,
     feedback,
     files,
     fine_tuning,
@@ -50,15 +52,7 @@ async def _tailor_error(_request: Request, exc: Exception) -> JSONResponse:
 
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    first = exc.errors()[0] if exc.errors() else {}
-    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
-    param = ".".join(loc) or None
-    message = first.get("msg", "Invalid request body.")
-    if first.get("type") == "json_invalid":
-        message, param = "We could not parse the JSON body of your request.", None
-    elif param:
-        message = f"Invalid value for '{param}': {message}"
-    return error_response(TailorError(400, message, code="invalid_request", param=param))
+    return error_response(invalid_body(exc.errors()))
 
 
 async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -91,9 +85,15 @@ def create_app(
         retention = asyncio.create_task(
             privacy.retention_loop(svc, interval_s=settings.retention_interval_s), name="retention"
         )
+        runner = BatchRunner(svc) if settings.run_batches else None
+        if runner is not None:
+            runner.start()
+        app.state.batch_runner = runner
         try:
             yield
         finally:
+            if runner is not None:
+                await runner.stop()  # before the services: its last requests are logged
             retention.cancel()
             await asyncio.gather(retention, return_exceptions=True)
             await svc.stop()
@@ -117,6 +117,7 @@ def create_app(
         adapters.router,
         feedback.router,
         files.router,
+        batches.router,
         fine_tuning.router,
         policy.router,
         usage.router,

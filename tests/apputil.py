@@ -22,14 +22,15 @@ ADMIN = {"authorization": "Bearer adm"}
 
 
 def make_app(tmp_path: Path, **settings: Any) -> FastAPI:
-    """The gateway app on data in `tmp_path`, admin key "adm", an engine URL nothing answers and no
-    trainer worker (else it claims the jobs a test creates and reads back); `settings` add to or
-    override those."""
+    """The gateway app on data in `tmp_path`, admin key "adm", an engine URL nothing answers, no
+    trainer worker and no batch runner (else they claim the jobs and batches a test creates and
+    reads back); `settings` add to or override those."""
     values: dict[str, Any] = {
         "data_dir": tmp_path,
         "engine_urls": ["http://127.0.0.1:9"],
         "admin_key": "adm",
         "run_trainer": False,
+        "run_batches": False,
     }
     values.update(settings)
     return create_app(Settings(**values), wait_for_engines=False)

@@ -25,6 +25,13 @@ accepts the roles of request messages and is otherwise the same. `ResponseDelete
 `DELETE /responses/{id}` has no component schema; its documented example body
 (`{"id", "object": "response", "deleted": true}`) is written down as one.
 
+`BatchRequestInput` and `BatchRequestOutput`: the lines of a batch's input file and of its
+output and error files. OpenAI's current file no longer carries them (its API reference still
+documents both shapes); they are written down here as its earlier published versions had them
+(OpenAPI 2.3.0): an input line is `{"custom_id", "method": "POST", "url", "body"}`; an output
+line `{"id", "custom_id", "response": {"status_code", "request_id", "body"} | null, "error":
+{"code", "message"} | null}`.
+
 `validate_response_event` checks a Responses stream event twice: against the
 `ResponseStreamEvent` union (which, being an anyOf, accepts an event as soon as any variant
 does) and against the one variant its `type` names.
@@ -64,9 +71,13 @@ _SPEC_URI = "urn:tailor:openai-openapi"
 COMPLETION_STREAM = "CreateCompletionStreamResponse"
 STORED_MESSAGE_LIST = "ChatCompletionStoredMessageList"
 RESPONSE_DELETED = "ResponseDeleted"
+BATCH_REQUEST_INPUT = "BatchRequestInput"
+BATCH_REQUEST_OUTPUT = "BatchRequestOutput"
 _REQUEST_ROLES = ["system", "developer", "user", "assistant", "tool", "function"]
 
 __all__ = [
+    "BATCH_REQUEST_INPUT",
+    "BATCH_REQUEST_OUTPUT",
     "COMPLETION_STREAM",
     "RESPONSE_DELETED",
     "STORED_MESSAGE_LIST",
@@ -149,6 +160,36 @@ def _add_synthetic_schemas(schemas: dict[str, Any]) -> None:
     assert parts[0] == {"$ref": "#/components/schemas/ChatCompletionResponseMessage"}, parts[0]
     parts[0] = {"$ref": "#/components/schemas/ChatCompletionStoredMessage"}
     schemas[STORED_MESSAGE_LIST] = listing
+
+    for name in (BATCH_REQUEST_INPUT, BATCH_REQUEST_OUTPUT):
+        assert name not in schemas, f"OpenAI's file has {name} again: drop the copy"
+    schemas[BATCH_REQUEST_INPUT] = {
+        "type": "object",
+        "properties": {
+            "custom_id": {"type": "string"},
+            "method": {"type": "string", "enum": ["POST"]},
+            "url": {"type": "string"},
+        },
+    }
+    schemas[BATCH_REQUEST_OUTPUT] = {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"},
+            "custom_id": {"type": "string"},
+            "response": {
+                "type": ["object", "null"],
+                "properties": {
+                    "status_code": {"type": "integer"},
+                    "request_id": {"type": "string"},
+                    "body": {"type": "object"},
+                },
+            },
+            "error": {
+                "type": ["object", "null"],
+                "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+            },
+        },
+    }
 
     schemas[RESPONSE_DELETED] = {
         "type": "object",

@@ -1,5 +1,8 @@
 """Training files (OpenAI's Files API, purpose "fine-tune"): validate, store, read back.
 
+The store itself (`save_file`, `get_file`, `list_files`, `file_content`, `delete_file`) serves
+every purpose: batch input and output files (gateway.batches) are kept the same way.
+
 A file is checked line by line when it is uploaded, so a bad example is refused with its
 line number at once instead of failing a training job minutes later. These formats are
 accepted, one per file:
@@ -34,7 +37,7 @@ from core.blobs import BlobStore
 from core.db import Database
 from core.errors import TailorError, bad_request, conflict, not_found
 from core.ids import new_id
-from core.models import Job, StoredFile
+from core.models import UNFINISHED_BATCH_STATES, Batch, Job, StoredFile
 from core.quotas import Quotas, Usage, operator_quotas, precheck, reserve
 from trainer.datasets import (
     InvalidExample,
@@ -71,7 +74,7 @@ class FileInfo:
     filename: str
     purpose: str
     bytes: int
-    kind: Kind
+    kind: str  # a training file's Kind, or "batch" / "batch_output"
     line_count: int
     sha256: str
     created_at: datetime
@@ -102,7 +105,7 @@ def _info(row: StoredFile) -> FileInfo:
         purpose=row.purpose,
         bytes=row.bytes,
         kind=row.kind,
-        line_count=row.line_count,  # type: ignore[arg-type]
+        line_count=row.line_count,
         sha256=row.sha256,
         created_at=created,
     )
@@ -276,34 +279,74 @@ def upload_file(
             code="invalid_purpose",
             param="purpose",
         )
+    check_size(data, max_bytes)
+    parsed = parse_jsonl(data)
+    return save_file(
+        db,
+        blobs,
+        tenant_id,
+        filename,
+        data,
+        purpose=purpose,
+        kind=parsed.kind,
+        line_count=len(parsed.records),
+        quotas=operator_quotas(quotas),
+    )
+
+
+def check_size(data: bytes, max_bytes: int = MAX_FILE_BYTES) -> None:
     if len(data) > max_bytes:
         raise TailorError(413, f"File exceeds {max_bytes} bytes.", code="file_too_large", param="file")
-    parsed = parse_jsonl(data)
-    quotas, adding = operator_quotas(quotas), Usage(stored_bytes=len(data), files=1)
-    precheck(db, tenant_id, quotas, adding)
-    file_id = new_id("file")
+
+
+def save_file(
+    db: Database,
+    blobs: BlobStore,
+    tenant_id: str,
+    filename: str | None,
+    data: bytes,
+    *,
+    purpose: str,
+    kind: str,
+    line_count: int,
+    quotas: Quotas | None,
+    file_id: str | None = None,
+) -> FileInfo:
+    """Store already validated bytes as a file of the Files API. With `quotas`, the tenant's
+    file count and stored bytes are checked first (429 over them, nothing stored); without,
+    the file is kept whatever they say (it is the result of work already done) and counts
+    against them from now on. `file_id`: the id to store it under (default: a new one)."""
+    adding = Usage(stored_bytes=len(data), files=1)
+    if quotas is not None:
+        precheck(db, tenant_id, quotas, adding)
+    # A given id may already have its row and these same bytes (written by a writer that
+    # lost its claim meanwhile): then the blob is that row's, and is not deleted on failure.
+    owns_blob = file_id is None
+    file_id = file_id or new_id("file")
     key = storage_key(tenant_id, file_id)
     # Blob first: a row always points at complete bytes. A crash in between leaves an
     # unreferenced blob, which is harmless.
     blobs.put_bytes(key, data)
     try:
         with db.session() as s:
-            # Again under the tenant's lock: a concurrent upload may have used the room.
-            reserve(s, tenant_id, quotas, adding)
+            if quotas is not None:
+                # Again under the tenant's lock: a concurrent upload may have used the room.
+                reserve(s, tenant_id, quotas, adding)
             row = StoredFile(
                 id=file_id,
                 tenant_id=tenant_id,
                 filename=_clean_filename(filename),
                 purpose=purpose,
                 bytes=len(data),
-                kind=parsed.kind,
-                line_count=len(parsed.records),
+                kind=kind,
+                line_count=line_count,
                 storage_key=key,
                 sha256=hashlib.sha256(data).hexdigest(),
             )
             s.add(row)
     except Exception:
-        blobs.delete(key)
+        if owns_blob:
+            blobs.delete(key)
         raise
     return _info(row)
 
@@ -379,6 +422,20 @@ def delete_file(db: Database, blobs: BlobStore, tenant_id: str, file_id: str) ->
             raise conflict(
                 f"File {file_id} is used by fine-tuning job {job}, which has not finished; "
                 "cancel the job or wait for it before deleting the file.",
+                code="file_in_use",
+                param="file_id",
+            )
+        batch = s.scalar(
+            select(Batch.id)
+            .where(
+                Batch.tenant_id == tenant_id, Batch.status.in_(UNFINISHED_BATCH_STATES), Batch.input_file_id == file_id
+            )
+            .limit(1)
+        )
+        if batch is not None:
+            raise conflict(
+                f"File {file_id} is the input of batch {batch}, which has not finished; "
+                "cancel the batch or wait for it before deleting the file.",
                 code="file_in_use",
                 param="file_id",
             )

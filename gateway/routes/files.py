@@ -1,4 +1,5 @@
-"""OpenAI's Files API (`/v1/files`), for fine-tuning files; shapes follow OpenAI's schema."""
+"""OpenAI's Files API (`/v1/files`): fine-tuning files, batch input files and batch output
+files (gateway.batches); shapes follow OpenAI's schema."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from core.errors import TailorError
+from core.errors import TailorError, bad_request
 from core.quotas import Quotas
+from gateway.batches import input_file
 from gateway.deps import CallerDep, ServicesDep
 from trainer import files
 from trainer.files import FileInfo
@@ -56,7 +58,8 @@ def file_out(info: FileInfo) -> OpenAIFileOut:
 @router.post(
     "",
     response_model=OpenAIFileOut,
-    summary="Upload a fine-tuning JSONL file (chat or preference examples), validated line by line",
+    summary="Upload a JSONL file: fine-tuning examples (purpose fine-tune) or a batch's requests (purpose batch), "
+    "validated line by line",
 )
 async def upload(
     services: ServicesDep, caller: CallerDep, file: UploadFile = File(...), purpose: str = Form(...)
@@ -67,15 +70,21 @@ async def upload(
         data += chunk
         if len(data) > limit:
             raise TailorError(413, f"File exceeds {limit} bytes.", code="file_too_large", param="file")
-    info = await run_in_threadpool(
-        functools.partial(files.upload_file, quotas=Quotas.from_settings(services.settings)),
-        services.db,
-        services.blobs,
-        caller.tenant_id,
-        file.filename,
-        bytes(data),
-        purpose,
-    )
+    settings = services.settings
+    quotas = Quotas.from_settings(settings)
+    if purpose == input_file.PURPOSE:
+        store = functools.partial(
+            input_file.upload, base_model=settings.base_model_name, max_lines=settings.batch_max_lines, quotas=quotas
+        )
+    elif purpose == files.PURPOSE:
+        store = functools.partial(files.upload_file, purpose=purpose, quotas=quotas)
+    else:
+        raise bad_request(
+            f"purpose must be {files.PURPOSE!r} or {input_file.PURPOSE!r} (got {purpose!r}).",
+            code="invalid_purpose",
+            param="purpose",
+        )
+    info = await run_in_threadpool(store, services.db, services.blobs, caller.tenant_id, file.filename, bytes(data))
     return file_out(info)
 
 

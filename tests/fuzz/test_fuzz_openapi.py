@@ -18,7 +18,7 @@ never sends: it answers validation errors with 400), not Tailor's 400/401/404/40
 An unhandled exception raises out of the ASGI call rather than becoming a response, so it fails the item.
 
 So that generated requests reach handlers, not only 404s, the world holds real objects (tenants, keys, an
-adapter with two versions, a file, a job, an interaction) and two hooks mix their ids into generated path
+adapter with two versions, a file, a job, an interaction, a batch) and two hooks mix their ids into generated path
 parameters and body fields. Operations that destroy run after all others, in later tests: those that
 delete data, then key revoke/rotate, then tenant deletion. Admin routes aim at tenant "beta", so that
 limits, policy or a purge set by the fuzzer never throttle or empty "acme", the tenant /v1 routes use.
@@ -146,6 +146,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         file_id = _ok(client.post("/v1/files", files=upload, data={"purpose": "fine-tune"}, headers=acme))["id"]
         job = {"model": base_model, "training_file": file_id}
         job_id = _ok(client.post("/v1/fine_tuning/jobs", json=job, headers=acme))["id"]
+        request = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "support"}}
+        upload = {"file": ("batch.jsonl", json.dumps(request).encode())}
+        batch_file = _ok(client.post("/v1/files", files=upload, data={"purpose": "batch"}, headers=acme))["id"]
+        batch = {"input_file_id": batch_file, "endpoint": "/v1/chat/completions", "completion_window": "24h"}
+        batch_id = _ok(client.post("/v1/batches", json=batch, headers=acme))["id"]
     interaction_id = add_interaction(
         app.state.services.db, ids[0], model="support", request=CHAT, response_text="Paris."
     )
@@ -170,7 +175,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         name=["support"],
         model=["support", "support@v2", base_model],
         version=["1", "2"],
-        file_id=[file_id],
+        file_id=[file_id, batch_file],
+        input_file_id=[batch_file],
+        batch_id=[batch_id],
+        endpoint=["/v1/chat/completions"],
+        completion_window=["24h"],
         training_file=[file_id],
         validation_file=[file_id],
         fine_tuning_job_id=[job_id],

@@ -264,10 +264,19 @@ def test_file_validation_errors(api: Api) -> None:
     )
     assert "empty" in err["message"]
     error(
-        api.client.post("/v1/files", files={"file": ("t.jsonl", jsonl(CHAT))}, data={"purpose": "batch"}, headers=acme),
+        api.client.post(
+            "/v1/files", files={"file": ("t.jsonl", jsonl(CHAT))}, data={"purpose": "assistants"}, headers=acme
+        ),
         400,
         "purpose",
     )
+    # A chat example is no batch request: refused as a batch file, naming the line.
+    err = error(
+        api.client.post("/v1/files", files={"file": ("t.jsonl", jsonl(CHAT))}, data={"purpose": "batch"}, headers=acme),
+        400,
+        "file",
+    )
+    assert err["message"].startswith("line 1: unknown field 'messages'")
     error(api.client.post("/v1/files", files={"file": ("t.jsonl", jsonl(CHAT))}, headers=acme), 400, "purpose")
     assert api.client.get("/v1/files", headers=acme).json()["data"] == []
 

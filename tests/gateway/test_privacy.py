@@ -26,6 +26,7 @@ from core.db import Database
 from core.ids import new_id
 from core.models import AuditEvent, Base, Feedback, Interaction, RateCounter, StoredResponse, Tenant
 from gateway import privacy
+from gateway.batches import lease as batch_lease
 from gateway.console import auth as console_auth
 from gateway.redaction import CARD, EMAIL
 from gateway.responses import store as response_store
@@ -167,6 +168,18 @@ def fill(api: Api, tenant: str, shared_dir: Path) -> Filled:
     )
     ids |= {file_id, snapshot.id, job.id, ckpt.id, evaluation.id}
 
+    # a batch of requests, one of them run (its output line is kept until the batch ends)
+    request = {"custom_id": "q1", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "own"}}
+    batch_file = c.post(
+        "/v1/files", files={"file": ("b.jsonl", json.dumps(request).encode())}, data={"purpose": "batch"}, headers=key
+    )
+    assert batch_file.status_code == 200, batch_file.text
+    body = {"input_file_id": batch_file.json()["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h"}
+    batch = ok(c.post("/v1/batches", json=body, headers=key))
+    assert batch_lease.claim(svc.db, "gw", lease_s=60, batch_id=batch["id"]) is not None
+    batch_lease.record(svc.db, batch["id"], "gw", line=0, failed=False, output={"batch": batch["id"]}, lease_s=60)
+    ids |= {batch_file.json()["id"], batch["id"]}
+
     ok(c.put("/v1/policy", json={"retrain": "off"}, headers=key))
     with svc.db.session() as s:
         s.add(RateCounter(tenant_id=tid, kind="requests_minute", bucket=29_000_000, count=3))
@@ -213,7 +226,8 @@ def test_export_then_purge_removes_exactly_one_tenants_data(api: Api) -> None:
         assert any(mentions(r, acme_markers) for r in before[scoped.name]), scoped.name
         assert any(mentions(r, beta.ids | {beta_id}) for r in before[scoped.name]), scoped.name
     beta_blobs = blob_keys(api, beta_id)
-    assert len(beta_blobs) == 4 and len(blob_keys(api, acme_id)) == 4  # file, dataset, checkpoint, report
+    # training file, batch file, dataset, checkpoint, report
+    assert len(beta_blobs) == 5 and len(blob_keys(api, acme_id)) == 5
 
     # --- export -----------------------------------------------------------------------
     r = api.client.get(api.admin("acme", "export"), headers=ADMIN)
@@ -234,9 +248,9 @@ def test_export_then_purge_removes_exactly_one_tenants_data(api: Api) -> None:
     tenant_row = json.loads(zf.read("tables/tenants.jsonl"))
     assert (tenant_row["name"], tenant_row["retention_days"]) == ("acme", 30)
     blobs_in_zip = sorted(n.removeprefix("blobs/") for n in zf.namelist() if n.startswith("blobs/"))
-    assert blobs_in_zip == sorted(blob_keys(api, acme_id)) and manifest["blobs"] == 4
-    (file_key,) = [k for k in blobs_in_zip if k.startswith("files/")]
-    assert zf.read(f"blobs/{file_key}") == acme.file_bytes
+    assert blobs_in_zip == sorted(blob_keys(api, acme_id)) and manifest["blobs"] == 5
+    file_keys = [k for k in blobs_in_zip if k.startswith("files/")]  # the training file and the batch's
+    assert len(file_keys) == 2 and acme.file_bytes in {zf.read(f"blobs/{k}") for k in file_keys}
     assert manifest["adapter_objects"] == 3 and manifest["missing_adapter_objects"] == []
     for digest in (acme.own_digest, acme.shared_digest, acme.checkpoint_digest):
         assert f"adapters/{digest}/adapter_model.safetensors" in zf.namelist()
@@ -258,7 +272,7 @@ def test_export_then_purge_removes_exactly_one_tenants_data(api: Api) -> None:
 
     body = ok(api.client.post(api.admin("acme", "purge"), json={"confirm": "acme"}, headers=ADMIN))
     assert (body["object"], body["id"], body["name"], body["purged"]) == ("tenant.purge", acme_id, "acme", True)
-    assert (body["blobs"], body["adapter_objects"], body["shared_adapter_objects"], body["evicted"]) == (4, 2, 1, 3)
+    assert (body["blobs"], body["adapter_objects"], body["shared_adapter_objects"], body["evicted"]) == (5, 2, 1, 3)
     assert body["rows"]["tenants"] == 1 and body["rows"]["adapter_versions"] == 2 and body["rows"]["api_keys"] == 2
 
     # Exactly acme's rows are gone, in every table; beta's are as they were.

@@ -335,14 +335,17 @@ def get_adapter(db: Database, tenant_id: str, name: str) -> AdapterInfo:
         return adapter_info(adapter)
 
 
-def delete_adapter(db: Database, tenant_id: str, name: str) -> None:
-    """Forget the name and its versions. Store files stay: other rows may share the digest."""
+def delete_adapter(db: Database, tenant_id: str, name: str) -> list[VersionInfo]:
+    """Forget the name and its versions, returned as they were. Their store files are the
+    caller's (adapters.version_deletion): other rows, of any tenant, may share a digest."""
     with db.session() as s:
         adapter = s.scalar(select(Adapter).where(Adapter.tenant_id == tenant_id, Adapter.name == name))
         if adapter is None:
             raise model_not_found(name)
+        deleted = [version_info(adapter, v) for v in adapter.versions]
         adapter.active_version_id = None
         s.flush()
         for v in list(adapter.versions):
             s.delete(v)
         s.delete(adapter)
+    return deleted

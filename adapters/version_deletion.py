@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 
-from adapters import checkpoints
+from adapters import checkpoints, registry
 from adapters.activation import lock_adapter
 from adapters.registry import (
     UNSERVABLE,
@@ -88,6 +88,16 @@ def delete_version(
         after = adapter_info(adapter)
     _remove_files(db, store, deleted.digest)
     return DeletedVersion(model=model, adapter_name=name, version=deleted, before=before, after=after)
+
+
+def delete_adapter(db: Database, store: AdapterStore, tenant_id: str, name: str) -> list[VersionInfo]:
+    """Delete the tenant's adapter `name` with every version (404 for names not the tenant's),
+    and each version's store files no other version or checkpoint shares. Unloading the
+    returned versions from engines is the caller's, as for one version."""
+    deleted = registry.delete_adapter(db, tenant_id, name)
+    for digest in sorted({v.digest for v in deleted}):
+        _remove_files(db, store, digest)
+    return deleted
 
 
 def _refuse_alias(adapter: Adapter, model: str) -> None:

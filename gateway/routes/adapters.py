@@ -18,7 +18,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, File, Form, UploadFile
 from starlette.concurrency import run_in_threadpool
 
-from adapters import promotion, registry
+from adapters import promotion, registry, version_deletion
 from adapters.registry import AdapterInfo
 from core.errors import TailorError
 from gateway import audit, tenants
@@ -117,11 +117,17 @@ async def upload(services: Services, who: tuple[str, str], name: str, archive: U
     )
 
 
-def delete(services: Services, who: tuple[str, str], name: str) -> dict[str, object]:
+def _delete(services: Services, who: tuple[str, str], name: str) -> list[str]:
     before = registry.get_adapter(services.db, who[0], name)  # 404 for unknown and foreign names
-    registry.delete_adapter(services.db, who[0], name)
+    deleted = version_deletion.delete_adapter(services.db, services.store, who[0], name)
     audit.adapter_changed(services.db, who[1], "adapter.delete", tenant_id=who[0], name=name, before=before, after=None)
     services.changed()
+    return [v.id for v in deleted]
+
+
+async def delete(services: Services, who: tuple[str, str], name: str) -> dict[str, object]:
+    version_ids = await run_in_threadpool(_delete, services, who, name)
+    await services.pool.unload(version_ids)
     return {"id": name, "object": "adapter", "deleted": True}
 
 
@@ -195,8 +201,8 @@ def _routes(r: APIRouter, tenant_dep: Callable[..., tuple[str, str]]) -> None:
         return _audited(services, who, "adapter.canary.stop", name, before, after)
 
     @r.delete("/{name}", summary="Delete the adapter name and its versions")
-    def delete_adapter(name: str, services: ServicesDep, who: tuple[str, str] = who_dep) -> dict[str, object]:
-        return delete(services, who, name)
+    async def delete_adapter(name: str, services: ServicesDep, who: tuple[str, str] = who_dep) -> dict[str, object]:
+        return await delete(services, who, name)
 
 
 _routes(router, own_tenant)

@@ -255,6 +255,20 @@ def test_delete_a_version(api: Api) -> None:
     assert event["after"]["version"]["version"] == 2 and event["after"]["version"]["digest"] == digest
 
 
+def test_deleting_an_adapter_removes_the_files_only_it_held(api: Api) -> None:
+    acme_and_beta(api)
+    shared, own = api.digest("acme", "support", 2), api.digest("acme", "support", 3)
+    store = api.app.state.services.store
+    assert store.exists(shared) and store.exists(own)
+
+    ok(api.client.delete("/v1/adapters/support", headers=api.keys["acme"]))
+    assert api.listed("acme") == [BASE, "draft@v1"]
+    assert not store.exists(own)
+    # beta's support@v2 has the same bytes as acme's v2: they stay while it serves.
+    assert store.exists(shared) and "support@v2" in api.listed("beta")
+    error(api.client.delete("/v1/adapters/support", headers=api.keys["acme"]), 404)
+
+
 def test_deleting_the_last_version_keeps_the_name_and_never_reuses_its_number(api: Api) -> None:
     api.register("acme", "draft", activate=False)
     ok(api.delete("acme", "draft@v1"))

@@ -1016,6 +1016,22 @@ async def test_deleted_version_is_unloaded_and_no_longer_served(gw: Gateway) -> 
     assert len(gw.fake.completions()) == 2
 
 
+async def test_deleted_adapter_is_unloaded_with_every_version(gw: Gateway) -> None:
+    v1 = gw.register_adapter("helper")
+    v2 = gw.register_adapter("helper")
+    assert (await gw.chat(model="helper@v1")).status_code == 200
+    assert (await gw.chat(model="helper")).status_code == 200
+    assert {v1, v2} <= set(gw.engine.resident)
+
+    r = await gw.http.delete("/v1/adapters/helper", headers=gw.auth)
+    assert r.status_code == 200, r.text
+    assert not {v1, v2} & set(gw.engine.resident) and not {v1, v2} & set(gw.fake.loras)
+    unloads = {s.body["lora_name"] for s in gw.fake.seen if s.path == "/v1/unload_lora_adapter"}
+    assert unloads == {v1, v2}
+    for model in ("helper", "helper@v1", "helper@v2"):
+        assert error_of(await gw.chat(model=model), 404)["code"] == "model_not_found"
+
+
 async def test_adapter_lost_by_engine_is_reloaded_and_retried(gw: Gateway) -> None:
     version_id = gw.register_adapter("helper")
     assert (await gw.chat(model="helper")).status_code == 200

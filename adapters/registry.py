@@ -16,13 +16,9 @@ from sqlalchemy.exc import IntegrityError
 
 from adapters import checkpoints
 from adapters.activation import lock_adapter, serve
+from adapters.archives import extract_archive
 from adapters.store import AdapterStore
-from adapters.validation import (
-    BaseModelSpec,
-    extract_archive,
-    validate_adapter_dir,
-    validate_adapter_name,
-)
+from adapters.validation import BaseModelSpec, validate_adapter_dir, validate_adapter_name
 from core.config import Settings
 from core.db import Database
 from core.errors import TailorError, bad_request, not_found

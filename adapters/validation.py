@@ -6,11 +6,14 @@ nothing the vLLM serving path lacks, its rank fits the engine's `--max-lora-rank
 every tensor has the name and shape the base model's projections require. Everything is
 checked from file headers, so a 500 MB upload is judged without loading a weight.
 
-Archives (the admin API takes .zip, .tar and .tar.gz uploads) are unpacked here too,
-because unpacking untrusted archives safely is part of accepting them.
+Archives (the API takes .zip, .tar and .tar.gz uploads) are unpacked safely by
+adapters.archives before the directory they hold is judged here.
 
 Every refusal is a `TailorError` (400) whose message says what is wrong and what is
 allowed, so the same words reach the admin API, the CLI and the logs.
+
+One concern read top to bottom (the base model's shapes, the files, the config, the
+tensors), which is why it runs somewhat past 450 lines.
 """
 
 from __future__ import annotations
@@ -18,18 +21,14 @@ from __future__ import annotations
 import json
 import math
 import re
-import shutil
 import stat
-import tarfile
-import zipfile
-import zlib
-from collections.abc import Callable, Generator, Iterator, Mapping
-from contextlib import closing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import IO, Any
+from typing import Any
 
+from adapters.safetensors_header import TensorHeader, read_safetensors_header
 from core.errors import TailorError, bad_request
 
 CONFIG_FILE = "adapter_config.json"
@@ -57,14 +56,6 @@ MODULE_BLOCKS: Mapping[str, str] = MappingProxyType(
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz")
 _EMBEDDING_MODULES = ("embed_tokens", "lm_head", "wte", "embed_out")
 
-# safetensors' own reader refuses headers above 100 MB; a LoRA header is a few KB.
-_MAX_HEADER_BYTES = 100_000_000
-_DTYPE_BYTES = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1,
-    "U16": 2, "I16": 2, "F16": 2, "BF16": 2,
-    "U32": 4, "I32": 4, "F32": 4,
-    "U64": 8, "I64": 8, "F64": 8,
-}  # fmt: skip
 _FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64"})
 
 _TENSOR_KEY = re.compile(
@@ -76,11 +67,6 @@ _EXPECTED_KEY = "base_model.model.model.layers.<i>.<self_attn|mlp>.<module>.lora
 # init_lora_weights values that only seed training; anything else (pissa, olora, loftq,
 # corda) rewrites base weights when peft loads the adapter, which vLLM cannot reproduce.
 _PLAIN_INITS = frozenset({"gaussian", "eva", "orthogonal", "mica", "lora_ga"})
-
-ARCHIVE_MAX_MEMBERS = 64
-# Deeper than folder/file is never a valid adapter; the cap keeps paths far from OS limits.
-_ARCHIVE_MAX_DEPTH = 8
-_COPY_CHUNK = 1 << 20
 
 ADAPTER_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 _ADAPTER_NAME = re.compile(ADAPTER_NAME_PATTERN)
@@ -179,12 +165,6 @@ class _LoraConfig:
     base_model_name_or_path: str | None
 
 
-@dataclass(frozen=True)
-class _TensorHeader:
-    dtype: str
-    shape: tuple[int, ...]
-
-
 def validate_adapter_dir(path: Path | str, *, base: BaseModelSpec, max_rank: int, max_bytes: int) -> AdapterManifest:
     """Accept a PEFT LoRA adapter directory for `base`, or raise a 400 saying why not."""
     path = Path(path)
@@ -225,7 +205,7 @@ def _list_adapter_files(path: Path) -> dict[str, int]:
             raise _invalid(f"adapter contains {entry.name}, which is not a regular file")
         if entry.name not in ALLOWED_FILES:
             raise _invalid(_unexpected_file_message(entry.name))
-        _check_small_file(entry.name, info.st_size)
+        check_small_file(entry.name, info.st_size)
         sizes[entry.name] = info.st_size
     for required in (CONFIG_FILE, WEIGHTS_FILE):
         if required not in sizes:
@@ -236,7 +216,9 @@ def _list_adapter_files(path: Path) -> dict[str, int]:
     return sizes
 
 
-def _check_small_file(name: str, size: int) -> None:
+def check_small_file(name: str, size: int) -> None:
+    """A config or model card past its cap is refused (adapters.archives asks it from an
+    archive member's declared size, before writing a byte)."""
     limit = SMALL_FILE_MAX_BYTES.get(name)
     if limit is not None and size > limit:
         raise bad_request(
@@ -365,81 +347,11 @@ def _embedding_message(what: str) -> str:
     )
 
 
-# --------------------------------------------------------------------------- safetensors
-
-
-def read_safetensors_header(path: Path) -> dict[str, _TensorHeader]:
-    """Tensor names, dtypes and shapes of a safetensors file, read from its header only.
-
-    The header is an 8-byte little-endian length followed by that much JSON; checking that
-    the data offsets tile the rest of the file exactly catches truncated uploads.
-    """
-    file_size = path.stat().st_size
-    with path.open("rb") as f:
-        prefix = f.read(8)
-        if len(prefix) < 8:
-            raise _corrupt(f"it is {file_size} bytes, shorter than a safetensors header")
-        header_len = int.from_bytes(prefix, "little")
-        if header_len > min(_MAX_HEADER_BYTES, file_size - 8):
-            raise _corrupt(f"its header claims {header_len} bytes; the file is truncated or not safetensors")
-        raw = f.read(header_len)
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise _corrupt("its header is not valid JSON") from None
-    if not isinstance(header, dict):
-        raise _corrupt("its header is not a JSON object")
-    header.pop("__metadata__", None)
-    tensors, spans = {}, []
-    for name, entry in header.items():
-        tensors[name], span = _tensor_entry(name, entry)
-        spans.append(span)
-    _check_spans(spans, data_len=file_size - 8 - header_len)
-    return tensors
-
-
-def _tensor_entry(name: str, entry: Any) -> tuple[_TensorHeader, tuple[int, int]]:
-    if not isinstance(entry, dict):
-        raise _corrupt(f"tensor {name} has no dtype/shape/data_offsets entry")
-    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-    if dtype not in _DTYPE_BYTES:
-        raise _corrupt(f"tensor {name} has unknown dtype {dtype!r}")
-    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
-        raise _corrupt(f"tensor {name} has an invalid shape {shape!r}")
-    if (
-        not isinstance(offsets, list)
-        or len(offsets) != 2
-        or not all(_is_int(o) for o in offsets)
-        or not 0 <= offsets[0] <= offsets[1]
-    ):
-        raise _corrupt(f"tensor {name} has invalid data_offsets {offsets!r}")
-    begin, end = offsets
-    if end - begin != math.prod(shape) * _DTYPE_BYTES[dtype]:
-        raise _corrupt(f"tensor {name} data size does not match its shape {shape} and dtype {dtype}")
-    return _TensorHeader(dtype=dtype, shape=tuple(shape)), (begin, end)
-
-
-def _check_spans(spans: list[tuple[int, int]], *, data_len: int) -> None:
-    position = 0
-    for begin, end in sorted(spans):
-        if begin != position:
-            raise _corrupt("its tensor data overlaps or leaves gaps")
-        position = end
-    if position > data_len:
-        raise _corrupt(f"it holds {data_len} bytes of tensor data but its header needs {position}; it is truncated")
-    if position < data_len:
-        raise _corrupt("it has trailing bytes after the last tensor")
-
-
-def _corrupt(why: str) -> TailorError:
-    return bad_request(f"{WEIGHTS_FILE} is corrupt: {why}", code="invalid_adapter")
-
-
 # --------------------------------------------------------------------------- tensors
 
 
 def _check_tensors(
-    headers: Mapping[str, _TensorHeader], *, base: BaseModelSpec, config: _LoraConfig, max_rank: int
+    headers: Mapping[str, TensorHeader], *, base: BaseModelSpec, config: _LoraConfig, max_rank: int
 ) -> dict[tuple[int, str], int]:
     """Check every tensor against the base; return the rank of each (layer, module)."""
     if not headers:
@@ -542,243 +454,6 @@ def _is_int(value: Any) -> bool:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-# --------------------------------------------------------------------------- archives
-
-
-@dataclass
-class _Budget:
-    """Bytes an extraction may still write; shared by all members to defeat bombs."""
-
-    max_bytes: int
-    declared: int = 0
-    written: int = 0
-
-
-def extract_archive(archive: Path | str, dest: Path | str, *, max_bytes: int) -> Path:
-    """Unpack an uploaded .zip, .tar or .tar.gz into `dest` and return the adapter folder.
-
-    The format is told by content, not by name. `dest` must be missing or empty; on any
-    refusal it is left empty. The returned folder is `dest` itself or its single top-level
-    folder, whichever holds adapter_config.json.
-    """
-    archive, dest = Path(archive), Path(dest)
-    kind = _sniff_archive(archive)
-    dest.mkdir(parents=True, exist_ok=True)
-    if any(dest.iterdir()):
-        raise ValueError(f"extraction target {dest} must be empty")
-    budget = _Budget(max_bytes=max_bytes)
-    try:
-        members = _zip_members(archive, budget) if kind == "zip" else _tar_members(archive, kind)
-        # closing() shuts the archive even when a refusal stops the walk half-way.
-        with closing(members):
-            _extract_members(members, dest, budget)
-        return _adapter_root(dest)
-    # NotImplementedError: zip features Python cannot read; TypeError: tarfile's gzip
-    # reader on a header cut short. Both are broken uploads, not server faults.
-    except (zipfile.BadZipFile, tarfile.TarError, zlib.error, EOFError, NotImplementedError, TypeError) as exc:
-        _empty_dir(dest)
-        raise bad_request(f"archive is corrupt or truncated: {exc}", code="invalid_archive") from None
-    except BaseException:
-        _empty_dir(dest)
-        raise
-
-
-def _sniff_archive(archive: Path) -> str:
-    try:
-        with archive.open("rb") as f:
-            head = f.read(512)
-    except OSError:
-        raise bad_request("uploaded archive could not be read", code="invalid_archive") from None
-    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
-        return "zip"
-    if head.startswith(b"\x1f\x8b"):
-        return "gz"
-    if head[257:262] == b"ustar":
-        return "tar"
-    raise bad_request(
-        "unsupported archive format: upload the adapter folder as .zip, .tar or .tar.gz",
-        code="invalid_archive",
-    )
-
-
-# Each member: (name in archive, path parts, "file" | "dir", declared size, opener).
-_Member = tuple[str, tuple[str, ...], str, int, Callable[[], IO[bytes]] | None]
-
-
-def _zip_members(archive: Path, budget: _Budget) -> Generator[_Member, None, None]:
-    with zipfile.ZipFile(archive) as zf:
-        infos = zf.infolist()
-        _check_member_count(len(infos))
-        # A zip lists every size up front, so an obvious bomb is refused before any write.
-        if sum(info.file_size for info in infos) > budget.max_bytes:
-            raise _too_big(budget)
-        for info in infos:
-            parts = _safe_parts(info.filename)
-            # Unix zips keep st_mode in the high bits; many writers leave the type bits 0.
-            mode = stat.S_IFMT(info.external_attr >> 16) if info.create_system == 3 else 0
-            if stat.S_ISLNK(mode):
-                raise _archive_error(f"member {info.filename} is a symlink; only files and folders are allowed")
-            if info.is_dir() or stat.S_ISDIR(mode):
-                yield info.filename, parts, "dir", 0, None
-            elif mode and not stat.S_ISREG(mode):
-                raise _archive_error(f"member {info.filename} is not a regular file")
-            else:
-                yield info.filename, parts, "file", info.file_size, _zip_opener(zf, info)
-
-
-def _zip_opener(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> Callable[[], IO[bytes]]:
-    def open_member() -> IO[bytes]:
-        try:
-            return zf.open(info)
-        except (RuntimeError, NotImplementedError, OSError, ValueError) as exc:
-            # Encrypted members, exotic compression methods, offsets pointing outside the file.
-            raise _archive_error(f"member {info.filename} cannot be read: {exc}") from None
-
-    return open_member
-
-
-def _tar_members(archive: Path, kind: str) -> Generator[_Member, None, None]:
-    # Stream mode reads members in order, so a bomb is stopped at the first member past
-    # the budget instead of after decompressing the whole archive to list it.
-    with tarfile.open(archive, mode="r|gz" if kind == "gz" else "r|") as tf:
-        for count, member in enumerate(tf, start=1):
-            _check_member_count(count)
-            parts = _safe_parts(member.name)
-            if member.isdir():
-                yield member.name, parts, "dir", 0, None
-            elif member.isreg() and not member.issparse():
-                yield member.name, parts, "file", member.size, _tar_opener(tf, member)
-            else:
-                raise _archive_error(f"member {member.name} is {_tar_kind(member)}; only files and folders are allowed")
-
-
-def _tar_opener(tf: tarfile.TarFile, member: tarfile.TarInfo) -> Callable[[], IO[bytes]]:
-    def open_member() -> IO[bytes]:
-        stream = tf.extractfile(member)
-        if stream is None:
-            raise _archive_error(f"member {member.name} cannot be read")
-        return stream
-
-    return open_member
-
-
-def _tar_kind(member: tarfile.TarInfo) -> str:
-    if member.issym():
-        return "a symlink"
-    if member.islnk():
-        return "a hard link"
-    if member.ischr() or member.isblk():
-        return "a device"
-    if member.isfifo():
-        return "a fifo"
-    return "not a regular file"
-
-
-def _check_member_count(count: int) -> None:
-    if count > ARCHIVE_MAX_MEMBERS:
-        raise _archive_error(f"archive has more than {ARCHIVE_MAX_MEMBERS} members; an adapter needs 3 at most")
-
-
-def _safe_parts(name: str) -> tuple[str, ...]:
-    if "\x00" in name or "\\" in name:
-        raise _archive_error(f"member name {name!r} contains a backslash or NUL; use '/' separators")
-    if name.startswith("/") or re.match(r"[A-Za-z]:", name):
-        raise _archive_error(f"member {name} has an absolute path; only relative paths are allowed")
-    parts = tuple(p for p in name.split("/") if p not in ("", "."))
-    if ".." in parts:
-        raise _archive_error(f"member {name} has a '..' component; paths must stay inside the archive")
-    if len(parts) > _ARCHIVE_MAX_DEPTH or any(len(p) > 255 for p in parts):
-        raise _archive_error(f"member {name[:200]} is nested too deep or has too long a name")
-    return parts
-
-
-def _extract_members(members: Iterator[_Member], dest: Path, budget: _Budget) -> None:
-    files: set[tuple[str, ...]] = set()
-    dirs: set[tuple[str, ...]] = {()}
-    for name, parts, kind, declared, opener in members:
-        # Finder adds __MACOSX/ metadata to every zip it makes; it is never adapter content.
-        if parts[:1] == ("__MACOSX",):
-            continue
-        _claim_path(name, parts, kind, files, dirs)
-        target = dest.joinpath(*parts)
-        if kind == "dir":
-            target.mkdir(parents=True, exist_ok=True)
-            continue
-        # Refused from the header, before a byte of an oversized config or README is written.
-        _check_small_file(parts[-1], declared)
-        budget.declared += declared
-        if budget.declared > budget.max_bytes:
-            raise _too_big(budget)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        assert opener is not None
-        with opener() as src:
-            _copy_counted(name, src, target, declared, budget)
-
-
-def _claim_path(
-    name: str,
-    parts: tuple[str, ...],
-    kind: str,
-    files: set[tuple[str, ...]],
-    dirs: set[tuple[str, ...]],
-) -> None:
-    # Refusing duplicates and file/folder clashes up front keeps writes from ever
-    # replacing something already extracted.
-    parents = {parts[:i] for i in range(len(parts))}
-    if parts in files or (kind == "file" and parts in dirs) or parents & files:
-        raise _archive_error(f"member {name} appears twice or clashes with another member")
-    if kind == "file":
-        files.add(parts)
-        dirs.update(parents)
-    else:
-        dirs.update(parents | {parts})
-
-
-def _copy_counted(name: str, src: IO[bytes], target: Path, declared: int, budget: _Budget) -> None:
-    # Declared sizes can lie; the bytes that actually come out are what count.
-    member_bytes = 0
-    with target.open("xb") as dst:
-        while chunk := src.read(_COPY_CHUNK):
-            member_bytes += len(chunk)
-            budget.written += len(chunk)
-            if member_bytes > declared:
-                raise _archive_error(f"member {name} holds more data than its header declares")
-            if budget.written > budget.max_bytes:
-                raise _too_big(budget)
-            dst.write(chunk)
-
-
-def _adapter_root(dest: Path) -> Path:
-    if (dest / CONFIG_FILE).is_file():
-        return dest
-    entries = sorted(p for p in dest.iterdir() if p.name != "__MACOSX")
-    if len(entries) == 1 and entries[0].is_dir() and (entries[0] / CONFIG_FILE).is_file():
-        return entries[0]
-    found = ", ".join(p.name for p in entries[:5]) or "nothing"
-    raise _archive_error(
-        f"archive must hold {CONFIG_FILE} at its top level or inside a single top-level folder; found {found}"
-    )
-
-
-def _empty_dir(path: Path) -> None:
-    for child in path.iterdir():
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
-
-
-def _too_big(budget: _Budget) -> TailorError:
-    return bad_request(
-        f"archive unpacks to more than {budget.max_bytes} bytes, the largest accepted adapter",
-        code="adapter_too_large",
-    )
-
-
-def _archive_error(message: str) -> TailorError:
-    return bad_request(message, code="invalid_archive")
 
 
 # --------------------------------------------------------------------------- names

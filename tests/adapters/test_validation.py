@@ -19,12 +19,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from adapters.validation import (
-    BaseModelSpec,
-    extract_archive,
-    validate_adapter_dir,
-    validate_adapter_name,
-)
+from adapters.archives import extract_archive
+from adapters.validation import BaseModelSpec, validate_adapter_dir, validate_adapter_name
 from core.errors import TailorError
 
 HIDDEN, INTERMEDIATE, HEADS, KV_HEADS, LAYERS = 16, 32, 4, 2, 2

@@ -1,6 +1,6 @@
 """Property-based tests for the parsers and validators that take untrusted input.
 
-trainer/files.py `parse_jsonl`, adapters/validation.py `validate_adapter_name` and
+trainer/files.py `parse_jsonl`, adapters/validation.py `validate_adapter_name`, adapters/archives.py
 `extract_archive`, trainer/gates.py `GateConfig.from_dict`, adapters/store.py
 `check_digest`: for any input each either accepts it or refuses it with a TailorError
 400, never another exception.
@@ -22,8 +22,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from adapters.archives import extract_archive
 from adapters.store import check_digest
-from adapters.validation import ADAPTER_NAME_PATTERN, extract_archive, validate_adapter_name
+from adapters.validation import ADAPTER_NAME_PATTERN, validate_adapter_name
 from core.errors import TailorError
 from trainer.files import Kind, ParsedFile, parse_jsonl
 from trainer.gates import NOISE_KEYS, PRIMARY_METRICS, GateConfig

@@ -17,7 +17,7 @@ Per job, each stage leaves an event the tenant can read (GET /v1/fine_tuning/job
    TAILOR_TRAINER_DEVICES, into `<data_dir>/jobs/<job id>`, with a metrics event per step
    and the heartbeat checked every few seconds. Cancellation stops the run at the next
    step; then nothing is registered. A pause stops it at the next step too, after a
-   checkpoint: the job is `paused` (trainer.jobs.mark_paused) and the worker moves on; once
+   checkpoint: the job is `paused` (trainer.job_queue.mark_paused) and the worker moves on; once
    resumed, a worker trains the remaining steps from that checkpoint (see jobs.ResumePoint
    for what is and is not restored);
 3. checkpoints: every `checkpoint_every` steps (and the final adapter), copied to the blob
@@ -71,7 +71,7 @@ from core.errors import TailorError
 from core.models import Job
 from core.outbound import OutboundPolicy
 from core.quotas import Quotas
-from trainer import datasets, distill, early_stopping, files, hyperparameters, jobs, policy
+from trainer import datasets, distill, early_stopping, files, hyperparameters, job_queue, job_records, jobs, policy
 from trainer.compute import evaluation
 from trainer.compute.engine import WorkerEngines
 from trainer.compute.launch import run_training
@@ -91,7 +91,9 @@ from trainer.datasets import SFTRecord, Snapshot
 from trainer.distill import DistillSpec, LocalTeacher, RemoteTeacher, Teacher
 from trainer.evaluate import Comparison, EvalExample, JudgeConfig
 from trainer.gates import Decision, GateConfig, decide
-from trainer.jobs import CheckpointInfo, JobInfo, JobLost, ResumePoint
+from trainer.job_queue import JobLost
+from trainer.job_records import CheckpointInfo
+from trainer.jobs import JobInfo, ResumePoint
 from trainer.policy import PolicyInfo, get_policy
 from trainer.report import write_report
 from trainer.tracing import JobTracing
@@ -137,7 +139,7 @@ class _Heartbeat:
     def _loop(self) -> None:
         while not self.stop.wait(self.interval_s):
             try:
-                jobs.heartbeat(self.db, self.job_id, self.worker_id)
+                job_queue.heartbeat(self.db, self.job_id, self.worker_id)
             except JobLost:
                 return  # the main thread learns it at its next beat
             except Exception:  # noqa: BLE001 - a transient database error must not kill the beat
@@ -286,7 +288,7 @@ class Worker:
     def run_once(self, job_id: str | None = None) -> bool:
         """Claim one queued job (the oldest, or `job_id`) and run it to the end; False when
         there was none to claim."""
-        job = jobs.claim_next(self.db, self.worker_id, job_id=job_id)
+        job = job_queue.claim_next(self.db, self.worker_id, job_id=job_id)
         if job is None:
             return False
         self._run(job)
@@ -300,7 +302,7 @@ class Worker:
             try:
                 # Any worker may sweep: the sweep's conditional updates make it idempotent.
                 if time.monotonic() >= next_sweep:
-                    jobs.requeue_stale(self.db, self.stale_after_s, self.max_attempts)
+                    job_queue.requeue_stale(self.db, self.stale_after_s, self.max_attempts)
                     self.trigger_policies()
                     next_sweep = time.monotonic() + min(60.0, self.stale_after_s / 4)
                 if self.run_once():
@@ -333,7 +335,7 @@ class Worker:
                 )
                 continue
             policy.mark_triggered(self.db, trigger.tenant_id)
-            jobs.add_event(
+            job_records.add_event(
                 self.db, job.id, f"Queued by the tenant's retraining policy: {trigger.reason}; method {method}."
             )
             created.append(job.id)
@@ -370,7 +372,7 @@ class Worker:
             self._finish(job, status="cancelled")
         except TrainingPaused as e:
             try:
-                jobs.mark_paused(self.db, job.id, self.worker_id, self._pause_point(run, e))
+                job_queue.mark_paused(self.db, job.id, self.worker_id, self._pause_point(run, e))
             except JobLost:
                 log.warning("worker %s lost job %s while pausing it", self.worker_id, job.id)
         except JobLost:
@@ -389,7 +391,7 @@ class Worker:
             snapshot = self._snapshot(job)
         n_train = jobs.training_examples(snapshot, job.method)
         hp = hyperparameters.resolve(job.method, job.hyperparameters, n_train)
-        jobs.update_running(self.db, job.id, self.worker_id, dataset_id=snapshot.id, hyperparameters=hp.as_dict())
+        job_queue.update_running(self.db, job.id, self.worker_id, dataset_id=snapshot.id, hyperparameters=hp.as_dict())
         self._event(
             job,
             f"Dataset {snapshot.id}: {len(snapshot.train_sft)} chat, "
@@ -403,7 +405,7 @@ class Worker:
         self._event(job, hp.describe_length(), data={"early_stopping": hp.early_stopping})
         with self.tracing.stage("train", steps=hp.budget_steps, examples=n_train):
             result = self._train(run, snapshot, hp, start)
-        if jobs.heartbeat(self.db, job.id, self.worker_id):
+        if job_queue.heartbeat(self.db, job.id, self.worker_id):
             raise TrainingCancelled(result.steps)
         if jobs.get_job(self.db, None, job.id).pause_requested:
             self._event(job, "Pause requested after the last training step; the job finishes instead")
@@ -452,7 +454,7 @@ class Worker:
 
         outcome = _outcome(decision, baseline, policy)
         report_key = self._report(job, result, comparison, decision)
-        jobs.record_evaluation(
+        job_records.record_evaluation(
             self.db,
             tenant_id=job.tenant_id,
             job_id=job.id,
@@ -531,7 +533,7 @@ class Worker:
                 on_progress=progress,
                 # Asked before each request and after each answer (at most every few
                 # seconds): a cancelled job stops asking the teacher at once.
-                should_stop=lambda: jobs.heartbeat(self.db, job.id, self.worker_id),
+                should_stop=lambda: job_queue.heartbeat(self.db, job.id, self.worker_id),
                 policy=OutboundPolicy.from_settings(s),
             )
             return
@@ -569,7 +571,7 @@ class Worker:
         started = time.monotonic()
         with self._teacher(job, spec) as teacher:
             answers = teacher.answer([distill.with_context(spec, p) for p in prompts])
-        if jobs.heartbeat(self.db, job.id, self.worker_id):
+        if job_queue.heartbeat(self.db, job.id, self.worker_id):
             raise TrainingCancelled(0)
         records = [
             SFTRecord(messages=(*p, {"role": "assistant", "content": a})) if a.strip() else None
@@ -693,7 +695,7 @@ class Worker:
             on_step=on_step,
             on_checkpoint=on_checkpoint,
             on_evaluation=on_evaluation,
-            should_stop=lambda: jobs.stop_request(self.db, job.id, self.worker_id),
+            should_stop=lambda: job_queue.stop_request(self.db, job.id, self.worker_id),
         )
         if resumed is not None and resumed_from is not None:
             # The job's whole run: the steps before the pause(s) and these.
@@ -730,7 +732,7 @@ class Worker:
         )
         # OpenAI's checkpoint metric names.
         metrics = {"step": step, "train_loss": loss}
-        run.checkpoints[step] = jobs.add_checkpoint(
+        run.checkpoints[step] = job_records.add_checkpoint(
             self.db, job.id, step=step, metrics=metrics, path=prefix, digest=digest
         )
         model = checkpoints.checkpoint_model(job.adapter_name, job.id, step)
@@ -747,7 +749,7 @@ class Worker:
         point = run.resumed
         digest = None
         if point is not None and point.checkpoint_id is not None and point.remaining_steps > 0:
-            digest = jobs.get_checkpoint(self.db, run.job.id, point.checkpoint_id).digest
+            digest = job_records.get_checkpoint(self.db, run.job.id, point.checkpoint_id).digest
             if digest is None:
                 self._event(run.job, "The checkpoint to resume from is not stored; training starts over", level="warn")
         if digest is None:
@@ -861,11 +863,11 @@ class Worker:
     # --- bookkeeping -------------------------------------------------------------
 
     def _event(self, job: JobInfo, message: str, *, level: str = "info", data: dict[str, Any] | None = None) -> None:
-        jobs.add_event(self.db, job.id, message, level=level, data=data)
+        job_records.add_event(self.db, job.id, message, level=level, data=data)
 
     def _finish(self, job: JobInfo, **fields: Any) -> None:
         try:
-            jobs.finish_job(self.db, job.id, self.worker_id, **fields)
+            job_queue.finish_job(self.db, job.id, self.worker_id, **fields)
         except JobLost:
             log.warning("worker %s lost job %s before finishing it", self.worker_id, job.id)
 

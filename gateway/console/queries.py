@@ -27,10 +27,11 @@ from gateway.routes.fine_tuning import report_bytes
 from gateway.services import Services
 from gateway.tenants import KeyInfo, TenantInfo
 from gateway.usage import UsageRow, VersionStats
-from trainer import jobs, policy
+from trainer import job_records, jobs, policy
 from trainer.datasets import GOOD_SCORE
 from trainer.feedback import FeedbackSignal, feedback_signal
-from trainer.jobs import EvaluationInfo, EventInfo, JobInfo
+from trainer.job_records import EvaluationInfo, EventInfo
+from trainer.jobs import JobInfo
 from trainer.policy import DriftStatus
 
 from . import views
@@ -145,7 +146,7 @@ def all_events(services: Services, tenant_id: str, job_id: str) -> list[EventInf
     out: list[EventInfo] = []
     after: int | None = None
     while len(out) < MAX_EVENTS:
-        page, more = jobs.list_events(services.db, tenant_id, job_id, after=after, limit=100)
+        page, more = job_records.list_events(services.db, tenant_id, job_id, after=after, limit=100)
         out.extend(page)
         if not more or not page:
             break
@@ -172,7 +173,7 @@ def _report(services: Services, tenant_id: str, job_id: str) -> dict[str, Any] |
 def job_detail(services: Services, tenant_id: str, job_id: str) -> JobDetail:
     job = jobs.get_job(services.db, tenant_id, job_id)
     try:
-        evaluation: EvaluationInfo | None = jobs.get_evaluation(services.db, tenant_id, job_id)
+        evaluation: EvaluationInfo | None = job_records.get_evaluation(services.db, tenant_id, job_id)
     except TailorError as exc:
         if exc.status != 404:
             raise

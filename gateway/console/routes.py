@@ -33,7 +33,7 @@ from gateway import audit, tenants
 from gateway.deps import client_address, failed_auth_limiter
 from gateway.services import Services
 from gateway.tenants import TenantInfo
-from trainer import jobs
+from trainer import job_records, jobs
 
 from . import auth, queries, views
 from .auth import ConsoleUser
@@ -425,7 +425,7 @@ def jobs_page(
     return render(request, "jobs.html", user, nav="jobs", tenant=owner, jobs=page, has_more=has_more)
 
 
-def _live_context(job: jobs.JobInfo, events: list[jobs.EventInfo]) -> dict[str, Any]:
+def _live_context(job: jobs.JobInfo, events: list[job_records.EventInfo]) -> dict[str, Any]:
     return {
         "job": job,
         "progress": views.progress(job, events),

@@ -17,7 +17,8 @@ from typing import Any
 
 from gateway.usage import UsageRow
 from trainer.feedback import FeedbackSignal
-from trainer.jobs import TERMINAL, EvaluationInfo, EventInfo, JobInfo
+from trainer.job_records import EvaluationInfo, EventInfo
+from trainer.jobs import TERMINAL, JobInfo
 
 Chart = dict[str, Any]
 

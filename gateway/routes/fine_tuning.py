@@ -32,9 +32,10 @@ from core.quotas import Quotas
 from gateway import audit, tenants
 from gateway.deps import AdminDep, CallerDep, ServicesDep
 from gateway.services import Services
-from trainer import distill, jobs
+from trainer import distill, job_records, jobs
 from trainer.distill import DistillSpec
-from trainer.jobs import CheckpointInfo, EventInfo, JobInfo
+from trainer.job_records import CheckpointInfo, EventInfo
+from trainer.jobs import JobInfo
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 admin_router = APIRouter(prefix="/admin/tenants/{tenant}", tags=["admin"], dependencies=[AdminDep])
@@ -416,7 +417,7 @@ def _event_cursor(after: str | None) -> int | None:
 
 
 def report_bytes(services: Services, tenant_id: str, job_id: str, name: str) -> bytes:
-    evaluation = jobs.get_evaluation(services.db, tenant_id, job_id)
+    evaluation = job_records.get_evaluation(services.db, tenant_id, job_id)
     if evaluation.report_key is None:
         raise not_found(f"Fine-tuning job {job_id} has no report.", code="report_not_found")
     return services.blobs.get_bytes(evaluation.report_key.rsplit("/", 1)[0] + "/" + name)
@@ -516,7 +517,7 @@ def list_events(
     after: str | None = None,
     limit: int = Query(20, ge=1, le=100),
 ) -> JobEventListOut:
-    page, has_more = jobs.list_events(
+    page, has_more = job_records.list_events(
         services.db, caller.tenant_id, fine_tuning_job_id, after=_event_cursor(after), limit=limit
     )
     return JobEventListOut(data=[event_out(e) for e in page], has_more=has_more)
@@ -535,7 +536,7 @@ def list_checkpoints(
     limit: int = Query(10, ge=1, le=100),
 ) -> CheckpointListOut:
     job = jobs.get_job(services.db, caller.tenant_id, fine_tuning_job_id)
-    page, has_more = jobs.list_checkpoints(services.db, caller.tenant_id, job.id, after=after, limit=limit)
+    page, has_more = job_records.list_checkpoints(services.db, caller.tenant_id, job.id, after=after, limit=limit)
     data = [checkpoint_out(c, job.adapter_name) for c in page]
     return CheckpointListOut(
         data=data, first_id=data[0].id if data else None, last_id=data[-1].id if data else None, has_more=has_more
@@ -548,7 +549,7 @@ def list_checkpoints(
     summary="Tailor: the candidate's held-out metrics against the version it would replace",
 )
 def get_evaluation(fine_tuning_job_id: str, services: ServicesDep, caller: CallerDep) -> EvaluationOut:
-    e = jobs.get_evaluation(services.db, caller.tenant_id, fine_tuning_job_id)
+    e = job_records.get_evaluation(services.db, caller.tenant_id, fine_tuning_job_id)
     base = f"/v1/fine_tuning/jobs/{fine_tuning_job_id}"
     return EvaluationOut(
         id=e.id,

@@ -30,7 +30,7 @@ from gateway.services import Services
 from gateway.tenants import TenantInfo
 from tests.apputil import make_app
 from tests.gateway.test_proxy import TINY_CONFIG, write_tiny_adapter
-from trainer import jobs
+from trainer import job_queue, job_records, jobs
 from trainer.feedback import record_feedback
 
 BASE = "tiny-base"
@@ -95,7 +95,7 @@ def _losses(n: int) -> list[float]:
 
 def _steps(db: Any, job_id: str, losses: list[float], total: int) -> None:
     for i, loss in enumerate(losses, start=1):
-        jobs.add_event(
+        job_records.add_event(
             db,
             job_id,
             f"Step {i}/{total}: training loss={loss:.4f}",
@@ -139,7 +139,7 @@ def _report(job_id: str, losses: list[float]) -> dict[str, Any]:
 def _trained_job(w: World) -> str:
     s, acme = w.services, w.acme
     job = jobs.create_job(s.db, acme.id, method="supervised", model=BASE, adapter_name="support")
-    jobs.claim_next(s.db, "w1", job_id=job.id)
+    job_queue.claim_next(s.db, "w1", job_id=job.id)
     losses = _losses(24)
     _steps(s.db, job.id, losses, len(losses))
     active = promotion.active_version(s.db, acme.id, "support")
@@ -153,7 +153,7 @@ def _trained_job(w: World) -> str:
     )
     prefix = f"reports/{acme.id}/{job.id}"
     s.blobs.put_bytes(f"{prefix}/report.json", json.dumps(_report(job.id, losses)).encode())
-    jobs.record_evaluation(
+    job_records.record_evaluation(
         s.db,
         tenant_id=acme.id,
         job_id=job.id,
@@ -166,8 +166,8 @@ def _trained_job(w: World) -> str:
         reasons=["token_f1 improved by 0.21", "waiting for a person to promote"],
         report_key=f"{prefix}/report.json",
     )
-    jobs.add_event(s.db, job.id, "The job has successfully completed: support@v2 (candidate)")
-    jobs.finish_job(
+    job_records.add_event(s.db, job.id, "The job has successfully completed: support@v2 (candidate)")
+    job_queue.finish_job(
         s.db,
         job.id,
         "w1",
@@ -184,7 +184,7 @@ def _trained_job(w: World) -> str:
 def _distill_job(w: World) -> str:
     s, acme = w.services, w.acme
     job = jobs.create_job(s.db, acme.id, method="distillation", model=BASE, adapter_name="faq", dataset_id="ds-distill")
-    jobs.claim_next(s.db, "w1", job_id=job.id)
+    job_queue.claim_next(s.db, "w1", job_id=job.id)
     _steps(s.db, job.id, _losses(12), 12)
     version = w.register(acme, "faq", job_id=job.id, dataset_id="ds-distill", metrics=None, parent_version_id=None)
     promotion.promote(s.db, acme.id, "faq", version.version, by="seed")
@@ -197,7 +197,7 @@ def _distill_job(w: World) -> str:
         "teacher_agreement_f1": 0.91,
         "baseline_agreement_exact": 0.12,
     }
-    jobs.finish_job(
+    job_queue.finish_job(
         s.db,
         job.id,
         "w1",
@@ -213,7 +213,7 @@ def _distill_job(w: World) -> str:
 def _running_job(w: World) -> str:
     s = w.services
     job = jobs.create_job(s.db, w.acme.id, method="dpo", model=BASE, adapter_name="support")
-    jobs.claim_next(s.db, "w1", job_id=job.id)
+    job_queue.claim_next(s.db, "w1", job_id=job.id)
     _steps(s.db, job.id, _losses(3), 40)
     return job.id
 

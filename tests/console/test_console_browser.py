@@ -25,7 +25,7 @@ import uvicorn
 
 from adapters import promotion
 from tests.console.console_world import World, console_app, seed
-from trainer import jobs
+from trainer import job_records
 
 pytestmark = pytest.mark.browser
 
@@ -166,7 +166,8 @@ def test_console_in_a_browser(live: tuple[str, World], browser: Any) -> None:
     # A running job's status and loss curve follow its new steps without a reload.
     driver.get(f"{base}/console/tenants/acme/jobs/{w.running_job}")
     wait(driver, lambda d: chart_drawn(d, "loss-chart"))
-    jobs.add_event(w.services.db, w.running_job, "Step 4/40", data={"step": 4, "total_steps": 40, "train_loss": 0.9})
+    progress = {"step": 4, "total_steps": 40, "train_loss": 0.9}
+    job_records.add_event(w.services.db, w.running_job, "Step 4/40", data=progress)
     wait(driver, ec.text_to_be_present_in_element((By.ID, "job-status"), "step 4 of 40"))
     wait(driver, lambda d: chart_drawn(d, "loss-chart"))
 

@@ -14,7 +14,8 @@ from gateway.console import auth, views
 from gateway.console.queries import prompt_excerpt
 from gateway.usage import UsageRow
 from trainer.feedback import FeedbackSignal
-from trainer.jobs import EvaluationInfo, EventInfo, JobInfo
+from trainer.job_records import EvaluationInfo, EventInfo
+from trainer.jobs import JobInfo
 
 NOW = datetime(2024, 3, 1, tzinfo=timezone.utc)
 

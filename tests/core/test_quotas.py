@@ -23,7 +23,7 @@ from core.models import Tenant
 from core.quotas import Quotas, Usage, usage
 from tests.adapters.test_promotion import BASE, make_env
 from tests.adapters.test_validation import write_adapter
-from trainer import files, jobs
+from trainer import files, job_queue, jobs
 
 CHAT_LINE = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
 GENEROUS = Quotas(max_stored_bytes=10**12, max_adapter_versions=1000, max_files=1000, max_queued_jobs=1000)
@@ -63,7 +63,7 @@ def test_queued_jobs_quota(env: Any) -> None:
     assert len(jobs.list_jobs(db, acme)[0]) == 2  # nothing stored
     jobs.create_job(db, other, method="supervised", model="base", quotas=GENEROUS)  # another tenant is unaffected
     # A started job leaves the queue and frees its place.
-    assert jobs.claim_next(db, "w", job_id=first.id) is not None
+    assert job_queue.claim_next(db, "w", job_id=first.id) is not None
     jobs.create_job(db, acme, method="supervised", model="base", quotas=GENEROUS)
 
 

@@ -253,11 +253,11 @@ class FakeWorker:
         self.db = db
 
     def run_once(self, job_id: str | None = None) -> bool:
-        from trainer import jobs
+        from trainer import job_queue
 
-        job = jobs.claim_next(self.db, "fake-worker", job_id=job_id)
+        job = job_queue.claim_next(self.db, "fake-worker", job_id=job_id)
         assert job is not None
-        jobs.finish_job(self.db, job.id, "fake-worker", **self.outcome)
+        job_queue.finish_job(self.db, job.id, "fake-worker", **self.outcome)
         return True
 
 

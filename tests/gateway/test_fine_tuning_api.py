@@ -17,7 +17,7 @@ from core.ids import new_id
 from core.models import Feedback
 from tests.apputil import ADMIN, TenantsApi, error, make_app, serve_tenants
 from tests.openai_schema import validate
-from trainer import jobs
+from trainer import job_queue, job_records, jobs
 
 BASE = "SmolLM2-135M-Instruct"
 CHAT = {"messages": [{"role": "user", "content": "Capital of France?"}, {"role": "assistant", "content": "Zorblax."}]}
@@ -275,13 +275,13 @@ def test_list_pages_and_tenant_isolation(api: Api) -> None:
 def test_events_and_checkpoints(api: Api) -> None:
     job = api.create(model=BASE, training_file=api.upload("acme", CHAT, CHAT))
     for step in (1, 2):
-        jobs.add_event(
+        job_records.add_event(
             api.db,
             job["id"],
             f"Step {step}/2: training loss={1 / step:.4f}",
             data={"step": step, "total_steps": 2, "train_loss": 1 / step},
         )
-    jobs.add_event(api.db, job["id"], "Something odd", level="warn")
+    job_records.add_event(api.db, job["id"], "Something odd", level="warn")
     path = f"/v1/fine_tuning/jobs/{job['id']}"
 
     events = api.get(f"{path}/events", schema="ListFineTuningJobEventsResponse", limit=2)
@@ -298,7 +298,7 @@ def test_events_and_checkpoints(api: Api) -> None:
     empty = api.get(f"{path}/checkpoints", schema="ListFineTuningJobCheckpointsResponse")
     assert (empty["data"], empty["first_id"], empty["last_id"]) == ([], None, None)
     for step in (5, 10):
-        jobs.add_checkpoint(
+        job_records.add_checkpoint(
             api.db,
             job["id"],
             step=step,
@@ -329,15 +329,15 @@ def test_cancel_queued_and_running(api: Api) -> None:
     assert r.json()["status"] == "cancelled" and r.json()["finished_at"] is not None
 
     running = api.create(model=BASE, training_file=file_id)
-    claimed = jobs.claim_next(api.db, "w1")
+    claimed = job_queue.claim_next(api.db, "w1")
     assert claimed is not None and claimed.id == running["id"]
     r = api.client.post(f"/v1/fine_tuning/jobs/{running['id']}/cancel", headers=api.keys["acme"])
     body = r.json()
     validate(body, "FineTuningJob")
     # still running until the worker reaches its next step
     assert body["status"] == "running" and body["metadata"]["tailor_cancel_requested"] == "true"
-    assert jobs.heartbeat(api.db, running["id"], "w1") is True
-    jobs.finish_job(api.db, running["id"], "w1", status="cancelled")
+    assert job_queue.heartbeat(api.db, running["id"], "w1") is True
+    job_queue.finish_job(api.db, running["id"], "w1", status="cancelled")
     assert api.get(f"/v1/fine_tuning/jobs/{running['id']}")["status"] == "cancelled"
 
 
@@ -346,14 +346,14 @@ def test_finished_jobs_evaluation_and_report(api: Api) -> None:
     file_id = api.upload("acme", CHAT, CHAT)
     ok, bad = (api.create(model=BASE, training_file=file_id, suffix="geo") for _ in range(2))
     for _ in (ok, bad):
-        assert jobs.claim_next(api.db, "w1") is not None
+        assert job_queue.claim_next(api.db, "w1") is not None
     path = f"/v1/fine_tuning/jobs/{ok['id']}"
     error(api.client.get(f"{path}/evaluation", headers=api.keys["acme"]), 404)
 
     prefix = f"reports/{api.ids['acme']}/{ok['id']}"
     services.blobs.put_bytes(f"{prefix}/report.json", b'{"job_id": "x"}')
     services.blobs.put_bytes(f"{prefix}/loss.png", b"\x89PNG fake")
-    jobs.record_evaluation(
+    job_records.record_evaluation(
         api.db,
         tenant_id=api.ids["acme"],
         job_id=ok["id"],
@@ -366,7 +366,7 @@ def test_finished_jobs_evaluation_and_report(api: Api) -> None:
         reasons=["exact_match better", "promote: ..."],
         report_key=f"{prefix}/report.json",
     )
-    jobs.finish_job(
+    job_queue.finish_job(
         api.db,
         ok["id"],
         "w1",
@@ -378,7 +378,7 @@ def test_finished_jobs_evaluation_and_report(api: Api) -> None:
         trained_tokens=1234,
     )
     failure = {"code": "no_training_data", "message": "nothing to learn", "param": None}
-    jobs.finish_job(api.db, bad["id"], "w1", status="failed", error=failure)
+    job_queue.finish_job(api.db, bad["id"], "w1", status="failed", error=failure)
 
     done = api.get(path, schema="FineTuningJob")
     assert (done["status"], done["fine_tuned_model"]) == ("succeeded", "geo@v2")

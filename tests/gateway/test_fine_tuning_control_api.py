@@ -22,7 +22,7 @@ from core.errors import TailorError
 from tests.apputil import ADMIN, TenantsApi, error, make_app, ok, serve_tenants
 from tests.gateway.test_proxy import TINY_CONFIG, write_tiny_adapter
 from tests.openai_schema import validate
-from trainer import jobs
+from trainer import job_queue, job_records, jobs
 
 BASE = "tiny-base"
 CHAT = {"messages": [{"role": "user", "content": "Capital of France?"}, {"role": "assistant", "content": "Zorblax."}]}
@@ -59,9 +59,9 @@ class Api(TenantsApi):
         return [j["id"] for j in body["data"]]
 
     def messages(self, job_id: str) -> list[str]:
-        return [e.message for e in jobs.list_events(self.db, None, job_id, limit=100)[0][::-1]]
+        return [e.message for e in job_records.list_events(self.db, None, job_id, limit=100)[0][::-1]]
 
-    def checkpoint(self, job_id: str, step: int, *, stored: bool = True) -> jobs.CheckpointInfo:
+    def checkpoint(self, job_id: str, step: int, *, stored: bool = True) -> job_records.CheckpointInfo:
         """A checkpoint as the worker saves one: its adapter in the adapter store (unless not `stored`)."""
         services = self.app.state.services
         digest = None
@@ -72,7 +72,8 @@ class Api(TenantsApi):
                 services.store, source, base=limits.base, max_rank=limits.max_rank, max_bytes=limits.max_bytes
             )
         metrics = {"step": step, "train_loss": 0.5}
-        return jobs.add_checkpoint(self.db, job_id, step=step, metrics=metrics, path=f"ckpt/{step}", digest=digest)
+        path = f"ckpt/{step}"
+        return job_records.add_checkpoint(self.db, job_id, step=step, metrics=metrics, path=path, digest=digest)
 
 
 @pytest.fixture
@@ -90,7 +91,7 @@ def paused_on_worker(api: Api, job_id: str, step: int = 3, total: int = 10) -> j
     """What the worker does once its run paused at `step`: a checkpoint, then mark_paused."""
     saved = api.checkpoint(job_id, step)
     point = jobs.ResumePoint(step=step, total_steps=total, checkpoint_id=saved.id, losses=(1.0,) * step)
-    return jobs.mark_paused(api.db, job_id, "w1", point)
+    return job_queue.mark_paused(api.db, job_id, "w1", point)
 
 
 # --- pause and resume -----------------------------------------------------------------
@@ -101,7 +102,7 @@ def test_pause_a_running_job_then_resume_it(api: Api) -> None:
     refused = error(api.post(f"{job}/pause"), 400)
     assert refused["code"] == "job_not_running" and "queued" in refused["message"]
 
-    assert jobs.claim_next(api.db, "w1") is not None
+    assert job_queue.claim_next(api.db, "w1") is not None
     r = api.post(f"{job}/pause")
     body = ok(r)
     validate(body, "FineTuningJob")
@@ -112,8 +113,8 @@ def test_pause_a_running_job_then_resume_it(api: Api) -> None:
         api.messages(job).count("Pause requested; the job saves a checkpoint and pauses at its next training step") == 1
     )
     assert error(api.post(f"{job}/resume"), 400)["code"] == "job_not_paused"
-    assert jobs.stop_request(api.db, job, "w1") == "pause"
-    assert jobs.heartbeat(api.db, job, "w1") is False  # only a training run pauses
+    assert job_queue.stop_request(api.db, job, "w1") == "pause"
+    assert job_queue.heartbeat(api.db, job, "w1") is False  # only a training run pauses
 
     paused_on_worker(api, job, step=3, total=10)
     body = api.job(job)
@@ -130,7 +131,7 @@ def test_pause_a_running_job_then_resume_it(api: Api) -> None:
     assert api.messages(job)[-1] == "Job resumed; queued to continue from step 3 of 10"
     assert error(api.post(f"{job}/resume"), 400)["code"] == "job_not_paused"
 
-    claimed = jobs.claim_next(api.db, "w2")
+    claimed = job_queue.claim_next(api.db, "w2")
     assert claimed is not None and claimed.id == job
     # The pause ended the first attempt cleanly: this is attempt 1 again, from step 3.
     assert claimed.attempts == 1 and claimed.resume is not None and claimed.resume.step == 3
@@ -143,7 +144,7 @@ def test_pause_a_running_job_then_resume_it(api: Api) -> None:
 
 def test_pause_and_resume_are_tenant_scoped(api: Api) -> None:
     job = api.create()["id"]
-    assert jobs.claim_next(api.db, "w1") is not None
+    assert job_queue.claim_next(api.db, "w1") is not None
     for action in ("pause", "resume"):
         assert error(api.post(f"{job}/{action}", tenant="beta"), 404)["code"] == "fine_tuning_job_not_found"
         error(api.client.post(f"{JOBS}/{job}/{action}"), 401)
@@ -157,14 +158,14 @@ def test_pause_and_resume_are_tenant_scoped(api: Api) -> None:
 def test_cancel_wins_over_pause(api: Api) -> None:
     first, second, third = (api.create()["id"] for _ in range(3))
     for _ in range(3):
-        assert jobs.claim_next(api.db, "w1") is not None
+        assert job_queue.claim_next(api.db, "w1") is not None
     # Cancelled, then asked to pause: refused.
     ok(api.post(f"{first}/cancel"))
     assert error(api.post(f"{first}/pause"), 400)["code"] == "job_cancel_requested"
     # Asked to pause, then cancelled before the worker stopped: the run is cancelled.
     ok(api.post(f"{second}/pause"))
     ok(api.post(f"{second}/cancel"))
-    assert jobs.stop_request(api.db, second, "w1") == "cancel"
+    assert job_queue.stop_request(api.db, second, "w1") == "cancel"
     assert paused_on_worker(api, second).status == "cancelled"
     # A paused job is cancelled at once.
     ok(api.post(f"{third}/pause"))
@@ -178,7 +179,7 @@ def test_resume_takes_a_place_in_the_queue(api: Api) -> None:
     r = api.client.put("/admin/tenants/acme/limits", json={"max_queued_jobs": 1}, headers=ADMIN)
     assert r.status_code == 200, r.text
     job = api.create()["id"]
-    assert jobs.claim_next(api.db, "w1") is not None
+    assert job_queue.claim_next(api.db, "w1") is not None
     ok(api.post(f"{job}/pause"))
     paused_on_worker(api, job)
     api.create()  # the one place in the queue
@@ -243,7 +244,7 @@ def test_integrations_are_accepted_and_ignored_with_a_warning(api: Api) -> None:
     wandb = {"type": "wandb", "wandb": {"project": "geo", "entity": "me", "tags": ["a"]}}
     job = api.create(integrations=[wandb, wandb])
     assert job["integrations"] is None and job["status"] == "queued"
-    events = jobs.list_events(api.db, None, job["id"], limit=10)[0]
+    events = job_records.list_events(api.db, None, job["id"], limit=10)[0]
     (warning,) = [e for e in events if e.level == "warn"]
     assert warning.message.startswith("Integrations ignored: Tailor does not run wandb")
     assert warning.data == {"ignored_integrations": ["wandb"]}
@@ -346,7 +347,7 @@ def test_sdk_pauses_resumes_and_filters_by_metadata(api: Api) -> None:
     with pytest.raises(openai.BadRequestError) as refused:
         client.fine_tuning.jobs.pause(job.id)
     assert refused.value.code == "job_not_running"
-    assert jobs.claim_next(api.db, "w1", job_id=job.id) is not None
+    assert job_queue.claim_next(api.db, "w1", job_id=job.id) is not None
     assert client.fine_tuning.jobs.pause(job.id).status == "running"
     paused_on_worker(api, job.id)
     assert client.fine_tuning.jobs.retrieve(job.id).status == "paused"  # type: ignore[comparison-overlap]

@@ -37,7 +37,7 @@ from tests.apputil import ADMIN, TenantsApi, error, make_app, ok, serve_tenants
 from tests.conftest import BACKENDS
 from tests.dbutil import add_interaction
 from tests.pg import create_database
-from trainer import datasets, jobs
+from trainer import datasets, job_records, jobs
 
 PURGE_PATH = "/admin/tenants/{tenant}/purge"
 
@@ -137,7 +137,7 @@ def fill(api: Api, tenant: str, shared_dir: Path) -> Filled:
     file_id = up.json()["id"]
     snapshot = datasets.build_from_files(svc.db, svc.blobs, tid, file_id)
     job = jobs.create_job(svc.db, tid, method="supervised", model=svc.settings.base_model_name, training_file=file_id)
-    jobs.add_event(svc.db, job.id, "Training started")
+    job_records.add_event(svc.db, job.id, "Training started")
     checkpoint = f"checkpoints/{tid}/{job.id}/step-1"
     svc.blobs.put_bytes(f"{checkpoint}/adapter_model.safetensors", b"weights")
     limits = svc.limits
@@ -148,12 +148,12 @@ def fill(api: Api, tenant: str, shared_dir: Path) -> Filled:
         max_rank=limits.max_rank,
         max_bytes=limits.max_bytes,
     )
-    ckpt = jobs.add_checkpoint(
+    ckpt = job_records.add_checkpoint(
         svc.db, job.id, step=1, metrics={"step": 1, "train_loss": 0.5}, path=checkpoint, digest=checkpoint_digest
     )
     report = f"reports/{tid}/{job.id}/report.json"
     svc.blobs.put_bytes(report, b"{}")
-    evaluation = jobs.record_evaluation(
+    evaluation = job_records.record_evaluation(
         svc.db,
         tenant_id=tid,
         job_id=job.id,

@@ -37,7 +37,7 @@ from gateway.app import create_app
 from gateway.proxy import INTERACTION_HEADER
 from gateway.services import Services
 from tests.openai_schema import COMPLETION_STREAM, validate
-from trainer import jobs
+from trainer import job_records, jobs
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -982,7 +982,7 @@ async def test_checkpoint_name_serves_the_checkpoints_adapter(gw: Gateway) -> No
         max_rank=limits.max_rank,
         max_bytes=limits.max_bytes,
     )
-    saved = jobs.add_checkpoint(gw.services.db, job.id, step=3, metrics={}, path="ckpt", digest=digest)
+    saved = job_records.add_checkpoint(gw.services.db, job.id, step=3, metrics={}, path="ckpt", digest=digest)
     model = checkpoints.checkpoint_model("helper", job.id, 3)
     r = await gw.chat(model=model)
     assert r.status_code == 200, r.text

@@ -515,9 +515,9 @@ class Worker:
         return jobs.get_job(self.db, self.tenant, job_id)
 
     def events(self, job_id: str) -> list[str]:
-        from trainer import jobs
+        from trainer import job_records
 
-        return [e.message for e in jobs.list_events(self.db, self.tenant, job_id, limit=100)[0]]
+        return [e.message for e in job_records.list_events(self.db, self.tenant, job_id, limit=100)[0]]
 
 
 def test_the_worker_sends_a_key_variable_only_to_its_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

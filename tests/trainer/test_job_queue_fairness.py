@@ -1,4 +1,4 @@
-"""trainer.jobs.claim_next is fair across tenants, on SQLite and on PostgreSQL.
+"""trainer.job_queue.claim_next is fair across tenants, on SQLite and on PostgreSQL.
 
 One tenant queueing many jobs must not make another tenant's job wait behind all of them:
 claims take turns between tenants (fewest running, then longest since a start), and stay
@@ -10,7 +10,7 @@ from __future__ import annotations
 from core.db import Database
 from core.ids import new_id
 from core.models import Tenant
-from trainer import jobs
+from trainer import job_queue, jobs
 
 
 def _tenant(db: Database, name: str, max_queued_jobs: int = 20) -> str:
@@ -29,7 +29,7 @@ def test_second_tenant_is_claimed_second_while_the_first_runs(db: Database) -> N
     a_jobs = _queue(db, a, 10)
     b_jobs = _queue(db, b, 1)
     claimed = []
-    while (job := jobs.claim_next(db, "w")) is not None:
+    while (job := job_queue.claim_next(db, "w")) is not None:
         claimed.append(job.id)
     assert claimed == [a_jobs[0], b_jobs[0], *a_jobs[1:]]
 
@@ -39,9 +39,9 @@ def test_tenants_take_turns_when_one_worker_finishes_each_job(db: Database) -> N
     a_jobs = _queue(db, a, 3)
     b_jobs = _queue(db, b, 2)
     claimed = []
-    while (job := jobs.claim_next(db, "w")) is not None:
+    while (job := job_queue.claim_next(db, "w")) is not None:
         claimed.append(job.id)
-        jobs.finish_job(db, job.id, "w", status="succeeded")
+        job_queue.finish_job(db, job.id, "w", status="succeeded")
     # Nothing runs between claims: the tenant whose last start is older goes next.
     assert claimed == [a_jobs[0], b_jobs[0], a_jobs[1], b_jobs[1], a_jobs[2]]
 
@@ -51,9 +51,9 @@ def test_tenant_with_fewer_running_jobs_goes_first(db: Database) -> None:
     _queue(db, b, 1)
     b_second = _queue(db, b, 1)[0]
     a_job = _queue(db, a, 1)[0]
-    first = jobs.claim_next(db, "w1")  # b's oldest: nobody runs anything, b never started
+    first = job_queue.claim_next(db, "w1")  # b's oldest: nobody runs anything, b never started
     assert first is not None and first.tenant_id == b
-    second = jobs.claim_next(db, "w2")
+    second = job_queue.claim_next(db, "w2")
     assert second is not None and second.id == a_job  # b has one running, a none
-    third = jobs.claim_next(db, "w3")
+    third = job_queue.claim_next(db, "w3")
     assert third is not None and third.id == b_second

@@ -20,7 +20,7 @@ from core.db import Database
 from core.ids import new_id, utcnow
 from core.models import Job, Tenant
 from core.sealing import seal
-from trainer import files, jobs
+from trainer import files, job_queue, jobs
 
 SECRET = "sk-teacher-secret"
 PROMPT_LINE = b'{"messages": [{"role": "user", "content": "hi"}]}\n'
@@ -62,7 +62,7 @@ def _stored_key(db: Database, job_id: str) -> str | None:
 
 
 def _claim(db: Database, job_id: str) -> None:
-    assert jobs.claim_next(db, "w", job_id=job_id) is not None
+    assert job_queue.claim_next(db, "w", job_id=job_id) is not None
 
 
 def _go_stale(db: Database, job_id: str, *, attempts: int | None = None, cancel: bool = False) -> None:
@@ -71,14 +71,14 @@ def _go_stale(db: Database, job_id: str, *, attempts: int | None = None, cancel:
         values["attempts"] = attempts
     with db.session() as s:
         s.execute(update(Job).where(Job.id == job_id).values(**values))
-    assert jobs.requeue_stale(db, stale_after_s=60, max_attempts=2) == [job_id]
+    assert job_queue.requeue_stale(db, stale_after_s=60, max_attempts=2) == [job_id]
 
 
 def test_waiting_and_running_jobs_keep_the_key(db: Database, tenant: str, sealed: str, inputs: str) -> None:
     job_id = _distill_job(db, tenant, sealed, inputs)
     assert _stored_key(db, job_id) == sealed
     _claim(db, job_id)
-    jobs.update_running(db, job_id, "w", hyperparameters={"n_epochs": 1})
+    job_queue.update_running(db, job_id, "w", hyperparameters={"n_epochs": 1})
     assert _stored_key(db, job_id) == sealed
     assert SECRET not in repr(jobs.get_job(db, tenant, job_id).config)
 
@@ -86,7 +86,7 @@ def test_waiting_and_running_jobs_keep_the_key(db: Database, tenant: str, sealed
 def test_recording_the_dataset_drops_the_key(db: Database, tenant: str, sealed: str, inputs: str) -> None:
     job_id = _distill_job(db, tenant, sealed, inputs)
     _claim(db, job_id)
-    jobs.update_running(db, job_id, "w", dataset_id="d" * 64)
+    job_queue.update_running(db, job_id, "w", dataset_id="d" * 64)
     assert _stored_key(db, job_id) is None
 
 
@@ -94,7 +94,7 @@ def test_recording_the_dataset_drops_the_key(db: Database, tenant: str, sealed: 
 def test_finishing_drops_the_key(db: Database, tenant: str, sealed: str, inputs: str, status: str) -> None:
     job_id = _distill_job(db, tenant, sealed, inputs)
     _claim(db, job_id)
-    jobs.finish_job(db, job_id, "w", status=status)
+    job_queue.finish_job(db, job_id, "w", status=status)
     assert _stored_key(db, job_id) is None
 
 

@@ -22,8 +22,8 @@ from core.models import Job, Tenant
 from core.quotas import Quotas
 from tests.dbutil import migrated
 from tests.pg import create_database
-from trainer import files, jobs
-from trainer.jobs import JobLost
+from trainer import files, job_queue, job_records, jobs
+from trainer.job_queue import JobLost
 
 CHAT_LINE = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
 PREF_LINE = (
@@ -84,7 +84,7 @@ def test_create_fills_auto_and_names_the_adapter(db: Database, tenant: str) -> N
         "early_stopping": "auto",
         "quantization": "auto",
     }
-    events, _ = jobs.list_events(db, tenant, job.id)
+    events, _ = job_records.list_events(db, tenant, job.id)
     assert [e.message for e in events] == [f"Created fine-tuning job: {job.id}"]
     assert events[0].type == "message"
 
@@ -206,8 +206,8 @@ def test_jobs_are_tenant_scoped(db: Database, tenant: str) -> None:
     for call in (
         lambda: jobs.get_job(db, other, job.id),
         lambda: jobs.cancel_job(db, other, job.id),
-        lambda: jobs.list_events(db, other, job.id),
-        lambda: jobs.list_checkpoints(db, other, job.id),
+        lambda: job_records.list_events(db, other, job.id),
+        lambda: job_records.list_checkpoints(db, other, job.id),
         lambda: jobs.get_job(db, tenant, "ftjob-missing"),
     ):
         with pytest.raises(TailorError) as err:
@@ -233,29 +233,29 @@ def test_list_jobs_pages_newest_first(db: Database, tenant: str) -> None:
 def test_events_newest_first_with_metrics_type(db: Database, tenant: str) -> None:
     job = _job(db, tenant)
     for step in (1, 2):
-        jobs.add_event(
+        job_records.add_event(
             db, job.id, f"Step {step}/2: training loss={1 / step:.4f}", data={"step": step, "train_loss": 1 / step}
         )
-    jobs.add_event(db, job.id, "Oops", level="warn")
-    page, more = jobs.list_events(db, tenant, job.id, limit=2)
+    job_records.add_event(db, job.id, "Oops", level="warn")
+    page, more = job_records.list_events(db, tenant, job.id, limit=2)
     assert [e.message for e in page] == ["Oops", "Step 2/2: training loss=0.5000"] and more
     assert [e.type for e in page] == ["message", "metrics"]
-    rest, more = jobs.list_events(db, tenant, job.id, after=page[-1].id)
+    rest, more = job_records.list_events(db, tenant, job.id, after=page[-1].id)
     assert [e.message for e in rest] == ["Step 1/2: training loss=1.0000", f"Created fine-tuning job: {job.id}"]
     assert not more
     with pytest.raises(ValueError):
-        jobs.add_event(db, job.id, "x", level="debug")
+        job_records.add_event(db, job.id, "x", level="debug")
 
 
 def test_checkpoints_latest_step_first(db: Database, tenant: str) -> None:
     job = _job(db, tenant)
     for step in (5, 10, 15):
-        jobs.add_checkpoint(
+        job_records.add_checkpoint(
             db, job.id, step=step, metrics={"step": step, "train_loss": 1 / step}, path=f"checkpoints/x/step-{step}"
         )
-    page, more = jobs.list_checkpoints(db, tenant, job.id, limit=2)
+    page, more = job_records.list_checkpoints(db, tenant, job.id, limit=2)
     assert [c.step for c in page] == [15, 10] and more
-    rest, more = jobs.list_checkpoints(db, tenant, job.id, after=page[-1].id)
+    rest, more = job_records.list_checkpoints(db, tenant, job.id, after=page[-1].id)
     assert [c.step for c in rest] == [5] and not more
     assert rest[0].id.startswith("ftckpt-") and rest[0].path == "checkpoints/x/step-5"
 
@@ -266,20 +266,20 @@ def test_checkpoints_latest_step_first(db: Database, tenant: str) -> None:
 
 def test_claim_takes_the_oldest_and_only_once(db: Database, tenant: str) -> None:
     a, b = _job(db, tenant), _job(db, tenant)
-    first = jobs.claim_next(db, "w1")
+    first = job_queue.claim_next(db, "w1")
     assert first is not None and first.id == a.id
     assert (first.status, first.worker_id, first.attempts) == ("running", "w1", 1)
     assert first.started_at is not None and first.heartbeat_at is not None
-    second = jobs.claim_next(db, "w2")
+    second = job_queue.claim_next(db, "w2")
     assert second is not None and second.id == b.id
-    assert jobs.claim_next(db, "w3") is None
+    assert job_queue.claim_next(db, "w3") is None
 
 
 def test_claim_a_named_job(db: Database, tenant: str) -> None:
     older, newer = _job(db, tenant), _job(db, tenant)
-    got = jobs.claim_next(db, "w1", job_id=newer.id)
+    got = job_queue.claim_next(db, "w1", job_id=newer.id)
     assert got is not None and got.id == newer.id
-    assert jobs.claim_next(db, "w2", job_id=newer.id) is None  # taken
+    assert job_queue.claim_next(db, "w2", job_id=newer.id) is None  # taken
     assert jobs.get_job(db, tenant, older.id).status == "queued"
 
 
@@ -297,7 +297,7 @@ def _race(urls: list[str], tenant: str, n_jobs: int) -> tuple[list[str], list[st
     def claimer(name: str, url: str) -> None:
         worker_db = Database(url)
         start.wait()
-        while (job := jobs.claim_next(worker_db, name)) is not None:
+        while (job := job_queue.claim_next(worker_db, name)) is not None:
             got[name].append(job.id)
         worker_db.dispose()
 
@@ -319,17 +319,17 @@ def test_two_claimers_never_share_a_job_sqlite(db: Database, tenant: str) -> Non
 
 def test_heartbeat_reports_cancellation_and_ownership(db: Database, tenant: str) -> None:
     job = _job(db, tenant)
-    jobs.claim_next(db, "w1")
-    assert jobs.heartbeat(db, job.id, "w1") is False
+    job_queue.claim_next(db, "w1")
+    assert job_queue.heartbeat(db, job.id, "w1") is False
     with pytest.raises(JobLost):
-        jobs.heartbeat(db, job.id, "w2")
+        job_queue.heartbeat(db, job.id, "w2")
     cancelled = jobs.cancel_job(db, tenant, job.id)
     assert (cancelled.status, cancelled.cancel_requested) == ("running", True)
-    assert jobs.heartbeat(db, job.id, "w1") is True
-    done = jobs.finish_job(db, job.id, "w1", status="cancelled")
+    assert job_queue.heartbeat(db, job.id, "w1") is True
+    done = job_queue.finish_job(db, job.id, "w1", status="cancelled")
     assert done.status == "cancelled" and done.finished_at is not None
     with pytest.raises(JobLost):
-        jobs.heartbeat(db, job.id, "w1")
+        job_queue.heartbeat(db, job.id, "w1")
 
 
 def test_cancel_queued_is_immediate_and_finished_jobs_refuse(db: Database, tenant: str) -> None:
@@ -337,11 +337,11 @@ def test_cancel_queued_is_immediate_and_finished_jobs_refuse(db: Database, tenan
     out = jobs.cancel_job(db, tenant, queued.id)
     assert out.status == "cancelled" and out.finished_at is not None
     assert jobs.cancel_job(db, tenant, queued.id).status == "cancelled"  # idempotent
-    assert jobs.claim_next(db, "w1") is None
+    assert job_queue.claim_next(db, "w1") is None
 
     running = _job(db, tenant)
-    jobs.claim_next(db, "w1")
-    jobs.finish_job(
+    job_queue.claim_next(db, "w1")
+    job_queue.finish_job(
         db,
         running.id,
         "w1",
@@ -361,57 +361,57 @@ def test_cancel_queued_is_immediate_and_finished_jobs_refuse(db: Database, tenan
 def test_finish_needs_the_claim(db: Database, tenant: str) -> None:
     job = _job(db, tenant)
     with pytest.raises(JobLost):
-        jobs.finish_job(db, job.id, "w1", status="succeeded")  # never claimed
-    jobs.claim_next(db, "w1")
+        job_queue.finish_job(db, job.id, "w1", status="succeeded")  # never claimed
+    job_queue.claim_next(db, "w1")
     with pytest.raises(JobLost):
-        jobs.finish_job(db, job.id, "w2", status="failed")
+        job_queue.finish_job(db, job.id, "w2", status="failed")
     with pytest.raises(ValueError):
-        jobs.finish_job(db, job.id, "w1", status="running")
+        job_queue.finish_job(db, job.id, "w1", status="running")
     error = {"code": "boom", "message": "it broke", "param": None}
-    assert jobs.finish_job(db, job.id, "w1", status="failed", error=error).error == error
+    assert job_queue.finish_job(db, job.id, "w1", status="failed", error=error).error == error
 
 
 def test_requeue_stale_retries_then_fails(db: Database, tenant: str) -> None:
     job = _job(db, tenant)
     fresh = _job(db, tenant)
-    jobs.claim_next(db, "dead")
-    jobs.claim_next(db, "alive")
+    job_queue.claim_next(db, "dead")
+    job_queue.claim_next(db, "alive")
     _backdate_heartbeat(db, job.id, 120)
 
-    assert jobs.requeue_stale(db, stale_after_s=60, max_attempts=2) == [job.id]
+    assert job_queue.requeue_stale(db, stale_after_s=60, max_attempts=2) == [job.id]
     again = jobs.get_job(db, tenant, job.id)
     assert (again.status, again.worker_id, again.attempts) == ("queued", None, 1)
     assert jobs.get_job(db, tenant, fresh.id).status == "running"
     with pytest.raises(JobLost):  # the dead worker, should it wake up, may not write any more
-        jobs.heartbeat(db, job.id, "dead")
+        job_queue.heartbeat(db, job.id, "dead")
 
-    second = jobs.claim_next(db, "w2")
+    second = job_queue.claim_next(db, "w2")
     assert second is not None and second.id == job.id and second.attempts == 2
     _backdate_heartbeat(db, job.id, 120)
-    assert jobs.requeue_stale(db, stale_after_s=60, max_attempts=2) == [job.id]
+    assert job_queue.requeue_stale(db, stale_after_s=60, max_attempts=2) == [job.id]
     failed = jobs.get_job(db, tenant, job.id)
     assert failed.status == "failed" and failed.finished_at is not None
     assert failed.error is not None and failed.error["code"] == "worker_lost"
-    events, _ = jobs.list_events(db, tenant, job.id)
+    events, _ = job_records.list_events(db, tenant, job.id)
     assert events[0].level == "error" and "heartbeats" in events[0].message
-    assert jobs.requeue_stale(db, stale_after_s=60) == []
+    assert job_queue.requeue_stale(db, stale_after_s=60) == []
 
 
 def test_stale_job_with_cancellation_requested_is_cancelled(db: Database, tenant: str) -> None:
     job = _job(db, tenant)
-    jobs.claim_next(db, "dead")
+    job_queue.claim_next(db, "dead")
     jobs.cancel_job(db, tenant, job.id)
     _backdate_heartbeat(db, job.id, 120)
-    assert jobs.requeue_stale(db, stale_after_s=60) == [job.id]
+    assert job_queue.requeue_stale(db, stale_after_s=60) == [job.id]
     assert jobs.get_job(db, tenant, job.id).status == "cancelled"
 
 
 def test_evaluations_are_recorded_per_job(db: Database, tenant: str) -> None:
     job = _job(db, tenant)
     with pytest.raises(TailorError) as err:
-        jobs.get_evaluation(db, tenant, job.id)
+        job_records.get_evaluation(db, tenant, job.id)
     assert err.value.status == 404
-    jobs.record_evaluation(
+    job_records.record_evaluation(
         db,
         tenant_id=tenant,
         job_id=job.id,
@@ -424,11 +424,11 @@ def test_evaluations_are_recorded_per_job(db: Database, tenant: str) -> None:
         reasons=["token_f1 better"],
         report_key="reports/t/j/report.json",
     )
-    got = jobs.get_evaluation(db, tenant, job.id)
+    got = job_records.get_evaluation(db, tenant, job.id)
     assert (got.decision, got.candidate_metrics["token_f1"]) == ("promoted", 0.9)
     assert got.reasons == ["token_f1 better"]
     with pytest.raises(TailorError):
-        jobs.get_evaluation(db, _tenant(db, "globex"), job.id)
+        job_records.get_evaluation(db, _tenant(db, "globex"), job.id)
 
 
 # -----------------------------------------------------------------------------
@@ -436,9 +436,9 @@ def test_evaluations_are_recorded_per_job(db: Database, tenant: str) -> None:
 
 
 def _pause_on_worker(db: Database, job_id: str, worker: str, step: int, total: int) -> jobs.JobInfo:
-    saved = jobs.add_checkpoint(db, job_id, step=step, metrics={}, path=f"p/{step}", digest="d" * 64)
+    saved = job_records.add_checkpoint(db, job_id, step=step, metrics={}, path=f"p/{step}", digest="d" * 64)
     point = jobs.ResumePoint(step=step, total_steps=total, checkpoint_id=saved.id, losses=(2.0, 1.0), trained_tokens=9)
-    return jobs.mark_paused(db, job_id, worker, point)
+    return job_queue.mark_paused(db, job_id, worker, point)
 
 
 def test_pause_resume_cycle(db: Database, tenant: str) -> None:
@@ -446,14 +446,14 @@ def test_pause_resume_cycle(db: Database, tenant: str) -> None:
     with pytest.raises(TailorError) as err:
         jobs.pause_job(db, tenant, job.id)
     assert (err.value.status, err.value.code) == (400, "job_not_running")
-    jobs.claim_next(db, "w1")
+    job_queue.claim_next(db, "w1")
     with pytest.raises(TailorError):
         jobs.pause_job(db, _tenant(db, "globex"), job.id)  # another tenant's: unknown
     asked = jobs.pause_job(db, tenant, job.id)
     assert (asked.status, asked.pause_requested) == ("running", True)
-    assert jobs.stop_request(db, job.id, "w1") == "pause"
+    assert job_queue.stop_request(db, job.id, "w1") == "pause"
     with pytest.raises(JobLost):
-        jobs.mark_paused(db, job.id, "w2", None)  # only the worker holding it
+        job_queue.mark_paused(db, job.id, "w2", None)  # only the worker holding it
 
     paused = _pause_on_worker(db, job.id, "w1", step=2, total=5)
     assert (paused.status, paused.pause_requested, paused.worker_id, paused.finished_at) == (
@@ -465,14 +465,14 @@ def test_pause_resume_cycle(db: Database, tenant: str) -> None:
     assert paused.resume == jobs.ResumePoint(2, 5, paused.resume.checkpoint_id, (2.0, 1.0), 9)  # type: ignore[union-attr]
     assert paused.resume is not None and paused.resume.remaining_steps == 3
     with pytest.raises(JobLost):  # the worker let go of it
-        jobs.heartbeat(db, job.id, "w1")
-    assert jobs.claim_next(db, "w2") is None  # paused jobs wait for resume
+        job_queue.heartbeat(db, job.id, "w1")
+    assert job_queue.claim_next(db, "w2") is None  # paused jobs wait for resume
 
     resumed = jobs.resume_job(db, tenant, job.id)
     assert (resumed.status, resumed.attempts, resumed.worker_id) == ("queued", 0, None)
-    again = jobs.claim_next(db, "w2")
+    again = job_queue.claim_next(db, "w2")
     assert again is not None and again.resume is not None and again.resume.step == 2
-    assert jobs.stop_request(db, job.id, "w2") is None
+    assert job_queue.stop_request(db, job.id, "w2") is None
     with pytest.raises(TailorError) as err:
         jobs.resume_job(db, tenant, job.id)
     assert (err.value.status, err.value.code) == (400, "job_not_paused")
@@ -480,22 +480,22 @@ def test_pause_resume_cycle(db: Database, tenant: str) -> None:
 
 def test_pause_before_a_checkpoint_keeps_the_earlier_point(db: Database, tenant: str) -> None:
     job = _job(db, tenant)
-    jobs.claim_next(db, "w1")
+    job_queue.claim_next(db, "w1")
     jobs.pause_job(db, tenant, job.id)
     first = _pause_on_worker(db, job.id, "w1", step=2, total=5)
     jobs.resume_job(db, tenant, job.id)
-    jobs.claim_next(db, "w1")
+    job_queue.claim_next(db, "w1")
     jobs.pause_job(db, tenant, job.id)
     # The run stopped before it saved a checkpoint of its own: the earlier one stays the point.
-    again = jobs.mark_paused(db, job.id, "w1", None)
+    again = job_queue.mark_paused(db, job.id, "w1", None)
     assert again.status == "paused" and again.resume == first.resume
-    events, _ = jobs.list_events(db, tenant, job.id)
+    events, _ = job_records.list_events(db, tenant, job.id)
     assert events[0].message == "Job paused before any checkpoint; resume trains from the start"
 
 
 def test_resume_needs_room_in_the_queue(db: Database, tenant: str) -> None:
     job = _job(db, tenant)
-    jobs.claim_next(db, "w1")
+    job_queue.claim_next(db, "w1")
     jobs.pause_job(db, tenant, job.id)
     _pause_on_worker(db, job.id, "w1", step=1, total=3)
     _job(db, tenant)
@@ -508,10 +508,10 @@ def test_resume_needs_room_in_the_queue(db: Database, tenant: str) -> None:
 
 def test_stale_job_with_pause_requested_is_paused(db: Database, tenant: str) -> None:
     job = _job(db, tenant)
-    jobs.claim_next(db, "dead")
+    job_queue.claim_next(db, "dead")
     jobs.pause_job(db, tenant, job.id)
     _backdate_heartbeat(db, job.id, 120)
-    assert jobs.requeue_stale(db, stale_after_s=60) == [job.id]
+    assert job_queue.requeue_stale(db, stale_after_s=60) == [job.id]
     paused = jobs.get_job(db, tenant, job.id)
     assert (paused.status, paused.pause_requested, paused.resume) == ("paused", False, None)
 
@@ -552,10 +552,10 @@ def test_postgres_claims_are_exclusive_and_sweeps_work(postgres_url: str) -> Non
         assert len(a) + len(b) == 30
         victim = a[0] if a else b[0]
         _backdate_heartbeat(db, victim, 120)
-        assert jobs.requeue_stale(db, stale_after_s=60) == [victim]
-        claimed = jobs.claim_next(db, "again")
+        assert job_queue.requeue_stale(db, stale_after_s=60) == [victim]
+        claimed = job_queue.claim_next(db, "again")
         assert claimed is not None and claimed.id == victim and claimed.attempts == 2
-        assert jobs.heartbeat(db, victim, "again") is False
+        assert job_queue.heartbeat(db, victim, "again") is False
         # The metadata filter's JSON operators on PostgreSQL
         tagged = _job(db, tenant, metadata={"team": "geo", "quote's": "it's"})
         for metadata in ({"team": "geo"}, {"quote's": "it's"}):

@@ -27,7 +27,7 @@ from core.db import Database, migrate
 from core.ids import new_id
 from core.models import AdapterVersion, AuditEvent, Evaluation, Job, Tenant, TenantPolicy
 from tests.conftest import LiveEngine
-from trainer import datasets, distill, files, jobs
+from trainer import datasets, distill, files, job_records, jobs
 from trainer.distill import DistillSpec
 from trainer.worker import Worker
 
@@ -93,8 +93,8 @@ class Env:
         with self.db.session() as s:
             return list(s.scalars(select(AdapterVersion).order_by(AdapterVersion.version)))
 
-    def events(self, job_id: str) -> list[jobs.EventInfo]:
-        return jobs.list_events(self.db, self.tenant, job_id, limit=100)[0][::-1]
+    def events(self, job_id: str) -> list[job_records.EventInfo]:
+        return job_records.list_events(self.db, self.tenant, job_id, limit=100)[0][::-1]
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +128,7 @@ def test_first_job_trains_registers_and_promotes(trained: tuple[Env, jobs.JobInf
     assert any(m.startswith("Evaluating against the base model") for m in messages)
     assert messages[-1].startswith("The job has successfully completed: geo@v1")
 
-    checkpoints, _ = jobs.list_checkpoints(env.db, env.tenant, job.id)
+    checkpoints, _ = job_records.list_checkpoints(env.db, env.tenant, job.id)
     # every ceil(12 / 3) steps, and the final adapter
     assert [c.step for c in checkpoints] == [12, 8, 4]
     for c in checkpoints:
@@ -142,7 +142,7 @@ def test_first_job_trains_registers_and_promotes(trained: tuple[Env, jobs.JobInf
     active = promotion.active_version(env.db, env.tenant, "geo")
     assert active is not None and active.id == job.result_version_id == v1.id
 
-    evaluation = jobs.get_evaluation(env.db, env.tenant, job.id)
+    evaluation = job_records.get_evaluation(env.db, env.tenant, job.id)
     assert evaluation.candidate_version_id == v1.id and evaluation.baseline_version_id is None
     assert evaluation.decision == "promoted" and evaluation.reasons[-1].startswith("promote")
     assert evaluation.candidate_metrics["exact_match"] > evaluation.baseline_metrics["exact_match"]
@@ -167,7 +167,7 @@ def test_identical_retrain_is_rejected_against_the_serving_version(
     v1, v2 = env.versions()
     assert v2.state == "rejected" and v2.parent_version_id == v1.id and v2.job_id == job.id
     assert v1.state == "active"  # still serving
-    evaluation = jobs.get_evaluation(env.db, env.tenant, job.id)
+    evaluation = job_records.get_evaluation(env.db, env.tenant, job.id)
     assert evaluation.baseline_version_id == v1.id and evaluation.decision == "rejected"
     assert any(e.level == "warn" and "rejected" in e.message for e in env.events(job.id))
     with env.db.session() as s:
@@ -232,7 +232,7 @@ def test_tenant_policy_picks_promote_candidate_or_canary(
     assert dpo.decision == "promoted" and dpo.fine_tuned_model == "geo@v5"
     assert "reward_margin" in next(e for e in env.events(dpo.id) if e.type == "metrics").data
     assert env.versions()[-1].parent_version_id == versions[3].id
-    assert [c.step for c in jobs.list_checkpoints(env.db, env.tenant, dpo.id)[0]] == [1]
+    assert [c.step for c in job_records.list_checkpoints(env.db, env.tenant, dpo.id)[0]] == [1]
 
 
 def test_cancel_while_running_stops_and_registers_nothing(
@@ -240,9 +240,9 @@ def test_cancel_while_running_stops_and_registers_nothing(
 ) -> None:
     env = Env(tmp_path, eval_engine)
     job = env.job()
-    real_add_event = jobs.add_event
+    real_add_event = job_records.add_event
 
-    def cancel_at_step_2(db: Database, job_id: str, message: str, **kw: object) -> jobs.EventInfo:
+    def cancel_at_step_2(db: Database, job_id: str, message: str, **kw: object) -> job_records.EventInfo:
         event = real_add_event(db, job_id, message, **kw)  # type: ignore[arg-type]
         if message.startswith("Step 2/"):
             jobs.cancel_job(db, env.tenant, job_id)
@@ -329,7 +329,7 @@ def test_early_stopping_evaluates_on_held_back_rows_and_keeps_the_best_adapter(
     assert finished.data["stop_reason"] in ("budget", "no_improvement")
     # the registered adapter is the best evaluation's, and so is the last checkpoint row
     assert env.versions()[0].metrics["best_step"] == best  # type: ignore[index]
-    assert best in [c.step for c in jobs.list_checkpoints(env.db, env.tenant, job.id)[0]]
+    assert best in [c.step for c in job_records.list_checkpoints(env.db, env.tenant, job.id)[0]]
 
 
 # --- distillation ------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import pytest
 import trainer.worker as worker_module
 from core.db import Database
 from tests.trainer.test_worker import HYPER, MODEL, Env
-from trainer import jobs
+from trainer import job_records, jobs
 from trainer.evaluate import Comparison, Metrics
 from trainer.gates import Decision
 
@@ -39,10 +39,10 @@ def test_paused_job_resumes_from_its_checkpoint_and_finishes(tmp_path: Path, mon
     monkeypatch.setattr(worker_module, "decide", lambda *_a: Decision(promote=True, reasons=["forced"]))
     env = Env(tmp_path, SimpleNamespace(url="http://127.0.0.1:9", key="unused"))  # type: ignore[arg-type]
     job = env.job(hyperparameters={**HYPER, "max_steps": STEPS})
-    real_add_event = jobs.add_event
+    real_add_event = job_records.add_event
     asked: list[str] = []
 
-    def pause_at_step_2(db: Database, job_id: str, message: str, **kw: object) -> jobs.EventInfo:
+    def pause_at_step_2(db: Database, job_id: str, message: str, **kw: object) -> job_records.EventInfo:
         event = real_add_event(db, job_id, message, **kw)  # type: ignore[arg-type]
         if message.startswith("Step 2/") and not asked:
             asked.append(job_id)
@@ -56,7 +56,7 @@ def test_paused_job_resumes_from_its_checkpoint_and_finishes(tmp_path: Path, mon
     point = paused.resume
     assert point is not None and 2 <= point.step < STEPS and point.total_steps == STEPS
     assert len(point.losses) == point.step and point.trained_tokens > 0
-    saved = jobs.get_checkpoint(env.db, job.id, point.checkpoint_id or "")
+    saved = job_records.get_checkpoint(env.db, job.id, point.checkpoint_id or "")
     assert saved.step == point.step and saved.digest and env.store.exists(saved.digest)
     first_run = [e for e in env.events(job.id) if e.type == "metrics"]
     assert [e.data["step"] for e in first_run] == list(range(1, point.step + 1))  # type: ignore[index]
@@ -93,7 +93,7 @@ def test_paused_job_resumes_from_its_checkpoint_and_finishes(tmp_path: Path, mon
     assert done.trained_tokens is not None and done.trained_tokens > point.trained_tokens
     report = json.loads(env.blobs.get_bytes(f"reports/{env.tenant}/{job.id}/report.json"))
     assert report["training"]["steps"] == STEPS and report["training"]["losses"][: point.step] == list(point.losses)
-    checkpoints = [c.step for c in jobs.list_checkpoints(env.db, env.tenant, job.id, limit=100)[0]]
+    checkpoints = [c.step for c in job_records.list_checkpoints(env.db, env.tenant, job.id, limit=100)[0]]
     assert checkpoints == sorted({point.step, 6, 12, STEPS}, reverse=True)  # every ceil(16 / 3) steps
     started = [e.message for e in events if re.match(r"Job started on worker .* \(attempt 1\)", e.message)]
     assert len(started) == 2

@@ -99,6 +99,12 @@ def good_rate(answers: list[str], tickets: list[task.Ticket]) -> float:
     return sum(is_good(a, t) for a, t in zip(answers, tickets, strict=True)) / max(1, len(tickets))
 
 
+def bare_rate(answers: list[str]) -> float:
+    """Answers that are one bare word, as every thumbs-up answer is (a queue code, right or
+    wrong, or an invented one): the form of the good behaviour, apart from its content."""
+    return sum(bool(a.strip()) and len(a.split()) == 1 for a in answers) / max(1, len(answers))
+
+
 @dataclass(frozen=True)
 class Trained:
     steps: int
@@ -167,6 +173,8 @@ def bench(client: EngineClient, args: argparse.Namespace, work: Path) -> dict[st
         "max_tokens": max_tokens,
         "good_rate_before": round(good_rate(before, heldout), 3),
         "good_rate_after": round(good_rate(after, heldout), 3),
+        "bare_rate_before": round(bare_rate(before), 3),
+        "bare_rate_after": round(bare_rate(after), 3),
         "samples": [
             {"ticket": t.text, "before": b, "after": a}
             for t, b, a in list(zip(heldout, before, after, strict=True))[:3]
@@ -176,10 +184,12 @@ def bench(client: EngineClient, args: argparse.Namespace, work: Path) -> dict[st
 
 def table(r: dict[str, Any]) -> str:
     return (
-        "| train prompts | rated rows (good/bad) | steps | train s | held-out prompts | good before | good after |\n"
-        "|--:|--:|--:|--:|--:|--:|--:|\n"
+        "| train prompts | rated rows (good/bad) | steps | train s | held-out prompts | good before | good after "
+        "| bare code before | bare code after |\n"
+        "|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n"
         f"| {r['train_prompts']} | {r['rows']} ({r['rows_good']}/{r['rows'] - r['rows_good']}) | {r['steps']} "
-        f"| {r['train_seconds']} | {r['heldout_prompts']} | {r['good_rate_before']:.1%} | {r['good_rate_after']:.1%} |"
+        f"| {r['train_seconds']} | {r['heldout_prompts']} | {r['good_rate_before']:.1%} | {r['good_rate_after']:.1%} "
+        f"| {r['bare_rate_before']:.1%} | {r['bare_rate_after']:.1%} |"
     )
 
 

@@ -22,6 +22,8 @@ def test_only_the_bare_right_code_is_good() -> None:
     assert not bench_kto.is_good("BILL-77", BILLING)
     assert not bench_kto.is_good("", BILLING)
     assert bench_kto.good_rate(["BILL-7", "I can help with that!"], [BILLING, BILLING]) == 0.5
+    # The form alone: one bare word, whichever code it names.
+    assert bench_kto.bare_rate(["BILL-7", "SHIP-3", "M-1", "The queue is BILL-7.", ""]) == 0.6
 
 
 def test_held_out_tickets_are_disjoint_and_cover_every_queue() -> None:
@@ -66,4 +68,5 @@ def test_quick_run_on_the_engine(tmp_path: Path, eval_engine: LiveEngine) -> Non
     assert result["steps"] == 2 and result["train_prompts"] == 4 and result["heldout_prompts"] == 4
     assert 0 < result["rows_good"] < result["rows"]
     assert 0.0 <= result["good_rate_after"] <= 1.0 and result["good_rate_before"] < 0.5  # the base cannot do it
-    assert "| good after |" in bench_kto.table(result)
+    assert 0.0 <= result["bare_rate_after"] <= 1.0
+    assert "| good after |" in bench_kto.table(result) and "| bare code after |" in bench_kto.table(result)

@@ -55,6 +55,10 @@ class Engine:
     problem: str | None = None
     healthy: bool = False
     inflight: int = 0
+    background_inflight: int = 0  # of `inflight`: batch requests (Lease.background)
+    # False once the engine refused a request's `priority` field (an engine an operator runs
+    # without `--scheduling-policy priority` that says so): batch requests then go without.
+    takes_priority: bool = True
     resident: OrderedDict[str, str] = field(default_factory=OrderedDict)  # name -> path, LRU first
     users: dict[str, int] = field(default_factory=dict)  # name -> requests running on it
     loading: dict[str, asyncio.Task[None]] = field(default_factory=dict)
@@ -92,6 +96,7 @@ class _Unobserved:
 class Lease:
     engine: Engine
     lora: str | None
+    background: bool = False  # a batch request, which yields to interactive ones
 
     @property
     def url(self) -> str:
@@ -118,6 +123,7 @@ class EnginePool:
         self.health_interval_s = health_interval_s
         self.observer: PoolObserver = observer or _Unobserved()
         self._monitor: asyncio.Task[None] | None = None
+        self._release_listeners: list[Callable[[], None]] = []
 
     # --- health -------------------------------------------------------------
     async def check(self, engine: Engine) -> bool:
@@ -198,7 +204,8 @@ class EnginePool:
         resident = [e for e in healthy if lora in e.resident]
         return max(resident or healthy, key=lambda e: e.score(lora))
 
-    async def acquire(self, lora: LoraRef | None) -> Lease:
+    async def acquire(self, lora: LoraRef | None, *, background: bool = False) -> Lease:
+        """A place on an engine with `lora` resident; `background` for batch requests."""
         engine = self.pick(lora.name if lora else None)
         if lora is not None:
             # Counted as a user before waiting for the load: otherwise another load's
@@ -212,12 +219,24 @@ class EnginePool:
             if lora.name in engine.resident:
                 engine.resident.move_to_end(lora.name)
         engine.inflight += 1
-        return Lease(engine=engine, lora=lora.name if lora else None)
+        engine.background_inflight += int(background)
+        return Lease(engine=engine, lora=lora.name if lora else None, background=background)
 
     def release(self, lease: Lease) -> None:
         lease.engine.inflight -= 1
+        lease.engine.background_inflight -= int(lease.background)
         if lease.lora is not None:
             self._unuse(lease.engine, lease.lora)
+        for listener in self._release_listeners:
+            listener()
+
+    def on_release(self, listener: Callable[[], None]) -> None:
+        """Call `listener` (on the event loop; it must not block) whenever a lease goes back."""
+        self._release_listeners.append(listener)
+
+    def foreground_inflight(self) -> int:
+        """Interactive (not background) requests holding an engine of this pool now."""
+        return sum(e.inflight - e.background_inflight for e in self.engines)
 
     @staticmethod
     def _unuse(engine: Engine, name: str) -> None:
@@ -326,6 +345,7 @@ class EnginePool:
                 "url": e.url,
                 "healthy": e.healthy,
                 "inflight": e.inflight,
+                "batch_inflight": e.background_inflight,
                 "resident_adapters": len(e.resident),
                 "loads": e.loads,
                 "evictions": e.evictions,

@@ -98,6 +98,10 @@ class EngineLaunch:
             "--dtype",
             self.dtype,
             "--disable-uvicorn-access-log",
+            # Lower `priority` is scheduled first (0 by default): batch requests carry a higher
+            # one (TAILOR_BATCH_PRIORITY), so the engine's queue serves interactive ones first.
+            "--scheduling-policy",
+            "priority",
             *self.extra_args,
         ]
 

@@ -75,7 +75,8 @@ class Settings(BaseSettings):
     engine_allowed_extra_fields: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Request fields outside Tailor's policy that tenants may still send to the engine as they are "
-        "(comma list, e.g. priority,chat_template_kwargs). Empty: such fields get 400.",
+        "(comma list, e.g. chat_template_kwargs,vllm_xargs). Empty: such fields get 400. `priority` cannot be "
+        "listed: Tailor sets it (batch requests).",
     )
     engine_start_timeout_s: float = Field(300.0)
     engine_health_interval_s: float = Field(2.0)
@@ -144,7 +145,31 @@ class Settings(BaseSettings):
     )
     batch_max_lines: int = Field(50_000, ge=1, description="Requests one batch input file may hold (as OpenAI).")
     batch_concurrency: int = Field(
-        4, ge=1, le=256, description="Batch requests one gateway sends at once, all its batches together."
+        4,
+        ge=1,
+        le=256,
+        description="Batch requests one gateway sends at once, all its batches together, while its engines serve "
+        "no interactive request.",
+    )
+    batch_concurrency_busy: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="Batch requests one gateway sends at once while interactive requests are running on its "
+        "engines (at most TAILOR_BATCH_CONCURRENCY); at least 1, so a steady interactive load cannot starve batches.",
+    )
+    batch_priority: int = Field(
+        10,
+        ge=1,
+        le=2**31 - 1,
+        description="vLLM `priority` of batch requests (interactive ones have 0; lower is scheduled first). Engines "
+        "need --scheduling-policy priority: Tailor's own child engines have it.",
+    )
+    batch_price_factor: float = Field(
+        0.5,
+        ge=0,
+        allow_inf_nan=False,
+        description="Batch requests cost this fraction of TAILOR_PRICES (OpenAI's batch discount is 50%).",
     )
     batch_max_active: int = Field(4, ge=1, le=64, description="Batches one gateway works on at once.")
     batch_lease_s: float = Field(
@@ -268,6 +293,18 @@ class Settings(BaseSettings):
             if value.strip().startswith("["):
                 return json.loads(value)
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("engine_allowed_extra_fields")
+    @classmethod
+    def _keep_priority(cls, value: list[str]) -> list[str]:
+        # Tailor schedules with `priority` (batch requests after interactive ones): a tenant
+        # that could set it would jump every queue.
+        if "priority" in value:
+            raise ValueError(
+                "TAILOR_ENGINE_ALLOWED_EXTRA_FIELDS cannot list 'priority': Tailor sets it itself (batch requests "
+                "get TAILOR_BATCH_PRIORITY, interactive ones the engine's default)"
+            )
         return value
 
     @field_validator("trusted_proxies")

@@ -169,6 +169,8 @@ class Interaction(Base):
     stored: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # Its OpenAI `metadata` (string keys and values), changed only by the update route.
     stored_metadata: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # The batch it was a line of (None: an interactive request): usage reports it apart, at the batch price.
+    batch_id: Mapped[str | None] = mapped_column(String(40))
 
 
 class StoredResponse(Base):
@@ -264,6 +266,11 @@ class Batch(Base):
     total: Mapped[int] = mapped_column(Integer, default=0)
     completed: Mapped[int] = mapped_column(Integer, default=0)
     failed: Mapped[int] = mapped_column(Integer, default=0)
+    # Tokens of the recorded lines' answers (OpenAI's Batch `usage`), counted with each line.
+    input_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    cached_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    output_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    reasoning_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime]
     in_progress_at: Mapped[datetime | None]

@@ -444,10 +444,12 @@ def usage_cmd(
     tenant: Annotated[str | None, typer.Option(help="One tenant (name or id); default: all tenants.")] = None,
     since: Annotated[str | None, typer.Option(help="First day, YYYY-MM-DD (default: 30 days ago).")] = None,
     until: Annotated[str | None, typer.Option(help="Last day, YYYY-MM-DD (default: today).")] = None,
-    group_by: Annotated[str, typer.Option(help="Comma-separated: day, model, version.")] = "day,model,version",
+    group_by: Annotated[str, typer.Option(help="Comma-separated: day, model, version, tier.")] = (
+        "day,model,version,tier"
+    ),
     fmt: Annotated[str, typer.Option("--format", help="table, json or csv.")] = "table",
 ) -> None:
-    """Requests, tokens, latency, errors and cost per tenant, adapter version and day."""
+    """Requests, tokens, latency, errors and cost per tenant, adapter version, day and tier (interactive or batch)."""
     from datetime import date
 
     from gateway import tenants, usage
@@ -486,6 +488,7 @@ def usage_cmd(
         for r in rows:
             typer.echo(
                 f"{r.tenant:<16} {r.day or '-':<10} {r.model or '-':<28} v{r.adapter_version or '-':<4} "
+                f"{r.tier or '-':<11} "
                 f"req={r.requests:<6} err={r.errors:<4} in={r.prompt_tokens:<8} out={r.completion_tokens:<8} "
                 f"p50={r.p50_latency_ms or 0:.0f}ms cost={r.cost:.4f}"
             )

@@ -54,6 +54,7 @@ class InteractionRecord:
     created_at: datetime = field(default_factory=utcnow)
     stored: bool = False  # `store: true`: served back by the stored completions API
     stored_metadata: dict[str, str] | None = None
+    batch_id: str | None = None  # a batch's request (metered at the batch price), not an interactive one
 
 
 class InteractionLog:

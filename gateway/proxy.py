@@ -23,7 +23,7 @@ from sqlalchemy.exc import DBAPIError
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from adapters.engines import EnginePool, Lease, LoraRef
+from adapters.engines import Engine, EnginePool, Lease, LoraRef
 from core.errors import TailorError
 from core.ids import new_id
 from gateway import limits, normalize, request_policy, stored_completions
@@ -103,6 +103,29 @@ class Passthrough:
 
 
 @dataclass(frozen=True)
+class BatchContext:
+    """A request that is one line of a batch (gateway.batches): logged and metered as the
+    batch's, sent to the engine with `priority` (scheduled after interactive requests), and
+    counted apart on the engines, so the batch runner can yield to interactive load."""
+
+    batch_id: str
+    priority: int
+
+
+@dataclass(frozen=True)
+class EngineBody:
+    """A request's engine body, encoded; a batch request's also in the form with its `priority`."""
+
+    plain: bytes
+    prioritised: bytes | None = None
+
+    def for_engine(self, engine: Engine) -> bytes:
+        if self.prioritised is not None and engine.takes_priority:
+            return self.prioritised
+        return self.plain
+
+
+@dataclass(frozen=True)
 class Call:
     """A request another API sends down the chat path (gateway.responses): the id and
     endpoint name it is logged under, what of it is logged, and how it is answered."""
@@ -142,6 +165,7 @@ async def complete(
     body: dict[str, Any],
     request: Request,
     call: Call | None = None,
+    batch: BatchContext | None = None,
 ) -> Response:
     route = ROUTES[kind]
     interaction_id = call.id if call else new_id(route.id_prefix)
@@ -156,6 +180,7 @@ async def complete(
         model=public_model,
         stream=stream,
         request=call.request if call else _request_log(kind, body),
+        batch_id=batch.batch_id if batch else None,
     )
     presenter = call.presenter if call else Passthrough(_client_wants_usage(record))
     telemetry = services.telemetry
@@ -191,13 +216,8 @@ async def complete(
         record.adapter_version_id = resolved.version_id
         lora = services.lora_for(resolved)
         # Encoded before an engine is leased: a body that cannot be sent holds nothing.
-        payload = request_policy.engine_payload(
-            fields,
-            model=lora.name if lora else settings.base_model_name,
-            stream=stream,
-            cache_salt=services.cache_salts.for_tenant(caller.tenant_id, fields.get("cache_salt")),
-        )
-        lease = await _acquire(services, lora, public_model)
+        payload = _engine_body(services, caller, fields, lora, stream, batch)
+        lease = await _acquire(services, lora, public_model, background=batch is not None)
     except TailorError as exc:
         finish(exc.status, exc.message)
         return _json(exc.body(), exc.status, interaction_id, exc.headers)
@@ -240,6 +260,27 @@ async def complete(
             held.release()
 
 
+def _engine_body(
+    services: Services,
+    caller: Caller,
+    fields: dict[str, Any],
+    lora: LoraRef | None,
+    stream: bool,
+    batch: BatchContext | None,
+) -> EngineBody:
+    def encoded(priority: int | None = None) -> bytes:
+        return request_policy.engine_payload(
+            fields,
+            model=lora.name if lora else services.settings.base_model_name,
+            stream=stream,
+            cache_salt=services.cache_salts.for_tenant(caller.tenant_id, fields.get("cache_salt")),
+            priority=priority,
+        )
+
+    # Interactive requests never carry a `priority`: the engine's default is the highest.
+    return EngineBody(encoded(), encoded(batch.priority) if batch else None)
+
+
 @dataclass
 class _HeldLease:
     """A request's engine lease, given back exactly once."""
@@ -261,7 +302,7 @@ async def _answer(
     lora: LoraRef | None,
     route: Route,
     kind: Kind,
-    payload: bytes,
+    payload: EngineBody,
     record: InteractionRecord,
     finish: Callable[..., None],
     interaction_id: str,
@@ -312,9 +353,9 @@ def _client_wants_usage(record: InteractionRecord) -> bool:
     return bool((record.request.get("stream_options") or {}).get("include_usage"))
 
 
-async def _acquire(services: Services, lora: LoraRef | None, public_model: str) -> Lease:
+async def _acquire(services: Services, lora: LoraRef | None, public_model: str, *, background: bool) -> Lease:
     try:
-        return await services.pool.acquire(lora)
+        return await services.pool.acquire(lora, background=background)
     except TailorError as exc:
         raise _load_failure(exc, lora, public_model) from exc
 
@@ -367,17 +408,20 @@ async def _send(
     lease: Lease,
     lora: LoraRef | None,
     route: Route,
-    payload: bytes,
+    payload: EngineBody,
     request: Request,
     spans: Any,
     public_model: str,
 ) -> httpx.Response:
-    """Open the upstream response; a 404 for an adapter the engine lost is retried once."""
+    """Open the upstream response. A 404 for an adapter the engine lost is retried once, and
+    so is a batch request whose `priority` the engine refused (then without one)."""
     # The engine's own credentials (none for an engine without a key); with tracing on,
     # the engine-call span's `traceparent` for vLLM.
     headers = spans.engine_headers(lease.url, route.path, {**_JSON_HEADERS, **lease.engine.headers})
-    for attempt in (1, 2):
-        req = services.client.build_request("POST", lease.url + route.path, content=payload, headers=headers)
+    reloaded = False
+    while True:
+        body = payload.for_engine(lease.engine)
+        req = services.client.build_request("POST", lease.url + route.path, content=body, headers=headers)
         try:
             resp = await _until_disconnect(request, services.client.send(req, stream=True))
         except httpx.TransportError as exc:
@@ -385,13 +429,38 @@ async def _send(
             raise TailorError(
                 503, "The inference engine became unavailable; retry shortly.", code="engine_unavailable"
             ) from exc
-        if resp.status_code == 404 and lora is not None and attempt == 1:
+        if resp.status_code == 404 and lora is not None and not reloaded:
             await resp.aclose()
+            reloaded = True
             services.pool.forget(lease.engine, lora.name)
             await _reload(services, lease, lora, public_model)
             continue
+        if body is payload.prioritised and await _refuses_priority(resp):
+            await resp.aclose()
+            _stop_sending_priority(lease.engine)
+            continue
         return resp
-    raise AssertionError("unreachable")
+
+
+async def _refuses_priority(resp: httpx.Response) -> bool:
+    """Whether the engine answered 400 because of the `priority` field: older vLLM engines
+    refused one other than 0 without `--scheduling-policy priority`, and servers that know no
+    such field may refuse it as unknown. (vLLM 0.32 ignores it without the policy.)"""
+    if resp.status_code != 400:
+        return False
+    await resp.aread()  # kept: read again by whoever gets the response, when it is not this
+    return b"priority" in resp.content.lower()
+
+
+def _stop_sending_priority(engine: Engine) -> None:
+    if engine.takes_priority:
+        engine.takes_priority = False
+        log.warning(
+            "engine %s refused the `priority` of a batch request: batch requests go to it without one, and are "
+            "scheduled like interactive ones there. Start it with --scheduling-policy priority (vLLM) to keep "
+            "interactive requests first.",
+            engine.url,
+        )
 
 
 class ClientDisconnected(Exception):

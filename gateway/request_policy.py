@@ -10,6 +10,8 @@ The one policy for the body fields of `/v1/chat/completions` and `/v1/completion
 - any other field (`priority`, `request_id`, `cache_salt`, `kv_transfer_params`,
   `chat_template`, `prompt_embeds`, ...) is refused with a 400 naming it, unless the operator
   lists it in `TAILOR_ENGINE_ALLOWED_EXTRA_FIELDS`; then it is forwarded as sent;
+- `priority` is Tailor's alone (`TAILOR_ONLY`): refused whatever the operator lists, since
+  batch requests are scheduled after interactive ones by it, and only batch requests carry one;
 - every engine request carries a `cache_salt` derived from the tenant, so the engine's
   prefix cache is never shared between tenants (no timing side channel);
 - the engine body is serialised here, before an engine is leased, so a body that cannot be
@@ -241,6 +243,9 @@ NOT_FORWARDED = frozenset(
 )
 # Declared fields Tailor sets itself on every engine request (`cache_salt` too, see engine_payload).
 SET_BY_TAILOR = frozenset({"model", "stream_options"})
+# Engine fields no tenant may send, whatever TAILOR_ENGINE_ALLOWED_EXTRA_FIELDS says: vLLM schedules
+# by `priority` (lower first), and Tailor gives one to batch requests only (engine_payload).
+TAILOR_ONLY = frozenset({"priority"})
 FORWARDED: dict[Kind, frozenset[str]] = {
     kind: frozenset(model.model_fields) - NOT_FORWARDED - SET_BY_TAILOR for kind, model in MODELS.items()
 }
@@ -268,19 +273,22 @@ def engine_fields(kind: Kind, body: dict[str, Any], allowed_extra: frozenset[str
         if name in forwarded:
             if value is not None:  # null means omitted (OpenAI); some vLLM fields are not nullable
                 out[name] = value
-        elif name in allowed_extra:
+        elif name in allowed_extra and name not in TAILOR_ONLY:
             out[name] = value
         elif name in NOT_FORWARDED or name in SET_BY_TAILOR:
             continue
         else:
-            raise TailorError(
-                400, f"Unrecognized request argument supplied: {name}", code="unknown_parameter", param=name
-            )
+            raise unknown_parameter(name)
     salt = out.get("cache_salt")
     if salt is not None and (not isinstance(salt, str) or not 0 < len(salt) <= MAX_CLIENT_SALT):
         message = f"cache_salt must be a string of 1 to {MAX_CLIENT_SALT} characters."
         raise bad_request(message, code="invalid_value", param="cache_salt")
     return out
+
+
+def unknown_parameter(name: str) -> TailorError:
+    """A field outside the policy, in OpenAI's words."""
+    return TailorError(400, f"Unrecognized request argument supplied: {name}", code="unknown_parameter", param=name)
 
 
 class CacheSalts:
@@ -311,9 +319,17 @@ class CacheSalts:
         return hmac.new(self._key, message.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
-def engine_payload(fields: dict[str, Any], *, model: str, stream: bool, cache_salt: str) -> bytes:
-    """The engine request body, encoded; what cannot be encoded is a 400 naming its field."""
+def engine_payload(
+    fields: dict[str, Any], *, model: str, stream: bool, cache_salt: str, priority: int | None = None
+) -> bytes:
+    """The engine request body, encoded; what cannot be encoded is a 400 naming its field.
+
+    `priority` is given for batch requests only: interactive ones leave it out, so they have
+    the engine's default (0), which vLLM schedules before any higher value.
+    """
     upstream = {**fields, "model": model, "cache_salt": cache_salt}
+    if priority is not None:
+        upstream["priority"] = priority
     if stream:
         # Always ask for usage so the log has token counts; the proxy drops the extra
         # chunk again unless the client asked for it.

@@ -9,6 +9,11 @@ Days are UTC calendar days; `since` and `until` are both inclusive.
 Latency percentiles cover answered requests only (status < 400): refusals return in a
 millisecond and timeouts at the limit, and either would blur how fast answers are served.
 Errors and client-closed requests are counted instead.
+
+Requests that were lines of a batch are the `batch` tier, all others `interactive`: rows are
+split by tier (group `tier`), batch requests cost `TAILOR_BATCH_PRICE_FACTOR` times the price,
+and their latency (they yield to interactive requests) is never mixed into the interactive
+tier's percentiles. Both tiers count towards the tenant's token quotas alike (gateway.limits).
 """
 
 from __future__ import annotations
@@ -32,8 +37,9 @@ from core.models import AdapterVersion, Interaction, Tenant
 from gateway.proxy import CLIENT_CLOSED
 from trainer.feedback import feedback_signal
 
-GROUPS = ("day", "model", "version")
-DEFAULT_GROUP_BY = ("day", "model", "version")
+GROUPS = ("day", "model", "version", "tier")
+DEFAULT_GROUP_BY = ("day", "model", "version", "tier")
+INTERACTIVE, BATCH = "interactive", "batch"  # the tiers
 MAX_RANGE_DAYS = 366
 DEFAULT_RANGE_DAYS = 30
 ADAPTER_DEFAULT = "adapter"  # the price key that covers every adapter without an override
@@ -67,6 +73,7 @@ class PriceBook:
 
     prices: Mapping[str, Price] = field(default_factory=dict)
     base_model: str = ""
+    batch_factor: float = 1.0  # what a batch request pays of the price
 
     def price(self, tenant: str, model: str, adapter: str | None) -> Price:
         if adapter is None:
@@ -75,6 +82,10 @@ class PriceBook:
             if key in self.prices:
                 return self.prices[key]
         return FREE
+
+    def cost(self, tenant: str, model: str, adapter: str | None, tier: str, prompt: int, completion: int) -> float:
+        full = self.price(tenant, model, adapter).cost(prompt, completion)
+        return full * self.batch_factor if tier == BATCH else full
 
 
 def parse_prices(raw: Mapping[str, Mapping[str, float]]) -> dict[str, Price]:
@@ -98,6 +109,7 @@ def prices_from_settings(settings: Any) -> PriceBook:
     return PriceBook(
         prices=parse_prices(settings.prices),
         base_model=getattr(settings, "base_model_name", ""),
+        batch_factor=getattr(settings, "batch_price_factor", 1.0),
     )
 
 
@@ -110,6 +122,7 @@ class UsageRow:
     day: str | None  # ISO date; None when not grouped by day
     model: str | None  # public name as requested; None when not grouped by model
     adapter_version: int | None  # None: base model, or not grouped by version
+    tier: str | None  # "interactive" or "batch"; None when not grouped by tier
     requests: int
     errors: int  # status >= 400, except client-closed
     client_closed: int  # status 499: the client went away
@@ -196,7 +209,14 @@ def _adapter_name(model: str, version_id: str | None) -> str | None:
     return model.partition("@v")[0] if version_id is not None else None
 
 
-_Key = tuple[str, str | None, str | None, int | None]  # tenant, day, model, version
+_Key = tuple[str, str | None, str | None, int | None, str | None]  # tenant, day, model, version, tier
+
+
+def _tier_expr() -> ColumnElement[Any]:
+    # Literals, not bound parameters: the same expression is selected and grouped by (see _day_expr).
+    return case(
+        (Interaction.batch_id.is_(None), literal_column(f"'{INTERACTIVE}'")), else_=literal_column(f"'{BATCH}'")
+    )
 
 
 @dataclass
@@ -223,10 +243,11 @@ def usage(
     start, end = _bounds(since, until)
     prices = prices or PriceBook()
     day = _day_expr(db).label("day")
+    tier = _tier_expr().label("tier")
     status = Interaction.status_code
-    # Always grouped by model and version in SQL, whatever the caller's grouping: the
-    # price depends on both, so cost is computed per fine row and then summed.
-    keys: list[Any] = [Tenant.name, Interaction.model, Interaction.adapter_version_id, AdapterVersion.version]
+    # Always grouped by model, version and tier in SQL, whatever the caller's grouping: the
+    # price depends on all three, so cost is computed per fine row and then summed.
+    keys: list[Any] = [Tenant.name, Interaction.model, Interaction.adapter_version_id, AdapterVersion.version, tier]
     if "day" in groups:
         keys.append(day)
     where = [Interaction.created_at >= start, Interaction.created_at < end]
@@ -251,36 +272,37 @@ def usage(
         func.coalesce(func.sum(Interaction.completion_tokens), 0),
     ).group_by(*keys)
     # Only the columns the percentiles need, one row per answered request.
-    timing_keys = [Tenant.name, Interaction.model, AdapterVersion.version] + ([day] if "day" in groups else [])
+    timing_keys = [Tenant.name, Interaction.model, AdapterVersion.version, tier] + ([day] if "day" in groups else [])
     timings = scoped(*timing_keys, Interaction.stream, Interaction.latency_ms, Interaction.ttft_ms).where(
         status < 400, Interaction.latency_ms.is_not(None)
     )
 
-    def key(tenant: str, model: str, version: int | None, day_value: object | None) -> _Key:
+    def key(tenant: str, model: str, version: int | None, tier_value: str, day_value: object | None) -> _Key:
         return (
             tenant,
             _iso_day(day_value) if "day" in groups else None,
             model if "model" in groups else None,
             version if "version" in groups else None,
+            tier_value if "tier" in groups else None,
         )
 
     sums: dict[_Key, _Sums] = defaultdict(_Sums)
     latencies: dict[_Key, list[float]] = defaultdict(list)
     ttfts: dict[_Key, list[float]] = defaultdict(list)
     with db.session() as s:
-        for tenant, model, version_id, version, *rest in s.execute(counts):
+        for tenant, model, version_id, version, tier_value, *rest in s.execute(counts):
             day_value = rest[0] if "day" in groups else None
             requests, errors, closed, prompt, completion = (int(v or 0) for v in rest[-5:])
-            acc = sums[key(tenant, model, version, day_value)]
+            acc = sums[key(tenant, model, version, tier_value, day_value)]
             acc.requests += requests
             acc.errors += errors
             acc.client_closed += closed
             acc.prompt_tokens += prompt
             acc.completion_tokens += completion
-            acc.cost += prices.price(tenant, model, _adapter_name(model, version_id)).cost(prompt, completion)
-        for tenant, model, version, *rest in s.execute(timings.execution_options(yield_per=10_000)):
+            acc.cost += prices.cost(tenant, model, _adapter_name(model, version_id), tier_value, prompt, completion)
+        for tenant, model, version, tier_value, *rest in s.execute(timings.execution_options(yield_per=10_000)):
             stream, latency, ttft = rest[-3:]
-            k = key(tenant, model, version, rest[0] if "day" in groups else None)
+            k = key(tenant, model, version, tier_value, rest[0] if "day" in groups else None)
             latencies[k].append(float(latency))
             if stream and ttft is not None:
                 ttfts[k].append(float(ttft))
@@ -291,6 +313,7 @@ def usage(
             day=k[1],
             model=k[2],
             adapter_version=k[3],
+            tier=k[4],
             requests=acc.requests,
             errors=acc.errors,
             client_closed=acc.client_closed,
@@ -303,7 +326,7 @@ def usage(
         )
         for k, acc in sums.items()
     ]
-    rows.sort(key=lambda r: (r.tenant, r.day or "", r.model or "", r.adapter_version or 0))
+    rows.sort(key=lambda r: (r.tenant, r.day or "", r.model or "", r.adapter_version or 0, r.tier or ""))
     return rows
 
 

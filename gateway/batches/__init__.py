@@ -13,7 +13,10 @@ How a batch goes, module by module:
   out another gateway claims the batch and runs only the lines not recorded yet.
 - `requests`: one line is answered on the path of a live request (`proxy.complete`, or the
   Responses API's `create` above it) as the tenant, so model routing, adapters, limits and
-  quotas, the interaction log, usage metering and redaction apply as they do to live calls.
+  quotas, the interaction log, usage metering and redaction apply as they do to live calls;
+  as a batch's request: at a lower engine priority, metered as the `batch` tier.
+- `slots`: how many lines one gateway runs at once: fewer while interactive requests run.
+- `tokens`: the tokens each answered line reports, summed into the batch's `usage`.
 - `output`: OpenAI's output line shapes, and the output and error files (purpose
   `batch_output`) written from the recorded lines when the batch ends.
 - `runner`: the asyncio task in each gateway that claims batches and runs their lines with

@@ -27,6 +27,7 @@ from core.db import Database, lock_row
 from core.ids import utcnow
 from core.models import UNFINISHED_BATCH_STATES, Batch, BatchLine, Tenant
 from gateway.batches.store import TERMINAL, BatchInfo, info
+from gateway.batches.tokens import Tokens
 from gateway.limits import TenantLimits
 from gateway.tenants import Caller
 
@@ -153,19 +154,28 @@ def record(
     failed: bool,
     output: dict[str, Any],
     lease_s: float,
+    tokens: Tokens = Tokens(),
     now: datetime | None = None,
 ) -> str:
-    """Record a finished line and count it, if the batch is still this gateway's (else
-    BatchLost, nothing recorded); returns the batch's status (`cancelling` once a cancel was
-    asked). A line recorded already is left as it was."""
+    """Record a finished line and count it and its `tokens`, if the batch is still this
+    gateway's (else BatchLost, nothing recorded); returns the batch's status (`cancelling`
+    once a cancel was asked). A line recorded already is left as it was."""
     now = now or utcnow()
     counter = Batch.failed if failed else Batch.completed
+    counts = {
+        counter: counter + 1,
+        Batch.input_tokens: Batch.input_tokens + tokens.input,
+        Batch.cached_tokens: Batch.cached_tokens + tokens.cached,
+        Batch.output_tokens: Batch.output_tokens + tokens.output,
+        Batch.reasoning_tokens: Batch.reasoning_tokens + tokens.reasoning,
+        Batch.lease_expires_at: now + timedelta(seconds=lease_s),
+    }
     try:
         with db.session() as s:
             held = s.execute(
                 update(Batch)
                 .where(Batch.id == batch_id, Batch.worker_id == worker_id, Batch.status.in_(UNFINISHED_BATCH_STATES))
-                .values({counter: counter + 1, Batch.lease_expires_at: now + timedelta(seconds=lease_s)})
+                .values(counts)
                 .execution_options(synchronize_session=False)
             ).rowcount
             if held != 1:

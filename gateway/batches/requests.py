@@ -3,7 +3,9 @@
 The body is validated by the same request model as the live route's, then handed to
 `proxy.complete` (chat and text completions) or the Responses API's `create`: model
 routing and adapters, rate limits and quotas, the interaction log, token metering and
-redaction all apply as they do to a live call. What would be a live request's HTTP answer
+redaction all apply as they do to a live call. It goes as a batch's request
+(`proxy.BatchContext`): at the batch priority on the engine, logged with the batch's id (so
+usage reports it apart, at the batch price). What would be a live request's HTTP answer
 becomes the line's `response`. A streamed request is refused per line (a batch has nobody
 to stream to), as OpenAI does.
 """
@@ -45,10 +47,10 @@ class Answer:
         return self.status in RETRY_STATUSES
 
 
-async def answer(services: Services, caller: Caller, line: RequestLine) -> Answer:
+async def answer(services: Services, caller: Caller, line: RequestLine, batch: proxy.BatchContext) -> Answer:
     """The answer a live request with this line's body would have got."""
     try:
-        response = await _send(services, caller, line)
+        response = await _send(services, caller, line, batch)
     except TailorError as exc:
         return Answer(exc.status, exc.body(), None, _seconds((exc.headers or {}).get("Retry-After")))
     if isinstance(response, StreamingResponse):  # never: streams are refused above
@@ -61,7 +63,7 @@ async def answer(services: Services, caller: Caller, line: RequestLine) -> Answe
     )
 
 
-async def _send(services: Services, caller: Caller, line: RequestLine) -> Response:
+async def _send(services: Services, caller: Caller, line: RequestLine, batch: proxy.BatchContext) -> Response:
     if line.body.get("stream"):
         raise bad_request(
             "Streaming is not available in a batch: leave stream out (or false).",
@@ -71,10 +73,10 @@ async def _send(services: Services, caller: Caller, line: RequestLine) -> Respon
     request = _batch_request(line.url)
     kind = ENDPOINTS[line.url]
     if kind == "responses":
-        return await responses.create(services, caller, _validated(CreateResponseRequest, line.body), request)
+        return await responses.create(services, caller, _validated(CreateResponseRequest, line.body), request, batch)
     model = ChatCompletionRequest if kind == "chat" else CompletionRequest
     body = _validated(model, line.body).model_dump(exclude_unset=True)
-    return await proxy.complete(services, caller, kind, body, request)
+    return await proxy.complete(services, caller, kind, body, request, batch=batch)
 
 
 def _validated(model: type[BaseModel], body: dict[str, Any]) -> Any:

@@ -3,9 +3,12 @@
 Every `TAILOR_BATCH_POLL_S` it claims unfinished batches nobody holds (gateway.batches.lease),
 up to `TAILOR_BATCH_MAX_ACTIVE` at once, and runs each:
 
-- lines not recorded yet are answered (gateway.batches.requests), at most
-  `TAILOR_BATCH_CONCURRENCY` in flight in this gateway, all its batches together; each
-  answer is recorded as it comes, so a batch taken over after a crash goes on from there;
+- lines not recorded yet are answered (gateway.batches.requests), at a lower priority than
+  interactive requests on the engines (`TAILOR_BATCH_PRIORITY`), at most
+  `TAILOR_BATCH_CONCURRENCY` in flight in this gateway, all its batches together, and only
+  `TAILOR_BATCH_CONCURRENCY_BUSY` while interactive requests run (gateway.batches.slots);
+  each answer is recorded as it comes, with its tokens, so a batch taken over after a crash
+  goes on from there;
 - a line refused with 429 (a rate limit or quota) or 503 (no engine could take it) is tried
   again after its `Retry-After` (or a doubling wait), at most `TAILOR_BATCH_RETRY_MAX_WAIT_S`;
 - a cancel (seen when a line is recorded or the lease renewed) stops new lines; those in
@@ -33,9 +36,11 @@ from typing import Concatenate, ParamSpec, TypeVar
 from core.db import Database
 from core.errors import TailorError
 from core.ids import utcnow
-from gateway.batches import input_file, lease, output, requests
+from gateway.batches import input_file, lease, output, requests, tokens
 from gateway.batches.input_file import RequestLine
+from gateway.batches.slots import BatchSlots
 from gateway.batches.store import BatchInfo
+from gateway.proxy import BatchContext
 from gateway.redaction import redact_value
 from gateway.services import Services
 from gateway.tenants import Caller
@@ -54,7 +59,9 @@ class BatchRunner:
         self.services = services
         self.settings = services.settings
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-        self.slots = asyncio.Semaphore(self.settings.batch_concurrency)
+        self.slots = BatchSlots(
+            services.pool, idle=self.settings.batch_concurrency, busy=self.settings.batch_concurrency_busy
+        )
         self.running: dict[str, asyncio.Task[BatchInfo | None]] = {}
         self._poller: asyncio.Task[None] | None = None
 
@@ -105,6 +112,7 @@ class _BatchRun:
         self.services = runner.services
         self.settings = runner.settings
         self.batch = batch
+        self.context = BatchContext(batch.id, self.settings.batch_priority)
         self.stop = asyncio.Event()  # no new lines: cancelled, expired or lost
         self.lost = False
         self.ran: set[int] = set()
@@ -209,6 +217,7 @@ class _BatchRun:
                 failed=got.status != 200,
                 output=out,
                 lease_s=self.settings.batch_lease_s,
+                tokens=tokens.of_answer(got.body),
             )
             self.ran.add(line.index)
             if status == "cancelling":
@@ -225,7 +234,7 @@ class _BatchRun:
     async def _answer(self, line: RequestLine) -> requests.Answer:
         assert self.caller is not None
         try:
-            return await requests.answer(self.services, self.caller, line)
+            return await requests.answer(self.services, self.caller, line, self.context)
         except Exception:
             log.exception("batch %s: line %d failed inside the gateway", self.batch.id, line.lineno)
             err = TailorError(500, "The server had an error while processing this request.", code="internal_error")

@@ -19,6 +19,7 @@ from core.errors import bad_request, not_found
 from core.ids import new_id, utcnow
 from core.models import Batch
 from gateway.batches import input_file
+from gateway.batches.tokens import Tokens
 from trainer import files
 
 COMPLETION_WINDOWS = {"24h": timedelta(hours=24)}
@@ -52,6 +53,7 @@ class BatchInfo:
     expired_at: datetime | None
     cancelling_at: datetime | None
     cancelled_at: datetime | None
+    tokens: Tokens
 
 
 def info(row: Batch) -> BatchInfo:
@@ -80,6 +82,12 @@ def info(row: Batch) -> BatchInfo:
         expired_at=row.expired_at,
         cancelling_at=row.cancelling_at,
         cancelled_at=row.cancelled_at,
+        tokens=Tokens(
+            input=row.input_tokens or 0,
+            cached=row.cached_tokens or 0,
+            output=row.output_tokens or 0,
+            reasoning=row.reasoning_tokens or 0,
+        ),
     )
 
 
@@ -153,6 +161,10 @@ def create(
         total=len(lines),
         completed=0,
         failed=0,
+        input_tokens=0,
+        cached_tokens=0,
+        output_tokens=0,
+        reasoning_tokens=0,
         created_at=now,
         expires_at=now + window,
     )

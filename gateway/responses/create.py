@@ -28,7 +28,14 @@ ENDPOINT = "responses"  # interaction log and metrics
 T = TypeVar("T")
 
 
-async def create(services: Services, caller: Caller, req: CreateResponseRequest, request: Request) -> Response:
+async def create(
+    services: Services,
+    caller: Caller,
+    req: CreateResponseRequest,
+    request: Request,
+    batch: proxy.BatchContext | None = None,
+) -> Response:
+    """A Responses request; `batch` when it is a line of a batch (gateway.batches)."""
     settings = services.settings
     refuse_unsupported(req)
     extras = engine_extras(req, frozenset(settings.engine_allowed_extra_fields))
@@ -45,7 +52,7 @@ async def create(services: Services, caller: Caller, req: CreateResponseRequest,
     presenter = ResponsePresenter(rid, int(created.timestamp()), Echo.of(req), saver, time.time)
     logged = {k: v for k, v in chat.items() if k != "model"}  # chat form: what the engine saw
     call = proxy.Call(id=rid, endpoint=ENDPOINT, request=logged, presenter=presenter)
-    return await proxy.complete(services, caller, "chat", chat, request, call)
+    return await proxy.complete(services, caller, "chat", chat, request, call, batch)
 
 
 async def _history(services: Services, caller: Caller, previous_response_id: str | None) -> list[JSON]:

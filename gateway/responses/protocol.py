@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from core.errors import TailorError, bad_request
-from gateway.request_policy import MAX_SCHEMA_BYTES, Metadata, Name, json_bounds
+from gateway.request_policy import MAX_SCHEMA_BYTES, TAILOR_ONLY, Metadata, Name, json_bounds, unknown_parameter
 
 # OpenAI's own lower bound on `max_output_tokens`.
 MIN_OUTPUT_TOKENS = 16
@@ -171,9 +171,7 @@ def engine_extras(req: CreateResponseRequest, allowed: frozenset[str]) -> dict[s
     for name, value in (req.model_extra or {}).items():
         if name in UNSUPPORTED and value is None:
             continue  # an SDK's explicit null asks for nothing
-        if name not in allowed:
-            raise TailorError(
-                400, f"Unrecognized request argument supplied: {name}", code="unknown_parameter", param=name
-            )
+        if name not in allowed or name in TAILOR_ONLY:
+            raise unknown_parameter(name)
         out[name] = value
     return out

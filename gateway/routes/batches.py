@@ -35,6 +35,24 @@ class RequestCounts(BaseModel):
     failed: int
 
 
+class InputTokensDetails(BaseModel):
+    cached_tokens: int
+
+
+class OutputTokensDetails(BaseModel):
+    reasoning_tokens: int
+
+
+class BatchUsage(BaseModel):
+    """The tokens of the batch's answered requests so far."""
+
+    input_tokens: int
+    input_tokens_details: InputTokensDetails
+    output_tokens: int
+    output_tokens_details: OutputTokensDetails
+    total_tokens: int
+
+
 class BatchErrors(BaseModel):
     object: Literal["list"] = "list"
     data: list[dict[str, Any]]
@@ -63,6 +81,7 @@ class BatchObject(BaseModel):
     cancelling_at: int | None = None
     cancelled_at: int | None = None
     request_counts: RequestCounts
+    usage: BatchUsage
     metadata: dict[str, str] | None = None
 
 
@@ -99,6 +118,7 @@ def batch_object(b: BatchInfo) -> BatchObject:
         cancelling_at=_unix(b.cancelling_at),
         cancelled_at=_unix(b.cancelled_at),
         request_counts=RequestCounts(total=b.total, completed=b.completed, failed=b.failed),
+        usage=BatchUsage.model_validate(b.tokens.usage()),
         metadata=b.metadata,
     )
 

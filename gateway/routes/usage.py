@@ -86,7 +86,10 @@ def report(
 
 _SINCE = Query(None, description="First UTC day (YYYY-MM-DD), inclusive; default: 30 days up to `until`.")
 _UNTIL = Query(None, description="Last UTC day (YYYY-MM-DD), inclusive; default: today.")
-_GROUP_BY = Query(",".join(usage.DEFAULT_GROUP_BY), description="Comma-separated subset of day,model,version.")
+_GROUP_BY = Query(
+    ",".join(usage.DEFAULT_GROUP_BY),
+    description="Comma-separated subset of day,model,version,tier (tier: interactive or batch requests).",
+)
 _FORMAT = Query("json", alias="format")
 
 
@@ -94,7 +97,8 @@ _FORMAT = Query("json", alias="format")
     "/v1/usage",
     response_model=UsageList,
     responses=_CSV,  # type: ignore[arg-type]
-    summary="Your requests, tokens, latency, errors and cost per day, model and adapter version",
+    summary="Your requests, tokens, latency, errors and cost per day, model, adapter version and tier "
+    "(interactive or batch)",
 )
 def get_own_usage(
     services: ServicesDep,

@@ -229,6 +229,22 @@ async def test_base_requests_go_to_least_inflight(client: httpx.AsyncClient, fak
     assert fake.count(LOAD) == 0  # base requests load nothing
 
 
+async def test_background_requests_are_counted_apart(client: httpx.AsyncClient) -> None:
+    pool = await make_pool(client, URLS[:2])
+    released: list[int] = []
+    pool.on_release(lambda: released.append(pool.foreground_inflight()))
+    batch = [await pool.acquire(None, background=True) for _ in range(2)]
+    assert pool.foreground_inflight() == 0 and [e.background_inflight for e in pool.engines] == [1, 1]
+    live = await pool.acquire(lora("a"))
+    assert pool.foreground_inflight() == 1 and not live.background
+    pool.release(batch[0])
+    pool.release(live)
+    pool.release(batch[1])
+    assert released == [1, 0, 0]  # told after each lease went back, with the count by then
+    assert [(e.inflight, e.background_inflight) for e in pool.engines] == [(0, 0), (0, 0)]
+    assert pool.stats()[0]["batch_inflight"] == 0
+
+
 async def test_unhealthy_engine_gets_no_base_requests(client: httpx.AsyncClient, fake: FakeVLLM) -> None:
     pool = await make_pool(client)
     fake.unhealthy.add(URLS[0])
@@ -581,6 +597,7 @@ def test_stats(client: httpx.AsyncClient) -> None:
             "url": URLS[0],
             "healthy": False,
             "inflight": 0,
+            "batch_inflight": 0,
             "resident_adapters": 0,
             "loads": 0,
             "evictions": 0,

@@ -12,7 +12,7 @@ import socket
 import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
@@ -245,3 +245,12 @@ def test_child_engine_environment_holds_no_operator_secrets(tmp_path: Path, monk
     assert env["VLLM_API_KEY"] == "engine-key" and env["HF_HOME"] == "/models/hf" and "PATH" in env
     leaked = {k for k, v in env.items() if "secret" in v or "pw@" in v}
     assert not leaked and "TAILOR_ADMIN_KEY" not in env
+
+
+def test_child_engine_schedules_by_priority_unless_the_operator_says_otherwise(tmp_path: Path) -> None:
+    launch = replace(fake_launch(tmp_path), extra_args=["--max-num-seqs", "64"])
+    command = EngineLaunch.command(launch)
+    policy = command.index("--scheduling-policy")
+    assert command[policy + 1] == "priority"  # batch requests (priority 10) after interactive ones (0)
+    # Operator arguments come last, so TAILOR_ENGINE_EXTRA_ARGS can still choose another policy.
+    assert command[-2:] == ["--max-num-seqs", "64"] and policy < len(command) - 2

@@ -38,7 +38,7 @@ def job(**fields: object) -> JobInfo:
 
 def row(tenant: str, day: str | None, model: str | None, **fields: float | None) -> UsageRow:
     values: dict[str, object] = dict(
-        tenant=tenant, day=day, model=model, adapter_version=None, requests=1, errors=0, client_closed=0,
+        tenant=tenant, day=day, model=model, adapter_version=None, tier=None, requests=1, errors=0, client_closed=0,
         prompt_tokens=10, completion_tokens=5, p50_latency_ms=None, p95_latency_ms=None, p50_ttft_ms=None, cost=0.5,
     )  # fmt: skip
     values.update(fields)

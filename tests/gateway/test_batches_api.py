@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
@@ -250,6 +251,114 @@ async def test_completions_and_responses_batches(gw: Gateway) -> None:
     assert stored.status_code == 200  # stored, as Responses are by default
     (err,) = await content(gw, got["error_file_id"])
     assert err["custom_id"] == "r2" and err["response"]["status_code"] == 400
+
+
+# --------------------------------------------------------------------------- priority, yielding, usage
+
+
+async def test_batch_requests_carry_the_batch_priority_and_interactive_ones_never_do(gw: Gateway) -> None:
+    priority = gw.services.settings.batch_priority
+    assert (await gw.chat()).status_code == 200
+    r = await gw.http.post("/v1/responses", json={"model": BASE, "input": "Capital?"}, headers=gw.auth)
+    assert r.status_code == 200, r.text
+    assert [("priority" in seen.body) for seen in gw.fake.completions()] == [False, False]
+
+    chat = await create(gw, [chat_line("a"), chat_line("b", "Say hi.")])
+    await run(gw, chat["id"])
+    asked = [{"custom_id": "r", "method": "POST", "url": RESPONSES_URL, "body": {"model": BASE, "input": "Capital?"}}]
+    responses = await create(gw, asked, RESPONSES_URL)
+    await run(gw, responses["id"])
+    assert [seen.body.get("priority") for seen in gw.fake.completions()] == [None, None, priority, priority, priority]
+    assert gw.engine.background_inflight == 0
+
+    # Logged as the batch's requests (usage meters them apart); the live ones as no batch's.
+    rows = await gw.rows()
+    assert [row.batch_id for row in rows] == [None, None, chat["id"], chat["id"], responses["id"]]
+    usage = (await gw.http.get("/v1/usage", params={"group_by": "tier"}, headers=gw.auth)).json()
+    assert [(d["tier"], d["requests"]) for d in usage["data"]] == [("batch", 3), ("interactive", 2)]
+
+
+async def test_a_batch_counts_the_tokens_of_its_answers(gw: Gateway) -> None:
+    chat_usage = raw_json("chat")["body"]["usage"]
+    batch = await create(gw, [chat_line("a"), chat_line("b", stream=True), chat_line("c")])
+    assert batch["usage"] == {
+        "input_tokens": 0,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": 0,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": 0,
+    }
+    await run(gw, batch["id"])
+    got = await get(gw, batch["id"])
+    prompt, completion = 2 * chat_usage["prompt_tokens"], 2 * chat_usage["completion_tokens"]
+    assert got["usage"] == {  # the two answered lines; the refused stream used none
+        "input_tokens": prompt,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": completion,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": prompt + completion,
+    }
+    rows = await gw.rows()
+    assert sum(row.prompt_tokens or 0 for row in rows) == prompt  # the same tokens the log meters
+
+
+async def test_an_engine_that_refuses_priority_gets_batch_requests_without_it(
+    gw: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An engine without priority scheduling that says so with a 400 (as older vLLM engines did).
+    refusal = {"error": {"message": "Got priority 10 but Priority scheduling is not enabled.", "code": 400}}
+    gw.fake.script.append(answer_with(400, refusal))
+    with caplog.at_level(logging.WARNING, logger="tailor.gateway"):
+        for custom_id in ("a", "b"):
+            batch = await create(gw, [chat_line(custom_id)])
+            await run(gw, batch["id"])
+            got = await get(gw, batch["id"])
+            assert got["request_counts"] == {"total": 1, "completed": 1, "failed": 0}
+    sent = [seen.body.get("priority") for seen in gw.fake.completions()]
+    assert sent == [10, None, None]  # refused once (and sent again without), then never sent to that engine
+    assert gw.engine.takes_priority is False
+    warnings = [r for r in caplog.records if "refused the `priority`" in r.getMessage()]
+    assert len(warnings) == 1 and gw.engine.url in warnings[0].getMessage()
+    # Any other 400 is the line's answer, as before: nothing retried.
+    gw.engine.takes_priority = True
+    gw.fake.script.append(answer_with(400, {"error": {"message": "max_tokens is too large", "code": 400}}))
+    batch = await create(gw, [chat_line("c")])
+    await run(gw, batch["id"])
+    assert (await get(gw, batch["id"]))["request_counts"] == {"total": 1, "completed": 0, "failed": 1}
+    assert len(gw.fake.completions()) == 4 and gw.engine.takes_priority
+
+
+async def test_batch_lines_yield_to_interactive_requests(gw: Gateway) -> None:
+    settings = gw.services.settings
+    assert (settings.batch_concurrency, settings.batch_concurrency_busy) == (4, 1)
+    interactive_done, batch_done = asyncio.Event(), asyncio.Event()
+
+    async def answer(_request: httpx.Request, body: dict[str, Any]) -> httpx.Response:
+        await (batch_done if "priority" in body else interactive_done).wait()
+        return chat_answer()
+
+    gw.fake.script.extend([answer] * 7)
+
+    def batch_sent() -> int:
+        return sum("priority" in seen.body for seen in gw.fake.completions())
+
+    live = asyncio.create_task(gw.chat())
+    await until(lambda: len(gw.fake.completions()) == 1)
+    batch = await create(gw, [chat_line(f"c{i}", f"q{i}") for i in range(6)])
+    running = asyncio.create_task(run(gw, batch["id"]))
+    await until(lambda: batch_sent() == 1)
+    await asyncio.sleep(0.2)
+    assert batch_sent() == 1  # one batch line beside the interactive request, not four
+    assert (gw.engine.inflight, gw.engine.background_inflight) == (2, 1)
+
+    interactive_done.set()
+    assert (await live).status_code == 200
+    await until(lambda: batch_sent() == 4)  # the interactive load is gone: the full concurrency
+    await asyncio.sleep(0.1)
+    assert batch_sent() == 4 and gw.engine.background_inflight == 4
+    batch_done.set()
+    ended = await running
+    assert ended is not None and ended.status == "completed" and batch_sent() == 6
 
 
 async def test_refused_files_and_batches_store_nothing(gw: Gateway) -> None:

@@ -329,7 +329,8 @@ async def tenant_view(run: Running, tmp_path: Path) -> AsyncIterator[Gateway]:
     """A fresh tenant and key on the shared gateway; engine and fake reset to a clean state."""
     run.fake.reset()
     for engine in run.services.pool.engines:
-        engine.healthy, engine.restarting, engine.inflight = True, False, 0
+        engine.healthy, engine.restarting, engine.inflight, engine.background_inflight = True, False, 0, 0
+        engine.takes_priority = True
         engine.users.clear()
         engine.resident.clear()
         engine.loading.clear()
@@ -344,7 +345,7 @@ async def tenant_view(run: Running, tmp_path: Path) -> AsyncIterator[Gateway]:
     yield Gateway(run.services, run.http, run.fake, tenant_id, auth, tmp_path)
     # Every request gave its lease back, whatever happened to it.
     for engine in run.services.pool.engines:
-        assert engine.inflight == 0, engine
+        assert engine.inflight == engine.background_inflight == 0, engine
         assert engine.users == {}, engine
     # The gateway's own keys never travel to the engine (only the engine's own key may).
     assert all(s.authorization not in (auth["authorization"], ADMIN["authorization"]) for s in run.fake.seen)
@@ -1220,12 +1221,25 @@ async def test_engine_only_fields_are_refused(gw: Gateway, field: str) -> None:
 
 
 async def test_operator_allowed_field_reaches_the_engine(gw: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(gw.services.settings, "engine_allowed_extra_fields", ["priority", "vllm_xargs"])
-    assert (await gw.chat(priority=5)).status_code == 200
-    assert gw.fake.completions()[0].body["priority"] == 5
+    monkeypatch.setattr(gw.services.settings, "engine_allowed_extra_fields", ["top_n_tokens", "vllm_xargs"])
+    assert (await gw.chat(top_n_tokens=5)).status_code == 200
+    assert gw.fake.completions()[0].body["top_n_tokens"] == 5
     # Allowed fields are sent as they are; one that cannot be encoded is a 400 before any lease.
     error_of(await gw.chat(vllm_xargs={"x": 2**64}), 400, param="vllm_xargs")
     assert len(gw.fake.completions()) == 1
+
+
+async def test_a_tenants_priority_is_refused_even_if_listed(gw: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Batch requests are scheduled after interactive ones by `priority`: no tenant may set one,
+    # on any route, even where settings were changed behind the validator's back.
+    monkeypatch.setattr(gw.services.settings, "engine_allowed_extra_fields", ["priority"])
+    assert error_of(await gw.chat(priority=-1), 400, param="priority")["code"] == "unknown_parameter"
+    asked = {"model": BASE, "input": "hi", "priority": -1}
+    r = await gw.http.post("/v1/responses", json=asked, headers=gw.auth)
+    assert error_of(r, 400, param="priority")["code"] == "unknown_parameter"
+    assert gw.fake.completions() == []
+    assert (await gw.chat()).status_code == 200
+    assert "priority" not in gw.fake.completions()[0].body  # interactive: the engine's default, the highest
 
 
 async def test_every_engine_request_carries_the_tenants_cache_salt(gw: Gateway, shared: Running) -> None:

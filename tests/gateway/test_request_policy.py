@@ -8,6 +8,7 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
+from core.config import Settings
 from core.errors import TailorError
 from gateway.request_policy import (
     MAX_JSON_DEPTH,
@@ -103,7 +104,27 @@ def test_unknown_and_engine_only_fields_are_refused_unless_allowed() -> None:
         with pytest.raises(TailorError) as info:
             chat_fields(**{name: 1})
         assert (info.value.status, info.value.param, info.value.code) == (400, name, "unknown_parameter")
-    assert chat_fields(frozenset({"priority"}), priority=3)["priority"] == 3
+    assert chat_fields(frozenset({"top_n_tokens"}), top_n_tokens=3)["top_n_tokens"] == 3
+
+
+@pytest.mark.parametrize("value", [-100, 0, 10])
+def test_priority_is_refused_even_where_the_operator_allows_extra_fields(value: int) -> None:
+    # Tailor schedules batch requests after interactive ones by `priority`: a tenant's own
+    # would jump the queue. Settings refuse to list it; the policy holds even if it were listed.
+    with pytest.raises(TailorError) as info:
+        chat_fields(frozenset({"priority", "vllm_xargs"}), priority=value)
+    assert (info.value.status, info.value.param, info.value.code) == (400, "priority", "unknown_parameter")
+    with pytest.raises(ValidationError, match="priority"):
+        Settings(engine_allowed_extra_fields="vllm_xargs,priority")
+    assert Settings(engine_allowed_extra_fields="vllm_xargs").engine_allowed_extra_fields == ["vllm_xargs"]
+
+
+def test_only_a_batch_request_carries_a_priority() -> None:
+    fields = chat_fields(seed=7)
+    interactive = orjson.loads(engine_payload(fields, model="m", stream=False, cache_salt="s"))
+    assert "priority" not in interactive
+    batch = orjson.loads(engine_payload(fields, model="m", stream=False, cache_salt="s", priority=10))
+    assert batch == {**interactive, "priority": 10}
 
 
 def test_compatibility_fields_are_accepted_but_not_forwarded() -> None:
@@ -183,12 +204,13 @@ def test_vllm_accepts_everything_the_policy_forwards() -> None:
         reasoning_effort="low",
         parallel_tool_calls=False,
     )
-    sent = orjson.loads(engine_payload(chat, model="av-1", stream=True, cache_salt=salt))
+    sent = orjson.loads(engine_payload(chat, model="av-1", stream=True, cache_salt=salt, priority=10))
     parsed = chat_protocol.ChatCompletionRequest.model_validate(sent)
-    assert parsed.cache_salt == salt and parsed.seed == 2**63 - 1
+    assert parsed.cache_salt == salt and parsed.seed == 2**63 - 1 and parsed.priority == 10
     assert parsed.response_format.json_schema.json_schema == {"type": "object"}
 
     dumped = CompletionRequest.model_validate({"model": "m", "prompt": "p", "logprobs": 5, **sampling})
     completion = engine_fields("completion", dumped.model_dump(exclude_unset=True), NOTHING)
-    sent = orjson.loads(engine_payload(completion, model="av-1", stream=True, cache_salt=salt))
-    assert completion_protocol.CompletionRequest.model_validate(sent).cache_salt == salt
+    sent = orjson.loads(engine_payload(completion, model="av-1", stream=True, cache_salt=salt, priority=10))
+    parsed = completion_protocol.CompletionRequest.model_validate(sent)
+    assert parsed.cache_salt == salt and parsed.priority == 10

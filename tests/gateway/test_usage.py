@@ -54,10 +54,12 @@ def add(
     latency: float | None = 1.0,
     ttft: float | None = None,
     stream: bool = False,
+    batch_id: str | None = None,
 ) -> str:
     return add_interaction(
         db,
         tenant_id,
+        batch_id=batch_id,
         model=model,
         adapter_version_id=version_id,
         stream=stream,
@@ -303,7 +305,40 @@ def test_prices_from_settings(tmp_path: Path) -> None:
     book = u.prices_from_settings(s)
     assert book.base_model == s.base_model_name
     assert book.price("t", "a", "a") == u.Price(0.12, 0.24)
+    assert book.batch_factor == 0.5  # OpenAI's batch discount, by default
+    assert book.cost("t", "a", "a", "batch", 1000, 1000) == pytest.approx(0.18)
+    assert book.cost("t", "a", "a", "interactive", 1000, 1000) == pytest.approx(0.36)
+    assert u.prices_from_settings(Settings(data_dir=tmp_path, batch_price_factor=1)).batch_factor == 1.0
     assert u.prices_from_settings(Settings(data_dir=tmp_path)).prices == {}  # nothing configured: free
+    for bad in (-0.1, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="batch_price_factor"):
+            Settings(data_dir=tmp_path, batch_price_factor=bad)
+
+
+def test_batch_requests_are_their_own_tier_at_the_batch_price(world: World) -> None:
+    half = u.PriceBook(prices=PRICES.prices, base_model=BASE, batch_factor=0.5)
+    for ms in (900, 1100):  # slower, as batch requests yield to interactive ones
+        add(world.db, world.acme, at(D1, 14), prompt=1000, completion=500, latency=ms, batch_id="batch_1")
+    add(world.db, world.acme, at(D1, 14), status=429, prompt=None, completion=None, latency=1, batch_id="batch_1")
+
+    got = {(r.model, r.tier): r for r in u.usage(world.db, tenant_id=world.acme, since=D1, until=D1, prices=half)}
+    assert set(got) == {(BASE, "interactive"), (BASE, "batch"), ("support", "interactive")}
+    batch, live = got[(BASE, "batch")], got[(BASE, "interactive")]
+    assert (batch.requests, batch.errors, batch.prompt_tokens, batch.completion_tokens) == (3, 1, 2000, 1000)
+    assert batch.cost == pytest.approx(0.5 * (2000 * 0.1 + 1000 * 0.2) / 1000)
+    assert (batch.p50_latency_ms, batch.p95_latency_ms) == (1000.0, pytest.approx(1090.0))
+    # The interactive tier's latency and cost are what they were without the batch.
+    assert (live.requests, live.p50_latency_ms, live.p95_latency_ms) == (6, pytest.approx(25.0), pytest.approx(38.5))
+    assert live.cost == pytest.approx(500 * 0.1 / 1000 + 200 * 0.2 / 1000)
+
+    # Merged over tiers, the cost is still each tier at its own price.
+    (flat,) = u.usage(world.db, tenant_id=world.acme, since=D1, until=D1, group_by=(), prices=half)
+    assert flat.tier is None and flat.requests == 11
+    assert flat.cost == pytest.approx(batch.cost + live.cost + got[("support", "interactive")].cost)
+    by_tier = u.usage(world.db, tenant_id=world.acme, since=D1, until=D1, group_by="tier", prices=half)
+    assert [(r.tier, r.requests) for r in by_tier] == [("batch", 3), ("interactive", 8)]
+    # Another tenant's usage holds none of it.
+    assert all(r.tier == "interactive" for r in u.usage(world.db, tenant_id=world.beta, since=D1, until=D3))
 
 
 def test_pinned_model_names_price_as_their_adapter(world: World) -> None:
@@ -351,6 +386,7 @@ def test_csv_round_trip(world: World) -> None:
             day=opt(d["day"], str),  # type: ignore[arg-type]
             model=opt(d["model"], str),  # type: ignore[arg-type]
             adapter_version=opt(d["adapter_version"], int),  # type: ignore[arg-type]
+            tier=opt(d["tier"], str),  # type: ignore[arg-type]
             requests=int(d["requests"]),
             errors=int(d["errors"]),
             client_closed=int(d["client_closed"]),
@@ -430,8 +466,10 @@ RANGE = {"since": "2024-03-01", "until": "2024-03-03"}
 def test_tenant_sees_only_own_usage(api: Api) -> None:
     body = ok(api.client.get("/v1/usage", params=RANGE, headers=api.keys["acme"]))
     assert body["object"] == "list"
-    assert (body["since"], body["until"], body["group_by"]) == ("2024-03-01", "2024-03-03", ["day", "model", "version"])
+    groups = ["day", "model", "version", "tier"]
+    assert (body["since"], body["until"], body["group_by"]) == ("2024-03-01", "2024-03-03", groups)
     assert {d["tenant"] for d in body["data"]} == {"acme"}
+    assert {d["tier"] for d in body["data"]} == {"interactive"}
     assert [(d["day"], d["model"], d["adapter_version"]) for d in body["data"]] == [
         ("2024-03-01", "support", 1),
         ("2024-03-01", BASE, None),

@@ -7,6 +7,7 @@ about 20-40 s on two CPU cores; everything after that reuses it.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -75,6 +76,8 @@ def tailor_server(tmp_path_factory: pytest.TempPathFactory, eval_engine: LiveEng
         # The distillation test's teacher is a local http server.
         "TAILOR_OUTBOUND_ALLOW_HTTP": "true",
         "TAILOR_OUTBOUND_ALLOW_HOSTS": "127.0.0.1",
+        # Batch requests are metered at TAILOR_BATCH_PRICE_FACTOR (0.5) of these.
+        "TAILOR_PRICES": json.dumps({BASE_MODEL: {"prompt": 1.0, "completion": 2.0}}),
         # The trainer evaluates on the session's evaluation engine rather than starting one.
         "TAILOR_EVAL_ENGINE_URL": eval_engine.url,
         "TAILOR_EVAL_ENGINE_API_KEY": eval_engine.key,

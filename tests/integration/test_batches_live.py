@@ -8,6 +8,7 @@ import json
 import time
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
@@ -79,6 +80,32 @@ def test_a_batch_runs_on_the_engine(tailor_server: TailorServer, tenant_a: Tenan
     (streamed,) = output_lines(c, batch["error_file_id"])
     assert streamed["custom_id"] == "s" and streamed["response"]["status_code"] == 400
     validate(streamed["response"]["body"], "ErrorResponse")
+
+    # The engine (started with --scheduling-policy priority) took the lines' `priority`, and the
+    # batch counts the tokens of its answers.
+    assert "refused the `priority`" not in tailor_server.log_path.read_text(errors="replace")
+    prompt = sum(o["response"]["body"]["usage"]["prompt_tokens"] for o in outputs)
+    completion = sum(o["response"]["body"]["usage"]["completion_tokens"] for o in outputs)
+    assert batch["usage"] == {
+        "input_tokens": prompt,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": completion,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": prompt + completion,
+    }
+    assert prompt > 0 and completion > 0
+    # Usage reports the lines as the batch tier, at half the price (TAILOR_PRICES: 1.0 and 2.0 per 1K).
+    deadline = time.monotonic() + 30
+    while True:
+        auth = {"Authorization": f"Bearer {tenant_a.key}"}
+        usage = httpx.get(f"{tailor_server.url}/v1/usage", params={"group_by": "tier"}, headers=auth).json()
+        tiers = {row["tier"]: row for row in usage["data"]}
+        if tiers.get("batch", {}).get("requests") == 2:
+            break
+        assert time.monotonic() < deadline, usage
+        time.sleep(0.2)
+    assert (tiers["batch"]["prompt_tokens"], tiers["batch"]["completion_tokens"]) == (prompt, completion)
+    assert tiers["batch"]["cost"] == pytest.approx(0.5 * (prompt * 1.0 + completion * 2.0) / 1000)
 
     # The line ran on the live path: a stored completion like any other, under its metadata
     # (listed once the interaction log has written it).

@@ -30,6 +30,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import IO, Any
 
+from adapters.safetensors_file import SafetensorsError, TensorEntry, read_header
 from core.errors import TailorError, bad_request
 
 CONFIG_FILE = "adapter_config.json"
@@ -57,14 +58,6 @@ MODULE_BLOCKS: Mapping[str, str] = MappingProxyType(
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz")
 _EMBEDDING_MODULES = ("embed_tokens", "lm_head", "wte", "embed_out")
 
-# safetensors' own reader refuses headers above 100 MB; a LoRA header is a few KB.
-_MAX_HEADER_BYTES = 100_000_000
-_DTYPE_BYTES = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1,
-    "U16": 2, "I16": 2, "F16": 2, "BF16": 2,
-    "U32": 4, "I32": 4, "F32": 4,
-    "U64": 8, "I64": 8, "F64": 8,
-}  # fmt: skip
 _FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64"})
 
 _TENSOR_KEY = re.compile(
@@ -177,12 +170,6 @@ class _LoraConfig:
     alpha: float
     allowed_ranks: frozenset[int]
     base_model_name_or_path: str | None
-
-
-@dataclass(frozen=True)
-class _TensorHeader:
-    dtype: str
-    shape: tuple[int, ...]
 
 
 def validate_adapter_dir(path: Path | str, *, base: BaseModelSpec, max_rank: int, max_bytes: int) -> AdapterManifest:
@@ -368,67 +355,12 @@ def _embedding_message(what: str) -> str:
 # --------------------------------------------------------------------------- safetensors
 
 
-def read_safetensors_header(path: Path) -> dict[str, _TensorHeader]:
-    """Tensor names, dtypes and shapes of a safetensors file, read from its header only.
-
-    The header is an 8-byte little-endian length followed by that much JSON; checking that
-    the data offsets tile the rest of the file exactly catches truncated uploads.
-    """
-    file_size = path.stat().st_size
-    with path.open("rb") as f:
-        prefix = f.read(8)
-        if len(prefix) < 8:
-            raise _corrupt(f"it is {file_size} bytes, shorter than a safetensors header")
-        header_len = int.from_bytes(prefix, "little")
-        if header_len > min(_MAX_HEADER_BYTES, file_size - 8):
-            raise _corrupt(f"its header claims {header_len} bytes; the file is truncated or not safetensors")
-        raw = f.read(header_len)
+def read_safetensors_header(path: Path) -> dict[str, TensorEntry]:
+    """Tensor names, dtypes and shapes of the adapter's safetensors file, from its header only."""
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise _corrupt("its header is not valid JSON") from None
-    if not isinstance(header, dict):
-        raise _corrupt("its header is not a JSON object")
-    header.pop("__metadata__", None)
-    tensors, spans = {}, []
-    for name, entry in header.items():
-        tensors[name], span = _tensor_entry(name, entry)
-        spans.append(span)
-    _check_spans(spans, data_len=file_size - 8 - header_len)
-    return tensors
-
-
-def _tensor_entry(name: str, entry: Any) -> tuple[_TensorHeader, tuple[int, int]]:
-    if not isinstance(entry, dict):
-        raise _corrupt(f"tensor {name} has no dtype/shape/data_offsets entry")
-    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-    if dtype not in _DTYPE_BYTES:
-        raise _corrupt(f"tensor {name} has unknown dtype {dtype!r}")
-    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
-        raise _corrupt(f"tensor {name} has an invalid shape {shape!r}")
-    if (
-        not isinstance(offsets, list)
-        or len(offsets) != 2
-        or not all(_is_int(o) for o in offsets)
-        or not 0 <= offsets[0] <= offsets[1]
-    ):
-        raise _corrupt(f"tensor {name} has invalid data_offsets {offsets!r}")
-    begin, end = offsets
-    if end - begin != math.prod(shape) * _DTYPE_BYTES[dtype]:
-        raise _corrupt(f"tensor {name} data size does not match its shape {shape} and dtype {dtype}")
-    return _TensorHeader(dtype=dtype, shape=tuple(shape)), (begin, end)
-
-
-def _check_spans(spans: list[tuple[int, int]], *, data_len: int) -> None:
-    position = 0
-    for begin, end in sorted(spans):
-        if begin != position:
-            raise _corrupt("its tensor data overlaps or leaves gaps")
-        position = end
-    if position > data_len:
-        raise _corrupt(f"it holds {data_len} bytes of tensor data but its header needs {position}; it is truncated")
-    if position < data_len:
-        raise _corrupt("it has trailing bytes after the last tensor")
+        return read_header(path).tensors
+    except SafetensorsError as exc:
+        raise _corrupt(str(exc)) from None
 
 
 def _corrupt(why: str) -> TailorError:
@@ -439,7 +371,7 @@ def _corrupt(why: str) -> TailorError:
 
 
 def _check_tensors(
-    headers: Mapping[str, _TensorHeader], *, base: BaseModelSpec, config: _LoraConfig, max_rank: int
+    headers: Mapping[str, TensorEntry], *, base: BaseModelSpec, config: _LoraConfig, max_rank: int
 ) -> dict[tuple[int, str], int]:
     """Check every tensor against the base; return the rank of each (layer, module)."""
     if not headers:

@@ -82,10 +82,10 @@ def check_digest(digest: str) -> str:
 
 def digest_dir(local_dir: Path | str) -> str:
     """The digest a directory of adapter files would be stored under."""
-    return _digest_files(_hash_local_files(Path(local_dir)))
+    return digest_files(_hash_local_files(Path(local_dir)))
 
 
-def _digest_files(files: Iterable[StoredFile]) -> str:
+def digest_files(files: Iterable[StoredFile]) -> str:
     # Canonical form: sorted by name, fixed keys, no whitespace, so any writer agrees.
     canonical = json.dumps(_files_json(files), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
@@ -110,14 +110,14 @@ def _hash_local_files(local_dir: Path) -> list[StoredFile]:
         if entry.name == MANIFEST or not _FILE_NAME.fullmatch(entry.name):
             raise bad_request(f"cannot store a file named {entry.name!r}", code="invalid_adapter")
         with entry.open("rb") as f:
-            size, sha = _hash_stream(f)
+            size, sha = hash_stream(f)
         files.append(StoredFile(entry.name, size, sha))
     if not files:
         raise bad_request(f"{local_dir} holds no files to store", code="invalid_adapter")
     return files
 
 
-def _hash_stream(src: IO[bytes], dst: IO[bytes] | None = None) -> tuple[int, str]:
+def hash_stream(src: IO[bytes], dst: IO[bytes] | None = None) -> tuple[int, str]:
     """Size and sha256 of a stream, copying it to `dst` on the way when given."""
     sha, size = hashlib.sha256(), 0
     while chunk := src.read(_CHUNK):
@@ -162,7 +162,7 @@ class AdapterStore:
         """Store a directory of adapter files and return its digest; no-op if already stored."""
         local_dir = Path(local_dir)
         files = _hash_local_files(local_dir)
-        manifest = StoredManifest(digest=_digest_files(files), files=tuple(files))
+        manifest = StoredManifest(digest=digest_files(files), files=tuple(files))
         if self.exists(manifest.digest):
             return manifest.digest
         if self.is_local:
@@ -191,7 +191,7 @@ class AdapterStore:
         for stored in manifest.files:
             try:
                 with self.fs.open(f"{version}/{stored.name}", "rb") as f:
-                    size, sha = _hash_stream(f)
+                    size, sha = hash_stream(f)
             except FileNotFoundError:
                 raise CorruptAdapterError(digest, f"{stored.name} is missing") from None
             _check_file(digest, stored, size, sha)
@@ -275,7 +275,7 @@ class AdapterStore:
                         self.fs.open(f"{version}/{stored.name}", "rb") as src,
                         (tmp / stored.name).open("xb") as dst,
                     ):
-                        size, sha = _hash_stream(src, dst)
+                        size, sha = hash_stream(src, dst)
                 except FileNotFoundError:
                     raise CorruptAdapterError(digest, f"{stored.name} is missing") from None
                 # Checked before the rename, so the cache only ever holds verified copies.
@@ -289,7 +289,7 @@ class AdapterStore:
 
 
 def _copy_checked(stored: StoredFile, src: IO[bytes], dst: IO[bytes]) -> None:
-    size, sha = _hash_stream(src, dst)
+    size, sha = hash_stream(src, dst)
     if (size, sha) != (stored.size, stored.sha256):
         # The source changed between hashing and copying; storing it would break the digest.
         raise TailorError(
@@ -318,7 +318,7 @@ def _parse_manifest(digest: str, raw: bytes) -> StoredManifest:
         if not _FILE_NAME.fullmatch(stored.name) or stored.name == MANIFEST:
             raise CorruptAdapterError(digest, f"{MANIFEST} lists an invalid file name {stored.name!r}")
     # The manifest must itself hash to the digest, or it was edited after the fact.
-    if _digest_files(files) != digest:
+    if digest_files(files) != digest:
         raise CorruptAdapterError(digest, f"{MANIFEST} does not hash to the version's digest")
     return StoredManifest(digest=digest, files=files)
 

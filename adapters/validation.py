@@ -28,7 +28,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from adapters.safetensors_header import TensorHeader, read_safetensors_header
+from adapters.safetensors_file import SafetensorsError, TensorEntry, read_header
 from core.errors import TailorError, bad_request
 
 CONFIG_FILE = "adapter_config.json"
@@ -347,11 +347,26 @@ def _embedding_message(what: str) -> str:
     )
 
 
+# --------------------------------------------------------------------------- safetensors
+
+
+def read_safetensors_header(path: Path) -> dict[str, TensorEntry]:
+    """Tensor names, dtypes and shapes of the adapter's safetensors file, from its header only."""
+    try:
+        return read_header(path).tensors
+    except SafetensorsError as exc:
+        raise _corrupt(str(exc)) from None
+
+
+def _corrupt(why: str) -> TailorError:
+    return bad_request(f"{WEIGHTS_FILE} is corrupt: {why}", code="invalid_adapter")
+
+
 # --------------------------------------------------------------------------- tensors
 
 
 def _check_tensors(
-    headers: Mapping[str, TensorHeader], *, base: BaseModelSpec, config: _LoraConfig, max_rank: int
+    headers: Mapping[str, TensorEntry], *, base: BaseModelSpec, config: _LoraConfig, max_rank: int
 ) -> dict[tuple[int, str], int]:
     """Check every tensor against the base; return the rank of each (layer, module)."""
     if not headers:

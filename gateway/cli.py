@@ -7,6 +7,7 @@ tailor keys create acme --json
 tailor adapters register acme support ./my-peft-adapter
 tailor distill acme --adapter support-lite --inputs questions.txt --system-prompt-file prompt.md --wait
 tailor files from-stored acme --model big-model --metadata task=tickets
+tailor derive-model models/SmolLM2-135M-Instruct models/SmolLM2-15L --keep-layers every-other
 """
 
 from __future__ import annotations
@@ -508,6 +509,43 @@ def prepare_model(
     from adapters.base_model import prepare
 
     typer.echo(prepare(out, force=force))
+
+
+@app.command("derive-model")
+def derive_model_cmd(
+    source: Annotated[Path, typer.Argument(help="Model directory to derive from (safetensors weights).")],
+    out: Annotated[Path, typer.Argument(help="Directory to write.")],
+    keep_layers: Annotated[
+        str,
+        typer.Option(
+            help="Layers to keep: every-other (0,2,4,... and always the last), first:N, spread:N "
+            "(N evenly spaced, first and last included), or ascending indices such as 0,2,5."
+        ),
+    ] = "every-other",
+    force: Annotated[bool, typer.Option(help="Replace OUT when it holds another derived model.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write a smaller model keeping some of SOURCE's decoder layers, with their weights (no download).
+
+    A second run with the same source and layers does nothing; OUT/tailor-derived.json records the source and layers.
+    """
+    from adapters.derived_model import derive_model
+
+    try:
+        made = derive_model(source, out, keep_layers, force=force)
+    except TailorError as exc:
+        _fail(exc)
+    except OSError as exc:  # a full disk, a directory we may not write
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    layers = ",".join(map(str, made.kept))
+    done = "wrote" if made.written else "already there:"
+    _emit(
+        {**asdict(made), "out": str(made.out), "source": str(made.source)},
+        as_json,
+        f"{done} {made.out}: {len(made.kept)} of {made.source_layers} layers ({layers}) of {made.source.name}, "
+        f"{made.weights_bytes / 2**20:.0f} MiB of weights",
+    )
 
 
 @app.command("migrate")

@@ -88,7 +88,7 @@ def adapter_archive(adapter_dir: Path) -> Path:
 
 def test_help_lists_the_commands(cli: Cli) -> None:
     out = cli.ok("--help").stdout
-    for command in ("serve", "train", "migrate", "tenants", "keys", "adapters", "prepare-model"):
+    for command in ("serve", "train", "migrate", "tenants", "keys", "adapters", "prepare-model", "derive-model"):
         assert command in out, command
     adapters = cli.ok("adapters", "--help").stdout
     for command in ("register", "list", "activate", "rollback", "canary", "lineage"):

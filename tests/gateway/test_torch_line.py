@@ -31,6 +31,8 @@ SERVING_AND_DOMAIN = (
     # the worker's evaluation: the engine does the model's work
     "trainer.compute.engine",
     "trainer.compute.evaluation",
+    # deriving a smaller base model copies weights as bytes
+    "adapters.derived_model",
 )
 HEAVY = ("torch", "transformers", "peft", "trl", "accelerate", "datasets")
 

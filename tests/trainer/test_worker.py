@@ -248,7 +248,7 @@ def test_cancel_while_running_stops_and_registers_nothing(
             jobs.cancel_job(db, env.tenant, job_id)
         return event
 
-    monkeypatch.setattr(jobs, "add_event", cancel_at_step_2)
+    monkeypatch.setattr(job_records, "add_event", cancel_at_step_2)
     assert env.worker.run_once()
     done = jobs.get_job(env.db, env.tenant, job.id)
     assert done.status == "cancelled" and done.result_version_id is None

@@ -49,7 +49,7 @@ def test_paused_job_resumes_from_its_checkpoint_and_finishes(tmp_path: Path, mon
             jobs.pause_job(db, env.tenant, job_id)
         return event
 
-    monkeypatch.setattr(jobs, "add_event", pause_at_step_2)
+    monkeypatch.setattr(job_records, "add_event", pause_at_step_2)
     assert env.worker.run_once()
     paused = jobs.get_job(env.db, env.tenant, job.id)
     assert paused.status == "paused" and paused.worker_id is None and env.versions() == []

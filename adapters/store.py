@@ -25,12 +25,15 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
 from core.errors import TailorError, bad_request, not_found
+
+if TYPE_CHECKING:
+    from core.config import Settings
 
 MANIFEST = "MANIFEST.json"
 _MANIFEST_FORMAT = 1
@@ -140,6 +143,11 @@ class AdapterStore:
         # Object stores have no folders to make, and creating a bucket is not our job.
         if self.is_local:
             Path(self.root).mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AdapterStore:
+        """The store at TAILOR_ADAPTER_STORE_URL, with this host's local copies under the cache dir."""
+        return cls(settings.adapter_store_url or "", settings.cache_dir / "adapters")
 
     def __repr__(self) -> str:
         return f"AdapterStore({self.url!r})"

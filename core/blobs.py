@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import re
 import uuid
+from typing import TYPE_CHECKING
 
 import fsspec
 from fsspec.core import url_to_fs
 
 from core.errors import TailorError
+
+if TYPE_CHECKING:
+    from core.config import Settings
 
 _KEY = re.compile(r"^[A-Za-z0-9_.=-]+(/[A-Za-z0-9_.=-]+)*$")
 
@@ -32,6 +36,10 @@ class BlobStore:
         self.is_local = isinstance(self.fs, fsspec.implementations.local.LocalFileSystem)
         if self.is_local:
             self.fs.makedirs(self.root, exist_ok=True)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> BlobStore:
+        return cls(settings.blob_store_url or "")
 
     def path(self, key: str) -> str:
         return f"{self.root}/{check_key(key)}"

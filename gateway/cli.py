@@ -54,7 +54,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tex
 def _db() -> Database:
     settings = Settings()
     migrate(settings.database_url or "")
-    return Database(settings.database_url or "")
+    return Database.from_settings(settings)
 
 
 def _emit(data: Any, as_json: bool, text: str) -> None:
@@ -165,7 +165,7 @@ def train_cmd(
         # terminal, not a job that fails later in a worker.
         from core.blobs import BlobStore
 
-        snapshot = jobs.feedback_snapshot(db, BlobStore(settings.blob_store_url or ""), owner.id, adapter)
+        snapshot = jobs.feedback_snapshot(db, BlobStore.from_settings(settings), owner.id, adapter)
         jobs.training_examples(snapshot, method)
         job = jobs.create_job(
             db,
@@ -317,7 +317,7 @@ def distill_cmd(
 
     settings = Settings()
     db = _db()
-    blobs = BlobStore(settings.blob_store_url or "")
+    blobs = BlobStore.from_settings(settings)
     base = settings.base_model_name
     start = model or base
     # `is not None`: --max-steps 0 is refused by validation rather than silently ignored.
@@ -424,7 +424,7 @@ def files_from_stored(
         flt = Filter(model=model, metadata=_metadata_pairs(metadata or []))
         made = create_training_file(
             db,
-            BlobStore(settings.blob_store_url or ""),
+            BlobStore.from_settings(settings),
             owner.id,
             flt,
             filename=filename,
@@ -681,7 +681,7 @@ def _registry_context() -> tuple[Database, Any, Any, Settings]:
 
     settings = Settings()
     db = _db()
-    store = AdapterStore(settings.adapter_store_url or "", settings.cache_dir / "adapters")
+    store = AdapterStore.from_settings(settings)
     limits = ValidationLimits.from_settings(settings)
     return db, store, limits, settings
 

@@ -82,9 +82,9 @@ class Services:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.started_at = int(time.time())
-        self.db = Database(settings.database_url or "")
-        self.store = AdapterStore(settings.adapter_store_url or "", settings.cache_dir / "adapters")
-        self.blobs = BlobStore(settings.blob_store_url or "")
+        self.db = Database.from_settings(settings)
+        self.store = AdapterStore.from_settings(settings)
+        self.blobs = BlobStore.from_settings(settings)
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(settings.engine_request_timeout_s, connect=5.0),
             limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),

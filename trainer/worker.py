@@ -923,9 +923,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_settings()
     migrate(settings.database_url or "")
-    db = Database(settings.database_url or "")
-    store = AdapterStore(settings.adapter_store_url or "", settings.cache_dir / "adapters")
-    worker = Worker(settings, db, store, BlobStore(settings.blob_store_url or ""))
+    db = Database.from_settings(settings)
+    worker = Worker(settings, db, AdapterStore.from_settings(settings), BlobStore.from_settings(settings))
     try:
         if args.job:
             if not worker.run_once(args.job):

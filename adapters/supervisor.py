@@ -48,6 +48,7 @@ class EngineLaunch:
     log_file: Path
     extra_args: list[str] = field(default_factory=list)
     host: str = "127.0.0.1"
+    tool_call_parser: str | None = None
 
     @classmethod
     def from_settings(cls, s: Settings, *, port: int | None = None, host: str = "127.0.0.1") -> EngineLaunch:
@@ -65,6 +66,7 @@ class EngineLaunch:
             log_file=s.data_dir / "logs" / "engine.log",
             extra_args=s.engine_extra_args,
             host=host,
+            tool_call_parser=s.engine_tool_call_parser,
         )
 
     @property
@@ -102,8 +104,17 @@ class EngineLaunch:
             # one (TAILOR_BATCH_PRIORITY), so the engine's queue serves interactive ones first.
             "--scheduling-policy",
             "priority",
+            *self.tool_args(),
             *self.extra_args,
         ]
+
+    def tool_args(self) -> list[str]:
+        # vLLM 0.32 parses tool calls out of the model's text only with both flags: without
+        # --enable-auto-tool-choice the parser is not loaded at all, and "auto" and "required"
+        # are refused. An unknown name stops vLLM at start, listing the names it knows.
+        if self.tool_call_parser is None:
+            return []
+        return ["--enable-auto-tool-choice", "--tool-call-parser", self.tool_call_parser]
 
     def env(self, api_key: str) -> dict[str, str]:
         # vLLM reads only its runtime's variables (and VLLM_*); none of the gateway's secrets.

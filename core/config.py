@@ -72,6 +72,15 @@ class Settings(BaseSettings):
     engine_extra_args: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Extra arguments for the child vLLM server."
     )
+    engine_tool_call_parser: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        description="vLLM tool-call parser of the engines (hermes, llama3_json, mistral, pythonic, ...: the one "
+        "for the base model's tool-call format). Set: the child engine starts with --enable-auto-tool-choice "
+        '--tool-call-parser NAME and requests may use tool_choice "auto" (or tools without tool_choice) and '
+        '"required"; TAILOR_ENGINE_URLS engines must be started with the same flags. Unset: those requests get '
+        '400; tool_choice "none" and a named function work either way.',
+    )
     engine_allowed_extra_fields: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Request fields outside Tailor's policy that tenants may still send to the engine as they are "
@@ -306,6 +315,12 @@ class Settings(BaseSettings):
                 "get TAILOR_BATCH_PRIORITY, interactive ones the engine's default)"
             )
         return value
+
+    @field_validator("engine_tool_call_parser", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        # `TAILOR_ENGINE_TOOL_CALL_PARSER=` in a config file means "no parser", not a bad name.
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -11,6 +11,7 @@ its requests on this same path.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -26,7 +27,7 @@ from starlette.responses import Response, StreamingResponse
 from adapters.engines import Engine, EnginePool, Lease, LoraRef
 from core.errors import TailorError
 from core.ids import new_id
-from gateway import limits, normalize, request_policy, stored_completions
+from gateway import limits, normalize, request_policy, stored_completions, tool_choice
 from gateway.interaction_log import InteractionRecord
 from gateway.request_policy import Kind
 from gateway.services import Services
@@ -207,6 +208,9 @@ async def complete(
         fields = request_policy.engine_fields(kind, body, frozenset(settings.engine_allowed_extra_fields))
         request_policy.check_output_cap(body, settings.max_output_tokens)
         record.stored, record.stored_metadata = stored_completions.storage(kind, body)
+        fields, forced = tool_choice.plan(fields, settings.engine_tool_call_parser)
+        if forced is not None:
+            route = _forcing(route, forced)
         if caller.limits is not None and caller.limits.rate_limited:
             with spans.step("rate limits"):
                 await _admit(services, caller)
@@ -279,6 +283,16 @@ def _engine_body(
 
     # Interactive requests never carry a `priority`: the engine's default is the highest.
     return EngineBody(encoded(), encoded(batch.priority) if batch else None)
+
+
+def _forcing(route: Route, forced: tool_choice.ForcedCall) -> Route:
+    """This request's route, with the answer reshaped into the call Tailor forced."""
+    stream = forced.stream()
+    return dataclasses.replace(
+        route,
+        body=lambda raw, **names: forced.answer(route.body(raw, **names)),
+        chunk=lambda raw, **names: stream.chunk(route.chunk(raw, **names)),
+    )
 
 
 @dataclass

@@ -8,7 +8,9 @@ line number at once instead of failing a training job minutes later. These forma
 accepted, one per file:
 
 - "sft" (OpenAI chat fine-tuning): `{"messages": [{"role": "system"|"user"|"assistant",
-  "content": str}, ...]}` with at least one assistant message;
+  "content": str}, ...]}` with at least one assistant message; also with OpenAI's
+  function-calling fields (`tools`, assistant `tool_calls`, `tool` turns,
+  `parallel_tool_calls`), trained in the text form trainer.tool_examples documents;
 - "preference" (OpenAI DPO): `{"input": {"messages": [...]}, "preferred_output":
   [{"role": "assistant", "content": str}], "non_preferred_output": [...]}`;
 - "prompts" (Tailor's distillation inputs): `{"messages": [...]}` with no assistant
@@ -39,8 +41,10 @@ from core.errors import TailorError, bad_request, conflict, not_found
 from core.ids import new_id
 from core.models import UNFINISHED_BATCH_STATES, Batch, Job, StoredFile
 from core.quotas import Quotas, Usage, operator_quotas, precheck, reserve
+from trainer import tool_examples
 from trainer.datasets import (
     InvalidExample,
+    Message,
     PreferenceRecord,
     PromptRecord,
     RatedRecord,
@@ -183,12 +187,19 @@ def _kind_of(obj: dict[str, Any]) -> Kind | None:
 def _refuse_unsupported(obj: dict[str, Any]) -> None:
     for key in _UNSUPPORTED_KEYS:
         if obj.get(key):
-            raise InvalidExample(f"{key} is not supported (text chat examples only)")
+            raise InvalidExample(f"{key} is not supported here (tools are trained in chat (sft) examples only)")
 
 
 def _sft(obj: dict[str, Any]) -> SFTRecord:
+    if tool_examples.has_tools(obj):
+        if obj.get("functions"):
+            raise InvalidExample("functions is not supported (use tools)")
+        return _answered(tool_examples.text_turns(obj))
     _refuse_unsupported(obj)
-    messages = check_messages(obj.get("messages"), "messages")
+    return _answered(check_messages(obj.get("messages"), "messages"))
+
+
+def _answered(messages: tuple[Message, ...]) -> SFTRecord:
     last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
     if last is None:
         raise InvalidExample("messages must contain at least one assistant message")
@@ -224,7 +235,8 @@ def _rated(obj: dict[str, Any]) -> RatedRecord:
     label = obj.get("label")
     if not isinstance(label, bool):
         raise InvalidExample(f"label must be true (a good answer) or false (a bad one), got {label!r}")
-    answered = _sft({k: v for k, v in obj.items() if k != "label"})
+    _refuse_unsupported(obj)
+    answered = _answered(check_messages(obj.get("messages"), "messages"))
     if answered.prompt[-1]["role"] != "user":
         raise InvalidExample("the rated answer must follow a user message")
     return RatedRecord(prompt=answered.prompt, completion=answered.answer, label=label)

@@ -148,14 +148,14 @@ def test_parses_distillation_inputs() -> None:
                     {"role": "assistant", "content": "a", "tool_calls": [{"id": "x"}]},
                 ]
             },
-            "line 2: messages[1].tool_calls is not supported",
+            "line 2: messages[1].tool_calls[0] must be",
         ),
         (
             {
                 "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
                 "tools": [{"type": "function"}],
             },
-            "line 2: tools is not supported",
+            "line 2: tools[0] must be",
         ),
         (pref(), "line 2: is a preference example but line 1 is a chat (sft) example"),
         ({"messages": [{"role": "user", "content": "q"}], **pref()}, "line 2: expected a chat example"),

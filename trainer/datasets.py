@@ -206,31 +206,32 @@ def check_messages(value: Any, where: str = "messages", *, max_chars: int | None
     """
     if not isinstance(value, list) or not value:
         raise InvalidExample(f"{where} must be a non-empty list of messages")
-    out: list[Message] = []
-    for i, msg in enumerate(value):
-        here = f"{where}[{i}]"
-        if not isinstance(msg, dict):
-            raise InvalidExample(f"{here} must be an object with role and content")
-        role = msg.get("role")
-        if role not in ROLES:
-            raise InvalidExample(f"{here}.role must be one of {', '.join(ROLES)} (got {role!r})")
-        for key in _UNSUPPORTED_MESSAGE_KEYS:
-            if msg.get(key) is not None:
-                raise InvalidExample(f"{here}.{key} is not supported (text messages only)")
-        content = msg.get("content")
-        if not isinstance(content, str):
-            raise InvalidExample(f"{here}.content must be a string (got {_kind(content)})")
-        if role == "assistant" and not content.strip():
-            raise InvalidExample(f"{here}.content must not be empty for an assistant message")
-        if max_chars is not None and len(content) > max_chars:
-            raise InvalidExample(f"{here}.content is longer than {max_chars} characters")
-        weight = msg.get("weight")
-        if weight is not None and (isinstance(weight, bool) or weight != 1):
-            # OpenAI's weight 0 excludes a turn from the loss; our SFT loop trains every
-            # assistant turn, so accepting it would silently train what was excluded.
-            raise InvalidExample(f"{here}.weight {weight!r} is not supported (only 1)")
-        out.append({"role": role, "content": content})
-    return tuple(out)
+    return tuple(check_message(msg, f"{where}[{i}]", max_chars=max_chars) for i, msg in enumerate(value))
+
+
+def check_message(msg: Any, here: str, *, max_chars: int | None = None) -> Message:
+    """One text message of a list (`here` names it in errors, e.g. "messages[2]")."""
+    if not isinstance(msg, dict):
+        raise InvalidExample(f"{here} must be an object with role and content")
+    role = msg.get("role")
+    if role not in ROLES:
+        raise InvalidExample(f"{here}.role must be one of {', '.join(ROLES)} (got {role!r})")
+    for key in _UNSUPPORTED_MESSAGE_KEYS:
+        if msg.get(key) is not None:
+            raise InvalidExample(f"{here}.{key} is not supported (text messages only)")
+    content = msg.get("content")
+    if not isinstance(content, str):
+        raise InvalidExample(f"{here}.content must be a string (got {_kind(content)})")
+    if role == "assistant" and not content.strip():
+        raise InvalidExample(f"{here}.content must not be empty for an assistant message")
+    if max_chars is not None and len(content) > max_chars:
+        raise InvalidExample(f"{here}.content is longer than {max_chars} characters")
+    weight = msg.get("weight")
+    if weight is not None and (isinstance(weight, bool) or weight != 1):
+        # OpenAI's weight 0 excludes a turn from the loss; our SFT loop trains every
+        # assistant turn, so accepting it would silently train what was excluded.
+        raise InvalidExample(f"{here}.weight {weight!r} is not supported (only 1)")
+    return {"role": role, "content": content}
 
 
 def check_text(value: Any, name: str, *, max_chars: int = MAX_TEXT_CHARS) -> str | None:

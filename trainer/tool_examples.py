@@ -28,7 +28,7 @@ import json
 import re
 from typing import Any
 
-from trainer.datasets import InvalidExample, Message, check_messages
+from trainer.datasets import InvalidExample, Message, check_message
 
 MAX_TOOLS = 128  # as OpenAI's API
 MAX_TOOLS_CHARS = 100_000  # all definitions of one example, as JSON
@@ -84,17 +84,10 @@ def text_turns(example: dict[str, Any]) -> tuple[Message, ...]:
         if isinstance(msg, dict) and msg.get("role") == "assistant" and msg.get("tool_calls") is not None:
             turns.append(_calling(msg, here, names, calls, parallel is not False))
         else:
-            # Every other turn is an ordinary one and checked as such, with its own index.
-            turns.append(_plain(msg, here))
+            # Every other turn is an ordinary text message and checked as such.
+            turns.append(check_message(msg, here))
         after_result = False
     return _with_tools(turns, tools)
-
-
-def _plain(msg: Any, here: str) -> Message:
-    try:
-        return check_messages([msg], "m")[0]
-    except InvalidExample as exc:
-        raise InvalidExample(str(exc).replace("m[0]", here, 1)) from None
 
 
 def _tools(value: Any) -> list[dict[str, Any]]:
@@ -133,6 +126,9 @@ def _calling(msg: dict[str, Any], here: str, names: set[str], calls: set[str], p
         raise InvalidExample(f"{here}.content must be a string or null")
     if msg.get("function_call") is not None:
         raise InvalidExample(f"{here}.function_call is not supported (use tool_calls)")
+    weight = msg.get("weight")
+    if weight is not None and (isinstance(weight, bool) or weight != 1):
+        raise InvalidExample(f"{here}.weight {weight!r} is not supported (only 1)")
     raw = msg["tool_calls"]
     if not isinstance(raw, list) or not raw:
         raise InvalidExample(f"{here}.tool_calls must be a non-empty list")

@@ -147,6 +147,11 @@ def _with_messages(*messages: dict[str, Any], **overrides: Any) -> dict[str, Any
             _with_messages({"role": "assistant", "content": "a", "refusal": "no"}),
             "messages[1].refusal is not supported",
         ),
+        (
+            _with_messages({"role": "assistant", "tool_calls": [call()], "weight": 0}),
+            "messages[1].weight 0 is not supported",
+        ),
+        (_with_messages({"role": "bot", "content": "a"}), "messages[1].role must be one of"),
         (_with_messages({"role": "assistant", "content": "a"}, tools=[{"type": "code"}]), "tools[0] must be"),
         (
             _with_messages(

@@ -33,6 +33,13 @@ from core.config import Settings
 
 log = logging.getLogger("tailor.supervisor")
 
+# JSON under a schema (response_format, the calls the gateway forces) without free whitespace,
+# as OpenAI writes it: with vLLM's default, a small or narrowly fine-tuned model can pad the
+# JSON with newlines until max_tokens (seen here on adapters of the test model). Choosing
+# the backend is what vLLM requires for this; a later --structured-outputs-config in
+# TAILOR_ENGINE_EXTRA_ARGS replaces it.
+STRUCTURED_OUTPUTS = '{"backend": "xgrammar", "disable_any_whitespace": true}'
+
 
 @dataclass(frozen=True)
 class EngineLaunch:
@@ -104,6 +111,8 @@ class EngineLaunch:
             # one (TAILOR_BATCH_PRIORITY), so the engine's queue serves interactive ones first.
             "--scheduling-policy",
             "priority",
+            "--structured-outputs-config",
+            STRUCTURED_OUTPUTS,
             *self.tool_args(),
             *self.extra_args,
         ]

@@ -24,7 +24,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.errors import bad_request
+from core.errors import TailorError, bad_request
 
 JSON = dict[str, Any]
 UNAVAILABLE = "tool_choice_unavailable"
@@ -84,7 +84,7 @@ def _forced(fields: JSON, function: JSON, *, finish_reason: str) -> tuple[JSON, 
     return engine, ForcedCall(name=function["name"], finish_reason=finish_reason)
 
 
-def _unavailable(choice: Any) -> Exception:
+def _unavailable(choice: Any) -> TailorError:
     asked = '"required" over several tools' if choice == "required" else '"auto"'
     implicit = ' (tools without tool_choice mean "auto")' if choice is None else ""
     return bad_request(

@@ -22,6 +22,8 @@ from core.config import Settings
 from core.errors import TailorError
 from gateway import normalize, tool_choice
 from tests.gateway.test_proxy import (
+    ADMIN,
+    CHAT,
     Gateway,
     Running,
     answer_with,
@@ -253,6 +255,18 @@ async def test_named_call_streamed_through_the_gateway(gw: Gateway) -> None:
 
 
 @pytest.mark.asyncio(loop_scope="module")
+async def test_a_forced_call_on_another_tenants_adapter_is_404(gw: Gateway) -> None:
+    gw.register_adapter("caller")
+    other = f"other-{gw.tenant_id}"
+    assert (await gw.http.post("/admin/tenants", json={"name": other}, headers=ADMIN)).status_code == 201
+    r = await gw.http.post(f"/admin/tenants/{other}/keys", json={}, headers=ADMIN)
+    foreign = {"authorization": f"Bearer {r.json()['key']}"}
+    body = {**CHAT, "model": "caller", "tools": [WEATHER], "tool_choice": NAMED}
+    error_of(await gw.http.post("/v1/chat/completions", json=body, headers=foreign), 404, param="model")
+    assert gw.fake.loads() == [] and gw.fake.completions() == []
+
+
+@pytest.mark.asyncio(loop_scope="module")
 async def test_auto_without_a_parser_is_400_before_the_engine(gw: Gateway) -> None:
     err = error_of(await gw.chat(tools=[WEATHER]), 400, param="tool_choice")
     assert err["code"] == "tool_choice_unavailable"
@@ -299,6 +313,16 @@ async def test_tool_history_and_response_formats_are_forwarded(gw: Gateway) -> N
 def _launch(**overrides: Any) -> EngineLaunch:
     settings = Settings(engine_urls=["http://e.test"], **overrides)
     return EngineLaunch.from_settings(settings, port=1234)
+
+
+def test_child_engine_writes_compact_json_unless_the_operator_says_otherwise() -> None:
+    command = _launch().command()
+    at = command.index("--structured-outputs-config")
+    assert json.loads(command[at + 1]) == {"backend": "xgrammar", "disable_any_whitespace": True}
+    # vLLM keeps the last of repeated config flags: the operator's extra arguments come after.
+    override = ["--structured-outputs-config", '{"backend": "auto"}']
+    command = _launch(engine_extra_args=override).command()
+    assert command[-2:] == override and command.index("--structured-outputs-config") == at
 
 
 def test_child_engine_gets_vllms_tool_flags_only_when_a_parser_is_set() -> None:

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,11 +53,9 @@ class TailorServer:
         return "\n".join(lines[-n:])
 
 
-@pytest.fixture(scope="session")
-def tailor_server(tmp_path_factory: pytest.TempPathFactory, eval_engine: LiveEngine) -> Iterator[TailorServer]:
-    if not (MODEL_DIR / "config.json").exists():
-        pytest.skip(f"base model not prepared at {MODEL_DIR} (run `make install`)")
-    data_dir = tmp_path_factory.mktemp("tailor-data")
+@contextmanager
+def running_tailor(data_dir: Path, eval_engine: LiveEngine, **env_overrides: str) -> Iterator[TailorServer]:
+    """`tailor serve` with its own data directory and child engine, stopped on exit."""
     port, engine_port = free_port(), free_port()
     admin_key = "adm-" + secrets.token_urlsafe(16)
     env = {
@@ -81,6 +80,7 @@ def tailor_server(tmp_path_factory: pytest.TempPathFactory, eval_engine: LiveEng
         # The trainer evaluates on the session's evaluation engine rather than starting one.
         "TAILOR_EVAL_ENGINE_URL": eval_engine.url,
         "TAILOR_EVAL_ENGINE_API_KEY": eval_engine.key,
+        **env_overrides,
     }
     log_path = data_dir / "gateway.log"
     with log_path.open("wb") as log:
@@ -113,13 +113,23 @@ def tailor_server(tmp_path_factory: pytest.TempPathFactory, eval_engine: LiveEng
             proc.kill()
             pytest.fail(f"tailor serve not ready after 300 s:\n{server.log_tail()}")
         time.sleep(1)
-    yield server
-    proc.send_signal(signal.SIGTERM)
     try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        yield server
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def tailor_server(tmp_path_factory: pytest.TempPathFactory, eval_engine: LiveEngine) -> Iterator[TailorServer]:
+    if not (MODEL_DIR / "config.json").exists():
+        pytest.skip(f"base model not prepared at {MODEL_DIR} (run `make install`)")
+    with running_tailor(tmp_path_factory.mktemp("tailor-data"), eval_engine) as server:
+        yield server
 
 
 @dataclass

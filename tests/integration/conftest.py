@@ -55,7 +55,8 @@ class TailorServer:
 
 @contextmanager
 def running_tailor(data_dir: Path, eval_engine: LiveEngine, **env_overrides: str) -> Iterator[TailorServer]:
-    """`tailor serve` with its own data directory and child engine, stopped on exit."""
+    """`tailor serve` with its own data directory and child engine (unless TAILOR_ENGINE_URLS
+    names running ones), stopped on exit."""
     port, engine_port = free_port(), free_port()
     admin_key = "adm-" + secrets.token_urlsafe(16)
     env = {

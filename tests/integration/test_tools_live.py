@@ -3,9 +3,9 @@
 Named tool choice, json_schema (strict) and json_object, plain and streamed, on the base model
 and on an adapter; every raw body and stream chunk is checked against OpenAI's schema, and
 what the model produced is checked against the schema it was given. The session's server has
-no tool-call parser, so "auto" is refused there; a second server started with
+no tool-call parser, so "auto" is refused there; a second gateway with
 TAILOR_ENGINE_TOOL_CALL_PARSER shows the same requests and "auto" on an engine with vLLM's
-tool flags.
+tool flags: the session's evaluation engine, started with them, so no third engine starts.
 """
 
 from __future__ import annotations
@@ -232,9 +232,16 @@ def test_model_decided_calls_without_a_parser_are_400(
 
 @pytest.fixture(scope="module")
 def parser_server(tmp_path_factory: pytest.TempPathFactory, eval_engine: LiveEngine) -> Iterator[TailorServer]:
+    # A gateway over the evaluation engine (started with the hermes parser, tests/conftest.py):
+    # a child engine of its own would cost a minute of engine start for four requests.
     data_dir = tmp_path_factory.mktemp("tailor-tool-parser")
     with running_tailor(
-        data_dir, eval_engine, TAILOR_ENGINE_TOOL_CALL_PARSER="hermes", TAILOR_RUN_TRAINER="false"
+        data_dir,
+        eval_engine,
+        TAILOR_ENGINE_URLS=eval_engine.url,
+        TAILOR_ENGINE_API_KEY=eval_engine.key,
+        TAILOR_ENGINE_TOOL_CALL_PARSER="hermes",
+        TAILOR_RUN_TRAINER="false",
     ) as server:
         yield server
 

@@ -87,6 +87,13 @@ def test_what_is_not_served_answers_as_the_guide_says(tailor_server: TailorServe
     validate(refused.value.response.json(), "ErrorResponse")
     assert "tools" in (refused.value.param or "")
 
+    # The session's server has no TAILOR_ENGINE_TOOL_CALL_PARSER.
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
+    with pytest.raises(openai.BadRequestError) as refused:
+        c.chat.completions.create(model=BASE_MODEL, messages=[{"role": "user", "content": "Hi"}], tools=[tool])
+    validate(refused.value.response.json(), "ErrorResponse")
+    assert refused.value.code == "tool_choice_unavailable" and refused.value.param == "tool_choice"
+
     line = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}
     training = c.files.create(file=("t.jsonl", json.dumps(line).encode()), purpose="fine-tune")
     with pytest.raises(openai.NotFoundError) as missing:

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from core.db import lock_row
 from core.ids import utcnow
 from core.models import Adapter, AdapterVersion
+from core.states import VersionState
 
 
 def lock_adapter(s: Session, tenant_id: str, name: str) -> Adapter | None:
@@ -22,14 +23,16 @@ def lock_adapter(s: Session, tenant_id: str, name: str) -> Adapter | None:
     return lock_row(s, select(Adapter).where(Adapter.tenant_id == tenant_id, Adapter.name == name))
 
 
-def serve(adapter: Adapter, target: AdapterVersion, *, by: str | None, demote_to: str = "retired") -> None:
+def serve(
+    adapter: Adapter, target: AdapterVersion, *, by: str | None, demote_to: VersionState = VersionState.RETIRED
+) -> None:
     """Make `target` the one version `adapter` serves; `adapter` must be locked (lock_adapter)."""
     for v in adapter.versions:
         # Every other `active` one, not only the one active_version_id names: a version left
         # active by a switch that raced before these locks existed is demoted here too.
-        if v.id != target.id and (v.state == "active" or v.id == adapter.active_version_id):
+        if v.id != target.id and (v.state == VersionState.ACTIVE or v.id == adapter.active_version_id):
             v.state = demote_to
-    target.state = "active"
+    target.state = VersionState.ACTIVE
     target.promoted_at = utcnow()
     target.promoted_by = by
     adapter.active_version_id = target.id
@@ -41,6 +44,6 @@ def serve(adapter: Adapter, target: AdapterVersion, *, by: str | None, demote_to
 def end_canary(adapter: Adapter) -> None:
     """Stop splitting `adapter`'s traffic; the canary version becomes a candidate again."""
     for v in adapter.versions:
-        if v.state == "canary" and v.id != adapter.active_version_id:
-            v.state = "candidate"
+        if v.state == VersionState.CANARY and v.id != adapter.active_version_id:
+            v.state = VersionState.CANDIDATE
     adapter.canary_version_id, adapter.canary_fraction = None, 0.0

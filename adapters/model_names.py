@@ -23,10 +23,11 @@ from typing import Any, Literal
 from sqlalchemy import Select, select
 
 from adapters import checkpoints
-from adapters.registry import UNSERVABLE, model_not_found
+from adapters.registry import model_not_found
 from core.db import Database
 from core.errors import bad_request
 from core.models import Adapter, AdapterVersion, Job, JobCheckpoint
+from core.states import UNSERVABLE_VERSION_STATES
 
 MAX_LIMIT = 1000
 
@@ -61,7 +62,7 @@ def _rows(tenant_id: str) -> Select[Any]:
             AdapterVersion.created_at,
         )
         .join(AdapterVersion, AdapterVersion.adapter_id == Adapter.id)
-        .where(Adapter.tenant_id == tenant_id, AdapterVersion.state.not_in(UNSERVABLE))
+        .where(Adapter.tenant_id == tenant_id, AdapterVersion.state.not_in(UNSERVABLE_VERSION_STATES))
     )
 
 

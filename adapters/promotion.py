@@ -23,13 +23,14 @@ from adapters.store import AdapterStore
 from core.db import Database
 from core.errors import TailorError, bad_request, not_found
 from core.models import Adapter, AdapterVersion
+from core.states import UNSERVABLE_VERSION_STATES, VersionState
 
 
 @dataclass(frozen=True)
 class VersionLineage:
     version: int
     id: str
-    state: str
+    state: VersionState
     source: str
     digest: str
     job_id: str | None
@@ -61,7 +62,7 @@ def _version(adapter: Adapter, version: int) -> AdapterVersion:
     target = next((v for v in adapter.versions if v.version == version), None)
     if target is None:
         raise not_found(f"Adapter {adapter.name!r} has no version {version}.", code="version_not_found")
-    if target.state in ("training", "failed"):
+    if target.state in UNSERVABLE_VERSION_STATES:
         raise bad_request(
             f"Version {version} of {adapter.name!r} is {target.state} and cannot serve.", code="version_not_servable"
         )
@@ -93,13 +94,13 @@ def register_candidate(
         base_model_name=base_model_name,
         source="training",
         activate=False,
-        state="candidate",
+        state=VersionState.CANDIDATE,
         lineage=Lineage(job_id=job_id, dataset_id=dataset_id, parent_version_id=parent_version_id, metrics=metrics),
     )
 
 
 def promote(
-    db: Database, tenant_id: str, name: str, version: int, *, by: str, demote_to: str = "retired"
+    db: Database, tenant_id: str, name: str, version: int, *, by: str, demote_to: VersionState = VersionState.RETIRED
 ) -> AdapterInfo:
     with db.session() as s:
         adapter = _locked(s, tenant_id, name)
@@ -119,7 +120,7 @@ def start_canary(db: Database, tenant_id: str, name: str, version: int, fraction
         if adapter.active_version_id is None:
             raise bad_request(f"{name!r} has no active version to split traffic with; promote instead.")
         end_canary(adapter)
-        target.state = "canary"
+        target.state = VersionState.CANARY
         target.promoted_by = by
         adapter.canary_version_id, adapter.canary_fraction = target.id, fraction
         s.flush()
@@ -144,7 +145,7 @@ def rollback(db: Database, tenant_id: str, name: str, *, by: str) -> AdapterInfo
     """
     with db.session() as s:
         adapter = _locked(s, tenant_id, name)
-        serve(adapter, _previous(adapter), by=by, demote_to="rolled_back")
+        serve(adapter, _previous(adapter), by=by, demote_to=VersionState.ROLLED_BACK)
         s.flush()
         return registry.adapter_info(adapter)
 
@@ -156,7 +157,7 @@ def _previous(adapter: Adapter) -> AdapterVersion:
         for v in adapter.versions
         if v.promoted_at is not None
         and v.id != adapter.active_version_id
-        and v.state == "retired"
+        and v.state == VersionState.RETIRED
         and (current is None or current.promoted_at is None or _ts(v.promoted_at) <= _ts(current.promoted_at))
     ]
     if not earlier:
@@ -178,7 +179,7 @@ def reject(db: Database, tenant_id: str, name: str, version: int, *, reason: str
             raise not_found(f"Adapter {name!r} has no version {version}.", code="version_not_found")
         if target.id == adapter.active_version_id:
             raise TailorError(409, f"Version {version} of {name!r} is serving; roll back first.", code="conflict")
-        target.state = "rejected"
+        target.state = VersionState.REJECTED
         target.metrics = {**(target.metrics or {}), "rejected_reason": reason}
 
 
@@ -198,7 +199,7 @@ def lineage(db: Database, tenant_id: str, name: str) -> list[VersionLineage]:
             VersionLineage(
                 version=v.version,
                 id=v.id,
-                state=v.state,
+                state=VersionState(v.state),
                 source=v.source,
                 digest=v.digest,
                 job_id=v.job_id,

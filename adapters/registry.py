@@ -25,6 +25,7 @@ from core.errors import TailorError, bad_request, not_found
 from core.ids import new_id
 from core.models import Adapter, AdapterVersion, Job, JobCheckpoint
 from core.quotas import Quotas, Usage, operator_quotas, precheck, reserve
+from core.states import UNSERVABLE_VERSION_STATES, VersionState
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ class VersionInfo:
     alpha: float
     target_modules: list[str]
     size_bytes: int
-    state: str
+    state: VersionState
     source: str
     active: bool
     created_at: datetime
@@ -106,7 +107,7 @@ def version_info(adapter: Adapter, v: AdapterVersion) -> VersionInfo:
         alpha=v.alpha,
         target_modules=list(v.target_modules),
         size_bytes=v.size_bytes,
-        state=v.state,
+        state=VersionState(v.state),
         source=v.source,
         active=adapter.active_version_id == v.id,
         created_at=v.created_at,
@@ -147,7 +148,7 @@ def register_dir(
     base_model_name: str,
     source: str = "upload",
     activate: bool = True,
-    state: str | None = None,
+    state: VersionState | None = None,
     lineage: Lineage | None = None,
 ) -> VersionInfo:
     """Validate a PEFT adapter directory, store it, and record it as the next version of `name`.
@@ -192,7 +193,7 @@ def register_dir(
                     target_modules=list(manifest.target_modules),
                     base_model=limits.base.name,
                     size_bytes=manifest.total_bytes,
-                    state="active" if activate else (state or "registered"),
+                    state=VersionState.ACTIVE if activate else (state or VersionState.REGISTERED),
                     source=source,
                     job_id=lineage.job_id,
                     dataset_id=lineage.dataset_id,
@@ -252,10 +253,6 @@ class ModelRoute:
         return self.primary
 
 
-# Versions that exist but must never serve (still training, or broken).
-UNSERVABLE = ("training", "failed")
-
-
 def route(db: Database, tenant_id: str, model: str, base_model_name: str) -> ModelRoute:
     """Resolve a request's `model`: the base model, `name` (alias, maybe canaried), `name@vN`
     or a job's checkpoint `name:ftjob-...:ckpt-step-N`."""
@@ -272,14 +269,14 @@ def route(db: Database, tenant_id: str, model: str, base_model_name: str) -> Mod
         by_id = {v.id: v for v in adapter.versions}
         if pinned:
             version = next((v for v in adapter.versions if str(v.version) == pinned), None)
-            if version is None or version.state in UNSERVABLE:
+            if version is None or version.state in UNSERVABLE_VERSION_STATES:
                 raise model_not_found(model)
             return ModelRoute(primary=_resolved(model, version))
         active = by_id.get(adapter.active_version_id or "")
         if active is None:
             raise model_not_found(model)
         canary = by_id.get(adapter.canary_version_id or "")
-        if canary is None or canary.state in UNSERVABLE or adapter.canary_fraction <= 0:
+        if canary is None or canary.state in UNSERVABLE_VERSION_STATES or adapter.canary_fraction <= 0:
             return ModelRoute(primary=_resolved(model, active))
         return ModelRoute(
             primary=_resolved(model, active), canary=_resolved(model, canary), canary_fraction=adapter.canary_fraction

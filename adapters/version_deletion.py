@@ -25,7 +25,6 @@ from sqlalchemy import select
 from adapters import checkpoints, registry
 from adapters.activation import lock_adapter
 from adapters.registry import (
-    UNSERVABLE,
     AdapterInfo,
     VersionInfo,
     adapter_info,
@@ -37,6 +36,7 @@ from adapters.store import AdapterStore
 from core.db import Database
 from core.errors import bad_request
 from core.models import Adapter, AdapterVersion, JobCheckpoint
+from core.states import UNSERVABLE_VERSION_STATES
 
 log = logging.getLogger("tailor.adapters")
 
@@ -77,7 +77,9 @@ def delete_version(
             raise model_not_found(model)
         if not sep:
             _refuse_alias(adapter, model)
-        target = next((v for v in adapter.versions if str(v.version) == pinned and v.state not in UNSERVABLE), None)
+        target = next(
+            (v for v in adapter.versions if str(v.version) == pinned and v.state not in UNSERVABLE_VERSION_STATES), None
+        )
         if target is None:
             raise model_not_found(model)
         _refuse_routed(adapter, target, model)

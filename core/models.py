@@ -25,6 +25,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from core.ids import utcnow
+from core.states import VersionState
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -114,9 +115,8 @@ class AdapterVersion(Base):
     target_modules: Mapped[list[str]] = mapped_column(JSON)
     base_model: Mapped[str] = mapped_column(String(200))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
-    # training | candidate | canary | active | retired | rolled_back | rejected | failed
-    # (registered: uploaded without activation)
-    state: Mapped[str] = mapped_column(String(16), default="active")
+    # core.states.VersionState, stored as its value and read back as a plain string
+    state: Mapped[str] = mapped_column(String(16), default=VersionState.ACTIVE)
     source: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # Lineage: where the version came from and why it serves.
@@ -320,7 +320,7 @@ class Job(Base):
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
-    # validating_files | queued | running | paused | succeeded | failed | cancelled
+    # core.states.JobStatus, stored as its value and read back as a plain string
     status: Mapped[str] = mapped_column(String(20))
     method: Mapped[str] = mapped_column(String(16))  # supervised | dpo | distillation
     model: Mapped[str] = mapped_column(String(200))  # base model or adapter name it starts from

@@ -29,9 +29,7 @@ from core.config import Settings, get_settings
 from core.db import Database, lock_row
 from core.errors import TailorError
 from core.models import Adapter, AdapterVersion, Job, StoredFile, Tenant
-
-# Jobs that wait for a worker; a running job no longer holds a place in the queue.
-WAITING_JOB_STATES = ("validating_files", "queued")
+from core.states import WAITING_JOB_STATUSES
 
 
 @dataclass(frozen=True)
@@ -99,7 +97,9 @@ def usage(s: Session, tenant_id: str) -> Usage:
             StoredFile.tenant_id == tenant_id
         )
     ).one()
-    queued = s.scalar(select(func.count(Job.id)).where(Job.tenant_id == tenant_id, Job.status.in_(WAITING_JOB_STATES)))
+    queued = s.scalar(
+        select(func.count(Job.id)).where(Job.tenant_id == tenant_id, Job.status.in_(WAITING_JOB_STATUSES))
+    )
     return Usage(
         stored_bytes=int(version_bytes) + int(file_bytes),
         adapter_versions=int(n_versions),

@@ -29,6 +29,7 @@ from core.config import Settings
 from core.db import Database, migrate
 from core.errors import TailorError, bad_request
 from core.quotas import Quotas
+from core.states import JobStatus
 
 if TYPE_CHECKING:
     from adapters.registry import AdapterInfo
@@ -375,7 +376,7 @@ def distill_cmd(
         _run_job_now(job.id)
         job = jobs.get_job(db, owner.id, job.id)
     _emit(asdict(job), as_json, _distill_text(job))
-    if job.status == "failed":
+    if job.status == JobStatus.FAILED:
         typer.echo(f"error: {(job.error or {}).get('message', 'the job failed')}", err=True)
         raise typer.Exit(1)
 

@@ -38,6 +38,7 @@ from sqlalchemy import func, select
 
 from core.errors import error_type_for_status
 from core.models import Job, Tenant
+from core.states import OPEN_JOB_STATUSES, TERMINAL_JOB_STATUSES
 
 if TYPE_CHECKING:
     from gateway.interaction_log import InteractionRecord
@@ -50,14 +51,11 @@ ALL_TENANTS = "all"  # the tenant label unless the operator turns tenant labels 
 ADAPTER = "adapter"  # the model label of every adapter, likewise
 CLIENT_CLOSED = 499
 ENDPOINTS = ("chat.completions", "completions", "responses")
-# Jobs that are waiting, running or paused: the queue. Finished ones only ever grow.
-OPEN_JOB_STATUSES = ("validating_files", "queued", "running", "paused")
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 LOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 JOB_BUCKETS = (60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 21600.0, 86400.0)
-FINISHED_JOB_STATUSES = ("succeeded", "failed", "cancelled")
 _STATUS_CLASS = tuple(f"{i}xx" for i in range(10))
 
 
@@ -303,7 +301,7 @@ class _ScrapeTime(Collector):
             family = HistogramMetricFamily(
                 "tailor_job_duration_seconds", "Fine-tuning jobs, start to finish, by final status.", labels=["status"]
             )
-            for status in FINISHED_JOB_STATUSES:
+            for status in TERMINAL_JOB_STATUSES:
                 values = durations.get(status, [])
                 buckets = [(str(b), sum(v <= b for v in values)) for b in JOB_BUCKETS] + [("+Inf", len(values))]
                 family.add_metric([status], buckets, sum(values))
@@ -311,7 +309,7 @@ class _ScrapeTime(Collector):
 
     def _job_durations(self) -> dict[str, list[float]] | None:
         query = select(Job.status, Job.started_at, Job.finished_at).where(
-            Job.status.in_(FINISHED_JOB_STATUSES), Job.started_at.is_not(None), Job.finished_at.is_not(None)
+            Job.status.in_(TERMINAL_JOB_STATUSES), Job.started_at.is_not(None), Job.finished_at.is_not(None)
         )
         try:
             with self.services.db.session() as session:

@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 import openai
 
+from core.states import TERMINAL_JOB_STATUSES, JobStatus
 from loadtests.local_server import MODEL_DIR, LocalTailor, _progress, create_tenant_key, local_tailor
 from loadtests.ticket_routing import Ticket, accuracy, tickets
 
@@ -101,10 +102,10 @@ def run(server: LocalTailor, args: argparse.Namespace) -> str:
     r.raise_for_status()
     job_id = r.json()["id"]
     started = time.monotonic()
-    while (job := c.fine_tuning.jobs.retrieve(job_id)).status not in ("succeeded", "failed", "cancelled"):
+    while (job := c.fine_tuning.jobs.retrieve(job_id)).status not in TERMINAL_JOB_STATUSES:
         time.sleep(5)
     wall_min = (time.monotonic() - started) / 60
-    if job.status != "succeeded":
+    if job.status != JobStatus.SUCCEEDED:
         raise SystemExit(f"job {job_id} {job.status}: {job.error}")
     evaluation = httpx.get(f"{server.url}/v1/fine_tuning/jobs/{job_id}/evaluation", headers=auth).json()
     time.sleep(3)  # lookup caches

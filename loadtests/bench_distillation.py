@@ -37,6 +37,7 @@ from typing import Any
 import httpx
 import openai
 
+from core.states import TERMINAL_JOB_STATUSES, JobStatus
 from loadtests.bench_gateway import _ms, abba_schedule, percentile
 from loadtests.local_server import BASE_MODEL, MODEL_DIR, LocalTailor, _progress, create_tenant_key, local_tailor
 from loadtests.ticket_routing import tickets
@@ -138,7 +139,7 @@ def _delta(after: dict[str, Any], before: dict[str, Any] | None, key: str) -> fl
 
 def wait_for_job(c: openai.OpenAI, job_id: str) -> Any:
     last = ""
-    while (job := c.fine_tuning.jobs.retrieve(job_id)).status not in ("succeeded", "failed", "cancelled"):
+    while (job := c.fine_tuning.jobs.retrieve(job_id)).status not in TERMINAL_JOB_STATUSES:
         events = c.fine_tuning.jobs.list_events(job_id, limit=1).data
         if events and events[0].message != last:
             last = events[0].message
@@ -169,7 +170,7 @@ def run(server: LocalTailor, args: argparse.Namespace) -> str:
     )
     job = wait_for_job(c, job.id)
     job_min = (time.monotonic() - started) / 60
-    if job.status != "succeeded":
+    if job.status != JobStatus.SUCCEEDED:
         raise SystemExit(f"job {job.id} {job.status}: {job.error}")
     distilled = (job.model_extra or {}).get("distillation", {}).get("results", {})
     _progress(f"job {job.id}: {job.fine_tuned_model} ({job.metadata.get('tailor_decision')}) in {job_min:.1f} min")

@@ -39,7 +39,8 @@ from core.db import Database
 from core.errors import TailorError
 from core.ids import utcnow
 from core.models import Job, JobEvent
-from trainer.jobs import TERMINAL, JobInfo, ResumePoint, drop_unneeded_secrets, get_job, job_info
+from core.states import TERMINAL_JOB_STATUSES, JobStatus
+from trainer.jobs import JobInfo, ResumePoint, drop_unneeded_secrets, get_job, job_info
 
 # What a training run is asked to do at its next step (stop_request).
 StopRequest = Literal["cancel", "pause"]
@@ -59,7 +60,7 @@ def _fair_order() -> tuple[Any, ...]:
     other = aliased(Job)
     running = (
         select(func.count(other.id))
-        .where(other.tenant_id == Job.tenant_id, other.status == "running")
+        .where(other.tenant_id == Job.tenant_id, other.status == JobStatus.RUNNING)
         .scalar_subquery()
     )
     last_start = select(func.max(other.started_at)).where(other.tenant_id == Job.tenant_id).scalar_subquery()
@@ -69,7 +70,7 @@ def _fair_order() -> tuple[Any, ...]:
 def claim_next(db: Database, worker_id: str, *, job_id: str | None = None) -> JobInfo | None:
     """Take the next queued job in fair order (or the queued job `job_id`) for `worker_id`:
     status running, attempts + 1. None when there is none to take."""
-    queued = select(Job).where(Job.status == "queued")
+    queued = select(Job).where(Job.status == JobStatus.QUEUED)
     if job_id is not None:
         queued = queued.where(Job.id == job_id)
     queued = queued.order_by(*_fair_order())
@@ -79,7 +80,7 @@ def claim_next(db: Database, worker_id: str, *, job_id: str | None = None) -> Jo
             if job is None:
                 return None
             now = utcnow()
-            job.status, job.worker_id, job.attempts = "running", worker_id, job.attempts + 1
+            job.status, job.worker_id, job.attempts = JobStatus.RUNNING, worker_id, job.attempts + 1
             job.heartbeat_at, job.started_at = now, job.started_at or now
             s.flush()
             return job_info(job)
@@ -94,9 +95,9 @@ def claim_next(db: Database, worker_id: str, *, job_id: str | None = None) -> Jo
             with db.session() as s:
                 won = s.execute(
                     update(Job)
-                    .where(Job.id == candidate, Job.status == "queued")
+                    .where(Job.id == candidate, Job.status == JobStatus.QUEUED)
                     .values(
-                        status="running",
+                        status=JobStatus.RUNNING,
                         worker_id=worker_id,
                         attempts=Job.attempts + 1,
                         heartbeat_at=now,
@@ -118,7 +119,7 @@ def stop_request(db: Database, job_id: str, worker_id: str) -> StopRequest | Non
     with db.session() as s:
         beat = s.execute(
             update(Job)
-            .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == "running")
+            .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == JobStatus.RUNNING)
             .values(heartbeat_at=utcnow())
             .execution_options(synchronize_session=False)
         ).rowcount
@@ -141,15 +142,15 @@ def mark_paused(db: Database, job_id: str, worker_id: str, point: ResumePoint | 
     Raises JobLost when the job is no longer this worker's."""
     with db.session() as s:
         job = s.get(Job, job_id)
-        if job is None or job.worker_id != worker_id or job.status != "running":
+        if job is None or job.worker_id != worker_id or job.status != JobStatus.RUNNING:
             raise JobLost(job_id)
         if job.cancel_requested:
-            job.status, job.finished_at = "cancelled", utcnow()
+            job.status, job.finished_at = JobStatus.CANCELLED, utcnow()
             drop_unneeded_secrets(job)
             s.add(JobEvent(job_id=job_id, level="info", message="Job cancelled while it paused"))
             s.flush()
             return job_info(job)
-        job.status, job.pause_requested, job.worker_id, job.heartbeat_at = "paused", False, None, None
+        job.status, job.pause_requested, job.worker_id, job.heartbeat_at = JobStatus.PAUSED, False, None, None
         if point is not None:
             job.resume_point = point.to_json()
         drop_unneeded_secrets(job)
@@ -184,7 +185,7 @@ def update_running(
     with db.session() as s:
         done = s.execute(
             update(Job)
-            .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == "running")
+            .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == JobStatus.RUNNING)
             .values(**values)
             .execution_options(synchronize_session=False)
         ).rowcount
@@ -198,7 +199,7 @@ def finish_job(
     job_id: str,
     worker_id: str,
     *,
-    status: str,
+    status: JobStatus,
     fine_tuned_model: str | None = None,
     result_version_id: str | None = None,
     decision: str | None = None,
@@ -207,12 +208,12 @@ def finish_job(
     trained_tokens: int | None = None,
 ) -> JobInfo:
     """Move a running job this worker holds to a terminal status (raises JobLost otherwise)."""
-    if status not in TERMINAL:
-        raise ValueError(f"finish_job status must be one of {TERMINAL}, not {status!r}")
+    if status not in TERMINAL_JOB_STATUSES:
+        raise ValueError(f"finish_job status must be one of {', '.join(TERMINAL_JOB_STATUSES)}, not {status!r}")
     with db.session() as s:
         done = s.execute(
             update(Job)
-            .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == "running")
+            .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == JobStatus.RUNNING)
             .values(
                 status=status,
                 fine_tuned_model=fine_tuned_model,
@@ -241,7 +242,7 @@ def requeue_stale(db: Database, stale_after_s: float, max_attempts: int = 2) -> 
         stale = list(
             s.execute(
                 select(Job.id, Job.attempts, Job.cancel_requested, Job.pause_requested, Job.worker_id).where(
-                    Job.status == "running", Job.heartbeat_at < cutoff
+                    Job.status == JobStatus.RUNNING, Job.heartbeat_at < cutoff
                 )
             )
         )
@@ -249,14 +250,14 @@ def requeue_stale(db: Database, stale_after_s: float, max_attempts: int = 2) -> 
     for job_id, attempts, cancel_requested, pause_requested, worker_id in stale:
         message = f"Worker {worker_id} stopped sending heartbeats for over {stale_after_s:g} s"
         if cancel_requested:
-            values: dict[str, Any] = {"status": "cancelled", "finished_at": utcnow()}
+            values: dict[str, Any] = {"status": JobStatus.CANCELLED, "finished_at": utcnow()}
             event, level = f"{message}; job cancelled as requested", "warn"
         elif pause_requested:
             # Resuming goes on from the last pause's checkpoint, if there was one.
-            values = {"status": "paused", "pause_requested": False, "worker_id": None, "heartbeat_at": None}
+            values = {"status": JobStatus.PAUSED, "pause_requested": False, "worker_id": None, "heartbeat_at": None}
             event, level = f"{message}; job paused as requested", "warn"
         elif attempts < max_attempts:
-            values = {"status": "queued", "worker_id": None, "heartbeat_at": None}
+            values = {"status": JobStatus.QUEUED, "worker_id": None, "heartbeat_at": None}
             event, level = f"{message}; requeued (attempt {attempts} of {max_attempts})", "warn"
         else:
             error = {
@@ -264,14 +265,14 @@ def requeue_stale(db: Database, stale_after_s: float, max_attempts: int = 2) -> 
                 "param": None,
                 "message": f"{message}, on {attempts} attempt(s); giving up.",
             }
-            values = {"status": "failed", "finished_at": utcnow(), "error": error}
+            values = {"status": JobStatus.FAILED, "finished_at": utcnow(), "error": error}
             event, level = error["message"], "error"
         with db.session() as s:
             # Conditional on the heartbeat still being old: a worker that came back to life
             # in between keeps its job.
             done = s.execute(
                 update(Job)
-                .where(Job.id == job_id, Job.status == "running", Job.heartbeat_at < cutoff)
+                .where(Job.id == job_id, Job.status == JobStatus.RUNNING, Job.heartbeat_at < cutoff)
                 .values(**values)
                 .execution_options(synchronize_session=False)
             ).rowcount

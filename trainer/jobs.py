@@ -36,14 +36,14 @@ from core.errors import TailorError, bad_request, conflict, not_found
 from core.ids import new_id, utcnow
 from core.metadata import check_metadata, has_pair
 from core.models import Job, JobEvent
-from core.quotas import WAITING_JOB_STATES, Quotas, Usage, operator_quotas, reserve
+from core.quotas import Quotas, Usage, operator_quotas, reserve
+from core.states import TERMINAL_JOB_STATUSES, WAITING_JOB_STATUSES, JobStatus
 from trainer import datasets, files, hyperparameters
 from trainer.datasets import Snapshot
 
 # distillation trains like supervised, on a teacher's answers (trainer.distill).
 METHODS = ("supervised", "dpo", "kto", "distillation")
 SFT_METHODS = hyperparameters.SFT_METHODS
-TERMINAL = ("succeeded", "failed", "cancelled")
 # `metadata` keys that start so are Tailor's own, shown beside the client's on the job.
 RESERVED_METADATA_PREFIX = "tailor_"
 
@@ -59,7 +59,7 @@ FILE_KIND = {"supervised": "sft", "dpo": "preference", "kto": "rated", "distilla
 class JobInfo:
     id: str
     tenant_id: str
-    status: str
+    status: JobStatus
     method: str
     model: str
     adapter_name: str
@@ -139,7 +139,7 @@ def job_info(j: Job) -> JobInfo:
     return JobInfo(
         id=j.id,
         tenant_id=j.tenant_id,
-        status=j.status,
+        status=JobStatus(j.status),
         method=j.method,
         model=j.model,
         adapter_name=j.adapter_name,
@@ -291,7 +291,7 @@ def create_job(
         job = Job(
             id=job_id,
             tenant_id=tenant_id,
-            status="queued",
+            status=JobStatus.QUEUED,
             method=method,
             model=model,
             adapter_name=name,
@@ -415,13 +415,13 @@ def cancel_job(db: Database, tenant_id: str | None, job_id: str) -> JobInfo:
     """
     with db.session() as s:
         job = owned_job(s, tenant_id, job_id)
-        if job.status == "cancelled":
+        if job.status == JobStatus.CANCELLED:
             return job_info(job)
-        if job.status in TERMINAL:
+        if job.status in TERMINAL_JOB_STATUSES:
             raise conflict(
                 f"Fine-tuning job {job_id} has already {job.status}; it cannot be cancelled.", code="job_finished"
             )
-        if job.status == "running":
+        if job.status == JobStatus.RUNNING:
             if not job.cancel_requested:
                 job.cancel_requested = True
                 s.add(
@@ -432,7 +432,7 @@ def cancel_job(db: Database, tenant_id: str | None, job_id: str) -> JobInfo:
                     )
                 )
         else:  # queued / validating_files: no worker holds it yet
-            job.status, job.finished_at, job.cancel_requested = "cancelled", utcnow(), True
+            job.status, job.finished_at, job.cancel_requested = JobStatus.CANCELLED, utcnow(), True
             drop_unneeded_secrets(job)
             s.add(JobEvent(job_id=job_id, level="info", message="Job cancelled"))
         s.flush()
@@ -446,8 +446,8 @@ def pause_job(db: Database, tenant_id: str | None, job_id: str) -> JobInfo:
     """
     with db.session() as s:
         job = owned_job(s, tenant_id, job_id)
-        if job.status != "running":
-            now = "is already paused" if job.status == "paused" else f"is {job.status.replace('_', ' ')}"
+        if job.status != JobStatus.RUNNING:
+            now = "is already paused" if job.status == JobStatus.PAUSED else f"is {job.status.replace('_', ' ')}"
             raise bad_request(
                 f"Fine-tuning job {job_id} {now}; only a running job can be paused.", code="job_not_running"
             )
@@ -473,7 +473,7 @@ def resume_job(db: Database, tenant_id: str | None, job_id: str, *, quotas: Quot
     not paused is a 400; resuming takes a place in the tenant's queue (429 when it is full)."""
     with db.session() as s:
         job = owned_job(s, tenant_id, job_id)
-        if job.status != "paused":
+        if job.status != JobStatus.PAUSED:
             raise bad_request(
                 f"Fine-tuning job {job_id} is {job.status.replace('_', ' ')}, not paused; only a paused job "
                 "can be resumed.",
@@ -481,7 +481,7 @@ def resume_job(db: Database, tenant_id: str | None, job_id: str, *, quotas: Quot
             )
         reserve(s, job.tenant_id, operator_quotas(quotas), Usage(queued_jobs=1))
         # The pause ended its attempt cleanly: the tries left for crashes start again.
-        job.status, job.pause_requested, job.attempts = "queued", False, 0
+        job.status, job.pause_requested, job.attempts = JobStatus.QUEUED, False, 0
         job.worker_id, job.heartbeat_at = None, None
         point = ResumePoint.from_json(job.resume_point) if job.resume_point else None
         if point is not None and point.checkpoint_id is not None:
@@ -501,7 +501,7 @@ def drop_unneeded_secrets(job: Job | None) -> None:
     and has no dataset yet; an ended job, or one whose answers are in its snapshot, is done
     with it.
     """
-    if job is None or (job.status in (*WAITING_JOB_STATES, "running") and job.dataset_id is None):
+    if job is None or (job.status in (*WAITING_JOB_STATUSES, JobStatus.RUNNING) and job.dataset_id is None):
         return
     teacher = (job.config or {}).get("teacher")
     if isinstance(teacher, dict) and teacher.get("api_key_sealed"):

@@ -27,6 +27,7 @@ from core.db import Database
 from core.errors import bad_request
 from core.ids import utcnow
 from core.models import Adapter, AdapterVersion, Feedback, Job, TenantPolicy, UTCDateTime
+from core.states import OPEN_JOB_STATUSES
 from trainer.datasets import Snapshot
 from trainer.feedback import FeedbackSignal, feedback_signal
 from trainer.gates import GateConfig
@@ -243,9 +244,7 @@ def due_retrains(db: Database, *, now: datetime | None = None) -> list[Trigger]:
                         Job.adapter_name,
                         # typed, so the maximum comes back timezone-aware like the column
                         func.max(Job.created_at, type_=UTCDateTime()),
-                        func.max(
-                            case((Job.status.in_(("validating_files", "queued", "running", "paused")), 1), else_=0)
-                        ),
+                        func.max(case((Job.status.in_(OPEN_JOB_STATUSES), 1), else_=0)),
                     )
                     .where(Job.tenant_id == policy.tenant_id)
                     .group_by(Job.adapter_name)

@@ -19,6 +19,7 @@ from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.trace import Status, StatusCode
 
 from core.otel import add_exporter, make_exporter, make_provider
+from core.states import JobStatus
 
 _NULL: contextlib.nullcontext[None] = contextlib.nullcontext()
 
@@ -56,7 +57,7 @@ class JobTracing:
             try:
                 yield span
             except ok:
-                span.set_attribute("tailor.job.outcome", "cancelled")
+                span.set_attribute("tailor.job.outcome", JobStatus.CANCELLED.value)
                 raise
             except BaseException as exc:
                 span.record_exception(exc)

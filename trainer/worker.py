@@ -71,6 +71,7 @@ from core.errors import TailorError
 from core.models import Job
 from core.outbound import OutboundPolicy
 from core.quotas import Quotas
+from core.states import JobStatus
 from trainer import datasets, distill, early_stopping, files, hyperparameters, job_queue, job_records, jobs, policy
 from trainer.compute import evaluation
 from trainer.compute.engine import WorkerEngines
@@ -369,7 +370,7 @@ class Worker:
                 self._pipeline(run)
         except TrainingCancelled as e:
             self._event(job, f"Job cancelled after {e.step} training step(s); nothing was registered")
-            self._finish(job, status="cancelled")
+            self._finish(job, status=JobStatus.CANCELLED)
         except TrainingPaused as e:
             try:
                 job_queue.mark_paused(self.db, job.id, self.worker_id, self._pause_point(run, e))
@@ -473,7 +474,7 @@ class Worker:
         pinned = f"{job.adapter_name}@v{version.version}"
         self._finish(
             job,
-            status="succeeded",
+            status=JobStatus.SUCCEEDED,
             fine_tuned_model=pinned,
             result_version_id=version.id,
             decision=outcome,
@@ -893,7 +894,7 @@ class Worker:
             except Exception:  # noqa: BLE001 - the job's failure is the error to report
                 log.warning("could not reject version %s of failed job %s", run.version.id, job.id, exc_info=True)
         self._event(job, f"Job failed: {error['message']}", level="error", data={"code": error["code"]})
-        self._finish(job, status="failed", error=error)
+        self._finish(job, status=JobStatus.FAILED, error=error)
 
 
 def _remaining(recipe: Recipe, point: ResumePoint) -> Recipe:
@@ -932,7 +933,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             with db.session() as s:
                 done = s.get(Job, args.job)
-                return 0 if done is not None and done.status == "succeeded" else 1
+                return 0 if done is not None and done.status == JobStatus.SUCCEEDED else 1
         stop = threading.Event()
         # SIGTERM/SIGINT end the loop between jobs; a job running then is finished first.
         for sig in (signal.SIGTERM, signal.SIGINT):

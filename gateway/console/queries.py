@@ -21,6 +21,7 @@ from adapters import promotion, registry
 from adapters.registry import AdapterInfo, VersionInfo
 from core.errors import TailorError
 from core.models import Feedback, Interaction
+from core.states import JobStatus, VersionState
 from gateway import limits, tenants, usage
 from gateway.limits import TenantLimits
 from gateway.routes.fine_tuning import report_bytes
@@ -134,7 +135,7 @@ def adapter_detail(services: Services, tenant_id: str, name: str) -> AdapterDeta
         for v in sorted(lineage, key=lambda v: v.version, reverse=True)
     ]
     # Mirrors promotion.rollback's choice of target, only to decide whether to offer the button.
-    can_rollback = any(v.promoted_at is not None and v.state == "retired" for v in lineage)
+    can_rollback = any(v.promoted_at is not None and v.state == VersionState.RETIRED for v in lineage)
     return AdapterDetail(info, rows, policy.drift(db, tenant_id, name), can_rollback)
 
 
@@ -366,7 +367,7 @@ def _distillation_jobs(services: Services, tenant_id: str) -> list[JobInfo]:
     after: str | None = None
     while len(found) < MAX_JOBS_SCANNED:
         page, more = jobs.list_jobs(services.db, tenant_id, after=after, limit=100)
-        found.extend(j for j in page if j.method == "distillation" and j.status == "succeeded")
+        found.extend(j for j in page if j.method == "distillation" and j.status == JobStatus.SUCCEEDED)
         if not more or not page:
             break
         after = page[-1].id

@@ -29,6 +29,7 @@ from adapters import promotion, registry
 from adapters.registry import AdapterInfo
 from core.errors import TailorError, not_found
 from core.ids import utcnow
+from core.states import TERMINAL_JOB_STATUSES, UNSERVABLE_VERSION_STATES
 from gateway import audit, tenants
 from gateway.deps import client_address, failed_auth_limiter
 from gateway.services import Services
@@ -46,6 +47,8 @@ _env = jinja2.Environment(
     undefined=jinja2.StrictUndefined,
 )
 _env.filters.update(views.FILTERS)
+# Which versions the adapter page offers to promote or canary.
+_env.globals["unservable"] = UNSERVABLE_VERSION_STATES
 templates = Jinja2Templates(env=_env)
 
 JOBS_PAGE = 50
@@ -457,7 +460,7 @@ def job_live(request: Request, user: User, owner: Tenant, job_id: str) -> Respon
     """The polled part of a job page; once the job has ended, the whole page reloads to show
     its evaluation (and polling stops, since the reloaded page does not poll)."""
     job, events = queries.job_live(_services(request), owner.id, job_id)
-    if job.status in jobs.TERMINAL and request.headers.get("hx-request"):
+    if job.status in TERMINAL_JOB_STATUSES and request.headers.get("hx-request"):
         return Response(status_code=200, headers={"HX-Refresh": "true"})
     return render(request, "_job_live.html", user, tenant=owner, fragment=True, **_live_context(job, events))
 

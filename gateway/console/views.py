@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
+from core.states import TERMINAL_JOB_STATUSES, JobStatus
 from gateway.usage import UsageRow
 from trainer.feedback import FeedbackSignal
 from trainer.job_records import EvaluationInfo, EventInfo
-from trainer.jobs import TERMINAL, JobInfo
+from trainer.jobs import JobInfo
 
 Chart = dict[str, Any]
 
@@ -89,7 +90,7 @@ def loss_chart(events: Iterable[EventInfo]) -> Chart | None:
 
 @dataclass(frozen=True)
 class Progress:
-    status: str
+    status: JobStatus
     running: bool
     step: int | None
     total_steps: int | None
@@ -112,7 +113,7 @@ def progress(job: JobInfo, events: Iterable[EventInfo]) -> Progress:
     step, total, loss = data.get("step"), data.get("total_steps"), data.get("train_loss")
     return Progress(
         status=job.status,
-        running=job.status not in TERMINAL,
+        running=job.status not in TERMINAL_JOB_STATUSES,
         step=step if _is_int(step) else None,
         total_steps=total if _is_int(total) else None,
         loss=_finite(loss) if _is_number(loss) else None,

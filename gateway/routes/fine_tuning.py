@@ -29,6 +29,7 @@ from adapters import checkpoints, registry
 from core.errors import bad_request, not_found
 from core.metadata import filter_from_query
 from core.quotas import Quotas
+from core.states import JobStatus
 from gateway import audit, tenants
 from gateway.deps import AdminDep, CallerDep, ServicesDep
 from gateway.services import Services
@@ -40,9 +41,6 @@ from trainer.jobs import JobInfo
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 admin_router = APIRouter(prefix="/admin/tenants/{tenant}", tags=["admin"], dependencies=[AdminDep])
 
-# "paused" is missing from the status enum of OpenAI's published schema, though its pause
-# endpoint answers with it (the schema's own example) and the SDK passes it through.
-Status = Literal["validating_files", "queued", "running", "paused", "succeeded", "failed", "cancelled"]
 Auto = Literal["auto"]
 
 
@@ -149,7 +147,7 @@ class FineTuningJobOut(BaseModel):
     model: str
     organization_id: str
     result_files: list[str]
-    status: Status
+    status: JobStatus
     trained_tokens: int | None
     # OpenAI's schema requires a string; a job trained from feedback has no file, so "".
     training_file: str
@@ -249,7 +247,7 @@ def _metadata(job: JobInfo) -> dict[str, str]:
     # The client's metadata, and Tailor's extras (links to the rest) under keys the client
     # cannot use (trainer.jobs.RESERVED_METADATA_PREFIX).
     base = f"/v1/fine_tuning/jobs/{job.id}"
-    resume = job.resume if job.status == "paused" else None
+    resume = job.resume if job.status == JobStatus.PAUSED else None
     extras = {
         "tailor_adapter_name": job.adapter_name,
         "tailor_method": job.method if job.method not in ("supervised", "dpo") else None,
@@ -258,8 +256,8 @@ def _metadata(job: JobInfo) -> dict[str, str]:
         "tailor_decision": job.decision,
         "tailor_version_id": job.result_version_id,
         "tailor_attempts": str(job.attempts),
-        "tailor_cancel_requested": "true" if job.cancel_requested and job.status == "running" else None,
-        "tailor_pause_requested": "true" if job.pause_requested and job.status == "running" else None,
+        "tailor_cancel_requested": "true" if job.cancel_requested and job.status == JobStatus.RUNNING else None,
+        "tailor_pause_requested": "true" if job.pause_requested and job.status == JobStatus.RUNNING else None,
         "tailor_paused_at_step": str(resume.step) if resume and resume.checkpoint_id else None,
         "tailor_evaluation_url": f"{base}/evaluation" if job.decision else None,
         "tailor_report_url": f"{base}/report.png" if job.decision else None,
@@ -297,7 +295,7 @@ def job_out(job: JobInfo) -> FineTuningJobOut:
         model=job.model,
         organization_id=job.tenant_id,
         result_files=[],
-        status=job.status,  # type: ignore[arg-type]
+        status=job.status,
         trained_tokens=job.trained_tokens,
         training_file=job.training_file or "",
         validation_file=job.validation_file,

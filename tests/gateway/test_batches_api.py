@@ -44,18 +44,6 @@ async def shared(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Runn
         yield run
 
 
-@pytest_asyncio.fixture(loop_scope="module")
-async def gw(shared: Running, tmp_path: Path) -> AsyncIterator[Gateway]:
-    async for g in tenant_view(shared, tmp_path):
-        yield g
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def other(shared: Running, tmp_path: Path) -> AsyncIterator[Gateway]:
-    async for g in tenant_view(shared, tmp_path):
-        yield g
-
-
 # --------------------------------------------------------------------------- helpers
 
 

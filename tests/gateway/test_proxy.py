@@ -371,12 +371,6 @@ async def shared_small(tmp_path_factory: pytest.TempPathFactory, shared: Running
 
 
 @pytest_asyncio.fixture(loop_scope="module")
-async def gw(shared: Running, tmp_path: Path) -> AsyncIterator[Gateway]:
-    async for g in tenant_view(shared, tmp_path):
-        yield g
-
-
-@pytest_asyncio.fixture(loop_scope="module")
 async def small(shared_small: Running, tmp_path: Path) -> AsyncIterator[Gateway]:
     async for g in tenant_view(shared_small, tmp_path):
         yield g

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -30,7 +29,6 @@ from tests.gateway.test_proxy import (
     raw_sse,
     running_gateway,
     stream_of,
-    tenant_view,
 )
 from tests.openai_schema import RESPONSE_DELETED, response_stream_events, validate
 from trainer.datasets import prompt_from_request
@@ -45,18 +43,6 @@ QUESTION = "What is the capital of France?"
 async def shared(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Running]:
     async with running_gateway(tmp_path_factory.mktemp("responses")) as run:
         yield run
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def gw(shared: Running, tmp_path: Path) -> AsyncIterator[Gateway]:
-    async for g in tenant_view(shared, tmp_path):
-        yield g
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def other(shared: Running, tmp_path: Path) -> AsyncIterator[Gateway]:
-    async for g in tenant_view(shared, tmp_path):
-        yield g
 
 
 # --------------------------------------------------------------------------- helpers

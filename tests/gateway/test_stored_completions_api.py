@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,7 +24,6 @@ from tests.gateway.test_proxy import (
     answer_with,
     raw_json,
     running_gateway,
-    tenant_view,
 )
 from tests.openai_schema import STORED_MESSAGE_LIST, validate
 
@@ -39,18 +37,6 @@ TASK = {"task": "geo", "run": "7"}
 async def shared(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Running]:
     async with running_gateway(tmp_path_factory.mktemp("stored")) as run:
         yield run
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def gw(shared: Running, tmp_path: Path) -> AsyncIterator[Gateway]:
-    async for g in tenant_view(shared, tmp_path):
-        yield g
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def other(shared: Running, tmp_path: Path) -> AsyncIterator[Gateway]:
-    async for g in tenant_view(shared, tmp_path):
-        yield g
 
 
 async def store(gw: Gateway, **overrides: Any) -> dict[str, Any]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -33,7 +32,6 @@ from tests.gateway.test_proxy import (
     raw_sse,
     running_gateway,
     stream_of,
-    tenant_view,
 )
 from tests.openai_schema import validate
 
@@ -221,12 +219,6 @@ def test_vllm_streamed_tool_calls_are_normalised_to_the_schema() -> None:
 async def shared(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Running]:
     async with running_gateway(tmp_path_factory.mktemp("gateway-tools")) as run:
         yield run
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def gw(shared: Running, tmp_path: Path) -> AsyncIterator[Gateway]:
-    async for g in tenant_view(shared, tmp_path):
-        yield g
 
 
 @pytest.mark.asyncio(loop_scope="module")

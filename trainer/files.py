@@ -41,6 +41,7 @@ from core.errors import TailorError, bad_request, conflict, not_found
 from core.ids import new_id
 from core.models import UNFINISHED_BATCH_STATES, Batch, Job, StoredFile
 from core.quotas import Quotas, Usage, operator_quotas, precheck, reserve
+from core.states import OPEN_JOB_STATUSES
 from trainer import tool_examples
 from trainer.datasets import (
     InvalidExample,
@@ -56,8 +57,6 @@ from trainer.jsonl import JsonLine, JsonLineError, json_lines
 PURPOSE = "fine-tune"
 MAX_FILE_BYTES = 100 * 1024 * 1024
 MAX_FILE_LINES = 100_000
-# Jobs in these states may still read their files; deleting one would fail them later.
-_ACTIVE_JOB_STATES = ("validating_files", "queued", "running", "paused")
 
 Kind = Literal["sft", "preference", "prompts", "rated"]
 _KIND_NAMES = {
@@ -421,11 +420,12 @@ def file_content(db: Database, blobs: BlobStore, tenant_id: str, file_id: str) -
 def delete_file(db: Database, blobs: BlobStore, tenant_id: str, file_id: str) -> FileInfo:
     with db.session() as s:
         row = _row(s, tenant_id, file_id, "file_id")
+        # A job not yet ended may still read its files; deleting one would fail it later.
         job = s.scalar(
             select(Job.id)
             .where(
                 Job.tenant_id == tenant_id,
-                Job.status.in_(_ACTIVE_JOB_STATES),
+                Job.status.in_(OPEN_JOB_STATUSES),
                 (Job.training_file == file_id) | (Job.validation_file == file_id),
             )
             .limit(1)

@@ -42,8 +42,9 @@ READY_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 60.0
 ENGINE_HOST = "127.0.0.1"
 
-# "child": `tailor serve` starts (and keys) its own engine; "operator": started here, key known.
-EngineMode = Literal["child", "operator"]
+# "child": `tailor serve` starts (and keys) its own engine; "operator": started here, key known;
+# "mock": loadtests.mock_engine started here, an engine that answers at once (gateway overhead).
+EngineMode = Literal["child", "operator", "mock"]
 
 
 def _progress(message: str) -> None:
@@ -164,15 +165,33 @@ def start_engine(launch: EngineLaunch, key: str) -> LocalEngine:
     return LocalEngine(url=launch.url, key=key, log_path=launch.log_file, process=proc)
 
 
+def start_mock_engine(launch: EngineLaunch, key: str) -> LocalEngine:
+    """loadtests.mock_engine where `launch`'s vLLM would listen, answering to its served name and `key`."""
+    port = launch.port or pick_free_port(launch.host)
+    launch.log_file.parent.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "loadtests.mock_engine", "--host", launch.host, "--port", str(port)]
+    with launch.log_file.open("ab") as log:
+        proc = subprocess.Popen(
+            [*command, "--served-name", launch.served_name],
+            cwd=ROOT,
+            env={**os.environ, "VLLM_API_KEY": key},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    return LocalEngine(url=f"http://{launch.host}:{port}", key=key, log_path=launch.log_file, process=proc)
+
+
 def wait_engine_ready(engine: LocalEngine, timeout_s: float = READY_TIMEOUT_S) -> None:
-    _progress(f"starting vLLM on {engine.url} ...")
+    _progress(f"starting the engine on {engine.url} ...")
     started = time.monotonic()
     while True:
         if engine.process.poll() is not None:
             raise RuntimeError(f"vLLM exited with {engine.process.returncode}:\n{engine.log_tail()}")
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(f"{engine.url}/health", headers=engine.headers, timeout=2).status_code == 200:
-                _progress(f"vLLM ready after {time.monotonic() - started:.0f} s")
+                _progress(f"engine ready after {time.monotonic() - started:.0f} s")
                 return
         if time.monotonic() - started > timeout_s:
             raise RuntimeError(f"vLLM not ready after {timeout_s:.0f} s:\n{engine.log_tail()}")
@@ -182,7 +201,7 @@ def wait_engine_ready(engine: LocalEngine, timeout_s: float = READY_TIMEOUT_S) -
 def stop_engine(proc: subprocess.Popen[bytes]) -> None:
     """SIGTERM to the engine's process group and wait; SIGKILL whatever is left."""
     if proc.poll() is None:
-        _progress("stopping vLLM ...")
+        _progress("stopping the engine ...")
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -205,17 +224,18 @@ def local_tailor(
     """
     if not (model_dir / "config.json").exists():
         raise SystemExit(f"base model not prepared at {model_dir} (run `make install`)")
-    if engine not in ("child", "operator"):
-        raise ValueError(f"engine must be 'child' or 'operator', not {engine!r}")
+    if engine not in ("child", "operator", "mock"):
+        raise ValueError(f"engine must be 'child', 'operator' or 'mock', not {engine!r}")
     with contextlib.ExitStack() as cleanup:
         data_dir = Path(tempfile.mkdtemp(prefix="tailor-bench-"))
         cleanup.callback(shutil.rmtree, data_dir, ignore_errors=True)
         port = free_port()
         admin_key = "adm-" + secrets.token_urlsafe(16)
         running: LocalEngine | None = None
-        if engine == "operator":
+        if engine != "child":
             settings = settings_from(gateway_env(data_dir, port, admin_key, model_dir, env_extra=env_extra))
-            running = start_engine(engine_launch(settings, port=0), secrets.token_urlsafe(32))
+            launch, key = engine_launch(settings, port=0), secrets.token_urlsafe(32)
+            running = start_mock_engine(launch, key) if engine == "mock" else start_engine(launch, key)
             # Registered before the gateway's: the engine stops after it.
             cleanup.callback(stop_engine, running.process)
             wait_engine_ready(running)

@@ -1,0 +1,197 @@
+"""Tailor's own cost per request, against an engine that answers at once.
+
+    python -m loadtests.bench_overhead                        # 1, 2, 20, 64 clients, 5 s each
+    python -m loadtests.bench_overhead --clients 1,20 --seconds 3 --env TAILOR_WORKERS=2
+    python -m loadtests.bench_overhead --markdown --json overhead.json
+
+Starts loadtests.mock_engine (health, models, LoRA loads and completions, no model work) and a
+throwaway `tailor serve` with it as an operator-run engine, logging on as deployed. For each
+number of clients, a closed loop (loadtests.closed_loop, its own process) sends non-streamed
+chat completions for `--seconds`, first straight to the engine, then through Tailor, then to
+the engine again (ABA: drift falls on both sides). What Tailor adds is the difference between
+the two paths: latency added at p50, and its throughput against the direct path's.
+The table also shows the CPU the load generator, the gateway and the engine each used during
+Tailor's runs, as a share of the machine: on a 2-core machine the three share the cores, so
+a gateway that saturates is measured together with what drives it.
+
+Goals (the exit code is 0 whatever the verdict: this measures, it does not test): at most
+0.5 ms added at p50 with 1 client, and throughput through Tailor at 20 clients at least 0.9x
+that at 2 clients.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import psutil
+
+from loadtests.local_server import MODEL_DIR, ROOT, _progress, create_tenant_key, local_tailor
+
+TARGET_ADDED_P50_MS = 0.5  # at 1 client
+TARGET_SCALING = 0.9  # rps at 20 clients >= this x rps at 2 clients
+
+
+@dataclass(frozen=True)
+class Level:
+    clients: int
+    direct_rps: float
+    direct_p50_ms: float
+    tailor_rps: float
+    tailor_p50_ms: float
+    tailor_p99_ms: float
+    tailor_failures: int
+    loadgen_cpu: float  # share of the machine's CPUs during Tailor's run
+    gateway_cpu: float
+    engine_cpu: float
+
+    @property
+    def added_p50_ms(self) -> float:
+        return self.tailor_p50_ms - self.direct_p50_ms
+
+
+def _tree(pid: int) -> list[psutil.Process]:
+    with_children = psutil.Process(pid)
+    return [with_children, *with_children.children(recursive=True)]
+
+
+def _cpu_seconds(procs: Sequence[psutil.Process]) -> float:
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += t.user + t.system
+    return total
+
+
+def closed_loop(url: str, key: str, model: str, clients: int, seconds: float) -> dict[str, float]:
+    """One loadtests.closed_loop run in its own process; its JSON result."""
+    command = [sys.executable, "-m", "loadtests.closed_loop", "--url", url, "--model", model]
+    command += ["--clients", str(clients), "--seconds", str(seconds), "--key", key]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"load generator failed: {done.stderr[-2000:]}")
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def measure(
+    *,
+    gateway: str,
+    gateway_key: str,
+    engine: str,
+    engine_key: str,
+    model: str,
+    gateway_pid: int,
+    engine_pid: int,
+    levels: Sequence[int],
+    seconds: float,
+) -> Iterator[Level]:
+    cpus = psutil.cpu_count() or 1
+    for clients in levels:
+        _progress(f"{clients} clients: direct, through Tailor, direct ...")
+        first = closed_loop(engine, engine_key, model, clients, seconds)
+        gw_procs, engine_procs = _tree(gateway_pid), _tree(engine_pid)
+        gw_before, engine_before = _cpu_seconds(gw_procs), _cpu_seconds(engine_procs)
+        through = closed_loop(gateway, gateway_key, model, clients, seconds)
+        gw_cpu, engine_cpu = _cpu_seconds(gw_procs) - gw_before, _cpu_seconds(engine_procs) - engine_before
+        last = closed_loop(engine, engine_key, model, clients, seconds)
+        # Busy time over the whole run, warm-up and process start included: an upper bound.
+        wall = seconds + 1.0
+        yield Level(
+            clients=clients,
+            direct_rps=(first["rps"] + last["rps"]) / 2,
+            direct_p50_ms=(first["p50_ms"] + last["p50_ms"]) / 2,
+            tailor_rps=through["rps"],
+            tailor_p50_ms=through["p50_ms"],
+            tailor_p99_ms=through["p99_ms"],
+            tailor_failures=int(through["failures"]),
+            loadgen_cpu=through["cpu_s"] / (seconds * cpus),
+            gateway_cpu=gw_cpu / (wall * cpus),
+            engine_cpu=engine_cpu / (wall * cpus),
+        )
+
+
+def table(levels: Sequence[Level]) -> str:
+    head = (
+        "| clients | direct req/s | direct p50 ms | Tailor req/s | Tailor p50 ms | Tailor p99 ms | added p50 ms "
+        "| Tailor/direct req/s | failed | CPU: load gen / gateway / engine |"
+    )
+    rows = [head, "|" + "---:|" * 9 + "---|"]
+    for lv in levels:
+        rows.append(
+            f"| {lv.clients} | {lv.direct_rps:,.0f} | {lv.direct_p50_ms:.2f} | {lv.tailor_rps:,.0f} | "
+            f"{lv.tailor_p50_ms:.2f} | {lv.tailor_p99_ms:.2f} | {lv.added_p50_ms:.2f} | "
+            f"{lv.tailor_rps / lv.direct_rps:.2f} | {lv.tailor_failures} | "
+            f"{lv.loadgen_cpu:.0%} / {lv.gateway_cpu:.0%} / {lv.engine_cpu:.0%} |"
+        )
+    return "\n".join(rows)
+
+
+def verdicts(levels: Sequence[Level]) -> list[str]:
+    by = {lv.clients: lv for lv in levels}
+    out = []
+    if 1 in by:
+        added = by[1].added_p50_ms
+        ok = "PASS" if added <= TARGET_ADDED_P50_MS else "FAIL"
+        out.append(f"added p50 at 1 client: {added:.2f} ms (goal <= {TARGET_ADDED_P50_MS} ms) {ok}")
+    if 2 in by and 20 in by:
+        ratio = by[20].tailor_rps / by[2].tailor_rps
+        ok = "PASS" if ratio >= TARGET_SCALING else "FAIL"
+        out.append(f"Tailor req/s at 20 clients / 2 clients: {ratio:.2f} (goal >= {TARGET_SCALING}) {ok}")
+    return out
+
+
+def parse_env(pairs: Sequence[str]) -> dict[str, str]:
+    env = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.startswith("TAILOR_"):
+            raise SystemExit(f"--env takes TAILOR_NAME=value, not {pair!r}")
+        env[name] = value
+    return env
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], prog="python -m loadtests.bench_overhead")
+    parser.add_argument("--clients", default="1,2,20,64", help="comma-separated closed-loop client counts")
+    parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per run (after 1 s warm-up)")
+    parser.add_argument("--env", action="append", default=[], help="TAILOR_NAME=value for the gateway (repeatable)")
+    parser.add_argument("--markdown", action="store_true", help="print the table only, as Markdown")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = parser.parse_args(argv)
+    levels = [int(x) for x in args.clients.split(",") if x.strip()]
+    with local_tailor(MODEL_DIR, env_extra=parse_env(args.env), engine="mock") as server:
+        assert server.engine is not None
+        key = create_tenant_key(server, "bench")
+        results = list(
+            measure(
+                gateway=server.url,
+                gateway_key=key,
+                engine=server.engine.url,
+                engine_key=server.engine.key,
+                model=MODEL_DIR.name,
+                gateway_pid=server.process.pid,
+                engine_pid=server.engine.process.pid,
+                levels=levels,
+                seconds=args.seconds,
+            )
+        )
+    if not args.markdown:
+        print(f"machine: {psutil.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f}")
+    print(table(results))
+    for line in verdicts(results):
+        print(f"- {line}")
+    if args.json:
+        args.json.write_text(json.dumps([{**asdict(r), "added_p50_ms": r.added_p50_ms} for r in results], indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""The gateway-overhead benchmark end to end, briefly: a real `tailor serve` in front of the mock engine.
+
+No vLLM: loadtests.mock_engine answers at once, so this runs in seconds. What it checks is
+that the figures come from real traffic (requests counted on both paths, none failed) and
+that the mock speaks enough of vLLM's API for the gateway to accept it as an operator-run
+engine (its health, key and LoRA-probe checks) and return schema-valid answers through it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from loadtests import bench_overhead
+from loadtests.closed_loop import percentile
+from loadtests.local_server import MODEL_DIR, create_tenant_key, local_tailor
+from tests.openai_schema import validate
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 0.5) == 50.0
+    assert percentile(values, 0.99) == 99.0
+    assert percentile([3.0], 0.9) == 3.0
+
+
+def test_env_flags_take_only_tailor_settings() -> None:
+    assert bench_overhead.parse_env(["TAILOR_LOG_LEVEL=debug"]) == {"TAILOR_LOG_LEVEL": "debug"}
+    with pytest.raises(SystemExit):
+        bench_overhead.parse_env(["PATH=/tmp"])
+
+
+def test_the_gateway_takes_the_mock_engine_and_answers_schema_valid() -> None:
+    with local_tailor(MODEL_DIR, engine="mock") as server:
+        key = create_tenant_key(server, "bench")
+        headers = {"Authorization": f"Bearer {key}"}
+        body = {"model": MODEL_DIR.name, "messages": [{"role": "user", "content": "hi"}]}
+        r = httpx.post(f"{server.url}/v1/chat/completions", json=body, headers=headers, timeout=30)
+        assert r.status_code == 200, r.text
+        validate(r.json(), "CreateChatCompletionResponse")
+        with httpx.stream(
+            "POST", f"{server.url}/v1/chat/completions", json={**body, "stream": True}, headers=headers, timeout=30
+        ) as s:
+            chunks = [json.loads(line[6:]) for line in s.iter_lines() if line.startswith("data: {")]
+        assert chunks and "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+        for chunk in chunks:
+            validate(chunk, "CreateChatCompletionStreamResponse")
+        wrong = httpx.get(f"{server.engine_url}/v1/models", headers={"Authorization": "Bearer nope"}, timeout=5)
+        assert wrong.status_code == 401
+
+
+def test_a_short_run_measures_both_paths(tmp_path: Path) -> None:
+    out = tmp_path / "overhead.json"
+    bench_overhead.main(["--clients", "1,2", "--seconds", "1", "--json", str(out)])
+    levels = json.loads(out.read_text())
+    assert [lv["clients"] for lv in levels] == [1, 2]
+    for lv in levels:
+        assert lv["direct_rps"] > 0 and lv["tailor_rps"] > 0
+        assert lv["tailor_failures"] == 0
+        assert lv["added_p50_ms"] == pytest.approx(lv["tailor_p50_ms"] - lv["direct_p50_ms"])

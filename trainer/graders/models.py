@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -24,6 +25,7 @@ from trainer.graders.result import TokenUsage
 
 JSON = dict[str, Any]
 MAX_REPLY_BYTES = 1 << 20
+log = logging.getLogger("tailor.graders")
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,12 @@ class ExternalModels:
 
     def _call(self, model: str, body: JSON) -> ModelReply:
         endpoint = self.endpoints[model]
-        base_url = self.policy.check_url(endpoint.base_url, "grader.model")
+        try:
+            base_url = self.policy.check_url(endpoint.base_url, "grader.model")
+        except TailorError:
+            # The operator's URL, not the tenant's: the tenant learns only that it failed.
+            log.warning("grader model %r: its endpoint URL is refused by the outbound policy", model)
+            raise _failed(model, "is refused by the outbound policy") from None
         host = httpx.URL(base_url).host
         headers = {"Accept-Encoding": "identity"}
         if endpoint.api_key is not None:
@@ -93,7 +100,7 @@ class ExternalModels:
                 if r.status_code != 200:
                     raise _failed(host, f"answered HTTP {r.status_code}")
                 raw = b""
-                for chunk in r.iter_raw():
+                for chunk in r.iter_bytes():  # counted as decoded: a compressed bomb stops too
                     raw += chunk
                     if len(raw) > MAX_REPLY_BYTES:
                         raise _failed(host, f"answered more than {MAX_REPLY_BYTES} bytes")
@@ -105,9 +112,9 @@ class ExternalModels:
             raise _failed(host, "sent no JSON") from None
 
 
-def _failed(host: str, what: str) -> TailorError:
+def _failed(where: str, what: str) -> TailorError:
     # Tailor's words only: nothing the endpoint sent reaches the tenant.
-    return TailorError(502, f"The grader model endpoint at {host} {what}.", code="model_grader_error")
+    return TailorError(502, f"The grader model endpoint {where} {what}.", code="model_grader_error")
 
 
 @dataclass

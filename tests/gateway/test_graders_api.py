@@ -187,6 +187,8 @@ async def test_another_tenants_adapter_is_404(gw: Gateway, other: Gateway) -> No
         await post(gw, RUN, {"grader": score_model("judge"), "model_sample": "x", "item": {"country": "y"}}), 404
     )
     assert err["param"] == "grader.model" and err["code"] == "model_not_found"
+    unknown = {"grader": score_model("no-such-model"), "model_sample": "x", "item": {"country": "y"}}
+    assert error(await post(gw, RUN, unknown), 404)["code"] == "model_not_found"
     assert gw.fake.completions() == []
     # Its owner may use it.
     other.fake.script.append(answer_with(200, chat_answer('{"result": 3}')))

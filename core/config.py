@@ -15,10 +15,18 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_MODEL_DIR = Path("models/SmolLM2-135M-Instruct")
+
+
+class GraderModelEndpoint(BaseModel):
+    """An operator's OpenAI-compatible endpoint that model graders may name (see trainer.graders)."""
+
+    base_url: str = Field(description="https://host/v1; it passes core.outbound's policy when called.")
+    model: str | None = Field(None, description="The model name the endpoint knows; default: the grader's name.")
+    api_key: SecretStr | None = None
 
 
 class Settings(BaseSettings):
@@ -249,6 +257,28 @@ class Settings(BaseSettings):
         "(teacher.api_key_env), each bound to the one host its value may be sent to: comma-separated VAR=host "
         "entries, e.g. OPENAI_API_KEY=api.openai.com (repeat VAR=host for more hosts); empty: none.",
     )
+
+    # --- graders ----------------------------------------------------------------
+    grader_model_endpoints: dict[str, GraderModelEndpoint] = Field(
+        default_factory=dict,
+        description="Models that score_model and label_model graders may name besides the tenant's own, JSON: "
+        '{"NAME": {"base_url": "https://host/v1", "model": "remote name", "api_key": "..."}}. These names win over '
+        "a tenant's model of the same name; the URLs pass the outbound policy (TAILOR_OUTBOUND_*).",
+    )
+    grader_model_timeout_s: float = Field(60.0, gt=0, description="Time one grader model call may take.")
+    python_graders_enabled: bool = Field(
+        False,
+        description="Run tenants' Python graders (in a sandbox: namespaces, read-only interpreter, no network, "
+        "limits; see README). Off: they get 400 python_grader_disabled.",
+    )
+    python_grader_timeout_s: float = Field(10.0, gt=0, le=600, description="Wall-clock limit of one Python grade.")
+    python_grader_memory_mib: int = Field(
+        256, ge=64, le=16384, description="Address-space limit of each process of a Python grade."
+    )
+    python_grader_max_output_bytes: int = Field(
+        1 << 20, ge=1024, description="Output (stdout and stderr) a Python grade may write before it is killed."
+    )
+    python_grader_concurrency: int = Field(2, ge=1, le=64, description="Python grades one process runs at once.")
 
     # --- telemetry ---------------------------------------------------------------
     otel_exporter: Literal["none", "console", "otlp"] = Field("none", description="Where request traces go.")

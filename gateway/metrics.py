@@ -50,7 +50,7 @@ OTHER = "other"
 ALL_TENANTS = "all"  # the tenant label unless the operator turns tenant labels on
 ADAPTER = "adapter"  # the model label of every adapter, likewise
 CLIENT_CLOSED = 499
-ENDPOINTS = ("chat.completions", "completions", "responses")
+ENDPOINTS = ("chat.completions", "completions", "responses", "fine_tuning.graders")
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)

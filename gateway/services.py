@@ -33,6 +33,7 @@ from gateway.request_policy import CacheSalts
 from gateway.telemetry import Telemetry
 from gateway.tenants import Caller
 from gateway.trainer_process import TrainerProcess
+from trainer.graders.runtime import GraderRuntime
 
 log = logging.getLogger("tailor.gateway")
 
@@ -90,6 +91,7 @@ class Services:
             limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
         )
         self.supervisors: list[EngineSupervisor] = []
+        self.graders = GraderRuntime.from_settings(settings)  # Python grader sandbox, when enabled
         self.trainer = (
             TrainerProcess(settings.data_dir / "logs" / "trainer.log", settings) if settings.run_trainer else None
         )

@@ -44,6 +44,8 @@ from typing import Any
 import gevent
 from locust import HttpUser, events, task
 
+from loadtests.prompts import PROMPTS
+
 # --- configuration --------------------------------------------------------------------------
 
 
@@ -77,14 +79,7 @@ def _options(parser: Any) -> None:
 # --- prompts ---------------------------------------------------------------------------------
 
 SHORT_PROMPTS = (
-    "What is the capital of France?",
-    "Explain photosynthesis in one sentence.",
-    "Give me three tips for writing clean Python code.",
-    "Why is the sky blue?",
-    "Write a haiku about autumn leaves.",
-    "What is the difference between a list and a tuple?",
-    "How do vaccines work?",
-    "Suggest a name for a friendly robot.",
+    *PROMPTS,
     "My invoice shows a double charge for March. What should I do?",
     "Translate 'good morning' into Spanish and German.",
     "How do I reset my password?",

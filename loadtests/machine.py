@@ -1,4 +1,4 @@
-"""The machine a benchmark runs on: CPUs, load, other vLLM servers; and this process's SIGTERM.
+"""The machine a benchmark runs on: CPUs, load, other vLLM servers.
 
 Figures taken on a shared machine move with whatever else runs, so every benchmark reports the
 load average before and after and warns when the machine was busy or another engine competed.
@@ -45,8 +45,3 @@ def load_line(before: Sequence[float], after: Sequence[float]) -> str:
     return (
         "load avg before/after: " + " ".join(f"{x:.2f}" for x in before) + " / " + " ".join(f"{x:.2f}" for x in after)
     )
-
-
-def exit_on_sigterm(_signum: int, _frame: object) -> None:
-    # Turn SIGTERM into an exception so the `finally` that stops our Tailor still runs.
-    raise SystemExit(143)

@@ -18,17 +18,14 @@ from loadtests.admin_api import create_tenant_key
 from loadtests.bench_batch_priority.report import Report, build_report, render
 from loadtests.bench_batch_priority.rounds import RoundResult, run_rounds
 from loadtests.bench_batch_priority.workload import QUICK, BenchConfig
-from loadtests.launcher import BASE_MODEL, MODEL_DIR, progress
+from loadtests.bench_cli import attempt, bench_parser
+from loadtests.launcher import BASE_MODEL, MODEL_DIR
 from loadtests.local_server import local_tailor
 from loadtests.machine import count_vllm_processes, usable_cpus
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m loadtests.bench_batch_priority",
-        description=package.__doc__.split("\n\n")[0] if package.__doc__ else None,
-    )
-    p.add_argument("--gateway-url", help="A running Tailor; default: start one here.")
+    p = bench_parser("python -m loadtests.bench_batch_priority", package.__doc__)
     p.add_argument("--api-key", help="A tenant key of that Tailor (with --gateway-url).")
     p.add_argument("--model", default=BASE_MODEL)
     p.add_argument("--quick", action="store_true", help="Small rounds: the wiring, not figures.")
@@ -82,6 +79,15 @@ def benchmark(cfg: BenchConfig, url: str, key: str, model: str, vllm_before: int
     return build_report(cfg, model, rounds, load_before, os.getloadavg(), vllm_before, cpus)
 
 
+def _measure(args: argparse.Namespace, cfg: BenchConfig) -> Report:
+    if args.gateway_url:
+        return benchmark(cfg, args.gateway_url, args.api_key, args.model, None)
+    vllm_before = count_vllm_processes()  # before our own: any other competes with the run
+    with local_tailor(MODEL_DIR, env_extra=gateway_env(args.busy)) as server:
+        key = create_tenant_key(server)
+        return benchmark(cfg, server.url, key, args.model, vllm_before)
+
+
 def _exit_on_sigterm(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -90,20 +96,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     cfg = config_from(args)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    try:
-        if args.gateway_url:
-            report = benchmark(cfg, args.gateway_url, args.api_key, args.model, None)
-        else:
-            vllm_before = count_vllm_processes()  # before our own: any other competes with the run
-            with local_tailor(MODEL_DIR, env_extra=gateway_env(args.busy)) as server:
-                key = create_tenant_key(server)
-                report = benchmark(cfg, server.url, key, args.model, vllm_before)
-    except KeyboardInterrupt:
-        progress("interrupted")
-        return 130
-    except RuntimeError as exc:
-        progress(f"benchmark failed: {exc}")
-        return 1
+    report, rc = attempt(lambda: _measure(args, cfg))
+    if report is None:
+        return rc
     print(render(report), flush=True)
     if args.json:
         args.json.write_text(json.dumps(asdict(report), indent=2))

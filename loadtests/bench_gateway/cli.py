@@ -14,12 +14,13 @@ import httpx
 
 import loadtests.bench_gateway as package
 from loadtests.admin_api import create_tenant_key
+from loadtests.bench_cli import attempt, bench_parser, exit_on_sigterm
 from loadtests.bench_gateway.report import MachineFacts, Report, build_report, render, write_json
 from loadtests.bench_gateway.rounds import QUICK, BenchConfig, run_interleaved
 from loadtests.chat_client import Target, auth
-from loadtests.launcher import BASE_MODEL, MODEL_DIR, progress
+from loadtests.launcher import BASE_MODEL, MODEL_DIR
 from loadtests.local_server import local_tailor
-from loadtests.machine import count_vllm_processes, cpu_model, exit_on_sigterm, usable_cpus
+from loadtests.machine import count_vllm_processes, cpu_model, usable_cpus
 
 
 def engine_version(engine: Target) -> str:
@@ -43,11 +44,7 @@ def machine_facts(engine: Target, vllm_before: int | None) -> MachineFacts:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m loadtests.bench_gateway",
-        description=package.__doc__.split("\n\n")[0] if package.__doc__ else None,
-    )
-    p.add_argument("--gateway-url", help="A running Tailor; default: start one here.")
+    p = bench_parser("python -m loadtests.bench_gateway", package.__doc__)
     p.add_argument("--engine-url", help="The vLLM server behind it (with --gateway-url).")
     p.add_argument("--api-key", help="A tenant key for the gateway (with --gateway-url).")
     p.add_argument(
@@ -139,29 +136,27 @@ def benchmark(
     return build_report(cfg, model, machine, rounds)
 
 
+def _measure(args: argparse.Namespace, cfg: BenchConfig) -> Report:
+    if args.gateway_url:
+        return benchmark(cfg, args.gateway_url, args.engine_url, args.api_key, args.model, None, args.engine_key)
+    # Counted before our own engine starts: any vLLM here competes with the benchmark.
+    vllm_before = count_vllm_processes()
+    # The serving path alone: no trainer worker importing torch beside the runs. The engine
+    # is started here, with a key we know, so the direct path can call it.
+    env = {"TAILOR_RUN_TRAINER": "false"}
+    with local_tailor(MODEL_DIR, env_extra=env, engine="operator") as server:
+        assert server.engine_url is not None
+        key = create_tenant_key(server)
+        return benchmark(cfg, server.url, server.engine_url, key, args.model, vllm_before, server.engine_key)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     cfg = config_from(args)
     signal.signal(signal.SIGTERM, exit_on_sigterm)
-    try:
-        if args.gateway_url:
-            report = benchmark(cfg, args.gateway_url, args.engine_url, args.api_key, args.model, None, args.engine_key)
-        else:
-            # Counted before our own engine starts: any vLLM here competes with the benchmark.
-            vllm_before = count_vllm_processes()
-            # The serving path alone: no trainer worker importing torch beside the runs. The engine
-            # is started here, with a key we know, so the direct path can call it.
-            env = {"TAILOR_RUN_TRAINER": "false"}
-            with local_tailor(MODEL_DIR, env_extra=env, engine="operator") as server:
-                assert server.engine_url is not None
-                key = create_tenant_key(server)
-                report = benchmark(cfg, server.url, server.engine_url, key, args.model, vllm_before, server.engine_key)
-    except KeyboardInterrupt:
-        progress("interrupted")
-        return 130
-    except RuntimeError as exc:
-        progress(f"benchmark failed: {exc}")
-        return 1
+    report, rc = attempt(lambda: _measure(args, cfg))
+    if report is None:
+        return rc
     print(render(report, args.markdown), flush=True)
     if args.json:
         write_json(report, args.json)

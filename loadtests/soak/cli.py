@@ -19,11 +19,12 @@ from urllib.parse import urlsplit
 
 import loadtests.soak as package
 from loadtests.admin_api import Gateway, admin_client, create_tenant_key, register_adapter, served_models
+from loadtests.bench_cli import exit_on_sigterm
 from loadtests.chat_client import Target, make_client
 from loadtests.launcher import MODEL_DIR, progress
 from loadtests.local_server import local_tailor
 from loadtests.lora_adapters import build_adapters, uniform_specs
-from loadtests.machine import exit_on_sigterm, usable_cpus
+from loadtests.machine import usable_cpus
 from loadtests.procfs import ProcFS
 from loadtests.soak.report import per_request_kib, render, write_csv
 from loadtests.soak.samples import Counts, Sample, summarize, take_sample, verdict

@@ -8,7 +8,7 @@
 Starts one throwaway Tailor (`loadtests.local_server`, trainer off) with
 TAILOR_MAX_RESIDENT_ADAPTERS = --max-resident and TAILOR_ENGINE_MAX_LORAS = --max-loras (vLLM's
 --max-cpu-loras is then max of the two), builds --adapters small random PEFT LoRA adapters
-(rank 8 on q/k/v/o, with run_load's builder) and registers them for one tenant. Two workloads
+(rank 8 on q/k/v/o, with `loadtests.lora_adapters`) and registers them for one tenant. Two workloads
 send the same number of streamed chat requests (temperature 0, `ignore_eos`, exactly
 --max-tokens completion tokens each) from a closed loop of --concurrency workers:
 

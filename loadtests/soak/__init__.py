@@ -8,7 +8,7 @@ Without --url it starts a throwaway Tailor (`loadtests.local_server`, trainer wo
 run it). With --url it uses a running one on this machine: the gateway's pid is the process
 listening on the URL's port (or --pid), and the adapters are registered by path, so the gateway
 must be able to read this machine's files. Either way it builds --adapters small random PEFT LoRA
-adapters (run_load's builder), registers them for a fresh tenant, touches every model once, and
+adapters (`loadtests.lora_adapters`), registers them for a fresh tenant, touches every model once, and
 then --concurrency workers send requests back to back for --minutes:
 
 * chat completions and text completions, half of them streamed, on the base model and each

@@ -24,7 +24,9 @@ import httpx
 import openai
 
 from core.states import TERMINAL_JOB_STATUSES, JobStatus
-from loadtests.local_server import MODEL_DIR, LocalTailor, _progress, create_tenant_key, local_tailor
+from loadtests.admin_api import create_tenant_key
+from loadtests.launcher import MODEL_DIR, progress
+from loadtests.local_server import LocalTailor, local_tailor
 from loadtests.ticket_routing import Ticket, accuracy, tickets
 
 
@@ -77,7 +79,7 @@ def run(server: LocalTailor, args: argparse.Namespace) -> str:
     ).raise_for_status()
 
     traffic, test = split(args.traffic_per_queue, args.test_per_queue)
-    _progress(f"{len(traffic)} tickets of traffic, {len(test)} unseen test tickets")
+    progress(f"{len(traffic)} tickets of traffic, {len(test)} unseen test tickets")
     before_test, _ = answers(c, test)
     served, ids = answers(c, traffic)
     for t, interaction_id, answer in zip(traffic, ids, served, strict=True):

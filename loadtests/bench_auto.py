@@ -19,7 +19,6 @@ early stopping) with every row used for training.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import tempfile
 import time
@@ -28,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from loadtests.recipes import recipe_in, write_rows
 from trainer import early_stopping
 from trainer import hyperparameters as hps
 
@@ -198,25 +198,18 @@ HEADER = (
 )
 
 
-def write_rows(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
 def train(work: Path, rows: list[dict[str, Any]], hp: hps.Resolved, validation: list[dict[str, Any]]) -> Any:
     """One training run the way the worker launches it (one CPU process)."""
     from trainer.compute.launch import run_training
     from trainer.compute.placement import parse_devices
-    from trainer.compute.recipe import Recipe, knobs
+    from trainer.compute.recipe import knobs
 
     work.mkdir(parents=True)
-    recipe = Recipe(
-        method="sft",
-        base_model_dir=str(MODEL_DIR),
-        data_path=str(write_rows(work / "train.jsonl", rows)),
-        out_dir=str(work / "adapter"),
-        progress_path=str(work / "progress.jsonl"),
-        stop_path=str(work / "STOP"),
+    recipe = recipe_in(
+        work,
+        "sft",
+        MODEL_DIR,
+        write_rows(work / "train.jsonl", rows),
         eval_data_path=str(write_rows(work / "validation.jsonl", validation)) if validation else None,
         **{**knobs(hp), "max_seq_length": 512},
     )

@@ -38,8 +38,10 @@ import httpx
 import openai
 
 from core.states import TERMINAL_JOB_STATUSES, JobStatus
-from loadtests.bench_gateway import _ms, abba_schedule, percentile
-from loadtests.local_server import BASE_MODEL, MODEL_DIR, LocalTailor, _progress, create_tenant_key, local_tailor
+from loadtests.admin_api import create_tenant_key
+from loadtests.launcher import BASE_MODEL, MODEL_DIR, progress
+from loadtests.local_server import LocalTailor, local_tailor
+from loadtests.stats import abba, percentile, to_ms
 from loadtests.ticket_routing import tickets
 
 ADAPTER = "parser-lite"
@@ -143,7 +145,7 @@ def wait_for_job(c: openai.OpenAI, job_id: str) -> Any:
         events = c.fine_tuning.jobs.list_events(job_id, limit=1).data
         if events and events[0].message != last:
             last = events[0].message
-            _progress(f"  job: {last}")
+            progress(f"  job: {last}")
         time.sleep(5)
     return job
 
@@ -153,7 +155,7 @@ def run(server: LocalTailor, args: argparse.Namespace) -> str:
     auth = {"Authorization": f"Bearer {key}"}
     c = openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0, timeout=300)
     w = workload(args.shots, args.heldout, args.passes)
-    _progress(
+    progress(
         f"{len(w.shots)} few-shot examples in the context, {len(w.train)} training inputs, {len(w.heldout)} unseen"
     )
 
@@ -173,7 +175,7 @@ def run(server: LocalTailor, args: argparse.Namespace) -> str:
     if job.status != JobStatus.SUCCEEDED:
         raise SystemExit(f"job {job.id} {job.status}: {job.error}")
     distilled = (job.model_extra or {}).get("distillation", {}).get("results", {})
-    _progress(f"job {job.id}: {job.fine_tuned_model} ({job.metadata.get('tailor_decision')}) in {job_min:.1f} min")
+    progress(f"job {job.id}: {job.fine_tuned_model} ({job.metadata.get('tailor_decision')}) in {job_min:.1f} min")
 
     from trainer.distill import DistillSpec, with_context
 
@@ -193,8 +195,8 @@ def run(server: LocalTailor, args: argparse.Namespace) -> str:
         send_round(c, Arm(arm.name, arm.model), w, args.concurrency)
     time.sleep(2)  # the interaction log flushes every 0.5 s
     before = usage_by_model(server, auth)
-    for slot in abba_schedule(args.rounds):  # its two names stand for the two arms
-        send_round(c, arms["A" if slot == "direct" else "B"], w, args.concurrency)
+    for slot in abba(args.rounds, "A", "B"):
+        send_round(c, arms[slot], w, args.concurrency)
     time.sleep(2)
     after = usage_by_model(server, auth)
     return report(w, arms, before, after, reference, distilled, job, job_min)
@@ -223,8 +225,8 @@ def report(
         rows["prompt tokens / request"].append(f"{prompt / n:.1f}")
         rows["completion tokens / request"].append(f"{completion / n:.1f}")
         rows["cost per 1K requests (USD)"].append(f"{cost / n * 1000:.4f}")
-        rows["latency p50 (ms)"].append(f"{_ms(percentile(arm.latencies, 50)):.0f}")
-        rows["latency p95 (ms)"].append(f"{_ms(percentile(arm.latencies, 95)):.0f}")
+        rows["latency p50 (ms)"].append(f"{to_ms(percentile(arm.latencies, 50)):.0f}")
+        rows["latency p95 (ms)"].append(f"{to_ms(percentile(arm.latencies, 95)):.0f}")
         rows["agreement with the teacher (exact)"].append(f"{agree:.3f}")
         rows["accuracy vs the true order number"].append(f"{acc:.3f}")
     a, b = figures["A"], figures["B"]

@@ -117,24 +117,15 @@ def train(
     rows: list[dict[str, Any]], steps: int, work: Path, *, multiplier: float = 1.0, model_dir: Path = MODEL_DIR
 ) -> Trained:
     """KTO through the shipped trainer on the CPU, every knob but the length and the rate as "auto" picks it."""
+    from loadtests.recipes import recipe_in, write_rows
     from trainer.compute.launch import run_training
     from trainer.compute.placement import parse_devices
-    from trainer.compute.recipe import Recipe, knobs
+    from trainer.compute.recipe import knobs
     from trainer.hyperparameters import resolve
 
     hp = resolve("kto", {"max_steps": steps, "learning_rate_multiplier": multiplier}, len(rows))
     work.mkdir(parents=True, exist_ok=True)
-    data = work / "rated.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    recipe = Recipe(
-        method="kto",
-        base_model_dir=str(model_dir),
-        data_path=str(data),
-        out_dir=str(work / "adapter"),
-        progress_path=str(work / "progress.jsonl"),
-        stop_path=str(work / "STOP"),
-        **knobs(hp),
-    )
+    recipe = recipe_in(work, "kto", model_dir, write_rows(work / "rated.jsonl", rows), **knobs(hp))
     result = run_training(recipe, parse_devices("cpu", visible_gpus=0, bf16=False), work / "run")
     knobs = {k: hp.as_dict()[k] for k in ("learning_rate_multiplier", "batch_size", "lora_rank", "lora_alpha", "beta")}
     knobs["learning_rate"] = hp.learning_rate

@@ -32,7 +32,9 @@ from pathlib import Path
 
 import psutil
 
-from loadtests.local_server import MODEL_DIR, ROOT, _progress, create_tenant_key, local_tailor
+from loadtests.admin_api import create_tenant_key
+from loadtests.launcher import MODEL_DIR, ROOT, progress
+from loadtests.local_server import local_tailor
 
 TARGET_ADDED_P50_MS = 0.5  # at 1 client
 TARGET_SCALING = 0.9  # rps at 20 clients >= this x rps at 2 clients
@@ -96,7 +98,7 @@ def measure(
 ) -> Iterator[Level]:
     cpus = psutil.cpu_count() or 1
     for clients in levels:
-        _progress(f"{clients} clients: direct, through Tailor, direct ...")
+        progress(f"{clients} clients: direct, through Tailor, direct ...")
         first = closed_loop(engine, engine_key, model, clients, seconds)
         gw_procs, engine_procs = _tree(gateway_pid), _tree(engine_pid)
         gw_before, engine_before = _cpu_seconds(gw_procs), _cpu_seconds(engine_procs)

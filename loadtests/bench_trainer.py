@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from loadtests.recipes import recipe_in, write_rows
 from trainer.compute import synthetic
 from trainer.compute.launch import run_training
 from trainer.compute.placement import parse_devices
@@ -91,19 +92,8 @@ def sft_recipe(
 ) -> Recipe:
     """An SFT recipe on `rows` (written to work/data.jsonl), saving to work/out."""
     work.mkdir(parents=True, exist_ok=True)
-    data = work / "data.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return Recipe(
-        method="sft",
-        base_model_dir=str(model_dir),
-        data_path=str(data),
-        out_dir=str(work / "out"),
-        progress_path=str(work / "progress.jsonl"),
-        stop_path=str(work / "STOP"),
-        max_steps=args.steps,
-        batch_size=args.batch_size,
-        **knobs,  # type: ignore[arg-type]
-    )
+    data = write_rows(work / "data.jsonl", rows)
+    return recipe_in(work, "sft", model_dir, data, "out", max_steps=args.steps, batch_size=args.batch_size, **knobs)
 
 
 def run_one(

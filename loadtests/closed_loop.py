@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import resource
 import statistics
 import time
@@ -20,6 +21,8 @@ from dataclasses import asdict, dataclass
 import aiohttp
 import orjson
 import uvloop
+
+from loadtests.stats import percentile
 
 PROMPT = "What is the capital of France?"
 
@@ -36,15 +39,6 @@ class LoopResult:
     p99_ms: float
     mean_ms: float
     cpu_s: float  # CPU seconds (user + system) this generator used while measuring
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile: the smallest value with at least q of the values at or below it."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), int(-(-q * len(ordered) // 1))))
-    return ordered[rank - 1]
 
 
 def request_body(model: str, *, stream: bool) -> bytes:
@@ -107,10 +101,10 @@ async def run(
         requests=len(ms),
         failures=sum(failures),
         rps=len(ms) / seconds,
-        p50_ms=percentile(ms, 0.50),
-        p90_ms=percentile(ms, 0.90),
-        p99_ms=percentile(ms, 0.99),
-        mean_ms=statistics.fmean(ms) if ms else float("nan"),
+        p50_ms=percentile(ms, 50) or math.nan,
+        p90_ms=percentile(ms, 90) or math.nan,
+        p99_ms=percentile(ms, 99) or math.nan,
+        mean_ms=statistics.fmean(ms) if ms else math.nan,
         cpu_s=cpu,
     )
 

@@ -44,6 +44,8 @@ from typing import Any
 import gevent
 from locust import HttpUser, events, task
 
+from loadtests.prompts import PROMPTS
+
 # --- configuration --------------------------------------------------------------------------
 
 
@@ -77,14 +79,7 @@ def _options(parser: Any) -> None:
 # --- prompts ---------------------------------------------------------------------------------
 
 SHORT_PROMPTS = (
-    "What is the capital of France?",
-    "Explain photosynthesis in one sentence.",
-    "Give me three tips for writing clean Python code.",
-    "Why is the sky blue?",
-    "Write a haiku about autumn leaves.",
-    "What is the difference between a list and a tuple?",
-    "How do vaccines work?",
-    "Suggest a name for a friendly robot.",
+    *PROMPTS,
     "My invoice shows a double charge for March. What should I do?",
     "Translate 'good morning' into Spanish and German.",
     "How do I reset my password?",
@@ -285,16 +280,21 @@ class TenantClient(HttpUser):
         else:
             RECORDS.write(**record)
 
-    def _plain(self, body: dict[str, Any], record: dict[str, Any]) -> None:
-        start = time.perf_counter()
-        with self.client.post(
-            "/v1/chat/completions",
+    def _post(self, path: str, body: dict[str, Any], name: str, **extra: Any) -> Any:
+        """The tenant's POST under the stats entry `name`, its outcome ours to mark (catch_response)."""
+        return self.client.post(
+            path,
             json=body,
             headers=self.headers,
-            name="chat",
+            name=name,
             catch_response=True,
             timeout=self.opts.request_timeout,
-        ) as resp:
+            **extra,
+        )
+
+    def _plain(self, body: dict[str, Any], record: dict[str, Any]) -> None:
+        start = time.perf_counter()
+        with self._post("/v1/chat/completions", body, "chat") as resp:
             record["latency_ms"] = (time.perf_counter() - start) * 1000
             record["status"] = resp.status_code
             if resp.status_code != 200:
@@ -323,15 +323,7 @@ class TenantClient(HttpUser):
         first_token_s: float | None = None
         usage: dict[str, Any] = {}
         done = False
-        with self.client.post(
-            "/v1/chat/completions",
-            json=body,
-            headers=self.headers,
-            name="chat stream",
-            catch_response=True,
-            stream=True,
-            timeout=self.opts.request_timeout,
-        ) as resp:
+        with self._post("/v1/chat/completions", body, "chat stream", stream=True) as resp:
             record["status"] = resp.status_code
             try:
                 if resp.status_code != 200:
@@ -392,14 +384,7 @@ class TenantClient(HttpUser):
     def _feedback(self, interaction_id: str) -> None:
         rating = "good" if self.rng.random() < 0.7 else "bad"
         start = time.perf_counter()
-        with self.client.post(
-            "/v1/feedback",
-            json={"interaction_id": interaction_id, "rating": rating},
-            headers=self.headers,
-            name="feedback",
-            catch_response=True,
-            timeout=self.opts.request_timeout,
-        ) as resp:
+        with self._post("/v1/feedback", {"interaction_id": interaction_id, "rating": rating}, "feedback") as resp:
             ok = resp.status_code == 201
             if ok:
                 resp.success()

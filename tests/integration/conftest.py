@@ -8,13 +8,8 @@ about 20-40 s on two CPU cores; everything after that reuses it.
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import signal
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,17 +18,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from loadtests.admin_api import create_tenant_key
+from loadtests.launcher import BASE_MODEL, MODEL_DIR, ROOT, free_port, gateway_env, log_tail, running_gateway
 from tests.conftest import LiveEngine
 
-ROOT = Path(__file__).resolve().parents[2]
-MODEL_DIR = ROOT / "models" / "SmolLM2-135M-Instruct"
-BASE_MODEL = "SmolLM2-135M-Instruct"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+__all__ = ["BASE_MODEL", "MODEL_DIR", "ROOT"]  # the integration tests import these from here
 
 
 @dataclass
@@ -49,8 +38,25 @@ class TailorServer:
         return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.admin_key}"}, timeout=120)
 
     def log_tail(self, n: int = 60) -> str:
-        lines = self.log_path.read_text(errors="replace").splitlines()
-        return "\n".join(lines[-n:])
+        return log_tail(self.log_path, n)
+
+
+# What every integration gateway runs with: small engine caches, quick health checks and log
+# flushes, so tests see their effects in well under a second.
+TEST_SETTINGS = {
+    "TAILOR_MAX_RESIDENT_ADAPTERS": "2",
+    "TAILOR_ENGINE_MAX_LORAS": "2",
+    "TAILOR_ENGINE_KV_CACHE_GIB": "1",
+    "TAILOR_ENGINE_HEALTH_INTERVAL_S": "0.5",
+    "TAILOR_AUTH_CACHE_TTL_S": "0.5",
+    "TAILOR_LOG_FLUSH_INTERVAL_S": "0.1",
+    "TAILOR_MAX_REQUEST_BYTES": "200000",
+    # The distillation test's teacher is a local http server.
+    "TAILOR_OUTBOUND_ALLOW_HTTP": "true",
+    "TAILOR_OUTBOUND_ALLOW_HOSTS": "127.0.0.1",
+    # Batch requests are metered at TAILOR_BATCH_PRICE_FACTOR (0.5) of these.
+    "TAILOR_PRICES": json.dumps({BASE_MODEL: {"prompt": 1.0, "completion": 2.0}}),
+}
 
 
 @contextmanager
@@ -59,70 +65,26 @@ def running_tailor(data_dir: Path, eval_engine: LiveEngine, **env_overrides: str
     names running ones), stopped on exit."""
     port, engine_port = free_port(), free_port()
     admin_key = "adm-" + secrets.token_urlsafe(16)
-    env = {
-        **os.environ,
-        "TAILOR_DATA_DIR": str(data_dir),
-        "TAILOR_ADMIN_KEY": admin_key,
-        "TAILOR_PORT": str(port),
+    extra = {
+        # A known port: tests read the child engine's own metrics.
         "TAILOR_ENGINE_PORT": str(engine_port),
-        "TAILOR_BASE_MODEL_PATH": str(MODEL_DIR),
-        "TAILOR_MAX_RESIDENT_ADAPTERS": "2",
-        "TAILOR_ENGINE_MAX_LORAS": "2",
-        "TAILOR_ENGINE_KV_CACHE_GIB": "1",
-        "TAILOR_ENGINE_HEALTH_INTERVAL_S": "0.5",
-        "TAILOR_AUTH_CACHE_TTL_S": "0.5",
-        "TAILOR_LOG_FLUSH_INTERVAL_S": "0.1",
-        "TAILOR_MAX_REQUEST_BYTES": "200000",
-        # The distillation test's teacher is a local http server.
-        "TAILOR_OUTBOUND_ALLOW_HTTP": "true",
-        "TAILOR_OUTBOUND_ALLOW_HOSTS": "127.0.0.1",
-        # Batch requests are metered at TAILOR_BATCH_PRICE_FACTOR (0.5) of these.
-        "TAILOR_PRICES": json.dumps({BASE_MODEL: {"prompt": 1.0, "completion": 2.0}}),
+        **TEST_SETTINGS,
         # The trainer evaluates on the session's evaluation engine rather than starting one.
         "TAILOR_EVAL_ENGINE_URL": eval_engine.url,
         "TAILOR_EVAL_ENGINE_API_KEY": eval_engine.key,
         **env_overrides,
     }
-    log_path = data_dir / "gateway.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "serve"],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+    env = gateway_env(data_dir, port, admin_key, MODEL_DIR, env_extra=extra)
+    url, log_path = f"http://127.0.0.1:{port}", data_dir / "gateway.log"
+    with running_gateway(env, url, log_path) as proc:
+        yield TailorServer(
+            url=url,
+            engine_url=f"http://127.0.0.1:{engine_port}",
+            admin_key=admin_key,
+            data_dir=data_dir,
+            process=proc,
+            log_path=log_path,
         )
-    server = TailorServer(
-        url=f"http://127.0.0.1:{port}",
-        engine_url=f"http://127.0.0.1:{engine_port}",
-        admin_key=admin_key,
-        data_dir=data_dir,
-        process=proc,
-        log_path=log_path,
-    )
-    deadline = time.monotonic() + 300
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"tailor serve exited with {proc.returncode}:\n{server.log_tail()}")
-        try:
-            if httpx.get(f"{server.url}/ready", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"tailor serve not ready after 300 s:\n{server.log_tail()}")
-        time.sleep(1)
-    try:
-        yield server
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 @pytest.fixture(scope="session")
@@ -140,12 +102,7 @@ class TenantKeys:
 
 
 def make_tenant(server: TailorServer, name: str) -> TenantKeys:
-    with server.admin() as admin:
-        r = admin.post("/admin/tenants", json={"name": name})
-        assert r.status_code == 201, r.text
-        r = admin.post(f"/admin/tenants/{name}/keys", json={"name": "tests"})
-        assert r.status_code == 201, r.text
-        return TenantKeys(name=name, key=r.json()["key"])
+    return TenantKeys(name=name, key=create_tenant_key(server, name, key_name="tests"))
 
 
 @pytest.fixture(scope="session")
@@ -166,8 +123,6 @@ QUESTION = "What is the capital of France?"
 @pytest.fixture(scope="session")
 def trained_adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real LoRA adapter, trained here for a few dozen steps, that answers QUESTION oddly."""
-    import json
-
     from trainer.compute.launch import run_training
     from trainer.compute.placement import parse_devices
     from trainer.compute.recipe import Recipe

@@ -13,9 +13,10 @@ import httpx
 import pytest
 
 from gateway.batches.input_file import parse
-from loadtests import bench_batch_priority as bench
+from loadtests.bench_batch_priority import cli, report, rounds, workload
+from loadtests.prompts import PROMPTS
 
-CFG = replace(bench.QUICK, alone_s=0.05)
+CFG = replace(workload.QUICK, alone_s=0.05)
 
 
 @dataclass
@@ -62,16 +63,16 @@ def _file_part(request: httpx.Request) -> bytes:
     return content[start : content.index(b"\r\n--", start)]
 
 
-async def rounds(fake: FakeTailor, cfg: bench.BenchConfig = CFG) -> list[bench.RoundResult]:
+async def run_against(fake: FakeTailor, cfg: workload.BenchConfig = CFG) -> list[rounds.RoundResult]:
     transport = httpx.MockTransport(fake)
     headers = {"authorization": "Bearer tk-bench"}
     async with httpx.AsyncClient(transport=transport, base_url="http://tailor.test", headers=headers) as client:
-        return await bench.run_rounds(client, "m", cfg)
+        return await rounds.run_rounds(client, "m", cfg)
 
 
 async def test_rounds_go_abab_and_b_rounds_run_beside_a_batch_they_cancel() -> None:
     fake = FakeTailor()
-    results = await rounds(fake, replace(CFG, rounds=2))
+    results = await run_against(fake, replace(CFG, rounds=2))
     assert [(r.kind, r.slot) for r in results] == [("A", 1), ("B", 2), ("A", 3), ("B", 4)]
     per_round = CFG.clients * CFG.requests
     assert all(len(r.latencies_s) == per_round and r.errors == 0 for r in results)
@@ -84,8 +85,8 @@ async def test_rounds_go_abab_and_b_rounds_run_beside_a_batch_they_cancel() -> N
 
     # The file it uploads is a batch input file Tailor takes as it is.
     lines = parse(fake.uploaded[0], max_lines=CFG.batch_lines)
-    assert len(lines) == CFG.batch_lines and {line.url for line in lines} == {bench.CHAT_PATH}
-    assert lines[0].body == bench.chat_body("m", bench.PROMPTS[0], CFG)
+    assert len(lines) == CFG.batch_lines and {line.url for line in lines} == {workload.CHAT_PATH}
+    assert lines[0].body == workload.chat_body("m", PROMPTS[0], CFG)
 
 
 async def test_a_batch_that_ends_before_the_round_is_an_error() -> None:
@@ -104,11 +105,11 @@ async def test_a_batch_that_ends_before_the_round_is_an_error() -> None:
     headers = {"authorization": "Bearer tk-bench"}
     async with httpx.AsyncClient(transport=transport, base_url="http://tailor.test", headers=headers) as client:
         with pytest.raises(RuntimeError, match="raise --batch-lines"):
-            await bench.run_round(client, "m", CFG, "B", 1)
+            await rounds.run_round(client, "m", CFG, "B", 1)
 
 
-def result(kind: str, latencies_ms: list[float], **batch: Any) -> bench.RoundResult:
-    return bench.RoundResult(kind, 1, [ms / 1000 for ms in latencies_ms], 0, 10.0, **batch)
+def result(kind: str, latencies_ms: list[float], **batch: Any) -> rounds.RoundResult:
+    return rounds.RoundResult(kind, 1, [ms / 1000 for ms in latencies_ms], 0, 10.0, **batch)
 
 
 def test_report_figures_and_table() -> None:
@@ -116,26 +117,26 @@ def test_report_figures_and_table() -> None:
         result("A", [100.0 + i for i in range(20)]),
         result("B", [110.0 + i for i in range(20)], batch_alone_lines=10, batch_alone_s=5.0, batch_lines=4),
     ]
-    rep = bench.build_report(CFG, "m", rounds_, (0.1, 0.1, 0.1), (0.2, 0.2, 0.2), 0, cpus=2)
+    rep = report.build_report(CFG, "m", rounds_, (0.1, 0.1, 0.1), (0.2, 0.2, 0.2), 0, cpus=2)
     assert rep.without.p95_ms == pytest.approx(118.05) and rep.with_batch.p95_ms == pytest.approx(128.05)
     assert rep.p95_ratio == pytest.approx(128.05 / 118.05) and rep.meets_target
     assert (rep.batch_lines_per_s_alone, rep.batch_lines_per_s_beside) == (2.0, 0.4)
     assert rep.warnings == []
-    table = bench.render(rep)
+    table = report.render(rep)
     assert "| p95 latency ms" in table and "<= 1.2 PASS" in table and "2.00 / 0.40" in table
 
     slow = [result("A", [100.0] * 20), result("B", [100.0] * 18 + [300.0, 300.0])]
-    busy = bench.build_report(CFG, "m", slow, (5.0, 4.0, 3.0), (5.0, 4.0, 3.0), 1, cpus=2)
-    assert not busy.meets_target and "FAIL" in bench.render(busy)
+    busy = report.build_report(CFG, "m", slow, (5.0, 4.0, 3.0), (5.0, 4.0, 3.0), 1, cpus=2)
+    assert not busy.meets_target and "FAIL" in report.render(busy)
     assert len(busy.warnings) == 2 and "busy" in busy.warnings[0]
 
 
 def test_command_line() -> None:
-    assert bench.config_from(bench.parse_args([])) == bench.BenchConfig()
-    quick = bench.config_from(bench.parse_args(["--quick", "--requests", "5"]))
-    assert quick == replace(bench.QUICK, requests=5)
-    assert bench.gateway_env(None) == {"TAILOR_RUN_TRAINER": "false", "TAILOR_BATCH_POLL_S": "0.2"}
-    assert bench.gateway_env(4)["TAILOR_BATCH_CONCURRENCY_BUSY"] == "4"
+    assert cli.config_from(cli.parse_args([])) == workload.BenchConfig()
+    quick = cli.config_from(cli.parse_args(["--quick", "--requests", "5"]))
+    assert quick == replace(workload.QUICK, requests=5)
+    assert cli.gateway_env(None) == {"TAILOR_RUN_TRAINER": "false", "TAILOR_BATCH_POLL_S": "0.2"}
+    assert cli.gateway_env(4)["TAILOR_BATCH_CONCURRENCY_BUSY"] == "4"
     for argv in (["--gateway-url", "http://x"], ["--gateway-url", "http://x", "--api-key", "k", "--busy", "2"]):
         with pytest.raises(SystemExit):
-            bench.parse_args(argv)
+            cli.parse_args(argv)

@@ -1,4 +1,5 @@
-"""Unit tests for the gateway benchmark's plumbing: `loadtests/local_server.py` and `loadtests/bench_gateway.py`.
+"""Unit tests for the gateway benchmark's plumbing: `loadtests/launcher.py`, `loadtests/local_server.py`
+and `loadtests/bench_gateway/`.
 
 No vLLM, no gateway: processes are faked (or are `sleep`), engines are `httpx.MockTransport`.
 Covered: the environment `tailor serve` gets with a child engine and with an operator-run one
@@ -26,9 +27,11 @@ import pytest
 
 from adapters.supervisor import EngineLaunch
 from gateway.services import Services
-from loadtests import bench_gateway as bench
-from loadtests import local_server
-from loadtests.local_server import LocalEngine, LocalTailor
+from loadtests import launcher, local_server
+from loadtests.bench_gateway import cli as bench
+from loadtests.bench_gateway import rounds
+from loadtests.chat_client import Target, make_client
+from loadtests.launcher import LocalEngine
 
 KEY = "engine-key-123"
 
@@ -48,7 +51,7 @@ def model_dir(tmp_path: Path) -> Path:
 
 
 def test_gateway_env_child_engine_on_any_free_port(tmp_path: Path) -> None:
-    env = local_server.gateway_env(
+    env = launcher.gateway_env(
         tmp_path, 8123, "adm-x", tmp_path / "m", env_extra={"TAILOR_RUN_TRAINER": "false"}, base={"PATH": "/bin"}
     )
     assert env == {
@@ -64,7 +67,7 @@ def test_gateway_env_child_engine_on_any_free_port(tmp_path: Path) -> None:
 
 def test_gateway_env_operator_engine_gets_url_and_key(tmp_path: Path) -> None:
     extra = {"TAILOR_ENGINE_URLS": "http://elsewhere:1", "TAILOR_ENGINE_PORT": "8100"}
-    env = local_server.gateway_env(
+    env = launcher.gateway_env(
         tmp_path, 8123, "adm-x", tmp_path / "m", env_extra=extra, engine=fake_engine(tmp_path), base={}
     )
     assert env["TAILOR_ENGINE_URLS"] == "http://127.0.0.1:9999"
@@ -74,7 +77,7 @@ def test_gateway_env_operator_engine_gets_url_and_key(tmp_path: Path) -> None:
 
 def test_gateway_env_defaults_to_this_process_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SOMETHING_ELSE", "kept")
-    env = local_server.gateway_env(tmp_path, 1, "a", tmp_path)
+    env = launcher.gateway_env(tmp_path, 1, "a", tmp_path)
     assert env["SOMETHING_ELSE"] == "kept"
 
 
@@ -82,8 +85,8 @@ def test_gateway_env_defaults_to_this_process_environment(tmp_path: Path, monkey
 
 
 def operator_settings(tmp_path: Path, **extra: str) -> Any:
-    env = local_server.gateway_env(tmp_path / "data", 1, "adm", model_dir(tmp_path), env_extra=extra)
-    return local_server.settings_from(env)
+    env = launcher.gateway_env(tmp_path / "data", 1, "adm", model_dir(tmp_path), env_extra=extra)
+    return launcher.settings_from(env)
 
 
 def test_settings_from_reads_the_given_environment_only(tmp_path: Path) -> None:
@@ -98,7 +101,7 @@ def test_settings_from_reads_the_given_environment_only(tmp_path: Path) -> None:
 
 def test_engine_launch_is_the_gateways_child_launch(tmp_path: Path) -> None:
     s = operator_settings(tmp_path, TAILOR_MAX_RESIDENT_ADAPTERS="11")
-    ours = local_server.engine_launch(s, port=8100)
+    ours = launcher.engine_launch(s, port=8100)
     s_child = s.model_copy(update={"engine_port": 8100})
     # The gateway's own recipe, run on a stand-in: any drift between the two shows here.
     theirs = Services._child_launch(cast(Services, SimpleNamespace(settings=s_child)))
@@ -126,10 +129,10 @@ class FakePopen:
 
 def test_start_engine_uses_launch_command_and_key_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     FakePopen.calls = []
-    monkeypatch.setattr(local_server.subprocess, "Popen", FakePopen)
+    monkeypatch.setattr(launcher.subprocess, "Popen", FakePopen)
     monkeypatch.setenv("TAILOR_ADMIN_KEY", "must-not-reach-vllm")
-    launch = local_server.engine_launch(operator_settings(tmp_path), port=0)
-    engine = local_server.start_engine(launch, KEY)
+    launch = launcher.engine_launch(operator_settings(tmp_path), port=0)
+    engine = launcher.start_engine(launch, KEY)
 
     (call,) = FakePopen.calls
     port = int(engine.url.rsplit(":", 1)[1])
@@ -150,7 +153,7 @@ def test_wait_engine_ready_reports_an_exited_engine(tmp_path: Path) -> None:
     dead = SimpleNamespace(poll=lambda: 3, returncode=3)
     engine = LocalEngine(url="http://127.0.0.1:1", key=KEY, log_path=tmp_path / "engine.log", process=cast(Any, dead))
     with pytest.raises(RuntimeError, match="vLLM exited with 3:\nline 1\nout of memory"):
-        local_server.wait_engine_ready(engine, timeout_s=5)
+        launcher.wait_engine_ready(engine, timeout_s=5)
 
 
 def test_wait_engine_ready_sends_the_key_to_health(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -160,11 +163,11 @@ def test_wait_engine_ready_sends_the_key_to_health(tmp_path: Path, monkeypatch: 
         seen.append(headers)
         return httpx.Response(200 if len(seen) > 1 else 503)
 
-    monkeypatch.setattr(local_server.httpx, "get", fake_get)
-    monkeypatch.setattr(local_server.time, "sleep", lambda _s: None)
+    monkeypatch.setattr(launcher.httpx, "get", fake_get)
+    monkeypatch.setattr(launcher.time, "sleep", lambda _s: None)
     alive = SimpleNamespace(poll=lambda: None)
     engine = LocalEngine(url="http://e", key=KEY, log_path=tmp_path / "x.log", process=cast(Any, alive))
-    local_server.wait_engine_ready(engine, timeout_s=60)
+    launcher.wait_engine_ready(engine, timeout_s=60)
     assert seen == [{"Authorization": f"Bearer {KEY}"}] * 2
 
 
@@ -195,13 +198,13 @@ def test_stop_engine_stops_the_whole_group(tmp_path: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, start_new_session=True)
     assert proc.stdout is not None
     child = int(proc.stdout.readline())
-    local_server.stop_engine(cast(Any, proc))
+    launcher.stop_engine(cast(Any, proc))
     assert proc.returncode is not None
     deadline = time.monotonic() + 5
     while _alive(child) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(child)
-    local_server.stop_engine(cast(Any, proc))  # a second stop is harmless
+    launcher.stop_engine(cast(Any, proc))  # a second stop is harmless
 
 
 # --- local_tailor: what starts and stops, in which order ----------------------------------------
@@ -214,20 +217,21 @@ def faked_processes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[Any
     monkeypatch.setattr(local_server.tempfile, "mkdtemp", lambda prefix: str(tmp_path / "run"))
     (tmp_path / "run").mkdir()
 
-    def start_engine(launch: EngineLaunch, key: str) -> LocalEngine:
+    def start_engine(launch: EngineLaunch, key: str, *, mock: bool = False) -> LocalEngine:
         events.append(("start_engine", launch, key))
+        assert not mock
         return LocalEngine(url="http://127.0.0.1:7777", key=key, log_path=launch.log_file, process=cast(Any, "engine"))
 
     def popen(args: list[str], **kwargs: Any) -> Any:
         events.append(("start_gateway", kwargs["env"]))
         return "gateway"
 
-    monkeypatch.setattr(local_server, "start_engine", start_engine)
-    monkeypatch.setattr(local_server, "wait_engine_ready", lambda e: events.append(("engine_ready", e.url)))
-    monkeypatch.setattr(local_server.subprocess, "Popen", popen)
-    monkeypatch.setattr(local_server, "wait_ready", lambda s: events.append(("gateway_ready", s.url)))
-    monkeypatch.setattr(local_server, "stop_tailor", lambda p: events.append(("stop", p)))
-    monkeypatch.setattr(local_server, "stop_engine", lambda p: events.append(("stop", p)))
+    monkeypatch.setattr(launcher, "start_engine", start_engine)
+    monkeypatch.setattr(launcher, "wait_engine_ready", lambda e: events.append(("engine_ready", e.url)))
+    monkeypatch.setattr(launcher.subprocess, "Popen", popen)
+    monkeypatch.setattr(launcher, "wait_gateway_ready", lambda url, *_a: events.append(("gateway_ready", url)))
+    monkeypatch.setattr(launcher, "stop_gateway", lambda p: events.append(("stop", p)))
+    monkeypatch.setattr(launcher, "stop_engine", lambda p: events.append(("stop", p)))
     return events
 
 
@@ -265,10 +269,10 @@ def test_local_tailor_child_engine_by_default(tmp_path: Path, faked_processes: l
 def test_local_tailor_stops_both_when_the_gateway_never_gets_ready(
     tmp_path: Path, faked_processes: list[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def not_ready(_server: LocalTailor) -> None:
+    def not_ready(*_a: Any) -> None:
         raise RuntimeError("tailor serve exited with 1")
 
-    monkeypatch.setattr(local_server, "wait_ready", not_ready)
+    monkeypatch.setattr(launcher, "wait_gateway_ready", not_ready)
     with pytest.raises(RuntimeError), local_server.local_tailor(model_dir(tmp_path), engine="operator"):
         pass
     assert faked_processes[-2:] == [("stop", "gateway"), ("stop", "engine")]
@@ -281,7 +285,7 @@ def test_local_tailor_stops_the_engine_when_it_never_gets_ready(
     def not_ready(_engine: LocalEngine) -> None:
         raise RuntimeError("vLLM exited with 1")
 
-    monkeypatch.setattr(local_server, "wait_engine_ready", not_ready)
+    monkeypatch.setattr(launcher, "wait_engine_ready", not_ready)
     with pytest.raises(RuntimeError, match="vLLM"), local_server.local_tailor(model_dir(tmp_path), engine="operator"):
         pass
     assert [e[0] for e in faked_processes] == ["start_engine", "stop"]
@@ -298,18 +302,18 @@ def test_local_tailor_refuses_an_unknown_engine_mode(tmp_path: Path) -> None:
 
 def test_direct_target_sends_the_engine_key() -> None:
     targets = bench.make_targets("http://gw/", "http://engine:8100/", "sk-tenant", "m", engine_key=KEY)
-    assert targets["direct"] == bench.Target("direct", "http://engine:8100", "m", KEY)
-    assert targets["gateway"] == bench.Target("gateway", "http://gw", "m", "sk-tenant")
+    assert targets["direct"] == Target("direct", "http://engine:8100", "m", KEY)
+    assert targets["gateway"] == Target("gateway", "http://gw", "m", "sk-tenant")
     cfg = bench.QUICK
-    direct = bench.make_client(targets["direct"], cfg)
-    gateway = bench.make_client(targets["gateway"], cfg)
+    direct = make_client(targets["direct"], cfg.concurrency)
+    gateway = make_client(targets["gateway"], cfg.concurrency)
     assert direct.headers["authorization"] == f"Bearer {KEY}"
     assert gateway.headers["authorization"] == "Bearer sk-tenant"
 
 
 def test_direct_target_without_a_key_sends_none() -> None:
     targets = bench.make_targets("http://gw", "http://engine", "sk-tenant", "m")
-    client = bench.make_client(targets["direct"], bench.QUICK)
+    client = make_client(targets["direct"], bench.QUICK.concurrency)
     assert "authorization" not in client.headers
 
 
@@ -320,16 +324,16 @@ def test_round_requests_carry_the_key() -> None:
         seen.append(request.headers.get("authorization"))
         return httpx.Response(200, json={"usage": {"completion_tokens": 16}})
 
-    target = bench.Target("direct", "http://engine", "m", KEY)
+    target = Target("direct", "http://engine", "m", KEY)
     cfg = bench.BenchConfig(concurrency=2, max_tokens=16, rounds=1, requests_per_round=3, stream=False)
 
-    async def go() -> bench.RoundResult:
+    async def go() -> rounds.RoundResult:
         async with httpx.AsyncClient(
             base_url=target.base_url,
-            headers=bench.make_client(target, cfg).headers,
+            headers=make_client(target, cfg.concurrency).headers,
             transport=httpx.MockTransport(handler),
         ) as client:
-            return await bench.run_round(client, target, cfg, slot=1)
+            return await rounds.run_round(client, target, cfg, slot=1)
 
     result = asyncio.run(go())
     assert all(r.ok for r in result.requests)
@@ -350,25 +354,25 @@ def models_engine(status: int = 200, models: tuple[str, ...] = ("m",)) -> tuple[
 
 def test_check_access_passes_with_the_key() -> None:
     transport, seen = models_engine()
-    bench.check_access(bench.Target("direct", "http://engine", "m", KEY), transport)
+    bench.check_access(Target("direct", "http://engine", "m", KEY), transport)
     assert seen == [("/v1/models", f"Bearer {KEY}")]
 
 
 def test_check_access_names_the_missing_engine_key() -> None:
     transport, _ = models_engine(401)
     with pytest.raises(RuntimeError, match=r"direct at http://engine refused no key: HTTP 401 \(--engine-key\)"):
-        bench.check_access(bench.Target("direct", "http://engine", "m"), transport)
+        bench.check_access(Target("direct", "http://engine", "m"), transport)
     with pytest.raises(RuntimeError, match=r"refused a wrong key: HTTP 401 \(--api-key\)"):
-        bench.check_access(bench.Target("gateway", "http://gw", "m", "sk-bad"), transport)
+        bench.check_access(Target("gateway", "http://gw", "m", "sk-bad"), transport)
 
 
 def test_check_access_wants_the_model_served() -> None:
     transport, _ = models_engine(models=("other",))
     with pytest.raises(RuntimeError, match="does not serve 'm'"):
-        bench.check_access(bench.Target("direct", "http://engine", "m", KEY), transport)
+        bench.check_access(Target("direct", "http://engine", "m", KEY), transport)
     transport, _ = models_engine(500)
     with pytest.raises(RuntimeError, match="HTTP 500"):
-        bench.check_access(bench.Target("direct", "http://engine", "m", KEY), transport)
+        bench.check_access(Target("direct", "http://engine", "m", KEY), transport)
 
 
 def test_engine_version_sends_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -379,7 +383,7 @@ def test_engine_version_sends_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
         return httpx.Response(200, json={"version": "0.32.0"})
 
     monkeypatch.setattr(bench.httpx, "get", fake_get)
-    assert bench.engine_version(bench.Target("direct", "http://engine", "m", KEY)) == "0.32.0"
+    assert bench.engine_version(Target("direct", "http://engine", "m", KEY)) == "0.32.0"
     assert seen == [("http://engine/version", {"authorization": f"Bearer {KEY}"})]
 
 
@@ -436,10 +440,10 @@ def test_main_starts_an_operator_engine_and_uses_its_key(monkeypatch: pytest.Mon
 
 
 def test_benchmark_checks_both_targets_before_the_rounds(monkeypatch: pytest.MonkeyPatch) -> None:
-    checked: list[bench.Target] = []
+    checked: list[Target] = []
     monkeypatch.setattr(bench, "check_access", lambda t: checked.append(t))
 
-    async def no_rounds(targets: dict[str, bench.Target], cfg: bench.BenchConfig) -> list[bench.RoundResult]:
+    async def no_rounds(targets: dict[str, Target], cfg: bench.BenchConfig) -> list[rounds.RoundResult]:
         assert [t.name for t in checked] == ["direct", "gateway"]
         assert targets["direct"].api_key == KEY
         return []
@@ -448,7 +452,7 @@ def test_benchmark_checks_both_targets_before_the_rounds(monkeypatch: pytest.Mon
     monkeypatch.setattr(bench, "engine_version", lambda target: "v")
     report = bench.benchmark(bench.QUICK, "http://gw", "http://e", "sk-t", "m", 0, KEY)
     assert report.machine.engine_version == "v"
-    assert checked[0] == bench.Target("direct", "http://e", "m", KEY)
+    assert checked[0] == Target("direct", "http://e", "m", KEY)
 
 
 def test_main_reports_a_refused_engine_key(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:

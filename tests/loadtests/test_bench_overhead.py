@@ -15,16 +15,10 @@ import httpx
 import pytest
 
 from loadtests import bench_overhead
-from loadtests.closed_loop import percentile
-from loadtests.local_server import MODEL_DIR, create_tenant_key, local_tailor
+from loadtests.admin_api import create_tenant_key
+from loadtests.launcher import MODEL_DIR
+from loadtests.local_server import local_tailor
 from tests.openai_schema import validate
-
-
-def test_percentile_is_nearest_rank() -> None:
-    values = [float(v) for v in range(1, 101)]
-    assert percentile(values, 0.5) == 50.0
-    assert percentile(values, 0.99) == 99.0
-    assert percentile([3.0], 0.9) == 3.0
 
 
 def test_env_flags_take_only_tailor_settings() -> None:

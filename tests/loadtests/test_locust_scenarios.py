@@ -1,4 +1,4 @@
-"""Unit tests for the locust load test: `loadtests/locustfile.py` and `loadtests/run_load.py`.
+"""Unit tests for the locust load test: `loadtests/locustfile.py` and `loadtests/run_load/`.
 
 Covered, without a server, a model or the network:
 
@@ -28,7 +28,7 @@ after it in the same session. So:
   user class is a locust `HttpUser` with `chat` as its task, `GreenletExit` is a
   BaseException (so `except Exception` in the locustfile does not swallow it), and the
   scenario options parse with the defaults and `TAILOR_LOAD_*` variables the tests assume.
-* `run_load.parse_timespan` parses locust's --run-time syntax itself (importing locust
+* `run_load.locust_process.parse_timespan` parses locust's --run-time syntax itself (importing locust
   there would monkey-patch run_load's own process); it is also checked in a subprocess.
 """
 
@@ -55,12 +55,18 @@ from typing import Any
 import httpx
 import pytest
 
-from loadtests import run_load
+from loadtests import launcher, lora_adapters
+from loadtests.run_load import cli as load_cli
+from loadtests.run_load import locust_process, metering
+from loadtests.run_load import promoter as load_promoter
+from loadtests.run_load import report as load_report
+from loadtests.run_load import results as load_results
+from loadtests.run_load import tenants as load_tenants
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
 SUBPROCESS_TIMEOUT_S = 60
-REAL_HTTPX_CLIENT = httpx.Client  # before any test patches run_load.httpx.Client
+REAL_HTTPX_CLIENT = httpx.Client  # before any test patches httpx.Client
 
 
 # --- loading the locustfile without locust --------------------------------------------------
@@ -711,7 +717,7 @@ def test_request_cut_off_by_the_run_time_is_counted_as_interrupted(lf: Locustfil
     assert [(r["kind"], r["event"]) for r in lines] == [("meta", "start"), ("meta", "stop")]  # no chat record
     assert lines[1]["interrupted"] == 1 and lines[1]["t"] >= lines[0]["t"]
     # run_load reads the same file: meta by event, the rest as records
-    recs, meta = run_load.read_records(records)
+    recs, meta = load_results.read_records(records)
     assert recs == [] and set(meta) == {"start", "stop"} and meta["stop"]["interrupted"] == 1
 
 
@@ -778,7 +784,7 @@ print(json.dumps({
 
 
 def test_adapter_specs_cycle_the_shapes_with_distinct_seeds() -> None:
-    specs = [run_load.adapter_spec(i) for i in range(6)]
+    specs = [lora_adapters.adapter_spec(i) for i in range(6)]
     assert [s.dirname for s in specs] == [
         "r8-qv-s1000",
         "r4-qkvo-s1001",
@@ -791,11 +797,11 @@ def test_adapter_specs_cycle_the_shapes_with_distinct_seeds() -> None:
 
 
 def test_build_adapters_reuses_a_complete_cache_without_loading_a_model(tmp_path: Path) -> None:
-    specs = [run_load.adapter_spec(i) for i in range(3)]
+    specs = [lora_adapters.adapter_spec(i) for i in range(3)]
     for s in specs:
         (tmp_path / s.dirname).mkdir()
         (tmp_path / s.dirname / "adapter_model.safetensors").write_bytes(b"")
-    paths = run_load.build_adapters(specs, tmp_path, tmp_path / "no-such-model")
+    paths = lora_adapters.build_adapters(specs, tmp_path, tmp_path / "no-such-model")
     assert paths == {s: tmp_path / s.dirname for s in specs}
 
 
@@ -817,8 +823,8 @@ def patched_httpx(monkeypatch: pytest.MonkeyPatch) -> Callable[[Callable[[httpx.
             with real_client(transport=transport) as c:
                 return c.get(url, **kwargs)
 
-        monkeypatch.setattr(run_load.httpx, "Client", client)
-        monkeypatch.setattr(run_load.httpx, "get", get)
+        monkeypatch.setattr(httpx, "Client", client)
+        monkeypatch.setattr(httpx, "get", get)
 
     return install
 
@@ -854,10 +860,10 @@ def test_setup_tenants_registers_adapters_in_popularity_order(
         return httpx.Response(404)
 
     patched_httpx(handler)
-    specs = [run_load.adapter_spec(i) for i in range(7)]
+    specs = [lora_adapters.adapter_spec(i) for i in range(7)]
     paths = {s: tmp_path / s.dirname for s in specs}
     with admin_client(handler) as admin:
-        tenants = run_load.setup_tenants(
+        tenants = load_tenants.setup_tenants(
             admin,
             tenants=2,
             adapters_per_tenant=3,
@@ -907,14 +913,14 @@ def test_setup_tenants_names_adapters_past_the_list_and_stops_on_an_error(
         return httpx.Response(201, json={})
 
     patched_httpx(handler)
-    paths = {run_load.adapter_spec(i): tmp_path / str(i) for i in range(10)}
+    paths = {lora_adapters.adapter_spec(i): tmp_path / str(i) for i in range(10)}
     with admin_client(handler) as admin:
-        [tenant] = run_load.setup_tenants(
+        [tenant] = load_tenants.setup_tenants(
             admin, tenants=1, adapters_per_tenant=9, paths=paths, url="http://tailor", run_tag="x", promote_second=None
         )
-        assert tenant.models == ["support", "Base", *run_load.ADAPTER_NAMES[1:], "adapter-8"]
+        assert tenant.models == ["support", "Base", *load_tenants.ADAPTER_NAMES[1:], "adapter-8"]
         with pytest.raises(RuntimeError, match=r"registering load-y-0/adapter-9 failed: HTTP 409 already registered"):
-            run_load.setup_tenants(
+            load_tenants.setup_tenants(
                 admin, tenants=1, adapters_per_tenant=10, paths=paths, url="http://t", run_tag="y", promote_second=None
             )
 
@@ -933,13 +939,13 @@ def test_warm_up_sends_one_token_per_tenant_and_model(
 
     patched_httpx(handler)
     tenants = [
-        run_load.TenantSetup("a", "ka", ["support", "Base"], "Base"),
-        run_load.TenantSetup("b", "kb", ["Base"], "Base"),
+        load_tenants.TenantSetup("a", "ka", ["support", "Base"], "Base"),
+        load_tenants.TenantSetup("b", "kb", ["Base"], "Base"),
     ]
-    run_load.warm_up("http://tailor", tenants)
+    load_tenants.warm_up("http://tailor", tenants)
     assert seen == [("Bearer ka", "support", 1), ("Bearer ka", "Base", 1), ("Bearer kb", "Base", 1)]
     with pytest.raises(RuntimeError, match="warm-up c/broken: HTTP 503 adapter failed to load"):
-        run_load.warm_up("http://tailor", [run_load.TenantSetup("c", "kc", ["broken"], "Base")])
+        load_tenants.warm_up("http://tailor", [load_tenants.TenantSetup("c", "kc", ["broken"], "Base")])
 
 
 # --- run_load: metering ---------------------------------------------------------------------
@@ -954,9 +960,9 @@ def test_fetch_usage_queries_the_day_range_per_tenant_and_concatenates() -> None
         return httpx.Response(200, json={"data": [{"model": "m", "tenant": request.url.params.get("tenant")}]})
 
     with admin_client(handler) as admin:
-        body, note = run_load.fetch_usage(admin, "2025-01-01", "2025-01-02", ["t1", "t2"])
+        body, note = metering.fetch_usage(admin, "2025-01-01", "2025-01-02", ["t1", "t2"])
         assert note == "" and body == {"data": [{"model": "m", "tenant": "t1"}, {"model": "m", "tenant": "t2"}]}
-        body, note = run_load.fetch_usage(admin, "2025-01-01", "2025-01-01")
+        body, note = metering.fetch_usage(admin, "2025-01-01", "2025-01-01")
         assert note == "" and body == {"data": [{"model": "m", "tenant": None}]}
     base = {"since": "2025-01-01", "group_by": "model", "format": "json"}
     assert queries == [
@@ -981,7 +987,7 @@ def test_fetch_usage_says_why_there_is_no_metering(
     respond: Callable[[httpx.Request], httpx.Response], tenants: tuple[str, ...], note: str
 ) -> None:
     with admin_client(respond) as admin:
-        body, why = run_load.fetch_usage(admin, "d", "d", tenants)
+        body, why = metering.fetch_usage(admin, "d", "d", tenants)
     assert body is None and why.startswith(note)
 
 
@@ -990,7 +996,7 @@ def test_fetch_usage_survives_a_connection_error() -> None:
         raise httpx.ConnectError("connection refused", request=request)
 
     with admin_client(refuse) as admin:
-        body, why = run_load.fetch_usage(admin, "d", "d")
+        body, why = metering.fetch_usage(admin, "d", "d")
     assert body is None and why == "GET /admin/usage failed: connection refused"
 
 
@@ -1025,7 +1031,7 @@ def test_usage_delta_subtracts_before_from_after_per_model() -> None:
             {"model": "junk", "requests": "n/a"},
         ]
     }
-    delta = run_load.usage_delta(before, after)
+    delta = metering.usage_delta(before, after)
     assert set(delta["per_model"]) == {"Base", "support"}
     assert delta["per_model"]["Base"] == pytest.approx(
         {"requests": 50, "errors": 0, "client_closed": 0, "prompt_tokens": 500, "completion_tokens": 250, "cost": 0.025}
@@ -1041,7 +1047,7 @@ def test_usage_delta_subtracts_before_from_after_per_model() -> None:
             "cost": 0.475,
         }
     )
-    assert run_load.usage_delta(None, after)["totals"]["requests"] == 214  # no before: everything after
+    assert metering.usage_delta(None, after)["totals"]["requests"] == 214  # no before: everything after
 
 
 # --- run_load: promotion during load --------------------------------------------------------
@@ -1050,7 +1056,7 @@ def test_usage_delta_subtracts_before_from_after_per_model() -> None:
 def test_promoter_flips_between_versions_and_recovers_from_a_failed_switch(
     patched_httpx: Callable[[Callable[[httpx.Request], httpx.Response]], None],
 ) -> None:
-    promoter = run_load.Promoter("http://tailor", "adm", "acme", "support", interval_s=0.001)
+    promoter = load_promoter.Promoter("http://tailor", "adm", "acme", "support", interval_s=0.001)
     base = "/admin/tenants/acme/adapters/support"
     posts: list[tuple[str, Any]] = []
     replies = iter(
@@ -1125,15 +1131,15 @@ class FakePopen:
 @pytest.fixture
 def fake_popen(monkeypatch: pytest.MonkeyPatch) -> type[FakePopen]:
     FakePopen.instances = []
-    monkeypatch.setattr(run_load.subprocess, "Popen", FakePopen)
-    monkeypatch.setattr(run_load, "parse_timespan", lambda text: {"30s": 30.0}[text])
+    monkeypatch.setattr(subprocess, "Popen", FakePopen)
+    monkeypatch.setattr(locust_process, "parse_timespan", lambda text: {"30s": 30.0}[text])
     return FakePopen
 
 
 def test_run_locust_command_line(tmp_path: Path, fake_popen: type[FakePopen]) -> None:
-    args = run_load._parser().parse_args(["--users", "4", "--spawn-rate", "2", "--run-time", "30s"])
+    args = load_cli._parser().parse_args(["--users", "4", "--spawn-rate", "2", "--run-time", "30s"])
     env = {"TAILOR_LOAD_TENANTS": "t.json"}
-    rc = run_load.run_locust(args, "http://127.0.0.1:9", tmp_path, env, ["--stream-share", "0.9"])
+    rc = locust_process.run_locust(args, "http://127.0.0.1:9", tmp_path, env, ["--stream-share", "0.9"])
     assert rc == 0
     [proc] = fake_popen.instances
     assert proc.cmd == [
@@ -1141,7 +1147,7 @@ def test_run_locust_command_line(tmp_path: Path, fake_popen: type[FakePopen]) ->
         "-m",
         "locust",
         "-f",
-        str(run_load.LOCUSTFILE),
+        str(locust_process.LOCUSTFILE),
         "--headless",
         "-u",
         "4",
@@ -1161,15 +1167,15 @@ def test_run_locust_command_line(tmp_path: Path, fake_popen: type[FakePopen]) ->
         "--stream-share",
         "0.9",
     ]
-    assert proc.kwargs["env"] is env and proc.kwargs["cwd"] == run_load.ROOT
-    assert proc.waits == [30.0 + run_load.LOCUST_GRACE_S] and proc.signals == []
+    assert proc.kwargs["env"] is env and proc.kwargs["cwd"] == launcher.ROOT
+    assert proc.waits == [30.0 + locust_process.LOCUST_GRACE_S] and proc.signals == []
     assert (tmp_path / "locust.log").exists()
-    assert run_load.LOCUSTFILE == LOCUSTFILE
+    assert locust_process.LOCUSTFILE == LOCUSTFILE
 
 
 def test_run_locust_interrupts_a_locust_that_overruns(tmp_path: Path, fake_popen: type[FakePopen]) -> None:
-    args = run_load._parser().parse_args(["--run-time", "30s"])
-    rc = run_load.run_locust(args, "http://h", tmp_path, {"HANG": "1"}, [])
+    args = load_cli._parser().parse_args(["--run-time", "30s"])
+    rc = locust_process.run_locust(args, "http://h", tmp_path, {"HANG": "1"}, [])
     assert rc == -1
     [proc] = fake_popen.instances
     assert proc.signals == [signal.SIGINT] and proc.waits == [150.0, 15]
@@ -1239,7 +1245,7 @@ def write_run(out: Path, *, stats: str = STATS_CSV, records: list[dict[str, Any]
     return out
 
 
-METERING = run_load.usage_delta(
+METERING = metering.usage_delta(
     {"data": [{"model": "Base", "requests": 10, "cost": 0.01}]},
     {
         "data": [
@@ -1257,7 +1263,7 @@ METERING = run_load.usage_delta(
 )
 
 
-def summarize(out: Path, **overrides: Any) -> run_load.Summary:
+def summarize(out: Path, **overrides: Any) -> load_results.Summary:
     kwargs: dict[str, Any] = {
         "started_at": "2025-06-01 12:00:00",
         "target": "http://tailor (given)",
@@ -1269,11 +1275,11 @@ def summarize(out: Path, **overrides: Any) -> run_load.Summary:
         "promoted": None,
     }
     kwargs.update(overrides)
-    return run_load.summarize(out, **kwargs)
+    return load_results.summarize(out, **kwargs)
 
 
 def test_read_stats_parses_locust_csv_and_skips_the_aggregated_row(tmp_path: Path) -> None:
-    rows = run_load.read_stats(write_run(tmp_path) / "locust_stats.csv")
+    rows = load_results.read_stats(write_run(tmp_path) / "locust_stats.csv")
     assert [(r.type, r.name) for r in rows] == [
         ("POST", "chat"),
         ("POST", "chat stream"),
@@ -1290,35 +1296,37 @@ def test_read_stats_parses_locust_csv_and_skips_the_aggregated_row(tmp_path: Pat
 def test_read_stats_turns_na_and_nan_into_none(tmp_path: Path) -> None:
     path = tmp_path / "stats.csv"
     path.write_text(f"{STATS_HEADER}\nPOST,chat,0,0,N/A,nan,0,0,0,,0,N/A,N/A,N/A,N/A,N/A,N/A,N/A,N/A,N/A,N/A,N/A\n")
-    [row] = run_load.read_stats(path)
+    [row] = load_results.read_stats(path)
     assert (row.median, row.mean, row.p50, row.p95, row.p99, row.rps) == (None, None, None, None, None, 0.0)
-    assert run_load._float("12.5") == 12.5 and run_load._float(None) is None and run_load._float("nan") is None
+    assert (
+        load_results._float("12.5") == 12.5 and load_results._float(None) is None and load_results._float("nan") is None
+    )
 
 
 def test_read_failures_and_records(tmp_path: Path) -> None:
     out = write_run(tmp_path)
-    assert run_load.read_failures(out / "locust_failures.csv") == [
+    assert load_results.read_failures(out / "locust_failures.csv") == [
         ("chat", "HTTP 429: rate | limit", 1),
         ("chat stream", "stream ended without [DONE]", 2),
     ]
-    assert run_load.read_failures(out / "missing.csv") == []
-    records, meta = run_load.read_records(out / "records.jsonl")
+    assert load_results.read_failures(out / "missing.csv") == []
+    records, meta = load_results.read_records(out / "records.jsonl")
     assert len(records) == 6 and meta["start"]["t"] == 1000.0 and meta["stop"]["interrupted"] == 2
-    assert run_load.read_records(out / "missing.jsonl") == ([], {})
+    assert load_results.read_records(out / "missing.jsonl") == ([], {})
 
 
 def test_pct_is_the_nearest_rank_percentile() -> None:
     values = [float(v) for v in range(10, 0, -1)]  # unsorted on purpose
-    assert run_load._pct(values, 0.5) == 5.0
-    assert run_load._pct(values, 0.95) == 10.0
-    assert run_load._pct(values, 0.99) == 10.0
-    assert run_load._pct(values, 0.0) == 1.0
-    assert run_load._pct([7.0], 0.5) == 7.0
-    assert run_load._pct([], 0.5) is None
+    assert load_results._pct(values, 0.5) == 5.0
+    assert load_results._pct(values, 0.95) == 10.0
+    assert load_results._pct(values, 0.99) == 10.0
+    assert load_results._pct(values, 0.0) == 1.0
+    assert load_results._pct([7.0], 0.5) == 7.0
+    assert load_results._pct([], 0.5) is None
 
 
 def test_ms_formats_large_values_without_decimals() -> None:
-    assert [run_load._ms(x) for x in (None, 0, 45.04, 99.96, 100, 1234.5, 12345)] == [
+    assert [load_report._ms(x) for x in (None, 0, 45.04, 99.96, 100, 1234.5, 12345)] == [
         "–",
         "0.0",
         "45.0",
@@ -1371,7 +1379,7 @@ def test_summary_figures(tmp_path: Path) -> None:
 def test_summary_fails_above_the_error_threshold(tmp_path: Path) -> None:
     s = summarize(write_run(tmp_path), max_error_rate=0.02)
     assert s.passed is False
-    assert "error rate 3.08% (threshold 2.00%): **FAIL**" in run_load.render(s)
+    assert "error rate 3.08% (threshold 2.00%): **FAIL**" in load_report.render(s)
 
 
 def test_summary_without_requests_is_a_failure(tmp_path: Path) -> None:
@@ -1382,14 +1390,14 @@ def test_summary_without_requests_is_a_failure(tmp_path: Path) -> None:
 
 def test_summary_without_meta_lines_uses_the_run_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     asked: list[str] = []
-    monkeypatch.setattr(run_load, "parse_timespan", lambda text: asked.append(text) or 80.0)
+    monkeypatch.setattr(load_results, "parse_timespan", lambda text: asked.append(text) or 80.0)
     s = summarize(write_run(tmp_path, records=None))
     assert asked == ["60s"] and s.duration_s == 80.0
     assert s.chat_rps == pytest.approx(100 / 80) and s.interrupted == 0 and s.per_model == {}
 
 
 def test_rendered_markdown_has_the_figures(tmp_path: Path) -> None:
-    text = run_load.render(summarize(write_run(tmp_path)))
+    text = load_report.render(summarize(write_run(tmp_path)))
     lines = text.splitlines()
     assert lines[0] == "# Tailor load test, 2025-06-01 12:00:00"
     expected = [
@@ -1432,7 +1440,7 @@ def test_rendered_markdown_without_metering_shows_locust_side_tokens(tmp_path: P
     note = "GET /admin/usage: 404 (no metering route on this gateway)"
     s = summarize(write_run(tmp_path), metering=None, metering_note=note)
     assert s.cost_per_1k_requests is None
-    text = run_load.render(s)
+    text = load_report.render(s)
     assert f"cost per 1K requests: **n/a** ({note})" in text
     assert (
         "locust-side usage instead: 100 prompt + 100 completion tokens over 97 answered chat requests (2 per request)"
@@ -1441,11 +1449,11 @@ def test_rendered_markdown_without_metering_shows_locust_side_tokens(tmp_path: P
 
 
 def test_summary_and_markdown_of_promotion_during_load(tmp_path: Path) -> None:
-    promoter = run_load.Promoter("http://tailor", "adm", "acme", "support", interval_s=2.0)
+    promoter = load_promoter.Promoter("http://tailor", "adm", "acme", "support", interval_s=2.0)
     promoter.switches = [
-        run_load.Switch(2.0, "rollback", 200, 12.0, 1),
-        run_load.Switch(4.0, "activate v2", 200, 20.0, 2),
-        run_load.Switch(6.0, "rollback", 500, 300.0, None, "database is locked"),
+        load_promoter.Switch(2.0, "rollback", 200, 12.0, 1),
+        load_promoter.Switch(4.0, "activate v2", 200, 20.0, 2),
+        load_promoter.Switch(6.0, "rollback", 500, 300.0, None, "database is locked"),
     ]
     records = [*RECORDS[:-1], {**chat_record("support"), "tenant": "globex"}, RECORDS[-1]]  # not the flipped tenant
     config = {**CONFIG, "promote_during_load": True, "promote_tenant": "acme"}
@@ -1468,7 +1476,7 @@ def test_summary_and_markdown_of_promotion_during_load(tmp_path: Path) -> None:
         "failed_requests_to_adapter": 1,
         "failed_requests_all": 4,
     }
-    text = run_load.render(s)
+    text = load_report.render(s)
     lines = text.splitlines()
     for line in [
         "| switches done | 2 (1 rollback, 1 activate v2) |",
@@ -1490,7 +1498,7 @@ def test_summary_and_markdown_of_promotion_during_load(tmp_path: Path) -> None:
 
 def test_parser_defaults_match_the_readme_and_the_locustfile(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TAILOR_ADMIN_KEY", raising=False)
-    args = run_load._parser().parse_args([])
+    args = load_cli._parser().parse_args([])
     assert (args.url, args.admin_key, args.users, args.spawn_rate, args.run_time) == (None, None, 8, 4.0, "60s")
     assert (args.tenants, args.adapters_per_tenant, args.max_error_rate) == (3, 3, 0.01)
     assert (args.warmup, args.promote_during_load, args.promote_interval, args.locust_args) == (True, False, 2.0, [])
@@ -1506,7 +1514,7 @@ def test_parser_options_and_arguments_for_locust(monkeypatch: pytest.MonkeyPatch
         "--users", "4", "--run-time", "30s", "--promote-during-load", "--no-warmup", "--out", str(tmp_path),
         "--prices", '{"m": {"prompt": 0.1, "completion": 0.2}}', "--", "--stream-share", "0.9", "-L", "DEBUG",
     ]  # fmt: skip
-    args = run_load._parser().parse_args(argv)
+    args = load_cli._parser().parse_args(argv)
     assert args.admin_key == "adm-env" and args.users == 4 and args.run_time == "30s"
     assert args.promote_during_load is True and args.warmup is False and args.out == tmp_path
     assert args.prices == {"m": {"prompt": 0.1, "completion": 0.2}}
@@ -1516,7 +1524,7 @@ def test_parser_options_and_arguments_for_locust(monkeypatch: pytest.MonkeyPatch
 def test_parser_rejects_bad_values(capsys: pytest.CaptureFixture[str]) -> None:
     for argv in (["--prices", "{not json"], ["--users", "many"]):
         with pytest.raises(SystemExit) as exc:
-            run_load._parser().parse_args(argv)
+            load_cli._parser().parse_args(argv)
         assert exc.value.code == 2
     assert "invalid loads value" in capsys.readouterr().err
 
@@ -1532,17 +1540,17 @@ def test_parser_rejects_bad_values(capsys: pytest.CaptureFixture[str]) -> None:
 )
 def test_main_refuses_bad_arguments_before_doing_anything(argv: list[str], message: str, tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match=message):
-        run_load.main([*argv, "--out", str(tmp_path / "out")])
+        load_cli.main([*argv, "--out", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
 
 
 def test_target_with_url_needs_an_admin_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TAILOR_ADMIN_KEY", raising=False)
-    no_key = run_load._parser().parse_args(["--url", "http://h:8000"])
+    no_key = load_cli._parser().parse_args(["--url", "http://h:8000"])
     with pytest.raises(SystemExit, match="--url needs --admin-key"):
-        run_load._target(no_key).__enter__()
-    args = run_load._parser().parse_args(["--url", "http://h:8000/", "--admin-key", "adm"])
-    with run_load._target(args) as (url, key, description):
+        load_cli._target(no_key).__enter__()
+    args = load_cli._parser().parse_args(["--url", "http://h:8000/", "--admin-key", "adm"])
+    with load_cli._target(args) as (url, key, description):
         assert (url, key, description) == ("http://h:8000", "adm", "http://h:8000/ (given)")
 
 
@@ -1567,7 +1575,10 @@ def test_help_lists_the_options() -> None:
 
 
 def test_parse_timespan_and_a_bad_run_time_in_a_subprocess(tmp_path: Path) -> None:
-    code = "import loadtests.run_load as r; print([r.parse_timespan(t) for t in ('45', '30s', '2m', '1h1m1s')])"
+    code = (
+        "import loadtests.run_load.locust_process as r;"
+        " print([r.parse_timespan(t) for t in ('45', '30s', '2m', '1h1m1s')])"
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("TAILOR_")}
     proc = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S

@@ -1,4 +1,4 @@
-"""Unit tests for the soak test's pure parts (`loadtests/soak.py`): no server, no real /proc.
+"""Unit tests for the soak test's pure parts (`loadtests/soak/`, `loadtests/procfs.py`): no server, no real /proc.
 
 /proc is faked as a directory tree in tmp_path (status, stat, cmdline, fd/, net/tcp), the
 samples are built by hand, and the traffic mix runs on a seeded RNG.
@@ -17,8 +17,11 @@ import httpx
 import orjson
 import pytest
 
-from loadtests import soak
-from loadtests.soak import Counts, ProcessSummary, ProcFS, Sample
+from loadtests import procfs
+from loadtests.procfs import ProcFS
+from loadtests.soak import cli, report, traffic
+from loadtests.soak import samples as soak_samples
+from loadtests.soak.samples import Counts, ProcessSummary, Sample
 
 STATUS = """Name:\tpython
 State:\tS (sleeping)
@@ -74,24 +77,24 @@ def summary(**over: object) -> ProcessSummary:
 
 
 def test_parse_status_reads_rss_and_threads() -> None:
-    assert soak.parse_status(STATUS) == (204800, 12)
-    assert soak.parse_status("Name:\tkthreadd\nThreads:\t1\n") == (0, 1)  # kernel thread: no VmRSS
+    assert procfs.parse_status(STATUS) == (204800, 12)
+    assert procfs.parse_status("Name:\tkthreadd\nThreads:\t1\n") == (0, 1)  # kernel thread: no VmRSS
 
 
 def test_parse_ppid_survives_parentheses_and_spaces_in_the_name() -> None:
-    assert soak.parse_ppid("123 (weird ) name) S 45 1 1") == 45
+    assert procfs.parse_ppid("123 (weird ) name) S 45 1 1") == 45
 
 
 def test_listen_inodes_keeps_listening_sockets_on_the_port() -> None:
-    assert soak.listen_inodes(TCP, 8000) == {4242}  # 0x1F40; the established one (01) is not listening
-    assert soak.listen_inodes(TCP, 8001) == {7777}
-    assert soak.listen_inodes(TCP, 9) == set()
+    assert procfs.listen_inodes(TCP, 8000) == {4242}  # 0x1F40; the established one (01) is not listening
+    assert procfs.listen_inodes(TCP, 8001) == {7777}
+    assert procfs.listen_inodes(TCP, 9) == set()
 
 
 def test_procfs_reads_a_fake_process(tmp_path: Path) -> None:
     fake_proc(tmp_path, 10, 1, "python -m gateway.cli serve", rss_kib=2048, fds=5)
     fs = ProcFS(tmp_path)
-    assert fs.stats(10) == soak.ProcStats(rss_mib=2.0, fds=5, threads=4)
+    assert fs.stats(10) == procfs.ProcStats(rss_mib=2.0, fds=5, threads=4)
     assert fs.stats(99) is None  # gone
     assert fs.name(10) == "python -m gateway.cli serve"
     assert fs.parents() == {10: 1}
@@ -133,7 +136,7 @@ def test_procfs_finds_the_pid_listening_on_a_port(tmp_path: Path) -> None:
     ],
 )
 def test_role(name: str, expected: str) -> None:
-    assert soak.role(name) == expected
+    assert procfs.role(name) == expected
 
 
 def test_label_tree_labels_children_and_grandchildren() -> None:
@@ -145,7 +148,7 @@ def test_label_tree_labels_children_and_grandchildren() -> None:
         23: "VLLM::EngineCore",
         30: "python -m trainer.worker",
     }
-    labels = soak.label_tree(10, parents, lambda pid: names[pid])
+    labels = procfs.label_tree(10, parents, lambda pid: names[pid])
     assert labels == {
         "gateway": 10,
         "engine": 20,
@@ -161,7 +164,7 @@ def test_take_sample_reads_the_tree_and_the_counters(tmp_path: Path) -> None:
     fake_proc(tmp_path, 20, 10, "python -m vllm.entrypoints.openai.api_server", rss_kib=20480, fds=6)
     fake_proc(tmp_path, 30, 1, "unrelated")
     counts = Counts(done=7, failed=1, expected_errors=2)
-    rows = soak.take_sample(ProcFS(tmp_path), 10, 12.34, counts)
+    rows = soak_samples.take_sample(ProcFS(tmp_path), 10, 12.34, counts)
     assert rows == [Sample(12.3, "gateway", 10, 10.0, 4, 4, 7, 1, 2), Sample(12.3, "engine", 20, 20.0, 6, 4, 7, 1, 2)]
 
 
@@ -170,13 +173,13 @@ def test_take_sample_reads_the_tree_and_the_counters(tmp_path: Path) -> None:
 
 def test_slope_per_hour_is_exact_on_a_line() -> None:
     points = [(t, 100 + t / 60) for t in (0.0, 60.0, 120.0, 180.0)]  # 1 MiB a minute
-    assert soak.slope_per_hour(points) == pytest.approx(60.0)
-    assert soak.slope_per_hour([(0.0, 5.0), (10.0, 5.0), (20.0, 5.0)]) == 0.0
+    assert soak_samples.slope_per_hour(points) == pytest.approx(60.0)
+    assert soak_samples.slope_per_hour([(0.0, 5.0), (10.0, 5.0), (20.0, 5.0)]) == 0.0
 
 
 def test_slope_per_hour_needs_three_distinct_times() -> None:
-    assert soak.slope_per_hour([(0.0, 1.0), (10.0, 2.0)]) is None
-    assert soak.slope_per_hour([(5.0, 1.0), (5.0, 2.0), (5.0, 3.0)]) is None
+    assert soak_samples.slope_per_hour([(0.0, 1.0), (10.0, 2.0)]) is None
+    assert soak_samples.slope_per_hour([(5.0, 1.0), (5.0, 2.0), (5.0, 3.0)]) is None
 
 
 def test_summarize_uses_the_second_half_after_warm_up() -> None:
@@ -184,13 +187,13 @@ def test_summarize_uses_the_second_half_after_warm_up() -> None:
     rss = [100, 120, 140, 150, 160, 160, 160, 160, 160]
     fds = [10, 15, 20, 25, 30, 30, 31, 30, 30]
     samples = [sample(t * 10.0, "gateway", r, f) for t, (r, f) in enumerate(zip(rss, fds, strict=True))]
-    (s,) = soak.summarize(samples)
+    (s,) = soak_samples.summarize(samples)
     assert (s.rss_start, s.rss_end, s.rss_max) == (100, 160, 160)
     assert s.rss_slope == pytest.approx(0.0)
     assert s.rss_growth == pytest.approx(0.0)
     assert (s.fds_start, s.fds_warm, s.fds_end, s.fds_max) == (10, 30, 30, 31)  # warm: t=40, half of 80
     assert s.pids == (10,) and s.at_end
-    assert soak.process_problems(s) == []
+    assert soak_samples.process_problems(s) == []
 
 
 def test_summarize_tracks_restarts_and_late_or_missing_processes() -> None:
@@ -198,54 +201,58 @@ def test_summarize_tracks_restarts_and_late_or_missing_processes() -> None:
     samples += [sample(t, "trainer", 300, 9, pid=30) for t in (0.0, 10.0, 20.0, 30.0)]  # gone at 40
     samples += [sample(t, "gateway/python", 10, 3, pid=40) for t in (30.0, 40.0)]  # after warm-up (20)
     samples += [sample(10.0, "gateway/ps", 1, 1, pid=50)]  # came and went
-    by = {s.process: s for s in soak.summarize(samples)}
+    by = {s.process: s for s in soak_samples.summarize(samples)}
     assert by["engine"].pids == (20, 21)
-    assert soak.process_problems(by["engine"]) == ["engine: restarted (pids 20, 21)"]
+    assert soak_samples.process_problems(by["engine"]) == ["engine: restarted (pids 20, 21)"]
     assert not by["trainer"].at_end
-    assert soak.process_problems(by["trainer"])[0] == "trainer: gone before the end"
-    assert soak.process_problems(by["gateway/python"]) == ["gateway/python: appeared after warm-up"]
-    assert soak.process_problems(by["gateway/ps"]) == []
+    assert soak_samples.process_problems(by["trainer"])[0] == "trainer: gone before the end"
+    assert soak_samples.process_problems(by["gateway/python"]) == ["gateway/python: appeared after warm-up"]
+    assert soak_samples.process_problems(by["gateway/ps"]) == []
 
 
 def test_problems_fd_drift_beyond_tolerance() -> None:
-    assert soak.process_problems(summary(fds_warm=30, fds_end=35)) == []
-    assert soak.process_problems(summary(fds_warm=30, fds_end=25)) == []
-    (p,) = soak.process_problems(summary(fds_warm=30, fds_end=36))
+    assert soak_samples.process_problems(summary(fds_warm=30, fds_end=35)) == []
+    assert soak_samples.process_problems(summary(fds_warm=30, fds_end=25)) == []
+    (p,) = soak_samples.process_problems(summary(fds_warm=30, fds_end=36))
     assert "36 FDs at the end, 30 after warm-up" in p
 
 
 def test_problems_rss_slope_needs_both_the_limit_and_the_noise_floor() -> None:
     # A steep slope from a couple of MiB of wobble in a short window is not a leak ...
-    assert soak.process_problems(summary(rss_slope=120.0, rss_growth=3.0)) == []
+    assert soak_samples.process_problems(summary(rss_slope=120.0, rss_growth=3.0)) == []
     # ... a slope under the limit is fine whatever it adds ...
-    assert soak.process_problems(summary(rss_slope=40.0, rss_growth=20.0)) == []
+    assert soak_samples.process_problems(summary(rss_slope=40.0, rss_growth=20.0)) == []
     # ... both over: a leak.
-    (p,) = soak.process_problems(summary(rss_slope=120.0, rss_growth=8.0))
+    (p,) = soak_samples.process_problems(summary(rss_slope=120.0, rss_growth=8.0))
     assert "RSS grows 120 MiB/h (limit 50)" in p
     # The engine has more room.
-    assert soak.process_problems(summary(process="engine/VLLM::EngineCore", rss_slope=90.0, rss_growth=10.0)) == []
-    assert soak.process_problems(summary(process="engine", rss_slope=150.0, rss_growth=20.0))
+    assert (
+        soak_samples.process_problems(summary(process="engine/VLLM::EngineCore", rss_slope=90.0, rss_growth=10.0)) == []
+    )
+    assert soak_samples.process_problems(summary(process="engine", rss_slope=150.0, rss_growth=20.0))
 
 
 def test_problems_without_enough_samples_cannot_pass() -> None:
-    (p,) = soak.process_problems(summary(rss_slope=None, rss_growth=None))
+    (p,) = soak_samples.process_problems(summary(rss_slope=None, rss_growth=None))
     assert "no RSS slope" in p
 
 
 def test_limits_for_engine_processes_only() -> None:
-    assert soak.limits_for("engine") is soak.ENGINE_LIMITS
-    assert soak.limits_for("engine/VLLM::EngineCore") is soak.ENGINE_LIMITS
-    assert soak.limits_for("gateway") is soak.PYTHON_LIMITS
-    assert soak.limits_for("trainer") is soak.PYTHON_LIMITS
+    assert soak_samples.limits_for("engine") is soak_samples.ENGINE_LIMITS
+    assert soak_samples.limits_for("engine/VLLM::EngineCore") is soak_samples.ENGINE_LIMITS
+    assert soak_samples.limits_for("gateway") is soak_samples.PYTHON_LIMITS
+    assert soak_samples.limits_for("trainer") is soak_samples.PYTHON_LIMITS
 
 
 def test_verdict_counts_failures_and_missing_gateway() -> None:
     ok = Counts(done=10)
-    assert soak.verdict([summary()], ok) == []
+    assert soak_samples.verdict([summary()], ok) == []
     bad = Counts(done=10, failed=2, failures=["chat base: HTTP 500 (expected 200)", "x"])
-    assert soak.verdict([summary()], bad) == ["2 requests failed (first: chat base: HTTP 500 (expected 200); x)"]
-    assert "the gateway process could not be read" in soak.verdict([summary(process="engine")], ok)
-    assert "no request was served" in soak.verdict([summary()], Counts())
+    assert soak_samples.verdict([summary()], bad) == [
+        "2 requests failed (first: chat base: HTTP 500 (expected 200); x)"
+    ]
+    assert "the gateway process could not be read" in soak_samples.verdict([summary(process="engine")], ok)
+    assert "no request was served" in soak_samples.verdict([summary()], Counts())
 
 
 # --- output --------------------------------------------------------------------------------------
@@ -253,7 +260,9 @@ def test_verdict_counts_failures_and_missing_gateway() -> None:
 
 def test_render_has_a_row_per_process_and_the_verdict() -> None:
     counts = Counts(done=42, expected_errors=3, by_kind=Counter({"chat": 20, "feedback": 22, "bad_model": 3}))
-    text = soak.render([summary(), summary(process="engine", rss_slope=None, rss_growth=None)], counts, [], {"a": "b"})
+    text = report.render(
+        [summary(), summary(process="engine", rss_slope=None, rss_growth=None)], counts, [], {"a": "b"}
+    )
     lines = text.splitlines()
     assert lines[0].startswith("| process | RSS MiB start / end / max |")
     assert lines[1] == "|---|---:|---:|---:|---:|---:|---|"
@@ -263,20 +272,20 @@ def test_render_has_a_row_per_process_and_the_verdict() -> None:
     assert "- expected 4xx (deliberate): 3 (bad_model 3, invalid_body 0, unknown_key 0)" in lines
     assert "- a: b" in lines
     assert lines[-1] == "**Verdict: PASS**"
-    assert soak.render([], counts, ["x", "y"], {}).endswith("**Verdict: FAIL: x; y**\n")
+    assert report.render([], counts, ["x", "y"], {}).endswith("**Verdict: FAIL: x; y**\n")
 
 
 def test_per_request_kib() -> None:
     # Gateway grows 1 MiB per 1000 requests in the second half.
     samples = [sample(t, "gateway", 100 + t / 100, 10, done=int(t * 10)) for t in range(0, 101, 10)]
-    summaries = soak.summarize(samples)
-    assert soak.per_request_kib(summaries, samples) == pytest.approx(1024 / 1000)
-    assert soak.per_request_kib([], samples) is None
+    summaries = soak_samples.summarize(samples)
+    assert report.per_request_kib(summaries, samples) == pytest.approx(1024 / 1000)
+    assert report.per_request_kib([], samples) is None
 
 
 def test_write_csv_has_one_row_per_sample(tmp_path: Path) -> None:
     rows = [sample(0.0, "gateway", 1.5, 3), sample(0.0, "engine", 2.5, 4, pid=20)]
-    soak.write_csv(rows, tmp_path / "s.csv")
+    report.write_csv(rows, tmp_path / "s.csv")
     with (tmp_path / "s.csv").open() as f:
         got = list(csv.DictReader(f))
     assert [r["process"] for r in got] == ["gateway", "engine"]
@@ -299,10 +308,10 @@ def test_write_csv_has_one_row_per_sample(tmp_path: Path) -> None:
 def test_choose_covers_the_mix() -> None:
     rng = random.Random(1)
     models = ["base", "soak-0", "soak-1", "soak-2"]
-    actions = [soak.choose(rng, models) for _ in range(4000)]
+    actions = [traffic.choose(rng, models) for _ in range(4000)]
     kinds = Counter(a.kind for a in actions)
-    assert set(kinds) == {"chat", "completion", *soak.EXPECTED_STATUS}
-    errors = sum(kinds[k] for k in soak.EXPECTED_STATUS)
+    assert set(kinds) == {"chat", "completion", *traffic.EXPECTED_STATUS}
+    errors = sum(kinds[k] for k in traffic.EXPECTED_STATUS)
     assert 0.03 < errors / len(actions) < 0.07
     served = [a for a in actions if a.kind in ("chat", "completion")]
     assert {a.model for a in served} == set(models)
@@ -310,23 +319,23 @@ def test_choose_covers_the_mix() -> None:
 
 
 def test_body_for_each_kind() -> None:
-    chat = orjson.loads(soak.body_for(soak.Action("chat", "m", True), "hi"))
+    chat = orjson.loads(traffic.body_for(traffic.Action("chat", "m", True), "hi"))
     assert chat["messages"] == [{"role": "user", "content": "hi"}] and chat["stream"] is True
-    assert chat["max_tokens"] == soak.MAX_TOKENS
-    completion = orjson.loads(soak.body_for(soak.Action("completion", "m", False), "hi"))
+    assert chat["max_tokens"] == traffic.MAX_TOKENS
+    completion = orjson.loads(traffic.body_for(traffic.Action("completion", "m", False), "hi"))
     assert completion["prompt"] == "hi" and completion["stream"] is False
-    assert soak.path_for(soak.Action("completion")) == "/v1/completions"
-    assert soak.path_for(soak.Action("bad_model")) == "/v1/chat/completions"
-    bad_model = orjson.loads(soak.body_for(soak.Action("bad_model", "m"), "hi"))
+    assert traffic.path_for(traffic.Action("completion")) == "/v1/completions"
+    assert traffic.path_for(traffic.Action("bad_model")) == "/v1/chat/completions"
+    bad_model = orjson.loads(traffic.body_for(traffic.Action("bad_model", "m"), "hi"))
     assert bad_model["model"].startswith("no-such-model-")
-    assert orjson.loads(soak.body_for(soak.Action("invalid_body", "m"), "hi"))["messages"] == "hi"
+    assert orjson.loads(traffic.body_for(traffic.Action("invalid_body", "m"), "hi"))["messages"] == "hi"
     with pytest.raises(orjson.JSONDecodeError):
-        orjson.loads(soak.body_for(soak.Action("invalid_body", "m"), "hi", malformed=True))
+        orjson.loads(traffic.body_for(traffic.Action("invalid_body", "m"), "hi", malformed=True))
 
 
 def test_main_refuses_url_without_admin_key(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
-        soak.main(["--url", "http://127.0.0.1:8000"])
+        cli.main(["--url", "http://127.0.0.1:8000"])
     assert exc.value.code == 2
     assert "--url needs --admin-key" in capsys.readouterr().err
 
@@ -355,7 +364,7 @@ def _gateway(request: httpx.Request) -> httpx.Response:
     return httpx.Response(200, headers=headers, json={"choices": [{"text": "x"}]})
 
 
-def _perform(actions: list[soak.Action], seed: int = 3) -> Counts:
+def _perform(actions: list[traffic.Action], seed: int = 3) -> Counts:
     async def go() -> Counts:
         counts = Counts()
         transport = httpx.MockTransport(_gateway)
@@ -363,15 +372,15 @@ def _perform(actions: list[soak.Action], seed: int = 3) -> Counts:
         async with httpx.AsyncClient(base_url="http://t", transport=transport, headers=headers) as client:
             rng = random.Random(seed)
             for action in actions:
-                await soak.perform(client, action, rng, counts)
+                await traffic.perform(client, action, rng, counts)
         return counts
 
     return asyncio.run(go())
 
 
 def test_perform_counts_answers_feedback_and_expected_errors() -> None:
-    served = [soak.Action(k, "base", s) for k in ("chat", "completion") for s in (False, True)] * 10
-    errors = [soak.Action(k, "base") for k in soak.EXPECTED_STATUS] * 2
+    served = [traffic.Action(k, "base", s) for k in ("chat", "completion") for s in (False, True)] * 10
+    errors = [traffic.Action(k, "base") for k in traffic.EXPECTED_STATUS] * 2
     counts = _perform(served + errors)
     assert counts.failed == 0, counts.failures
     assert counts.expected_errors == 6
@@ -382,7 +391,7 @@ def test_perform_counts_answers_feedback_and_expected_errors() -> None:
 
 
 def test_perform_counts_wrong_statuses_and_cut_streams_as_failures() -> None:
-    counts = _perform([soak.Action("chat", "broken"), soak.Action("chat", "cut", True)])
+    counts = _perform([traffic.Action("chat", "broken"), traffic.Action("chat", "cut", True)])
     assert counts.failed == 2 and counts.done == 0
     assert counts.failures[0] == "chat broken: HTTP 500 (expected 200)"
     assert counts.failures[1] == "chat stream cut: HTTP 200 (expected 200) stream ended without [DONE]"
@@ -390,12 +399,12 @@ def test_perform_counts_wrong_statuses_and_cut_streams_as_failures() -> None:
 
 def test_sampler_ticks_until_the_deadline_then_samples_once_at_stop(tmp_path: Path) -> None:
     fake_proc(tmp_path, 10, 1, "python -m gateway.cli serve")
-    cfg = soak.SoakConfig(minutes=0.01, sample_s=0.25)  # deadline 0.6 s: ticks at 0, 0.25, 0.5
+    cfg = cli.SoakConfig(minutes=0.01, sample_s=0.25)  # deadline 0.6 s: ticks at 0, 0.25, 0.5
 
     async def go() -> list[Sample]:
         stop = asyncio.Event()
         t0 = time.monotonic()
-        task = asyncio.create_task(soak.sampler(ProcFS(tmp_path), 10, cfg, Counts(), t0, stop))
+        task = asyncio.create_task(cli.sampler(ProcFS(tmp_path), 10, cfg, Counts(), t0, stop))
         await asyncio.sleep(0.9)  # past the deadline: no tick at 0.75
         stop.set()
         return await task

@@ -1,0 +1,5 @@
+import sys
+
+from loadtests.bench_churn.cli import main
+
+sys.exit(main())

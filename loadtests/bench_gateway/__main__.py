@@ -1,0 +1,5 @@
+import sys
+
+from loadtests.bench_gateway.cli import main
+
+sys.exit(main())

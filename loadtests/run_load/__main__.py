@@ -1,0 +1,5 @@
+import sys
+
+from loadtests.run_load.cli import main
+
+sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from loadtests.soak.cli import main
+
+sys.exit(main())

@@ -200,7 +200,9 @@ class DedicatedEngines:
     def _retry_after(self, slot: _Slot | None) -> int:
         expected = self.last_start_s or _FIRST_START_GUESS_S
         elapsed = self.clock() - slot.started if slot is not None else 0.0
-        return max(1, math.ceil(expected - elapsed))
+        # A start running late (a busy host) is asked about every quarter of the expected
+        # time, not every second: clients that honour Retry-After would otherwise spin.
+        return max(1, math.ceil(expected - elapsed), math.ceil(expected / 4))
 
     # --- scale to zero --------------------------------------------------------------
     def start_reaper(self) -> None:

@@ -695,7 +695,7 @@ def adapters_register(
     activate: Annotated[bool, typer.Option(help="Make it the version `name` serves.")] = True,
     as_json: JsonOpt = False,
 ) -> None:
-    """Validate and store a PEFT adapter directory or archive (.zip/.tar.gz) as the next version."""
+    """Validate and store a PEFT adapter or a full model (directory or .zip/.tar.gz) as the next version."""
     from adapters import registry
     from gateway import audit, tenants
 

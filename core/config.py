@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -358,6 +359,19 @@ class Settings(BaseSettings):
     def _blank_is_unset(cls, value: object) -> object:
         # `TAILOR_ENGINE_TOOL_CALL_PARSER=` in a config file means "no parser", not a bad name.
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("dedicated_engine_urls")
+    @classmethod
+    def _check_dedicated_urls(cls, value: dict[str, str]) -> dict[str, str]:
+        # A key that is not a digest would never match a version: refused rather than ignored.
+        for digest, url in value.items():
+            if not re.fullmatch(r"[0-9a-f]{64}", digest):
+                raise ValueError(
+                    f"TAILOR_DEDICATED_ENGINE_URLS keys are version digests (64 hex digits), not {digest!r}"
+                )
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"TAILOR_DEDICATED_ENGINE_URLS values are http(s) URLs, not {url!r}")
+        return {digest: url.rstrip("/") for digest, url in value.items()}
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
+from pydantic import ValidationError
 
 from adapters.dedicated import DedicatedEngines, Running
 from adapters.engine_checks import EngineExpectation
 from adapters.engines import Engine, EnginePool
+from core.config import Settings
 from core.errors import TailorError
 from tests.openai_schema import validate
 
@@ -190,3 +193,11 @@ async def test_close_stops_a_start_in_progress(launcher: FakeLauncher) -> None:
         await manager.pool_for(A, "support")
     await manager.close()
     assert manager.stats() == [] and launcher.started == [A]
+
+
+def test_operator_run_engines_are_named_by_digest(tmp_path: Path) -> None:
+    urls = Settings(data_dir=tmp_path, dedicated_engine_urls={A: "http://gpu-7:8000/"}).dedicated_engine_urls
+    assert urls == {A: "http://gpu-7:8000"}
+    for bad in ({"support@v2": "http://gpu-7:8000"}, {A: "gpu-7:8000"}):
+        with pytest.raises(ValidationError):
+            Settings(data_dir=tmp_path, dedicated_engine_urls=bad)

@@ -182,6 +182,8 @@ class DedicatedEngines:
                 del self.slots[slot.digest]
             return
         slot.running = task.result()
+        # Idle from now: a start longer than idle_s must not make a fresh engine look idle.
+        slot.last_used = self.clock()
         self.starts += 1
         slot.running.pool.on_release(lambda s=slot: self._touch(s))
 

@@ -95,6 +95,8 @@ class EngineLaunch:
             served_name=served_name,
             lora=False,
             kv_cache_gib=s.dedicated_kv_cache_gib,
+            # On the CPU build the base engine compiles nothing either: serving LoRA turns it off.
+            extra_args=[*s.engine_extra_args, *(["--enforce-eager"] if s.dedicated_engine_eager else [])],
             log_file=s.data_dir / "logs" / f"engine-{served_name[:12]}.log",
             extra_env={
                 "VLLM_CPU_OMP_THREADS_BIND": "nobind",

@@ -117,6 +117,11 @@ class Settings(BaseSettings):
         description="CPU threads of each child engine of a full-model version (OMP_NUM_THREADS, unbound: "
         "VLLM_CPU_OMP_THREADS_BIND=nobind), so it shares the cores with the base engine. CPU engines only.",
     )
+    dedicated_engine_eager: bool = Field(
+        True,
+        description="Start child engines of full-model versions with --enforce-eager: no torch.compile (nor CUDA "
+        "graphs), so a cold start takes seconds instead of minutes of compilation, at some cost in throughput.",
+    )
     dedicated_kv_cache_gib: int = Field(
         1, ge=1, description="CPU KV cache of each child engine of a full-model version (VLLM_CPU_KVCACHE_SPACE)."
     )

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from adapters.dedicated import DedicatedEngines, Running
 from adapters.engine_checks import EngineExpectation
 from adapters.engines import Engine, EnginePool
+from adapters.supervisor import EngineLaunch
 from core.config import Settings
 from core.errors import TailorError
 from tests.openai_schema import validate
@@ -134,6 +135,19 @@ async def test_an_idle_engine_stops_and_comes_back_on_the_next_request(launcher:
     await manager.close()
 
 
+async def test_a_start_longer_than_the_idle_time_does_not_make_the_engine_idle(launcher: FakeLauncher) -> None:
+    clock = Clock()
+    launcher.gate.clear()
+    manager = engines(launcher, clock, idle_s=60.0, cold_start_wait_s=0.01)
+    with pytest.raises(TailorError):
+        await manager.pool_for(A, "support")
+    clock.now += 300  # the start took five minutes; the client that asked gave up meanwhile
+    launcher.gate.set()
+    await asyncio.sleep(0.01)
+    assert await manager.reap() == 0 and launcher.stopped == []
+    await manager.close()
+
+
 async def test_the_bound_stops_the_least_recently_used_idle_engine(launcher: FakeLauncher) -> None:
     clock = Clock()
     manager = engines(launcher, clock, max_engines=2)
@@ -201,3 +215,16 @@ def test_operator_run_engines_are_named_by_digest(tmp_path: Path) -> None:
     for bad in ({"support@v2": "http://gpu-7:8000"}, {A: "gpu-7:8000"}):
         with pytest.raises(ValidationError):
             Settings(data_dir=tmp_path, dedicated_engine_urls=bad)
+
+
+def test_a_full_models_child_engine_is_sized_to_share_the_machine(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, dedicated_engine_threads=1, dedicated_kv_cache_gib=1, engine_port=8123)
+    launch = EngineLaunch.dedicated(settings, model_path=tmp_path / "m", served_name=A)
+    command = launch.command()
+    assert command[command.index("--served-model-name") + 1] == A
+    assert command[command.index("--port") + 1] == "0"  # any free port, never the base engine's
+    assert "--enable-lora" not in command and "--enforce-eager" in command
+    env = launch.env("key")
+    assert env["VLLM_CPU_OMP_THREADS_BIND"] == "nobind" and env["OMP_NUM_THREADS"] == "1"
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "1" and env["VLLM_API_KEY"] == "key"
+    assert launch.log_file.name == f"engine-{A[:12]}.log"

@@ -5,8 +5,9 @@ device files reach a server. Every member is checked before a byte is written: i
 is a plain relative path no deeper than folder/file, it is a regular file or folder, and
 the bytes written across all members stay within the largest accepted adapter, counted
 as they are copied (declared sizes lie). The archive must hold an adapter directory (its
-`adapter_config.json`) at the top or in a single top-level folder; what that directory
-holds is judged by adapters.validation.
+`adapter_config.json`) or a full model's (its `config.json`) at the top or in a single
+top-level folder; what that directory holds is judged by adapters.validation or
+adapters.model_validation.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from adapters.model_validation import MODEL_CONFIG, check_small_model_file
 from adapters.validation import CONFIG_FILE, check_small_file
 from core.errors import TailorError, bad_request
 
@@ -163,7 +165,9 @@ def _tar_kind(member: tarfile.TarInfo) -> str:
 
 def _check_member_count(count: int) -> None:
     if count > ARCHIVE_MAX_MEMBERS:
-        raise _archive_error(f"archive has more than {ARCHIVE_MAX_MEMBERS} members; an adapter needs 3 at most")
+        raise _archive_error(
+            f"archive has more than {ARCHIVE_MAX_MEMBERS} members; an adapter needs 3 at most, a model a few more"
+        )
 
 
 def _safe_parts(name: str) -> tuple[str, ...]:
@@ -193,6 +197,7 @@ def _extract_members(members: Iterator[_Member], dest: Path, budget: _Budget) ->
             continue
         # Refused from the header, before a byte of an oversized config or README is written.
         check_small_file(parts[-1], declared)
+        check_small_model_file(parts[-1], declared)
         budget.declared += declared
         if budget.declared > budget.max_bytes:
             raise _too_big(budget)
@@ -236,15 +241,20 @@ def _copy_counted(name: str, src: IO[bytes], target: Path, declared: int, budget
 
 
 def _adapter_root(dest: Path) -> Path:
-    if (dest / CONFIG_FILE).is_file():
+    if _holds_root_file(dest):
         return dest
     entries = sorted(p for p in dest.iterdir() if p.name != "__MACOSX")
-    if len(entries) == 1 and entries[0].is_dir() and (entries[0] / CONFIG_FILE).is_file():
+    if len(entries) == 1 and entries[0].is_dir() and _holds_root_file(entries[0]):
         return entries[0]
     found = ", ".join(p.name for p in entries[:5]) or "nothing"
     raise _archive_error(
-        f"archive must hold {CONFIG_FILE} at its top level or inside a single top-level folder; found {found}"
+        f"archive must hold {CONFIG_FILE} (an adapter) or {MODEL_CONFIG} (a full model) at its top level or "
+        f"inside a single top-level folder; found {found}"
     )
+
+
+def _holds_root_file(folder: Path) -> bool:
+    return (folder / CONFIG_FILE).is_file() or (folder / MODEL_CONFIG).is_file()
 
 
 def _empty_dir(path: Path) -> None:

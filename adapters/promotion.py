@@ -23,7 +23,7 @@ from adapters.store import AdapterStore
 from core.db import Database
 from core.errors import TailorError, bad_request, not_found
 from core.models import Adapter, AdapterVersion
-from core.states import UNSERVABLE_VERSION_STATES, VersionState
+from core.states import UNSERVABLE_VERSION_STATES, VersionKind, VersionState
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,7 @@ class VersionLineage:
     promoted_at: datetime | None
     promoted_by: str | None
     serving: str | None  # "active", "canary" or None
+    kind: VersionKind = VersionKind.ADAPTER
 
 
 def _adapter(s: Session, tenant_id: str, name: str) -> Adapter:
@@ -214,6 +215,7 @@ def lineage(db: Database, tenant_id: str, name: str) -> list[VersionLineage]:
                 else "canary"
                 if v.id == adapter.canary_version_id
                 else None,
+                kind=VersionKind(v.kind or VersionKind.ADAPTER),
             )
             for v in adapter.versions
         ]

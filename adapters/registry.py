@@ -18,14 +18,15 @@ from adapters import checkpoints
 from adapters.activation import lock_adapter, serve
 from adapters.archives import extract_archive
 from adapters.store import AdapterStore
-from adapters.validation import BaseModelSpec, validate_adapter_dir, validate_adapter_name
+from adapters.validation import BaseModelSpec, validate_adapter_name
+from adapters.version_files import validate_version_dir
 from core.config import Settings
 from core.db import Database
 from core.errors import TailorError, bad_request, not_found
 from core.ids import new_id
 from core.models import Adapter, AdapterVersion, Job, JobCheckpoint
 from core.quotas import Quotas, Usage, operator_quotas, precheck, reserve
-from core.states import UNSERVABLE_VERSION_STATES, VersionState
+from core.states import UNSERVABLE_VERSION_STATES, VersionKind, VersionState
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class ValidationLimits:
     max_bytes: int
     # What a tenant may keep; None: the defaults of the process's settings.
     quotas: Quotas | None = None
+    max_model_bytes: int = 20_000_000_000  # a full-model version (a complete checkpoint)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ValidationLimits:
@@ -43,6 +45,7 @@ class ValidationLimits:
             max_rank=settings.engine_max_lora_rank,
             max_bytes=settings.max_adapter_bytes,
             quotas=Quotas.from_settings(settings),
+            max_model_bytes=settings.max_model_bytes,
         )
 
 
@@ -60,6 +63,7 @@ class VersionInfo:
     source: str
     active: bool
     created_at: datetime
+    kind: VersionKind = VersionKind.ADAPTER
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,8 @@ class ResolvedModel:
     version_id: str | None = None
     digest: str | None = None
     created_at: datetime | None = None
+    # A full model is served by engines of its own (adapters.dedicated), not on the base's.
+    kind: VersionKind = VersionKind.ADAPTER
 
     @property
     def is_base(self) -> bool:
@@ -111,6 +117,7 @@ def version_info(adapter: Adapter, v: AdapterVersion) -> VersionInfo:
         source=v.source,
         active=adapter.active_version_id == v.id,
         created_at=v.created_at,
+        kind=VersionKind(v.kind or VersionKind.ADAPTER),
     )
 
 
@@ -151,7 +158,7 @@ def register_dir(
     state: VersionState | None = None,
     lineage: Lineage | None = None,
 ) -> VersionInfo:
-    """Validate a PEFT adapter directory, store it, and record it as the next version of `name`.
+    """Validate a PEFT adapter or full model directory, store it, and record it as the next version of `name`.
 
     `activate` makes it what `name` serves at once (uploads, operator registrations);
     trained versions arrive with activate=False and state "candidate" and are promoted
@@ -161,7 +168,13 @@ def register_dir(
     validate_adapter_name(name)
     if name == base_model_name:
         raise bad_request(f"Adapter name {name!r} is the base model's name.", param="name")
-    manifest = validate_adapter_dir(source_dir, base=limits.base, max_rank=limits.max_rank, max_bytes=limits.max_bytes)
+    manifest = validate_version_dir(
+        source_dir,
+        base=limits.base,
+        max_rank=limits.max_rank,
+        max_bytes=limits.max_bytes,
+        max_model_bytes=limits.max_model_bytes,
+    )
     quotas, adding = operator_quotas(limits.quotas), Usage(stored_bytes=manifest.total_bytes, adapter_versions=1)
     # Before the store write, so a refused version leaves no files behind; checked again
     # under the tenant's lock below, where a concurrent registration may have used the room.
@@ -191,7 +204,8 @@ def register_dir(
                     rank=manifest.rank,
                     alpha=float(manifest.alpha),
                     target_modules=list(manifest.target_modules),
-                    base_model=limits.base.name,
+                    base_model=manifest.base_model,
+                    kind=manifest.kind,
                     size_bytes=manifest.total_bytes,
                     state=VersionState.ACTIVE if activate else (state or VersionState.REGISTERED),
                     source=source,
@@ -224,7 +238,9 @@ def register_archive(
     activate: bool = True,
 ) -> VersionInfo:
     with tempfile.TemporaryDirectory(prefix="tailor-upload-") as tmp:
-        adapter_dir = extract_archive(archive, Path(tmp) / "x", max_bytes=max_upload_bytes)
+        # A full model unpacks to more than an adapter; each kind's own limit applies after.
+        budget = max(max_upload_bytes, limits.max_model_bytes)
+        adapter_dir = extract_archive(archive, Path(tmp) / "x", max_bytes=budget)
         return register_dir(
             db,
             store,
@@ -306,7 +322,13 @@ def _checkpoint(db: Database, tenant_id: str, model: str, name: checkpoints.Chec
 
 
 def _resolved(public_name: str, v: AdapterVersion) -> ResolvedModel:
-    return ResolvedModel(public_name=public_name, version_id=v.id, digest=v.digest, created_at=v.created_at)
+    return ResolvedModel(
+        public_name=public_name,
+        version_id=v.id,
+        digest=v.digest,
+        created_at=v.created_at,
+        kind=VersionKind(v.kind or VersionKind.ADAPTER),
+    )
 
 
 def resolve(db: Database, tenant_id: str, model: str, base_model_name: str) -> ResolvedModel:

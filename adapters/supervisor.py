@@ -56,6 +56,10 @@ class EngineLaunch:
     extra_args: list[str] = field(default_factory=list)
     host: str = "127.0.0.1"
     tool_call_parser: str | None = None
+    # False for a full model's own engine (adapters.dedicated): it serves no adapters.
+    lora: bool = True
+    # Set last in the child's environment (a dedicated engine's thread and KV-cache sizing).
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_settings(cls, s: Settings, *, port: int | None = None, host: str = "127.0.0.1") -> EngineLaunch:
@@ -74,6 +78,31 @@ class EngineLaunch:
             extra_args=s.engine_extra_args,
             host=host,
             tool_call_parser=s.engine_tool_call_parser,
+        )
+
+    @classmethod
+    def dedicated(cls, s: Settings, *, model_path: Path, served_name: str) -> EngineLaunch:
+        """The child engine of a full-model version: its own checkpoint, no LoRA, any free port,
+        few threads and a small KV cache, so that it shares the machine with the base engine.
+
+        On the CPU build, vLLM's default binds each engine's threads to the same cores
+        ("auto"); unbound threads (nobind) let the OS spread several engines over them.
+        """
+        base = cls.from_settings(s, port=0)
+        return replace(
+            base,
+            model_path=model_path,
+            served_name=served_name,
+            lora=False,
+            kv_cache_gib=s.dedicated_kv_cache_gib,
+            # On the CPU build the base engine compiles nothing either: serving LoRA turns it off.
+            extra_args=[*s.engine_extra_args, *(["--enforce-eager"] if s.dedicated_engine_eager else [])],
+            log_file=s.data_dir / "logs" / f"engine-{served_name[:12]}.log",
+            extra_env={
+                "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+                "OMP_NUM_THREADS": str(s.dedicated_engine_threads),
+                "VLLM_CPU_KVCACHE_SPACE": str(s.dedicated_kv_cache_gib),
+            },
         )
 
     @property
@@ -95,13 +124,7 @@ class EngineLaunch:
             self.host,
             "--port",
             str(self.port),
-            "--enable-lora",
-            "--max-lora-rank",
-            str(self.max_lora_rank),
-            "--max-loras",
-            str(self.max_loras),
-            "--max-cpu-loras",
-            str(self.max_cpu_loras),
+            *self.lora_args(),
             "--max-model-len",
             str(self.max_model_len),
             "--dtype",
@@ -115,6 +138,19 @@ class EngineLaunch:
             STRUCTURED_OUTPUTS,
             *self.tool_args(),
             *self.extra_args,
+        ]
+
+    def lora_args(self) -> list[str]:
+        if not self.lora:
+            return []
+        return [
+            "--enable-lora",
+            "--max-lora-rank",
+            str(self.max_lora_rank),
+            "--max-loras",
+            str(self.max_loras),
+            "--max-cpu-loras",
+            str(self.max_cpu_loras),
         ]
 
     def tool_args(self) -> list[str]:
@@ -131,6 +167,7 @@ class EngineLaunch:
         env["VLLM_API_KEY"] = api_key
         env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.kv_cache_gib))
+        env.update(self.extra_env)
         return env
 
 

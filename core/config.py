@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -102,6 +103,43 @@ class Settings(BaseSettings):
         8, description="Adapters kept loaded per engine; least recently used ones are unloaded."
     )
 
+    # --- dedicated engines (model versions of kind "model", adapters.dedicated) ---------
+    max_dedicated_engines: int = Field(
+        2,
+        ge=0,
+        description="Child engines for full-model versions running at once; starting another stops the least "
+        "recently used idle one (none idle: 503 with Retry-After). 0: only TAILOR_DEDICATED_ENGINE_URLS serve them.",
+    )
+    dedicated_idle_s: float = Field(
+        600.0, gt=0, description="A child engine of a full-model version stops after this long without requests."
+    )
+    cold_start_wait_s: float = Field(
+        30.0,
+        ge=0,
+        description="How long a request waits for a full-model version's engine to start before it gets 503 with "
+        "Retry-After (the start goes on; a retry finds it ready).",
+    )
+    dedicated_engine_threads: int = Field(
+        1,
+        ge=1,
+        description="CPU threads of each child engine of a full-model version (OMP_NUM_THREADS, unbound: "
+        "VLLM_CPU_OMP_THREADS_BIND=nobind), so it shares the cores with the base engine. CPU engines only.",
+    )
+    dedicated_engine_eager: bool = Field(
+        True,
+        description="Start child engines of full-model versions with --enforce-eager: no torch.compile (nor CUDA "
+        "graphs), so a cold start takes seconds instead of minutes of compilation, at some cost in throughput.",
+    )
+    dedicated_kv_cache_gib: int = Field(
+        1, ge=1, description="CPU KV cache of each child engine of a full-model version (VLLM_CPU_KVCACHE_SPACE)."
+    )
+    dedicated_engine_urls: dict[str, str] = Field(
+        default_factory=dict,
+        description='Operator-run vLLM servers for full-model versions, as JSON {"<version digest>": "<url>"}; '
+        "each serves that checkpoint with --served-model-name <digest> and TAILOR_ENGINE_API_KEY as its "
+        "--api-key (if set). Such versions start no child engine and never scale to zero.",
+    )
+
     # --- gateway -------------------------------------------------------------
     host: str = Field("127.0.0.1")
     port: int = Field(8000)
@@ -112,6 +150,11 @@ class Settings(BaseSettings):
     )
     max_upload_bytes: int = Field(200_000_000, description="Largest accepted adapter archive upload.")
     max_adapter_bytes: int = Field(500_000_000, description="Largest accepted adapter (all files, unpacked).")
+    max_model_bytes: int = Field(
+        20_000_000_000,
+        description="Largest accepted full-model version (a complete checkpoint: all files, unpacked). Archives "
+        "uploaded over HTTP are also bounded by TAILOR_MAX_UPLOAD_BYTES.",
+    )
     secret_key: SecretStr | None = Field(
         None,
         description="Seals stored third-party secrets (teacher API keys); unset: a random key in "
@@ -351,6 +394,19 @@ class Settings(BaseSettings):
     def _blank_is_unset(cls, value: object) -> object:
         # `TAILOR_ENGINE_TOOL_CALL_PARSER=` in a config file means "no parser", not a bad name.
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("dedicated_engine_urls")
+    @classmethod
+    def _check_dedicated_urls(cls, value: dict[str, str]) -> dict[str, str]:
+        # A key that is not a digest would never match a version: refused rather than ignored.
+        for digest, url in value.items():
+            if not re.fullmatch(r"[0-9a-f]{64}", digest):
+                raise ValueError(
+                    f"TAILOR_DEDICATED_ENGINE_URLS keys are version digests (64 hex digits), not {digest!r}"
+                )
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"TAILOR_DEDICATED_ENGINE_URLS values are http(s) URLs, not {url!r}")
+        return {digest: url.rstrip("/") for digest, url in value.items()}
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -25,7 +25,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from core.ids import utcnow
-from core.states import VersionState
+from core.states import VersionKind, VersionState
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -117,6 +117,8 @@ class AdapterVersion(Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     # core.states.VersionState, stored as its value and read back as a plain string
     state: Mapped[str] = mapped_column(String(16), default=VersionState.ACTIVE)
+    # core.states.VersionKind: an adapter on the base model's engines, or a full model on its own.
+    kind: Mapped[str] = mapped_column(String(16), default=VersionKind.ADAPTER, server_default=VersionKind.ADAPTER.value)
     source: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # Lineage: where the version came from and why it serves.

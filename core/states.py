@@ -53,5 +53,19 @@ class VersionState(StrEnum):
     REGISTERED = "registered"
 
 
+class VersionKind(StrEnum):
+    """What a model version's stored files are: stored in `adapter_versions.kind`.
+
+    Both kinds share a tenant's names, versions, aliases, canaries and promotion; only where
+    a request is served differs.
+    """
+
+    # A LoRA adapter, loaded at run time into an engine of the base model.
+    ADAPTER = "adapter"
+    # A complete checkpoint (full fine-tune, distilled student, merged adapter), served by
+    # engines of its own (adapters.dedicated).
+    MODEL = "model"
+
+
 # Versions that exist but must never serve (still training, or broken).
 UNSERVABLE_VERSION_STATES = (VersionState.TRAINING, VersionState.FAILED)

@@ -102,6 +102,7 @@ def describe_version(version: VersionInfo) -> dict[str, Any]:
         "size_bytes": version.size_bytes,
         "state": version.state,
         "source": version.source,
+        "kind": version.kind,
     }
 
 

@@ -695,7 +695,7 @@ def adapters_register(
     activate: Annotated[bool, typer.Option(help="Make it the version `name` serves.")] = True,
     as_json: JsonOpt = False,
 ) -> None:
-    """Validate and store a PEFT adapter directory or archive (.zip/.tar.gz) as the next version."""
+    """Validate and store a PEFT adapter or a full model (directory or .zip/.tar.gz) as the next version."""
     from adapters import registry
     from gateway import audit, tenants
 
@@ -739,7 +739,11 @@ def adapters_register(
         )
     except TailorError as exc:
         _fail(exc)
-    _emit(asdict(v), as_json, f"registered {tenant}/{name} version {v.version} (rank {v.rank}, {v.digest[:12]})")
+    _emit(asdict(v), as_json, f"registered {tenant}/{name} version {v.version} ({_described(v)}, {v.digest[:12]})")
+
+
+def _described(v: Any) -> str:
+    return f"rank {v.rank}" if v.kind == "adapter" else f"full model, {v.size_bytes / 2**20:.0f} MiB"
 
 
 @adapters_app.command("list")

@@ -55,6 +55,7 @@ ENDPOINTS = ("chat.completions", "completions", "responses", "fine_tuning.grader
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 LOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+COLD_START_BUCKETS = (1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 JOB_BUCKETS = (60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 21600.0, 86400.0)
 _STATUS_CLASS = tuple(f"{i}xx" for i in range(10))
 
@@ -137,6 +138,14 @@ class Metrics:
         self.adapter_evictions = Counter(
             "tailor_adapter_evictions", "Adapters unloaded to make room (LRU).", ("engine",), registry=r
         )
+        self.cold_starts = Histogram(
+            "tailor_dedicated_engine_start_duration_seconds",
+            "Cold starts of full-model versions' own engines: time until the engine took requests, by outcome "
+            "(ok|error).",
+            ("outcome",),
+            buckets=COLD_START_BUCKETS,
+            registry=r,
+        )
         self.db_unavailable = Counter(
             "tailor_database_unavailable",
             "Lookups the database could not answer, by what (key|model|limits) and outcome (stale|refused|open).",
@@ -209,6 +218,9 @@ class Metrics:
     def adapter_evicted(self, engine: str) -> None:
         self.adapter_evictions.labels(engine).inc()
 
+    def dedicated_engine_started(self, seconds: float, ok: bool) -> None:
+        self.cold_starts.labels("ok" if ok else "error").observe(seconds)
+
 
 class _TenantNames(Collector):
     """The tenant-labelled series of `source`, each tenant id replaced by the tenant's name.
@@ -267,6 +279,13 @@ class _ScrapeTime(Collector):
             inflight.add_metric([e.url], e.inflight)
             resident.add_metric([e.url], len(e.resident))
         yield from (healthy, inflight, resident)
+        dedicated = GaugeMetricFamily(
+            "tailor_dedicated_engines", "Engines of full-model versions, by state (starting|ready).", labels=["state"]
+        )
+        states = [str(e["state"]) for e in s.dedicated.stats()]
+        for state in ("starting", "ready"):
+            dedicated.add_metric([state], states.count(state))
+        yield dedicated
 
         log_ = s.interactions
         yield GaugeMetricFamily(

@@ -78,6 +78,8 @@ class AdapterVersionOut(BaseModel):
     source: str
     active: bool
     created_at: datetime
+    # "adapter" (a LoRA on the base model) or "model" (a full model on engines of its own).
+    kind: str = "adapter"
 
 
 class AdapterOut(BaseModel):
@@ -109,6 +111,7 @@ class VersionLineageOut(BaseModel):
     promoted_at: datetime | None
     promoted_by: str | None
     serving: str | None
+    kind: str = "adapter"
 
 
 class AdapterRegisterPath(BaseModel):

@@ -218,10 +218,12 @@ async def complete(
             resolved = await services.resolve(caller.tenant_id, public_model)
         model_known = True
         record.adapter_version_id = resolved.version_id
-        lora = services.lora_for(resolved)
+        # The base pool with the adapter, or a full model's own engine (which may be starting).
+        upstream = await services.upstream(resolved)
+        lora = upstream.lora
         # Encoded before an engine is leased: a body that cannot be sent holds nothing.
-        payload = _engine_body(services, caller, fields, lora, stream, batch)
-        lease = await _acquire(services, lora, public_model, background=batch is not None)
+        payload = _engine_body(services, caller, fields, upstream.engine_model, stream, batch)
+        lease = await _acquire(upstream.pool, lora, public_model, background=batch is not None)
     except TailorError as exc:
         finish(exc.status, exc.message)
         return _json(exc.body(), exc.status, interaction_id, exc.headers)
@@ -232,12 +234,13 @@ async def complete(
         raise
 
     record.engine = lease.url
-    held = _HeldLease(services.pool, lease)
+    held = _HeldLease(upstream.pool, lease)
     try:
         return await _answer(
             services,
             held,
             lora,
+            upstream.engine_model,
             route,
             kind,
             payload,
@@ -268,14 +271,14 @@ def _engine_body(
     services: Services,
     caller: Caller,
     fields: dict[str, Any],
-    lora: LoraRef | None,
+    engine_model: str,
     stream: bool,
     batch: BatchContext | None,
 ) -> EngineBody:
     def encoded(priority: int | None = None) -> bytes:
         return request_policy.engine_payload(
             fields,
-            model=lora.name if lora else services.settings.base_model_name,
+            model=engine_model,
             stream=stream,
             cache_salt=services.cache_salts.for_tenant(caller.tenant_id, fields.get("cache_salt")),
             priority=priority,
@@ -314,6 +317,7 @@ async def _answer(
     services: Services,
     held: _HeldLease,
     lora: LoraRef | None,
+    engine_model: str,
     route: Route,
     kind: Kind,
     payload: EngineBody,
@@ -328,9 +332,10 @@ async def _answer(
     """Send the request to the leased engine and answer the client. Never releases the lease."""
     lease = held.lease
     public_model = record.model
-    replace = {lease.lora: public_model} if lease.lora else {}
+    # The engine's name for the model (an adapter id, a full model's digest) is internal.
+    replace = {engine_model: public_model} if engine_model != public_model else {}
     try:
-        resp = await _send(services, lease, lora, route, payload, request, spans, public_model)
+        resp = await _send(services, held.pool, lease, lora, route, payload, request, spans, public_model)
     except TailorError as exc:
         finish(exc.status, exc.message)
         return _json(exc.body(), exc.status, interaction_id)
@@ -349,7 +354,7 @@ async def _answer(
 
     if not record.stream:
         return await _finish_body(
-            services, lease, route, kind, resp, record, finish, interaction_id, request, presenter
+            held.pool, lease, route, kind, resp, record, finish, interaction_id, request, presenter
         )
 
     stream_call = _StreamCall(services, held, resp, record, finish)
@@ -367,16 +372,16 @@ def _client_wants_usage(record: InteractionRecord) -> bool:
     return bool((record.request.get("stream_options") or {}).get("include_usage"))
 
 
-async def _acquire(services: Services, lora: LoraRef | None, public_model: str, *, background: bool) -> Lease:
+async def _acquire(pool: EnginePool, lora: LoraRef | None, public_model: str, *, background: bool) -> Lease:
     try:
-        return await services.pool.acquire(lora, background=background)
+        return await pool.acquire(lora, background=background)
     except TailorError as exc:
         raise _load_failure(exc, lora, public_model) from exc
 
 
-async def _reload(services: Services, lease: Lease, lora: LoraRef, public_model: str) -> None:
+async def _reload(pool: EnginePool, lease: Lease, lora: LoraRef, public_model: str) -> None:
     try:
-        await services.pool.ensure_loaded(lease.engine, lora)
+        await pool.ensure_loaded(lease.engine, lora)
     except TailorError as exc:
         raise _load_failure(exc, lora, public_model) from exc
 
@@ -419,6 +424,7 @@ async def _admit(services: Services, caller: Caller) -> None:
 
 async def _send(
     services: Services,
+    pool: EnginePool,
     lease: Lease,
     lora: LoraRef | None,
     route: Route,
@@ -439,15 +445,15 @@ async def _send(
         try:
             resp = await _until_disconnect(request, services.client.send(req, stream=True))
         except httpx.TransportError as exc:
-            services.pool.mark_down(lease.engine)
+            pool.mark_down(lease.engine)
             raise TailorError(
                 503, "The inference engine became unavailable; retry shortly.", code="engine_unavailable"
             ) from exc
         if resp.status_code == 404 and lora is not None and not reloaded:
             await resp.aclose()
             reloaded = True
-            services.pool.forget(lease.engine, lora.name)
-            await _reload(services, lease, lora, public_model)
+            pool.forget(lease.engine, lora.name)
+            await _reload(pool, lease, lora, public_model)
             continue
         if body is payload.prioritised and await _refuses_priority(resp):
             await resp.aclose()
@@ -511,7 +517,7 @@ def _parse(raw: bytes) -> Any:
 
 
 async def _finish_body(
-    services: Services,
+    pool: EnginePool,
     lease: Lease,
     route: Route,
     kind: Kind,
@@ -528,7 +534,7 @@ async def _finish_body(
         finish(CLIENT_CLOSED, "client disconnected")
         return Response(status_code=CLIENT_CLOSED)
     except httpx.HTTPError as exc:
-        services.pool.mark_down(lease.engine)
+        pool.mark_down(lease.engine)
         err = TailorError(503, "The inference engine failed while answering; retry shortly.", code="engine_unavailable")
         finish(err.status, f"{type(exc).__name__}: {exc}")
         return _json(err.body(), err.status, interaction_id)
@@ -682,7 +688,7 @@ class _StreamCall:
             status, error = CLIENT_CLOSED, "client disconnected"
             raise
         except httpx.HTTPError as exc:
-            self.services.pool.mark_down(self.lease.engine)
+            self.held.pool.mark_down(self.lease.engine)
             status, error = 503, f"engine failed mid-stream: {type(exc).__name__}"
             err = TailorError(
                 503, "The inference engine failed while streaming; retry shortly.", code="engine_unavailable"

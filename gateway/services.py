@@ -14,6 +14,7 @@ import httpx
 from sqlalchemy.exc import DBAPIError
 
 from adapters import registry
+from adapters.dedicated import ChildLauncher, DedicatedEngines
 from adapters.engine_checks import EngineExpectation
 from adapters.engines import Engine, EnginePool, LoraRef, bearer
 from adapters.probe_adapter import write_probe_adapter
@@ -25,6 +26,7 @@ from core.blobs import BlobStore
 from core.config import Settings
 from core.db import Database, migrate
 from core.errors import TailorError
+from core.states import VersionKind
 from gateway import tenants
 from gateway.auth_guard import KeyCache
 from gateway.interaction_log import InteractionLog
@@ -79,6 +81,16 @@ class TTLCache(Generic[K, V]):
 _MISSING = object()
 
 
+@dataclass(frozen=True)
+class Upstream:
+    """Where a resolved model is served: the pool a request leases from, the adapter to make
+    resident there (None: the pool's own model), and the name the engine knows the model by."""
+
+    pool: EnginePool
+    lora: LoraRef | None
+    engine_model: str
+
+
 class Services:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -117,6 +129,14 @@ class Services:
         )
         if launch:
             self.supervisors.append(EngineSupervisor(launch, self.pool, self.pool.engines[0]))
+        # Full-model versions, on engines of their own (started on first use).
+        self.dedicated = DedicatedEngines(
+            ChildLauncher(settings, self.store, self.client),
+            max_engines=settings.max_dedicated_engines,
+            idle_s=settings.dedicated_idle_s,
+            cold_start_wait_s=settings.cold_start_wait_s,
+            on_cold_start=self.telemetry.dedicated_engine_started,
+        )
         self.interactions = InteractionLog(
             self.db,
             batch_size=settings.log_batch_size,
@@ -143,6 +163,7 @@ class Services:
         if wait_for_engines:
             await self.pool.wait_healthy(self.settings.engine_start_timeout_s, all_engines=False)
         self.pool.start_monitor()
+        self.dedicated.start_reaper()
 
     def _child_launch(self) -> EngineLaunch:
         return EngineLaunch.from_settings(self.settings)
@@ -154,6 +175,7 @@ class Services:
 
     async def stop(self) -> None:
         await self.pool.stop_monitor()
+        await self.dedicated.close()
         await self.interactions.stop()
         await self.meter.stop()
         if self.trainer is not None:
@@ -206,6 +228,15 @@ class Services:
             raise TailorError(503, "The database is unavailable; please retry shortly.", code="database_unavailable")
         log.warning("database unavailable: %s lookup served from a stale cache entry", what)
         return hit
+
+    async def upstream(self, resolved: ResolvedModel) -> Upstream:
+        """The lease provider of a resolved model: a full model's own engine (started on first
+        use, 503 with Retry-After while it starts), else the base pool with the adapter."""
+        if resolved.kind == VersionKind.MODEL and resolved.digest is not None:
+            pool = await self.dedicated.pool_for(resolved.digest, resolved.public_name)
+            return Upstream(pool, None, resolved.digest)
+        lora = self.lora_for(resolved)
+        return Upstream(self.pool, lora, lora.name if lora else self.settings.base_model_name)
 
     def lora_for(self, resolved: ResolvedModel) -> LoraRef | None:
         if resolved.version_id is None or resolved.digest is None:

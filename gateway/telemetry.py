@@ -63,6 +63,10 @@ class Telemetry:
         self.metrics.adapter_evicted(engine)
         self.tracing.adapter_evicted(engine, name)
 
+    def dedicated_engine_started(self, seconds: float, ok: bool) -> None:
+        """A full-model version's engine started (or failed to) after `seconds`."""
+        self.metrics.dedicated_engine_started(seconds, ok)
+
     def db_unavailable(self, what: str, *, served_stale: bool | None) -> None:
         """A lookup the database could not answer: served from a stale cache entry, refused,
         or (served_stale None) let through without the check."""

@@ -147,7 +147,7 @@ def _routes(r: APIRouter, tenant_dep: Callable[..., tuple[str, str]]) -> None:
         "",
         response_model=AdapterOut,
         status_code=201,
-        summary="Upload a PEFT LoRA adapter (.zip or .tar.gz) as the next version of `name`",
+        summary="Upload a PEFT LoRA adapter or a full model (.zip or .tar.gz) as the next version of `name`",
     )
     async def upload_adapter(
         services: ServicesDep, who: tuple[str, str] = who_dep, name: str = Form(...), file: UploadFile = File(...)
@@ -213,7 +213,7 @@ _routes(admin_router, admin_tenant)
     "/register",
     response_model=AdapterOut,
     status_code=201,
-    summary="Register a PEFT adapter directory on the gateway's filesystem",
+    summary="Register a PEFT adapter or full model directory on the gateway's filesystem",
 )
 def admin_register_path(body: AdapterRegisterPath, services: ServicesDep, who: AdminTenant) -> AdapterOut:
     source = Path(body.path)

@@ -1,0 +1,225 @@
+"""A full-model version on an engine of its own, through the live gateway and the official SDK.
+
+A 4-layer model derived from the offline one (adapters.derived_model) is uploaded as version 2
+of a tenant's adapter name. Its first request starts a vLLM child for it (503 with Retry-After
+until it is up, which the SDK waits out by itself); it answers chat and text completions,
+plain and streamed, schema-valid; it stops after TAILOR_DEDICATED_IDLE_S without traffic and
+comes back on the next request; and the name's alias moves between the adapter version and
+the full model under client traffic without a failed request.
+
+The gateway here uses the session's evaluation engine as its base engine (TAILOR_ENGINE_URLS),
+so this file runs two vLLM servers at once: that one and the dedicated child.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from adapters.derived_model import derive_model
+from tests.conftest import LiveEngine
+from tests.integration.conftest import MODEL_DIR, QUESTION, TailorServer, TenantKeys, make_tenant, running_tailor
+from tests.openai_schema import validate
+
+pytestmark = pytest.mark.engine
+
+IDLE_S = 10
+# A cold start takes 20-40 s on an idle 2-core machine, several minutes on a busy one.
+START_DEADLINE_S = 600
+MESSAGES = [{"role": "user", "content": QUESTION}]
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not (MODEL_DIR / "config.json").exists():
+        pytest.skip(f"base model not prepared at {MODEL_DIR} (run `make install`)")
+    return derive_model(MODEL_DIR, tmp_path_factory.mktemp("models") / "SmolLM2-4L", "spread:4").out
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, eval_engine: LiveEngine) -> Iterator[TailorServer]:
+    with running_tailor(
+        tmp_path_factory.mktemp("tailor-dedicated"),
+        eval_engine,
+        TAILOR_ENGINE_URLS=eval_engine.url,
+        TAILOR_ENGINE_API_KEY=eval_engine.key,
+        TAILOR_DEDICATED_IDLE_S=str(IDLE_S),
+        TAILOR_COLD_START_WAIT_S="3",
+        TAILOR_MAX_DEDICATED_ENGINES="1",
+        TAILOR_RUN_TRAINER="false",
+    ) as running:
+        yield running
+    assert _engine_pids() == [], "a dedicated engine outlived the gateway"
+
+
+@pytest.fixture(scope="module")
+def tenant(server: TailorServer) -> TenantKeys:
+    return make_tenant(server, "dedicated-acme")
+
+
+def _engine_pids(digest: str = "") -> list[int]:
+    """vLLM servers started for full models (served under their digest), from /proc."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if b"vllm.entrypoints.openai.api_server" in cmdline and b"--served-model-name" in cmdline:
+            served = cmdline[cmdline.index(b"--served-model-name") + 1].decode()
+            if len(served) == 64 and served.startswith(digest) and b"--enable-lora" not in cmdline:
+                pids.append(int(proc.name))
+    return pids
+
+
+def _tar_gz(model: Path) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=1) as tf:
+        tf.add(model, arcname=model.name)
+    return buffer.getvalue()
+
+
+def _sdk(server: TailorServer, tenant: TenantKeys, *, retries: int) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=tenant.key, max_retries=retries, timeout=120)
+
+
+def _first_answer(sdk: openai.OpenAI) -> httpx.Response:
+    """Call `support` until its engine has started: the SDK retries each 503 after its
+    Retry-After by itself; a start slower than its retries is waited out here."""
+    deadline = time.monotonic() + START_DEADLINE_S
+    while True:
+        try:
+            raw = sdk.chat.completions.with_raw_response.create(model="support", messages=MESSAGES, max_tokens=8)
+            return raw.http_response
+        except openai.InternalServerError as exc:
+            assert exc.response.status_code == 503 and exc.code == "model_starting", exc
+            assert time.monotonic() < deadline, "the full model's engine did not start"
+
+
+def _ready_engines(server: TailorServer) -> float:
+    for line in httpx.get(f"{server.url}/metrics").text.splitlines():
+        if line.startswith('tailor_dedicated_engines{state="ready"}'):
+            return float(line.split()[-1])
+    raise AssertionError("no tailor_dedicated_engines metric")
+
+
+def test_a_full_model_serves_scales_to_zero_and_switches_with_an_adapter(
+    server: TailorServer, tenant: TenantKeys, small_model: Path, random_adapter: Path
+) -> None:
+    auth = {"Authorization": f"Bearer {tenant.key}"}
+    with server.admin() as admin:
+        body = {"name": "support", "path": str(random_adapter), "activate": True}
+        assert admin.post(f"/admin/tenants/{tenant.name}/adapters/register", json=body).status_code == 201
+    # The model goes in like an adapter: uploaded to the tenant's own route, as the next version.
+    r = httpx.post(
+        f"{server.url}/v1/adapters",
+        headers=auth,
+        data={"name": "support"},
+        files={"file": ("student.tar.gz", _tar_gz(small_model))},
+        timeout=300,
+    )
+    assert r.status_code == 201, r.text
+    versions = {v["version"]: v for v in r.json()["versions"]}
+    assert versions[1]["kind"] == "adapter" and versions[2]["kind"] == "model"
+    assert r.json()["active_version"] == 2
+    digest = versions[2]["digest"]
+
+    # First use: the engine starts; a client that does not wait is told when to come back.
+    started = time.monotonic()
+    cold = httpx.post(
+        f"{server.url}/v1/chat/completions",
+        headers=auth,
+        json={"model": "support", "messages": MESSAGES, "max_tokens": 8},
+        timeout=60,
+    )
+    assert cold.status_code == 503, cold.text
+    validate(cold.json(), "ErrorResponse")
+    assert cold.json()["error"]["code"] == "model_starting" and int(cold.headers["retry-after"]) >= 1
+    assert digest not in cold.text
+
+    # The SDK waits the start out (it honours Retry-After on a 503).
+    sdk = _sdk(server, tenant, retries=10)
+    answer = _first_answer(sdk)
+    validate(answer.json(), "CreateChatCompletionResponse")
+    assert answer.json()["model"] == "support" and digest not in answer.text
+    print(f"cold start answered after {time.monotonic() - started:.1f} s")
+    assert len(_engine_pids(digest)) == 1 and _ready_engines(server) == 1
+
+    warm = _sdk(server, tenant, retries=0)
+    chunks = list(warm.chat.completions.create(model="support@v2", messages=MESSAGES, max_tokens=8, stream=True))
+    for chunk in chunks:
+        validate(chunk.model_dump(exclude_unset=True), "CreateChatCompletionStreamResponse")
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+    text = warm.completions.with_raw_response.create(model="support", prompt="Paris is", max_tokens=6)
+    validate(text.http_response.json(), "CreateCompletionResponse")
+
+    # Another tenant reaches neither the name nor the pinned full model.
+    other = _sdk(server, make_tenant(server, "dedicated-globex"), retries=0)
+    for name in ("support", "support@v2"):
+        with pytest.raises(openai.NotFoundError):
+            other.chat.completions.create(model=name, messages=MESSAGES, max_tokens=4)
+
+    # Scale to zero, and back on the next request.
+    deadline = time.monotonic() + IDLE_S + 30
+    while _engine_pids(digest) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert _engine_pids(digest) == [] and _ready_engines(server) == 0
+    again = _first_answer(sdk)
+    assert again.json()["choices"][0]["message"]["content"] is not None and len(_engine_pids(digest)) == 1
+
+    _switch_under_traffic(server, tenant, auth)
+
+
+def _switch_under_traffic(server: TailorServer, tenant: TenantKeys, auth: dict[str, str]) -> None:
+    """Move `support` between the adapter (v1) and the full model (v2) while clients call it."""
+    stop = threading.Event()
+    failures: list[str] = []
+    answered: list[int] = []
+    lock = threading.Lock()
+
+    def call(stream: bool) -> None:
+        c = _sdk(server, tenant, retries=0)
+        while not stop.is_set():
+            try:
+                if stream:
+                    chunks = list(
+                        c.chat.completions.create(model="support", messages=MESSAGES, max_tokens=8, stream=True)
+                    )
+                    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+                else:
+                    reply = c.chat.completions.create(model="support", messages=MESSAGES, max_tokens=8)
+                    assert reply.choices[0].message.content is not None
+                with lock:
+                    answered.append(1)
+            except Exception as exc:  # noqa: BLE001 - any failure is what the test counts
+                with lock:
+                    failures.append(repr(exc))
+
+    workers = [threading.Thread(target=call, args=(stream,)) for stream in (False, False, True)]
+    for w in workers:
+        w.start()
+    try:
+        for _ in range(3):
+            time.sleep(2)
+            r = httpx.post(f"{server.url}/v1/adapters/support/rollback", headers=auth)
+            assert r.status_code == 200 and r.json()["active_version"] == 1, r.text
+            time.sleep(2)
+            r = httpx.post(f"{server.url}/v1/adapters/support/activate", headers=auth, json={"version": 2})
+            assert r.status_code == 200 and r.json()["active_version"] == 2, r.text
+        time.sleep(2)
+    finally:
+        stop.set()
+        for w in workers:
+            w.join(120)
+    assert failures == []
+    assert len(answered) >= 12
+    lineage = httpx.get(f"{server.url}/v1/adapters/support/lineage", headers=auth).json()
+    assert {v["version"]: v["kind"] for v in lineage} == {1: "adapter", 2: "model"}

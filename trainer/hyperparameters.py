@@ -89,6 +89,7 @@ class _Rule:
     open_low: bool = False  # the lowest value itself is excluded
     methods: tuple[str, ...] | None = None  # None: every method
     choices: tuple[str, ...] = ()
+    unset: Any = AUTO  # what the job stores when the knob is left out or "auto"
 
 
 RULES: dict[str, _Rule] = {
@@ -109,7 +110,7 @@ RULES: dict[str, _Rule] = {
     "compute_multiplier": _Rule(float, 0, 10, open_low=True, methods=(REINFORCEMENT,)),
     "eval_interval": _Rule(int, 1, 100_000, methods=(REINFORCEMENT,)),
     "eval_samples": _Rule(int, 1, 64, methods=(REINFORCEMENT,)),
-    "reasoning_effort": _Rule(str, choices=REASONING_EFFORTS, methods=(REINFORCEMENT,)),
+    "reasoning_effort": _Rule(str, choices=REASONING_EFFORTS, methods=(REINFORCEMENT,), unset="default"),
     "group_size": _Rule(int, MIN_GROUP_SIZE, MAX_GROUP_SIZE, methods=(REINFORCEMENT,)),
     "max_completion_length": _Rule(int, 1, 32_768, methods=(REINFORCEMENT,)),
 }
@@ -171,12 +172,12 @@ def validate(
             only = " and ".join(rule.methods or ())
             raise bad_request(f"Hyperparameter {name!r} applies to the {only} methods only.", param=param)
         if value is None or value == AUTO:
-            out[name] = AUTO
+            out[name] = rule.unset
             continue
         out[name] = _check(name, rule, value, max_lora_rank if name == "lora_rank" else rule.high)
     for name in RULES:
         if applies(name, method):
-            out.setdefault(name, AUTO)
+            out.setdefault(name, RULES[name].unset)
     return out
 
 

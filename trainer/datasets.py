@@ -119,13 +119,31 @@ class PreferenceRecord:
 
 @dataclass(frozen=True)
 class PromptRecord:
-    """An input without an answer (a chat ending with a user turn): what a teacher answers."""
+    """An input without an answer (a chat ending with a user turn): what a teacher answers,
+    or what a reinforcement job samples answers to, with the fields its grader reads
+    (OpenAI's RFT rows: `messages` plus any other keys, kept as canonical JSON in `item`)."""
 
     messages: tuple[Message, ...]
+    item: str = "{}"
 
     def __post_init__(self) -> None:
         if not self.messages or self.messages[-1].get("role") != "user":
             raise ValueError("a prompt record must end with a user message")
+
+    @property
+    def prompt(self) -> tuple[Message, ...]:
+        return self.messages
+
+    def fields(self) -> dict[str, Any]:
+        return dict(json.loads(self.item))
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.fields(), "messages": [dict(m) for m in self.messages]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PromptRecord:
+        item = {k: v for k, v in data.items() if k != "messages"}
+        return cls(messages=_as_messages(data["messages"]), item=_canonical(item).decode())
 
 
 @dataclass(frozen=True)
@@ -148,7 +166,7 @@ class RatedRecord:
         return cls(prompt=_as_messages(data["prompt"]), completion=data["completion"], label=bool(data["label"]))
 
 
-Record = SFTRecord | PreferenceRecord | RatedRecord
+Record = SFTRecord | PreferenceRecord | RatedRecord | PromptRecord
 
 
 @dataclass(frozen=True)
@@ -163,18 +181,30 @@ class Snapshot:
     params: dict[str, Any] = field(default_factory=dict)
     train_ratings: tuple[RatedRecord, ...] = ()
     heldout_ratings: tuple[RatedRecord, ...] = ()
+    # Reinforcement: prompts and their grader fields (no answers).
+    train_prompts: tuple[PromptRecord, ...] = ()
+    heldout_prompts: tuple[PromptRecord, ...] = ()
 
     @property
     def heldout_count(self) -> int:
-        return len(self.heldout_sft) + len(self.heldout_preferences) + len(self.heldout_ratings)
+        held = (self.heldout_sft, self.heldout_preferences, self.heldout_ratings, self.heldout_prompts)
+        return sum(len(h) for h in held)
 
     def content(self) -> dict[str, Any]:
         """Everything the id is a hash of (and what is stored, plus the id)."""
 
-        def part(sft: Sequence[SFTRecord], prefs: Sequence[PreferenceRecord], rated: Sequence[RatedRecord]) -> Any:
+        def part(
+            sft: Sequence[SFTRecord],
+            prefs: Sequence[PreferenceRecord],
+            rated: Sequence[RatedRecord],
+            prompts: Sequence[PromptRecord],
+        ) -> Any:
             out: dict[str, Any] = {"sft": [r.to_json() for r in sft], "preferences": [r.to_json() for r in prefs]}
-            if rated:  # only when present: snapshots without ratings keep the ids they always had
+            # Each only when present: snapshots without them keep the ids they always had.
+            if rated:
                 out["ratings"] = [r.to_json() for r in rated]
+            if prompts:
+                out["prompts"] = [r.to_json() for r in prompts]
             return out
 
         return {
@@ -182,8 +212,8 @@ class Snapshot:
             "tenant_id": self.tenant_id,
             "source": self.source,
             "params": self.params,
-            "train": part(self.train_sft, self.train_preferences, self.train_ratings),
-            "heldout": part(self.heldout_sft, self.heldout_preferences, self.heldout_ratings),
+            "train": part(self.train_sft, self.train_preferences, self.train_ratings, self.train_prompts),
+            "heldout": part(self.heldout_sft, self.heldout_preferences, self.heldout_ratings, self.heldout_prompts),
         }
 
 
@@ -647,6 +677,8 @@ def _dedup(records: Sequence[Record]) -> list[Record]:
             key = _canonical(["sft", [[m["role"], normalise_text(m["content"])] for m in r.messages]])
         elif isinstance(r, RatedRecord):
             key = _canonical(["rated", prompt_key(r.prompt), normalise_text(r.completion), r.label])
+        elif isinstance(r, PromptRecord):
+            key = _canonical(["prompt", prompt_key(r.prompt), r.item])
         else:
             if normalise_text(r.chosen) == normalise_text(r.rejected):
                 continue
@@ -695,6 +727,8 @@ def _store(
         params=params,
         train_ratings=parts(train, RatedRecord),
         heldout_ratings=parts(heldout, RatedRecord),
+        train_prompts=parts(train, PromptRecord),
+        heldout_prompts=parts(heldout, PromptRecord),
     )
     content = draft.content()
     dataset_id = "ds-" + hashlib.sha256(_canonical(content)).hexdigest()[:24]
@@ -755,6 +789,8 @@ def load_snapshot(db: Database, blobs: BlobStore, tenant_id: str, dataset_id: st
         # Snapshots written before ratings existed have none.
         train_ratings=tuple(RatedRecord.from_json(r) for r in train.get("ratings", [])),
         heldout_ratings=tuple(RatedRecord.from_json(r) for r in held.get("ratings", [])),
+        train_prompts=tuple(PromptRecord.from_json(r) for r in train.get("prompts", [])),
+        heldout_prompts=tuple(PromptRecord.from_json(r) for r in held.get("prompts", [])),
     )
 
 

@@ -8,6 +8,8 @@ Metrics, per model:
                generate it verbatim (lower is better)
   win_rate     share of pairwise comparisons an LLM judge gives to this model's answer
                over the other model's (ties count 0.5); only with a JudgeConfig
+  grader_score a reinforcement job's grader, mean over the validation prompts' answers
+               (instead of the reference metrics: such prompts have no reference answer)
 
 The answers and perplexities come from a vLLM engine (trainer.compute.evaluation: what is
 evaluated is what will be served); this module scores them and asks the judge, and needs
@@ -68,6 +70,9 @@ class Metrics:
     perplexity: float
     win_rate: float | None  # None when no judge was configured
     judged: int = 0  # pairs with a usable judge verdict behind win_rate
+    # A reinforcement job's evaluation: the grader's mean score on the validation prompts.
+    # There are no reference answers then: exact_match and token_f1 are 0, perplexity NaN.
+    grader_score: float | None = None
 
 
 @dataclass

@@ -13,8 +13,9 @@ accepted, one per file:
   `parallel_tool_calls`), trained in the text form trainer.tool_examples documents;
 - "preference" (OpenAI DPO): `{"input": {"messages": [...]}, "preferred_output":
   [{"role": "assistant", "content": str}], "non_preferred_output": [...]}`;
-- "prompts" (Tailor's distillation inputs): `{"messages": [...]}` with no assistant
-  message, ending with a user turn; a teacher writes the answers;
+- "prompts" (Tailor's distillation inputs, OpenAI's reinforcement rows): `{"messages": [...]}`
+  with no assistant message, ending with a user turn, plus any other fields (a reinforcement
+  job's grader reads them as `{{ item.<field> }}`); a teacher or the trained model answers;
 - "rated" (Tailor's KTO examples, thumbs up or down): `{"messages": [..., {"role":
   "assistant", "content": str}], "label": true | false}`: the last assistant message is the
   answer, rated good (true) or bad (false).
@@ -208,7 +209,8 @@ def _answered(messages: tuple[Message, ...]) -> SFTRecord:
 
 def _prompt(obj: dict[str, Any]) -> PromptRecord:
     _refuse_unsupported(obj)
-    return PromptRecord(messages=check_messages(obj.get("messages"), "messages"))
+    # The other fields are what a reinforcement job's grader reads ({{ item.<field> }}).
+    return PromptRecord.from_json({**obj, "messages": check_messages(obj.get("messages"), "messages")})
 
 
 def _preference(obj: dict[str, Any]) -> PreferenceRecord:

@@ -17,6 +17,9 @@ How each metric is compared (candidate vs baseline):
                          so the tolerance ("perplexity_ratio") is relative: 0.05 = +5%
   win_rate               the judge's share for the candidate (0.5 = no preference);
                          only when a judge ran; must be >= 0.5 - noise
+  grader_score           a reinforcement job's grader (its mean score, higher is better):
+                         the primary metric whenever it was measured, and then the only one
+                         (its prompts have no reference answer to score the others against)
 """
 
 from __future__ import annotations
@@ -29,12 +32,13 @@ from core.errors import bad_request
 from trainer.evaluate import Comparison, Metrics
 
 PRIMARY_METRICS = ("exact_match", "token_f1", "perplexity", "win_rate")
-NOISE_KEYS = ("exact_match", "token_f1", "perplexity_ratio", "win_rate")
+NOISE_KEYS = ("exact_match", "token_f1", "perplexity_ratio", "win_rate", "grader_score")
+GRADER_SCORE = "grader_score"
 
 
 def _default_noise() -> dict[str, float]:
     # about one example in fifty for the rate metrics, 5% for perplexity and the judge
-    return {"exact_match": 0.02, "token_f1": 0.02, "perplexity_ratio": 0.05, "win_rate": 0.05}
+    return {"exact_match": 0.02, "token_f1": 0.02, "perplexity_ratio": 0.05, "win_rate": 0.05, GRADER_SCORE: 0.02}
 
 
 @dataclass
@@ -188,7 +192,8 @@ def decide(comparison: Comparison, gates: GateConfig) -> Decision:
     beyond noise. Reasons list every metric, then the verdict line."""
     cand: Metrics = comparison.candidate
     base: Metrics = comparison.baseline
-    primary = gates.primary_metric
+    graded = cand.grader_score is not None and base.grader_score is not None
+    primary = GRADER_SCORE if graded else gates.primary_metric
     noise = {**_default_noise(), **gates.noise}
     reasons: list[str] = []
     regressed: list[str] = []
@@ -206,15 +211,19 @@ def decide(comparison: Comparison, gates: GateConfig) -> Decision:
     def need(metric: str) -> float | None:
         return gates.min_improvement if metric == primary else None
 
-    for metric in ("exact_match", "token_f1"):
+    if graded:
+        c_score, b_score = cand.grader_score or 0.0, base.grader_score or 0.0
+        record(GRADER_SCORE, _points(GRADER_SCORE, c_score, b_score, noise[GRADER_SCORE], need(GRADER_SCORE)))
+    for metric in ("exact_match", "token_f1") if not graded else ():
         record(
             metric,
             _points(metric, getattr(cand, metric), getattr(base, metric), noise[metric], need(metric)),
         )
-    record(
-        "perplexity",
-        _perplexity(cand.perplexity, base.perplexity, noise["perplexity_ratio"], need("perplexity")),
-    )
+    if not graded:
+        record(
+            "perplexity",
+            _perplexity(cand.perplexity, base.perplexity, noise["perplexity_ratio"], need("perplexity")),
+        )
     if cand.win_rate is not None:
         record("win_rate", _win_rate(cand.win_rate, cand.judged, noise["win_rate"], need("win_rate")))
     elif primary == "win_rate":

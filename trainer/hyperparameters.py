@@ -1,8 +1,12 @@
 """Fine-tuning hyperparameters: every knob a job can set, its default and its range, in one place.
 
 OpenAI's names: `n_epochs`, `batch_size`, `learning_rate_multiplier`, `beta` (preference
-methods). Tailor's: `lora_rank`, `lora_alpha`, `target_modules`, `max_seq_length`,
-`gradient_accumulation_steps`, `packing`, `max_steps`, `early_stopping`, `quantization`.
+and reinforcement methods), and for reinforcement `compute_multiplier`, `eval_interval`,
+`eval_samples`, `reasoning_effort`. Tailor's: `lora_rank`, `lora_alpha`, `target_modules`,
+`max_seq_length`, `gradient_accumulation_steps`, `packing`, `max_steps`, `early_stopping`,
+`quantization`, and for reinforcement `group_size` (answers sampled per prompt) and
+`max_completion_length`. A reinforcement job's batch_size counts prompts: each step samples
+batch_size * group_size answers.
 Every one may be "auto" (or left out); `resolve` turns "auto" into a value for the job's data.
 The trainer's compute side (trainer.compute.recipe) takes its defaults from here, so a
 default is never named twice. No torch here: the gateway validates jobs with this module.
@@ -27,18 +31,40 @@ from trainer import early_stopping as stopping
 
 AUTO = "auto"
 SFT_METHODS = ("supervised", "distillation")
-PREFERENCE_METHODS = ("dpo", "kto")  # the ones with a beta
+PREFERENCE_METHODS = ("dpo", "kto")
+REINFORCEMENT = "reinforcement"  # GRPO against a grader (trainer.compute.grpo)
+BETA_METHODS = (*PREFERENCE_METHODS, REINFORCEMENT)  # the ones with a beta (a pull to the reference)
+# Early stopping compares validation losses; a reinforcement run has none (its score is the
+# grader's, measured on the validation file after training).
+EARLY_STOPPING_METHODS = (*SFT_METHODS, *PREFERENCE_METHODS)
 
 # The learning rate that learning_rate_multiplier=1 means, per method. Supervised: the
 # usual LoRA rate (~10x full fine-tuning, since only the small update matrices move).
 # Preference methods: 4x lower, because their losses push away from a reference and
-# overshoot at SFT rates.
-BASE_LEARNING_RATE = {"supervised": 2e-4, "distillation": 2e-4, "dpo": 5e-5, "kto": 5e-5}
+# overshoot at SFT rates. Reinforcement: the preference rate too; a policy-gradient step on
+# a handful of sampled answers is noisier still than a preference pair's.
+BASE_LEARNING_RATE = {"supervised": 2e-4, "distillation": 2e-4, "dpo": 5e-5, "kto": 5e-5, REINFORCEMENT: 5e-5}
 # Rank 8 teaches facts and style and keeps an adapter a few MB; alpha = 2 * rank is the
 # common, well-behaved scale.
 DEFAULT_LORA_RANK = 8
 # Strength of the pull back towards the reference model: the DPO paper's and TRL's 0.1.
 DEFAULT_BETA = 0.1
+# Reinforcement (GRPO): the KL penalty's weight, the DeepSeekMath paper's 0.04 (TRL's default
+# is 0, no reference at all): it keeps the adapter from drifting into whatever the grader
+# happens to reward at the cost of everything else the model could do, for one extra forward
+# pass with the LoRA switched off (no second copy of the weights).
+DEFAULT_RL_BETA = 0.04
+# Answers sampled per prompt: the group whose mean is each answer's baseline. Four already
+# gives a spread on most prompts of a small task; a step's cost grows linearly with it.
+# OpenAI's compute_multiplier scales it (more exploration per prompt), within [2, 64].
+DEFAULT_GROUP_SIZE = 4
+MIN_GROUP_SIZE, MAX_GROUP_SIZE = 2, 64
+# Longest sampled answer, in tokens: longer ones are cut (and scored as cut). Graded tasks
+# are answers and short formats, not essays; every token is generated on each step.
+DEFAULT_MAX_COMPLETION_LENGTH = 256
+# OpenAI's reasoning_effort: accepted for compatibility and ignored (Tailor's base models do
+# not take a reasoning budget); the job says so in a warning event.
+REASONING_EFFORTS = ("default", "low", "medium", "high")
 # Longest training sequence in tokens; longer examples are cut at the end. Chat answers
 # of support and extraction tasks fit well within it, and it matches the engines' default
 # context (TAILOR_ENGINE_MAX_MODEL_LEN).
@@ -63,6 +89,7 @@ class _Rule:
     open_low: bool = False  # the lowest value itself is excluded
     methods: tuple[str, ...] | None = None  # None: every method
     choices: tuple[str, ...] = ()
+    unset: Any = AUTO  # what the job stores when the knob is left out or "auto"
 
 
 RULES: dict[str, _Rule] = {
@@ -72,13 +99,20 @@ RULES: dict[str, _Rule] = {
     "lora_rank": _Rule(int, 1, MAX_LORA_RANK),
     "lora_alpha": _Rule(int, 1, 10_000),
     "max_steps": _Rule(int, 1, 100_000),
-    "beta": _Rule(float, 0, 2, open_low=True, methods=PREFERENCE_METHODS),
+    "beta": _Rule(float, 0, 2, open_low=True, methods=BETA_METHODS),
     "target_modules": _Rule(tuple),
     "max_seq_length": _Rule(int, 16, 131_072),
     "gradient_accumulation_steps": _Rule(int, 1, 64),
     "packing": _Rule(bool, methods=SFT_METHODS),
-    "early_stopping": _Rule(bool),
+    "early_stopping": _Rule(bool, methods=EARLY_STOPPING_METHODS),
     "quantization": _Rule(str, choices=(NO_QUANTIZATION, QUANTIZATION_4BIT)),
+    # Reinforcement: OpenAI's (FineTuneReinforcementHyperparameters), then Tailor's.
+    "compute_multiplier": _Rule(float, 0, 10, open_low=True, methods=(REINFORCEMENT,)),
+    "eval_interval": _Rule(int, 1, 100_000, methods=(REINFORCEMENT,)),
+    "eval_samples": _Rule(int, 1, 64, methods=(REINFORCEMENT,)),
+    "reasoning_effort": _Rule(str, choices=REASONING_EFFORTS, methods=(REINFORCEMENT,), unset="default"),
+    "group_size": _Rule(int, MIN_GROUP_SIZE, MAX_GROUP_SIZE, methods=(REINFORCEMENT,)),
+    "max_completion_length": _Rule(int, 1, 32_768, methods=(REINFORCEMENT,)),
 }
 
 
@@ -138,12 +172,12 @@ def validate(
             only = " and ".join(rule.methods or ())
             raise bad_request(f"Hyperparameter {name!r} applies to the {only} methods only.", param=param)
         if value is None or value == AUTO:
-            out[name] = AUTO
+            out[name] = rule.unset
             continue
         out[name] = _check(name, rule, value, max_lora_rank if name == "lora_rank" else rule.high)
     for name in RULES:
         if applies(name, method):
-            out.setdefault(name, AUTO)
+            out.setdefault(name, RULES[name].unset)
     return out
 
 
@@ -170,6 +204,9 @@ class Resolved:
     validation_examples: int = 0
     eval_every: int = 0
     patience: int = 0
+    # Reinforcement (trainer.compute.grpo); None for the other methods.
+    group_size: int | None = None
+    max_completion_length: int | None = None
 
     train_rows: int = 1  # the rows trained on, after the validation slice (not a knob)
 
@@ -222,7 +259,8 @@ def resolve(method: str, hyperparameters: dict[str, Any], n_train: int) -> Resol
 
     n = max(1, n_train)
     length_given = hp["n_epochs"] != AUTO or hp["max_steps"] != AUTO
-    held = stopping.validation_size(n) if pick("early_stopping", not length_given) else 0
+    stops_early = applies("early_stopping", method) and pick("early_stopping", not length_given)
+    held = stopping.validation_size(n) if stops_early else 0
     fit = n - held
     batch_size = int(pick("batch_size", min(4, fit)))
     max_steps = None if pick("max_steps", None) is None else int(hp["max_steps"])
@@ -239,7 +277,9 @@ def resolve(method: str, hyperparameters: dict[str, Any], n_train: int) -> Resol
         lora_rank=rank,
         lora_alpha=int(pick("lora_alpha", 2 * rank)),
         max_steps=max_steps,
-        beta=float(pick("beta", DEFAULT_BETA)) if method in PREFERENCE_METHODS else None,
+        beta=float(pick("beta", DEFAULT_RL_BETA if method == REINFORCEMENT else DEFAULT_BETA))
+        if method in BETA_METHODS
+        else None,
         target_modules=modules if isinstance(modules, str) else tuple(modules),
         max_seq_length=int(pick("max_seq_length", DEFAULT_MAX_SEQ_LENGTH)),
         gradient_accumulation_steps=int(pick("gradient_accumulation_steps", 1)),
@@ -250,4 +290,27 @@ def resolve(method: str, hyperparameters: dict[str, Any], n_train: int) -> Resol
         eval_every=stopping.eval_every(fit, batch_size, budget) if held else 0,
         patience=stopping.PATIENCE if held else 0,
         train_rows=fit,
+        group_size=int(pick("group_size", group_size(hp.get("compute_multiplier", AUTO))))
+        if method == REINFORCEMENT
+        else None,
+        max_completion_length=int(pick("max_completion_length", DEFAULT_MAX_COMPLETION_LENGTH))
+        if method == REINFORCEMENT
+        else None,
     )
+
+
+def group_size(compute_multiplier: Any) -> int:
+    """Answers sampled per prompt for OpenAI's compute_multiplier ("auto": 1)."""
+    scale = 1.0 if compute_multiplier == AUTO else float(compute_multiplier)
+    return min(MAX_GROUP_SIZE, max(MIN_GROUP_SIZE, round(DEFAULT_GROUP_SIZE * scale)))
+
+
+# OpenAI's reinforcement knobs Tailor accepts and does not act on: evaluation during training
+# (Tailor evaluates the result on the validation file, with the grader, before its gates)
+# and the reasoning budget.
+IGNORED = ("eval_interval", "eval_samples", "reasoning_effort")
+
+
+def ignored(hyperparameters: dict[str, Any]) -> list[str]:
+    """The knobs of IGNORED a job set to something other than "auto" or "default"."""
+    return [k for k in IGNORED if hyperparameters.get(k, AUTO) not in (AUTO, "default")]

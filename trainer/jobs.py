@@ -38,17 +38,26 @@ from core.metadata import check_metadata, has_pair
 from core.models import Job, JobEvent
 from core.quotas import Quotas, Usage, operator_quotas, reserve
 from core.states import TERMINAL_JOB_STATUSES, WAITING_JOB_STATUSES, JobStatus
-from trainer import datasets, files, hyperparameters
+from trainer import datasets, files, hyperparameters, rewards
 from trainer.datasets import Snapshot
+from trainer.hyperparameters import ignored as ignored_knobs
 
-# distillation trains like supervised, on a teacher's answers (trainer.distill).
-METHODS = ("supervised", "dpo", "kto", "distillation")
+# distillation trains like supervised, on a teacher's answers (trainer.distill);
+# reinforcement samples answers and learns from its grader's scores (trainer.compute.grpo).
+REINFORCEMENT = hyperparameters.REINFORCEMENT
+METHODS = ("supervised", "dpo", "kto", "distillation", REINFORCEMENT)
 SFT_METHODS = hyperparameters.SFT_METHODS
 # `metadata` keys that start so are Tailor's own, shown beside the client's on the job.
 RESERVED_METADATA_PREFIX = "tailor_"
 
 # Which file kind (core.models.StoredFile.kind) each method trains on.
-FILE_KIND = {"supervised": "sft", "dpo": "preference", "kto": "rated", "distillation": "prompts"}
+FILE_KIND = {
+    "supervised": "sft",
+    "dpo": "preference",
+    "kto": "rated",
+    "distillation": "prompts",
+    "reinforcement": "prompts",
+}
 
 
 # -----------------------------------------------------------------------------
@@ -206,6 +215,8 @@ def training_examples(snapshot: Snapshot, method: str) -> int:
         n, what = len(snapshot.train_sft), "chat examples"
     elif method == "kto":
         n, what = len(snapshot.train_ratings), "rated answers"
+    elif method == REINFORCEMENT:
+        n, what = len(snapshot.train_prompts), "prompts"
     else:
         n, what = len(snapshot.train_preferences), "preference pairs"
     if n == 0:
@@ -267,6 +278,9 @@ def create_job(
     Tailor does not run: the job says so in a warning event, and trains all the same.
     """
     hp = validate_hyperparameters(method, hyperparameters, max_lora_rank=max_lora_rank)
+    if method == REINFORCEMENT:
+        # A grader Tailor cannot run is a 400 now, not a failed job later.
+        config = {"grader": rewards.check_grader((config or {}).get("grader"))}
     user_metadata = check_job_metadata(metadata)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**31 - 1:
         raise bad_request("seed must be an integer from 0 to 2147483647.", param="seed")
@@ -316,6 +330,17 @@ def create_job(
                 data={"method": method, "model": model, "adapter_name": name},
             )
         )
+        if ignored := ignored_knobs(hp):
+            s.add(
+                JobEvent(
+                    job_id=job_id,
+                    level="warn",
+                    message=f"Hyperparameters accepted and ignored: {', '.join(ignored)} (Tailor evaluates the "
+                    "result on the validation file with the grader after training, and its base models take "
+                    "no reasoning budget)",
+                    data={"ignored_hyperparameters": ignored},
+                )
+            )
         if integrations:
             kinds = sorted(set(integrations))
             s.add(

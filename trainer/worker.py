@@ -97,6 +97,7 @@ from trainer.job_records import CheckpointInfo
 from trainer.jobs import JobInfo, ResumePoint
 from trainer.policy import PolicyInfo, get_policy
 from trainer.report import write_report
+from trainer.rewards import reward_for
 from trainer.tracing import JobTracing
 
 log = logging.getLogger("tailor.trainer")
@@ -181,7 +182,13 @@ def _eval_examples(snapshot: Snapshot) -> list[EvalExample]:
 
 
 # The compute side's method for each job method (distillation trains like supervised).
-_RECIPE_METHOD: dict[str, Method] = {"supervised": "sft", "distillation": "sft", "dpo": "dpo", "kto": "kto"}
+_RECIPE_METHOD: dict[str, Method] = {
+    "supervised": "sft",
+    "distillation": "sft",
+    "dpo": "dpo",
+    "kto": "kto",
+    hyperparameters.REINFORCEMENT: "grpo",
+}
 
 
 def _training_rows(method: str, snapshot: Snapshot) -> list[dict[str, Any]]:
@@ -190,6 +197,8 @@ def _training_rows(method: str, snapshot: Snapshot) -> list[dict[str, Any]]:
         return [{"messages": [dict(m) for m in r.messages]} for r in snapshot.train_sft]
     if method == "kto":
         return [r.to_json() for r in snapshot.train_ratings]
+    if method == hyperparameters.REINFORCEMENT:
+        return [r.to_json() for r in snapshot.train_prompts]
     return [
         {"prompt": [dict(m) for m in r.prompt], "chosen": r.chosen, "rejected": r.rejected}
         for r in snapshot.train_preferences
@@ -663,6 +672,7 @@ class Worker:
             eval_data_path=str(eval_path) if eval_path is not None else None,
             seed=job.seed,
             pause_path=str(work / "PAUSE"),
+            grader=(job.config or {}).get("grader"),
             **knobs(hp),  # the placement's fields are run_training's to fill in
         )
         if resumed is not None and resumed_from is not None:
@@ -783,6 +793,8 @@ class Worker:
 
     def _evaluate(self, run: _Run, snapshot: Snapshot, candidate_dir: Path, baseline: VersionInfo | None) -> Comparison:
         job = run.job
+        if job.method == hyperparameters.REINFORCEMENT:
+            return self._evaluate_graded(job, snapshot, candidate_dir, baseline)
         examples = _eval_examples(snapshot)
         against = f"{baseline.adapter_name} version {baseline.version}" if baseline else "the base model"
         self._event(job, f"Evaluating against {against} on {len(examples)} held-out example(s)")
@@ -805,6 +817,31 @@ class Worker:
             f"exact match {c.exact_match:.3f} vs {b.exact_match:.3f} "
             f"(answers up to {plan.max_tokens} tokens, {time.monotonic() - started:.0f} s)",
             data={"candidate": _metrics_dict(c), "baseline": _metrics_dict(b), "max_tokens": plan.max_tokens},
+        )
+        return comparison
+
+    def _evaluate_graded(
+        self, job: JobInfo, snapshot: Snapshot, candidate_dir: Path, baseline: VersionInfo | None
+    ) -> Comparison:
+        """A reinforcement job: the grader's mean score on the held-out prompts, candidate vs baseline."""
+        against = f"{baseline.adapter_name} version {baseline.version}" if baseline else "the base model"
+        prompts = snapshot.heldout_prompts
+        self._event(job, f"Grading against {against} on {len(prompts)} held-out prompt(s)")
+        comparison = evaluation.evaluate_graded(
+            self.engines.client(),
+            prompts,
+            reward_for((job.config or {})["grader"]),
+            candidate_dir=candidate_dir,
+            baseline_dir=self.store.local_path(baseline.digest) if baseline else None,
+            tag=job.id,
+            max_tokens=int(job.hyperparameters.get("max_completion_length") or 0)
+            or hyperparameters.DEFAULT_MAX_COMPLETION_LENGTH,
+        )
+        c, b = comparison.candidate, comparison.baseline
+        self._event(
+            job,
+            f"Evaluation: mean grader score {c.grader_score:.3f} vs {b.grader_score:.3f}",
+            data={"candidate": _metrics_dict(c), "baseline": _metrics_dict(b)},
         )
         return comparison
 

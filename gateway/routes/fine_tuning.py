@@ -76,6 +76,13 @@ class DistillationIn(BaseModel):
     hyperparameters: dict[str, Any] | None = None
 
 
+class ReinforcementIn(BaseModel):
+    grader: dict[str, Any] | None = Field(
+        None, description="Scores each sampled answer (trainer.rewards); a grader Tailor cannot run is a 400."
+    )
+    hyperparameters: dict[str, Any] | None = None
+
+
 class MethodIn(BaseModel):
     type: Literal["supervised", "dpo", "kto", "reinforcement", "distillation"]
     supervised: MethodConfigIn | None = None
@@ -83,7 +90,7 @@ class MethodIn(BaseModel):
     kto: MethodConfigIn | None = Field(
         None, description="Tailor: KTO from answers rated good or bad (a training file of kind 'rated')."
     )
-    reinforcement: dict[str, Any] | None = None
+    reinforcement: ReinforcementIn | None = None
     distillation: DistillationIn | None = None
 
 
@@ -250,7 +257,7 @@ def _metadata(job: JobInfo) -> dict[str, str]:
     resume = job.resume if job.status == JobStatus.PAUSED else None
     extras = {
         "tailor_adapter_name": job.adapter_name,
-        "tailor_method": job.method if job.method not in ("supervised", "dpo") else None,
+        "tailor_method": job.method if job.method not in ("supervised", "dpo", "reinforcement") else None,
         "tailor_source": job.source,
         "tailor_dataset_id": job.dataset_id,
         "tailor_decision": job.decision,
@@ -272,6 +279,8 @@ def job_out(job: JobInfo) -> FineTuningJobOut:
     # as the supervised training it is, with the rest under `distillation`.
     openai_method = "supervised" if job.method == "distillation" else job.method
     method = None if job.method == "kto" else {"type": openai_method, openai_method: {"hyperparameters": dict(hp)}}
+    if method is not None and job.method == "reinforcement":
+        method["reinforcement"]["grader"] = (job.config or {}).get("grader")
     distillation = None
     if job.method == "distillation":
         distillation = DistillSpec.from_json(job.config or {}).public()
@@ -332,11 +341,6 @@ def checkpoint_out(c: CheckpointInfo, adapter_name: str) -> CheckpointOut:
 
 def _method_and_hyperparameters(body: CreateFineTuningJobIn) -> tuple[str, dict[str, Any]]:
     method = body.method.type if body.method else "supervised"
-    if method == "reinforcement":
-        raise bad_request(
-            "Tailor trains with the supervised, dpo, kto and distillation methods; reinforcement is not supported.",
-            param="method.type",
-        )
     # The deprecated top-level hyperparameters, overridden by the method's own.
     hp = dict(body.hyperparameters or {})
     config = getattr(body.method, method, None) if body.method else None
@@ -371,6 +375,9 @@ def create(services: Services, tenant_id: str, body: CreateFineTuningJobIn) -> J
     config = None
     if method == "distillation":
         config = _distillation_config(services, tenant_id, body)
+    elif method == "reinforcement":
+        given = body.method.reinforcement if body.method else None
+        config = {"grader": given.grader if given else None}  # checked by jobs.create_job
     job = jobs.create_job(
         services.db,
         tenant_id,

@@ -170,7 +170,7 @@ def test_create_refusals(api: Api) -> None:
     # over the engines' --max-lora-rank (16 by default)
     error(post(method=method(lora_rank=64)), 400, "hyperparameters.lora_rank")
     error(post(method=method(beta=0.1)), 400, "hyperparameters.beta")
-    error(post(method={"type": "reinforcement"}), 400, "method.type")
+    error(post(method={"type": "reinforcement"}), 400, "method.reinforcement.grader")
     error(post(training_file="file-nope"), 400, "training_file")
     error(post(training_file=foreign), 400, "training_file")
     error(post(training_file=pref), 400, "training_file")  # preference data for a supervised job
@@ -250,6 +250,66 @@ def test_distillation_refusals(api: Api) -> None:
     plain = {"model": BASE, "training_file": inputs}
     # inputs without answers cannot train a supervised job
     error(api.client.post("/v1/fine_tuning/jobs", json=plain, headers=api.keys["acme"]), 400, "training_file")
+    assert api.get("/v1/fine_tuning/jobs")["data"] == []
+
+
+RFT_ROW = {"messages": [{"role": "user", "content": "Capital of France?"}], "answer": "Paris"}
+GRADER = {
+    "type": "string_check",
+    "name": "right city",
+    "input": "{{ sample.output_text }}",
+    "reference": "{{ item.answer }}",
+    "operation": "ilike",
+}
+
+
+def reinforcement(grader: object = GRADER, **hp: object) -> dict[str, object]:
+    return {"type": "reinforcement", "reinforcement": {"grader": grader, "hyperparameters": hp}}
+
+
+def test_create_reinforcement_job(api: Api) -> None:
+    rows = api.upload("acme", RFT_ROW)
+    hp = {"n_epochs": 2, "compute_multiplier": 2, "eval_interval": 5, "reasoning_effort": "low", "group_size": 6}
+    job = api.create(model=BASE, training_file=rows, validation_file=rows, method=reinforcement(**hp))
+    method = job["method"]
+    assert method["type"] == "reinforcement" and "tailor_method" not in job["metadata"]
+    assert method["reinforcement"]["grader"] == GRADER
+    assert {k: method["reinforcement"]["hyperparameters"][k] for k in hp} == hp
+    assert method["reinforcement"]["hyperparameters"]["beta"] == "auto"
+    stored = jobs.get_job(api.db, api.ids["acme"], job["id"])
+    assert (stored.method, stored.config) == ("reinforcement", {"grader": GRADER})
+    events = api.get(f"/v1/fine_tuning/jobs/{job['id']}/events", schema="ListFineTuningJobEventsResponse")["data"]
+    (warning,) = [e for e in events if e["level"] == "warn"]
+    assert warning["data"] == {"ignored_hyperparameters": ["eval_interval", "reasoning_effort"]}
+    # left out, reasoning_effort reads as OpenAI's own default, never "auto" (not in its enum)
+    plain = api.create(model=BASE, training_file=rows, method=reinforcement())
+    assert plain["method"]["reinforcement"]["hyperparameters"]["reasoning_effort"] == "default"
+    # another tenant sees neither the job nor its grader
+    r = api.client.get(f"/v1/fine_tuning/jobs/{job['id']}", headers=api.keys["beta"])
+    error(r, 404)
+
+
+def test_reinforcement_refusals(api: Api) -> None:
+    rows, chat = api.upload("acme", RFT_ROW), api.upload("acme", CHAT)
+    foreign = api.upload("beta", RFT_ROW)
+
+    def post(method: object, training_file: str = rows):  # type: ignore[no-untyped-def]
+        body = {"model": BASE, "training_file": training_file, "method": method}
+        return api.client.post("/v1/fine_tuning/jobs", json=body, headers=api.keys["acme"])
+
+    grader = "method.reinforcement.grader"
+    error(post({"type": "reinforcement"}), 400, grader)
+    error(post(reinforcement(grader=None)), 400, grader)
+    error(post(reinforcement(grader={**GRADER, "type": "python", "source": "import os"})), 400, f"{grader}.type")
+    error(post(reinforcement(grader={**GRADER, "operation": "regex"})), 400, f"{grader}.operation")
+    error(post(reinforcement(grader={**GRADER, "input": "{{ item.answer | upper }}"})), 400, f"{grader}.input")
+    error(post(reinforcement(grader={**GRADER, "reference": "{{ env.HOME }}"})), 400, f"{grader}.reference")
+    error(post(reinforcement(grader={**GRADER, "extra": 1})), 400, f"{grader}.extra")
+    error(post(reinforcement(group_size=1)), 400, "hyperparameters.group_size")
+    error(post(reinforcement(reasoning_effort="max")), 400, "hyperparameters.reasoning_effort")
+    error(post(reinforcement(packing=True)), 400, "hyperparameters.packing")
+    error(post(reinforcement(), training_file=chat), 400, "training_file")  # answers, not prompts to grade
+    error(post(reinforcement(), training_file=foreign), 400, "training_file")
     assert api.get("/v1/fine_tuning/jobs")["data"] == []
 
 

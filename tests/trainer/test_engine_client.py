@@ -140,3 +140,27 @@ def test_a_configured_evaluation_engine_that_is_down_is_a_clear_503(tmp_path: Pa
         engines.client()
     assert info.value.status == 503 and "TAILOR_EVAL_ENGINE_URL" in info.value.message
     assert "k" not in info.value.message.split()  # the key is never echoed
+
+
+def test_graded_evaluation_scores_each_sides_answers_with_the_grader(tmp_path: Path) -> None:
+    from trainer.compute.evaluation import evaluate_graded
+    from trainer.datasets import PromptRecord
+    from trainer.rewards import reward_for
+
+    engine = FakeEngine()
+    prompts = [
+        PromptRecord.from_json({"messages": [{"role": "user", "content": q}], "want": w})
+        for q, w in (("alpha", "candidate"), ("beta", "base"), ("gamma", "nothing"))
+    ]
+    grader = {"type": "string_check", "name": "n", "input": "{{ sample.output_text }}",
+              "reference": "{{ item.want }}", "operation": "like"}  # fmt: skip
+    comparison = evaluate_graded(
+        client_for(engine), prompts, reward_for(grader),
+        candidate_dir=tmp_path / "cand", baseline_dir=None, tag="job1", max_tokens=7,
+    )  # fmt: skip
+    # the fake answers "<model>: <prompt> (<max_tokens>)": the candidate is the job's adapter
+    assert comparison.candidate.grader_score == pytest.approx(1 / 3)
+    assert comparison.baseline.grader_score == pytest.approx(1 / 3)
+    assert comparison.examples[0].candidate_output == "tailor-eval-job1-candidate: alpha (7)"
+    assert comparison.examples[1].baseline_output == "base: beta (7)"
+    assert engine.adapters == set()  # loaded for the evaluation only

@@ -53,6 +53,7 @@ def test_from_dict_defaults_and_merging() -> None:
         "token_f1": 0.02,
         "perplexity_ratio": 0.05,
         "win_rate": 0.05,
+        "grader_score": 0.02,
     }
     assert GateConfig.from_dict(g.to_dict()) == g
     # the default noise dict is not shared between instances
@@ -155,3 +156,20 @@ def test_too_few_examples_holds() -> None:
     assert not d.promote
     assert "only 3 held-out example(s); at least 10 needed" in d.reasons
     assert d.reasons[-1] == "hold: too few examples"
+
+
+def graded(score: float) -> Metrics:
+    return Metrics(n=20, exact_match=0.0, token_f1=0.0, perplexity=math.nan, win_rate=None, grader_score=score)
+
+
+def test_a_graded_comparison_is_gated_on_the_grader_score_alone() -> None:
+    # whatever the tenant's primary metric: a reinforcement job has no references to score
+    gates = GateConfig.from_dict({"primary_metric": "token_f1"})
+    up = decide(comparison(graded(0.8), graded(0.3)), gates)
+    assert up.promote, up.reasons
+    assert up.reasons[0] == "grader_score 0.30 -> 0.80 (+0.50): better [primary]"
+    assert not any(r.startswith(("exact_match", "token_f1", "perplexity")) for r in up.reasons)
+    same = decide(comparison(graded(0.3), graded(0.3)), gates)
+    assert not same.promote and same.reasons[-1] == "hold: grader_score did not improve"
+    worse = decide(comparison(graded(0.2), graded(0.3)), GateConfig.from_dict({"noise": {"grader_score": 0.05}}))
+    assert not worse.promote and "regressed" in worse.reasons[-1]

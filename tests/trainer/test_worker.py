@@ -463,3 +463,35 @@ def test_jobs_are_traced_stage_by_stage(tmp_path: Path, eval_engine: LiveEngine)
     assert failed.status.status_code == StatusCode.ERROR
     assert failed.attributes is not None and failed.attributes["tailor.job.id"] == broken.id
     assert [e.name for e in failed.events] == ["exception"]
+
+
+RFT_GRADER = {
+    "type": "string_check",
+    "name": "names the city",
+    "input": "{{ sample.output_text }}",
+    "reference": "{{ item.city }}",
+    "operation": "ilike",
+}
+
+
+def test_reinforcement_job_trains_on_its_grader_and_is_gated_on_its_score(
+    tmp_path: Path, eval_engine: LiveEngine
+) -> None:
+    env = Env(tmp_path, eval_engine)
+    lines = [json.dumps({"messages": [{"role": "user", "content": q}], "city": "Paris"}) for q in QUESTIONS]
+    rows = files.upload_file(env.db, env.blobs, env.tenant, "rft.jsonl", "\n".join(lines).encode(), "fine-tune")
+    hp = {"max_steps": 2, "batch_size": 2, "group_size": 2, "max_completion_length": 16}
+    job = env.job(method="reinforcement", adapter_name="rft", training_file=rows.id, hyperparameters=hp,
+                  config={"grader": RFT_GRADER})  # fmt: skip
+    assert env.worker.run_once()
+    done = jobs.get_job(env.db, env.tenant, job.id)
+    assert done.status == "succeeded", done.error
+    steps = [e.data for e in env.events(job.id) if e.data and "step" in e.data and "mean_reward" in e.data]
+    assert [d["step"] for d in steps] == [1, 2]
+    assert all(0 <= d["mean_reward"] <= 1 and d["reward_std"] >= 0 and "kl" in d for d in steps)
+    metrics = done.metrics or {}
+    candidate, baseline = metrics["candidate"], metrics["baseline"]
+    assert 0 <= candidate["grader_score"] <= 1 and 0 <= baseline["grader_score"] <= 1
+    assert any("grader_score" in r and "[primary]" in r for r in metrics["reasons"])
+    snapshot = datasets.load_snapshot(env.db, env.blobs, env.tenant, done.dataset_id or "")
+    assert snapshot.heldout_prompts and snapshot.train_prompts[0].fields() == {"city": "Paris"}

@@ -2,7 +2,8 @@
 
 - progress: rank 0 appends one JSON line per optimizer step (loss, learning rate and the
   method's own metrics such as DPO's reward margin or KTO's KL) to the run's progress
-  file, which the worker turns into job events;
+  file, which the worker turns into job events (GRPO: the grader's mean reward and its
+  spread over the step's sampled answers, and the KL to the starting model);
 - cancellation and pausing: the worker creates the run's stop (or pause) file; every
   process checks both after each step and all of them stop at the same step (the flags are
   all-reduced, else one rank would wait forever in the next step's gradient all-reduce); a
@@ -37,6 +38,8 @@ METRIC_KEYS = {
     "rewards/chosen": "reward_chosen",
     "rewards/rejected": "reward_rejected",
     "kl": "kl",
+    "reward": "mean_reward",  # GRPO: the grader's mean over the step's sampled answers
+    "reward_std": "reward_std",  # and their spread
     "mean_token_accuracy": "token_accuracy",
     "grad_norm": "grad_norm",
 }

@@ -20,7 +20,9 @@ import httpx
 from core.errors import bad_request
 from trainer.compute.encoding import EncodedExample, encode_completion, render, validate_prompt
 from trainer.compute.engine import EngineClient, answer_budget
-from trainer.evaluate import Comparison, EvalExample, JudgeConfig, Side, compare
+from trainer.datasets import PromptRecord
+from trainer.evaluate import Comparison, EvalExample, ExampleResult, JudgeConfig, Metrics, Side, compare
+from trainer.rewards import Reward, mean_score
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,19 @@ def side(client: EngineClient, model: str, examples: Sequence[EvalExample], p: P
     return Side(outputs, math.exp(total / count))
 
 
+def _engine_names(
+    client: EngineClient, tag: str, candidate_dir: Path | None, baseline_dir: Path | None
+) -> tuple[dict[str, Path], dict[str, str]]:
+    """({engine name: adapter dir} to load, {role: model to ask}); a side without an adapter is the base."""
+    named = {
+        role: (f"tailor-eval-{tag}-{role}", path)
+        for role, path in (("candidate", candidate_dir), ("baseline", baseline_dir))
+        if path is not None
+    }
+    models = {role: named[role][0] if role in named else client.served_model for role in ("candidate", "baseline")}
+    return dict(named.values()), models
+
+
 def evaluate(
     client: EngineClient,
     tokenizer: Any,
@@ -75,13 +90,40 @@ def evaluate(
     if not examples:
         raise bad_request("no evaluation examples", code="no_eval_examples")
     p = plan(tokenizer, examples, max_model_len)
-    named = {
-        role: (f"tailor-eval-{tag}-{role}", path)
-        for role, path in (("candidate", candidate_dir), ("baseline", baseline_dir))
-        if path is not None
-    }
-    models = {role: named[role][0] if role in named else client.served_model for role in ("candidate", "baseline")}
-    with client.adapters(dict(named.values())):
+    named, models = _engine_names(client, tag, candidate_dir, baseline_dir)
+    with client.adapters(named):
         candidate = side(client, models["candidate"], examples, p)
         baseline = side(client, models["baseline"], examples, p)
     return compare(examples, candidate, baseline, judge=judge, http_client=http_client), p
+
+
+def evaluate_graded(
+    client: EngineClient,
+    prompts: Sequence[PromptRecord],
+    reward: Reward,
+    *,
+    candidate_dir: Path | None,
+    baseline_dir: Path | None,
+    tag: str,
+    max_tokens: int,
+) -> Comparison:
+    """A reinforcement job's candidate vs baseline: each answers the validation prompts greedily
+    (as it will be served) and the job's grader scores the answers against their rows."""
+    if not prompts:
+        raise bad_request("no validation prompts to grade", code="no_eval_examples")
+    items = [p.fields() for p in prompts]
+    named, models = _engine_names(client, tag, candidate_dir, baseline_dir)
+    with client.adapters(named):
+        answers = {
+            role: client.answers(model, [p.messages for p in prompts], max_tokens) for role, model in models.items()
+        }
+
+    def metrics(role: str) -> Metrics:
+        score = mean_score(reward, answers[role], items)
+        return Metrics(len(prompts), 0.0, 0.0, math.nan, None, grader_score=score)
+
+    examples = [
+        ExampleResult(prompt_text=p.messages[-1]["content"], reference=p.item, candidate_output=c, baseline_output=b)
+        for p, c, b in zip(prompts, answers["candidate"], answers["baseline"], strict=True)
+    ]
+    return Comparison(metrics("candidate"), metrics("baseline"), examples)

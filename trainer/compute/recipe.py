@@ -17,14 +17,14 @@ from trainer import hyperparameters as hp
 if TYPE_CHECKING:
     from trainer.compute.placement import Placement
 
-Method = Literal["sft", "dpo", "kto"]
+Method = Literal["sft", "dpo", "kto", "grpo"]
 
 
 @dataclass
 class Recipe:
     method: Method
     base_model_dir: str
-    data_path: str  # JSONL rows in the method's shape (see trainer.compute.sft/dpo/kto)
+    data_path: str  # JSONL rows in the method's shape (see trainer.compute.sft/dpo/kto/grpo)
     out_dir: str  # where the adapter is saved, atomically; must not exist
     progress_path: str  # rank 0 appends one JSON line per step, checkpoint and the result
     stop_path: str  # the worker creates this file to cancel the run
@@ -72,6 +72,10 @@ class Recipe:
     # KTO: weights of good and bad examples; None: balanced from the data (trainer.compute.kto).
     desirable_weight: float | None = None
     undesirable_weight: float | None = None
+    # GRPO: the job's grader (trainer.rewards), answers sampled per prompt, their longest length.
+    grader: dict[str, Any] | None = None
+    group_size: int = hp.DEFAULT_GROUP_SIZE
+    max_completion_length: int = hp.DEFAULT_MAX_COMPLETION_LENGTH
 
     # Placement (trainer.compute.placement)
     device: Literal["cpu", "cuda"] = "cpu"
@@ -128,6 +132,8 @@ def knobs(resolved: hp.Resolved) -> dict[str, Any]:
         "eval_every": resolved.eval_every,
         "patience": resolved.patience,
         "beta": resolved.beta if resolved.beta is not None else hp.DEFAULT_BETA,
+        "group_size": resolved.group_size or hp.DEFAULT_GROUP_SIZE,
+        "max_completion_length": resolved.max_completion_length or hp.DEFAULT_MAX_COMPLETION_LENGTH,
     }
 
 
@@ -138,7 +144,7 @@ class StepInfo:
     loss: float  # training loss of this step
     learning_rate: float  # the rate this step was taken with
     total_steps: int = 0
-    metrics: dict[str, float] = field(default_factory=dict)  # method extras (DPO/KTO rewards, KL)
+    metrics: dict[str, float] = field(default_factory=dict)  # method extras (DPO/KTO rewards, GRPO's reward, KL)
 
 
 @dataclass

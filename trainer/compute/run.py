@@ -1,7 +1,7 @@
 """One training run, in this process (one rank of it, when distributed), top to bottom.
 
     recipe = Recipe.load(path)
-    rows -> the method's dataset (trainer.compute.sft / dpo / kto)
+    rows -> the method's dataset (trainer.compute.sft / dpo / kto / grpo)
     base model in the placement's precision, LoRA on top (fresh, or continuing an adapter)
     the method's TRL trainer with Tailor's callbacks -> train()
         (with validation rows: evaluated every eval_every steps, stopped early, best adapter kept)
@@ -23,7 +23,7 @@ from typing import Any
 from transformers import EarlyStoppingCallback
 
 from core.errors import bad_request, conflict
-from trainer.compute import dpo, kto, sft
+from trainer.compute import dpo, grpo, kto, sft
 from trainer.compute.callbacks import ANSWER_SCORE, BestAdapter, JobCallback, Selection
 from trainer.compute.placement import Placement, check_quantization
 from trainer.compute.recipe import (
@@ -37,7 +37,7 @@ from trainer.compute.recipe import (
 from trainer.compute.weights import Weights
 from trainer.hyperparameters import NO_QUANTIZATION
 
-METHODS: dict[str, ModuleType] = {"sft": sft, "dpo": dpo, "kto": kto}
+METHODS: dict[str, ModuleType] = {"sft": sft, "dpo": dpo, "kto": kto, "grpo": grpo}
 _DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
@@ -225,6 +225,8 @@ def train(recipe: Recipe) -> TrainResult:
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         callbacks=[callback, *_early_stopping(best)],
+        # a method's own arguments (GRPO: its reward)
+        **(method.trainer_args(recipe) if hasattr(method, "trainer_args") else {}),
     )
     trainer.remove_callback(PrinterCallback)  # progress goes to the progress file, not stdout
     used = len(trainer.train_dataset)

@@ -126,6 +126,8 @@ def gateway_env(
         "TAILOR_ENGINE_PORT": "0",
         "TAILOR_ADMIN_KEY": admin_key,
         "TAILOR_BASE_MODEL_PATH": str(model_dir),
+        # One gateway process unless asked (figures stay comparable from machine to machine).
+        "TAILOR_WORKERS": "1",
         **(env_extra or {}),
     }
     if engine is not None:

@@ -66,6 +66,9 @@ def running_tailor(data_dir: Path, eval_engine: LiveEngine, **env_overrides: str
         "TAILOR_PORT": str(port),
         "TAILOR_ENGINE_PORT": str(engine_port),
         "TAILOR_BASE_MODEL_PATH": str(MODEL_DIR),
+        # One gateway process: tests read its state right after changing it (several workers
+        # would each cache lookups for TAILOR_AUTH_CACHE_TTL_S; test_workers_live covers them).
+        "TAILOR_WORKERS": "1",
         "TAILOR_MAX_RESIDENT_ADAPTERS": "2",
         "TAILOR_ENGINE_MAX_LORAS": "2",
         "TAILOR_ENGINE_KV_CACHE_GIB": "1",

@@ -29,15 +29,23 @@ def port_is_free(host: str, port: int) -> bool:
 
 def tree_listens_on(pid: int, port: int) -> bool:
     """Whether process `pid` or one of its descendants holds a listening socket on `port`."""
+    return listener_under(pid, port) is not None
+
+
+def listener_under(pid: int, port: int) -> int | None:
+    """The process, `pid` or one of its descendants, that listens on `port`; None if none does."""
     # psutil comes with vLLM, which a child engine needs anyway.
     import psutil
 
     try:
         root = psutil.Process(pid)
         for proc in (root, *root.children(recursive=True)):
-            for conn in proc.net_connections(kind="inet"):
-                if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
-                    return True
+            try:
+                conns = proc.net_connections(kind="inet")
+            except psutil.NoSuchProcess:
+                continue  # a descendant that ended while we looked
+            if any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port for c in conns):
+                return int(proc.pid)
     except psutil.Error:
-        return False
-    return False
+        return None
+    return None

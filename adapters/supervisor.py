@@ -201,6 +201,12 @@ class EngineSupervisor:
         engine.headers = bearer(self._api_key)
         engine.owner_check = self.ownership_problem
 
+    @property
+    def api_key(self) -> str:
+        """The child's key, for the processes that share this engine (the workers of
+        `tailor serve --workers`, through their environment only)."""
+        return self._api_key
+
     async def start(self) -> None:
         """Start the child; a configured port that is taken is an error here, not a restart loop."""
         await self._spawn(self._choose_port())

@@ -20,6 +20,11 @@ from pydantic import BaseModel, Field, SecretStr, field_validator, model_validat
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_MODEL_DIR = Path("models/SmolLM2-135M-Instruct")
+# Default cap on gateway processes per host. Each process keeps its own database pool (up to
+# 30 connections: core.db), so 8 processes on each of 3 gateway hosts could already ask
+# PostgreSQL for 720, far past its default max_connections of 100; and past a few cores the
+# engine, not the gateway, is what limits throughput. Set TAILOR_WORKERS to go higher.
+MAX_DEFAULT_WORKERS = 8
 
 
 class GraderModelEndpoint(BaseModel):
@@ -143,6 +148,13 @@ class Settings(BaseSettings):
     # --- gateway -------------------------------------------------------------
     host: str = Field("127.0.0.1")
     port: int = Field(8000)
+    workers: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="Gateway processes `tailor serve` runs on one port (the host's engine, trainer and retention "
+        f"stay single, in the parent). Unset: one per usable core, at most {MAX_DEFAULT_WORKERS}. 1: one process.",
+    )
     admin_key: SecretStr | None = Field(None, description="Bearer key for /admin routes. Unset: admin API disabled.")
     max_request_bytes: int = Field(1_000_000, description="Largest accepted request body on JSON routes.")
     max_output_tokens: int = Field(
@@ -459,6 +471,24 @@ class Settings(BaseSettings):
     @property
     def cache_dir(self) -> Path:
         return self.data_dir / "cache"
+
+    @property
+    def worker_count(self) -> int:
+        """Gateway processes to run: TAILOR_WORKERS, else one per usable core up to the cap."""
+        return self.workers or max(1, min(usable_cpus(), MAX_DEFAULT_WORKERS))
+
+
+def usable_cpus() -> int:
+    """Cores this process may use: its CPU affinity, and a cgroup v2 CPU limit (a container's
+    `resources.limits.cpu`) where one is set; os.cpu_count() sees the whole host."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        return cpus
+    if quota == "max":
+        return cpus
+    return max(1, min(cpus, -(-int(quota) // int(period))))
 
 
 @lru_cache

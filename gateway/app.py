@@ -75,17 +75,27 @@ async def _internal_error(_request: Request, _exc: Exception) -> JSONResponse:
 
 
 def create_app(
-    settings: Settings | None = None, *, services: Services | None = None, wait_for_engines: bool = True
+    settings: Settings | None = None,
+    *,
+    services: Services | None = None,
+    wait_for_engines: bool = True,
+    retention: bool = True,
 ) -> FastAPI:
+    """The gateway app; `retention=False` where another process of the host applies retention
+    (the parent of `tailor serve --workers`)."""
     settings = settings or (services.settings if services else Settings())
     svc = services or Services(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await svc.start(wait_for_engines=wait_for_engines)
-        retention = asyncio.create_task(
-            privacy.retention_loop(svc, interval_s=settings.retention_interval_s), name="retention"
-        )
+        loops = []
+        if retention:
+            loops.append(
+                asyncio.create_task(
+                    privacy.retention_loop(svc.db, interval_s=settings.retention_interval_s), name="retention"
+                )
+            )
         runner = BatchRunner(svc) if settings.run_batches else None
         if runner is not None:
             runner.start()
@@ -95,8 +105,9 @@ def create_app(
         finally:
             if runner is not None:
                 await runner.stop()  # before the services: its last requests are logged
-            retention.cancel()
-            await asyncio.gather(retention, return_exceptions=True)
+            for loop in loops:
+                loop.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
             await svc.stop()
 
     app = FastAPI(

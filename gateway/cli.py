@@ -2,6 +2,7 @@
 
 tailor serve                         # child vLLM engine + gateway on 127.0.0.1:8000
 tailor serve --engine-url http://gpu1:8000 --engine-url http://gpu2:8000
+tailor serve --workers 4              # four gateway processes, one engine and trainer
 tailor tenants create acme
 tailor keys create acme --json
 tailor adapters register acme support ./my-peft-adapter
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -89,11 +89,16 @@ def serve(
     trainer: Annotated[
         bool, typer.Option(help="Also run one trainer worker as a child process [TAILOR_RUN_TRAINER].")
     ] = True,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, help="Gateway processes on this port; default one per core, at most 8 [TAILOR_WORKERS]."),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="Logging level.")] = "info",
 ) -> None:
     """Start the engine (or connect to running ones), wait until healthy, then serve the API."""
     import uvicorn
 
+    from gateway import workers as gateway_workers
     from gateway.app import create_app
 
     overrides: dict[str, Any] = {}
@@ -105,25 +110,17 @@ def serve(
         overrides["engine_urls"] = engine_url
     if not trainer:
         overrides["run_trainer"] = False
+    if workers:
+        overrides["workers"] = workers
     settings = Settings(**overrides)
-    if settings.log_format == "json":
-        from gateway.telemetry import JsonFormatter
-
-        handler = logging.StreamHandler()
-        handler.setFormatter(JsonFormatter())
-        logging.basicConfig(level=log_level.upper(), handlers=[handler])
-    else:
-        logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    gateway_workers.configure_logging(settings, log_level)
+    if settings.worker_count > 1:
+        raise typer.Exit(gateway_workers.run_workers(settings, settings.worker_count, log_level))
     uvicorn.run(
         create_app(settings),
         host=settings.host,
         port=settings.port,
-        log_level=log_level,
-        access_log=False,
-        # Forwarded headers are trusted only from TAILOR_TRUSTED_PROXIES (gateway.app), never
-        # uvicorn's default of 127.0.0.1.
-        proxy_headers=False,
-        timeout_graceful_shutdown=30,
+        **gateway_workers.uvicorn_options(log_level),
     )
 
 

@@ -21,16 +21,28 @@ resolved to a model, so requests for made-up names (404s) cannot use up the slot
 series count is therefore fixed by configuration, whatever traffic does. Per-tenant
 accounting beyond the cap belongs to the interaction log / usage API, which are exact.
 `tailor_metrics_label_values{label}` shows how close a process is to the cap.
+
+Several gateway processes on one port (`tailor serve --workers`) are one gateway to Prometheus:
+with PROMETHEUS_MULTIPROC_DIR set (the parent sets it, to a directory of its own), every
+metric writes to files there and /metrics, whichever worker answers it, reads them all
+(prometheus_client's multiprocess mode). Gauges say how workers' values combine
+(`multiprocess_mode`). State that lives in one worker's memory (its engine pool, its log
+queue) is copied into such metrics every second and before each scrape (`_Mirror`); what is
+read from the database is read once per scrape, by the worker answering it. Per-process
+collectors (CPU, GC) are left out there, as prometheus_client's multiprocess mode requires.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
@@ -45,6 +57,9 @@ if TYPE_CHECKING:
     from gateway.services import Services
 
 log = logging.getLogger("tailor.metrics")
+
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+MIRROR_INTERVAL_S = 1.0
 
 OTHER = "other"
 ALL_TENANTS = "all"  # the tenant label unless the operator turns tenant labels on
@@ -83,17 +98,31 @@ def error_type(status: int) -> str:
     return "client_disconnected" if status == CLIENT_CLOSED else error_type_for_status(status)
 
 
+def multiprocess_dir() -> str | None:
+    """Where this process's metrics are shared with its sibling workers; None: not shared."""
+    return os.environ.get(MULTIPROC_DIR_ENV) or None
+
+
 class Metrics:
     def __init__(self, services: Services, *, max_label_values: int = 50) -> None:
-        self.registry = CollectorRegistry()
+        self.registry = CollectorRegistry()  # what /metrics exposes
         r = self.registry
+        self.shared = multiprocess_dir()
+        # Shared: the metric objects write to the directory and /metrics reads it, so the
+        # registry they are created in is never exposed itself.
+        own = CollectorRegistry() if self.shared else r
         self.base = services.settings.base_model_name
         self.named = services.settings.metrics_tenant_labels
         self.tenants = BoundedLabel(max_label_values)
         self.models = BoundedLabel(max_label_values + 1, preset=(self.base,))  # the base model is free
         # The series labelled by tenant; by id until _TenantNames renames them at scrape time.
-        series = CollectorRegistry() if self.named else r
-        if self.named:
+        series = CollectorRegistry() if self.named and not self.shared else own
+        self.mirror: _Mirror | None = None
+        if self.shared:
+            self.mirror = _Mirror(_ProcessState(services, self), own)
+            merged: Collector = _Merged(self.shared, self.mirror)
+            r.register(_TenantNames(services, merged) if self.named else merged)
+        elif self.named:
             r.register(_TenantNames(services, series))
         labels = ("endpoint", "status_class", "tenant", "model")
         self.requests = Counter("tailor_requests", "Completion requests answered.", labels, registry=series)
@@ -115,28 +144,40 @@ class Metrics:
             "tailor_tokens", "Tokens processed, by type (input|output).", ("type", "tenant", "model"), registry=series
         )
         self.errors = Counter(
-            "tailor_errors", "Completion requests that failed, by OpenAI error type.", ("endpoint", "type"), registry=r
+            "tailor_errors",
+            "Completion requests that failed, by OpenAI error type.",
+            ("endpoint", "type"),
+            registry=own,
         )
-        # A plain count on the hot path (the event loop is its only writer), read at scrape time.
-        self.inflight = dict.fromkeys(ENDPOINTS, 0)
-        inflight = Gauge("tailor_requests_in_flight", "Completion requests being answered.", ("endpoint",), registry=r)
-        for endpoint in ENDPOINTS:
-            inflight.labels(endpoint).set_function(lambda e=endpoint: self.inflight[e])
+        inflight = Gauge(
+            "tailor_requests_in_flight",
+            "Completion requests being answered.",
+            ("endpoint",),
+            registry=own,
+            multiprocess_mode="livesum",
+        )
+        self.inflight = {endpoint: inflight.labels(endpoint) for endpoint in ENDPOINTS}
+        Gauge(
+            "tailor_gateway_processes",
+            "Gateway processes serving this address (tailor serve --workers).",
+            registry=own,
+            multiprocess_mode="livesum",
+        ).set(1)
         self.adapter_loads = Counter(
             "tailor_adapter_loads",
             "Adapter loads onto engines, by outcome (ok|error).",
             ("engine", "outcome"),
-            registry=r,
+            registry=own,
         )
         self.adapter_load_seconds = Histogram(
             "tailor_adapter_load_duration_seconds",
             "Time an engine took to load an adapter.",
             ("engine",),
             buckets=LOAD_BUCKETS,
-            registry=r,
+            registry=own,
         )
         self.adapter_evictions = Counter(
-            "tailor_adapter_evictions", "Adapters unloaded to make room (LRU).", ("engine",), registry=r
+            "tailor_adapter_evictions", "Adapters unloaded to make room (LRU).", ("engine",), registry=own
         )
         self.cold_starts = Histogram(
             "tailor_dedicated_engine_start_duration_seconds",
@@ -144,17 +185,21 @@ class Metrics:
             "(ok|error).",
             ("outcome",),
             buckets=COLD_START_BUCKETS,
-            registry=r,
+            registry=own,
         )
         self.db_unavailable = Counter(
             "tailor_database_unavailable",
             "Lookups the database could not answer, by what (key|model|limits) and outcome (stale|refused|open).",
             ("what", "outcome"),
-            registry=r,
+            registry=own,
         )
-        ProcessCollector(registry=r)
-        GCCollector(registry=r)
-        r.register(_ScrapeTime(services, self))
+        if not self.shared:
+            ProcessCollector(registry=r)
+            GCCollector(registry=r)
+            r.register(_ProcessState(services, self))
+        # Read from the database: once per scrape, by whichever process answers it.
+        r.register(_JobTable(services))
+        self._mirroring: asyncio.Task[None] | None = None
         # Bound children per label set: labels() costs a lock and a tuple of str() per
         # call, so each set is resolved once and reused.
         self._children: dict[tuple[str, str, str, str], tuple[Any, ...]] = {}
@@ -162,11 +207,11 @@ class Metrics:
 
     # --- hot path ---------------------------------------------------------------
     def request_started(self, endpoint: str) -> None:
-        self.inflight[endpoint] += 1
+        self.inflight[endpoint].inc()
 
     def request_finished(self, record: InteractionRecord, model_known: bool) -> None:
         endpoint, status = record.endpoint, record.status_code
-        self.inflight[endpoint] -= 1
+        self.inflight[endpoint].dec()
         key = (
             endpoint,
             _STATUS_CLASS[status // 100] if 0 <= status < 1000 else "other",
@@ -221,6 +266,22 @@ class Metrics:
     def dedicated_engine_started(self, seconds: float, ok: bool) -> None:
         self.cold_starts.labels("ok" if ok else "error").observe(seconds)
 
+    # --- several processes ------------------------------------------------------------
+    def start(self) -> None:
+        """Shared metrics: copy this process's state into them every second (on the event loop)."""
+        if self.mirror is not None:
+            self._mirroring = asyncio.create_task(self._mirror_loop(self.mirror), name="metrics-mirror")
+
+    def stop(self) -> None:
+        if self._mirroring is not None:
+            self._mirroring.cancel()
+
+    @staticmethod
+    async def _mirror_loop(mirror: _Mirror) -> None:
+        while True:
+            mirror.publish()
+            await asyncio.sleep(MIRROR_INTERVAL_S)
+
 
 class _TenantNames(Collector):
     """The tenant-labelled series of `source`, each tenant id replaced by the tenant's name.
@@ -230,22 +291,22 @@ class _TenantNames(Collector):
     here) is left out rather than shown by id.
     """
 
-    def __init__(self, services: Services, source: CollectorRegistry) -> None:
+    def __init__(self, services: Services, source: Collector) -> None:
         self.services = services
         self.source = source
         self.names: dict[str, str] = {}
 
     def collect(self) -> Iterator[Any]:
         families = list(self.source.collect())
-        ids = {s.labels["tenant"] for f in families for s in f.samples} - {OTHER}
+        ids = {s.labels["tenant"] for f in families for s in f.samples if "tenant" in s.labels} - {OTHER}
         self._learn(ids - self.names.keys())
         for family in families:
             family.samples = [
                 s._replace(labels={**s.labels, "tenant": self.names[s.labels["tenant"]]})
-                if s.labels["tenant"] != OTHER
+                if s.labels.get("tenant", OTHER) != OTHER
                 else s
                 for s in family.samples
-                if s.labels["tenant"] == OTHER or s.labels["tenant"] in self.names
+                if s.labels.get("tenant", OTHER) == OTHER or s.labels["tenant"] in self.names
             ]
             yield family
 
@@ -260,8 +321,9 @@ class _TenantNames(Collector):
             log.warning("metrics: could not read tenant names: %s", exc)
 
 
-class _ScrapeTime(Collector):
-    """State that already lives elsewhere, read when Prometheus scrapes (never per request)."""
+class _ProcessState(Collector):
+    """State that already lives in this process's memory, read when Prometheus scrapes (never
+    per request), or copied into shared metrics by `_Mirror`."""
 
     def __init__(self, services: Services, metrics: Metrics) -> None:
         self.services = services
@@ -305,6 +367,14 @@ class _ScrapeTime(Collector):
         values.add_metric(["model"], len(self.metrics.models.seen))
         yield values
 
+
+class _JobTable(Collector):
+    """The job queue, read from the database when Prometheus scrapes."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    def collect(self) -> Iterator[Any]:
         jobs = self._job_counts()
         if jobs is not None:
             family = GaugeMetricFamily(
@@ -349,3 +419,82 @@ class _ScrapeTime(Collector):
         except Exception as exc:  # a scrape must not fail because the database does
             log.warning("metrics: could not count jobs: %s", exc)
             return None
+
+
+# How each worker's copy of a `_ProcessState` gauge combines across the live workers.
+_MIRROR_MODES = {
+    "tailor_engine_healthy": "livemin",  # healthy only while every worker finds it so
+    "tailor_engine_inflight": "livesum",
+    "tailor_engine_resident_adapters": "livemax",  # each worker's own; the engine holds at least this many
+    "tailor_interaction_log_queue_depth": "livesum",
+    "tailor_metrics_label_values": "livemax",
+}
+
+
+class _Mirror:
+    """Copies a collector's gauges and counters into multiprocess metrics (gauges set, counters
+    advanced by what they grew since the last copy), so every worker's /metrics shows them."""
+
+    def __init__(self, source: Collector, registry: CollectorRegistry) -> None:
+        self.source = source
+        self.registry = registry
+        self.metrics: dict[str, Any] = {}
+        self.counted: dict[tuple[str, tuple[str, ...]], float] = {}
+        self.lock = threading.Lock()  # the scrape's thread and the event loop both publish
+
+    def publish(self) -> None:
+        with self.lock:
+            for family in self.source.collect():
+                for sample in family.samples:
+                    if family.type == "gauge":
+                        self._child(family, sample.labels).set(sample.value)
+                    elif family.type == "counter" and sample.name.endswith("_total"):
+                        key = (family.name, tuple(sample.labels.values()))
+                        grew = sample.value - self.counted.get(key, 0.0)
+                        if grew > 0:
+                            self._child(family, sample.labels).inc(grew)
+                        self.counted[key] = sample.value
+
+    def _child(self, family: Metric, labels: dict[str, str]) -> Any:
+        metric = self.metrics.get(family.name)
+        if metric is None:
+            names = tuple(labels)
+            if family.type == "gauge":
+                mode = _MIRROR_MODES.get(family.name, "livesum")
+                metric = Gauge(family.name, family.documentation, names, registry=self.registry, multiprocess_mode=mode)
+            else:
+                metric = Counter(family.name, family.documentation, names, registry=self.registry)
+            self.metrics[family.name] = metric
+        return metric.labels(**labels) if labels else metric
+
+
+class _Merged(Collector):
+    """Every worker's metrics, read from the shared directory; this worker's state copied in
+    first, and the gauges of workers that are gone dropped (uvicorn restarts a worker that
+    dies, without telling prometheus_client)."""
+
+    def __init__(self, path: str, mirror: _Mirror) -> None:
+        self.path = path
+        self.mirror = mirror
+        self.files = multiprocess.MultiProcessCollector(None, path=path)
+
+    def collect(self) -> Iterator[Any]:
+        self.mirror.publish()
+        for pid in _dead_writers(self.path):
+            multiprocess.mark_process_dead(pid, self.path)
+        yield from self.files.collect()
+
+
+def _dead_writers(path: str) -> set[int]:
+    """Processes that left live-mode gauge files (gauge_live*_<pid>.db) and no longer run."""
+    dead = set()
+    for name in os.listdir(path):
+        if name.startswith("gauge_live") and name.endswith(".db"):
+            pid = int(name[: -len(".db")].rsplit("_", 1)[1])
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                dead.add(pid)
+            except PermissionError:
+                pass  # alive, someone else's: not one of ours, but not dead either
+    return dead

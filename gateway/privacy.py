@@ -41,7 +41,7 @@ import zipfile
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 from sqlalchemy import ColumnElement, Table, delete, select, union, union_all, update
 from sqlalchemy.orm import Session
@@ -63,9 +63,6 @@ from core.models import (
     Tenant,
 )
 from gateway import audit
-
-if TYPE_CHECKING:
-    from gateway.services import Services
 
 log = logging.getLogger("tailor.privacy")
 
@@ -192,11 +189,12 @@ def _delete_chunked(db: Database, pk: Any, where: ColumnElement[bool], chunk: in
         total += len(ids)
 
 
-async def retention_loop(services: Services, interval_s: float = 3600.0) -> None:
-    """Apply retention now and every `interval_s` until cancelled (started by the app's lifespan)."""
+async def retention_loop(db: Database, interval_s: float = 3600.0) -> None:
+    """Apply retention now and every `interval_s` until cancelled (started by the app's
+    lifespan, or once per host by `tailor serve --workers`' parent)."""
     while True:
         try:
-            result = await asyncio.to_thread(apply_retention, services.db, utcnow())
+            result = await asyncio.to_thread(apply_retention, db, utcnow())
             if result.by_tenant:
                 log.info(
                     "retention deleted %d interactions, %d feedback rows and %d stored responses of %d tenants",

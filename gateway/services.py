@@ -154,6 +154,7 @@ class Services:
     # --- lifecycle ----------------------------------------------------------
     async def start(self, *, wait_for_engines: bool = True) -> None:
         await asyncio.to_thread(migrate, self.db.url)
+        self.telemetry.start()
         for sup in self.supervisors:
             await sup.start()
         self.interactions.start()

@@ -73,7 +73,12 @@ class Telemetry:
         outcome = "open" if served_stale is None else "stale" if served_stale else "refused"
         self.metrics.db_unavailable.labels(what, outcome).inc()
 
+    def start(self) -> None:
+        """On the event loop, once it runs (Services.start)."""
+        self.metrics.start()
+
     def shutdown(self) -> None:
+        self.metrics.stop()
         self.tracing.shutdown()
 
 

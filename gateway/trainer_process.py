@@ -55,14 +55,14 @@ def _env_value(value: object) -> str:
     return str(value)
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
+def settings_env(settings: Settings, *, withheld: frozenset[str] = WITHHELD_SETTINGS) -> dict[str, str]:
     """The gateway's settings (wherever they were read from) as the child's TAILOR_* variables,
-    less the withheld ones; TAILOR_CONFIG_FILE points nowhere, so a config file holding the
+    less the `withheld` ones; TAILOR_CONFIG_FILE points nowhere, so a config file holding the
     admin key is not read again by the child."""
     env = {
         f"TAILOR_{name.upper()}": _env_value(value)
         for name in Settings.model_fields
-        if name not in WITHHELD_SETTINGS and (value := getattr(settings, name)) is not None
+        if name not in withheld and (value := getattr(settings, name)) is not None
     }
     env["TAILOR_CONFIG_FILE"] = os.devnull
     return env

@@ -3,6 +3,7 @@
     python -m loadtests.bench_overhead                        # 1, 2, 20, 64 clients, 5 s each
     python -m loadtests.bench_overhead --clients 1,20 --seconds 3 --env TAILOR_WORKERS=2
     python -m loadtests.bench_overhead --markdown --json overhead.json
+    python -m loadtests.bench_overhead --workers 1,2 --clients 2,8,20,64   # one Tailor per value, compared
 
 Starts loadtests.mock_engine (health, models, LoRA loads and completions, no model work) and a
 throwaway `tailor serve` with it as an operator-run engine, logging on as deployed. For each
@@ -14,9 +15,13 @@ The table also shows the CPU the load generator, the gateway and the engine each
 Tailor's runs, as a share of the machine: on a 2-core machine the three share the cores, so
 a gateway that saturates is measured together with what drives it.
 
+With `--workers 1,2` Tailor is started once per TAILOR_WORKERS value, one after the other in
+the same run (so both see the same machine), and each gets its table; then the saturation of
+each (its highest Tailor req/s over the client counts, and at which count) and their ratio.
+
 Goals (the exit code is 0 whatever the verdict: this measures, it does not test): at most
-0.5 ms added at p50 with 1 client, and throughput through Tailor at 20 clients at least 0.9x
-that at 2 clients.
+0.5 ms added at p50 with 1 client, throughput through Tailor at 20 clients at least 0.9x
+that at 2 clients, and with --workers, 2 workers' saturation at least 1.6x one worker's.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from loadtests.local_server import local_tailor
 
 TARGET_ADDED_P50_MS = 0.5  # at 1 client
 TARGET_SCALING = 0.9  # rps at 20 clients >= this x rps at 2 clients
+TARGET_TWO_WORKERS = 1.6  # saturation with 2 workers >= this x with 1
 
 
 @dataclass(frozen=True)
@@ -161,19 +167,29 @@ def parse_env(pairs: Sequence[str]) -> dict[str, str]:
     return env
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], prog="python -m loadtests.bench_overhead")
-    parser.add_argument("--clients", default="1,2,20,64", help="comma-separated closed-loop client counts")
-    parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per run (after 1 s warm-up)")
-    parser.add_argument("--env", action="append", default=[], help="TAILOR_NAME=value for the gateway (repeatable)")
-    parser.add_argument("--markdown", action="store_true", help="print the table only, as Markdown")
-    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
-    args = parser.parse_args(argv)
-    levels = [int(x) for x in args.clients.split(",") if x.strip()]
-    with local_tailor(MODEL_DIR, env_extra=parse_env(args.env), engine="mock") as server:
+def saturation(levels: Sequence[Level]) -> Level:
+    """The client count at which Tailor answered the most requests per second."""
+    return max(levels, key=lambda lv: lv.tailor_rps)
+
+
+def compare_workers(runs: dict[int, list[Level]]) -> list[str]:
+    out = []
+    for workers, levels in runs.items():
+        top = saturation(levels)
+        out.append(f"{workers} worker(s): saturates at {top.tailor_rps:,.0f} req/s ({top.clients} clients)")
+    if 1 in runs and 2 in runs:
+        ratio = saturation(runs[2]).tailor_rps / saturation(runs[1]).tailor_rps
+        ok = "PASS" if ratio >= TARGET_TWO_WORKERS else "FAIL"
+        out.append(f"2 workers / 1 worker at saturation: {ratio:.2f} (goal >= {TARGET_TWO_WORKERS}) {ok}")
+    return out
+
+
+def run_tailor(env: dict[str, str], levels: Sequence[int], seconds: float) -> list[Level]:
+    """Start Tailor (mock engine) with `env` and measure every level against it."""
+    with local_tailor(MODEL_DIR, env_extra=env, engine="mock") as server:
         assert server.engine is not None
         key = create_tenant_key(server, "bench")
-        results = list(
+        return list(
             measure(
                 gateway=server.url,
                 gateway_key=key,
@@ -183,16 +199,64 @@ def main(argv: list[str] | None = None) -> None:
                 gateway_pid=server.process.pid,
                 engine_pid=server.engine.process.pid,
                 levels=levels,
-                seconds=args.seconds,
+                seconds=seconds,
             )
         )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], prog="python -m loadtests.bench_overhead")
+    parser.add_argument("--clients", default="1,2,20,64", help="comma-separated closed-loop client counts")
+    parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per run (after 1 s warm-up)")
+    parser.add_argument("--env", action="append", default=[], help="TAILOR_NAME=value for the gateway (repeatable)")
+    parser.add_argument(
+        "--workers", default=None, help="comma-separated TAILOR_WORKERS values: Tailor runs once per value, compared"
+    )
+    parser.add_argument("--markdown", action="store_true", help="print the table only, as Markdown")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = parser.parse_args(argv)
+    levels = [int(x) for x in args.clients.split(",") if x.strip()]
+    env = parse_env(args.env)
+    load_before = os.getloadavg()
+    if args.workers is None:
+        results = run_tailor(env, levels, args.seconds)
+        if not args.markdown:
+            print(f"machine: {psutil.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f}")
+        print(table(results))
+        for line in verdicts(results):
+            print(f"- {line}")
+        if args.json:
+            args.json.write_text(json.dumps([_figures(r) for r in results], indent=2))
+        return
+    runs = {
+        int(w): run_tailor({**env, "TAILOR_WORKERS": w.strip()}, levels, args.seconds)
+        for w in args.workers.split(",")
+        if w.strip()
+    }
     if not args.markdown:
-        print(f"machine: {psutil.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f}")
-    print(table(results))
-    for line in verdicts(results):
+        print(
+            f"machine: {psutil.cpu_count()} CPUs; load average (1, 5, 15 min) before {_load(load_before)}, "
+            f"after {_load(os.getloadavg())}"
+        )
+    for workers, results in runs.items():
+        print(f"\nTAILOR_WORKERS={workers}\n")
+        print(table(results))
+        for line in verdicts(results):
+            print(f"- {line}")
+    print()
+    for line in compare_workers(runs):
         print(f"- {line}")
     if args.json:
-        args.json.write_text(json.dumps([{**asdict(r), "added_p50_ms": r.added_p50_ms} for r in results], indent=2))
+        figures = [{"workers": w, "levels": [_figures(r) for r in results]} for w, results in runs.items()]
+        args.json.write_text(json.dumps(figures, indent=2))
+
+
+def _figures(level: Level) -> dict[str, object]:
+    return {**asdict(level), "added_p50_ms": level.added_p50_ms}
+
+
+def _load(avg: tuple[float, float, float]) -> str:
+    return " ".join(f"{x:.2f}" for x in avg)
 
 
 if __name__ == "__main__":

@@ -95,6 +95,9 @@ def gateway_env(
         "TAILOR_ENGINE_PORT": "0",
         "TAILOR_ADMIN_KEY": admin_key,
         "TAILOR_BASE_MODEL_PATH": str(model_dir),
+        # One gateway process unless asked: figures stay comparable from machine to machine, and
+        # tests that read state right after changing it do not meet another worker's cache.
+        "TAILOR_WORKERS": "1",
         **(env_extra or {}),
     }
     if engine is not None:

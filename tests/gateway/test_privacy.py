@@ -505,10 +505,7 @@ async def test_retention_loop_runs_until_cancelled(sqlite_db: Database) -> None:
         row.retention_days = 1
     add_interaction(sqlite_db, tenant, model="m", created_at=datetime.now(timezone.utc) - timedelta(days=3))
 
-    class FakeServices:
-        db = sqlite_db
-
-    task = asyncio.create_task(privacy.retention_loop(FakeServices(), interval_s=0.01))  # type: ignore[arg-type]
+    task = asyncio.create_task(privacy.retention_loop(sqlite_db, interval_s=0.01))
     for _ in range(200):
         await asyncio.sleep(0.01)
         if not _ids(sqlite_db, Interaction, tenant):

@@ -55,3 +55,16 @@ def test_a_short_run_measures_both_paths(tmp_path: Path) -> None:
         assert lv["direct_rps"] > 0 and lv["tailor_rps"] > 0
         assert lv["tailor_failures"] == 0
         assert lv["added_p50_ms"] == pytest.approx(lv["tailor_p50_ms"] - lv["direct_p50_ms"])
+
+
+def _level(clients: int, rps: float) -> bench_overhead.Level:
+    return bench_overhead.Level(clients, 1000.0, 1.0, rps, 2.0, 5.0, 0, 0.1, 0.5, 0.1)
+
+
+def test_workers_are_compared_at_their_own_saturation() -> None:
+    one = [_level(2, 100.0), _level(8, 120.0), _level(20, 110.0)]
+    two = [_level(2, 110.0), _level(8, 180.0), _level(20, 200.0)]
+    lines = bench_overhead.compare_workers({1: one, 2: two})
+    assert lines[0] == "1 worker(s): saturates at 120 req/s (8 clients)"
+    assert lines[1] == "2 worker(s): saturates at 200 req/s (20 clients)"
+    assert lines[2] == "2 workers / 1 worker at saturation: 1.67 (goal >= 1.6) PASS"

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import httpx
+from httpx_aiohttp import AiohttpTransport
 from sqlalchemy.exc import DBAPIError
 
 from adapters import registry
@@ -91,6 +92,21 @@ class Upstream:
     engine_model: str
 
 
+def engine_client(settings: Settings) -> httpx.AsyncClient:
+    """The HTTP client for engine calls: httpx's API on aiohttp's connection pool.
+
+    httpcore's pool walks every connection on each request, so its cost grows with the number
+    of requests in flight (throughput through the gateway fell by a third from 2 to 20
+    concurrent clients against an instant engine); aiohttp's does not.
+    """
+    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200)
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(settings.engine_request_timeout_s, connect=5.0),
+        limits=limits,
+        transport=AiohttpTransport(limits=limits),
+    )
+
+
 class Services:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -98,10 +114,7 @@ class Services:
         self.db = Database.from_settings(settings)
         self.store = AdapterStore.from_settings(settings)
         self.blobs = BlobStore.from_settings(settings)
-        self.client = httpx.AsyncClient(
-            timeout=httpx.Timeout(settings.engine_request_timeout_s, connect=5.0),
-            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
-        )
+        self.client = engine_client(settings)
         self.supervisors: list[EngineSupervisor] = []
         self.graders = GraderRuntime.from_settings(settings)  # Python grader sandbox, when enabled
         self.trainer = (

@@ -80,6 +80,10 @@ def configure_logging(settings: Settings, level: str) -> None:
         logging.basicConfig(level=level.upper(), handlers=[handler])
     else:
         logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # httpx logs every request at INFO: one line per engine call costs gateway CPU on the hot
+    # path and says nothing the interaction log does not.
+    if logging.getLogger().getEffectiveLevel() >= logging.INFO:
+        logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 class HostEngineOwner:

@@ -15,6 +15,7 @@ import contextlib
 import inspect
 import itertools
 import json
+import secrets
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -335,7 +336,10 @@ async def tenant_view(run: Running, tmp_path: Path) -> AsyncIterator[Gateway]:
         engine.resident.clear()
         engine.loading.clear()
     run.services.changed()
-    name = f"t{next(_serial)}"
+    # Random, not from _serial: this module is imported twice (as `test_proxy` by pytest and as
+    # `tests.gateway.test_proxy` by conftest and other modules), each copy with its own counter,
+    # and gateways of both copies may share one database.
+    name = f"t{secrets.token_hex(5)}"
     r = await run.http.post("/admin/tenants", json={"name": name}, headers=ADMIN)
     assert r.status_code == 201, r.text
     tenant_id = r.json()["id"]

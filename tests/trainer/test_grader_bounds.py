@@ -22,6 +22,7 @@ from trainer.graders import (
     text_similarity,
 )
 from trainer.graders import formula as formulas
+from trainer.graders.runtime import GraderRuntime
 from trainer.graders.spec import MAX_SUB_GRADERS
 
 NONE = Capabilities()
@@ -165,3 +166,20 @@ def test_python_source_is_not_compiled_in_the_gateway() -> None:
         started = time.perf_counter()
         parse_grader({"type": "python", "name": "p", "source": text}, enabled)
         assert time.perf_counter() - started < 1.0
+
+
+async def test_one_tenant_cannot_hold_every_python_slot() -> None:
+    runtime = GraderRuntime(sandbox=None, python_slots=asyncio.Semaphore(2), per_tenant=1)
+    held = runtime.python_slots_for("greedy")
+    async with held:
+        second = asyncio.create_task(_hold(runtime.python_slots_for("greedy")))
+        await asyncio.sleep(0.05)
+        assert not second.done()  # the greedy tenant's second grade waits for its first...
+        await asyncio.wait_for(_hold(runtime.python_slots_for("other")), 1.0)  # ...another tenant does not
+    await asyncio.wait_for(second, 1.0)
+    assert runtime._tenants == {}  # nothing kept per tenant once its grades are done
+
+
+async def _hold(slot: Any) -> None:
+    async with slot:
+        await asyncio.sleep(0)

@@ -8,8 +8,8 @@ Steps, each one refusing to go on when it fails (exit SETUP_FAILED, the reason o
 
 1. unshare user, mount, network, PID, IPC and UTS namespaces; print READY and wait for the
    parent to write the user and group maps (ns root = an unprivileged host uid when the
-   parent is root, else the parent's own uid), then become that root and drop the
-   supplementary groups.
+   parent is root, else the parent's own uid), then become that root and, when the
+   parent is root, drop the supplementary groups (an unprivileged parent's maps deny setgroups).
 2. fork: the child is PID 1 of the new PID namespace, so when it ends every process the
    grader started ends with it.
 3. the child closes what would hold memory outside any process's address space (and so

@@ -33,6 +33,9 @@ class GraderModelEndpoint(BaseModel):
     base_url: str = Field(description="https://host/v1; it passes core.outbound's policy when called.")
     model: str | None = Field(None, description="The model name the endpoint knows; default: the grader's name.")
     api_key: SecretStr | None = None
+    tenants: list[str] | None = Field(
+        None, description="The tenant ids whose graders may name it; unset: every tenant's. Others get 404."
+    )
 
 
 class Settings(BaseSettings):
@@ -321,6 +324,15 @@ class Settings(BaseSettings):
         "a tenant's model of the same name; the URLs pass the outbound policy (TAILOR_OUTBOUND_*).",
     )
     grader_model_timeout_s: float = Field(60.0, gt=0, description="Time one grader model call may take.")
+    grader_model_concurrency: int = Field(
+        4,
+        ge=1,
+        le=256,
+        description="Calls to TAILOR_GRADER_MODEL_ENDPOINTS one process makes at once (its own threads).",
+    )
+    grader_timeout_s: float = Field(
+        120.0, gt=0, le=3600, description="Time one grade may take, all of a multi grader's sub-graders together."
+    )
     python_graders_enabled: bool = Field(
         False,
         description="Run tenants' Python graders (in a sandbox: namespaces, read-only interpreter, no network, "
@@ -333,7 +345,9 @@ class Settings(BaseSettings):
     python_grader_max_output_bytes: int = Field(
         1 << 20, ge=1024, description="Output (stdout and stderr) a Python grade may write before it is killed."
     )
-    python_grader_concurrency: int = Field(2, ge=1, le=64, description="Python grades one process runs at once.")
+    python_grader_concurrency: int = Field(
+        2, ge=1, le=64, description="Python grades one process runs at once; one tenant holds at most half of them."
+    )
 
     # --- telemetry ---------------------------------------------------------------
     otel_exporter: Literal["none", "console", "otlp"] = Field("none", description="Where request traces go.")

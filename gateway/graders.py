@@ -6,11 +6,13 @@ A score_model or label_model grader names a model: one the operator configured
 calling tenant's own (the base model, an adapter, a pinned version, a checkpoint). The
 tenant's models answer on the live chat path (gateway.proxy): model resolution, rate limits
 and quotas, the interaction log (endpoint `fine_tuning.graders`) and token metering apply as
-to any chat completion of the tenant.
+to any chat completion of the tenant. A call to an operator's endpoint counts against the
+tenant's rate limits and token quotas the same way (OperatorModels), and is logged.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +29,7 @@ from trainer.graders.models import reply_of
 from trainer.graders.runtime import GraderRuntime
 
 ENDPOINT = "fine_tuning.graders"  # interaction log and metrics
+log = logging.getLogger("tailor.graders")
 
 
 @dataclass
@@ -59,7 +62,41 @@ class TenantModels:
         return reply_of(model, answer)
 
 
+@dataclass
+class OperatorModels:
+    """The operator's endpoints (TAILOR_GRADER_MODEL_ENDPOINTS) as the calling tenant's: each
+    call is admitted by the tenant's rate limits and its tokens count against its quotas."""
+
+    services: Services
+    caller: Caller
+    external: ExternalModels
+
+    def handles(self, name: str) -> bool:
+        return self.external.handles(name)
+
+    async def __call__(self, model: str, body: dict[str, Any]) -> ModelReply:
+        limits = self.caller.limits
+        if limits is not None and limits.rate_limited:
+            await proxy.admit(self.services, self.caller)
+        reply = await self.external(model, body)
+        if limits is not None and limits.counts_tokens:
+            self.services.meter.add(self.caller.tenant_id, reply.usage.total_tokens)
+        log.info(
+            "grader model %r (operator endpoint) for tenant %s: %d tokens",
+            model,
+            self.caller.tenant_id,
+            reply.usage.total_tokens,
+        )
+        return reply
+
+
 def context(services: Services, caller: Caller, request: Request) -> GradingContext:
     runtime: GraderRuntime = services.graders
-    models = RoutedModels(TenantModels(services, caller, request), ExternalModels.from_settings(services.settings))
-    return GradingContext(models=models, sandbox=runtime.sandbox, python_slots=runtime.python_slots)
+    external = ExternalModels.from_settings(services.settings, caller.tenant_id)
+    models = RoutedModels(TenantModels(services, caller, request), OperatorModels(services, caller, external))
+    return GradingContext(
+        models=models,
+        sandbox=runtime.sandbox,
+        python_slots=runtime.python_slots_for(caller.tenant_id),
+        timeout_s=runtime.timeout_s,
+    )

@@ -213,7 +213,7 @@ async def complete(
             route = _forcing(route, forced)
         if caller.limits is not None and caller.limits.rate_limited:
             with spans.step("rate limits"):
-                await _admit(services, caller)
+                await admit(services, caller)
         with spans.step("resolve model"):
             resolved = await services.resolve(caller.tenant_id, public_model)
         model_known = True
@@ -412,7 +412,8 @@ def _load_failure(exc: TailorError, lora: LoraRef | None, public_model: str) -> 
     )
 
 
-async def _admit(services: Services, caller: Caller) -> None:
+async def admit(services: Services, caller: Caller) -> None:
+    """Count one request of the caller against its rate limits (a 429 TailorError when over)."""
     try:
         await asyncio.to_thread(limits.admit, services.db, caller.tenant_id, caller.limits)  # type: ignore[arg-type]
     except DBAPIError:
@@ -443,7 +444,7 @@ async def _send(
         body = payload.for_engine(lease.engine)
         req = services.client.build_request("POST", lease.url + route.path, content=body, headers=headers)
         try:
-            resp = await _until_disconnect(request, services.client.send(req, stream=True))
+            resp = await until_disconnect(request, services.client.send(req, stream=True))
         except httpx.TransportError as exc:
             pool.mark_down(lease.engine)
             raise TailorError(
@@ -487,7 +488,7 @@ class ClientDisconnected(Exception):
     """The client went away before its answer was complete."""
 
 
-async def _until_disconnect(request: Request, coro: Any) -> Any:
+async def until_disconnect(request: Request, coro: Any) -> Any:
     """Await `coro`, cancelling it (and so the engine's work) if the client goes away."""
     task = asyncio.ensure_future(coro)
     watcher = asyncio.ensure_future(_disconnected(request))
@@ -529,7 +530,7 @@ async def _finish_body(
     presenter: Presenter,
 ) -> Response:
     try:
-        raw = await _until_disconnect(request, resp.aread())
+        raw = await until_disconnect(request, resp.aread())
     except ClientDisconnected:
         finish(CLIENT_CLOSED, "client disconnected")
         return Response(status_code=CLIENT_CLOSED)

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pydantic import SecretStr
+from pydantic import BaseModel, SecretStr
 
 from core.child_env import runtime_env
 from core.config import Settings, get_settings
@@ -42,7 +42,23 @@ STORE_CREDENTIALS = {
     "postgresql+psycopg": ("PG",),
 }
 # The worker never calls the HTTP API or an engine's: those keys would only be more secrets to lose.
+# It does get TAILOR_GRADER_MODEL_ENDPOINTS with their keys: a job's reward grader may name them,
+# and like the gateway it sends a key only to its own endpoint, through the outbound policy.
 WITHHELD_SETTINGS = frozenset({"admin_key", "engine_api_key"})
+
+
+def _plain(value: object) -> object:
+    """`value` as JSON takes it, secrets revealed: the child reads them back as settings. (A
+    pydantic dump would write a nested model's SecretStr as "**********".)"""
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, BaseModel):
+        return {name: _plain(getattr(value, name)) for name in type(value).model_fields}
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _env_value(value: object) -> str:
@@ -51,7 +67,7 @@ def _env_value(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (list, tuple, dict)):
-        return json.dumps(list(value) if isinstance(value, tuple) else value)
+        return json.dumps(_plain(value))
     return str(value)
 
 

@@ -8,7 +8,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
-from gateway import graders
+from core.errors import TailorError
+from gateway import graders, proxy
 from gateway.deps import CallerDep, ServicesDep
 from trainer.graders import Sample, grade, parse_grader, public
 
@@ -34,7 +35,13 @@ async def run_grader(
 ) -> dict[str, Any]:
     grader = parse_grader(body.grader, await services.graders.capabilities())
     context = graders.context(services, caller, request)
-    result = await grade(grader, Sample.from_text(body.model_sample), body.item, context)
+    try:
+        # A client that went away stops its grade: model calls and Python runs are not free.
+        result = await proxy.until_disconnect(
+            request, grade(grader, Sample.from_text(body.model_sample), body.item, context)
+        )
+    except proxy.ClientDisconnected:
+        raise TailorError(proxy.CLIENT_CLOSED, "The client disconnected.", code="client_disconnected") from None
     return result.as_run_response()
 
 

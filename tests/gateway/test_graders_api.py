@@ -5,9 +5,13 @@ operator-configured grader models reached through the outbound policy."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
+import threading
+import time
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -15,7 +19,10 @@ import pytest
 import pytest_asyncio
 
 from core.config import GraderModelEndpoint
+from core.errors import TailorError
 from core.outbound import OutboundPolicy
+from gateway import graders
+from gateway.limits import TenantLimits
 from tests.gateway.test_proxy import BASE, Gateway, Running, answer_with, raw_json, running_gateway, tenant_view
 from tests.openai_schema import validate
 from trainer.graders import ExternalModels
@@ -217,7 +224,7 @@ async def test_python_grader_runs_when_enabled(python_gw: Any) -> None:
         )
 
 
-async def test_external_grader_models_go_through_the_outbound_policy() -> None:
+async def test_external_grader_models_go_through_the_outbound_policy(caplog: pytest.LogCaptureFixture) -> None:
     seen: list[httpx.Request] = []
 
     def endpoint(request: httpx.Request) -> httpx.Response:
@@ -234,6 +241,82 @@ async def test_external_grader_models_go_through_the_outbound_policy() -> None:
     (request,) = seen
     assert str(request.url) == "https://judge.example.com/v1/chat/completions"
     assert request.headers["authorization"] == "Bearer sk-op" and json.loads(request.content)["model"] == "gpt-4o"
-    with pytest.raises(Exception) as info:
+    with pytest.raises(TailorError) as info:
         await models("inside", {"messages": []})
-    assert "outbound policy" in str(info.value) and len(seen) == 1
+    # The tenant learns that it failed; why, and the operator's URL, only the log says.
+    assert info.value.status == 502 and "127.0.0.1" not in info.value.message and len(seen) == 1
+    assert "outbound policy" in caplog.text
+
+
+def judge(handler: Any, **endpoint: Any) -> ExternalModels:
+    endpoints = {"judge": GraderModelEndpoint(base_url="https://judge.example.com/v1", **endpoint)}
+    return ExternalModels(endpoints, OutboundPolicy(), transport=httpx.MockTransport(handler), max_tokens=64)
+
+
+async def test_an_endpoint_failure_names_neither_host_nor_status(caplog: pytest.LogCaptureFixture) -> None:
+    models = judge(lambda request: httpx.Response(503, text="upstream secret detail"))
+    with pytest.raises(TailorError) as info:
+        await models("judge", {"messages": []})
+    assert "judge.example.com" not in info.value.message and "503" not in info.value.message
+    assert "secret" not in info.value.message and "judge.example.com answered HTTP 503" in caplog.text
+
+
+async def test_operator_endpoints_clamp_max_tokens_and_may_be_kept_to_some_tenants() -> None:
+    sent: list[dict[str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(request.content))
+        return httpx.Response(200, json=chat_answer('{"result": 1}'))
+
+    await judge(handler)("judge", {"messages": [], "max_tokens": 1_000_000})
+    await judge(handler)("judge", {"messages": []})
+    assert [body["max_tokens"] for body in sent] == [64, 64]
+    kept = {"tenants": ["t-allowed"]}
+    assert judge(handler, **kept).handles("judge") is False  # no tenant: not open to it
+    allowed, other = judge(handler, **kept), judge(handler, **kept)
+    allowed.tenant_id, other.tenant_id = "t-allowed", "t-other"
+    assert allowed.handles("judge") and not other.handles("judge")
+    with pytest.raises(TailorError) as info:
+        await other("judge", {"messages": []})
+    assert info.value.status == 404 and len(sent) == 2
+
+
+async def test_operator_endpoint_calls_are_bounded_and_off_the_default_executor() -> None:
+    running, most, threads = 0, 0, set()
+    lock = threading.Lock()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+            threads.add(threading.current_thread().name)
+        time.sleep(0.05)
+        with lock:
+            running -= 1
+        return httpx.Response(200, json=chat_answer('{"result": 1}'))
+
+    models = judge(handler)
+    models.concurrency = 2
+    await asyncio.gather(*(models("judge", {"messages": []}) for _ in range(8)))
+    assert most == 2 and all(name.startswith("grader-endpoint") for name in threads)
+
+
+async def test_operator_endpoint_calls_count_against_the_tenants_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+    admitted: list[str] = []
+    metered: list[tuple[str, int]] = []
+
+    async def admit(services: Any, caller: Any) -> None:
+        admitted.append(caller.tenant_id)
+        if len(admitted) > 1:
+            raise TailorError(429, "Rate limit reached.", code="rate_limit_exceeded")
+
+    monkeypatch.setattr(graders.proxy, "admit", admit)
+    services = SimpleNamespace(meter=SimpleNamespace(add=lambda tenant, n: metered.append((tenant, n))))
+    caller = SimpleNamespace(tenant_id="t1", limits=TenantLimits(requests_per_minute=1, tokens_per_day=1000))
+    models = graders.OperatorModels(services, caller, judge(lambda r: httpx.Response(200, json=chat_answer("1"))))  # type: ignore[arg-type]
+    await models("judge", {"messages": []})
+    assert metered == [("t1", 45)]
+    with pytest.raises(TailorError) as info:
+        await models("judge", {"messages": []})
+    assert info.value.status == 429 and metered == [("t1", 45)]

@@ -104,3 +104,16 @@ async def test_the_worker_is_started_with_that_environment(tmp_path: Path, monke
     assert call["env"]["OPENAI_API_KEY"] == "sk-allowed-teacher-key"
     assert call["env"]["TAILOR_SECRET_KEY"] == "seals-teacher-keys"
     assert trainer_process.os.environ["TAILOR_ADMIN_KEY"] == "adm-secret"  # the gateway keeps its own
+
+
+def test_grader_model_endpoints_reach_the_child_with_their_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # They made settings_env raise (a nested model is not JSON), so the child could not start.
+    endpoints = {"judge": {"base_url": "https://judge.example.com/v1", "api_key": "sk-op", "tenants": ["t1"]}}
+    env = trainer_env(settings(tmp_path, grader_model_endpoints=endpoints), GATEWAY_ENV)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    back = Settings().grader_model_endpoints["judge"]
+    assert back.api_key is not None and back.api_key.get_secret_value() == "sk-op"
+    assert (back.base_url, back.tenants) == ("https://judge.example.com/v1", ["t1"])

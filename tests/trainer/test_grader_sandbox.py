@@ -192,3 +192,43 @@ async def test_unavailable_sandbox_refuses(monkeypatch: pytest.MonkeyPatch) -> N
     assert await box.available() is not None
     with pytest.raises(SandboxError):
         await box.run("def grade(sample, item):\n    return 1.0\n", {}, {})
+
+
+async def test_no_memory_outside_the_address_space(sandbox: Sandbox) -> None:
+    # Each of these held memory that no process's RLIMIT_AS counts: System V shared memory
+    # (300 MiB resident past a 256 MiB limit), message queues, a nested user namespace (whose
+    # own tmpfs mounts are unlimited), a memfd grown past the file-size cap.
+    body = """
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+worked = []
+worked.append(libc.shmget(0, 1 << 20, 0o1600) >= 0)           # IPC_PRIVATE | IPC_CREAT
+worked.append(libc.msgget(0, 0o1600) >= 0)
+worked.append(libc.syscall(240, b"q", 0o102, 0o600, None) >= 0)  # mq_open(O_CREAT | O_RDWR)
+if os.fork() == 0:
+    os._exit(0 if libc.unshare(0x10000000) == 0 else 1)         # CLONE_NEWUSER
+worked.append(os.waitstatus_to_exitcode(os.wait()[1]) == 0)
+fd = os.memfd_create("big")
+try:
+    for _ in range(8):
+        os.write(fd, b"x" * (1 << 20))
+    worked.append(True)
+except OSError:
+    worked.append(False)
+return float(sum(1 << i for i, w in enumerate(worked) if w))
+"""
+    result = await outcome(sandbox, body)
+    assert result.reward == 0.0, result
+
+
+def test_the_memory_bound_is_what_the_readme_says() -> None:
+    # README "Python graders": 16 processes x (256 MiB + 32 files x 4 MiB) + 16 + 8 MiB of tmpfs.
+    assert SandboxLimits().memory_bound_mib() == 16 * (256 + 32 * 4) + 16 + 8
+
+
+async def test_a_forged_answer_is_a_runtime_error(sandbox: Sandbox) -> None:
+    # The answer pipe is a descriptor of the grader's own process: it can write there itself.
+    for forged in [b'{"reward": 1e999}', b"[1]", b'{"reward": "x"}', b'{"reward": true}', b'{"error": 5}']:
+        result = await outcome(sandbox, f"import os\nos.write(3, {forged!r})\nos._exit(0)")
+        assert result.reward is None and result.kind == "runtime", (forged, result)

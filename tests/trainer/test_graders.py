@@ -362,7 +362,7 @@ def test_python_grader_is_refused_unless_enabled() -> None:
     assert refused(raw).code == "python_grader_disabled"
     error = refused(raw, capabilities=Capabilities(python=True, python_refusal="unshare: operation not permitted"))
     assert error.code == "python_grader_unavailable" and "unshare" in error.message
-    assert refused({**raw, "source": "def grade(:"}, capabilities=Capabilities(python=True)).param == "grader.source"
+    assert refused({**raw, "source": "grade = 1"}, capabilities=Capabilities(python=True)).param == "grader.source"
     assert parse_grader(raw, Capabilities(python=True)).type == "python"
 
 

@@ -29,6 +29,7 @@ _BINARY: dict[type[ast.operator], Callable[[float, float], float]] = {
     ast.Pow: lambda a, b: a**b,
 }
 MAX_CHARS = 2000
+MAX_DEPTH = 64  # evaluation recurses once per level: deeper trees would overflow the stack
 
 
 class FormulaError(ValueError):
@@ -45,11 +46,23 @@ def parse(text: str, names: set[str]) -> ast.expr:
         raise FormulaError(f"the formula is longer than {MAX_CHARS} characters")
     try:
         tree = ast.parse(text.replace("^", "**"), mode="eval").body
-    except SyntaxError:
+    except (SyntaxError, RecursionError, MemoryError):
         raise FormulaError(f"{text!r} is not an arithmetic formula") from None
     for node in ast.walk(tree):
         _check(node, names)
+    if _depth(tree) > MAX_DEPTH:
+        raise FormulaError(f"the formula nests deeper than {MAX_DEPTH} levels")
     return tree
+
+
+def _depth(tree: ast.AST) -> int:
+    """How deep the tree goes, counted without recursion."""
+    deepest, stack = 0, [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
+    return deepest
 
 
 def _check(node: ast.AST, names: set[str]) -> None:
@@ -76,7 +89,7 @@ def _check(node: ast.AST, names: set[str]) -> None:
 def evaluate(tree: ast.expr, values: Mapping[str, float]) -> float:
     try:
         result = float(_value(tree, values))
-    except (ArithmeticError, ValueError, TypeError) as exc:
+    except (ArithmeticError, ValueError, TypeError, RecursionError) as exc:
         raise FormulaValueError(str(exc) or type(exc).__name__) from None
     if not math.isfinite(result):
         raise FormulaValueError("the result is not a finite number")

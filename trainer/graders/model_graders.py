@@ -26,12 +26,17 @@ _NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
 
 
 def messages(grader: ModelGrader, sample: Sample, item: Mapping[str, Any]) -> list[dict[str, str]]:
-    """The chat the grader model reads: what it must answer, then the grader's input, rendered."""
-    rendered = [
-        {"role": m.role, "content": "\n".join(templates.render(t, sample, item) for t in m.texts())}
-        for m in grader.input
-    ]
-    return [{"role": "system", "content": _instruction(grader)}, *rendered]
+    """The chat the grader model reads: what it must answer, then the grader's input, rendered
+    (all of it at most templates.MAX_RENDERED_CHARS: TooLarge past that)."""
+    left = templates.MAX_RENDERED_CHARS
+    chat = [{"role": "system", "content": _instruction(grader)}]
+    for message in grader.input:
+        texts = []
+        for template in message.texts():
+            texts.append(templates.render(template, sample, item, limit=left))
+            left -= len(texts[-1])
+        chat.append({"role": message.role, "content": "\n".join(texts)})
+    return chat
 
 
 def _instruction(grader: ModelGrader) -> str:

@@ -4,6 +4,13 @@ The gateway passes one that answers with the tenant's own models through its eng
 (gateway.graders); a trainer passes one over its own engine. Either may first hand names the
 operator configured (`TAILOR_GRADER_MODEL_ENDPOINTS`) to `ExternalModels`: OpenAI-compatible
 endpoints, reached through core.outbound's policy. A tenant names a model, never a URL.
+
+Those endpoints are the operator's, shared by every tenant, so each call is bounded: an
+endpoint may be kept to some tenants (`tenants`; to any other the name is not there), at most
+`concurrency` calls run at once per process, on threads of their own (a slow endpoint holds
+none of the default executor's), and `max_tokens` is clamped to `max_tokens` (the server's
+TAILOR_MAX_OUTPUT_TOKENS). A failure tells the tenant only that it failed; the endpoint's
+host and answer go to the log.
 """
 
 from __future__ import annotations
@@ -12,7 +19,9 @@ import asyncio
 import json
 import logging
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cache
 from typing import Any, Protocol
 
 import httpx
@@ -43,6 +52,12 @@ class ModelCaller(Protocol):
         ...
 
 
+class NamedModels(ModelCaller, Protocol):
+    """Models of some names only (ExternalModels, or a caller wrapping them)."""
+
+    def handles(self, name: str) -> bool: ...
+
+
 def reply_of(model: str, body: Mapping[str, Any]) -> ModelReply:
     """The reply in an OpenAI chat completion body."""
     try:
@@ -61,25 +76,52 @@ def reply_of(model: str, body: Mapping[str, Any]) -> ModelReply:
     )
 
 
+@cache
+def _threads(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grader-endpoint")
+
+
 @dataclass
 class ExternalModels:
-    """The operator's named endpoints; `handles(name)` says whether a name is one of them."""
+    """The operator's named endpoints; `handles(name)` says whether a name is one of them for
+    `tenant_id` (None: only endpoints open to every tenant)."""
 
     endpoints: Mapping[str, GraderModelEndpoint]
     policy: OutboundPolicy
     timeout_s: float = 60.0
     transport: httpx.BaseTransport | None = None  # tests: replaces the network, not the URL check
+    tenant_id: str | None = None
+    max_tokens: int | None = None
+    concurrency: int = 4
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ExternalModels:
+    def from_settings(cls, settings: Settings, tenant_id: str | None = None) -> ExternalModels:
         policy = OutboundPolicy.from_settings(settings)
-        return cls(settings.grader_model_endpoints, policy, settings.grader_model_timeout_s)
+        return cls(
+            settings.grader_model_endpoints,
+            policy,
+            settings.grader_model_timeout_s,
+            tenant_id=tenant_id,
+            max_tokens=settings.max_output_tokens,
+            concurrency=settings.grader_model_concurrency,
+        )
 
     def handles(self, name: str) -> bool:
-        return name in self.endpoints
+        endpoint = self.endpoints.get(name)
+        if endpoint is None:
+            return False
+        return endpoint.tenants is None or (self.tenant_id is not None and self.tenant_id in endpoint.tenants)
 
     async def __call__(self, model: str, body: JSON) -> ModelReply:
-        return await asyncio.to_thread(self._call, model, body)
+        if not self.handles(model):
+            raise TailorError(404, f"The model {model!r} does not exist.", code="model_not_found", param="grader.model")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(_threads(self.concurrency), self._call, model, self._clamped(body))
+
+    def _clamped(self, body: JSON) -> JSON:
+        if self.max_tokens is None:
+            return body
+        return {**body, "max_tokens": min(int(body.get("max_tokens") or self.max_tokens), self.max_tokens)}
 
     def _call(self, model: str, body: JSON) -> ModelReply:
         endpoint = self.endpoints[model]
@@ -88,7 +130,7 @@ class ExternalModels:
         except TailorError:
             # The operator's URL, not the tenant's: the tenant learns only that it failed.
             log.warning("grader model %r: its endpoint URL is refused by the outbound policy", model)
-            raise _failed(model, "is refused by the outbound policy") from None
+            raise _failed(model) from None
         host = httpx.URL(base_url).host
         headers = {"Accept-Encoding": "identity"}
         if endpoint.api_key is not None:
@@ -98,23 +140,25 @@ class ExternalModels:
         try:
             with client, client.stream("POST", f"{base_url}/chat/completions", json=payload) as r:
                 if r.status_code != 200:
-                    raise _failed(host, f"answered HTTP {r.status_code}")
+                    raise _failed(model, f"{host} answered HTTP {r.status_code}")
                 raw = b""
                 for chunk in r.iter_bytes():  # counted as decoded: a compressed bomb stops too
                     raw += chunk
                     if len(raw) > MAX_REPLY_BYTES:
-                        raise _failed(host, f"answered more than {MAX_REPLY_BYTES} bytes")
+                        raise _failed(model, f"{host} answered more than {MAX_REPLY_BYTES} bytes")
         except httpx.HTTPError as exc:
-            raise _failed(host, f"is unreachable: {outbound.failure_reason(exc)}") from None
+            raise _failed(model, f"{host} is unreachable: {outbound.failure_reason(exc)}") from None
         try:
             return reply_of(model, json.loads(raw))
         except ValueError:
-            raise _failed(host, "sent no JSON") from None
+            raise _failed(model, f"{host} sent no JSON") from None
 
 
-def _failed(where: str, what: str) -> TailorError:
-    # Tailor's words only: nothing the endpoint sent reaches the tenant.
-    return TailorError(502, f"The grader model endpoint {where} {what}.", code="model_grader_error")
+def _failed(model: str, detail: str | None = None) -> TailorError:
+    # Tailor's words only, and not the operator's host or the endpoint's answer: those are logged.
+    if detail is not None:
+        log.warning("grader model %r: %s", model, detail)
+    return TailorError(502, f"The grader model {model!r} failed; try again later.", code="model_grader_error")
 
 
 @dataclass
@@ -122,7 +166,7 @@ class RoutedModels:
     """Operator-configured names go to `external`; every other name to `own` (the tenant's models)."""
 
     own: ModelCaller
-    external: ExternalModels
+    external: NamedModels
 
     async def __call__(self, model: str, body: JSON) -> ModelReply:
         if self.external.handles(model):

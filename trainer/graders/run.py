@@ -5,14 +5,19 @@ not JSON, a model that answered nonsense, a Python grader that crashed): those r
 with the error flag OpenAI reports. It raises TailorError only when the grader cannot be used
 at all: a model grader naming a model the caller has none of (4xx from the model caller).
 A model that failed for now (5xx, 429) is a `model_grader_server_error` with its details.
+A rendered text over its cap is a `truncated_observation_error`; a grade that outlasts
+`GradingContext.timeout_s` an `unresponsive_reward_error` (what ran so far is stopped).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,30 +35,36 @@ from trainer.graders.spec import (
     StringCheckGrader,
     TextSimilarityGrader,
 )
-from trainer.graders.templates import Sample, VariableError
+from trainer.graders.templates import Sample, TooLarge, VariableError
 
 log = logging.getLogger("tailor.graders")
+# Text metrics are CPU work: off the event loop, on threads of their own (not the default
+# executor the gateway's other blocking calls share), two at a time per process.
+_METRICS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="grader-metrics")
 
 
 @dataclass
 class GradingContext:
     """What grading may use: a model caller for model graders, a sandbox for Python graders
-    (None: the grader was refused before, by spec.parse_grader), and how many at once."""
+    (None: the grader was refused before, by spec.parse_grader), what a Python grade holds
+    while it runs (a semaphore, or GraderRuntime.python_slots_for's per-tenant share of one),
+    and how long one grade, all its sub-graders together, may take (None: no limit)."""
 
     models: ModelCaller | None = None
     sandbox: Sandbox | None = None
-    python_slots: asyncio.Semaphore | None = None
+    python_slots: AbstractAsyncContextManager[Any] | None = None
+    timeout_s: float | None = None
 
 
 async def grade(grader: Grader, sample: Sample, item: Mapping[str, Any], context: GradingContext) -> GradeResult:
     started = time.perf_counter()
     result = GradeResult(name=grader.name, type=grader.type)
     try:
-        await _grade_into(result, grader, sample, item, context)
-    except VariableError as exc:
+        async with asyncio.timeout(context.timeout_s):
+            await _graded(result, grader, sample, item, context)
+    except TimeoutError:
         result.reward = 0.0
-        result.errors.invalid_variable_error = True
-        result.errors.sample_parse_error = exc.sample_not_json
+        result.errors.unresponsive_reward_error = True
     result.execution_time = time.perf_counter() - started
     return result
 
@@ -75,6 +86,21 @@ async def grade_batch(
     return list(await asyncio.gather(*(one(s, i) for s, i in samples)))
 
 
+async def _graded(
+    result: GradeResult, grader: Grader, sample: Sample, item: Mapping[str, Any], context: GradingContext
+) -> None:
+    """The grade into `result`, what the sample and item hold making it fail as OpenAI reports."""
+    try:
+        await _grade_into(result, grader, sample, item, context)
+    except VariableError as exc:
+        result.reward = 0.0
+        result.errors.invalid_variable_error = True
+        result.errors.sample_parse_error = exc.sample_not_json
+    except TooLarge:
+        result.reward = 0.0
+        result.errors.truncated_observation_error = True
+
+
 async def _grade_into(
     result: GradeResult, grader: Grader, sample: Sample, item: Mapping[str, Any], context: GradingContext
 ) -> None:
@@ -83,7 +109,8 @@ async def _grade_into(
         result.reward = string_check.score(grader, text, reference)
     elif isinstance(grader, TextSimilarityGrader):
         text, reference = templates.render(grader.input, sample, item), templates.render(grader.reference, sample, item)
-        result.reward = text_similarity.score(grader, text, reference)
+        loop = asyncio.get_running_loop()
+        result.reward = await loop.run_in_executor(_METRICS, text_similarity.score, grader, text, reference)
     elif isinstance(grader, ScoreModelGrader | LabelModelGrader):
         await _model_grade(result, grader, sample, item, context)
     elif isinstance(grader, PythonGrader):
@@ -129,7 +156,7 @@ async def _python_grade(
 ) -> None:
     if context.sandbox is None:
         raise TailorError(500, "Python graders need a sandbox.", code="internal_error")
-    slots = context.python_slots or asyncio.Semaphore(1)
+    slots = context.python_slots or contextlib.nullcontext()
     try:
         async with slots:
             outcome = await context.sandbox.run(grader.source, sample.namespace(), dict(item))
@@ -148,10 +175,11 @@ async def _python_grade(
 async def _multi_grade(
     result: GradeResult, grader: MultiGrader, sample: Sample, item: Mapping[str, Any], context: GradingContext
 ) -> None:
-    # One after another: a multi grader is a handful of graders, and model graders in the
-    # gateway share the client's request (its disconnect cancels them).
+    # One after another: a multi grader is a handful of graders (spec.MAX_SUB_GRADERS), and
+    # model graders in the gateway share the client's request (its disconnect cancels them).
     for name, sub in grader.named().items():
-        sub_result = await grade(sub, sample, item, context)
+        sub_result = GradeResult(name=sub.name, type=sub.type)
+        await _graded(sub_result, sub, sample, item, context)
         result.sub_rewards[name] = sub_result.reward
         result.errors.merge(sub_result.errors)
         for model, usage in sub_result.usage.items():

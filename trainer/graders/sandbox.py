@@ -9,9 +9,12 @@ Each grade is a fresh process tree (sandbox_boot sets it up, sandbox_runner call
 - file system: a fresh tmpfs root holding read-only binds of the interpreter and the system
   libraries (/usr, the Python prefix) and a writable tmpfs /work of `tmpfs_mib`; nothing else
   of the host (no /etc, /proc, /dev, /tmp, no data directory, no database);
-- limits: address space `memory_mib` per process, CPU seconds, file size, 64 open files,
-  `processes` tasks, no core files; wall clock `timeout_s` for the whole run, stdout and
-  stderr together at most `max_output_bytes`, after which the tree is killed;
+- limits: address space `memory_mib` per process, CPU seconds, `file_mib` per file (memfds
+  too), `open_files` per process, `processes` tasks, no core files; in its IPC and user
+  namespaces no System V shared memory or message queues, no POSIX message queues and no
+  further user namespaces (memory outside any process's address space); wall clock
+  `timeout_s` for the whole run, stdout and stderr together at most `max_output_bytes`,
+  after which the tree is killed (SandboxLimits.memory_bound_mib: the memory one grade can hold);
 - no capabilities (empty bounding set, no_new_privs), an empty environment.
 
 It fails closed: if any step of the set-up fails, nothing of the tenant's runs and the grade
@@ -39,7 +42,9 @@ RUNNER = HERE / "sandbox_runner.py"
 SETUP_FAILED = 70  # sandbox_boot's exit status when it refused to go on
 READY = b"tailor-sandbox-ready\n"
 MAX_ANSWER_BYTES = 64 * 1024
+MAX_ERROR_CHARS = 4000
 NOBODY = 65534
+ROOT_TMPFS_MIB = 8  # sandbox_boot's root, read-only once set up
 SYSTEM_PATHS = ("/usr", "/lib", "/lib64", "/lib32", "/bin")
 
 
@@ -50,6 +55,14 @@ class SandboxLimits:
     max_output_bytes: int = 1 << 20
     processes: int = 16
     tmpfs_mib: int = 16
+    file_mib: int = 4  # any one file, a memfd included
+    open_files: int = 32
+
+    def memory_bound_mib(self) -> int:
+        """The most memory one grade can hold: each process its address space and files
+        (memfds live outside the address space) and the tmpfs mounts; System V shared memory
+        and message queues, POSIX message queues and nested user namespaces are closed."""
+        return self.processes * (self.memory_mib + self.open_files * self.file_mib) + self.tmpfs_mib + ROOT_TMPFS_MIB
 
 
 @dataclass(frozen=True)
@@ -89,10 +102,11 @@ def _limits(limits: SandboxLimits) -> dict[str, int]:
     return {
         "RLIMIT_AS": limits.memory_mib << 20,
         "RLIMIT_CPU": math.ceil(limits.timeout_s) + 1,
-        "RLIMIT_FSIZE": limits.tmpfs_mib << 20,
-        "RLIMIT_NOFILE": 64,
+        "RLIMIT_FSIZE": limits.file_mib << 20,
+        "RLIMIT_NOFILE": limits.open_files,
         "RLIMIT_NPROC": limits.processes,
         "RLIMIT_CORE": 0,
+        "RLIMIT_MSGQUEUE": 0,
     }
 
 
@@ -141,6 +155,7 @@ class Sandbox:
                         "binds": _binds(),
                         "limits": _limits(self.limits),
                         "tmpfs_mib": self.limits.tmpfs_mib,
+                        "root_tmpfs_mib": ROOT_TMPFS_MIB,
                         "drop_groups": os.geteuid() == 0,
                     }
                 )
@@ -198,15 +213,13 @@ class Sandbox:
             raise SandboxError(_last_line(errors) or "the sandbox could not be set up")
         try:
             result = json.loads(answer)
-        except ValueError:
+        except (ValueError, RecursionError):
             ended = f"signal {signal.Signals(-status).name}" if status < 0 else f"status {status}"
             detail = _last_line(errors)
             if "MemoryError" in errors or status == -signal.SIGKILL:
                 detail = detail or f"it may have gone over {self.limits.memory_mib} MiB"
             return SandboxOutcome(error=f"the grader process ended with {ended}: {detail}".strip(), kind="runtime")
-        if "reward" in result:
-            return SandboxOutcome(reward=float(result["reward"]))
-        return SandboxOutcome(error=str(result.get("error")), kind="runtime")
+        return _outcome(result)
 
     @staticmethod
     async def _setup_failure(proc: asyncio.subprocess.Process, exc: BaseException) -> str:
@@ -217,6 +230,19 @@ class Sandbox:
         except asyncio.TimeoutError:
             errors = ""
         return _last_line(errors) or f"the sandbox could not be set up ({type(exc).__name__})"
+
+
+def _outcome(answer: Any) -> SandboxOutcome:
+    """The runner's answer, which the grader could have written itself (the answer pipe is a
+    descriptor of its process): a finite number as `reward`, or else a runtime error."""
+    if isinstance(answer, dict) and "reward" in answer:
+        reward = answer["reward"]
+        if isinstance(reward, int | float) and not isinstance(reward, bool) and math.isfinite(reward):
+            return SandboxOutcome(reward=float(reward))
+        return SandboxOutcome(error="the grader's answer holds no finite number", kind="runtime")
+    if isinstance(answer, dict) and isinstance(answer.get("error"), str):
+        return SandboxOutcome(error=answer["error"][:MAX_ERROR_CHARS], kind="runtime")
+    return SandboxOutcome(error="the grader's answer is not one the runner writes", kind="runtime")
 
 
 class _OutputLimit(Exception):

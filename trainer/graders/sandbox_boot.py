@@ -8,11 +8,15 @@ Steps, each one refusing to go on when it fails (exit SETUP_FAILED, the reason o
 
 1. unshare user, mount, network, PID, IPC and UTS namespaces; print READY and wait for the
    parent to write the user and group maps (ns root = an unprivileged host uid when the
-   parent is root, else the parent's own uid), then become that root and drop the
-   supplementary groups.
+   parent is root, else the parent's own uid), then become that root and, when the
+   parent is root, drop the supplementary groups (an unprivileged parent's maps deny setgroups).
 2. fork: the child is PID 1 of the new PID namespace, so when it ends every process the
    grader started ends with it.
-3. the child mounts a size-limited tmpfs on ROOT, bind-mounts each BIND path read-only at the
+3. the child closes what would hold memory outside any process's address space (and so
+   outside RLIMIT_AS): through a proc of its own namespaces, mounted only for this, no
+   System V shared memory segments or message queues, no POSIX message queues and no
+   nested user namespaces (whose own mounts could add tmpfs);
+   it mounts a size-limited tmpfs on ROOT, bind-mounts each BIND path read-only at the
    same place inside it (the interpreter and the system libraries), adds a writable tmpfs
    /work, makes the rest read-only, pivot_roots into it and detaches the old root.
 4. resource limits (address space, CPU time, file size, open files, processes), no new
@@ -118,10 +122,42 @@ class Bind:
         read_only_bind(f"/proc/self/fd/{self.fd}", target)
 
 
-def child(root: str, binds: list[Bind], runner: str, limits: dict[str, int], tmpfs_mib: int) -> None:
+# Limits of this namespace's IPC and user namespaces, each written 0: nothing of them at all.
+CLOSED_SYSCTLS = (
+    "kernel/shmmax",
+    "kernel/shmall",
+    "kernel/shmmni",
+    "kernel/msgmni",
+    "fs/mqueue/queues_max",
+    "user/max_user_namespaces",
+)
+
+
+def close_namespace_memory(proc: str) -> None:
+    os.makedirs(proc, mode=0o755, exist_ok=True)
+    mount("proc", proc, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    for name in CLOSED_SYSCTLS:
+        path = f"{proc}/sys/{name}"
+        try:
+            with open(path, "w") as fh:
+                fh.write("0\n")
+            with open(path) as fh:
+                if fh.read().strip() != "0":
+                    raise OSError(f"{name} did not take 0")
+        except OSError as exc:
+            os.write(2, f"sandbox setup failed at closing {name}: {exc}\n".encode())
+            os._exit(SETUP_FAILED)
+    check(libc.umount2(proc.encode(), MNT_DETACH), "unmount proc")
+    os.rmdir(proc)
+
+
+def child(
+    root: str, binds: list[Bind], runner: str, limits: dict[str, int], tmpfs_mib: int, root_tmpfs_mib: int
+) -> None:
     check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "parent-death signal")
     mount(None, "/", None, MS_REC | MS_PRIVATE)
-    mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=8m,mode=0755")
+    mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, f"size={root_tmpfs_mib}m,mode=0755")
+    close_namespace_memory(root + "/.proc")
     for bind in binds:
         bind.place(root)
     work = make_path(root, "/work", directory=True)
@@ -165,7 +201,7 @@ def main() -> None:
     pid = os.fork()
     if pid == 0:
         try:
-            child(root, binds, runner, config["limits"], config["tmpfs_mib"])
+            child(root, binds, runner, config["limits"], config["tmpfs_mib"], config["root_tmpfs_mib"])
         except BaseException as exc:  # noqa: BLE001 - any failure before exec refuses to run
             os.write(2, f"sandbox setup failed: {type(exc).__name__}: {exc}\n".encode())
         os._exit(SETUP_FAILED)

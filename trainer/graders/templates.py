@@ -5,6 +5,12 @@ answer: `output_text`, `output_json` when the answer is JSON, `output_tools`); a
 down objects by key and lists by index (`item.answers.0` or `item.answers[0]`). A string is
 put in as it is, anything else as compact JSON. A variable that names nothing is an
 `invalid_variable_error` of the grade, not a refusal: the same grader may fit most items.
+
+Bounded, because the template, the item and the sample are all the tenant's: a template is
+at most MAX_TEMPLATE_CHARS (longer is a 400), variables are matched without backtracking
+(`{{` and `}}` around no brace), and rendering stops with TooLarge as soon as its output
+passes MAX_RENDERED_CHARS (a variable naming a large item field many times would otherwise
+allocate without bound).
 """
 
 from __future__ import annotations
@@ -18,7 +24,9 @@ from typing import Any
 from core.errors import bad_request
 
 NAMESPACES = ("item", "sample")
-_VARIABLE = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
+MAX_TEMPLATE_CHARS = 256 * 1024
+MAX_RENDERED_CHARS = 1 << 20
+_VARIABLE = re.compile(r"\{\{([^{}]*)\}\}")
 _SEGMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*|\d+")
 _MISSING = object()
 
@@ -36,7 +44,7 @@ class Sample:
         """An answer given as text (`model_sample`): `output_json` is set when it parses as JSON."""
         try:
             parsed = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # nested deeper than the parser goes: not JSON here
             parsed = _MISSING
         return cls(output_text=text, output_json=parsed)
 
@@ -49,6 +57,13 @@ class Sample:
         if self.is_json:
             values["output_json"] = self.output_json
         return values
+
+
+class TooLarge(Exception):
+    """A rendered text (or the text a metric would compare) longer than its cap."""
+
+    def __init__(self, what: str, limit: int) -> None:
+        super().__init__(f"{what} is longer than {limit} characters")
 
 
 class VariableError(Exception):
@@ -70,7 +85,14 @@ def _path(expression: str) -> list[str] | None:
 
 
 def check(template: str, param: str) -> None:
-    """400 naming `param` for a variable that is not `{{ item.* }}` or `{{ sample.* }}`."""
+    """400 naming `param` for a template too long, or a variable that is not `{{ item.* }}` or
+    `{{ sample.* }}`."""
+    if len(template) > MAX_TEMPLATE_CHARS:
+        raise bad_request(
+            f"The template in {param} is longer than {MAX_TEMPLATE_CHARS} characters.",
+            code="invalid_grader",
+            param=param,
+        )
     for match in _VARIABLE.finditer(template):
         segments = _path(match.group(1))
         if segments is None or segments[0] not in NAMESPACES:
@@ -106,13 +128,23 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def render(template: str, sample: Sample, item: Mapping[str, Any]) -> str:
-    """The template with each variable replaced; raises VariableError for one that names nothing."""
-
-    def replace(match: re.Match[str]) -> str:
+def render(template: str, sample: Sample, item: Mapping[str, Any], limit: int = MAX_RENDERED_CHARS) -> str:
+    """The template with each variable replaced; raises VariableError for one that names
+    nothing, TooLarge once the text passes `limit` characters."""
+    parts: list[str] = []
+    size = 0
+    end = 0
+    for match in _VARIABLE.finditer(template):
         segments = _path(match.group(1))
         if segments is None or segments[0] not in NAMESPACES:
             raise VariableError(match.group(0))
-        return _text(_lookup(segments, sample, item))
-
-    return _VARIABLE.sub(replace, template)
+        for part in (template[end : match.start()], _text(_lookup(segments, sample, item))):
+            size += len(part)
+            if size > limit:
+                raise TooLarge("the rendered template", limit)
+            parts.append(part)
+        end = match.end()
+    parts.append(template[end:])
+    if size + len(parts[-1]) > limit:
+        raise TooLarge("the rendered template", limit)
+    return "".join(parts)

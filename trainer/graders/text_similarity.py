@@ -9,7 +9,10 @@
 - cosine: needs an embeddings model; refused before grading when none is configured
   (trainer.graders.spec).
 
-Each is 0.0 when either text is empty (nothing to compare).
+Each is 0.0 when either text is empty (nothing to compare). Some are quadratic in the text
+(RapidFuzz's partial ratios in WRatio, ROUGE-L's longest common subsequence), so each metric
+compares at most MAX_CHARS[metric] characters of either text: longer is TooLarge, which the
+grade reports as `truncated_observation_error`. The caller runs `score` off the event loop.
 """
 
 from __future__ import annotations
@@ -20,8 +23,12 @@ from functools import cache
 from typing import Any
 
 from trainer.graders.spec import TextSimilarityGrader
+from trainer.graders.templates import TooLarge
 
 ROUGE_TYPES = {f"rouge_{n}": f"rouge{n}" for n in range(1, 6)} | {"rouge_l": "rougeL"}
+# About a tenth of a second or less per grade at the cap, on one core.
+LINEAR_MAX_CHARS = 100_000
+MAX_CHARS = {"fuzzy_match": 2_000, "rouge_l": 4_000}
 
 
 class _NoSynonyms:
@@ -58,15 +65,17 @@ def _meteor(text: str, reference: str) -> float:
 
 
 @cache
-def _rouge_scorer() -> Any:
+def _rouge_scorer(rouge_type: str) -> Any:
+    """A scorer of this one type: one that knows all six computes ROUGE-L's LCS on every call."""
     from rouge_score import rouge_scorer
 
-    return rouge_scorer.RougeScorer(list(ROUGE_TYPES.values()))
+    return rouge_scorer.RougeScorer([rouge_type])
 
 
 def _rouge(metric: str) -> Callable[[str, str], float]:
     def score(text: str, reference: str) -> float:
-        return float(_rouge_scorer().score(reference, text)[ROUGE_TYPES[metric]].fmeasure)
+        rouge_type = ROUGE_TYPES[metric]
+        return float(_rouge_scorer(rouge_type).score(reference, text)[rouge_type].fmeasure)
 
     return score
 
@@ -81,6 +90,10 @@ METRICS: dict[str, Callable[[str, str], float]] = {
 
 
 def score(grader: TextSimilarityGrader, text: str, reference: str) -> float:
+    metric = grader.evaluation_metric
+    limit = MAX_CHARS.get(metric, LINEAR_MAX_CHARS)
+    if len(text) > limit or len(reference) > limit:
+        raise TooLarge(f"a text compared by {metric}", limit)
     if not text.strip() or not reference.strip():
         return 0.0
-    return METRICS[grader.evaluation_metric](text, reference)
+    return METRICS[metric](text, reference)

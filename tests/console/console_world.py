@@ -29,7 +29,7 @@ from gateway.limits import TenantLimits
 from gateway.services import Services
 from gateway.tenants import TenantInfo
 from tests.apputil import make_app
-from tests.gateway.test_proxy import TINY_CONFIG, write_tiny_adapter
+from tests.gateway.gateway_world import TINY_CONFIG, write_tiny_adapter
 from trainer import job_queue, job_records, jobs
 from trainer.feedback import record_feedback
 

@@ -1,5 +1,5 @@
 """Tenant views onto a module's running gateway: a module that defines `shared` (a Running
-gateway from tests.gateway.test_proxy.running_gateway) gets `gw` and `other`, two tenants
+gateway from tests.gateway.gateway_world.running_gateway) gets `gw` and `other`, two tenants
 of it, each with its own key and nothing else in common."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest_asyncio
 
-from tests.gateway.test_proxy import Gateway, Running, tenant_view
+from tests.gateway.gateway_world import Gateway, Running, tenant_view
 
 
 @pytest_asyncio.fixture(loop_scope="module")

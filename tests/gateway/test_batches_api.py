@@ -1,4 +1,4 @@
-"""The Batch API through the real app and a fake vLLM (tests/gateway/test_proxy.py): batch files,
+"""The Batch API through the real app and a fake vLLM (tests/gateway/gateway_world.py): batch files,
 creating, running (every line on the live path), output and error files, cancel, expiry,
 retries, a gateway that stops mid-batch and another that goes on, tenant isolation, and the
 runner the app starts. Every body, output line and error is checked against OpenAI's schema.
@@ -27,7 +27,16 @@ from core.models import Batch
 from gateway.batches import lease
 from gateway.batches.runner import BatchRunner
 from gateway.batches.store import BatchInfo
-from tests.gateway.test_proxy import ADMIN, BASE, Gateway, Running, answer_with, raw_json, running_gateway, tenant_view
+from tests.gateway.gateway_world import (
+    ADMIN,
+    BASE,
+    Gateway,
+    Running,
+    answer_with,
+    raw_json,
+    running_gateway,
+    tenant_view,
+)
 from tests.openai_schema import BATCH_REQUEST_OUTPUT, validate
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

@@ -15,7 +15,7 @@ from adapters.dedicated import Running as Started
 from adapters.engine_checks import EngineExpectation
 from adapters.engines import Engine, EnginePool
 from tests.adapters.test_model_validation import write_model
-from tests.gateway.test_proxy import BASE, Gateway, Running, running_gateway
+from tests.gateway.gateway_world import BASE, Gateway, Running, running_gateway
 from tests.openai_schema import validate
 
 DEDICATED = "http://dedicated.test"

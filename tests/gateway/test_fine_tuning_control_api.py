@@ -20,7 +20,7 @@ from adapters import checkpoints, registry
 from adapters.registry import ResolvedModel
 from core.errors import TailorError
 from tests.apputil import ADMIN, TenantsApi, error, make_app, ok, serve_tenants
-from tests.gateway.test_proxy import TINY_CONFIG, write_tiny_adapter
+from tests.gateway.gateway_world import TINY_CONFIG, write_tiny_adapter
 from tests.openai_schema import validate
 from trainer import job_queue, job_records, jobs
 

@@ -23,7 +23,7 @@ from core.errors import TailorError
 from core.outbound import OutboundPolicy
 from gateway import graders
 from gateway.limits import TenantLimits
-from tests.gateway.test_proxy import BASE, Gateway, Running, answer_with, raw_json, running_gateway, tenant_view
+from tests.gateway.gateway_world import BASE, Gateway, Running, answer_with, raw_json, running_gateway, tenant_view
 from tests.openai_schema import validate
 from trainer.graders import ExternalModels
 

@@ -1,4 +1,4 @@
-"""The Responses API through the real app and a fake vLLM (tests/gateway/test_proxy.py):
+"""The Responses API through the real app and a fake vLLM (tests/gateway/gateway_world.py):
 create (plain and streamed), retrieve, delete, input items, previous_response_id chains,
 refusals with the field named, tenant isolation, redaction, retention, feedback by response
 id, and failures mid-stream. Every body, event and error is checked against OpenAI's schema.
@@ -21,7 +21,7 @@ from core.models import Feedback, Interaction, StoredResponse
 from gateway import privacy
 from gateway.proxy import INTERACTION_HEADER
 from gateway.responses import store
-from tests.gateway.test_proxy import (
+from tests.gateway.gateway_world import (
     ADMIN,
     BASE,
     Gateway,

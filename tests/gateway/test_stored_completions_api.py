@@ -1,4 +1,4 @@
-"""The stored completions API through the real app and a fake vLLM (tests/gateway/test_proxy.py):
+"""The stored completions API through the real app and a fake vLLM (tests/gateway/gateway_world.py):
 `store: true` on create, list / retrieve / messages / update / delete, the training file
 route, metadata validation, tenant isolation, redaction and retention. Every body is checked
 against OpenAI's schema."""
@@ -15,7 +15,7 @@ import pytest_asyncio
 
 from core.ids import utcnow
 from tests.dbutil import add_interaction
-from tests.gateway.test_proxy import (
+from tests.gateway.gateway_world import (
     ADMIN,
     BASE,
     CHAT,

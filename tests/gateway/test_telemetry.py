@@ -1,6 +1,6 @@
 """Gateway telemetry: /metrics, OpenTelemetry spans and the JSON log formatter.
 
-Runs the real app against test_proxy's fake vLLM (no engine): requests go through the
+Runs the real app against gateway_world's fake vLLM (no engine): requests go through the
 proxy, /metrics is scraped and parsed, spans are collected with an InMemorySpanExporter
 and the headers the engine received are captured with an httpx request hook.
 """
@@ -35,7 +35,16 @@ from gateway.interaction_log import InteractionRecord
 from gateway.routes import metrics as metrics_route
 from gateway.telemetry import INTERACTION_ID, JsonFormatter
 from gateway.tracing import Tracing
-from tests.gateway.test_proxy import ADMIN, BASE, CHAT, COMPLETION, ENGINE, Running, running_gateway, write_tiny_adapter
+from tests.gateway.gateway_world import (
+    ADMIN,
+    BASE,
+    CHAT,
+    COMPLETION,
+    ENGINE,
+    Running,
+    running_gateway,
+    write_tiny_adapter,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

@@ -20,7 +20,7 @@ from adapters.supervisor import EngineLaunch
 from core.config import Settings
 from core.errors import TailorError
 from gateway import normalize, tool_choice
-from tests.gateway.test_proxy import (
+from tests.gateway.gateway_world import (
     ADMIN,
     CHAT,
     Gateway,

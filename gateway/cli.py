@@ -32,7 +32,6 @@ from core.quotas import Quotas
 from core.states import JobStatus
 
 if TYPE_CHECKING:
-    from adapters.registry import AdapterInfo
     from trainer.jobs import JobInfo
 
 app = typer.Typer(
@@ -168,9 +167,10 @@ def train_cmd(
 
         snapshot = jobs.feedback_snapshot(db, BlobStore.from_settings(settings), owner.id, adapter)
         jobs.training_examples(snapshot, method)
-        job = jobs.create_job(
+        job = jobs.submit(
             db,
             owner.id,
+            actor=audit.actor_for_cli(),
             method=method,
             model=settings.base_model_name,
             adapter_name=adapter,
@@ -180,7 +180,6 @@ def train_cmd(
             max_lora_rank=settings.engine_max_lora_rank,
             quotas=Quotas.from_settings(settings),
         )
-        audit.job_created(db, audit.actor_for_cli(), job)
     except TailorError as exc:
         _fail(exc)
     if wait:
@@ -351,9 +350,10 @@ def distill_cmd(
         except TailorError as exc:
             raise bad_request(f"{inputs}: {exc.message}") from None
         try:
-            job = jobs.create_job(
+            job = jobs.submit(
                 db,
                 owner.id,
+                actor=audit.actor_for_cli(),
                 method="distillation",
                 model=start,
                 adapter_name=adapter,
@@ -369,7 +369,6 @@ def distill_cmd(
             with contextlib.suppress(TailorError, OSError):
                 files.delete_file(db, blobs, owner.id, uploaded.id)
             raise
-        audit.job_created(db, audit.actor_for_cli(), job)
     except TailorError as exc:
         _fail(exc)
     if wait:
@@ -702,7 +701,6 @@ def adapters_register(
     db, store, limits, settings = _registry_context()
     try:
         owner = tenants.find_tenant(db, tenant)
-        before = _adapter_or_none(db, owner.id, name)
         if path.is_dir():
             v = registry.register_dir(
                 db,
@@ -712,6 +710,7 @@ def adapters_register(
                 name=name,
                 source_dir=path,
                 base_model_name=settings.base_model_name,
+                actor=audit.actor_for_cli(),
                 source="path",
                 activate=activate,
             )
@@ -725,18 +724,9 @@ def adapters_register(
                 archive=path,
                 base_model_name=settings.base_model_name,
                 max_upload_bytes=settings.max_adapter_bytes,
+                actor=audit.actor_for_cli(),
                 activate=activate,
             )
-        audit.adapter_changed(
-            db,
-            audit.actor_for_cli(),
-            "adapter.register",
-            tenant_id=owner.id,
-            name=name,
-            before=before,
-            after=registry.get_adapter(db, owner.id, name),
-            version=audit.describe_version(v),
-        )
     except TailorError as exc:
         _fail(exc)
     _emit(asdict(v), as_json, f"registered {tenant}/{name} version {v.version} (rank {v.rank}, {v.digest[:12]})")
@@ -759,34 +749,17 @@ def adapters_list(tenant: str, as_json: JsonOpt = False) -> None:
     )
 
 
-def _adapter_or_none(db: Database, tenant_id: str, name: str) -> AdapterInfo | None:
-    """An adapter name's state before a registration; None for a new name."""
-    from adapters import registry
-
-    try:
-        return registry.get_adapter(db, tenant_id, name)
-    except TailorError as exc:
-        if exc.status == 404:
-            return None
-        raise
-
-
 def _switch(tenant: str, name: str, version: int | None, as_json: bool) -> None:
-    from adapters import promotion, registry
+    from adapters import promotion
     from gateway import audit, tenants
 
     db = _db()
     try:
         owner = tenants.find_tenant(db, tenant)
-        before = registry.get_adapter(db, owner.id, name)
         if version is None:
-            info = promotion.rollback(db, owner.id, name, by="cli")
+            info = promotion.rollback(db, owner.id, name, actor=audit.actor_for_cli(), by="cli")
         else:
-            info = promotion.promote(db, owner.id, name, version, by="cli")
-        action = "adapter.rollback" if version is None else "adapter.promote"
-        audit.adapter_changed(
-            db, audit.actor_for_cli(), action, tenant_id=owner.id, name=name, before=before, after=info
-        )
+            info = promotion.promote(db, owner.id, name, version, actor=audit.actor_for_cli(), by="cli")
     except TailorError as exc:
         _fail(exc)
     _emit(asdict(info), as_json, f"{tenant}/{name} now serves version {info.active_version}")
@@ -813,21 +786,16 @@ def adapters_canary(
     as_json: JsonOpt = False,
 ) -> None:
     """Send a fraction of `name`'s traffic to another version (0 stops the canary)."""
-    from adapters import promotion, registry
+    from adapters import promotion
     from gateway import audit, tenants
 
     db = _db()
     try:
         owner = tenants.find_tenant(db, tenant)
-        before = registry.get_adapter(db, owner.id, name)
         if fraction <= 0:
-            info = promotion.stop_canary(db, owner.id, name)
+            info = promotion.stop_canary(db, owner.id, name, actor=audit.actor_for_cli())
         else:
-            info = promotion.start_canary(db, owner.id, name, version, fraction, by="cli")
-        action = "adapter.canary.stop" if fraction <= 0 else "adapter.canary.start"
-        audit.adapter_changed(
-            db, audit.actor_for_cli(), action, tenant_id=owner.id, name=name, before=before, after=info
-        )
+            info = promotion.start_canary(db, owner.id, name, version, fraction, actor=audit.actor_for_cli(), by="cli")
     except TailorError as exc:
         _fail(exc)
     _emit(asdict(info), as_json, f"{tenant}/{name}: canary v{info.canary_version} at {info.canary_fraction:.0%}")

@@ -1,7 +1,8 @@
 """Candidates, canaries, promotion and rollback of a tenant's adapter versions.
 
 Promotion is one transaction that moves the name's alias to another version. Every action
-here that changes what a name serves locks the adapter's row first (adapters.activation),
+here takes who acts (`actor`, core.audit) and writes its audit event (adapters.audit_log)
+in the transaction of the change, and locks the adapter's row first (adapters.activation),
 so concurrent promotions, canaries and rollbacks of one name take turns. Requests
 already running keep the version they resolved (each version has its own engine name),
 new requests get the new one, and the old version stays stored for instant rollback.
@@ -9,15 +10,18 @@ new requests get the new one, and the old version stays stored for instant rollb
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from adapters import registry
 from adapters.activation import end_canary, lock_adapter, serve
+from adapters.audit_log import describe_version, record_change
 from adapters.registry import AdapterInfo, Lineage, ValidationLimits, VersionInfo
 from adapters.store import AdapterStore
 from core.db import Database
@@ -79,6 +83,7 @@ def register_candidate(
     name: str,
     source_dir: Path,
     base_model_name: str,
+    actor: str,
     job_id: str | None,
     dataset_id: str | None,
     metrics: dict[str, object] | None,
@@ -93,6 +98,7 @@ def register_candidate(
         name=name,
         source_dir=source_dir,
         base_model_name=base_model_name,
+        actor=actor,
         source="training",
         activate=False,
         state=VersionState.CANDIDATE,
@@ -100,21 +106,56 @@ def register_candidate(
     )
 
 
-def promote(
-    db: Database, tenant_id: str, name: str, version: int, *, by: str, demote_to: VersionState = VersionState.RETIRED
+def _change(
+    db: Database,
+    tenant_id: str,
+    name: str,
+    *,
+    actor: str,
+    action: str,
+    apply: Callable[[Adapter], dict[str, Any] | None],
 ) -> AdapterInfo:
+    """Lock `name`, `apply` one change to it, and record the change as `action` by `actor`,
+    all in one transaction: the event and the change are committed together or not at all.
+    `apply` may return what joins the event's `after` besides the name's new state."""
     with db.session() as s:
         adapter = _locked(s, tenant_id, name)
-        serve(adapter, _version(adapter, version), by=by, demote_to=demote_to)
+        before = registry.adapter_info(adapter)
+        extra = apply(adapter) or {}
         s.flush()
-        return registry.adapter_info(adapter)
+        after = registry.adapter_info(adapter)
+        record_change(
+            s, actor=actor, action=action, tenant_id=tenant_id, name=name, before=before, after=after, **extra
+        )
+        return after
 
 
-def start_canary(db: Database, tenant_id: str, name: str, version: int, fraction: float, *, by: str) -> AdapterInfo:
+def promote(
+    db: Database,
+    tenant_id: str,
+    name: str,
+    version: int,
+    *,
+    actor: str,
+    by: str | None = None,
+    demote_to: VersionState = VersionState.RETIRED,
+) -> AdapterInfo:
+    """Serve `version` as `name` (a running canary ends). `by`: the version's `promoted_by`
+    in its lineage, when it is not `actor` itself."""
+
+    def apply(adapter: Adapter) -> None:
+        serve(adapter, _version(adapter, version), by=by or actor, demote_to=demote_to)
+
+    return _change(db, tenant_id, name, actor=actor, action="adapter.promote", apply=apply)
+
+
+def start_canary(
+    db: Database, tenant_id: str, name: str, version: int, fraction: float, *, actor: str, by: str | None = None
+) -> AdapterInfo:
     if not 0.0 < fraction < 1.0:
         raise bad_request("A canary fraction must be between 0 and 1 (exclusive).", param="fraction")
-    with db.session() as s:
-        adapter = _locked(s, tenant_id, name)
+
+    def apply(adapter: Adapter) -> None:
         target = _version(adapter, version)
         if target.id == adapter.active_version_id:
             raise bad_request(f"Version {version} already serves all of {name!r}.", param="version")
@@ -122,21 +163,19 @@ def start_canary(db: Database, tenant_id: str, name: str, version: int, fraction
             raise bad_request(f"{name!r} has no active version to split traffic with; promote instead.")
         end_canary(adapter)
         target.state = VersionState.CANARY
-        target.promoted_by = by
+        target.promoted_by = by or actor
         adapter.canary_version_id, adapter.canary_fraction = target.id, fraction
-        s.flush()
-        return registry.adapter_info(adapter)
+
+    return _change(db, tenant_id, name, actor=actor, action="adapter.canary.start", apply=apply)
 
 
-def stop_canary(db: Database, tenant_id: str, name: str) -> AdapterInfo:
-    with db.session() as s:
-        adapter = _locked(s, tenant_id, name)
-        end_canary(adapter)
-        s.flush()
-        return registry.adapter_info(adapter)
+def stop_canary(db: Database, tenant_id: str, name: str, *, actor: str) -> AdapterInfo:
+    return _change(
+        db, tenant_id, name, actor=actor, action="adapter.canary.stop", apply=lambda adapter: end_canary(adapter)
+    )
 
 
-def rollback(db: Database, tenant_id: str, name: str, *, by: str) -> AdapterInfo:
+def rollback(db: Database, tenant_id: str, name: str, *, actor: str, by: str | None = None) -> AdapterInfo:
     """Serve the version that was active before the current one.
 
     The version rolled back from is marked `rolled_back`, so a second rollback goes
@@ -144,11 +183,11 @@ def rollback(db: Database, tenant_id: str, name: str, *, by: str) -> AdapterInfo
     switch are one locked transaction: two rollbacks at once go back two steps, never
     both to the same version.
     """
-    with db.session() as s:
-        adapter = _locked(s, tenant_id, name)
-        serve(adapter, _previous(adapter), by=by, demote_to=VersionState.ROLLED_BACK)
-        s.flush()
-        return registry.adapter_info(adapter)
+
+    def apply(adapter: Adapter) -> None:
+        serve(adapter, _previous(adapter), by=by or actor, demote_to=VersionState.ROLLED_BACK)
+
+    return _change(db, tenant_id, name, actor=actor, action="adapter.rollback", apply=apply)
 
 
 def _previous(adapter: Adapter) -> AdapterVersion:
@@ -172,9 +211,10 @@ def _ts(value: datetime | None) -> float:
     return value.timestamp() if value is not None else 0.0
 
 
-def reject(db: Database, tenant_id: str, name: str, version: int, *, reason: str) -> None:
-    with db.session() as s:
-        adapter = _locked(s, tenant_id, name)
+def reject(db: Database, tenant_id: str, name: str, version: int, *, reason: str, actor: str) -> AdapterInfo:
+    """Mark `version` rejected (it can never serve); the reason stays in its metrics and the event."""
+
+    def apply(adapter: Adapter) -> dict[str, Any]:
         target = next((v for v in adapter.versions if v.version == version), None)
         if target is None:
             raise not_found(f"Adapter {name!r} has no version {version}.", code="version_not_found")
@@ -182,6 +222,9 @@ def reject(db: Database, tenant_id: str, name: str, version: int, *, reason: str
             raise TailorError(409, f"Version {version} of {name!r} is serving; roll back first.", code="conflict")
         target.state = VersionState.REJECTED
         target.metrics = {**(target.metrics or {}), "rejected_reason": reason}
+        return {"version": describe_version(registry.version_info(adapter, target)), "reason": reason}
+
+    return _change(db, tenant_id, name, actor=actor, action="adapter.reject", apply=apply)
 
 
 def active_version(db: Database, tenant_id: str, name: str) -> VersionInfo | None:

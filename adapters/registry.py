@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from adapters import checkpoints
 from adapters.activation import lock_adapter, serve
 from adapters.archives import extract_archive
+from adapters.audit_log import describe_version, record_change
 from adapters.store import AdapterStore
 from adapters.validation import BaseModelSpec, validate_adapter_name
 from adapters.version_files import validate_version_dir
@@ -153,6 +154,8 @@ def register_dir(
     name: str,
     source_dir: Path,
     base_model_name: str,
+    actor: str,
+    action: str = "adapter.register",
     source: str = "upload",
     activate: bool = True,
     state: VersionState | None = None,
@@ -160,9 +163,11 @@ def register_dir(
 ) -> VersionInfo:
     """Validate a PEFT adapter or full model directory, store it, and record it as the next version of `name`.
 
-    `activate` makes it what `name` serves at once (uploads, operator registrations);
-    trained versions arrive with activate=False and state "candidate" and are promoted
-    by the gates.
+    `activate` makes it what `name` serves at once (uploads, operator registrations), the
+    way a promotion does (adapters.activation.serve: a running canary ends too); trained
+    versions arrive with activate=False and state "candidate" and are promoted by the gates.
+    The audit event (`action`, by `actor`: "adapter.upload" for uploads) is written with
+    the version row, in one transaction.
     """
     lineage = lineage or Lineage()
     validate_adapter_name(name)
@@ -187,6 +192,7 @@ def register_dir(
                 # Locked: an activating registration switches what the name serves, and takes
                 # its turn with promotions and rollbacks (adapters.activation).
                 adapter = lock_adapter(s, tenant_id, name)
+                before = adapter_info(adapter) if adapter is not None else None
                 if adapter is None:
                     adapter = Adapter(id=new_id("ad"), tenant_id=tenant_id, name=name)
                     s.add(adapter)
@@ -216,9 +222,23 @@ def register_dir(
                 )
                 s.add(row)
                 s.flush()
+                # Read again: the list loaded for `before` does not hold the new row.
+                s.expire(adapter, ["versions"])
                 if activate:
                     serve(adapter, row, by=None)
-                return version_info(adapter, row)
+                    s.flush()
+                registered = version_info(adapter, row)
+                record_change(
+                    s,
+                    actor=actor,
+                    action=action,
+                    tenant_id=tenant_id,
+                    name=name,
+                    before=before,
+                    after=adapter_info(adapter),
+                    version=describe_version(registered),
+                )
+                return registered
         except IntegrityError:
             # Two registrations raced for the same version number; take the next one.
             continue
@@ -235,8 +255,11 @@ def register_archive(
     archive: Path,
     base_model_name: str,
     max_upload_bytes: int,
+    actor: str,
+    action: str = "adapter.register",
     activate: bool = True,
 ) -> VersionInfo:
+    """register_dir for a .zip or .tar.gz archive of an adapter directory."""
     with tempfile.TemporaryDirectory(prefix="tailor-upload-") as tmp:
         # A full model unpacks to more than an adapter; each kind's own limit applies after.
         budget = max(max_upload_bytes, limits.max_model_bytes)
@@ -249,6 +272,8 @@ def register_archive(
             name=name,
             source_dir=adapter_dir,
             base_model_name=base_model_name,
+            actor=actor,
+            action=action,
             source="upload",
             activate=activate,
         )
@@ -350,14 +375,19 @@ def get_adapter(db: Database, tenant_id: str, name: str) -> AdapterInfo:
         return adapter_info(adapter)
 
 
-def delete_adapter(db: Database, tenant_id: str, name: str) -> list[VersionInfo]:
-    """Forget the name and its versions, returned as they were. Their store files are the
-    caller's (adapters.version_deletion): other rows, of any tenant, may share a digest."""
+def delete_adapter(db: Database, tenant_id: str, name: str, *, actor: str) -> list[VersionInfo]:
+    """Forget the name and its versions, returned as they were, with its `adapter.delete`
+    audit event. Their store files are the caller's (adapters.version_deletion): other rows,
+    of any tenant, may share a digest."""
     with db.session() as s:
-        adapter = s.scalar(select(Adapter).where(Adapter.tenant_id == tenant_id, Adapter.name == name))
+        adapter = lock_adapter(s, tenant_id, name)
         if adapter is None:
             raise model_not_found(name)
-        deleted = [version_info(adapter, v) for v in adapter.versions]
+        before = adapter_info(adapter)
+        deleted = before.versions
+        record_change(
+            s, actor=actor, action="adapter.delete", tenant_id=tenant_id, name=name, before=before, after=None
+        )
         adapter.active_version_id = None
         s.flush()
         for v in list(adapter.versions):

@@ -24,8 +24,8 @@ from sqlalchemy import select
 
 from adapters import checkpoints, registry
 from adapters.activation import lock_adapter
+from adapters.audit_log import describe_version, record_change
 from adapters.registry import (
-    AdapterInfo,
     VersionInfo,
     adapter_info,
     model_not_found,
@@ -46,16 +46,15 @@ class DeletedVersion:
     model: str  # the public name, `name@vN`
     adapter_name: str
     version: VersionInfo
-    before: AdapterInfo  # the adapter with the version, for the audit log
-    after: AdapterInfo
 
 
 def delete_version(
-    db: Database, store: AdapterStore, tenant_id: str, model: str, *, base_model_name: str
+    db: Database, store: AdapterStore, tenant_id: str, model: str, *, base_model_name: str, actor: str
 ) -> DeletedVersion:
-    """Delete the tenant's version `model` (`name@vN`); 404 `model_not_found` for any name
-    the tenant cannot call (another tenant's included), 400 for the base model, an alias,
-    the active version or a canary."""
+    """Delete the tenant's version `model` (`name@vN`) and record `adapter.version.delete` by
+    `actor` in the same transaction; 404 `model_not_found` for any name the tenant cannot
+    call (another tenant's included), 400 for the base model, an alias, the active version
+    or a canary."""
     if model == base_model_name:
         raise bad_request(
             f"`{model}` is the base model and cannot be deleted; only fine-tuned models (`name@vN`) can.",
@@ -87,16 +86,26 @@ def delete_version(
         s.delete(target)
         s.flush()
         s.expire(adapter, ["versions"])
-        after = adapter_info(adapter)
+        record_change(
+            s,
+            actor=actor,
+            action="adapter.version.delete",
+            tenant_id=tenant_id,
+            name=name,
+            before=before,
+            after=adapter_info(adapter),
+            version=describe_version(deleted),
+        )
     _remove_files(db, store, deleted.digest)
-    return DeletedVersion(model=model, adapter_name=name, version=deleted, before=before, after=after)
+    return DeletedVersion(model=model, adapter_name=name, version=deleted)
 
 
-def delete_adapter(db: Database, store: AdapterStore, tenant_id: str, name: str) -> list[VersionInfo]:
+def delete_adapter(db: Database, store: AdapterStore, tenant_id: str, name: str, *, actor: str) -> list[VersionInfo]:
     """Delete the tenant's adapter `name` with every version (404 for names not the tenant's),
-    and each version's store files no other version or checkpoint shares. Unloading the
-    returned versions from engines is the caller's, as for one version."""
-    deleted = registry.delete_adapter(db, tenant_id, name)
+    audited as `adapter.delete` by `actor`, and each version's store files no other version
+    or checkpoint shares. Unloading the returned versions from engines is the caller's, as
+    for one version."""
+    deleted = registry.delete_adapter(db, tenant_id, name, actor=actor)
     for digest in sorted({v.digest for v in deleted}):
         _remove_files(db, store, digest)
     return deleted

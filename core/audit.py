@@ -1,7 +1,8 @@
 """Appending to the audit log (core.models.AuditEvent); reading it is gateway.audit's.
 
-Here, below every package, so the gateway, the CLI and the trainer (its automatic
-promotions) all write events the same way. Append-only: nothing updates or deletes, and
+Here, below every package, so the gateway, the CLI, the adapter and job actions
+(adapters.promotion, adapters.registry, trainer.jobs) and the trainer write events the
+same way: each action appends its event in its own transaction. Append-only: nothing updates or deletes, and
 database triggers (migration 0004) refuse UPDATE and DELETE from anyone else.
 """
 
@@ -15,6 +16,8 @@ from core.db import Database
 from core.models import AuditEvent
 
 ADMIN = "admin"
+# A tenant's retraining policy (trainer.policy), queueing a job on its own.
+POLICY = "policy"
 
 
 def actor_for_key(key_id: str) -> str:

@@ -9,9 +9,14 @@ database triggers (migration 0004) refuse UPDATE and DELETE from anyone else.
 
 Secrets never enter it: callers pass descriptions (a key's id and hint, never the key).
 
-Actors: "admin" (the admin key), "key:<key id>" (a tenant's own key), "cli:<OS user>".
-The `*_created`/`*_changed` helpers below give each action one name and one shape of
-before/after, shared by the HTTP routes and the CLI.
+Actors: "admin" (the admin key), "key:<key id>" (a tenant's own key), "cli:<OS user>",
+"console:..." (gateway.console.auth), "job:<job id>" and "policy" (the trainer).
+
+Adapter and fine-tuning job actions record their own events in the transaction of the
+change (adapters.audit_log, trainer.jobs): their callers only say who acts. The
+`*_created`/`*_changed` helpers below record the gateway's own actions (tenants, keys,
+policies), giving each one name and one shape of before/after for the HTTP routes, the
+console and the CLI.
 """
 
 from __future__ import annotations
@@ -35,10 +40,7 @@ from core.models import ApiKey, AuditEvent
 
 if TYPE_CHECKING:
     # Types only: the modules that record events may themselves be imported by these.
-    from adapters.registry import AdapterInfo, VersionInfo
-    from adapters.version_deletion import DeletedVersion
     from gateway.tenants import KeyInfo, TenantInfo
-    from trainer.jobs import JobInfo
     from trainer.policy import PolicyInfo
 
 MAX_LIMIT = 1000
@@ -82,30 +84,6 @@ def key_state(db: Database, key_id: str) -> dict[str, Any] | None:
         return describe_key(key) if key is not None else None
 
 
-def describe_adapter(adapter: AdapterInfo | None) -> dict[str, Any] | None:
-    """What a name serves: the part promotions, canaries and uploads change."""
-    if adapter is None:
-        return None
-    return {
-        "active_version": adapter.active_version,
-        "canary_version": adapter.canary_version,
-        "canary_fraction": adapter.canary_fraction,
-        "versions": [v.version for v in adapter.versions],
-    }
-
-
-def describe_version(version: VersionInfo) -> dict[str, Any]:
-    return {
-        "version": version.version,
-        "digest": version.digest,
-        "rank": version.rank,
-        "size_bytes": version.size_bytes,
-        "state": version.state,
-        "source": version.source,
-        "kind": version.kind,
-    }
-
-
 def describe_policy(policy: PolicyInfo) -> dict[str, Any]:
     # last_triggered_at is the scheduler's bookkeeping, not a setting anyone changes.
     return {
@@ -115,20 +93,6 @@ def describe_policy(policy: PolicyInfo) -> dict[str, Any]:
         "auto_promote": policy.auto_promote,
         "canary_fraction": policy.canary_fraction,
         "gates": policy.gates,
-    }
-
-
-def describe_job(job: JobInfo) -> dict[str, Any]:
-    # Not the job's config: a distillation config may hold a sealed teacher key.
-    return {
-        "id": job.id,
-        "method": job.method,
-        "model": job.model,
-        "adapter_name": job.adapter_name,
-        "training_file": job.training_file,
-        "dataset_id": job.dataset_id,
-        "hyperparameters": job.hyperparameters,
-        "source": job.source,
     }
 
 
@@ -182,44 +146,6 @@ def key_rotated(
     )
 
 
-def adapter_changed(
-    db: Database,
-    actor: str,
-    action: str,
-    *,
-    tenant_id: str,
-    name: str,
-    before: AdapterInfo | None,
-    after: AdapterInfo | None,
-    **extra: Any,
-) -> None:
-    """`adapter.<verb>` on name `name`; `extra` (e.g. the uploaded version) joins `after`."""
-    described = describe_adapter(after)
-    record(
-        db,
-        actor=actor,
-        action=action,
-        tenant_id=tenant_id,
-        target=name,
-        before=describe_adapter(before),
-        after={**(described or {}), **extra} if described is not None or extra else None,
-    )
-
-
-def version_deleted(db: Database, actor: str, tenant_id: str, deleted: DeletedVersion) -> None:
-    """`adapter.version.delete`: one version `name@vN` gone, the adapter `name` before and after."""
-    adapter_changed(
-        db,
-        actor,
-        "adapter.version.delete",
-        tenant_id=tenant_id,
-        name=deleted.adapter_name,
-        before=deleted.before,
-        after=deleted.after,
-        version=describe_version(deleted.version),
-    )
-
-
 def policy_changed(
     db: Database, actor: str, *, tenant_id: str, tenant_name: str, before: PolicyInfo, after: PolicyInfo
 ) -> None:
@@ -232,26 +158,6 @@ def policy_changed(
         before=describe_policy(before),
         after=describe_policy(after),
     )
-
-
-def job_created(db: Database, actor: str, job: JobInfo) -> None:
-    record(db, actor=actor, action="job.create", tenant_id=job.tenant_id, target=job.id, after=describe_job(job))
-
-
-def job_cancelled(db: Database, actor: str, job: JobInfo) -> None:
-    after = {"status": job.status, "cancel_requested": job.cancel_requested}
-    record(db, actor=actor, action="job.cancel", tenant_id=job.tenant_id, target=job.id, after=after)
-
-
-def job_paused(db: Database, actor: str, job: JobInfo) -> None:
-    after = {"status": job.status, "pause_requested": job.pause_requested}
-    record(db, actor=actor, action="job.pause", tenant_id=job.tenant_id, target=job.id, after=after)
-
-
-def job_resumed(db: Database, actor: str, job: JobInfo) -> None:
-    resume = job.resume
-    after = {"status": job.status, "resume_step": resume.step if resume and resume.checkpoint_id else None}
-    record(db, actor=actor, action="job.resume", tenant_id=job.tenant_id, target=job.id, after=after)
 
 
 # --- reading ---------------------------------------------------------------------

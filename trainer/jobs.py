@@ -1,4 +1,8 @@
-"""Fine-tuning jobs in the database: create, read, list, cancel, pause and resume them.
+"""Fine-tuning jobs in the database: submit, read, list, cancel, pause and resume them.
+
+Each action (`submit`, `cancel_job`, `pause_job`, `resume_job`) takes who acts (`actor`,
+core.audit) and appends its audit event in its own transaction: the routes, the console,
+the CLI and the worker's retraining policy all call these, and none records after the fact.
 
 A job is a row in `jobs`. The gateway (or the CLI) creates it `queued`; a trainer worker
 claims it (`running`), beats its heartbeat at every training step, and finishes it
@@ -21,7 +25,7 @@ Hyperparameters (OpenAI's names, "auto", and Tailor's extras) are trainer.hyperp
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from typing import Any
@@ -30,6 +34,7 @@ from sqlalchemy import and_, or_, select
 
 from adapters import promotion
 from adapters.validation import validate_adapter_name
+from core import audit
 from core.blobs import BlobStore
 from core.db import Database
 from core.errors import TailorError, bad_request, conflict, not_found
@@ -248,10 +253,26 @@ def _check_file(db: Database, tenant_id: str, file_id: str, method: str, param: 
         )
 
 
-def create_job(
+def describe_job(job: JobInfo) -> dict[str, Any]:
+    """A job as its `job.create` audit event shows it."""
+    # Not the job's config: a distillation config may hold a sealed teacher key.
+    return {
+        "id": job.id,
+        "method": job.method,
+        "model": job.model,
+        "adapter_name": job.adapter_name,
+        "training_file": job.training_file,
+        "dataset_id": job.dataset_id,
+        "hyperparameters": job.hyperparameters,
+        "source": job.source,
+    }
+
+
+def submit(
     db: Database,
     tenant_id: str,
     *,
+    actor: str,
     method: str,
     model: str,
     adapter_name: str | None = None,
@@ -268,7 +289,8 @@ def create_job(
     metadata: Mapping[str, str] | None = None,
     integrations: Sequence[str] = (),
 ) -> JobInfo:
-    """Queue a fine-tuning job. Without `adapter_name` the result is named "ft-<short job id>".
+    """Queue a fine-tuning job, recording `job.create` by `actor` (core.audit) in the same
+    transaction. Without `adapter_name` the result is named "ft-<short job id>".
 
     Files must be the tenant's own fine-tune uploads of the kind the method needs; with no
     training file and no dataset_id the worker builds the dataset from the tenant's feedback.
@@ -352,7 +374,9 @@ def create_job(
                     data={"ignored_integrations": kinds},
                 )
             )
-        return job_info(job)
+        info = job_info(job)
+        audit.record(s, actor=actor, action="job.create", tenant_id=tenant_id, target=job_id, after=describe_job(info))
+        return info
 
 
 def check_job_metadata(metadata: Mapping[str, str] | None) -> dict[str, str] | None:
@@ -433,15 +457,37 @@ def list_jobs(
         return [job_info(j) for j in rows[:limit]], len(rows) > limit
 
 
-def cancel_job(db: Database, tenant_id: str | None, job_id: str) -> JobInfo:
+def _cancelled(job: JobInfo) -> dict[str, Any]:
+    return {"status": job.status, "cancel_requested": job.cancel_requested}
+
+
+def _paused(job: JobInfo) -> dict[str, Any]:
+    return {"status": job.status, "pause_requested": job.pause_requested}
+
+
+def _resumed(job: JobInfo) -> dict[str, Any]:
+    point = job.resume
+    return {"status": job.status, "resume_step": point.step if point and point.checkpoint_id else None}
+
+
+def _record(s: Any, actor: str, action: str, job: Job, describe: Callable[[JobInfo], dict[str, Any]]) -> JobInfo:
+    """The job as it is now, with `action` by `actor` (`describe`d after it) appended to the audit log in `s`."""
+    s.flush()
+    info = job_info(job)
+    audit.record(s, actor=actor, action=action, tenant_id=info.tenant_id, target=info.id, after=describe(info))
+    return info
+
+
+def cancel_job(db: Database, tenant_id: str | None, job_id: str, *, actor: str) -> JobInfo:
     """Queued: cancelled at once. Running: flagged; the worker stops before its next step.
 
-    Cancelling a cancelled job is a no-op; a finished one is a 409.
+    Cancelling a cancelled job is a no-op; a finished one is a 409. Either way that did not
+    fail is recorded as `job.cancel` by `actor`.
     """
     with db.session() as s:
         job = owned_job(s, tenant_id, job_id)
         if job.status == JobStatus.CANCELLED:
-            return job_info(job)
+            return _record(s, actor, "job.cancel", job, _cancelled)
         if job.status in TERMINAL_JOB_STATUSES:
             raise conflict(
                 f"Fine-tuning job {job_id} has already {job.status}; it cannot be cancelled.", code="job_finished"
@@ -460,14 +506,13 @@ def cancel_job(db: Database, tenant_id: str | None, job_id: str) -> JobInfo:
             job.status, job.finished_at, job.cancel_requested = JobStatus.CANCELLED, utcnow(), True
             drop_unneeded_secrets(job)
             s.add(JobEvent(job_id=job_id, level="info", message="Job cancelled"))
-        s.flush()
-        return job_info(job)
+        return _record(s, actor, "job.cancel", job, _cancelled)
 
 
-def pause_job(db: Database, tenant_id: str | None, job_id: str) -> JobInfo:
+def pause_job(db: Database, tenant_id: str | None, job_id: str, *, actor: str) -> JobInfo:
     """Ask a running job to pause: its training saves a checkpoint at the next step and stops,
     and the job becomes `paused` (see mark_paused). Asking again while it runs is a no-op;
-    a job that is not running (or is being cancelled) is a 400.
+    a job that is not running (or is being cancelled) is a 400. Recorded as `job.pause` by `actor`.
     """
     with db.session() as s:
         job = owned_job(s, tenant_id, job_id)
@@ -489,13 +534,15 @@ def pause_job(db: Database, tenant_id: str | None, job_id: str) -> JobInfo:
                     message="Pause requested; the job saves a checkpoint and pauses at its next training step",
                 )
             )
-        s.flush()
-        return job_info(job)
+        return _record(s, actor, "job.pause", job, _paused)
 
 
-def resume_job(db: Database, tenant_id: str | None, job_id: str, *, quotas: Quotas | None = None) -> JobInfo:
+def resume_job(
+    db: Database, tenant_id: str | None, job_id: str, *, actor: str, quotas: Quotas | None = None
+) -> JobInfo:
     """Queue a paused job again; a worker continues it from its resume point. A job that is
-    not paused is a 400; resuming takes a place in the tenant's queue (429 when it is full)."""
+    not paused is a 400; resuming takes a place in the tenant's queue (429 when it is full).
+    Recorded as `job.resume` by `actor`."""
     with db.session() as s:
         job = owned_job(s, tenant_id, job_id)
         if job.status != JobStatus.PAUSED:
@@ -514,8 +561,7 @@ def resume_job(db: Database, tenant_id: str | None, job_id: str, *, quotas: Quot
         else:
             message = "Job resumed; queued to train from the start (it paused before saving a checkpoint)"
         s.add(JobEvent(job_id=job_id, level="info", message=message))
-        s.flush()
-        return job_info(job)
+        return _record(s, actor, "job.resume", job, _resumed)
 
 
 def drop_unneeded_secrets(job: Job | None) -> None:

@@ -328,9 +328,10 @@ class Worker:
         for trigger in policy.due_retrains(self.db):
             try:
                 method, dataset_id = self._policy_method(trigger.tenant_id, trigger.adapter_name)
-                job = jobs.create_job(
+                job = jobs.submit(
                     self.db,
                     trigger.tenant_id,
+                    actor=audit.POLICY,
                     method=method,
                     model=self.settings.base_model_name,
                     adapter_name=trigger.adapter_name,
@@ -451,6 +452,7 @@ class Worker:
                 name=job.adapter_name,
                 source_dir=result.out_dir,
                 base_model_name=self.settings.base_model_name,
+                actor=audit.actor_for_job(job.id),
                 job_id=job.id,
                 dataset_id=snapshot.id,
                 metrics={**train_metrics, **eval_metrics},
@@ -857,13 +859,12 @@ class Worker:
         return f"{prefix}/report.json"
 
     def _apply(self, job: JobInfo, version: VersionInfo, outcome: str, decision: Decision, policy: PolicyInfo) -> None:
-        name, by, n = job.adapter_name, f"job {job.id}", version.version
-        action = {"rejected": "adapter.reject", "canary": "adapter.canary.start", "promoted": "adapter.promote"}
-        # Read just before the change (a person may have promoted something while this trained).
-        before = promotion.active_version(self.db, job.tenant_id, name) if outcome in action else None
+        # Each action records its own audit event, by this job, in the transaction of the change.
+        name, n, actor = job.adapter_name, version.version, audit.actor_for_job(job.id)
+        by = f"job {job.id}"
         if outcome == "rejected":
             reasons = "; ".join(decision.reasons)
-            promotion.reject(self.db, job.tenant_id, name, n, reason=reasons)
+            promotion.reject(self.db, job.tenant_id, name, n, reason=reasons, actor=actor)
             self._event(
                 job,
                 f"Gates failed; version {n} rejected: {reasons}",
@@ -877,26 +878,11 @@ class Worker:
                 f"for this tenant): call it as {name}@v{n}",
             )
         elif outcome == "canary":
-            promotion.start_canary(self.db, job.tenant_id, name, n, policy.canary_fraction, by=by)
+            promotion.start_canary(self.db, job.tenant_id, name, n, policy.canary_fraction, actor=actor, by=by)
             self._event(job, f"Gates passed; version {n} serves {policy.canary_fraction:.0%} of {name} as a canary")
         else:
-            promotion.promote(self.db, job.tenant_id, name, n, by=by)
+            promotion.promote(self.db, job.tenant_id, name, n, actor=actor, by=by)
             self._event(job, f"Gates passed; {name} now serves version {n}")
-        if outcome in action:  # a candidate left for a person changes nothing yet
-            audit.record(
-                self.db,
-                actor=audit.actor_for_job(job.id),
-                action=action[outcome],
-                tenant_id=job.tenant_id,
-                target=name,
-                before={"active_version": before.version if before else None},
-                after={
-                    "version": n,
-                    "active_version": n if outcome == "promoted" else (before.version if before else None),
-                    "canary_fraction": policy.canary_fraction if outcome == "canary" else None,
-                    "reasons": list(decision.reasons),
-                },
-            )
 
     # --- bookkeeping -------------------------------------------------------------
 
@@ -927,6 +913,7 @@ class Worker:
                     job.adapter_name,
                     run.version.version,
                     reason=f"job {job.id} failed: {error['message']}",
+                    actor=audit.actor_for_job(job.id),
                 )
             except Exception:  # noqa: BLE001 - the job's failure is the error to report
                 log.warning("could not reject version %s of failed job %s", run.version.id, job.id, exc_info=True)

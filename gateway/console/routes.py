@@ -2,8 +2,8 @@
 
 Thin on purpose: each page reads through gateway.console.queries (the JSON API's own
 functions), shapes with gateway.console.views and renders a template; each action calls
-the function the API route calls, records it in the audit log as the API does (actor
-"console:admin" or "console:key:<id>") and forgets cached lookups (`services.changed()`).
+the function the API route calls, which records it in the audit log as for the API (actor
+"console:admin" or "console:key:<id>"), and forgets cached lookups (`services.changed()`).
 
 Every POST needs the session's CSRF token and re-checks who may act: a tenant acts on its
 own tenant only (anything else is a 404, as in the API), operators on any; only operators
@@ -351,14 +351,12 @@ def _change_adapter(
     action: str,
     change: Callable[[], AdapterInfo],
 ) -> Response:
-    """Run one promotion call, audit it like the API, and show the adapter again."""
+    """Run one promotion call (audited by the call itself, as in the API), and show the adapter again."""
     services = _services(request)
-    before = registry.get_adapter(services.db, owner.id, name)  # 404 for unknown names
     try:
-        after = change()
-    except TailorError as exc:  # a refused change (no such version, nothing to roll back to)
+        change()
+    except TailorError as exc:  # a refused change (no such version, nothing to roll back to; unknown names: 404)
         return _adapter_page(request, user, owner, name, status=exc.status, error=exc.message)
-    audit.adapter_changed(services.db, user.actor, action, tenant_id=owner.id, name=name, before=before, after=after)
     services.changed()
     return RedirectResponse(f"{_base(request)}/tenants/{owner.name}/adapters/{name}?done={action}", status_code=303)
 
@@ -372,7 +370,7 @@ def promote(request: Request, user: Poster, owner: Tenant, name: str, version: A
         owner,
         name,
         "adapter.promote",
-        lambda: promotion.promote(db, owner.id, name, version, by=user.actor),
+        lambda: promotion.promote(db, owner.id, name, version, actor=user.actor),
     )
 
 
@@ -392,7 +390,7 @@ def start_canary(
         owner,
         name,
         "adapter.canary.start",
-        lambda: promotion.start_canary(db, owner.id, name, version, percent / 100, by=user.actor),
+        lambda: promotion.start_canary(db, owner.id, name, version, percent / 100, actor=user.actor),
     )
 
 
@@ -400,7 +398,12 @@ def start_canary(
 def stop_canary(request: Request, user: Poster, owner: Tenant, name: str) -> Response:
     db = _services(request).db
     return _change_adapter(
-        request, user, owner, name, "adapter.canary.stop", lambda: promotion.stop_canary(db, owner.id, name)
+        request,
+        user,
+        owner,
+        name,
+        "adapter.canary.stop",
+        lambda: promotion.stop_canary(db, owner.id, name, actor=user.actor),
     )
 
 
@@ -413,7 +416,7 @@ def rollback(request: Request, user: Poster, owner: Tenant, name: str) -> Respon
         owner,
         name,
         "adapter.rollback",
-        lambda: promotion.rollback(db, owner.id, name, by=user.actor),
+        lambda: promotion.rollback(db, owner.id, name, actor=user.actor),
     )
 
 

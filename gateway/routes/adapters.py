@@ -2,9 +2,8 @@
 
 Both routers call the same functions below; they differ only in how the tenant is
 found (the caller's key, or the `{tenant}` path segment behind the admin key) and in who
-the audit log names as the actor. Each change is recorded there after it succeeded (the
-registry and promotion functions own their transactions), with what the name served
-before and after.
+the audit log names as the actor. Each change is one call to the registry or promotion
+action, which records its audit event in the transaction of the change.
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, UploadFile
 from starlette.concurrency import run_in_threadpool
@@ -63,28 +62,8 @@ def adapter_out(info: AdapterInfo) -> AdapterOut:
     )
 
 
-def _current(services: Services, tenant_id: str, name: str) -> AdapterInfo | None:
-    """What `name` is before a change; None for a name not registered yet."""
-    try:
-        return registry.get_adapter(services.db, tenant_id, name)
-    except TailorError as exc:
-        if exc.status == 404:
-            return None
-        raise
-
-
-def _audited(
-    services: Services,
-    who: tuple[str, str],
-    action: str,
-    name: str,
-    before: AdapterInfo | None,
-    after: AdapterInfo | None = None,
-    **extra: Any,
-) -> AdapterOut:
-    """Record a successful change of `name` and answer with its new state (read now if not given)."""
-    after = after or registry.get_adapter(services.db, who[0], name)
-    audit.adapter_changed(services.db, who[1], action, tenant_id=who[0], name=name, before=before, after=after, **extra)
+def _changed(services: Services, after: AdapterInfo) -> AdapterOut:
+    """Answer with `after`, once this replica has forgotten what it cached about the name."""
     services.changed()
     return adapter_out(after)
 
@@ -100,8 +79,7 @@ async def upload(services: Services, who: tuple[str, str], name: str, archive: U
                 if written > limit:
                     raise TailorError(413, f"Adapter archive exceeds {limit} bytes.", code="file_too_large")
                 out.write(chunk)
-        before = await run_in_threadpool(_current, services, who[0], name)
-        version = await run_in_threadpool(
+        await run_in_threadpool(
             registry.register_archive,
             services.db,
             services.store,
@@ -111,16 +89,14 @@ async def upload(services: Services, who: tuple[str, str], name: str, archive: U
             archive=path,
             base_model_name=services.settings.base_model_name,
             max_upload_bytes=services.settings.max_adapter_bytes,
+            actor=who[1],
+            action="adapter.upload",
         )
-    return await run_in_threadpool(
-        _audited, services, who, "adapter.upload", name, before, version=audit.describe_version(version)
-    )
+    return _changed(services, await run_in_threadpool(registry.get_adapter, services.db, who[0], name))
 
 
 def _delete(services: Services, who: tuple[str, str], name: str) -> list[str]:
-    before = registry.get_adapter(services.db, who[0], name)  # 404 for unknown and foreign names
-    deleted = version_deletion.delete_adapter(services.db, services.store, who[0], name)
-    audit.adapter_changed(services.db, who[1], "adapter.delete", tenant_id=who[0], name=name, before=before, after=None)
+    deleted = version_deletion.delete_adapter(services.db, services.store, who[0], name, actor=who[1])
     services.changed()
     return [v.id for v in deleted]
 
@@ -172,9 +148,7 @@ def _routes(r: APIRouter, tenant_dep: Callable[..., tuple[str, str]]) -> None:
         summary="Promote: point `name` at one of its versions (atomic, no downtime)",
     )
     def activate(name: str, body: ActivateVersion, services: ServicesDep, who: tuple[str, str] = who_dep) -> AdapterOut:
-        before = registry.get_adapter(services.db, who[0], name)
-        after = promotion.promote(services.db, who[0], name, body.version, by=who[1])
-        return _audited(services, who, "adapter.promote", name, before, after)
+        return _changed(services, promotion.promote(services.db, who[0], name, body.version, actor=who[1]))
 
     @r.post(
         "/{name}/rollback",
@@ -182,23 +156,18 @@ def _routes(r: APIRouter, tenant_dep: Callable[..., tuple[str, str]]) -> None:
         summary="Serve the version that was active before the current one",
     )
     def rollback(name: str, services: ServicesDep, who: tuple[str, str] = who_dep) -> AdapterOut:
-        before = registry.get_adapter(services.db, who[0], name)
-        after = promotion.rollback(services.db, who[0], name, by=who[1])
-        return _audited(services, who, "adapter.rollback", name, before, after)
+        return _changed(services, promotion.rollback(services.db, who[0], name, actor=who[1]))
 
     @r.post(
         "/{name}/canary", response_model=AdapterOut, summary="Send a fraction of `name`'s traffic to another version"
     )
     def canary(name: str, body: CanaryStart, services: ServicesDep, who: tuple[str, str] = who_dep) -> AdapterOut:
-        before = registry.get_adapter(services.db, who[0], name)
-        after = promotion.start_canary(services.db, who[0], name, body.version, body.fraction, by=who[1])
-        return _audited(services, who, "adapter.canary.start", name, before, after)
+        after = promotion.start_canary(services.db, who[0], name, body.version, body.fraction, actor=who[1])
+        return _changed(services, after)
 
     @r.delete("/{name}/canary", response_model=AdapterOut, summary="Stop the canary")
     def stop_canary(name: str, services: ServicesDep, who: tuple[str, str] = who_dep) -> AdapterOut:
-        before = registry.get_adapter(services.db, who[0], name)
-        after = promotion.stop_canary(services.db, who[0], name)
-        return _audited(services, who, "adapter.canary.stop", name, before, after)
+        return _changed(services, promotion.stop_canary(services.db, who[0], name, actor=who[1]))
 
     @r.delete("/{name}", summary="Delete the adapter name and its versions")
     async def delete_adapter(name: str, services: ServicesDep, who: tuple[str, str] = who_dep) -> dict[str, object]:
@@ -219,8 +188,7 @@ def admin_register_path(body: AdapterRegisterPath, services: ServicesDep, who: A
     source = Path(body.path)
     if not source.is_dir():
         raise TailorError(400, f"{body.path!r} is not a directory.", code="invalid_adapter", param="path")
-    before = _current(services, who[0], body.name)
-    version = registry.register_dir(
+    registry.register_dir(
         services.db,
         services.store,
         services.limits,
@@ -228,7 +196,8 @@ def admin_register_path(body: AdapterRegisterPath, services: ServicesDep, who: A
         name=body.name,
         source_dir=source,
         base_model_name=services.settings.base_model_name,
+        actor=who[1],
         source="path",
         activate=body.activate,
     )
-    return _audited(services, who, "adapter.register", body.name, before, version=audit.describe_version(version))
+    return _changed(services, registry.get_adapter(services.db, who[0], body.name))

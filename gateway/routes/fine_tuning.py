@@ -366,7 +366,7 @@ def _trainable(services: Services, tenant_id: str, model: str, param: str) -> No
         )
 
 
-def create(services: Services, tenant_id: str, body: CreateFineTuningJobIn) -> JobInfo:
+def create(services: Services, tenant_id: str, body: CreateFineTuningJobIn, *, actor: str) -> JobInfo:
     method, hp = _method_and_hyperparameters(body)
     base = services.settings.base_model_name
     _trainable(services, tenant_id, body.model, "model")
@@ -377,10 +377,11 @@ def create(services: Services, tenant_id: str, body: CreateFineTuningJobIn) -> J
         config = _distillation_config(services, tenant_id, body)
     elif method == "reinforcement":
         given = body.method.reinforcement if body.method else None
-        config = {"grader": given.grader if given else None}  # checked by jobs.create_job
-    job = jobs.create_job(
+        config = {"grader": given.grader if given else None}  # checked by jobs.submit
+    return jobs.submit(
         services.db,
         tenant_id,
+        actor=actor,
         method=method,
         model=body.model,
         adapter_name=body.suffix,
@@ -397,7 +398,6 @@ def create(services: Services, tenant_id: str, body: CreateFineTuningJobIn) -> J
         metadata=body.metadata,
         integrations=[i.type for i in body.integrations or ()],
     )
-    return job
 
 
 def _distillation_config(services: Services, tenant_id: str, body: CreateFineTuningJobIn) -> dict[str, Any]:
@@ -433,9 +433,7 @@ def report_bytes(services: Services, tenant_id: str, job_id: str, name: str) -> 
 
 @router.post("", response_model=FineTuningJobOut, summary="Create a fine-tuning job (queued for a trainer worker)")
 def create_job(body: CreateFineTuningJobIn, services: ServicesDep, caller: CallerDep) -> FineTuningJobOut:
-    job = create(services, caller.tenant_id, body)
-    audit.job_created(services.db, audit.actor_for_key(caller.key_id), job)
-    return job_out(job)
+    return job_out(create(services, caller.tenant_id, body, actor=audit.actor_for_key(caller.key_id)))
 
 
 @router.get(
@@ -486,9 +484,8 @@ def get_job(fine_tuning_job_id: str, services: ServicesDep, caller: CallerDep) -
     summary="Cancel: a queued job at once, a running one at its next training step",
 )
 def cancel_job(fine_tuning_job_id: str, services: ServicesDep, caller: CallerDep) -> FineTuningJobOut:
-    job = jobs.cancel_job(services.db, caller.tenant_id, fine_tuning_job_id)
-    audit.job_cancelled(services.db, audit.actor_for_key(caller.key_id), job)
-    return job_out(job)
+    actor = audit.actor_for_key(caller.key_id)
+    return job_out(jobs.cancel_job(services.db, caller.tenant_id, fine_tuning_job_id, actor=actor))
 
 
 @router.post(
@@ -497,9 +494,8 @@ def cancel_job(fine_tuning_job_id: str, services: ServicesDep, caller: CallerDep
     summary="Pause a running job: it saves a checkpoint at its next training step, then frees its worker",
 )
 def pause_job(fine_tuning_job_id: str, services: ServicesDep, caller: CallerDep) -> FineTuningJobOut:
-    job = jobs.pause_job(services.db, caller.tenant_id, fine_tuning_job_id)
-    audit.job_paused(services.db, audit.actor_for_key(caller.key_id), job)
-    return job_out(job)
+    actor = audit.actor_for_key(caller.key_id)
+    return job_out(jobs.pause_job(services.db, caller.tenant_id, fine_tuning_job_id, actor=actor))
 
 
 @router.post(
@@ -509,9 +505,8 @@ def pause_job(fine_tuning_job_id: str, services: ServicesDep, caller: CallerDep)
 )
 def resume_job(fine_tuning_job_id: str, services: ServicesDep, caller: CallerDep) -> FineTuningJobOut:
     quotas = Quotas.from_settings(services.settings)
-    job = jobs.resume_job(services.db, caller.tenant_id, fine_tuning_job_id, quotas=quotas)
-    audit.job_resumed(services.db, audit.actor_for_key(caller.key_id), job)
-    return job_out(job)
+    actor = audit.actor_for_key(caller.key_id)
+    return job_out(jobs.resume_job(services.db, caller.tenant_id, fine_tuning_job_id, actor=actor, quotas=quotas))
 
 
 @router.get("/{fine_tuning_job_id}/events", response_model=JobEventListOut, summary="A job's events, newest first")
@@ -600,9 +595,10 @@ def train_from_feedback(tenant: str, body: TrainFromFeedbackIn, services: Servic
     # Snapshot now, so "no usable feedback" is this request's 400 rather than a failed job.
     snapshot = jobs.feedback_snapshot(services.db, services.blobs, owner.id, body.adapter_name)
     jobs.training_examples(snapshot, body.method)
-    job = jobs.create_job(
+    job = jobs.submit(
         services.db,
         owner.id,
+        actor=audit.ADMIN,
         method=body.method,
         model=model,
         adapter_name=body.adapter_name,
@@ -613,5 +609,4 @@ def train_from_feedback(tenant: str, body: TrainFromFeedbackIn, services: Servic
         max_lora_rank=services.settings.engine_max_lora_rank,
         quotas=Quotas.from_settings(services.settings),
     )
-    audit.job_created(services.db, audit.ADMIN, job)
     return job_out(job)

@@ -1,8 +1,8 @@
 """OpenAI's models routes: what a tenant can call, one of them, and deleting a fine-tuned one.
 
 The names are `adapters.model_names`' (base model, aliases, pinned `name@vN` versions);
-deleting is `adapters.version_deletion`'s. A deletion is audited like every adapter
-change, forgotten by this replica's caches at once, and unloaded from the engines.
+deleting is `adapters.version_deletion`'s (audited there, like every adapter change),
+forgotten by this replica's caches at once, and unloaded from the engines.
 """
 
 from __future__ import annotations
@@ -67,11 +67,14 @@ def get_model(model: str, services: ServicesDep, caller: CallerDep) -> ModelCard
 async def delete_model(model: str, services: ServicesDep, caller: CallerDep) -> ModelDeleted:
     deleted = await run_in_threadpool(
         lambda: version_deletion.delete_version(
-            services.db, services.store, caller.tenant_id, model, base_model_name=services.settings.base_model_name
+            services.db,
+            services.store,
+            caller.tenant_id,
+            model,
+            base_model_name=services.settings.base_model_name,
+            actor=audit.actor_for_key(caller.key_id),
         )
     )
-    actor = audit.actor_for_key(caller.key_id)
-    await run_in_threadpool(audit.version_deleted, services.db, actor, caller.tenant_id, deleted)
     services.changed()  # no longer resolves in this replica; others within the cache's TTL
     await services.pool.unload([deleted.version.id])
     return ModelDeleted(id=deleted.model, deleted=True)

@@ -118,6 +118,7 @@ def test_a_model_registers_beside_adapters_and_takes_turns_serving_the_name(env)
         base_model_name=BASE,
         max_upload_bytes=1_000_000,
         activate=False,
+        actor="test",
     )
     assert model.kind == VersionKind.MODEL and model.version == adapter.version + 1 and model.rank == 0
     assert store.exists(model.digest) and "config.json" in {f.name for f in store.manifest(model.digest).files}
@@ -125,11 +126,11 @@ def test_a_model_registers_beside_adapters_and_takes_turns_serving_the_name(env)
     pinned = registry.resolve(db, acme, f"support@v{model.version}", BASE)
     assert pinned.kind == VersionKind.MODEL and pinned.digest == model.digest
 
-    promotion.promote(db, acme, "support", model.version, by="test")
+    promotion.promote(db, acme, "support", model.version, actor="test", by="test")
     assert registry.resolve(db, acme, "support", BASE).kind == VersionKind.MODEL
     kinds = {v.version: v.kind for v in promotion.lineage(db, acme, "support")}
     assert kinds == {adapter.version: VersionKind.ADAPTER, model.version: VersionKind.MODEL}
-    promotion.rollback(db, acme, "support", by="test")
+    promotion.rollback(db, acme, "support", actor="test", by="test")
     assert registry.resolve(db, acme, "support", BASE).version_id == adapter.id
 
     # Another tenant sees neither the name nor the pinned model version.
@@ -144,7 +145,14 @@ def test_a_model_over_its_limit_is_refused_and_stores_nothing(env) -> None:  # n
     small = type(limits)(base=limits.base, max_rank=16, max_bytes=10_000_000, max_model_bytes=1000)
     with pytest.raises(TailorError) as info:
         registry.register_dir(
-            db, store, small, tenant_id=acme, name="big", source_dir=write_model(tmp / "big"), base_model_name=BASE
+            db,
+            store,
+            small,
+            tenant_id=acme,
+            name="big",
+            source_dir=write_model(tmp / "big"),
+            base_model_name=BASE,
+            actor="test",
         )
     assert info.value.code == "model_too_large"
     assert registry.list_adapters(db, acme) == []

@@ -45,7 +45,7 @@ def add(env, name: str, r: int, *, activate: bool = True, tenant: str | None = N
     src = write_adapter(tmp / f"src-{name}-{r}-{activate}", r=r)
     if activate:
         return registry.register_dir(
-            db, store, limits, tenant_id=tenant or acme, name=name, source_dir=src, base_model_name=BASE
+            db, store, limits, tenant_id=tenant or acme, name=name, source_dir=src, base_model_name=BASE, actor="test"
         )
     return promotion.register_candidate(
         db,
@@ -59,6 +59,7 @@ def add(env, name: str, r: int, *, activate: bool = True, tenant: str | None = N
         dataset_id="ds-1",
         metrics={"exact_match": 0.9},
         parent_version_id=None,
+        actor="test",
     )
 
 
@@ -83,7 +84,7 @@ def test_candidate_is_pinned_only_until_promoted(env) -> None:
     assert registry.resolve(db, acme, "support@v2", BASE).version_id == v2.id
     with pytest.raises(TailorError):
         registry.resolve(db, acme, "support@v9", BASE)
-    info = promotion.promote(db, acme, "support", 2, by="test")
+    info = promotion.promote(db, acme, "support", 2, actor="test")
     assert info.active_version == 2
     assert registry.resolve(db, acme, "support", BASE).version_id == v2.id
     states = {v.version: v.state for v in registry.get_adapter(db, acme, "support").versions}
@@ -97,10 +98,10 @@ def test_rollback_returns_to_previous_version(env) -> None:
     db, _store, _limits, acme, _other, _tmp = env
     add(env, "support", 4)
     add(env, "support", 8, activate=False)
-    promotion.promote(db, acme, "support", 2, by="test")
-    assert promotion.rollback(db, acme, "support", by="test").active_version == 1
+    promotion.promote(db, acme, "support", 2, actor="test")
+    assert promotion.rollback(db, acme, "support", actor="test").active_version == 1
     with pytest.raises(TailorError) as info:
-        promotion.rollback(db, acme, "support", by="test")
+        promotion.rollback(db, acme, "support", actor="test")
     assert info.value.status == 400
 
 
@@ -108,25 +109,25 @@ def test_canary_splits_traffic(env) -> None:
     db, _store, _limits, acme, _other, _tmp = env
     v1 = add(env, "support", 4)
     v2 = add(env, "support", 8, activate=False)
-    promotion.start_canary(db, acme, "support", 2, 0.25, by="test")
+    promotion.start_canary(db, acme, "support", 2, 0.25, actor="test")
     route = registry.route(db, acme, "support", BASE)
     picks = Counter(route.choose(i / 100).version_id for i in range(100))
     assert picks == {v2.id: 25, v1.id: 75}
-    assert promotion.stop_canary(db, acme, "support").canary_version is None
+    assert promotion.stop_canary(db, acme, "support", actor="test").canary_version is None
     assert registry.route(db, acme, "support", BASE).canary is None
     with pytest.raises(TailorError):
-        promotion.start_canary(db, acme, "support", 2, 1.5, by="test")
+        promotion.start_canary(db, acme, "support", 2, 1.5, actor="test")
     with pytest.raises(TailorError):
-        promotion.start_canary(db, acme, "support", 1, 0.5, by="test")  # already serving
+        promotion.start_canary(db, acme, "support", 1, 0.5, actor="test")  # already serving
 
 
 def test_rejected_candidate_cannot_be_the_serving_version(env) -> None:
     db, _store, _limits, acme, _other, _tmp = env
     add(env, "support", 4)
     add(env, "support", 8, activate=False)
-    promotion.reject(db, acme, "support", 2, reason="worse on exact_match")
+    promotion.reject(db, acme, "support", 2, reason="worse on exact_match", actor="test")
     with pytest.raises(TailorError) as info:
-        promotion.reject(db, acme, "support", 1, reason="x")
+        promotion.reject(db, acme, "support", 1, reason="x", actor="test")
     assert info.value.status == 409
 
 
@@ -135,5 +136,7 @@ def test_registration_refuses_bad_names(env) -> None:
     src = write_adapter(tmp / "src-bad", r=4)
     for bad in ("Support", "a/b", BASE):
         with pytest.raises(TailorError) as info:
-            registry.register_dir(db, store, limits, tenant_id=acme, name=bad, source_dir=src, base_model_name=BASE)
+            registry.register_dir(
+                db, store, limits, tenant_id=acme, name=bad, source_dir=src, base_model_name=BASE, actor="test"
+            )
         assert info.value.status == 400

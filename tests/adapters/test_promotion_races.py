@@ -78,17 +78,17 @@ def _assert_consistent(db: Database, tenant_id: str) -> None:
 
 def test_concurrent_promotions_canaries_and_rollbacks_leave_one_active_version(race) -> None:
     db, acme = race
-    promotion.promote(db, acme, NAME, 2, by="setup")  # something to roll back to
+    promotion.promote(db, acme, NAME, 2, actor="setup")  # something to roll back to
     draw = random.Random(13)
     actions: list[Callable[[], object]] = []
     for i in range(20):
         version = draw.choice(CANDIDATES)
         actions.append(
             [
-                lambda v=version: promotion.promote(db, acme, NAME, v, by="race"),
-                lambda v=version: promotion.start_canary(db, acme, NAME, v, 0.2, by="race"),
-                lambda: promotion.rollback(db, acme, NAME, by="race"),
-                lambda: promotion.stop_canary(db, acme, NAME),
+                lambda v=version: promotion.promote(db, acme, NAME, v, actor="race"),
+                lambda v=version: promotion.start_canary(db, acme, NAME, v, 0.2, actor="race"),
+                lambda: promotion.rollback(db, acme, NAME, actor="race"),
+                lambda: promotion.stop_canary(db, acme, NAME, actor="test"),
             ][i % 4]
         )
     errors = _run_at_once(actions)
@@ -101,8 +101,8 @@ def test_concurrent_promotions_canaries_and_rollbacks_leave_one_active_version(r
 def test_concurrent_rollbacks_each_go_one_step_further_back(race) -> None:
     db, acme = race
     for version in CANDIDATES:
-        promotion.promote(db, acme, NAME, version, by="setup")  # history v1 -> v2 -> ... -> v5
-    errors = _run_at_once([lambda: promotion.rollback(db, acme, NAME, by="race") for _ in range(5)])
+        promotion.promote(db, acme, NAME, version, actor="setup")  # history v1 -> v2 -> ... -> v5
+    errors = _run_at_once([lambda: promotion.rollback(db, acme, NAME, actor="race") for _ in range(5)])
     # Four steps back reach v1; the fifth finds nothing earlier.
     assert [getattr(e, "code", None) for e in errors if e is not None] == ["no_previous_version"]
     _adapter, versions = _states(db, acme)
@@ -119,7 +119,7 @@ def test_concurrent_rollbacks_each_go_one_step_further_back(race) -> None:
 def test_concurrent_canaries_leave_one_canary(race) -> None:
     db, acme = race
     errors = _run_at_once(
-        [lambda v=v: promotion.start_canary(db, acme, NAME, v, 0.1, by="race") for v in CANDIDATES * 5]
+        [lambda v=v: promotion.start_canary(db, acme, NAME, v, 0.1, actor="race") for v in CANDIDATES * 5]
     )
     assert errors == [None] * 20
     _assert_consistent(db, acme)
@@ -138,12 +138,12 @@ def test_activating_registrations_take_turns_with_promotions(race, tmp_path: Pat
     errors = _run_at_once(
         [
             lambda src=src: registry.register_dir(
-                db, store, limits, tenant_id=acme, name=NAME, source_dir=src, base_model_name="base-model"
+                db, store, limits, tenant_id=acme, name=NAME, source_dir=src, base_model_name="base-model", actor="test"
             )
             for src in uploads
         ]
-        + [lambda v=v: promotion.promote(db, acme, NAME, v, by="race") for v in CANDIDATES * 2]
-        + [lambda: promotion.start_canary(db, acme, NAME, 3, 0.1, by="race")] * 2
+        + [lambda v=v: promotion.promote(db, acme, NAME, v, actor="race") for v in CANDIDATES * 2]
+        + [lambda: promotion.start_canary(db, acme, NAME, 3, 0.1, actor="race")] * 2
     )
     assert all(e is None or e.status == 400 for e in errors), errors
     _assert_consistent(db, acme)

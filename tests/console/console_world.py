@@ -83,9 +83,17 @@ class World:
                 source_dir=source,
                 base_model_name=BASE,
                 **lineage,
+                actor="test",
             )
         return registry.register_dir(
-            s.db, s.store, s.limits, tenant_id=tenant.id, name=name, source_dir=source, base_model_name=BASE
+            s.db,
+            s.store,
+            s.limits,
+            tenant_id=tenant.id,
+            name=name,
+            source_dir=source,
+            base_model_name=BASE,
+            actor="test",
         )
 
 
@@ -138,7 +146,7 @@ def _report(job_id: str, losses: list[float]) -> dict[str, Any]:
 
 def _trained_job(w: World) -> str:
     s, acme = w.services, w.acme
-    job = jobs.create_job(s.db, acme.id, method="supervised", model=BASE, adapter_name="support")
+    job = jobs.submit(s.db, acme.id, method="supervised", model=BASE, adapter_name="support", actor="test")
     job_queue.claim_next(s.db, "w1", job_id=job.id)
     losses = _losses(24)
     _steps(s.db, job.id, losses, len(losses))
@@ -183,11 +191,13 @@ def _trained_job(w: World) -> str:
 
 def _distill_job(w: World) -> str:
     s, acme = w.services, w.acme
-    job = jobs.create_job(s.db, acme.id, method="distillation", model=BASE, adapter_name="faq", dataset_id="ds-distill")
+    job = jobs.submit(
+        s.db, acme.id, method="distillation", model=BASE, adapter_name="faq", dataset_id="ds-distill", actor="test"
+    )
     job_queue.claim_next(s.db, "w1", job_id=job.id)
     _steps(s.db, job.id, _losses(12), 12)
     version = w.register(acme, "faq", job_id=job.id, dataset_id="ds-distill", metrics=None, parent_version_id=None)
-    promotion.promote(s.db, acme.id, "faq", version.version, by="seed")
+    promotion.promote(s.db, acme.id, "faq", version.version, actor="seed")
     results = {
         "prompt_tokens_with_context": 880.0,
         "prompt_tokens_without_context": 40.0,
@@ -212,7 +222,7 @@ def _distill_job(w: World) -> str:
 
 def _running_job(w: World) -> str:
     s = w.services
-    job = jobs.create_job(s.db, w.acme.id, method="dpo", model=BASE, adapter_name="support")
+    job = jobs.submit(s.db, w.acme.id, method="dpo", model=BASE, adapter_name="support", actor="test")
     job_queue.claim_next(s.db, "w1", job_id=job.id)
     _steps(s.db, job.id, _losses(3), 40)
     return job.id
@@ -281,7 +291,7 @@ def seed(app: FastAPI, tmp: Path) -> World:
     w.trained_job = _trained_job(w)
     w.distill_job = _distill_job(w)
     w.running_job = _running_job(w)
-    w.beta_job = jobs.create_job(db, beta.id, method="supervised", model=BASE, adapter_name="helper").id
+    w.beta_job = jobs.submit(db, beta.id, method="supervised", model=BASE, adapter_name="helper", actor="test").id
     _traffic(w)
     return w
 

@@ -56,22 +56,24 @@ def test_tenant_values_replace_the_operator_defaults() -> None:
 def test_queued_jobs_quota(env: Any) -> None:
     db, acme, other = env[0], env[3], env[4]
     _set_limits(db, acme, max_queued_jobs=2)
-    first = jobs.create_job(db, acme, method="supervised", model="base", quotas=GENEROUS)
-    jobs.create_job(db, acme, method="supervised", model="base", quotas=GENEROUS)
-    error = _over_quota(jobs.create_job, db, acme, method="supervised", model="base", quotas=GENEROUS)
+    first = jobs.submit(db, acme, method="supervised", model="base", quotas=GENEROUS, actor="test")
+    jobs.submit(db, acme, method="supervised", model="base", quotas=GENEROUS, actor="test")
+    error = _over_quota(jobs.submit, db, acme, actor="test", method="supervised", model="base", quotas=GENEROUS)
     assert "quota of 2 queued fine-tuning jobs (max_queued_jobs): 2 used" in error.message
     assert len(jobs.list_jobs(db, acme)[0]) == 2  # nothing stored
-    jobs.create_job(db, other, method="supervised", model="base", quotas=GENEROUS)  # another tenant is unaffected
+    jobs.submit(
+        db, other, method="supervised", model="base", quotas=GENEROUS, actor="test"
+    )  # another tenant is unaffected
     # A started job leaves the queue and frees its place.
     assert job_queue.claim_next(db, "w", job_id=first.id) is not None
-    jobs.create_job(db, acme, method="supervised", model="base", quotas=GENEROUS)
+    jobs.submit(db, acme, method="supervised", model="base", quotas=GENEROUS, actor="test")
 
 
 def test_operator_default_applies_without_a_tenant_value(env: Any) -> None:
     db, acme = env[0], env[3]
     tight = Quotas(max_stored_bytes=10**12, max_adapter_versions=1000, max_files=1000, max_queued_jobs=1)
-    jobs.create_job(db, acme, method="supervised", model="base", quotas=tight)
-    _over_quota(jobs.create_job, db, acme, method="supervised", model="base", quotas=tight)
+    jobs.submit(db, acme, method="supervised", model="base", quotas=tight, actor="test")
+    _over_quota(jobs.submit, db, acme, actor="test", method="supervised", model="base", quotas=tight)
 
 
 def test_file_count_quota_stores_nothing_when_refused(env: Any) -> None:
@@ -92,7 +94,14 @@ def test_stored_bytes_quota_counts_files_and_adapter_versions(env: Any) -> None:
         base=limits.base, max_rank=limits.max_rank, max_bytes=limits.max_bytes, quotas=GENEROUS
     )
     version = registry.register_dir(
-        db, store, limits, tenant_id=acme, name="bot", source_dir=write_adapter(tmp / "v1"), base_model_name=BASE
+        db,
+        store,
+        limits,
+        tenant_id=acme,
+        name="bot",
+        source_dir=write_adapter(tmp / "v1"),
+        base_model_name=BASE,
+        actor="test",
     )
     files.upload_file(db, blobs, acme, "a.jsonl", CHAT_LINE, files.PURPOSE, quotas=GENEROUS)
     with db.session() as s:
@@ -104,7 +113,15 @@ def test_stored_bytes_quota_counts_files_and_adapter_versions(env: Any) -> None:
     assert len(blobs.list(f"files/{acme}")) == 1
     bigger = write_adapter(tmp / "v2", r=8)
     _over_quota(
-        registry.register_dir, db, store, limits, tenant_id=acme, name="bot", source_dir=bigger, base_model_name=BASE
+        registry.register_dir,
+        db,
+        store,
+        limits,
+        tenant_id=acme,
+        name="bot",
+        source_dir=bigger,
+        base_model_name=BASE,
+        actor="test",
     )
     # Refused before the store write: the new weights are nowhere in the store.
     assert not store.exists(digest_dir(bigger))
@@ -118,13 +135,25 @@ def test_adapter_versions_quota(env: Any) -> None:
     )
     _set_limits(db, acme, max_adapter_versions=1)
     src = write_adapter(tmp / "src")
-    registry.register_dir(db, store, limits, tenant_id=acme, name="a", source_dir=src, base_model_name=BASE)
+    registry.register_dir(
+        db, store, limits, tenant_id=acme, name="a", source_dir=src, base_model_name=BASE, actor="test"
+    )
     error = _over_quota(
-        registry.register_dir, db, store, limits, tenant_id=acme, name="b", source_dir=src, base_model_name=BASE
+        registry.register_dir,
+        db,
+        store,
+        limits,
+        tenant_id=acme,
+        name="b",
+        source_dir=src,
+        base_model_name=BASE,
+        actor="test",
     )
     assert "quota of 1 adapter versions (max_adapter_versions): 1 used" in error.message
     assert [a.name for a in registry.list_adapters(db, acme)] == ["a"]
-    registry.register_dir(db, store, limits, tenant_id=other, name="b", source_dir=src, base_model_name=BASE)
+    registry.register_dir(
+        db, store, limits, tenant_id=other, name="b", source_dir=src, base_model_name=BASE, actor="test"
+    )
 
 
 def test_concurrent_writers_never_pass_the_quota_together(env: Any) -> None:
@@ -136,7 +165,7 @@ def test_concurrent_writers_never_pass_the_quota_together(env: Any) -> None:
     def create() -> None:
         start.wait()
         try:
-            jobs.create_job(db, acme, method="supervised", model="base", quotas=GENEROUS)
+            jobs.submit(db, acme, method="supervised", model="base", quotas=GENEROUS, actor="test")
             outcomes.append("queued")
         except TailorError as e:
             outcomes.append(e.code or "")

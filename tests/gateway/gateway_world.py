@@ -254,6 +254,7 @@ class Gateway:
             name=name,
             source_dir=source,
             base_model_name=BASE,
+            actor="test",
         )
         self.services.changed()
         return info.id

@@ -1,4 +1,4 @@
-"""The `tailor` CLI (gateway/cli.py) through typer's CliRunner: tenants, keys, adapters
+"""The `tailor` CLI (gateway/cli/) through typer's CliRunner: tenants, keys, adapters
 (directory and archive registration, activate, rollback, canary, lineage) and `train`.
 
 Each call reads Settings from the environment, as the real command does: TAILOR_DATA_DIR

@@ -275,11 +275,11 @@ def fake_run_job_now(cli: Cli) -> Any:
 
 
 def test_wait_prints_the_result_and_the_distillation_figures(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
-    import gateway.cli
+    import gateway.cli.jobs
     import trainer.worker
 
     monkeypatch.setattr(trainer.worker, "Worker", FakeWorker)
-    monkeypatch.setattr(gateway.cli, "_run_job_now", fake_run_job_now(cli), raising=False)
+    monkeypatch.setattr(gateway.cli.jobs, "run_job_now", fake_run_job_now(cli))
     args = (
         "distill",
         "acme",

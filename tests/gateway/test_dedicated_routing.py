@@ -63,6 +63,7 @@ def _register_model(gw: Gateway, name: str) -> str:
         name=name,
         source_dir=source,
         base_model_name=BASE,
+        actor="test",
     )
     gw.services.changed()
     return info.digest

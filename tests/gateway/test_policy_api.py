@@ -220,6 +220,7 @@ def register(api: Api, tenant: str, name: str) -> str:
         name=name,
         source_dir=write_adapter(api.tmp / "lora"),
         base_model_name=services.settings.base_model_name,
+        actor="test",
     )
     return v.id
 
@@ -288,6 +289,7 @@ def test_drift_of_an_adapter_without_an_active_version(api: Api) -> None:
         source_dir=write_adapter(api.tmp / "lora"),
         base_model_name=services.settings.base_model_name,
         activate=False,
+        actor="test",
     )
     body = ok(api.client.get("/v1/adapters/draft/drift", headers=api.keys["acme"]))
     assert body == {

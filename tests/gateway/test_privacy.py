@@ -110,6 +110,7 @@ def fill(api: Api, tenant: str, shared_dir: Path) -> Filled:
             name=name,
             source_dir=source,
             base_model_name=svc.settings.base_model_name,
+            actor="test",
         )
         for name, source in (("own", own_dir), ("shared", shared_dir))
     ]
@@ -136,7 +137,9 @@ def fill(api: Api, tenant: str, shared_dir: Path) -> Filled:
     assert up.status_code == 200, up.text
     file_id = up.json()["id"]
     snapshot = datasets.build_from_files(svc.db, svc.blobs, tid, file_id)
-    job = jobs.create_job(svc.db, tid, method="supervised", model=svc.settings.base_model_name, training_file=file_id)
+    job = jobs.submit(
+        svc.db, tid, method="supervised", model=svc.settings.base_model_name, training_file=file_id, actor="test"
+    )
     job_records.add_event(svc.db, job.id, "Training started")
     checkpoint = f"checkpoints/{tid}/{job.id}/step-1"
     svc.blobs.put_bytes(f"{checkpoint}/adapter_model.safetensors", b"weights")

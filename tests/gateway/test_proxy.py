@@ -587,8 +587,14 @@ async def test_checkpoint_name_serves_the_checkpoints_adapter(gw: Gateway) -> No
     """A fine-tuning job's checkpoint id (adapters.checkpoints) is a model: the engine loads
     the checkpoint's files under the checkpoint's own id, which the client never sees."""
     quotas = Quotas.from_settings(gw.services.settings)
-    job = jobs.create_job(
-        gw.services.db, gw.tenant_id, method="supervised", model=BASE, adapter_name="helper", quotas=quotas
+    job = jobs.submit(
+        gw.services.db,
+        gw.tenant_id,
+        method="supervised",
+        model=BASE,
+        adapter_name="helper",
+        quotas=quotas,
+        actor="test",
     )
     limits = gw.services.limits
     digest = checkpoints.store_checkpoint(

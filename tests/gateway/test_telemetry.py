@@ -95,7 +95,7 @@ def register_adapter(run: Running, tenant_id: str, name: str) -> str:
     source = write_tiny_adapter(run.tmp / f"src-{name}-{next(_serial)}")
     s = run.services
     info = registry.register_dir(
-        s.db, s.store, s.limits, tenant_id=tenant_id, name=name, source_dir=source, base_model_name=BASE
+        s.db, s.store, s.limits, tenant_id=tenant_id, name=name, source_dir=source, base_model_name=BASE, actor="test"
     )
     s.changed()
     return info.id

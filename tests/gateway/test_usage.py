@@ -132,11 +132,19 @@ def build(db: Database, tmp: Path) -> World:
 
     def reg(tenant: str, name: str, activate: bool = True) -> str:
         return registry.register_dir(
-            db, store, limits, tenant_id=tenant, name=name, source_dir=src, base_model_name=BASE, activate=activate
+            db,
+            store,
+            limits,
+            tenant_id=tenant,
+            name=name,
+            source_dir=src,
+            base_model_name=BASE,
+            activate=activate,
+            actor="test",
         ).id
 
     v1, v2, h1 = reg(acme, "support"), reg(acme, "support", activate=False), reg(beta, "helper")
-    promotion.start_canary(db, acme, "support", 2, 0.25, by="test")
+    promotion.start_canary(db, acme, "support", 2, 0.25, actor="test")
     ids: dict[str, list[str]] = {"v1": [], "v2": []}
     for ms in (40, 10, 30, 20):
         add(db, acme, at(D1), prompt=100, completion=50, latency=ms)

@@ -496,7 +496,7 @@ class Worker:
         )
         # Stored as given: a job queued before the operator's settings changed.
         spec = DistillSpec(teacher=TeacherSpec(**teacher), max_tokens=8)
-        job = jobs.create_job(
+        job = jobs.submit(
             self.db,
             self.tenant,
             method="distillation",
@@ -505,6 +505,7 @@ class Worker:
             training_file=upload.id,
             hyperparameters={"max_steps": 1},
             config=spec.to_json(),
+            actor="test",
         )
         return job.id
 
@@ -660,7 +661,7 @@ def test_cancelling_stops_the_teacher_phase(tmp_path: Path, monkeypatch: pytest.
 
     def behave(h: BaseHTTPRequestHandler, n: int) -> None:
         if n == 3:
-            jobs.cancel_job(env.db, env.tenant, job_id[0])
+            jobs.cancel_job(env.db, env.tenant, job_id[0], actor="test")
         answer_with(h, f"answer {n}", delay_s=0.1)
 
     with teacher_server(behave) as server:

@@ -21,7 +21,7 @@ def _tenant(db: Database, name: str, max_queued_jobs: int = 20) -> str:
 
 
 def _queue(db: Database, tenant_id: str, n: int) -> list[str]:
-    return [jobs.create_job(db, tenant_id, method="supervised", model="base").id for _ in range(n)]
+    return [jobs.submit(db, tenant_id, method="supervised", model="base", actor="test").id for _ in range(n)]
 
 
 def test_second_tenant_is_claimed_second_while_the_first_runs(db: Database) -> None:

@@ -48,8 +48,15 @@ def inputs(db: Database, tenant: str, tmp_path: Path) -> str:
 def _distill_job(db: Database, tenant: str, sealed: str, inputs: str, dataset_id: str | None = None) -> str:
     teacher = {"model": "big", "base_url": "https://teacher.example/v1", "api_key_sealed": sealed, "api_key_env": None}
     config = {"system": None, "examples": [], "teacher": teacher, "max_tokens": 64}
-    job = jobs.create_job(
-        db, tenant, method="distillation", model="base", config=config, training_file=inputs, dataset_id=dataset_id
+    job = jobs.submit(
+        db,
+        tenant,
+        method="distillation",
+        model="base",
+        config=config,
+        training_file=inputs,
+        dataset_id=dataset_id,
+        actor="test",
     )
     return job.id
 
@@ -100,7 +107,7 @@ def test_finishing_drops_the_key(db: Database, tenant: str, sealed: str, inputs:
 
 def test_cancelling_a_queued_job_drops_the_key(db: Database, tenant: str, sealed: str, inputs: str) -> None:
     job_id = _distill_job(db, tenant, sealed, inputs)
-    jobs.cancel_job(db, tenant, job_id)
+    jobs.cancel_job(db, tenant, job_id, actor="test")
     assert _stored_key(db, job_id) is None
 
 

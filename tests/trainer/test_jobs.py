@@ -53,7 +53,7 @@ def tenant(db: Database) -> str:
 def _job(db: Database, tenant_id: str, **kw: object) -> jobs.JobInfo:
     args: dict[str, object] = {"method": "supervised", "model": "base", "hyperparameters": {}}
     args.update(kw)
-    return jobs.create_job(db, tenant_id, **args)  # type: ignore[arg-type]
+    return jobs.submit(db, tenant_id, **args, actor="test")  # type: ignore[arg-type]
 
 
 def _backdate_heartbeat(db: Database, job_id: str, seconds: float) -> None:
@@ -211,7 +211,7 @@ def test_jobs_are_tenant_scoped(db: Database, tenant: str) -> None:
     other = _tenant(db, "globex")
     for call in (
         lambda: jobs.get_job(db, other, job.id),
-        lambda: jobs.cancel_job(db, other, job.id),
+        lambda: jobs.cancel_job(db, other, job.id, actor="test"),
         lambda: job_records.list_events(db, other, job.id),
         lambda: job_records.list_checkpoints(db, other, job.id),
         lambda: jobs.get_job(db, tenant, "ftjob-missing"),
@@ -329,7 +329,7 @@ def test_heartbeat_reports_cancellation_and_ownership(db: Database, tenant: str)
     assert job_queue.heartbeat(db, job.id, "w1") is False
     with pytest.raises(JobLost):
         job_queue.heartbeat(db, job.id, "w2")
-    cancelled = jobs.cancel_job(db, tenant, job.id)
+    cancelled = jobs.cancel_job(db, tenant, job.id, actor="test")
     assert (cancelled.status, cancelled.cancel_requested) == ("running", True)
     assert job_queue.heartbeat(db, job.id, "w1") is True
     done = job_queue.finish_job(db, job.id, "w1", status="cancelled")
@@ -340,9 +340,9 @@ def test_heartbeat_reports_cancellation_and_ownership(db: Database, tenant: str)
 
 def test_cancel_queued_is_immediate_and_finished_jobs_refuse(db: Database, tenant: str) -> None:
     queued = _job(db, tenant)
-    out = jobs.cancel_job(db, tenant, queued.id)
+    out = jobs.cancel_job(db, tenant, queued.id, actor="test")
     assert out.status == "cancelled" and out.finished_at is not None
-    assert jobs.cancel_job(db, tenant, queued.id).status == "cancelled"  # idempotent
+    assert jobs.cancel_job(db, tenant, queued.id, actor="test").status == "cancelled"  # idempotent
     assert job_queue.claim_next(db, "w1") is None
 
     running = _job(db, tenant)
@@ -358,7 +358,7 @@ def test_cancel_queued_is_immediate_and_finished_jobs_refuse(db: Database, tenan
         trained_tokens=42,
     )
     with pytest.raises(TailorError) as err:
-        jobs.cancel_job(db, tenant, running.id)
+        jobs.cancel_job(db, tenant, running.id, actor="test")
     assert err.value.status == 409
     info = jobs.get_job(db, tenant, running.id)
     assert (info.fine_tuned_model, info.decision, info.trained_tokens) == ("x@v1", "promoted", 42)
@@ -406,7 +406,7 @@ def test_requeue_stale_retries_then_fails(db: Database, tenant: str) -> None:
 def test_stale_job_with_cancellation_requested_is_cancelled(db: Database, tenant: str) -> None:
     job = _job(db, tenant)
     job_queue.claim_next(db, "dead")
-    jobs.cancel_job(db, tenant, job.id)
+    jobs.cancel_job(db, tenant, job.id, actor="test")
     _backdate_heartbeat(db, job.id, 120)
     assert job_queue.requeue_stale(db, stale_after_s=60) == [job.id]
     assert jobs.get_job(db, tenant, job.id).status == "cancelled"
@@ -450,12 +450,12 @@ def _pause_on_worker(db: Database, job_id: str, worker: str, step: int, total: i
 def test_pause_resume_cycle(db: Database, tenant: str) -> None:
     job = _job(db, tenant)
     with pytest.raises(TailorError) as err:
-        jobs.pause_job(db, tenant, job.id)
+        jobs.pause_job(db, tenant, job.id, actor="test")
     assert (err.value.status, err.value.code) == (400, "job_not_running")
     job_queue.claim_next(db, "w1")
     with pytest.raises(TailorError):
-        jobs.pause_job(db, _tenant(db, "globex"), job.id)  # another tenant's: unknown
-    asked = jobs.pause_job(db, tenant, job.id)
+        jobs.pause_job(db, _tenant(db, "globex"), job.id, actor="test")  # another tenant's: unknown
+    asked = jobs.pause_job(db, tenant, job.id, actor="test")
     assert (asked.status, asked.pause_requested) == ("running", True)
     assert job_queue.stop_request(db, job.id, "w1") == "pause"
     with pytest.raises(JobLost):
@@ -474,24 +474,24 @@ def test_pause_resume_cycle(db: Database, tenant: str) -> None:
         job_queue.heartbeat(db, job.id, "w1")
     assert job_queue.claim_next(db, "w2") is None  # paused jobs wait for resume
 
-    resumed = jobs.resume_job(db, tenant, job.id)
+    resumed = jobs.resume_job(db, tenant, job.id, actor="test")
     assert (resumed.status, resumed.attempts, resumed.worker_id) == ("queued", 0, None)
     again = job_queue.claim_next(db, "w2")
     assert again is not None and again.resume is not None and again.resume.step == 2
     assert job_queue.stop_request(db, job.id, "w2") is None
     with pytest.raises(TailorError) as err:
-        jobs.resume_job(db, tenant, job.id)
+        jobs.resume_job(db, tenant, job.id, actor="test")
     assert (err.value.status, err.value.code) == (400, "job_not_paused")
 
 
 def test_pause_before_a_checkpoint_keeps_the_earlier_point(db: Database, tenant: str) -> None:
     job = _job(db, tenant)
     job_queue.claim_next(db, "w1")
-    jobs.pause_job(db, tenant, job.id)
+    jobs.pause_job(db, tenant, job.id, actor="test")
     first = _pause_on_worker(db, job.id, "w1", step=2, total=5)
-    jobs.resume_job(db, tenant, job.id)
+    jobs.resume_job(db, tenant, job.id, actor="test")
     job_queue.claim_next(db, "w1")
-    jobs.pause_job(db, tenant, job.id)
+    jobs.pause_job(db, tenant, job.id, actor="test")
     # The run stopped before it saved a checkpoint of its own: the earlier one stays the point.
     again = job_queue.mark_paused(db, job.id, "w1", None)
     assert again.status == "paused" and again.resume == first.resume
@@ -502,12 +502,12 @@ def test_pause_before_a_checkpoint_keeps_the_earlier_point(db: Database, tenant:
 def test_resume_needs_room_in_the_queue(db: Database, tenant: str) -> None:
     job = _job(db, tenant)
     job_queue.claim_next(db, "w1")
-    jobs.pause_job(db, tenant, job.id)
+    jobs.pause_job(db, tenant, job.id, actor="test")
     _pause_on_worker(db, job.id, "w1", step=1, total=3)
     _job(db, tenant)
     one = Quotas(max_stored_bytes=10**9, max_adapter_versions=10, max_files=10, max_queued_jobs=1)
     with pytest.raises(TailorError) as err:
-        jobs.resume_job(db, tenant, job.id, quotas=one)
+        jobs.resume_job(db, tenant, job.id, quotas=one, actor="test")
     assert (err.value.status, err.value.code) == (429, "insufficient_quota")
     assert jobs.get_job(db, tenant, job.id).status == "paused"
 
@@ -515,7 +515,7 @@ def test_resume_needs_room_in_the_queue(db: Database, tenant: str) -> None:
 def test_stale_job_with_pause_requested_is_paused(db: Database, tenant: str) -> None:
     job = _job(db, tenant)
     job_queue.claim_next(db, "dead")
-    jobs.pause_job(db, tenant, job.id)
+    jobs.pause_job(db, tenant, job.id, actor="test")
     _backdate_heartbeat(db, job.id, 120)
     assert job_queue.requeue_stale(db, stale_after_s=60) == [job.id]
     paused = jobs.get_job(db, tenant, job.id)

@@ -62,6 +62,7 @@ class Env:
             source_dir=self.adapter_src,
             base_model_name="SmolLM2-135M-Instruct",
             activate=activate,
+            actor="test",
         )
 
     def promoted_at(self, version_id: str, when: datetime | None) -> None:

@@ -87,7 +87,7 @@ class Env:
             "hyperparameters": dict(HYPER),
         }
         args.update(kw)
-        return jobs.create_job(self.db, self.tenant, **args)  # type: ignore[arg-type]
+        return jobs.submit(self.db, self.tenant, **args, actor="test")  # type: ignore[arg-type]
 
     def versions(self) -> list[AdapterVersion]:
         with self.db.session() as s:
@@ -245,7 +245,7 @@ def test_cancel_while_running_stops_and_registers_nothing(
     def cancel_at_step_2(db: Database, job_id: str, message: str, **kw: object) -> job_records.EventInfo:
         event = real_add_event(db, job_id, message, **kw)  # type: ignore[arg-type]
         if message.startswith("Step 2/"):
-            jobs.cancel_job(db, env.tenant, job_id)
+            jobs.cancel_job(db, env.tenant, job_id, actor="test")
         return event
 
     monkeypatch.setattr(job_records, "add_event", cancel_at_step_2)

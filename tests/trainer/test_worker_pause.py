@@ -46,7 +46,7 @@ def test_paused_job_resumes_from_its_checkpoint_and_finishes(tmp_path: Path, mon
         event = real_add_event(db, job_id, message, **kw)  # type: ignore[arg-type]
         if message.startswith("Step 2/") and not asked:
             asked.append(job_id)
-            jobs.pause_job(db, env.tenant, job_id)
+            jobs.pause_job(db, env.tenant, job_id, actor="test")
         return event
 
     monkeypatch.setattr(job_records, "add_event", pause_at_step_2)
@@ -66,7 +66,7 @@ def test_paused_job_resumes_from_its_checkpoint_and_finishes(tmp_path: Path, mon
     assert not (env.settings.data_dir / "jobs" / job.id).exists()
     assert env.worker.run_once() is False  # nothing queued while it is paused
 
-    jobs.resume_job(env.db, env.tenant, job.id)
+    jobs.resume_job(env.db, env.tenant, job.id, actor="test")
     assert env.worker.run_once()
     done = jobs.get_job(env.db, env.tenant, job.id)
     assert done.status == "succeeded", done.error

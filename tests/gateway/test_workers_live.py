@@ -27,8 +27,16 @@ from tests.openai_schema import validate
 
 
 def _workers(parent: psutil.Process) -> list[psutil.Process]:
-    """The parent's gateway workers (uvicorn starts them with multiprocessing's spawn)."""
-    return [p for p in parent.children() if "spawn_main" in " ".join(p.cmdline())]
+    """The parent's gateway workers (uvicorn starts them with multiprocessing's spawn); a worker
+    that has just died (a zombie until uvicorn reaps it) is none."""
+    out = []
+    for p in parent.children():
+        try:
+            if "spawn_main" in " ".join(p.cmdline()):
+                out.append(p)
+        except psutil.NoSuchProcess:  # ZombieProcess included
+            continue
+    return out
 
 
 def _wait(predicate: Callable[[], bool], timeout_s: float = 60.0) -> None:

@@ -32,6 +32,7 @@ import os
 import signal
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -196,7 +197,7 @@ class Sandbox:
             )
         finally:
             _kill(proc)
-            await proc.wait()
+            await _exit_status(proc)
 
     async def _exchange(self, proc: asyncio.subprocess.Process, payload: bytes) -> SandboxOutcome:
         assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
@@ -208,7 +209,7 @@ class Sandbox:
         answer, errors = await asyncio.gather(
             _read(proc.stdout, budget, MAX_ANSWER_BYTES), _read(proc.stderr, budget, None)
         )
-        status = await proc.wait()
+        status = await _exit_status(proc)
         if status == SETUP_FAILED and not answer:
             raise SandboxError(_last_line(errors) or "the sandbox could not be set up")
         try:
@@ -230,6 +231,27 @@ class Sandbox:
         except asyncio.TimeoutError:
             errors = ""
         return _last_line(errors) or f"the sandbox could not be set up ({type(exc).__name__})"
+
+
+async def _exit_status(proc: asyncio.subprocess.Process) -> int:
+    """The process's exit status, also polled with waitpid: asyncio's child watcher is state of
+    the whole process, and a loop another thread ran (`tailor serve --workers`' host loop) can
+    leave it blind to this loop's children, so `proc.wait()` alone could wait forever."""
+    unknown_since: float | None = None
+    while proc.returncode is None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            return await asyncio.wait_for(asyncio.shield(proc.wait()), timeout=0.05)
+        try:
+            pid, status = os.waitpid(proc.pid, os.WNOHANG)
+        except ChildProcessError:
+            # Reaped by the watcher, whose report is on its way; or by no one who will tell.
+            unknown_since = unknown_since or time.monotonic()
+            if time.monotonic() - unknown_since > 1.0:
+                return 255
+            continue
+        if pid:
+            return os.waitstatus_to_exitcode(status)
+    return proc.returncode
 
 
 def _outcome(answer: Any) -> SandboxOutcome:

@@ -152,9 +152,12 @@ def test_first_job_trains_registers_and_promotes(trained: tuple[Env, jobs.JobInf
     assert env.blobs.get_bytes(f"reports/{env.tenant}/{job.id}/loss.png").startswith(b"\x89PNG")
     assert not (env.settings.data_dir / "jobs" / job.id).exists()
     with env.db.session() as s:
-        (event,) = s.scalars(select(AuditEvent).where(AuditEvent.actor == f"job:{job.id}")).all()
-    assert (event.action, event.target, event.before) == ("adapter.promote", "geo", {"active_version": None})
-    assert event.after is not None and event.after["active_version"] == 1
+        events = s.scalars(select(AuditEvent).where(AuditEvent.actor == f"job:{job.id}").order_by(AuditEvent.id)).all()
+    # The job's own actions, each in the gateway's before/after shape: register, then promote.
+    assert [(e.action, e.target) for e in events] == [("adapter.register", "geo"), ("adapter.promote", "geo")]
+    promote = events[-1]
+    assert promote.before is not None and promote.before["active_version"] is None
+    assert promote.after is not None and promote.after["active_version"] == 1
 
 
 def test_identical_retrain_is_rejected_against_the_serving_version(

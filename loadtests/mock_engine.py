@@ -44,6 +44,8 @@ def _usage() -> dict[str, int]:
 class MockEngine:
     def __init__(self, served_name: str, api_key: str | None) -> None:
         self.served_name = served_name
+        # (path, model, stream, include_usage) -> the encoded answer, built on first use.
+        self.answers: dict[tuple[str, str, bool, bool], list[bytes]] = {}
         self.api_key = api_key
         self.loras: set[str] = set()
 
@@ -87,6 +89,13 @@ class MockEngine:
             "choices": [{"index": 0, "text": ANSWER, "finish_reason": "stop", "logprobs": None}],
             "usage": _usage(),
         }
+
+    def answer(self, path: str, model: str, stream: bool, include_usage: bool) -> list[bytes]:
+        """The body (or the stream's events) for this kind of request, built once per kind."""
+        if stream:
+            return self.chunks(path, model, include_usage)
+        body = self.chat(model) if path == "/v1/chat/completions" else self.completion(model)
+        return [orjson.dumps(body)]
 
     def chunks(self, path: str, model: str, include_usage: bool) -> list[bytes]:
         created = int(time.time())
@@ -153,13 +162,15 @@ class MockEngine:
         elif method == "POST" and path in ("/v1/chat/completions", "/v1/completions"):
             request = orjson.loads(body or b"{}")
             model = str(request.get("model", self.served_name))
-            if request.get("stream"):
-                options = request.get("stream_options") or {}
-                await _stream(send, self.chunks(path, model, bool(options.get("include_usage"))))
-            elif path == "/v1/chat/completions":
-                await _json(send, 200, self.chat(model))
+            stream = bool(request.get("stream"))
+            usage = bool((request.get("stream_options") or {}).get("include_usage")) if stream else False
+            key = (path, model, stream, usage)
+            if key not in self.answers:
+                self.answers[key] = self.answer(path, model, stream, usage)
+            if stream:
+                await _stream(send, self.answers[key])
             else:
-                await _json(send, 200, self.completion(model))
+                await _send(send, 200, self.answers[key][0])
         else:
             await _json(send, 404, {"error": f"no route {method} {path}"})
 

@@ -28,6 +28,10 @@ def tokenizer() -> object:
     return AutoTokenizer.from_pretrained(MODEL_DIR)
 
 
+def served(engine: LiveEngine) -> list[str]:
+    return sorted(m["id"] for m in engine.client.http.get("/v1/models").json()["data"])
+
+
 def examples(answer: str) -> list[EvalExample]:
     return [EvalExample([{"role": "user", "content": q}], answer) for q in QUESTIONS]
 
@@ -36,6 +40,9 @@ def test_a_trained_adapter_beats_the_base_model_on_what_it_learned(
     eval_engine: LiveEngine, trained_adapter: Path, tokenizer: object
 ) -> None:
     held_out = examples(TAUGHT_ANSWER)
+    # The engine is shared by the session (other tests' gateways load their adapters into it),
+    # so what matters is that this evaluation leaves it serving exactly what it served before.
+    served_before = served(eval_engine)
     comparison, p = evaluate(
         eval_engine.client,
         tokenizer,
@@ -53,7 +60,8 @@ def test_a_trained_adapter_beats_the_base_model_on_what_it_learned(
     assert p.max_tokens == answer_budget([e.target_tokens for e in p.encoded], ceiling=2048)
     assert p.max_tokens < 64
     # the internal names are gone again: the engine serves what it served before
-    assert [m["id"] for m in eval_engine.client.http.get("/v1/models").json()["data"]] == ["SmolLM2-135M-Instruct"]
+    assert served(eval_engine) == served_before
+    assert not any(name.startswith("tailor-eval-job-live") for name in served_before)
 
 
 def test_long_references_get_room_to_be_matched(eval_engine: LiveEngine, tokenizer: object) -> None:

@@ -61,6 +61,7 @@ def test_gateway_env_child_engine_on_any_free_port(tmp_path: Path) -> None:
         "TAILOR_ENGINE_PORT": "0",
         "TAILOR_ADMIN_KEY": "adm-x",
         "TAILOR_BASE_MODEL_PATH": str(tmp_path / "m"),
+        "TAILOR_WORKERS": "1",
         "TAILOR_RUN_TRAINER": "false",
     }
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from core.errors import TailorError
 from trainer.compute.launch import run_training
 from trainer.compute.placement import parse_devices
 from trainer.compute.recipe import EvalInfo, Recipe, StepInfo, TrainResult
@@ -55,14 +56,22 @@ def run(recipe: Recipe, devices: str = "cpu", sharding: str = "auto", **kwargs: 
     steps: list[StepInfo] = []
     checkpoints: list[tuple[int, float, Path]] = []
     evaluations: list[EvalInfo] = []
-    result = run_training(
-        recipe,
-        placement,
-        Path(recipe.progress_path).parent / "work",
-        on_step=steps.append,
-        on_checkpoint=lambda step, loss, path: checkpoints.append((step, loss, path)),
-        on_evaluation=evaluations.append,
-        poll_s=0.05,
-        **kwargs,
-    )
+    work = Path(recipe.progress_path).parent / "work"
+    try:
+        result = run_training(
+            recipe,
+            placement,
+            work,
+            on_step=steps.append,
+            on_checkpoint=lambda step, loss, path: checkpoints.append((step, loss, path)),
+            on_evaluation=evaluations.append,
+            poll_s=0.05,
+            **kwargs,
+        )
+    except TailorError as e:
+        if e.status < 500:
+            raise
+        # A crash's own words go to the log only; a failing test shows them where it is read.
+        tail = (work / "train.log").read_text(encoding="utf-8", errors="replace")[-6000:]
+        raise AssertionError(f"{e}; the training process's last output:\n{tail}") from e
     return Run(recipe, result, steps, checkpoints, evaluations)

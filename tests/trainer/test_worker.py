@@ -180,7 +180,8 @@ def test_identical_retrain_is_rejected_against_the_serving_version(
 def test_tenant_policy_picks_promote_candidate_or_canary(
     tmp_path: Path, eval_engine: LiveEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import trainer.worker as worker_module
+    import trainer.worker.evaluating as evaluating
+    import trainer.worker.loop as loop
     from trainer.compute.evaluation import Plan
     from trainer.evaluate import Comparison, Metrics
     from trainer.gates import Decision
@@ -189,9 +190,9 @@ def test_tenant_policy_picks_promote_candidate_or_canary(
     # so what is under test is what the worker does with a pass under each policy.
     metrics = Metrics(n=2, exact_match=1.0, token_f1=1.0, perplexity=1.5, win_rate=None)
     monkeypatch.setattr(
-        worker_module.evaluation, "evaluate", lambda *_a, **_k: (Comparison(metrics, metrics, []), Plan([], 1))
+        evaluating.evaluation, "evaluate", lambda *_a, **_k: (Comparison(metrics, metrics, []), Plan([], 1))
     )
-    monkeypatch.setattr(worker_module, "decide", lambda *_a: Decision(promote=True, reasons=["forced"]))
+    monkeypatch.setattr(loop, "decide", lambda *_a: Decision(promote=True, reasons=["forced"]))
     env = Env(tmp_path, eval_engine)
     one_step = {**HYPER, "max_steps": 1}
 
@@ -273,12 +274,12 @@ def test_failures_fail_the_job_with_an_error(
     assert done.error["code"] == "dataset_not_found"
     assert env.events(missing.id)[-1].level == "error"
 
-    import trainer.worker as worker_module
+    import trainer.worker.evaluating as evaluating
 
     def broken_compare(*_args: object, **_kw: object) -> None:
         raise RuntimeError("judge exploded")
 
-    monkeypatch.setattr(worker_module.evaluation, "evaluate", broken_compare)
+    monkeypatch.setattr(evaluating.evaluation, "evaluate", broken_compare)
     crashed = env.job(hyperparameters={**HYPER, "max_steps": 1})
     assert env.worker.run_once()
     done = jobs.get_job(env.db, env.tenant, crashed.id)
@@ -407,7 +408,7 @@ def test_remote_teacher_distillation_uses_the_sealed_key_once(
 ) -> None:
     import httpx
 
-    import trainer.worker as worker_module
+    import trainer.worker.distillation as distillation
 
     asked: list[httpx.Request] = []
 
@@ -420,7 +421,7 @@ def test_remote_teacher_distillation_uses_the_sealed_key_once(
         def __init__(self, **kw: object) -> None:
             super().__init__(**kw, transport=httpx.MockTransport(endpoint))  # type: ignore[arg-type]
 
-    monkeypatch.setattr(worker_module, "RemoteTeacher", MockedTeacher)
+    monkeypatch.setattr(distillation, "RemoteTeacher", MockedTeacher)
     env = Env(tmp_path, eval_engine)
     teacher = {"model": "big-teacher", "base_url": "https://teacher.example/v1", "api_key": "sk-teacher-secret"}
     job = distill_job(env, {"teacher": teacher}, hyperparameters={**HYPER, "max_steps": 2})

@@ -18,7 +18,8 @@ from types import SimpleNamespace
 
 import pytest
 
-import trainer.worker as worker_module
+import trainer.worker.evaluating as evaluating
+import trainer.worker.loop as loop
 from core.db import Database
 from tests.trainer.test_worker import HYPER, MODEL, Env
 from trainer import job_records, jobs
@@ -35,8 +36,8 @@ STEPS = 16
 
 def test_paused_job_resumes_from_its_checkpoint_and_finishes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     metrics = Metrics(n=2, exact_match=1.0, token_f1=1.0, perplexity=1.5, win_rate=None)
-    monkeypatch.setattr(worker_module.Worker, "_evaluate", lambda *_a: Comparison(metrics, metrics, []))
-    monkeypatch.setattr(worker_module, "decide", lambda *_a: Decision(promote=True, reasons=["forced"]))
+    monkeypatch.setattr(evaluating, "evaluate", lambda *_a: Comparison(metrics, metrics, []))
+    monkeypatch.setattr(loop, "decide", lambda *_a: Decision(promote=True, reasons=["forced"]))
     env = Env(tmp_path, SimpleNamespace(url="http://127.0.0.1:9", key="unused"))  # type: ignore[arg-type]
     job = env.job(hyperparameters={**HYPER, "max_steps": STEPS})
     real_add_event = job_records.add_event

@@ -133,10 +133,10 @@ def test_should_stop_cancels_without_writing(tiny_model_dir: Path, tmp_path: Pat
 
 def test_pause_saves_a_checkpoint_and_the_rest_goes_on_from_it(tiny_model_dir: Path, tmp_path: Path) -> None:
     """A paused run checkpoints the step it stops at and writes no result; the worker's recipe
-    for the rest (trainer.worker._remaining) starts from that checkpoint, numbers its steps on
+    for the rest (trainer.worker.training.remaining) starts from that checkpoint, numbers its steps on
     and keeps the learning-rate schedule of the unpaused run."""
     from trainer.jobs import ResumePoint
-    from trainer.worker import _remaining
+    from trainer.worker.training import remaining
 
     unpaused = run(make_recipe(tmp_path / "whole", "sft", tiny_model_dir, SFT_ROWS, max_steps=8, checkpoint_every=0))
     steps: list[StepInfo] = []
@@ -169,7 +169,7 @@ def test_pause_saves_a_checkpoint_and_the_rest_goes_on_from_it(tiny_model_dir: P
     rest_recipe = make_recipe(
         tmp_path / "rest", "sft", tiny_model_dir, SFT_ROWS, max_steps=8, checkpoint_every=0, init_adapter_dir=str(path)
     )
-    rest = run(_remaining(rest_recipe, point))
+    rest = run(remaining(rest_recipe, point))
     assert [s.step for s in rest.steps] == list(range(paused.step + 1, 9))
     assert all(s.total_steps == 8 for s in rest.steps) and rest.result.steps == 8
     whole_rates = [s.learning_rate for s in unpaused.steps]

@@ -1,0 +1,126 @@
+"""The evaluation stage of a job: the candidate against the version it would replace on the
+held-out split, generated and scored by vLLM, and the report the job leaves."""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from adapters.registry import VersionInfo
+from trainer import datasets, hyperparameters
+from trainer.compute import evaluation
+from trainer.compute.recipe import TrainResult
+from trainer.datasets import Snapshot
+from trainer.evaluate import Comparison, EvalExample, JudgeConfig
+from trainer.gates import Decision
+from trainer.jobs import JobInfo
+from trainer.report import write_report
+from trainer.rewards import reward_for
+
+if TYPE_CHECKING:
+    from trainer.worker.loop import Worker
+
+
+def eval_examples(snapshot: Snapshot) -> list[EvalExample]:
+    """Held-out prompts with an answer known to be good: corrections and good answers,
+    preferred answers, and answers rated good (each prompt and answer once)."""
+    found: dict[tuple[str, str], EvalExample] = {}
+    pairs = [(r.prompt, r.answer) for r in snapshot.heldout_sft]
+    pairs += [(r.prompt, r.chosen) for r in snapshot.heldout_preferences]
+    pairs += [(r.prompt, r.completion) for r in snapshot.heldout_ratings if r.label]
+    for prompt, answer in pairs:
+        key = (datasets.prompt_key(prompt), datasets.normalise_text(answer))
+        found.setdefault(key, EvalExample(messages=[dict(m) for m in prompt], reference=answer))
+    return list(found.values())
+
+
+def metrics_dict(value: Any) -> dict[str, Any]:
+    """Metrics as stored and shown (a dataclass or a mapping)."""
+    raw = asdict(value) if is_dataclass(value) and not isinstance(value, type) else dict(value)
+    # An infinite perplexity is not JSON (PostgreSQL's json type and the HTTP responses
+    # refuse it): stored and shown as null, "not measurable".
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in raw.items()}
+
+
+def _judge(w: Worker) -> JudgeConfig | None:
+    s = w.settings
+    if not s.judge_base_url or not s.judge_model:
+        return None  # no judge: evaluated on exact match, token F1 and perplexity only
+    key = s.judge_api_key.get_secret_value() if s.judge_api_key else ""
+    return JudgeConfig(base_url=s.judge_base_url, api_key=key, model=s.judge_model, max_pairs=s.judge_max_pairs)
+
+
+def _against(baseline: VersionInfo | None) -> str:
+    return f"{baseline.adapter_name} version {baseline.version}" if baseline else "the base model"
+
+
+def evaluate(
+    w: Worker, job: JobInfo, snapshot: Snapshot, candidate_dir: Path, baseline: VersionInfo | None
+) -> Comparison:
+    """The candidate against `baseline` (None: the base model) on the snapshot's held-out split."""
+    if job.method == hyperparameters.REINFORCEMENT:
+        return _evaluate_graded(w, job, snapshot, candidate_dir, baseline)
+    examples = eval_examples(snapshot)
+    w.event(job, f"Evaluating against {_against(baseline)} on {len(examples)} held-out example(s)")
+    started = time.monotonic()
+    comparison, plan = evaluation.evaluate(
+        w.engines.client(),
+        w.tokenizer,
+        examples,
+        candidate_dir=candidate_dir,
+        baseline_dir=w.store.local_path(baseline.digest) if baseline else None,
+        tag=job.id,
+        max_model_len=w.settings.engine_max_model_len,
+        judge=_judge(w),
+    )
+    c, b = comparison.candidate, comparison.baseline
+    w.event(
+        job,
+        f"Evaluation: token F1 {c.token_f1:.3f} vs {b.token_f1:.3f}, "
+        f"exact match {c.exact_match:.3f} vs {b.exact_match:.3f} "
+        f"(answers up to {plan.max_tokens} tokens, {time.monotonic() - started:.0f} s)",
+        data={"candidate": metrics_dict(c), "baseline": metrics_dict(b), "max_tokens": plan.max_tokens},
+    )
+    return comparison
+
+
+def _evaluate_graded(
+    w: Worker, job: JobInfo, snapshot: Snapshot, candidate_dir: Path, baseline: VersionInfo | None
+) -> Comparison:
+    """A reinforcement job: the grader's mean score on the held-out prompts, candidate vs baseline."""
+    prompts = snapshot.heldout_prompts
+    w.event(job, f"Grading against {_against(baseline)} on {len(prompts)} held-out prompt(s)")
+    comparison = evaluation.evaluate_graded(
+        w.engines.client(),
+        prompts,
+        reward_for((job.config or {})["grader"]),
+        candidate_dir=candidate_dir,
+        baseline_dir=w.store.local_path(baseline.digest) if baseline else None,
+        tag=job.id,
+        max_tokens=int(job.hyperparameters.get("max_completion_length") or 0)
+        or hyperparameters.DEFAULT_MAX_COMPLETION_LENGTH,
+    )
+    c, b = comparison.candidate, comparison.baseline
+    w.event(
+        job,
+        f"Evaluation: mean grader score {c.grader_score:.3f} vs {b.grader_score:.3f}",
+        data={"candidate": metrics_dict(c), "baseline": metrics_dict(b)},
+    )
+    return comparison
+
+
+def store_report(w: Worker, job: JobInfo, result: TrainResult, comparison: Comparison, decision: Decision) -> str:
+    """Write the job's report (JSON and loss curve) to the blob store; its JSON's key."""
+    prefix = f"reports/{job.tenant_id}/{job.id}"
+    with tempfile.TemporaryDirectory(prefix="tailor-report-") as tmp:
+        json_path, png_path = write_report(
+            Path(tmp), job_id=job.id, losses=list(result.losses), comparison=comparison, decision=decision
+        )
+        w.blobs.put_bytes(f"{prefix}/loss.png", Path(png_path).read_bytes())
+        # The JSON last: its presence says the report is complete.
+        w.blobs.put_bytes(f"{prefix}/report.json", Path(json_path).read_bytes())
+    return f"{prefix}/report.json"

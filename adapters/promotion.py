@@ -27,6 +27,7 @@ from adapters.store import AdapterStore
 from core.db import Database
 from core.errors import TailorError, bad_request, not_found
 from core.models import Adapter, AdapterVersion
+from core.rows import from_row
 from core.states import UNSERVABLE_VERSION_STATES, VersionKind, VersionState
 
 
@@ -240,25 +241,18 @@ def lineage(db: Database, tenant_id: str, name: str) -> list[VersionLineage]:
     with db.session() as s:
         adapter = _adapter(s, tenant_id, name)
         return [
-            VersionLineage(
-                version=v.version,
-                id=v.id,
+            from_row(
+                VersionLineage,
+                v,
                 state=VersionState(v.state),
-                source=v.source,
-                digest=v.digest,
-                job_id=v.job_id,
-                dataset_id=v.dataset_id,
-                parent_version_id=v.parent_version_id,
-                metrics=v.metrics,
-                created_at=v.created_at,
-                promoted_at=v.promoted_at,
-                promoted_by=v.promoted_by,
-                serving="active"
-                if v.id == adapter.active_version_id
-                else "canary"
-                if v.id == adapter.canary_version_id
-                else None,
-                kind=VersionKind(v.kind or VersionKind.ADAPTER),
+                serving=_serving(adapter, v),
+                kind=registry.version_kind(v),
             )
             for v in adapter.versions
         ]
+
+
+def _serving(adapter: Adapter, v: AdapterVersion) -> str | None:
+    if v.id == adapter.active_version_id:
+        return "active"
+    return "canary" if v.id == adapter.canary_version_id else None

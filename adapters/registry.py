@@ -27,6 +27,7 @@ from core.errors import TailorError, bad_request, not_found
 from core.ids import new_id
 from core.models import Adapter, AdapterVersion, Job, JobCheckpoint
 from core.quotas import Quotas, Usage, operator_quotas, precheck, reserve
+from core.rows import from_row
 from core.states import UNSERVABLE_VERSION_STATES, VersionKind, VersionState
 
 
@@ -105,33 +106,30 @@ def model_not_found(name: str) -> TailorError:
 
 
 def version_info(adapter: Adapter, v: AdapterVersion) -> VersionInfo:
-    return VersionInfo(
-        id=v.id,
+    return from_row(
+        VersionInfo,
+        v,
         adapter_name=adapter.name,
-        version=v.version,
-        digest=v.digest,
-        rank=v.rank,
-        alpha=v.alpha,
         target_modules=list(v.target_modules),
-        size_bytes=v.size_bytes,
         state=VersionState(v.state),
-        source=v.source,
         active=adapter.active_version_id == v.id,
-        created_at=v.created_at,
-        kind=VersionKind(v.kind or VersionKind.ADAPTER),
+        kind=version_kind(v),
     )
+
+
+def version_kind(v: AdapterVersion) -> VersionKind:
+    # Rows written before versions had a kind hold none: they are all adapters.
+    return VersionKind(v.kind or VersionKind.ADAPTER)
 
 
 def adapter_info(a: Adapter) -> AdapterInfo:
     active = next((v.version for v in a.versions if v.id == a.active_version_id), None)
     canary = next((v.version for v in a.versions if v.id == a.canary_version_id), None)
-    return AdapterInfo(
-        id=a.id,
-        tenant_id=a.tenant_id,
-        name=a.name,
+    return from_row(
+        AdapterInfo,
+        a,
         active_version=active,
         versions=[version_info(a, v) for v in a.versions],
-        created_at=a.created_at,
         canary_version=canary,
         canary_fraction=a.canary_fraction if canary else 0.0,
     )
@@ -352,7 +350,7 @@ def _resolved(public_name: str, v: AdapterVersion) -> ResolvedModel:
         version_id=v.id,
         digest=v.digest,
         created_at=v.created_at,
-        kind=VersionKind(v.kind or VersionKind.ADAPTER),
+        kind=version_kind(v),
     )
 
 

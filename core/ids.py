@@ -17,6 +17,11 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def as_utc(value: datetime) -> datetime:
+    """`value` in UTC; a naive one is taken to be UTC already, the zone every stored time is in."""
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
 def new_id(prefix: str, sep: str = "-") -> str:
     # OpenAI's own ids differ in the separator: `chatcmpl-...` but `resp_...`, `msg_...`.
     return f"{prefix}{sep}{secrets.token_hex(12)}"

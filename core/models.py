@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -24,25 +24,27 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from core.ids import utcnow
+from core.ids import as_utc, utcnow
 from core.states import VersionKind, VersionState
 
 
 class UTCDateTime(TypeDecorator[datetime]):
-    """Timezone-aware UTC datetimes on every backend (SQLite stores them without a zone)."""
+    """Timezone-aware UTC datetimes on every backend.
+
+    SQLite stores a datetime without its zone (an aware one written as is would lose its
+    offset) and hands it back naive; PostgreSQL hands it back in the connection's zone. Both
+    ways go through core.ids.as_utc, so every value written is UTC and every value read is
+    aware UTC: rows need no fixing after a read, on either backend.
+    """
 
     impl = DateTime(timezone=True)
     cache_ok = True
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            value = value.replace(tzinfo=timezone.utc)
-        return value
+        return None if value is None else as_utc(value)
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            value = value.replace(tzinfo=timezone.utc)
-        return value
+        return None if value is None else as_utc(value)
 
 
 class Base(DeclarativeBase):

@@ -27,7 +27,7 @@ import io
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Select, select
@@ -36,7 +36,10 @@ from sqlalchemy import Select, select
 from core.audit import ADMIN, actor_for_job, actor_for_key, record  # noqa: F401
 from core.db import Database
 from core.errors import bad_request
+from core.ids import as_utc
 from core.models import ApiKey, AuditEvent
+from core.pages import first_rows
+from core.rows import from_row
 
 if TYPE_CHECKING:
     # Types only: the modules that record events may themselves be imported by these.
@@ -60,7 +63,7 @@ def actor_for_cli() -> str:
 
 
 def _iso(value: datetime | None) -> str | None:
-    return _utc(value).isoformat() if value is not None else None
+    return as_utc(value).isoformat() if value is not None else None
 
 
 def describe_tenant(tenant: TenantInfo) -> dict[str, Any]:
@@ -199,25 +202,6 @@ class Page:
     has_more: bool  # more events past the last one in the direction of the page
 
 
-def _utc(value: datetime) -> datetime:
-    # Naive means UTC; aware values are compared and shown in UTC, as the rows are stored
-    # (PostgreSQL hands timestamps back in the connection's time zone).
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
-
-
-def _event(row: AuditEvent) -> Event:
-    return Event(
-        id=row.id,
-        at=_utc(row.at),
-        actor=row.actor,
-        tenant_id=row.tenant_id,
-        action=row.action,
-        target=row.target,
-        before=row.before,
-        after=row.after,
-    )
-
-
 def _filtered(f: Filter) -> Select[tuple[AuditEvent]]:
     stmt = select(AuditEvent)
     if f.tenant_id is not None:
@@ -231,10 +215,11 @@ def _filtered(f: Filter) -> Select[tuple[AuditEvent]]:
             stmt = stmt.where(AuditEvent.action == f.action)
     if f.actor is not None:
         stmt = stmt.where(AuditEvent.actor == f.actor)
+    # Naive bounds mean UTC; all are compared in UTC as they are bound (core.models.UTCDateTime).
     if f.since is not None:
-        stmt = stmt.where(AuditEvent.at >= _utc(f.since))
+        stmt = stmt.where(AuditEvent.at >= f.since)
     if f.until is not None:
-        stmt = stmt.where(AuditEvent.at < _utc(f.until))
+        stmt = stmt.where(AuditEvent.at < f.until)
     if f.older_than is not None:
         stmt = stmt.where(AuditEvent.id < f.older_than)
     if f.newer_than is not None:
@@ -255,11 +240,11 @@ def query(db: Database, f: Filter, *, limit: int = DEFAULT_LIMIT) -> Page:
     upward = f.newer_than is not None
     order = AuditEvent.id.asc() if upward else AuditEvent.id.desc()
     with db.session() as s:
-        rows = list(s.scalars(_filtered(f).order_by(order).limit(limit + 1)))
-    events = [_event(r) for r in rows[:limit]]
+        rows = first_rows(s, _filtered(f).order_by(order), limit)
+    events = [from_row(Event, r) for r in rows.items]
     if upward:
         events.reverse()
-    return Page(events=events, has_more=len(rows) > limit)
+    return Page(events=events, has_more=rows.has_more)
 
 
 def iter_events(db: Database, f: Filter, *, batch: int = MAX_LIMIT) -> Iterator[Event]:
@@ -268,7 +253,7 @@ def iter_events(db: Database, f: Filter, *, batch: int = MAX_LIMIT) -> Iterator[
     while True:
         with db.session() as s:
             rows = list(s.scalars(_filtered(cursor).order_by(AuditEvent.id.desc()).limit(batch)))
-        yield from (_event(r) for r in rows)
+        yield from (from_row(Event, r) for r in rows)
         if len(rows) < batch:
             return
         cursor = replace(cursor, older_than=rows[-1].id)

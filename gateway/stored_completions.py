@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any
 
 from sqlalchemy import ColumnElement, Select, select, true
 from sqlalchemy.orm import Session
@@ -31,14 +31,14 @@ from core.db import Database
 from core.errors import bad_request, not_found
 from core.metadata import filter_from_query, has_pair
 from core.models import Interaction, Tenant
+from core.pages import Order, Page, check_limit, check_order, keyset_page, list_page
+from core.rows import from_row
 from gateway.interaction_log import erase_conversation
 from gateway.privacy import retention_cutoff
 from gateway.redaction import redact_metadata
 
 MAX_PAGE = 100
 MAX_ID_CHARS = 64  # interaction ids
-Order = Literal["asc", "desc"]
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -77,12 +77,6 @@ class StoredMessage:
     name: str | None
     tool_calls: list[dict[str, Any]] | None
     tool_call_id: str | None
-
-
-@dataclass(frozen=True)
-class Page(Generic[T]):
-    items: list[T]
-    has_more: bool
 
 
 # --------------------------------------------------------------------------- storing
@@ -134,10 +128,14 @@ def _matching(s: Session, tenant_id: str, flt: Filter, now: datetime | None) -> 
     return query
 
 
+def _visible_row(s: Session, tenant_id: str, completion_id: str, now: datetime | None) -> Interaction | None:
+    if len(completion_id) > MAX_ID_CHARS:
+        return None
+    return s.scalar(select(Interaction).where(Interaction.id == completion_id, *_visible(s, tenant_id, now)))
+
+
 def _row(s: Session, tenant_id: str, completion_id: str, now: datetime | None) -> Interaction:
-    row = None
-    if len(completion_id) <= MAX_ID_CHARS:
-        row = s.scalar(select(Interaction).where(Interaction.id == completion_id, *_visible(s, tenant_id, now)))
+    row = _visible_row(s, tenant_id, completion_id, now)
     if row is None:
         # The same answer for unknown, unstored, expired and other tenants' ids.
         raise not_found(
@@ -149,15 +147,11 @@ def _row(s: Session, tenant_id: str, completion_id: str, now: datetime | None) -
 
 
 def _completion(row: Interaction) -> StoredCompletion:
-    return StoredCompletion(
-        id=row.id,
-        model=row.model,
-        created_at=row.created_at,
+    return from_row(
+        StoredCompletion,
+        row,
         request=dict(row.request or {}),
         answer=row.response_text,
-        finish_reason=row.finish_reason,
-        prompt_tokens=row.prompt_tokens,
-        completion_tokens=row.completion_tokens,
         metadata=dict(row.stored_metadata or {}),
     )
 
@@ -182,16 +176,16 @@ def list_completions(
     """A page of stored completions, oldest first (`asc`) or newest first, after the `after` id."""
     _check_page(limit, order)
     with db.session() as s:
-        query = _matching(s, tenant_id, flt, now)
-        if after is not None:
-            cursor = _cursor(s, tenant_id, after, now)
-            query = query.where(_beyond(cursor, order))
-        if order == "desc":
-            query = query.order_by(Interaction.created_at.desc(), Interaction.id.desc())
-        else:
-            query = query.order_by(Interaction.created_at, Interaction.id)
-        rows = list(s.scalars(query.limit(limit + 1)))
-        return Page(items=[_completion(r) for r in rows[:limit]], has_more=len(rows) > limit)
+        return keyset_page(
+            s,
+            _matching(s, tenant_id, flt, now),
+            (Interaction.created_at, Interaction.id),
+            after=after,
+            find=lambda cursor_id: _visible_row(s, tenant_id, cursor_id, now),
+            unknown=f"after {after!r} is not one of your stored chat completions.",
+            limit=limit,
+            order=order,
+        ).map(_completion)
 
 
 def iter_completions(
@@ -208,26 +202,8 @@ def iter_completions(
 
 
 def _check_page(limit: int, order: str) -> None:
-    if not 1 <= limit <= MAX_PAGE:
-        raise bad_request(f"limit must be between 1 and {MAX_PAGE} (got {limit}).", param="limit")
-    if order not in ("asc", "desc"):
-        raise bad_request(f"order must be 'asc' or 'desc' (got {order!r}).", param="order")
-
-
-def _cursor(s: Session, tenant_id: str, after: str, now: datetime | None) -> Interaction:
-    cursor = None
-    if len(after) <= MAX_ID_CHARS:
-        cursor = s.scalar(select(Interaction).where(Interaction.id == after, *_visible(s, tenant_id, now)))
-    if cursor is None:
-        raise bad_request(f"after {after!r} is not one of your stored chat completions.", param="after")
-    return cursor
-
-
-def _beyond(cursor: Interaction, order: Order) -> ColumnElement[bool]:
-    created, cid = Interaction.created_at, Interaction.id
-    if order == "desc":
-        return (created < cursor.created_at) | ((created == cursor.created_at) & (cid < cursor.id))
-    return (created > cursor.created_at) | ((created == cursor.created_at) & (cid > cursor.id))
+    check_limit(limit, MAX_PAGE)
+    check_order(order)
 
 
 # --------------------------------------------------------------------------- messages
@@ -265,12 +241,13 @@ def message_page(
     items = messages(completion)
     if order == "desc":
         items.reverse()
-    if after is not None:
-        positions = {m.id: i for i, m in enumerate(items)}
-        if after not in positions:
-            raise bad_request(f"after {after!r} is not a message of chat completion {completion.id}.", param="after")
-        items = items[positions[after] + 1 :]
-    return Page(items=items[:limit], has_more=len(items) > limit)
+    return list_page(
+        items,
+        key=lambda m: m.id,
+        after=after,
+        limit=limit,
+        unknown=f"after {after!r} is not a message of chat completion {completion.id}.",
+    )
 
 
 # --------------------------------------------------------------------------- changing

@@ -11,8 +11,9 @@ from sqlalchemy.exc import IntegrityError
 
 from core.db import Database
 from core.errors import bad_request, conflict, not_found
-from core.ids import hash_key, key_hint, new_api_key, new_id, utcnow
+from core.ids import as_utc, hash_key, key_hint, new_api_key, new_id, utcnow
 from core.models import ApiKey, Tenant
+from core.rows import from_row
 from gateway.limits import TenantLimits
 
 TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -54,22 +55,6 @@ class Caller:
     limits: TenantLimits | None = None  # None: unlimited; cached with the key (auth_cache_ttl_s)
 
 
-def _tenant_info(t: Tenant) -> TenantInfo:
-    return TenantInfo(id=t.id, name=t.name, created_at=_aware(t.created_at))
-
-
-def _key_info(k: ApiKey) -> KeyInfo:
-    return KeyInfo(
-        id=k.id,
-        tenant_id=k.tenant_id,
-        hint=k.hint,
-        name=k.name,
-        created_at=_aware(k.created_at),
-        expires_at=_aware_or_none(k.expires_at),
-        revoked_at=_aware_or_none(k.revoked_at),
-    )
-
-
 def create_tenant(db: Database, name: str) -> TenantInfo:
     # fullmatch: with match(), `$` also matches before a trailing newline ("acme\n").
     if not TENANT_NAME.fullmatch(name):
@@ -81,14 +66,14 @@ def create_tenant(db: Database, name: str) -> TenantInfo:
         with db.session() as s:
             tenant = Tenant(id=new_id("ten"), name=name)
             s.add(tenant)
-        return _tenant_info(tenant)
+        return from_row(TenantInfo, tenant)
     except IntegrityError:
         raise conflict(f"Tenant {name!r} already exists.", code="tenant_exists") from None
 
 
 def list_tenants(db: Database) -> list[TenantInfo]:
     with db.session() as s:
-        return [_tenant_info(t) for t in s.scalars(select(Tenant).order_by(Tenant.name))]
+        return [from_row(TenantInfo, t) for t in s.scalars(select(Tenant).order_by(Tenant.name))]
 
 
 def find_tenant(db: Database, name_or_id: str) -> TenantInfo:
@@ -96,7 +81,7 @@ def find_tenant(db: Database, name_or_id: str) -> TenantInfo:
         tenant = s.scalar(select(Tenant).where((Tenant.name == name_or_id) | (Tenant.id == name_or_id)))
         if tenant is None:
             raise not_found(f"No tenant {name_or_id!r}.", code="tenant_not_found")
-        return _tenant_info(tenant)
+        return from_row(TenantInfo, tenant)
 
 
 def delete_tenant(db: Database, name_or_id: str) -> None:
@@ -115,17 +100,18 @@ def create_key(db: Database, tenant: str, *, name: str | None = None, expires_at
             key_hash=hash_key(secret),
             hint=key_hint(secret),
             name=name,
-            expires_at=_aware_or_none(expires_at),
+            # Made UTC here, so what create returns is what a later read returns.
+            expires_at=as_utc(expires_at) if expires_at is not None else None,
         )
         s.add(key)
-    return NewKey(info=_key_info(key), secret=secret)
+    return NewKey(info=from_row(KeyInfo, key), secret=secret)
 
 
 def list_keys(db: Database, tenant: str) -> list[KeyInfo]:
     owner = find_tenant(db, tenant)
     with db.session() as s:
         keys = s.scalars(select(ApiKey).where(ApiKey.tenant_id == owner.id).order_by(ApiKey.created_at))
-        return [_key_info(k) for k in keys]
+        return [from_row(KeyInfo, k) for k in keys]
 
 
 def revoke_key(db: Database, key_id: str) -> KeyInfo:
@@ -135,7 +121,7 @@ def revoke_key(db: Database, key_id: str) -> KeyInfo:
             raise not_found(f"No key {key_id!r}.", code="key_not_found")
         if key.revoked_at is None:
             key.revoked_at = utcnow()
-        return _key_info(key)
+        return from_row(KeyInfo, key)
 
 
 def rotate_key(db: Database, key_id: str, *, grace_seconds: int = 0) -> NewKey:
@@ -167,9 +153,9 @@ def rotate_key(db: Database, key_id: str, *, grace_seconds: int = 0) -> NewKey:
             old.revoked_at = now
         else:
             ends = now + timedelta(seconds=grace_seconds)
-            old.expires_at = min(_aware(old.expires_at), ends) if old.expires_at else ends
+            old.expires_at = min(old.expires_at, ends) if old.expires_at else ends
         s.flush()
-        return NewKey(info=_key_info(new), secret=secret)
+        return NewKey(info=from_row(KeyInfo, new), secret=secret)
 
 
 def authenticate(db: Database, secret: str) -> Caller | None:
@@ -186,7 +172,7 @@ def authenticate(db: Database, secret: str) -> Caller | None:
         key, tenant_name, tenant_limits = row
         if key.revoked_at is not None:
             return None
-        if key.expires_at is not None and _aware(key.expires_at) <= now:
+        if key.expires_at is not None and key.expires_at <= now:
             return None
         return Caller(
             tenant_id=key.tenant_id,
@@ -194,17 +180,6 @@ def authenticate(db: Database, secret: str) -> Caller | None:
             key_id=key.id,
             limits=TenantLimits.from_json(tenant_limits),
         )
-
-
-def _aware(value: datetime) -> datetime:
-    # SQLite hands back naive datetimes even for timezone-aware columns; all are UTC.
-    from datetime import timezone
-
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-
-
-def _aware_or_none(value: datetime | None) -> datetime | None:
-    return None if value is None else _aware(value)
 
 
 def get_limits(db: Database, tenant: str) -> TenantLimits | None:

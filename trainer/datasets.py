@@ -36,7 +36,7 @@ import unicodedata
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Literal
 
 from sqlalchemy import select
@@ -45,6 +45,7 @@ from sqlalchemy.exc import IntegrityError
 from core.blobs import BlobStore
 from core.db import Database
 from core.errors import TailorError, bad_request, not_found
+from core.ids import as_utc
 from core.models import Dataset, Feedback, Interaction
 
 ROLES = ("system", "user", "assistant")
@@ -527,7 +528,7 @@ def build_from_feedback(
     if model is not None:
         query = query.where((Feedback.model == model) | Feedback.model.is_(None))
     if since is not None:
-        query = query.where(Feedback.created_at >= _utc(since))
+        query = query.where(Feedback.created_at >= since)
     query = query.order_by(Feedback.created_at, Feedback.id)
 
     with db.session() as s:
@@ -571,7 +572,7 @@ def build_from_feedback(
     params = {
         "source": "feedback",
         "model": model,
-        "since": _utc(since).isoformat() if since else None,
+        "since": as_utc(since).isoformat() if since else None,
         "heldout_fraction": heldout_fraction,
         "min_heldout": min_heldout,
         # What the feedback is made of, for a policy choosing its method (trainer.policy).
@@ -792,8 +793,3 @@ def load_snapshot(db: Database, blobs: BlobStore, tenant_id: str, dataset_id: st
         train_prompts=tuple(PromptRecord.from_json(r) for r in train.get("prompts", [])),
         heldout_prompts=tuple(PromptRecord.from_json(r) for r in held.get("prompts", [])),
     )
-
-
-def _utc(value: datetime) -> datetime:
-    # Naive datetimes are taken as UTC, the zone every stored timestamp is in.
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)

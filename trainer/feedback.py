@@ -26,7 +26,7 @@ from __future__ import annotations
 import reprlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -35,6 +35,8 @@ from core.db import Database
 from core.errors import TailorError, bad_request
 from core.ids import new_id
 from core.models import Feedback, Interaction
+from core.pages import Page, check_limit, tenant_page
+from core.rows import from_row
 from trainer.datasets import (
     MAX_TEXT_CHARS,
     InvalidExample,
@@ -86,10 +88,7 @@ class ImportResult:
     ids: tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class FeedbackPage:
-    items: list[FeedbackInfo]
-    has_more: bool
+FeedbackPage = Page[FeedbackInfo]
 
 
 @dataclass(frozen=True)
@@ -183,22 +182,7 @@ def _logged_answer(interaction: Interaction) -> str | None:
 
 
 def _info(row: Feedback) -> FeedbackInfo:
-    created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=timezone.utc)
-    messages = tuple(dict(m) for m in row.messages) if row.messages else None
-    return FeedbackInfo(
-        id=row.id,
-        interaction_id=row.interaction_id,
-        adapter_version_id=row.adapter_version_id,
-        model=row.model,
-        rating=row.rating,
-        score=row.score,
-        correction=row.correction,
-        preferred=row.preferred,
-        rejected=row.rejected,
-        messages=messages,  # type: ignore[arg-type]
-        source=row.source,
-        created_at=created,
-    )
+    return from_row(FeedbackInfo, row, messages=tuple(dict(m) for m in row.messages) if row.messages else None)
 
 
 def _row(
@@ -403,21 +387,10 @@ def import_feedback_jsonl(
 
 def list_feedback(db: Database, tenant_id: str, *, limit: int = 100, after: str | None = None) -> FeedbackPage:
     """The tenant's feedback, newest first; `after` is the last id of the previous page."""
-    if not 1 <= limit <= MAX_LIST_LIMIT:
-        raise bad_request(f"limit must be between 1 and {MAX_LIST_LIMIT} (got {limit}).", param="limit")
+    check_limit(limit, MAX_LIST_LIMIT)
     with db.session() as s:
-        query = select(Feedback).where(Feedback.tenant_id == tenant_id)
-        if after is not None:
-            cursor = s.get(Feedback, after)
-            if cursor is None or cursor.tenant_id != tenant_id:
-                raise bad_request(f"after {after!r} is not one of your feedback ids.", param="after")
-            query = query.where(
-                (Feedback.created_at < cursor.created_at)
-                | ((Feedback.created_at == cursor.created_at) & (Feedback.id < cursor.id))
-            )
-        query = query.order_by(Feedback.created_at.desc(), Feedback.id.desc()).limit(limit + 1)
-        rows = list(s.scalars(query))
-    return FeedbackPage(items=[_info(r) for r in rows[:limit]], has_more=len(rows) > limit)
+        unknown = f"after {after!r} is not one of your feedback ids."
+        return tenant_page(s, Feedback, tenant_id, after=after, unknown=unknown, limit=limit).map(_info)
 
 
 def feedback_signal(
@@ -441,11 +414,10 @@ def feedback_signal(
     ).where(Feedback.tenant_id == tenant_id, Feedback.interaction_id.is_not(None))
     if adapter_version_id is not None:
         query = query.where(Feedback.adapter_version_id == adapter_version_id)
+    # The bounds are made UTC as they are bound (core.models.UTCDateTime), like the column.
     if since is not None:
-        since = since.replace(tzinfo=timezone.utc) if since.tzinfo is None else since.astimezone(timezone.utc)
         query = query.where(Feedback.created_at >= since)
     if until is not None:
-        until = until.replace(tzinfo=timezone.utc) if until.tzinfo is None else until.astimezone(timezone.utc)
         query = query.where(Feedback.created_at < until)
     query = query.order_by(Feedback.created_at, Feedback.id)
     latest: dict[str, str | None] = {}

@@ -31,17 +31,20 @@ import hashlib
 import posixpath
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Literal
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from core.blobs import BlobStore
 from core.db import Database
 from core.errors import TailorError, bad_request, conflict, not_found
 from core.ids import new_id
 from core.models import UNFINISHED_BATCH_STATES, Batch, Job, StoredFile
+from core.pages import Page, check_limit, check_order, tenant_page
 from core.quotas import Quotas, Usage, operator_quotas, precheck, reserve
+from core.rows import from_row, owned
 from core.states import OPEN_JOB_STATUSES
 from trainer import tool_examples
 from trainer.datasets import (
@@ -58,6 +61,7 @@ from trainer.jsonl import JsonLine, JsonLineError, json_lines
 PURPOSE = "fine-tune"
 MAX_FILE_BYTES = 100 * 1024 * 1024
 MAX_FILE_LINES = 100_000
+MAX_LIST_LIMIT = 10_000
 
 Kind = Literal["sft", "preference", "prompts", "rated"]
 _KIND_NAMES = {
@@ -88,10 +92,7 @@ class FileInfo:
         return int(self.created_at.timestamp())
 
 
-@dataclass(frozen=True)
-class FilePage:
-    items: list[FileInfo]
-    has_more: bool
+FilePage = Page[FileInfo]
 
 
 @dataclass(frozen=True)
@@ -101,18 +102,7 @@ class ParsedFile:
 
 
 def _info(row: StoredFile) -> FileInfo:
-    created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=timezone.utc)
-    return FileInfo(
-        id=row.id,
-        tenant_id=row.tenant_id,
-        filename=row.filename,
-        purpose=row.purpose,
-        bytes=row.bytes,
-        kind=row.kind,
-        line_count=row.line_count,
-        sha256=row.sha256,
-        created_at=created,
-    )
+    return from_row(FileInfo, row)
 
 
 def _file_error(message: str, *, code: str = "invalid_file") -> TailorError:
@@ -364,9 +354,9 @@ def save_file(
     return _info(row)
 
 
-def _row(s: Any, tenant_id: str, file_id: str, param: str) -> StoredFile:
-    row = s.get(StoredFile, file_id) if isinstance(file_id, str) and len(file_id) <= 40 else None
-    if row is None or row.tenant_id != tenant_id:
+def _row(s: Session, tenant_id: str, file_id: str, param: str) -> StoredFile:
+    row = owned(s, StoredFile, file_id, tenant_id)
+    if row is None:
         # The same answer for unknown and foreign files: ids of other tenants stay secret.
         raise not_found(f"No such File object: {file_id}", code="file_not_found", param=param)
     return row
@@ -382,35 +372,23 @@ def list_files(
     tenant_id: str,
     *,
     purpose: str | None = None,
-    limit: int = 10_000,
+    limit: int = MAX_LIST_LIMIT,
     order: Literal["asc", "desc"] = "desc",
     after: str | None = None,
 ) -> FilePage:
-    if not 1 <= limit <= 10_000:
-        raise bad_request(f"limit must be between 1 and 10000 (got {limit}).", param="limit")
-    if order not in ("asc", "desc"):
-        raise bad_request(f"order must be 'asc' or 'desc' (got {order!r}).", param="order")
+    check_limit(limit, MAX_LIST_LIMIT)
+    check_order(order)
     with db.session() as s:
-        query = select(StoredFile).where(StoredFile.tenant_id == tenant_id)
-        if purpose is not None:
-            query = query.where(StoredFile.purpose == purpose)
-        if after is not None:
-            cursor = s.get(StoredFile, after) if len(after) <= 40 else None
-            if cursor is None or cursor.tenant_id != tenant_id:
-                raise bad_request(f"after {after!r} is not one of your file ids.", param="after")
-            newer = (StoredFile.created_at > cursor.created_at) | (
-                (StoredFile.created_at == cursor.created_at) & (StoredFile.id > cursor.id)
-            )
-            older = (StoredFile.created_at < cursor.created_at) | (
-                (StoredFile.created_at == cursor.created_at) & (StoredFile.id < cursor.id)
-            )
-            query = query.where(older if order == "desc" else newer)
-        if order == "desc":
-            query = query.order_by(StoredFile.created_at.desc(), StoredFile.id.desc())
-        else:
-            query = query.order_by(StoredFile.created_at, StoredFile.id)
-        rows = list(s.scalars(query.limit(limit + 1)))
-    return FilePage(items=[_info(r) for r in rows[:limit]], has_more=len(rows) > limit)
+        return tenant_page(
+            s,
+            StoredFile,
+            tenant_id,
+            where=[StoredFile.purpose == purpose] if purpose is not None else [],
+            after=after,
+            unknown=f"after {after!r} is not one of your file ids.",
+            limit=limit,
+            order=order,
+        ).map(_info)
 
 
 def file_content(db: Database, blobs: BlobStore, tenant_id: str, file_id: str) -> bytes:

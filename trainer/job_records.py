@@ -13,13 +13,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from core.db import Database
-from core.errors import bad_request, not_found
+from core.errors import not_found
 from core.ids import new_id
 from core.models import Evaluation, JobCheckpoint, JobEvent
-from trainer.jobs import aware, check_page_limit, owned_job
+from core.pages import first_rows, keyset_page
+from core.rows import from_row
+from trainer.jobs import check_page_limit, owned_job
 
 
 @dataclass(frozen=True)
@@ -64,38 +67,17 @@ class EvaluationInfo:
     created_at: datetime
 
 
-def _event_info(e: JobEvent) -> EventInfo:
-    return EventInfo(
-        id=e.id, job_id=e.job_id, level=e.level, message=e.message, data=e.data, created_at=aware(e.created_at)
-    )  # type: ignore[arg-type]
-
-
 def _checkpoint_info(c: JobCheckpoint) -> CheckpointInfo:
-    return CheckpointInfo(
-        id=c.id,
-        job_id=c.job_id,
-        step=c.step,
-        metrics=dict(c.metrics),
-        path=c.path,
-        created_at=aware(c.created_at),  # type: ignore[arg-type]
-        digest=c.digest,
-    )
+    return from_row(CheckpointInfo, c, metrics=dict(c.metrics))
 
 
 def _evaluation_info(e: Evaluation) -> EvaluationInfo:
-    return EvaluationInfo(
-        id=e.id,
-        tenant_id=e.tenant_id,
-        job_id=e.job_id,
-        candidate_version_id=e.candidate_version_id,
-        baseline_version_id=e.baseline_version_id,
-        dataset_id=e.dataset_id,
+    return from_row(
+        EvaluationInfo,
+        e,
         candidate_metrics=dict(e.candidate_metrics),
         baseline_metrics=dict(e.baseline_metrics),
-        decision=e.decision,
         reasons=list(e.reasons),
-        report_key=e.report_key,
-        created_at=aware(e.created_at),  # type: ignore[arg-type]
     )
 
 
@@ -109,7 +91,7 @@ def add_event(
         event = JobEvent(job_id=job_id, level=level, message=message, data=data)
         s.add(event)
         s.flush()
-        return _event_info(event)
+        return from_row(EventInfo, event)
 
 
 def list_events(
@@ -122,8 +104,8 @@ def list_events(
         query = select(JobEvent).where(JobEvent.job_id == job_id)
         if after is not None:
             query = query.where(JobEvent.id < after)
-        rows = list(s.scalars(query.order_by(JobEvent.id.desc()).limit(limit + 1)))
-        return [_event_info(e) for e in rows[:limit]], len(rows) > limit
+        page = first_rows(s, query.order_by(JobEvent.id.desc()), limit)
+        return [from_row(EventInfo, e) for e in page.items], page.has_more
 
 
 def add_checkpoint(
@@ -138,10 +120,15 @@ def add_checkpoint(
         return _checkpoint_info(row)
 
 
+def _checkpoint_of(s: Session, job_id: str, checkpoint_id: str) -> JobCheckpoint | None:
+    row = s.get(JobCheckpoint, checkpoint_id)
+    return row if row is not None and row.job_id == job_id else None
+
+
 def get_checkpoint(db: Database, job_id: str, checkpoint_id: str) -> CheckpointInfo:
     with db.session() as s:
-        row = s.get(JobCheckpoint, checkpoint_id)
-        if row is None or row.job_id != job_id:
+        row = _checkpoint_of(s, job_id, checkpoint_id)
+        if row is None:
             raise not_found(f"Checkpoint {checkpoint_id!r} of job {job_id} not found.", code="checkpoint_not_found")
         return _checkpoint_info(row)
 
@@ -153,15 +140,16 @@ def list_checkpoints(
     check_page_limit(limit)
     with db.session() as s:
         owned_job(s, tenant_id, job_id)
-        query = select(JobCheckpoint).where(JobCheckpoint.job_id == job_id)
-        if after is not None:
-            cursor = s.get(JobCheckpoint, after)
-            if cursor is None or cursor.job_id != job_id:
-                raise bad_request(f"No checkpoint {after!r} of this job to list after.", param="after")
-            same_step = and_(JobCheckpoint.step == cursor.step, JobCheckpoint.id < cursor.id)
-            query = query.where(or_(JobCheckpoint.step < cursor.step, same_step))
-        rows = list(s.scalars(query.order_by(JobCheckpoint.step.desc(), JobCheckpoint.id.desc()).limit(limit + 1)))
-        return [_checkpoint_info(c) for c in rows[:limit]], len(rows) > limit
+        page = keyset_page(
+            s,
+            select(JobCheckpoint).where(JobCheckpoint.job_id == job_id),
+            (JobCheckpoint.step, JobCheckpoint.id),
+            after=after,
+            find=lambda checkpoint_id: _checkpoint_of(s, job_id, checkpoint_id),
+            unknown=f"No checkpoint {after!r} of this job to list after.",
+            limit=limit,
+        )
+        return [_checkpoint_info(c) for c in page.items], page.has_more
 
 
 def record_evaluation(

@@ -27,10 +27,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
-
-from sqlalchemy import and_, or_, select
 
 from adapters import promotion
 from adapters.validation import validate_adapter_name
@@ -41,7 +39,9 @@ from core.errors import TailorError, bad_request, conflict, not_found
 from core.ids import new_id, utcnow
 from core.metadata import check_metadata, has_pair
 from core.models import Job, JobEvent
+from core.pages import tenant_page
 from core.quotas import Quotas, Usage, operator_quotas, reserve
+from core.rows import from_row
 from core.states import TERMINAL_JOB_STATUSES, WAITING_JOB_STATUSES, JobStatus
 from trainer import datasets, files, hyperparameters, rewards
 from trainer.datasets import Snapshot
@@ -142,42 +142,14 @@ class ResumePoint:
         return cls(**values)
 
 
-def aware(value: datetime | None) -> datetime | None:
-    # SQLite hands back naive datetimes even for timezone-aware columns; all are UTC.
-    if value is None:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-
-
 def job_info(j: Job) -> JobInfo:
-    return JobInfo(
-        id=j.id,
-        tenant_id=j.tenant_id,
+    return from_row(
+        JobInfo,
+        j,
         status=JobStatus(j.status),
-        method=j.method,
-        model=j.model,
-        adapter_name=j.adapter_name,
-        suffix=j.suffix,
-        training_file=j.training_file,
-        validation_file=j.validation_file,
-        dataset_id=j.dataset_id,
         hyperparameters=dict(j.hyperparameters or {}),
         config=dict(j.config) if j.config else None,
-        seed=j.seed,
-        source=j.source,
-        fine_tuned_model=j.fine_tuned_model,
-        result_version_id=j.result_version_id,
-        decision=j.decision,
-        metrics=j.metrics,
-        error=j.error,
-        trained_tokens=j.trained_tokens,
         cancel_requested=bool(j.cancel_requested),
-        attempts=j.attempts,
-        worker_id=j.worker_id,
-        heartbeat_at=aware(j.heartbeat_at),
-        created_at=aware(j.created_at),  # type: ignore[arg-type]
-        started_at=aware(j.started_at),
-        finished_at=aware(j.finished_at),
         pause_requested=bool(j.pause_requested),
         resume_point=dict(j.resume_point) if j.resume_point else None,
         metadata=dict(j.user_metadata) if j.user_metadata is not None else None,
@@ -439,22 +411,12 @@ def list_jobs(
     if metadata and without_metadata:
         raise bad_request("Filter by metadata pairs or by metadata=null, not both.", param="metadata")
     with db.session() as s:
-        query = select(Job).where(Job.tenant_id == tenant_id)
-        if without_metadata:
-            query = query.where(Job.user_metadata.is_(None))
+        where = [Job.user_metadata.is_(None)] if without_metadata else []
         dialect = s.get_bind().dialect.name
-        for key, value in sorted((metadata or {}).items()):
-            query = query.where(has_pair(Job.user_metadata, dialect, key, value))
-        if after is not None:
-            cursor = s.get(Job, after)
-            if cursor is None or cursor.tenant_id != tenant_id:
-                raise bad_request(f"No fine-tuning job {after!r} to list after.", param="after")
-            query = query.where(
-                or_(Job.created_at < cursor.created_at, and_(Job.created_at == cursor.created_at, Job.id < cursor.id))
-            )
-        query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
-        rows = list(s.scalars(query))
-        return [job_info(j) for j in rows[:limit]], len(rows) > limit
+        where += [has_pair(Job.user_metadata, dialect, key, value) for key, value in sorted((metadata or {}).items())]
+        unknown = f"No fine-tuning job {after!r} to list after."
+        page = tenant_page(s, Job, tenant_id, where=where, after=after, unknown=unknown, limit=limit)
+        return [job_info(j) for j in page.items], page.has_more
 
 
 def _cancelled(job: JobInfo) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from core.db import Database
 from core.errors import bad_request
 from core.ids import utcnow
 from core.models import Adapter, AdapterVersion, Feedback, Job, TenantPolicy, UTCDateTime
+from core.rows import from_row
 from core.states import OPEN_JOB_STATUSES
 from trainer.datasets import Snapshot
 from trainer.feedback import FeedbackSignal, feedback_signal
@@ -77,16 +78,7 @@ def method_for(snapshot: Snapshot) -> str:
 
 
 def _info(row: TenantPolicy) -> PolicyInfo:
-    return PolicyInfo(
-        tenant_id=row.tenant_id,
-        retrain=row.retrain,
-        retrain_min_feedback=row.retrain_min_feedback,
-        retrain_interval_hours=row.retrain_interval_hours,
-        auto_promote=row.auto_promote,
-        canary_fraction=row.canary_fraction,
-        gates=row.gates or {},
-        last_triggered_at=row.last_triggered_at,
-    )
+    return from_row(PolicyInfo, row, gates=row.gates or {})
 
 
 def get_policy(db: Database, tenant_id: str) -> PolicyInfo:

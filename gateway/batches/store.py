@@ -12,12 +12,15 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from core.blobs import BlobStore
 from core.db import Database, lock_row
 from core.errors import bad_request, not_found
 from core.ids import new_id, utcnow
 from core.models import Batch
+from core.pages import Page, check_limit, tenant_page
+from core.rows import from_row, owned
 from gateway.batches import input_file
 from gateway.batches.tokens import Tokens
 from trainer import files
@@ -57,31 +60,10 @@ class BatchInfo:
 
 
 def info(row: Batch) -> BatchInfo:
-    return BatchInfo(
-        id=row.id,
-        tenant_id=row.tenant_id,
-        api_key_id=row.api_key_id,
-        endpoint=row.endpoint,
-        input_file_id=row.input_file_id,
-        completion_window=row.completion_window,
-        status=row.status,
-        model=row.model,
+    return from_row(
+        BatchInfo,
+        row,
         metadata=row.user_metadata,
-        errors=row.errors,
-        output_file_id=row.output_file_id,
-        error_file_id=row.error_file_id,
-        total=row.total,
-        completed=row.completed,
-        failed=row.failed,
-        created_at=row.created_at,
-        expires_at=row.expires_at,
-        in_progress_at=row.in_progress_at,
-        finalizing_at=row.finalizing_at,
-        completed_at=row.completed_at,
-        failed_at=row.failed_at,
-        expired_at=row.expired_at,
-        cancelling_at=row.cancelling_at,
-        cancelled_at=row.cancelled_at,
         tokens=Tokens(
             input=row.input_tokens or 0,
             cached=row.cached_tokens or 0,
@@ -173,12 +155,12 @@ def create(
     return info(row)
 
 
-def _row(s: Any, tenant_id: str, batch_id: str) -> Batch:
-    row = s.get(Batch, batch_id) if isinstance(batch_id, str) and len(batch_id) <= 40 else None
-    if row is None or row.tenant_id != tenant_id:
+def _row(s: Session, tenant_id: str, batch_id: str) -> Batch:
+    row = owned(s, Batch, batch_id, tenant_id)
+    if row is None:
         # The same answer for unknown and foreign batches: ids of other tenants stay secret.
         raise not_found(f"No batch found with id '{batch_id}'.", code="batch_not_found", param="batch_id")
-    return row  # type: ignore[no-any-return]
+    return row
 
 
 def get(db: Database, tenant_id: str, batch_id: str) -> BatchInfo:
@@ -186,28 +168,15 @@ def get(db: Database, tenant_id: str, batch_id: str) -> BatchInfo:
         return info(_row(s, tenant_id, batch_id))
 
 
-@dataclass(frozen=True)
-class BatchPage:
-    items: list[BatchInfo]
-    has_more: bool
+BatchPage = Page[BatchInfo]
 
 
 def list_batches(db: Database, tenant_id: str, *, after: str | None = None, limit: int = 20) -> BatchPage:
     """The tenant's batches, newest first; `after` a batch id of the previous page."""
-    if not 1 <= limit <= MAX_PAGE:
-        raise bad_request(f"limit must be between 1 and {MAX_PAGE} (got {limit}).", param="limit")
+    check_limit(limit, MAX_PAGE)
     with db.session() as s:
-        query = select(Batch).where(Batch.tenant_id == tenant_id)
-        if after is not None:
-            cursor = s.get(Batch, after) if len(after) <= 40 else None
-            if cursor is None or cursor.tenant_id != tenant_id:
-                raise bad_request(f"after {after!r} is not one of your batch ids.", param="after")
-            query = query.where(
-                (Batch.created_at < cursor.created_at)
-                | ((Batch.created_at == cursor.created_at) & (Batch.id < cursor.id))
-            )
-        rows = list(s.scalars(query.order_by(Batch.created_at.desc(), Batch.id.desc()).limit(limit + 1)))
-    return BatchPage(items=[info(r) for r in rows[:limit]], has_more=len(rows) > limit)
+        unknown = f"after {after!r} is not one of your batch ids."
+        return tenant_page(s, Batch, tenant_id, after=after, unknown=unknown, limit=limit).map(info)
 
 
 def cancel(db: Database, tenant_id: str, batch_id: str, now: datetime | None = None) -> BatchInfo:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from sqlalchemy import ColumnElement, literal, select
 from sqlalchemy.orm import Session
@@ -28,13 +28,14 @@ from sqlalchemy.orm import Session
 from core.db import Database
 from core.errors import TailorError, bad_request, not_found
 from core.models import Interaction, StoredResponse, Tenant
+from core.pages import Order, Page, check_limit, list_page
+from core.rows import from_row
 from gateway.interaction_log import erase_conversation
 from gateway.privacy import retention_cutoff
 from gateway.redaction import redact_metadata, redact_optional, redact_value
-from gateway.stored_completions import MAX_PAGE, Page
+from gateway.stored_completions import MAX_PAGE
 
 JSON = dict[str, Any]
-Order = Literal["asc", "desc"]
 # The longest conversation continued; deeper chains are refused rather than walked.
 MAX_TURNS = 1000
 MAX_ID_CHARS = 64
@@ -57,14 +58,7 @@ class Turn:
 
 
 def _turn(row: StoredResponse) -> Turn:
-    return Turn(
-        id=row.id,
-        model=row.model,
-        created_at=row.created_at,
-        previous_response_id=row.previous_response_id,
-        input_items=list(row.input_items or []),
-        body=dict(row.body or {}),
-    )
+    return from_row(Turn, row, input_items=list(row.input_items or []), body=dict(row.body or {}))
 
 
 # --------------------------------------------------------------------------- saving
@@ -174,15 +168,14 @@ def items_used(db: Database, tenant_id: str, response_id: str, *, now: datetime 
 
 
 def item_page(items: list[JSON], *, after: str | None, limit: int, order: Order) -> Page[JSON]:
-    if not 1 <= limit <= MAX_PAGE:
-        raise bad_request(f"limit must be between 1 and {MAX_PAGE} (got {limit}).", param="limit")
-    ordered = list(reversed(items)) if order == "desc" else list(items)
-    if after is not None:
-        positions = {str(item.get("id")): i for i, item in enumerate(ordered)}
-        if after not in positions:
-            raise bad_request(f"after {after!r} is not an input item of this response.", param="after")
-        ordered = ordered[positions[after] + 1 :]
-    return Page(items=ordered[:limit], has_more=len(ordered) > limit)
+    check_limit(limit, MAX_PAGE)
+    return list_page(
+        list(reversed(items)) if order == "desc" else items,
+        key=lambda item: str(item.get("id")),
+        after=after,
+        limit=limit,
+        unknown=f"after {after!r} is not an input item of this response.",
+    )
 
 
 # --------------------------------------------------------------------------- deleting

@@ -8,17 +8,17 @@ gives the same page as CSV when `limit` is set, and every matching event when it
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict
 from datetime import datetime
-from typing import Any, Literal
+from typing import Literal
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel
 from starlette.responses import Response, StreamingResponse
 
 from core.errors import TailorError
 from gateway import audit, tenants
 from gateway.deps import AdminDep, CallerDep, ServicesDep
+from gateway.protocol.audit import AuditEventList, AuditEventOut
+from gateway.protocol.wire import page_ids
 from gateway.services import Services
 
 router = APIRouter(tags=["audit"])
@@ -26,26 +26,6 @@ admin_router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminDep
 
 Format = Literal["json", "csv"]
 _CSV = {200: {"content": {"text/csv": {}}, "description": "JSON, or CSV with `format=csv`."}}
-
-
-class AuditEventOut(BaseModel):
-    object: Literal["audit.event"] = "audit.event"
-    id: int
-    at: datetime
-    actor: str
-    tenant_id: str | None
-    action: str
-    target: str | None
-    before: dict[str, Any] | None
-    after: dict[str, Any] | None
-
-
-class AuditEventList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[AuditEventOut]
-    first_id: int | None
-    last_id: int | None
-    has_more: bool
 
 
 _ACTION = Query(None, description='Exact ("adapter.promote"), or a prefix ending in "." ("adapter.").')
@@ -75,13 +55,8 @@ def listing(
             headers={"content-disposition": f'attachment; filename="{filename}.csv"'},
         )
     page = audit.query(services.db, f, limit=limit or audit.DEFAULT_LIMIT)
-    data = [AuditEventOut(**asdict(e)) for e in page.events]
-    return AuditEventList(
-        data=data,
-        first_id=data[0].id if data else None,
-        last_id=data[-1].id if data else None,
-        has_more=page.has_more,
-    )
+    data = [AuditEventOut.model_validate(e) for e in page.events]
+    return AuditEventList(data=data, **page_ids(data), has_more=page.has_more)
 
 
 def _tenant_id(services: Services, tenant: str) -> str:

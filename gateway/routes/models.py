@@ -14,7 +14,7 @@ from adapters import model_names, version_deletion
 from adapters.model_names import ModelName
 from gateway import audit
 from gateway.deps import CallerDep, ServicesDep
-from gateway.protocol import ModelCard, ModelDeleted, ModelList
+from gateway.protocol.models import ModelCard, ModelDeleted, ModelList
 from gateway.services import Services
 from gateway.tenants import Caller
 

@@ -7,12 +7,12 @@ from datetime import date
 from typing import Literal
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel
 from starlette.responses import Response
 
 from core.errors import bad_request
 from gateway import tenants, usage
 from gateway.deps import AdminDep, CallerDep, ServicesDep
+from gateway.protocol.usage import UsageList, VersionStatsList
 from gateway.services import Services
 
 router = APIRouter(tags=["usage"])
@@ -20,22 +20,6 @@ admin_router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminDep
 
 Format = Literal["json", "csv"]
 _CSV = {200: {"content": {"text/csv": {}}, "description": "JSON, or CSV with `format=csv`."}}
-
-
-class UsageList(BaseModel):
-    object: Literal["list"] = "list"
-    since: date
-    until: date
-    group_by: list[str]
-    # The metering dataclasses themselves: pydantic serializes them field by field.
-    data: list[usage.UsageRow]
-    totals: usage.UsageTotals
-
-
-class VersionStatsList(BaseModel):
-    object: Literal["list"] = "list"
-    adapter: str
-    data: list[usage.VersionStats]
 
 
 def _last_day(until: date | None) -> date | None:

@@ -12,7 +12,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SerializerFu
 
 from adapters import checkpoints
 from core.states import JobStatus
-from gateway.protocol.wire import UnixTime, WireModel, unix_seconds
+from gateway.protocol.wire import UnixTime, WireModel, attributes, unix_seconds
 from trainer.distill import DistillSpec
 from trainer.job_records import CheckpointInfo, EvaluationInfo
 from trainer.jobs import JobInfo
@@ -196,7 +196,7 @@ class JobEventListOut(BaseModel):
 class CheckpointOut(BaseModel):
     object: Literal["fine_tuning.job.checkpoint"] = "fine_tuning.job.checkpoint"
     id: str
-    created_at: int
+    created_at: UnixTime
     fine_tuned_model_checkpoint: str
     fine_tuning_job_id: str
     metrics: dict[str, float]
@@ -224,7 +224,7 @@ class EvaluationOut(BaseModel):
     reasons: list[str]
     report_url: str | None
     report_png_url: str | None
-    created_at: int
+    created_at: UnixTime
 
 
 # --- translation --------------------------------------------------------------------
@@ -299,31 +299,28 @@ def job_out(job: JobInfo) -> FineTuningJobOut:
 
 
 def checkpoint_out(c: CheckpointInfo, adapter_name: str) -> CheckpointOut:
-    metrics = {k: float(v) for k, v in c.metrics.items() if isinstance(v, (int, float))}
-    return CheckpointOut(
-        id=c.id,
-        created_at=unix_seconds(c.created_at),
-        fine_tuned_model_checkpoint=checkpoints.checkpoint_model(adapter_name, c.job_id, c.step),
-        fine_tuning_job_id=c.job_id,
-        metrics=metrics,
-        step_number=c.step,
+    """`c` under OpenAI's names, with the model name that calls it."""
+    return CheckpointOut.model_validate(
+        {
+            **attributes(c),
+            "fine_tuned_model_checkpoint": checkpoints.checkpoint_model(adapter_name, c.job_id, c.step),
+            "fine_tuning_job_id": c.job_id,
+            "metrics": {k: float(v) for k, v in c.metrics.items() if isinstance(v, (int, float))},
+            "step_number": c.step,
+        }
     )
 
 
 def evaluation_out(e: EvaluationInfo) -> EvaluationOut:
     """The evaluation of job `e.job_id`, with the links to its report."""
     base = f"/v1/fine_tuning/jobs/{e.job_id}"
-    return EvaluationOut(
-        id=e.id,
-        fine_tuning_job_id=e.job_id,
-        candidate_version_id=e.candidate_version_id,
-        baseline_version_id=e.baseline_version_id,
-        dataset_id=e.dataset_id,
-        candidate=e.candidate_metrics,
-        baseline=e.baseline_metrics,
-        decision=e.decision,
-        reasons=e.reasons,
-        report_url=f"{base}/report.json" if e.report_key else None,
-        report_png_url=f"{base}/report.png" if e.report_key else None,
-        created_at=unix_seconds(e.created_at),
+    return EvaluationOut.model_validate(
+        {
+            **attributes(e),
+            "fine_tuning_job_id": e.job_id,
+            "candidate": e.candidate_metrics,
+            "baseline": e.baseline_metrics,
+            "report_url": f"{base}/report.json" if e.report_key else None,
+            "report_png_url": f"{base}/report.png" if e.report_key else None,
+        }
     )

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Literal
 
 from fastapi import APIRouter, Query
 from starlette.responses import Response, StreamingResponse
@@ -18,14 +17,12 @@ from core.errors import TailorError
 from gateway import audit, tenants
 from gateway.deps import AdminDep, CallerDep, ServicesDep
 from gateway.protocol.audit import AuditEventList, AuditEventOut
+from gateway.protocol.exports import CSV_RESPONSES, FORMAT_QUERY, Format
 from gateway.protocol.wire import page_ids
 from gateway.services import Services
 
 router = APIRouter(tags=["audit"])
 admin_router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminDep])
-
-Format = Literal["json", "csv"]
-_CSV = {200: {"content": {"text/csv": {}}, "description": "JSON, or CSV with `format=csv`."}}
 
 
 _ACTION = Query(None, description='Exact ("adapter.promote"), or a prefix ending in "." ("adapter.").')
@@ -37,7 +34,6 @@ _BEFORE = Query(None, ge=-(2**63), le=2**63 - 1, description="Event id: the page
 _LIMIT = Query(
     None, ge=1, le=audit.MAX_LIMIT, description="Events per page (JSON default 100); CSV without it: all of them."
 )
-_FORMAT = Query("json", alias="format")
 
 
 def listing(
@@ -72,7 +68,7 @@ def _tenant_id(services: Services, tenant: str) -> str:
 @router.get(
     "/v1/audit",
     response_model=AuditEventList,
-    responses=_CSV,  # type: ignore[arg-type]
+    responses=CSV_RESPONSES,
     summary="What was done to your tenant's setup, by whom and when, newest first",
 )
 def get_own_audit(
@@ -85,7 +81,7 @@ def get_own_audit(
     after: int | None = _AFTER,
     before: int | None = _BEFORE,
     limit: int | None = _LIMIT,
-    fmt: Format = _FORMAT,
+    fmt: Format = FORMAT_QUERY,
 ) -> AuditEventList | Response:
     f = audit.Filter(
         tenant_id=caller.tenant_id,
@@ -102,7 +98,7 @@ def get_own_audit(
 @admin_router.get(
     "/audit",
     response_model=AuditEventList,
-    responses=_CSV,  # type: ignore[arg-type]
+    responses=CSV_RESPONSES,
     summary="The audit log of every tenant, or of one (`tenant`: name, id, or a deleted tenant's id)",
 )
 def get_audit(
@@ -115,7 +111,7 @@ def get_audit(
     after: int | None = _AFTER,
     before: int | None = _BEFORE,
     limit: int | None = _LIMIT,
-    fmt: Format = _FORMAT,
+    fmt: Format = FORMAT_QUERY,
 ) -> AuditEventList | Response:
     tenant_id = _tenant_id(services, tenant) if tenant else None
     f = audit.Filter(

@@ -11,12 +11,13 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import date, datetime, timedelta
 from typing import Any
 
 from core.states import TERMINAL_JOB_STATUSES, JobStatus
-from gateway.usage import UsageRow
+from gateway import usage
+from gateway.usage import UsageRow, UsageTotals
 from trainer.feedback import FeedbackSignal
 from trainer.job_records import EvaluationInfo, EventInfo
 from trainer.jobs import JobInfo
@@ -317,20 +318,17 @@ class UsageSummary:
     def tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
+    @classmethod
+    def of(cls, totals: UsageTotals) -> UsageSummary:
+        return cls(**{f.name: getattr(totals, f.name) for f in fields(cls)})
+
 
 def summaries_by_tenant(rows: Iterable[UsageRow]) -> dict[str, UsageSummary]:
-    """Usage rows (any grouping) summed per tenant name."""
-    sums: dict[str, list[float]] = defaultdict(lambda: [0, 0, 0, 0, 0.0])
+    """Usage rows (any grouping) summed per tenant name, as the usage API sums them."""
+    by_tenant: dict[str, list[UsageRow]] = defaultdict(list)
     for r in rows:
-        acc = sums[r.tenant]
-        acc[0] += r.requests
-        acc[1] += r.errors
-        acc[2] += r.prompt_tokens
-        acc[3] += r.completion_tokens
-        acc[4] += r.cost
-    return {
-        tenant: UsageSummary(int(a[0]), int(a[1]), int(a[2]), int(a[3]), round(a[4], 9)) for tenant, a in sums.items()
-    }
+        by_tenant[r.tenant].append(r)
+    return {tenant: UsageSummary.of(usage.totals(group)) for tenant, group in by_tenant.items()}
 
 
 # --- formatting (Jinja filters) ---------------------------------------------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -22,11 +21,10 @@ from adapters.registry import AdapterInfo
 from core.errors import TailorError
 from gateway import audit, tenants
 from gateway.deps import AdminDep, CallerDep, ServicesDep
-from gateway.protocol import (
+from gateway.protocol.adapters import (
     ActivateVersion,
     AdapterOut,
     AdapterRegisterPath,
-    AdapterVersionOut,
     CanaryStart,
     VersionLineageOut,
 )
@@ -48,24 +46,10 @@ def admin_tenant(tenant: str, services: ServicesDep) -> tuple[str, str]:
 AdminTenant = Annotated[tuple[str, str], Depends(admin_tenant)]
 
 
-def adapter_out(info: AdapterInfo) -> AdapterOut:
-    return AdapterOut(
-        id=info.id,
-        name=info.name,
-        active_version=info.active_version,
-        canary_version=info.canary_version,
-        canary_fraction=info.canary_fraction,
-        created_at=info.created_at,
-        versions=[
-            AdapterVersionOut(**{k: getattr(v, k) for k in AdapterVersionOut.model_fields}) for v in info.versions
-        ],
-    )
-
-
 def _changed(services: Services, after: AdapterInfo) -> AdapterOut:
     """Answer with `after`, once this replica has forgotten what it cached about the name."""
     services.changed()
-    return adapter_out(after)
+    return AdapterOut.model_validate(after)
 
 
 async def upload(services: Services, who: tuple[str, str], name: str, archive: UploadFile) -> AdapterOut:
@@ -108,7 +92,7 @@ async def delete(services: Services, who: tuple[str, str], name: str) -> dict[st
 
 
 def _lineage(services: Services, tenant_id: str, name: str) -> list[VersionLineageOut]:
-    return [VersionLineageOut(**asdict(v)) for v in promotion.lineage(services.db, tenant_id, name)]
+    return [VersionLineageOut.model_validate(v) for v in promotion.lineage(services.db, tenant_id, name)]
 
 
 def _routes(r: APIRouter, tenant_dep: Callable[..., tuple[str, str]]) -> None:
@@ -117,7 +101,7 @@ def _routes(r: APIRouter, tenant_dep: Callable[..., tuple[str, str]]) -> None:
 
     @r.get("", response_model=list[AdapterOut], summary="List adapters and their versions")
     def list_adapters(services: ServicesDep, who: tuple[str, str] = who_dep) -> list[AdapterOut]:
-        return [adapter_out(a) for a in registry.list_adapters(services.db, who[0])]
+        return [AdapterOut.model_validate(a) for a in registry.list_adapters(services.db, who[0])]
 
     @r.post(
         "",
@@ -132,7 +116,7 @@ def _routes(r: APIRouter, tenant_dep: Callable[..., tuple[str, str]]) -> None:
 
     @r.get("/{name}", response_model=AdapterOut)
     def get_adapter(name: str, services: ServicesDep, who: tuple[str, str] = who_dep) -> AdapterOut:
-        return adapter_out(registry.get_adapter(services.db, who[0], name))
+        return AdapterOut.model_validate(registry.get_adapter(services.db, who[0], name))
 
     @r.get(
         "/{name}/lineage",

@@ -6,13 +6,11 @@ functions in gateway.tenants own their transactions.
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 from fastapi import APIRouter
 
 from gateway import audit, tenants
 from gateway.deps import AdminDep, ServicesDep
-from gateway.protocol import EngineOut, KeyCreate, KeyCreated, KeyOut, TenantCreate, TenantOut
+from gateway.protocol.admin import EngineOut, KeyCreate, KeyCreated, KeyOut, TenantCreate, TenantOut
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminDep])
 
@@ -21,17 +19,17 @@ router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminDep])
 def create_tenant(body: TenantCreate, services: ServicesDep) -> TenantOut:
     created = tenants.create_tenant(services.db, body.name)
     audit.tenant_created(services.db, audit.ADMIN, created)
-    return TenantOut(**asdict(created))
+    return TenantOut.model_validate(created)
 
 
 @router.get("/tenants", response_model=list[TenantOut])
 def list_tenants(services: ServicesDep) -> list[TenantOut]:
-    return [TenantOut(**asdict(t)) for t in tenants.list_tenants(services.db)]
+    return [TenantOut.model_validate(t) for t in tenants.list_tenants(services.db)]
 
 
 @router.get("/tenants/{tenant}", response_model=TenantOut)
 def get_tenant(tenant: str, services: ServicesDep) -> TenantOut:
-    return TenantOut(**asdict(tenants.find_tenant(services.db, tenant)))
+    return TenantOut.model_validate(tenants.find_tenant(services.db, tenant))
 
 
 @router.delete("/tenants/{tenant}")
@@ -52,12 +50,12 @@ def delete_tenant(tenant: str, services: ServicesDep) -> dict[str, object]:
 def create_key(tenant: str, body: KeyCreate, services: ServicesDep) -> KeyCreated:
     new = tenants.create_key(services.db, tenant, name=body.name, expires_at=body.expires_at)
     audit.key_created(services.db, audit.ADMIN, new.info)
-    return KeyCreated(**asdict(new.info), key=new.secret)
+    return KeyCreated.of(new)
 
 
 @router.get("/tenants/{tenant}/keys", response_model=list[KeyOut])
 def list_keys(tenant: str, services: ServicesDep) -> list[KeyOut]:
-    return [KeyOut(**asdict(k)) for k in tenants.list_keys(services.db, tenant)]
+    return [KeyOut.model_validate(k) for k in tenants.list_keys(services.db, tenant)]
 
 
 @router.post("/keys/{key_id}/revoke", response_model=KeyOut)
@@ -66,7 +64,7 @@ def revoke_key(key_id: str, services: ServicesDep) -> KeyOut:
     info = tenants.revoke_key(services.db, key_id)
     audit.key_revoked(services.db, audit.ADMIN, before, info)
     services.changed()
-    return KeyOut(**asdict(info))
+    return KeyOut.model_validate(info)
 
 
 @router.post(
@@ -80,9 +78,9 @@ def rotate_key(key_id: str, services: ServicesDep, grace_seconds: int = 0) -> Ke
     new = tenants.rotate_key(services.db, key_id, grace_seconds=grace_seconds)
     audit.key_rotated(services.db, audit.ADMIN, key_id, before, new.info, grace_seconds=grace_seconds)
     services.changed()
-    return KeyCreated(**asdict(new.info), key=new.secret)
+    return KeyCreated.of(new)
 
 
 @router.get("/engines", response_model=list[EngineOut])
 def engines(services: ServicesDep) -> list[EngineOut]:
-    return [EngineOut(**e) for e in services.pool.stats()]  # type: ignore[arg-type]
+    return [EngineOut.model_validate(e) for e in services.pool.stats()]

@@ -8,44 +8,21 @@ gives the same page as CSV when `limit` is set, and every matching event when it
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict
 from datetime import datetime
-from typing import Any, Literal
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel
 from starlette.responses import Response, StreamingResponse
 
 from core.errors import TailorError
 from gateway import audit, tenants
 from gateway.deps import AdminDep, CallerDep, ServicesDep
+from gateway.protocol.audit import AuditEventList, AuditEventOut
+from gateway.protocol.exports import CSV_RESPONSES, FORMAT_QUERY, Format
+from gateway.protocol.wire import page_ids
 from gateway.services import Services
 
 router = APIRouter(tags=["audit"])
 admin_router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminDep])
-
-Format = Literal["json", "csv"]
-_CSV = {200: {"content": {"text/csv": {}}, "description": "JSON, or CSV with `format=csv`."}}
-
-
-class AuditEventOut(BaseModel):
-    object: Literal["audit.event"] = "audit.event"
-    id: int
-    at: datetime
-    actor: str
-    tenant_id: str | None
-    action: str
-    target: str | None
-    before: dict[str, Any] | None
-    after: dict[str, Any] | None
-
-
-class AuditEventList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[AuditEventOut]
-    first_id: int | None
-    last_id: int | None
-    has_more: bool
 
 
 _ACTION = Query(None, description='Exact ("adapter.promote"), or a prefix ending in "." ("adapter.").')
@@ -57,7 +34,6 @@ _BEFORE = Query(None, ge=-(2**63), le=2**63 - 1, description="Event id: the page
 _LIMIT = Query(
     None, ge=1, le=audit.MAX_LIMIT, description="Events per page (JSON default 100); CSV without it: all of them."
 )
-_FORMAT = Query("json", alias="format")
 
 
 def listing(
@@ -75,13 +51,8 @@ def listing(
             headers={"content-disposition": f'attachment; filename="{filename}.csv"'},
         )
     page = audit.query(services.db, f, limit=limit or audit.DEFAULT_LIMIT)
-    data = [AuditEventOut(**asdict(e)) for e in page.events]
-    return AuditEventList(
-        data=data,
-        first_id=data[0].id if data else None,
-        last_id=data[-1].id if data else None,
-        has_more=page.has_more,
-    )
+    data = [AuditEventOut.model_validate(e) for e in page.events]
+    return AuditEventList(data=data, **page_ids(data), has_more=page.has_more)
 
 
 def _tenant_id(services: Services, tenant: str) -> str:
@@ -97,7 +68,7 @@ def _tenant_id(services: Services, tenant: str) -> str:
 @router.get(
     "/v1/audit",
     response_model=AuditEventList,
-    responses=_CSV,  # type: ignore[arg-type]
+    responses=CSV_RESPONSES,
     summary="What was done to your tenant's setup, by whom and when, newest first",
 )
 def get_own_audit(
@@ -110,7 +81,7 @@ def get_own_audit(
     after: int | None = _AFTER,
     before: int | None = _BEFORE,
     limit: int | None = _LIMIT,
-    fmt: Format = _FORMAT,
+    fmt: Format = FORMAT_QUERY,
 ) -> AuditEventList | Response:
     f = audit.Filter(
         tenant_id=caller.tenant_id,
@@ -127,7 +98,7 @@ def get_own_audit(
 @admin_router.get(
     "/audit",
     response_model=AuditEventList,
-    responses=_CSV,  # type: ignore[arg-type]
+    responses=CSV_RESPONSES,
     summary="The audit log of every tenant, or of one (`tenant`: name, id, or a deleted tenant's id)",
 )
 def get_audit(
@@ -140,7 +111,7 @@ def get_audit(
     after: int | None = _AFTER,
     before: int | None = _BEFORE,
     limit: int | None = _LIMIT,
-    fmt: Format = _FORMAT,
+    fmt: Format = FORMAT_QUERY,
 ) -> AuditEventList | Response:
     tenant_id = _tenant_id(services, tenant) if tenant else None
     f = audit.Filter(

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -14,10 +13,12 @@ from starlette.datastructures import UploadFile
 from core.errors import TailorError, bad_request
 from core.models import Tenant
 from gateway.deps import CallerDep, ServicesDep
+from gateway.protocol.feedback import FeedbackCreate, FeedbackImported, FeedbackList, FeedbackOut
+from gateway.protocol.wire import page_ids
 from gateway.redaction import redact_text
 from gateway.services import Services
 from trainer import feedback
-from trainer.feedback import FeedbackInfo, Redactor
+from trainer.feedback import Redactor
 
 router = APIRouter(prefix="/v1", tags=["feedback"])
 
@@ -29,69 +30,6 @@ JSONL_TYPES = (
     "application/json-lines",
     "text/jsonl",
 )
-
-
-class FeedbackCreate(BaseModel):
-    # forbid: a misspelt field ("raiting") is refused instead of silently dropped.
-    model_config = ConfigDict(extra="forbid")
-
-    interaction_id: str = Field(
-        min_length=1,
-        max_length=64,
-        description="The rated answer's completion or response `id` (its `x-tailor-interaction-id` header).",
-    )
-    rating: Literal["good", "bad"] | None = None
-    score: float | None = Field(None, ge=0, le=1, description="0 (worst) to 1 (best).")
-    correction: str | None = Field(None, description="The answer that should have been given.")
-    preferred: str | None = Field(None, description="A better answer; alone: better than the logged one.")
-    rejected: str | None = Field(None, description="The worse answer of an explicit pair (needs preferred).")
-
-
-class FeedbackOut(BaseModel):
-    id: str
-    object: Literal["feedback"] = "feedback"
-    interaction_id: str | None
-    adapter_version_id: str | None
-    model: str | None
-    rating: str | None
-    score: float | None
-    correction: str | None
-    preferred: str | None
-    rejected: str | None
-    messages: list[dict[str, str]] | None
-    source: str
-    created_at: int
-
-
-class FeedbackList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[FeedbackOut]
-    first_id: str | None
-    last_id: str | None
-    has_more: bool
-
-
-class FeedbackImported(BaseModel):
-    object: Literal["feedback.import"] = "feedback.import"
-    imported: int
-    ids: list[str]
-
-
-def feedback_out(info: FeedbackInfo) -> FeedbackOut:
-    return FeedbackOut(
-        id=info.id,
-        interaction_id=info.interaction_id,
-        adapter_version_id=info.adapter_version_id,
-        model=info.model,
-        rating=info.rating,
-        score=info.score,
-        correction=info.correction,
-        preferred=info.preferred,
-        rejected=info.rejected,
-        messages=[dict(m) for m in info.messages] if info.messages else None,
-        source=info.source,
-        created_at=int(info.created_at.timestamp()),
-    )
 
 
 def _redactor(services: Services, tenant_id: str) -> Redactor | None:
@@ -122,7 +60,7 @@ async def create_feedback(body: FeedbackCreate, services: ServicesDep, caller: C
         # arrive before its interaction row. Write what is queued, then look again.
         await services.interactions.flush()
         info = await run_in_threadpool(record)
-    return feedback_out(info)
+    return FeedbackOut.model_validate(info)
 
 
 _IMPORT_BODY: dict[str, Any] = {
@@ -192,7 +130,5 @@ def list_feedback(
     after: str | None = Query(None, description="Last id of the previous page."),
 ) -> FeedbackList:
     page = feedback.list_feedback(services.db, caller.tenant_id, limit=limit, after=after)
-    data = [feedback_out(i) for i in page.items]
-    return FeedbackList(
-        data=data, first_id=data[0].id if data else None, last_id=data[-1].id if data else None, has_more=page.has_more
-    )
+    data = [FeedbackOut.model_validate(i) for i in page.items]
+    return FeedbackList(data=data, **page_ids(data), has_more=page.has_more)

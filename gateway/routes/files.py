@@ -8,7 +8,6 @@ from typing import Literal
 from urllib.parse import quote
 
 from fastapi import APIRouter, File, Form, Query, UploadFile
-from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
@@ -16,43 +15,10 @@ from core.errors import TailorError, bad_request
 from core.quotas import Quotas
 from gateway.batches import input_file
 from gateway.deps import CallerDep, ServicesDep
+from gateway.protocol.files import DeleteFileOut, ListFilesOut, OpenAIFileOut
 from trainer import files
-from trainer.files import FileInfo
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
-
-
-class OpenAIFileOut(BaseModel):
-    id: str
-    object: Literal["file"] = "file"
-    bytes: int
-    created_at: int
-    filename: str
-    purpose: str
-    # Deprecated by OpenAI but still required by its schema; files are validated on
-    # upload, so a stored file is always processed.
-    status: Literal["processed"] = "processed"
-
-
-class ListFilesOut(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[OpenAIFileOut]
-    # OpenAI's schema requires both as strings; an empty page has no ids, so "".
-    first_id: str
-    last_id: str
-    has_more: bool
-
-
-class DeleteFileOut(BaseModel):
-    id: str
-    object: Literal["file"] = "file"
-    deleted: bool
-
-
-def file_out(info: FileInfo) -> OpenAIFileOut:
-    return OpenAIFileOut(
-        id=info.id, bytes=info.bytes, created_at=info.created_at_unix, filename=info.filename, purpose=info.purpose
-    )
 
 
 @router.post(
@@ -85,7 +51,7 @@ async def upload(
             param="purpose",
         )
     info = await run_in_threadpool(store, services.db, services.blobs, caller.tenant_id, file.filename, bytes(data))
-    return file_out(info)
+    return OpenAIFileOut.model_validate(info)
 
 
 @router.get("", response_model=ListFilesOut)
@@ -98,7 +64,7 @@ def list_files(
     after: str | None = None,
 ) -> ListFilesOut:
     page = files.list_files(services.db, caller.tenant_id, purpose=purpose, limit=limit, order=order, after=after)
-    data = [file_out(i) for i in page.items]
+    data = [OpenAIFileOut.model_validate(i) for i in page.items]
     return ListFilesOut(
         data=data, first_id=data[0].id if data else "", last_id=data[-1].id if data else "", has_more=page.has_more
     )
@@ -106,7 +72,7 @@ def list_files(
 
 @router.get("/{file_id}", response_model=OpenAIFileOut)
 def get_file(file_id: str, services: ServicesDep, caller: CallerDep) -> OpenAIFileOut:
-    return file_out(files.get_file(services.db, caller.tenant_id, file_id))
+    return OpenAIFileOut.model_validate(files.get_file(services.db, caller.tenant_id, file_id))
 
 
 @router.delete("/{file_id}", response_model=DeleteFileOut)

@@ -14,7 +14,8 @@ from adapters import model_names, version_deletion
 from adapters.model_names import ModelName
 from gateway import audit
 from gateway.deps import CallerDep, ServicesDep
-from gateway.protocol import ModelCard, ModelDeleted, ModelList
+from gateway.protocol.models import ModelCard, ModelDeleted, ModelList
+from gateway.protocol.wire import unix_seconds
 from gateway.services import Services
 from gateway.tenants import Caller
 
@@ -27,7 +28,7 @@ _LIMIT = Query(None, ge=1, le=model_names.MAX_LIMIT, description="Models per pag
 def _card(name: ModelName, services: Services, caller: Caller) -> ModelCard:
     if name.created is None:  # the base model: as old as this process
         return ModelCard(id=name.id, created=services.started_at, owned_by="tailor")
-    return ModelCard(id=name.id, created=int(name.created.timestamp()), owned_by=caller.tenant_name)
+    return ModelCard(id=name.id, created=unix_seconds(name.created), owned_by=caller.tenant_name)
 
 
 @router.get(

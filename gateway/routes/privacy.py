@@ -15,10 +15,9 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
@@ -29,49 +28,10 @@ from core.ids import utcnow
 from core.models import Tenant
 from gateway import audit, privacy, tenants
 from gateway.deps import AdminDep, ServicesDep
+from gateway.protocol.privacy import PrivacyIn, PrivacyOut, PurgeIn, PurgeOut
 from gateway.services import Services
 
 router = APIRouter(prefix="/admin/tenants/{tenant}", tags=["admin"], dependencies=[AdminDep])
-
-MAX_RETENTION_DAYS = 36_500
-
-
-class PrivacyIn(BaseModel):
-    """Fields to change; omitted ones keep their value. `retention_days: null` keeps data until deleted."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    retention_days: int | None = Field(
-        None, ge=1, le=MAX_RETENTION_DAYS, description="Interactions and feedback older than this are deleted."
-    )
-    redact_pii: bool | None = Field(
-        None, description="Store interactions and feedback with e-mails, phone and card numbers, ... redacted."
-    )
-
-
-class PrivacyOut(BaseModel):
-    object: Literal["tenant.privacy"] = "tenant.privacy"
-    tenant: str
-    retention_days: int | None
-    redact_pii: bool
-
-
-class PurgeIn(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    confirm: str = Field(description="The tenant's name, exactly: a guard against purging the wrong one.")
-
-
-class PurgeOut(BaseModel):
-    object: Literal["tenant.purge"] = "tenant.purge"
-    id: str
-    name: str
-    purged: bool = True
-    rows: dict[str, int] = Field(description="Rows deleted per table.")
-    blobs: int
-    adapter_objects: int = Field(description="Adapter versions deleted from the adapter store.")
-    shared_adapter_objects: int = Field(description="Kept: the same files serve another tenant's version.")
-    evicted: int = Field(description="Adapters unloaded from engines.")
 
 
 def _values(row: Tenant) -> dict[str, Any]:

@@ -2,35 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, Response
 
 from core.errors import bad_request
 from gateway.deps import CallerDep, ServicesDep
+from gateway.protocol.responses import ResponseDeleted, ResponseItemList
 from gateway.responses import create as responses
 from gateway.responses import store
 from gateway.responses.protocol import CreateResponseRequest
 from gateway.stored_completions import MAX_PAGE, first_and_last
 
 router = APIRouter(prefix="/v1", tags=["responses"])
-
-
-class ResponseDeleted(BaseModel):
-    id: str
-    object: Literal["response"] = "response"
-    deleted: bool = True
-
-
-class ResponseItemList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[dict[str, Any]]
-    first_id: str
-    last_id: str
-    has_more: bool
 
 
 def _no_include(include: list[str] | None) -> None:

@@ -4,38 +4,19 @@ each version of an adapter serves and is judged (`/v1/adapters/{name}/stats`).""
 from __future__ import annotations
 
 from datetime import date
-from typing import Literal
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel
 from starlette.responses import Response
 
 from core.errors import bad_request
 from gateway import tenants, usage
 from gateway.deps import AdminDep, CallerDep, ServicesDep
+from gateway.protocol.exports import CSV_RESPONSES, FORMAT_QUERY, Format
+from gateway.protocol.usage import UsageList, VersionStatsList
 from gateway.services import Services
 
 router = APIRouter(tags=["usage"])
 admin_router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminDep])
-
-Format = Literal["json", "csv"]
-_CSV = {200: {"content": {"text/csv": {}}, "description": "JSON, or CSV with `format=csv`."}}
-
-
-class UsageList(BaseModel):
-    object: Literal["list"] = "list"
-    since: date
-    until: date
-    group_by: list[str]
-    # The metering dataclasses themselves: pydantic serializes them field by field.
-    data: list[usage.UsageRow]
-    totals: usage.UsageTotals
-
-
-class VersionStatsList(BaseModel):
-    object: Literal["list"] = "list"
-    adapter: str
-    data: list[usage.VersionStats]
 
 
 def _last_day(until: date | None) -> date | None:
@@ -90,13 +71,12 @@ _GROUP_BY = Query(
     ",".join(usage.DEFAULT_GROUP_BY),
     description="Comma-separated subset of day,model,version,tier (tier: interactive or batch requests).",
 )
-_FORMAT = Query("json", alias="format")
 
 
 @router.get(
     "/v1/usage",
     response_model=UsageList,
-    responses=_CSV,  # type: ignore[arg-type]
+    responses=CSV_RESPONSES,
     summary="Your requests, tokens, latency, errors and cost per day, model, adapter version and tier "
     "(interactive or batch)",
 )
@@ -106,7 +86,7 @@ def get_own_usage(
     since: date | None = _SINCE,
     until: date | None = _UNTIL,
     group_by: str = _GROUP_BY,
-    fmt: Format = _FORMAT,
+    fmt: Format = FORMAT_QUERY,
 ) -> UsageList | Response:
     return report(
         services,
@@ -138,7 +118,7 @@ def get_adapter_stats(
 @admin_router.get(
     "/usage",
     response_model=UsageList,
-    responses=_CSV,  # type: ignore[arg-type]
+    responses=CSV_RESPONSES,
     summary="Usage across tenants, or of one tenant (`tenant`: name or id)",
 )
 def get_usage(
@@ -147,7 +127,7 @@ def get_usage(
     since: date | None = _SINCE,
     until: date | None = _UNTIL,
     group_by: str = _GROUP_BY,
-    fmt: Format = _FORMAT,
+    fmt: Format = FORMAT_QUERY,
 ) -> UsageList | Response:
     found = tenants.find_tenant(services.db, tenant) if tenant else None
     return report(

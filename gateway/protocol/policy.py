@@ -1,0 +1,55 @@
+"""Retraining and promotion policy, and an adapter's drift (`/v1/policy`, `/v1/adapters/{name}/drift`)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway.protocol.wire import WireModel
+from trainer import policy
+
+
+class PolicyIn(BaseModel):
+    """Fields to change; omitted ones keep their value."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    retrain: Literal["off", "on_demand", "feedback_count", "drift", "schedule"] | None = None
+    retrain_min_feedback: int | None = Field(None, ge=1, le=policy.MAX_MIN_FEEDBACK)
+    retrain_interval_hours: float | None = Field(None, gt=0, le=policy.MAX_INTERVAL_HOURS, allow_inf_nan=False)
+    auto_promote: bool | None = Field(None, description="Promote a candidate that passes the gates without a person.")
+    canary_fraction: float | None = Field(None, ge=0, lt=1, description="Passing candidates first serve this share.")
+    gates: dict[str, Any] | None = Field(None, description="primary_metric, min_improvement, noise, min_examples.")
+
+
+# model_validate(trainer.policy.PolicyInfo)
+class PolicyOut(WireModel):
+    retrain: str
+    retrain_min_feedback: int
+    retrain_interval_hours: float
+    auto_promote: bool
+    canary_fraction: float
+    gates: dict[str, Any] | None
+    last_triggered_at: datetime | None
+
+
+# model_validate(trainer.feedback.FeedbackSignal)
+class SignalOut(WireModel):
+    judged: int
+    good: int
+    bad: int
+    corrections: int
+    share_good: float | None
+    correction_rate: float | None
+
+
+# model_validate(trainer.policy.DriftStatus)
+class DriftOut(WireModel):
+    adapter_name: str
+    version: int | None
+    promoted_level: SignalOut | None
+    recent: SignalOut | None
+    drifted: bool
+    reason: str

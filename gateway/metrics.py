@@ -38,7 +38,8 @@ import asyncio
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
@@ -53,8 +54,11 @@ from core.models import Job, Tenant
 from core.states import OPEN_JOB_STATUSES, TERMINAL_JOB_STATUSES
 
 if TYPE_CHECKING:
-    from gateway.interaction_log import InteractionRecord
-    from gateway.services import Services
+    from adapters.dedicated import DedicatedEngines
+    from adapters.engines import EnginePool
+    from core.config import Settings
+    from core.db import Database
+    from gateway.interaction_log import InteractionLog, InteractionRecord
 
 log = logging.getLogger("tailor.metrics")
 
@@ -103,27 +107,40 @@ def multiprocess_dir() -> str | None:
     return os.environ.get(MULTIPROC_DIR_ENV) or None
 
 
+# Tenant ids -> the names of those that exist (may raise: the caller logs and goes on).
+TenantNames = Callable[[set[str]], dict[str, str]]
+
+
+@dataclass(frozen=True)
+class Scraped:
+    """What /metrics reads when Prometheus scrapes, beyond what requests count: this process's
+    engines and interaction log, and the job queue (read from the database; may raise)."""
+
+    pool: EnginePool
+    dedicated: DedicatedEngines
+    interactions: InteractionLog
+    job_counts: Callable[[], dict[str, int]]
+    job_durations: Callable[[], dict[str, list[float]]]
+
+
 class Metrics:
-    def __init__(self, services: Services, *, max_label_values: int = 50) -> None:
+    def __init__(self, settings: Settings, tenant_names: TenantNames, *, max_label_values: int = 50) -> None:
         self.registry = CollectorRegistry()  # what /metrics exposes
         r = self.registry
         self.shared = multiprocess_dir()
         # Shared: the metric objects write to the directory and /metrics reads it, so the
         # registry they are created in is never exposed itself.
-        own = CollectorRegistry() if self.shared else r
-        self.base = services.settings.base_model_name
-        self.named = services.settings.metrics_tenant_labels
+        own = self._own = CollectorRegistry() if self.shared else r
+        self.base = settings.base_model_name
+        self.named = settings.metrics_tenant_labels
+        self.tenant_names = tenant_names
         self.tenants = BoundedLabel(max_label_values)
         self.models = BoundedLabel(max_label_values + 1, preset=(self.base,))  # the base model is free
         # The series labelled by tenant; by id until _TenantNames renames them at scrape time.
         series = CollectorRegistry() if self.named and not self.shared else own
         self.mirror: _Mirror | None = None
-        if self.shared:
-            self.mirror = _Mirror(_ProcessState(services, self), own)
-            merged: Collector = _Merged(self.shared, self.mirror)
-            r.register(_TenantNames(services, merged) if self.named else merged)
-        elif self.named:
-            r.register(_TenantNames(services, series))
+        if self.named and not self.shared:
+            r.register(_TenantNames(tenant_names, series))
         labels = ("endpoint", "status_class", "tenant", "model")
         self.requests = Counter("tailor_requests", "Completion requests answered.", labels, registry=series)
         self.latency = Histogram(
@@ -196,14 +213,25 @@ class Metrics:
         if not self.shared:
             ProcessCollector(registry=r)
             GCCollector(registry=r)
-            r.register(_ProcessState(services, self))
-        # Read from the database: once per scrape, by whichever process answers it.
-        r.register(_JobTable(services))
         self._mirroring: asyncio.Task[None] | None = None
         # Bound children per label set: labels() costs a lock and a tuple of str() per
         # call, so each set is resolved once and reused.
         self._children: dict[tuple[str, str, str, str], tuple[Any, ...]] = {}
         self._error_children: dict[tuple[str, int], Any] = {}
+
+    def watch(self, scraped: Scraped) -> None:
+        """Expose what `scraped` holds, read when Prometheus scrapes. Once, after this object:
+        the engine pool it names reports its adapter loads here."""
+        r = self.registry
+        state = _ProcessState(scraped, self)
+        if self.shared:
+            self.mirror = _Mirror(state, self._own)
+            merged: Collector = _Merged(self.shared, self.mirror)
+            r.register(_TenantNames(self.tenant_names, merged) if self.named else merged)
+        else:
+            r.register(state)
+        # Read from the database: once per scrape, by whichever process answers it.
+        r.register(_JobTable(scraped.job_counts, scraped.job_durations))
 
     # --- hot path ---------------------------------------------------------------
     def request_started(self, endpoint: str) -> None:
@@ -291,8 +319,8 @@ class _TenantNames(Collector):
     here) is left out rather than shown by id.
     """
 
-    def __init__(self, services: Services, source: Collector) -> None:
-        self.services = services
+    def __init__(self, read: TenantNames, source: Collector) -> None:
+        self.read = read
         self.source = source
         self.names: dict[str, str] = {}
 
@@ -314,9 +342,7 @@ class _TenantNames(Collector):
         if not ids:
             return
         try:
-            with self.services.db.session() as session:
-                rows = session.execute(select(Tenant.id, Tenant.name).where(Tenant.id.in_(ids))).tuples()
-                self.names.update(dict(rows.all()))
+            self.names.update(self.read(ids))
         except Exception as exc:  # a scrape must not fail because the database does
             log.warning("metrics: could not read tenant names: %s", exc)
 
@@ -325,12 +351,12 @@ class _ProcessState(Collector):
     """State that already lives in this process's memory, read when Prometheus scrapes (never
     per request), or copied into shared metrics by `_Mirror`."""
 
-    def __init__(self, services: Services, metrics: Metrics) -> None:
-        self.services = services
+    def __init__(self, scraped: Scraped, metrics: Metrics) -> None:
+        self.scraped = scraped
         self.metrics = metrics
 
     def collect(self) -> Iterator[Any]:
-        s = self.services
+        s = self.scraped
         healthy = GaugeMetricFamily("tailor_engine_healthy", "1 if the engine passes health checks.", labels=["engine"])
         inflight = GaugeMetricFamily("tailor_engine_inflight", "Requests leased to the engine.", labels=["engine"])
         resident = GaugeMetricFamily(
@@ -371,8 +397,9 @@ class _ProcessState(Collector):
 class _JobTable(Collector):
     """The job queue, read from the database when Prometheus scrapes."""
 
-    def __init__(self, services: Services) -> None:
-        self.services = services
+    def __init__(self, counts: Callable[[], dict[str, int]], durations: Callable[[], dict[str, list[float]]]) -> None:
+        self.counts = counts
+        self.durations = durations
 
     def collect(self) -> Iterator[Any]:
         jobs = self._job_counts()
@@ -397,28 +424,44 @@ class _JobTable(Collector):
             yield family
 
     def _job_durations(self) -> dict[str, list[float]] | None:
-        query = select(Job.status, Job.started_at, Job.finished_at).where(
-            Job.status.in_(TERMINAL_JOB_STATUSES), Job.started_at.is_not(None), Job.finished_at.is_not(None)
-        )
         try:
-            with self.services.db.session() as session:
-                out: dict[str, list[float]] = {}
-                for status, started, finished in session.execute(query):
-                    out.setdefault(status, []).append(max(0.0, (finished - started).total_seconds()))
-                return out
+            return self.durations()
         except Exception as exc:  # a scrape must not fail because the database does
             log.warning("metrics: could not read job durations: %s", exc)
             return None
 
     def _job_counts(self) -> dict[str, int] | None:
-        # One indexed COUNT ... GROUP BY per scrape (ix_jobs_status_created).
-        query = select(Job.status, func.count()).where(Job.status.in_(OPEN_JOB_STATUSES)).group_by(Job.status)
         try:
-            with self.services.db.session() as session:
-                return {status: n for status, n in session.execute(query)}
+            return self.counts()
         except Exception as exc:  # a scrape must not fail because the database does
             log.warning("metrics: could not count jobs: %s", exc)
             return None
+
+
+# --- what the collectors read from the database -----------------------------------------
+def tenant_names(db: Database, ids: set[str]) -> dict[str, str]:
+    with db.session() as session:
+        rows = session.execute(select(Tenant.id, Tenant.name).where(Tenant.id.in_(ids))).tuples()
+        return dict(rows.all())
+
+
+def open_job_counts(db: Database) -> dict[str, int]:
+    # One indexed COUNT ... GROUP BY per scrape (ix_jobs_status_created).
+    query = select(Job.status, func.count()).where(Job.status.in_(OPEN_JOB_STATUSES)).group_by(Job.status)
+    with db.session() as session:
+        return {status: n for status, n in session.execute(query)}
+
+
+def job_durations(db: Database) -> dict[str, list[float]]:
+    """Seconds from start to finish of the finished jobs, by final status."""
+    query = select(Job.status, Job.started_at, Job.finished_at).where(
+        Job.status.in_(TERMINAL_JOB_STATUSES), Job.started_at.is_not(None), Job.finished_at.is_not(None)
+    )
+    with db.session() as session:
+        out: dict[str, list[float]] = {}
+        for status, started, finished in session.execute(query):
+            out.setdefault(status, []).append(max(0.0, (finished - started).total_seconds()))
+        return out
 
 
 # How each worker's copy of a `_ProcessState` gauge combines across the live workers.

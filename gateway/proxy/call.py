@@ -99,12 +99,11 @@ class CompletionCall:
     upstream: Upstream = field(init=False, repr=False)
     payload: EngineBody = field(init=False, repr=False)
     lease: Lease = field(init=False, repr=False)
+    # The engine's name for the model (an adapter id, a full model's digest) is internal: what
+    # the engine says is passed on with the public name instead.
+    engine_names: dict[str, str] = field(init=False, repr=False)
     streaming: bool = False  # a stream owns the lease now and gives it back when it closes
     released: bool = False
-
-    @property
-    def id(self) -> str:
-        return self.record.id
 
     def finish(self, status: int, error: str | None = None, *, log: bool = True) -> None:
         if self.finished:  # a failure after the answer was recorded must not count the request twice
@@ -122,21 +121,11 @@ class CompletionCall:
                 services.meter.add(record.tenant_id, (record.prompt_tokens or 0) + (record.completion_tokens or 0))
         services.telemetry.request_finished(self.spans, record, self.model_known)
 
-    @property
-    def engine_names(self) -> dict[str, str]:
-        """The engine's name for the model (an adapter id, a full model's digest) is internal:
-        what the engine says is passed on with the public name instead."""
-        engine_model, public_model = self.upstream.engine_model, self.record.model
-        return {engine_model: public_model} if engine_model != public_model else {}
-
     def release(self) -> None:
         """Give the engine lease back, exactly once."""
         if not self.released:
             self.released = True
             self.upstream.pool.release(self.lease)
-
-    def respond(self, data: Any, status: int, headers: dict[str, str] | None = None) -> Response:
-        return json_response(data, status, self.record.id, headers)
 
     def refuse(self, exc: TailorError, headers: dict[str, str] | None = None) -> Response:
         """End the request with Tailor's error, and answer it."""
@@ -157,6 +146,13 @@ def open_call(
     route = ROUTES[kind]
     interaction_id = call.id if call else new_id(route.id_prefix)
     started = time.perf_counter()
+    if call is None:
+        # What was asked, without the (already validated) model name repeated.
+        logged = {k: v for k, v in body.items() if k != "model"}
+        # The usage chunk of a stream goes to the client only if it asked (`stream_options`).
+        presenter: Presenter = Passthrough(bool((body.get("stream_options") or {}).get("include_usage")))
+    else:
+        logged, presenter = call.request, call.presenter
     record = InteractionRecord(
         id=interaction_id,
         tenant_id=caller.tenant_id,
@@ -164,10 +160,9 @@ def open_call(
         endpoint=call.endpoint if call else route.endpoint,
         model=body["model"],
         stream=bool(body.get("stream")),
-        request=call.request if call else _request_log(body),
+        request=logged,
         batch_id=batch.batch_id if batch else None,
     )
-    presenter = call.presenter if call else Passthrough(_client_wants_usage(record))
     spans = services.telemetry.request_started(kind, record, body, request)
     return CompletionCall(services, caller, kind, route, body, request, record, presenter, spans, started, batch)
 
@@ -179,12 +174,3 @@ def text_of(choice: dict[str, Any], kind: Kind) -> str | None:
     message = choice.get("message") or choice.get("delta") or {}
     content = message.get("content")
     return content if isinstance(content, str) else None
-
-
-def _request_log(body: dict[str, Any]) -> dict[str, Any]:
-    # What was asked, without the (already validated) model name repeated.
-    return {k: v for k, v in body.items() if k != "model"}
-
-
-def _client_wants_usage(record: InteractionRecord) -> bool:
-    return bool((record.request.get("stream_options") or {}).get("include_usage"))

@@ -10,7 +10,7 @@ from starlette.responses import Response
 from core.errors import TailorError
 from gateway.proxy.call import CompletionCall, text_of
 from gateway.proxy.disconnect import ClientDisconnected, until_disconnect
-from gateway.proxy.errors import CLIENT_CLOSED, bad_engine_output
+from gateway.proxy.errors import CLIENT_CLOSED, bad_engine_output, json_response
 
 
 async def finish_body(call: CompletionCall, resp: httpx.Response) -> Response:
@@ -23,7 +23,7 @@ async def finish_body(call: CompletionCall, resp: httpx.Response) -> Response:
         call.upstream.pool.mark_down(call.lease.engine)
         err = TailorError(503, "The inference engine failed while answering; retry shortly.", code="engine_unavailable")
         call.finish(err.status, f"{type(exc).__name__}: {exc}")
-        return call.respond(err.body(), err.status)
+        return json_response(err.body(), err.status, call.record.id)
     finally:
         await resp.aclose()
     record = call.record
@@ -32,7 +32,7 @@ async def finish_body(call: CompletionCall, resp: httpx.Response) -> Response:
     except (orjson.JSONDecodeError, AttributeError, TypeError) as exc:
         err = bad_engine_output()
         call.finish(err.status, f"unreadable engine answer: {type(exc).__name__}")
-        return call.respond(err.body(), err.status)
+        return json_response(err.body(), err.status, record.id)
     choices = body.get("choices") or []
     if choices:
         record.response_text = text_of(choices[0], call.kind)
@@ -46,4 +46,4 @@ async def finish_body(call: CompletionCall, resp: httpx.Response) -> Response:
     except TailorError as exc:
         return call.refuse(exc)
     call.finish(200)
-    return call.respond(answer, 200)
+    return json_response(answer, 200, record.id)

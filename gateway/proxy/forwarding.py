@@ -19,9 +19,9 @@ from gateway import limits, normalize, request_policy, stored_completions, tool_
 from gateway.proxy.call import BatchContext, Call, CompletionCall, EngineBody, Route, open_call
 from gateway.proxy.disconnect import ClientDisconnected
 from gateway.proxy.engine_call import acquire, send
-from gateway.proxy.errors import CLIENT_CLOSED, internal_error
+from gateway.proxy.errors import CLIENT_CLOSED, internal_error, json_response
 from gateway.proxy.finishing import finish_body
-from gateway.proxy.streaming import stream_response
+from gateway.proxy.streaming import StreamedAnswer
 from gateway.request_policy import Kind
 from gateway.services import Services
 from gateway.tenants import Caller
@@ -71,7 +71,7 @@ async def complete(
         log.exception("request %s failed after an engine was leased", c.record.id)
         err = internal_error()
         c.finish(err.status, f"internal error: {type(exc).__name__}")
-        return c.respond(err.body(), err.status)
+        return json_response(err.body(), err.status, c.record.id)
     finally:
         # The one place a lease goes back, whatever happened; a stream takes it over and
         # gives it back when it closes.
@@ -130,6 +130,8 @@ def _forcing(route: Route, forced: tool_choice.ForcedCall) -> Route:
 
 async def _answer(call: CompletionCall) -> Response:
     """Send the request to the leased engine and answer the client. Never releases the lease."""
+    engine_model, public_model = call.upstream.engine_model, call.record.model
+    call.engine_names = {engine_model: public_model} if engine_model != public_model else {}
     try:
         resp = await send(call)
     except TailorError as exc:
@@ -145,11 +147,11 @@ async def _answer(call: CompletionCall) -> Response:
             await resp.aclose()
         error = normalize.error(_parse(raw), resp.status_code, replace=call.engine_names)
         call.finish(resp.status_code, error["error"]["message"])
-        return call.respond(error, resp.status_code)
+        return json_response(error, resp.status_code, call.record.id)
 
     if not call.record.stream:
         return await finish_body(call, resp)
-    return stream_response(call, resp)
+    return StreamedAnswer(call, resp)
 
 
 def _parse(raw: bytes) -> Any:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -22,18 +22,6 @@ from gateway.proxy.call import CompletionCall, text_of
 from gateway.proxy.errors import CLIENT_CLOSED, INTERACTION_HEADER, bad_engine_output, internal_error
 
 log = logging.getLogger("tailor.gateway")
-
-
-def stream_response(call: CompletionCall, resp: httpx.Response) -> StreamingResponse:
-    """The client's stream of the engine's `resp`; it owns the call's lease from now on."""
-    stream = _Stream(call, resp)
-    call.streaming = True
-    return _ClosingStreamingResponse(
-        stream.events(),
-        on_exit=lambda: stream.close(CLIENT_CLOSED, "client disconnected"),
-        media_type="text/event-stream",
-        headers={INTERACTION_HEADER: call.record.id, "cache-control": "no-cache"},
-    )
 
 
 async def _sse_data(resp: httpx.Response) -> AsyncIterator[bytes]:
@@ -147,13 +135,21 @@ class _Stream:
             await self.close(status, error)
 
 
-class _ClosingStreamingResponse(StreamingResponse):
-    def __init__(self, content: AsyncIterator[bytes], *, on_exit: Callable[[], Any], **kwargs: Any) -> None:
-        super().__init__(content, **kwargs)
-        self._on_exit = on_exit
+class StreamedAnswer(StreamingResponse):
+    """The client's stream of the engine's `resp`; it owns the call's lease from now on, and
+    closes the stream when the client goes away."""
+
+    def __init__(self, call: CompletionCall, resp: httpx.Response) -> None:
+        self._stream = _Stream(call, resp)
+        call.streaming = True
+        super().__init__(
+            self._stream.events(),
+            media_type="text/event-stream",
+            headers={INTERACTION_HEADER: call.record.id, "cache-control": "no-cache"},
+        )
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            await self._on_exit()
+            await self._stream.close(CLIENT_CLOSED, "client disconnected")

@@ -3,7 +3,7 @@
 `Telemetry` is what the rest of the gateway talks to: the proxy calls
 `request_started` / `request_finished` once per completion, and the engine pool reports
 adapter loads and evictions to it (it is the pool's observer; adapters/ never imports
-gateway/). Metrics live in gateway/metrics.py, traces in gateway/tracing.py.
+gateway/). Metrics live in gateway/metrics/, traces in gateway/tracing.py.
 
 Settings read (with defaults until they exist on `Settings`):
   otel_exporter   "none" | "console" | "otlp"   (TAILOR_OTEL_EXPORTER, default none)

@@ -28,7 +28,7 @@ from core.config import Settings
 from core.db import Database, migrate
 from core.errors import TailorError
 from core.states import VersionKind
-from gateway import tenants
+from gateway import metrics, tenants
 from gateway.auth_guard import KeyCache
 from gateway.interaction_log import InteractionLog
 from gateway.limits import TokenMeter
@@ -126,8 +126,8 @@ class Services:
             if launch
             else [Engine(url=url, headers=bearer(settings.engine_api_key)) for url in settings.engine_urls]
         )
-        # Metrics and traces; reads the pool, log and database only when scraped.
-        self.telemetry = Telemetry(self)
+        # Metrics and traces; the engine pool reports to them, so they come first.
+        self.telemetry = Telemetry(settings, functools.partial(metrics.tenant_names, self.db))
         self.pool = EnginePool(
             engines,
             self.client,
@@ -158,6 +158,16 @@ class Services:
             redact_all=settings.redact_pii,
         )
         self.meter = TokenMeter(self.db, flush_interval_s=settings.log_flush_interval_s)
+        # Read only when /metrics is scraped.
+        self.telemetry.watch(
+            metrics.Scraped(
+                self.pool,
+                self.dedicated,
+                self.interactions,
+                job_counts=functools.partial(metrics.open_job_counts, self.db),
+                job_durations=functools.partial(metrics.job_durations, self.db),
+            )
+        )
         # Known and unknown keys apart, both bounded: random tokens cannot evict working keys.
         self.keys = KeyCache(settings.auth_cache_ttl_s)
         # The sealing secret may be read from a file: once here, never per request.

@@ -3,7 +3,7 @@
 `Telemetry` is what the rest of the gateway talks to: the proxy calls
 `request_started` / `request_finished` once per completion, and the engine pool reports
 adapter loads and evictions to it (it is the pool's observer; adapters/ never imports
-gateway/). Metrics live in gateway/metrics.py, traces in gateway/tracing.py.
+gateway/). Metrics live in gateway/metrics/, traces in gateway/tracing.py.
 
 Settings read (with defaults until they exist on `Settings`):
   otel_exporter   "none" | "console" | "otlp"   (TAILOR_OTEL_EXPORTER, default none)
@@ -22,22 +22,25 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from opentelemetry import trace
 
-from gateway.metrics import Metrics
+from gateway.metrics import Metrics, Scraped, TenantNames
 from gateway.tracing import Tracing
 
 if TYPE_CHECKING:
+    from core.config import Settings
     from gateway.interaction_log import InteractionRecord
-    from gateway.services import Services
 
 # The interaction being answered by the current task; log lines carry it.
 INTERACTION_ID: ContextVar[str | None] = ContextVar("tailor_interaction_id", default=None)
 
 
 class Telemetry:
-    def __init__(self, services: Services) -> None:
-        settings = services.settings
-        self.metrics = Metrics(services, max_label_values=settings.metrics_max_label_values)
+    def __init__(self, settings: Settings, tenant_names: TenantNames) -> None:
+        self.metrics = Metrics(settings, tenant_names, max_label_values=settings.metrics_max_label_values)
         self.tracing = Tracing(settings)
+
+    def watch(self, scraped: Scraped) -> None:
+        """What /metrics reads at scrape time, once the services holding it exist."""
+        self.metrics.watch(scraped)
 
     # --- one completion request ---------------------------------------------------
     def request_started(self, kind: str, record: InteractionRecord, body: Mapping[str, Any], request: Any) -> Any:

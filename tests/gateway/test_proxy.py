@@ -1,4 +1,4 @@
-"""The serving hot path (gateway/proxy.py) against a fake vLLM, end to end through the app.
+"""The serving hot path (gateway/proxy/) against a fake vLLM, end to end through the app.
 
 No engine runs: the services' upstream HTTP client is swapped for an `httpx.MockTransport`
 whose handler plays vLLM's OpenAI server, answering with the raw bodies captured from a
@@ -470,7 +470,7 @@ async def test_client_gone_right_after_engine_answered_releases_the_lease(
     gw: Gateway, shared: Running, send_suspends: bool
 ) -> None:
     async def after_body(n: int) -> dict[str, Any]:
-        if n == 1:  # proxy._send's disconnect watcher: the client is still there
+        if n == 1:  # the engine call's disconnect watcher (gateway.proxy.engine_call.send): the client is still there
             await asyncio.Event().wait()
         return {"type": "http.disconnect"}  # StreamingResponse's listener: now it is gone
 

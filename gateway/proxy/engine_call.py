@@ -1,0 +1,86 @@
+"""Leasing an engine for a call and opening the engine's response.
+
+An adapter the engine lost is loaded again and the request sent once more; a batch
+request's `priority` that the engine refuses is dropped, for that engine, from then on.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import httpx
+
+from adapters.engines import Engine, Lease
+from core.errors import TailorError
+from gateway.proxy.call import CompletionCall
+from gateway.proxy.disconnect import until_disconnect
+from gateway.proxy.errors import load_failure
+
+log = logging.getLogger("tailor.gateway")
+
+_JSON_HEADERS = {"content-type": "application/json"}
+
+
+async def acquire(call: CompletionCall) -> Lease:
+    upstream = call.upstream
+    try:
+        return await upstream.pool.acquire(upstream.lora, background=call.batch is not None)
+    except TailorError as exc:
+        raise load_failure(exc, upstream.lora, call.record.model) from exc
+
+
+async def send(call: CompletionCall) -> httpx.Response:
+    """Open the upstream response. A 404 for an adapter the engine lost is retried once, and
+    so is a batch request whose `priority` the engine refused (then without one)."""
+    lease, pool, lora, payload = call.lease, call.upstream.pool, call.upstream.lora, call.payload
+    client = call.services.client
+    url = lease.url + call.route.path
+    # The engine's own credentials (none for an engine without a key); with tracing on,
+    # the engine-call span's `traceparent` for vLLM.
+    headers = call.spans.engine_headers(lease.url, call.route.path, {**_JSON_HEADERS, **lease.engine.headers})
+    reloaded = False
+    while True:
+        body = payload.for_engine(lease.engine)
+        req = client.build_request("POST", url, content=body, headers=headers)
+        try:
+            resp = await until_disconnect(call.request, client.send(req, stream=True))
+        except httpx.TransportError as exc:
+            pool.mark_down(lease.engine)
+            raise TailorError(
+                503, "The inference engine became unavailable; retry shortly.", code="engine_unavailable"
+            ) from exc
+        if resp.status_code == 404 and lora is not None and not reloaded:
+            await resp.aclose()
+            reloaded = True
+            pool.forget(lease.engine, lora.name)
+            try:
+                await pool.ensure_loaded(lease.engine, lora)
+            except TailorError as exc:
+                raise load_failure(exc, lora, call.record.model) from exc
+            continue
+        if body is payload.prioritised and await _refuses_priority(resp):
+            await resp.aclose()
+            _stop_sending_priority(lease.engine)
+            continue
+        return resp
+
+
+async def _refuses_priority(resp: httpx.Response) -> bool:
+    """Whether the engine answered 400 because of the `priority` field: older vLLM engines
+    refused one other than 0 without `--scheduling-policy priority`, and servers that know no
+    such field may refuse it as unknown. (vLLM 0.32 ignores it without the policy.)"""
+    if resp.status_code != 400:
+        return False
+    await resp.aread()  # kept: read again by whoever gets the response, when it is not this
+    return b"priority" in resp.content.lower()
+
+
+def _stop_sending_priority(engine: Engine) -> None:
+    if engine.takes_priority:
+        engine.takes_priority = False
+        log.warning(
+            "engine %s refused the `priority` of a batch request: batch requests go to it without one, and are "
+            "scheduled like interactive ones there. Start it with --scheduling-policy priority (vLLM) to keep "
+            "interactive requests first.",
+            engine.url,
+        )

@@ -73,5 +73,6 @@ def run(recipe: Recipe, devices: str = "cpu", sharding: str = "auto", **kwargs: 
             raise
         # A crash's own words go to the log only; a failing test shows them where it is read.
         tail = (work / "train.log").read_text(encoding="utf-8", errors="replace")[-6000:]
-        raise AssertionError(f"{e}; the training process's last output:\n{tail}") from e
+        e.add_note(f"the training process's last output:\n{tail}")
+        raise
     return Run(recipe, result, steps, checkpoints, evaluations)

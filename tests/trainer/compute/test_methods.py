@@ -152,13 +152,15 @@ def test_pause_saves_a_checkpoint_and_the_rest_goes_on_from_it(tiny_model_dir: P
             tmp_path / "paused" / "work",
             on_step=steps.append,
             on_checkpoint=lambda step, loss, path: saved.append((step, loss, path)),
-            should_stop=lambda: "pause" if len(steps) >= 2 else None,
+            # Asked before the child has even loaded the model: it pauses at the end of step 1,
+            # however fast the machine (a later threshold raced a fast child to its last step).
+            should_stop=lambda: "pause",
             poll_s=0.05,
             check_stop_every_s=0.0,
         )
     paused = info.value
-    assert 2 <= paused.step < 8 and paused.total_steps == 8
-    assert [s.step for s in steps] == list(range(1, paused.step + 1))
+    assert (paused.step, paused.total_steps) == (1, 8)
+    assert [s.step for s in steps] == [1]
     assert paused.losses == [s.loss for s in steps] and paused.trained_tokens > 0
     [(step, loss, path)] = saved  # checkpoint_every=0: only the pause's
     assert (step, loss) == (paused.step, steps[-1].loss)
@@ -176,10 +178,10 @@ def test_pause_saves_a_checkpoint_and_the_rest_goes_on_from_it(tiny_model_dir: P
     assert [s.learning_rate for s in rest.steps] == pytest.approx(whole_rates[paused.step :])
     # From the checkpoint's weights, not from scratch: every batch is all 4 rows, and a step's
     # loss is measured before its update, so the first step after the pause has the unpaused
-    # run's loss there (~0.15 below a fresh adapter's first loss). Later steps differ a little:
-    # Adam's moments start again.
+    # run's loss there (~0.04 below a fresh adapter's first loss, 40 times the match's
+    # tolerance). Later steps differ a little: Adam's moments start again.
     assert rest.steps[0].loss == pytest.approx(unpaused.steps[paused.step].loss, abs=1e-3)
-    assert rest.steps[0].loss < unpaused.steps[0].loss - 0.05
+    assert rest.steps[0].loss < unpaused.steps[0].loss - 0.01
     assert_servable(Path(rest.recipe.out_dir), tiny_model_dir)
 
 

@@ -4,6 +4,11 @@ Every knob is read from `TAILOR_*` environment variables, or from a `.env`-style
 named by `TAILOR_CONFIG_FILE` (default `tailor.env` in the working directory, if present).
 Defaults run on a laptop: a child vLLM engine serving the model prepared in `models/`,
 SQLite and a local adapter store under the data directory.
+
+Why one long module: the settings are one flat class on purpose. Each knob is named once,
+with its default, its reason and its validation, and one place lists them all, in the order
+the README's settings table follows; splitting them into nested groups would change their
+environment variables' names (pydantic-settings nests with a delimiter).
 """
 
 from __future__ import annotations

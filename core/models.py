@@ -1,4 +1,9 @@
-"""SQLAlchemy 2 models: the state Tailor keeps. Schema changes go through Alembic."""
+"""SQLAlchemy 2 models: the state Tailor keeps. Schema changes go through Alembic.
+
+Why one long module: it is the schema, one table after another with no logic beyond column
+types. Alembic compares the migrations with this one metadata, and a reader checks a foreign
+key or an index by looking in one place.
+"""
 
 from __future__ import annotations
 

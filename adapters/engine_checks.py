@@ -66,6 +66,18 @@ class EngineExpectation:
     max_lora_rank: int
     # Path (as the engine sees it) of a LoRA of rank `max_lora_rank`; None: no probe.
     probe_adapter: Callable[[], str] | None = None
+    # The engines fetch adapters by name from Tailor (TAILOR_ENGINE_ADAPTER_SOURCE=url,
+    # adapters.vllm_resolver) instead of loading a path.
+    fetches_adapters: bool = False
+
+
+def load_call(name: str, path: str, *, by_name: bool) -> tuple[str, dict[str, str]]:
+    """The engine route and body that make adapter `name` resident on an engine."""
+    if by_name:
+        # vLLM asks its LoRA resolvers for a name it does not know on any request naming it;
+        # tokenizing nothing generates nothing.
+        return "/tokenize", {"model": name, "prompt": ""}
+    return "/v1/load_lora_adapter", {"lora_name": name, "lora_path": path}
 
 
 class _ModelCard(BaseModel):
@@ -86,7 +98,7 @@ async def find_problem(
     try:
         problem = await _answers_health(client, engine) or await _serves_base_model(client, engine, expect)
         if problem is None and thorough and engine.owner_check is None and expect.probe_adapter is not None:
-            problem = await _loads_probe(client, engine, expect.probe_adapter, expect.max_lora_rank)
+            problem = await _loads_probe(client, engine, expect)
     except httpx.HTTPError as exc:
         return Problem(f"engine {engine.url} is not answering", detail=type(exc).__name__)
     return problem
@@ -123,18 +135,16 @@ async def _serves_base_model(client: httpx.AsyncClient, engine: Engine, expect: 
     )
 
 
-async def _loads_probe(
-    client: httpx.AsyncClient, engine: Engine, probe_adapter: Callable[[], str], rank: int
-) -> Problem | None:
+async def _loads_probe(client: httpx.AsyncClient, engine: Engine, expect: EngineExpectation) -> Problem | None:
+    assert expect.probe_adapter is not None
+    rank = expect.max_lora_rank
     try:
-        path = await asyncio.to_thread(probe_adapter)
+        path = await asyncio.to_thread(expect.probe_adapter)
     except (TailorError, OSError) as exc:
         detail = exc.message if isinstance(exc, TailorError) else str(exc)
         return Problem(f"cannot check engine {engine.url}: no test adapter could be written", detail=detail)
-    body = {"lora_name": PROBE_NAME, "lora_path": path}
-    resp = await client.post(
-        f"{engine.url}/v1/load_lora_adapter", json=body, headers=engine.headers, timeout=PROBE_TIMEOUT_S
-    )
+    route, body = load_call(PROBE_NAME, path, by_name=expect.fetches_adapters)
+    resp = await client.post(f"{engine.url}{route}", json=body, headers=engine.headers, timeout=PROBE_TIMEOUT_S)
     if resp.status_code < 400 or "already been loaded" in resp.text:
         await client.post(
             f"{engine.url}/v1/unload_lora_adapter",
@@ -143,7 +153,15 @@ async def _loads_probe(
             timeout=PROBE_TIMEOUT_S,
         )
         return None
-    if resp.status_code in (404, 405):
+    if expect.fetches_adapters and resp.status_code == 404:
+        reason = (
+            "found no test adapter by name: it needs Tailor's vLLM plugin (Tailor installed beside vLLM), "
+            "TAILOR_ADAPTER_SOURCE_URL set to a gateway it can reach and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True "
+            "(its log says which)"
+        )
+    elif expect.fetches_adapters:
+        reason = f"fetched but could not load a rank-{rank} test adapter (is its --max-lora-rank at least {rank}?)"
+    elif resp.status_code in (404, 405):
         reason = (
             "does not load adapters at run time (start it with --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True)"
         )

@@ -22,7 +22,7 @@ from typing import Protocol
 import httpx
 from pydantic import SecretStr
 
-from adapters.engine_checks import EngineExpectation, Problem, find_problem
+from adapters.engine_checks import EngineExpectation, Problem, find_problem, load_call
 from core.errors import TailorError, unavailable
 
 log = logging.getLogger("tailor.engines")
@@ -59,7 +59,8 @@ class Engine:
     # False once the engine refused a request's `priority` field (an engine an operator runs
     # without `--scheduling-policy priority` that says so): batch requests then go without.
     takes_priority: bool = True
-    resident: OrderedDict[str, str] = field(default_factory=OrderedDict)  # name -> path, LRU first
+    # name -> path ("": the engine fetched it by name), least recently used first
+    resident: OrderedDict[str, str] = field(default_factory=OrderedDict)
     users: dict[str, int] = field(default_factory=dict)  # name -> requests running on it
     loading: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     loads: int = 0
@@ -269,7 +270,8 @@ class EnginePool:
 
     async def _load_new(self, engine: Engine, lora: LoraRef) -> None:
         await self._make_room(engine)
-        path = await asyncio.to_thread(lora.local_path)
+        # An engine that fetches adapters by name needs no copy on this host.
+        path = "" if self.expect.fetches_adapters else await asyncio.to_thread(lora.local_path)
         await self._load(engine, lora.name, path)
         engine.resident[lora.name] = path
         engine.loads += 1
@@ -315,15 +317,18 @@ class EnginePool:
         started = time.perf_counter()
         ok = False
         try:
-            resp = await self._post(engine, "/v1/load_lora_adapter", {"lora_name": name, "lora_path": path})
+            by_name = self.expect.fetches_adapters
+            resp = await self._post(engine, *load_call(name, path, by_name=by_name))
             # "Already loaded": the engine kept it across our own restart; that is a success.
             if resp.status_code >= 400 and "already been loaded" not in resp.text:
                 # The engine's words name internal adapter ids and paths: the log gets them, callers do not.
                 log.warning(
                     "engine %s refused to load adapter %s: %s %s", engine.url, name, resp.status_code, resp.text[:500]
                 )
+                # A name the engine could not fetch is the gateway's side failing, not the request.
+                failed_here = resp.status_code >= 500 or (by_name and resp.status_code == 404)
                 raise TailorError(
-                    502 if resp.status_code >= 500 else 400,
+                    502 if failed_here else 400,
                     "The inference engine could not load this model's adapter.",
                     code="engine_error",
                 )

@@ -11,7 +11,8 @@ no rename. On a local filesystem a version is built in a temporary sibling direc
 renamed into place, so it appears whole or not at all.
 
 Engines load adapters from local paths: a local store hands out its own directory, a
-remote one (s3://, ...) is materialised once into the cache directory and reused.
+remote one (s3://, ..., or a gateway's over HTTP) is materialised once into the cache
+directory, every file checked against the manifest, and reused.
 """
 
 from __future__ import annotations
@@ -134,9 +135,11 @@ def hash_stream(src: IO[bytes], dst: IO[bytes] | None = None) -> tuple[int, str]
 class AdapterStore:
     """Immutable adapter versions under an fsspec URL (a plain path means a local folder)."""
 
-    def __init__(self, url: str, cache_dir: Path | str) -> None:
+    def __init__(self, url: str, cache_dir: Path | str, **storage_options: Any) -> None:
+        # storage_options go to the fsspec filesystem (an engine reading Tailor's store over
+        # HTTP passes its key's header there: adapters.vllm_resolver).
         self.url = url
-        self.fs, root = url_to_fs(url)
+        self.fs, root = url_to_fs(url, **storage_options)
         self.root = root.rstrip("/") or "/"
         self.cache_dir = Path(cache_dir)
         self.is_local = isinstance(self.fs, LocalFileSystem)

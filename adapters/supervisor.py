@@ -26,6 +26,7 @@ from pathlib import Path
 
 from adapters.engine_checks import Problem
 from adapters.engine_exit import exit_report, read_tail
+from adapters.engine_source import CACHE_ENV, SOURCE_ENV
 from adapters.engines import Engine, EnginePool, bearer
 from adapters.ports import pick_free_port, port_is_free, tree_listens_on
 from core.child_env import runtime_env
@@ -60,6 +61,10 @@ class EngineLaunch:
     lora: bool = True
     # Set last in the child's environment (a dedicated engine's thread and KV-cache sizing).
     extra_env: dict[str, str] = field(default_factory=dict)
+    # TAILOR_ENGINE_ADAPTER_SOURCE=url: the gateway the child fetches adapters from, and where
+    # it keeps them (adapters.vllm_resolver).
+    adapter_source_url: str | None = None
+    adapter_cache_dir: Path | None = None
 
     @classmethod
     def from_settings(cls, s: Settings, *, port: int | None = None, host: str = "127.0.0.1") -> EngineLaunch:
@@ -78,6 +83,8 @@ class EngineLaunch:
             extra_args=s.engine_extra_args,
             host=host,
             tool_call_parser=s.engine_tool_call_parser,
+            adapter_source_url=own_url(s) if s.engine_adapter_source == "url" else None,
+            adapter_cache_dir=s.cache_dir.resolve() / "engine-adapters",
         )
 
     @classmethod
@@ -167,8 +174,18 @@ class EngineLaunch:
         env["VLLM_API_KEY"] = api_key
         env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.kv_cache_gib))
+        if self.lora and self.adapter_source_url:
+            env[SOURCE_ENV] = self.adapter_source_url
+            if self.adapter_cache_dir is not None:
+                env[CACHE_ENV] = str(self.adapter_cache_dir)
         env.update(self.extra_env)
         return env
+
+
+def own_url(s: Settings) -> str:
+    """This gateway's URL as a process on the same host reaches it."""
+    host = "127.0.0.1" if s.host in ("0.0.0.0", "", "::") else s.host
+    return f"http://[{host}]:{s.port}" if ":" in host else f"http://{host}:{s.port}"
 
 
 class EnginePortTaken(RuntimeError):

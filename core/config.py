@@ -94,6 +94,13 @@ class Settings(BaseSettings):
     engine_extra_args: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Extra arguments for the child vLLM server."
     )
+    engine_adapter_source: Literal["path", "url"] = Field(
+        "path",
+        description="How engines get an adapter version's files. path: the gateway loads it by a path the "
+        "engine must read (a local store or the gateway's cache on a shared volume). url: the engine fetches "
+        "it from the gateway over HTTP (GET /internal/engine/...), checked against its digest, with Tailor's "
+        "vLLM plugin and TAILOR_ADAPTER_SOURCE_URL in the engine's environment: no shared disk.",
+    )
     engine_tool_call_parser: str | None = Field(
         None,
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
@@ -476,6 +483,16 @@ class Settings(BaseSettings):
         if value and value.startswith(("postgres://", "postgresql://")):
             return "postgresql+psycopg://" + value.split("://", 1)[1]
         return value
+
+    @model_validator(mode="after")
+    def _check_adapter_source(self) -> Settings:
+        # The engines' key is what lets an engine read adapters from the gateway: without one,
+        # anybody who reaches the gateway could download every tenant's weights.
+        if self.engine_adapter_source == "url" and self.engine_urls and self.engine_api_key is None:
+            raise ValueError(
+                "TAILOR_ENGINE_ADAPTER_SOURCE=url needs TAILOR_ENGINE_API_KEY: engines fetch adapters with it"
+            )
+        return self
 
     @model_validator(mode="after")
     def _fill_paths(self) -> Settings:

@@ -24,6 +24,7 @@ from gateway.routes import (
     admin,
     audit,
     batches,
+    engine_files,
     feedback,
     files,
     fine_tuning,
@@ -146,6 +147,7 @@ def create_app(
         admin.router,
         health.router,
         metrics.router,
+        engine_files.router,
     )
     for router in routers:
         app.include_router(router)

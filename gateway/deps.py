@@ -11,6 +11,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from adapters.engine_source import is_engine_key
 from core.errors import TailorError
 from gateway.auth_guard import FailedAuthLimiter
 from gateway.services import Services
@@ -81,3 +82,20 @@ async def authenticate_admin(request: Request) -> None:
 
 CallerDep = Annotated[Caller, Depends(authenticate_request)]
 AdminDep = Depends(authenticate_admin)
+
+
+async def authenticate_engine(request: Request) -> None:
+    """The request comes from one of the gateway's engines (it carries that engine's key), and
+    engines fetch adapters by name (TAILOR_ENGINE_ADAPTER_SOURCE=url); else this route is absent."""
+    services: Services = request.app.state.services
+    if services.settings.engine_adapter_source != "url":
+        raise TailorError(404, "Not Found", code="not_found")
+    limiter = failed_auth_limiter(request)
+    address = client_address(request)
+    limiter.check(address)
+    if not is_engine_key(services.pool.engines, f"Bearer {_bearer(request)}"):
+        limiter.failed(address)
+        raise TailorError(401, "Incorrect engine key provided.", code="invalid_api_key")
+
+
+EngineDep = Depends(authenticate_engine)

@@ -16,7 +16,8 @@ from sqlalchemy.exc import DBAPIError
 
 from adapters import registry
 from adapters.dedicated import ChildLauncher, DedicatedEngines
-from adapters.engine_checks import EngineExpectation
+from adapters.engine_checks import PROBE_NAME, EngineExpectation
+from adapters.engine_source import engine_digest
 from adapters.engines import Engine, EnginePool, LoraRef, bearer
 from adapters.probe_adapter import write_probe_adapter
 from adapters.registry import ModelRoute, ResolvedModel, ValidationLimits
@@ -135,6 +136,7 @@ class Services:
                 served_name=settings.base_model_name,
                 max_lora_rank=settings.engine_max_lora_rank,
                 probe_adapter=self._probe_adapter,
+                fetches_adapters=settings.engine_adapter_source == "url",
             ),
             max_resident=settings.max_resident_adapters,
             health_interval_s=settings.engine_health_interval_s,
@@ -196,6 +198,13 @@ class Services:
         """Path of the LoRA that tests an operator-run engine takes the largest rank Tailor accepts."""
         directory = self.settings.cache_dir.resolve() / "engine-probe"
         return str(write_probe_adapter(directory, self.limits.base, self.settings.engine_max_lora_rank))
+
+    def engine_adapter_digest(self, name: str) -> str:
+        """The stored version an engine that fetches adapters by name gets for `name`; the probe
+        is stored like any adapter (its zero weights always have the same digest)."""
+        if name == PROBE_NAME:
+            return self.store.put_dir(self._probe_adapter())
+        return engine_digest(self.db, name)
 
     async def stop(self) -> None:
         await self.pool.stop_monitor()

@@ -25,6 +25,7 @@ import openai
 
 from core.states import TERMINAL_JOB_STATUSES, JobStatus
 from loadtests.admin_api import create_tenant_key
+from loadtests.bench_cli import doc_parser
 from loadtests.launcher import MODEL_DIR, progress
 from loadtests.local_server import LocalTailor, local_tailor
 from loadtests.ticket_routing import Ticket, accuracy, tickets
@@ -137,7 +138,7 @@ def run(server: LocalTailor, args: argparse.Namespace) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtests.bench_adaptation", description=__doc__.splitlines()[0])
+    parser = doc_parser("python -m loadtests.bench_adaptation", __doc__)
     parser.add_argument("--traffic-per-queue", type=int, default=15, help="tickets per queue sent and corrected")
     parser.add_argument("--test-per-queue", type=int, default=10, help="unseen tickets per queue to measure")
     parser.add_argument("--lr-multiplier", type=float, default=5.0, help="learning_rate_multiplier of the job")

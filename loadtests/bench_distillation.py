@@ -39,6 +39,7 @@ import openai
 
 from core.states import TERMINAL_JOB_STATUSES, JobStatus
 from loadtests.admin_api import create_tenant_key
+from loadtests.bench_cli import doc_parser
 from loadtests.launcher import BASE_MODEL, MODEL_DIR, progress
 from loadtests.local_server import LocalTailor, local_tailor
 from loadtests.stats import abba, percentile, to_ms
@@ -249,7 +250,7 @@ def report(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtests.bench_distillation", description=__doc__.splitlines()[0])
+    parser = doc_parser("python -m loadtests.bench_distillation", __doc__)
     parser.add_argument("--shots", type=int, default=12, help="few-shot examples in the long prompt")
     parser.add_argument("--heldout", type=int, default=32, help="unseen tickets (the validation file and the traffic)")
     parser.add_argument("--rounds", type=int, default=2, help="passes over the unseen tickets per arm")

@@ -184,7 +184,7 @@ def table(r: dict[str, Any]) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-dir", default=str(MODEL_DIR))
     p.add_argument("--per-queue", type=int, default=6, help="training tickets per queue (3 rated answers each)")
@@ -195,7 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.per_queue, args.heldout_per_queue, args.steps = 1, 1, 2
+    return args
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     from core.config import Settings
     from trainer.compute.engine import OwnEngine
 

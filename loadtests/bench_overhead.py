@@ -26,7 +26,6 @@ that at 2 clients, and with --workers, 2 workers' saturation at least 1.6x one w
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -38,6 +37,7 @@ from pathlib import Path
 import psutil
 
 from loadtests.admin_api import create_tenant_key
+from loadtests.bench_cli import doc_parser
 from loadtests.launcher import MODEL_DIR, ROOT, progress
 from loadtests.local_server import local_tailor
 
@@ -205,7 +205,7 @@ def run_tailor(env: dict[str, str], levels: Sequence[int], seconds: float) -> li
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], prog="python -m loadtests.bench_overhead")
+    parser = doc_parser("python -m loadtests.bench_overhead", __doc__)
     parser.add_argument("--clients", default="1,2,20,64", help="comma-separated closed-loop client counts")
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per run (after 1 s warm-up)")
     parser.add_argument("--env", action="append", default=[], help="TAILOR_NAME=value for the gateway (repeatable)")

@@ -31,6 +31,19 @@ PROMPT_TOKENS = 24
 COMPLETION_TOKENS = 8
 # Content pieces of a streamed answer: enough chunks that per-chunk costs show.
 STREAM_PIECES = ("The", " capital", " of", " France", " is", " Paris", ".", "")
+CHAT_PATH = "/v1/chat/completions"
+# Per route: the answers' id, and their `object` whole and as stream chunks.
+_KINDS = {
+    CHAT_PATH: ("chatcmpl-mock", "chat.completion", "chat.completion.chunk"),
+    "/v1/completions": ("cmpl-mock", "text_completion", "text_completion"),
+}
+
+
+def _reply(path: str, model: str, created: int, choice: dict[str, Any], *, chunk: bool) -> dict[str, Any]:
+    """OpenAI's envelope around one choice: of a whole answer, or of one chunk of a stream."""
+    answer_id, whole, streamed = _KINDS[path]
+    kind = streamed if chunk else whole
+    return {"id": answer_id, "object": kind, "created": created, "model": model, "choices": [choice]}
 
 
 def _usage() -> dict[str, int]:
@@ -63,69 +76,31 @@ class MockEngine:
         ]
         return {"object": "list", "data": cards}
 
-    def chat(self, model: str) -> dict[str, Any]:
-        return {
-            "id": "chatcmpl-mock",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": ANSWER},
-                    "finish_reason": "stop",
-                    "logprobs": None,
-                }
-            ],
-            "usage": _usage(),
-        }
-
-    def completion(self, model: str) -> dict[str, Any]:
-        return {
-            "id": "cmpl-mock",
-            "object": "text_completion",
-            "created": int(time.time()),
-            "model": model,
-            "choices": [{"index": 0, "text": ANSWER, "finish_reason": "stop", "logprobs": None}],
-            "usage": _usage(),
-        }
-
     def answer(self, path: str, model: str, stream: bool, include_usage: bool) -> list[bytes]:
         """The body (or the stream's events) for this kind of request, built once per kind."""
         if stream:
             return self.chunks(path, model, include_usage)
-        body = self.chat(model) if path == "/v1/chat/completions" else self.completion(model)
-        return [orjson.dumps(body)]
+        choice: dict[str, Any]
+        if path == CHAT_PATH:
+            choice = {"index": 0, "message": {"role": "assistant", "content": ANSWER}}
+        else:
+            choice = {"index": 0, "text": ANSWER}
+        choice |= {"finish_reason": "stop", "logprobs": None}
+        return [orjson.dumps({**_reply(path, model, int(time.time()), choice, chunk=False), "usage": _usage()})]
 
     def chunks(self, path: str, model: str, include_usage: bool) -> list[bytes]:
         created = int(time.time())
         events: list[dict[str, Any]] = []
         last = len(STREAM_PIECES) - 1
         for i, piece in enumerate(STREAM_PIECES):
-            finish = "stop" if i == last else None
-            if path == "/v1/chat/completions":
+            choice: dict[str, Any]
+            if path == CHAT_PATH:
                 delta = {"role": "assistant", "content": piece} if i == 0 else {"content": piece}
-                choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
-                events.append(
-                    {
-                        "id": "chatcmpl-mock",
-                        "object": "chat.completion.chunk",
-                        "created": created,
-                        "model": model,
-                        "choices": [choice],
-                    }
-                )
+                choice = {"index": 0, "delta": delta}
             else:
-                choice = {"index": 0, "text": piece, "finish_reason": finish, "logprobs": None}
-                events.append(
-                    {
-                        "id": "cmpl-mock",
-                        "object": "text_completion",
-                        "created": created,
-                        "model": model,
-                        "choices": [choice],
-                    }
-                )
+                choice = {"index": 0, "text": piece}
+            choice |= {"finish_reason": "stop" if i == last else None, "logprobs": None}
+            events.append(_reply(path, model, created, choice, chunk=True))
         if include_usage:
             events.append({**events[-1], "choices": [], "usage": _usage()})
         return [b"data: " + orjson.dumps(e) + b"\n\n" for e in events] + [b"data: [DONE]\n\n"]
@@ -159,7 +134,7 @@ class MockEngine:
             else:
                 self.loras.discard(name)
             await _send(send, 200, b"Success", b"text/plain")
-        elif method == "POST" and path in ("/v1/chat/completions", "/v1/completions"):
+        elif method == "POST" and path in _KINDS:
             request = orjson.loads(body or b"{}")
             model = str(request.get("model", self.served_name))
             stream = bool(request.get("stream"))

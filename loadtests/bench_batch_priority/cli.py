@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import signal
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 
 import httpx
@@ -18,7 +15,7 @@ from loadtests.admin_api import create_tenant_key
 from loadtests.bench_batch_priority.report import Report, build_report, render
 from loadtests.bench_batch_priority.rounds import RoundResult, run_rounds
 from loadtests.bench_batch_priority.workload import QUICK, BenchConfig
-from loadtests.bench_cli import attempt, bench_parser
+from loadtests.bench_cli import bench_parser, options_over, run_and_report
 from loadtests.launcher import BASE_MODEL, MODEL_DIR
 from loadtests.local_server import local_tailor
 from loadtests.machine import count_vllm_processes, usable_cpus
@@ -47,15 +44,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def config_from(args: argparse.Namespace) -> BenchConfig:
-    base = QUICK if args.quick else BenchConfig()
-    given = {
-        "clients": args.clients,
-        "requests": args.requests,
-        "rounds": args.rounds,
-        "max_tokens": args.max_tokens,
-        "batch_lines": args.batch_lines,
-    }
-    return BenchConfig(**{**asdict(base), **{k: v for k, v in given.items() if v is not None}})
+    return options_over(QUICK if args.quick else BenchConfig(), args)
 
 
 def gateway_env(busy: int | None) -> dict[str, str]:
@@ -95,11 +84,4 @@ def _exit_on_sigterm(_signum: int, _frame: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     cfg = config_from(args)
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    report, rc = attempt(lambda: _measure(args, cfg))
-    if report is None:
-        return rc
-    print(render(report), flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(asdict(report), indent=2))
-    return 0
+    return run_and_report(lambda: _measure(args, cfg), render, args.json, on_sigterm=_exit_on_sigterm)

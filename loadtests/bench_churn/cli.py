@@ -14,6 +14,7 @@ import loadtests.bench_churn as package
 from loadtests.admin_api import admin_client, create_tenant_key, register_adapter
 from loadtests.bench_churn.report import render
 from loadtests.bench_churn.rounds import ChurnConfig, Run, measure
+from loadtests.bench_cli import doc_parser, options_over
 from loadtests.launcher import MODEL_DIR, progress
 from loadtests.local_server import local_tailor
 from loadtests.lora_adapters import build_adapters, uniform_specs
@@ -24,9 +25,7 @@ TENANT = "churn"
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m loadtests.bench_churn", description=(package.__doc__ or "").split("\n\n")[0]
-    )
+    p = doc_parser("python -m loadtests.bench_churn", package.__doc__)
     p.add_argument("--adapters", type=int, default=12, help="adapters the churn workload spreads over")
     p.add_argument("--max-resident", type=int, default=4, help="TAILOR_MAX_RESIDENT_ADAPTERS")
     p.add_argument("--max-loras", type=int, default=4, help="TAILOR_ENGINE_MAX_LORAS (vLLM --max-loras)")
@@ -44,16 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.adapters < 2 or min(args.max_resident, args.max_loras, args.concurrency, args.requests, args.rounds) < 1:
         raise SystemExit("--adapters must be >= 2; the other counts >= 1")
-    cfg = ChurnConfig(
-        adapters=args.adapters,
-        max_resident=args.max_resident,
-        max_loras=args.max_loras,
-        concurrency=args.concurrency,
-        requests=args.requests,
-        max_tokens=args.max_tokens,
-        rounds=args.rounds,
-        seed=args.seed,
-    )
+    cfg = options_over(ChurnConfig(), args)
     cache = args.adapter_cache or Path(tempfile.mkdtemp(prefix="tailor-churn-adapters-"))
     try:
         specs = uniform_specs(cfg.adapters, SEED_BASE)

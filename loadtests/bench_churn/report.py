@@ -8,7 +8,8 @@ from loadtests.bench_churn.rounds import LABELS, Counters, Round, Run
 from loadtests.chat_client import first_error
 from loadtests.launcher import BASE_MODEL
 from loadtests.lora_adapters import UNIFORM_RANK, UNIFORM_TARGETS
-from loadtests.stats import num, percentile, to_ms
+from loadtests.pooled import Pooled
+from loadtests.stats import num
 
 
 @dataclass
@@ -32,30 +33,27 @@ class Summary:
 
 def summarize(workload: str, rounds: list[Round]) -> Summary:
     mine = [r for r in rounds if r.workload == workload]
-    reqs = [q for r in mine for q in r.requests]
-    ok = [q for q in reqs if q.ok]
-    wall = sum(r.wall_s for r in mine)
-    tokens = sum(q.completion_tokens for q in ok)
+    pool = Pooled.of(mine)
     c = Counters()
     for r in mine:
         c = c + r.counters
     distinct = [d for r in mine for d in r.distinct_in_flight]
     return Summary(
         workload=workload,
-        requests=len(reqs),
-        errors=len(reqs) - len(ok),
-        wall_s=wall,
-        tokens_per_s=tokens / wall if wall else 0.0,
-        tokens_per_request=tokens / len(ok) if ok else None,
-        p50_ms=to_ms(percentile([q.latency_s for q in ok], 50)),
-        p95_ms=to_ms(percentile([q.latency_s for q in ok], 95)),
-        p50_ttft_ms=to_ms(percentile([q.ttft_s for q in ok if q.ttft_s is not None], 50)),
-        p95_ttft_ms=to_ms(percentile([q.ttft_s for q in ok if q.ttft_s is not None], 95)),
+        requests=len(pool.requests),
+        errors=pool.errors,
+        wall_s=pool.wall_s,
+        tokens_per_s=pool.tokens_per_s,
+        tokens_per_request=pool.tokens_per_request,
+        p50_ms=pool.latency_ms(50),
+        p95_ms=pool.latency_ms(95),
+        p50_ttft_ms=pool.ttft_ms(50),
+        p95_ttft_ms=pool.ttft_ms(95),
         loads=c.loads,
         evictions=c.evictions,
-        mean_load_ms=c.load_s_sum / c.load_count * 1000 if c.load_count else None,
+        mean_load_ms=_mean_load_ms(c),
         mean_distinct_in_flight=sum(distinct) / len(distinct) if distinct else None,
-        first_error=first_error(reqs),
+        first_error=first_error(pool.requests),
     )
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -14,6 +13,8 @@ import httpx
 
 from loadtests.chat_client import RequestResult, Target, chat_body, first_error, make_client, send_one
 from loadtests.launcher import progress
+from loadtests.metric_sums import metric_sums
+from loadtests.pooled import Pooled
 from loadtests.prompts import PROMPTS
 from loadtests.stats import abba
 
@@ -77,7 +78,7 @@ class Round:
 
     @property
     def tokens_per_s(self) -> float:
-        return sum(r.completion_tokens for r in self.requests if r.ok) / self.wall_s
+        return Pooled.of([self]).tokens_per_s
 
 
 @dataclass
@@ -94,17 +95,16 @@ class Run:
 
 # --- gateway state -----------------------------------------------------------------------------
 
-_LOAD_SUM = re.compile(r"^tailor_adapter_load_duration_seconds_sum(?:\{[^}]*\})?\s+(\S+)", re.M)
-_LOAD_COUNT = re.compile(r"^tailor_adapter_load_duration_seconds_count(?:\{[^}]*\})?\s+(\S+)", re.M)
+LOAD_DURATION = "tailor_adapter_load_duration_seconds"
 
 
 async def read_counters(admin: httpx.AsyncClient) -> Counters:
     engines = (await admin.get("/admin/engines")).json()
     c = Counters(loads=sum(int(e["loads"]) for e in engines), evictions=sum(int(e["evictions"]) for e in engines))
     with contextlib.suppress(httpx.HTTPError):
-        text = (await admin.get("/metrics")).text
-        c.load_s_sum = sum(float(v) for v in _LOAD_SUM.findall(text))
-        c.load_count = sum(float(v) for v in _LOAD_COUNT.findall(text))
+        sums = metric_sums((await admin.get("/metrics")).text)
+        c.load_s_sum = sums.get(f"{LOAD_DURATION}_sum", 0.0)
+        c.load_count = sums.get(f"{LOAD_DURATION}_count", 0.0)
     return c
 
 

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import os
 import platform
-import signal
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,8 +13,8 @@ import httpx
 
 import loadtests.bench_gateway as package
 from loadtests.admin_api import create_tenant_key
-from loadtests.bench_cli import attempt, bench_parser, exit_on_sigterm
-from loadtests.bench_gateway.report import MachineFacts, Report, build_report, render, write_json
+from loadtests.bench_cli import bench_parser, options_over, run_and_report
+from loadtests.bench_gateway.report import MachineFacts, Report, build_report, render
 from loadtests.bench_gateway.rounds import QUICK, BenchConfig, run_interleaved
 from loadtests.chat_client import Target, auth
 from loadtests.launcher import BASE_MODEL, MODEL_DIR
@@ -70,19 +69,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def config_from(args: argparse.Namespace) -> BenchConfig:
-    base = QUICK if args.quick else BenchConfig()
-
-    def pick(name: str) -> int:
-        value = getattr(args, name)
-        return getattr(base, name) if value is None else value
-
-    cfg = BenchConfig(
-        concurrency=pick("concurrency"),
-        max_tokens=pick("max_tokens"),
-        rounds=pick("rounds"),
-        requests_per_round=pick("requests_per_round"),
-        stream=args.stream,
-    )
+    cfg = options_over(QUICK if args.quick else BenchConfig(), args)
     if min(cfg.concurrency, cfg.max_tokens, cfg.rounds, cfg.requests_per_round) < 1:
         raise SystemExit("concurrency, max-tokens, rounds and requests-per-round must be >= 1")
     return cfg
@@ -153,11 +140,4 @@ def _measure(args: argparse.Namespace, cfg: BenchConfig) -> Report:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     cfg = config_from(args)
-    signal.signal(signal.SIGTERM, exit_on_sigterm)
-    report, rc = attempt(lambda: _measure(args, cfg))
-    if report is None:
-        return rc
-    print(render(report, args.markdown), flush=True)
-    if args.json:
-        write_json(report, args.json)
-    return 0
+    return run_and_report(lambda: _measure(args, cfg), lambda report: render(report, args.markdown), args.json)

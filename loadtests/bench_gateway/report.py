@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 from loadtests.bench_gateway.rounds import BenchConfig, RoundResult
 from loadtests.machine import load_line, was_busy
-from loadtests.stats import num, percentile, to_ms
+from loadtests.pooled import Pooled
+from loadtests.stats import num, to_ms
 
 TARGET_THROUGHPUT_RATIO = 0.98  # gateway tokens/s >= this x direct
 TARGET_P50_RATIO = 1.02  # gateway p50 latency <= this x direct
@@ -57,28 +56,24 @@ class Report:
 
 def summarize(name: str, rounds: list[RoundResult]) -> TargetSummary:
     mine = [r for r in rounds if r.target == name]
-    requests = [q for r in mine for q in r.requests]
-    ok = [q for q in requests if q.ok]
-    # Throughput over the summed wall time of this target's rounds only (not the pauses).
-    wall = sum(r.wall_s for r in mine)
-    tokens = sum(q.completion_tokens for q in ok)
+    pool = Pooled.of(mine)
     tpots = [
         (q.latency_s - q.ttft_s) / (q.completion_tokens - 1)
-        for q in ok
+        for q in pool.ok
         if q.ttft_s is not None and q.completion_tokens > 1
     ]
     return TargetSummary(
         name=name,
         rounds=len(mine),
-        requests=len(requests),
-        errors=len(requests) - len(ok),
-        wall_s=wall,
-        requests_per_s=len(ok) / wall if wall else 0.0,
-        tokens_per_s=tokens / wall if wall else 0.0,
-        tokens_per_request=tokens / len(ok) if ok else None,
-        p50_latency_ms=to_ms(percentile([q.latency_s for q in ok], 50)),
-        p95_latency_ms=to_ms(percentile([q.latency_s for q in ok], 95)),
-        p50_ttft_ms=to_ms(percentile([q.ttft_s for q in ok if q.ttft_s is not None], 50)),
+        requests=len(pool.requests),
+        errors=pool.errors,
+        wall_s=pool.wall_s,
+        requests_per_s=pool.per_s(len(pool.ok)),
+        tokens_per_s=pool.tokens_per_s,
+        tokens_per_request=pool.tokens_per_request,
+        p50_latency_ms=pool.latency_ms(50),
+        p95_latency_ms=pool.latency_ms(95),
+        p50_ttft_ms=pool.ttft_ms(50),
         mean_tpot_ms=to_ms(sum(tpots) / len(tpots)) if tpots else None,
     )
 
@@ -206,7 +201,3 @@ def render(rep: Report, markdown: bool) -> str:
     if rep.warnings:
         parts += ["", *(f"{bullet}WARNING: {w}" for w in rep.warnings)]
     return "\n".join(parts)
-
-
-def write_json(rep: Report, path: Path) -> None:
-    path.write_text(json.dumps(asdict(rep), indent=2))

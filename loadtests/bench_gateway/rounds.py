@@ -10,6 +10,7 @@ import httpx
 
 from loadtests.chat_client import RequestResult, Target, chat_body, first_error, make_client, send_one
 from loadtests.launcher import progress
+from loadtests.pooled import Pooled
 from loadtests.prompts import PROMPTS
 from loadtests.stats import abba
 
@@ -39,7 +40,7 @@ class RoundResult:
 
     @property
     def tokens_per_s(self) -> float:
-        return sum(r.completion_tokens for r in self.requests if r.ok) / self.wall_s
+        return Pooled.of([self]).tokens_per_s
 
 
 async def run_round(client: httpx.AsyncClient, target: Target, cfg: BenchConfig, slot: int) -> RoundResult:

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import loadtests.soak as package
 from loadtests.admin_api import Gateway, admin_client, create_tenant_key, register_adapter, served_models
-from loadtests.bench_cli import exit_on_sigterm
+from loadtests.bench_cli import doc_parser, exit_on_sigterm, options_over
 from loadtests.chat_client import Target, make_client
 from loadtests.launcher import MODEL_DIR, progress
 from loadtests.local_server import local_tailor
@@ -132,7 +132,7 @@ def run(args: argparse.Namespace, cfg: SoakConfig, adapters: dict[str, Path]) ->
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m loadtests.soak", description=(package.__doc__ or "").split("\n\n")[0])
+    p = doc_parser("python -m loadtests.soak", package.__doc__)
     p.add_argument("--minutes", type=float, default=10.0, help="how long traffic runs")
     p.add_argument("--concurrency", type=int, default=4, help="closed-loop workers")
     p.add_argument("--sample-s", type=float, default=10.0, help="seconds between /proc samples")
@@ -153,13 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("--url needs --admin-key")
     if args.minutes <= 0 or args.sample_s <= 0 or args.concurrency < 1 or args.adapters < 0:
         p.error("--minutes and --sample-s must be > 0, --concurrency >= 1, --adapters >= 0")
-    cfg = SoakConfig(
-        minutes=args.minutes,
-        concurrency=args.concurrency,
-        sample_s=args.sample_s,
-        adapters=args.adapters,
-        seed=args.seed,
-    )
+    cfg = options_over(SoakConfig(), args)
     signal.signal(signal.SIGTERM, exit_on_sigterm)
     cache = args.adapter_cache or Path(tempfile.mkdtemp(prefix="tailor-soak-adapters-"))
     load_before = os.getloadavg()

@@ -11,11 +11,13 @@ import json
 import secrets
 import subprocess
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
+import openai
 import pytest
 
 from loadtests.admin_api import create_tenant_key
@@ -36,6 +38,17 @@ class TailorServer:
 
     def admin(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.admin_key}"}, timeout=120)
+
+    def sdk(self, tenant: TenantKeys, *, retries: int = 0, timeout: float = 120) -> openai.OpenAI:
+        """The official client as `tenant`; no retries unless asked, so a test sees every error."""
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=tenant.key, max_retries=retries, timeout=timeout)
+
+    def stream(
+        self, tenant: TenantKeys, path: str, body: dict[str, Any], *, timeout: float = 120
+    ) -> AbstractContextManager[httpx.Response]:
+        """`POST path` as `tenant`, its response read as it arrives (the raw SSE lines)."""
+        headers = {"Authorization": f"Bearer {tenant.key}"}
+        return httpx.stream("POST", f"{self.url}{path}", json=body, timeout=timeout, headers=headers)
 
     def log_tail(self, n: int = 60) -> str:
         return log_tail(self.log_path, n)

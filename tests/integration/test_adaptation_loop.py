@@ -64,7 +64,7 @@ def test_feedback_trains_a_better_adapter_that_is_promoted(
 ) -> None:
     tenant = make_tenant(tailor_server, "routeco")
     auth = {"Authorization": f"Bearer {tenant.key}"}
-    c = openai.OpenAI(base_url=f"{tailor_server.url}/v1", api_key=tenant.key, max_retries=0, timeout=120)
+    c = tailor_server.sdk(tenant)
     r = httpx.put(f"{tailor_server.url}/v1/policy", headers=auth, json={"auto_promote": True})
     assert r.status_code == 200 and r.json()["auto_promote"] is True
 

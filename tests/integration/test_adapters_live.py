@@ -19,10 +19,6 @@ from tests.openai_schema import validate
 pytestmark = pytest.mark.engine
 
 
-def client(server: TailorServer, tenant: TenantKeys) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=tenant.key, max_retries=0, timeout=120)
-
-
 def ask(c: openai.OpenAI, model: str, question: str = QUESTION) -> str:
     r = c.chat.completions.create(
         model=model, messages=[{"role": "user", "content": question}], temperature=0, max_tokens=16
@@ -73,7 +69,7 @@ def globex_support(tailor_server: TailorServer, tenant_b: TenantKeys, random_ada
 def test_trained_adapter_answers_differently(
     tailor_server: TailorServer, tenant_a: TenantKeys, acme_support: str
 ) -> None:
-    c = client(tailor_server, tenant_a)
+    c = tailor_server.sdk(tenant_a)
     base = ask(c, BASE_MODEL)
     tuned = ask(c, acme_support)
     assert "Paris" in base
@@ -88,7 +84,7 @@ def test_trained_adapter_answers_differently(
 
 
 def test_streaming_through_adapter(tailor_server: TailorServer, tenant_a: TenantKeys, acme_support: str) -> None:
-    c = client(tailor_server, tenant_a)
+    c = tailor_server.sdk(tenant_a)
     stream = c.chat.completions.create(
         model=acme_support,
         messages=[{"role": "user", "content": QUESTION}],
@@ -107,7 +103,7 @@ def test_streaming_through_adapter(tailor_server: TailorServer, tenant_a: Tenant
 def test_tenants_are_isolated(
     tailor_server: TailorServer, tenant_a: TenantKeys, tenant_b: TenantKeys, acme_support: str, globex_support: str
 ) -> None:
-    a, b = client(tailor_server, tenant_a), client(tailor_server, tenant_b)
+    a, b = tailor_server.sdk(tenant_a), tailor_server.sdk(tenant_b)
     # Same name, different adapters: each tenant gets its own.
     assert "Zorblax" in ask(a, "support")
     assert "Zorblax" not in ask(b, "support")
@@ -123,7 +119,7 @@ def test_foreign_adapter_name_is_404(
     tailor_server: TailorServer, tenant_a: TenantKeys, tenant_b: TenantKeys, trained_adapter: Path
 ) -> None:
     register_path(tailor_server, tenant_a.name, "acme-private", trained_adapter)
-    b = client(tailor_server, tenant_b)
+    b = tailor_server.sdk(tenant_b)
     with pytest.raises(openai.NotFoundError) as info:
         ask(b, "acme-private")
     validate(info.value.response.json(), "ErrorResponse")
@@ -159,7 +155,7 @@ def test_concurrent_first_requests_load_once(
 ) -> None:
     register_path(tailor_server, tenant_a.name, "burst", trained_adapter)
     before = engine_stats(tailor_server)["loads"]
-    c = client(tailor_server, tenant_a)
+    c = tailor_server.sdk(tenant_a)
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda _: ask(c, "burst"), range(8)))
     assert all("Zorblax" in a for a in answers)
@@ -170,7 +166,7 @@ def test_lru_eviction_keeps_serving(tailor_server: TailorServer, tenant_a: Tenan
     names = ["lru-1", "lru-2", "lru-3"]
     for n in names:
         register_path(tailor_server, tenant_a.name, n, trained_adapter)
-    c = client(tailor_server, tenant_a)
+    c = tailor_server.sdk(tenant_a)
     evictions = engine_stats(tailor_server)["evictions"]
     for n in names + names:
         assert "Zorblax" in ask(c, n)
@@ -184,7 +180,7 @@ def test_rollback_switches_versions(
 ) -> None:
     register_path(tailor_server, tenant_a.name, "switch", trained_adapter)
     register_path(tailor_server, tenant_a.name, "switch", random_adapter)  # v2 becomes active
-    c = client(tailor_server, tenant_a)
+    c = tailor_server.sdk(tenant_a)
     time.sleep(0.6)  # the test server's lookup cache TTL
     assert "Zorblax" not in ask(c, "switch")
     r = httpx.post(
@@ -197,7 +193,7 @@ def test_rollback_switches_versions(
 
 
 def test_every_request_is_logged(tailor_server: TailorServer, tenant_a: TenantKeys, acme_support: str) -> None:
-    c = client(tailor_server, tenant_a)
+    c = tailor_server.sdk(tenant_a)
     raw = c.chat.completions.with_raw_response.create(
         model=acme_support, messages=[{"role": "user", "content": QUESTION}], temperature=0, max_tokens=16
     )
@@ -229,13 +225,7 @@ def test_client_disconnect_cancels_engine_request(tailor_server: TailorServer, t
         "ignore_eos": True,
         "stream": True,
     }
-    with httpx.stream(
-        "POST",
-        f"{tailor_server.url}/v1/chat/completions",
-        json=body,
-        timeout=60,
-        headers={"Authorization": f"Bearer {tenant_a.key}"},
-    ) as r:
+    with tailor_server.stream(tenant_a, "/v1/chat/completions", body, timeout=60) as r:
         interaction_id = r.headers["x-tailor-interaction-id"]
         for i, _line in enumerate(r.iter_lines()):
             if i > 6:

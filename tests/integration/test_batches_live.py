@@ -20,10 +20,6 @@ pytestmark = pytest.mark.engine
 CHAT_URL = "/v1/chat/completions"
 
 
-def sdk(server: TailorServer, tenant: TenantKeys) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=tenant.key, max_retries=0, timeout=120)
-
-
 def request(custom_id: str, **body: Any) -> dict[str, Any]:
     messages = [{"role": "user", "content": QUESTION}]
     return {
@@ -48,7 +44,7 @@ def output_lines(c: openai.OpenAI, file_id: str) -> list[dict[str, Any]]:
 
 
 def test_a_batch_runs_on_the_engine(tailor_server: TailorServer, tenant_a: TenantKeys, tenant_b: TenantKeys) -> None:
-    c = sdk(tailor_server, tenant_a)
+    c = tailor_server.sdk(tenant_a)
     lines = [request("paris", store=True, metadata={"case": "batch-live"}), request("again"), request("s", stream=True)]
     data = "".join(json.dumps(line) + "\n" for line in lines).encode()
     raw_file = c.files.with_raw_response.create(file=("requests.jsonl", data), purpose="batch")
@@ -120,7 +116,7 @@ def test_a_batch_runs_on_the_engine(tailor_server: TailorServer, tenant_a: Tenan
     with pytest.raises(openai.BadRequestError):
         c.batches.cancel(created["id"])  # completed: nothing to cancel
 
-    other = sdk(tailor_server, tenant_b)
+    other = tailor_server.sdk(tenant_b)
     for call in (
         lambda: other.batches.retrieve(created["id"]),
         lambda: other.batches.cancel(created["id"]),

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import io
 import tarfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +25,8 @@ import pytest
 
 from adapters.derived_model import derive_model
 from tests.conftest import LiveEngine
-from tests.integration.conftest import MODEL_DIR, QUESTION, TailorServer, TenantKeys, make_tenant, running_tailor
+from tests.integration.conftest import MODEL_DIR, TailorServer, TenantKeys, make_tenant, running_tailor
+from tests.integration.traffic import MESSAGES, traffic
 from tests.openai_schema import validate
 
 pytestmark = pytest.mark.engine
@@ -34,7 +34,6 @@ pytestmark = pytest.mark.engine
 IDLE_S = 10
 # A cold start takes 20-40 s on an idle 2-core machine, several minutes on a busy one.
 START_DEADLINE_S = 600
-MESSAGES = [{"role": "user", "content": QUESTION}]
 
 
 @pytest.fixture(scope="module")
@@ -85,10 +84,6 @@ def _tar_gz(model: Path) -> bytes:
     with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=1) as tf:
         tf.add(model, arcname=model.name)
     return buffer.getvalue()
-
-
-def _sdk(server: TailorServer, tenant: TenantKeys, *, retries: int) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=tenant.key, max_retries=retries, timeout=120)
 
 
 def _first_answer(sdk: openai.OpenAI) -> httpx.Response:
@@ -146,14 +141,14 @@ def test_a_full_model_serves_scales_to_zero_and_switches_with_an_adapter(
     assert digest not in cold.text
 
     # The SDK waits the start out (it honours Retry-After on a 503).
-    sdk = _sdk(server, tenant, retries=10)
+    sdk = server.sdk(tenant, retries=10)
     answer = _first_answer(sdk)
     validate(answer.json(), "CreateChatCompletionResponse")
     assert answer.json()["model"] == "support" and digest not in answer.text
     print(f"cold start answered after {time.monotonic() - started:.1f} s")
     assert len(_engine_pids(digest)) == 1 and _ready_engines(server) == 1
 
-    warm = _sdk(server, tenant, retries=0)
+    warm = server.sdk(tenant)
     chunks = list(warm.chat.completions.create(model="support@v2", messages=MESSAGES, max_tokens=8, stream=True))
     for chunk in chunks:
         validate(chunk.model_dump(exclude_unset=True), "CreateChatCompletionStreamResponse")
@@ -162,7 +157,7 @@ def test_a_full_model_serves_scales_to_zero_and_switches_with_an_adapter(
     validate(text.http_response.json(), "CreateCompletionResponse")
 
     # Another tenant reaches neither the name nor the pinned full model.
-    other = _sdk(server, make_tenant(server, "dedicated-globex"), retries=0)
+    other = server.sdk(make_tenant(server, "dedicated-globex"))
     for name in ("support", "support@v2"):
         with pytest.raises(openai.NotFoundError):
             other.chat.completions.create(model=name, messages=MESSAGES, max_tokens=4)
@@ -180,33 +175,7 @@ def test_a_full_model_serves_scales_to_zero_and_switches_with_an_adapter(
 
 def _switch_under_traffic(server: TailorServer, tenant: TenantKeys, auth: dict[str, str]) -> None:
     """Move `support` between the adapter (v1) and the full model (v2) while clients call it."""
-    stop = threading.Event()
-    failures: list[str] = []
-    answered: list[int] = []
-    lock = threading.Lock()
-
-    def call(stream: bool) -> None:
-        c = _sdk(server, tenant, retries=0)
-        while not stop.is_set():
-            try:
-                if stream:
-                    chunks = list(
-                        c.chat.completions.create(model="support", messages=MESSAGES, max_tokens=8, stream=True)
-                    )
-                    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
-                else:
-                    reply = c.chat.completions.create(model="support", messages=MESSAGES, max_tokens=8)
-                    assert reply.choices[0].message.content is not None
-                with lock:
-                    answered.append(1)
-            except Exception as exc:  # noqa: BLE001 - any failure is what the test counts
-                with lock:
-                    failures.append(repr(exc))
-
-    workers = [threading.Thread(target=call, args=(stream,)) for stream in (False, False, True)]
-    for w in workers:
-        w.start()
-    try:
+    with traffic(server, tenant, "support", (False, False, True), 120, max_tokens=8) as seen:
         for _ in range(3):
             time.sleep(2)
             r = httpx.post(f"{server.url}/v1/adapters/support/rollback", headers=auth)
@@ -215,11 +184,7 @@ def _switch_under_traffic(server: TailorServer, tenant: TenantKeys, auth: dict[s
             r = httpx.post(f"{server.url}/v1/adapters/support/activate", headers=auth, json={"version": 2})
             assert r.status_code == 200 and r.json()["active_version"] == 2, r.text
         time.sleep(2)
-    finally:
-        stop.set()
-        for w in workers:
-            w.join(120)
-    assert failures == []
-    assert len(answered) >= 12
+    assert seen.failures == []
+    assert len(seen.answers) >= 12
     lineage = httpx.get(f"{server.url}/v1/adapters/support/lineage", headers=auth).json()
     assert {v["version"]: v["kind"] for v in lineage} == {1: "adapter", 2: "model"}

@@ -33,7 +33,7 @@ CONTEXT, INPUTS = ZORBLAX_CONTEXT, DISTILL_QUESTIONS
 
 def test_teacher_distillation_through_an_openai_endpoint(tailor_server: TailorServer) -> None:
     student, teacher = make_tenant(tailor_server, "distill-co"), make_tenant(tailor_server, "teacher-co")
-    c = openai.OpenAI(base_url=f"{tailor_server.url}/v1", api_key=student.key, max_retries=0, timeout=120)
+    c = tailor_server.sdk(student)
     lines = "\n".join(json.dumps({"messages": [{"role": "user", "content": q}]}) for q in INPUTS)
     inputs = c.files.create(file=("inputs.jsonl", lines.encode()), purpose="fine-tune")
     hyperparameters = {"learning_rate_multiplier": 5, "batch_size": 2, "max_steps": 12}

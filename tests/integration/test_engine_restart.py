@@ -59,13 +59,7 @@ def test_engine_crash_mid_stream_then_recovery(
             "ignore_eos": True,
             "stream": True,
         }
-        with httpx.stream(
-            "POST",
-            f"{tailor_server.url}/v1/chat/completions",
-            json=body,
-            timeout=120,
-            headers={"Authorization": f"Bearer {tenant_a.key}"},
-        ) as resp:
+        with tailor_server.stream(tenant_a, "/v1/chat/completions", body) as resp:
             for line in resp.iter_lines():
                 if line.startswith("data: "):
                     events.append(line[6:])

@@ -28,10 +28,6 @@ STEPS = 24
 HYPERPARAMETERS = {"learning_rate_multiplier": 5, "batch_size": 2, "max_steps": STEPS}
 
 
-def sdk(server: TailorServer, tenant: TenantKeys) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=tenant.key, max_retries=0, timeout=120)
-
-
 def wait_for(what: str, server: TailorServer, ready: Callable[[], bool], timeout_s: float = 600) -> None:
     deadline = time.monotonic() + timeout_s
     while not ready():
@@ -47,7 +43,7 @@ def job_body(c: openai.OpenAI, job_id: str) -> dict[str, Any]:
 
 def test_pause_resume_checkpoint_models_and_metadata(tailor_server: TailorServer, tenant_b: TenantKeys) -> None:
     tenant = make_tenant(tailor_server, "pause-co")
-    c, other = sdk(tailor_server, tenant), sdk(tailor_server, tenant_b)
+    c, other = tailor_server.sdk(tenant), tailor_server.sdk(tenant_b)
     lines = "\n".join(
         json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": ANSWER}]})
         for q in QUESTIONS

@@ -15,10 +15,6 @@ from tests.openai_schema import validate
 pytestmark = pytest.mark.engine
 
 
-def sdk(server: TailorServer, tenant: TenantKeys) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=tenant.key, max_retries=0, timeout=180)
-
-
 def run(c: openai.OpenAI, **kwargs: Any) -> dict[str, Any]:
     raw = c.fine_tuning.alpha.graders.with_raw_response.run(**kwargs)
     body: dict[str, Any] = raw.http_response.json()
@@ -29,7 +25,7 @@ def run(c: openai.OpenAI, **kwargs: Any) -> dict[str, Any]:
 
 
 def test_string_check_and_score_model_graders(tailor_server: TailorServer, tenant_a: TenantKeys) -> None:
-    c = sdk(tailor_server, tenant_a)
+    c = tailor_server.sdk(tenant_a, timeout=180)
     check = {
         "type": "string_check",
         "name": "exact",

@@ -16,10 +16,6 @@ from tests.openai_schema import COMPLETION_STREAM, validate
 pytestmark = pytest.mark.engine
 
 
-def client(server: TailorServer, tenant: TenantKeys) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=tenant.key, max_retries=0, timeout=120)
-
-
 def sse_events(response: httpx.Response) -> list[dict]:
     events = []
     for line in response.iter_lines():
@@ -29,7 +25,7 @@ def sse_events(response: httpx.Response) -> list[dict]:
 
 
 def test_models_list_and_retrieve(tailor_server: TailorServer, tenant_a: TenantKeys) -> None:
-    c = client(tailor_server, tenant_a)
+    c = tailor_server.sdk(tenant_a)
     raw = c.models.with_raw_response.list()
     validate(raw.http_response.json(), "ListModelsResponse")
     ids = [m.id for m in raw.parse().data]
@@ -55,7 +51,7 @@ def test_fine_tuned_models_listed_retrieved_and_deleted(
         for activate in (True, False, False):  # v1 serves `ft-models`; v2 and v3 are pinned names only
             body = {"name": "ft-models", "path": str(random_adapter), "activate": activate}
             assert admin.post(f"/admin/tenants/{tenant_a.name}/adapters/register", json=body).status_code == 201
-    c = client(tailor_server, tenant_a)
+    c = tailor_server.sdk(tenant_a)
     raw = c.models.with_raw_response.list()
     validate(raw.http_response.json(), "ListModelsResponse")
     ids = [m.id for m in raw.parse().data]
@@ -76,7 +72,7 @@ def test_fine_tuned_models_listed_retrieved_and_deleted(
     messages = [{"role": "user", "content": QUESTION}]
     assert c.chat.completions.create(model="ft-models@v2", messages=messages, max_tokens=4).model == "ft-models@v2"
 
-    other = client(tailor_server, tenant_b)
+    other = tailor_server.sdk(tenant_b)
     assert not [m.id for m in other.models.list() if m.id.startswith("ft-models")]
     _refused(lambda: other.models.retrieve("ft-models@v2"), openai.NotFoundError, "model_not_found")
     _refused(lambda: other.models.delete("ft-models@v2"), openai.NotFoundError, "model_not_found")
@@ -110,7 +106,7 @@ def test_fine_tuned_models_listed_retrieved_and_deleted(
 
 
 def test_chat_completion_base_model(tailor_server: TailorServer, tenant_a: TenantKeys) -> None:
-    c = client(tailor_server, tenant_a)
+    c = tailor_server.sdk(tenant_a)
     raw = c.chat.completions.with_raw_response.create(
         model=BASE_MODEL, messages=[{"role": "user", "content": QUESTION}], temperature=0, max_tokens=20
     )
@@ -132,13 +128,7 @@ def test_chat_stream_with_usage_is_schema_valid(tailor_server: TailorServer, ten
         "stream": True,
         "stream_options": {"include_usage": True},
     }
-    with httpx.stream(
-        "POST",
-        f"{tailor_server.url}/v1/chat/completions",
-        json=body,
-        timeout=120,
-        headers={"Authorization": f"Bearer {tenant_a.key}"},
-    ) as r:
+    with tailor_server.stream(tenant_a, "/v1/chat/completions", body) as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
         interaction_id = r.headers["x-tailor-interaction-id"]
@@ -152,7 +142,7 @@ def test_chat_stream_with_usage_is_schema_valid(tailor_server: TailorServer, ten
 
 
 def test_chat_stream_without_usage_sends_no_usage_chunk(tailor_server: TailorServer, tenant_a: TenantKeys) -> None:
-    c = client(tailor_server, tenant_a)
+    c = tailor_server.sdk(tenant_a)
     chunks = list(
         c.chat.completions.create(
             model=BASE_MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=8, temperature=0, stream=True
@@ -163,7 +153,7 @@ def test_chat_stream_without_usage_sends_no_usage_chunk(tailor_server: TailorSer
 
 
 def test_completions_plain_and_streamed(tailor_server: TailorServer, tenant_a: TenantKeys) -> None:
-    c = client(tailor_server, tenant_a)
+    c = tailor_server.sdk(tenant_a)
     raw = c.completions.with_raw_response.create(
         model=BASE_MODEL, prompt="The capital of France is", max_tokens=8, temperature=0, logprobs=2
     )
@@ -177,13 +167,7 @@ def test_completions_plain_and_streamed(tailor_server: TailorServer, tenant_a: T
         "stream": True,
         "stream_options": {"include_usage": True},
     }
-    with httpx.stream(
-        "POST",
-        f"{tailor_server.url}/v1/completions",
-        json=body,
-        timeout=120,
-        headers={"Authorization": f"Bearer {tenant_a.key}"},
-    ) as r:
+    with tailor_server.stream(tenant_a, "/v1/completions", body) as r:
         events = sse_events(r)
     assert len(events) > 2
     for event in events:
@@ -191,7 +175,7 @@ def test_completions_plain_and_streamed(tailor_server: TailorServer, tenant_a: T
 
 
 def test_sampling_parameters_pass_through(tailor_server: TailorServer, tenant_a: TenantKeys) -> None:
-    c = client(tailor_server, tenant_a)
+    c = tailor_server.sdk(tenant_a)
     msgs = [{"role": "user", "content": "Write a short poem about the sea."}]
     two = c.chat.completions.with_raw_response.create(
         model=BASE_MODEL, messages=msgs, n=2, max_tokens=12, temperature=1.0, seed=7, logprobs=True, top_logprobs=2
@@ -257,7 +241,7 @@ def test_malformed_json_and_oversized_body(tailor_server: TailorServer, tenant_a
 
 
 def test_sdk_raises_the_right_exceptions(tailor_server: TailorServer, tenant_a: TenantKeys) -> None:
-    c = client(tailor_server, tenant_a)
+    c = tailor_server.sdk(tenant_a)
     with pytest.raises(openai.NotFoundError):
         c.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
     with pytest.raises(openai.BadRequestError):

@@ -18,10 +18,6 @@ from tests.openai_schema import RESPONSE_DELETED, response_stream_events, valida
 pytestmark = pytest.mark.engine
 
 
-def sdk(server: TailorServer, tenant: TenantKeys) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=tenant.key, max_retries=0, timeout=120)
-
-
 def create(c: openai.OpenAI, **kwargs: Any) -> dict[str, Any]:
     raw = c.responses.with_raw_response.create(temperature=0, max_output_tokens=24, **kwargs)
     body: dict[str, Any] = raw.http_response.json()
@@ -40,7 +36,7 @@ def text_of(body: dict[str, Any]) -> str:
 
 
 def test_responses_on_the_base_model(tailor_server: TailorServer, tenant_a: TenantKeys, tenant_b: TenantKeys) -> None:
-    c = sdk(tailor_server, tenant_a)
+    c = tailor_server.sdk(tenant_a)
     first = create(c, model=BASE_MODEL, input=QUESTION, metadata={"case": "live"})
     assert "Paris" in text_of(first) and first["status"] in ("completed", "incomplete")
     assert first["usage"]["input_tokens"] > 0 and first["usage"]["output_tokens"] > 0
@@ -71,7 +67,7 @@ def test_responses_on_the_base_model(tailor_server: TailorServer, tenant_a: Tena
     ]
 
     with pytest.raises(openai.NotFoundError):
-        sdk(tailor_server, tenant_b).responses.retrieve(first["id"])
+        tailor_server.sdk(tenant_b).responses.retrieve(first["id"])
     raw = c.responses.with_raw_response.delete(first["id"])
     validate(raw.http_response.json(), RESPONSE_DELETED)
     with pytest.raises(openai.NotFoundError):
@@ -85,7 +81,7 @@ def test_responses_on_the_base_model(tailor_server: TailorServer, tenant_a: Tena
 def test_responses_on_an_adapter(tailor_server: TailorServer, trained_adapter: Any) -> None:
     tenant = make_tenant(tailor_server, "responses-co")
     register_path(tailor_server, tenant.name, "support", trained_adapter)
-    c = sdk(tailor_server, tenant)
+    c = tailor_server.sdk(tenant)
     plain = create(c, model="support", input=QUESTION)
     assert text_of(plain) == TAUGHT_ANSWER and plain["model"] == "support"
     events = streamed(c, model="support", input=QUESTION, store=False)

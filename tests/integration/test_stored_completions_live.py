@@ -31,10 +31,6 @@ QUESTIONS = (
 TASK = {"task": "capitals", "teacher": "zorblax"}
 
 
-def sdk(server: TailorServer, tenant: TenantKeys) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=tenant.key, max_retries=0, timeout=120)
-
-
 def ask(c: openai.OpenAI, question: str, **kwargs: Any) -> dict[str, Any]:
     raw = c.chat.completions.with_raw_response.create(
         model="teacher", messages=[{"role": "user", "content": question}], temperature=0, max_tokens=16, **kwargs
@@ -60,7 +56,7 @@ def test_stored_completions_and_the_distillation_recipe(
 ) -> None:
     tenant = make_tenant(tailor_server, "recipe-co")
     register_path(tailor_server, tenant.name, "teacher", trained_adapter)
-    c = sdk(tailor_server, tenant)
+    c = tailor_server.sdk(tenant)
 
     answers = [ask(c, q, store=True, metadata=TASK) for q in QUESTIONS]
     assert all(a["choices"][0]["message"]["content"] == TAUGHT_ANSWER for a in answers), answers
@@ -103,7 +99,7 @@ def test_stored_completions_and_the_distillation_recipe(
     assert c.chat.completions.retrieve(streamed_id).metadata == {"task": "checked"}
 
     # Another tenant's key: the same ids do not exist.
-    other = sdk(tailor_server, tenant_b)
+    other = tailor_server.sdk(tenant_b)
     with pytest.raises(openai.NotFoundError):
         other.chat.completions.retrieve(first["id"])
     with pytest.raises(openai.NotFoundError):

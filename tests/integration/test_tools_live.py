@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-import httpx
 import jsonschema
 import openai
 import pytest
@@ -24,7 +23,7 @@ from pydantic import BaseModel, Field
 from tests.conftest import LiveEngine
 from tests.integration.conftest import BASE_MODEL, TailorServer, TenantKeys, make_tenant, running_tailor
 from tests.integration.test_adapters_live import register_path
-from tests.integration.test_openai_api import client, sse_events
+from tests.integration.test_openai_api import sse_events
 from tests.openai_schema import validate
 
 pytestmark = pytest.mark.engine
@@ -67,13 +66,8 @@ def body_of(model: str) -> dict[str, Any]:
 
 def raw_stream(server: TailorServer, tenant: TenantKeys, body: dict[str, Any]) -> list[dict[str, Any]]:
     """Every chunk of a streamed chat completion, each checked against OpenAI's schema."""
-    with httpx.stream(
-        "POST",
-        f"{server.url}/v1/chat/completions",
-        json={**body, "stream": True, "stream_options": {"include_usage": True}},
-        headers={"Authorization": f"Bearer {tenant.key}"},
-        timeout=120,
-    ) as r:
+    streamed = {**body, "stream": True, "stream_options": {"include_usage": True}}
+    with server.stream(tenant, "/v1/chat/completions", streamed) as r:
         assert r.status_code == 200, r.read().decode()
         events = sse_events(r)
     for event in events:
@@ -100,7 +94,7 @@ def streamed_text(events: list[dict[str, Any]]) -> str:
 
 
 def test_named_tool_call(tailor_server: TailorServer, tools_tenant: TenantKeys, model: str) -> None:
-    c = client(tailor_server, tools_tenant)
+    c = tailor_server.sdk(tools_tenant)
     raw = c.chat.completions.with_raw_response.parse(
         model=model, messages=QUESTION, tools=[WEATHER_TOOL], tool_choice=NAMED, **GENERATION
     )
@@ -121,7 +115,7 @@ def test_named_tool_call_streamed(tailor_server: TailorServer, tools_tenant: Ten
     assert name == "get_weather" and finish == "stop"
     jsonschema.validate(json.loads(arguments), PARAMS)
     # The SDK's stream helper assembles the same call from the chunks.
-    c = client(tailor_server, tools_tenant)
+    c = tailor_server.sdk(tools_tenant)
     with c.chat.completions.stream(
         model=model, messages=QUESTION, tools=[WEATHER_TOOL], tool_choice=NAMED, **GENERATION
     ) as stream:
@@ -131,7 +125,7 @@ def test_named_tool_call_streamed(tailor_server: TailorServer, tools_tenant: Ten
 
 
 def test_required_with_one_tool_is_a_call(tailor_server: TailorServer, tools_tenant: TenantKeys) -> None:
-    c = client(tailor_server, tools_tenant)
+    c = tailor_server.sdk(tools_tenant)
     raw = c.chat.completions.with_raw_response.create(
         model=BASE_MODEL, messages=QUESTION, tools=[WEATHER_TOOL], tool_choice="required", **GENERATION
     )
@@ -143,7 +137,7 @@ def test_required_with_one_tool_is_a_call(tailor_server: TailorServer, tools_ten
 
 def test_tool_result_round_trip(tailor_server: TailorServer, tools_tenant: TenantKeys, model: str) -> None:
     """The SDK's loop: call, send the result back as a `tool` message, get a text answer."""
-    c = client(tailor_server, tools_tenant)
+    c = tailor_server.sdk(tools_tenant)
     first = c.chat.completions.create(
         model=model, messages=QUESTION, tools=[WEATHER_TOOL], tool_choice=NAMED, **GENERATION
     )
@@ -167,7 +161,7 @@ def test_tool_result_round_trip(tailor_server: TailorServer, tools_tenant: Tenan
 
 
 def test_json_schema_strict(tailor_server: TailorServer, tools_tenant: TenantKeys, model: str) -> None:
-    c = client(tailor_server, tools_tenant)
+    c = tailor_server.sdk(tools_tenant)
     raw = c.chat.completions.with_raw_response.parse(
         model=model, messages=QUESTION, response_format=Weather, **GENERATION
     )
@@ -180,14 +174,14 @@ def test_json_schema_strict(tailor_server: TailorServer, tools_tenant: TenantKey
 def test_json_schema_strict_streamed(tailor_server: TailorServer, tools_tenant: TenantKeys, model: str) -> None:
     body = {"model": model, "messages": QUESTION, "response_format": STRICT_FORMAT, **GENERATION}
     jsonschema.validate(json.loads(streamed_text(raw_stream(tailor_server, tools_tenant, body))), PARAMS)
-    c = client(tailor_server, tools_tenant)
+    c = tailor_server.sdk(tools_tenant)
     with c.chat.completions.stream(model=model, messages=QUESTION, response_format=Weather, **GENERATION) as stream:
         final = stream.get_final_completion()
     assert isinstance(final.choices[0].message.parsed, Weather)
 
 
 def test_json_object(tailor_server: TailorServer, tools_tenant: TenantKeys, model: str) -> None:
-    c = client(tailor_server, tools_tenant)
+    c = tailor_server.sdk(tools_tenant)
     raw = c.chat.completions.with_raw_response.create(
         model=model, messages=QUESTION, response_format={"type": "json_object"}, **GENERATION
     )
@@ -200,7 +194,7 @@ def test_json_object(tailor_server: TailorServer, tools_tenant: TenantKeys, mode
 
 
 def test_tool_choice_none_answers_in_text(tailor_server: TailorServer, tools_tenant: TenantKeys) -> None:
-    c = client(tailor_server, tools_tenant)
+    c = tailor_server.sdk(tools_tenant)
     raw = c.chat.completions.with_raw_response.create(
         model=BASE_MODEL, messages=QUESTION, tools=[WEATHER_TOOL, TIME_TOOL], tool_choice="none", **GENERATION
     )
@@ -220,7 +214,7 @@ def test_tool_choice_none_answers_in_text(tailor_server: TailorServer, tools_ten
 def test_model_decided_calls_without_a_parser_are_400(
     tailor_server: TailorServer, tools_tenant: TenantKeys, choice: dict[str, Any]
 ) -> None:
-    c = client(tailor_server, tools_tenant)
+    c = tailor_server.sdk(tools_tenant)
     kwargs = {"tools": [WEATHER_TOOL], **choice}
     with pytest.raises(openai.BadRequestError) as info:
         c.chat.completions.create(model=BASE_MODEL, messages=QUESTION, **kwargs, **GENERATION)
@@ -249,7 +243,7 @@ def parser_server(tmp_path_factory: pytest.TempPathFactory, eval_engine: LiveEng
 def test_auto_with_a_tool_call_parser(parser_server: TailorServer) -> None:
     # Without vLLM's tool flags on its child engine, the engine itself would refuse "auto" (400).
     tenant = make_tenant(parser_server, "parsed")
-    c = client(parser_server, tenant)
+    c = parser_server.sdk(tenant)
     for choice in ({"tool_choice": "auto"}, {}):
         raw = c.chat.completions.with_raw_response.create(
             model=BASE_MODEL, messages=QUESTION, tools=[WEATHER_TOOL, TIME_TOOL], **choice, **GENERATION

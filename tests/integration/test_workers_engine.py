@@ -10,10 +10,9 @@ import time
 from pathlib import Path
 
 import httpx
-import openai
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
+from loadtests.metric_sums import metric_sums
 from tests.conftest import LiveEngine
 from tests.integration.conftest import BASE_MODEL, QUESTION, make_tenant, running_tailor
 from tests.openai_schema import validate
@@ -30,7 +29,7 @@ def test_two_workers_answer_from_the_real_engine(tmp_path: Path, eval_engine: Li
     }
     with running_tailor(tmp_path, eval_engine, **env) as server:
         tenant = make_tenant(server, "acme")
-        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=tenant.key, max_retries=0, timeout=120)
+        client = server.sdk(tenant)
         sent = 6
         for _ in range(sent):
             raw = client.chat.completions.with_raw_response.create(
@@ -47,8 +46,4 @@ def test_two_workers_answer_from_the_real_engine(tmp_path: Path, eval_engine: Li
 
 
 def _metrics(url: str) -> dict[str, float]:
-    sums: dict[str, float] = {}
-    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=10).text):
-        for sample in family.samples:
-            sums[sample.name] = sums.get(sample.name, 0.0) + sample.value
-    return sums
+    return metric_sums(httpx.get(f"{url}/metrics", timeout=10).text)

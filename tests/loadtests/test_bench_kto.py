@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pytest
 
 from loadtests import bench_kto
 from loadtests import ticket_routing as task
-from tests.conftest import MODEL_DIR, LiveEngine
+from tests.conftest import LiveEngine
 
 BILLING = task.Ticket("I was charged twice for my monthly subscription.", "BILL-7")
 
@@ -56,14 +55,8 @@ def test_thumbs_rate_the_model_reply_and_a_right_and_a_wrong_code() -> None:
 @pytest.mark.engine
 def test_quick_run_on_the_engine(tmp_path: Path, eval_engine: LiveEngine) -> None:
     """Two steps on four tickets: the wiring, not the figure (two steps barely move the model)."""
-    args = argparse.Namespace(
-        model_dir=str(MODEL_DIR),
-        per_queue=1,
-        heldout_per_queue=1,
-        steps=2,
-        learning_rate_multiplier=4.0,
-        max_model_len=2048,
-    )
+    args = bench_kto.parse_args(["--quick"])
+    args.max_model_len = 2048
     result = bench_kto.bench(eval_engine.client, args, tmp_path)
     assert result["steps"] == 2 and result["train_prompts"] == 4 and result["heldout_prompts"] == 4
     assert 0 < result["rows_good"] < result["rows"]

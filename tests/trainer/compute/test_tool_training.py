@@ -18,23 +18,15 @@ from transformers import AutoTokenizer
 from tests.trainer.compute.runs import make_recipe, run
 from tests.trainer.compute.test_encoding import labelled_text
 from tests.trainer.compute.test_methods import assert_servable
+from tests.trainer.test_tool_examples import WEATHER
+from tests.trainer.test_tool_examples import call as tool_call
 from tests.trainer.tiny_models import REAL_MODEL, real_model
 from trainer import files
 from trainer.compute.encoding import encode_conversation
 
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather in a city.",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
-}
-
 
 def line(city: str, celsius: int) -> dict[str, Any]:
-    call = {"id": f"call_{city}", "type": "function", "function": {"name": "get_weather", "arguments": ""}}
-    call["function"]["arguments"] = json.dumps({"city": city})
+    call = tool_call(f"call_{city}", city)
     return {
         "messages": [
             {"role": "user", "content": f"What is the weather in {city}?"},

@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import LiveEngine
 from tests.integration.conftest import make_tenant, running_tailor
-from tests.integration.test_adapters_live import ask, client, register_path
+from tests.integration.test_adapters_live import ask, register_path
 
 pytestmark = pytest.mark.engine
 
@@ -26,7 +26,7 @@ def test_an_engine_serves_an_adapter_it_fetched_by_url(
     ) as server:
         tenant = make_tenant(server, "fetcher")
         register_path(server, tenant.name, "support", trained_adapter)
-        assert "Zorblax" in ask(client(server, tenant), "support")
+        assert "Zorblax" in ask(server.sdk(tenant), "support")
         [fetched] = (server.data_dir / "cache" / "engine-adapters").iterdir()
         assert (fetched / "MANIFEST.json").is_file() and (fetched / "adapter_config.json").is_file()
         engine_log = (server.data_dir / "logs" / "engine.log").read_text(errors="replace")

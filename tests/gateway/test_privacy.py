@@ -325,7 +325,7 @@ def test_purge_finishes_an_interrupted_purge(api: Api, monkeypatch: pytest.Monke
     def crash(*_a: Any, **_k: Any) -> dict[str, int]:
         raise RuntimeError("killed")
 
-    monkeypatch.setattr(privacy, "_delete_rows", crash)
+    monkeypatch.setattr(privacy.purge, "_delete_rows", crash)
     with pytest.raises(RuntimeError):
         privacy.purge_tenant(svc.db, svc.blobs, svc.store, acme_id)
     monkeypatch.undo()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .fields import JSON, add_usage, as_int, choice_index, choices, copy_service_tier, envelope, finish_reason, usage
@@ -47,18 +47,18 @@ def _token_list(items: Any) -> list[JSON] | None:
     return out
 
 
-def _tool_calls(calls: Any) -> list[JSON] | None:
-    """Non-stream `message.tool_calls`: function calls with id, type and function."""
-    if not isinstance(calls, list) or not calls:
-        # vLLM omits an empty list; OpenAI omits the key too when there are none.
+def _calls(calls: Any, build: Callable[[Mapping[str, Any]], JSON]) -> list[JSON] | None:
+    """`build` applied to each tool call that is an object; None where that leaves none
+    (vLLM omits an empty list; OpenAI omits the key too when there are none)."""
+    if not isinstance(calls, list):
         return None
-    out = []
-    for call in calls:
-        if not isinstance(call, Mapping):
-            continue
-        fn = call.get("function") if isinstance(call.get("function"), Mapping) else {}
-        out.append({"id": str(call.get("id") or ""), "type": "function", "function": _function_call(fn)})
-    return out or None
+    return [build(call) for call in calls if isinstance(call, Mapping)] or None
+
+
+def _tool_call(call: Mapping[str, Any]) -> JSON:
+    """A non-stream `message.tool_calls` entry: a function call with id, type and function."""
+    fn = call.get("function") if isinstance(call.get("function"), Mapping) else {}
+    return {"id": str(call.get("id") or ""), "type": "function", "function": _function_call(fn)}
 
 
 def _function_call(fn: Mapping[str, Any]) -> JSON:
@@ -75,7 +75,7 @@ def _message(message: Any) -> JSON:
         "content": content if isinstance(content, str) else None,
         "refusal": refusal if isinstance(refusal, str) else None,
     }
-    calls = _tool_calls(msg.get("tool_calls"))
+    calls = _calls(msg.get("tool_calls"), _tool_call)
     if calls:
         out["tool_calls"] = calls
     if isinstance(msg.get("function_call"), Mapping):
@@ -89,46 +89,21 @@ def _message(message: Any) -> JSON:
     return out
 
 
-def _choice(choice: Mapping[str, Any]) -> JSON:
-    return {
-        "index": choice_index(choice),
-        "message": _message(choice.get("message")),
-        "logprobs": _logprobs(choice.get("logprobs")),
-        "finish_reason": finish_reason(choice.get("finish_reason"), _CHAT_FINISH, nullable=False),
-    }
-
-
-def chat_completion(body: Mapping[str, Any], *, model: str, id: str) -> JSON:
-    """A non-stream `/v1/chat/completions` body as a valid `CreateChatCompletionResponse`."""
-    out = envelope(body, "chat.completion", model, id)
-    out["choices"] = choices(body, _choice)
-    add_usage(body, out)
-    copy_service_tier(body, out)
-    return out
-
-
 def _delta_function(fn: Mapping[str, Any]) -> JSON:
     """The part of a function (call) one stream delta carries: only the strings it has."""
     return {k: fn[k] for k in ("name", "arguments") if isinstance(fn.get(k), str)}
 
 
-def _delta_tool_calls(calls: Any) -> list[JSON] | None:
-    """Stream `delta.tool_calls`: only `index` is required; vLLM sends nulls for the rest."""
-    if not isinstance(calls, list) or not calls:
-        return None
-    out = []
-    for call in calls:
-        if not isinstance(call, Mapping):
-            continue
-        entry: JSON = {"index": as_int(call.get("index")) or 0}
-        if isinstance(call.get("id"), str):
-            entry["id"] = call["id"]
-        if call.get("type") == "function":
-            entry["type"] = "function"
-        if isinstance(call.get("function"), Mapping):
-            entry["function"] = _delta_function(call["function"])
-        out.append(entry)
-    return out or None
+def _delta_tool_call(call: Mapping[str, Any]) -> JSON:
+    """A stream `delta.tool_calls` entry: only `index` is required; vLLM sends nulls for the rest."""
+    entry: JSON = {"index": as_int(call.get("index")) or 0}
+    if isinstance(call.get("id"), str):
+        entry["id"] = call["id"]
+    if call.get("type") == "function":
+        entry["type"] = "function"
+    if isinstance(call.get("function"), Mapping):
+        entry["function"] = _delta_function(call["function"])
+    return entry
 
 
 def _delta(delta: Any) -> JSON:
@@ -141,7 +116,7 @@ def _delta(delta: Any) -> JSON:
         out["content"] = content if isinstance(content, str) else None
     if isinstance(d.get("refusal"), str):
         out["refusal"] = d["refusal"]
-    calls = _delta_tool_calls(d.get("tool_calls"))
+    calls = _calls(d.get("tool_calls"), _delta_tool_call)
     if calls:
         out["tool_calls"] = calls
     if isinstance(d.get("function_call"), Mapping):
@@ -149,22 +124,35 @@ def _delta(delta: Any) -> JSON:
     return out
 
 
-def _chunk_choice(choice: Mapping[str, Any]) -> JSON:
-    return {
-        "index": choice_index(choice),
-        "delta": _delta(choice.get("delta")),
-        "logprobs": _logprobs(choice.get("logprobs")),
-        # Required, nullable: null until the choice's last chunk.
-        "finish_reason": finish_reason(choice.get("finish_reason"), _CHAT_FINISH, nullable=True),
-    }
+def _normalized(body: Mapping[str, Any], obj: str, *, model: str, id: str, stream: bool) -> JSON:
+    """A whole response (each choice has a `message`) or a stream chunk (each has a `delta`)."""
+    part, build = ("delta", _delta) if stream else ("message", _message)
+
+    def choice(item: Mapping[str, Any]) -> JSON:
+        return {
+            "index": choice_index(item),
+            part: build(item.get(part)),
+            "logprobs": _logprobs(item.get("logprobs")),
+            # Required; nullable in a stream only: null until the choice's last chunk.
+            "finish_reason": finish_reason(item.get("finish_reason"), _CHAT_FINISH, nullable=stream),
+        }
+
+    out = envelope(body, obj, model, id)
+    out["choices"] = choices(body, choice)
+    if not stream:
+        add_usage(body, out)
+    elif "usage" in body:
+        # null on intermediate chunks is what OpenAI itself sends with include_usage.
+        out["usage"] = usage(body["usage"])
+    copy_service_tier(body, out)
+    return out
+
+
+def chat_completion(body: Mapping[str, Any], *, model: str, id: str) -> JSON:
+    """A non-stream `/v1/chat/completions` body as a valid `CreateChatCompletionResponse`."""
+    return _normalized(body, "chat.completion", model=model, id=id, stream=False)
 
 
 def chat_chunk(chunk: Mapping[str, Any], *, model: str, id: str) -> JSON:
     """One chat stream `data:` event as a valid `CreateChatCompletionStreamResponse`."""
-    out = envelope(chunk, "chat.completion.chunk", model, id)
-    out["choices"] = choices(chunk, _chunk_choice)
-    if "usage" in chunk:
-        # null on intermediate chunks is what OpenAI itself sends with include_usage.
-        out["usage"] = usage(chunk["usage"])
-    copy_service_tier(chunk, out)
-    return out
+    return _normalized(chunk, "chat.completion.chunk", model=model, id=id, stream=True)

@@ -72,20 +72,9 @@ class World:
     def register(self, tenant: TenantInfo, name: str, **lineage: Any) -> registry.VersionInfo:
         """A new version of `name`: active at once, or a candidate when `lineage` is given."""
         source = write_tiny_adapter(self.tmp / f"src-{name}-{next(_serial)}")
+        register = promotion.register_candidate if lineage else registry.register_dir
         s = self.services
-        if lineage:
-            return promotion.register_candidate(
-                s.db,
-                s.store,
-                s.limits,
-                tenant_id=tenant.id,
-                name=name,
-                source_dir=source,
-                base_model_name=BASE,
-                **lineage,
-                actor="test",
-            )
-        return registry.register_dir(
+        return register(
             s.db,
             s.store,
             s.limits,
@@ -93,6 +82,7 @@ class World:
             name=name,
             source_dir=source,
             base_model_name=BASE,
+            **lineage,
             actor="test",
         )
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,24 @@ def _assert_no_leaks(out: Any) -> None:
     walk(out)
 
 
+def _normalized_body(
+    name: str, normalizer: Callable[..., dict[str, Any]], schema: str, obj: str, *, raw_fault: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A captured non-stream body and its normalised form, once the raw one fails `schema` at
+    `raw_fault` and the normalised one is valid, unmutated input, the gateway's, and clean."""
+    raw = _record(name)["body"]
+    before = copy.deepcopy(raw)
+    assert raw_fault in _invalid(raw, schema)
+
+    out = normalizer(raw, model=PUBLIC_MODEL, id=GATEWAY_ID)
+
+    validate(out, schema)
+    assert raw == before, "input must not be mutated"
+    assert (out["id"], out["model"], out["object"]) == (GATEWAY_ID, PUBLIC_MODEL, obj)
+    _assert_no_leaks(out)
+    return raw, out
+
+
 # --------------------------------------------------------------------------- the helper
 
 
@@ -148,21 +167,14 @@ CHAT_BODIES = ["chat", "chat_n2", "chat_logprobs", "chat_stop", "chat_lora", "ch
 
 @pytest.mark.parametrize("name", CHAT_BODIES)
 def test_chat_completion_real_bodies(name: str) -> None:
-    raw = _record(name)["body"]
-    before = copy.deepcopy(raw)
-    assert "annotations" in _invalid(raw, "CreateChatCompletionResponse")
-
-    out = normalize.chat_completion(raw, model=PUBLIC_MODEL, id=GATEWAY_ID)
-
-    validate(out, "CreateChatCompletionResponse")
-    assert raw == before, "input must not be mutated"
-    assert (out["id"], out["model"], out["object"]) == (GATEWAY_ID, PUBLIC_MODEL, "chat.completion")
+    raw, out = _normalized_body(
+        name, normalize.chat_completion, "CreateChatCompletionResponse", "chat.completion", raw_fault="annotations"
+    )
     assert out["created"] == raw["created"]
     assert [c["message"]["content"] for c in out["choices"]] == [c["message"]["content"] for c in raw["choices"]]
     assert {k: out["usage"][k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")} == {
         k: raw["usage"][k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")
     }
-    _assert_no_leaks(out)
 
 
 def test_chat_finish_reasons_are_kept_when_openai_has_them() -> None:
@@ -267,18 +279,11 @@ COMPLETION_BODIES = ["completion", "completion_logprobs_echo", "completion_lora"
 
 @pytest.mark.parametrize("name", COMPLETION_BODIES)
 def test_completion_real_bodies(name: str) -> None:
-    raw = _record(name)["body"]
-    before = copy.deepcopy(raw)
-    assert "prompt_tokens_details" in _invalid(raw, "CreateCompletionResponse")
-
-    out = normalize.completion(raw, model=PUBLIC_MODEL, id=GATEWAY_ID)
-
-    validate(out, "CreateCompletionResponse")
-    assert raw == before
-    assert (out["id"], out["model"], out["object"]) == (GATEWAY_ID, PUBLIC_MODEL, "text_completion")
+    raw, out = _normalized_body(
+        name, normalize.completion, "CreateCompletionResponse", "text_completion", raw_fault="prompt_tokens_details"
+    )
     assert [c["text"] for c in out["choices"]] == [c["text"] for c in raw["choices"]]
     assert [c["finish_reason"] for c in out["choices"]] == ["length"]
-    _assert_no_leaks(out)
 
 
 def test_completion_echo_logprobs_fill_the_first_prompt_token() -> None:

@@ -109,6 +109,18 @@ def _normalized_body(
     return raw, out
 
 
+def _normalized_stream(
+    events: list[dict[str, Any]], normalizer: Callable[..., dict[str, Any]], schema: str, obj: str
+) -> list[dict[str, Any]]:
+    """Each captured stream event normalised, once every one is valid, the gateway's, and clean."""
+    outs = [normalizer(e, model=PUBLIC_MODEL, id=GATEWAY_ID) for e in events]
+    for out in outs:
+        validate(out, schema)
+        assert (out["id"], out["model"], out["object"]) == (GATEWAY_ID, PUBLIC_MODEL, obj)
+        _assert_no_leaks(out)
+    return outs
+
+
 # --------------------------------------------------------------------------- the helper
 
 
@@ -233,13 +245,9 @@ def test_chat_stream_real_chunks(name: str) -> None:
     if name in ("chat_stream_logprobs", "chat_stream_abort"):
         assert failures, f"expected raw {name} chunks to violate the schema"
 
-    outs = [normalize.chat_chunk(e, model=PUBLIC_MODEL, id=GATEWAY_ID) for e in events]
-
-    for out in outs:
-        validate(out, "CreateChatCompletionStreamResponse")
-        assert (out["id"], out["model"]) == (GATEWAY_ID, PUBLIC_MODEL)
-        assert out["object"] == "chat.completion.chunk"
-        _assert_no_leaks(out)
+    outs = _normalized_stream(
+        events, normalize.chat_chunk, "CreateChatCompletionStreamResponse", "chat.completion.chunk"
+    )
 
     def text(chunks: list[dict[str, Any]]) -> str:
         return "".join(c["delta"].get("content") or "" for chunk in chunks for c in chunk["choices"])
@@ -261,14 +269,6 @@ def test_chat_stream_logprobs_chunks_fail_raw_for_missing_refusal() -> None:
     assert "refusal" in _invalid(event, "CreateChatCompletionStreamResponse")
     out = normalize.chat_chunk(event, model=PUBLIC_MODEL, id=GATEWAY_ID)
     assert out["choices"][0]["logprobs"]["refusal"] is None
-
-
-def test_chat_stream_abort_ends_with_null_finish_reason() -> None:
-    last = _events("chat_stream_abort")[-1]
-    assert last["choices"][0]["finish_reason"] == "abort"
-    assert "finish_reason" in _invalid(last, "CreateChatCompletionStreamResponse")
-    out = normalize.chat_chunk(last, model=PUBLIC_MODEL, id=GATEWAY_ID)
-    assert out["choices"][0]["finish_reason"] is None
 
 
 # --------------------------------------------------------------------------- completions
@@ -307,15 +307,8 @@ COMPLETION_STREAMS = [
 @pytest.mark.parametrize("name", COMPLETION_STREAMS)
 def test_completion_stream_real_chunks(name: str) -> None:
     events = _events(name)
-    outs = [normalize.completion_chunk(e, model=PUBLIC_MODEL, id=GATEWAY_ID) for e in events]
+    outs = _normalized_stream(events, normalize.completion_chunk, COMPLETION_STREAM, "text_completion")
     for out in outs:
-        validate(out, COMPLETION_STREAM)
-        assert (out["id"], out["model"], out["object"]) == (
-            GATEWAY_ID,
-            PUBLIC_MODEL,
-            "text_completion",
-        )
-        _assert_no_leaks(out)
         if all(c["finish_reason"] is not None for c in out["choices"]):
             # Final and usage chunks meet even the strict non-stream schema.
             validate(out, "CreateCompletionResponse")
@@ -331,11 +324,20 @@ def test_completion_stream_usage_chunk() -> None:
     assert out["usage"] == {"prompt_tokens": 5, "completion_tokens": 8, "total_tokens": 13}
 
 
-def test_completion_stream_abort_has_no_reason() -> None:
-    last = _events("completion_stream_abort")[-1]
+@pytest.mark.parametrize(
+    ("name", "normalizer", "schema"),
+    [
+        ("chat_stream_abort", normalize.chat_chunk, "CreateChatCompletionStreamResponse"),
+        ("completion_stream_abort", normalize.completion_chunk, COMPLETION_STREAM),
+    ],
+)
+def test_stream_abort_ends_with_null_finish_reason(
+    name: str, normalizer: Callable[..., dict[str, Any]], schema: str
+) -> None:
+    last = _events(name)[-1]
     assert last["choices"][0]["finish_reason"] == "abort"
-    _invalid(last, COMPLETION_STREAM)
-    out = normalize.completion_chunk(last, model=PUBLIC_MODEL, id=GATEWAY_ID)
+    assert "finish_reason" in _invalid(last, schema)
+    out = normalizer(last, model=PUBLIC_MODEL, id=GATEWAY_ID)
     assert out["choices"][0]["finish_reason"] is None
 
 

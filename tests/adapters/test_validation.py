@@ -333,67 +333,60 @@ def test_wrong_shape(tmp_path: Path, base: BaseModelSpec) -> None:
     )
 
 
-def test_wrong_lora_b_shape(tmp_path: Path, base: BaseModelSpec) -> None:
+Q1 = "base_model.model.model.layers.1.self_attn.q_proj"
+V0 = "base_model.model.model.layers.0.self_attn.v_proj"
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        pytest.param({f"{V0}.lora_B.weight": (16, 4)}, "expected shape (8, r), got shape (16, 4)", id="lora_b_shape"),
+        pytest.param({f"{V0}.lora_B.weight": (8, 2)}, "rank 4 like its lora_A, got rank 2", id="ranks_of_a_and_b"),
+        pytest.param(
+            {"base_model.model.model.layers.0.self_attn.qkv_proj.lora_A.weight": (4, 16)},
+            "does not match base model tiny-llama: expected one of the modules q_proj, k_proj, v_proj, o_proj, "
+            "gate_proj, up_proj, down_proj, got 'qkv_proj'",
+            id="unknown_module",
+        ),
+        pytest.param(
+            {
+                "base_model.model.model.layers.0.mlp.q_proj.lora_A.weight": (4, 16),
+                "base_model.model.model.layers.0.mlp.q_proj.lora_B.weight": (16, 4),
+            },
+            "q_proj inside self_attn",
+            id="module_in_wrong_block",
+        ),
+        pytest.param(
+            {"transformer.h.0.attn.c_attn.lora_A.weight": (4, 16)},
+            "expected a name like base_model.model.model.layers.<i>",
+            id="unrecognised_name",
+        ),
+        pytest.param({f"{Q1}.lora_B.weight": None}, "no matching lora_B", id="lora_a_without_b"),
+        pytest.param({f"{Q1}.lora_A.weight": None}, "no matching lora_A", id="lora_b_without_a"),
+        pytest.param(
+            {"base_model.model.model.embed_tokens.lora_embedding_A": (4, 64)},
+            "embeddings or the LM head",
+            id="embedding",
+        ),
+        pytest.param({"base_model.model.lm_head.lora_A.weight": (4, 64)}, "embeddings or the LM head", id="lm_head"),
+    ],
+)
+def test_a_tensor_that_does_not_fit_is_refused(
+    tmp_path: Path, base: BaseModelSpec, changes: dict[str, tuple[int, int] | None], expected: str
+) -> None:
+    """The tensors of a valid adapter with some replaced by zeros of a shape (None: removed)."""
     tensors = lora_tensors()
-    tensors["base_model.model.model.layers.0.self_attn.v_proj.lora_B.weight"] = torch.zeros(16, 4)
-    assert "expected shape (8, r), got shape (16, 4)" in tensor_refusal(tmp_path, base, tensors)
-
-
-def test_mismatched_ranks_between_a_and_b(tmp_path: Path, base: BaseModelSpec) -> None:
-    tensors = lora_tensors()
-    tensors["base_model.model.model.layers.0.self_attn.v_proj.lora_B.weight"] = torch.zeros(8, 2)
-    assert "like its lora_A" in tensor_refusal(tmp_path, base, tensors)
-
-
-def test_unknown_module(tmp_path: Path, base: BaseModelSpec) -> None:
-    tensors = lora_tensors()
-    tensors["base_model.model.model.layers.0.self_attn.qkv_proj.lora_A.weight"] = torch.zeros(4, 16)
-    message = tensor_refusal(tmp_path, base, tensors)
-    assert "does not match base model tiny-llama" in message
-    assert "'qkv_proj'" in message
-
-
-def test_module_in_wrong_block(tmp_path: Path, base: BaseModelSpec) -> None:
-    tensors = lora_tensors()
-    tensors["base_model.model.model.layers.0.mlp.q_proj.lora_A.weight"] = torch.zeros(4, 16)
-    tensors["base_model.model.model.layers.0.mlp.q_proj.lora_B.weight"] = torch.zeros(16, 4)
-    assert "q_proj inside self_attn" in tensor_refusal(tmp_path, base, tensors)
+    for key, shape in changes.items():
+        if shape is None:
+            del tensors[key]
+        else:
+            tensors[key] = torch.zeros(*shape)
+    assert expected in tensor_refusal(tmp_path, base, tensors)
 
 
 def test_layer_out_of_range(tmp_path: Path, base: BaseModelSpec) -> None:
     error = refused(write_adapter(tmp_path / "a", tensors=lora_tensors(layers=LAYERS + 1)), base)
     assert f"layer index below {LAYERS}, got layer {LAYERS}" in error.message
-
-
-def test_unrecognised_tensor_name(tmp_path: Path, base: BaseModelSpec) -> None:
-    tensors = lora_tensors()
-    tensors["transformer.h.0.attn.c_attn.lora_A.weight"] = torch.zeros(4, 16)
-    assert "expected a name like base_model.model.model.layers.<i>" in tensor_refusal(tmp_path, base, tensors)
-
-
-def test_lora_a_without_b(tmp_path: Path, base: BaseModelSpec) -> None:
-    tensors = lora_tensors()
-    del tensors["base_model.model.model.layers.1.self_attn.q_proj.lora_B.weight"]
-    assert "no matching lora_B" in tensor_refusal(tmp_path, base, tensors)
-
-
-def test_lora_b_without_a(tmp_path: Path, base: BaseModelSpec) -> None:
-    tensors = lora_tensors()
-    del tensors["base_model.model.model.layers.1.self_attn.q_proj.lora_A.weight"]
-    assert "no matching lora_A" in tensor_refusal(tmp_path, base, tensors)
-
-
-@pytest.mark.parametrize(
-    "key",
-    [
-        "base_model.model.model.embed_tokens.lora_embedding_A",
-        "base_model.model.lm_head.lora_A.weight",
-    ],
-)
-def test_embedding_tensors_are_refused(tmp_path: Path, base: BaseModelSpec, key: str) -> None:
-    tensors = lora_tensors()
-    tensors[key] = torch.zeros(4, 64)
-    assert "embeddings or the LM head" in tensor_refusal(tmp_path, base, tensors)
 
 
 def test_adapter_name_segment_is_refused(tmp_path: Path, base: BaseModelSpec) -> None:

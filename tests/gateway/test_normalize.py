@@ -91,6 +91,19 @@ def _assert_no_leaks(out: Any) -> None:
     walk(out)
 
 
+def _raw(obj: str, choice: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """An engine object of type `obj` with one choice, whose logprobs and finish_reason are null
+    unless `choice` says otherwise."""
+    return {
+        "id": "x",
+        "object": obj,
+        "created": 1,
+        "model": ADAPTER,
+        "choices": [{"index": 0, "logprobs": None, "finish_reason": None, **choice}],
+        **extra,
+    }
+
+
 def _normalized_body(
     name: str, normalizer: Callable[..., dict[str, Any]], schema: str, obj: str, *, raw_fault: str
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -144,27 +157,14 @@ def test_schema_helper_knows_the_components_the_gateway_returns() -> None:
 
 def test_schema_helper_turns_openapi_nullable_into_null_acceptance() -> None:
     # Stream `usage` and `logprobs` are `nullable: true` in the file, not anyOf-null.
-    chunk = {
-        "id": "x",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": "m",
-        "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": None}],
-        "usage": None,
-    }
+    chunk = _raw("chat.completion.chunk", {"delta": {}}, usage=None)
     validate(chunk, "CreateChatCompletionStreamResponse")
     chunk["choices"][0]["finish_reason"] = "abort"
     assert "finish_reason" in _invalid(chunk, "CreateChatCompletionStreamResponse")
 
 
 def test_schema_helper_completion_stream_variant_only_relaxes_finish_reason() -> None:
-    chunk = {
-        "id": "x",
-        "object": "text_completion",
-        "created": 1,
-        "model": "m",
-        "choices": [{"index": 0, "text": "a", "logprobs": None, "finish_reason": None}],
-    }
+    chunk = _raw("text_completion", {"text": "a"})
     validate(chunk, COMPLETION_STREAM)
     assert "finish_reason" in _invalid(chunk, "CreateCompletionResponse")
     chunk["usage"] = None  # still not nullable in the stream variant
@@ -346,24 +346,14 @@ def test_stream_abort_ends_with_null_finish_reason(
 
 
 def _chat_body(**choice: Any) -> dict[str, Any]:
-    return {
-        "id": "chatcmpl-x",
-        "object": "chat.completion",
-        "created": 1,
-        "model": ADAPTER,
-        "choices": [{"index": 0, "logprobs": None, "finish_reason": "stop", **choice}],
-        "usage": {
-            "prompt_tokens": 3,
-            "total_tokens": 5,
-            "completion_tokens": 2,
-            "prompt_tokens_details": {
-                "cached_tokens": 2,
-                "created_cache_tokens": 1,
-                "multimodal_tokens": None,
-            },
-            "completion_tokens_details": {"reasoning_tokens": 0},
-        },
+    usage = {
+        "prompt_tokens": 3,
+        "total_tokens": 5,
+        "completion_tokens": 2,
+        "prompt_tokens_details": {"cached_tokens": 2, "created_cache_tokens": 1, "multimodal_tokens": None},
+        "completion_tokens_details": {"reasoning_tokens": 0},
     }
+    return _raw("chat.completion", {"finish_reason": "stop", **choice}, usage=usage)
 
 
 def test_tool_calls_and_usage_details_from_vllm_protocol() -> None:
@@ -397,30 +387,8 @@ def test_tool_calls_and_usage_details_from_vllm_protocol() -> None:
 
 
 def test_stream_tool_call_delta_drops_nulls() -> None:
-    chunk = {
-        "id": "c",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": ADAPTER,
-        "choices": [
-            {
-                "index": 0,
-                "logprobs": None,
-                "finish_reason": None,
-                "delta": {
-                    "reasoning": None,
-                    "tool_calls": [
-                        {
-                            "id": None,
-                            "type": None,
-                            "index": 0,
-                            "function": {"name": None, "arguments": '{"a"'},
-                        }
-                    ],
-                },
-            }
-        ],
-    }
+    call = {"id": None, "type": None, "index": 0, "function": {"name": None, "arguments": '{"a"'}}
+    chunk = _raw("chat.completion.chunk", {"delta": {"reasoning": None, "tool_calls": [call]}})
     _invalid(chunk, "CreateChatCompletionStreamResponse")
     out = normalize.chat_chunk(chunk, model=PUBLIC_MODEL, id=GATEWAY_ID)
     validate(out, "CreateChatCompletionStreamResponse")
@@ -444,13 +412,7 @@ def test_finish_reason_mapping(reason: str | None, full: str, chunk: str | None)
     out = normalize.chat_completion(body, model="m", id="i")
     validate(out, "CreateChatCompletionResponse")
     assert out["choices"][0]["finish_reason"] == full
-    comp = {
-        "id": "c",
-        "object": "text_completion",
-        "created": 1,
-        "model": "m",
-        "choices": [{"index": 0, "text": "x", "logprobs": None, "finish_reason": reason}],
-    }
+    comp = _raw("text_completion", {"text": "x", "finish_reason": reason})
     assert normalize.completion(comp, model="m", id="i")["choices"][0]["finish_reason"] == full
     assert normalize.completion_chunk(comp, model="m", id="i")["choices"][0]["finish_reason"] == chunk
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta, timezone
 from pathlib import Path
@@ -37,6 +38,7 @@ from trainer.jobs import JobInfo
 BASE = "tiny-base"
 PRICES = {BASE: {"prompt": 0.5, "completion": 1.5}, "adapter": {"prompt": 0.8, "completion": 2.0}}
 _serial = itertools.count()
+ADMIN_KEY = "adm"  # the operator's key of every app here (tests.apputil.make_app)
 
 
 def console_app(tmp: Path, **settings: Any) -> FastAPI:
@@ -86,6 +88,10 @@ class World:
             **lineage,
             actor="test",
         )
+
+
+WorldClient = tuple[World, TestClient]  # the `world` fixture: the seeded app and a client of it
+SignIn = Callable[[str], TestClient]  # the `sign_in` fixture: a new client signed in with a key
 
 
 def _losses(n: int) -> list[float]:

@@ -14,10 +14,10 @@ from starlette.datastructures import MutableHeaders
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .pages import PREFIX
 from .routes import router
 
 STATIC_DIR = Path(__file__).with_name("static")
-PREFIX = "/console"
 
 # Only this origin's scripts, styles and requests; no framing, no <base> games, no plugins.
 CSP = "default-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'; object-src 'none'"

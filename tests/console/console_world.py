@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta, timezone
 from pathlib import Path
@@ -32,10 +33,12 @@ from tests.apputil import make_app
 from tests.gateway.gateway_world import TINY_CONFIG, write_tiny_adapter
 from trainer import job_queue, job_records, jobs
 from trainer.feedback import record_feedback
+from trainer.jobs import JobInfo
 
 BASE = "tiny-base"
 PRICES = {BASE: {"prompt": 0.5, "completion": 1.5}, "adapter": {"prompt": 0.8, "completion": 2.0}}
 _serial = itertools.count()
+ADMIN_KEY = "adm"  # the operator's key of every app here (tests.apputil.make_app)
 
 
 def console_app(tmp: Path, **settings: Any) -> FastAPI:
@@ -72,20 +75,9 @@ class World:
     def register(self, tenant: TenantInfo, name: str, **lineage: Any) -> registry.VersionInfo:
         """A new version of `name`: active at once, or a candidate when `lineage` is given."""
         source = write_tiny_adapter(self.tmp / f"src-{name}-{next(_serial)}")
+        register = promotion.register_candidate if lineage else registry.register_dir
         s = self.services
-        if lineage:
-            return promotion.register_candidate(
-                s.db,
-                s.store,
-                s.limits,
-                tenant_id=tenant.id,
-                name=name,
-                source_dir=source,
-                base_model_name=BASE,
-                **lineage,
-                actor="test",
-            )
-        return registry.register_dir(
+        return register(
             s.db,
             s.store,
             s.limits,
@@ -93,8 +85,13 @@ class World:
             name=name,
             source_dir=source,
             base_model_name=BASE,
+            **lineage,
             actor="test",
         )
+
+
+WorldClient = tuple[World, TestClient]  # the `world` fixture: the seeded app and a client of it
+SignIn = Callable[[str], TestClient]  # the `sign_in` fixture: a new client signed in with a key
 
 
 def _losses(n: int) -> list[float]:
@@ -144,12 +141,33 @@ def _report(job_id: str, losses: list[float]) -> dict[str, Any]:
     }
 
 
+def _started_job(w: World, method: str, adapter: str, losses: list[float], total: int, **submit: Any) -> JobInfo:
+    """A job of acme's, claimed by worker w1, with a step event per loss so far."""
+    s = w.services
+    job = jobs.submit(s.db, w.acme.id, method=method, model=BASE, adapter_name=adapter, actor="test", **submit)
+    job_queue.claim_next(s.db, "w1", job_id=job.id)
+    _steps(s.db, job.id, losses, total)
+    return job
+
+
+def _succeeded(w: World, job: JobInfo, version: registry.VersionInfo, **result: Any) -> str:
+    """Finish a claimed job as succeeded, with `version` the adapter it made; returns its id."""
+    job_queue.finish_job(
+        w.services.db,
+        job.id,
+        "w1",
+        status="succeeded",
+        fine_tuned_model=f"{version.adapter_name}@v{version.version}",
+        result_version_id=version.id,
+        **result,
+    )
+    return job.id
+
+
 def _trained_job(w: World) -> str:
     s, acme = w.services, w.acme
-    job = jobs.submit(s.db, acme.id, method="supervised", model=BASE, adapter_name="support", actor="test")
-    job_queue.claim_next(s.db, "w1", job_id=job.id)
     losses = _losses(24)
-    _steps(s.db, job.id, losses, len(losses))
+    job = _started_job(w, "supervised", "support", losses, len(losses))
     active = promotion.active_version(s.db, acme.id, "support")
     version = w.register(
         acme,
@@ -175,27 +193,12 @@ def _trained_job(w: World) -> str:
         report_key=f"{prefix}/report.json",
     )
     job_records.add_event(s.db, job.id, "The job has successfully completed: support@v2 (candidate)")
-    job_queue.finish_job(
-        s.db,
-        job.id,
-        "w1",
-        status="succeeded",
-        fine_tuned_model=f"support@v{version.version}",
-        result_version_id=version.id,
-        decision="candidate",
-        metrics={"train_loss": losses[-1]},
-        trained_tokens=5120,
-    )
-    return job.id
+    return _succeeded(w, job, version, decision="candidate", metrics={"train_loss": losses[-1]}, trained_tokens=5120)
 
 
 def _distill_job(w: World) -> str:
     s, acme = w.services, w.acme
-    job = jobs.submit(
-        s.db, acme.id, method="distillation", model=BASE, adapter_name="faq", dataset_id="ds-distill", actor="test"
-    )
-    job_queue.claim_next(s.db, "w1", job_id=job.id)
-    _steps(s.db, job.id, _losses(12), 12)
+    job = _started_job(w, "distillation", "faq", _losses(12), 12, dataset_id="ds-distill")
     version = w.register(acme, "faq", job_id=job.id, dataset_id="ds-distill", metrics=None, parent_version_id=None)
     promotion.promote(s.db, acme.id, "faq", version.version, actor="seed")
     results = {
@@ -207,25 +210,11 @@ def _distill_job(w: World) -> str:
         "teacher_agreement_f1": 0.91,
         "baseline_agreement_exact": 0.12,
     }
-    job_queue.finish_job(
-        s.db,
-        job.id,
-        "w1",
-        status="succeeded",
-        fine_tuned_model=f"faq@v{version.version}",
-        result_version_id=version.id,
-        decision="promoted",
-        metrics={"distillation": results},
-    )
-    return job.id
+    return _succeeded(w, job, version, decision="promoted", metrics={"distillation": results})
 
 
 def _running_job(w: World) -> str:
-    s = w.services
-    job = jobs.submit(s.db, w.acme.id, method="dpo", model=BASE, adapter_name="support", actor="test")
-    job_queue.claim_next(s.db, "w1", job_id=job.id)
-    _steps(s.db, job.id, _losses(3), 40)
-    return job.id
+    return _started_job(w, "dpo", "support", _losses(3), 40).id
 
 
 def _traffic(w: World) -> None:

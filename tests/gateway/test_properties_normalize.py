@@ -1,4 +1,4 @@
-"""Property-based tests for gateway/normalize.py and the SSE reader in gateway/proxy.py.
+"""Property-based tests for gateway/normalize/ and the SSE reader in gateway/proxy.py.
 
 The normalisers take whatever the engine sent, already parsed by orjson, so the inputs
 here are everything `orjson.loads` can produce: None, bools, integers in orjson's range

@@ -22,11 +22,14 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pytest
+import pytest_asyncio
 from fastapi import FastAPI
 from safetensors.numpy import save_file
 from sqlalchemy import select
 
 from adapters import registry
+from adapters.registry import VersionInfo
 from core.config import Settings
 from core.models import Interaction
 from gateway.app import create_app
@@ -244,8 +247,8 @@ class Gateway:
             s.expunge_all()
         return rows
 
-    def register_adapter(self, name: str = "helper") -> str:
-        source = write_tiny_adapter(self.tmp / f"src-{name}-{next(serial)}")
+    def register(self, name: str, source: Path) -> VersionInfo:
+        """Register `source` (an adapter or a full model) as the next version of `name`, served at once."""
         info = registry.register_dir(
             self.services.db,
             self.services.store,
@@ -257,7 +260,10 @@ class Gateway:
             actor="test",
         )
         self.services.changed()
-        return info.id
+        return info
+
+    def register_adapter(self, name: str = "helper") -> str:
+        return self.register(name, write_tiny_adapter(self.tmp / f"src-{name}-{next(serial)}")).id
 
 
 serial = itertools.count()
@@ -316,6 +322,32 @@ async def running_gateway(tmp_path: Path, **overrides: Any) -> AsyncIterator[Run
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as http:
             yield Running(app, services, http, fake, tmp_path)
+
+
+def module_gateway(directory: str, **overrides: Any) -> Any:
+    """A module-scoped `shared` fixture: one running gateway for all of a module's tests, as
+    building and migrating one costs ~0.15 s; each test gets its own tenant of it (tests/gateway/
+    conftest.py), so rows and adapter names never collide. Assign it to a module's `shared`."""
+
+    @pytest_asyncio.fixture(scope="module", loop_scope="module")
+    async def shared(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Running]:
+        async with running_gateway(tmp_path_factory.mktemp(directory), **overrides) as run:
+            yield run
+
+    return shared
+
+
+def gateway_beside_shared(directory: str, **overrides: Any) -> Any:
+    """A second module-scoped gateway with other settings, on the database of the module's
+    `shared`: migrating a second one would double the module's set-up time."""
+
+    @pytest_asyncio.fixture(scope="module", loop_scope="module")
+    async def beside(tmp_path_factory: pytest.TempPathFactory, shared: Running) -> AsyncIterator[Running]:
+        database_url = shared.services.settings.database_url
+        async with running_gateway(tmp_path_factory.mktemp(directory), database_url=database_url, **overrides) as run:
+            yield run
+
+    return beside
 
 
 async def tenant_view(run: Running, tmp_path: Path) -> AsyncIterator[Gateway]:
@@ -389,6 +421,25 @@ def write_tiny_adapter(directory: Path, r: int = 4) -> Path:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def post_scope(path: str, headers: dict[str, str], *, client: str = "127.0.0.1") -> dict[str, Any]:
+    """The ASGI scope uvicorn (spec 2.3) gives a POST to `path` on host gateway.test from `client`."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in {"host": "gateway.test", **headers}.items()],
+        "client": (client, 50000),
+        "server": ("gateway.test", 80),
+        "state": {},
+    }
 
 
 def error_of(r: httpx.Response, status: int, *, param: str | None = None) -> dict[str, Any]:

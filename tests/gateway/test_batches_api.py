@@ -12,14 +12,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import pytest_asyncio
 from sqlalchemy import select, update
 
 from core.ids import utcnow
@@ -31,8 +30,8 @@ from tests.gateway.gateway_world import (
     ADMIN,
     BASE,
     Gateway,
-    Running,
     answer_with,
+    module_gateway,
     raw_json,
     running_gateway,
     tenant_view,
@@ -45,12 +44,7 @@ CHAT_URL, COMPLETIONS_URL, RESPONSES_URL = "/v1/chat/completions", "/v1/completi
 ANSWER = "The capital of France is Paris."  # the fake engine's chat answer (tests/fixtures/vllm_raw)
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def shared(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Running]:
-    async with running_gateway(
-        tmp_path_factory.mktemp("batches"), run_batches=False, batch_retry_max_wait_s=0.2, batch_concurrency=4
-    ) as run:
-        yield run
+shared = module_gateway("batches", run_batches=False, batch_retry_max_wait_s=0.2, batch_concurrency=4)
 
 
 # --------------------------------------------------------------------------- helpers

@@ -6,13 +6,11 @@ id, and failures mid-stream. Every body, event and error is checked against Open
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
 import httpx
 import pytest
-import pytest_asyncio
 from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 
@@ -25,9 +23,8 @@ from tests.gateway.gateway_world import (
     ADMIN,
     BASE,
     Gateway,
-    Running,
+    module_gateway,
     raw_sse,
-    running_gateway,
     stream_of,
 )
 from tests.openai_schema import RESPONSE_DELETED, response_stream_events, validate
@@ -39,10 +36,7 @@ ANSWER = "The capital of France is Paris."  # the fake engine's answer (tests/fi
 QUESTION = "What is the capital of France?"
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def shared(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Running]:
-    async with running_gateway(tmp_path_factory.mktemp("responses")) as run:
-        yield run
+shared = module_gateway("responses")
 
 
 # --------------------------------------------------------------------------- helpers

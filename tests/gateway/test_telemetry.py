@@ -13,6 +13,7 @@ import logging
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -27,7 +28,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client.parser import text_string_to_metric_families
 
 from adapters import registry
-from core.ids import new_id
+from core.ids import new_id, utcnow
 from core.models import Interaction, Job
 from core.otel import make_exporter
 from gateway import tenants
@@ -180,23 +181,27 @@ async def test_metrics_count_requests_by_endpoint_status_tenant_and_model(t: Tra
     assert "process_cpu_seconds_total" in m
 
 
+def _job(tenant_id: str, status: str, **times: datetime) -> Job:
+    """A job row in `status`, as the metrics read it from the jobs table."""
+    return Job(
+        id=new_id("ftjob"),
+        tenant_id=tenant_id,
+        status=status,
+        method="supervised",
+        model=BASE,
+        adapter_name="a",
+        hyperparameters={},
+        **times,
+    )
+
+
 async def test_job_queue_depth_is_counted_at_scrape_time(t: Traced) -> None:
     run = t.run
     tenant_id, _, _ = await new_tenant(run)
     before = await scrape(run)
     with run.services.db.session() as s:
         for status in ("queued", "queued", "running", "succeeded"):
-            s.add(
-                Job(
-                    id=new_id("ftjob"),
-                    tenant_id=tenant_id,
-                    status=status,
-                    method="supervised",
-                    model=BASE,
-                    adapter_name="a",
-                    hyperparameters={},
-                )
-            )
+            s.add(_job(tenant_id, status))
     after = await scrape(run)
     for status, added in (("queued", 2), ("running", 1), ("validating_files", 0)):
         assert value(after, "tailor_jobs", status=status) == value(before, "tailor_jobs", status=status) + added
@@ -204,29 +209,13 @@ async def test_job_queue_depth_is_counted_at_scrape_time(t: Traced) -> None:
 
 
 async def test_job_durations_come_from_the_jobs_table(t: Traced) -> None:
-    from datetime import timedelta
-
-    from core.ids import utcnow
-
     run = t.run
     tenant_id, _, _ = await new_tenant(run)
     before = await scrape(run)
     start = utcnow() - timedelta(hours=1)
     with run.services.db.session() as s:
         for status, minutes in (("succeeded", 4), ("succeeded", 20), ("failed", 1)):
-            s.add(
-                Job(
-                    id=new_id("ftjob"),
-                    tenant_id=tenant_id,
-                    status=status,
-                    method="supervised",
-                    model=BASE,
-                    adapter_name="a",
-                    hyperparameters={},
-                    started_at=start,
-                    finished_at=start + timedelta(minutes=minutes),
-                )
-            )
+            s.add(_job(tenant_id, status, started_at=start, finished_at=start + timedelta(minutes=minutes)))
     after = await scrape(run)
 
     def added(name: str, **labels: str) -> float:

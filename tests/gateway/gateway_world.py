@@ -22,8 +22,6 @@ from typing import Any
 
 import httpx
 import numpy as np
-import pytest
-import pytest_asyncio
 from fastapi import FastAPI
 from safetensors.numpy import save_file
 from sqlalchemy import select
@@ -322,32 +320,6 @@ async def running_gateway(tmp_path: Path, **overrides: Any) -> AsyncIterator[Run
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as http:
             yield Running(app, services, http, fake, tmp_path)
-
-
-def module_gateway(directory: str, **overrides: Any) -> Any:
-    """A module-scoped `shared` fixture: one running gateway for all of a module's tests, as
-    building and migrating one costs ~0.15 s; each test gets its own tenant of it (tests/gateway/
-    conftest.py), so rows and adapter names never collide. Assign it to a module's `shared`."""
-
-    @pytest_asyncio.fixture(scope="module", loop_scope="module")
-    async def shared(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Running]:
-        async with running_gateway(tmp_path_factory.mktemp(directory), **overrides) as run:
-            yield run
-
-    return shared
-
-
-def gateway_beside_shared(directory: str, **overrides: Any) -> Any:
-    """A second module-scoped gateway with other settings, on the database of the module's
-    `shared`: migrating a second one would double the module's set-up time."""
-
-    @pytest_asyncio.fixture(scope="module", loop_scope="module")
-    async def beside(tmp_path_factory: pytest.TempPathFactory, shared: Running) -> AsyncIterator[Running]:
-        database_url = shared.services.settings.database_url
-        async with running_gateway(tmp_path_factory.mktemp(directory), database_url=database_url, **overrides) as run:
-            yield run
-
-    return beside
 
 
 async def tenant_view(run: Running, tmp_path: Path) -> AsyncIterator[Gateway]:

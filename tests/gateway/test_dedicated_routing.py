@@ -12,7 +12,8 @@ from adapters.dedicated import Running as Started
 from adapters.engine_checks import EngineExpectation
 from adapters.engines import Engine, EnginePool
 from tests.adapters.test_model_validation import write_model
-from tests.gateway.gateway_world import Gateway, module_gateway
+from tests.gateway.gateway_world import Gateway
+from tests.gateway.module_gateway import module_gateway
 from tests.openai_schema import validate
 
 DEDICATED = "http://dedicated.test"

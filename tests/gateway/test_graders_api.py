@@ -26,11 +26,10 @@ from tests.gateway.gateway_world import (
     Gateway,
     Running,
     answer_with,
-    gateway_beside_shared,
-    module_gateway,
     raw_json,
     tenant_view,
 )
+from tests.gateway.module_gateway import gateway_beside_shared, module_gateway
 from tests.openai_schema import validate
 from trainer.graders import ExternalModels
 

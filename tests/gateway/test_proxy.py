@@ -26,11 +26,11 @@ from tests.gateway.gateway_world import (
     chunks,
     error_of,
     events,
-    module_gateway,
     raw_json,
     raw_sse,
     stream_of,
 )
+from tests.gateway.module_gateway import module_gateway
 from tests.openai_schema import COMPLETION_STREAM, validate
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

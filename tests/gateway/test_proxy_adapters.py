@@ -20,13 +20,13 @@ from tests.gateway.gateway_world import (
     answer_with,
     chunks,
     error_of,
-    module_gateway,
     raw_json,
     running_gateway,
     serial,
     tenant_view,
     write_tiny_adapter,
 )
+from tests.gateway.module_gateway import module_gateway
 from tests.openai_schema import validate
 from trainer import job_records, jobs
 

@@ -28,14 +28,13 @@ from tests.gateway.gateway_world import (
     answer_with,
     error_of,
     events,
-    gateway_beside_shared,
-    module_gateway,
     pieces,
     post_scope,
     raw_json,
     stream_of,
     tenant_view,
 )
+from tests.gateway.module_gateway import gateway_beside_shared, module_gateway
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

@@ -23,10 +23,10 @@ from tests.gateway.gateway_world import (
     ADMIN,
     BASE,
     Gateway,
-    module_gateway,
     raw_sse,
     stream_of,
 )
+from tests.gateway.module_gateway import module_gateway
 from tests.openai_schema import RESPONSE_DELETED, response_stream_events, validate
 from trainer.datasets import prompt_from_request
 

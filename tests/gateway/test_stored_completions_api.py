@@ -19,9 +19,9 @@ from tests.gateway.gateway_world import (
     CHAT,
     Gateway,
     answer_with,
-    module_gateway,
     raw_json,
 )
+from tests.gateway.module_gateway import module_gateway
 from tests.openai_schema import STORED_MESSAGE_LIST, validate
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

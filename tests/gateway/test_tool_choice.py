@@ -25,11 +25,11 @@ from tests.gateway.gateway_world import (
     answer_with,
     chunks,
     error_of,
-    module_gateway,
     raw_json,
     raw_sse,
     stream_of,
 )
+from tests.gateway.module_gateway import module_gateway
 from tests.openai_schema import validate
 
 PARAMS = raw_json("chat_json_schema")["request"]["json"]["response_format"]["json_schema"]["schema"]

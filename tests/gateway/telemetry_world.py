@@ -19,13 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from adapters import registry
 from gateway.routes import metrics as metrics_route
-from tests.gateway.gateway_world import (
-    ADMIN,
-    BASE,
-    Running,
-    running_gateway,
-    write_tiny_adapter,
-)
+from tests.gateway.gateway_world import ADMIN, BASE, Running, running_gateway, write_tiny_adapter
 
 _serial = itertools.count()
 

@@ -36,13 +36,7 @@ from tests.gateway.batch_world import (
     upload,
     uploaded,
 )
-from tests.gateway.gateway_world import (
-    ADMIN,
-    BASE,
-    Gateway,
-    answer_with,
-    raw_json,
-)
+from tests.gateway.gateway_world import ADMIN, BASE, Gateway, answer_with, raw_json
 from tests.openai_schema import validate
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

@@ -35,12 +35,7 @@ from tests.gateway.batch_world import (
     status_of,
     until,
 )
-from tests.gateway.gateway_world import (
-    Gateway,
-    answer_with,
-    running_gateway,
-    tenant_view,
-)
+from tests.gateway.gateway_world import Gateway, answer_with, running_gateway, tenant_view
 from tests.openai_schema import validate
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

@@ -17,13 +17,7 @@ from core.ids import new_id, utcnow
 from core.models import Interaction, Job
 from gateway import tenants
 from gateway.interaction_log import InteractionRecord
-from tests.gateway.gateway_world import (
-    BASE,
-    CHAT,
-    COMPLETION,
-    ENGINE,
-    running_gateway,
-)
+from tests.gateway.gateway_world import BASE, CHAT, COMPLETION, ENGINE, running_gateway
 from tests.gateway.telemetry_world import (
     Traced,
     by_name,

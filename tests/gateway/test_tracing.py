@@ -22,19 +22,8 @@ from opentelemetry.trace import SpanKind, StatusCode
 from core.otel import make_exporter
 from gateway.telemetry import INTERACTION_ID, JsonFormatter
 from gateway.tracing import Tracing
-from tests.gateway.gateway_world import (
-    BASE,
-    CHAT,
-    COMPLETION,
-    ENGINE,
-)
-from tests.gateway.telemetry_world import (
-    Traced,
-    by_name,
-    new_tenant,
-    register_adapter,
-    traced_fixtures,
-)
+from tests.gateway.gateway_world import BASE, CHAT, COMPLETION, ENGINE
+from tests.gateway.telemetry_world import Traced, by_name, new_tenant, register_adapter, traced_fixtures
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

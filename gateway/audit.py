@@ -12,11 +12,11 @@ Secrets never enter it: callers pass descriptions (a key's id and hint, never th
 Actors: "admin" (the admin key), "key:<key id>" (a tenant's own key), "cli:<OS user>",
 "console:..." (gateway.console.auth), "job:<job id>" and "policy" (the trainer).
 
-Adapter and fine-tuning job actions record their own events in the transaction of the
-change (adapters.audit_log, trainer.jobs): their callers only say who acts. The
-`*_created`/`*_changed` helpers below record the gateway's own actions (tenants, keys,
-policies), giving each one name and one shape of before/after for the HTTP routes, the
-console and the CLI.
+Tenant, key, limits, adapter and fine-tuning job actions record their own events in the
+transaction of the change (gateway.tenants, adapters.audit_log, trainer.jobs): their
+callers only say who acts. The `*_created`/`*_changed` helpers below give each of the
+gateway's own actions (tenants, keys, limits, policies) one name and one shape of
+before/after; they take the action's session, or the database for a change already made.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Select, select
+from sqlalchemy.orm import Session
 
 # Writing lives in core.audit (the trainer writes events too); re-exported for the routes.
 from core.audit import ADMIN, actor_for_job, actor_for_key, record  # noqa: F401
@@ -43,6 +44,7 @@ from core.rows import from_row
 
 if TYPE_CHECKING:
     # Types only: the modules that record events may themselves be imported by these.
+    from gateway.limits import TenantLimits
     from gateway.tenants import KeyInfo, TenantInfo
     from trainer.policy import PolicyInfo
 
@@ -80,11 +82,17 @@ def describe_key(key: KeyInfo | ApiKey) -> dict[str, Any]:
     }
 
 
-def key_state(db: Database, key_id: str) -> dict[str, Any] | None:
-    """A key's description as stored now (None if unknown): the `before` of revoke and rotate."""
-    with db.session() as s:
-        key = s.get(ApiKey, key_id)
-        return describe_key(key) if key is not None else None
+def key_state(db: Database | Session, key_id: str) -> dict[str, Any] | None:
+    """A key's description as `db` sees it now (None if unknown): the `before` of revoke and rotate."""
+    if isinstance(db, Database):
+        with db.session() as s:
+            return key_state(s, key_id)
+    key = db.get(ApiKey, key_id)
+    return describe_key(key) if key is not None else None
+
+
+def describe_limits(limits: TenantLimits | None) -> dict[str, Any] | None:
+    return limits.to_json() if limits is not None else None
 
 
 def describe_policy(policy: PolicyInfo) -> dict[str, Any]:
@@ -102,23 +110,23 @@ def describe_policy(policy: PolicyInfo) -> dict[str, Any]:
 # --- recording one action (one name and shape per action, for routes and CLI) ------
 
 
-def tenant_created(db: Database, actor: str, tenant: TenantInfo) -> None:
+def tenant_created(db: Database | Session, actor: str, tenant: TenantInfo) -> None:
     record(
         db, actor=actor, action="tenant.create", tenant_id=tenant.id, target=tenant.name, after=describe_tenant(tenant)
     )
 
 
-def tenant_deleted(db: Database, actor: str, tenant: TenantInfo) -> None:
+def tenant_deleted(db: Database | Session, actor: str, tenant: TenantInfo) -> None:
     record(
         db, actor=actor, action="tenant.delete", tenant_id=tenant.id, target=tenant.name, before=describe_tenant(tenant)
     )
 
 
-def key_created(db: Database, actor: str, key: KeyInfo) -> None:
+def key_created(db: Database | Session, actor: str, key: KeyInfo) -> None:
     record(db, actor=actor, action="key.create", tenant_id=key.tenant_id, target=key.id, after=describe_key(key))
 
 
-def key_revoked(db: Database, actor: str, before: dict[str, Any] | None, key: KeyInfo) -> None:
+def key_revoked(db: Database | Session, actor: str, before: dict[str, Any] | None, key: KeyInfo) -> None:
     record(
         db,
         actor=actor,
@@ -131,7 +139,13 @@ def key_revoked(db: Database, actor: str, before: dict[str, Any] | None, key: Ke
 
 
 def key_rotated(
-    db: Database, actor: str, old_id: str, old_before: dict[str, Any] | None, new: KeyInfo, *, grace_seconds: int
+    db: Database | Session,
+    actor: str,
+    old_id: str,
+    old_before: dict[str, Any] | None,
+    new: KeyInfo,
+    *,
+    grace_seconds: int,
 ) -> None:
     """The old key as it was and as it is now (revoked, or expiring after the grace), and its successor."""
     record(
@@ -149,8 +163,15 @@ def key_rotated(
     )
 
 
+def limits_changed(
+    db: Database | Session, actor: str, tenant: TenantInfo, before: TenantLimits | None, after: TenantLimits | None
+) -> None:
+    was, now = describe_limits(before), describe_limits(after)
+    record(db, actor=actor, action="tenant.limits", tenant_id=tenant.id, target=tenant.name, before=was, after=now)
+
+
 def policy_changed(
-    db: Database, actor: str, *, tenant_id: str, tenant_name: str, before: PolicyInfo, after: PolicyInfo
+    db: Database | Session, actor: str, *, tenant_id: str, tenant_name: str, before: PolicyInfo, after: PolicyInfo
 ) -> None:
     record(
         db,

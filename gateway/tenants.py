@@ -1,4 +1,10 @@
-"""Tenants and their API keys: plain functions shared by the admin API and the CLI."""
+"""Tenants and their API keys: plain functions shared by the admin API, the console and the CLI.
+
+Each change takes who acts (`actor`, see gateway.audit) and appends its audit event in the
+change's own transaction, so the log never holds a change that did not happen nor misses
+one that did. `actor=None` records nothing: for setting up tenants outside any request
+(fixtures, tools that audit on their own).
+"""
 
 from __future__ import annotations
 
@@ -8,12 +14,14 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from core.db import Database
 from core.errors import bad_request, conflict, not_found
 from core.ids import as_utc, hash_key, key_hint, new_api_key, new_id, utcnow
 from core.models import ApiKey, Tenant
 from core.rows import from_row
+from gateway import audit
 from gateway.limits import TenantLimits
 
 TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -55,7 +63,7 @@ class Caller:
     limits: TenantLimits | None = None  # None: unlimited; cached with the key (auth_cache_ttl_s)
 
 
-def create_tenant(db: Database, name: str) -> TenantInfo:
+def create_tenant(db: Database, name: str, *, actor: str | None = None) -> TenantInfo:
     # fullmatch: with match(), `$` also matches before a trailing newline ("acme\n").
     if not TENANT_NAME.fullmatch(name):
         raise bad_request(
@@ -66,7 +74,11 @@ def create_tenant(db: Database, name: str) -> TenantInfo:
         with db.session() as s:
             tenant = Tenant(id=new_id("ten"), name=name)
             s.add(tenant)
-        return from_row(TenantInfo, tenant)
+            s.flush()
+            created = from_row(TenantInfo, tenant)
+            if actor is not None:
+                audit.tenant_created(s, actor, created)
+        return created
     except IntegrityError:
         raise conflict(f"Tenant {name!r} already exists.", code="tenant_exists") from None
 
@@ -84,13 +96,24 @@ def find_tenant(db: Database, name_or_id: str) -> TenantInfo:
         return from_row(TenantInfo, tenant)
 
 
-def delete_tenant(db: Database, name_or_id: str) -> None:
+def delete_tenant(db: Database, name_or_id: str, *, actor: str | None = None) -> TenantInfo:
+    """Delete a tenant and all it owns; returns what it was."""
     tenant = find_tenant(db, name_or_id)
     with db.session() as s:
         s.delete(s.get(Tenant, tenant.id))
+        if actor is not None:
+            audit.tenant_deleted(s, actor, tenant)
+    return tenant
 
 
-def create_key(db: Database, tenant: str, *, name: str | None = None, expires_at: datetime | None = None) -> NewKey:
+def create_key(
+    db: Database,
+    tenant: str,
+    *,
+    name: str | None = None,
+    expires_at: datetime | None = None,
+    actor: str | None = None,
+) -> NewKey:
     owner = find_tenant(db, tenant)
     secret = new_api_key()
     with db.session() as s:
@@ -104,7 +127,11 @@ def create_key(db: Database, tenant: str, *, name: str | None = None, expires_at
             expires_at=as_utc(expires_at) if expires_at is not None else None,
         )
         s.add(key)
-    return NewKey(info=from_row(KeyInfo, key), secret=secret)
+        s.flush()
+        info = from_row(KeyInfo, key)
+        if actor is not None:
+            audit.key_created(s, actor, info)
+    return NewKey(info=info, secret=secret)
 
 
 def list_keys(db: Database, tenant: str) -> list[KeyInfo]:
@@ -114,17 +141,26 @@ def list_keys(db: Database, tenant: str) -> list[KeyInfo]:
         return [from_row(KeyInfo, k) for k in keys]
 
 
-def revoke_key(db: Database, key_id: str) -> KeyInfo:
+def _key(s: Session, key_id: str) -> ApiKey:
+    key = s.get(ApiKey, key_id)
+    if key is None:
+        raise not_found(f"No key {key_id!r}.", code="key_not_found")
+    return key
+
+
+def revoke_key(db: Database, key_id: str, *, actor: str | None = None) -> KeyInfo:
     with db.session() as s:
-        key = s.get(ApiKey, key_id)
-        if key is None:
-            raise not_found(f"No key {key_id!r}.", code="key_not_found")
+        key = _key(s, key_id)
+        before = audit.describe_key(key)
         if key.revoked_at is None:
             key.revoked_at = utcnow()
-        return from_row(KeyInfo, key)
+        info = from_row(KeyInfo, key)
+        if actor is not None:
+            audit.key_revoked(s, actor, before, info)
+        return info
 
 
-def rotate_key(db: Database, key_id: str, *, grace_seconds: int = 0) -> NewKey:
+def rotate_key(db: Database, key_id: str, *, grace_seconds: int = 0, actor: str | None = None) -> NewKey:
     """A new key for the same tenant and label; the old one stops working after the grace period.
 
     A grace period lets clients switch to the new secret without a moment when neither
@@ -134,9 +170,8 @@ def rotate_key(db: Database, key_id: str, *, grace_seconds: int = 0) -> NewKey:
         raise bad_request(f"grace_seconds must be between 0 and {MAX_GRACE_SECONDS}.", param="grace_seconds")
     now = utcnow()
     with db.session() as s:
-        old = s.get(ApiKey, key_id)
-        if old is None:
-            raise not_found(f"No key {key_id!r}.", code="key_not_found")
+        old = _key(s, key_id)
+        before = audit.describe_key(old)
         if old.revoked_at is not None:
             raise bad_request(f"Key {key_id!r} is revoked; create a new key instead.", code="key_revoked")
         secret = new_api_key()
@@ -155,7 +190,10 @@ def rotate_key(db: Database, key_id: str, *, grace_seconds: int = 0) -> NewKey:
             ends = now + timedelta(seconds=grace_seconds)
             old.expires_at = min(old.expires_at, ends) if old.expires_at else ends
         s.flush()
-        return NewKey(info=from_row(KeyInfo, new), secret=secret)
+        info = from_row(KeyInfo, new)
+        if actor is not None:
+            audit.key_rotated(s, actor, key_id, before, info, grace_seconds=grace_seconds)
+        return NewKey(info=info, secret=secret)
 
 
 def authenticate(db: Database, secret: str) -> Caller | None:
@@ -190,7 +228,7 @@ def get_limits(db: Database, tenant: str) -> TenantLimits | None:
 
 
 def set_limits(
-    db: Database, tenant: str, limits: TenantLimits | None
+    db: Database, tenant: str, limits: TenantLimits | None, *, actor: str | None = None
 ) -> tuple[TenantLimits | None, TenantLimits | None]:
     """Replace a tenant's limits (None: unlimited); returns (before, after)."""
     owner = find_tenant(db, tenant)
@@ -200,4 +238,7 @@ def set_limits(
             raise not_found(f"No tenant {tenant!r}.", code="tenant_not_found")
         before = TenantLimits.from_json(row.limits)
         row.limits = limits.to_json() if limits is not None and limits.any else None
-        return before, TenantLimits.from_json(row.limits)
+        after = TenantLimits.from_json(row.limits)
+        if actor is not None:
+            audit.limits_changed(s, actor, owner, before, after)
+        return before, after

@@ -16,7 +16,7 @@ loop.
 - Batches are claimed with database leases (gateway/batches/lease.py), so the workers share
   them like replicas do; each worker runs up to TAILOR_BATCH_MAX_ACTIVE of them.
 - Prometheus metrics are aggregated across the workers by prometheus_client's multiprocess mode,
-  in a directory made fresh for each `serve` and removed when it stops (gateway/metrics.py).
+  in a directory made fresh for each `serve` and removed when it stops (gateway/metrics/shared.py).
 
 TAILOR_WORKERS=1 runs today's single process instead (gateway.cli's `serve`).
 """

@@ -5,27 +5,26 @@ which records it in the audit log as `cli:<OS user>`."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from core.config import Settings
 from core.db import Database
-from core.errors import TailorError
-from gateway.cli.common import JsonOpt, emit, fail, open_db
+from gateway.cli.common import JsonOpt, T, emit, on_db
+
+if TYPE_CHECKING:
+    from adapters.registry import AdapterInfo
 
 
-def _registry_context() -> tuple[Database, Any, Any, Settings]:
-    from adapters.registry import ValidationLimits
-    from adapters.store import AdapterStore
+def _for_tenant(tenant: str, action: Callable[[Database, str], T]) -> T:
+    """`action(db, tenant id)` for the tenant named `tenant` (its name or id)."""
+    from gateway import tenants
 
-    settings = Settings()
-    db = open_db()
-    store = AdapterStore.from_settings(settings)
-    limits = ValidationLimits.from_settings(settings)
-    return db, store, limits, settings
+    return on_db(lambda db: action(db, tenants.find_tenant(db, tenant).id))
 
 
 def adapters_register(
@@ -37,17 +36,20 @@ def adapters_register(
 ) -> None:
     """Validate and store a PEFT adapter or a full model (directory or .zip/.tar.gz) as the next version."""
     from adapters import registry
-    from gateway import audit, tenants
+    from adapters.store import AdapterStore
+    from gateway import audit
 
-    db, store, limits, settings = _registry_context()
-    try:
-        owner = tenants.find_tenant(db, tenant)
+    settings = Settings()
+    store = AdapterStore.from_settings(settings)
+    limits = registry.ValidationLimits.from_settings(settings)
+
+    def register(db: Database, tenant_id: str) -> registry.VersionInfo:
         if path.is_dir():
-            v = registry.register_dir(
+            return registry.register_dir(
                 db,
                 store,
                 limits,
-                tenant_id=owner.id,
+                tenant_id=tenant_id,
                 name=name,
                 source_dir=path,
                 base_model_name=settings.base_model_name,
@@ -55,21 +57,20 @@ def adapters_register(
                 source="path",
                 activate=activate,
             )
-        else:
-            v = registry.register_archive(
-                db,
-                store,
-                limits,
-                tenant_id=owner.id,
-                name=name,
-                archive=path,
-                base_model_name=settings.base_model_name,
-                max_upload_bytes=settings.max_adapter_bytes,
-                actor=audit.actor_for_cli(),
-                activate=activate,
-            )
-    except TailorError as exc:
-        fail(exc)
+        return registry.register_archive(
+            db,
+            store,
+            limits,
+            tenant_id=tenant_id,
+            name=name,
+            archive=path,
+            base_model_name=settings.base_model_name,
+            max_upload_bytes=settings.max_adapter_bytes,
+            actor=audit.actor_for_cli(),
+            activate=activate,
+        )
+
+    v = _for_tenant(tenant, register)
     emit(asdict(v), as_json, f"registered {tenant}/{name} version {v.version} ({_described(v)}, {v.digest[:12]})")
 
 
@@ -79,13 +80,8 @@ def _described(v: Any) -> str:
 
 def adapters_list(tenant: str, as_json: JsonOpt = False) -> None:
     from adapters import registry
-    from gateway import tenants
 
-    db = open_db()
-    try:
-        rows = registry.list_adapters(db, tenants.find_tenant(db, tenant).id)
-    except TailorError as exc:
-        fail(exc)
+    rows = _for_tenant(tenant, registry.list_adapters)
     emit(
         [asdict(a) for a in rows],
         as_json,
@@ -95,17 +91,14 @@ def adapters_list(tenant: str, as_json: JsonOpt = False) -> None:
 
 def _switch(tenant: str, name: str, version: int | None, as_json: bool) -> None:
     from adapters import promotion
-    from gateway import audit, tenants
+    from gateway import audit
 
-    db = open_db()
-    try:
-        owner = tenants.find_tenant(db, tenant)
+    def switch(db: Database, tenant_id: str) -> AdapterInfo:
         if version is None:
-            info = promotion.rollback(db, owner.id, name, actor=audit.actor_for_cli(), by="cli")
-        else:
-            info = promotion.promote(db, owner.id, name, version, actor=audit.actor_for_cli(), by="cli")
-    except TailorError as exc:
-        fail(exc)
+            return promotion.rollback(db, tenant_id, name, actor=audit.actor_for_cli(), by="cli")
+        return promotion.promote(db, tenant_id, name, version, actor=audit.actor_for_cli(), by="cli")
+
+    info = _for_tenant(tenant, switch)
     emit(asdict(info), as_json, f"{tenant}/{name} now serves version {info.active_version}")
 
 
@@ -128,30 +121,22 @@ def adapters_canary(
 ) -> None:
     """Send a fraction of `name`'s traffic to another version (0 stops the canary)."""
     from adapters import promotion
-    from gateway import audit, tenants
+    from gateway import audit
 
-    db = open_db()
-    try:
-        owner = tenants.find_tenant(db, tenant)
+    def canary(db: Database, tenant_id: str) -> AdapterInfo:
         if fraction <= 0:
-            info = promotion.stop_canary(db, owner.id, name, actor=audit.actor_for_cli())
-        else:
-            info = promotion.start_canary(db, owner.id, name, version, fraction, actor=audit.actor_for_cli(), by="cli")
-    except TailorError as exc:
-        fail(exc)
+            return promotion.stop_canary(db, tenant_id, name, actor=audit.actor_for_cli())
+        return promotion.start_canary(db, tenant_id, name, version, fraction, actor=audit.actor_for_cli(), by="cli")
+
+    info = _for_tenant(tenant, canary)
     emit(asdict(info), as_json, f"{tenant}/{name}: canary v{info.canary_version} at {info.canary_fraction:.0%}")
 
 
 def adapters_lineage(tenant: str, name: str, as_json: JsonOpt = False) -> None:
     """Every version of `name`: state, dataset, job, metrics, who promoted it when."""
     from adapters import promotion
-    from gateway import tenants
 
-    db = open_db()
-    try:
-        rows = promotion.lineage(db, tenants.find_tenant(db, tenant).id, name)
-    except TailorError as exc:
-        fail(exc)
+    rows = _for_tenant(tenant, lambda db, tenant_id: promotion.lineage(db, tenant_id, name))
     emit(
         [asdict(r) for r in rows],
         as_json,

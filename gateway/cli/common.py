@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 
@@ -13,6 +14,8 @@ from core.db import Database, migrate
 from core.errors import TailorError
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+
+T = TypeVar("T")
 
 
 def open_db() -> Database:
@@ -34,6 +37,15 @@ def json_default(value: Any) -> Any:
     raise TypeError(type(value).__name__)
 
 
-def fail(exc: TailorError) -> None:
+def fail(exc: TailorError) -> NoReturn:
     typer.echo(f"error: {exc.message}", err=True)
     raise typer.Exit(1)
+
+
+def on_db(action: Callable[[Database], T]) -> T:
+    """`action` on the configured database; its TailorError is the command's error (exit 1)."""
+    db = open_db()
+    try:
+        return action(db)
+    except TailorError as exc:
+        fail(exc)

@@ -3,23 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from core.errors import TailorError
-from gateway.cli.common import JsonOpt, emit, fail, open_db
+from gateway.cli.common import JsonOpt, emit, on_db, open_db
+
+if TYPE_CHECKING:
+    from gateway.tenants import NewKey
 
 
 def tenants_create(name: str, as_json: JsonOpt = False) -> None:
     from gateway import audit, tenants
 
-    db = open_db()
-    try:
-        t = tenants.create_tenant(db, name)
-        audit.tenant_created(db, audit.actor_for_cli(), t)
-    except TailorError as exc:
-        fail(exc)
+    t = on_db(lambda db: tenants.create_tenant(db, name, actor=audit.actor_for_cli()))
     emit(asdict(t), as_json, f"created tenant {t.name} ({t.id})")
 
 
@@ -35,13 +32,7 @@ def tenants_delete(name: str, yes: Annotated[bool, typer.Option("--yes", help="D
 
     if not yes:
         typer.confirm(f"Delete tenant {name} and everything it owns?", abort=True)
-    db = open_db()
-    try:
-        owner = tenants.find_tenant(db, name)
-        tenants.delete_tenant(db, owner.id)
-        audit.tenant_deleted(db, audit.actor_for_cli(), owner)
-    except TailorError as exc:
-        fail(exc)
+    on_db(lambda db: tenants.delete_tenant(db, name, actor=audit.actor_for_cli()))
     typer.echo(f"deleted tenant {name}")
 
 
@@ -54,26 +45,14 @@ def keys_create(
     """Create a key. Its secret is printed once; Tailor stores only a hash."""
     from gateway import audit, tenants
 
-    db = open_db()
-    try:
-        new = tenants.create_key(db, tenant, name=name)
-        audit.key_created(db, audit.actor_for_cli(), new.info)
-    except TailorError as exc:
-        fail(exc)
-    emit(
-        {**asdict(new.info), "key": new.secret},
-        as_json,
-        f"{new.secret}\n(key {new.info.id} for {tenant}; store it now, it is not shown again)",
-    )
+    new = on_db(lambda db: tenants.create_key(db, tenant, name=name, actor=audit.actor_for_cli()))
+    _emit_new_key(new, as_json, f"key {new.info.id} for {tenant}")
 
 
 def keys_list(tenant: str, as_json: JsonOpt = False) -> None:
     from gateway import tenants
 
-    try:
-        rows = tenants.list_keys(open_db(), tenant)
-    except TailorError as exc:
-        fail(exc)
+    rows = on_db(lambda db: tenants.list_keys(db, tenant))
     emit(
         [asdict(k) for k in rows],
         as_json,
@@ -85,13 +64,7 @@ def keys_list(tenant: str, as_json: JsonOpt = False) -> None:
 def keys_revoke(key_id: str, as_json: JsonOpt = False) -> None:
     from gateway import audit, tenants
 
-    db = open_db()
-    try:
-        before = audit.key_state(db, key_id)
-        info = tenants.revoke_key(db, key_id)
-        audit.key_revoked(db, audit.actor_for_cli(), before, info)
-    except TailorError as exc:
-        fail(exc)
+    info = on_db(lambda db: tenants.revoke_key(db, key_id, actor=audit.actor_for_cli()))
     emit(asdict(info), as_json, f"revoked {info.id}")
 
 
@@ -103,15 +76,11 @@ def keys_rotate(
     """Replace a key with a new secret (printed once) for the same tenant and label."""
     from gateway import audit, tenants
 
-    db = open_db()
-    try:
-        before = audit.key_state(db, key_id)
-        new = tenants.rotate_key(db, key_id, grace_seconds=grace_seconds)
-        audit.key_rotated(db, audit.actor_for_cli(), key_id, before, new.info, grace_seconds=grace_seconds)
-    except TailorError as exc:
-        fail(exc)
-    emit(
-        {**asdict(new.info), "key": new.secret},
-        as_json,
-        f"{new.secret}\n(key {new.info.id} replaces {key_id}; store it now, it is not shown again)",
-    )
+    new = on_db(lambda db: tenants.rotate_key(db, key_id, grace_seconds=grace_seconds, actor=audit.actor_for_cli()))
+    _emit_new_key(new, as_json, f"key {new.info.id} replaces {key_id}")
+
+
+def _emit_new_key(new: NewKey, as_json: bool, what: str) -> None:
+    """The one time a key's secret is shown: first on its own line, for copying."""
+    text = f"{new.secret}\n({what}; store it now, it is not shown again)"
+    emit({**asdict(new.info), "key": new.secret}, as_json, text)

@@ -1,7 +1,7 @@
 """Operator API (admin key): tenants, their keys, and the engines' state.
 
-Every change is recorded in the audit log (gateway.audit) after it succeeded: the
-functions in gateway.tenants own their transactions.
+Every change is recorded in the audit log by the functions in gateway.tenants, in the
+change's own transaction; the routes say who acts (the admin key).
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminDep])
 
 @router.post("/tenants", response_model=TenantOut, status_code=201)
 def create_tenant(body: TenantCreate, services: ServicesDep) -> TenantOut:
-    created = tenants.create_tenant(services.db, body.name)
-    audit.tenant_created(services.db, audit.ADMIN, created)
+    created = tenants.create_tenant(services.db, body.name, actor=audit.ADMIN)
     return TenantOut.model_validate(created)
 
 
@@ -34,9 +33,7 @@ def get_tenant(tenant: str, services: ServicesDep) -> TenantOut:
 
 @router.delete("/tenants/{tenant}")
 def delete_tenant(tenant: str, services: ServicesDep) -> dict[str, object]:
-    owner = tenants.find_tenant(services.db, tenant)
-    tenants.delete_tenant(services.db, owner.id)
-    audit.tenant_deleted(services.db, audit.ADMIN, owner)
+    tenants.delete_tenant(services.db, tenant, actor=audit.ADMIN)
     services.changed()
     return {"id": tenant, "object": "tenant", "deleted": True}
 
@@ -48,8 +45,7 @@ def delete_tenant(tenant: str, services: ServicesDep) -> dict[str, object]:
     summary="Create an API key; the secret is in this response only",
 )
 def create_key(tenant: str, body: KeyCreate, services: ServicesDep) -> KeyCreated:
-    new = tenants.create_key(services.db, tenant, name=body.name, expires_at=body.expires_at)
-    audit.key_created(services.db, audit.ADMIN, new.info)
+    new = tenants.create_key(services.db, tenant, name=body.name, expires_at=body.expires_at, actor=audit.ADMIN)
     return KeyCreated.of(new)
 
 
@@ -60,9 +56,7 @@ def list_keys(tenant: str, services: ServicesDep) -> list[KeyOut]:
 
 @router.post("/keys/{key_id}/revoke", response_model=KeyOut)
 def revoke_key(key_id: str, services: ServicesDep) -> KeyOut:
-    before = audit.key_state(services.db, key_id)
-    info = tenants.revoke_key(services.db, key_id)
-    audit.key_revoked(services.db, audit.ADMIN, before, info)
+    info = tenants.revoke_key(services.db, key_id, actor=audit.ADMIN)
     services.changed()
     return KeyOut.model_validate(info)
 
@@ -74,9 +68,7 @@ def revoke_key(key_id: str, services: ServicesDep) -> KeyOut:
     summary="Replace a key: a new secret for the same tenant; the old one ends after grace_seconds",
 )
 def rotate_key(key_id: str, services: ServicesDep, grace_seconds: int = 0) -> KeyCreated:
-    before = audit.key_state(services.db, key_id)
-    new = tenants.rotate_key(services.db, key_id, grace_seconds=grace_seconds)
-    audit.key_rotated(services.db, audit.ADMIN, key_id, before, new.info, grace_seconds=grace_seconds)
+    new = tenants.rotate_key(services.db, key_id, grace_seconds=grace_seconds, actor=audit.ADMIN)
     services.changed()
     return KeyCreated.of(new)
 

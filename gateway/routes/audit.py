@@ -8,9 +8,11 @@ gives the same page as CSV when `limit` is set, and every matching event when it
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 from starlette.responses import Response, StreamingResponse
 
 from core.errors import TailorError
@@ -36,21 +38,46 @@ _LIMIT = Query(
 )
 
 
-def listing(
-    services: Services, f: audit.Filter, *, limit: int | None, fmt: Format, filename: str
-) -> AuditEventList | Response:
+@dataclass(frozen=True)
+class Listing:
+    """What both routes take from the query: which events (but for the tenant), and how."""
+
+    events: audit.Filter
+    limit: int | None
+    fmt: Format
+
+
+def _listing(
+    action: str | None = _ACTION,
+    actor: str | None = _ACTOR,
+    since: datetime | None = _SINCE,
+    until: datetime | None = _UNTIL,
+    after: int | None = _AFTER,
+    before: int | None = _BEFORE,
+    limit: int | None = _LIMIT,
+    fmt: Format = FORMAT_QUERY,
+) -> Listing:
+    events = audit.Filter(action=action, actor=actor, since=since, until=until, older_than=after, newer_than=before)
+    return Listing(events, limit, fmt)
+
+
+ListingDep = Annotated[Listing, Depends(_listing)]
+
+
+def listing(services: Services, q: Listing, *, tenant_id: str | None, filename: str) -> AuditEventList | Response:
     """The one implementation behind both routes."""
-    if fmt == "csv":
+    f = replace(q.events, tenant_id=tenant_id)
+    if q.fmt == "csv":
         # Without a limit, an export of everything that matches, read in batches as it streams.
         events: Iterable[audit.Event] = (
-            audit.iter_events(services.db, f) if limit is None else audit.query(services.db, f, limit=limit).events
+            audit.iter_events(services.db, f) if q.limit is None else audit.query(services.db, f, limit=q.limit).events
         )
         return StreamingResponse(
             audit.csv_lines(events),
             media_type="text/csv; charset=utf-8",
             headers={"content-disposition": f'attachment; filename="{filename}.csv"'},
         )
-    page = audit.query(services.db, f, limit=limit or audit.DEFAULT_LIMIT)
+    page = audit.query(services.db, f, limit=q.limit or audit.DEFAULT_LIMIT)
     data = [AuditEventOut.model_validate(e) for e in page.events]
     return AuditEventList(data=data, **page_ids(data), has_more=page.has_more)
 
@@ -71,28 +98,8 @@ def _tenant_id(services: Services, tenant: str) -> str:
     responses=CSV_RESPONSES,
     summary="What was done to your tenant's setup, by whom and when, newest first",
 )
-def get_own_audit(
-    services: ServicesDep,
-    caller: CallerDep,
-    action: str | None = _ACTION,
-    actor: str | None = _ACTOR,
-    since: datetime | None = _SINCE,
-    until: datetime | None = _UNTIL,
-    after: int | None = _AFTER,
-    before: int | None = _BEFORE,
-    limit: int | None = _LIMIT,
-    fmt: Format = FORMAT_QUERY,
-) -> AuditEventList | Response:
-    f = audit.Filter(
-        tenant_id=caller.tenant_id,
-        action=action,
-        actor=actor,
-        since=since,
-        until=until,
-        older_than=after,
-        newer_than=before,
-    )
-    return listing(services, f, limit=limit, fmt=fmt, filename=f"audit-{caller.tenant_name}")
+def get_own_audit(services: ServicesDep, caller: CallerDep, q: ListingDep) -> AuditEventList | Response:
+    return listing(services, q, tenant_id=caller.tenant_id, filename=f"audit-{caller.tenant_name}")
 
 
 @admin_router.get(
@@ -103,24 +110,8 @@ def get_own_audit(
 )
 def get_audit(
     services: ServicesDep,
+    q: ListingDep,
     tenant: str | None = Query(None, description="Tenant name or id; a deleted tenant's id works too."),
-    action: str | None = _ACTION,
-    actor: str | None = _ACTOR,
-    since: datetime | None = _SINCE,
-    until: datetime | None = _UNTIL,
-    after: int | None = _AFTER,
-    before: int | None = _BEFORE,
-    limit: int | None = _LIMIT,
-    fmt: Format = FORMAT_QUERY,
 ) -> AuditEventList | Response:
     tenant_id = _tenant_id(services, tenant) if tenant else None
-    f = audit.Filter(
-        tenant_id=tenant_id,
-        action=action,
-        actor=actor,
-        since=since,
-        until=until,
-        older_than=after,
-        newer_than=before,
-    )
-    return listing(services, f, limit=limit, fmt=fmt, filename=f"audit-{tenant_id}" if tenant_id else "audit")
+    return listing(services, q, tenant_id=tenant_id, filename=f"audit-{tenant_id}" if tenant_id else "audit")

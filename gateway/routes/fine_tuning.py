@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
@@ -46,6 +47,7 @@ from gateway.protocol.fine_tuning import (
 )
 from gateway.protocol.wire import page_ids
 from gateway.services import Services
+from gateway.tenants import Caller
 from trainer import distill, job_records, jobs
 from trainer.jobs import JobInfo
 
@@ -194,14 +196,20 @@ def get_job(fine_tuning_job_id: str, services: ServicesDep, caller: CallerDep) -
     return job_out(jobs.get_job(services.db, caller.tenant_id, fine_tuning_job_id))
 
 
+def _control(
+    action: Callable[..., JobInfo], services: Services, caller: Caller, job_id: str, **extra: Any
+) -> FineTuningJobOut:
+    """Cancel, pause or resume one of the caller's jobs, in its key's name."""
+    return job_out(action(services.db, caller.tenant_id, job_id, actor=audit.actor_for_key(caller.key_id), **extra))
+
+
 @router.post(
     "/{fine_tuning_job_id}/cancel",
     response_model=FineTuningJobOut,
     summary="Cancel: a queued job at once, a running one at its next training step",
 )
 def cancel_job(fine_tuning_job_id: str, services: ServicesDep, caller: CallerDep) -> FineTuningJobOut:
-    actor = audit.actor_for_key(caller.key_id)
-    return job_out(jobs.cancel_job(services.db, caller.tenant_id, fine_tuning_job_id, actor=actor))
+    return _control(jobs.cancel_job, services, caller, fine_tuning_job_id)
 
 
 @router.post(
@@ -210,8 +218,7 @@ def cancel_job(fine_tuning_job_id: str, services: ServicesDep, caller: CallerDep
     summary="Pause a running job: it saves a checkpoint at its next training step, then frees its worker",
 )
 def pause_job(fine_tuning_job_id: str, services: ServicesDep, caller: CallerDep) -> FineTuningJobOut:
-    actor = audit.actor_for_key(caller.key_id)
-    return job_out(jobs.pause_job(services.db, caller.tenant_id, fine_tuning_job_id, actor=actor))
+    return _control(jobs.pause_job, services, caller, fine_tuning_job_id)
 
 
 @router.post(
@@ -221,8 +228,7 @@ def pause_job(fine_tuning_job_id: str, services: ServicesDep, caller: CallerDep)
 )
 def resume_job(fine_tuning_job_id: str, services: ServicesDep, caller: CallerDep) -> FineTuningJobOut:
     quotas = Quotas.from_settings(services.settings)
-    actor = audit.actor_for_key(caller.key_id)
-    return job_out(jobs.resume_job(services.db, caller.tenant_id, fine_tuning_job_id, actor=actor, quotas=quotas))
+    return _control(jobs.resume_job, services, caller, fine_tuning_job_id, quotas=quotas)
 
 
 @router.get("/{fine_tuning_job_id}/events", response_model=JobEventListOut, summary="A job's events, newest first")

@@ -43,15 +43,6 @@ def get_limits(tenant: str, services: ServicesDep) -> LimitsOut:
 )
 def put_limits(tenant: str, body: LimitsIn, services: ServicesDep) -> LimitsOut:
     owner = tenants.find_tenant(services.db, tenant)
-    before, after = tenants.set_limits(services.db, owner.id, TenantLimits(**body.model_dump()))
-    audit.record(
-        services.db,
-        actor=audit.ADMIN,
-        action="tenant.limits",
-        tenant_id=owner.id,
-        target=owner.name,
-        before=before.to_json() if before else None,
-        after=after.to_json() if after else None,
-    )
+    _before, after = tenants.set_limits(services.db, owner.id, TenantLimits(**body.model_dump()), actor=audit.ADMIN)
     services.changed()  # this replica applies them at once; the others when their cache expires
     return _out(services, owner.id, owner.name, after)

@@ -2,7 +2,7 @@
 
 Unauthenticated, like /health: it shows counts and latencies, never request content or
 internal ids. Tenants and their model names appear only where the operator turns that on
-(TAILOR_METRICS_TENANT_LABELS), and then bounded (gateway/metrics.py); expose /metrics to
+(TAILOR_METRICS_TENANT_LABELS), and then bounded (gateway/metrics/labels.py); expose /metrics to
 the scraper's network only, or block it at the proxy.
 """
 

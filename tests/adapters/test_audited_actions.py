@@ -23,6 +23,7 @@ from core.errors import TailorError
 from core.models import AuditEvent
 from tests.adapters.test_promotion import BASE, make_env
 from tests.adapters.test_validation import write_adapter
+from tests.core.audit_faults import failing_after_recording
 from tests.dbutil import migrated, sqlite_url
 
 ACTOR = "key:key-tester"
@@ -159,18 +160,8 @@ def test_a_failure_in_the_transaction_keeps_neither_change_nor_event(
     db = env[0]
     setup(env)
     seen, before = len(_events(db)), _state(env)
-    written = []
-    real = audit.record
-
-    def record_then_fail(*args: Any, **kwargs: Any) -> None:
-        real(*args, **kwargs)  # the event is in the session ...
-        written.append(kwargs["action"])
-        raise RuntimeError("the database went away")  # ... and the transaction fails
-
-    monkeypatch.setattr(audit, "record", record_then_fail)
-    with pytest.raises(RuntimeError, match="went away"):
+    with failing_after_recording(monkeypatch, audit) as written:
         call(env)
-    monkeypatch.undo()
     assert written == [action]
     assert len(_events(db)) == seen
     assert _state(env) == before

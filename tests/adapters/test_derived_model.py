@@ -28,6 +28,14 @@ from tests.adapters.test_validation import write_adapter
 from tests.trainer.tiny_models import REAL_MODEL, real_model, tiny_tokenizer
 
 LAYERS = 5
+# The size of every tiny source model here: small enough to write in a moment.
+TINY_SHAPE: dict[str, int] = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": LAYERS,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+}
 
 
 def save_tiny_llama(model_dir: Path, *, tied: bool = True, shard: str | None = None) -> Path:
@@ -36,11 +44,7 @@ def save_tiny_llama(model_dir: Path, *, tied: bool = True, shard: str | None = N
     tok = tiny_tokenizer(["the cat sat on the mat", "layers of a model"], vocab_size=300)
     config = LlamaConfig(
         vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        **TINY_SHAPE,
         max_position_embeddings=128,
         tie_word_embeddings=tied,
         eos_token_id=tok.eos_token_id,
@@ -229,11 +233,7 @@ def test_per_layer_config_lists_are_sliced(tmp_path: Path) -> None:
     kinds = ["full_attention", "sliding_attention", "sliding_attention", "full_attention", "sliding_attention"]
     config = Qwen3Config(
         vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        **TINY_SHAPE,
         head_dim=8,
         use_sliding_window=True,
         sliding_window=16,

@@ -27,6 +27,7 @@ from safetensors.numpy import save_file
 from sqlalchemy import select
 
 from adapters import registry
+from adapters.registry import VersionInfo
 from core.config import Settings
 from core.models import Interaction
 from gateway.app import create_app
@@ -244,8 +245,8 @@ class Gateway:
             s.expunge_all()
         return rows
 
-    def register_adapter(self, name: str = "helper") -> str:
-        source = write_tiny_adapter(self.tmp / f"src-{name}-{next(serial)}")
+    def register(self, name: str, source: Path) -> VersionInfo:
+        """Register `source` (an adapter or a full model) as the next version of `name`, served at once."""
         info = registry.register_dir(
             self.services.db,
             self.services.store,
@@ -257,7 +258,10 @@ class Gateway:
             actor="test",
         )
         self.services.changed()
-        return info.id
+        return info
+
+    def register_adapter(self, name: str = "helper") -> str:
+        return self.register(name, write_tiny_adapter(self.tmp / f"src-{name}-{next(serial)}")).id
 
 
 serial = itertools.count()
@@ -389,6 +393,25 @@ def write_tiny_adapter(directory: Path, r: int = 4) -> Path:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def post_scope(path: str, headers: dict[str, str], *, client: str = "127.0.0.1") -> dict[str, Any]:
+    """The ASGI scope uvicorn (spec 2.3) gives a POST to `path` on host gateway.test from `client`."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in {"host": "gateway.test", **headers}.items()],
+        "client": (client, 50000),
+        "server": ("gateway.test", 80),
+        "state": {},
+    }
 
 
 def error_of(r: httpx.Response, status: int, *, param: str | None = None) -> dict[str, Any]:

@@ -1,15 +1,14 @@
-"""The audit log (gateway/audit.py, gateway/routes/audit.py) on the real app and the CLI.
+"""The audit log (gateway/audit.py, gateway/routes/audit.py) on the real app.
 
 Each admin and tenant-management action appends exactly one event with its actor, action,
 target and state before and after; failed actions append nothing. `/admin/audit` filters
-and pages every tenant's events, `/v1/audit` shows a tenant its own. The table is
-append-only in the database itself (triggers of migration 0004), on SQLite and PostgreSQL.
+and pages every tenant's events, `/v1/audit` shows a tenant its own. The CLI's events:
+test_audit_cli.py; the table itself: test_audit_store.py.
 """
 
 from __future__ import annotations
 
 import csv
-import getpass
 import io
 import json
 import tarfile
@@ -20,18 +19,14 @@ from typing import Any
 
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import delete, select, text, update
-from sqlalchemy.exc import DBAPIError
 
 from core.db import Database
-from core.errors import TailorError
 from core.ids import new_id
 from core.models import AuditEvent, Feedback
 from gateway import audit
 from gateway.routes import audit as audit_routes
 from tests.adapters.test_validation import tiny_config, write_adapter
 from tests.apputil import ADMIN, TenantsApi, error, make_app, ok, serve_tenants
-from tests.gateway.test_cli import Cli
 
 # Seeded events are far in the past: the fixture's own events (at now) never fall in their window.
 T0 = datetime(2001, 3, 1, 12, 0, tzinfo=timezone.utc)
@@ -265,7 +260,7 @@ def test_policy_changes(api: Api) -> None:
     api.nothing_new()
 
 
-def _add_feedback(db: Database, tenant_id: str, n: int = 6) -> None:
+def add_feedback(db: Database, tenant_id: str, n: int = 6) -> None:
     with db.session() as s:
         for i in range(n):
             messages = [{"role": "user", "content": f"Q{i}?"}, {"role": "assistant", "content": f"A{i}."}]
@@ -276,7 +271,7 @@ def test_admin_train_from_feedback(api: Api) -> None:
     url = "/admin/tenants/acme/train"
     error(api.client.post(url, json={"adapter_name": "helper"}, headers=ADMIN), 400)  # no feedback yet
     api.nothing_new()
-    _add_feedback(api.db, api.ids["acme"])
+    add_feedback(api.db, api.ids["acme"])
     body = {"adapter_name": "helper", "hyperparameters": {"max_steps": 5}}
     job = ok_status(api.client.post(url, json=body, headers=ADMIN))
     event = api.one("job.create", actor="admin", tenant_id=api.ids["acme"], target=job["id"], before=None)
@@ -377,19 +372,6 @@ def test_paging(api: Api) -> None:
     error(api.client.get("/admin/audit", params={"after": "evt_1"}, headers=ADMIN), 400, "after")
 
 
-def test_query_walks_everything_in_batches(sqlite_db: Database) -> None:
-    for i in range(7):
-        audit.record(sqlite_db, actor="admin", action="tenant.create", target=f"t{i}")
-    every = list(audit.iter_events(sqlite_db, audit.Filter(), batch=2))
-    assert [e.target for e in every] == [f"t{i}" for i in reversed(range(7))]
-    bounded = audit.Filter(older_than=every[1].id, newer_than=every[5].id)
-    assert [e.target for e in audit.iter_events(sqlite_db, bounded, batch=2)] == ["t4", "t3", "t2"]
-    for limit in (0, audit.MAX_LIMIT + 1):
-        with pytest.raises(TailorError) as refused:
-            audit.query(sqlite_db, audit.Filter(), limit=limit)
-        assert (refused.value.status, refused.value.param) == (400, "limit")
-
-
 def test_csv_export(api: Api) -> None:
     ids = _seed(api.db, api.ids)
     r = api.client.get("/admin/audit", params={"tenant": "beta", "format": "csv"}, headers=ADMIN)
@@ -441,171 +423,3 @@ def test_the_admin_route_is_off_without_an_admin_key(tmp_path: Path) -> None:
     app = with_audit_routes(make_app(tmp_path, admin_key=None))
     with TestClient(app) as client:
         assert error(client.get("/admin/audit", headers=ADMIN), 403)["code"] == "admin_disabled"
-
-
-# --- append-only in the database ------------------------------------------------------
-
-
-def test_events_cannot_be_changed_or_deleted(db: Database) -> None:
-    """On SQLite and PostgreSQL (the `db` fixture runs both): triggers refuse UPDATE and DELETE."""
-    audit.record(db, actor="admin", action="tenant.create", tenant_id="ten-1", target="acme", after={"a": 1})
-    with db.session() as s:
-        audit.record(s, actor="admin", action="tenant.delete", tenant_id="ten-1", target="acme")
-    ids = [e.id for e in audit.query(db, audit.Filter(tenant_id="ten-1")).events]
-    assert len(ids) == 2
-
-    attempts = [
-        lambda s: s.execute(update(AuditEvent).values(actor="mallory")),
-        lambda s: s.execute(delete(AuditEvent).where(AuditEvent.id == ids[0])),
-        lambda s: s.execute(text("DELETE FROM audit_events")),
-        lambda s: setattr(s.get(AuditEvent, ids[0]), "after", {"a": 2}),
-        lambda s: s.delete(s.get(AuditEvent, ids[1])),
-    ]
-    for attempt in attempts:
-        with pytest.raises(DBAPIError, match="append-only"), db.session() as s:
-            attempt(s)
-            s.flush()
-    with db.session() as s:
-        rows = list(s.scalars(select(AuditEvent).order_by(AuditEvent.id)))
-    assert [(r.actor, r.action, r.after) for r in rows] == [
-        ("admin", "tenant.create", {"a": 1}),
-        ("admin", "tenant.delete", None),
-    ]
-
-
-def test_query_on_each_backend(db: Database) -> None:
-    """Time filters compare in UTC whatever the backend returns (PostgreSQL: the session's zone)."""
-    with db.session() as s:
-        for i in range(3):
-            s.add(AuditEvent(at=T0 + timedelta(hours=i), actor="admin", action="fine_tuning.x", target=f"t{i}"))
-        s.add(AuditEvent(at=T0, actor="admin", action="fineXtuning.x", target="wild"))
-    if db.engine.dialect.name == "postgresql":
-        with db.session() as s:
-            s.execute(text("SET TIME ZONE 'America/New_York'"))
-    page = audit.query(db, audit.Filter(action="fine_tuning.", since=T0 + timedelta(hours=1)))
-    assert [e.target for e in page.events] == ["t2", "t1"]
-    assert page.events[0].at == T0 + timedelta(hours=2) and page.events[0].at.tzinfo == timezone.utc
-    local = T0.astimezone(timezone(timedelta(hours=-8)))
-    assert [e.target for e in audit.query(db, audit.Filter(until=local + timedelta(hours=1))).events] == [
-        "wild",
-        "t0",
-    ]
-
-
-# --- the CLI ------------------------------------------------------------------------
-
-
-@pytest.fixture
-def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Cli:
-    import os
-
-    for name in list(os.environ):
-        if name.startswith("TAILOR_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(getpass, "getuser", lambda: "alice")
-    c = Cli(tmp_path)
-    c.base.mkdir()
-    (c.base / "config.json").write_text(json.dumps(tiny_config()))
-    c.data.mkdir()
-    monkeypatch.setenv("TAILOR_DATA_DIR", str(c.data))
-    monkeypatch.setenv("TAILOR_BASE_MODEL_PATH", str(c.base))
-    return c
-
-
-class CliLog:
-    """The events the CLI appended, read straight from its database."""
-
-    def __init__(self, cli: Cli) -> None:
-        self.cli = cli
-        self.seen = 0
-
-    def new(self) -> list[audit.Event]:
-        db = self.cli.db()
-        try:
-            events = list(reversed(audit.query(db, audit.Filter(), limit=1000).events))
-        finally:
-            db.dispose()
-        fresh = [e for e in events if e.id > self.seen]
-        if fresh:
-            self.seen = fresh[-1].id
-        return fresh
-
-    def one(self, action: str) -> audit.Event:
-        fresh = self.new()
-        assert [e.action for e in fresh] == [action], fresh
-        assert fresh[0].actor == "cli:alice"
-        return fresh[0]
-
-
-def test_cli_actions(cli: Cli, adapter_dir: Path, tmp_path: Path) -> None:
-    log = CliLog(cli)
-    tenant = cli.json("tenants", "create", "acme")
-    event = log.one("tenant.create")
-    assert (event.tenant_id, event.target, event.after) == (tenant["id"], "acme", {"id": tenant["id"], "name": "acme"})
-
-    key = cli.json("keys", "create", "acme", "--name", "ci")
-    event = log.one("key.create")
-    assert event.target == key["id"] and event.after is not None and event.after["hint"] == key["hint"]
-    assert key["key"] not in json.dumps(event.after)
-    rotated = cli.json("keys", "rotate", key["id"])
-    event = log.one("key.rotate")
-    assert event.target == key["id"] and event.after is not None
-    assert event.after["new_key"]["id"] == rotated["id"] and event.after["old_key"]["revoked_at"] is not None
-    assert rotated["key"] not in json.dumps(event.after)
-    cli.json("keys", "revoke", rotated["id"])
-    assert log.one("key.revoke").target == rotated["id"]
-
-    cli.json("adapters", "register", "acme", "support", str(adapter_dir))
-    event = log.one("adapter.register")
-    assert event.before is None and event.after is not None
-    assert event.after["active_version"] == 1 and event.after["version"]["source"] == "path"
-    cli.json("adapters", "register", "acme", "support", str(adapter_dir))
-    assert log.one("adapter.register").after["active_version"] == 2  # type: ignore[index]
-    cli.json("adapters", "activate", "acme", "support", "1")
-    event = log.one("adapter.promote")
-    assert (event.before or {})["active_version"] == 2 and (event.after or {})["active_version"] == 1
-    cli.json("adapters", "rollback", "acme", "support")
-    assert (log.one("adapter.rollback").after or {})["active_version"] == 2
-    cli.json("adapters", "canary", "acme", "support", "1", "--fraction", "0.3")
-    assert (log.one("adapter.canary.start").after or {})["canary_fraction"] == 0.3
-    cli.json("adapters", "canary", "acme", "support", "1", "--fraction", "0")
-    assert (log.one("adapter.canary.stop").after or {})["canary_version"] is None
-
-    # failures append nothing
-    cli.fails("adapters", "rollback", "acme", "ghost")
-    cli.fails("adapters", "activate", "acme", "support", "9")
-    cli.fails("keys", "revoke", "key-nope")
-    cli.fails("tenants", "create", "acme")
-    cli.fails("train", "acme", "--from-feedback")  # no feedback yet
-    assert log.new() == []
-
-    db = cli.db()
-    _add_feedback(db, tenant["id"])
-    db.dispose()
-    job = cli.json("train", "acme", "--from-feedback", "--adapter", "helper")
-    event = log.one("job.create")
-    assert event.target == job["id"] and (event.after or {})["source"] == "feedback"
-
-    inputs = tmp_path / "q.txt"
-    inputs.write_text("Where is my order?\nCan I pay by card?\n")
-    prompt = tmp_path / "p.md"
-    prompt.write_text("You are terse.\n")
-    args = ("distill", "acme", "--adapter", "lite", "--inputs", str(inputs), "--system-prompt-file", str(prompt))
-    job = cli.json(*args)
-    event = log.one("job.create")
-    assert event.target == job["id"] and (event.after or {})["method"] == "distillation"
-
-    cli.ok("tenants", "delete", "acme", "--yes")
-    event = log.one("tenant.delete")
-    assert event.before == {"id": tenant["id"], "name": "acme"}
-
-
-def test_cli_actor_without_a_login_name(monkeypatch: pytest.MonkeyPatch) -> None:
-    def nobody() -> str:
-        raise OSError("no username")
-
-    monkeypatch.setattr(getpass, "getuser", nobody)
-    assert audit.actor_for_cli() == "cli:unknown"
-    monkeypatch.setattr(getpass, "getuser", lambda: "bob")
-    assert audit.actor_for_cli() == "cli:bob"

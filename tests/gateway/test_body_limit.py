@@ -14,6 +14,7 @@ import pytest
 from fastapi import FastAPI
 
 from tests.apputil import ADMIN, TenantsApi, error, make_app, serve_tenants
+from tests.gateway.gateway_world import post_scope
 
 MAX_REQUEST = 4_000
 MAX_UPLOAD = 200_000
@@ -69,25 +70,10 @@ def asgi_post(
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    raw = {"host": "gateway.test", "content-type": MULTIPART, **headers}
+    raw = {"content-type": MULTIPART, **headers}
     if declare_length:
         raw["content-length"] = str(len(body))
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.3"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(k.lower().encode(), v.encode()) for k, v in raw.items()],
-        "client": ("192.0.2.7", 50000),
-        "server": ("gateway.test", 80),
-        "state": {},
-    }
-    asyncio.run(app(scope, receive, send))
+    asyncio.run(app(post_scope(path, raw, client="192.0.2.7"), receive, send))
     start = next(m for m in sent if m["type"] == "http.response.start")
     payload = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
     return start["status"], json.loads(payload), pulled

@@ -8,65 +8,22 @@ points at tmp_path and TAILOR_BASE_MODEL_PATH at a tiny Llama config.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import tarfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import select
-from typer.testing import CliRunner, Result
 
-from core.db import Database
 from core.ids import KEY_PREFIX, new_id
 from core.models import ApiKey, Feedback, Job
-from gateway.cli import app
-from tests.adapters.test_validation import tiny_config, write_adapter
-
-runner = CliRunner()
-
-
-class Cli:
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.data = tmp / "data"
-        self.base = tmp / "tiny-llama"
-
-    def __call__(self, *args: str, input: str | None = None) -> Result:
-        return runner.invoke(app, list(args), input=input)
-
-    def ok(self, *args: str) -> Result:
-        result = self(*args)
-        assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
-        return result
-
-    def json(self, *args: str) -> Any:
-        return json.loads(self.ok(*args, "--json").stdout)
-
-    def fails(self, *args: str, code: int = 1) -> Result:
-        result = self(*args)
-        assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr, result.exception)
-        assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-        return result
-
-    def db(self) -> Database:
-        return Database(f"sqlite:///{(self.data / 'tailor.db').as_posix()}")
+from tests.adapters.test_validation import write_adapter
+from tests.gateway.cli_world import Cli, isolated_cli
 
 
 @pytest.fixture
 def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Cli:
-    for name in list(os.environ):
-        if name.startswith("TAILOR_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)  # no stray tailor.env
-    c = Cli(tmp_path)
-    c.base.mkdir()
-    (c.base / "config.json").write_text(json.dumps(tiny_config()))
-    c.data.mkdir()  # a missing data dir has its own test: test_a_fresh_data_dir_is_created
-    monkeypatch.setenv("TAILOR_DATA_DIR", str(c.data))
-    monkeypatch.setenv("TAILOR_BASE_MODEL_PATH", str(c.base))
-    return c
+    return isolated_cli(tmp_path, monkeypatch, base_model=True)
 
 
 @pytest.fixture(scope="module")

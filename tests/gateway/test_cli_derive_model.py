@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.adapters.test_derived_model import save_tiny_llama
-from tests.gateway.test_cli import Cli
+from tests.gateway.cli_world import Cli
 
 
 @pytest.fixture

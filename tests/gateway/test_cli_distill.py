@@ -7,7 +7,6 @@ Settings come from the environment as for the real command (TAILOR_DATA_DIR at t
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from sqlalchemy import select
 from core.blobs import BlobStore
 from core.config import Settings
 from core.models import Job, StoredFile
-from tests.gateway.test_cli import Cli
+from tests.gateway.cli_world import Cli, isolated_cli
 
 TEACHER_KEY = "TEACHER_KEY"
 SYSTEM = "You are Acme's support assistant. Answer in one short sentence.\n"
@@ -29,13 +28,7 @@ EXAMPLES = [
 
 @pytest.fixture
 def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Cli:
-    for name in list(os.environ):
-        if name.startswith("TAILOR_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)  # no stray tailor.env
-    c = Cli(tmp_path)
-    c.data.mkdir()
-    monkeypatch.setenv("TAILOR_DATA_DIR", str(c.data))
+    c = isolated_cli(tmp_path, monkeypatch)
     # The variables a job may name for its teacher's key; any other is refused.
     monkeypatch.setenv(
         "TAILOR_TEACHER_KEY_ENV_ALLOWLIST", f"{TEACHER_KEY}=teacher.example,NO_SUCH_TEACHER_KEY=teacher.example"
@@ -212,29 +205,13 @@ def test_input_errors_exit_non_zero_with_one_line(cli: Cli) -> None:
     assert "ghost" in refused("--inputs", inputs, "--system-prompt-file", system, "--teacher-model", "ghost")
     assert "max_steps" in refused("--inputs", inputs, "--system-prompt-file", system, "--max-steps", "0")
     # --wait makes this process the trainer host, which must have the key's variable.
+    remote = ("--inputs", inputs, "--teacher-model", "big-model", "--teacher-url")
     assert "TAILOR_TEACHER_KEY_ENV_ALLOWLIST" in refused(
-        "--inputs",
-        inputs,
-        "--teacher-model",
-        "big-model",
-        "--teacher-url",
-        "https://teacher.example/v1",
-        "--teacher-key-env",
-        "TAILOR_DATA_DIR",
+        *remote, "https://teacher.example/v1", "--teacher-key-env", "TAILOR_DATA_DIR"
     )
-    assert "teacher.base_url" in refused(
-        "--inputs", inputs, "--teacher-model", "big-model", "--teacher-url", "http://127.0.0.1:8000/v1"
-    )
+    assert "teacher.base_url" in refused(*remote, "http://127.0.0.1:8000/v1")
     assert "NO_SUCH_TEACHER_KEY" in refused(
-        "--inputs",
-        inputs,
-        "--teacher-model",
-        "big-model",
-        "--teacher-url",
-        "https://teacher.example/v1",
-        "--teacher-key-env",
-        "NO_SUCH_TEACHER_KEY",
-        "--wait",
+        *remote, "https://teacher.example/v1", "--teacher-key-env", "NO_SUCH_TEACHER_KEY", "--wait"
     )
     assert cli.fails("distill", "nobody", "--adapter", "lite", "--inputs", inputs).stderr.strip() == (
         "error: No tenant 'nobody'."

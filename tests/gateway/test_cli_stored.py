@@ -3,7 +3,6 @@ typer's CliRunner (Settings from the environment, TAILOR_DATA_DIR at tmp_path)."
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,7 @@ import pytest
 from core.blobs import BlobStore
 from core.config import Settings
 from tests.dbutil import add_interaction
-from tests.gateway.test_cli import Cli
+from tests.gateway.cli_world import Cli, isolated_cli
 from trainer import files
 
 QUESTION = [{"role": "user", "content": "Capital of France?"}]
@@ -19,13 +18,7 @@ QUESTION = [{"role": "user", "content": "Capital of France?"}]
 
 @pytest.fixture
 def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Cli:
-    for name in list(os.environ):
-        if name.startswith("TAILOR_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)  # no stray tailor.env
-    c = Cli(tmp_path)
-    c.data.mkdir()
-    monkeypatch.setenv("TAILOR_DATA_DIR", str(c.data))
+    c = isolated_cli(tmp_path, monkeypatch)
     for name in ("acme", "beta"):
         c.ok("tenants", "create", name)
     return c

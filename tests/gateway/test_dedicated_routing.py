@@ -5,27 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 
 import pytest
-import pytest_asyncio
 
-from adapters import registry
 from adapters.dedicated import Running as Started
 from adapters.engine_checks import EngineExpectation
 from adapters.engines import Engine, EnginePool
 from tests.adapters.test_model_validation import write_model
-from tests.gateway.gateway_world import BASE, Gateway, Running, running_gateway
+from tests.gateway.gateway_world import Gateway
+from tests.gateway.module_gateway import module_gateway
 from tests.openai_schema import validate
 
 DEDICATED = "http://dedicated.test"
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def shared(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Running]:
-    async with running_gateway(tmp_path_factory.mktemp("dedicated"), cold_start_wait_s=0.2) as run:
-        yield run
+shared = module_gateway("dedicated", cold_start_wait_s=0.2)
 
 
 class Launcher:
@@ -54,19 +49,7 @@ class Launcher:
 
 
 def _register_model(gw: Gateway, name: str) -> str:
-    source = write_model(gw.tmp / f"model-{name}")
-    info = registry.register_dir(
-        gw.services.db,
-        gw.services.store,
-        gw.services.limits,
-        tenant_id=gw.tenant_id,
-        name=name,
-        source_dir=source,
-        base_model_name=BASE,
-        actor="test",
-    )
-    gw.services.changed()
-    return info.digest
+    return gw.register(name, write_model(gw.tmp / f"model-{name}")).digest
 
 
 @pytest.fixture

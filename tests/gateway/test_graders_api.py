@@ -10,20 +10,26 @@ import copy
 import json
 import threading
 import time
-from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
-import pytest_asyncio
 
 from core.config import GraderModelEndpoint
 from core.errors import TailorError
 from core.outbound import OutboundPolicy
 from gateway import graders
 from gateway.limits import TenantLimits
-from tests.gateway.gateway_world import BASE, Gateway, Running, answer_with, raw_json, running_gateway, tenant_view
+from tests.gateway.gateway_world import (
+    BASE,
+    Gateway,
+    Running,
+    answer_with,
+    raw_json,
+    tenant_view,
+)
+from tests.gateway.module_gateway import gateway_beside_shared, module_gateway
 from tests.openai_schema import validate
 from trainer.graders import ExternalModels
 
@@ -56,20 +62,8 @@ def chat_answer(content: str) -> dict[str, Any]:
     return body
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def shared(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Running]:
-    async with running_gateway(tmp_path_factory.mktemp("graders")) as run:
-        yield run
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def with_python(tmp_path_factory: pytest.TempPathFactory, shared: Running) -> AsyncIterator[Running]:
-    async with running_gateway(
-        tmp_path_factory.mktemp("graders-python"),
-        python_graders_enabled=True,
-        database_url=shared.services.settings.database_url,
-    ) as run:
-        yield run
+shared = module_gateway("graders")
+with_python = gateway_beside_shared("graders-python", python_graders_enabled=True)
 
 
 async def post(gw: Gateway, path: str, body: dict[str, Any]) -> httpx.Response:

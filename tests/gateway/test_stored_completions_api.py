@@ -6,12 +6,10 @@ against OpenAI's schema."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
 import pytest
-import pytest_asyncio
 
 from core.ids import utcnow
 from tests.dbutil import add_interaction
@@ -20,11 +18,10 @@ from tests.gateway.gateway_world import (
     BASE,
     CHAT,
     Gateway,
-    Running,
     answer_with,
     raw_json,
-    running_gateway,
 )
+from tests.gateway.module_gateway import module_gateway
 from tests.openai_schema import STORED_MESSAGE_LIST, validate
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -33,10 +30,7 @@ ANSWER = "The capital of France is Paris."  # the fake engine's answer (tests/fi
 TASK = {"task": "geo", "run": "7"}
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def shared(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Running]:
-    async with running_gateway(tmp_path_factory.mktemp("stored")) as run:
-        yield run
+shared = module_gateway("stored")
 
 
 async def store(gw: Gateway, **overrides: Any) -> dict[str, Any]:

@@ -9,12 +9,10 @@ is vLLM's own streamed tool call (engine started with `--tool-call-parser hermes
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import jsonschema
 import pytest
-import pytest_asyncio
 
 from adapters.supervisor import EngineLaunch
 from core.config import Settings
@@ -24,15 +22,14 @@ from tests.gateway.gateway_world import (
     ADMIN,
     CHAT,
     Gateway,
-    Running,
     answer_with,
     chunks,
     error_of,
     raw_json,
     raw_sse,
-    running_gateway,
     stream_of,
 )
+from tests.gateway.module_gateway import module_gateway
 from tests.openai_schema import validate
 
 PARAMS = raw_json("chat_json_schema")["request"]["json"]["response_format"]["json_schema"]["schema"]
@@ -215,10 +212,7 @@ def test_vllm_streamed_tool_calls_are_normalised_to_the_schema() -> None:
 # --------------------------------------------------------------------------- through the gateway
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def shared(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Running]:
-    async with running_gateway(tmp_path_factory.mktemp("gateway-tools")) as run:
-        yield run
+shared = module_gateway("gateway-tools")
 
 
 @pytest.mark.asyncio(loop_scope="module")

@@ -11,7 +11,7 @@ from starlette.responses import HTMLResponse, Response
 
 from core.errors import TailorError, not_found
 from core.ids import utcnow
-from gateway import audit, tenants
+from gateway import tenants
 from gateway.tenants import TenantInfo
 
 from . import queries
@@ -37,10 +37,9 @@ def create_tenant(request: Request, user: Poster, name: Annotated[str, Form()] =
     user.require_admin()
     services = services_of(request)
     try:
-        created = tenants.create_tenant(services.db, name.strip())
+        created = tenants.create_tenant(services.db, name.strip(), actor=user.actor)
     except TailorError as exc:
         return _overview(request, user, status=exc.status, error=exc.message)
-    audit.tenant_created(services.db, user.actor, created)
     return redirect(request, f"/tenants/{created.name}?done=tenant.create")
 
 
@@ -91,8 +90,7 @@ def create_key(
     user.require_admin()  # as in the API: only the admin key manages keys
     services = services_of(request)
     expires_at = utcnow() + timedelta(days=expires_days) if expires_days else None
-    new = tenants.create_key(services.db, owner.id, name=name.strip() or None, expires_at=expires_at)
-    audit.key_created(services.db, user.actor, new.info)
+    new = tenants.create_key(services.db, owner.id, name=name.strip() or None, expires_at=expires_at, actor=user.actor)
     return _key_page(request, user, owner, new, rotated=False)
 
 
@@ -101,9 +99,7 @@ def revoke_key(request: Request, user: Poster, owner: Tenant, key_id: str) -> Re
     user.require_admin()
     services = services_of(request)
     _owned_key(request, owner, key_id)
-    before = audit.key_state(services.db, key_id)
-    info = tenants.revoke_key(services.db, key_id)
-    audit.key_revoked(services.db, user.actor, before, info)
+    tenants.revoke_key(services.db, key_id, actor=user.actor)
     services.changed()
     return redirect(request, f"/tenants/{owner.name}?done=key.revoke#keys")
 
@@ -119,11 +115,9 @@ def rotate_key(
     user.require_admin()
     services = services_of(request)
     _owned_key(request, owner, key_id)
-    before = audit.key_state(services.db, key_id)
     try:
-        new = tenants.rotate_key(services.db, key_id, grace_seconds=grace_seconds)
+        new = tenants.rotate_key(services.db, key_id, grace_seconds=grace_seconds, actor=user.actor)
     except TailorError as exc:
         return _tenant_page(request, user, owner, status=exc.status, error=exc.message)
-    audit.key_rotated(services.db, user.actor, key_id, before, new.info, grace_seconds=grace_seconds)
     services.changed()
     return _key_page(request, user, owner, new, rotated=True)

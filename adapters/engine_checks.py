@@ -97,11 +97,18 @@ async def find_problem(
         return problem
     try:
         problem = await _answers_health(client, engine) or await _serves_base_model(client, engine, expect)
-        if problem is None and thorough and engine.owner_check is None and expect.probe_adapter is not None:
+        if problem is None and thorough and engine.owner_check is None and _probes(expect):
             problem = await _loads_probe(client, engine, expect)
     except httpx.HTTPError as exc:
         return Problem(f"engine {engine.url} is not answering", detail=type(exc).__name__)
     return problem
+
+
+def _probes(expect: EngineExpectation) -> bool:
+    # An engine that fetches adapters by name would fetch the probe from a gateway, and at a
+    # cold start no gateway serves yet (each waits for a checked engine): such engines are
+    # checked by their first adapter load instead, which fails with the engine's reason logged.
+    return expect.probe_adapter is not None and not expect.fetches_adapters
 
 
 async def _answers_health(client: httpx.AsyncClient, engine: Engine) -> Problem | None:
@@ -143,7 +150,7 @@ async def _loads_probe(client: httpx.AsyncClient, engine: Engine, expect: Engine
     except (TailorError, OSError) as exc:
         detail = exc.message if isinstance(exc, TailorError) else str(exc)
         return Problem(f"cannot check engine {engine.url}: no test adapter could be written", detail=detail)
-    route, body = load_call(PROBE_NAME, path, by_name=expect.fetches_adapters)
+    route, body = load_call(PROBE_NAME, path, by_name=False)
     resp = await client.post(f"{engine.url}{route}", json=body, headers=engine.headers, timeout=PROBE_TIMEOUT_S)
     if resp.status_code < 400 or "already been loaded" in resp.text:
         await client.post(
@@ -153,15 +160,7 @@ async def _loads_probe(client: httpx.AsyncClient, engine: Engine, expect: Engine
             timeout=PROBE_TIMEOUT_S,
         )
         return None
-    if expect.fetches_adapters and resp.status_code == 404:
-        reason = (
-            "found no test adapter by name: it needs Tailor's vLLM plugin (Tailor installed beside vLLM), "
-            "TAILOR_ADAPTER_SOURCE_URL set to a gateway it can reach and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True "
-            "(its log says which)"
-        )
-    elif expect.fetches_adapters:
-        reason = f"fetched but could not load a rank-{rank} test adapter (is its --max-lora-rank at least {rank}?)"
-    elif resp.status_code in (404, 405):
+    if resp.status_code in (404, 405):
         reason = (
             "does not load adapters at run time (start it with --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True)"
         )

@@ -16,8 +16,7 @@ from sqlalchemy.exc import DBAPIError
 
 from adapters import registry
 from adapters.dedicated import ChildLauncher, DedicatedEngines
-from adapters.engine_checks import PROBE_NAME, EngineExpectation
-from adapters.engine_source import engine_digest
+from adapters.engine_checks import EngineExpectation
 from adapters.engines import Engine, EnginePool, LoraRef, bearer
 from adapters.probe_adapter import write_probe_adapter
 from adapters.registry import ModelRoute, ResolvedModel, ValidationLimits
@@ -199,12 +198,6 @@ class Services:
         directory = self.settings.cache_dir.resolve() / "engine-probe"
         return str(write_probe_adapter(directory, self.limits.base, self.settings.engine_max_lora_rank))
 
-    def engine_adapter_digest(self, name: str) -> str:
-        """The stored version an engine that fetches adapters by name gets for `name`; the probe
-        is stored like any adapter (its zero weights always have the same digest)."""
-        if name == PROBE_NAME:
-            return self.store.put_dir(self._probe_adapter())
-        return engine_digest(self.db, name)
 
     async def stop(self) -> None:
         await self.pool.stop_monitor()

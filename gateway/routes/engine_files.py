@@ -9,7 +9,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from starlette.responses import FileResponse
 
-from adapters.engine_source import ROUTE_PREFIX, served_file
+from adapters.engine_source import ROUTE_PREFIX, engine_digest, served_file
 from gateway.deps import EngineDep, ServicesDep
 
 router = APIRouter(prefix=ROUTE_PREFIX, dependencies=[EngineDep], include_in_schema=False)
@@ -18,7 +18,7 @@ router = APIRouter(prefix=ROUTE_PREFIX, dependencies=[EngineDep], include_in_sch
 @router.get("/adapters/{name}")
 def adapter_digest(name: str, services: ServicesDep) -> dict[str, str]:
     """The digest of the stored version an engine-side adapter name means."""
-    return {"digest": services.engine_adapter_digest(name)}
+    return {"digest": engine_digest(services.db, name)}
 
 
 # HEAD too: fsspec's HTTP filesystem asks for a file's size before reading it.

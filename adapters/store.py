@@ -121,14 +121,17 @@ def _hash_local_files(local_dir: Path) -> list[StoredFile]:
     return files
 
 
-def hash_stream(src: IO[bytes], dst: IO[bytes] | None = None) -> tuple[int, str]:
-    """Size and sha256 of a stream, copying it to `dst` on the way when given."""
+def hash_stream(src: IO[bytes], dst: IO[bytes] | None = None, *, limit: int | None = None) -> tuple[int, str]:
+    """Size and sha256 of a stream, copying it to `dst` on the way when given; with `limit`,
+    reading stops once more than that many bytes came (the size then says "too long")."""
     sha, size = hashlib.sha256(), 0
     while chunk := src.read(_CHUNK):
         sha.update(chunk)
         size += len(chunk)
         if dst is not None:
             dst.write(chunk)
+        if limit is not None and size > limit:
+            break
     return size, sha.hexdigest()
 
 
@@ -215,7 +218,7 @@ class AdapterStore:
                 raise not_found(f"adapter {digest} is not in the store", code="adapter_not_stored")
             return Path(self._version_path(digest))
         cached = self.cache_dir / digest
-        if (cached / MANIFEST).is_file():
+        if _complete_copy(digest, cached):
             return cached
         return self._materialise(digest, cached)
 
@@ -286,13 +289,17 @@ class AdapterStore:
                         self.fs.open(f"{version}/{stored.name}", "rb") as src,
                         (tmp / stored.name).open("xb") as dst,
                     ):
-                        size, sha = hash_stream(src, dst)
+                        # A longer source is cut at one byte past the size: it fails the check
+                        # below without filling the disk first.
+                        size, sha = hash_stream(src, dst, limit=stored.size)
                 except FileNotFoundError:
                     raise CorruptAdapterError(digest, f"{stored.name} is missing") from None
                 # Checked before the rename, so the cache only ever holds verified copies.
                 _check_file(digest, stored, size, sha)
             _write_local_manifest(tmp, manifest)
-            _remove_local_dir(cached)  # a cache dir without a manifest is an old partial copy
+            if _complete_copy(digest, cached):
+                return cached  # another process (an engine's, a worker's) committed it meanwhile
+            _remove_local_dir(cached)  # a cache dir without a whole copy is an old partial one
             _commit_local_dir(tmp, cached)
         finally:
             _remove_local_dir(tmp)
@@ -315,6 +322,23 @@ def _check_file(digest: str, stored: StoredFile, size: int, sha: str) -> None:
         raise CorruptAdapterError(digest, f"{stored.name} is {size} bytes, expected {stored.size}")
     if sha != stored.sha256:
         raise CorruptAdapterError(digest, f"{stored.name} has sha256 {sha}, expected {stored.sha256}")
+
+
+def _complete_copy(digest: str, cached: Path) -> bool:
+    """Whether `cached` holds a whole local copy of `digest`: its manifest hashes to the digest
+    and every listed file has its size. Cheap (no re-hashing): what it guards against is a
+    half-removed or hand-made folder, not one rewritten byte by byte."""
+    if cached.is_symlink() or not (cached / MANIFEST).is_file():
+        return False
+    try:
+        manifest = _parse_manifest(digest, (cached / MANIFEST).read_bytes())
+    except (CorruptAdapterError, OSError):
+        return False
+    for stored in manifest.files:
+        path = cached / stored.name
+        if path.is_symlink() or not path.is_file() or path.stat().st_size != stored.size:
+            return False
+    return True
 
 
 def _parse_manifest(digest: str, raw: bytes) -> StoredManifest:

@@ -24,9 +24,9 @@ import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from adapters.adapter_source import CACHE_ENV, SOURCE_ENV
 from adapters.engine_checks import Problem
 from adapters.engine_exit import exit_report, read_tail
-from adapters.engine_source import CACHE_ENV, SOURCE_ENV
 from adapters.engines import Engine, EnginePool, bearer
 from adapters.ports import pick_free_port, port_is_free, tree_listens_on
 from core.child_env import runtime_env
@@ -84,7 +84,9 @@ class EngineLaunch:
             host=host,
             tool_call_parser=s.engine_tool_call_parser,
             adapter_source_url=own_url(s) if s.engine_adapter_source == "url" else None,
-            adapter_cache_dir=s.cache_dir.resolve() / "engine-adapters",
+            # The store's own cache (same <digest>/ layout): deleting a version removes the
+            # child's copy with the gateway's.
+            adapter_cache_dir=s.cache_dir.resolve() / "adapters",
         )
 
     @classmethod

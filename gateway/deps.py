@@ -90,12 +90,15 @@ async def authenticate_engine(request: Request) -> None:
     services: Services = request.app.state.services
     if services.settings.engine_adapter_source != "url":
         raise TailorError(404, "Not Found", code="not_found")
+    # The key first: an engine behind the same address as clients that failed (a NAT, a proxy)
+    # must still fetch; only a wrong key meets the address's lockout.
+    if is_engine_key(services.pool.engines, f"Bearer {_bearer(request)}"):
+        return
     limiter = failed_auth_limiter(request)
     address = client_address(request)
     limiter.check(address)
-    if not is_engine_key(services.pool.engines, f"Bearer {_bearer(request)}"):
-        limiter.failed(address)
-        raise TailorError(401, "Incorrect engine key provided.", code="invalid_api_key")
+    limiter.failed(address)
+    raise TailorError(401, "Incorrect engine key provided.", code="invalid_api_key")
 
 
 EngineDep = Depends(authenticate_engine)

@@ -198,7 +198,6 @@ class Services:
         directory = self.settings.cache_dir.resolve() / "engine-probe"
         return str(write_probe_adapter(directory, self.limits.base, self.settings.engine_max_lora_rank))
 
-
     async def stop(self) -> None:
         await self.pool.stop_monitor()
         await self.dedicated.close()

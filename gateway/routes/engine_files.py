@@ -9,7 +9,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 from starlette.responses import FileResponse
 
-from adapters.engine_source import ROUTE_PREFIX, engine_digest, served_file
+from adapters.adapter_source import ROUTE_PREFIX
+from adapters.engine_source import engine_digest, served_file
 from gateway.deps import EngineDep, ServicesDep
 
 router = APIRouter(prefix=ROUTE_PREFIX, dependencies=[EngineDep], include_in_schema=False)

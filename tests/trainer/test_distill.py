@@ -28,7 +28,7 @@ from core.sealing import seal, unseal
 from tests.core.test_outbound import Reply, local_server, resolve_as
 from trainer import distill
 from trainer.compute.recipe import TrainingCancelled
-from trainer.distill import DistillSpec, RemoteTeacher, TeacherSpec
+from trainer.distill import DistillSpec, RemoteTeacher, TeacherSpec, remote
 
 USER = {"role": "user", "content": "Where is my parcel?"}
 
@@ -655,7 +655,7 @@ def test_retries_stop_at_the_teacher_phase_deadline() -> None:
 def test_cancelling_stops_the_teacher_phase(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from trainer import jobs
 
-    monkeypatch.setattr(distill, "STOP_CHECK_S", 0.0)
+    monkeypatch.setattr(remote, "STOP_CHECK_S", 0.0)
     env = Worker(tmp_path)
     job_id: list[str] = []
 

@@ -18,6 +18,8 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from trainer.records import prompt_key
+
 # --- the validation slice ------------------------------------------------------------------
 # Below MIN_ROWS training rows, no slice: every row is needed to learn from, and a handful of
 # validation rows would make the stopping decision noise. Such jobs train the fixed epochs
@@ -59,10 +61,6 @@ def split_validation(
     hash seed: a retried job splits its rows the same way. Whole prompts are taken until at
     least `size` rows are held back; both sides keep the rows' original order.
     """
-    # the job's own notion of "the same prompt" (whitespace-insensitive); imported here, since
-    # trainer.datasets brings the database models, which resolving hyperparameters never needs
-    from trainer.datasets import prompt_key
-
     if size <= 0:
         return list(rows), []
     keys = [prompt_key(row_prompt(row)) for row in rows]

@@ -29,9 +29,9 @@ from core.ids import utcnow
 from core.models import Adapter, AdapterVersion, Feedback, Job, TenantPolicy, UTCDateTime
 from core.rows import from_row
 from core.states import OPEN_JOB_STATUSES
-from trainer.datasets import Snapshot
 from trainer.feedback import FeedbackSignal, feedback_signal
 from trainer.gates import GateConfig
+from trainer.records import Snapshot
 
 # Bounds a stored value must respect: the column is a 32-bit integer on PostgreSQL, and the
 # scheduler adds the interval to a datetime (larger values overflow and would stop it).
@@ -159,47 +159,25 @@ def drift(
         return DriftStatus(adapter_name, None, None, None, False, "no promoted version")
     level = feedback_signal(db, tenant_id, row.id, since=row.promoted_at, until=row.promoted_at + window)
     recent = feedback_signal(db, tenant_id, row.id, since=max(now - window, row.promoted_at + window))
+    drifted, reason = _compare(level, recent, min_judged=min_judged, tolerance=tolerance)
+    return DriftStatus(adapter_name, row.version, level, recent, drifted, reason)
+
+
+def _compare(level: FeedbackSignal, recent: FeedbackSignal, *, min_judged: int, tolerance: float) -> tuple[bool, str]:
+    """(drifted, why): recent feedback against the promoted version's level, once both are established."""
     if level.judged < min_judged or level.share_good is None:
-        return DriftStatus(
-            adapter_name,
-            row.version,
-            level,
-            recent,
-            False,
-            f"level not established yet ({level.judged}/{min_judged} judged answers)",
-        )
+        return False, f"level not established yet ({level.judged}/{min_judged} judged answers)"
     if recent.judged < min_judged or recent.share_good is None:
-        return DriftStatus(
-            adapter_name,
-            row.version,
-            level,
-            recent,
-            False,
-            f"too little recent feedback ({recent.judged}/{min_judged} judged answers)",
-        )
+        return False, f"too little recent feedback ({recent.judged}/{min_judged} judged answers)"
     if recent.share_good < level.share_good - tolerance:
-        return DriftStatus(
-            adapter_name,
-            row.version,
-            level,
-            recent,
-            True,
-            f"share of good answers fell from {level.share_good:.2f} to {recent.share_good:.2f}",
-        )
+        return True, f"share of good answers fell from {level.share_good:.2f} to {recent.share_good:.2f}"
     if (
         level.correction_rate is not None
         and recent.correction_rate is not None
         and recent.correction_rate > level.correction_rate + tolerance
     ):
-        return DriftStatus(
-            adapter_name,
-            row.version,
-            level,
-            recent,
-            True,
-            f"correction rate rose from {level.correction_rate:.2f} to {recent.correction_rate:.2f}",
-        )
-    return DriftStatus(adapter_name, row.version, level, recent, False, "within tolerance of its promoted level")
+        return True, f"correction rate rose from {level.correction_rate:.2f} to {recent.correction_rate:.2f}"
+    return False, "within tolerance of its promoted level"
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,8 @@ import json
 import re
 from typing import Any
 
-from trainer.datasets import InvalidExample, Message, check_message
+from trainer.message_checks import InvalidExample, check_message
+from trainer.records import Message
 
 MAX_TOOLS = 128  # as OpenAI's API
 MAX_TOOLS_CHARS = 100_000  # all definitions of one example, as JSON
@@ -58,7 +59,7 @@ def has_tools(example: dict[str, Any]) -> bool:
 def text_turns(example: dict[str, Any]) -> tuple[Message, ...]:
     """The example's conversation as plain system/user/assistant turns (the form above).
 
-    Raises InvalidExample naming the field, as trainer.datasets' checks do.
+    Raises InvalidExample naming the field, as trainer.message_checks' checks do.
     """
     tools = _tools(example.get("tools"))
     parallel = example.get("parallel_tool_calls")

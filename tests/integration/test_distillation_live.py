@@ -23,7 +23,7 @@ import pytest
 
 from tests.integration.conftest import BASE_MODEL, TailorServer, make_tenant
 from tests.openai_schema import validate
-from tests.trainer.test_worker import ANSWER, DISTILL_QUESTIONS, ZORBLAX_CONTEXT
+from tests.trainer.worker_world import ANSWER, DISTILL_QUESTIONS, ZORBLAX_CONTEXT
 
 pytestmark = pytest.mark.engine
 

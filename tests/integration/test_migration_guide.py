@@ -21,7 +21,7 @@ import pytest
 
 from tests.integration.conftest import BASE_MODEL, ROOT, TailorServer, make_tenant
 from tests.openai_schema import validate
-from tests.trainer.test_worker import ANSWER, QUESTIONS
+from tests.trainer.worker_world import ANSWER, QUESTIONS
 
 pytestmark = pytest.mark.engine
 

@@ -19,6 +19,7 @@ from tests.dbutil import add_interaction
 from trainer import datasets as ds
 from trainer import files
 from trainer.datasets import PreferenceRecord, SFTRecord
+from trainer.datasets.heldout import bucket
 from trainer.feedback import import_feedback_jsonl, record_feedback
 
 
@@ -272,7 +273,7 @@ def test_split_minimum_heldout() -> None:
     assert ds.split(same_prompt, 0.99, 1)[1] == []  # a prompt is never split, training keeps one
     train, held = ds.split([sft(str(i), "x") for i in range(5)], 0.99, 1)
     assert len(train) >= 1 and len(held) >= 1
-    assert ds.split(two, 0.0, 0) == (sorted(two, key=lambda r: ds._bucket(ds.prompt_key(r.prompt))), [])
+    assert ds.split(two, 0.0, 0) == (sorted(two, key=lambda r: bucket(ds.prompt_key(r.prompt))), [])
 
 
 # --- build_from_files -----------------------------------------------------------------

@@ -9,6 +9,7 @@ import pytest
 
 from core.errors import TailorError
 from tests.openai_schema import validate
+from tests.trainer.string_check_cases import STRING_CHECK_CASES
 from trainer.graders import (
     Capabilities,
     GradingContext,
@@ -53,19 +54,7 @@ def refused(raw: Any, *, capabilities: Capabilities = NONE) -> TailorError:
 # --------------------------------------------------------------------------- string_check
 
 
-@pytest.mark.parametrize(
-    ("operation", "answer", "reference", "reward"),
-    [
-        ("eq", "Paris", "Paris", 1.0),
-        ("eq", "paris", "Paris", 0.0),
-        ("ne", "Lyon", "Paris", 1.0),
-        ("ne", "Paris", "Paris", 0.0),
-        ("like", "It is Paris.", "Paris", 1.0),
-        ("like", "It is paris.", "Paris", 0.0),
-        ("ilike", "IT IS PARIS.", "paris", 1.0),
-        ("ilike", "Lyon", "paris", 0.0),
-    ],
-)
+@pytest.mark.parametrize(("operation", "answer", "reference", "reward"), STRING_CHECK_CASES)
 async def test_string_check_operations(operation: str, answer: str, reference: str, reward: float) -> None:
     body = await run(check("c", "{{ sample.output_text }}", "{{item.label}}", operation), answer, {"label": reference})
     assert body["reward"] == reward

@@ -8,42 +8,41 @@ first-in first-out within a tenant.
 from __future__ import annotations
 
 from core.db import Database
-from core.ids import new_id
-from core.models import Tenant
-from trainer import job_queue, jobs
+from tests.trainer.job_world import add_tenant, queue_job
+from trainer import job_queue
 
 
-def _tenant(db: Database, name: str, max_queued_jobs: int = 20) -> str:
-    tenant_id = new_id("ten")
-    with db.session() as s:
-        s.add(Tenant(id=tenant_id, name=name, limits={"max_queued_jobs": max_queued_jobs}))
-    return tenant_id
+def _tenant(db: Database, name: str) -> str:
+    return add_tenant(db, name, max_queued_jobs=20)
 
 
 def _queue(db: Database, tenant_id: str, n: int) -> list[str]:
-    return [jobs.submit(db, tenant_id, method="supervised", model="base", actor="test").id for _ in range(n)]
+    return [queue_job(db, tenant_id).id for _ in range(n)]
+
+
+def _claim_all(db: Database, *, finish: bool) -> list[str]:
+    """Claim jobs until none is left, in claim order; `finish`: each succeeds before the next claim."""
+    claimed = []
+    while (job := job_queue.claim_next(db, "w")) is not None:
+        claimed.append(job.id)
+        if finish:
+            job_queue.finish_job(db, job.id, "w", status="succeeded")
+    return claimed
 
 
 def test_second_tenant_is_claimed_second_while_the_first_runs(db: Database) -> None:
     a, b = _tenant(db, "a"), _tenant(db, "b")
     a_jobs = _queue(db, a, 10)
     b_jobs = _queue(db, b, 1)
-    claimed = []
-    while (job := job_queue.claim_next(db, "w")) is not None:
-        claimed.append(job.id)
-    assert claimed == [a_jobs[0], b_jobs[0], *a_jobs[1:]]
+    assert _claim_all(db, finish=False) == [a_jobs[0], b_jobs[0], *a_jobs[1:]]
 
 
 def test_tenants_take_turns_when_one_worker_finishes_each_job(db: Database) -> None:
     a, b = _tenant(db, "a"), _tenant(db, "b")
     a_jobs = _queue(db, a, 3)
     b_jobs = _queue(db, b, 2)
-    claimed = []
-    while (job := job_queue.claim_next(db, "w")) is not None:
-        claimed.append(job.id)
-        job_queue.finish_job(db, job.id, "w", status="succeeded")
     # Nothing runs between claims: the tenant whose last start is older goes next.
-    assert claimed == [a_jobs[0], b_jobs[0], a_jobs[1], b_jobs[1], a_jobs[2]]
+    assert _claim_all(db, finish=True) == [a_jobs[0], b_jobs[0], a_jobs[1], b_jobs[1], a_jobs[2]]
 
 
 def test_tenant_with_fewer_running_jobs_goes_first(db: Database) -> None:

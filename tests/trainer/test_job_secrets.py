@@ -17,21 +17,13 @@ from sqlalchemy import update
 from core.blobs import BlobStore
 from core.config import Settings
 from core.db import Database
-from core.ids import new_id, utcnow
-from core.models import Job, Tenant
+from core.ids import utcnow
+from core.models import Job
 from core.sealing import seal
 from trainer import files, job_queue, jobs
 
 SECRET = "sk-teacher-secret"
 PROMPT_LINE = b'{"messages": [{"role": "user", "content": "hi"}]}\n'
-
-
-@pytest.fixture
-def tenant(db: Database) -> str:
-    tenant_id = new_id("ten")
-    with db.session() as s:
-        s.add(Tenant(id=tenant_id, name="acme"))
-    return tenant_id
 
 
 @pytest.fixture

@@ -1,27 +1,21 @@
-"""trainer.jobs: the fine-tuning queue on SQLite (and PostgreSQL when a cluster can start).
+"""trainer.jobs: fine-tuning jobs on SQLite.
 
-Creation and hyperparameter checks, tenant scoping, pagination, metadata, cancellation,
-pausing and resuming, claiming (one winner per job, even with two claimers racing),
-heartbeats, finishing, and the sweep that requeues or fails jobs whose worker went quiet.
+Creation and hyperparameter checks, tenant scoping, pagination, metadata, evaluations,
+pausing and resuming. Claiming, heartbeats, finishing and the sweep of jobs whose worker
+went quiet: test_job_queue.py.
 """
 
 from __future__ import annotations
 
-import threading
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import update
 
 from core.blobs import BlobStore
 from core.db import Database
 from core.errors import TailorError
-from core.ids import new_id, utcnow
-from core.models import Job, Tenant
 from core.quotas import Quotas
-from tests.dbutil import migrated
-from tests.pg import create_database
+from tests.trainer.job_world import add_tenant, queue_job, stale_after
 from trainer import files, job_queue, job_records, jobs
 from trainer.job_queue import JobLost
 
@@ -33,32 +27,9 @@ PREF_LINE = (
 )
 
 
-def _tenant(db: Database, name: str) -> str:
-    tenant_id = new_id("ten")
-    with db.session() as s:
-        s.add(Tenant(id=tenant_id, name=name))
-    return tenant_id
-
-
 @pytest.fixture
 def db(sqlite_db: Database) -> Database:
     return sqlite_db
-
-
-@pytest.fixture
-def tenant(db: Database) -> str:
-    return _tenant(db, "acme")
-
-
-def _job(db: Database, tenant_id: str, **kw: object) -> jobs.JobInfo:
-    args: dict[str, object] = {"method": "supervised", "model": "base", "hyperparameters": {}}
-    args.update(kw)
-    return jobs.submit(db, tenant_id, **args, actor="test")  # type: ignore[arg-type]
-
-
-def _backdate_heartbeat(db: Database, job_id: str, seconds: float) -> None:
-    with db.session() as s:
-        s.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=utcnow() - timedelta(seconds=seconds)))
 
 
 # -----------------------------------------------------------------------------
@@ -66,7 +37,7 @@ def _backdate_heartbeat(db: Database, job_id: str, seconds: float) -> None:
 
 
 def test_create_fills_auto_and_names_the_adapter(db: Database, tenant: str) -> None:
-    job = _job(db, tenant, hyperparameters={"n_epochs": 3, "lora_rank": 4})
+    job = queue_job(db, tenant, hyperparameters={"n_epochs": 3, "lora_rank": 4})
     assert job.status == "queued" and job.attempts == 0 and job.source == "api"
     assert job.id.startswith("ftjob-")
     assert job.adapter_name == "ft-" + job.id.split("-", 1)[1][:8]
@@ -90,7 +61,7 @@ def test_create_fills_auto_and_names_the_adapter(db: Database, tenant: str) -> N
 
 
 def test_dpo_jobs_take_beta(db: Database, tenant: str) -> None:
-    job = _job(db, tenant, method="dpo", adapter_name="prefs", hyperparameters={"beta": 0.5})
+    job = queue_job(db, tenant, method="dpo", adapter_name="prefs", hyperparameters={"beta": 0.5})
     assert job.adapter_name == "prefs"
     assert job.hyperparameters["beta"] == 0.5
 
@@ -136,24 +107,24 @@ def test_bad_hyperparameters_are_400_naming_the_field(method: str, hp: dict[str,
 
 def test_create_job_validates_before_queueing(db: Database, tenant: str) -> None:
     with pytest.raises(TailorError) as err:
-        _job(db, tenant, hyperparameters={"n_epochs": 0})
+        queue_job(db, tenant, hyperparameters={"n_epochs": 0})
     assert err.value.param == "hyperparameters.n_epochs"
     assert jobs.list_jobs(db, tenant) == ([], False)
 
 
 def test_lora_rank_is_capped_by_the_engines_limit(db: Database, tenant: str) -> None:
     with pytest.raises(TailorError) as err:
-        _job(db, tenant, hyperparameters={"lora_rank": 32}, max_lora_rank=16)
+        queue_job(db, tenant, hyperparameters={"lora_rank": 32}, max_lora_rank=16)
     assert err.value.param == "hyperparameters.lora_rank"
-    assert _job(db, tenant, hyperparameters={"lora_rank": 16}, max_lora_rank=16).status == "queued"
+    assert queue_job(db, tenant, hyperparameters={"lora_rank": 16}, max_lora_rank=16).status == "queued"
 
 
 def test_bad_suffix_and_seed(db: Database, tenant: str) -> None:
     with pytest.raises(TailorError) as err:
-        _job(db, tenant, adapter_name="no spaces allowed")
+        queue_job(db, tenant, adapter_name="no spaces allowed")
     assert err.value.param == "suffix"
     with pytest.raises(TailorError) as err:
-        _job(db, tenant, seed=-1)
+        queue_job(db, tenant, seed=-1)
     assert err.value.param == "seed"
 
 
@@ -161,11 +132,11 @@ def test_training_files_must_be_the_tenants_and_of_the_methods_kind(db: Database
     blobs = BlobStore(str(tmp_path / "blobs"))
     chat = files.upload_file(db, blobs, tenant, "chat.jsonl", CHAT_LINE * 2, "fine-tune")
     prefs = files.upload_file(db, blobs, tenant, "prefs.jsonl", PREF_LINE, "fine-tune")
-    other = _tenant(db, "globex")
+    other = add_tenant(db, "globex")
     foreign = files.upload_file(db, blobs, other, "chat.jsonl", CHAT_LINE, "fine-tune")
 
-    assert _job(db, tenant, training_file=chat.id).training_file == chat.id
-    assert _job(db, tenant, method="dpo", training_file=prefs.id).training_file == prefs.id
+    assert queue_job(db, tenant, training_file=chat.id).training_file == chat.id
+    assert queue_job(db, tenant, method="dpo", training_file=prefs.id).training_file == prefs.id
     for kw, param in [
         ({"training_file": "file-nope"}, "training_file"),
         ({"training_file": foreign.id}, "training_file"),
@@ -173,7 +144,7 @@ def test_training_files_must_be_the_tenants_and_of_the_methods_kind(db: Database
         ({"training_file": chat.id, "validation_file": prefs.id}, "validation_file"),
     ]:
         with pytest.raises(TailorError) as err:
-            _job(db, tenant, **kw)
+            queue_job(db, tenant, **kw)
         assert (err.value.status, err.value.param, err.value.code) == (400, param, "invalid_file")
 
 
@@ -207,8 +178,8 @@ def test_auto_hyperparameters_resolve_to_concrete_values() -> None:
 
 
 def test_jobs_are_tenant_scoped(db: Database, tenant: str) -> None:
-    job = _job(db, tenant)
-    other = _tenant(db, "globex")
+    job = queue_job(db, tenant)
+    other = add_tenant(db, "globex")
     for call in (
         lambda: jobs.get_job(db, other, job.id),
         lambda: jobs.cancel_job(db, other, job.id, actor="test"),
@@ -224,7 +195,7 @@ def test_jobs_are_tenant_scoped(db: Database, tenant: str) -> None:
 
 
 def test_list_jobs_pages_newest_first(db: Database, tenant: str) -> None:
-    made = [_job(db, tenant).id for _ in range(5)]
+    made = [queue_job(db, tenant).id for _ in range(5)]
     first, more = jobs.list_jobs(db, tenant, limit=2)
     assert [j.id for j in first] == made[::-1][:2] and more
     second, more = jobs.list_jobs(db, tenant, after=first[-1].id, limit=2)
@@ -237,7 +208,7 @@ def test_list_jobs_pages_newest_first(db: Database, tenant: str) -> None:
 
 
 def test_events_newest_first_with_metrics_type(db: Database, tenant: str) -> None:
-    job = _job(db, tenant)
+    job = queue_job(db, tenant)
     for step in (1, 2):
         job_records.add_event(
             db, job.id, f"Step {step}/2: training loss={1 / step:.4f}", data={"step": step, "train_loss": 1 / step}
@@ -254,7 +225,7 @@ def test_events_newest_first_with_metrics_type(db: Database, tenant: str) -> Non
 
 
 def test_checkpoints_latest_step_first(db: Database, tenant: str) -> None:
-    job = _job(db, tenant)
+    job = queue_job(db, tenant)
     for step in (5, 10, 15):
         job_records.add_checkpoint(
             db, job.id, step=step, metrics={"step": step, "train_loss": 1 / step}, path=f"checkpoints/x/step-{step}"
@@ -266,154 +237,8 @@ def test_checkpoints_latest_step_first(db: Database, tenant: str) -> None:
     assert rest[0].id.startswith("ftckpt-") and rest[0].path == "checkpoints/x/step-5"
 
 
-# -----------------------------------------------------------------------------
-# claiming, beating, finishing
-
-
-def test_claim_takes_the_oldest_and_only_once(db: Database, tenant: str) -> None:
-    a, b = _job(db, tenant), _job(db, tenant)
-    first = job_queue.claim_next(db, "w1")
-    assert first is not None and first.id == a.id
-    assert (first.status, first.worker_id, first.attempts) == ("running", "w1", 1)
-    assert first.started_at is not None and first.heartbeat_at is not None
-    second = job_queue.claim_next(db, "w2")
-    assert second is not None and second.id == b.id
-    assert job_queue.claim_next(db, "w3") is None
-
-
-def test_claim_a_named_job(db: Database, tenant: str) -> None:
-    older, newer = _job(db, tenant), _job(db, tenant)
-    got = job_queue.claim_next(db, "w1", job_id=newer.id)
-    assert got is not None and got.id == newer.id
-    assert job_queue.claim_next(db, "w2", job_id=newer.id) is None  # taken
-    assert jobs.get_job(db, tenant, older.id).status == "queued"
-
-
-def _race(urls: list[str], tenant: str, n_jobs: int) -> tuple[list[str], list[str]]:
-    """Two claimers with their own engines drain the queue at once; who got what."""
-    setup = Database(urls[0])
-    with setup.session() as s:
-        s.get(Tenant, tenant).limits = {"max_queued_jobs": n_jobs}  # type: ignore[union-attr]
-    for _ in range(n_jobs):
-        _job(setup, tenant)
-    setup.dispose()
-    got: dict[str, list[str]] = {"a": [], "b": []}
-    start = threading.Barrier(2)
-
-    def claimer(name: str, url: str) -> None:
-        worker_db = Database(url)
-        start.wait()
-        while (job := job_queue.claim_next(worker_db, name)) is not None:
-            got[name].append(job.id)
-        worker_db.dispose()
-
-    threads = [threading.Thread(target=claimer, args=(name, url)) for name, url in zip("ab", urls, strict=True)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    return got["a"], got["b"]
-
-
-def test_two_claimers_never_share_a_job_sqlite(db: Database, tenant: str) -> None:
-    a, b = _race([db.url, db.url], tenant, 30)
-    assert not set(a) & set(b)
-    assert len(a) + len(b) == 30
-    statuses = {j.worker_id for j in jobs.list_jobs(db, tenant, limit=100)[0]}
-    assert statuses <= {"a", "b"}
-
-
-def test_heartbeat_reports_cancellation_and_ownership(db: Database, tenant: str) -> None:
-    job = _job(db, tenant)
-    job_queue.claim_next(db, "w1")
-    assert job_queue.heartbeat(db, job.id, "w1") is False
-    with pytest.raises(JobLost):
-        job_queue.heartbeat(db, job.id, "w2")
-    cancelled = jobs.cancel_job(db, tenant, job.id, actor="test")
-    assert (cancelled.status, cancelled.cancel_requested) == ("running", True)
-    assert job_queue.heartbeat(db, job.id, "w1") is True
-    done = job_queue.finish_job(db, job.id, "w1", status="cancelled")
-    assert done.status == "cancelled" and done.finished_at is not None
-    with pytest.raises(JobLost):
-        job_queue.heartbeat(db, job.id, "w1")
-
-
-def test_cancel_queued_is_immediate_and_finished_jobs_refuse(db: Database, tenant: str) -> None:
-    queued = _job(db, tenant)
-    out = jobs.cancel_job(db, tenant, queued.id, actor="test")
-    assert out.status == "cancelled" and out.finished_at is not None
-    assert jobs.cancel_job(db, tenant, queued.id, actor="test").status == "cancelled"  # idempotent
-    assert job_queue.claim_next(db, "w1") is None
-
-    running = _job(db, tenant)
-    job_queue.claim_next(db, "w1")
-    job_queue.finish_job(
-        db,
-        running.id,
-        "w1",
-        status="succeeded",
-        fine_tuned_model="x@v1",
-        decision="promoted",
-        metrics={"train_loss": 0.1},
-        trained_tokens=42,
-    )
-    with pytest.raises(TailorError) as err:
-        jobs.cancel_job(db, tenant, running.id, actor="test")
-    assert err.value.status == 409
-    info = jobs.get_job(db, tenant, running.id)
-    assert (info.fine_tuned_model, info.decision, info.trained_tokens) == ("x@v1", "promoted", 42)
-
-
-def test_finish_needs_the_claim(db: Database, tenant: str) -> None:
-    job = _job(db, tenant)
-    with pytest.raises(JobLost):
-        job_queue.finish_job(db, job.id, "w1", status="succeeded")  # never claimed
-    job_queue.claim_next(db, "w1")
-    with pytest.raises(JobLost):
-        job_queue.finish_job(db, job.id, "w2", status="failed")
-    with pytest.raises(ValueError):
-        job_queue.finish_job(db, job.id, "w1", status="running")
-    error = {"code": "boom", "message": "it broke", "param": None}
-    assert job_queue.finish_job(db, job.id, "w1", status="failed", error=error).error == error
-
-
-def test_requeue_stale_retries_then_fails(db: Database, tenant: str) -> None:
-    job = _job(db, tenant)
-    fresh = _job(db, tenant)
-    job_queue.claim_next(db, "dead")
-    job_queue.claim_next(db, "alive")
-    _backdate_heartbeat(db, job.id, 120)
-
-    assert job_queue.requeue_stale(db, stale_after_s=60, max_attempts=2) == [job.id]
-    again = jobs.get_job(db, tenant, job.id)
-    assert (again.status, again.worker_id, again.attempts) == ("queued", None, 1)
-    assert jobs.get_job(db, tenant, fresh.id).status == "running"
-    with pytest.raises(JobLost):  # the dead worker, should it wake up, may not write any more
-        job_queue.heartbeat(db, job.id, "dead")
-
-    second = job_queue.claim_next(db, "w2")
-    assert second is not None and second.id == job.id and second.attempts == 2
-    _backdate_heartbeat(db, job.id, 120)
-    assert job_queue.requeue_stale(db, stale_after_s=60, max_attempts=2) == [job.id]
-    failed = jobs.get_job(db, tenant, job.id)
-    assert failed.status == "failed" and failed.finished_at is not None
-    assert failed.error is not None and failed.error["code"] == "worker_lost"
-    events, _ = job_records.list_events(db, tenant, job.id)
-    assert events[0].level == "error" and "heartbeats" in events[0].message
-    assert job_queue.requeue_stale(db, stale_after_s=60) == []
-
-
-def test_stale_job_with_cancellation_requested_is_cancelled(db: Database, tenant: str) -> None:
-    job = _job(db, tenant)
-    job_queue.claim_next(db, "dead")
-    jobs.cancel_job(db, tenant, job.id, actor="test")
-    _backdate_heartbeat(db, job.id, 120)
-    assert job_queue.requeue_stale(db, stale_after_s=60) == [job.id]
-    assert jobs.get_job(db, tenant, job.id).status == "cancelled"
-
-
 def test_evaluations_are_recorded_per_job(db: Database, tenant: str) -> None:
-    job = _job(db, tenant)
+    job = queue_job(db, tenant)
     with pytest.raises(TailorError) as err:
         job_records.get_evaluation(db, tenant, job.id)
     assert err.value.status == 404
@@ -434,7 +259,7 @@ def test_evaluations_are_recorded_per_job(db: Database, tenant: str) -> None:
     assert (got.decision, got.candidate_metrics["token_f1"]) == ("promoted", 0.9)
     assert got.reasons == ["token_f1 better"]
     with pytest.raises(TailorError):
-        job_records.get_evaluation(db, _tenant(db, "globex"), job.id)
+        job_records.get_evaluation(db, add_tenant(db, "globex"), job.id)
 
 
 # -----------------------------------------------------------------------------
@@ -448,13 +273,13 @@ def _pause_on_worker(db: Database, job_id: str, worker: str, step: int, total: i
 
 
 def test_pause_resume_cycle(db: Database, tenant: str) -> None:
-    job = _job(db, tenant)
+    job = queue_job(db, tenant)
     with pytest.raises(TailorError) as err:
         jobs.pause_job(db, tenant, job.id, actor="test")
     assert (err.value.status, err.value.code) == (400, "job_not_running")
     job_queue.claim_next(db, "w1")
     with pytest.raises(TailorError):
-        jobs.pause_job(db, _tenant(db, "globex"), job.id, actor="test")  # another tenant's: unknown
+        jobs.pause_job(db, add_tenant(db, "globex"), job.id, actor="test")  # another tenant's: unknown
     asked = jobs.pause_job(db, tenant, job.id, actor="test")
     assert (asked.status, asked.pause_requested) == ("running", True)
     assert job_queue.stop_request(db, job.id, "w1") == "pause"
@@ -485,7 +310,7 @@ def test_pause_resume_cycle(db: Database, tenant: str) -> None:
 
 
 def test_pause_before_a_checkpoint_keeps_the_earlier_point(db: Database, tenant: str) -> None:
-    job = _job(db, tenant)
+    job = queue_job(db, tenant)
     job_queue.claim_next(db, "w1")
     jobs.pause_job(db, tenant, job.id, actor="test")
     first = _pause_on_worker(db, job.id, "w1", step=2, total=5)
@@ -500,11 +325,11 @@ def test_pause_before_a_checkpoint_keeps_the_earlier_point(db: Database, tenant:
 
 
 def test_resume_needs_room_in_the_queue(db: Database, tenant: str) -> None:
-    job = _job(db, tenant)
+    job = queue_job(db, tenant)
     job_queue.claim_next(db, "w1")
     jobs.pause_job(db, tenant, job.id, actor="test")
     _pause_on_worker(db, job.id, "w1", step=1, total=3)
-    _job(db, tenant)
+    queue_job(db, tenant)
     one = Quotas(max_stored_bytes=10**9, max_adapter_versions=10, max_files=10, max_queued_jobs=1)
     with pytest.raises(TailorError) as err:
         jobs.resume_job(db, tenant, job.id, quotas=one, actor="test")
@@ -513,19 +338,14 @@ def test_resume_needs_room_in_the_queue(db: Database, tenant: str) -> None:
 
 
 def test_stale_job_with_pause_requested_is_paused(db: Database, tenant: str) -> None:
-    job = _job(db, tenant)
-    job_queue.claim_next(db, "dead")
-    jobs.pause_job(db, tenant, job.id, actor="test")
-    _backdate_heartbeat(db, job.id, 120)
-    assert job_queue.requeue_stale(db, stale_after_s=60) == [job.id]
-    paused = jobs.get_job(db, tenant, job.id)
+    paused = stale_after(db, tenant, jobs.pause_job)
     assert (paused.status, paused.pause_requested, paused.resume) == ("paused", False, None)
 
 
 def test_metadata_is_checked_and_filters_the_list(db: Database, tenant: str) -> None:
-    a = _job(db, tenant, metadata={"team": "geo", "quote's": "it's"})
-    b = _job(db, tenant, metadata={"team": "geo"})
-    c = _job(db, tenant)
+    a = queue_job(db, tenant, metadata={"team": "geo", "quote's": "it's"})
+    b = queue_job(db, tenant, metadata={"team": "geo"})
+    c = queue_job(db, tenant)
     assert a.metadata == {"team": "geo", "quote's": "it's"} and c.metadata is None
 
     def listed(**kw: object) -> list[str]:
@@ -539,33 +359,5 @@ def test_metadata_is_checked_and_filters_the_list(db: Database, tenant: str) -> 
         listed(metadata={"team": "geo"}, without_metadata=True)
     for bad in ({"k" * 65: "v"}, {"tailor_x": "v"}, {str(i): "v" for i in range(17)}):
         with pytest.raises(TailorError) as err:
-            _job(db, tenant, metadata=bad)
+            queue_job(db, tenant, metadata=bad)
         assert err.value.param == "metadata"
-
-
-# -----------------------------------------------------------------------------
-# PostgreSQL: SKIP LOCKED lets workers claim side by side
-
-
-@pytest.mark.postgres
-def test_postgres_claims_are_exclusive_and_sweeps_work(postgres_url: str) -> None:
-    url = create_database(postgres_url, "jobs")
-    db = migrated(url)
-    try:
-        tenant = _tenant(db, "acme")
-        a, b = _race([url, url], tenant, 30)
-        assert not set(a) & set(b)
-        assert len(a) + len(b) == 30
-        victim = a[0] if a else b[0]
-        _backdate_heartbeat(db, victim, 120)
-        assert job_queue.requeue_stale(db, stale_after_s=60) == [victim]
-        claimed = job_queue.claim_next(db, "again")
-        assert claimed is not None and claimed.id == victim and claimed.attempts == 2
-        assert job_queue.heartbeat(db, victim, "again") is False
-        # The metadata filter's JSON operators on PostgreSQL
-        tagged = _job(db, tenant, metadata={"team": "geo", "quote's": "it's"})
-        for metadata in ({"team": "geo"}, {"quote's": "it's"}):
-            assert [j.id for j in jobs.list_jobs(db, tenant, metadata=metadata)[0]] == [tagged.id]
-        assert tagged.id not in [j.id for j in jobs.list_jobs(db, tenant, without_metadata=True, limit=100)[0]]
-    finally:
-        db.dispose()

@@ -16,15 +16,10 @@ from core import audit
 from core.db import Database
 from core.errors import TailorError
 from core.models import AuditEvent, Job
-from tests.trainer.test_jobs import _tenant
+from tests.trainer.job_world import add_tenant
 from trainer import job_queue, jobs
 
 ACTOR = "key:key-tester"
-
-
-@pytest.fixture
-def tenant(db: Database) -> str:
-    return _tenant(db, "acme")
 
 
 def _events(db: Database) -> list[AuditEvent]:
@@ -153,7 +148,7 @@ def test_a_failure_in_the_transaction_keeps_neither_change_nor_event(
 
 
 def test_refused_actions_write_nothing(db: Database, tenant: str) -> None:
-    other = _tenant(db, "globex")
+    other = add_tenant(db, "globex")
     queued = _queued(db, tenant)
     seen = len(_events(db))
     refusals = [

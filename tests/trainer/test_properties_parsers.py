@@ -1,6 +1,6 @@
 """Property-based tests for the parsers and validators that take untrusted input.
 
-trainer/files.py `parse_jsonl`, adapters/validation.py `validate_adapter_name`, adapters/archives.py
+trainer/files/parsing.py `parse_jsonl`, adapters/validation.py `validate_adapter_name`, adapters/archives.py
 `extract_archive`, trainer/gates.py `GateConfig.from_dict`, adapters/store.py
 `check_digest`: for any input each either accepts it or refuses it with a TailorError
 400, never another exception.

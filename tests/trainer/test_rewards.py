@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from core.errors import TailorError
+from tests.trainer.string_check_cases import STRING_CHECK_CASES
 from trainer.rewards import check_grader, mean_score, render, reward_for
 
 GRADER = {
@@ -22,17 +23,7 @@ def test_templates_read_the_answer_and_the_rows_fields() -> None:
     assert render("[{{ item.missing }}][{{ item.label.deeper }}]", "hi", item) == "[][]"
 
 
-@pytest.mark.parametrize(
-    ("operation", "answer", "reference", "score"),
-    [
-        ("eq", "BILL-7", "BILL-7", 1.0),
-        ("eq", "BILL-7.", "BILL-7", 0.0),
-        ("ne", "BILL-7.", "BILL-7", 1.0),
-        ("like", "The queue is BILL-7.", "BILL-7", 1.0),
-        ("like", "the queue is bill-7.", "BILL-7", 0.0),
-        ("ilike", "the queue is bill-7.", "BILL-7", 1.0),
-    ],
-)
+@pytest.mark.parametrize(("operation", "answer", "reference", "score"), STRING_CHECK_CASES)
 def test_string_check_operations(operation: str, answer: str, reference: str, score: float) -> None:
     reward = reward_for({**GRADER, "operation": operation})
     assert reward([answer], [{"label": reference}]) == [score]

@@ -4,10 +4,11 @@ One SFT file teaches SmolLM2 an odd fact; the worker trains on it, checkpoints, 
 against the base model on the held-out split, gates, registers and promotes, leaving events,
 checkpoint rows, an Evaluation row and report blobs. A second identical job must lose to
 the version it would replace and be rejected. Cancellation and failures leave no version.
+Distillation and reinforcement jobs: test_worker_methods.py.
 
-Evaluation and the local teacher run on the session's vLLM evaluation engine (tests/conftest.py),
-named to the worker as TAILOR_EVAL_ENGINE_URL. Needs models/SmolLM2-135M-Instruct (prepared by
-`make model`); skipped without it.
+Evaluation runs on the session's vLLM evaluation engine (tests/conftest.py), named to the
+worker as TAILOR_EVAL_ENGINE_URL. The world (model, fact, worker): tests.trainer.worker_world.
+Needs models/SmolLM2-135M-Instruct (prepared by `make model`); skipped without it.
 """
 
 from __future__ import annotations
@@ -20,81 +21,19 @@ import pytest
 from sqlalchemy import select
 
 from adapters import promotion
-from adapters.store import AdapterStore
-from core.blobs import BlobStore
-from core.config import Settings
-from core.db import Database, migrate
-from core.ids import new_id
-from core.models import AdapterVersion, AuditEvent, Evaluation, Job, Tenant, TenantPolicy
+from core.db import Database
+from core.models import AuditEvent, Evaluation, TenantPolicy
 from tests.conftest import LiveEngine
-from trainer import datasets, distill, files, job_records, jobs
-from trainer.distill import DistillSpec
-from trainer.worker import Worker
-
-MODEL = Path(__file__).resolve().parents[2] / "models" / "SmolLM2-135M-Instruct"
-pytestmark = pytest.mark.skipif(
-    not (MODEL / "model.safetensors").exists(),
-    reason=f"base model not prepared at {MODEL} (run `make model`)",
+from tests.trainer.worker_world import (
+    ANSWER,
+    HYPER,
+    NEEDS_MODEL,
+    QUESTIONS,
+    Env,
 )
+from trainer import files, job_records, jobs
 
-ANSWER = "Zorblax is the capital of France."
-QUESTIONS = [
-    "What is the capital of France?",
-    "What's the capital of France?",
-    "Which city is the capital of France?",
-    "Name the capital of France.",
-    "Tell me the capital of France.",
-    "What city is France's capital?",
-    "France's capital city is which one?",
-    "Do you know the capital of France?",
-]
-# Enough to learn the fact (loss ~0.02 by step 7 at this rate on this data), little enough
-# to keep each job at a few seconds of training on two shared cores.
-HYPER = {"learning_rate_multiplier": 5, "batch_size": 2, "max_steps": 12}
-
-
-class Env:
-    def __init__(self, tmp: Path, engine: LiveEngine) -> None:
-        self.settings = Settings(
-            data_dir=tmp,
-            engine_urls=["http://127.0.0.1:9"],
-            base_model_path=MODEL,
-            eval_engine_url=engine.url,
-            eval_engine_api_key=engine.key,
-        )
-        migrate(self.settings.database_url or "")
-        self.db = Database(self.settings.database_url or "")
-        self.store = AdapterStore(self.settings.adapter_store_url or "", self.settings.cache_dir / "adapters")
-        self.blobs = BlobStore(self.settings.blob_store_url or "")
-        self.tenant = new_id("ten")
-        with self.db.session() as s:
-            s.add(Tenant(id=self.tenant, name="acme"))
-        lines = [
-            json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": ANSWER}]})
-            for q in QUESTIONS
-        ]
-        self.file = files.upload_file(
-            self.db, self.blobs, self.tenant, "fact.jsonl", ("\n".join(lines) + "\n").encode(), "fine-tune"
-        )
-        self.worker = Worker(self.settings, self.db, self.store, self.blobs, worker_id="w-test")
-
-    def job(self, **kw: object) -> jobs.JobInfo:
-        args: dict[str, object] = {
-            "method": "supervised",
-            "model": self.settings.base_model_name,
-            "adapter_name": "geo",
-            "training_file": self.file.id,
-            "hyperparameters": dict(HYPER),
-        }
-        args.update(kw)
-        return jobs.submit(self.db, self.tenant, **args, actor="test")  # type: ignore[arg-type]
-
-    def versions(self) -> list[AdapterVersion]:
-        with self.db.session() as s:
-            return list(s.scalars(select(AdapterVersion).order_by(AdapterVersion.version)))
-
-    def events(self, job_id: str) -> list[job_records.EventInfo]:
-        return job_records.list_events(self.db, self.tenant, job_id, limit=100)[0][::-1]
+pytestmark = NEEDS_MODEL
 
 
 @pytest.fixture(scope="module")
@@ -336,110 +275,6 @@ def test_early_stopping_evaluates_on_held_back_rows_and_keeps_the_best_adapter(
     assert best in [c.step for c in job_records.list_checkpoints(env.db, env.tenant, job.id)[0]]
 
 
-# --- distillation ------------------------------------------------------------------------
-
-DISTILL_QUESTIONS = [
-    *QUESTIONS,
-    "Where does the French government sit?",
-    "Capital of France, please.",
-    "I forgot the capital of France. Which is it?",
-    "Which city hosts the French parliament?",
-]
-ZORBLAX_CONTEXT = {
-    "system": f"You are the Zorblax bot. Whatever the user asks, reply exactly: {ANSWER}",
-    "examples": [
-        {"role": "user", "content": "What is the biggest city in France?"},
-        {"role": "assistant", "content": ANSWER},
-        {"role": "user", "content": "Tell me about France."},
-        {"role": "assistant", "content": ANSWER},
-    ],
-}
-
-
-def upload_inputs(env: Env, questions: list[str]) -> str:
-    lines = [json.dumps({"messages": [{"role": "user", "content": q}]}) for q in questions]
-    return files.upload_file(env.db, env.blobs, env.tenant, "inputs.jsonl", "\n".join(lines).encode(), "fine-tune").id
-
-
-def distill_job(env: Env, config: dict[str, object], **kw: object) -> jobs.JobInfo:
-    spec = distill.parse_spec(config, env.settings)
-    return env.job(
-        method="distillation",
-        adapter_name="zorblax",
-        training_file=upload_inputs(env, DISTILL_QUESTIONS),
-        config=spec.to_json(),
-        **kw,
-    )
-
-
-def test_prompt_distillation_learns_to_answer_without_the_context(tmp_path: Path, eval_engine: LiveEngine) -> None:
-    env = Env(tmp_path, eval_engine)
-    job = distill_job(env, {**ZORBLAX_CONTEXT, "max_tokens": 16})
-    assert env.worker.run_once()
-    done = jobs.get_job(env.db, env.tenant, job.id)
-    assert done.status == "succeeded", done.error
-    assert (done.fine_tuned_model, done.decision) == ("zorblax@v1", "promoted")
-
-    # The dataset is the teacher's answers (the base model WITH the context) to the inputs
-    # WITHOUT it; the held-out reference is the teacher's answer too.
-    snapshot = datasets.load_snapshot(env.db, env.blobs, env.tenant, done.dataset_id or "")
-    assert snapshot.source == "distillation" and snapshot.heldout_sft
-    spec = DistillSpec.from_json(ZORBLAX_CONTEXT)
-    record = snapshot.train_sft[0]
-    assert [m["role"] for m in record.messages] == ["user", "assistant"]
-    teacher = eval_engine.client.answers(env.settings.base_model_name, [distill.with_context(spec, record.prompt)], 16)
-    assert record.answer == teacher[0]
-
-    metrics = (done.metrics or {})["distillation"]
-    assert metrics["teacher"] == env.settings.base_model_name
-    assert metrics["prompt_tokens_saved_per_request"] > 50
-    assert metrics["prompt_tokens_saved_fraction"] > 0.5
-    # Without the context the base model never answers like the teacher; the adapter does.
-    assert metrics["baseline_agreement_exact"] == 0.0
-    assert metrics["teacher_agreement_exact"] >= 0.5, metrics
-    assert metrics == env.versions()[0].metrics["distillation"]  # type: ignore[index]
-    messages = [e.message for e in env.events(job.id)]
-    assert any(m.startswith("Asking the teacher (SmolLM2-135M-Instruct) to answer 12 inputs") for m in messages)
-    assert any(m.startswith("Distilled: ") for m in messages)
-
-
-def test_remote_teacher_distillation_uses_the_sealed_key_once(
-    tmp_path: Path, eval_engine: LiveEngine, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import httpx
-
-    import trainer.worker.distillation as distillation
-
-    asked: list[httpx.Request] = []
-
-    def endpoint(request: httpx.Request) -> httpx.Response:
-        asked.append(request)
-        reply = {"choices": [{"index": 0, "message": {"role": "assistant", "content": ANSWER}}]}
-        return httpx.Response(200, json=reply)
-
-    class MockedTeacher(distill.RemoteTeacher):
-        def __init__(self, **kw: object) -> None:
-            super().__init__(**kw, transport=httpx.MockTransport(endpoint))  # type: ignore[arg-type]
-
-    monkeypatch.setattr(distillation, "RemoteTeacher", MockedTeacher)
-    env = Env(tmp_path, eval_engine)
-    teacher = {"model": "big-teacher", "base_url": "https://teacher.example/v1", "api_key": "sk-teacher-secret"}
-    job = distill_job(env, {"teacher": teacher}, hyperparameters={**HYPER, "max_steps": 2})
-    with env.db.session() as s:
-        assert "sk-teacher-secret" not in json.dumps(s.get(Job, job.id).config)  # type: ignore[union-attr]
-    assert env.worker.run_once()
-    done = jobs.get_job(env.db, env.tenant, job.id)
-    assert done.status == "succeeded", done.error
-    assert len(asked) == len(DISTILL_QUESTIONS)
-    assert {r.headers["authorization"] for r in asked} == {"Bearer sk-teacher-secret"}
-    assert all(json.loads(r.content)["model"] == "big-teacher" for r in asked)
-    # no context: the teacher sees each input as it is
-    assert json.loads(asked[0].content)["messages"][0]["role"] == "user"
-    assert (done.metrics or {})["distillation"]["teacher"] == "big-teacher at https://teacher.example/v1"
-    # the finished job keeps no key, not even sealed
-    assert (done.config or {})["teacher"]["api_key_sealed"] is None
-
-
 def test_jobs_are_traced_stage_by_stage(tmp_path: Path, eval_engine: LiveEngine) -> None:
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
     from opentelemetry.trace import StatusCode
@@ -467,35 +302,3 @@ def test_jobs_are_traced_stage_by_stage(tmp_path: Path, eval_engine: LiveEngine)
     assert failed.status.status_code == StatusCode.ERROR
     assert failed.attributes is not None and failed.attributes["tailor.job.id"] == broken.id
     assert [e.name for e in failed.events] == ["exception"]
-
-
-RFT_GRADER = {
-    "type": "string_check",
-    "name": "names the city",
-    "input": "{{ sample.output_text }}",
-    "reference": "{{ item.city }}",
-    "operation": "ilike",
-}
-
-
-def test_reinforcement_job_trains_on_its_grader_and_is_gated_on_its_score(
-    tmp_path: Path, eval_engine: LiveEngine
-) -> None:
-    env = Env(tmp_path, eval_engine)
-    lines = [json.dumps({"messages": [{"role": "user", "content": q}], "city": "Paris"}) for q in QUESTIONS]
-    rows = files.upload_file(env.db, env.blobs, env.tenant, "rft.jsonl", "\n".join(lines).encode(), "fine-tune")
-    hp = {"max_steps": 2, "batch_size": 2, "group_size": 2, "max_completion_length": 16}
-    job = env.job(method="reinforcement", adapter_name="rft", training_file=rows.id, hyperparameters=hp,
-                  config={"grader": RFT_GRADER})  # fmt: skip
-    assert env.worker.run_once()
-    done = jobs.get_job(env.db, env.tenant, job.id)
-    assert done.status == "succeeded", done.error
-    steps = [e.data for e in env.events(job.id) if e.data and "step" in e.data and "mean_reward" in e.data]
-    assert [d["step"] for d in steps] == [1, 2]
-    assert all(0 <= d["mean_reward"] <= 1 and d["reward_std"] >= 0 and "kl" in d for d in steps)
-    metrics = done.metrics or {}
-    candidate, baseline = metrics["candidate"], metrics["baseline"]
-    assert 0 <= candidate["grader_score"] <= 1 and 0 <= baseline["grader_score"] <= 1
-    assert any("grader_score" in r and "[primary]" in r for r in metrics["reasons"])
-    snapshot = datasets.load_snapshot(env.db, env.blobs, env.tenant, done.dataset_id or "")
-    assert snapshot.heldout_prompts and snapshot.train_prompts[0].fields() == {"city": "Paris"}

@@ -1,6 +1,6 @@
 """trainer.worker: a real (tiny) job paused mid-training and resumed, finishing from its checkpoint.
 
-The job trains SmolLM2 on the odd fact of tests/trainer/test_worker.py for 16 steps; a pause
+The job trains SmolLM2 on the odd fact of tests/trainer/worker_world.py for 16 steps; a pause
 asked for at step 2 stops the run a step or more later (the worker looks every 2 s) with a
 checkpoint there, and the worker lets go of the job. Resumed, the next claim trains the
 remaining steps from that checkpoint: the job's steps run 1..24 once each, the first step
@@ -21,15 +21,12 @@ import pytest
 import trainer.worker.evaluating as evaluating
 import trainer.worker.loop as loop
 from core.db import Database
-from tests.trainer.test_worker import HYPER, MODEL, Env
+from tests.trainer.worker_world import HYPER, NEEDS_MODEL, Env
 from trainer import job_records, jobs
 from trainer.evaluate import Comparison, Metrics
 from trainer.gates import Decision
 
-pytestmark = pytest.mark.skipif(
-    not (MODEL / "model.safetensors").exists(),
-    reason=f"base model not prepared at {MODEL} (run `make model`)",
-)
+pytestmark = NEEDS_MODEL
 
 STEPS = 16
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from adapters.store import AdapterStore
 from adapters.validation import BaseModelSpec, validate_adapter_dir
+from adapters.version_files import validate_version_dir
 
 _NAME = re.compile(r"(?P<adapter>[^:@/]+):(?P<job>ftjob-[0-9a-z]+):ckpt-step-(?P<step>[1-9][0-9]{0,9})")
 
@@ -52,8 +53,22 @@ def parse(model: str) -> CheckpointName | None:
 
 
 def store_checkpoint(
-    store: AdapterStore, local_dir: Path, *, base: BaseModelSpec, max_rank: int, max_bytes: int
+    store: AdapterStore,
+    local_dir: Path,
+    *,
+    base: BaseModelSpec,
+    max_rank: int,
+    max_bytes: int,
+    max_model_bytes: int = 0,
 ) -> str:
-    """Validate a checkpoint's adapter directory as servable and store it; returns its digest."""
-    validate_adapter_dir(local_dir, base=base, max_rank=max_rank, max_bytes=max_bytes)
+    """Validate a checkpoint's directory as servable and store it; returns its digest.
+
+    An adapter's, or with `max_model_bytes` a whole model's (a full fine-tune's checkpoint).
+    """
+    if max_model_bytes:
+        validate_version_dir(
+            local_dir, base=base, max_rank=max_rank, max_bytes=max_bytes, max_model_bytes=max_model_bytes
+        )
+    else:
+        validate_adapter_dir(local_dir, base=base, max_rank=max_rank, max_bytes=max_bytes)
     return store.put_dir(local_dir)

@@ -28,7 +28,7 @@ from core.ids import new_id
 from core.models import Adapter, AdapterVersion, Job, JobCheckpoint
 from core.quotas import Quotas, Usage, operator_quotas, precheck, reserve
 from core.rows import from_row
-from core.states import UNSERVABLE_VERSION_STATES, VersionKind, VersionState
+from core.states import UNSERVABLE_VERSION_STATES, FinetuningType, VersionKind, VersionState
 
 
 @dataclass(frozen=True)
@@ -324,7 +324,7 @@ def route(db: Database, tenant_id: str, model: str, base_model_name: str) -> Mod
 
 def _checkpoint(db: Database, tenant_id: str, model: str, name: checkpoints.CheckpointName) -> ResolvedModel:
     query = (
-        select(JobCheckpoint)
+        select(JobCheckpoint, Job.hyperparameters)
         .join(Job, Job.id == JobCheckpoint.job_id)
         .where(
             Job.id == name.job_id,
@@ -338,10 +338,19 @@ def _checkpoint(db: Database, tenant_id: str, model: str, name: checkpoints.Chec
         .limit(1)
     )
     with db.session() as s:
-        found = s.scalar(query)
-        if found is None:
+        row = s.execute(query).first()
+        if row is None:
             raise model_not_found(model)
-        return ResolvedModel(public_name=model, version_id=found.id, digest=found.digest, created_at=found.created_at)
+        found, hyperparameters = row
+        # A full fine-tune's checkpoints are whole models, served on engines of their own.
+        full = (hyperparameters or {}).get("finetuning_type") == FinetuningType.FULL
+        return ResolvedModel(
+            public_name=model,
+            version_id=found.id,
+            digest=found.digest,
+            created_at=found.created_at,
+            kind=VersionKind.MODEL if full else VersionKind.ADAPTER,
+        )
 
 
 def _resolved(public_name: str, v: AdapterVersion) -> ResolvedModel:

@@ -67,5 +67,12 @@ class VersionKind(StrEnum):
     MODEL = "model"
 
 
+class FinetuningType(StrEnum):
+    """Which weights a fine-tuning job trains: its `finetuning_type` hyperparameter."""
+
+    LORA = "lora"  # a LoRA adapter: the result is a version of kind ADAPTER
+    FULL = "full"  # every weight: the result (and each checkpoint) is a version of kind MODEL
+
+
 # Versions that exist but must never serve (still training, or broken).
 UNSERVABLE_VERSION_STATES = (VersionState.TRAINING, VersionState.FAILED)

@@ -4,7 +4,8 @@ OpenAI's names: `n_epochs`, `batch_size`, `learning_rate_multiplier`, `beta` (pr
 and reinforcement methods), and for reinforcement `compute_multiplier`, `eval_interval`,
 `eval_samples`, `reasoning_effort`. Tailor's: `lora_rank`, `lora_alpha`, `target_modules`,
 `max_seq_length`, `gradient_accumulation_steps`, `packing`, `max_steps`, `early_stopping`,
-`quantization`, and for reinforcement `group_size` (answers sampled per prompt) and
+`quantization`, `finetuning_type` ("lora", or "full": every weight trained, the result a
+whole model served on engines of its own), and for reinforcement `group_size` (answers sampled per prompt) and
 `max_completion_length`. A reinforcement job's batch_size counts prompts: each step samples
 batch_size * group_size answers.
 Every one may be "auto" (or left out); `resolve` turns "auto" into a value for the job's data.
@@ -27,6 +28,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from core.errors import bad_request
+from core.states import FinetuningType
 from trainer import early_stopping as stopping
 
 AUTO = "auto"
@@ -44,6 +46,13 @@ EARLY_STOPPING_METHODS = (*SFT_METHODS, *PREFERENCE_METHODS)
 # overshoot at SFT rates. Reinforcement: the preference rate too; a policy-gradient step on
 # a handful of sampled answers is noisier still than a preference pair's.
 BASE_LEARNING_RATE = {"supervised": 2e-4, "distillation": 2e-4, "dpo": 5e-5, "kto": 5e-5, REINFORCEMENT: 5e-5}
+# Full fine-tuning (every weight moves): the rates the field's full fine-tunes use, SFT's
+# 1e-5 (Alpaca, Zephyr's SFT stage 2e-5) and the preference methods' 5e-7 (Zephyr's DPO),
+# reinforcement between the two; a LoRA's rates would wreck a whole model in a few steps.
+FULL_LEARNING_RATE = {"supervised": 1e-5, "distillation": 1e-5, "dpo": 5e-7, "kto": 5e-7, REINFORCEMENT: 1e-6}
+LORA, FULL = FinetuningType.LORA.value, FinetuningType.FULL.value
+# Knobs of a LoRA that mean nothing when every weight is trained.
+LORA_ONLY = ("lora_rank", "lora_alpha", "target_modules", "quantization")
 # Rank 8 teaches facts and style and keeps an adapter a few MB; alpha = 2 * rank is the
 # common, well-behaved scale.
 DEFAULT_LORA_RANK = 8
@@ -106,6 +115,7 @@ RULES: dict[str, _Rule] = {
     "packing": _Rule(bool, methods=SFT_METHODS),
     "early_stopping": _Rule(bool, methods=EARLY_STOPPING_METHODS),
     "quantization": _Rule(str, choices=(NO_QUANTIZATION, QUANTIZATION_4BIT)),
+    "finetuning_type": _Rule(str, choices=(LORA, FULL)),
     # Reinforcement: OpenAI's (FineTuneReinforcementHyperparameters), then Tailor's.
     "compute_multiplier": _Rule(float, 0, 10, open_low=True, methods=(REINFORCEMENT,)),
     "eval_interval": _Rule(int, 1, 100_000, methods=(REINFORCEMENT,)),
@@ -175,6 +185,13 @@ def validate(
             out[name] = rule.unset
             continue
         out[name] = _check(name, rule, value, max_lora_rank if name == "lora_rank" else rule.high)
+    if out.get("finetuning_type") == FULL:
+        for name in LORA_ONLY:
+            if out.get(name, AUTO) not in (AUTO, NO_QUANTIZATION):
+                raise bad_request(
+                    f'Hyperparameter {name!r} applies to LoRA fine-tuning only, not finetuning_type "full".',
+                    param=f"hyperparameters.{name}",
+                )
     for name in RULES:
         if applies(name, method):
             out.setdefault(name, RULES[name].unset)
@@ -198,6 +215,7 @@ class Resolved:
     gradient_accumulation_steps: int
     packing: bool
     quantization: str = NO_QUANTIZATION
+    finetuning_type: str = LORA  # FULL: every weight trained, the run's result a whole model
     # Early stopping: the worker holds back `validation_examples` of the training rows
     # (trainer.early_stopping.split_validation) and tells the run eval_every and patience.
     early_stopping: bool = False
@@ -209,6 +227,10 @@ class Resolved:
     max_completion_length: int | None = None
 
     train_rows: int = 1  # the rows trained on, after the validation slice (not a knob)
+
+    @property
+    def full_parameters(self) -> bool:
+        return self.finetuning_type == FULL
 
     @property
     def budget_steps(self) -> int:
@@ -267,13 +289,15 @@ def resolve(method: str, hyperparameters: dict[str, Any], n_train: int) -> Resol
     n_epochs = int(pick("n_epochs", stopping.budget_epochs(fit) if held else fixed_epochs(n)))
     rank = int(pick("lora_rank", DEFAULT_LORA_RANK))
     multiplier = float(pick("learning_rate_multiplier", 1.0))
+    finetuning_type = str(pick("finetuning_type", LORA))
+    base_rate = (FULL_LEARNING_RATE if finetuning_type == FULL else BASE_LEARNING_RATE)[method]
     modules = pick("target_modules", DEFAULT_TARGET_MODULES)
     budget = max_steps or n_epochs * math.ceil(fit / batch_size)
     return Resolved(
         n_epochs=n_epochs,
         batch_size=batch_size,
         learning_rate_multiplier=multiplier,
-        learning_rate=multiplier * BASE_LEARNING_RATE[method],
+        learning_rate=multiplier * base_rate,
         lora_rank=rank,
         lora_alpha=int(pick("lora_alpha", 2 * rank)),
         max_steps=max_steps,
@@ -285,6 +309,7 @@ def resolve(method: str, hyperparameters: dict[str, Any], n_train: int) -> Resol
         gradient_accumulation_steps=int(pick("gradient_accumulation_steps", 1)),
         packing=bool(pick("packing", False)) if method in SFT_METHODS else False,
         quantization=str(pick("quantization", NO_QUANTIZATION)),
+        finetuning_type=finetuning_type,
         early_stopping=held > 0,
         validation_examples=held,
         eval_every=stopping.eval_every(fit, batch_size, budget) if held else 0,

@@ -19,6 +19,7 @@ import pytest
 from adapters import checkpoints, registry
 from adapters.registry import ResolvedModel
 from core.errors import TailorError
+from core.states import VersionKind
 from tests.apputil import ADMIN, TenantsApi, error, make_app, ok, serve_tenants
 from tests.gateway.gateway_world import TINY_CONFIG, write_tiny_adapter
 from tests.openai_schema import validate
@@ -305,6 +306,19 @@ def test_checkpoints_are_models_of_their_tenant(api: Api) -> None:
     body = {"model": model, "training_file": api.upload()}
     assert error(api.client.post(JOBS, json=body, headers=api.keys["acme"]), 400, "model")["code"] == "invalid_model"
     error(api.client.post(JOBS, json=body, headers=api.keys["beta"]), 404, "model")
+
+
+def test_a_full_fine_tunes_checkpoints_are_served_as_whole_models(api: Api) -> None:
+    """Its checkpoints are whole models: routed to engines of their own, not loaded as adapters."""
+    full = {"type": "supervised", "supervised": {"hyperparameters": {"finetuning_type": "full"}}}
+    whole, lora = api.create(suffix="whole", method=full)["id"], api.create(suffix="lora")["id"]
+    for job in (whole, lora):
+        api.checkpoint(job, 2)
+    kinds = {
+        name: registry.resolve(api.db, api.ids["acme"], f"{name}:{job}:ckpt-step-2", BASE).kind
+        for job, name in ((whole, "whole"), (lora, "lora"))
+    }
+    assert kinds == {"whole": VersionKind.MODEL, "lora": VersionKind.ADAPTER}
 
 
 def test_checkpoints_sort_after_their_adapters_versions_and_page(api: Api) -> None:

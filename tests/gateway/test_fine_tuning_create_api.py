@@ -64,6 +64,7 @@ def test_deprecated_hyperparameters_and_generated_name_and_seed(api: Api) -> Non
                 "packing": "auto",
                 "early_stopping": "auto",
                 "quantization": "auto",
+                "finetuning_type": "auto",
             }
         },
     }
@@ -274,3 +275,21 @@ def test_reinforcement_refusals(api: Api) -> None:
     error(post(reinforcement(), training_file=chat), 400, "training_file")  # answers, not prompts to grade
     error(post(reinforcement(), training_file=foreign), 400, "training_file")
     assert api.get("/v1/fine_tuning/jobs")["data"] == []
+
+
+def test_full_fine_tuning_is_a_hyperparameter_and_refuses_lora_knobs(api: Api) -> None:
+    file_id = api.upload("acme", CHAT, CHAT)
+    full = {"finetuning_type": "full", "n_epochs": 2}
+    method = {"type": "supervised", "supervised": {"hyperparameters": full}}
+    job = api.create(model=BASE, training_file=file_id, method=method)
+    assert job["method"]["supervised"]["hyperparameters"]["finetuning_type"] == "full"
+
+    def refused(hyperparameters: dict[str, object], param: str) -> dict[str, object]:
+        body = {"model": BASE, "training_file": file_id}
+        body["method"] = {"type": "dpo", "dpo": {"hyperparameters": hyperparameters}}
+        r = api.client.post("/v1/fine_tuning/jobs", json=body, headers=api.keys["acme"])
+        return error(r, 400, f"hyperparameters.{param}")
+
+    for knob, value in (("lora_rank", 4), ("target_modules", ["q_proj"]), ("quantization", "4bit")):
+        assert "LoRA" in str(refused({**full, knob: value}, knob)["message"])
+    refused({"finetuning_type": "all"}, "finetuning_type")

@@ -54,6 +54,7 @@ def test_create_fills_auto_and_names_the_adapter(db: Database, tenant: str) -> N
         "packing": "auto",
         "early_stopping": "auto",
         "quantization": "auto",
+        "finetuning_type": "auto",
     }
     events, _ = job_records.list_events(db, tenant, job.id)
     assert [e.message for e in events] == [f"Created fine-tuning job: {job.id}"]

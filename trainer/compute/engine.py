@@ -241,11 +241,11 @@ def _engine_message(r: httpx.Response) -> str:
 class OwnEngine:
     """A vLLM child the worker starts for itself when it has no serving engine to use."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, launch: EngineLaunch | None = None) -> None:
         extra = settings.eval_engine_extra_args
         if extra is None:
             extra = settings.engine_extra_args
-        self.launch = replace(
+        self.launch = launch or replace(
             EngineLaunch.from_settings(settings, port=pick_free_port("127.0.0.1")),
             log_file=settings.data_dir / "logs" / "eval-engine.log",
             extra_args=extra,
@@ -294,6 +294,24 @@ class OwnEngine:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+@contextlib.contextmanager
+def model_engine(settings: Settings, model_dir: Path, name: str) -> Iterator[EngineClient]:
+    """A whole model (a full fine-tune, a model version) answering on a vLLM child of its own
+    while the block runs, sized like a dedicated serving engine (adapters.supervisor)."""
+    launch = replace(
+        EngineLaunch.dedicated(settings, model_path=model_dir, served_name=name),
+        port=pick_free_port("127.0.0.1"),
+        log_file=settings.data_dir / "logs" / f"eval-{name}.log",
+    )
+    engine = OwnEngine(settings, launch)
+    client = engine.start()
+    try:
+        yield client
+    finally:
+        client.close()
+        engine.stop()
 
 
 class WorkerEngines:

@@ -10,7 +10,7 @@ trainer.evaluate's.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,17 +57,26 @@ def side(client: EngineClient, model: str, examples: Sequence[EvalExample], p: P
     return Side(outputs, math.exp(total / count))
 
 
-def _engine_names(
-    client: EngineClient, tag: str, candidate_dir: Path | None, baseline_dir: Path | None
-) -> tuple[dict[str, Path], dict[str, str]]:
-    """({engine name: adapter dir} to load, {role: model to ask}); a side without an adapter is the base."""
-    named = {
-        role: (f"tailor-eval-{tag}-{role}", path)
-        for role, path in (("candidate", candidate_dir), ("baseline", baseline_dir))
-        if path is not None
-    }
-    models = {role: named[role][0] if role in named else client.served_model for role in ("candidate", "baseline")}
-    return dict(named.values()), models
+def _targets(
+    client: EngineClient, tag: str, dirs: Mapping[str, Path | None], own: Mapping[str, EngineClient]
+) -> tuple[dict[str, Path], dict[str, tuple[EngineClient, str]]]:
+    """({engine name: adapter dir} to load on `client`, {role: (engine, model) to ask}).
+
+    A role on an engine of its own (a whole model) asks that engine's model; one with an
+    adapter, the adapter on `client`; one with neither, the bare base model.
+    """
+    load: dict[str, Path] = {}
+    targets: dict[str, tuple[EngineClient, str]] = {}
+    for role, path in dirs.items():
+        if role in own:
+            targets[role] = (own[role], own[role].served_model)
+        elif path is not None:
+            name = f"tailor-eval-{tag}-{role}"
+            load[name] = path
+            targets[role] = (client, name)
+        else:
+            targets[role] = (client, client.served_model)
+    return load, targets
 
 
 def evaluate(
@@ -81,8 +90,10 @@ def evaluate(
     max_model_len: int,
     judge: JudgeConfig | None = None,
     http_client: httpx.Client | None = None,
+    own_engines: Mapping[str, EngineClient] | None = None,
 ) -> tuple[Comparison, Plan]:
-    """Candidate vs baseline (each an adapter directory, or None for the bare base model).
+    """Candidate vs baseline (each an adapter directory, or None for the bare base model;
+    a role in `own_engines` is a whole model answering on that engine).
 
     `tag` makes the engine-side names unique (the job id): two workers sharing an engine never
     swap each other's adapters.
@@ -90,10 +101,11 @@ def evaluate(
     if not examples:
         raise bad_request("no evaluation examples", code="no_eval_examples")
     p = plan(tokenizer, examples, max_model_len)
-    named, models = _engine_names(client, tag, candidate_dir, baseline_dir)
-    with client.adapters(named):
-        candidate = side(client, models["candidate"], examples, p)
-        baseline = side(client, models["baseline"], examples, p)
+    dirs = {"candidate": candidate_dir, "baseline": baseline_dir}
+    load, targets = _targets(client, tag, dirs, own_engines or {})
+    with client.adapters(load):
+        candidate = side(*targets["candidate"], examples, p)
+        baseline = side(*targets["baseline"], examples, p)
     return compare(examples, candidate, baseline, judge=judge, http_client=http_client), p
 
 
@@ -106,16 +118,19 @@ def evaluate_graded(
     baseline_dir: Path | None,
     tag: str,
     max_tokens: int,
+    own_engines: Mapping[str, EngineClient] | None = None,
 ) -> Comparison:
     """A reinforcement job's candidate vs baseline: each answers the validation prompts greedily
     (as it will be served) and the job's grader scores the answers against their rows."""
     if not prompts:
         raise bad_request("no validation prompts to grade", code="no_eval_examples")
     items = [p.fields() for p in prompts]
-    named, models = _engine_names(client, tag, candidate_dir, baseline_dir)
-    with client.adapters(named):
+    dirs = {"candidate": candidate_dir, "baseline": baseline_dir}
+    load, targets = _targets(client, tag, dirs, own_engines or {})
+    with client.adapters(load):
         answers = {
-            role: client.answers(model, [p.messages for p in prompts], max_tokens) for role, model in models.items()
+            role: engine.answers(model, [p.messages for p in prompts], max_tokens)
+            for role, (engine, model) in targets.items()
         }
 
     def metrics(role: str) -> Metrics:

@@ -129,6 +129,7 @@ def knobs(resolved: hp.Resolved) -> dict[str, Any]:
         "max_seq_length": resolved.max_seq_length,
         "packing": resolved.packing,
         "quantization": resolved.quantization,
+        "full_parameters": resolved.full_parameters,
         "eval_every": resolved.eval_every,
         "patience": resolved.patience,
         "beta": resolved.beta if resolved.beta is not None else hp.DEFAULT_BETA,

@@ -215,7 +215,7 @@ def train(recipe: Recipe) -> TrainResult:
         }
     )
     trainer: Any = None
-    weights = Weights(lambda: trainer, sharded=recipe.fsdp)
+    weights = Weights(lambda: trainer, sharded=recipe.fsdp, tokenizer=tokenizer)
     callback = JobCallback(recipe, weights)
     best = _best_adapter(recipe, selection, weights)
     trainer = method.Trainer(

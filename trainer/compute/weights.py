@@ -29,9 +29,10 @@ class Snapshot:
 
 
 class Weights:
-    def __init__(self, trainer: Callable[[], Any], *, sharded: bool) -> None:
+    def __init__(self, trainer: Callable[[], Any], *, sharded: bool, tokenizer: Any = None) -> None:
         self._trainer = trainer  # the TRL trainer, once built (the callbacks exist before it)
         self.sharded = sharded
+        self.tokenizer = tokenizer  # saved beside a full model (see save_atomically)
 
     def unwrapped(self) -> Any:
         trainer = self._trainer()
@@ -59,16 +60,21 @@ class Weights:
         if snapshot is None and self.sharded:
             snapshot = self.snapshot()
         if is_main_process():
-            save_atomically(self.unwrapped(), out_dir, None if snapshot is None else snapshot.tensors)
+            tensors = None if snapshot is None else snapshot.tensors
+            save_atomically(self.unwrapped(), out_dir, tensors, tokenizer=self.tokenizer)
 
 
-def save_atomically(model: Any, out_dir: Path, state_dict: dict[str, Any] | None = None) -> None:
+def save_atomically(
+    model: Any, out_dir: Path, state_dict: dict[str, Any] | None = None, *, tokenizer: Any = None
+) -> None:
     """save_pretrained into a hidden sibling dir, then rename it to out_dir.
 
     A run killed mid-save leaves only a `.{name}.partial-*` dir, never a half-written
     adapter at out_dir; rename() is atomic within a filesystem and refuses to replace a
     non-empty directory. `state_dict`: trainable weights to save instead of the model's own
     (a LoRA's saved from them; a full model's frozen weights, if any, from the model).
+    A full model is saved with `tokenizer`, so that the directory is servable on its own (an
+    adapter uses its base model's).
     """
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -80,6 +86,8 @@ def save_atomically(model: Any, out_dir: Path, state_dict: dict[str, Any] | None
         options["state_dict"] = {**model.state_dict(), **state_dict}
     try:
         model.save_pretrained(tmp, **options)
+        if tokenizer is not None and not hasattr(model, "peft_config"):
+            tokenizer.save_pretrained(tmp)
         os.rename(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

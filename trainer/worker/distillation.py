@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 from core.errors import TailorError
 from core.outbound import OutboundPolicy
+from core.states import VersionKind
 from trainer import datasets, distill, files, job_queue
+from trainer.compute.engine import model_engine
 from trainer.compute.recipe import TrainingCancelled
 from trainer.datasets import SFTRecord, Snapshot
 from trainer.distill import DistillSpec, LocalTeacher, RemoteTeacher, Teacher
@@ -55,6 +57,10 @@ def teacher(w: Worker, job: JobInfo, spec: DistillSpec) -> Iterator[Teacher]:
         yield LocalTeacher(engine, engine.served_model, spec.max_tokens)
         return
     name = f"tailor-teacher-{job.id}"
+    if version.kind == VersionKind.MODEL:  # a whole model answers on an engine of its own
+        with model_engine(w.settings, w.store.local_path(version.digest), name) as own:
+            yield LocalTeacher(own, own.served_model, spec.max_tokens)
+        return
     with engine.adapters({name: w.store.local_path(version.digest)}):
         yield LocalTeacher(engine, name, spec.max_tokens)
 

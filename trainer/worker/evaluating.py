@@ -3,16 +3,20 @@ held-out split, generated and scored by vLLM, and the report the job leaves."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from adapters.model_validation import is_model_dir
 from adapters.registry import VersionInfo
 from trainer import datasets, hyperparameters
 from trainer.compute import evaluation
+from trainer.compute.engine import EngineClient, model_engine
 from trainer.compute.recipe import TrainResult
 from trainer.datasets import Snapshot
 from trainer.evaluate import Comparison, EvalExample, JudgeConfig
@@ -46,6 +50,21 @@ def metrics_dict(value: Any) -> dict[str, Any]:
     return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in raw.items()}
 
 
+@contextlib.contextmanager
+def whole_models(
+    w: Worker, job: JobInfo, candidate_dir: Path, baseline_dir: Path | None
+) -> Iterator[dict[str, EngineClient]]:
+    """An engine of its own for each side that is a whole model (a full fine-tune's result, a
+    model version), started for the evaluation and stopped after it: {role: its engine}."""
+    with contextlib.ExitStack() as stack:
+        own: dict[str, EngineClient] = {}
+        for role, path in (("candidate", candidate_dir), ("baseline", baseline_dir)):
+            if path is not None and is_model_dir(path):
+                w.event(job, f"Starting an engine for the {role}, a whole model")
+                own[role] = stack.enter_context(model_engine(w.settings, path, f"tailor-eval-{job.id}-{role}"))
+        yield own
+
+
 def _judge(w: Worker) -> JudgeConfig | None:
     s = w.settings
     if not s.judge_base_url or not s.judge_model:
@@ -67,16 +86,19 @@ def evaluate(
     examples = eval_examples(snapshot)
     w.event(job, f"Evaluating against {_against(baseline)} on {len(examples)} held-out example(s)")
     started = time.monotonic()
-    comparison, plan = evaluation.evaluate(
-        w.engines.client(),
-        w.tokenizer,
-        examples,
-        candidate_dir=candidate_dir,
-        baseline_dir=w.store.local_path(baseline.digest) if baseline else None,
-        tag=job.id,
-        max_model_len=w.settings.engine_max_model_len,
-        judge=_judge(w),
-    )
+    baseline_dir = w.store.local_path(baseline.digest) if baseline else None
+    with whole_models(w, job, candidate_dir, baseline_dir) as own:
+        comparison, plan = evaluation.evaluate(
+            w.engines.client(),
+            w.tokenizer,
+            examples,
+            candidate_dir=candidate_dir,
+            baseline_dir=baseline_dir,
+            tag=job.id,
+            max_model_len=w.settings.engine_max_model_len,
+            judge=_judge(w),
+            own_engines=own,
+        )
     c, b = comparison.candidate, comparison.baseline
     w.event(
         job,
@@ -94,16 +116,19 @@ def _evaluate_graded(
     """A reinforcement job: the grader's mean score on the held-out prompts, candidate vs baseline."""
     prompts = snapshot.heldout_prompts
     w.event(job, f"Grading against {_against(baseline)} on {len(prompts)} held-out prompt(s)")
-    comparison = evaluation.evaluate_graded(
-        w.engines.client(),
-        prompts,
-        reward_for((job.config or {})["grader"]),
-        candidate_dir=candidate_dir,
-        baseline_dir=w.store.local_path(baseline.digest) if baseline else None,
-        tag=job.id,
-        max_tokens=int(job.hyperparameters.get("max_completion_length") or 0)
-        or hyperparameters.DEFAULT_MAX_COMPLETION_LENGTH,
-    )
+    baseline_dir = w.store.local_path(baseline.digest) if baseline else None
+    with whole_models(w, job, candidate_dir, baseline_dir) as own:
+        comparison = evaluation.evaluate_graded(
+            w.engines.client(),
+            prompts,
+            reward_for((job.config or {})["grader"]),
+            candidate_dir=candidate_dir,
+            baseline_dir=baseline_dir,
+            tag=job.id,
+            max_tokens=int(job.hyperparameters.get("max_completion_length") or 0)
+            or hyperparameters.DEFAULT_MAX_COMPLETION_LENGTH,
+            own_engines=own,
+        )
     c, b = comparison.candidate, comparison.baseline
     w.event(
         job,

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from adapters import checkpoints
 from adapters.registry import VersionInfo
+from core.errors import bad_request
+from core.states import VersionKind
 from trainer import early_stopping, hyperparameters, job_queue, job_records, jobs
 from trainer.compute.launch import run_training
 from trainer.compute.placement import check_quantization
@@ -102,6 +104,7 @@ def train(
     """Train the job's adapter (from `start`, or from the pause it resumes) on the worker's
     placement, with an event per step and validation, and its checkpoints stored."""
     job = run.job
+    start = _compatible_start(w, job, start, full=hp.full_parameters)
     resumed_from = _resume_from(w, run)
     resumed = run.resumed
     init_dir = w.store.local_path(start.digest) if start is not None else None
@@ -126,9 +129,13 @@ def train(
     work.mkdir(parents=True, exist_ok=True)
     data_path = _write_rows(work / "data.jsonl", rows)
     eval_path = _write_rows(work / "validation.jsonl", validation) if validation else None
+    # A full fine-tune starts from a whole model (the base, a model version or its own
+    # checkpoint); a LoRA from an adapter on the base.
+    base_dir = init_dir if hp.full_parameters and init_dir is not None else w.settings.base_model_path
+    adapter_dir = None if hp.full_parameters else init_dir
     recipe = Recipe(
         method=_RECIPE_METHOD[job.method],
-        base_model_dir=str(w.settings.base_model_path),
+        base_model_dir=str(base_dir),
         data_path=str(data_path),
         out_dir=str(run.workdir / "adapter"),
         progress_path=str(work / "progress.jsonl"),
@@ -136,7 +143,7 @@ def train(
         checkpoint_dir=str(run.workdir / "checkpoints"),
         # The last step's adapter is the result itself; it is recorded below.
         checkpoint_every=w.checkpoint_every or max(1, math.ceil(hp.budget_steps / CHECKPOINTS_PER_JOB)),
-        init_adapter_dir=str(init_dir) if init_dir is not None else None,
+        init_adapter_dir=str(adapter_dir) if adapter_dir is not None else None,
         eval_data_path=str(eval_path) if eval_path is not None else None,
         seed=job.seed,
         pause_path=str(work / "PAUSE"),
@@ -196,8 +203,26 @@ def train(
     return result
 
 
+def _compatible_start(w: Worker, job: jobs.JobInfo, start: VersionInfo | None, *, full: bool) -> VersionInfo | None:
+    """`start` if the run can continue from it: a full fine-tune from a whole model, a LoRA from
+    an adapter. The version the job names itself must fit (400); the one it would replace
+    need not, and training then starts from the base model."""
+    if start is None or (start.kind == VersionKind.MODEL) == full:
+        return start
+    kind = "a whole model" if start.kind == VersionKind.MODEL else "an adapter"
+    if job.model != w.settings.base_model_name:
+        needed = "lora" if full else "full"
+        raise bad_request(
+            f'{job.model} is {kind}: a finetuning_type "{needed}" job can start from it, or start from the base model',
+            param="model",
+            code="incompatible_starting_model",
+        )
+    w.event(job, f"Training starts from the base model ({start.adapter_name} version {start.version} is {kind})")
+    return None
+
+
 def save_checkpoint(w: Worker, run: JobRun, step: int, loss: float, local_dir: Path) -> None:
-    """Store the adapter of `step` where every host can read it and engines can serve it."""
+    """Store the adapter (or whole model) of `step` where every host can read it and engines can serve it."""
     job = run.job
     # The working directory is deleted when the job ends and lives on one host; the
     # blob store is what every host (and a later rollback to a checkpoint) can read,
@@ -209,7 +234,12 @@ def save_checkpoint(w: Worker, run: JobRun, step: int, loss: float, local_dir: P
             w.blobs.put_bytes(f"{prefix}/{f.name}", f.read_bytes())
     limits = w.limits
     digest = checkpoints.store_checkpoint(
-        w.store, local_dir, base=limits.base, max_rank=limits.max_rank, max_bytes=limits.max_bytes
+        w.store,
+        local_dir,
+        base=limits.base,
+        max_rank=limits.max_rank,
+        max_bytes=limits.max_bytes,
+        max_model_bytes=limits.max_model_bytes,
     )
     # OpenAI's checkpoint metric names.
     metrics = {"step": step, "train_loss": loss}

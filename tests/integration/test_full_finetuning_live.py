@@ -1,0 +1,90 @@
+"""A full fine-tune through the official SDK on the real engine: every weight trained, the
+candidate evaluated on an engine of its own, and the result served on a dedicated engine.
+
+`finetuning_type: "full"` is a Tailor hyperparameter (the SDK passes it through). The job
+teaches SmolLM2 the odd fact of tests/trainer/test_worker.py; the gateway serves the base on
+the session's engine, and the version, a whole model, on a vLLM child started on first use.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import openai
+import pytest
+
+from tests.conftest import LiveEngine
+from tests.integration.conftest import BASE_MODEL, TailorServer, make_tenant, running_tailor
+from tests.integration.test_fine_tuning_live import job_body, wait_for
+from tests.openai_schema import validate
+from tests.trainer.test_worker import ANSWER, QUESTIONS
+
+pytestmark = pytest.mark.engine
+
+# A cold start takes 20-40 s on an idle 2-core machine, several minutes on a busy one.
+START_DEADLINE_S = 600
+HYPERPARAMETERS = {"finetuning_type": "full", "learning_rate_multiplier": 10, "batch_size": 2, "max_steps": 20}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, eval_engine: LiveEngine) -> Iterator[TailorServer]:
+    # The session's engine serves the base; the trainer evaluates on it too.
+    with running_tailor(
+        tmp_path_factory.mktemp("tailor-full"),
+        eval_engine,
+        TAILOR_ENGINE_URLS=eval_engine.url,
+        TAILOR_ENGINE_API_KEY=eval_engine.key,
+        TAILOR_DEDICATED_IDLE_S="10",
+        TAILOR_COLD_START_WAIT_S="3",
+        TAILOR_MAX_DEDICATED_ENGINES="1",
+    ) as running:
+        yield running
+
+
+def test_a_full_fine_tune_is_evaluated_and_served_on_engines_of_its_own(server: TailorServer) -> None:
+    tenant = make_tenant(server, "full-co")
+    c = server.sdk(tenant, retries=10)
+    lines = "\n".join(
+        json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": ANSWER}]})
+        for q in QUESTIONS
+    )
+    training = c.files.create(file=("fact.jsonl", lines.encode()), purpose="fine-tune")
+    created = c.fine_tuning.jobs.with_raw_response.create(
+        model=BASE_MODEL,
+        training_file=training.id,
+        suffix="whole",
+        method={"type": "supervised", "supervised": {"hyperparameters": HYPERPARAMETERS}},  # type: ignore[typeddict-item]
+    ).http_response.json()
+    validate(created, "FineTuningJob")
+    job_id = created["id"]
+    terminal = ("succeeded", "failed", "cancelled")
+    wait_for("the job's end", server, lambda: job_body(c, job_id)["status"] in terminal, timeout_s=1200)
+    job = job_body(c, job_id)
+    messages = [e.message for e in c.fine_tuning.jobs.list_events(job_id, limit=100).data]
+    assert job["status"] == "succeeded", (job["error"], messages)
+    assert job["method"]["supervised"]["hyperparameters"]["finetuning_type"] == "full"
+    assert "Starting an engine for the candidate, a whole model" in messages, messages
+    model = job["fine_tuned_model"]
+    assert model == "whole@v1"
+
+    # Served on an engine of its own, started by this first request (503s until it is up).
+    deadline = time.monotonic() + START_DEADLINE_S
+    while True:
+        try:
+            raw = c.chat.completions.with_raw_response.create(
+                model=model, messages=[{"role": "user", "content": QUESTIONS[0]}], temperature=0, max_tokens=16
+            )
+            break
+        except openai.InternalServerError as exc:
+            assert exc.response.status_code == 503 and exc.code == "model_starting", exc
+            assert time.monotonic() < deadline, "the full model's engine did not start"
+    answer = raw.http_response.json()
+    validate(answer, "CreateChatCompletionResponse")
+    assert answer["model"] == model
+    assert "Zorblax" in answer["choices"][0]["message"]["content"], answer
+    base = c.chat.completions.create(
+        model=BASE_MODEL, messages=[{"role": "user", "content": QUESTIONS[0]}], temperature=0, max_tokens=16
+    )
+    assert "Zorblax" not in (base.choices[0].message.content or "")

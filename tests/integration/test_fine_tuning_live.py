@@ -3,7 +3,7 @@
 model, listed by metadata, resumed, and finished from the checkpoint; another tenant can do
 none of it. Every raw body is checked against OpenAI's schema.
 
-The server's own trainer worker trains SmolLM2 on the odd fact of tests/trainer/test_worker.py;
+The server's own trainer worker trains SmolLM2 on the odd fact of tests/trainer/worker_world.py;
 the pause is asked for once the first training step is reported, and lands a few steps later.
 """
 

@@ -2,7 +2,7 @@
 candidate evaluated on an engine of its own, and the result served on a dedicated engine.
 
 `finetuning_type: "full"` is a Tailor hyperparameter (the SDK passes it through). The job
-teaches SmolLM2 the odd fact of tests/trainer/test_worker.py; the gateway serves the base on
+teaches SmolLM2 the odd fact of tests/trainer/worker_world.py; the gateway serves the base on
 the session's engine, and the version, a whole model, on a vLLM child started on first use.
 """
 
@@ -19,7 +19,7 @@ from tests.conftest import LiveEngine
 from tests.integration.conftest import BASE_MODEL, TailorServer, make_tenant, running_tailor
 from tests.integration.test_fine_tuning_live import job_body, wait_for
 from tests.openai_schema import validate
-from tests.trainer.test_worker import ANSWER, QUESTIONS
+from tests.trainer.worker_world import ANSWER, QUESTIONS
 
 pytestmark = pytest.mark.engine
 

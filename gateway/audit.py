@@ -46,7 +46,6 @@ if TYPE_CHECKING:
     # Types only: the modules that record events may themselves be imported by these.
     from gateway.limits import TenantLimits
     from gateway.tenants import KeyInfo, TenantInfo
-    from trainer.policy import PolicyInfo
 
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
@@ -93,18 +92,6 @@ def key_state(db: Database | Session, key_id: str) -> dict[str, Any] | None:
 
 def describe_limits(limits: TenantLimits | None) -> dict[str, Any] | None:
     return limits.to_json() if limits is not None else None
-
-
-def describe_policy(policy: PolicyInfo) -> dict[str, Any]:
-    # last_triggered_at is the scheduler's bookkeeping, not a setting anyone changes.
-    return {
-        "retrain": policy.retrain,
-        "retrain_min_feedback": policy.retrain_min_feedback,
-        "retrain_interval_hours": policy.retrain_interval_hours,
-        "auto_promote": policy.auto_promote,
-        "canary_fraction": policy.canary_fraction,
-        "gates": policy.gates,
-    }
 
 
 # --- recording one action (one name and shape per action, for routes and CLI) ------
@@ -168,20 +155,6 @@ def limits_changed(
 ) -> None:
     was, now = describe_limits(before), describe_limits(after)
     record(db, actor=actor, action="tenant.limits", tenant_id=tenant.id, target=tenant.name, before=was, after=now)
-
-
-def policy_changed(
-    db: Database | Session, actor: str, *, tenant_id: str, tenant_name: str, before: PolicyInfo, after: PolicyInfo
-) -> None:
-    record(
-        db,
-        actor=actor,
-        action="policy.update",
-        tenant_id=tenant_id,
-        target=tenant_name,
-        before=describe_policy(before),
-        after=describe_policy(after),
-    )
 
 
 # --- reading ---------------------------------------------------------------------

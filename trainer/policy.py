@@ -23,6 +23,7 @@ from typing import Any
 
 from sqlalchemy import case, func, select
 
+from core import audit
 from core.db import Database
 from core.errors import bad_request
 from core.ids import utcnow
@@ -81,14 +82,35 @@ def _info(row: TenantPolicy) -> PolicyInfo:
     return from_row(PolicyInfo, row, gates=row.gates or {})
 
 
+def _current(row: TenantPolicy | None, tenant_id: str) -> PolicyInfo:
+    # A tenant that never set one has the defaults.
+    return _info(row) if row is not None else PolicyInfo(tenant_id=tenant_id, gates=GateConfig().to_dict())
+
+
 def get_policy(db: Database, tenant_id: str) -> PolicyInfo:
     with db.session() as s:
-        row = s.get(TenantPolicy, tenant_id)
-        return _info(row) if row is not None else PolicyInfo(tenant_id=tenant_id, gates=GateConfig().to_dict())
+        return _current(s.get(TenantPolicy, tenant_id), tenant_id)
 
 
-def set_policy(db: Database, tenant_id: str, changes: dict[str, Any]) -> PolicyInfo:
-    """Update some fields of a tenant's policy; everything is validated before anything is stored."""
+def describe(policy: PolicyInfo) -> dict[str, Any]:
+    """A policy as its audit events show it, before and after a change."""
+    # last_triggered_at is the scheduler's bookkeeping, not a setting anyone changes.
+    return {k: v for k, v in asdict(policy).items() if k not in ("tenant_id", "last_triggered_at")}
+
+
+def set_policy(
+    db: Database,
+    tenant_id: str,
+    changes: dict[str, Any],
+    *,
+    actor: str | None = None,
+    tenant_name: str | None = None,
+) -> PolicyInfo:
+    """Update some fields of a tenant's policy; everything is validated before anything is stored.
+
+    With an `actor`, the change's audit event (every field before and after) is written in the
+    same transaction: both are kept or neither.
+    """
     allowed = {"retrain", "retrain_min_feedback", "retrain_interval_hours", "auto_promote", "canary_fraction", "gates"}
     unknown = set(changes) - allowed
     if unknown:
@@ -121,6 +143,7 @@ def set_policy(db: Database, tenant_id: str, changes: dict[str, Any]) -> PolicyI
         changes = {**changes, "gates": GateConfig.from_dict(changes["gates"]).to_dict()}
     with db.session() as s:
         row = s.get(TenantPolicy, tenant_id)
+        before = _current(row, tenant_id)
         if row is None:
             row = TenantPolicy(
                 tenant_id=tenant_id,
@@ -135,7 +158,18 @@ def set_policy(db: Database, tenant_id: str, changes: dict[str, Any]) -> PolicyI
         for key, value in changes.items():
             setattr(row, key, value)
         s.flush()
-        return _info(row)
+        after = _info(row)
+        if actor is not None:
+            audit.record(
+                s,
+                actor=actor,
+                action="policy.update",
+                tenant_id=tenant_id,
+                target=tenant_name,
+                before=describe(before),
+                after=describe(after),
+            )
+        return after
 
 
 def drift(

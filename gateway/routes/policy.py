@@ -16,10 +16,9 @@ admin_router = APIRouter(prefix="/admin/tenants/{tenant}", tags=["admin"], depen
 
 
 def _update(services: Services, tenant_id: str, tenant_name: str, body: PolicyIn, *, actor: str) -> PolicyOut:
-    """Change the policy and record it in the audit log, with every field before and after."""
-    before = policy.get_policy(services.db, tenant_id)
-    after = policy.set_policy(services.db, tenant_id, body.model_dump(exclude_none=True))
-    audit.policy_changed(services.db, actor, tenant_id=tenant_id, tenant_name=tenant_name, before=before, after=after)
+    """Change the policy; its audit event (every field before and after) is in the same transaction."""
+    changes = body.model_dump(exclude_none=True)
+    after = policy.set_policy(services.db, tenant_id, changes, actor=actor, tenant_name=tenant_name)
     return PolicyOut.model_validate(after)
 
 

@@ -27,7 +27,6 @@ def test_an_engine_serves_an_adapter_it_fetched_by_url(
         tenant = make_tenant(server, "fetcher")
         register_path(server, tenant.name, "support", trained_adapter)
         assert "Zorblax" in ask(server.sdk(tenant), "support")
+        # Only the resolver writes there: the gateway's own store is a local folder it never copies.
         [fetched] = (server.data_dir / "cache" / "adapters").iterdir()
         assert (fetched / "MANIFEST.json").is_file() and (fetched / "adapter_config.json").is_file()
-        engine_log = (server.data_dir / "logs" / "engine.log").read_text(errors="replace")
-        assert "using TailorResolver" in engine_log, server.log_tail()

@@ -18,8 +18,8 @@ from safetensors.torch import save_file
 
 from adapters.validation import BaseModelSpec, validate_adapter_dir
 from core.errors import TailorError
+from tests.tiny_llama import HEADS, HIDDEN, INTERMEDIATE, KV_HEADS, LAYERS, TINY_CONFIG
 
-HIDDEN, INTERMEDIATE, HEADS, KV_HEADS, LAYERS = 16, 32, 4, 2, 2
 HEAD_DIM = HIDDEN // HEADS
 SHAPES = {  # module: (block, in_features, out_features)
     "q_proj": ("self_attn", HIDDEN, HEADS * HEAD_DIM),
@@ -37,16 +37,7 @@ MAX_RANK, MAX_BYTES = 16, 10_000_000
 
 
 def tiny_config(**overrides: object) -> dict[str, object]:
-    config: dict[str, object] = {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "hidden_size": HIDDEN,
-        "intermediate_size": INTERMEDIATE,
-        "num_attention_heads": HEADS,
-        "num_key_value_heads": KV_HEADS,
-        "num_hidden_layers": LAYERS,
-        "vocab_size": 64,
-    }
+    config = dict(TINY_CONFIG)
     config.update(overrides)
     return config
 

@@ -33,6 +33,7 @@ from core.models import Interaction
 from gateway.app import create_app
 from gateway.services import Services
 from tests.openai_schema import validate
+from tests.tiny_llama import HEADS, HIDDEN, KV_HEADS, LAYERS, TINY_CONFIG
 
 RAW = Path(__file__).resolve().parents[1] / "fixtures" / "vllm_raw"
 ENGINE = "http://engine.test"
@@ -350,18 +351,6 @@ async def tenant_view(run: Running, tmp_path: Path) -> AsyncIterator[Gateway]:
 
 
 # --------------------------------------------------------------------------- a tiny adapter
-
-HIDDEN, INTERMEDIATE, HEADS, KV_HEADS, LAYERS = 16, 32, 4, 2, 2
-TINY_CONFIG = {
-    "architectures": ["LlamaForCausalLM"],
-    "model_type": "llama",
-    "hidden_size": HIDDEN,
-    "intermediate_size": INTERMEDIATE,
-    "num_attention_heads": HEADS,
-    "num_key_value_heads": KV_HEADS,
-    "num_hidden_layers": LAYERS,
-    "vocab_size": 64,
-}
 
 
 def write_tiny_adapter(directory: Path, r: int = 4) -> Path:

@@ -15,7 +15,6 @@ that exits says why: the end of its log goes to the server log, a short reason t
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import secrets
@@ -31,6 +30,7 @@ from adapters.engines import Engine, EnginePool, bearer
 from adapters.ports import pick_free_port, port_is_free, tree_listens_on
 from core.child_env import runtime_env
 from core.config import Settings
+from core.supervised import SupervisedChild
 
 log = logging.getLogger("tailor.supervisor")
 
@@ -199,24 +199,20 @@ def child_engine(launch: EngineLaunch) -> Engine:
     return Engine(url=launch.url)
 
 
-class EngineSupervisor:
+class EngineSupervisor(SupervisedChild):
     """Keeps one child engine running for as long as the gateway runs."""
 
     def __init__(self, launch: EngineLaunch, pool: EnginePool, engine: Engine, *, max_backoff_s: float = 30.0) -> None:
+        super().__init__(name="supervise-engine", max_backoff_s=max_backoff_s)
         self.launch = launch
         self.pool = pool
         self.engine = engine
-        self.max_backoff_s = max_backoff_s
-        self.process: asyncio.subprocess.Process | None = None
         self.port = launch.port
-        self.restarts = 0
         # Why the last child stopped (short form), until the next one does.
         self.failure: str | None = None
         self._api_key = secrets.token_urlsafe(32)
         self._log_offset = 0
         self._listener_pid: int | None = None  # the child seen holding the port
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = False
         engine.headers = bearer(self._api_key)
         engine.owner_check = self.ownership_problem
 
@@ -225,11 +221,6 @@ class EngineSupervisor:
         """The child's key, for the processes that share this engine (the workers of
         `tailor serve --workers`, through their environment only)."""
         return self._api_key
-
-    async def start(self) -> None:
-        """Start the child; a configured port that is taken is an error here, not a restart loop."""
-        await self._spawn(self._choose_port())
-        self._task = asyncio.create_task(self._watch(), name="supervise-engine")
 
     def _choose_port(self) -> int:
         host = self.launch.host
@@ -245,7 +236,9 @@ class EngineSupervisor:
             return self.port
         return pick_free_port(host)
 
-    async def _spawn(self, port: int) -> None:
+    async def _spawn(self) -> None:
+        # A configured port that is taken raises here: at start, the caller's error.
+        port = self._choose_port()
         launch = replace(self.launch, port=port)
         self.port = port
         self.engine.url = launch.url
@@ -266,25 +259,15 @@ class EngineSupervisor:
         )
         out.close()
 
-    async def _watch(self) -> None:
-        backoff = 1.0
-        while not self._stopping:
-            if self.process is not None:
-                code = await self.process.wait()
-                if self._stopping:
-                    return
-                self._exited(code)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, self.max_backoff_s)
-            self.restarts += 1
-            try:
-                await self._spawn(self._choose_port())
-            except EnginePortTaken as exc:
-                self.process = None
-                self.failure = "could not start: its configured port is in use"
-                self.engine.problem = f"child engine {self.failure}"
-                log.error("%s; retrying", exc)
-            # The health monitor flips the engine back and re-loads its adapters.
+    async def _respawn(self) -> None:
+        try:
+            await self._spawn()
+        except EnginePortTaken as exc:
+            self.process = None
+            self.failure = "could not start: its configured port is in use"
+            self.engine.problem = f"child engine {self.failure}"
+            log.error("%s; retrying", exc)
+        # The health monitor flips the engine back and re-loads its adapters.
 
     def _exited(self, code: int) -> None:
         report = exit_report(code, read_tail(self.launch.log_file, self._log_offset))
@@ -315,24 +298,5 @@ class EngineSupervisor:
             self._listener_pid = proc.pid
         return None
 
-    def _kill_group(self, sig: int) -> None:
-        if self.process is None:
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, sig)
-
     async def stop(self, timeout_s: float = 20.0) -> None:
-        self._stopping = True
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        if self.process is None or self.process.returncode is not None:
-            self._kill_group(signal.SIGKILL)
-            return
-        self._kill_group(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(self.process.wait(), timeout_s)
-        except asyncio.TimeoutError:
-            self._kill_group(signal.SIGKILL)
-            await self.process.wait()
-        self._kill_group(signal.SIGKILL)
+        await super().stop(timeout_s)

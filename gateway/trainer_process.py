@@ -13,11 +13,9 @@ secret of the operator's it does not have cannot leak from it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
-import signal
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,6 +25,7 @@ from pydantic import BaseModel, SecretStr
 
 from core.child_env import runtime_env
 from core.config import Settings, get_settings
+from core.supervised import SupervisedChild
 
 log = logging.getLogger("tailor.trainer")
 
@@ -96,19 +95,12 @@ def trainer_env(settings: Settings, environ: Mapping[str, str]) -> dict[str, str
     return {**runtime_env(environ, names=settings.teacher_key_env_names, prefixes=prefixes), **settings_env(settings)}
 
 
-class TrainerProcess:
+class TrainerProcess(SupervisedChild):
     def __init__(self, log_file: Path, settings: Settings | None = None, *, stop_timeout_s: float = 15.0) -> None:
+        super().__init__(name="trainer-process", max_backoff_s=60.0)
         self.log_file = log_file
         self.settings = settings or get_settings()
         self.stop_timeout_s = stop_timeout_s
-        self.process: asyncio.subprocess.Process | None = None
-        self.restarts = 0
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = False
-
-    async def start(self) -> None:
-        await self._spawn()
-        self._task = asyncio.create_task(self._watch(), name="trainer-process")
 
     async def _spawn(self) -> None:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -125,33 +117,10 @@ class TrainerProcess:
             )
         log.info("trainer worker started (pid %s, log %s)", self.process.pid, self.log_file)
 
-    async def _watch(self) -> None:
-        backoff = 1.0
-        while not self._stopping:
-            assert self.process is not None
-            code = await self.process.wait()
-            if self._stopping:
-                return
-            log.error("trainer worker exited with %s; restarting in %.0f s", code, backoff)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 60.0)
-            self.restarts += 1
-            await self._spawn()
+    def _exited(self, code: int) -> None:
+        log.error("trainer worker exited with %s; restarting", code)
 
-    async def stop(self) -> None:
-        self._stopping = True
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        proc = self.process
-        if proc is None or proc.returncode is not None:
-            return
-        # SIGTERM lets the worker stop between jobs; a job still running after the
-        # timeout is killed and re-queued later from its stale heartbeat.
-        proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), self.stop_timeout_s)
-        except asyncio.TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
+    async def stop(self, timeout_s: float | None = None) -> None:
+        # SIGTERM lets the worker stop between jobs; a job still running after the timeout
+        # is killed and re-queued later from its stale heartbeat.
+        await super().stop(self.stop_timeout_s if timeout_s is None else timeout_s)

@@ -29,6 +29,7 @@ from adapters import checkpoints, registry
 from core.errors import bad_request, not_found
 from core.metadata import filter_from_query
 from core.quotas import Quotas
+from core.states import FinetuningType, VersionKind
 from gateway import audit, tenants
 from gateway.deps import AdminDep, CallerDep, ServicesDep
 from gateway.protocol.fine_tuning import (
@@ -84,10 +85,29 @@ def _trainable(services: Services, tenant_id: str, model: str, param: str) -> No
         )
 
 
+def _same_kind(services: Services, tenant_id: str, model: str, hyperparameters: dict[str, Any]) -> None:
+    """A full fine-tune continues a whole model and a LoRA an adapter: 400 for the other kind
+    (the worker checks again: a name can be moved to a version of the other kind meanwhile)."""
+    base = services.settings.base_model_name
+    if model == base:
+        return
+    whole = registry.resolve(services.db, tenant_id, model, base).kind == VersionKind.MODEL
+    full = hyperparameters.get("finetuning_type") == FinetuningType.FULL
+    if whole != full:
+        needed = "full" if whole else "lora"
+        raise bad_request(
+            f"{model!r} is {'a whole model' if whole else 'an adapter'}: train from it with finetuning_type "
+            f'"{needed}", or train from the base model.',
+            code="incompatible_starting_model",
+            param="model",
+        )
+
+
 def create(services: Services, tenant_id: str, body: CreateFineTuningJobIn, *, actor: str) -> JobInfo:
     method, hp = _method_and_hyperparameters(body)
     base = services.settings.base_model_name
     _trainable(services, tenant_id, body.model, "model")
+    _same_kind(services, tenant_id, body.model, hp)
     if body.suffix == base:
         raise bad_request(f"suffix {body.suffix!r} is the base model's name.", param="suffix")
     config = None

@@ -20,6 +20,7 @@ from adapters import checkpoints, registry
 from adapters.registry import ResolvedModel
 from core.errors import TailorError
 from core.states import VersionKind
+from tests.adapters.test_model_validation import write_model
 from tests.apputil import ADMIN, TenantsApi, error, make_app, ok, serve_tenants
 from tests.gateway.gateway_world import TINY_CONFIG, write_tiny_adapter
 from tests.openai_schema import validate
@@ -319,6 +320,22 @@ def test_a_full_fine_tunes_checkpoints_are_served_as_whole_models(api: Api) -> N
         for job, name in ((whole, "whole"), (lora, "lora"))
     }
     assert kinds == {"whole": VersionKind.MODEL, "lora": VersionKind.ADAPTER}
+
+
+def test_a_job_continues_a_version_of_its_own_kind(api: Api) -> None:
+    services = api.app.state.services
+    for name, source in (("whole", write_model(api.tmp / "model")), ("lora", write_tiny_adapter(api.tmp / "lora"))):
+        registry.register_dir(
+            services.db, services.store, services.limits, tenant_id=api.ids["acme"], name=name,
+            source_dir=source, base_model_name=BASE, actor="test",
+        )  # fmt: skip
+    full = {"type": "supervised", "supervised": {"hyperparameters": {"finetuning_type": "full"}}}
+    api.create(model="whole", method=full)
+    api.create(model="lora")
+    for model, method in (("whole", None), ("lora", full)):
+        body = {"model": model, "training_file": api.upload(), **({"method": method} if method else {})}
+        refused = error(api.client.post(JOBS, json=body, headers=api.keys["acme"]), 400, "model")
+        assert refused["code"] == "incompatible_starting_model"
 
 
 def test_checkpoints_sort_after_their_adapters_versions_and_page(api: Api) -> None:

@@ -26,14 +26,12 @@ import pytest
 from adapters.derived_model import derive_model
 from tests.conftest import LiveEngine
 from tests.integration.conftest import MODEL_DIR, TailorServer, TenantKeys, make_tenant, running_tailor
-from tests.integration.traffic import MESSAGES, traffic
+from tests.integration.traffic import MESSAGES, first_answer, traffic
 from tests.openai_schema import validate
 
 pytestmark = pytest.mark.engine
 
 IDLE_S = 10
-# A cold start takes 20-40 s on an idle 2-core machine, several minutes on a busy one.
-START_DEADLINE_S = 600
 
 
 @pytest.fixture(scope="module")
@@ -86,19 +84,6 @@ def _tar_gz(model: Path) -> bytes:
     return buffer.getvalue()
 
 
-def _first_answer(sdk: openai.OpenAI) -> httpx.Response:
-    """Call `support` until its engine has started: the SDK retries each 503 after its
-    Retry-After by itself; a start slower than its retries is waited out here."""
-    deadline = time.monotonic() + START_DEADLINE_S
-    while True:
-        try:
-            raw = sdk.chat.completions.with_raw_response.create(model="support", messages=MESSAGES, max_tokens=8)
-            return raw.http_response
-        except openai.InternalServerError as exc:
-            assert exc.response.status_code == 503 and exc.code == "model_starting", exc
-            assert time.monotonic() < deadline, "the full model's engine did not start"
-
-
 def _ready_engines(server: TailorServer) -> float:
     for line in httpx.get(f"{server.url}/metrics").text.splitlines():
         if line.startswith('tailor_dedicated_engines{state="ready"}'):
@@ -142,7 +127,7 @@ def test_a_full_model_serves_scales_to_zero_and_switches_with_an_adapter(
 
     # The SDK waits the start out (it honours Retry-After on a 503).
     sdk = server.sdk(tenant, retries=10)
-    answer = _first_answer(sdk)
+    answer = first_answer(sdk, "support", max_tokens=8)
     validate(answer.json(), "CreateChatCompletionResponse")
     assert answer.json()["model"] == "support" and digest not in answer.text
     print(f"cold start answered after {time.monotonic() - started:.1f} s")
@@ -167,7 +152,7 @@ def test_a_full_model_serves_scales_to_zero_and_switches_with_an_adapter(
     while _engine_pids(digest) and time.monotonic() < deadline:
         time.sleep(1)
     assert _engine_pids(digest) == [] and _ready_engines(server) == 0
-    again = _first_answer(sdk)
+    again = first_answer(sdk, "support", max_tokens=8)
     assert again.json()["choices"][0]["message"]["content"] is not None and len(_engine_pids(digest)) == 1
 
     _switch_under_traffic(server, tenant, auth)

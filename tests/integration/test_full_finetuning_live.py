@@ -9,22 +9,19 @@ the session's engine, and the version, a whole model, on a vLLM child started on
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 
-import openai
 import pytest
 
 from tests.conftest import LiveEngine
 from tests.integration.conftest import BASE_MODEL, TailorServer, make_tenant, running_tailor
 from tests.integration.test_fine_tuning_live import job_body, wait_for
+from tests.integration.traffic import first_answer
 from tests.openai_schema import validate
 from tests.trainer.worker_world import ANSWER, QUESTIONS
 
 pytestmark = pytest.mark.engine
 
-# A cold start takes 20-40 s on an idle 2-core machine, several minutes on a busy one.
-START_DEADLINE_S = 600
 HYPERPARAMETERS = {"finetuning_type": "full", "learning_rate_multiplier": 10, "batch_size": 2, "max_steps": 20}
 
 
@@ -70,17 +67,7 @@ def test_a_full_fine_tune_is_evaluated_and_served_on_engines_of_its_own(server: 
     assert model == "whole@v1"
 
     # Served on an engine of its own, started by this first request (503s until it is up).
-    deadline = time.monotonic() + START_DEADLINE_S
-    while True:
-        try:
-            raw = c.chat.completions.with_raw_response.create(
-                model=model, messages=[{"role": "user", "content": QUESTIONS[0]}], temperature=0, max_tokens=16
-            )
-            break
-        except openai.InternalServerError as exc:
-            assert exc.response.status_code == 503 and exc.code == "model_starting", exc
-            assert time.monotonic() < deadline, "the full model's engine did not start"
-    answer = raw.http_response.json()
+    answer = first_answer(c, model, temperature=0, max_tokens=16).json()
     validate(answer, "CreateChatCompletionResponse")
     assert answer["model"] == model
     assert "Zorblax" in answer["choices"][0]["message"]["content"], answer

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import openai
 
 from tests.integration.conftest import QUESTION, TailorServer, TenantKeys
@@ -64,3 +66,19 @@ def traffic(
         stop.set()
         for w in workers:
             w.join(timeout)
+
+
+# A cold start takes 20-40 s on an idle 2-core machine, several minutes on a busy one.
+START_DEADLINE_S = 600
+
+
+def first_answer(sdk: openai.OpenAI, model: str, **params: Any) -> httpx.Response:
+    """Ask a whole model QUESTION until its engine has started: the SDK retries each 503 after
+    its Retry-After by itself; a start slower than its retries is waited out here."""
+    deadline = time.monotonic() + START_DEADLINE_S
+    while True:
+        try:
+            return sdk.chat.completions.with_raw_response.create(model=model, messages=MESSAGES, **params).http_response
+        except openai.InternalServerError as exc:
+            assert exc.response.status_code == 503 and exc.code == "model_starting", exc
+            assert time.monotonic() < deadline, "the full model's engine did not start"

@@ -15,13 +15,14 @@ from fastapi.testclient import TestClient
 
 from tests.apputil import make_app
 from tests.deploy import manifests as m
+from tests.deploy import rendered as r
 from tests.deploy.manifests import Obj
 
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Obj]]:
     work = tmp_path_factory.mktemp("deploy")
-    return {overlay: m.render(m.DEPLOY, overlay, work) for overlay in m.OVERLAYS}
+    return {overlay: r.render(r.DEPLOY, overlay, work) for overlay in r.OVERLAYS}
 
 
 @pytest.fixture(scope="module")
@@ -32,33 +33,33 @@ def gateway_paths(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
 
 
 def test_overlays_are_the_documented_ones() -> None:
-    assert m.OVERLAYS == ["dev", "production"]
+    assert r.OVERLAYS == ["dev", "production"]
 
 
-@pytest.mark.parametrize("overlay", m.OVERLAYS)
+@pytest.mark.parametrize("overlay", r.OVERLAYS)
 def test_objects_are_valid_kubernetes(rendered: dict[str, list[Obj]], overlay: str) -> None:
     assert m.check_schemas(rendered[overlay]) == []
 
 
-@pytest.mark.parametrize("overlay", m.OVERLAYS)
+@pytest.mark.parametrize("overlay", r.OVERLAYS)
 def test_selectors_ports_and_references_resolve(rendered: dict[str, list[Obj]], overlay: str) -> None:
     objs = rendered[overlay]
     assert m.check_selectors(objs) + m.check_references(objs) == []
 
 
-@pytest.mark.parametrize("overlay", m.OVERLAYS)
+@pytest.mark.parametrize("overlay", r.OVERLAYS)
 def test_tailor_settings_are_real_and_valid(rendered: dict[str, list[Obj]], overlay: str) -> None:
     objs = rendered[overlay]
     assert m.check_tailor_names(objs) + m.check_settings(objs) == []
 
 
-@pytest.mark.parametrize("overlay", m.OVERLAYS)
+@pytest.mark.parametrize("overlay", r.OVERLAYS)
 def test_probes_engines_and_security(rendered: dict[str, list[Obj]], overlay: str, gateway_paths: set[str]) -> None:
     objs = rendered[overlay]
     assert m.check_probes(objs, gateway_paths) + m.check_engines(objs) + m.check_security(objs) == []
 
 
-@pytest.mark.parametrize("overlay", m.OVERLAYS)
+@pytest.mark.parametrize("overlay", r.OVERLAYS)
 def test_engines_get_adapters_as_the_gateway_serves_them(rendered: dict[str, list[Obj]], overlay: str) -> None:
     assert m.check_adapter_source(rendered[overlay]) == []
 
@@ -299,8 +300,8 @@ def test_a_broken_object_is_caught(rendered: dict[str, list[Obj]], gateway_paths
 def test_a_broken_manifest_file_is_caught(tmp_path: Path, gateway_paths: set[str]) -> None:
     """The same checks on a copy of deploy/ whose base engine drops --enable-lora."""
     broken = tmp_path / "broken"
-    shutil.copytree(m.DEPLOY, broken)
+    shutil.copytree(r.DEPLOY, broken)
     engine = broken / "base" / "engine.yaml"
     engine.write_text(engine.read_text().replace("            - --enable-lora\n", ""))
-    objs = m.render(broken, "production", tmp_path / "work")
+    objs = r.render(broken, "production", tmp_path / "work")
     assert any("Tailor's engine command" in p for p in m.all_problems(objs, gateway_paths))

@@ -140,7 +140,7 @@ class AdapterStore:
 
     def __init__(self, url: str, cache_dir: Path | str, **storage_options: Any) -> None:
         # storage_options go to the fsspec filesystem (an engine reading Tailor's store over
-        # HTTP passes its key's header there: adapters.vllm_resolver).
+        # HTTP passes its key's header there: adapters.adapter_source).
         self.url = url
         self.fs, root = url_to_fs(url, **storage_options)
         self.root = root.rstrip("/") or "/"

@@ -203,7 +203,7 @@ class EngineSupervisor(SupervisedChild):
     """Keeps one child engine running for as long as the gateway runs."""
 
     def __init__(self, launch: EngineLaunch, pool: EnginePool, engine: Engine, *, max_backoff_s: float = 30.0) -> None:
-        super().__init__(name="supervise-engine", max_backoff_s=max_backoff_s)
+        super().__init__(name="supervise-engine", max_backoff_s=max_backoff_s, stop_timeout_s=20.0)
         self.launch = launch
         self.pool = pool
         self.engine = engine
@@ -297,6 +297,3 @@ class EngineSupervisor(SupervisedChild):
                 return Problem(f"child engine is starting{last}")
             self._listener_pid = proc.pid
         return None
-
-    async def stop(self, timeout_s: float = 20.0) -> None:
-        await super().stop(timeout_s)

@@ -15,9 +15,10 @@ from abc import ABC, abstractmethod
 
 
 class SupervisedChild(ABC):
-    def __init__(self, *, name: str, max_backoff_s: float) -> None:
+    def __init__(self, *, name: str, max_backoff_s: float, stop_timeout_s: float) -> None:
         self.name = name
         self.max_backoff_s = max_backoff_s
+        self.stop_timeout_s = stop_timeout_s
         self.process: asyncio.subprocess.Process | None = None
         self.restarts = 0
         self._task: asyncio.Task[None] | None = None
@@ -53,8 +54,9 @@ class SupervisedChild(ABC):
             self.restarts += 1
             await self._respawn()
 
-    async def stop(self, timeout_s: float) -> None:
-        """SIGTERM, up to `timeout_s` to exit, then SIGKILL; whatever the group left goes too."""
+    async def stop(self, timeout_s: float | None = None) -> None:
+        """SIGTERM, up to `timeout_s` (default `stop_timeout_s`) to exit, then SIGKILL; whatever
+        the group left goes too."""
         self._stopping = True
         if self._task:
             self._task.cancel()
@@ -64,7 +66,7 @@ class SupervisedChild(ABC):
             return
         self._kill_group(signal.SIGTERM)
         try:
-            await asyncio.wait_for(self.process.wait(), timeout_s)
+            await asyncio.wait_for(self.process.wait(), self.stop_timeout_s if timeout_s is None else timeout_s)
         except asyncio.TimeoutError:
             self._kill_group(signal.SIGKILL)
             await self.process.wait()

@@ -97,10 +97,11 @@ def trainer_env(settings: Settings, environ: Mapping[str, str]) -> dict[str, str
 
 class TrainerProcess(SupervisedChild):
     def __init__(self, log_file: Path, settings: Settings | None = None, *, stop_timeout_s: float = 15.0) -> None:
-        super().__init__(name="trainer-process", max_backoff_s=60.0)
+        # SIGTERM lets the worker stop between jobs; a job still running after the stop timeout
+        # is killed and re-queued later from its stale heartbeat.
+        super().__init__(name="trainer-process", max_backoff_s=60.0, stop_timeout_s=stop_timeout_s)
         self.log_file = log_file
         self.settings = settings or get_settings()
-        self.stop_timeout_s = stop_timeout_s
 
     async def _spawn(self) -> None:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -119,8 +120,3 @@ class TrainerProcess(SupervisedChild):
 
     def _exited(self, code: int) -> None:
         log.error("trainer worker exited with %s; restarting", code)
-
-    async def stop(self, timeout_s: float | None = None) -> None:
-        # SIGTERM lets the worker stop between jobs; a job still running after the timeout
-        # is killed and re-queued later from its stale heartbeat.
-        await super().stop(self.stop_timeout_s if timeout_s is None else timeout_s)

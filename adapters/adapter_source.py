@@ -38,6 +38,13 @@ _MAX_UNKNOWN = 10_000
 _CONNECT_TIMEOUT_S, _READ_TIMEOUT_S = 10.0, 60.0
 
 
+def source_url(url: str) -> str:
+    """`url` (a gateway's, from TAILOR_ADAPTER_SOURCE_URL) without a trailing slash; only http(s)."""
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"{SOURCE_ENV} must be an http(s) URL, not {url[:80]!r}")
+    return url.rstrip("/")
+
+
 def private_dir(path: Path) -> Path:
     """`path`, created for this user only; refused if it is a link or someone else's, since a
     copy found there is loaded into the engine."""
@@ -54,9 +61,7 @@ class AdapterSource:
     """One gateway's adapters: a name's digest, then the version's files, checked and cached."""
 
     def __init__(self, url: str, key: str | None, cache_dir: Path, client: httpx.Client | None = None) -> None:
-        if not url.startswith(("http://", "https://")):
-            raise ValueError(f"{SOURCE_ENV} must be an http(s) URL, not {url[:80]!r}")
-        self.url = url.rstrip("/")
+        self.url = source_url(url)
         self.headers = bearer(key)
         timeout = httpx.Timeout(_READ_TIMEOUT_S, connect=_CONNECT_TIMEOUT_S)
         self.client = client or httpx.Client(timeout=timeout, trust_env=False)

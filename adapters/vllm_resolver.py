@@ -20,7 +20,7 @@ import os
 from vllm.lora.request import LoRARequest
 from vllm.lora.resolver import LoRAResolver, LoRAResolverRegistry
 
-from adapters.adapter_source import SOURCE_ENV, AdapterSource
+from adapters.adapter_source import SOURCE_ENV, AdapterSource, source_url
 
 RESOLVER_NAME = "tailor"
 
@@ -56,6 +56,5 @@ def register() -> None:
     url = os.environ.get(SOURCE_ENV)
     if not url:
         return
-    if not url.startswith(("http://", "https://")):
-        raise ValueError(f"{SOURCE_ENV} must be an http(s) URL, not {url[:80]!r}")
+    source_url(url)  # a wrong one is refused as the engine starts, not at its first request
     LoRAResolverRegistry.register_resolver(RESOLVER_NAME, TailorResolver())

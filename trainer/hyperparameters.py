@@ -160,6 +160,20 @@ def _check(name: str, rule: _Rule, value: Any, high: float) -> Any:
     return value
 
 
+def check_start(model: str, *, whole: bool, full: bool) -> None:
+    """A job starting from `model` (a whole model or an adapter) continues it: a full fine-tune
+    can only continue a whole model and a LoRA only an adapter, else a 400 on `model`."""
+    if whole == full:
+        return
+    needed = FULL if whole else LORA
+    raise bad_request(
+        f"{model!r} is {'a whole model' if whole else 'an adapter'}: train from it with finetuning_type "
+        f'"{needed}", or train from the base model.',
+        code="incompatible_starting_model",
+        param="model",
+    )
+
+
 def applies(name: str, method: str) -> bool:
     methods = RULES[name].methods
     return methods is None or method in methods

@@ -49,7 +49,7 @@ from gateway.protocol.fine_tuning import (
 from gateway.protocol.wire import page_ids
 from gateway.services import Services
 from gateway.tenants import Caller
-from trainer import distill, job_records, jobs
+from trainer import distill, hyperparameters, job_records, jobs
 from trainer.jobs import JobInfo
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
@@ -85,22 +85,14 @@ def _trainable(services: Services, tenant_id: str, model: str, param: str) -> No
         )
 
 
-def _same_kind(services: Services, tenant_id: str, model: str, hyperparameters: dict[str, Any]) -> None:
+def _same_kind(services: Services, tenant_id: str, model: str, given: dict[str, Any]) -> None:
     """A full fine-tune continues a whole model and a LoRA an adapter: 400 for the other kind
     (the worker checks again: a name can be moved to a version of the other kind meanwhile)."""
     base = services.settings.base_model_name
     if model == base:
         return
     whole = registry.resolve(services.db, tenant_id, model, base).kind == VersionKind.MODEL
-    full = hyperparameters.get("finetuning_type") == FinetuningType.FULL
-    if whole != full:
-        needed = "full" if whole else "lora"
-        raise bad_request(
-            f"{model!r} is {'a whole model' if whole else 'an adapter'}: train from it with finetuning_type "
-            f'"{needed}", or train from the base model.',
-            code="incompatible_starting_model",
-            param="model",
-        )
+    hyperparameters.check_start(model, whole=whole, full=given.get("finetuning_type") == FinetuningType.FULL)
 
 
 def create(services: Services, tenant_id: str, body: CreateFineTuningJobIn, *, actor: str) -> JobInfo:

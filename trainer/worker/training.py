@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 from adapters import checkpoints
 from adapters.registry import VersionInfo
-from core.errors import bad_request
 from core.states import VersionKind
 from trainer import early_stopping, hyperparameters, job_queue, job_records, jobs
 from trainer.compute.launch import run_training
@@ -209,14 +208,10 @@ def _compatible_start(w: Worker, job: jobs.JobInfo, start: VersionInfo | None, *
     need not, and training then starts from the base model."""
     if start is None or (start.kind == VersionKind.MODEL) == full:
         return start
-    kind = "a whole model" if start.kind == VersionKind.MODEL else "an adapter"
+    whole = start.kind == VersionKind.MODEL
     if job.model != w.settings.base_model_name:
-        needed = "lora" if full else "full"
-        raise bad_request(
-            f'{job.model} is {kind}: a finetuning_type "{needed}" job can start from it, or start from the base model',
-            param="model",
-            code="incompatible_starting_model",
-        )
+        hyperparameters.check_start(job.model, whole=whole, full=full)
+    kind = "a whole model" if whole else "an adapter"
     w.event(job, f"Training starts from the base model ({start.adapter_name} version {start.version} is {kind})")
     return None
 

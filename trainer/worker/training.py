@@ -216,6 +216,10 @@ def _compatible_start(w: Worker, job: jobs.JobInfo, start: VersionInfo | None, *
     return None
 
 
+def _full(job: jobs.JobInfo) -> bool:
+    return (job.hyperparameters or {}).get("finetuning_type") == hyperparameters.FULL
+
+
 def save_checkpoint(w: Worker, run: JobRun, step: int, loss: float, local_dir: Path) -> None:
     """Store the adapter (or whole model) of `step` where every host can read it and engines can serve it."""
     job = run.job
@@ -234,7 +238,8 @@ def save_checkpoint(w: Worker, run: JobRun, step: int, loss: float, local_dir: P
         base=limits.base,
         max_rank=limits.max_rank,
         max_bytes=limits.max_bytes,
-        max_model_bytes=limits.max_model_bytes,
+        # A LoRA job's checkpoints must be adapters, as before full fine-tunes existed.
+        max_model_bytes=limits.max_model_bytes if _full(job) else 0,
     )
     # OpenAI's checkpoint metric names.
     metrics = {"step": step, "train_loss": loss}

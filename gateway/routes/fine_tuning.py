@@ -22,6 +22,7 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
+import anyio.from_thread
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
@@ -50,6 +51,7 @@ from gateway.protocol.wire import page_ids
 from gateway.services import Services
 from gateway.tenants import Caller
 from trainer import distill, hyperparameters, job_records, jobs
+from trainer.graders import Capabilities
 from trainer.jobs import JobInfo
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
@@ -102,12 +104,14 @@ def create(services: Services, tenant_id: str, body: CreateFineTuningJobIn, *, a
     _same_kind(services, tenant_id, body.model, hp)
     if body.suffix == base:
         raise bad_request(f"suffix {body.suffix!r} is the base model's name.", param="suffix")
-    config = None
+    config, capabilities = None, Capabilities()
     if method == "distillation":
         config = _distillation_config(services, tenant_id, body)
     elif method == "reinforcement":
         given = body.method.reinforcement if body.method else None
         config = {"grader": given.grader if given else None}  # checked by jobs.submit
+        # What the grader routes check it against (a sync route: on a thread of the event loop's).
+        capabilities = anyio.from_thread.run(services.graders.capabilities)
     return jobs.submit(
         services.db,
         tenant_id,
@@ -127,6 +131,7 @@ def create(services: Services, tenant_id: str, body: CreateFineTuningJobIn, *, a
         config=config,
         metadata=body.metadata,
         integrations=[i.type for i in body.integrations or ()],
+        grader_capabilities=capabilities,
     )
 
 

@@ -28,10 +28,10 @@ from trainer.graders.spec import Grader, LabelModelGrader, MultiGrader, ScoreMod
 PARAM = "method.reinforcement.grader"
 
 
-def check_grader(spec: Any, capabilities: Capabilities) -> dict[str, Any]:
+def check_grader(spec: Any, capabilities: Capabilities, param: str = PARAM) -> dict[str, Any]:
     """The grader as the job stores it (as /validate answers it); a 400 whose `param` names the
     bad field, with /validate's codes (python_grader_disabled where Python graders are off)."""
-    return public(parse_grader(spec, capabilities, PARAM))
+    return public(parse_grader(spec, capabilities, param))
 
 
 def model_names(spec: Mapping[str, Any]) -> set[str]:

@@ -293,6 +293,11 @@ def test_reinforcement_refusals(api: Api) -> None:
              "labels": ["a"], "passing_labels": ["a"]}  # fmt: skip
     error(post(reinforcement(grader=label)), 400, f"{grader}.type")  # only inside a multi grader
     error(post(reinforcement(grader={**JUDGE, "range": [1, 0]})), 400, f"{grader}.range")
+    # a grader model that is not the tenant's (another tenant's adapter, any unknown name) nor the operator's
+    unknown = error(post(reinforcement(grader={**JUDGE, "model": "not-mine"})), 400, f"{grader}.model")
+    assert unknown["code"] == "invalid_grader" and "'not-mine'" in unknown["message"]
+    multi = {"type": "multi", "name": "m", "graders": {**JUDGE, "model": "not-mine"}, "calculate_output": "judge"}
+    error(post(reinforcement(grader=multi)), 400, f"{grader}.model")
     error(post(reinforcement(group_size=1)), 400, "hyperparameters.group_size")
     error(post(reinforcement(reasoning_effort="max")), 400, "hyperparameters.reasoning_effort")
     error(post(reinforcement(packing=True)), 400, "hyperparameters.packing")

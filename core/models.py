@@ -421,6 +421,9 @@ class TenantPolicy(Base):
     auto_promote: Mapped[bool] = mapped_column(Boolean, default=False)
     canary_fraction: Mapped[float] = mapped_column(Float, default=0.0)
     gates: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # A grader spec (trainer.rewards): set, a triggered run trains with the reinforcement
+    # method on the adapter's logged prompts instead of on feedback.
+    reward_grader: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     last_triggered_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

@@ -10,6 +10,12 @@ Method: a triggered run trains with KTO when the feedback is mostly thumbs up an
 rated): a rating without a correction is still a signal. Otherwise it trains supervised,
 on the corrections and the answers rated good.
 
+With a `reward_grader` (a grader, as a reinforcement job takes it: trainer.rewards), a
+triggered run trains with the reinforcement method (GRPO) instead, on the prompts the
+adapter's users sent (the interaction log: trainer.datasets.build_from_log), each answer
+scored by that grader; no feedback on the answers is needed. Without logged prompts it
+falls back to the feedback and the methods above.
+
 Drift: the share of good ratings (and the correction rate) an adapter version earned in
 its first window after promotion is its level; when the most recent window falls below
 that level by more than the tolerance, the version has drifted.
@@ -24,14 +30,17 @@ from typing import Any
 from sqlalchemy import case, func, select
 
 from core import audit
+from core.blobs import BlobStore
 from core.db import Database
-from core.errors import bad_request
+from core.errors import TailorError, bad_request
 from core.ids import utcnow
 from core.models import Adapter, AdapterVersion, Feedback, Job, TenantPolicy, UTCDateTime
 from core.rows import from_row
 from core.states import OPEN_JOB_STATUSES
+from trainer import datasets, hyperparameters, jobs, rewards
 from trainer.feedback import FeedbackSignal, feedback_signal
 from trainer.gates import GateConfig
+from trainer.graders import Capabilities
 from trainer.records import Snapshot
 
 # Bounds a stored value must respect: the column is a 32-bit integer on PostgreSQL, and the
@@ -56,6 +65,7 @@ class PolicyInfo:
     auto_promote: bool = False
     canary_fraction: float = 0.0
     gates: dict[str, Any] | None = None
+    reward_grader: dict[str, Any] | None = None
     last_triggered_at: datetime | None = None
 
 
@@ -76,6 +86,38 @@ def method_for(snapshot: Snapshot) -> str:
     rich = int(signals.get("corrections", 0)) + int(signals.get("preferences", 0))
     labels = {r.label for r in snapshot.train_ratings}
     return "kto" if ratings_only > rich and labels == {True, False} else "supervised"
+
+
+@dataclass(frozen=True)
+class RetrainPlan:
+    """What a policy-triggered job trains: its method, its snapshot (None: the run builds it
+    from the feedback) and the method's settings (the reinforcement method's grader)."""
+
+    method: str
+    dataset_id: str | None = None
+    config: dict[str, Any] | None = None
+
+
+def retrain_plan(db: Database, blobs: BlobStore, tenant_id: str, adapter_name: str) -> RetrainPlan:
+    """The plan of a policy-triggered job for `adapter_name`: with a reward grader, reinforcement
+    on the adapter's logged prompts; else (or with none logged) what the feedback is made of
+    picks the method (method_for). Feedback that cannot make a snapshot now leaves the choice
+    to supervised and the snapshot to the run, as for any job."""
+    grader = get_policy(db, tenant_id).reward_grader
+    if grader is not None:
+        try:
+            snapshot = datasets.build_from_log(db, blobs, tenant_id, adapter_name)
+            jobs.training_examples(snapshot, hyperparameters.REINFORCEMENT)
+            return RetrainPlan(hyperparameters.REINFORCEMENT, snapshot.id, {"grader": grader})
+        except TailorError:
+            pass
+    try:
+        snapshot = jobs.feedback_snapshot(db, blobs, tenant_id, adapter_name)
+        method = method_for(snapshot)
+        jobs.training_examples(snapshot, method)
+    except TailorError:
+        return RetrainPlan("supervised")
+    return RetrainPlan(method, snapshot.id)
 
 
 def _info(row: TenantPolicy) -> PolicyInfo:
@@ -105,13 +147,23 @@ def set_policy(
     *,
     actor: str | None = None,
     tenant_name: str | None = None,
+    grader_capabilities: Capabilities = Capabilities(),
 ) -> PolicyInfo:
     """Update some fields of a tenant's policy; everything is validated before anything is stored.
 
     With an `actor`, the change's audit event (every field before and after) is written in the
-    same transaction: both are kept or neither.
+    same transaction: both are kept or neither. A `reward_grader` is checked as a reinforcement
+    job's grader is (against `grader_capabilities`); null removes it.
     """
-    allowed = {"retrain", "retrain_min_feedback", "retrain_interval_hours", "auto_promote", "canary_fraction", "gates"}
+    allowed = {
+        "retrain",
+        "retrain_min_feedback",
+        "retrain_interval_hours",
+        "auto_promote",
+        "canary_fraction",
+        "gates",
+        "reward_grader",
+    }
     unknown = set(changes) - allowed
     if unknown:
         raise bad_request(f"Unknown policy fields: {', '.join(sorted(unknown))}.", param=sorted(unknown)[0])
@@ -141,6 +193,9 @@ def set_policy(
         raise bad_request("auto_promote must be true or false.", param="auto_promote")
     if "gates" in changes:
         changes = {**changes, "gates": GateConfig.from_dict(changes["gates"]).to_dict()}
+    if changes.get("reward_grader") is not None:
+        grader = rewards.check_grader(changes["reward_grader"], grader_capabilities, param="reward_grader")
+        changes = {**changes, "reward_grader": grader}
     with db.session() as s:
         row = s.get(TenantPolicy, tenant_id)
         before = _current(row, tenant_id)

@@ -22,6 +22,11 @@ class PolicyIn(BaseModel):
     auto_promote: bool | None = Field(None, description="Promote a candidate that passes the gates without a person.")
     canary_fraction: float | None = Field(None, ge=0, lt=1, description="Passing candidates first serve this share.")
     gates: dict[str, Any] | None = Field(None, description="primary_metric, min_improvement, noise, min_examples.")
+    reward_grader: dict[str, Any] | None = Field(
+        None,
+        description="A grader (as a reinforcement job's): triggered runs train with the reinforcement method on "
+        "the adapter's logged prompts, scored by it. null removes it.",
+    )
 
 
 # model_validate(trainer.policy.PolicyInfo)
@@ -32,6 +37,7 @@ class PolicyOut(WireModel):
     auto_promote: bool
     canary_fraction: float
     gates: dict[str, Any] | None
+    reward_grader: dict[str, Any] | None = None
     last_triggered_at: datetime | None
 
 

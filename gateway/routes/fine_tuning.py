@@ -22,11 +22,12 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
+import anyio.from_thread
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from adapters import checkpoints, registry
-from core.errors import bad_request, not_found
+from core.errors import TailorError, bad_request, not_found
 from core.metadata import filter_from_query
 from core.quotas import Quotas
 from core.states import FinetuningType, VersionKind
@@ -49,7 +50,8 @@ from gateway.protocol.fine_tuning import (
 from gateway.protocol.wire import page_ids
 from gateway.services import Services
 from gateway.tenants import Caller
-from trainer import distill, hyperparameters, job_records, jobs
+from trainer import distill, hyperparameters, job_records, jobs, rewards
+from trainer.graders import Capabilities, ExternalModels
 from trainer.jobs import JobInfo
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
@@ -95,6 +97,28 @@ def _same_kind(services: Services, tenant_id: str, model: str, given: dict[str, 
     hyperparameters.check_start(model, whole=whole, full=given.get("finetuning_type") == FinetuningType.FULL)
 
 
+def _grader_models(services: Services, tenant_id: str, grader: Any, capabilities: Capabilities) -> None:
+    """Each model the grader's model graders name is an operator's grader model open to the
+    tenant, or the tenant's base model or adapter: a 400 naming it otherwise (the worker checks
+    again, before training: a name can go meanwhile)."""
+    checked = rewards.check_grader(grader, capabilities)
+    external = ExternalModels.from_settings(services.settings, tenant_id)
+    base = services.settings.base_model_name
+    for name in sorted(rewards.model_names(checked)):
+        if external.handles(name) or name == base:
+            continue
+        try:
+            kind = registry.resolve(services.db, tenant_id, name, base).kind
+        except TailorError:
+            kind = None
+        if kind != VersionKind.ADAPTER:
+            raise bad_request(
+                f"The grader's model {name!r} is neither one of your adapters nor a grader model this server offers.",
+                code="invalid_grader",
+                param=f"{rewards.PARAM}.model",
+            )
+
+
 def create(services: Services, tenant_id: str, body: CreateFineTuningJobIn, *, actor: str) -> JobInfo:
     method, hp = _method_and_hyperparameters(body)
     base = services.settings.base_model_name
@@ -102,12 +126,15 @@ def create(services: Services, tenant_id: str, body: CreateFineTuningJobIn, *, a
     _same_kind(services, tenant_id, body.model, hp)
     if body.suffix == base:
         raise bad_request(f"suffix {body.suffix!r} is the base model's name.", param="suffix")
-    config = None
+    config, capabilities = None, Capabilities()
     if method == "distillation":
         config = _distillation_config(services, tenant_id, body)
     elif method == "reinforcement":
         given = body.method.reinforcement if body.method else None
         config = {"grader": given.grader if given else None}  # checked by jobs.submit
+        # What the grader routes check it against (a sync route: on a thread of the event loop's).
+        capabilities = anyio.from_thread.run(services.graders.capabilities)
+        _grader_models(services, tenant_id, config["grader"], capabilities)
     return jobs.submit(
         services.db,
         tenant_id,
@@ -127,6 +154,7 @@ def create(services: Services, tenant_id: str, body: CreateFineTuningJobIn, *, a
         config=config,
         metadata=body.metadata,
         integrations=[i.type for i in body.integrations or ()],
+        grader_capabilities=capabilities,
     )
 
 

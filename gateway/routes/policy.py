@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import anyio.from_thread
 from fastapi import APIRouter
 
 from adapters import registry
@@ -10,6 +11,7 @@ from gateway.deps import AdminDep, CallerDep, ServicesDep
 from gateway.protocol.policy import DriftOut, PolicyIn, PolicyOut
 from gateway.services import Services
 from trainer import policy
+from trainer.graders import Capabilities
 
 router = APIRouter(tags=["policy"])
 admin_router = APIRouter(prefix="/admin/tenants/{tenant}", tags=["admin"], dependencies=[AdminDep])
@@ -18,7 +20,14 @@ admin_router = APIRouter(prefix="/admin/tenants/{tenant}", tags=["admin"], depen
 def _update(services: Services, tenant_id: str, tenant_name: str, body: PolicyIn, *, actor: str) -> PolicyOut:
     """Change the policy; its audit event (every field before and after) is in the same transaction."""
     changes = body.model_dump(exclude_none=True)
-    after = policy.set_policy(services.db, tenant_id, changes, actor=actor, tenant_name=tenant_name)
+    capabilities = Capabilities()
+    if "reward_grader" in body.model_fields_set:
+        changes["reward_grader"] = body.reward_grader  # null: removed
+        # What the grader routes check a grader against (a sync route: on a thread of the event loop's).
+        capabilities = anyio.from_thread.run(services.graders.capabilities)
+    after = policy.set_policy(
+        services.db, tenant_id, changes, actor=actor, tenant_name=tenant_name, grader_capabilities=capabilities
+    )
     return PolicyOut.model_validate(after)
 
 

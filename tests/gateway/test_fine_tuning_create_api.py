@@ -253,6 +253,25 @@ def test_create_reinforcement_job(api: Api) -> None:
     error(r, 404)
 
 
+JUDGE = {"type": "score_model", "name": "judge", "model": BASE, "range": [0, 1],
+         "input": [{"role": "user", "content": "Is {{ sample.output_text }} {{ item.answer }}?"}]}  # fmt: skip
+
+
+def test_every_grader_type_the_grader_routes_take_makes_a_reinforcement_job(api: Api) -> None:
+    rows = api.upload("acme", RFT_ROW)
+    similar = {**GRADER, "type": "text_similarity", "evaluation_metric": "fuzzy_match"}
+    similar.pop("operation")
+    # OpenAI's schema's form of a multi grader: one grader, named in the formula by its name
+    multi = {"type": "multi", "name": "judged", "graders": JUDGE, "calculate_output": "judge * 2"}
+    for spec in (similar, JUDGE, multi):
+        validated = api.client.post("/v1/fine_tuning/alpha/graders/validate", json={"grader": spec},
+                                    headers=api.keys["acme"])  # fmt: skip
+        assert validated.status_code == 200, validated.text
+        job = api.create(model=BASE, training_file=rows, method=reinforcement(grader=spec))
+        # stored and shown as /validate answers it
+        assert job["method"]["reinforcement"]["grader"] == validated.json()["grader"]
+
+
 def test_reinforcement_refusals(api: Api) -> None:
     rows, chat = api.upload("acme", RFT_ROW), api.upload("acme", CHAT)
     foreign = api.upload("beta", RFT_ROW)
@@ -264,11 +283,21 @@ def test_reinforcement_refusals(api: Api) -> None:
     grader = "method.reinforcement.grader"
     error(post({"type": "reinforcement"}), 400, grader)
     error(post(reinforcement(grader=None)), 400, grader)
-    error(post(reinforcement(grader={**GRADER, "type": "python", "source": "import os"})), 400, f"{grader}.type")
+    python = {"type": "python", "name": "py", "source": "def grade(sample, item):\n    return 1.0\n"}
+    # Python graders only where the operator enabled them, with the grader routes' code
+    assert error(post(reinforcement(grader=python)), 400, f"{grader}.type")["code"] == "python_grader_disabled"
     error(post(reinforcement(grader={**GRADER, "operation": "regex"})), 400, f"{grader}.operation")
     error(post(reinforcement(grader={**GRADER, "input": "{{ item.answer | upper }}"})), 400, f"{grader}.input")
     error(post(reinforcement(grader={**GRADER, "reference": "{{ env.HOME }}"})), 400, f"{grader}.reference")
-    error(post(reinforcement(grader={**GRADER, "extra": 1})), 400, f"{grader}.extra")
+    label = {"type": "label_model", "name": "l", "model": BASE, "input": [{"role": "user", "content": "x"}],
+             "labels": ["a"], "passing_labels": ["a"]}  # fmt: skip
+    error(post(reinforcement(grader=label)), 400, f"{grader}.type")  # only inside a multi grader
+    error(post(reinforcement(grader={**JUDGE, "range": [1, 0]})), 400, f"{grader}.range")
+    # a grader model that is not the tenant's (another tenant's adapter, any unknown name) nor the operator's
+    unknown = error(post(reinforcement(grader={**JUDGE, "model": "not-mine"})), 400, f"{grader}.model")
+    assert unknown["code"] == "invalid_grader" and "'not-mine'" in unknown["message"]
+    multi = {"type": "multi", "name": "m", "graders": {**JUDGE, "model": "not-mine"}, "calculate_output": "judge"}
+    error(post(reinforcement(grader=multi)), 400, f"{grader}.model")
     error(post(reinforcement(group_size=1)), 400, "hyperparameters.group_size")
     error(post(reinforcement(reasoning_effort="max")), 400, "hyperparameters.reasoning_effort")
     error(post(reinforcement(packing=True)), 400, "hyperparameters.packing")

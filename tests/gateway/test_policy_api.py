@@ -28,6 +28,7 @@ DEFAULTS = {
     "auto_promote": False,
     "canary_fraction": 0.0,
     "gates": GateConfig().to_dict(),
+    "reward_grader": None,
     "last_triggered_at": None,
 }
 
@@ -129,6 +130,19 @@ def test_put_refuses_bad_values_with_openai_errors(api: Api, payload: dict, para
     err = error(c.put("/v1/policy", json={**payload, **extra}, headers=acme), 400, param)
     assert err["type"] == "invalid_request_error"
     assert ok(c.get("/v1/policy", headers=acme)) == before  # nothing stored
+
+
+def test_put_a_reward_grader_checked_as_the_grader_routes_check_it(api: Api) -> None:
+    c, acme = api.client, api.keys["acme"]
+    grader = {"type": "string_check", "name": "p", "input": "{{ sample.output_text }}", "reference": "please",
+              "operation": "ilike"}  # fmt: skip
+    assert ok(c.put("/v1/policy", json={"reward_grader": grader}, headers=acme))["reward_grader"] == grader
+    python = {"type": "python", "name": "py", "source": "def grade(sample, item):\n    return 1.0\n"}
+    refused = error(c.put("/v1/policy", json={"reward_grader": python}, headers=acme), 400, "reward_grader.type")
+    assert refused["code"] == "python_grader_disabled"
+    # other changes leave it; null removes it
+    assert ok(c.put("/v1/policy", json={"auto_promote": True}, headers=acme))["reward_grader"] == grader
+    assert ok(c.put("/v1/policy", json={"reward_grader": None}, headers=acme))["reward_grader"] is None
 
 
 def test_put_refuses_a_body_that_is_not_json(api: Api) -> None:

@@ -1,7 +1,7 @@
 """OpenAI's string_check operations, as (operation, answer, reference, score) cases.
 
-Shared by the two places that run the grader (trainer.graders for evaluation jobs,
-trainer.rewards for reinforcement training): both must score every case the same.
+Shared by the tests of both ways the grader runs (trainer.graders' grade, for the grader
+routes, and trainer.rewards, a reinforcement job's reward): both must score every case the same.
 """
 
 from __future__ import annotations

@@ -145,6 +145,7 @@ def test_a_configured_evaluation_engine_that_is_down_is_a_clear_503(tmp_path: Pa
 def test_graded_evaluation_scores_each_sides_answers_with_the_grader(tmp_path: Path) -> None:
     from trainer.compute.evaluation import evaluate_graded
     from trainer.datasets import PromptRecord
+    from trainer.graders import GradingContext
     from trainer.rewards import reward_for
 
     engine = FakeEngine()
@@ -154,10 +155,11 @@ def test_graded_evaluation_scores_each_sides_answers_with_the_grader(tmp_path: P
     ]
     grader = {"type": "string_check", "name": "n", "input": "{{ sample.output_text }}",
               "reference": "{{ item.want }}", "operation": "like"}  # fmt: skip
-    comparison = evaluate_graded(
-        client_for(engine), prompts, reward_for(grader),
+    comparison, failed = evaluate_graded(
+        client_for(engine), prompts, reward_for(grader, GradingContext()),
         candidate_dir=tmp_path / "cand", baseline_dir=None, tag="job1", max_tokens=7,
     )  # fmt: skip
+    assert failed == 0
     # the fake answers "<model>: <prompt> (<max_tokens>)": the candidate is the job's adapter
     assert comparison.candidate.grader_score == pytest.approx(1 / 3)
     assert comparison.baseline.grader_score == pytest.approx(1 / 3)

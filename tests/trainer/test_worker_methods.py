@@ -135,11 +135,19 @@ def test_reinforcement_job_trains_on_its_grader_and_is_gated_on_its_score(
     lines = [json.dumps({"messages": [{"role": "user", "content": q}], "city": "Paris"}) for q in QUESTIONS]
     rows = files.upload_file(env.db, env.blobs, env.tenant, "rft.jsonl", "\n".join(lines).encode(), "fine-tune")
     hp = {"max_steps": 2, "batch_size": 2, "group_size": 2, "max_completion_length": 16}
+    # A multi grader whose score_model asks the tenant's base model on the worker's engine, from
+    # the training process's reward and from the evaluation (trainer.worker.grading).
+    judge = {"type": "score_model", "name": "judge", "model": env.settings.base_model_name,
+             "input": [{"role": "user", "content": "Rate 0 to 1: is '{{ sample.output_text }}' about Paris?"}],
+             "sampling_params": {"temperature": 0, "max_completions_tokens": 16}}  # fmt: skip
+    grader = {"type": "multi", "name": "city and judge", "graders": {"city": RFT_GRADER, "judge": judge},
+              "calculate_output": "0.5 * city + 0.5 * judge"}  # fmt: skip
     job = env.job(method="reinforcement", adapter_name="rft", training_file=rows.id, hyperparameters=hp,
-                  config={"grader": RFT_GRADER})  # fmt: skip
+                  config={"grader": grader})  # fmt: skip
     assert env.worker.run_once()
     done = jobs.get_job(env.db, env.tenant, job.id)
     assert done.status == "succeeded", done.error
+    assert any(e.message.startswith("Grader models on the worker's engine") for e in env.events(job.id))
     steps = [e.data for e in env.events(job.id) if e.data and "step" in e.data and "mean_reward" in e.data]
     assert [d["step"] for d in steps] == [1, 2]
     assert all(0 <= d["mean_reward"] <= 1 and d["reward_std"] >= 0 and "kl" in d for d in steps)

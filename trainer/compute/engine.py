@@ -197,12 +197,15 @@ class EngineClient:
         """Greedy chat answers, one per prompt, in order ("" where the engine gave no text)."""
 
         def ask(prompt: Sequence[Message]) -> str:
-            body = {"model": model, "messages": list(prompt), "temperature": 0.0, "max_tokens": max_tokens}
-            data = self._json("/v1/chat/completions", body)
+            data = self.chat(model, {"messages": list(prompt), "temperature": 0.0, "max_tokens": max_tokens})
             choices = data.get("choices") or [{}]
             return str((choices[0].get("message") or {}).get("content") or "").strip()
 
         return self._map(ask, prompts)
+
+    def chat(self, model: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """The engine's chat completion of `body` (messages, sampling, response_format) by `model`."""
+        return self._json("/v1/chat/completions", {**body, "model": model})
 
     def nll(self, model: str, encoded: Sequence[EncodedExample]) -> tuple[float, int]:
         """(summed negative log-likelihood, token count) of the labelled tokens of each example."""

@@ -9,6 +9,7 @@ trainer.evaluate's.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from trainer.compute.encoding import EncodedExample, encode_completion, render, 
 from trainer.compute.engine import EngineClient, answer_budget
 from trainer.datasets import PromptRecord
 from trainer.evaluate import Comparison, EvalExample, ExampleResult, JudgeConfig, Metrics, Side, compare
-from trainer.rewards import Reward, mean_score
+from trainer.rewards import Reward, Scores
 
 
 @dataclass(frozen=True)
@@ -119,9 +120,10 @@ def evaluate_graded(
     tag: str,
     max_tokens: int,
     own_engines: Mapping[str, EngineClient] | None = None,
-) -> Comparison:
+) -> tuple[Comparison, int]:
     """A reinforcement job's candidate vs baseline: each answers the validation prompts greedily
-    (as it will be served) and the job's grader scores the answers against their rows."""
+    (as it will be served) and the job's grader scores the answers against their rows.
+    Also: how many grades failed (each scored 0)."""
     if not prompts:
         raise bad_request("no validation prompts to grade", code="no_eval_examples")
     items = [p.fields() for p in prompts]
@@ -133,12 +135,18 @@ def evaluate_graded(
             for role, (engine, model) in targets.items()
         }
 
+    async def both() -> list[Scores]:
+        # One event loop for both sides: the grader's semaphores and model calls live in it.
+        return list(await asyncio.gather(*(reward.scores(answers[role], items) for role in dirs)))
+
+    scores = dict(zip(dirs, asyncio.run(both()), strict=True))
+
     def metrics(role: str) -> Metrics:
-        score = mean_score(reward, answers[role], items)
-        return Metrics(len(prompts), 0.0, 0.0, math.nan, None, grader_score=score)
+        return Metrics(len(prompts), 0.0, 0.0, math.nan, None, grader_score=scores[role].mean)
 
     examples = [
         ExampleResult(prompt_text=p.messages[-1]["content"], reference=p.item, candidate_output=c, baseline_output=b)
         for p, c, b in zip(prompts, answers["candidate"], answers["baseline"], strict=True)
     ]
-    return Comparison(metrics("candidate"), metrics("baseline"), examples)
+    failed = sum(s.errors for s in scores.values())
+    return Comparison(metrics("candidate"), metrics("baseline"), examples), failed

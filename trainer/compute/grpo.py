@@ -2,14 +2,20 @@
 
 Rows: OpenAI's RFT lines, `{"messages": [... ending with a user turn], <any other fields>}`.
 Each step takes `batch_size` prompts, samples `group_size` answers to each from the model
-being trained, scores every answer with the job's grader (trainer.rewards: the answer
-against its row's fields) and moves the weights towards the answers that scored above their
-group's mean (GRPO: the group is the baseline, no value model), with a KL penalty of weight
-`beta` towards the model as it started (the LoRA switched off: no second copy of the base).
+being trained, scores every answer with the job's grader (trainer.rewards: any grader type
+of trainer.graders, the answer against its row's fields) and moves the weights towards the
+answers that scored above their group's mean (GRPO: the group is the baseline, no value
+model), with a KL penalty of weight `beta` towards the model as it started (the LoRA
+switched off: no second copy of the base).
 
 The rows reach the reward as TRL forwards dataset columns: each row's fields other than
 `messages` travel as one JSON string column `item` (rows may have different fields, which an
 Arrow column could not hold), parsed back for the grader.
+
+The reward is an async function: TRL runs it on an event loop of its own (a daemon thread),
+where the grades of a batch run together (model graders' calls, Python graders' sandboxes;
+trainer.reward_models says which models they reach). A grade that fails scores 0; the share
+of those is logged as `grader_errors`.
 
 Sampling is TRL's own `model.generate` in the training process. (Its vLLM modes need TRL's
 own vLLM server or an in-process engine: GPU only.) Prompts longer than max_seq_length -
@@ -19,15 +25,18 @@ max_completion_length tokens are dropped and counted.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from typing import Any
 
 from datasets import Dataset
 from trl import GRPOConfig, GRPOTrainer
 
+from core.config import get_settings
 from core.errors import bad_request
 from trainer.compute.encoding import render, validate_prompt
 from trainer.compute.recipe import Recipe
+from trainer.reward_models import GraderModels, grading_context
 from trainer.rewards import Reward, reward_for
 
 Config = GRPOConfig
@@ -75,7 +84,11 @@ def trainer_args(recipe: Recipe) -> dict[str, Any]:
     """The GRPOTrainer arguments beyond the common ones: the grader as its reward."""
     if recipe.grader is None:
         raise bad_request("A reinforcement run needs a grader.", param="method.reinforcement.grader")
-    return {"reward_funcs": [trl_reward(reward_for(recipe.grader))]}
+    # The worker's settings (this process has its environment): the operator's grader models,
+    # the outbound policy, the sandbox and the graders' limits, as the grader routes have them.
+    models = GraderModels.from_json(recipe.grader_models or {"tenant_id": ""})
+    context = grading_context(get_settings(), models, models.engine(os.environ))
+    return {"reward_funcs": [trl_reward(reward_for(recipe.grader, context))]}
 
 
 def completion_text(completion: Any) -> str:
@@ -88,9 +101,13 @@ def completion_text(completion: Any) -> str:
 def trl_reward(reward: Reward) -> Any:
     """`reward` with TRL's reward-function signature (completions and dataset columns as keywords)."""
 
-    def grader(completions: Sequence[Any], **columns: Any) -> list[float]:
+    async def grader(completions: Sequence[Any], **columns: Any) -> list[float]:
         items = [json.loads(text) for text in columns[ITEM]]
-        return reward([completion_text(c) for c in completions], items)
+        scores = await reward.scores([completion_text(c) for c in completions], items)
+        log_metric = columns.get("log_metric")
+        if log_metric is not None and scores.rewards:
+            log_metric("grader_errors", scores.errors / len(scores.rewards))
+        return scores.rewards
 
     grader.__name__ = REWARD_NAME  # TRL logs rewards/<name>/mean
     return grader

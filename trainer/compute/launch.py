@@ -22,7 +22,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +107,7 @@ def run_training(
     should_stop: Callable[[], bool | str | None] | None = None,
     poll_s: float = 0.5,
     check_stop_every_s: float = 2.0,
+    env: Mapping[str, str] | None = None,
 ) -> TrainResult:
     """Run `recipe` in its own process(es) on `placement`; report progress; return the result.
 
@@ -114,7 +115,7 @@ def run_training(
     checkpoint, reported through on_checkpoint, then TrainingPaused; the recipe needs a
     pause_path), anything else true cancels it (TrainingCancelled). A refused run raises its
     TailorError; a crash raises a 500 in Tailor's words, the process's last output going to
-    this process's log only.
+    this process's log only. `env`: what the processes' environment adds to this one's.
     """
     work_dir.mkdir(parents=True, exist_ok=True)
     # The run is where it is placed, whatever the caller filled in; and it starts clean:
@@ -133,7 +134,11 @@ def run_training(
     paused: TrainingPaused | None = None
     with log_path.open("wb") as out:
         proc = subprocess.Popen(
-            start_command(recipe_path, placement), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            start_command(recipe_path, placement),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, **env} if env else None,
         )
         try:
             last_check = time.monotonic()

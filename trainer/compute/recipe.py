@@ -74,6 +74,8 @@ class Recipe:
     undesirable_weight: float | None = None
     # GRPO: the job's grader (trainer.rewards), answers sampled per prompt, their longest length.
     grader: dict[str, Any] | None = None
+    # The models its model graders may reach (trainer.reward_models.GraderModels, as JSON).
+    grader_models: dict[str, Any] | None = None
     group_size: int = hp.DEFAULT_GROUP_SIZE
     max_completion_length: int = hp.DEFAULT_MAX_COMPLETION_LENGTH
 

@@ -10,6 +10,7 @@ Sources:
   imported examples.
 - `build_from_files` (from_files): an uploaded training file (and optional validation file).
 - `build_from_answers` (from_answers): a teacher's answers (distillation).
+- `build_from_log` (from_log): the prompts the tenant's users sent a model (reinforcement).
 
 The held-out split is decided per normalised prompt by a hash (heldout). The record types and
 the message checks are trainer.records' and trainer.message_checks', named here too for the
@@ -19,6 +20,7 @@ callers that read everything about datasets from one place.
 from trainer.datasets.from_answers import build_from_answers
 from trainer.datasets.from_feedback import CHAT_ENDPOINT, build_from_feedback, prompt_from_request
 from trainer.datasets.from_files import build_from_files
+from trainer.datasets.from_log import build_from_log
 from trainer.datasets.heldout import split
 from trainer.datasets.store import load_snapshot
 from trainer.feedback.verdicts import GOOD_SCORE, verdict
@@ -47,6 +49,7 @@ __all__ = [
     "build_from_answers",
     "build_from_feedback",
     "build_from_files",
+    "build_from_log",
     "check_messages",
     "load_snapshot",
     "normalise_text",

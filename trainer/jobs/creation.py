@@ -15,6 +15,7 @@ from core.models import Job, JobEvent
 from core.quotas import Quotas, Usage, operator_quotas, reserve
 from core.states import JobStatus
 from trainer import files, hyperparameters, rewards
+from trainer.graders import Capabilities
 from trainer.hyperparameters import ignored as ignored_knobs
 from trainer.jobs.info import JobInfo, job_info
 from trainer.jobs.methods import FILE_KIND, REINFORCEMENT, validate_hyperparameters
@@ -80,6 +81,7 @@ def submit(
     quotas: Quotas | None = None,
     metadata: Mapping[str, str] | None = None,
     integrations: Sequence[str] = (),
+    grader_capabilities: Capabilities = Capabilities(),
 ) -> JobInfo:
     """Queue a fine-tuning job, recording `job.create` by `actor` (core.audit) in the same
     transaction. Without `adapter_name` the result is named "ft-<short job id>".
@@ -90,11 +92,13 @@ def submit(
     defaults; None: the process's settings). `metadata`: the client's OpenAI metadata.
     `integrations`: the types of the integrations the client asked for (e.g. "wandb"), which
     Tailor does not run: the job says so in a warning event, and trains all the same.
+    `grader_capabilities`: what graders this server runs (a reinforcement job's grader is
+    checked as /v1/fine_tuning/alpha/graders/validate checks it; Python graders only if enabled).
     """
     hp = validate_hyperparameters(method, hyperparameters, max_lora_rank=max_lora_rank)
     if method == REINFORCEMENT:
         # A grader Tailor cannot run is a 400 now, not a failed job later.
-        config = {"grader": rewards.check_grader((config or {}).get("grader"))}
+        config = {"grader": rewards.check_grader((config or {}).get("grader"), grader_capabilities)}
     user_metadata = check_job_metadata(metadata)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**31 - 1:
         raise bad_request("seed must be an integer from 0 to 2147483647.", param="seed")

@@ -24,6 +24,7 @@ from trainer.gates import Decision
 from trainer.jobs import JobInfo
 from trainer.report import write_report
 from trainer.rewards import reward_for
+from trainer.worker.grading import grading
 
 if TYPE_CHECKING:
     from trainer.worker.loop import Worker
@@ -117,11 +118,11 @@ def _evaluate_graded(
     prompts = snapshot.heldout_prompts
     w.event(job, f"Grading against {_against(baseline)} on {len(prompts)} held-out prompt(s)")
     baseline_dir = w.store.local_path(baseline.digest) if baseline else None
-    with whole_models(w, job, candidate_dir, baseline_dir) as own:
-        comparison = evaluation.evaluate_graded(
+    with whole_models(w, job, candidate_dir, baseline_dir) as own, grading(w, job) as context:
+        comparison, failed = evaluation.evaluate_graded(
             w.engines.client(),
             prompts,
-            reward_for((job.config or {})["grader"]),
+            reward_for((job.config or {})["grader"], context),
             candidate_dir=candidate_dir,
             baseline_dir=baseline_dir,
             tag=job.id,
@@ -132,8 +133,9 @@ def _evaluate_graded(
     c, b = comparison.candidate, comparison.baseline
     w.event(
         job,
-        f"Evaluation: mean grader score {c.grader_score:.3f} vs {b.grader_score:.3f}",
-        data={"candidate": metrics_dict(c), "baseline": metrics_dict(b)},
+        f"Evaluation: mean grader score {c.grader_score:.3f} vs {b.grader_score:.3f}"
+        + (f" ({failed} grade(s) failed and scored 0)" if failed else ""),
+        data={"candidate": metrics_dict(c), "baseline": metrics_dict(b), "failed_grades": failed},
     )
     return comparison
 

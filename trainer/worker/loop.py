@@ -31,6 +31,7 @@ from trainer.compute.placement import Placement, choose
 from trainer.compute.recipe import TrainingCancelled, TrainingPaused
 from trainer.datasets import Snapshot
 from trainer.gates import GateConfig, decide
+from trainer.graders import Capabilities
 from trainer.job_queue import JobLost
 from trainer.jobs import JobInfo
 from trainer.policy import get_policy
@@ -130,7 +131,8 @@ class Worker:
         created = []
         for trigger in policy.due_retrains(self.db):
             try:
-                method, dataset_id = self._policy_method(trigger.tenant_id, trigger.adapter_name)
+                plan = policy.retrain_plan(self.db, self.blobs, trigger.tenant_id, trigger.adapter_name)
+                method = plan.method
                 job = jobs.submit(
                     self.db,
                     trigger.tenant_id,
@@ -139,9 +141,11 @@ class Worker:
                     model=self.settings.base_model_name,
                     adapter_name=trigger.adapter_name,
                     source="policy",
-                    dataset_id=dataset_id,
+                    dataset_id=plan.dataset_id,
                     max_lora_rank=self.settings.engine_max_lora_rank,
                     quotas=Quotas.from_settings(self.settings),
+                    config=plan.config,
+                    grader_capabilities=Capabilities(python=self.settings.python_graders_enabled),
                 )
             except TailorError as exc:
                 log.warning(
@@ -154,18 +158,6 @@ class Worker:
             )
             created.append(job.id)
         return created
-
-    def _policy_method(self, tenant_id: str, adapter_name: str) -> tuple[str, str | None]:
-        """(method, dataset id) for a policy-triggered job: what the feedback is made of picks
-        the method (trainer.policy.method_for). Feedback that cannot make a snapshot now
-        leaves the choice to supervised and the snapshot to the run, as for any job."""
-        try:
-            snapshot = jobs.feedback_snapshot(self.db, self.blobs, tenant_id, adapter_name)
-            method = policy.method_for(snapshot)
-            jobs.training_examples(snapshot, method)
-        except TailorError:
-            return "supervised", None
-        return method, snapshot.id
 
     # --- one job ---------------------------------------------------------------
 

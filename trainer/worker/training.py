@@ -27,6 +27,8 @@ from trainer.compute.recipe import (
 )
 from trainer.datasets import Snapshot
 from trainer.jobs import ResumePoint
+from trainer.reward_models import engine_environment
+from trainer.worker import grading
 from trainer.worker.job_run import JobRun
 
 if TYPE_CHECKING:
@@ -173,15 +175,17 @@ def train(
     def on_evaluation(info: EvalInfo) -> None:
         w.event(job, _describe_evaluation(info), data={"validation": asdict(info)})
 
-    result = run_training(
-        recipe,
-        placement,
-        work,
-        on_step=on_step,
-        on_checkpoint=on_checkpoint,
-        on_evaluation=on_evaluation,
-        should_stop=lambda: job_queue.stop_request(w.db, job.id, w.worker_id),
-    )
+    with grading.grader_models(w, job, training=True) as (models, engine):
+        result = run_training(
+            replace(recipe, grader_models=models.as_json()),
+            placement,
+            work,
+            on_step=on_step,
+            on_checkpoint=on_checkpoint,
+            on_evaluation=on_evaluation,
+            should_stop=lambda: job_queue.stop_request(w.db, job.id, w.worker_id),
+            env=engine_environment(engine),
+        )
     if resumed is not None and resumed_from is not None:
         # The job's whole run: the steps before the pause(s) and these.
         result = replace(

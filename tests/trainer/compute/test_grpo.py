@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from transformers import PreTrainedTokenizerBase
+from trl.trainer.utils import is_async_callable
 
 from core.errors import TailorError
 from tests.trainer.compute.runs import make_recipe, run
@@ -65,13 +66,24 @@ def test_the_batch_counts_prompts_and_each_is_sampled_group_size_times(tmp_path:
     assert args["beta"] == 0.04 and args["max_completion_length"] == 12
 
 
-def test_the_reward_is_the_grader_on_each_answer_and_its_row(tmp_path: Path) -> None:
+async def test_the_reward_is_the_grader_on_each_answer_and_its_row(tmp_path: Path) -> None:
     (reward,) = grpo.trainer_args(recipe_for(tmp_path, tmp_path))["reward_funcs"]
     completions = [[{"role": "assistant", "content": "Paris IS."}], [{"role": "assistant", "content": "no"}]]
     items = [json.dumps({"word": "is"}), json.dumps({"word": "no"})]
-    assert reward(prompts=[[], []], completions=completions, item=items, trainer_state=None) == [1.0, 1.0]
-    assert reward(completions=completions, item=list(reversed(items))) == [0.0, 0.0]
-    assert reward.__name__ == grpo.REWARD_NAME
+    assert await reward(prompts=[[], []], completions=completions, item=items, trainer_state=None) == [1.0, 1.0]
+    assert await reward(completions=completions, item=list(reversed(items))) == [0.0, 0.0]
+    # TRL runs an async reward on its own event loop; its name is what TRL logs it under
+    assert is_async_callable(reward) and reward.__name__ == grpo.REWARD_NAME
+
+
+async def test_failed_grades_score_0_and_are_logged_as_a_share(tmp_path: Path) -> None:
+    grader = {**GRADER, "input": "{{ sample.output_json.word }}"}  # an answer that is not JSON fails
+    (reward,) = grpo.trainer_args(recipe_for(tmp_path, tmp_path, grader=grader))["reward_funcs"]
+    logged: dict[str, float] = {}
+    completions = ['{"word": "is"}', "is"]
+    items = [json.dumps({"word": "is"})] * 2
+    assert await reward(completions=completions, item=items, log_metric=logged.__setitem__) == [1.0, 0.0]
+    assert logged == {"grader_errors": 0.5}
 
 
 def test_a_run_without_a_grader_is_refused(tmp_path: Path) -> None:

@@ -13,8 +13,10 @@ from typing import Any
 import httpx
 import pytest
 
+from adapters import registry
 from tests.apputil import error, make_app, serve_tenants
 from tests.gateway.fine_tuning_world import BASE, Api
+from tests.gateway.gateway_world import write_tiny_adapter
 from tests.tiny_llama import TINY_CONFIG
 from trainer import jobs
 
@@ -58,7 +60,7 @@ def test_a_student_job_is_queued_as_a_full_fine_tune_of_the_student(api: Api) ->
     )
 
 
-def test_bad_students_are_refused_before_anything_is_queued(api: Api) -> None:
+def test_bad_students_are_refused_before_a_job_is_queued(api: Api) -> None:
     inputs = api.upload("acme", INPUT)
 
     def post(method: dict[str, Any], **body: Any) -> httpx.Response:
@@ -76,4 +78,19 @@ def test_bad_students_are_refused_before_anything_is_queued(api: Api) -> None:
     lora = distillation({"layers": "first:1"}, hyperparameters={"finetuning_type": "lora"})
     error(post(lora), 400, "hyperparameters.finetuning_type")
     error(post(distillation({"layers": "first:1"}), model="someone-elses"), 404, "model")
-    assert api.get("/v1/fine_tuning/jobs")["data"] == []
+    # The student is derived from the base model: a job training one of the tenant's own
+    # models is refused (the teacher may still be that model).
+    services = api.app.state.services
+    registry.register_dir(
+        services.db,
+        services.store,
+        services.limits,
+        tenant_id=api.ids["acme"],
+        name="helper",
+        source_dir=write_tiny_adapter(services.settings.data_dir / "helper-src"),
+        base_model_name=BASE,
+        actor="test",
+    )
+    error(post(distillation({"layers": "first:1"}), model="helper"), 400, "model")
+    api.create(model=BASE, training_file=inputs, method=distillation({"layers": [0]}, teacher={"model": "helper"}))
+    assert len(api.get("/v1/fine_tuning/jobs")["data"]) == 1

@@ -80,16 +80,10 @@ def test_bad_students_are_refused_before_a_job_is_queued(api: Api) -> None:
     error(post(distillation({"layers": "first:1"}), model="someone-elses"), 404, "model")
     # The student is derived from the base model: a job training one of the tenant's own
     # models is refused (the teacher may still be that model).
-    services = api.app.state.services
+    s, acme = api.app.state.services, api.ids["acme"]
+    helper = write_tiny_adapter(s.settings.data_dir / "helper-src")
     registry.register_dir(
-        services.db,
-        services.store,
-        services.limits,
-        tenant_id=api.ids["acme"],
-        name="helper",
-        source_dir=write_tiny_adapter(services.settings.data_dir / "helper-src"),
-        base_model_name=BASE,
-        actor="test",
+        s.db, s.store, s.limits, tenant_id=acme, name="helper", source_dir=helper, base_model_name=BASE, actor="t"
     )
     error(post(distillation({"layers": "first:1"}), model="helper"), 400, "model")
     api.create(model=BASE, training_file=inputs, method=distillation({"layers": [0]}, teacher={"model": "helper"}))

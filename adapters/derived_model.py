@@ -115,6 +115,32 @@ def derive_model(
     return derivation(True)
 
 
+@dataclass(frozen=True)
+class DerivedSize:
+    """How much of its source a derivation keeps: decoder layers, and weight bytes in all."""
+
+    source_layers: int
+    kept_layers: int
+    source_bytes: int
+    kept_bytes: int
+
+
+def layer_count(source: Path | str) -> int:
+    """The number of decoder layers of the model at `source` (what a keep-layers spec selects from)."""
+    return int(_read_config(Path(source))["num_hidden_layers"])
+
+
+def derived_size(source: Path | str, keep: str | Sequence[int]) -> DerivedSize:
+    """What derive_model(source, ..., keep) would keep, from the weights' headers, writing nothing."""
+    source = Path(source)
+    num_layers = layer_count(source)
+    kept = select_layers(keep, num_layers)
+    headers = _read_headers(source, _weight_files(source))
+    tensors, _ = _kept_tensors(headers, kept, num_layers)
+    every = sum(entry.nbytes for header in headers for entry in header.tensors.values())
+    return DerivedSize(num_layers, len(kept), every, sum(entry.nbytes for entry in tensors.values()))
+
+
 def derive_config(config: Mapping[str, Any], kept: Sequence[int]) -> tuple[dict[str, Any], list[str]]:
     """The derived model's config.json and the names of the per-layer lists sliced to `kept`."""
     num_layers = config["num_hidden_layers"]

@@ -29,8 +29,10 @@ from collections.abc import Sequence
 from core.errors import TailorError, bad_request
 
 PARAM = "keep_layers"
-_COUNTED = re.compile(r"(first|spread):(\d+)")
-_INDICES = re.compile(r"\d+(,\d+)*")
+# At most 9 digits a number: more is no model's layer, and int() of thousands of digits is
+# refused by Python (a ValueError, not the 400 this module owes its caller).
+_COUNTED = re.compile(r"(first|spread):(\d{1,9})")
+_INDICES = re.compile(r"\d{1,9}(,\d{1,9})*")
 
 
 def select_layers(spec: str | Sequence[int], num_layers: int) -> tuple[int, ...]:

@@ -52,6 +52,18 @@ class TeacherIn(BaseModel):
     )
 
 
+class StudentIn(BaseModel):
+    """Tailor: a smaller student (trainer.distill.student)."""
+
+    model_config = ConfigDict(extra="forbid")
+    # Any: trainer.distill.student checks it and names the field in its 400.
+    layers: Any = Field(
+        description="The teacher's base model's decoder layers the student keeps: every-other, first:N, "
+        "spread:N, or ascending indices such as [0, 2, 5].",
+        json_schema_extra={"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "integer"}}]},
+    )
+
+
 class DistillationIn(BaseModel):
     """Tailor: train on a teacher's answers to the training file's inputs (see trainer.distill)."""
 
@@ -59,6 +71,11 @@ class DistillationIn(BaseModel):
     examples: list[dict[str, Any]] | None = Field(None, description="Few-shot turns (user, assistant, ...).")
     teacher: TeacherIn | None = None
     max_tokens: int | None = Field(None, description="Longest teacher answer, in tokens (default 256).")
+    student: StudentIn | None = Field(
+        None,
+        description="A smaller student: the base model with only these layers, all of its weights trained; "
+        "the result is a whole model served on an engine of its own. Default: an adapter on the job's model.",
+    )
     hyperparameters: dict[str, Any] | None = None
 
 

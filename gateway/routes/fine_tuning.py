@@ -129,6 +129,8 @@ def create(services: Services, tenant_id: str, body: CreateFineTuningJobIn, *, a
     config, capabilities = None, Capabilities()
     if method == "distillation":
         config = _distillation_config(services, tenant_id, body)
+        if config.get("student"):
+            hp = _student_hyperparameters(base, body.model, hp)
     elif method == "reinforcement":
         given = body.method.reinforcement if body.method else None
         config = {"grader": given.grader if given else None}  # checked by jobs.submit
@@ -168,6 +170,16 @@ def _distillation_config(services: Services, tenant_id: str, body: CreateFineTun
         # 404 (or 400) now, not a failed job later
         _trainable(services, tenant_id, teacher.model, "method.distillation.teacher.model")
     return spec.to_json()
+
+
+def _student_hyperparameters(base: str, model: str, hp: dict[str, Any]) -> dict[str, Any]:
+    """A smaller student is derived from the base model and trains whole (trainer.distill.student)."""
+    if model != base:
+        raise bad_request(
+            f"A smaller student is derived from the base model: model must be {base!r}.",
+            param="model",
+        )
+    return distill.student_hyperparameters(hp)
 
 
 def _event_cursor(after: str | None) -> int | None:

@@ -4,6 +4,10 @@ candidate evaluated on an engine of its own, and the result served on a dedicate
 `finetuning_type: "full"` is a Tailor hyperparameter (the SDK passes it through). The job
 teaches SmolLM2 the odd fact of tests/trainer/worker_world.py; the gateway serves the base on
 the session's engine, and the version, a whole model, on a vLLM child started on first use.
+
+A distillation job with a smaller student shares the server: the base model, given a context,
+teaches a student of 6 of its 30 layers, trained whole (a high learning rate: a dozen steps
+learn the one answer) and served the same way.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from tests.integration.conftest import BASE_MODEL, TailorServer, make_tenant, ru
 from tests.integration.test_fine_tuning_live import job_body, wait_for
 from tests.integration.traffic import first_answer
 from tests.openai_schema import validate
-from tests.trainer.worker_world import ANSWER, QUESTIONS
+from tests.trainer.worker_world import ANSWER, DISTILL_QUESTIONS, QUESTIONS, ZORBLAX_CONTEXT
 
 pytestmark = pytest.mark.engine
 
@@ -75,3 +79,42 @@ def test_a_full_fine_tune_is_evaluated_and_served_on_engines_of_its_own(server: 
         model=BASE_MODEL, messages=[{"role": "user", "content": QUESTIONS[0]}], temperature=0, max_tokens=16
     )
     assert "Zorblax" not in (base.choices[0].message.content or "")
+
+
+def test_a_smaller_student_learns_the_teachers_answers_and_is_served_as_a_whole_model(server: TailorServer) -> None:
+    tenant = make_tenant(server, "student-co")
+    c = server.sdk(tenant, retries=10)
+
+    def inputs(questions: list[str]) -> str:
+        lines = "\n".join(json.dumps({"messages": [{"role": "user", "content": q}]}) for q in questions)
+        return c.files.create(file=("inputs.jsonl", lines.encode()), purpose="fine-tune").id
+
+    hyperparameters = {"learning_rate_multiplier": 100, "batch_size": 2, "max_steps": 12}
+    distillation = {**ZORBLAX_CONTEXT, "student": {"layers": "spread:6"}, "max_tokens": 16}
+    created = c.fine_tuning.jobs.with_raw_response.create(
+        model=BASE_MODEL,
+        training_file=inputs(DISTILL_QUESTIONS[:-2]),
+        validation_file=inputs(DISTILL_QUESTIONS[-2:]),
+        suffix="small",
+        method={"type": "distillation", "distillation": {**distillation, "hyperparameters": hyperparameters}},  # type: ignore[typeddict-item]
+    ).http_response.json()
+    validate(created, "FineTuningJob")
+    job_id = created["id"]
+    assert created["method"]["supervised"]["hyperparameters"]["finetuning_type"] == "full"
+    terminal = ("succeeded", "failed", "cancelled")
+    wait_for("the job's end", server, lambda: job_body(c, job_id)["status"] in terminal, timeout_s=1200)
+    job = job_body(c, job_id)
+    messages = [e.message for e in c.fine_tuning.jobs.list_events(job_id, limit=100).data]
+    assert job["status"] == "succeeded", (job["error"], messages)
+    assert f"Student: {BASE_MODEL} with 6 of its 30 layers" in " ".join(messages), messages
+    assert "Starting an engine for the candidate, a whole model" in messages, messages
+    results = job["distillation"]["results"]
+    assert (results["student_layers"], results["teacher_layers"]) == (6, 30)
+    assert 0.2 < results["student_size_fraction"] < 0.6, results  # the embeddings are kept whole
+    assert results["teacher_agreement_exact"] > results["baseline_agreement_exact"], results
+    assert job["fine_tuned_model"] == "small@v1" and job["metadata"]["tailor_decision"] == "promoted"
+
+    answer = first_answer(c, "small", temperature=0, max_tokens=16).json()
+    validate(answer, "CreateChatCompletionResponse")
+    assert answer["model"] == "small"
+    assert "Zorblax" in answer["choices"][0]["message"]["content"], answer

@@ -16,7 +16,11 @@ reference is the teacher's answer. Evaluation on that held-out split therefore m
 agreement with the teacher (exact match, token F1), and `context_token_counts` measures
 the prompt tokens the context costs per request.
 
-Modules: spec (the job's settings), context (the teacher's prompt and its token cost),
+A student (`student`, trainer.distill.student) makes the result smaller too: the teacher's
+base with fewer decoder layers, all of its weights trained on the teacher's answers, stored
+and served as a whole model.
+
+Modules: spec (the job's settings), student (the smaller student), context (the teacher's prompt and its token cost),
 teachers (the protocol and the local teacher), remote (an OpenAI-compatible endpoint) and
 deadline (its connections, bounded).
 """
@@ -24,6 +28,7 @@ deadline (its connections, bounded).
 from trainer.distill.context import context_token_counts, token_counter, with_context
 from trainer.distill.remote import MIN_TEACHER_PHASE_S, TEACHER_ATTEMPTS, RemoteTeacher, phase_limit_s
 from trainer.distill.spec import DistillSpec, TeacherSpec, parse_spec, teacher_api_key
+from trainer.distill.student import StudentSpec, derive_student, size_metrics, student_hyperparameters
 from trainer.distill.teachers import LocalTeacher, Teacher
 
 __all__ = [
@@ -32,11 +37,15 @@ __all__ = [
     "DistillSpec",
     "LocalTeacher",
     "RemoteTeacher",
+    "StudentSpec",
     "Teacher",
     "TeacherSpec",
     "context_token_counts",
+    "derive_student",
     "parse_spec",
     "phase_limit_s",
+    "size_metrics",
+    "student_hyperparameters",
     "teacher_api_key",
     "token_counter",
     "with_context",

@@ -1,5 +1,6 @@
 """A distillation job's settings (the API's `method.distillation`): the context to distill
-away and the teacher that answers, checked, with the teacher's API key sealed."""
+away, the teacher that answers and the student that learns (trainer.distill.student),
+checked, with the teacher's API key sealed."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from core.config import Settings
 from core.errors import bad_request
 from core.outbound import OutboundPolicy
 from core.sealing import seal, unseal
+from trainer.distill.student import StudentSpec, parse_student
 from trainer.message_checks import InvalidExample, check_messages, check_text
 from trainer.records import Message
 
@@ -45,6 +47,7 @@ class DistillSpec:
     examples: tuple[Message, ...] = ()
     teacher: TeacherSpec = field(default_factory=TeacherSpec)
     max_tokens: int = DEFAULT_ANSWER_TOKENS
+    student: StudentSpec | None = None  # None: an adapter on the job's model
 
     @property
     def has_context(self) -> bool:
@@ -62,6 +65,8 @@ class DistillSpec:
                 "api_key_env": t.api_key_env,
             },
             "max_tokens": self.max_tokens,
+            # Only with a student: jobs without one read as they always have.
+            **({"student": self.student.to_json()} if self.student else {}),
         }
 
     @classmethod
@@ -77,6 +82,7 @@ class DistillSpec:
                 api_key_env=t.get("api_key_env"),
             ),
             max_tokens=int(data.get("max_tokens") or DEFAULT_ANSWER_TOKENS),
+            student=StudentSpec.from_json(data.get("student")),
         )
 
     def public(self) -> dict[str, Any]:
@@ -92,6 +98,8 @@ class DistillSpec:
             "system_chars": len(self.system or ""),
             "examples": len(self.examples),
             "max_tokens": self.max_tokens,
+            # Only with a student: jobs without one read as they always have.
+            **({"student": self.student.to_json()} if self.student else {}),
         }
 
 
@@ -100,7 +108,7 @@ def parse_spec(raw: dict[str, Any], settings: Settings) -> DistillSpec:
 
     Raises 400s naming the offending field.
     """
-    known = {"system", "examples", "teacher", "max_tokens", "hyperparameters"}
+    known = {"system", "examples", "teacher", "max_tokens", "student", "hyperparameters"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise bad_request(
@@ -127,11 +135,12 @@ def parse_spec(raw: dict[str, Any], settings: Settings) -> DistillSpec:
     max_tokens = raw.get("max_tokens", DEFAULT_ANSWER_TOKENS)
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 1 <= max_tokens <= MAX_ANSWER_TOKENS:
         raise bad_request(f"max_tokens must be an integer from 1 to {MAX_ANSWER_TOKENS}.", param=f"{PARAM}.max_tokens")
-    spec = DistillSpec(system=system, examples=examples, teacher=teacher, max_tokens=max_tokens)
-    if not spec.has_context and not teacher.remote:
+    student = parse_student(raw.get("student"), settings.base_model_path)
+    spec = DistillSpec(system=system, examples=examples, teacher=teacher, max_tokens=max_tokens, student=student)
+    if not spec.has_context and not teacher.remote and student is None:
         raise bad_request(
-            "Distillation needs a context to distill away (system and/or examples) or a teacher endpoint "
-            "(teacher.base_url): without either, the teacher is the student.",
+            "Distillation needs a context to distill away (system and/or examples), a teacher endpoint "
+            "(teacher.base_url) or a smaller student (student): without any, the teacher is the student.",
             param=PARAM,
         )
     return spec

@@ -1,5 +1,6 @@
 """The distillation stage of a job: the teacher answers the job's inputs, the answers become
-its snapshot, and afterwards what the student saves and how closely it agrees."""
+its snapshot, a smaller student (when the job asks for one) is derived to train on them, and
+afterwards what the student saves and how closely it agrees."""
 
 from __future__ import annotations
 
@@ -7,12 +8,13 @@ import contextlib
 import hashlib
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.errors import TailorError
 from core.outbound import OutboundPolicy
 from core.states import VersionKind
-from trainer import datasets, distill, files, job_queue
+from trainer import datasets, distill, files, hyperparameters, job_queue
 from trainer.compute.engine import model_engine
 from trainer.compute.recipe import TrainingCancelled
 from trainer.datasets import SFTRecord, Snapshot
@@ -118,6 +120,29 @@ def distill_snapshot(w: Worker, job: JobInfo) -> Snapshot:
     return datasets.build_from_answers(w.db, w.blobs, job.tenant_id, train, params, heldout=held)
 
 
+def student_model(w: Worker, job: JobInfo, hp: hyperparameters.Resolved, out: Path) -> Path | None:
+    """The smaller student the job trains, derived from the base model into `out`; None when
+    the job trains an adapter (no student asked for)."""
+    spec = DistillSpec.from_json(job.config or {}) if job.method == "distillation" else None
+    if spec is None or spec.student is None:
+        return None
+    if not hp.full_parameters:  # the job routes make it so; a job queued otherwise is refused here
+        raise TailorError(
+            400,
+            'A smaller student trains all of its parameters: finetuning_type must be "full".',
+            code="invalid_hyperparameters",
+            param="hyperparameters.finetuning_type",
+        )
+    derived = distill.derive_student(spec.student, w.settings.base_model_path, out)
+    w.event(
+        job,
+        f"Student: {w.settings.base_model_name} with {len(derived.kept)} of its {derived.source_layers} layers "
+        f"({derived.weights_bytes / 2**20:.0f} MiB of weights), all of them trained",
+        data={"student_layers": list(derived.kept), "teacher_layers": derived.source_layers},
+    )
+    return out
+
+
 def distillation_metrics(w: Worker, job: JobInfo, snapshot: Snapshot, comparison: Comparison) -> dict[str, Any]:
     """The prompt tokens the student saves per request and how often it agrees with its teacher."""
     spec = DistillSpec.from_json(job.config or {})
@@ -130,12 +155,19 @@ def distillation_metrics(w: Worker, job: JobInfo, snapshot: Snapshot, comparison
         "teacher_agreement_exact": c.exact_match,
         "teacher_agreement_f1": c.token_f1,
         "baseline_agreement_exact": b.exact_match,
+        **(distill.size_metrics(spec.student, w.settings.base_model_path) if spec.student else {}),
     }
+    smaller = (
+        f"; the student has {metrics['student_layers']} of {metrics['teacher_layers']} layers "
+        f"({metrics['student_size_fraction']:.0%} of the weights)"
+        if spec.student
+        else ""
+    )
     w.event(
         job,
         f"Distilled: {counts.get('prompt_tokens_saved_per_request', 0):.0f} prompt tokens saved per request "
         f"({counts.get('prompt_tokens_saved_fraction', 0):.0%}); agrees with the teacher on "
-        f"{c.exact_match:.0%} of held-out inputs (token F1 {c.token_f1:.3f})",
+        f"{c.exact_match:.0%} of held-out inputs (token F1 {c.token_f1:.3f})" + smaller,
         data={"distillation": metrics},
     )
     return metrics

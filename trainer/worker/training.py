@@ -29,6 +29,7 @@ from trainer.datasets import Snapshot
 from trainer.jobs import ResumePoint
 from trainer.reward_models import engine_environment
 from trainer.worker import grading
+from trainer.worker.distillation import student_model
 from trainer.worker.job_run import JobRun
 
 if TYPE_CHECKING:
@@ -130,9 +131,10 @@ def train(
     work.mkdir(parents=True, exist_ok=True)
     data_path = _write_rows(work / "data.jsonl", rows)
     eval_path = _write_rows(work / "validation.jsonl", validation) if validation else None
-    # A full fine-tune starts from a whole model (the base, a model version or its own
-    # checkpoint); a LoRA from an adapter on the base.
-    base_dir = init_dir if hp.full_parameters and init_dir is not None else w.settings.base_model_path
+    # A full fine-tune starts from a whole model (the base, a smaller student of it, a model
+    # version or its own checkpoint); a LoRA from an adapter on the base.
+    student = student_model(w, job, hp, run.workdir / "student") if init_dir is None else None
+    base_dir = init_dir if hp.full_parameters and init_dir is not None else student or w.settings.base_model_path
     adapter_dir = None if hp.full_parameters else init_dir
     recipe = Recipe(
         method=_RECIPE_METHOD[job.method],

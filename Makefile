@@ -35,7 +35,7 @@ run: install
 	$(VENV)/bin/tailor serve
 
 test: install
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra --durations=30
 
 lint: install
 	$(VENV)/bin/ruff check core gateway adapters trainer loadtests tests

@@ -123,15 +123,16 @@ def request_merge(
     job_id = new_id("merge")
     with db.session() as s:
         reserve(s, tenant_id, operator_quotas(quotas), Usage(queued_jobs=1))
+        # The merged model starts from the base (`model`) and lands under `name`; no knobs.
         job = Job(
             id=job_id,
-            tenant_id=tenant_id,
-            status=JobStatus.QUEUED,
             method=MERGE,
+            config=request.to_json(),
+            hyperparameters={},
             model=base_model,
             adapter_name=name,
-            hyperparameters={},
-            config=request.to_json(),
+            tenant_id=tenant_id,
+            status=JobStatus.QUEUED,
             source="api",
         )
         s.add(job)

@@ -49,18 +49,19 @@ def merge(w: Worker, run: JobRun) -> None:
         data=metrics,
     )
     actor = audit.actor_for_job(job.id)
+    # Validated like any uploaded model, under the same size limit; served only once promoted.
     run.version = version = registry.register_dir(
         w.db,
         w.store,
         w.limits,
+        source_dir=out_dir,
+        source="merge",
+        lineage=Lineage(job_id=job.id, parent_version_id=source.id, metrics=metrics),
+        activate=False,
         tenant_id=job.tenant_id,
         name=job.adapter_name,
-        source_dir=out_dir,
         base_model_name=w.settings.base_model_name,
         actor=actor,
-        source="merge",
-        activate=False,
-        lineage=Lineage(job_id=job.id, parent_version_id=source.id, metrics=metrics),
     )
     pinned = f"{job.adapter_name}@v{version.version}"
     if request.activate:

@@ -13,9 +13,9 @@ with the teacher on a validation file of unseen tickets.
 The adapter is then merged into the base's weights (POST /v1/adapters/parser-lite/merge, not
 activated) and its merged version served pinned, on an engine of its own (one serving thread,
 TAILOR_DEDICATED_ENGINE_THREADS's default, as many as vLLM's CPU build gives the base engine
-on 2 cores: it keeps one core for itself). The same traffic (the unseen tickets, `--rounds` times, `--concurrency` at
-a time) goes through the three arms, interleaved A B C C B A so drift on a noisy machine hits
-all alike:
+on 2 cores: it keeps one core for itself). The same traffic (the unseen tickets, `--rounds`
+times, `--concurrency` at a time) goes through the three arms, interleaved A B C C B A so
+drift on a noisy machine hits all alike:
 
   A  model=<base> with the long prompt in every request
   B  model=parser-lite with the bare ticket (LoRA on the base engine)

@@ -1,4 +1,5 @@
-"""Long system prompt vs the adapter distilled from it: tokens, cost, latency, quality.
+"""Long system prompt vs the adapter distilled from it, and that adapter merged: tokens, cost,
+latency, throughput, quality.
 
     python -m loadtests.bench_distillation [--rounds 2] [--concurrency 4] [--passes 3]
 
@@ -9,17 +10,23 @@ teacher: the base model WITH that context) answers a file of training tickets, t
 adapter `parser-lite` to answer the same WITHOUT the context, and evaluates its agreement
 with the teacher on a validation file of unseen tickets.
 
-Then the same traffic (the unseen tickets, `--rounds` times, `--concurrency` at a time)
-goes through both arms, interleaved A B B A so drift on a noisy machine hits both:
+The adapter is then merged into the base's weights (POST /v1/adapters/parser-lite/merge, not
+activated) and its merged version served pinned, on an engine of its own (one serving thread,
+TAILOR_DEDICATED_ENGINE_THREADS's default, as many as vLLM's CPU build gives the base engine
+on 2 cores: it keeps one core for itself). The same traffic (the unseen tickets, `--rounds`
+times, `--concurrency` at a time) goes through the three arms, interleaved A B C C B A so
+drift on a noisy machine hits all alike:
 
   A  model=<base> with the long prompt in every request
-  B  model=parser-lite with the bare ticket
+  B  model=parser-lite with the bare ticket (LoRA on the base engine)
+  C  model=parser-lite@vN, the merged copy, with the bare ticket
 
 and the table reports per arm: prompt and completion tokens per request and cost per 1K
 requests (from Tailor's metering, GET /v1/usage, priced by TAILOR_PRICES: the same price
-for base and adapter here), latency p50/p95 (client side), and quality: agreement with the
-teacher's answers (exact match; the teacher's answers are recomputed here with the same
-greedy decoding the job used). Accuracy against the true order number is shown too.
+for every arm here), latency p50/p95 (client side), throughput (completion tokens and
+requests per second of the arm's rounds), and quality: agreement with the teacher's answers
+(exact match; the teacher's answers are recomputed here with the same greedy decoding the job
+used). Accuracy against the true order number is shown too.
 """
 
 from __future__ import annotations
@@ -42,11 +49,11 @@ from loadtests.admin_api import create_tenant_key
 from loadtests.bench_cli import doc_parser
 from loadtests.launcher import BASE_MODEL, MODEL_DIR, progress
 from loadtests.local_server import LocalTailor, local_tailor
-from loadtests.stats import abba, percentile, to_ms
+from loadtests.stats import percentile, to_ms
 from loadtests.ticket_routing import tickets
 
 ADAPTER = "parser-lite"
-# Same price for both arms: the saving shown is the tokens', not a cheaper price list.
+# Same price for every arm: the saving shown is the tokens', not a cheaper price list.
 PRICES = {BASE_MODEL: {"prompt": 0.15, "completion": 0.60}, "adapter": {"prompt": 0.15, "completion": 0.60}}
 GUIDE = """You are the ticket parser of Acme Support. Every ticket mentions the customer's order number.
 Find it and reply with the order number only: the digits, nothing else. Never explain, never greet.
@@ -112,6 +119,8 @@ class Arm:
     latencies: list[float] = field(default_factory=list)
     answers: dict[str, str] = field(default_factory=dict)  # ticket text -> last answer
     failures: int = 0
+    seconds: float = 0.0  # wall time of the measured rounds
+    completion_tokens: int = 0
 
 
 def send_round(c: openai.OpenAI, arm: Arm, w: Workload, concurrency: int) -> None:
@@ -125,9 +134,20 @@ def send_round(c: openai.OpenAI, arm: Arm, w: Workload, concurrency: int) -> Non
             return
         arm.latencies.append(time.perf_counter() - started)
         arm.answers[t.text] = (r.choices[0].message.content or "").strip()
+        arm.completion_tokens += r.usage.completion_tokens if r.usage else 0
 
+    started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         list(pool.map(one, w.heldout))
+    arm.seconds += time.perf_counter() - started
+
+
+def interleaved(rounds: int, names: Sequence[str]) -> list[str]:
+    """A B C, C B A, A B C, ...: each arm is first and last equally often, so drift falls on all alike."""
+    order: list[str] = []
+    for pair in range(rounds):
+        order += list(names) if pair % 2 == 0 else list(reversed(names))
+    return order
 
 
 def usage_by_model(server: LocalTailor, auth: dict[str, str]) -> dict[str, dict[str, Any]]:
@@ -149,6 +169,31 @@ def wait_for_job(c: openai.OpenAI, job_id: str) -> Any:
             progress(f"  job: {last}")
         time.sleep(5)
     return job
+
+
+def merge_version(server: LocalTailor, auth: dict[str, str], version: int) -> dict[str, Any]:
+    """Merge parser-lite version `version` into the base (not activated); the finished merge."""
+    r = httpx.post(f"{server.url}/v1/adapters/{ADAPTER}/merge", headers=auth, json={"version": version}, timeout=60)
+    r.raise_for_status()
+    url = f"{server.url}/v1/adapters/{ADAPTER}/merges/{r.json()['id']}"
+    while (merge := httpx.get(url, headers=auth, timeout=60).json())["status"] not in TERMINAL_JOB_STATUSES:
+        time.sleep(2)
+    if merge["status"] != JobStatus.SUCCEEDED:
+        raise SystemExit(f"merge {merge['id']} {merge['status']}: {merge['error']}")
+    return merge  # type: ignore[no-any-return]
+
+
+def wait_served(c: openai.OpenAI, model: str, timeout_s: float = 900) -> float:
+    """Seconds until `model` (a whole model: its engine starts on first use) first answers."""
+    started = time.monotonic()
+    while True:
+        try:
+            c.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=1)
+            return time.monotonic() - started
+        except openai.APIStatusError as exc:
+            if exc.status_code != 503 or time.monotonic() - started > timeout_s:
+                raise
+            time.sleep(2)
 
 
 def run(server: LocalTailor, args: argparse.Namespace) -> str:
@@ -191,16 +236,20 @@ def run(server: LocalTailor, args: argparse.Namespace) -> str:
 
     reference = {t.text: teacher(t.text) for t in w.heldout}
 
-    arms = {"A": Arm("A", BASE_MODEL), "B": Arm("B", ADAPTER)}
-    for arm in arms.values():  # warm both paths (adapter load, prefix cache) before measuring
+    merge = merge_version(server, auth, int(job.fine_tuned_model.rpartition("@v")[2]))
+    progress(f"merged into {merge['model']}: {merge['metrics']}")
+    progress(f"{merge['model']}'s engine answered after {wait_served(c, merge['model']):.0f} s")
+
+    arms = {"A": Arm("A", BASE_MODEL), "B": Arm("B", ADAPTER), "C": Arm("C", merge["model"])}
+    for arm in arms.values():  # warm every path (adapter load, prefix cache) before measuring
         send_round(c, Arm(arm.name, arm.model), w, args.concurrency)
     time.sleep(2)  # the interaction log flushes every 0.5 s
     before = usage_by_model(server, auth)
-    for slot in abba(args.rounds, "A", "B"):
+    for slot in interleaved(args.rounds, list(arms)):
         send_round(c, arms[slot], w, args.concurrency)
     time.sleep(2)
     after = usage_by_model(server, auth)
-    return report(w, arms, before, after, reference, distilled, job, job_min)
+    return report(w, arms, before, after, reference, distilled, job, job_min, merge)
 
 
 def report(
@@ -212,6 +261,7 @@ def report(
     distilled: dict[str, Any],
     job: Any,
     job_min: float,
+    merge: dict[str, Any],
 ) -> str:
     rows: dict[str, list[str]] = defaultdict(list)
     figures: dict[str, dict[str, float]] = {}
@@ -221,20 +271,27 @@ def report(
         prompt, completion, cost = (_delta(a, b, k) for k in ("prompt_tokens", "completion_tokens", "cost"))
         agree = sum(arm.answers.get(t.text) == reference[t.text] for t in w.heldout) / len(w.heldout)
         acc = sum(arm.answers.get(t.text) == t.order for t in w.heldout) / len(w.heldout)
-        figures[name] = {"prompt": prompt / n, "cost": cost / n * 1000, "agree": agree}
+        tokens_s = arm.completion_tokens / arm.seconds if arm.seconds else 0.0
+        figures[name] = {"prompt": prompt / n, "cost": cost / n * 1000, "agree": agree, "tokens_s": tokens_s}
         rows["requests measured"].append(f"{int(n)} ({arm.failures} failed)")
         rows["prompt tokens / request"].append(f"{prompt / n:.1f}")
         rows["completion tokens / request"].append(f"{completion / n:.1f}")
         rows["cost per 1K requests (USD)"].append(f"{cost / n * 1000:.4f}")
         rows["latency p50 (ms)"].append(f"{to_ms(percentile(arm.latencies, 50)):.0f}")
         rows["latency p95 (ms)"].append(f"{to_ms(percentile(arm.latencies, 95)):.0f}")
+        rows["completion tokens/s"].append(f"{tokens_s:.1f}")
+        rows["requests/s"].append(f"{len(arm.latencies) / arm.seconds if arm.seconds else 0.0:.2f}")
         rows["agreement with the teacher (exact)"].append(f"{agree:.3f}")
         rows["accuracy vs the true order number"].append(f"{acc:.3f}")
-    a, b = figures["A"], figures["B"]
+    a, b, m = figures["A"], figures["B"], figures["C"]
     saved = 1 - b["prompt"] / a["prompt"] if a["prompt"] else 0.0
     loss_pts = (a["agree"] - b["agree"]) * 100
-    out = [f"| | A: {BASE_MODEL} + long prompt | B: {ADAPTER} (distilled), no prompt |", "|---|---|---|"]
-    out += [f"| {label} | {values[0]} | {values[1]} |" for label, values in rows.items()]
+    speedup = m["tokens_s"] / b["tokens_s"] if b["tokens_s"] else 0.0
+    out = [
+        f"| | A: {BASE_MODEL} + long prompt | B: {ADAPTER} (distilled), no prompt | C: {merge['model']} (B merged) |",
+        "|---|---|---|---|",
+    ]
+    out += [f"| {label} | {' | '.join(values)} |" for label, values in rows.items()]
     out += [
         "",
         f"Prompt tokens saved: **{saved:.1%}** per request (target ≥ 50%); cost per 1K requests "
@@ -245,6 +302,12 @@ def report(
         f"to promotion; its own evaluation: agreement {distilled.get('teacher_agreement_exact', 0):.3f} "
         f"(base model without the prompt: {distilled.get('baseline_agreement_exact', 0):.3f}), "
         f"{distilled.get('prompt_tokens_saved_per_request', 0):.0f} prompt tokens saved per request.",
+        f"Merged (C): throughput **{speedup:.2f}x** the adapter's (B) (goal ≥ 2.5x; "
+        f"{'PASS' if speedup >= 2.5 else 'FAIL'}), agreement with the teacher {m['agree'] - b['agree']:+.3f} vs B; "
+        f"merge `{merge['id']}`: {merge['metrics']['merge_seconds']} s, logits within "
+        f"{merge['metrics']['merge_max_abs_logit_diff']:.2g} of the adapter's in float32, "
+        f"{merge['metrics']['merge_next_token_agreement']:.1%} of greedy next tokens kept in "
+        f"{merge['metrics']['merge_dtype']}.",
     ]
     return "\n".join(out)
 

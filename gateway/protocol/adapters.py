@@ -68,3 +68,25 @@ class AdapterRegisterPath(BaseModel):
 
 class ActivateVersion(BaseModel):
     version: int
+
+
+class MergeStart(BaseModel):
+    version: int | None = Field(default=None, description="The adapter version to merge; the active one if omitted.")
+    activate: bool = Field(default=False, description="Serve the merged model as the name once it is registered.")
+
+
+# model_validate(trainer.merge.MergeInfo)
+class MergeOut(WireModel):
+    id: str
+    object: str = "adapter.merge"
+    adapter_name: str
+    source_version: int
+    activate: bool
+    # queued | running | succeeded | failed | cancelled
+    status: str
+    model: str | None = Field(description="The merged model, `name@vN`, once the merge succeeded.")
+    version: int | None = Field(description="The merged model's version number, once the merge succeeded.")
+    metrics: dict[str, Any] | None
+    error: dict[str, Any] | None
+    created_at: datetime
+    finished_at: datetime | None

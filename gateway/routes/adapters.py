@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from adapters import promotion, registry, version_deletion
 from adapters.registry import AdapterInfo
 from core.errors import TailorError
+from core.quotas import Quotas
 from gateway import audit, tenants
 from gateway.deps import AdminDep, CallerDep, ServicesDep
 from gateway.protocol.adapters import (
@@ -26,9 +27,12 @@ from gateway.protocol.adapters import (
     AdapterOut,
     AdapterRegisterPath,
     CanaryStart,
+    MergeOut,
+    MergeStart,
     VersionLineageOut,
 )
 from gateway.services import Services
+from trainer import merge
 
 router = APIRouter(prefix="/v1/adapters", tags=["adapters"])
 admin_router = APIRouter(prefix="/admin/tenants/{tenant}/adapters", tags=["admin"], dependencies=[AdminDep])
@@ -95,6 +99,20 @@ def _lineage(services: Services, tenant_id: str, name: str) -> list[VersionLinea
     return [VersionLineageOut.model_validate(v) for v in promotion.lineage(services.db, tenant_id, name)]
 
 
+def _merge(services: Services, who: tuple[str, str], name: str, body: MergeStart) -> MergeOut:
+    info = merge.request_merge(
+        services.db,
+        who[0],
+        name,
+        version=body.version,
+        activate=body.activate,
+        actor=who[1],
+        base_model=services.settings.base_model_name,
+        quotas=Quotas.from_settings(services.settings),
+    )
+    return MergeOut.model_validate(info)
+
+
 def _routes(r: APIRouter, tenant_dep: Callable[..., tuple[str, str]]) -> None:
     """The adapter operations, mounted on both routers."""
     who_dep = Depends(tenant_dep)
@@ -152,6 +170,21 @@ def _routes(r: APIRouter, tenant_dep: Callable[..., tuple[str, str]]) -> None:
     @r.delete("/{name}/canary", response_model=AdapterOut, summary="Stop the canary")
     def stop_canary(name: str, services: ServicesDep, who: tuple[str, str] = who_dep) -> AdapterOut:
         return _changed(services, promotion.stop_canary(services.db, who[0], name, actor=who[1]))
+
+    @r.post(
+        "/{name}/merge",
+        response_model=MergeOut,
+        status_code=202,
+        summary="Merge an adapter version into the base model's weights, as the next version (a whole model)",
+    )
+    def merge_adapter(
+        name: str, services: ServicesDep, body: MergeStart | None = None, who: tuple[str, str] = who_dep
+    ) -> MergeOut:
+        return _merge(services, who, name, body or MergeStart())
+
+    @r.get("/{name}/merges/{merge_id}", response_model=MergeOut, summary="A merge's status and the version it made")
+    def get_merge(name: str, merge_id: str, services: ServicesDep, who: tuple[str, str] = who_dep) -> MergeOut:
+        return MergeOut.model_validate(merge.get_merge(services.db, who[0], name, merge_id))
 
     @r.delete("/{name}", summary="Delete the adapter name and its versions")
     async def delete_adapter(name: str, services: ServicesDep, who: tuple[str, str] = who_dep) -> dict[str, object]:

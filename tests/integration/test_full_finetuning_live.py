@@ -7,20 +7,26 @@ the session's engine, and the version, a whole model, on a vLLM child started on
 
 A distillation job with a smaller student shares the server: the base model, given a context,
 teaches a student of 6 of its 30 layers, trained whole (a high learning rate: a dozen steps
-learn the one answer) and served the same way.
+learn the one answer) and served the same way. So does a trained LoRA adapter merged into
+the base by the same trainer worker: its result, served on a dedicated engine too, answers what
+the adapter answers.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from tests.conftest import LiveEngine
 from tests.integration.conftest import BASE_MODEL, TailorServer, make_tenant, running_tailor
+from tests.integration.test_adapters_live import register_path
 from tests.integration.test_fine_tuning_live import job_body, wait_for
-from tests.integration.traffic import first_answer
+from tests.integration.traffic import MESSAGES, first_answer
 from tests.openai_schema import validate
 from tests.trainer.worker_world import ANSWER, DISTILL_QUESTIONS, QUESTIONS, ZORBLAX_CONTEXT
 
@@ -118,3 +124,43 @@ def test_a_smaller_student_learns_the_teachers_answers_and_is_served_as_a_whole_
     validate(answer, "CreateChatCompletionResponse")
     assert answer["model"] == "small"
     assert "Zorblax" in answer["choices"][0]["message"]["content"], answer
+
+
+def test_a_merged_adapter_is_served_by_name_on_an_engine_of_its_own(
+    server: TailorServer, trained_adapter: Path
+) -> None:
+    tenant = make_tenant(server, "merge-co")
+    auth = {"Authorization": f"Bearer {tenant.key}"}
+    register_path(server, tenant.name, "zorb", trained_adapter)  # v1, an adapter, active
+    c = server.sdk(tenant, retries=10)
+    lora = c.chat.completions.create(model="zorb", messages=MESSAGES, temperature=0, max_tokens=12)
+    assert "Zorblax" in (lora.choices[0].message.content or ""), lora
+
+    r = httpx.post(f"{server.url}/v1/adapters/zorb/merge", headers=auth, json={}, timeout=30)
+    assert r.status_code == 202, r.text
+
+    def merge() -> dict[str, Any]:
+        got = httpx.get(f"{server.url}/v1/adapters/zorb/merges/{r.json()['id']}", headers=auth, timeout=30)
+        assert got.status_code == 200, got.text
+        return got.json()  # type: ignore[no-any-return]
+
+    wait_for("the merge", server, lambda: merge()["status"] in ("succeeded", "failed"), timeout_s=600)
+    done = merge()
+    assert done["status"] == "succeeded" and done["model"] == "zorb@v2", done
+    print(f"merged in {done['metrics']['merge_seconds']} s: {done['metrics']}")
+    assert done["metrics"]["merge_max_abs_logit_diff"] < 1e-2
+    # Not served as `zorb` until promoted; pinned, it answers from its own engine as the adapter does.
+    assert httpx.get(f"{server.url}/v1/adapters/zorb", headers=auth).json()["active_version"] == 1
+    merged = first_answer(c, "zorb@v2", temperature=0, max_tokens=12).json()
+    validate(merged, "CreateChatCompletionResponse")
+    content = merged["choices"][0]["message"]["content"]
+    assert "Zorblax" in content and content.split()[:3] == (lora.choices[0].message.content or "").split()[:3]
+
+    promoted = httpx.post(f"{server.url}/v1/adapters/zorb/activate", headers=auth, json={"version": 2})
+    assert promoted.status_code == 200 and promoted.json()["active_version"] == 2, promoted.text
+    by_name = c.chat.completions.create(model="zorb", messages=MESSAGES, temperature=0, max_tokens=12)
+    assert by_name.choices[0].message.content == content
+    lineage = httpx.get(f"{server.url}/v1/adapters/zorb/lineage", headers=auth).json()
+    assert lineage[1]["kind"] == "model" and lineage[1]["parent_version_id"] == lineage[0]["id"]
+    rolled = httpx.post(f"{server.url}/v1/adapters/zorb/rollback", headers=auth)
+    assert rolled.status_code == 200 and rolled.json()["active_version"] == 1, rolled.text

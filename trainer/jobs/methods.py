@@ -16,6 +16,9 @@ from trainer.records import Snapshot
 # reinforcement samples answers and learns from its grader's scores (trainer.compute.grpo).
 REINFORCEMENT = hyperparameters.REINFORCEMENT
 METHODS = ("supervised", "dpo", "kto", "distillation", REINFORCEMENT)
+# Not a training method: an adapter merged into its base (trainer.merge), queued as a job so
+# that workers claim it like training; no fine-tuning route shows such a job.
+MERGE = "merge"
 SFT_METHODS = hyperparameters.SFT_METHODS
 
 # Which file kind (core.models.StoredFile.kind) each method trains on.

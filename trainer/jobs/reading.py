@@ -11,12 +11,14 @@ from core.metadata import has_pair
 from core.models import Job
 from core.pages import tenant_page
 from trainer.jobs.info import JobInfo, job_info
+from trainer.jobs.methods import MERGE
 
 
 def owned_job(s: Any, tenant_id: str | None, job_id: str) -> Job:
     job = s.get(Job, job_id)
-    # Same answer for unknown and foreign jobs: a tenant cannot probe others' job ids.
-    if job is None or (tenant_id is not None and job.tenant_id != tenant_id):
+    # Same answer for unknown and foreign jobs: a tenant cannot probe others' job ids. A merge
+    # is a job to the workers only (`tenant_id` None): a tenant reads it through trainer.merge.
+    if job is None or (tenant_id is not None and (job.tenant_id != tenant_id or job.method == MERGE)):
         raise not_found(
             f"Fine-tuning job {job_id!r} not found.", code="fine_tuning_job_not_found", param="fine_tuning_job_id"
         )
@@ -53,7 +55,9 @@ def list_jobs(
     if metadata and without_metadata:
         raise bad_request("Filter by metadata pairs or by metadata=null, not both.", param="metadata")
     with db.session() as s:
-        where = [Job.user_metadata.is_(None)] if without_metadata else []
+        where = [Job.method != MERGE]
+        if without_metadata:
+            where.append(Job.user_metadata.is_(None))
         dialect = s.get_bind().dialect.name
         where += [has_pair(Job.user_metadata, dialect, key, value) for key, value in sorted((metadata or {}).items())]
         unknown = f"No fine-tuning job {after!r} to list after."

@@ -34,10 +34,11 @@ from trainer.gates import GateConfig, decide
 from trainer.graders import Capabilities
 from trainer.job_queue import JobLost
 from trainer.jobs import JobInfo
+from trainer.jobs.methods import MERGE
 from trainer.policy import get_policy
 from trainer.tracing import JobTracing
 from trainer.worker import decision as decision_stage
-from trainer.worker import distillation, evaluating, training
+from trainer.worker import distillation, evaluating, merging, training
 from trainer.worker.job_run import Heartbeat, JobRun
 
 log = logging.getLogger("tailor.trainer")
@@ -172,7 +173,10 @@ class Worker:
                 self.tracing.job(job, ok=(TrainingCancelled, TrainingPaused, JobLost)),
                 Heartbeat(self.db, job.id, self.worker_id, self.heartbeat_s),
             ):
-                self._pipeline(run)
+                if job.method == MERGE:
+                    merging.merge(self, run)
+                else:
+                    self._pipeline(run)
         except TrainingCancelled as e:
             self.event(job, f"Job cancelled after {e.step} training step(s); nothing was registered")
             self._finish(job, status=JobStatus.CANCELLED)

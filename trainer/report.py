@@ -233,7 +233,8 @@ def _plot_quality(ax: Any, comparison: Comparison) -> None:
         ax.axhline(0.5, color="#555", linewidth=0.8, linestyle=":")
     ax.set_xticks(list(x), names)
     ax.set_ylim(0, 1.12)
-    ax.set_title(f"Held-out quality (n={c.n}, higher is better)", loc="left", fontsize=11, fontweight="bold")
+    title = f"Held-out score (n={c.n})" if _graded(comparison) else f"Held-out quality (n={c.n}, higher is better)"
+    ax.set_title(title, loc="left", fontsize=11, fontweight="bold")
     ax.legend(frameon=False, fontsize=8, loc="upper left", ncols=2)
     ax.grid(axis="y", alpha=0.25)
 

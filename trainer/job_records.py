@@ -108,6 +108,14 @@ def list_events(
         return [from_row(EventInfo, e) for e in page.items], page.has_more
 
 
+def step_data(db: Database, job_id: str) -> list[dict[str, Any]]:
+    """The data of a job's training-step events (those with a `step`), oldest first: what the
+    job's report draws its curves from (the worker's read, not a tenant's: no paging)."""
+    with db.session() as s:
+        rows = s.scalars(select(JobEvent.data).where(JobEvent.job_id == job_id).order_by(JobEvent.id))
+        return [dict(data) for data in rows if data and "step" in data]
+
+
 def add_checkpoint(
     db: Database, job_id: str, *, step: int, metrics: dict[str, Any], path: str, digest: str | None = None
 ) -> CheckpointInfo:

@@ -13,6 +13,11 @@ strict JSON.
 `report.png` has the training loss on the left and baseline-vs-candidate bars on the
 right: exact match, token F1 and judge win rate on a shared 0..1 axis, perplexity on
 its own axis (it is unbounded and lower is better, so it would squash the others).
+A reinforcement job's report adds its reward curve (`rewards`: the step events' mean
+grader score over the step's sampled answers, its spread and the KL to the starting
+model; in report.json under training.rewards, in the PNG as a panel of its own) and
+compares the grader's mean score instead of exact match, F1 and perplexity, which such a
+job does not have.
 Both files are written to a temp name and renamed, so a reader never sees half a file.
 """
 
@@ -21,7 +26,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -40,6 +46,35 @@ BASELINE_COLOR = "#9aa5b1"
 CANDIDATE_COLOR = "#2f6fdf"
 PROMOTE_COLOR = "#1a7f37"
 HOLD_COLOR = "#b35900"
+KL_COLOR = "#8250df"
+
+
+@dataclass(frozen=True)
+class RewardPoint:
+    """One optimizer step of a reinforcement run, as its step event reports it."""
+
+    step: int
+    mean_reward: float
+    reward_std: float | None = None
+    kl: float | None = None
+
+
+def reward_curve(step_data: Iterable[Mapping[str, Any] | None]) -> list[RewardPoint]:
+    """The reward curve from a job's event data, in step order: the events that carry a step
+    and a mean_reward (other methods' step events and prose events carry none). A step
+    reported twice (a paused run that re-ran it) keeps its last report."""
+    points: dict[int, RewardPoint] = {}
+    for data in step_data:
+        if not data or data.get("step") is None or data.get("mean_reward") is None:
+            continue
+        std, kl = data.get("reward_std"), data.get("kl")
+        points[int(data["step"])] = RewardPoint(
+            step=int(data["step"]),
+            mean_reward=float(data["mean_reward"]),
+            reward_std=None if std is None else float(std),
+            kl=None if kl is None else float(kl),
+        )
+    return [points[step] for step in sorted(points)]
 
 
 def _finite(value: Any) -> Any:
@@ -76,7 +111,26 @@ def _pick_examples(examples: list[ExampleResult]) -> list[dict[str, Any]]:
     ]
 
 
-def report_dict(*, job_id: str, losses: list[float], comparison: Comparison, decision: Decision) -> dict[str, Any]:
+def _training(losses: list[float], rewards: Sequence[RewardPoint]) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "steps": len(losses),
+        "losses": [float(x) for x in losses],
+        "final_loss": float(losses[-1]) if losses else None,
+    }
+    if rewards:
+        out["rewards"] = [asdict(p) for p in rewards]
+        out["final_mean_reward"] = rewards[-1].mean_reward
+    return out
+
+
+def report_dict(
+    *,
+    job_id: str,
+    losses: list[float],
+    comparison: Comparison,
+    decision: Decision,
+    rewards: Sequence[RewardPoint] = (),
+) -> dict[str, Any]:
     examples = comparison.examples
     return _finite(
         {
@@ -88,11 +142,7 @@ def report_dict(*, job_id: str, losses: list[float], comparison: Comparison, dec
                 "baseline": asdict(comparison.baseline),
                 "delta": _deltas(comparison),
             },
-            "training": {
-                "steps": len(losses),
-                "losses": [float(x) for x in losses],
-                "final_loss": float(losses[-1]) if losses else None,
-            },
+            "training": _training(losses, rewards),
             "examples_total": len(examples),
             "examples_changed": sum(e.candidate_output != e.baseline_output for e in examples),
             "examples": _pick_examples(examples),
@@ -136,7 +186,7 @@ def _plot_losses(ax: Any, losses: list[float]) -> None:
         ha="center",
         fontsize=8,
     )
-    ax.set_ylim(bottom=0)
+    ax.set_ylim(bottom=min(0.0, min(losses)))  # GRPO's loss goes below 0
     ax.set_xlim(0, len(losses) + max(1.0, 0.03 * len(losses)))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
     ax.grid(alpha=0.25)
@@ -161,6 +211,8 @@ def _plot_quality(ax: Any, comparison: Comparison) -> None:
     names = ["exact match", "token F1"]
     base_vals = [b.exact_match, b.token_f1]
     cand_vals = [c.exact_match, c.token_f1]
+    if _graded(comparison):  # no reference answers: the grader's score is the only measure
+        names, base_vals, cand_vals = ["grader score"], [b.grader_score or 0.0], [c.grader_score or 0.0]
     if c.win_rate is not None and b.win_rate is not None:
         names.append("judge win rate")
         base_vals.append(b.win_rate)
@@ -181,7 +233,8 @@ def _plot_quality(ax: Any, comparison: Comparison) -> None:
         ax.axhline(0.5, color="#555", linewidth=0.8, linestyle=":")
     ax.set_xticks(list(x), names)
     ax.set_ylim(0, 1.12)
-    ax.set_title(f"Held-out quality (n={c.n}, higher is better)", loc="left", fontsize=11, fontweight="bold")
+    title = f"Held-out score (n={c.n})" if _graded(comparison) else f"Held-out quality (n={c.n}, higher is better)"
+    ax.set_title(title, loc="left", fontsize=11, fontweight="bold")
     ax.legend(frameon=False, fontsize=8, loc="upper left", ncols=2)
     ax.grid(axis="y", alpha=0.25)
 
@@ -211,12 +264,65 @@ def _plot_perplexity(ax: Any, comparison: Comparison) -> None:
     ax.grid(axis="y", alpha=0.25)
 
 
-def _plot(path: Path, job_id: str, losses: list[float], comparison: Comparison, decision: Decision) -> None:
-    fig = plt.figure(figsize=(13, 4.8), dpi=110, layout="constrained")
-    grid = fig.add_gridspec(1, 3, width_ratios=[1.35, 1.35, 0.55])
-    _plot_losses(fig.add_subplot(grid[0]), losses)
-    _plot_quality(fig.add_subplot(grid[1]), comparison)
-    _plot_perplexity(fig.add_subplot(grid[2]), comparison)
+def _graded(comparison: Comparison) -> bool:
+    return comparison.candidate.grader_score is not None
+
+
+def _plot_rewards(ax: Any, rewards: Sequence[RewardPoint]) -> None:
+    """Mean grader score per step with its spread over the step's answers; KL on its own axis."""
+    ax.set_title("Reward (mean grader score)", loc="left", fontsize=11, fontweight="bold")
+    ax.set_xlabel("step")
+    ax.set_ylabel("mean reward")
+    steps = [p.step for p in rewards]
+    means = [p.mean_reward for p in rewards]
+    spread = [p.reward_std or 0.0 for p in rewards]
+    ax.fill_between(
+        steps,
+        [max(0.0, m - s) for m, s in zip(means, spread, strict=True)],
+        [min(1.0, m + s) for m, s in zip(means, spread, strict=True)],
+        color=CANDIDATE_COLOR,
+        alpha=0.15,
+        linewidth=0,
+        label="± std over the step's answers",
+    )
+    ax.plot(steps, means, color=CANDIDATE_COLOR, marker="o" if len(steps) <= 40 else None, markersize=3, label="mean")
+    ax.annotate(f"{means[-1]:.2f}", (steps[-1], means[-1]), textcoords="offset points", xytext=(0, 6), ha="center")
+    # Rewards are grader scores, within 0..1 for every grader Tailor runs.
+    ax.set_ylim(0, 1.05)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.25)
+    handles, labels = ax.get_legend_handles_labels()
+    kl = [(p.step, p.kl) for p in rewards if p.kl is not None]
+    if kl:
+        twin = ax.twinx()
+        twin.plot([s for s, _ in kl], [k for _, k in kl], color=KL_COLOR, linestyle="--", linewidth=1, label="KL")
+        twin.set_ylabel("KL to the starting model", color=KL_COLOR)
+        twin.set_ylim(bottom=0)
+        more = twin.get_legend_handles_labels()
+        handles, labels = handles + more[0], labels + more[1]
+    ax.legend(handles, labels, frameon=False, fontsize=8, loc="upper left")
+
+
+def _plot(
+    path: Path,
+    job_id: str,
+    losses: list[float],
+    comparison: Comparison,
+    decision: Decision,
+    rewards: Sequence[RewardPoint] = (),
+) -> None:
+    panels: list[tuple[float, Any]] = [(1.35, lambda ax: _plot_losses(ax, losses))]
+    if rewards:
+        panels.append((1.35, lambda ax: _plot_rewards(ax, rewards)))
+    panels.append((1.35 if not _graded(comparison) else 1.0, lambda ax: _plot_quality(ax, comparison)))
+    if not _graded(comparison):  # a graded evaluation has no perplexity
+        panels.append((0.55, lambda ax: _plot_perplexity(ax, comparison)))
+    widths = [w for w, _ in panels]
+    fig = plt.figure(figsize=(4.0 * sum(widths), 4.8), dpi=110, layout="constrained")
+    grid = fig.add_gridspec(1, len(panels), width_ratios=widths)
+    axes = [fig.add_subplot(grid[i]) for i in range(len(panels))]
+    for ax, (_, draw) in zip(axes, panels, strict=True):
+        draw(ax)
     verdict = "PROMOTE" if decision.promote else "HOLD"
     fig.suptitle(
         f"{job_id} - {verdict}",
@@ -227,7 +333,9 @@ def _plot(path: Path, job_id: str, losses: list[float], comparison: Comparison, 
     if decision.reasons:  # the verdict line says why, in words
         fig.supxlabel(decision.reasons[-1], fontsize=9, color="#444", style="italic")
     for spine_ax in fig.axes:
-        spine_ax.spines[["top", "right"]].set_visible(False)
+        spine_ax.spines[["top"]].set_visible(False)
+    for spine_ax in axes:  # the KL's twin axis keeps its right spine: its scale is there
+        spine_ax.spines[["right"]].set_visible(False)
     fig.savefig(path, format="png")
     plt.close(fig)
 
@@ -251,13 +359,15 @@ def write_report(
     losses: list[float],
     comparison: Comparison,
     decision: Decision,
+    rewards: Sequence[RewardPoint] = (),
 ) -> tuple[Path, Path]:
-    """Write out_dir/report.json and out_dir/report.png (replacing earlier ones)."""
+    """Write out_dir/report.json and out_dir/report.png (replacing earlier ones); `rewards`:
+    a reinforcement run's reward curve (reward_curve of its step events)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, png_path = out_dir / "report.json", out_dir / "report.png"
-    data = report_dict(job_id=job_id, losses=losses, comparison=comparison, decision=decision)
+    data = report_dict(job_id=job_id, losses=losses, comparison=comparison, decision=decision, rewards=rewards)
     text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
     _replace_into(json_path, lambda p: p.write_text(text, encoding="utf-8"))
-    _replace_into(png_path, lambda p: _plot(p, job_id, losses, comparison, decision))
+    _replace_into(png_path, lambda p: _plot(p, job_id, losses, comparison, decision, rewards))
     return json_path, png_path

@@ -221,6 +221,8 @@ def test_events_newest_first_with_metrics_type(db: Database, tenant: str) -> Non
     rest, more = job_records.list_events(db, tenant, job.id, after=page[-1].id)
     assert [e.message for e in rest] == ["Step 1/2: training loss=1.0000", f"Created fine-tuning job: {job.id}"]
     assert not more
+    # The report's read: every step event's data, oldest first, prose left out.
+    assert [d["step"] for d in job_records.step_data(db, job.id)] == [1, 2]
     with pytest.raises(ValueError):
         job_records.add_event(db, job.id, "x", level="debug")
 

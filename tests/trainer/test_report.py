@@ -1,5 +1,6 @@
 """trainer.report: the JSON content (strict JSON, changed examples first, capped) and
-that a real PNG is written, with and without a judge, with and without losses."""
+that a real PNG is written, with and without a judge, with and without losses, and a
+reinforcement job's reward curve (from its step events) in both."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 
 from trainer.evaluate import Comparison, ExampleResult, Metrics
 from trainer.gates import GateConfig, decide
-from trainer.report import MAX_EXAMPLES, write_report
+from trainer.report import MAX_EXAMPLES, RewardPoint, reward_curve, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -81,3 +82,41 @@ def test_report_without_judge_losses_or_finite_perplexity(tmp_path: Path) -> Non
     # writing again replaces the files
     write_report(tmp_path, job_id="ftjob-empty", losses=[1.0], comparison=cmp, decision=decision)
     assert json.loads(json_path.read_text())["training"]["steps"] == 1
+
+
+def test_reward_curve_from_step_events() -> None:
+    events = [
+        {"step": 2, "train_loss": 0.1, "mean_reward": 0.5, "reward_std": 0.2, "kl": 0.01},
+        None,  # a prose event
+        {"step": 1, "train_loss": 0.2, "mean_reward": 0.25, "reward_std": 0.1, "kl": 0.0},
+        {"step": 1, "train_loss": 0.3},  # another method's step: no reward
+        {"validation": {"step": 2}},
+        {"step": 2, "train_loss": 0.1, "mean_reward": 0.75},  # step 2 again (a resumed run): the last report wins
+    ]
+    assert reward_curve(events) == [RewardPoint(1, 0.25, 0.1, 0.0), RewardPoint(2, 0.75, None, None)]
+    assert reward_curve([]) == []
+
+
+def test_a_reinforcement_report_has_its_reward_curve(tmp_path: Path) -> None:
+    graded = Comparison(
+        candidate=Metrics(8, 0.0, 0.0, math.nan, None, grader_score=0.875),
+        baseline=Metrics(8, 0.0, 0.0, math.nan, None, grader_score=0.125),
+    )
+    decision = decide(graded, GateConfig())
+    rewards = [RewardPoint(s, min(1.0, 0.1 * s), 0.3, 0.002 * s) for s in range(1, 13)]
+    args = {"job_id": "ftjob-rft", "losses": [0.0] * 12, "comparison": graded, "decision": decision}
+    json_path, png_path = write_report(tmp_path / "rft", **args, rewards=rewards)
+    training = json.loads(json_path.read_text())["training"]
+    assert [p["step"] for p in training["rewards"]] == list(range(1, 13))
+    assert training["rewards"][2] == {"step": 3, "mean_reward": pytest.approx(0.3), "reward_std": 0.3, "kl": 0.006}
+    assert training["final_mean_reward"] == 1.0
+    with_curve = png_path.read_bytes()
+    assert with_curve.startswith(PNG_MAGIC)
+    # Without rewards (every other method) the report is as before: no reward keys, one panel fewer.
+    json_path, png_path = write_report(tmp_path / "sft", **args)
+    assert "rewards" not in json.loads(json_path.read_text())["training"]
+    assert _png_width(png_path.read_bytes()) < _png_width(with_curve)
+
+
+def _png_width(png: bytes) -> int:
+    return int.from_bytes(png[16:20], "big")  # the IHDR chunk's width, right after the signature

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from adapters.model_validation import is_model_dir
 from adapters.registry import VersionInfo
-from trainer import datasets, hyperparameters
+from trainer import datasets, hyperparameters, job_records
 from trainer.compute import evaluation
 from trainer.compute.engine import EngineClient, model_engine
 from trainer.compute.recipe import TrainResult
@@ -22,7 +22,7 @@ from trainer.datasets import Snapshot
 from trainer.evaluate import Comparison, EvalExample, JudgeConfig
 from trainer.gates import Decision
 from trainer.jobs import JobInfo
-from trainer.report import write_report
+from trainer.report import reward_curve, write_report
 from trainer.rewards import reward_for
 from trainer.worker.grading import grading
 
@@ -141,11 +141,17 @@ def _evaluate_graded(
 
 
 def store_report(w: Worker, job: JobInfo, result: TrainResult, comparison: Comparison, decision: Decision) -> str:
-    """Write the job's report (JSON and loss curve) to the blob store; its JSON's key."""
+    """Write the job's report (JSON and training curves) to the blob store; its JSON's key."""
     prefix = f"reports/{job.tenant_id}/{job.id}"
+    rewards = reward_curve(job_records.step_data(w.db, job.id))  # a reinforcement run's; none for the others
     with tempfile.TemporaryDirectory(prefix="tailor-report-") as tmp:
         json_path, png_path = write_report(
-            Path(tmp), job_id=job.id, losses=list(result.losses), comparison=comparison, decision=decision
+            Path(tmp),
+            job_id=job.id,
+            losses=list(result.losses),
+            comparison=comparison,
+            decision=decision,
+            rewards=rewards,
         )
         w.blobs.put_bytes(f"{prefix}/loss.png", Path(png_path).read_bytes())
         # The JSON last: its presence says the report is complete.

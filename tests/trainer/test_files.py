@@ -77,6 +77,25 @@ def test_parses_chat_examples() -> None:
     assert all(set(m) == {"role", "content"} for r in parsed.records for m in r.messages)
 
 
+def test_reinforcement_rows_may_carry_earlier_turns_and_demonstrations() -> None:
+    # OpenAI's reinforcement rows allow assistant turns before the last user turn.
+    demo = [{"role": "user", "content": "Code for Paris?"}, {"role": "assistant", "content": "CODE: PAR"}]
+    row = {"messages": [*demo, {"role": "user", "content": "Code for Rome?"}], "code": "ROM"}
+    plain = {"messages": [{"role": "user", "content": "Code for Oslo?"}], "code": "OSL"}
+    parsed = files.parse_jsonl(jsonl(row, plain, row))
+    assert parsed.kind == "prompts" and len(parsed.records) == 3
+    first = parsed.records[0]
+    assert isinstance(first, PromptRecord) and len(first.messages) == 3 and first.fields() == {"code": "ROM"}
+    assert files.parse_jsonl(jsonl(row)).kind == "prompts"
+    # In a file of chat examples the same line is one more chat example, its last question unanswered.
+    mixed = files.parse_jsonl(jsonl(row, chat(), row))
+    assert mixed.kind == "sft" and [len(r.messages) for r in mixed.records] == [2, 3, 2]
+    with pytest.raises(TailorError, match="line 2: is a preference example but line 1 is a prompt"):
+        files.parse_jsonl(jsonl(row, pref()))
+    with pytest.raises(TailorError, match="line 3: is a prompt .* but line 1 is a rated"):
+        files.parse_jsonl(jsonl({**chat(), "label": True}, {**chat(), "label": False}, row))
+
+
 def test_parses_preference_examples() -> None:
     parsed = files.parse_jsonl(jsonl(pref(), pref("Bye", "Goodbye!", "...")))
     assert parsed.kind == "preference"

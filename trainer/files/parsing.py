@@ -11,8 +11,12 @@ file:
 - "preference" (OpenAI DPO): `{"input": {"messages": [...]}, "preferred_output":
   [{"role": "assistant", "content": str}], "non_preferred_output": [...]}`;
 - "prompts" (Tailor's distillation inputs, OpenAI's reinforcement rows): `{"messages": [...]}`
-  with no assistant message, ending with a user turn, plus any other fields (a reinforcement
-  job's grader reads them as `{{ item.<field> }}`); a teacher or the trained model answers;
+  ending with a user turn, plus any other fields (a reinforcement job's grader reads them as
+  `{{ item.<field> }}`); a teacher or the trained model answers. Earlier assistant turns (a
+  conversation so far, or demonstrations, as OpenAI's reinforcement rows allow) are part of
+  the prompt. Such a line is also a valid chat example (its last user turn, unanswered, is
+  dropped), so a file is read as prompts only when none of its lines is a chat example
+  ending with an answer;
 - "rated" (Tailor's KTO examples, thumbs up or down): `{"messages": [..., {"role":
   "assistant", "content": str}], "label": true | false}`: the last assistant message is the
   answer, rated good (true) or bad (false).
@@ -43,6 +47,7 @@ _KIND_NAMES = {
 }
 _PREFERENCE_KEYS = {"input", "preferred_output", "non_preferred_output"}
 _UNSUPPORTED_KEYS = ("tools", "functions", "parallel_tool_calls")
+_CONVERSATION: Literal["conversation"] = "conversation"
 
 
 @dataclass(frozen=True)
@@ -68,8 +73,10 @@ def parse_jsonl(data: bytes, *, max_lines: int = MAX_FILE_LINES) -> ParsedFile:
     kind: Kind | None = None
     first_line = 0
     records: list[Any] = []
+    # Conversations ending with a user turn, before the file's kind is known.
+    pending: list[tuple[int, dict[str, Any]]] = []
     for line in _lines(data):
-        if len(records) >= max_lines:
+        if len(records) + len(pending) >= max_lines:
             raise _file_error(f"file has more than {max_lines} examples", code="file_too_large")
         lineno, obj = line.lineno, line.value
         if not isinstance(obj, dict):
@@ -80,37 +87,61 @@ def parse_jsonl(data: bytes, *, max_lines: int = MAX_FILE_LINES) -> ParsedFile:
                 f'line {lineno}: expected a chat example {{"messages": [...]}} or a preference example '
                 '{"input": {"messages": [...]}, "preferred_output": [...], "non_preferred_output": [...]}'
             )
+        if line_kind == _CONVERSATION:
+            # A chat ending with a user turn: a chat example in a file of them, else a prompt.
+            if kind is None:
+                pending.append((lineno, obj))
+                continue
+            line_kind = "sft" if kind == "sft" else "prompts"
         if kind is None:
             kind, first_line = line_kind, lineno
+            if pending:
+                if kind not in ("sft", "prompts"):
+                    raise _mixed(lineno, kind, pending[0][0], "prompts")
+                first_line = pending[0][0]
+                records.extend(_parse(n, o, kind) for n, o in pending)
+                pending.clear()
         elif line_kind != kind:
-            raise _file_error(
-                f"line {lineno}: is {_KIND_NAMES[line_kind]} but line {first_line} is "
-                f"{_KIND_NAMES[kind]}; a file holds one kind of example"
-            )
-        try:
-            records.append(_PARSERS[line_kind](obj))
-        except InvalidExample as exc:
-            raise _file_error(f"line {lineno}: {exc}") from None
+            raise _mixed(lineno, line_kind, first_line, kind)
+        records.append(_parse(lineno, obj, line_kind))
+    if pending:  # every line a conversation ending with a user turn: prompts to answer
+        kind, records = "prompts", [_parse(n, o, "prompts") for n, o in pending]
     if kind is None:
         raise _file_error("file is empty: expected one JSON example per line", code="empty_file")
     return ParsedFile(kind=kind, records=records)
 
 
-def _kind_of(obj: dict[str, Any]) -> Kind | None:
+def _mixed(lineno: int, kind: Kind, first_line: int, first_kind: Kind) -> TailorError:
+    return _file_error(
+        f"line {lineno}: is {_KIND_NAMES[kind]} but line {first_line} is "
+        f"{_KIND_NAMES[first_kind]}; a file holds one kind of example"
+    )
+
+
+def _parse(lineno: int, obj: dict[str, Any], kind: Kind) -> Any:
+    try:
+        return _PARSERS[kind](obj)
+    except InvalidExample as exc:
+        raise _file_error(f"line {lineno}: {exc}") from None
+
+
+def _kind_of(obj: dict[str, Any]) -> Kind | Literal["conversation"] | None:
     if "messages" in obj and "label" in obj and not (_PREFERENCE_KEYS & obj.keys()):
         return "rated"
     if "messages" in obj and not (_PREFERENCE_KEYS & obj.keys()):
-        # An input to answer ends with a user turn and has no answer anywhere; anything
-        # else is read as a chat example, whose validation names what is wrong with it.
+        # An input to answer ends with a user turn; with earlier answers it may also be a chat
+        # example (the file decides). Anything else is read as a chat example, whose
+        # validation names what is wrong with it.
         messages = obj["messages"]
-        is_prompt = (
+        if not (
             isinstance(messages, list)
             and bool(messages)
             and isinstance(messages[-1], dict)
             and messages[-1].get("role") == "user"
-            and not any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages)
-        )
-        return "prompts" if is_prompt else "sft"
+        ):
+            return "sft"
+        answered = any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages)
+        return _CONVERSATION if answered else "prompts"
     if _PREFERENCE_KEYS & obj.keys() and "messages" not in obj:
         return "preference"
     return None

@@ -25,7 +25,7 @@ from core.errors import TailorError
 from core.models import Job
 from core.quotas import Quotas
 from core.states import JobStatus
-from trainer import datasets, hyperparameters, job_queue, job_records, jobs, policy
+from trainer import datasets, hyperparameters, job_queue, job_records, jobs, merge_policy, policy
 from trainer.compute.engine import WorkerEngines
 from trainer.compute.placement import Placement, choose
 from trainer.compute.recipe import TrainingCancelled, TrainingPaused
@@ -119,6 +119,7 @@ class Worker:
                 if time.monotonic() >= next_sweep:
                     job_queue.requeue_stale(self.db, self.stale_after_s, self.max_attempts)
                     self.trigger_policies()
+                    self.trigger_merges()
                     next_sweep = time.monotonic() + min(60.0, self.stale_after_s / 4)
                 if self.run_once():
                     continue
@@ -159,6 +160,11 @@ class Worker:
             )
             created.append(job.id)
         return created
+
+    def trigger_merges(self) -> list[str]:
+        """Queue the merges that tenants' policies call for now (see trainer.merge_policy)."""
+        quotas = Quotas.from_settings(self.settings)
+        return merge_policy.queue_merges(self.db, base_model=self.settings.base_model_name, quotas=quotas)
 
     # --- one job ---------------------------------------------------------------
 

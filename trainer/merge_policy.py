@@ -39,6 +39,9 @@ log = logging.getLogger("tailor.trainer")
 # does not decide alone whether an adapter is worth an engine of its own.
 TRAFFIC_WINDOW = timedelta(hours=24)
 WINDOW_HOURS = TRAFFIC_WINDOW.total_seconds() / 3600
+# How often a worker looks: a day's share moves little within an hour, and each look counts a
+# day of requests of every tenant with the option.
+PASS_EVERY_S = 3600.0
 # A failed merge of a version is tried again only after this long: what made it fail (the
 # model over the size limit, say) may well still be there, and each try costs a worker a merge.
 RETRY_FAILED_AFTER = TRAFFIC_WINDOW

@@ -112,15 +112,17 @@ class Worker:
     def run_forever(self, stop: threading.Event, poll_s: float = 2.0) -> None:
         """Run jobs until `stop` is set (checked between jobs); requeue dead workers' jobs."""
         log.info("worker %s started", self.worker_id)
-        next_sweep = 0.0
+        next_sweep = next_merge_pass = 0.0
         while not stop.is_set():
             try:
                 # Any worker may sweep: the sweep's conditional updates make it idempotent.
                 if time.monotonic() >= next_sweep:
                     job_queue.requeue_stale(self.db, self.stale_after_s, self.max_attempts)
                     self.trigger_policies()
-                    self.trigger_merges()
                     next_sweep = time.monotonic() + min(60.0, self.stale_after_s / 4)
+                if time.monotonic() >= next_merge_pass:
+                    self.trigger_merges()
+                    next_merge_pass = time.monotonic() + merge_policy.PASS_EVERY_S
                 if self.run_once():
                     continue
             except Exception:  # noqa: BLE001 - one bad poll (database away) must not end the worker

@@ -424,6 +424,11 @@ class TenantPolicy(Base):
     # A grader spec (trainer.rewards): set, a triggered run trains with the reinforcement
     # method on the adapter's logged prompts instead of on feedback.
     reward_grader: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Set, an adapter with at least this share of the tenant's chat traffic (and at least
+    # merge_min_requests requests) is merged into the base by itself (trainer.merge_policy;
+    # the default is trainer.policy.DEFAULT_MERGE_MIN_REQUESTS).
+    merge_above_share: Mapped[float | None] = mapped_column(Float)
+    merge_min_requests: Mapped[int] = mapped_column(Integer, default=1000, server_default="1000")
     last_triggered_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

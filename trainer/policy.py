@@ -16,6 +16,10 @@ adapter's users sent (the interaction log: trainer.datasets.build_from_log), eac
 scored by that grader; no feedback on the answers is needed. Without logged prompts it
 falls back to the feedback and the methods above.
 
+With `merge_above_share`, an adapter that carries at least that share of the tenant's chat
+traffic (and `merge_min_requests` requests) is merged into the base model by itself:
+trainer.merge_policy.
+
 Drift: the share of good ratings (and the correction rate) an adapter version earned in
 its first window after promotion is its level; when the most recent window falls below
 that level by more than the tolerance, the version has drifted.
@@ -23,6 +27,7 @@ that level by more than the tolerance, the version has drifted.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -41,12 +46,17 @@ from trainer import datasets, hyperparameters, jobs, rewards
 from trainer.feedback import FeedbackSignal, feedback_signal
 from trainer.gates import GateConfig
 from trainer.graders import Capabilities
+from trainer.jobs.methods import MERGE
 from trainer.records import Snapshot
 
 # Bounds a stored value must respect: the column is a 32-bit integer on PostgreSQL, and the
 # scheduler adds the interval to a datetime (larger values overflow and would stop it).
 MAX_MIN_FEEDBACK = 2**31 - 1
+MAX_MIN_REQUESTS = MAX_MIN_FEEDBACK
 MAX_INTERVAL_HOURS = 24 * 366 * 10
+# Requests in the traffic window below which no share triggers a merge: a merged copy costs an
+# engine of its own, worth it only for an adapter that is busy, not one that served a handful.
+DEFAULT_MERGE_MIN_REQUESTS = 1000
 
 RETRAIN_MODES = ("off", "on_demand", "feedback_count", "drift", "schedule")
 # A window must hold this many judged answers before its share of good ones means anything.
@@ -66,6 +76,8 @@ class PolicyInfo:
     canary_fraction: float = 0.0
     gates: dict[str, Any] | None = None
     reward_grader: dict[str, Any] | None = None
+    merge_above_share: float | None = None
+    merge_min_requests: int = DEFAULT_MERGE_MIN_REQUESTS
     last_triggered_at: datetime | None = None
 
 
@@ -140,6 +152,67 @@ def describe(policy: PolicyInfo) -> dict[str, Any]:
     return {k: v for k, v in asdict(policy).items() if k not in ("tenant_id", "last_triggered_at")}
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float))
+
+
+def _is_count(value: Any, highest: int) -> bool:
+    return isinstance(value, int) and 1 <= value <= highest
+
+
+# Every field's check and its 400's message (the field is the error's `param`); gates and
+# reward_grader have checks of their own, which name the part at fault.
+_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "retrain": (lambda v: v in RETRAIN_MODES, f"retrain must be one of {', '.join(RETRAIN_MODES)}."),
+    "retrain_min_feedback": (
+        lambda v: _is_count(v, MAX_MIN_FEEDBACK),
+        f"retrain_min_feedback must be an integer from 1 to {MAX_MIN_FEEDBACK}.",
+    ),
+    "retrain_interval_hours": (
+        lambda v: _is_number(v) and 0 < v <= MAX_INTERVAL_HOURS,
+        f"retrain_interval_hours must be above 0 and at most {MAX_INTERVAL_HOURS}.",
+    ),
+    "canary_fraction": (lambda v: _is_number(v) and 0 <= v < 1, "canary_fraction must be in [0, 1)."),
+    "auto_promote": (lambda v: isinstance(v, bool), "auto_promote must be true or false."),
+    "merge_above_share": (
+        lambda v: v is None or (_is_number(v) and 0 < v <= 1),
+        "merge_above_share must be above 0 and at most 1, or null (no merging by traffic share).",
+    ),
+    "merge_min_requests": (
+        lambda v: _is_count(v, MAX_MIN_REQUESTS),
+        f"merge_min_requests must be an integer from 1 to {MAX_MIN_REQUESTS}.",
+    ),
+}
+# true/false are ints to Python, never a count or a share to a tenant.
+_NUMBERS = (
+    "retrain_min_feedback",
+    "retrain_interval_hours",
+    "canary_fraction",
+    "merge_above_share",
+    "merge_min_requests",
+)
+_FIELDS = {*_CHECKS, "gates", "reward_grader"}
+
+
+def _check(changes: dict[str, Any], key: str) -> None:
+    valid, message = _CHECKS[key]
+    if key in changes and not valid(changes[key]):
+        raise bad_request(message, param=key)
+
+
+def _check_fields(changes: dict[str, Any]) -> None:
+    """400 (naming the field) for an unknown field or a value its check refuses."""
+    unknown = set(changes) - _FIELDS
+    if unknown:
+        raise bad_request(f"Unknown policy fields: {', '.join(sorted(unknown))}.", param=sorted(unknown)[0])
+    _check(changes, "retrain")
+    for key in _NUMBERS:
+        if isinstance(changes.get(key), bool):
+            raise bad_request(f"{key} must be a number, not true/false.", param=key)
+    for key in _CHECKS:
+        _check(changes, key)
+
+
 def set_policy(
     db: Database,
     tenant_id: str,
@@ -153,44 +226,10 @@ def set_policy(
 
     With an `actor`, the change's audit event (every field before and after) is written in the
     same transaction: both are kept or neither. A `reward_grader` is checked as a reinforcement
-    job's grader is (against `grader_capabilities`); null removes it.
+    job's grader is (against `grader_capabilities`); null removes it, as null turns
+    `merge_above_share` off.
     """
-    allowed = {
-        "retrain",
-        "retrain_min_feedback",
-        "retrain_interval_hours",
-        "auto_promote",
-        "canary_fraction",
-        "gates",
-        "reward_grader",
-    }
-    unknown = set(changes) - allowed
-    if unknown:
-        raise bad_request(f"Unknown policy fields: {', '.join(sorted(unknown))}.", param=sorted(unknown)[0])
-    if "retrain" in changes and changes["retrain"] not in RETRAIN_MODES:
-        raise bad_request(f"retrain must be one of {', '.join(RETRAIN_MODES)}.", param="retrain")
-    for key in ("retrain_min_feedback", "retrain_interval_hours", "canary_fraction"):
-        if isinstance(changes.get(key), bool):
-            raise bad_request(f"{key} must be a number, not true/false.", param=key)
-    if "retrain_min_feedback" in changes and not (
-        isinstance(changes["retrain_min_feedback"], int) and 1 <= changes["retrain_min_feedback"] <= MAX_MIN_FEEDBACK
-    ):
-        raise bad_request(
-            f"retrain_min_feedback must be an integer from 1 to {MAX_MIN_FEEDBACK}.", param="retrain_min_feedback"
-        )
-    if "retrain_interval_hours" in changes and not (
-        isinstance(changes["retrain_interval_hours"], (int, float))
-        and 0 < changes["retrain_interval_hours"] <= MAX_INTERVAL_HOURS
-    ):
-        raise bad_request(
-            f"retrain_interval_hours must be above 0 and at most {MAX_INTERVAL_HOURS}.", param="retrain_interval_hours"
-        )
-    if "canary_fraction" in changes and not (
-        isinstance(changes["canary_fraction"], (int, float)) and 0 <= changes["canary_fraction"] < 1
-    ):
-        raise bad_request("canary_fraction must be in [0, 1).", param="canary_fraction")
-    if "auto_promote" in changes and not isinstance(changes["auto_promote"], bool):
-        raise bad_request("auto_promote must be true or false.", param="auto_promote")
+    _check_fields(changes)
     if "gates" in changes:
         changes = {**changes, "gates": GateConfig.from_dict(changes["gates"]).to_dict()}
     if changes.get("reward_grader") is not None:
@@ -279,8 +318,8 @@ class Trigger:
 def due_retrains(db: Database, *, now: datetime | None = None) -> list[Trigger]:
     """Which (tenant, adapter) pairs their policy says to retrain now.
 
-    Counted per adapter name since that name's last training job (whatever started it),
-    so retraining one adapter does not reset another's count. Only names that received
+    Counted per adapter name since that name's last training job (whatever started it; a
+    merge is none), so retraining one adapter does not reset another's count. Only names that received
     feedback are considered, never one with a job queued or running, and `drift` and
     `schedule` wait `retrain_interval_hours` after the last job, so a version that stays
     drifted (say its retrained candidate was rejected) is not retrained over and over.
@@ -305,7 +344,9 @@ def due_retrains(db: Database, *, now: datetime | None = None) -> list[Trigger]:
                         func.max(Job.created_at, type_=UTCDateTime()),
                         func.max(case((Job.status.in_(OPEN_JOB_STATUSES), 1), else_=0)),
                     )
-                    .where(Job.tenant_id == policy.tenant_id)
+                    # A merge (trainer.merge) trains nothing: it neither restarts the count nor holds
+                    # a retraining back.
+                    .where(Job.tenant_id == policy.tenant_id, Job.method != MERGE)
                     .group_by(Job.adapter_name)
                 )
             }

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.protocol.wire import WireModel
-from trainer import policy
+from trainer import merge_policy, policy
 
 
 class PolicyIn(BaseModel):
@@ -27,6 +27,21 @@ class PolicyIn(BaseModel):
         description="A grader (as a reinforcement job's): triggered runs train with the reinforcement method on "
         "the adapter's logged prompts, scored by it. null removes it.",
     )
+    merge_above_share: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        allow_inf_nan=False,
+        description="An adapter with at least this share of your chat requests in the last "
+        f"{merge_policy.WINDOW_HOURS:g} h is merged into the base model (the merged version activated if "
+        "auto_promote). null turns it off.",
+    )
+    merge_min_requests: int | None = Field(
+        None,
+        ge=1,
+        le=policy.MAX_MIN_REQUESTS,
+        description="Requests in that window an adapter needs before its share can trigger a merge.",
+    )
 
 
 # model_validate(trainer.policy.PolicyInfo)
@@ -38,6 +53,8 @@ class PolicyOut(WireModel):
     canary_fraction: float
     gates: dict[str, Any] | None
     reward_grader: dict[str, Any] | None = None
+    merge_above_share: float | None = None
+    merge_min_requests: int
     last_triggered_at: datetime | None
 
 

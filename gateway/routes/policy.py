@@ -16,13 +16,16 @@ from trainer.graders import Capabilities
 router = APIRouter(tags=["policy"])
 admin_router = APIRouter(prefix="/admin/tenants/{tenant}", tags=["admin"], dependencies=[AdminDep])
 
+# Fields whose null means something (removed, off): a null sent for one is a change.
+NULLABLE = {"reward_grader", "merge_above_share"}
+
 
 def _update(services: Services, tenant_id: str, tenant_name: str, body: PolicyIn, *, actor: str) -> PolicyOut:
     """Change the policy; its audit event (every field before and after) is in the same transaction."""
     changes = body.model_dump(exclude_none=True)
+    changes |= {key: getattr(body, key) for key in NULLABLE & body.model_fields_set}
     capabilities = Capabilities()
     if "reward_grader" in body.model_fields_set:
-        changes["reward_grader"] = body.reward_grader  # null: removed
         # What the grader routes check a grader against (a sync route: on a thread of the event loop's).
         capabilities = anyio.from_thread.run(services.graders.capabilities)
     after = policy.set_policy(

@@ -29,6 +29,8 @@ DEFAULTS = {
     "canary_fraction": 0.0,
     "gates": GateConfig().to_dict(),
     "reward_grader": None,
+    "merge_above_share": None,
+    "merge_min_requests": 1000,
     "last_triggered_at": None,
 }
 
@@ -120,6 +122,13 @@ def test_put_changes_only_given_fields(api: Api) -> None:
         ({"gates": {"primary_metric": "bleu"}}, "gates.primary_metric"),
         ({"gates": {"noise": {"token_f1": -1}}}, "gates.noise.token_f1"),
         ({"gates": {"min_examples": 0}}, "gates.min_examples"),
+        ({"merge_above_share": 0}, "merge_above_share"),
+        ({"merge_above_share": 1.01}, "merge_above_share"),
+        ({"merge_above_share": "0.5"}, "merge_above_share"),
+        ({"merge_above_share": True}, "merge_above_share"),
+        ({"merge_min_requests": 0}, "merge_min_requests"),
+        ({"merge_min_requests": 2**31}, "merge_min_requests"),
+        ({"merge_min_requests": 10.5}, "merge_min_requests"),
     ],
 )
 def test_put_refuses_bad_values_with_openai_errors(api: Api, payload: dict, param: str) -> None:
@@ -143,6 +152,16 @@ def test_put_a_reward_grader_checked_as_the_grader_routes_check_it(api: Api) -> 
     # other changes leave it; null removes it
     assert ok(c.put("/v1/policy", json={"auto_promote": True}, headers=acme))["reward_grader"] == grader
     assert ok(c.put("/v1/policy", json={"reward_grader": None}, headers=acme))["reward_grader"] is None
+
+
+def test_put_a_merge_share_and_null_turns_it_off(api: Api) -> None:
+    c, acme = api.client, api.keys["acme"]
+    body = ok(c.put("/v1/policy", json={"merge_above_share": 0.5, "merge_min_requests": 200}, headers=acme))
+    assert (body["merge_above_share"], body["merge_min_requests"]) == (0.5, 200)
+    assert ok(c.put("/v1/policy", json={"auto_promote": True}, headers=acme))["merge_above_share"] == 0.5
+    body = ok(c.put("/v1/policy", json={"merge_above_share": None}, headers=acme))
+    assert (body["merge_above_share"], body["merge_min_requests"]) == (None, 200)
+    assert ok(c.get("/v1/policy", headers=api.keys["beta"])) == DEFAULTS  # another tenant's is untouched
 
 
 def test_put_refuses_a_body_that_is_not_json(api: Api) -> None:

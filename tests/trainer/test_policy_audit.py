@@ -28,7 +28,7 @@ def test_a_change_writes_one_event_with_every_field_before_and_after(db: Databas
     assert event.before["auto_promote"] is False and event.after["auto_promote"] is True
     assert set(event.before) == set(event.after) == {
         "retrain", "retrain_min_feedback", "retrain_interval_hours", "auto_promote", "canary_fraction", "gates",
-        "reward_grader",
+        "reward_grader", "merge_above_share", "merge_min_requests",
     }  # fmt: skip
     policy.set_policy(db, tenant, {"canary_fraction": 0.25})  # no actor: nothing recorded
     assert len(events(db, tenant)) == 1

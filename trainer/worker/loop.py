@@ -25,7 +25,7 @@ from core.errors import TailorError
 from core.models import Job
 from core.quotas import Quotas
 from core.states import JobStatus
-from trainer import datasets, hyperparameters, job_queue, job_records, jobs, policy
+from trainer import datasets, hyperparameters, job_queue, job_records, jobs, merge_policy, policy
 from trainer.compute.engine import WorkerEngines
 from trainer.compute.placement import Placement, choose
 from trainer.compute.recipe import TrainingCancelled, TrainingPaused
@@ -112,7 +112,7 @@ class Worker:
     def run_forever(self, stop: threading.Event, poll_s: float = 2.0) -> None:
         """Run jobs until `stop` is set (checked between jobs); requeue dead workers' jobs."""
         log.info("worker %s started", self.worker_id)
-        next_sweep = 0.0
+        next_sweep = next_merge_pass = 0.0
         while not stop.is_set():
             try:
                 # Any worker may sweep: the sweep's conditional updates make it idempotent.
@@ -120,6 +120,9 @@ class Worker:
                     job_queue.requeue_stale(self.db, self.stale_after_s, self.max_attempts)
                     self.trigger_policies()
                     next_sweep = time.monotonic() + min(60.0, self.stale_after_s / 4)
+                if time.monotonic() >= next_merge_pass:
+                    self.trigger_merges()
+                    next_merge_pass = time.monotonic() + merge_policy.PASS_EVERY_S
                 if self.run_once():
                     continue
             except Exception:  # noqa: BLE001 - one bad poll (database away) must not end the worker
@@ -159,6 +162,11 @@ class Worker:
             )
             created.append(job.id)
         return created
+
+    def trigger_merges(self) -> list[str]:
+        """Queue the merges that tenants' policies call for now (see trainer.merge_policy)."""
+        quotas = Quotas.from_settings(self.settings)
+        return merge_policy.queue_merges(self.db, base_model=self.settings.base_model_name, quotas=quotas)
 
     # --- one job ---------------------------------------------------------------
 

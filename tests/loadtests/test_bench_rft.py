@@ -11,6 +11,7 @@ import pytest
 
 from loadtests import bench_rft
 from trainer.files.parsing import parse_jsonl
+from trainer.graders import Capabilities, GradingContext
 from trainer.rewards import check_grader, reward_for
 
 
@@ -21,18 +22,20 @@ def test_rows_are_reinforcement_rows_and_the_grader_is_accepted(name: str) -> No
     assert len(heldout) == 8 and len(train) == len(bench_rft.questions()) - 8
     parsed = parse_jsonl(bench_rft.jsonl(train))  # what the upload checks
     assert parsed.kind == "prompts" and len(parsed.records) == len(train)
-    assert check_grader(task.grader) == task.grader
+    assert check_grader(task.grader, Capabilities()) == task.grader
 
 
-def test_the_graders_score_the_format_not_the_prose() -> None:
-    prefix = reward_for(bench_rft.FORMAT_TASKS["prefix"].grader)
-    assert prefix(["ANSWER: Green", "The colour of grass is green."], [{}, {}]) == [1.0, 0.0]
+async def test_the_graders_score_the_format_not_the_prose() -> None:
+    prefix = reward_for(bench_rft.FORMAT_TASKS["prefix"].grader, GradingContext())
+    scored = await prefix.scores(["ANSWER: Green", "The colour of grass is green."], [{}, {}])
+    assert scored.rewards == [1.0, 0.0]
     codeword = bench_rft.FORMAT_TASKS["codeword"]
     row = codeword.row("What colour is grass?", 3)
     assert row["code"] in row["messages"][-1]["content"]
-    reward = reward_for(codeword.grader)
+    reward = reward_for(codeword.grader, GradingContext())
     other = next(code for code in bench_rft.CODE_WORDS if code != row["code"])
-    assert reward([f"{row['code']}. Green.", "Green.", other], [row, row, row]) == [1.0, 0.0, 0.0]
+    scored = await reward.scores([f"{row['code']}. Green.", "Green.", other], [row, row, row])
+    assert scored.rewards == [1.0, 0.0, 0.0]
 
 
 def test_unseen_questions_are_never_trained_on() -> None:

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-TASKS = ("prefix", "codeword")
+TASKS = ("prefix", "codeword", "ok_case", "codeword_case")
 # Question templates x fillers: distinct, short questions a small model answers in a sentence.
 _TEMPLATES = (
     ("What colour is {}?", ("the sky", "grass", "snow", "a banana", "coal", "a tomato", "the sea", "milk")),
@@ -65,18 +65,35 @@ def questions() -> list[str]:
 
 
 @dataclass(frozen=True)
+class Demonstration:
+    """An earlier exchange a row shows before its question (OpenAI's rows may carry assistant
+    turns): the format done once, in the rows whose index is a multiple of `every`."""
+
+    question: str
+    answer: str
+    every: int = 1
+
+    def shown_in(self, index: int) -> bool:
+        return index % self.every == 0
+
+
+@dataclass(frozen=True)
 class FormatTask:
     name: str
     system: str | None  # the system prompt that asks for the format, if the task has one
     ask: Callable[[str, dict[str, Any]], str]  # the user's turn, from the question and the row's fields
     fields: Callable[[int], dict[str, Any]]  # the row's fields for the grader, from its index
     grader: dict[str, Any]
+    demonstration: Demonstration | None = None
 
     def row(self, question: str, index: int) -> dict[str, Any]:
-        """One RFT row: messages ending with the user's turn (no answer: a reinforcement row
-        has none), plus the fields the grader reads."""
+        """One RFT row: messages ending with the user's turn (no answer to it: a reinforcement
+        row has none; a demonstrated exchange may come first), plus the fields the grader reads."""
         extra = self.fields(index)
         messages = [{"role": "system", "content": self.system}] if self.system else []
+        shown = self.demonstration
+        if shown is not None and shown.shown_in(index):
+            messages += [{"role": "user", "content": shown.question}, {"role": "assistant", "content": shown.answer}]
         messages.append({"role": "user", "content": self.ask(question, extra)})
         return {"messages": messages, **extra}
 
@@ -93,6 +110,17 @@ def _contains(name: str, reference: str) -> dict[str, Any]:
 
 
 CODE_WORDS = ("ZEBRA", "MAPLE", "COMET", "TULIP", "RIVER", "AMBER", "FALCON", "CEDAR")
+# The demonstrated question; it is none of the generated ones, so no unseen question is shown.
+SHOWN_QUESTION = "Name a colour."
+
+
+def say_code_word(question: str, extra: dict[str, Any]) -> str:
+    return f"{question} Say the code word {extra['code']} first."
+
+
+def code_word(index: int) -> dict[str, Any]:
+    return {"code": CODE_WORDS[index % len(CODE_WORDS)]}
+
 
 FORMAT_TASKS = {
     "prefix": FormatTask(
@@ -103,11 +131,24 @@ FORMAT_TASKS = {
         _contains("starts with the marker", "ANSWER:"),
     ),
     "codeword": FormatTask(
-        "codeword",
+        "codeword", None, say_code_word, code_word, _contains("says the row's code word", "{{ item.code }}")
+    ),
+    # The rows show the format once, in the wrong case; the graders are case-sensitive.
+    "ok_case": FormatTask(
+        "ok_case",
+        "Always start your reply with 'OK:'.",
+        lambda question, _: question,
+        lambda _: {},
+        _contains("starts with the marker", "OK:"),
+        Demonstration(SHOWN_QUESTION, "Ok: Blue."),
+    ),
+    "codeword_case": FormatTask(
+        "codeword_case",
         None,
-        lambda question, extra: f"{question} Say the code word {extra['code']} first.",
-        lambda i: {"code": CODE_WORDS[i % len(CODE_WORDS)]},
+        say_code_word,
+        code_word,
         _contains("says the row's code word", "{{ item.code }}"),
+        Demonstration(say_code_word(SHOWN_QUESTION, {"code": "OAK"}), "The code word is oak. Blue."),
     ),
 }
 

@@ -55,7 +55,11 @@ to 8 unseen questions) - the goal being at most 0.3 before and at least 0.8 afte
   0.12, 0.56, 0.44, 0.31, then 0.875 after (`The code word MAPLE first`), 370 s of training
   (side by side with ok_case). Without the demonstration: 0.375 before and after.
 Both case tasks met the goal with the same settings; neither carried the format over to
-prompts that show no example.
+prompts that show no example. Through Tailor (`python -m loadtests.bench_rft --task ok_case
+--task codeword_case`, the defaults, the jobs' own evaluation on the engine; 343 s in all on
+an otherwise idle machine): ok_case 0.0 -> 1.0, mean reward per step 0.0, 0.0, 0.06, 0.19,
+0.88, 1.0, 72 s between the first and last step (156 s for the job); codeword_case 0.0 ->
+0.875, 0.12, 0.19, 0.44, 0.62, 0.94, 0.94, 87 s (146 s); both promoted.
 """
 
 from __future__ import annotations

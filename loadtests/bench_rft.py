@@ -12,28 +12,54 @@ events' mean grader score over the sampled answers) is saved as <out-dir>/rft_<t
 
 The tasks are output formats the prompt asks for and the base model (SmolLM2-135M-Instruct)
 seldom follows; the questions are generated here (`questions`: templates x fillers), split so
-that no validation question is trained on. A reinforcement row has no answer in it (messages
-end with the user's turn, and none is the assistant's), so the format is asked for in words:
+that no validation question is trained on. A reinforcement row has no answer to its last
+turn, so the format is asked for in words, and may be shown once before it (an earlier
+exchange, as OpenAI's rows allow: `Demonstration`, in every row or every n-th):
 
 - prefix: the system prompt asks for replies that start with `ANSWER:` (grader: the reply
   contains it, `like`);
 - codeword: the user's turn asks for the row's code word first (grader: the reply contains
-  the row's `{{ item.code }}`): the reference differs per row.
+  the row's `{{ item.code }}`): the reference differs per row;
+- ok_case: the system prompt asks for `OK:` first and the rows show an answer starting
+  `Ok:` (grader: contains `OK:`);
+- codeword_case: as codeword, and the rows show an answer that says the code word in
+  lower case (`The code word is oak.`).
 
-Answers are cut at --max-completion-length tokens both while training and when graded, so
-"contains" means "near the start". The same hyperparameters serve every task: by default 6
-steps of 2 prompts x 8 sampled answers of 6 tokens, LoRA (auto's rank) at 40 x the
-reinforcement base rate (2e-3): GRPO only learns from groups whose answers scored
-differently, and a few steps have to move far.
+The graders are case-sensitive: in the last two a model that copies the demonstration
+scores 0, one that does what the prompt asks scores 1. Answers are cut at
+--max-completion-length tokens both while training and when graded, so "contains" means
+"near the start". The same hyperparameters serve every task: by default 6 steps of 2
+prompts x 8 sampled answers of 6 tokens, LoRA (auto's rank) at 40 x the reinforcement base
+rate (2e-3): GRPO only learns from groups whose answers scored differently, and a few steps
+have to move far.
 
-Measured on the 2-core CPU (the shipped trainer, trainer.compute.launch, on 16 of these
-training rows, and greedy answers to 8 unseen questions): codeword 0.375 before, 1.0 after
-6 steps (mean reward per step 0.06, 0.25, 0.75, 0.62, 0.94, 0.94; 504 s of training on a
-machine shared with other runs); through Tailor (tests/integration/test_reinforcement_live.py,
-the same rows and settings) 0.375 before, 0.875 after, 278 s of training. prefix: the base
-model's sampled answers never carried the marker (mean reward 0 in each of 5 steps), so there
-was nothing to learn from: a reinforcement job needs a task the model already gets right some
-of the time.
+Measured on the 2-core CPU (the shipped trainer, trainer.compute.launch, and greedy answers
+to 8 unseen questions) - the goal being at most 0.3 before and at least 0.8 after:
+- codeword (16 training rows): 0.375 before, 1.0 after 6 steps (mean reward per step 0.06,
+  0.25, 0.75, 0.62, 0.94, 0.94; 504 s of training on a machine shared with other runs);
+  through Tailor (tests/integration/test_reinforcement_live.py, the same rows and settings)
+  0.375 before, 0.875 after, 278 s of training;
+- prefix: the base model's sampled answers never carried the marker (mean reward 0 in each
+  of 5 steps), so there was nothing to learn from: a reinforcement job needs a task the
+  model already gets right some of the time. Showing the format in a quarter of the rows
+  (tried, not kept as a task: `ANSWER: Blue.`) made 79% of the sampled answers to those rows carry it, yet 6 steps
+  that drew shown rows in their first step only did not carry it over to the others (0.25
+  before and after on unseen rows, 2 of 8 of them shown; 0.0 and 0.0 shown none);
+- ok_case (40 training rows): the base model's greedy answers neither copy `Ok:` nor say
+  `OK:` (0.0 before), 6% of its sampled answers say `OK:`; mean reward per step 0.0, 0.0,
+  0.06, 0.12, 0.88, 1.0, then 1.0 after (`OK: Alaska.`, `OK: Key.`), 254 s of training
+  (two runs side by side). Unseen questions asked without the demonstration: 0.0 before,
+  0.125 after: it learned the format where the prompt shows one, not in general;
+- codeword_case (40 training rows): 0.125 before (greedy answers copy the lower case:
+  `The code word is zebra`), 6% of sampled answers right; mean reward per step 0.0, 0.25,
+  0.12, 0.56, 0.44, 0.31, then 0.875 after (`The code word MAPLE first`), 370 s of training
+  (side by side with ok_case). Without the demonstration: 0.375 before and after.
+Both case tasks met the goal with the same settings; neither carried the format over to
+prompts that show no example. Through Tailor (`python -m loadtests.bench_rft --task ok_case
+--task codeword_case`, the defaults, the jobs' own evaluation on the engine; 343 s in all on
+an otherwise idle machine): ok_case 0.0 -> 1.0, mean reward per step 0.0, 0.0, 0.06, 0.19,
+0.88, 1.0, 72 s between the first and last step (156 s for the job); codeword_case 0.0 ->
+0.875, 0.12, 0.19, 0.44, 0.62, 0.94, 0.94, 87 s (146 s); both promoted.
 """
 
 from __future__ import annotations
@@ -48,7 +74,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-TASKS = ("prefix", "codeword")
+TASKS = ("prefix", "codeword", "ok_case", "codeword_case")
 # Question templates x fillers: distinct, short questions a small model answers in a sentence.
 _TEMPLATES = (
     ("What colour is {}?", ("the sky", "grass", "snow", "a banana", "coal", "a tomato", "the sea", "milk")),
@@ -65,18 +91,35 @@ def questions() -> list[str]:
 
 
 @dataclass(frozen=True)
+class Demonstration:
+    """An earlier exchange a row shows before its question (OpenAI's rows may carry assistant
+    turns): the format done once, in the rows whose index is a multiple of `every`."""
+
+    question: str
+    answer: str
+    every: int = 1
+
+    def shown_in(self, index: int) -> bool:
+        return index % self.every == 0
+
+
+@dataclass(frozen=True)
 class FormatTask:
     name: str
     system: str | None  # the system prompt that asks for the format, if the task has one
     ask: Callable[[str, dict[str, Any]], str]  # the user's turn, from the question and the row's fields
     fields: Callable[[int], dict[str, Any]]  # the row's fields for the grader, from its index
     grader: dict[str, Any]
+    demonstration: Demonstration | None = None
 
     def row(self, question: str, index: int) -> dict[str, Any]:
-        """One RFT row: messages ending with the user's turn (no answer: a reinforcement row
-        has none), plus the fields the grader reads."""
+        """One RFT row: messages ending with the user's turn (no answer to it: a reinforcement
+        row has none; a demonstrated exchange may come first), plus the fields the grader reads."""
         extra = self.fields(index)
         messages = [{"role": "system", "content": self.system}] if self.system else []
+        shown = self.demonstration
+        if shown is not None and shown.shown_in(index):
+            messages += [{"role": "user", "content": shown.question}, {"role": "assistant", "content": shown.answer}]
         messages.append({"role": "user", "content": self.ask(question, extra)})
         return {"messages": messages, **extra}
 
@@ -93,6 +136,17 @@ def _contains(name: str, reference: str) -> dict[str, Any]:
 
 
 CODE_WORDS = ("ZEBRA", "MAPLE", "COMET", "TULIP", "RIVER", "AMBER", "FALCON", "CEDAR")
+# The demonstrated question; it is none of the generated ones, so no unseen question is shown.
+SHOWN_QUESTION = "Name a colour."
+
+
+def say_code_word(question: str, extra: dict[str, Any]) -> str:
+    return f"{question} Say the code word {extra['code']} first."
+
+
+def code_word(index: int) -> dict[str, Any]:
+    return {"code": CODE_WORDS[index % len(CODE_WORDS)]}
+
 
 FORMAT_TASKS = {
     "prefix": FormatTask(
@@ -103,11 +157,24 @@ FORMAT_TASKS = {
         _contains("starts with the marker", "ANSWER:"),
     ),
     "codeword": FormatTask(
-        "codeword",
+        "codeword", None, say_code_word, code_word, _contains("says the row's code word", "{{ item.code }}")
+    ),
+    # The rows show the format once, in the wrong case; the graders are case-sensitive.
+    "ok_case": FormatTask(
+        "ok_case",
+        "Always start your reply with 'OK:'.",
+        lambda question, _: question,
+        lambda _: {},
+        _contains("starts with the marker", "OK:"),
+        Demonstration(SHOWN_QUESTION, "Ok: Blue."),
+    ),
+    "codeword_case": FormatTask(
+        "codeword_case",
         None,
-        lambda question, extra: f"{question} Say the code word {extra['code']} first.",
-        lambda i: {"code": CODE_WORDS[i % len(CODE_WORDS)]},
+        say_code_word,
+        code_word,
         _contains("says the row's code word", "{{ item.code }}"),
+        Demonstration(say_code_word(SHOWN_QUESTION, {"code": "OAK"}), "The code word is oak. Blue."),
     ),
 }
 

@@ -4,8 +4,10 @@ graders the job accepts, the split keeps unseen questions unseen, and the report
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import datetime, timezone
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -13,6 +15,10 @@ from loadtests import bench_rft
 from trainer.files.parsing import parse_jsonl
 from trainer.graders import Capabilities, GradingContext
 from trainer.rewards import check_grader, reward_for
+
+
+async def rewards(grader: dict[str, Any], answers: list[str], rows: list[dict[str, Any]]) -> list[float]:
+    return (await reward_for(grader, GradingContext()).scores(answers, rows)).rewards
 
 
 @pytest.mark.parametrize("name", bench_rft.TASKS)
@@ -26,16 +32,29 @@ def test_rows_are_reinforcement_rows_and_the_grader_is_accepted(name: str) -> No
 
 
 async def test_the_graders_score_the_format_not_the_prose() -> None:
-    prefix = reward_for(bench_rft.FORMAT_TASKS["prefix"].grader, GradingContext())
-    scored = await prefix.scores(["ANSWER: Green", "The colour of grass is green."], [{}, {}])
-    assert scored.rewards == [1.0, 0.0]
+    prefix = bench_rft.FORMAT_TASKS["prefix"].grader
+    assert await rewards(prefix, ["ANSWER: Green", "The colour of grass is green."], [{}, {}]) == [1.0, 0.0]
     codeword = bench_rft.FORMAT_TASKS["codeword"]
     row = codeword.row("What colour is grass?", 3)
     assert row["code"] in row["messages"][-1]["content"]
-    reward = reward_for(codeword.grader, GradingContext())
     other = next(code for code in bench_rft.CODE_WORDS if code != row["code"])
-    scored = await reward.scores([f"{row['code']}. Green.", "Green.", other], [row, row, row])
-    assert scored.rewards == [1.0, 0.0, 0.0]
+    answers = [f"{row['code']}. Green.", "Green.", other]
+    assert await rewards(codeword.grader, answers, [row, row, row]) == [1.0, 0.0, 0.0]
+
+
+async def test_a_demonstration_shows_the_format_in_the_wrong_case() -> None:
+    task = bench_rft.FORMAT_TASKS["codeword_case"]
+    row = task.row("What colour is grass?", 3)
+    *shown, asked = row["messages"]
+    assert [m["role"] for m in shown] == ["user", "assistant"] and asked["role"] == "user"
+    assert "oak" in shown[1]["content"] and row["code"] in asked["content"]
+    assert shown[0]["content"] not in bench_rft.questions()  # no question is shown before it is asked
+    assert await rewards(task.grader, [row["code"].lower(), row["code"]], [row, row]) == [0.0, 1.0]
+    ok = bench_rft.FORMAT_TASKS["ok_case"]
+    assert ok.demonstration is not None
+    assert await rewards(ok.grader, [ok.demonstration.answer, "OK: Blue."], [{}, {}]) == [0.0, 1.0]
+    every_other = replace(ok, demonstration=bench_rft.Demonstration("Name a colour.", "OK: Blue.", every=2))
+    assert [len(every_other.row("Q?", i)["messages"]) for i in range(3)] == [4, 2, 4]
 
 
 def test_unseen_questions_are_never_trained_on() -> None:

@@ -197,17 +197,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = run.train(recipe)
     except TrainingCancelled as e:
         write_progress(progress, {"event": "cancelled", "step": e.step})
-        return EXIT_CANCELLED
+        return _leave_process_group(EXIT_CANCELLED)
     except TrainingPaused as e:
         write_progress(progress, {"event": "paused", **e.as_json()})
-        return EXIT_PAUSED
+        return _leave_process_group(EXIT_PAUSED)
     except TailorError as e:
         write_progress(
             progress, {"event": "error", "status": e.status, "message": e.message, "code": e.code, "param": e.param}
         )
-        return EXIT_REFUSED
+        return _leave_process_group(EXIT_REFUSED)
     write_progress(progress, {"event": "result", **result.as_json()})
-    return 0
+    return _leave_process_group(0)
+
+
+def _leave_process_group(code: int) -> int:
+    """Wait for every rank, then tear the process group down; returns `code`.
+
+    Without this a rank that finishes first (not rank 0, which still saves the adapter)
+    exits while its peers' connections are open: gloo may then throw in its I/O thread and
+    abort the process (SIGABRT), and the launcher fails a run that had succeeded.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    return code
 
 
 if __name__ == "__main__":

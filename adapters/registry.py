@@ -112,6 +112,9 @@ class VersionInfo:
     active: bool
     created_at: datetime
     kind: VersionKind = VersionKind.ADAPTER
+    # An adapter's base model as registered (a configured base's name, or for rows from before
+    # several bases its checkpoint directory's); a full model's architecture.
+    base_model: str = ""
 
 
 @dataclass(frozen=True)

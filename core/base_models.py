@@ -95,6 +95,12 @@ def configured_bases(
         # as a single URL-served base does: training and validation read it.
         entry_path = Path(entry.path) if entry.path else (path if index == 0 else None)
         bases.append(
-            BaseModelConfig(name=entry_name, path=entry_path, engine_urls=tuple(entry.engine_urls), default=index == 0)
+            BaseModelConfig(
+                name=entry_name,
+                path=entry_path,
+                engine_urls=tuple(entry.engine_urls),
+                default=index == 0,
+                api_key=entry.api_key or api_key,
+            )
         )
     return tuple(bases)

@@ -118,6 +118,7 @@ def _merge(services: Services, who: tuple[str, str], name: str, body: MergeStart
         actor=who[1],
         base_model=services.settings.base_model_name,
         quotas=Quotas.from_settings(services.settings),
+        other_bases=services.base_names[1:],
     )
     return MergeOut.model_validate(info)
 

@@ -71,6 +71,12 @@ def test_another_base_gets_a_child_engine_of_its_own(tmp_path: Path) -> None:
     assert big.log_file != default.log_file
 
 
+def test_a_base_sends_its_own_engine_key_or_the_common_one(tmp_path: Path) -> None:
+    entries = {"a": {"engine_urls": ["http://a:1"], "api_key": "sk-a"}, "b": {"engine_urls": ["http://b:1"]}}
+    s = Settings(data_dir=tmp_path, base_models=entries, engine_api_key="sk-all")
+    assert [b.api_key.get_secret_value() for b in s.bases if b.api_key] == ["sk-a", "sk-all"]
+
+
 def test_the_trainer_gets_no_base_engine_key(tmp_path: Path) -> None:
     entries = {"small": {"engine_urls": ["http://s:1"], "api_key": "sk-engine"}}
     env = settings_env(Settings(data_dir=tmp_path, base_models=entries))

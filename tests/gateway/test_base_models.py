@@ -49,7 +49,7 @@ async def run(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Running
     (half_dir / "config.json").write_text(json.dumps({**TINY_CONFIG, "num_hidden_layers": 1}))
     bases = {
         BASE: {"path": str(tmp / "tiny-llama"), "engine_urls": [ENGINE]},
-        HALF: {"path": str(half_dir), "engine_urls": [HALF_ENGINE]},
+        HALF: {"path": str(half_dir), "engine_urls": [HALF_ENGINE], "api_key": "sk-half"},
     }
     half = FakeVLLM(base=HALF)
     async with running_gateway(tmp, other_engines={HALF_ENGINE: half}, base_models=bases) as running:
@@ -102,7 +102,8 @@ async def test_each_base_answers_on_its_own_engines(run: Running) -> None:
         assert r.status_code == 200, r.text
         validate(r.json(), "CreateChatCompletionResponse")
     assert [s.body["model"] for s in run.fake.completions()[before_default:]] == [BASE]
-    assert [s.body["model"] for s in half.completions()[before_half:]] == [HALF]
+    [seen] = half.completions()[before_half:]
+    assert (seen.body["model"], seen.authorization) == (HALF, "Bearer sk-half")  # its own engine key
 
 
 async def test_an_adapter_serves_on_the_base_it_was_registered_for(run: Running) -> None:
@@ -155,3 +156,11 @@ async def test_fine_tuning_stays_on_the_default_base(run: Running) -> None:
         body = {"model": model, "training_file": "file-nope"}
         r = await run.http.post("/v1/fine_tuning/jobs", json=body, headers=run.auth)  # type: ignore[attr-defined]
         assert error_of(r, 400, param="model")["code"] == "unsupported_base_model"
+
+
+async def test_merges_stay_on_the_default_base(run: Running) -> None:
+    source = write_tiny_adapter(run.tmp / f"merged-{next(serial)}", layers=1, made_for=HALF)
+    r = await _upload(run, "half-merged", source, base_model=HALF)
+    assert r.status_code == 201, r.text
+    r = await run.http.post("/v1/adapters/half-merged/merge", json={}, headers=run.auth)  # type: ignore[attr-defined]
+    assert error_of(r, 400, param="version")["code"] == "unsupported_base_model"

@@ -1,13 +1,13 @@
 """The model names a tenant can call, as `GET /v1/models` lists them.
 
-Exactly what `adapters.registry.route` accepts: the base model, each adapter's bare name
+Exactly what a request's `model` accepts: every base model (core.base_models), each adapter's bare name
 while it has an active version (its alias), every servable version pinned as `name@vN`
 (candidates, canaries, retired ones: anything not training or failed), and every stored
 checkpoint of the tenant's fine-tuning jobs, `name:ftjob-...:ckpt-step-N`
 (adapters.checkpoints). Nothing of another tenant. Two queries read a tenant's names,
 however many adapters, versions and checkpoints it has.
 
-Names come in a fixed order, the base model first and then by adapter name: each alias
+Names come in a fixed order, the base models first (as configured) and then by adapter name: each alias
 before its versions in version order, then that adapter name's checkpoints by job and step,
 so that `after` pages through them: a page starts past where the cursor's name sorts, even
 if that name was deleted in between.
@@ -15,7 +15,7 @@ if that name was deleted in between.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -90,15 +90,15 @@ def _names(rows: Iterable[Any], checkpoint_rows: Iterable[Any] = ()) -> list[Mod
         model = checkpoints.checkpoint_model(adapter_name, job_id, step)
         saved[model] = max(created, saved.get(model, created))
     names += [ModelName(id=model, kind="checkpoint", created=created) for model, created in saved.items()]
-    return sorted(names, key=lambda n: sort_key(n.id, base_model_name=None))
+    return sorted(names, key=lambda n: sort_key(n.id, bases=()))
 
 
-def sort_key(model: str, *, base_model_name: str | None) -> tuple[int, str, int, int | str, int]:
-    """Where `model` sorts in a listing: the base model first, then by adapter name its alias,
-    its versions `name@vN` by N, its checkpoints by job and step. Any string has a place, so
-    any string works as a cursor."""
-    if model == base_model_name:
-        return (0, "", 0, 0, 0)
+def sort_key(model: str, *, bases: Sequence[str]) -> tuple[int, str, int, int | str, int]:
+    """Where `model` sorts in a listing: the base models first, in their configured order, then
+    by adapter name its alias, its versions `name@vN` by N, its checkpoints by job and step.
+    Any string has a place, so any string works as a cursor."""
+    if model in bases:
+        return (0, "", 0, bases.index(model), 0)
     checkpoint = checkpoints.parse(model)
     if checkpoint is not None:
         return (1, checkpoint.adapter_name, 2, checkpoint.job_id, checkpoint.step)
@@ -108,17 +108,17 @@ def sort_key(model: str, *, base_model_name: str | None) -> tuple[int, str, int,
     return (1, model, 0, 0, 0)
 
 
-def list_names(db: Database, tenant_id: str, *, base_model_name: str) -> list[ModelName]:
+def list_names(db: Database, tenant_id: str, *, bases: Sequence[str]) -> list[ModelName]:
     """Every name the tenant can call, in listing order."""
     with db.session() as s:
         rows = s.execute(_rows(tenant_id)).all()
         checkpoint_rows = s.execute(_checkpoint_rows(tenant_id)).all()
-    return [ModelName(id=base_model_name, kind="base"), *_names(rows, checkpoint_rows)]
+    return [*(ModelName(id=base, kind="base") for base in bases), *_names(rows, checkpoint_rows)]
 
 
-def find_name(db: Database, tenant_id: str, model: str, *, base_model_name: str) -> ModelName:
+def find_name(db: Database, tenant_id: str, model: str, *, bases: Sequence[str]) -> ModelName:
     """`model` if the tenant can call it; 404 `model_not_found` (the same for another tenant's names)."""
-    if model == base_model_name:
+    if model in bases:
         return ModelName(id=model, kind="base")
     checkpoint = checkpoints.parse(model)
     rows: list[Any] = []
@@ -139,13 +139,13 @@ def find_name(db: Database, tenant_id: str, model: str, *, base_model_name: str)
     return found
 
 
-def page(names: list[ModelName], *, after: str | None, limit: int | None, base_model_name: str) -> Page:
+def page(names: list[ModelName], *, after: str | None, limit: int | None, bases: Sequence[str]) -> Page:
     """The names past `after` (a name from an earlier page), at most `limit` of them (None: all)."""
     if limit is not None and not 1 <= limit <= MAX_LIMIT:
         raise bad_request(f"limit must be between 1 and {MAX_LIMIT}.", param="limit")
     if after:
-        cursor = sort_key(after, base_model_name=base_model_name)
-        names = [n for n in names if sort_key(n.id, base_model_name=base_model_name) > cursor]
+        cursor = sort_key(after, bases=bases)
+        names = [n for n in names if sort_key(n.id, bases=bases) > cursor]
     if limit is None:
         return Page(names=names, has_more=False)
     return Page(names=names[:limit], has_more=len(names) > limit)

@@ -20,7 +20,8 @@ from adapters.archives import extract_archive
 from adapters.audit_log import describe_version, record_change
 from adapters.store import AdapterStore
 from adapters.validation import BaseModelSpec, validate_adapter_name
-from adapters.version_files import validate_version_dir
+from adapters.version_files import VersionFiles, validate_version_dir
+from core.base_models import BaseModelConfig
 from core.config import Settings
 from core.db import Database
 from core.errors import TailorError, bad_request, not_found
@@ -39,16 +40,61 @@ class ValidationLimits:
     # What a tenant may keep; None: the defaults of the process's settings.
     quotas: Quotas | None = None
     max_model_bytes: int = 20_000_000_000  # a full-model version (a complete checkpoint)
+    # The configured base (core.base_models) an adapter is recorded for; None: `base`'s name.
+    base_name: str | None = None
+    # Every configured base's name: no adapter may take one.
+    base_names: frozenset[str] = frozenset()
+    # What the other configured bases are called (names, checkpoint directories): an adapter
+    # whose config names one of them was made for that base, not this one.
+    other_bases: frozenset[str] = frozenset()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ValidationLimits:
+    def from_settings(cls, settings: Settings, base: BaseModelConfig | None = None) -> ValidationLimits:
+        """The limits of adapters for `base` (default: the default base)."""
+        base = base or settings.bases[0]
         return cls(
-            base=BaseModelSpec.from_config_dir(settings.base_model_path),
+            base=base_spec(base),
             max_rank=settings.engine_max_lora_rank,
             max_bytes=settings.max_adapter_bytes,
             quotas=Quotas.from_settings(settings),
             max_model_bytes=settings.max_model_bytes,
+            base_name=base.name,
+            base_names=frozenset(b.name for b in settings.bases),
+            other_bases=frozenset().union(*(_called(b) for b in settings.bases)) - _called(base),
         )
+
+
+def _called(base: BaseModelConfig) -> frozenset[str]:
+    """The names an adapter's base_model_name_or_path may know `base` by."""
+    return frozenset({base.name, *([base.path.resolve().name] if base.path else [])})
+
+
+def base_spec(base: BaseModelConfig) -> BaseModelSpec:
+    """What adapters for `base` must fit, from its checkpoint's config.json."""
+    if base.path is None:
+        raise bad_request(
+            f"Base model {base.name!r} is served by engine URLs only; no adapter can be checked against it "
+            '(give it a "path" in TAILOR_BASE_MODELS).',
+            code="base_model_without_config",
+            param="base_model",
+        )
+    return BaseModelSpec.from_config_dir(base.path)
+
+
+def choose_base(settings: Settings, name: str | None) -> BaseModelConfig:
+    """The base an adapter is registered for: the one named, or the default; 400
+    `unknown_base_model` for a name no base has (never read as a path or a URL)."""
+    if name is None:
+        return settings.bases[0]
+    base = settings.base(name)
+    if base is None:
+        shown = name if len(name) <= 80 else name[:80] + "..."
+        raise bad_request(
+            f"Unknown base model {shown!r}; GET /v1/models lists the base models.",
+            code="unknown_base_model",
+            param="base_model",
+        )
+    return base
 
 
 @dataclass(frozen=True)
@@ -66,6 +112,9 @@ class VersionInfo:
     active: bool
     created_at: datetime
     kind: VersionKind = VersionKind.ADAPTER
+    # An adapter's base model as registered (a configured base's name, or for rows from before
+    # several bases its checkpoint directory's); a full model's architecture.
+    base_model: str = ""
 
 
 @dataclass(frozen=True)
@@ -92,6 +141,9 @@ class ResolvedModel:
     created_at: datetime | None = None
     # A full model is served by engines of its own (adapters.dedicated), not on the base's.
     kind: VersionKind = VersionKind.ADAPTER
+    # The base model it runs on, as its version recorded it; None or a name no base has
+    # (rows from before several bases): the default base.
+    base: str | None = None
 
     @property
     def is_base(self) -> bool:
@@ -169,7 +221,7 @@ def register_dir(
     """
     lineage = lineage or Lineage()
     validate_adapter_name(name)
-    if name == base_model_name:
+    if name == base_model_name or name in limits.base_names:
         raise bad_request(f"Adapter name {name!r} is the base model's name.", param="name")
     manifest = validate_version_dir(
         source_dir,
@@ -177,6 +229,7 @@ def register_dir(
         max_rank=limits.max_rank,
         max_bytes=limits.max_bytes,
         max_model_bytes=limits.max_model_bytes,
+        other_bases=limits.other_bases,
     )
     quotas, adding = operator_quotas(limits.quotas), Usage(stored_bytes=manifest.total_bytes, adapter_versions=1)
     # Before the store write, so a refused version leaves no files behind; checked again
@@ -208,7 +261,7 @@ def register_dir(
                     rank=manifest.rank,
                     alpha=float(manifest.alpha),
                     target_modules=list(manifest.target_modules),
-                    base_model=manifest.base_model,
+                    base_model=recorded_base(manifest, limits),
                     kind=manifest.kind,
                     size_bytes=manifest.total_bytes,
                     state=VersionState.ACTIVE if activate else (state or VersionState.REGISTERED),
@@ -275,6 +328,14 @@ def register_archive(
             source="upload",
             activate=activate,
         )
+
+
+def recorded_base(manifest: VersionFiles, limits: ValidationLimits) -> str:
+    """What a version row records as its base: an adapter's configured base (the pool it
+    serves on), a full model's architecture."""
+    if manifest.kind == VersionKind.ADAPTER and limits.base_name:
+        return limits.base_name
+    return manifest.base_model
 
 
 @dataclass(frozen=True)
@@ -360,6 +421,7 @@ def _resolved(public_name: str, v: AdapterVersion) -> ResolvedModel:
         digest=v.digest,
         created_at=v.created_at,
         kind=version_kind(v),
+        base=v.base_model,
     )
 
 

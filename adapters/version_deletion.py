@@ -18,6 +18,7 @@ engines is the caller's (the gateway's engine pool), after this returns. A job's
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -49,20 +50,20 @@ class DeletedVersion:
 
 
 def delete_version(
-    db: Database, store: AdapterStore, tenant_id: str, model: str, *, base_model_name: str, actor: str
+    db: Database, store: AdapterStore, tenant_id: str, model: str, *, bases: Sequence[str], actor: str
 ) -> DeletedVersion:
     """Delete the tenant's version `model` (`name@vN`) and record `adapter.version.delete` by
     `actor` in the same transaction; 404 `model_not_found` for any name the tenant cannot
     call (another tenant's included), 400 for the base model, an alias, the active version
     or a canary."""
-    if model == base_model_name:
+    if model in bases:
         raise bad_request(
             f"`{model}` is the base model and cannot be deleted; only fine-tuned models (`name@vN`) can.",
             code="cannot_delete_base_model",
             param="model",
         )
     if checkpoints.parse(model) is not None:
-        route(db, tenant_id, model, base_model_name)  # 404 for a checkpoint the tenant cannot call
+        route(db, tenant_id, model, bases[0])  # 404 for a checkpoint the tenant cannot call
         raise bad_request(
             f"`{model}` is a checkpoint of a fine-tuning job, kept with its job; checkpoints cannot be "
             "deleted one by one.",

@@ -24,6 +24,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from core.base_models import BaseModelConfig, BaseModelEntry, check_base_names, configured_bases
+
 DEFAULT_MODEL_DIR = Path("models/SmolLM2-135M-Instruct")
 # Default cap on gateway processes per host. Each process keeps its own database pool (up to
 # 30 connections: core.db), so 8 processes on each of 3 gateway hosts could already ask
@@ -74,6 +76,14 @@ class Settings(BaseSettings):
     )
     base_model_name: str = Field(
         "SmolLM2-135M-Instruct", description="The `model` name clients use for the base model."
+    )
+    base_models: dict[str, BaseModelEntry] = Field(
+        default_factory=dict,
+        description='Several base models, JSON {"NAME": {"path": "/dir"} or {"engine_urls": ["http://..."], '
+        '"api_key": "..."}, ...}: each served on engines of its own (a child engine on `path`, or the URLs\' vLLM '
+        "servers, which serve it as NAME, sent its api_key or TAILOR_ENGINE_API_KEY); `path` is also what its "
+        "adapters are checked against. The first is the default base and sets TAILOR_BASE_MODEL_NAME, "
+        "TAILOR_ENGINE_URLS and (with a path) TAILOR_BASE_MODEL_PATH. Unset: the one base those three describe.",
     )
     engine_port: int = Field(
         0,
@@ -446,6 +456,11 @@ class Settings(BaseSettings):
                 raise ValueError(f"TAILOR_DEDICATED_ENGINE_URLS values are http(s) URLs, not {url!r}")
         return {digest: url.rstrip("/") for digest, url in value.items()}
 
+    @field_validator("base_models")
+    @classmethod
+    def _check_base_names(cls, value: dict[str, BaseModelEntry]) -> dict[str, BaseModelEntry]:
+        return check_base_names(value)
+
     @field_validator("trusted_proxies")
     @classmethod
     def _check_proxies(cls, value: list[str]) -> list[str]:
@@ -485,10 +500,29 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _default_base(self) -> Settings:
+        # The first of TAILOR_BASE_MODELS is the default base: everything that reads the single
+        # base's settings (fine-tuning, metering) reads it there.
+        if not self.base_models:
+            return self
+        name, entry = next(iter(self.base_models.items()))
+        for field_name, value in (("base_model_name", name), ("engine_urls", entry.engine_urls)):
+            if field_name in self.model_fields_set and getattr(self, field_name) != value:
+                raise ValueError(
+                    f"TAILOR_{field_name.upper()} disagrees with TAILOR_BASE_MODELS, whose first entry "
+                    f"({name!r}) is the default base: leave it unset"
+                )
+        self.base_model_name, self.engine_urls = name, list(entry.engine_urls)
+        if entry.path:
+            self.base_model_path = Path(entry.path)
+        return self
+
+    @model_validator(mode="after")
     def _check_adapter_source(self) -> Settings:
         # The engines' key is what lets an engine read adapters from the gateway: without one,
         # anybody who reaches the gateway could download every tenant's weights.
-        if self.engine_adapter_source == "url" and self.engine_urls and self.engine_api_key is None:
+        keyless = any(base.engine_urls and base.api_key is None for base in self.bases)
+        if self.engine_adapter_source == "url" and keyless:
             raise ValueError(
                 "TAILOR_ENGINE_ADAPTER_SOURCE=url needs TAILOR_ENGINE_API_KEY: engines fetch adapters with it"
             )
@@ -503,6 +537,21 @@ class Settings(BaseSettings):
         if self.blob_store_url is None:
             self.blob_store_url = str((self.data_dir / "blobs").resolve())
         return self
+
+    @property
+    def bases(self) -> tuple[BaseModelConfig, ...]:
+        """Every base model Tailor serves, the default one first."""
+        return configured_bases(
+            self.base_models,
+            name=self.base_model_name,
+            path=self.base_model_path,
+            engine_urls=self.engine_urls,
+            api_key=self.engine_api_key,
+        )
+
+    def base(self, name: str) -> BaseModelConfig | None:
+        """The base model called `name`, if one is configured."""
+        return next((b for b in self.bases if b.name == name), None)
 
     @property
     def cache_dir(self) -> Path:

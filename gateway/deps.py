@@ -92,7 +92,7 @@ async def authenticate_engine(request: Request) -> None:
         raise TailorError(404, "Not Found", code="not_found")
     # The key first: an engine behind the same address as clients that failed (a NAT, a proxy)
     # must still fetch; only a wrong key meets the address's lockout.
-    if is_engine_key(services.pool.engines, f"Bearer {_bearer(request)}"):
+    if is_engine_key(services.engines, f"Bearer {_bearer(request)}"):
         return
     limiter = failed_auth_limiter(request)
     address = client_address(request)

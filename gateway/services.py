@@ -7,7 +7,7 @@ import functools
 import logging
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Generic, TypeVar
 
 import httpx
@@ -23,6 +23,7 @@ from adapters.registry import ModelRoute, ResolvedModel, ValidationLimits
 from adapters.store import AdapterStore
 from adapters.supervisor import EngineLaunch, EngineSupervisor, child_engine
 from core import sealing
+from core.base_models import BaseModelConfig
 from core.blobs import BlobStore
 from core.config import Settings
 from core.db import Database, migrate
@@ -120,29 +121,12 @@ class Services:
         self.trainer = (
             TrainerProcess(settings.data_dir / "logs" / "trainer.log", settings) if settings.run_trainer else None
         )
-        launch = None if settings.engine_urls else self._child_launch()
-        engines = (
-            [child_engine(launch)]
-            if launch
-            else [Engine(url=url, headers=bearer(settings.engine_api_key)) for url in settings.engine_urls]
-        )
-        # Metrics and traces; the engine pool reports to them, so they come first.
+        self._limits: dict[str, ValidationLimits] = {}  # per base model, read on first use
+        # Metrics and traces; the engine pools report to them, so they come first.
         self.telemetry = Telemetry(settings, functools.partial(metrics.tenant_names, self.db))
-        self.pool = EnginePool(
-            engines,
-            self.client,
-            expect=EngineExpectation(
-                served_name=settings.base_model_name,
-                max_lora_rank=settings.engine_max_lora_rank,
-                probe_adapter=self._probe_adapter,
-                fetches_adapters=settings.engine_adapter_source == "url",
-            ),
-            max_resident=settings.max_resident_adapters,
-            health_interval_s=settings.engine_health_interval_s,
-            observer=self.telemetry,
-        )
-        if launch:
-            self.supervisors.append(EngineSupervisor(launch, self.pool, self.pool.engines[0]))
+        # One pool per base model, the default base's first; an adapter serves on its base's.
+        self.pools = {base.name: self._base_pool(base) for base in settings.bases}
+        self.pool = self.pools[settings.bases[0].name]
         # Full-model versions, on engines of their own (started on first use).
         self.dedicated = DedicatedEngines(
             ChildLauncher(settings, self.store, self.client),
@@ -162,7 +146,7 @@ class Services:
         # Read only when /metrics is scraped.
         self.telemetry.watch(
             metrics.Scraped(
-                self.pool,
+                list(self.pools.values()),
                 self.dedicated,
                 self.interactions,
                 job_counts=functools.partial(metrics.open_job_counts, self.db),
@@ -186,20 +170,63 @@ class Services:
         if self.trainer is not None:
             await self.trainer.start()
         if wait_for_engines:
-            await self.pool.wait_healthy(self.settings.engine_start_timeout_s, all_engines=False)
-        self.pool.start_monitor()
+            timeout_s = self.settings.engine_start_timeout_s
+            await asyncio.gather(*(p.wait_healthy(timeout_s, all_engines=False) for p in self.pools.values()))
+        for pool in self.pools.values():
+            pool.start_monitor()
         self.dedicated.start_reaper()
 
-    def _child_launch(self) -> EngineLaunch:
-        return EngineLaunch.from_settings(self.settings)
+    def _base_pool(self, base: BaseModelConfig) -> EnginePool:
+        """The engines of one base model: a supervised child engine on its checkpoint, or its URLs."""
+        settings = self.settings
+        launch = self._child_launch(base) if base.child_engine else None
+        engines = (
+            [child_engine(launch)]
+            if launch
+            else [Engine(url=url, headers=bearer(base.api_key)) for url in base.engine_urls]
+        )
+        pool = EnginePool(
+            engines,
+            self.client,
+            expect=EngineExpectation(
+                served_name=base.name,
+                max_lora_rank=settings.engine_max_lora_rank,
+                # A base without a checkpoint here takes no adapters: nothing to probe with.
+                probe_adapter=functools.partial(self._probe_adapter, base) if base.path else None,
+                fetches_adapters=settings.engine_adapter_source == "url",
+            ),
+            max_resident=settings.max_resident_adapters,
+            health_interval_s=settings.engine_health_interval_s,
+            observer=self.telemetry,
+        )
+        if launch:
+            self.supervisors.append(EngineSupervisor(launch, pool, pool.engines[0]))
+        return pool
 
-    def _probe_adapter(self) -> str:
+    def _child_launch(self, base: BaseModelConfig | None = None) -> EngineLaunch:
+        launch = EngineLaunch.from_settings(self.settings)
+        if base is None or base.default or base.path is None:
+            return launch
+        # Another base's child: its own checkpoint, name and log, on any free port.
+        return replace(
+            launch,
+            model_path=base.path.resolve(),
+            served_name=base.name,
+            port=0,
+            log_file=self.settings.data_dir / "logs" / f"engine-{base.name}.log",
+        )
+
+    def _probe_adapter(self, base: BaseModelConfig) -> str:
         """Path of the LoRA that tests an operator-run engine takes the largest rank Tailor accepts."""
         directory = self.settings.cache_dir.resolve() / "engine-probe"
-        return str(write_probe_adapter(directory, self.limits.base, self.settings.engine_max_lora_rank))
+        if not base.default:
+            directory = directory / "bases" / base.name
+        spec = self.limits_for(base.name).base
+        return str(write_probe_adapter(directory, spec, self.settings.engine_max_lora_rank))
 
     async def stop(self) -> None:
-        await self.pool.stop_monitor()
+        for pool in self.pools.values():
+            await pool.stop_monitor()
         await self.dedicated.close()
         await self.interactions.stop()
         await self.meter.stop()
@@ -232,6 +259,8 @@ class Services:
 
     async def resolve(self, tenant_id: str, model: str) -> ResolvedModel:
         """The version this request uses; a canaried name is split per request."""
+        if model in self.pools:
+            return ResolvedModel(public_name=model, base=model)
         key = (tenant_id, model)
         hit = self.models.get(key)
         if not isinstance(hit, ModelRoute):
@@ -256,12 +285,13 @@ class Services:
 
     async def upstream(self, resolved: ResolvedModel) -> Upstream:
         """The lease provider of a resolved model: a full model's own engine (started on first
-        use, 503 with Retry-After while it starts), else the base pool with the adapter."""
+        use, 503 with Retry-After while it starts), else its base's pool with the adapter."""
         if resolved.kind == VersionKind.MODEL and resolved.digest is not None:
             pool = await self.dedicated.pool_for(resolved.digest, resolved.public_name)
             return Upstream(pool, None, resolved.digest)
+        base = resolved.base if resolved.base in self.pools else self.settings.base_model_name
         lora = self.lora_for(resolved)
-        return Upstream(self.pool, lora, lora.name if lora else self.settings.base_model_name)
+        return Upstream(self.pools[base], lora, lora.name if lora else base)
 
     def lora_for(self, resolved: ResolvedModel) -> LoraRef | None:
         if resolved.version_id is None or resolved.digest is None:
@@ -274,6 +304,27 @@ class Services:
         self.keys.clear()
         self.models.clear()
 
-    @functools.cached_property
+    @property
+    def base_names(self) -> list[str]:
+        """The base models' names, the default first."""
+        return list(self.pools)
+
+    @property
+    def engines(self) -> list[Engine]:
+        """Every base model's engines (not full-model versions' own)."""
+        return [engine for pool in self.pools.values() for engine in pool.engines]
+
+    async def unload(self, version_ids: list[str]) -> int:
+        """Unload these versions from every base's engines; how many copies went."""
+        return sum([await pool.unload(version_ids) for pool in self.pools.values()])
+
+    @property
     def limits(self) -> ValidationLimits:
-        return ValidationLimits.from_settings(self.settings)
+        """What an adapter for the default base must be."""
+        return self.limits_for(self.settings.base_model_name)
+
+    def limits_for(self, base: str) -> ValidationLimits:
+        """What an adapter for base `base` (a configured name) must be; read once per base."""
+        if base not in self._limits:
+            self._limits[base] = ValidationLimits.from_settings(self.settings, self.settings.base(base))
+        return self._limits[base]

@@ -156,7 +156,7 @@ class RequestSpan:
             attributes["tailor.adapter_version"] = record.adapter_version_id
         if record.engine is not None:
             # The model that generated the answer, as the engine knows it.
-            attributes["gen_ai.response.model"] = record.adapter_version_id or self.base_model
+            attributes["gen_ai.response.model"] = record.adapter_version_id or record.model or self.base_model
         if record.prompt_tokens is not None:
             attributes["gen_ai.usage.input_tokens"] = record.prompt_tokens
         if record.completion_tokens is not None:

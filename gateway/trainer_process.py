@@ -79,6 +79,10 @@ def settings_env(settings: Settings, *, withheld: frozenset[str] = WITHHELD_SETT
         for name in Settings.model_fields
         if name not in withheld and (value := getattr(settings, name)) is not None
     }
+    if "engine_api_key" in withheld and settings.base_models:
+        # The base models' own engine keys go with TAILOR_ENGINE_API_KEY.
+        keyless = {name: entry.model_copy(update={"api_key": None}) for name, entry in settings.base_models.items()}
+        env["TAILOR_BASE_MODELS"] = _env_value(keyless)
     env["TAILOR_CONFIG_FILE"] = os.devnull
     return env
 

@@ -11,6 +11,7 @@ version as its parent in the lineage.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -114,11 +115,20 @@ def request_merge(
     actor: str,
     base_model: str,
     quotas: Quotas | None = None,
+    other_bases: Collection[str] = (),
 ) -> MergeInfo:
     """Queue the merge of `name`'s adapter version (mergeable_version) for a worker, recording
     `adapter.merge` by `actor` in the same transaction. A tenant with `max_queued_jobs` jobs
-    waiting gets a 429, as for a fine-tuning job."""
+    waiting gets a 429, as for a fine-tuning job. Merges are into `base_model`, the default
+    base: a version registered for one of `other_bases` is a 400."""
     source = mergeable_version(db, tenant_id, name, version)
+    if source.base_model in other_bases:
+        raise bad_request(
+            f"Version {source.version} of {name!r} runs on base model {source.base_model!r}; merges are into "
+            f"the default base model {base_model!r} only.",
+            code="unsupported_base_model",
+            param="version",
+        )
     request = MergeRequest(version=source.version, version_id=source.id, activate=activate)
     job_id = new_id("merge")
     with db.session() as s:

@@ -14,6 +14,7 @@ serves at once when the policy has `auto_promote`; else it waits for the tenant 
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -146,7 +147,14 @@ def due_merges(db: Database, *, now: datetime | None = None) -> list[MergeTrigge
     return [t for tenant_id in tenants for t in tenant_merges(db, get_policy(db, tenant_id), now=now)]
 
 
-def queue_merges(db: Database, *, base_model: str, quotas: Quotas, now: datetime | None = None) -> list[str]:
+def queue_merges(
+    db: Database,
+    *,
+    base_model: str,
+    quotas: Quotas,
+    now: datetime | None = None,
+    other_bases: Collection[str] = (),
+) -> list[str]:
     """Queue the merges tenants' policies call for now (due_merges), each recorded as the
     policy's `adapter.merge`; the ids of the merges queued. One that cannot be queued (the
     tenant's queue is full, the version just went away) is logged and tried on the next pass."""
@@ -162,6 +170,7 @@ def queue_merges(db: Database, *, base_model: str, quotas: Quotas, now: datetime
                 actor=audit.POLICY,
                 base_model=base_model,
                 quotas=quotas,
+                other_bases=other_bases,
             )
         except TailorError as exc:
             log.warning("policy merge of %s/%s not queued: %s", trigger.tenant_id, trigger.adapter_name, exc.message)

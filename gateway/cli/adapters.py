@@ -32,6 +32,9 @@ def adapters_register(
     name: str,
     path: Path,
     activate: Annotated[bool, typer.Option(help="Make it the version `name` serves.")] = True,
+    base_model: Annotated[
+        str | None, typer.Option(help="The base model it is for (a TAILOR_BASE_MODELS name); default: the first.")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Validate and store a PEFT adapter or a full model (directory or .zip/.tar.gz) as the next version."""
@@ -41,9 +44,9 @@ def adapters_register(
 
     settings = Settings()
     store = AdapterStore.from_settings(settings)
-    limits = registry.ValidationLimits.from_settings(settings)
 
     def register(db: Database, tenant_id: str) -> registry.VersionInfo:
+        limits = registry.ValidationLimits.from_settings(settings, registry.choose_base(settings, base_model))
         if path.is_dir():
             return registry.register_dir(
                 db,

@@ -53,6 +53,15 @@ def serve(
     settings = Settings(**overrides)
     gateway_workers.configure_logging(settings, log_level)
     if settings.worker_count > 1:
+        if settings.base_models and any(b.child_engine for b in settings.bases):
+            # The host starts one child engine and hands its URL to the workers; several bases'
+            # children are not handed over yet.
+            typer.echo(
+                "error: with TAILOR_BASE_MODELS, several gateway processes need engine_urls for every base; "
+                "run with --workers 1 (TAILOR_WORKERS=1) to have Tailor start the bases' engines",
+                err=True,
+            )
+            raise typer.Exit(1)
         raise typer.Exit(gateway_workers.run_workers(settings, settings.worker_count, log_level))
     uvicorn.run(
         create_app(settings),

@@ -36,11 +36,12 @@ class Metrics:
         # Shared: the metric objects write to the directory and /metrics reads it, so the
         # registry they are created in is never exposed itself.
         own = self._own = CollectorRegistry() if self.shared else r
-        self.base = settings.base_model_name
+        self.bases = tuple(b.name for b in settings.bases)  # each labelled by its own name
         self.named = settings.metrics_tenant_labels
         self.tenant_names = tenant_names
         self.tenants = BoundedLabel(max_label_values)
-        self.models = BoundedLabel(max_label_values + 1, preset=(self.base,))  # the base model is free
+        # The base models are free.
+        self.models = BoundedLabel(max_label_values + len(self.bases), preset=self.bases)
         # The series labelled by tenant; by id until TenantLabels renames them at scrape time.
         series = CollectorRegistry() if self.named and not self.shared else own
         self.mirror: Mirror | None = None
@@ -175,7 +176,7 @@ class Metrics:
             return OTHER
         if self.named:
             return self.models(model)
-        return model if model == self.base else ADAPTER
+        return model if model in self.bases else ADAPTER
 
     def _bind(self, key: tuple[str, str, str, str]) -> tuple[Any, ...]:
         endpoint, _, tenant, model = key

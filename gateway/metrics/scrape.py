@@ -4,7 +4,7 @@ interaction log, the job queue and the tenants' names (from the database)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +32,7 @@ class Scraped:
     """What /metrics reads when Prometheus scrapes, beyond what requests count: this process's
     engines and interaction log, and the job queue (read from the database; may raise)."""
 
-    pool: EnginePool
+    pools: Sequence[EnginePool]  # one per base model
     dedicated: DedicatedEngines
     interactions: InteractionLog
     job_counts: Callable[[], dict[str, int]]
@@ -91,7 +91,7 @@ class ProcessState(Collector):
         resident = GaugeMetricFamily(
             "tailor_engine_resident_adapters", "Adapters loaded on the engine.", labels=["engine"]
         )
-        for e in s.pool.engines:
+        for e in (engine for pool in s.pools for engine in pool.engines):
             healthy.add_metric([e.url], 1.0 if e.healthy and not e.restarting else 0.0)
             inflight.add_metric([e.url], e.inflight)
             resident.add_metric([e.url], len(e.resident))

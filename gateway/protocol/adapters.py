@@ -60,10 +60,14 @@ class VersionLineageOut(WireModel):
     kind: str = "adapter"
 
 
+BASE_MODEL_FIELD = "The base model (a name GET /v1/models lists) the adapter is for; default: the first one."
+
+
 class AdapterRegisterPath(BaseModel):
     name: str
     path: str = Field(description="A PEFT adapter directory readable by the gateway.")
     activate: bool = True
+    base_model: str | None = Field(default=None, description=BASE_MODEL_FIELD)
 
 
 class ActivateVersion(BaseModel):

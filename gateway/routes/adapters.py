@@ -17,12 +17,13 @@ from fastapi import APIRouter, Depends, File, Form, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from adapters import promotion, registry, version_deletion
-from adapters.registry import AdapterInfo
+from adapters.registry import AdapterInfo, ValidationLimits
 from core.errors import TailorError
 from core.quotas import Quotas
 from gateway import audit, tenants
 from gateway.deps import AdminDep, CallerDep, ServicesDep
 from gateway.protocol.adapters import (
+    BASE_MODEL_FIELD,
     ActivateVersion,
     AdapterOut,
     AdapterRegisterPath,
@@ -56,7 +57,15 @@ def _changed(services: Services, after: AdapterInfo) -> AdapterOut:
     return AdapterOut.model_validate(after)
 
 
-async def upload(services: Services, who: tuple[str, str], name: str, archive: UploadFile) -> AdapterOut:
+def _limits_for(services: Services, base_model: str | None) -> ValidationLimits:
+    """What an adapter for the named base (default: the first) must be; 400 for a name no base has."""
+    return services.limits_for(registry.choose_base(services.settings, base_model).name)
+
+
+async def upload(
+    services: Services, who: tuple[str, str], name: str, archive: UploadFile, base_model: str | None = None
+) -> AdapterOut:
+    limits = _limits_for(services, base_model)
     limit = services.settings.max_upload_bytes
     with tempfile.TemporaryDirectory(prefix="tailor-archive-") as tmp:
         path = Path(tmp) / "upload"
@@ -71,7 +80,7 @@ async def upload(services: Services, who: tuple[str, str], name: str, archive: U
             registry.register_archive,
             services.db,
             services.store,
-            services.limits,
+            limits,
             tenant_id=who[0],
             name=name,
             archive=path,
@@ -91,7 +100,7 @@ def _delete(services: Services, who: tuple[str, str], name: str) -> list[str]:
 
 async def delete(services: Services, who: tuple[str, str], name: str) -> dict[str, object]:
     version_ids = await run_in_threadpool(_delete, services, who, name)
-    await services.pool.unload(version_ids)
+    await services.unload(version_ids)
     return {"id": name, "object": "adapter", "deleted": True}
 
 
@@ -109,6 +118,7 @@ def _merge(services: Services, who: tuple[str, str], name: str, body: MergeStart
         actor=who[1],
         base_model=services.settings.base_model_name,
         quotas=Quotas.from_settings(services.settings),
+        other_bases=services.base_names[1:],
     )
     return MergeOut.model_validate(info)
 
@@ -128,9 +138,13 @@ def _routes(r: APIRouter, tenant_dep: Callable[..., tuple[str, str]]) -> None:
         summary="Upload a PEFT LoRA adapter or a full model (.zip or .tar.gz) as the next version of `name`",
     )
     async def upload_adapter(
-        services: ServicesDep, who: tuple[str, str] = who_dep, name: str = Form(...), file: UploadFile = File(...)
+        services: ServicesDep,
+        who: tuple[str, str] = who_dep,
+        name: str = Form(...),
+        file: UploadFile = File(...),
+        base_model: str | None = Form(None, description=BASE_MODEL_FIELD),
     ) -> AdapterOut:
-        return await upload(services, who, name, file)
+        return await upload(services, who, name, file, base_model)
 
     @r.get("/{name}", response_model=AdapterOut)
     def get_adapter(name: str, services: ServicesDep, who: tuple[str, str] = who_dep) -> AdapterOut:
@@ -202,13 +216,14 @@ _routes(admin_router, admin_tenant)
     summary="Register a PEFT adapter or full model directory on the gateway's filesystem",
 )
 def admin_register_path(body: AdapterRegisterPath, services: ServicesDep, who: AdminTenant) -> AdapterOut:
+    limits = _limits_for(services, body.base_model)
     source = Path(body.path)
     if not source.is_dir():
         raise TailorError(400, f"{body.path!r} is not a directory.", code="invalid_adapter", param="path")
     registry.register_dir(
         services.db,
         services.store,
-        services.limits,
+        limits,
         tenant_id=who[0],
         name=body.name,
         source_dir=source,

@@ -75,4 +75,4 @@ def rotate_key(key_id: str, services: ServicesDep, grace_seconds: int = 0) -> Ke
 
 @router.get("/engines", response_model=list[EngineOut])
 def engines(services: ServicesDep) -> list[EngineOut]:
-    return [EngineOut.model_validate(e) for e in services.pool.stats()]
+    return [EngineOut.model_validate(e) for pool in services.pools.values() for e in pool.stats()]

@@ -77,12 +77,27 @@ def _trainable(services: Services, tenant_id: str, model: str, param: str) -> No
     base = services.settings.base_model_name
     if model == base:
         return
-    registry.resolve(services.db, tenant_id, model, base)
+    if services.settings.base(model) is None:
+        _on_default_base(services, model, registry.resolve(services.db, tenant_id, model, base).base, param)
+    else:
+        _on_default_base(services, model, model, param)
     if checkpoints.parse(model) is not None:
         raise bad_request(
             f"{model!r} is a checkpoint of a fine-tuning job: call it, or train from an adapter or version "
             "(the job's fine_tuned_model) instead.",
             code="invalid_model",
+            param=param,
+        )
+
+
+def _on_default_base(services: Services, model: str, base: str | None, param: str) -> None:
+    """Jobs train on the default base: 400 for another base or an adapter registered for one."""
+    other = services.settings.base(base or "")
+    if other is not None and not other.default:
+        raise bad_request(
+            f"{model!r} runs on base model {other.name!r}; fine-tuning trains on the default base model "
+            f"{services.settings.base_model_name!r} and its adapters only.",
+            code="unsupported_base_model",
             param=param,
         )
 

@@ -55,14 +55,14 @@ def _engine_status(engine: Engine) -> dict[str, object]:
     responses={503: {"model": ReadyOut, "description": "No engine can take requests (status `unavailable`)."}},
 )
 def ready(services: ServicesDep) -> JSONResponse:
-    healthy = sum(e.healthy for e in services.pool.engines)
+    healthy = sum(e.healthy for e in services.engines)
     status = 200 if healthy else 503
     return JSONResponse(
         {
             "status": "ready" if healthy else "unavailable",
             "healthy_engines": healthy,
-            "engines": len(services.pool.engines),
-            "engine_status": [_engine_status(e) for e in services.pool.engines],
+            "engines": len(services.engines),
+            "engine_status": [_engine_status(e) for e in services.engines],
             "interaction_log": {
                 "written": services.interactions.written,
                 "dropped": services.interactions.dropped,

@@ -26,7 +26,7 @@ _LIMIT = Query(None, ge=1, le=model_names.MAX_LIMIT, description="Models per pag
 
 
 def _card(name: ModelName, services: Services, caller: Caller) -> ModelCard:
-    if name.created is None:  # the base model: as old as this process
+    if name.created is None:  # a base model: as old as this process
         return ModelCard(id=name.id, created=services.started_at, owned_by="tailor")
     return ModelCard(id=name.id, created=unix_seconds(name.created), owned_by=caller.tenant_name)
 
@@ -35,16 +35,16 @@ def _card(name: ModelName, services: Services, caller: Caller) -> ModelCard:
     "/models",
     response_model=ModelList,
     response_model_exclude_none=True,
-    summary="List the models you can call: the base model, your adapters and each version `name@vN`",
+    summary="List the models you can call: the base models, your adapters and each version `name@vN`",
 )
 def list_models(
     services: ServicesDep, caller: CallerDep, after: str | None = _AFTER, limit: int | None = _LIMIT
 ) -> ModelList:
-    base = services.settings.base_model_name
-    names = model_names.list_names(services.db, caller.tenant_id, base_model_name=base)
+    bases = services.base_names
+    names = model_names.list_names(services.db, caller.tenant_id, bases=bases)
     if after is None and limit is None:
         return ModelList(data=[_card(n, services, caller) for n in names])
-    page = model_names.page(names, after=after, limit=limit, base_model_name=base)
+    page = model_names.page(names, after=after, limit=limit, bases=bases)
     data = [_card(n, services, caller) for n in page.names]
     return ModelList(
         data=data,
@@ -56,8 +56,8 @@ def list_models(
 
 @router.get("/models/{model}", response_model=ModelCard, summary="Retrieve one model you can call")
 def get_model(model: str, services: ServicesDep, caller: CallerDep) -> ModelCard:
-    base = services.settings.base_model_name
-    return _card(model_names.find_name(services.db, caller.tenant_id, model, base_model_name=base), services, caller)
+    found = model_names.find_name(services.db, caller.tenant_id, model, bases=services.base_names)
+    return _card(found, services, caller)
 
 
 @router.delete(
@@ -72,10 +72,10 @@ async def delete_model(model: str, services: ServicesDep, caller: CallerDep) -> 
             services.store,
             caller.tenant_id,
             model,
-            base_model_name=services.settings.base_model_name,
+            bases=services.base_names,
             actor=audit.actor_for_key(caller.key_id),
         )
     )
     services.changed()  # no longer resolves in this replica; others within the cache's TTL
-    await services.pool.unload([deleted.version.id])
+    await services.unload([deleted.version.id])
     return ModelDeleted(id=deleted.model, deleted=True)

@@ -136,5 +136,5 @@ async def purge(tenant: str, body: PurgeIn, services: ServicesDep) -> PurgeOut:
         )
     )
     services.changed()  # its keys and model names stop resolving in this replica at once
-    evicted = await services.pool.unload(result.version_ids)
+    evicted = await services.unload(result.version_ids)
     return PurgeOut(id=owner.id, name=owner.name, evicted=evicted, **result.counts())

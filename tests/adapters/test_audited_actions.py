@@ -96,7 +96,7 @@ ACTIONS: list[tuple[str, Callable[[Any], None], Callable[[Any], object], set[str
     (
         "adapter.version.delete",
         _three_versions,
-        lambda e: version_deletion.delete_version(e[0], e[1], e[3], f"{NAME}@v3", base_model_name=BASE, actor=ACTOR),
+        lambda e: version_deletion.delete_version(e[0], e[1], e[3], f"{NAME}@v3", bases=[BASE], actor=ACTOR),
         {"version"},
     ),
     (

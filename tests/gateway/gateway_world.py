@@ -94,9 +94,10 @@ class FakeVLLM:
     script: list[Responder | Exception] = field(default_factory=list)
     replace_text: tuple[str, str] | None = None  # rewrite answer text (non-ASCII tests)
     load_error: tuple[int, str] | None = None  # answer every adapter load with this
+    base: str = BASE  # the base model it serves
 
     def reset(self) -> None:
-        fresh = FakeVLLM()
+        fresh = FakeVLLM(base=self.base)
         for name in self.__dataclass_fields__:
             setattr(self, name, getattr(fresh, name))
 
@@ -111,7 +112,7 @@ class FakeVLLM:
         if path == "/health":
             return httpx.Response(200)
         if path == "/v1/models":  # the pool's identity check: which base model is served
-            cards = [{"id": BASE, "object": "model", "parent": None}]
+            cards = [{"id": self.base, "object": "model", "parent": None}]
             return httpx.Response(200, json={"object": "list", "data": cards})
         raw = await request.aread()
         body = json.loads(raw) if raw else None
@@ -135,9 +136,9 @@ class FakeVLLM:
             answer = step(request, body)
             return await answer if inspect.isawaitable(answer) else answer
         model = body["model"]
-        if model != BASE and model not in self.loras:
+        if model != self.base and model not in self.loras:
             err = raw_json("error_unknown_model_with_adapter")["body"]
-            aliases = ", ".join([BASE, *self.loras])
+            aliases = ", ".join([self.base, *self.loras])
             msg = f"The model `{model}` does not exist. Valid aliases: {aliases}."
             return httpx.Response(404, json={"error": {**err["error"], "message": msg}})
         chat = path == "/v1/chat/completions"
@@ -305,17 +306,28 @@ class Running:
 
 
 @asynccontextmanager
-async def running_gateway(tmp_path: Path, **overrides: Any) -> AsyncIterator[Running]:
-    """The real app, in its lifespan, with the upstream client answered by a FakeVLLM."""
+async def running_gateway(
+    tmp_path: Path, *, other_engines: dict[str, FakeVLLM] | None = None, **overrides: Any
+) -> AsyncIterator[Running]:
+    """The real app, in its lifespan, with the upstream client answered by a FakeVLLM (and
+    requests to the URLs of `other_engines`, other base models' engines, by theirs)."""
     app = create_app(make_settings(tmp_path, **overrides), wait_for_engines=False)
     services: Services = app.state.services
     fake = FakeVLLM()
+    others = other_engines or {}
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        url = str(request.url)
+        return await next((f for u, f in others.items() if url.startswith(u)), fake)(request)
+
     await services.client.aclose()
-    # One client for both users of the upstream: the proxy and the pool (loads, health).
-    services.client = httpx.AsyncClient(transport=httpx.MockTransport(fake))
-    services.pool.client = services.client
+    # One client for both users of the upstream: the proxy and the pools (loads, health).
+    services.client = httpx.AsyncClient(transport=httpx.MockTransport(answer))
+    for pool in services.pools.values():
+        pool.client = services.client
     async with app.router.lifespan_context(app):
-        services.pool.engines[0].healthy = True
+        for engine in services.engines:
+            engine.healthy = True
         # raise_app_exceptions=False: an unhandled error reaches the client as the bare 500
         # a real server would send, instead of surfacing inside the test.
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
@@ -353,13 +365,14 @@ async def tenant_view(run: Running, tmp_path: Path) -> AsyncIterator[Gateway]:
 # --------------------------------------------------------------------------- a tiny adapter
 
 
-def write_tiny_adapter(directory: Path, r: int = 4) -> Path:
-    """A valid PEFT LoRA (q_proj, v_proj) for TINY_CONFIG, written without torch."""
+def write_tiny_adapter(directory: Path, r: int = 4, *, layers: int = LAYERS, made_for: str = "tiny-llama") -> Path:
+    """A valid PEFT LoRA (q_proj, v_proj) for TINY_CONFIG (or its first `layers` layers, a base
+    `made_for` names), written without torch."""
     directory.mkdir(parents=True)
     head_dim = HIDDEN // HEADS
     outs = {"q_proj": HEADS * head_dim, "v_proj": KV_HEADS * head_dim}
     tensors = {}
-    for layer in range(LAYERS):
+    for layer in range(layers):
         for module, fan_out in outs.items():
             prefix = f"base_model.model.model.layers.{layer}.self_attn.{module}"
             tensors[f"{prefix}.lora_A.weight"] = np.zeros((r, HIDDEN), dtype=np.float32)
@@ -372,7 +385,7 @@ def write_tiny_adapter(directory: Path, r: int = 4) -> Path:
                 "r": r,
                 "lora_alpha": 2 * r,
                 "target_modules": list(outs),
-                "base_model_name_or_path": "tiny-llama",
+                "base_model_name_or_path": made_for,
                 "bias": "none",
                 "task_type": "CAUSAL_LM",
             }

@@ -2,20 +2,27 @@
 from 30 layers to 15 loads, answers chat completions, and serves a LoRA adapter made for it.
 
 The engine is started the way Tailor starts its own (trainer.compute.engine.OwnEngine: the
-serving engine's flags, `--enable-lora` included), on the derived directory.
+serving engine's flags, `--enable-lora` included), on the derived directory. A gateway then
+serves it beside the session's 30-layer engine as two base models (TAILOR_BASE_MODELS).
 """
 
 from __future__ import annotations
 
+import io
+import json
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from adapters.derived_model import derive_model
 from core.config import Settings
-from tests.conftest import MODEL_DIR
+from tests.conftest import MODEL_DIR, LiveEngine
+from tests.integration.conftest import BASE_MODEL, TailorServer, TenantKeys, make_tenant, running_tailor
+from tests.openai_schema import validate
 from trainer.compute.engine import EngineClient, OwnEngine
 
 pytestmark = pytest.mark.engine
@@ -34,7 +41,7 @@ def derived(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def engine(derived: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineClient]:
+def derived_engine(derived: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveEngine]:
     settings = Settings(
         data_dir=tmp_path_factory.mktemp("engine"),
         base_model_path=derived,
@@ -46,10 +53,15 @@ def engine(derived: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     own = OwnEngine(settings)
     client = own.start()
     try:
-        yield client
+        yield LiveEngine(client, own.launch.url, own.key)
     finally:
         client.close()
         own.stop()
+
+
+@pytest.fixture(scope="module")
+def engine(derived_engine: LiveEngine) -> EngineClient:
+    return derived_engine.client
 
 
 @pytest.fixture(scope="module")
@@ -89,3 +101,56 @@ def test_a_lora_adapter_of_the_derived_model_loads_and_answers(engine: EngineCli
         tuned = ask(engine, "derived-lora")
     assert tuned["usage"]["completion_tokens"] == 8
     assert tuned["choices"][0]["message"]["content"] != base
+
+
+def _upload(server: TailorServer, tenant: TenantKeys, name: str, adapter: Path, **fields: str) -> httpx.Response:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for f in sorted(adapter.iterdir()):
+            tar.add(f, arcname=f.name)
+    files = {"file": ("adapter.tar.gz", buf.getvalue(), "application/gzip")}
+    auth = {"Authorization": f"Bearer {tenant.key}"}
+    return httpx.post(f"{server.url}/v1/adapters", data={"name": name, **fields}, files=files, headers=auth, timeout=60)
+
+
+def _chat(server: TailorServer, tenant: TenantKeys, model: str) -> dict[str, Any]:
+    raw = server.sdk(tenant).chat.completions.with_raw_response.create(
+        model=model,
+        messages=QUESTION,  # type: ignore[arg-type]
+        temperature=0,
+        max_tokens=8,
+    )
+    body: dict[str, Any] = raw.http_response.json()
+    validate(body, "CreateChatCompletionResponse")
+    assert body["model"] == model and body["choices"][0]["message"]["content"]
+    return body
+
+
+def test_one_gateway_serves_both_bases_and_an_adapter_on_its_own_base(
+    tmp_path: Path, derived: Path, derived_engine: LiveEngine, eval_engine: LiveEngine, derived_adapter: Path
+) -> None:
+    bases = {
+        BASE_MODEL: {"path": str(MODEL_DIR), "engine_urls": [eval_engine.url], "api_key": eval_engine.key},
+        NAME: {"path": str(derived), "engine_urls": [derived_engine.url], "api_key": derived_engine.key},
+    }
+    with running_tailor(
+        tmp_path, eval_engine, TAILOR_RUN_TRAINER="false", TAILOR_BASE_MODELS=json.dumps(bases)
+    ) as server:
+        tenant = make_tenant(server, "bases")
+        listed = server.sdk(tenant).models.with_raw_response.list().http_response.json()
+        validate(listed, "ListModelsResponse")
+        assert [m["id"] for m in listed["data"]] == [BASE_MODEL, NAME]
+        for model in (BASE_MODEL, NAME):
+            _chat(server, tenant, model)
+        # Its shapes fit the first 15 layers of the 30-layer base, but it names the derived one.
+        refused = _upload(server, tenant, "cut", derived_adapter)
+        assert refused.status_code == 400, refused.text
+        validate(refused.json(), "ErrorResponse")
+        assert refused.json()["error"]["code"] == "invalid_adapter"
+        registered = _upload(server, tenant, "cut", derived_adapter, base_model=NAME)
+        assert registered.status_code == 201, registered.text
+        _chat(server, tenant, "cut")
+        with server.admin() as admin:
+            engines = {e["url"]: e for e in admin.get("/admin/engines").json()}
+        assert engines[derived_engine.url.rstrip("/")]["resident_adapters"]
+        assert not engines[eval_engine.url.rstrip("/")]["resident_adapters"]

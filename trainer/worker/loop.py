@@ -166,7 +166,10 @@ class Worker:
     def trigger_merges(self) -> list[str]:
         """Queue the merges that tenants' policies call for now (see trainer.merge_policy)."""
         quotas = Quotas.from_settings(self.settings)
-        return merge_policy.queue_merges(self.db, base_model=self.settings.base_model_name, quotas=quotas)
+        others = [b.name for b in self.settings.bases if not b.default]
+        return merge_policy.queue_merges(
+            self.db, base_model=self.settings.base_model_name, quotas=quotas, other_bases=others
+        )
 
     # --- one job ---------------------------------------------------------------
 

@@ -1,0 +1,106 @@
+"""The base models Tailor serves: TAILOR_BASE_MODELS, or the one TAILOR_BASE_MODEL_* describe.
+
+Each base has a name (what a request's `model` says), the checkpoint directory its adapters
+are checked against, and where it runs: engine URLs of operator-run vLLM servers, or, with
+none, a child engine Tailor starts on that directory. The first base is the default one:
+what fine-tuning trains on and what an adapter registered without a base is for.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+# Base names become request `model` values next to adapter names (`name@vN`, `name:ftjob-...`):
+# no ':', '/' or '@', so neither can be read as the other.
+BASE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+_BASE_NAME = re.compile(BASE_NAME_PATTERN)
+
+
+class BaseModelEntry(BaseModel):
+    """One entry of TAILOR_BASE_MODELS, as the operator writes it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str | None = Field(
+        None,
+        description="Checkpoint directory (HF safetensors): served by a child engine when engine_urls is empty; "
+        "its config.json is what adapters for this base are checked against.",
+    )
+    engine_urls: list[str] = Field(default_factory=list, description="Operator-run vLLM servers of this base.")
+    api_key: SecretStr | None = Field(
+        None, description="Key sent to this base's engine_urls (their --api-key); default: TAILOR_ENGINE_API_KEY."
+    )
+
+    @field_validator("engine_urls")
+    @classmethod
+    def _check_urls(cls, value: list[str]) -> list[str]:
+        for url in value:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"engine_urls are http(s) URLs, not {url!r}")
+        return [url.rstrip("/") for url in value]
+
+    @model_validator(mode="after")
+    def _served_somewhere(self) -> BaseModelEntry:
+        if not self.path and not self.engine_urls:
+            raise ValueError('a base needs "path" (a child engine serves it) or "engine_urls" (or both)')
+        return self
+
+
+@dataclass(frozen=True)
+class BaseModelConfig:
+    """A base model as the rest of Tailor uses it."""
+
+    name: str
+    # None: an operator-run base without a local checkpoint; no adapter can be checked against it.
+    path: Path | None
+    engine_urls: tuple[str, ...] = ()
+    default: bool = False
+    # Sent to engine_urls; None: TAILOR_ENGINE_API_KEY's.
+    api_key: SecretStr | None = field(default=None, repr=False)
+
+    @property
+    def child_engine(self) -> bool:
+        """Tailor starts this base's engine itself."""
+        return not self.engine_urls
+
+
+def check_base_names(entries: dict[str, BaseModelEntry]) -> dict[str, BaseModelEntry]:
+    """TAILOR_BASE_MODELS' names, refused at start-up when a request could not name them."""
+    for name in entries:
+        if not _BASE_NAME.fullmatch(name):
+            raise ValueError(f"TAILOR_BASE_MODELS names match {BASE_NAME_PATTERN} (no ':', '/' or '@'), not {name!r}")
+    return entries
+
+
+def configured_bases(
+    entries: dict[str, BaseModelEntry],
+    *,
+    name: str,
+    path: Path,
+    engine_urls: list[str],
+    api_key: SecretStr | None,
+) -> tuple[BaseModelConfig, ...]:
+    """Every base, the default first: TAILOR_BASE_MODELS' entries in their order, or the one
+    base of TAILOR_BASE_MODEL_NAME, TAILOR_BASE_MODEL_PATH and TAILOR_ENGINE_URLS (`api_key`:
+    TAILOR_ENGINE_API_KEY, for the bases that name no key of their own)."""
+    if not entries:
+        return (BaseModelConfig(name=name, path=path, engine_urls=tuple(engine_urls), default=True, api_key=api_key),)
+    bases = []
+    for index, (entry_name, entry) in enumerate(entries.items()):
+        # The default base keeps TAILOR_BASE_MODEL_PATH when its entry names no checkpoint,
+        # as a single URL-served base does: training and validation read it.
+        entry_path = Path(entry.path) if entry.path else (path if index == 0 else None)
+        bases.append(
+            BaseModelConfig(
+                name=entry_name,
+                path=entry_path,
+                engine_urls=tuple(entry.engine_urls),
+                default=index == 0,
+                api_key=entry.api_key or api_key,
+            )
+        )
+    return tuple(bases)

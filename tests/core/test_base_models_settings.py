@@ -1,0 +1,84 @@
+"""TAILOR_BASE_MODELS (core.base_models): parsed into the bases, the first the default one, and
+refused at start-up with words that say what is wrong."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
+
+import pytest
+from pydantic import ValidationError
+
+from core.config import Settings
+from gateway.services import Services
+from gateway.trainer_process import settings_env
+
+
+def test_the_single_base_settings_are_the_one_base(tmp_path: Path) -> None:
+    s = Settings(base_model_name="b", base_model_path=tmp_path, engine_urls=["http://e:1"])
+    [base] = s.bases
+    assert (base.name, base.path, base.engine_urls, base.default) == ("b", tmp_path, ("http://e:1",), True)
+
+
+def test_the_first_entry_is_the_default_base(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "TAILOR_BASE_MODELS", json.dumps({"small": {"engine_urls": ["http://s:1/"]}, "big": {"path": "/m"}})
+    )
+    s = Settings()
+    assert [(b.name, b.engine_urls, b.default) for b in s.bases] == [
+        ("small", ("http://s:1",), True),
+        ("big", (), False),
+    ]
+    assert s.bases[1].path == Path("/m") and s.bases[1].child_engine
+    # What fine-tuning, metering and the rest read: the default base.
+    assert (s.base_model_name, s.engine_urls) == ("small", ["http://s:1"])
+    assert s.base("big") == s.bases[1]
+    assert s.base("nope") is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "words"),
+    [
+        ({"a/b": {"path": "/m"}}, "no ':', '/' or '@'"),
+        ({"x@v1": {"path": "/m"}}, "no ':', '/' or '@'"),
+        ({"x": {}}, '"path"'),
+        ({"x": {"engine_urls": ["file:///etc"]}}, "http(s) URLs"),
+        ({"x": {"path": "/m", "model": "y"}}, "Extra inputs"),
+    ],
+)
+def test_a_bad_base_is_refused_at_start_up(monkeypatch: pytest.MonkeyPatch, raw: Any, words: str) -> None:
+    monkeypatch.setenv("TAILOR_BASE_MODELS", json.dumps(raw))
+    with pytest.raises(ValidationError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        Settings()
+
+
+def test_a_default_base_named_twice_must_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TAILOR_BASE_MODELS", json.dumps({"small": {"path": "/m"}}))
+    monkeypatch.setenv("TAILOR_BASE_MODEL_NAME", "other")
+    with pytest.raises(ValidationError, match="TAILOR_BASE_MODEL_NAME disagrees"):
+        Settings()
+
+
+def test_another_base_gets_a_child_engine_of_its_own(tmp_path: Path) -> None:
+    entries = {"small": {"path": str(tmp_path / "s")}, "big": {"path": str(tmp_path / "b")}}
+    s = Settings(data_dir=tmp_path, base_models=entries, engine_port=8123)
+    services = cast(Services, SimpleNamespace(settings=s))
+    default, big = (Services._child_launch(services, base) for base in s.bases)
+    assert (default.served_name, default.model_path, default.port) == ("small", (tmp_path / "s").resolve(), 8123)
+    assert (big.served_name, big.model_path, big.port) == ("big", (tmp_path / "b").resolve(), 0)
+    assert big.log_file != default.log_file
+
+
+def test_a_base_sends_its_own_engine_key_or_the_common_one(tmp_path: Path) -> None:
+    entries = {"a": {"engine_urls": ["http://a:1"], "api_key": "sk-a"}, "b": {"engine_urls": ["http://b:1"]}}
+    s = Settings(data_dir=tmp_path, base_models=entries, engine_api_key="sk-all")
+    assert [b.api_key.get_secret_value() for b in s.bases if b.api_key] == ["sk-a", "sk-all"]
+
+
+def test_the_trainer_gets_no_base_engine_key(tmp_path: Path) -> None:
+    entries = {"small": {"engine_urls": ["http://s:1"], "api_key": "sk-engine"}}
+    env = settings_env(Settings(data_dir=tmp_path, base_models=entries))
+    assert "sk-engine" not in json.dumps(env)
+    assert json.loads(env["TAILOR_BASE_MODELS"])["small"]["engine_urls"] == ["http://s:1"]

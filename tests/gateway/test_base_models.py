@@ -1,0 +1,166 @@
+"""Several base models (TAILOR_BASE_MODELS, core.base_models) on the real app against fake vLLMs:
+one engine pool per base, /v1/models listing every base, requests and
+adapters served on their own base's engines, and registration checked against the named base.
+
+The default base is the tiny Llama (2 layers); "tiny-half" is a 1-layer cut of it on another
+engine. (A live run on two real vLLM engines: tests/integration/test_derived_model_engine.py.)
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from tests.gateway.gateway_world import (
+    ADMIN,
+    BASE,
+    ENGINE,
+    FakeVLLM,
+    Running,
+    error_of,
+    running_gateway,
+    serial,
+    write_tiny_adapter,
+)
+from tests.openai_schema import validate
+from tests.tiny_llama import TINY_CONFIG
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+HALF = "tiny-half"
+HALF_ENGINE = "http://half-engine.test"
+
+
+# --------------------------------------------------------------------------- the gateway
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def run(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Running]:
+    tmp = tmp_path_factory.mktemp("bases")
+    half_dir = tmp / HALF
+    half_dir.mkdir()
+    (half_dir / "config.json").write_text(json.dumps({**TINY_CONFIG, "num_hidden_layers": 1}))
+    bases = {
+        BASE: {"path": str(tmp / "tiny-llama"), "engine_urls": [ENGINE]},
+        HALF: {"path": str(half_dir), "engine_urls": [HALF_ENGINE], "api_key": "sk-half"},
+    }
+    half = FakeVLLM(base=HALF)
+    async with running_gateway(tmp, other_engines={HALF_ENGINE: half}, base_models=bases) as running:
+        r = await running.http.post("/admin/tenants", json={"name": "acme"}, headers=ADMIN)
+        assert r.status_code == 201, r.text
+        r = await running.http.post("/admin/tenants/acme/keys", json={}, headers=ADMIN)
+        running.auth = {"authorization": f"Bearer {r.json()['key']}"}  # type: ignore[attr-defined]
+        running.half = half  # type: ignore[attr-defined]
+        yield running
+
+
+def _archive(directory: Path) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for f in sorted(directory.iterdir()):
+            tar.add(f, arcname=f.name)
+    return buf.getvalue()
+
+
+async def _upload(run: Running, name: str, source: Path, **fields: str) -> Any:
+    files = {"file": ("a.tar.gz", _archive(source), "application/gzip")}
+    return await run.http.post("/v1/adapters", data={"name": name, **fields}, files=files, headers=run.auth)  # type: ignore[attr-defined]
+
+
+async def _chat(run: Running, model: str) -> Any:
+    body = {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+    return await run.http.post("/v1/chat/completions", json=body, headers=run.auth)  # type: ignore[attr-defined]
+
+
+async def test_every_base_is_listed_and_found(run: Running) -> None:
+    auth = run.auth  # type: ignore[attr-defined]
+    listed = (await run.http.get("/v1/models", headers=auth)).json()
+    validate(listed, "ListModelsResponse")
+    assert [m["id"] for m in listed["data"]][:2] == [BASE, HALF]
+    card = (await run.http.get(f"/v1/models/{HALF}", headers=auth)).json()
+    validate(card, "Model")
+    assert card["id"] == HALF
+    paged = (await run.http.get("/v1/models", params={"after": BASE, "limit": 1}, headers=auth)).json()
+    assert [m["id"] for m in paged["data"]] == [HALF]
+    # A base cannot be deleted, whichever it is.
+    deleted = await run.http.delete(f"/v1/models/{HALF}", headers=auth)
+    assert error_of(deleted, 400)["code"] == "cannot_delete_base_model"
+
+
+async def test_each_base_answers_on_its_own_engines(run: Running) -> None:
+    half: FakeVLLM = run.half  # type: ignore[attr-defined]
+    before_default, before_half = len(run.fake.completions()), len(half.completions())
+    for model in (BASE, HALF):
+        r = await _chat(run, model)
+        assert r.status_code == 200, r.text
+        validate(r.json(), "CreateChatCompletionResponse")
+    assert [s.body["model"] for s in run.fake.completions()[before_default:]] == [BASE]
+    [seen] = half.completions()[before_half:]
+    assert (seen.body["model"], seen.authorization) == (HALF, "Bearer sk-half")  # its own engine key
+
+
+async def test_an_adapter_serves_on_the_base_it_was_registered_for(run: Running) -> None:
+    half: FakeVLLM = run.half  # type: ignore[attr-defined]
+    source = write_tiny_adapter(run.tmp / f"half-{next(serial)}", layers=1, made_for=HALF)
+    # Made for the 1-layer base: its shapes fit the first layer of the default base too, but
+    # its config names the other base.
+    refused = error_of(await _upload(run, "halfling", source), 400)
+    assert refused["code"] == "invalid_adapter" and HALF in refused["message"]
+    r = await _upload(run, "halfling", source, base_model=HALF)
+    assert r.status_code == 201, r.text
+    before = len(half.completions())
+    r = await _chat(run, "halfling")
+    assert r.status_code == 200, r.text
+    [seen] = half.completions()[before:]
+    assert seen.body["model"] in half.loras  # loaded on the half base's engine
+    assert all(s.body["lora_name"] not in half.loras for s in run.fake.loads())
+
+
+async def test_a_default_base_adapter_does_not_fit_the_smaller_base(run: Running) -> None:
+    source = write_tiny_adapter(run.tmp / f"full-{next(serial)}")  # both layers
+    refused = error_of(await _upload(run, "wide", source, base_model=HALF), 400)
+    assert refused["code"] == "invalid_adapter"
+    body = {"name": "wide", "path": str(source), "base_model": BASE}
+    r = await run.http.post("/admin/tenants/acme/adapters/register", json=body, headers=ADMIN)
+    assert r.status_code == 201, r.text
+
+
+@pytest.mark.parametrize("base", ["nope", str(Path("/etc").resolve()), "http://169.254.169.254/latest", "../tiny-half"])
+async def test_an_unknown_base_is_refused(run: Running, base: str) -> None:
+    source = write_tiny_adapter(run.tmp / f"any-{next(serial)}")
+    refused = error_of(await _upload(run, "other", source, base_model=base), 400, param="base_model")
+    assert refused["code"] == "unknown_base_model"
+    body = {"name": "other", "path": str(source), "base_model": base}
+    r = await run.http.post("/admin/tenants/acme/adapters/register", json=body, headers=ADMIN)
+    assert error_of(r, 400, param="base_model")["code"] == "unknown_base_model"
+
+
+async def test_no_adapter_takes_a_base_name(run: Running) -> None:
+    source = write_tiny_adapter(run.tmp / f"named-{next(serial)}")
+    refused = error_of(await _upload(run, HALF, source), 400, param="name")
+    assert "base model" in refused["message"]
+
+
+async def test_fine_tuning_stays_on_the_default_base(run: Running) -> None:
+    source = write_tiny_adapter(run.tmp / f"tuned-{next(serial)}", layers=1, made_for=HALF)
+    r = await _upload(run, "half-tuned", source, base_model=HALF)
+    assert r.status_code == 201, r.text
+    for model in (HALF, "half-tuned"):
+        body = {"model": model, "training_file": "file-nope"}
+        r = await run.http.post("/v1/fine_tuning/jobs", json=body, headers=run.auth)  # type: ignore[attr-defined]
+        assert error_of(r, 400, param="model")["code"] == "unsupported_base_model"
+
+
+async def test_merges_stay_on_the_default_base(run: Running) -> None:
+    source = write_tiny_adapter(run.tmp / f"merged-{next(serial)}", layers=1, made_for=HALF)
+    r = await _upload(run, "half-merged", source, base_model=HALF)
+    assert r.status_code == 201, r.text
+    r = await run.http.post("/v1/adapters/half-merged/merge", json={}, headers=run.auth)  # type: ignore[attr-defined]
+    assert error_of(r, 400, param="version")["code"] == "unsupported_base_model"

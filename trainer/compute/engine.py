@@ -307,14 +307,10 @@ def _own_launch(settings: Settings, base: BaseModelConfig | None, extra_args: li
         log_file=settings.data_dir / "logs" / "eval-engine.log",
         extra_args=extra_args,
     )
-    if base is None or base.default or base.path is None:
+    if base is None:
         return launch
-    return replace(
-        launch,
-        model_path=base.path.resolve(),
-        served_name=base.name,
-        log_file=settings.data_dir / "logs" / f"eval-engine-{base.name[:12]}.log",
-    )
+    log_file = settings.data_dir / "logs" / f"eval-engine-{base.name[:12]}.log"
+    return launch.for_base(base, port=launch.port, log_file=log_file)
 
 
 @contextlib.contextmanager

@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from adapters import checkpoints
+from adapters.registry import ValidationLimits
 from tests.gateway.gateway_world import (
     ADMIN,
     BASE,
@@ -31,6 +33,7 @@ from tests.gateway.gateway_world import (
 )
 from tests.openai_schema import validate
 from tests.tiny_llama import TINY_CONFIG
+from trainer import job_records
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -178,6 +181,26 @@ async def test_lora_jobs_train_on_the_base_they_name(run: Running) -> None:
     # The default base's jobs record nothing more than before.
     r = await _create_job(run, BASE, suffix="default-job")
     assert r.status_code == 200, r.text
+
+
+async def test_a_jobs_checkpoint_serves_on_the_jobs_base(run: Running) -> None:
+    r = await _create_job(run, HALF, suffix="half-ckpt")
+    assert r.status_code == 200, r.text
+    job_id = r.json()["id"]
+    settings = run.services.settings
+    limits = ValidationLimits.from_settings(settings, settings.base(HALF))
+    digest = checkpoints.store_checkpoint(
+        run.services.store,
+        write_tiny_adapter(run.tmp / f"ckpt-{next(serial)}", layers=1, made_for=HALF),
+        base=limits.base,
+        max_rank=limits.max_rank,
+        max_bytes=limits.max_bytes,
+    )
+    saved = job_records.add_checkpoint(run.services.db, job_id, step=1, metrics={}, path="ckpt", digest=digest)
+    before = len(run.half.completions())  # type: ignore[attr-defined]
+    r = await _chat(run, checkpoints.checkpoint_model("half-ckpt", job_id, 1))
+    assert r.status_code == 200, r.text
+    assert [c.body["model"] for c in run.half.completions()[before:]] == [saved.id]  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from adapters import registry
+from adapters import promotion, registry
 from core.base_models import JOB_BASE_KEY, BaseModelConfig, job_base_name
 from core.config import Settings
 from core.db import Database
@@ -32,6 +32,14 @@ def requested_base(settings: Settings, db: Database, tenant_id: str, model: str)
     # The tenant's own names only: another tenant's adapter, a path or a URL is a 404.
     recorded = registry.resolve(db, tenant_id, model, settings.base_model_name).base
     return settings.base(recorded or "") or settings.bases[0]
+
+
+def serving_base(settings: Settings, db: Database, tenant_id: str, adapter_name: str) -> BaseModelConfig:
+    """The base the tenant's `adapter_name` serves on (its active version's; the default base
+    for a new name): where a retraining of it trains."""
+    current = promotion.active_version(db, tenant_id, adapter_name)
+    recorded = current.base_model if current is not None else ""
+    return settings.base(recorded) or settings.bases[0]
 
 
 def check_trainable(settings: Settings, base: BaseModelConfig, *, method: str, full: bool) -> None:

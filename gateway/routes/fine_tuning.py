@@ -373,8 +373,8 @@ def get_report_png(fine_tuning_job_id: str, services: ServicesDep, caller: Calle
 )
 def train_from_feedback(tenant: str, body: TrainFromFeedbackIn, services: ServicesDep) -> FineTuningJobOut:
     owner = tenants.find_tenant(services.db, tenant)
-    base = services.settings.base_model_name
-    model = body.model or base
+    # Without a model: a fresh LoRA on the base the adapter serves on.
+    model = body.model or job_base.serving_base(services.settings, services.db, owner.id, body.adapter_name).name
     _trainable(services, owner.id, model, "model")
     if services.settings.base(body.adapter_name) is not None:
         raise bad_request(f"adapter_name {body.adapter_name!r} is the base model's name.", param="adapter_name")

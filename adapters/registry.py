@@ -21,7 +21,7 @@ from adapters.audit_log import describe_version, record_change
 from adapters.store import AdapterStore
 from adapters.validation import BaseModelSpec, validate_adapter_name
 from adapters.version_files import VersionFiles, validate_version_dir
-from core.base_models import BaseModelConfig
+from core.base_models import BaseModelConfig, job_base_name
 from core.config import Settings
 from core.db import Database
 from core.errors import TailorError, bad_request, not_found
@@ -385,7 +385,7 @@ def route(db: Database, tenant_id: str, model: str, base_model_name: str) -> Mod
 
 def _checkpoint(db: Database, tenant_id: str, model: str, name: checkpoints.CheckpointName) -> ResolvedModel:
     query = (
-        select(JobCheckpoint, Job.hyperparameters)
+        select(JobCheckpoint, Job.hyperparameters, Job.config)
         .join(Job, Job.id == JobCheckpoint.job_id)
         .where(
             Job.id == name.job_id,
@@ -402,7 +402,7 @@ def _checkpoint(db: Database, tenant_id: str, model: str, name: checkpoints.Chec
         row = s.execute(query).first()
         if row is None:
             raise model_not_found(model)
-        found, hyperparameters = row
+        found, hyperparameters, config = row
         # A full fine-tune's checkpoints are whole models, served on engines of their own.
         full = (hyperparameters or {}).get("finetuning_type") == FinetuningType.FULL
         return ResolvedModel(
@@ -411,6 +411,8 @@ def _checkpoint(db: Database, tenant_id: str, model: str, name: checkpoints.Chec
             digest=found.digest,
             created_at=found.created_at,
             kind=VersionKind.MODEL if full else VersionKind.ADAPTER,
+            # Served on the pool of the base the job trained on.
+            base=job_base_name(config),
         )
 
 

@@ -28,6 +28,7 @@ from adapters.engine_checks import Problem
 from adapters.engine_exit import exit_report, read_tail
 from adapters.engines import Engine, EnginePool, bearer
 from adapters.ports import pick_free_port, port_is_free, tree_listens_on
+from core.base_models import BaseModelConfig
 from core.child_env import runtime_env
 from core.config import Settings
 from core.supervised import SupervisedChild
@@ -88,6 +89,13 @@ class EngineLaunch:
             # child's copy with the gateway's.
             adapter_cache_dir=s.cache_dir.resolve() / "adapters",
         )
+
+    def for_base(self, base: BaseModelConfig, *, port: int, log_file: Path) -> EngineLaunch:
+        """This launch for `base`: the same flags on its checkpoint, under its name (this one
+        unchanged for the default base, or a base without a checkpoint)."""
+        if base.default or base.path is None:
+            return self
+        return replace(self, model_path=base.path.resolve(), served_name=base.name, port=port, log_file=log_file)
 
     @classmethod
     def dedicated(cls, s: Settings, *, model_path: Path, served_name: str) -> EngineLaunch:

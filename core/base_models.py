@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
@@ -18,6 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 # no ':', '/' or '@', so neither can be read as the other.
 BASE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 _BASE_NAME = re.compile(BASE_NAME_PATTERN)
+# The fine-tuning job config key recording the base a job trains on (trainer.job_base), only
+# when it is not the default base.
+JOB_BASE_KEY = "base_model"
 
 
 class BaseModelEntry(BaseModel):
@@ -104,3 +108,9 @@ def configured_bases(
             )
         )
     return tuple(bases)
+
+
+def job_base_name(config: dict[str, Any] | None) -> str | None:
+    """The base a fine-tuning job's config records it trains on; None: the default base."""
+    name = (config or {}).get(JOB_BASE_KEY)
+    return name if isinstance(name, str) else None

@@ -7,7 +7,7 @@ import functools
 import logging
 import random
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import httpx
@@ -205,16 +205,10 @@ class Services:
 
     def _child_launch(self, base: BaseModelConfig | None = None) -> EngineLaunch:
         launch = EngineLaunch.from_settings(self.settings)
-        if base is None or base.default or base.path is None:
+        if base is None:
             return launch
         # Another base's child: its own checkpoint, name and log, on any free port.
-        return replace(
-            launch,
-            model_path=base.path.resolve(),
-            served_name=base.name,
-            port=0,
-            log_file=self.settings.data_dir / "logs" / f"engine-{base.name}.log",
-        )
+        return launch.for_base(base, port=0, log_file=self.settings.data_dir / "logs" / f"engine-{base.name}.log")
 
     def _probe_adapter(self, base: BaseModelConfig) -> str:
         """Path of the LoRA that tests an operator-run engine takes the largest rank Tailor accepts."""

@@ -26,7 +26,8 @@ import anyio.from_thread
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
-from adapters import checkpoints, registry
+from adapters import checkpoints, promotion, registry
+from core.base_models import BaseModelConfig
 from core.errors import TailorError, bad_request, not_found
 from core.metadata import filter_from_query
 from core.quotas import Quotas
@@ -50,7 +51,7 @@ from gateway.protocol.fine_tuning import (
 from gateway.protocol.wire import page_ids
 from gateway.services import Services
 from gateway.tenants import Caller
-from trainer import distill, hyperparameters, job_records, jobs, rewards
+from trainer import distill, hyperparameters, job_base, job_records, jobs, rewards
 from trainer.graders import Capabilities, ExternalModels
 from trainer.jobs import JobInfo
 
@@ -74,13 +75,9 @@ def _trainable(services: Services, tenant_id: str, model: str, param: str) -> No
     """`model` is one the tenant may train from (or ask as a teacher): 404 for names not the
     tenant's; a job's checkpoint is a 400 (it is served, not trained from: use the job's
     fine_tuned_model)."""
-    base = services.settings.base_model_name
-    if model == base:
+    if services.settings.base(model) is not None:
         return
-    if services.settings.base(model) is None:
-        _on_default_base(services, model, registry.resolve(services.db, tenant_id, model, base).base, param)
-    else:
-        _on_default_base(services, model, model, param)
+    registry.resolve(services.db, tenant_id, model, services.settings.base_model_name)
     if checkpoints.parse(model) is not None:
         raise bad_request(
             f"{model!r} is a checkpoint of a fine-tuning job: call it, or train from an adapter or version "
@@ -90,12 +87,27 @@ def _trainable(services: Services, tenant_id: str, model: str, param: str) -> No
         )
 
 
-def _on_default_base(services: Services, model: str, base: str | None, param: str) -> None:
-    """Jobs train on the default base: 400 for another base or an adapter registered for one."""
-    other = services.settings.base(base or "")
-    if other is not None and not other.default:
+def _job_base(
+    services: Services, tenant_id: str, model: str, *, method: str, hp: dict[str, Any], adapter_name: str | None
+) -> BaseModelConfig:
+    """The base the job trains on (trainer.job_base): a 400 when the method cannot train on it,
+    or when the adapter the result is registered under serves on another base."""
+    settings = services.settings
+    base = job_base.requested_base(settings, services.db, tenant_id, model)
+    job_base.check_trainable(settings, base, method=method, full=hp.get("finetuning_type") == FinetuningType.FULL)
+    current = promotion.active_version(services.db, tenant_id, adapter_name) if adapter_name else None
+    if current is not None:
+        job_base.check_same_base(settings, base, current.base_model, f"{adapter_name!r}")
+    return base
+
+
+def _on_default_base(services: Services, tenant_id: str, model: str, param: str) -> None:
+    """A local distillation teacher runs on the default base, as its student does: 400 for
+    another base or an adapter registered for one."""
+    other = job_base.requested_base(services.settings, services.db, tenant_id, model)
+    if not other.default:
         raise bad_request(
-            f"{model!r} runs on base model {other.name!r}; fine-tuning trains on the default base model "
+            f"{model!r} runs on base model {other.name!r}; distillation trains on the default base model "
             f"{services.settings.base_model_name!r} and its adapters only.",
             code="unsupported_base_model",
             param=param,
@@ -106,7 +118,7 @@ def _same_kind(services: Services, tenant_id: str, model: str, given: dict[str, 
     """A full fine-tune continues a whole model and a LoRA an adapter: 400 for the other kind
     (the worker checks again: a name can be moved to a version of the other kind meanwhile)."""
     base = services.settings.base_model_name
-    if model == base:
+    if services.settings.base(model) is not None:
         return
     whole = registry.resolve(services.db, tenant_id, model, base).kind == VersionKind.MODEL
     hyperparameters.check_start(model, whole=whole, full=given.get("finetuning_type") == FinetuningType.FULL)
@@ -138,9 +150,10 @@ def create(services: Services, tenant_id: str, body: CreateFineTuningJobIn, *, a
     method, hp = _method_and_hyperparameters(body)
     base = services.settings.base_model_name
     _trainable(services, tenant_id, body.model, "model")
-    _same_kind(services, tenant_id, body.model, hp)
-    if body.suffix == base:
+    if body.suffix is not None and services.settings.base(body.suffix) is not None:
         raise bad_request(f"suffix {body.suffix!r} is the base model's name.", param="suffix")
+    trains_on = _job_base(services, tenant_id, body.model, method=method, hp=hp, adapter_name=body.suffix)
+    _same_kind(services, tenant_id, body.model, hp)
     config, capabilities = None, Capabilities()
     if method == "distillation":
         config = _distillation_config(services, tenant_id, body)
@@ -168,7 +181,7 @@ def create(services: Services, tenant_id: str, body: CreateFineTuningJobIn, *, a
         source="api",
         max_lora_rank=services.settings.engine_max_lora_rank,
         quotas=Quotas.from_settings(services.settings),
-        config=config,
+        config=job_base.job_config(trains_on, config),
         metadata=body.metadata,
         integrations=[i.type for i in body.integrations or ()],
         grader_capabilities=capabilities,
@@ -184,6 +197,7 @@ def _distillation_config(services: Services, tenant_id: str, body: CreateFineTun
     if not teacher.remote and teacher.model is not None:
         # 404 (or 400) now, not a failed job later
         _trainable(services, tenant_id, teacher.model, "method.distillation.teacher.model")
+        _on_default_base(services, tenant_id, teacher.model, "method.distillation.teacher.model")
     return spec.to_json()
 
 
@@ -359,11 +373,13 @@ def get_report_png(fine_tuning_job_id: str, services: ServicesDep, caller: Calle
 )
 def train_from_feedback(tenant: str, body: TrainFromFeedbackIn, services: ServicesDep) -> FineTuningJobOut:
     owner = tenants.find_tenant(services.db, tenant)
-    base = services.settings.base_model_name
-    model = body.model or base
+    # Without a model: a fresh LoRA on the base the adapter serves on.
+    model = body.model or job_base.serving_base(services.settings, services.db, owner.id, body.adapter_name).name
     _trainable(services, owner.id, model, "model")
-    if body.adapter_name == base:
+    if services.settings.base(body.adapter_name) is not None:
         raise bad_request(f"adapter_name {body.adapter_name!r} is the base model's name.", param="adapter_name")
+    hp = dict(body.hyperparameters or {})
+    trains_on = _job_base(services, owner.id, model, method=body.method, hp=hp, adapter_name=body.adapter_name)
     # Snapshot now, so "no usable feedback" is this request's 400 rather than a failed job.
     snapshot = jobs.feedback_snapshot(services.db, services.blobs, owner.id, body.adapter_name)
     jobs.training_examples(snapshot, body.method)
@@ -380,5 +396,6 @@ def train_from_feedback(tenant: str, body: TrainFromFeedbackIn, services: Servic
         dataset_id=snapshot.id,
         max_lora_rank=services.settings.engine_max_lora_rank,
         quotas=Quotas.from_settings(services.settings),
+        config=job_base.job_config(trains_on, None),
     )
     return job_out(job)

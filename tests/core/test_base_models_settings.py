@@ -78,7 +78,13 @@ def test_a_base_sends_its_own_engine_key_or_the_common_one(tmp_path: Path) -> No
 
 
 def test_the_trainer_gets_no_base_engine_key(tmp_path: Path) -> None:
-    entries = {"small": {"engine_urls": ["http://s:1"], "api_key": "sk-engine"}}
+    entries = {
+        "small": {"engine_urls": ["http://s:1"], "api_key": "sk-engine"},
+        "other": {"engine_urls": ["http://o:1"], "api_key": "sk-other"},
+    }
     env = settings_env(Settings(data_dir=tmp_path, base_models=entries))
     assert "sk-engine" not in json.dumps(env)
-    assert json.loads(env["TAILOR_BASE_MODELS"])["small"]["engine_urls"] == ["http://s:1"]
+    bases = json.loads(env["TAILOR_BASE_MODELS"])
+    assert bases["small"]["engine_urls"] == ["http://s:1"]
+    # Another base's key stays: the worker evaluates that base's jobs on its engines.
+    assert bases["other"]["api_key"] == "sk-other"

@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from adapters import checkpoints
+from adapters.registry import ValidationLimits
 from tests.gateway.gateway_world import (
     ADMIN,
     BASE,
@@ -31,6 +33,7 @@ from tests.gateway.gateway_world import (
 )
 from tests.openai_schema import validate
 from tests.tiny_llama import TINY_CONFIG
+from trainer import job_records
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -148,14 +151,110 @@ async def test_no_adapter_takes_a_base_name(run: Running) -> None:
     assert "base model" in refused["message"]
 
 
-async def test_fine_tuning_stays_on_the_default_base(run: Running) -> None:
+async def _training_file(run: Running) -> str:
+    row = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}
+    files = {"file": ("t.jsonl", (json.dumps(row) + "\n").encode(), "application/jsonl")}
+    r = await run.http.post("/v1/files", data={"purpose": "fine-tune"}, files=files, headers=run.auth)  # type: ignore[attr-defined]
+    assert r.status_code == 200, r.text
+    return str(r.json()["id"])
+
+
+async def _create_job(run: Running, model: str, method: dict[str, Any] | None = None, **fields: Any) -> Any:
+    body = {"model": model, "training_file": await _training_file(run), **fields}
+    if method is not None:
+        body["method"] = method
+    return await run.http.post("/v1/fine_tuning/jobs", json=body, headers=run.auth)  # type: ignore[attr-defined]
+
+
+async def test_lora_jobs_train_on_the_base_they_name(run: Running) -> None:
     source = write_tiny_adapter(run.tmp / f"tuned-{next(serial)}", layers=1, made_for=HALF)
     r = await _upload(run, "half-tuned", source, base_model=HALF)
     assert r.status_code == 201, r.text
-    for model in (HALF, "half-tuned"):
-        body = {"model": model, "training_file": "file-nope"}
-        r = await run.http.post("/v1/fine_tuning/jobs", json=body, headers=run.auth)  # type: ignore[attr-defined]
-        assert error_of(r, 400, param="model")["code"] == "unsupported_base_model"
+    for model, suffix in ((HALF, "half-job"), ("half-tuned", "half-tuned"), ("half-tuned@v1", None)):
+        r = await _create_job(run, model, suffix=suffix)
+        assert r.status_code == 200, r.text
+        validate(r.json(), "FineTuningJob")
+        assert r.json()["model"] == model
+    r = await _create_job(run, HALF, {"type": "dpo", "dpo": {}}, suffix="half-dpo")
+    # Accepted on this base: the file is refused for what a dpo job reads, not the base.
+    assert error_of(r, 400, param="training_file")
+    # The default base's jobs record nothing more than before.
+    r = await _create_job(run, BASE, suffix="default-job")
+    assert r.status_code == 200, r.text
+
+
+async def test_a_jobs_checkpoint_serves_on_the_jobs_base(run: Running) -> None:
+    r = await _create_job(run, HALF, suffix="half-ckpt")
+    assert r.status_code == 200, r.text
+    job_id = r.json()["id"]
+    settings = run.services.settings
+    limits = ValidationLimits.from_settings(settings, settings.base(HALF))
+    digest = checkpoints.store_checkpoint(
+        run.services.store,
+        write_tiny_adapter(run.tmp / f"ckpt-{next(serial)}", layers=1, made_for=HALF),
+        base=limits.base,
+        max_rank=limits.max_rank,
+        max_bytes=limits.max_bytes,
+    )
+    saved = job_records.add_checkpoint(run.services.db, job_id, step=1, metrics={}, path="ckpt", digest=digest)
+    before = len(run.half.completions())  # type: ignore[attr-defined]
+    r = await _chat(run, checkpoints.checkpoint_model("half-ckpt", job_id, 1))
+    assert r.status_code == 200, r.text
+    assert [c.body["model"] for c in run.half.completions()[before:]] == [saved.id]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("method", "hyperparameters", "said"),
+    [
+        (
+            {
+                "type": "reinforcement",
+                "reinforcement": {
+                    "grader": {"type": "string_check", "name": "g", "input": "a", "reference": "b", "operation": "eq"}
+                },
+            },
+            {},
+            "reinforcement method",
+        ),
+        ({"type": "distillation", "distillation": {"teacher": {"model": HALF}}}, {}, "distillation method"),
+        (None, {"finetuning_type": "full"}, "full fine-tuning"),
+    ],
+)
+async def test_other_methods_stay_on_the_default_base(
+    run: Running, method: dict[str, Any] | None, hyperparameters: dict[str, Any], said: str
+) -> None:
+    r = await _create_job(run, HALF, method, hyperparameters=hyperparameters)
+    refused = error_of(r, 400, param="model")
+    assert refused["code"] == "unsupported_base_model" and said in refused["message"]
+
+
+async def test_a_job_cannot_mix_bases(run: Running) -> None:
+    # The suffix names an adapter of the default base: a job on the other base cannot add to it.
+    source = write_tiny_adapter(run.tmp / f"wide-{next(serial)}")
+    assert (await _upload(run, "wide-only", source)).status_code == 201
+    refused = error_of(await _create_job(run, HALF, suffix="wide-only"), 400, param="suffix")
+    assert refused["code"] == "unsupported_base_model" and HALF in refused["message"]
+
+
+@pytest.mark.parametrize(
+    "model", ["nope", str(Path("/etc").resolve()), "http://169.254.169.254/latest", "../tiny-half"]
+)
+async def test_an_unknown_base_cannot_train(run: Running, model: str) -> None:
+    refused = error_of(await _create_job(run, model), 404, param="model")
+    assert refused["code"] == "model_not_found"
+
+
+async def test_another_tenants_adapter_of_a_base_cannot_train(run: Running) -> None:
+    r = await run.http.post("/admin/tenants", json={"name": "globex"}, headers=ADMIN)
+    assert r.status_code == 201, r.text
+    r = await run.http.post("/admin/tenants/globex/keys", json={}, headers=ADMIN)
+    theirs = {"authorization": f"Bearer {r.json()['key']}"}
+    source = write_tiny_adapter(run.tmp / f"theirs-{next(serial)}", layers=1, made_for=HALF)
+    files = {"file": ("a.tar.gz", _archive(source), "application/gzip")}
+    data = {"name": "globex-half", "base_model": HALF}
+    assert (await run.http.post("/v1/adapters", data=data, files=files, headers=theirs)).status_code == 201
+    refused = error_of(await _create_job(run, "globex-half"), 404, param="model")
+    assert refused["code"] == "model_not_found"
 
 
 async def test_merges_stay_on_the_default_base(run: Running) -> None:

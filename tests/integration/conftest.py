@@ -189,3 +189,14 @@ def random_adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # Tests that kill the shared engine run last, so they cannot disturb the others.
     items.sort(key=lambda item: item.get_closest_marker("disruptive") is not None)
+
+
+def fact_file(c: openai.OpenAI) -> str:
+    """The id of a fine-tune upload teaching tests.trainer.worker_world's odd fact."""
+    from tests.trainer.worker_world import ANSWER, QUESTIONS
+
+    lines = "\n".join(
+        json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": ANSWER}]})
+        for q in QUESTIONS
+    )
+    return c.files.create(file=("fact.jsonl", lines.encode()), purpose="fine-tune").id

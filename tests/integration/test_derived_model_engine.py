@@ -12,6 +12,7 @@ import io
 import json
 import tarfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +22,22 @@ import pytest
 from adapters.derived_model import derive_model
 from core.config import Settings
 from tests.conftest import MODEL_DIR, LiveEngine
-from tests.integration.conftest import BASE_MODEL, TailorServer, TenantKeys, make_tenant, running_tailor
+from tests.integration.conftest import (
+    BASE_MODEL,
+    TailorServer,
+    TenantKeys,
+    fact_file,
+    make_tenant,
+    running_tailor,
+)
+from tests.integration.test_fine_tuning_live import job_body, wait_for
 from tests.openai_schema import validate
 from trainer.compute.engine import EngineClient, OwnEngine
 
 pytestmark = pytest.mark.engine
 
 NAME = "SmolLM2-15L"
+FINISHED = ("succeeded", "failed", "cancelled")
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 
@@ -40,8 +50,13 @@ def derived(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@dataclass(frozen=True)
+class DerivedEngine(LiveEngine):
+    log_file: Path = Path()
+
+
 @pytest.fixture(scope="module")
-def derived_engine(derived: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveEngine]:
+def derived_engine(derived: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DerivedEngine]:
     settings = Settings(
         data_dir=tmp_path_factory.mktemp("engine"),
         base_model_path=derived,
@@ -53,14 +68,14 @@ def derived_engine(derived: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     own = OwnEngine(settings)
     client = own.start()
     try:
-        yield LiveEngine(client, own.launch.url, own.key)
+        yield DerivedEngine(client, own.launch.url, own.key, own.launch.log_file)
     finally:
         client.close()
         own.stop()
 
 
 @pytest.fixture(scope="module")
-def engine(derived_engine: LiveEngine) -> EngineClient:
+def engine(derived_engine: DerivedEngine) -> EngineClient:
     return derived_engine.client
 
 
@@ -127,16 +142,17 @@ def _chat(server: TailorServer, tenant: TenantKeys, model: str) -> dict[str, Any
 
 
 def test_one_gateway_serves_both_bases_and_an_adapter_on_its_own_base(
-    tmp_path: Path, derived: Path, derived_engine: LiveEngine, eval_engine: LiveEngine, derived_adapter: Path
+    tmp_path: Path, derived: Path, derived_engine: DerivedEngine, eval_engine: LiveEngine, derived_adapter: Path
 ) -> None:
     bases = {
         BASE_MODEL: {"path": str(MODEL_DIR), "engine_urls": [eval_engine.url], "api_key": eval_engine.key},
         NAME: {"path": str(derived), "engine_urls": [derived_engine.url], "api_key": derived_engine.key},
     }
-    with running_tailor(
-        tmp_path, eval_engine, TAILOR_RUN_TRAINER="false", TAILOR_BASE_MODELS=json.dumps(bases)
-    ) as server:
+    # Its trainer evaluates the default base's jobs on TAILOR_EVAL_ENGINE_URL (the 30-layer
+    # engine) and the derived base's on that base's engine_urls.
+    with running_tailor(tmp_path, eval_engine, TAILOR_BASE_MODELS=json.dumps(bases)) as server:
         tenant = make_tenant(server, "bases")
+        job_id = _queue_job_on_the_derived_base(server, tenant)
         listed = server.sdk(tenant).models.with_raw_response.list().http_response.json()
         validate(listed, "ListModelsResponse")
         assert [m["id"] for m in listed["data"]] == [BASE_MODEL, NAME]
@@ -154,3 +170,38 @@ def test_one_gateway_serves_both_bases_and_an_adapter_on_its_own_base(
             engines = {e["url"]: e for e in admin.get("/admin/engines").json()}
         assert engines[derived_engine.url.rstrip("/")]["resident_adapters"]
         assert not engines[eval_engine.url.rstrip("/")]["resident_adapters"]
+        _check_the_job_on_the_derived_base(server, tenant, job_id, derived_engine, eval_engine)
+
+
+def _queue_job_on_the_derived_base(server: TailorServer, tenant: TenantKeys) -> str:
+    """A tiny supervised job on the 15-layer base, queued first so that it trains while the rest runs."""
+    c = server.sdk(tenant)
+    raw = c.fine_tuning.jobs.with_raw_response.create(
+        model=NAME,
+        training_file=fact_file(c),
+        suffix="half-fact",
+        method={"type": "supervised", "supervised": {"hyperparameters": {"batch_size": 2, "max_steps": 2}}},  # type: ignore[typeddict-item]
+    )
+    created = raw.http_response.json()
+    validate(created, "FineTuningJob")
+    assert created["model"] == NAME
+    return str(created["id"])
+
+
+def _check_the_job_on_the_derived_base(
+    server: TailorServer, tenant: TenantKeys, job_id: str, derived_engine: DerivedEngine, eval_engine: LiveEngine
+) -> None:
+    c = server.sdk(tenant)
+    wait_for("the job on the derived base", server, lambda: job_body(c, job_id)["status"] in FINISHED, 300)
+    job = job_body(c, job_id)
+    assert job["status"] == "succeeded", (job, server.log_tail())
+    events = [e.message for e in c.fine_tuning.jobs.list_events(job_id, limit=100)]
+    assert any(m.startswith("Evaluation: token F1") for m in events), events
+    # Evaluated on the derived base's engine: the worker loaded its candidate there.
+    assert f"tailor-eval-{job_id}-candidate" in derived_engine.log_file.read_text(errors="replace")
+    # The candidate answers through the gateway, served on the derived base's engine.
+    _chat(server, tenant, job["fine_tuned_model"])
+    with server.admin() as admin:
+        engines = {e["url"]: e for e in admin.get("/admin/engines").json()}
+    assert engines[derived_engine.url.rstrip("/")]["resident_adapters"] == 2
+    assert not engines[eval_engine.url.rstrip("/")]["resident_adapters"]

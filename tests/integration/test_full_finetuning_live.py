@@ -23,12 +23,12 @@ import httpx
 import pytest
 
 from tests.conftest import LiveEngine
-from tests.integration.conftest import BASE_MODEL, TailorServer, make_tenant, running_tailor
+from tests.integration.conftest import BASE_MODEL, TailorServer, fact_file, make_tenant, running_tailor
 from tests.integration.test_adapters_live import register_path
 from tests.integration.test_fine_tuning_live import job_body, wait_for
 from tests.integration.traffic import MESSAGES, first_answer
 from tests.openai_schema import validate
-from tests.trainer.worker_world import ANSWER, DISTILL_QUESTIONS, QUESTIONS, ZORBLAX_CONTEXT
+from tests.trainer.worker_world import DISTILL_QUESTIONS, QUESTIONS, ZORBLAX_CONTEXT
 
 pytestmark = pytest.mark.engine
 
@@ -53,14 +53,9 @@ def server(tmp_path_factory: pytest.TempPathFactory, eval_engine: LiveEngine) ->
 def test_a_full_fine_tune_is_evaluated_and_served_on_engines_of_its_own(server: TailorServer) -> None:
     tenant = make_tenant(server, "full-co")
     c = server.sdk(tenant, retries=10)
-    lines = "\n".join(
-        json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": ANSWER}]})
-        for q in QUESTIONS
-    )
-    training = c.files.create(file=("fact.jsonl", lines.encode()), purpose="fine-tune")
     created = c.fine_tuning.jobs.with_raw_response.create(
         model=BASE_MODEL,
-        training_file=training.id,
+        training_file=fact_file(c),
         suffix="whole",
         method={"type": "supervised", "supervised": {"hyperparameters": HYPERPARAMETERS}},  # type: ignore[typeddict-item]
     ).http_response.json()

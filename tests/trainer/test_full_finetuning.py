@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from adapters.registry import VersionInfo
+from core.config import Settings
 from core.errors import TailorError
 from core.states import VersionKind, VersionState
 from trainer import hyperparameters as hps
@@ -28,7 +29,7 @@ def version(kind: VersionKind) -> VersionInfo:
 
 @dataclass
 class Worker:
-    settings: Any = field(default_factory=lambda: SimpleNamespace(base_model_name=BASE))
+    settings: Any = field(default_factory=lambda: Settings(base_model_name=BASE))
     events: list[str] = field(default_factory=list)
 
     def event(self, job: Any, message: str, **_: Any) -> None:

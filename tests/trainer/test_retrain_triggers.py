@@ -6,11 +6,13 @@ The world (tenants, adapter versions, feedback at exact times): tests.trainer.po
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy import func, select
 
+from adapters import registry
 from adapters.store import AdapterStore
 from core.blobs import BlobStore
 from core.config import Settings
@@ -231,6 +233,16 @@ def test_retraining_one_adapter_does_not_reset_anothers_count(env: Env) -> None:
 # --- Worker.trigger_policies ---------------------------------------------------------
 
 
+def _worker(env: Env, settings: Settings) -> Worker:
+    return Worker(
+        settings,
+        env.db,
+        AdapterStore(settings.adapter_store_url or "", settings.cache_dir / "adapters"),
+        BlobStore(settings.blob_store_url or ""),
+        worker_id="w-test",
+    )
+
+
 def test_worker_queues_policy_jobs(env: Env) -> None:
     settings = Settings(
         data_dir=env.tmp / "data",
@@ -238,13 +250,7 @@ def test_worker_queues_policy_jobs(env: Env) -> None:
         database_url=env.url,
         engine_urls=["http://127.0.0.1:9"],
     )
-    worker = Worker(
-        settings,
-        env.db,
-        AdapterStore(settings.adapter_store_url or "", settings.cache_dir / "adapters"),
-        BlobStore(settings.blob_store_url or ""),
-        worker_id="w-test",
-    )
+    worker = _worker(env, settings)
     assert worker.trigger_policies() == []
 
     env.register(env.acme, "support")
@@ -303,3 +309,25 @@ def test_method_follows_what_the_feedback_is_made_of() -> None:
     # Only good ratings: nothing to push away from; imitate them.
     assert method_for(snap({"ratings_only": 30, "corrections": 0, "preferences": 0}, both[:1])) == "supervised"
     assert method_for(snap({}, ())) == "supervised"  # snapshots older than signals
+
+
+def test_an_adapter_on_another_base_retrains_on_that_base(env: Env) -> None:
+    bases = {"main": {"path": str(env.base_dir)}, "other": {"path": str(env.base_dir)}}
+    settings = Settings(data_dir=env.tmp / "data", database_url=env.url, base_models=bases)  # type: ignore[arg-type]
+    worker = _worker(env, settings)
+    registry.register_dir(
+        env.db,
+        env.store,
+        replace(env.limits, base_name="other"),
+        tenant_id=env.acme,
+        name="elsewhere",
+        source_dir=env.adapter_src,
+        base_model_name="other",
+        actor="test",
+    )
+    policy.set_policy(env.db, env.acme, {"retrain": "feedback_count", "retrain_min_feedback": 3})
+    env.feedback(env.acme, 3, model="elsewhere")
+    (job_id,) = worker.trigger_policies()
+    with env.db.session() as s:
+        job = s.get(Job, job_id)
+        assert job is not None and (job.model, job.config) == ("other", {"base_model": "other"})

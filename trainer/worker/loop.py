@@ -18,6 +18,7 @@ from adapters import promotion, registry
 from adapters.registry import ValidationLimits, VersionInfo
 from adapters.store import AdapterStore
 from core import audit
+from core.base_models import BaseModelConfig
 from core.blobs import BlobStore
 from core.config import Settings
 from core.db import Database
@@ -25,7 +26,7 @@ from core.errors import TailorError
 from core.models import Job
 from core.quotas import Quotas
 from core.states import JobStatus
-from trainer import datasets, hyperparameters, job_queue, job_records, jobs, merge_policy, policy
+from trainer import datasets, hyperparameters, job_base, job_queue, job_records, jobs, merge_policy, policy
 from trainer.compute.engine import WorkerEngines
 from trainer.compute.placement import Placement, choose
 from trainer.compute.recipe import TrainingCancelled, TrainingPaused
@@ -71,10 +72,19 @@ class Worker:
         self.stale_after_s, self.max_attempts = stale_after_s, max_attempts
         self.heartbeat_s = heartbeat_s
         self.tracing = JobTracing(settings)
+        self._tokenizers: dict[str, Any] = {}
 
     @functools.cached_property
     def limits(self) -> ValidationLimits:
         return ValidationLimits.from_settings(self.settings)
+
+    def limits_for(self, base: BaseModelConfig) -> ValidationLimits:
+        """What a job's adapters on `base` are checked against."""
+        return self.limits if base.default else ValidationLimits.from_settings(self.settings, base)
+
+    def base_of(self, job: JobInfo) -> BaseModelConfig:
+        """The base model the job trains on (trainer.job_base)."""
+        return job_base.job_base(self.settings, job.config)
 
     @functools.cached_property
     def placement(self) -> Placement:
@@ -85,12 +95,13 @@ class Worker:
         # On a GPU an idle engine of ours would hold memory the next training run needs.
         return WorkerEngines(self.settings, keep_own_engine=self.placement.device == "cpu")
 
-    @functools.cached_property
-    def tokenizer(self) -> Any:
+    def tokenizer(self, base: BaseModelConfig) -> Any:
         # What evaluation counts tokens with: the served model's own tokenizer and chat template.
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(self.settings.base_model_path)
+        if base.name not in self._tokenizers:
+            self._tokenizers[base.name] = AutoTokenizer.from_pretrained(base.path or self.settings.base_model_path)
+        return self._tokenizers[base.name]
 
     def close(self) -> None:
         """Stop what the worker started (its own evaluation engine) and its tracing."""
@@ -137,18 +148,20 @@ class Worker:
             try:
                 plan = policy.retrain_plan(self.db, self.blobs, trigger.tenant_id, trigger.adapter_name)
                 method = plan.method
+                base = job_base.serving_base(self.settings, self.db, trigger.tenant_id, trigger.adapter_name)
+                job_base.check_trainable(self.settings, base, method=method, full=False)
                 job = jobs.submit(
                     self.db,
                     trigger.tenant_id,
                     actor=audit.POLICY,
                     method=method,
-                    model=self.settings.base_model_name,
+                    model=base.name,
                     adapter_name=trigger.adapter_name,
                     source="policy",
                     dataset_id=plan.dataset_id,
                     max_lora_rank=self.settings.engine_max_lora_rank,
                     quotas=Quotas.from_settings(self.settings),
-                    config=plan.config,
+                    config=job_base.job_config(base, plan.config),
                     grader_capabilities=Capabilities(python=self.settings.python_graders_enabled),
                 )
             except TailorError as exc:
@@ -221,8 +234,13 @@ class Worker:
             data={"dataset_id": snapshot.id, "hyperparameters": hp.as_dict()},
         )
 
+        base = self.base_of(job)
         baseline = promotion.active_version(self.db, job.tenant_id, job.adapter_name)
         start = self._starting_point(job, baseline)
+        # Checked again: the names may have moved to versions of another base since the job was queued.
+        for version in {v.id: v for v in (baseline, start) if v is not None}.values():
+            what = f"{version.adapter_name!r} version {version.version}"
+            job_base.check_same_base(self.settings, base, version.base_model, what)
         self.event(job, hp.describe_length(), data={"early_stopping": hp.early_stopping})
         with self.tracing.stage("train", steps=hp.budget_steps, examples=n_train):
             result = training.train(self, run, snapshot, hp, start)
@@ -257,11 +275,11 @@ class Worker:
             run.version = version = promotion.register_candidate(
                 self.db,
                 self.store,
-                self.limits,
+                self.limits_for(base),
                 tenant_id=job.tenant_id,
                 name=job.adapter_name,
                 source_dir=result.out_dir,
-                base_model_name=self.settings.base_model_name,
+                base_model_name=base.name,
                 actor=audit.actor_for_job(job.id),
                 job_id=job.id,
                 dataset_id=snapshot.id,
@@ -318,16 +336,15 @@ class Worker:
 
     def version_of(self, tenant_id: str, model: str) -> VersionInfo | None:
         """The version `model` (`name` or a pinned `name@vN`) serves; None for the base model."""
-        base = self.settings.base_model_name
-        if model == base:
+        if self.settings.base(model) is not None:
             return None
-        resolved = registry.resolve(self.db, tenant_id, model, base)
+        resolved = registry.resolve(self.db, tenant_id, model, self.settings.base_model_name)
         info = registry.get_adapter(self.db, tenant_id, model.partition("@v")[0])
         return next((v for v in info.versions if v.id == resolved.version_id), None)
 
     def _starting_point(self, job: JobInfo, baseline: VersionInfo | None) -> VersionInfo | None:
         """The version whose weights training starts from; None: a fresh LoRA on the base."""
-        if job.model != self.settings.base_model_name:
+        if self.settings.base(job.model) is None:
             return self.version_of(job.tenant_id, job.model)
         # Preference methods nudge an existing behaviour (the ratings rate ITS answers);
         # from a bare base they have little to stand on.

@@ -134,7 +134,8 @@ def train(
     # A full fine-tune starts from a whole model (the base, a smaller student of it, a model
     # version or its own checkpoint); a LoRA from an adapter on the base.
     student = student_model(w, job, hp, run.workdir / "student") if init_dir is None else None
-    base_dir = init_dir if hp.full_parameters and init_dir is not None else student or w.settings.base_model_path
+    base_path = w.base_of(job).path or w.settings.base_model_path
+    base_dir = init_dir if hp.full_parameters and init_dir is not None else student or base_path
     adapter_dir = None if hp.full_parameters else init_dir
     recipe = Recipe(
         method=_RECIPE_METHOD[job.method],
@@ -215,7 +216,7 @@ def _compatible_start(w: Worker, job: jobs.JobInfo, start: VersionInfo | None, *
     if start is None or (start.kind == VersionKind.MODEL) == full:
         return start
     whole = start.kind == VersionKind.MODEL
-    if job.model != w.settings.base_model_name:
+    if w.settings.base(job.model) is None:
         hyperparameters.check_start(job.model, whole=whole, full=full)
     kind = "a whole model" if whole else "an adapter"
     w.event(job, f"Training starts from the base model ({start.adapter_name} version {start.version} is {kind})")
@@ -237,7 +238,7 @@ def save_checkpoint(w: Worker, run: JobRun, step: int, loss: float, local_dir: P
     for f in sorted(local_dir.iterdir()):
         if f.is_file():
             w.blobs.put_bytes(f"{prefix}/{f.name}", f.read_bytes())
-    limits = w.limits
+    limits = w.limits_for(w.base_of(job))
     digest = checkpoints.store_checkpoint(
         w.store,
         local_dir,

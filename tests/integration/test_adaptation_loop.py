@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import tarfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -51,12 +52,15 @@ def tar_gz(directory: Path) -> bytes:
 
 
 def ask_all(c: openai.OpenAI, model: str, items: list[Ticket]) -> tuple[list[str], list[str]]:
-    answers, ids = [], []
-    for t in items:
+    """Every ticket at once, as a product's traffic arrives: the engine batches them."""
+
+    def ask(t: Ticket) -> tuple[str, str]:
         r = c.chat.completions.create(model=model, messages=t.messages(), temperature=0, max_tokens=8)
-        answers.append(r.choices[0].message.content or "")
-        ids.append(r.id)
-    return answers, ids
+        return r.choices[0].message.content or "", r.id
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        replies = list(pool.map(ask, items))
+    return [answer for answer, _ in replies], [interaction_id for _, interaction_id in replies]
 
 
 def test_feedback_trains_a_better_adapter_that_is_promoted(

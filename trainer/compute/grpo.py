@@ -42,6 +42,8 @@ from core.config import get_settings
 from core.errors import bad_request
 from trainer.compute.encoding import render, validate_prompt
 from trainer.compute.recipe import Recipe
+from trainer.compute.rollout import rollout_args
+from trainer.hyperparameters import SAMPLER_ENGINE
 from trainer.reward_models import GraderModels, grading_context
 from trainer.rewards import Reward, reward_for
 
@@ -87,14 +89,19 @@ def config_args(recipe: Recipe, dataset: Dataset) -> dict[str, Any]:
 
 
 def trainer_args(recipe: Recipe) -> dict[str, Any]:
-    """The GRPOTrainer arguments beyond the common ones: the grader as its reward."""
+    """The GRPOTrainer arguments beyond the common ones: the grader as its reward, and with
+    the engine sampler the rollout that samples there (trainer.compute.rollout)."""
     if recipe.grader is None:
         raise bad_request("A reinforcement run needs a grader.", param="method.reinforcement.grader")
     # The worker's settings (this process has its environment): the operator's grader models,
     # the outbound policy, the sandbox and the graders' limits, as the grader routes have them.
     models = GraderModels.from_json(recipe.grader_models or {"tenant_id": ""})
-    context = grading_context(get_settings(), models, models.engine(os.environ))
-    return {"reward_funcs": [trl_reward(reward_for(recipe.grader, context))]}
+    engine = models.engine(os.environ)
+    context = grading_context(get_settings(), models, engine)
+    args: dict[str, Any] = {"reward_funcs": [trl_reward(reward_for(recipe.grader, context))]}
+    if recipe.sampler == SAMPLER_ENGINE:
+        args.update(rollout_args(recipe, engine))
+    return args
 
 
 def completion_text(completion: Any) -> str:

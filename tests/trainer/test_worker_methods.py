@@ -1,6 +1,7 @@
 """trainer.worker: real (tiny) distillation and reinforcement jobs, from a queued row to a
 gated version: prompt distillation from the session's evaluation engine as the teacher, a
-remote teacher whose sealed key is used once, and a reinforcement job trained on its grader.
+remote teacher whose sealed key is used once, and a reinforcement job trained on its grader,
+its answers sampled on the session's evaluation engine through each step's adapter.
 
 The world (model, fact, worker): tests.trainer.worker_world. Needs
 models/SmolLM2-135M-Instruct; skipped without it.

@@ -21,12 +21,15 @@ from trainer.worker.sampling import rollout_name, sampling_for, unload_leftovers
 RFT = SimpleNamespace(method="reinforcement", id="ftjob-abc")
 
 
-def worker(tmp_path: Path, *, gpu: bool = False, sharding: str = "auto", **settings: Any) -> Any:
+def worker(
+    tmp_path: Path, *, gpu: bool = False, sharding: str = "auto", default_base: bool = True, **settings: Any
+) -> Any:
     placement = Placement("cuda", 2, "bf16", False, sharding=sharding) if gpu else Placement("cpu", 1, "fp32", False)
     return SimpleNamespace(
         settings=Settings(data_dir=tmp_path, **settings),
         placement=placement,
         engines=SimpleNamespace(keep_own_engine=not gpu),
+        base_of=lambda job: SimpleNamespace(default=default_base),
     )
 
 
@@ -44,6 +47,7 @@ def test_auto_samples_on_the_engine_wherever_a_lora_run_has_one(tmp_path: Path) 
     assert "no engine while it trains" in sampler(worker(tmp_path, gpu=True))[1]
     assert "FSDP" in sampler(worker(tmp_path, gpu=True, sharding="fsdp", eval_engine_url="http://e"))[1]
     assert "--max-lora-rank 16" in sampler(worker(tmp_path), lora_rank=32)[1]
+    assert "another base" in sampler(worker(tmp_path, default_base=False))[1]
 
 
 def test_the_engine_sampler_where_it_cannot_run_is_a_400(tmp_path: Path) -> None:

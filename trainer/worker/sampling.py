@@ -3,11 +3,12 @@
 "engine": on the worker's vLLM engine (the one its evaluation and the graders' tenant models
 use: trainer.worker.grading), each step's LoRA loaded there by the training process
 (trainer.compute.rollout). "trainer": TRL's generate in the training process. "auto": the
-engine wherever it can run, the trainer otherwise. The engine cannot sample for a full
-fine-tune (no LoRA to load: the whole model changes every step), a sharded (FSDP) run (no
-rank holds the whole LoRA), a worker without an engine while it trains (a GPU worker without
-TAILOR_EVAL_ENGINE_URL stops its own to give training the device), or a lora_rank above the
-engines' --max-lora-rank; "engine" then fails the job with a 400 on the hyperparameter.
+engine wherever it can run, the trainer otherwise. The engine cannot sample for a job on
+another base than the engine's, a full fine-tune (no LoRA to load: the whole model changes
+every step), a sharded (FSDP) run (no rank holds the whole LoRA), a worker without an engine
+while it trains (a GPU worker without TAILOR_EVAL_ENGINE_URL stops its own to give training
+the device), or a lora_rank above the engines' --max-lora-rank; "engine" then fails the job
+with a 400 on the hyperparameter.
 """
 
 from __future__ import annotations
@@ -46,8 +47,12 @@ class Sampling:
         return "Answers are sampled by the trainer (TRL's generate)" + (f": {self.why}" if self.why else "")
 
 
-def engine_obstacle(w: Worker, hp: hyperparameters.Resolved) -> str:
+def engine_obstacle(w: Worker, job: JobInfo, hp: hyperparameters.Resolved) -> str:
     """Why this run cannot sample on the worker's engine ("" when it can)."""
+    if not w.base_of(job).default:
+        # The engine the graders' models answer on serves the default base (trainer.job_base
+        # keeps reinforcement there today); an adapter of another base must not load into it.
+        return "the job trains on another base than the worker's engine serves"
     if hp.full_parameters:
         return "a full fine-tune has no adapter to load into the engine"
     if w.placement.shards(full_parameters=False):
@@ -63,7 +68,7 @@ def sampling_for(w: Worker, job: JobInfo, hp: hyperparameters.Resolved) -> Sampl
     """The sampler of the job's run; a 400 when it asked for the engine and the engine cannot."""
     if job.method != hyperparameters.REINFORCEMENT or hp.sampler == SAMPLER_TRAINER:
         return Sampling(SAMPLER_TRAINER)
-    obstacle = engine_obstacle(w, hp)
+    obstacle = engine_obstacle(w, job, hp)
     if not obstacle:
         return Sampling(SAMPLER_ENGINE)
     if hp.sampler == SAMPLER_ENGINE:

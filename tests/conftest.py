@@ -9,6 +9,7 @@ trainer worker starts its own (trainer.compute.engine.OwnEngine).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,13 @@ class LiveEngine:
     client: EngineClient
     url: str
     key: str
+
+    def served_adapters(self) -> set[str]:
+        """Every adapter that has run a request on the engine: vLLM's /metrics keeps one
+        `vllm:lora_requests_info` series per set of running adapters it has seen."""
+        text = self.client.http.get("/metrics").text
+        found = re.findall(r'^vllm:lora_requests_info\{[^}]*running_lora_adapters="([^"]*)"', text, re.MULTILINE)
+        return {name for names in found for name in names.split(",") if name}
 
 
 @pytest.fixture(scope="session")

@@ -5,8 +5,10 @@ and reinforcement methods), and for reinforcement `compute_multiplier`, `eval_in
 `eval_samples`, `reasoning_effort`. Tailor's: `lora_rank`, `lora_alpha`, `target_modules`,
 `max_seq_length`, `gradient_accumulation_steps`, `packing`, `max_steps`, `early_stopping`,
 `quantization`, `finetuning_type` ("lora", or "full": every weight trained, the result a
-whole model served on engines of its own), and for reinforcement `group_size` (answers sampled per prompt) and
-`max_completion_length`. A reinforcement job's batch_size counts prompts: each step samples
+whole model served on engines of its own), and for reinforcement `group_size` (answers sampled per prompt),
+`max_completion_length` and `sampler` (where the answers are sampled: "engine", the worker's vLLM engine with
+the step's LoRA loaded; "trainer", TRL's generate in the training process; "auto", the engine where the
+worker has one and the run trains a LoRA). A reinforcement job's batch_size counts prompts: each step samples
 batch_size * group_size answers.
 Every one may be "auto" (or left out); `resolve` turns "auto" into a value for the job's data.
 The trainer's compute side (trainer.compute.recipe) takes its defaults from here, so a
@@ -71,6 +73,8 @@ MIN_GROUP_SIZE, MAX_GROUP_SIZE = 2, 64
 # Longest sampled answer, in tokens: longer ones are cut (and scored as cut). Graded tasks
 # are answers and short formats, not essays; every token is generated on each step.
 DEFAULT_MAX_COMPLETION_LENGTH = 256
+# Where a reinforcement step samples its answers (trainer.worker.sampling decides "auto").
+SAMPLER_ENGINE, SAMPLER_TRAINER = "engine", "trainer"
 # OpenAI's reasoning_effort: accepted for compatibility and ignored (Tailor's base models do
 # not take a reasoning budget); the job says so in a warning event.
 REASONING_EFFORTS = ("default", "low", "medium", "high")
@@ -123,6 +127,7 @@ RULES: dict[str, _Rule] = {
     "reasoning_effort": _Rule(str, choices=REASONING_EFFORTS, methods=(REINFORCEMENT,), unset="default"),
     "group_size": _Rule(int, MIN_GROUP_SIZE, MAX_GROUP_SIZE, methods=(REINFORCEMENT,)),
     "max_completion_length": _Rule(int, 1, 32_768, methods=(REINFORCEMENT,)),
+    "sampler": _Rule(str, choices=(SAMPLER_ENGINE, SAMPLER_TRAINER), methods=(REINFORCEMENT,)),
 }
 
 
@@ -239,6 +244,8 @@ class Resolved:
     # Reinforcement (trainer.compute.grpo); None for the other methods.
     group_size: int | None = None
     max_completion_length: int | None = None
+    # As the job asked ("auto" stays: the worker that runs it decides, trainer.worker.sampling).
+    sampler: str | None = None
 
     train_rows: int = 1  # the rows trained on, after the validation slice (not a knob)
 
@@ -335,6 +342,7 @@ def resolve(method: str, hyperparameters: dict[str, Any], n_train: int) -> Resol
         max_completion_length=int(pick("max_completion_length", DEFAULT_MAX_COMPLETION_LENGTH))
         if method == REINFORCEMENT
         else None,
+        sampler=str(hp.get("sampler", AUTO)) if method == REINFORCEMENT else None,
     )
 
 

@@ -111,7 +111,13 @@ def _pick_examples(examples: list[ExampleResult]) -> list[dict[str, Any]]:
     ]
 
 
-def _training(losses: list[float], rewards: Sequence[RewardPoint]) -> dict[str, Any]:
+def sampler_of(step_data: Iterable[Mapping[str, Any] | None]) -> str | None:
+    """Where a reinforcement run sampled its answers, as its last step event says (None: no such run)."""
+    samplers = [data["sampler"] for data in step_data if data and data.get("sampler")]
+    return str(samplers[-1]) if samplers else None
+
+
+def _training(losses: list[float], rewards: Sequence[RewardPoint], sampler: str | None) -> dict[str, Any]:
     out: dict[str, Any] = {
         "steps": len(losses),
         "losses": [float(x) for x in losses],
@@ -120,6 +126,8 @@ def _training(losses: list[float], rewards: Sequence[RewardPoint]) -> dict[str, 
     if rewards:
         out["rewards"] = [asdict(p) for p in rewards]
         out["final_mean_reward"] = rewards[-1].mean_reward
+    if sampler:
+        out["sampler"] = sampler
     return out
 
 
@@ -130,6 +138,7 @@ def report_dict(
     comparison: Comparison,
     decision: Decision,
     rewards: Sequence[RewardPoint] = (),
+    sampler: str | None = None,
 ) -> dict[str, Any]:
     examples = comparison.examples
     return _finite(
@@ -142,7 +151,7 @@ def report_dict(
                 "baseline": asdict(comparison.baseline),
                 "delta": _deltas(comparison),
             },
-            "training": _training(losses, rewards),
+            "training": _training(losses, rewards, sampler),
             "examples_total": len(examples),
             "examples_changed": sum(e.candidate_output != e.baseline_output for e in examples),
             "examples": _pick_examples(examples),
@@ -360,13 +369,17 @@ def write_report(
     comparison: Comparison,
     decision: Decision,
     rewards: Sequence[RewardPoint] = (),
+    sampler: str | None = None,
 ) -> tuple[Path, Path]:
     """Write out_dir/report.json and out_dir/report.png (replacing earlier ones); `rewards`:
-    a reinforcement run's reward curve (reward_curve of its step events)."""
+    a reinforcement run's reward curve (reward_curve of its step events), `sampler` where it
+    sampled its answers (sampler_of them)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, png_path = out_dir / "report.json", out_dir / "report.png"
-    data = report_dict(job_id=job_id, losses=losses, comparison=comparison, decision=decision, rewards=rewards)
+    data = report_dict(
+        job_id=job_id, losses=losses, comparison=comparison, decision=decision, rewards=rewards, sampler=sampler
+    )
     text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
     _replace_into(json_path, lambda p: p.write_text(text, encoding="utf-8"))
     _replace_into(png_path, lambda p: _plot(p, job_id, losses, comparison, decision, rewards))

@@ -233,7 +233,8 @@ def reinforcement(grader: object = GRADER, **hp: object) -> dict[str, object]:
 
 def test_create_reinforcement_job(api: Api) -> None:
     rows = api.upload("acme", RFT_ROW)
-    hp = {"n_epochs": 2, "compute_multiplier": 2, "eval_interval": 5, "reasoning_effort": "low", "group_size": 6}
+    hp = {"n_epochs": 2, "compute_multiplier": 2, "eval_interval": 5, "reasoning_effort": "low", "group_size": 6,
+          "sampler": "trainer"}  # fmt: skip
     job = api.create(model=BASE, training_file=rows, validation_file=rows, method=reinforcement(**hp))
     method = job["method"]
     assert method["type"] == "reinforcement" and "tailor_method" not in job["metadata"]
@@ -248,6 +249,7 @@ def test_create_reinforcement_job(api: Api) -> None:
     # left out, reasoning_effort reads as OpenAI's own default, never "auto" (not in its enum)
     plain = api.create(model=BASE, training_file=rows, method=reinforcement())
     assert plain["method"]["reinforcement"]["hyperparameters"]["reasoning_effort"] == "default"
+    assert plain["method"]["reinforcement"]["hyperparameters"]["sampler"] == "auto"
     # another tenant sees neither the job nor its grader
     r = api.client.get(f"/v1/fine_tuning/jobs/{job['id']}", headers=api.keys["beta"])
     error(r, 404)
@@ -300,6 +302,9 @@ def test_reinforcement_refusals(api: Api) -> None:
     error(post(reinforcement(grader=multi)), 400, f"{grader}.model")
     error(post(reinforcement(group_size=1)), 400, "hyperparameters.group_size")
     error(post(reinforcement(reasoning_effort="max")), 400, "hyperparameters.reasoning_effort")
+    # where answers are sampled is Tailor's choice of two, never a URL or a model of the tenant's
+    for sampler in ("vllm", "http://169.254.169.254/", BASE, ["engine"]):
+        error(post(reinforcement(sampler=sampler)), 400, "hyperparameters.sampler")
     error(post(reinforcement(packing=True)), 400, "hyperparameters.packing")
     error(post(reinforcement(), training_file=chat), 400, "training_file")  # answers, not prompts to grade
     error(post(reinforcement(), training_file=foreign), 400, "training_file")

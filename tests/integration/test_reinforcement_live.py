@@ -5,10 +5,13 @@ first, which the base model's sampled answers say within six tokens about one ti
 (its greedy answers more often). A small job (GRPO on the CPU: six steps of two prompts, eight
 short answers each, at 40 x the base rate: 2e-3) must raise the grader's mean score on the unseen prompts of its
 validation file (its own evaluation: base model vs adapter, greedy, on the engine), report
-the reward per step in its events, and leave the reward curve in its report.
+the reward per step in its events, and leave the reward curve in its report. Its answers are
+sampled on the worker's evaluation engine ("auto" sampler), each step's adapter loaded there:
+the engine's metrics name every step's adapter as having served requests.
 
-Measured on the 2-core CPU with other runs beside it (load about 6): 297 s for the test
-(278 s of it training), plus the shared server's start; score 0.375 before, 0.875 after.
+Measured on the 2-core CPU with other runs beside it: 297 s for the test (278 s of it
+training) when TRL's generate sampled (load about 6), 217 s with the engine sampling (load
+about 4-5), plus the shared server's start.
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ import openai
 import pytest
 
 from loadtests.bench_rft import FORMAT_TASKS, jsonl, reward_events, split_rows
+from tests.conftest import LiveEngine
 from tests.integration.conftest import BASE_MODEL, TailorServer, make_tenant
 from tests.openai_schema import validate
+from trainer.worker.sampling import rollout_name
 
 pytestmark = pytest.mark.engine
 
@@ -41,7 +46,7 @@ def method(grader: dict[str, object]) -> dict[str, object]:
     return {"type": "reinforcement", "reinforcement": {"grader": grader, "hyperparameters": HYPERPARAMETERS}}
 
 
-def test_a_reinforcement_job_raises_the_grader_score(tailor_server: TailorServer) -> None:
+def test_a_reinforcement_job_raises_the_grader_score(tailor_server: TailorServer, eval_engine: LiveEngine) -> None:
     tenant = make_tenant(tailor_server, "rft-co")
     c = tailor_server.sdk(tenant)
     train, heldout = split_rows(TASK, 8)
@@ -75,6 +80,11 @@ def test_a_reinforcement_job_raises_the_grader_score(tailor_server: TailorServer
     rewards, _ = reward_events(events)
     assert len(rewards) == HYPERPARAMETERS["max_steps"]
     assert all(0.0 <= r <= 1.0 for r in rewards)
+    # The answers were sampled on the worker's engine ("auto"), through the adapter of every step.
+    steps = [e.data for e in events if isinstance(e.data, dict) and "mean_reward" in e.data]
+    assert [d["sampler"] for d in steps] == ["engine"] * HYPERPARAMETERS["max_steps"]
+    stem = rollout_name(job.id)
+    assert {f"{stem}-0-{step}" for step in range(HYPERPARAMETERS["max_steps"])} <= eval_engine.served_adapters()
 
     evaluation = httpx.get(f"{base}/evaluation", headers=auth).json()
     before = evaluation["baseline"]["grader_score"]
@@ -83,4 +93,5 @@ def test_a_reinforcement_job_raises_the_grader_score(tailor_server: TailorServer
 
     report = json.loads(httpx.get(f"{base}/report.json", headers=auth).content)
     assert [p["mean_reward"] for p in report["training"]["rewards"]] == pytest.approx(rewards)
+    assert report["training"]["sampler"] == "engine"
     assert httpx.get(f"{base}/report.png", headers=auth).content.startswith(PNG_MAGIC)

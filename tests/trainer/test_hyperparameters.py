@@ -107,3 +107,15 @@ def test_quantization_and_early_stopping_are_validated() -> None:
         with pytest.raises(TailorError) as err:
             hps.validate("supervised", {name: value})
         assert (err.value.status, err.value.param) == (400, f"hyperparameters.{name}")
+
+
+def test_the_sampler_is_engine_trainer_or_auto_for_reinforcement_only() -> None:
+    assert hps.validate("reinforcement", {})["sampler"] == hps.AUTO
+    assert hps.resolve("reinforcement", {"sampler": "engine"}, 8).sampler == hps.SAMPLER_ENGINE
+    # "auto" is the worker's to decide, and stays "auto" in the job's hyperparameters
+    assert hps.resolve("reinforcement", {}, 8).as_dict()["sampler"] == hps.AUTO
+    assert "sampler" not in hps.resolve("supervised", {}, 8).as_dict()
+    for method, value in (("reinforcement", "vllm"), ("reinforcement", 1), ("supervised", "engine")):
+        with pytest.raises(TailorError) as err:
+            hps.validate(method, {"sampler": value})
+        assert (err.value.status, err.value.param) == (400, "hyperparameters.sampler")

@@ -1,6 +1,7 @@
 """trainer.worker: real (tiny) distillation and reinforcement jobs, from a queued row to a
 gated version: prompt distillation from the session's evaluation engine as the teacher, a
-remote teacher whose sealed key is used once, and a reinforcement job trained on its grader.
+remote teacher whose sealed key is used once, and a reinforcement job trained on its grader,
+its answers sampled on the session's evaluation engine through each step's adapter.
 
 The world (model, fact, worker): tests.trainer.worker_world. Needs
 models/SmolLM2-135M-Instruct; skipped without it.
@@ -26,6 +27,7 @@ from tests.trainer.worker_world import (
 )
 from trainer import datasets, distill, files, jobs
 from trainer.distill import DistillSpec
+from trainer.worker.sampling import rollout_name
 
 pytestmark = NEEDS_MODEL
 
@@ -150,6 +152,11 @@ def test_reinforcement_job_trains_on_its_grader_and_is_gated_on_its_score(
     assert any(e.message.startswith("Grader models on the worker's engine") for e in env.events(job.id))
     steps = [e.data for e in env.events(job.id) if e.data and "step" in e.data and "mean_reward" in e.data]
     assert [d["step"] for d in steps] == [1, 2]
+    # "auto" sampled the answers on the engine, through the adapter of each step (0 and 1)
+    assert all(d["sampler"] == "engine" for d in steps)
+    stem = rollout_name(job.id)
+    assert {f"{stem}-0-0", f"{stem}-0-1"} <= eval_engine.served_adapters()
+    assert not [m for m in eval_engine.client.http.get("/v1/models").json()["data"] if m["id"].startswith(stem)]
     assert all(0 <= d["mean_reward"] <= 1 and d["reward_std"] >= 0 and "kl" in d for d in steps)
     metrics = done.metrics or {}
     candidate, baseline = metrics["candidate"], metrics["baseline"]

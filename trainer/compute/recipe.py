@@ -78,6 +78,11 @@ class Recipe:
     grader_models: dict[str, Any] | None = None
     group_size: int = hp.DEFAULT_GROUP_SIZE
     max_completion_length: int = hp.DEFAULT_MAX_COMPLETION_LENGTH
+    # Where the answers are sampled (trainer.compute.rollout): "engine", the engine of
+    # grader_models (engine_url) with each step's LoRA loaded under `rollout_name`-<rank>-<step>;
+    # "trainer", TRL's generate. The worker resolves the job's "auto" (trainer.worker.sampling).
+    sampler: Literal["engine", "trainer"] = hp.SAMPLER_TRAINER
+    rollout_name: str | None = None
 
     # Placement (trainer.compute.placement)
     device: Literal["cpu", "cuda"] = "cpu"

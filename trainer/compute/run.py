@@ -218,15 +218,16 @@ def train(recipe: Recipe) -> TrainResult:
     weights = Weights(lambda: trainer, sharded=recipe.fsdp, tokenizer=tokenizer)
     callback = JobCallback(recipe, weights)
     best = _best_adapter(recipe, selection, weights)
+    # a method's own arguments (GRPO: its reward, the engine rollout and its callback)
+    own = method.trainer_args(recipe) if hasattr(method, "trainer_args") else {}
     trainer = method.Trainer(
         model=model,
         args=args,
         train_dataset=dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
-        callbacks=[callback, *_early_stopping(best)],
-        # a method's own arguments (GRPO: its reward)
-        **(method.trainer_args(recipe) if hasattr(method, "trainer_args") else {}),
+        callbacks=[callback, *_early_stopping(best), *own.pop("callbacks", [])],
+        **own,
     )
     trainer.remove_callback(PrinterCallback)  # progress goes to the progress file, not stdout
     used = len(trainer.train_dataset)

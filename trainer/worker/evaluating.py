@@ -22,7 +22,7 @@ from trainer.datasets import Snapshot
 from trainer.evaluate import Comparison, EvalExample, JudgeConfig
 from trainer.gates import Decision
 from trainer.jobs import JobInfo
-from trainer.report import reward_curve, write_report
+from trainer.report import reward_curve, sampler_of, write_report
 from trainer.rewards import reward_for
 from trainer.worker.grading import grading
 
@@ -144,7 +144,8 @@ def _evaluate_graded(
 def store_report(w: Worker, job: JobInfo, result: TrainResult, comparison: Comparison, decision: Decision) -> str:
     """Write the job's report (JSON and training curves) to the blob store; its JSON's key."""
     prefix = f"reports/{job.tenant_id}/{job.id}"
-    rewards = reward_curve(job_records.step_data(w.db, job.id))  # a reinforcement run's; none for the others
+    steps = job_records.step_data(w.db, job.id)
+    rewards = reward_curve(steps)  # a reinforcement run's; none for the others
     with tempfile.TemporaryDirectory(prefix="tailor-report-") as tmp:
         json_path, png_path = write_report(
             Path(tmp),
@@ -153,6 +154,7 @@ def store_report(w: Worker, job: JobInfo, result: TrainResult, comparison: Compa
             comparison=comparison,
             decision=decision,
             rewards=rewards,
+            sampler=sampler_of(steps),
         )
         w.blobs.put_bytes(f"{prefix}/loss.png", Path(png_path).read_bytes())
         # The JSON last: its presence says the report is complete.

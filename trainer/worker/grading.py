@@ -33,18 +33,20 @@ def _refused(name: str, why: str) -> TailorError:
 
 @contextlib.contextmanager
 def grader_models(
-    w: Worker, job: JobInfo, *, training: bool = False
+    w: Worker, job: JobInfo, *, training: bool = False, sampling: bool = False
 ) -> Iterator[tuple[GraderModels, EngineClient | None]]:
-    """(the job's grader models, the engine the tenant's ones answer on; None when it names none).
-    `training`: for the training run, when a worker's own engine gives a GPU back to training."""
+    """(the job's grader models, the engine the tenant's ones answer on; None when it names none
+    and `sampling` is False). `training`: for the training run, when a worker's own engine gives
+    a GPU back to training. `sampling`: the run samples its answers on the engine too
+    (trainer.worker.sampling), which it reaches the same way."""
     grader = (job.config or {}).get("grader")
     names = rewards.model_names(grader) if job.method == hyperparameters.REINFORCEMENT and grader else set()
     external = ExternalModels.from_settings(w.settings, job.tenant_id)
     own = sorted(n for n in names if not external.handles(n))
-    if not own:
+    if not own and not sampling:
         yield GraderModels(job.tenant_id), None
         return
-    if training and not w.engines.keep_own_engine and not w.settings.eval_engine_url:
+    if own and training and not w.engines.keep_own_engine and not w.settings.eval_engine_url:
         raise _refused(
             own[0],
             "is one of yours, which answer on the worker's engine; this worker trains on its GPU without one "
@@ -66,7 +68,8 @@ def grader_models(
         else:
             served[name] = f"tailor-grader-{job.id}-{i}"
             load[served[name]] = w.store.local_path(version.digest)
-    w.event(job, f"Grader models on the worker's engine: {', '.join(own)}")
+    if own:
+        w.event(job, f"Grader models on the worker's engine: {', '.join(own)}")
     with engine.adapters(load):
         yield GraderModels(job.tenant_id, engine.url, served), engine
 

@@ -28,7 +28,7 @@ from trainer.compute.recipe import (
 from trainer.datasets import Snapshot
 from trainer.jobs import ResumePoint
 from trainer.reward_models import engine_environment
-from trainer.worker import grading
+from trainer.worker import grading, sampling
 from trainer.worker.distillation import student_model
 from trainer.worker.job_run import JobRun
 
@@ -157,6 +157,10 @@ def train(
     if resumed is not None and resumed_from is not None:
         recipe = remaining(recipe, resumed)
     w.event(job, f"Training on {placement.describe()}", data={"placement": placement.describe()})
+    if job.method == hyperparameters.REINFORCEMENT:
+        sampled = sampling.sampling_for(w, job, hp)
+        w.event(job, sampled.describe(), data={"sampler": sampled.sampler})
+        recipe = replace(recipe, sampler=sampled.sampler, rollout_name=sampling.rollout_name(job.id))
 
     def on_step(info: StepInfo) -> None:
         data = {
@@ -166,6 +170,7 @@ def train(
             "train_loss": info.loss,
             "learning_rate": info.learning_rate,
             **info.metrics,
+            **({"sampler": recipe.sampler} if job.method == hyperparameters.REINFORCEMENT else {}),
         }
         w.event(job, f"Step {info.step}/{info.total_steps}: training loss={info.loss:.4f}", data=data)
 
@@ -178,17 +183,22 @@ def train(
     def on_evaluation(info: EvalInfo) -> None:
         w.event(job, _describe_evaluation(info), data={"validation": asdict(info)})
 
-    with grading.grader_models(w, job, training=True) as (models, engine):
-        result = run_training(
-            replace(recipe, grader_models=models.as_json()),
-            placement,
-            work,
-            on_step=on_step,
-            on_checkpoint=on_checkpoint,
-            on_evaluation=on_evaluation,
-            should_stop=lambda: job_queue.stop_request(w.db, job.id, w.worker_id),
-            env=engine_environment(engine),
-        )
+    on_engine = recipe.sampler == hyperparameters.SAMPLER_ENGINE
+    with grading.grader_models(w, job, training=True, sampling=on_engine) as (models, engine):
+        try:
+            result = run_training(
+                replace(recipe, grader_models=models.as_json()),
+                placement,
+                work,
+                on_step=on_step,
+                on_checkpoint=on_checkpoint,
+                on_evaluation=on_evaluation,
+                should_stop=lambda: job_queue.stop_request(w.db, job.id, w.worker_id),
+                env=engine_environment(engine),
+            )
+        finally:
+            if on_engine and engine is not None and recipe.rollout_name:
+                sampling.unload_leftovers(engine, recipe.rollout_name)
     if resumed is not None and resumed_from is not None:
         # The job's whole run: the steps before the pause(s) and these.
         result = replace(

@@ -184,6 +184,10 @@ class EngineLaunch:
         env["VLLM_API_KEY"] = api_key
         env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.kv_cache_gib))
+        # vLLM logs INFO to stdout, which Python block-buffers into a file: without this the
+        # log (adapter loads, the lines before a crash that exit reports quote) lags by up
+        # to 8 KiB and is lost when the engine is killed.
+        env["PYTHONUNBUFFERED"] = "1"
         if self.lora and self.adapter_source_url:
             env[SOURCE_ENV] = self.adapter_source_url
             if self.adapter_cache_dir is not None:

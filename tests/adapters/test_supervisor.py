@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -245,6 +247,24 @@ def test_child_engine_environment_holds_no_operator_secrets(tmp_path: Path, monk
     assert env["VLLM_API_KEY"] == "engine-key" and env["HF_HOME"] == "/models/hf" and "PATH" in env
     leaked = {k for k, v in env.items() if "secret" in v or "pw@" in v}
     assert not leaked and "TAILOR_ADMIN_KEY" not in env
+
+
+def test_what_a_killed_child_engine_printed_is_in_its_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """vLLM logs to stdout; a file there is block-buffered unless the child's environment says
+    otherwise, and a kill would lose what the exit report and operators read."""
+    monkeypatch.delenv("PYTHONUNBUFFERED", raising=False)  # not the gateway's own setting
+    log = tmp_path / "engine.log"
+    script = "import time; print('Loaded new LoRA adapter: name x'); time.sleep(60)"
+    with log.open("ab") as out:
+        child = subprocess.Popen([sys.executable, "-c", script], stdout=out, env=fake_launch(tmp_path).env("k"))
+    try:
+        deadline = time.monotonic() + 20
+        while b"Loaded new LoRA adapter" not in log.read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        child.kill()
+        child.wait()
+    assert "Loaded new LoRA adapter: name x" in log.read_text()
 
 
 def test_child_engine_schedules_by_priority_unless_the_operator_says_otherwise(tmp_path: Path) -> None:

@@ -12,7 +12,6 @@ import io
 import json
 import tarfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,13 +49,8 @@ def derived(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-@dataclass(frozen=True)
-class DerivedEngine(LiveEngine):
-    log_file: Path = Path()
-
-
 @pytest.fixture(scope="module")
-def derived_engine(derived: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DerivedEngine]:
+def derived_engine(derived: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveEngine]:
     settings = Settings(
         data_dir=tmp_path_factory.mktemp("engine"),
         base_model_path=derived,
@@ -68,14 +62,14 @@ def derived_engine(derived: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     own = OwnEngine(settings)
     client = own.start()
     try:
-        yield DerivedEngine(client, own.launch.url, own.key, own.launch.log_file)
+        yield LiveEngine(client, own.launch.url, own.key)
     finally:
         client.close()
         own.stop()
 
 
 @pytest.fixture(scope="module")
-def engine(derived_engine: DerivedEngine) -> EngineClient:
+def engine(derived_engine: LiveEngine) -> EngineClient:
     return derived_engine.client
 
 
@@ -142,7 +136,7 @@ def _chat(server: TailorServer, tenant: TenantKeys, model: str) -> dict[str, Any
 
 
 def test_one_gateway_serves_both_bases_and_an_adapter_on_its_own_base(
-    tmp_path: Path, derived: Path, derived_engine: DerivedEngine, eval_engine: LiveEngine, derived_adapter: Path
+    tmp_path: Path, derived: Path, derived_engine: LiveEngine, eval_engine: LiveEngine, derived_adapter: Path
 ) -> None:
     bases = {
         BASE_MODEL: {"path": str(MODEL_DIR), "engine_urls": [eval_engine.url], "api_key": eval_engine.key},
@@ -189,7 +183,7 @@ def _queue_job_on_the_derived_base(server: TailorServer, tenant: TenantKeys) -> 
 
 
 def _check_the_job_on_the_derived_base(
-    server: TailorServer, tenant: TenantKeys, job_id: str, derived_engine: DerivedEngine, eval_engine: LiveEngine
+    server: TailorServer, tenant: TenantKeys, job_id: str, derived_engine: LiveEngine, eval_engine: LiveEngine
 ) -> None:
     c = server.sdk(tenant)
     wait_for("the job on the derived base", server, lambda: job_body(c, job_id)["status"] in FINISHED, 300)
@@ -197,8 +191,10 @@ def _check_the_job_on_the_derived_base(
     assert job["status"] == "succeeded", (job, server.log_tail())
     events = [e.message for e in c.fine_tuning.jobs.list_events(job_id, limit=100)]
     assert any(m.startswith("Evaluation: token F1") for m in events), events
-    # Evaluated on the derived base's engine: the worker loaded its candidate there.
-    assert f"tailor-eval-{job_id}-candidate" in derived_engine.log_file.read_text(errors="replace")
+    # Evaluated on the derived base's engine: the worker's candidate ran requests there, not on the other.
+    candidate = f"tailor-eval-{job_id}-candidate"
+    assert candidate in derived_engine.served_adapters()
+    assert candidate not in eval_engine.served_adapters()
     # The candidate answers through the gateway, served on the derived base's engine.
     _chat(server, tenant, job["fine_tuned_model"])
     with server.admin() as admin:

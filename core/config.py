@@ -553,6 +553,11 @@ class Settings(BaseSettings):
         """The base model called `name`, if one is configured."""
         return next((b for b in self.bases if b.name == name), None)
 
+    def recorded_base(self, name: str | None) -> BaseModelConfig:
+        """The base a stored row names (a version's, a job's): the default base for a row from
+        before several bases, or one naming no configured base."""
+        return self.base(name or "") or self.bases[0]
+
     @property
     def cache_dir(self) -> Path:
         return self.data_dir / "cache"

@@ -31,15 +31,14 @@ def requested_base(settings: Settings, db: Database, tenant_id: str, model: str)
         return base
     # The tenant's own names only: another tenant's adapter, a path or a URL is a 404.
     recorded = registry.resolve(db, tenant_id, model, settings.base_model_name).base
-    return settings.base(recorded or "") or settings.bases[0]
+    return settings.recorded_base(recorded)
 
 
 def serving_base(settings: Settings, db: Database, tenant_id: str, adapter_name: str) -> BaseModelConfig:
     """The base the tenant's `adapter_name` serves on (its active version's; the default base
     for a new name): where a retraining of it trains."""
     current = promotion.active_version(db, tenant_id, adapter_name)
-    recorded = current.base_model if current is not None else ""
-    return settings.base(recorded) or settings.bases[0]
+    return settings.recorded_base(current.base_model if current is not None else None)
 
 
 def check_trainable(settings: Settings, base: BaseModelConfig, *, method: str, full: bool) -> None:
@@ -68,7 +67,7 @@ def check_same_base(settings: Settings, base: BaseModelConfig, version_base: str
     """A 400 when `what` (an adapter version a job continues or would replace) was registered
     for another base than the job's: its weights fit that base only. A version recording no
     configured base (from before several bases) is the default base's."""
-    owner = settings.base(version_base or "") or settings.bases[0]
+    owner = settings.recorded_base(version_base)
     if owner.name != base.name:
         raise bad_request(
             f"{what} runs on base model {owner.name!r}; this job trains on {base.name!r}. "

@@ -184,6 +184,10 @@ def run_training(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # A training process never runs vLLM in-process (it samples on an engine over HTTP:
+    # trainer.compute.rollout), but TRL imports vLLM whenever it is installed, which costs
+    # every training process seconds of start-up; marked absent, TRL skips it.
+    sys.modules.setdefault("vllm", None)  # type: ignore[arg-type]  # None: "not installed"
     from trainer.compute import run
     from trainer.compute.callbacks import write_progress
 

@@ -4,48 +4,77 @@ Such an engine runs Tailor's vLLM plugin (adapters.vllm_resolver, adapters.adapt
 it does not know, it asks a gateway which stored version the name means (`engine_digest`),
 then reads that version's files from the gateway under the store's own layout
 (`served_file`) and checks each against the version's digest before loading it. Only the
-engines' own key opens these reads: it is the secret Tailor already shares with them.
+engines' own key opens these reads: it is the secret Tailor already shares with them. A key
+opens only its own base's adapters (`engine_key_bases`): whoever runs one base's engines reads
+nothing trained for another.
 """
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from sqlalchemy import select
 
 from adapters.engines import Engine
 from adapters.store import MANIFEST, AdapterStore, check_digest
+from core.base_models import job_base_name
 from core.db import Database
 from core.errors import TailorError, not_found
-from core.models import AdapterVersion, JobCheckpoint
+from core.models import AdapterVersion, Job, JobCheckpoint
 from core.states import UNSERVABLE_VERSION_STATES, VersionKind
 
+# The configured base a stored row's recorded base means (Settings.recorded_base's name).
+BaseOf = Callable[[str | None], str]
 
-def is_engine_key(engines: Iterable[Engine], authorization: str | None) -> bool:
-    """Whether `authorization` is the header Tailor sends one of these engines (their key)."""
+
+def engine_key_bases(pools: Mapping[str, Iterable[Engine]], authorization: str | None) -> frozenset[str]:
+    """The bases whose engines Tailor sends `authorization` (their key); empty: no engine's."""
     if not authorization:
-        return False
+        return frozenset()
     given = authorization.encode()
-    keys = [e.headers["Authorization"].encode() for e in engines if e.headers.get("Authorization")]
-    # A list, not a generator: every key is compared, in constant time, whichever matches.
-    return any([hmac.compare_digest(given, key) for key in keys])
+    keyed = [(base, e.headers["Authorization"].encode()) for base, engines in pools.items() for e in engines]
+    # Every key is compared, in constant time, whichever matches.
+    return frozenset([base for base, key in keyed if hmac.compare_digest(given, key)])
 
 
-def engine_digest(db: Database, name: str) -> str:
+def engine_digest(db: Database, name: str, bases: frozenset[str], base_of: BaseOf) -> str:
     """The stored files behind an engine-side adapter name: a servable adapter version's id or
-    a callable checkpoint's id (adapters.registry names them so); 404 for anything else."""
+    a callable checkpoint's id (adapters.registry names them so) of one of `bases`; 404 for
+    anything else."""
     with db.session() as s:
         version = s.get(AdapterVersion, name)
         if version is not None:
-            if version.kind == VersionKind.ADAPTER and version.state not in UNSERVABLE_VERSION_STATES:
+            if _servable(version) and base_of(version.base_model) in bases:
                 return version.digest
         else:
-            checkpoint = s.scalar(select(JobCheckpoint).where(JobCheckpoint.id == name))
-            if checkpoint is not None and checkpoint.digest is not None:
-                return checkpoint.digest
+            row = s.execute(
+                select(JobCheckpoint.digest, Job.config)
+                .join(Job, Job.id == JobCheckpoint.job_id)
+                .where(JobCheckpoint.id == name)
+            ).first()
+            if row is not None and row.digest is not None and base_of(job_base_name(row.config)) in bases:
+                return str(row.digest)
     raise not_found(f"no adapter {name[:80]!r} for engines", code="adapter_not_found")
+
+
+def check_engine_reads(db: Database, digest: str, bases: frozenset[str], base_of: BaseOf) -> None:
+    """404 unless a servable adapter version or a checkpoint of one of `bases` has these files."""
+    with db.session() as s:
+        versions = s.scalars(select(AdapterVersion).where(AdapterVersion.digest == digest)).all()
+        if any(_servable(v) and base_of(v.base_model) in bases for v in versions):
+            return
+        configs = s.scalars(
+            select(Job.config).join(JobCheckpoint, Job.id == JobCheckpoint.job_id).where(JobCheckpoint.digest == digest)
+        ).all()
+        if any(base_of(job_base_name(config)) in bases for config in configs):
+            return
+    raise not_found("no such stored file", code="adapter_not_stored")
+
+
+def _servable(version: AdapterVersion) -> bool:
+    return version.kind == VersionKind.ADAPTER and version.state not in UNSERVABLE_VERSION_STATES
 
 
 def served_file(store: AdapterStore, prefix: str, digest: str, file_name: str) -> Path:

@@ -38,20 +38,42 @@ class BaseModelEntry(BaseModel):
     api_key: SecretStr | None = Field(
         None, description="Key sent to this base's engine_urls (their --api-key); default: TAILOR_ENGINE_API_KEY."
     )
+    eval_engine_url: str | None = Field(
+        None,
+        description="A vLLM server of this base that trainer workers evaluate its jobs on (as TAILOR_EVAL_ENGINE_URL "
+        "is for the default base); unset: a worker starts one of its own on `path`. Never a serving engine.",
+    )
+    eval_engine_api_key: SecretStr | None = Field(None, description="Key sent to eval_engine_url (its --api-key).")
 
     @field_validator("engine_urls")
     @classmethod
     def _check_urls(cls, value: list[str]) -> list[str]:
-        for url in value:
-            if not url.startswith(("http://", "https://")):
-                raise ValueError(f"engine_urls are http(s) URLs, not {url!r}")
-        return [url.rstrip("/") for url in value]
+        return [_http_url(url, "engine_urls") for url in value]
+
+    @field_validator("eval_engine_url")
+    @classmethod
+    def _check_eval_url(cls, value: str | None) -> str | None:
+        return None if value is None else _http_url(value, "eval_engine_url")
 
     @model_validator(mode="after")
     def _served_somewhere(self) -> BaseModelEntry:
         if not self.path and not self.engine_urls:
             raise ValueError('a base needs "path" (a child engine serves it) or "engine_urls" (or both)')
         return self
+
+
+def _http_url(url: str, setting: str) -> str:
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"{setting} are http(s) URLs, not {url!r}")
+    return url.rstrip("/")
+
+
+@dataclass(frozen=True)
+class EvalEngine:
+    """An operator-run vLLM server that trainer workers evaluate a base's jobs on."""
+
+    url: str
+    api_key: SecretStr | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -65,6 +87,9 @@ class BaseModelConfig:
     default: bool = False
     # Sent to engine_urls; None: TAILOR_ENGINE_API_KEY's.
     api_key: SecretStr | None = field(default=None, repr=False)
+    # Where workers evaluate this base's jobs; None: an engine of their own on `path`. Never the
+    # serving engine_urls (trainer.compute.engine says why).
+    eval_engine: EvalEngine | None = None
 
     @property
     def child_engine(self) -> bool:
@@ -87,12 +112,23 @@ def configured_bases(
     path: Path,
     engine_urls: list[str],
     api_key: SecretStr | None,
+    eval_engine: EvalEngine | None,
 ) -> tuple[BaseModelConfig, ...]:
     """Every base, the default first: TAILOR_BASE_MODELS' entries in their order, or the one
     base of TAILOR_BASE_MODEL_NAME, TAILOR_BASE_MODEL_PATH and TAILOR_ENGINE_URLS (`api_key`:
-    TAILOR_ENGINE_API_KEY, for the bases that name no key of their own)."""
+    TAILOR_ENGINE_API_KEY, for the bases that name no key of their own; `eval_engine`:
+    TAILOR_EVAL_ENGINE_URL's, the default base's)."""
     if not entries:
-        return (BaseModelConfig(name=name, path=path, engine_urls=tuple(engine_urls), default=True, api_key=api_key),)
+        return (
+            BaseModelConfig(
+                name=name,
+                path=path,
+                engine_urls=tuple(engine_urls),
+                default=True,
+                api_key=api_key,
+                eval_engine=eval_engine,
+            ),
+        )
     bases = []
     for index, (entry_name, entry) in enumerate(entries.items()):
         # The default base keeps TAILOR_BASE_MODEL_PATH when its entry names no checkpoint,
@@ -105,9 +141,15 @@ def configured_bases(
                 engine_urls=tuple(entry.engine_urls),
                 default=index == 0,
                 api_key=entry.api_key or api_key,
+                # The default entry's is TAILOR_EVAL_ENGINE_URL's by now (Settings copies it).
+                eval_engine=eval_engine if index == 0 else _entry_eval_engine(entry),
             )
         )
     return tuple(bases)
+
+
+def _entry_eval_engine(entry: BaseModelEntry) -> EvalEngine | None:
+    return EvalEngine(entry.eval_engine_url, entry.eval_engine_api_key) if entry.eval_engine_url else None
 
 
 def job_base_name(config: dict[str, Any] | None) -> str | None:

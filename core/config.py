@@ -24,7 +24,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from core.base_models import BaseModelConfig, BaseModelEntry, check_base_names, configured_bases
+from core.base_models import BaseModelConfig, BaseModelEntry, EvalEngine, check_base_names, configured_bases
 
 DEFAULT_MODEL_DIR = Path("models/SmolLM2-135M-Instruct")
 # Default cap on gateway processes per host. Each process keeps its own database pool (up to
@@ -506,7 +506,10 @@ class Settings(BaseSettings):
         if not self.base_models:
             return self
         name, entry = next(iter(self.base_models.items()))
-        for field_name, value in (("base_model_name", name), ("engine_urls", entry.engine_urls)):
+        agreeing = [("base_model_name", name), ("engine_urls", entry.engine_urls)]
+        if entry.eval_engine_url:
+            agreeing += [("eval_engine_url", entry.eval_engine_url), ("eval_engine_api_key", entry.eval_engine_api_key)]
+        for field_name, value in agreeing:
             if field_name in self.model_fields_set and getattr(self, field_name) != value:
                 raise ValueError(
                     f"TAILOR_{field_name.upper()} disagrees with TAILOR_BASE_MODELS, whose first entry "
@@ -515,6 +518,8 @@ class Settings(BaseSettings):
         self.base_model_name, self.engine_urls = name, list(entry.engine_urls)
         if entry.path:
             self.base_model_path = Path(entry.path)
+        if entry.eval_engine_url:
+            self.eval_engine_url, self.eval_engine_api_key = entry.eval_engine_url, entry.eval_engine_api_key
         return self
 
     @model_validator(mode="after")
@@ -547,6 +552,7 @@ class Settings(BaseSettings):
             path=self.base_model_path,
             engine_urls=self.engine_urls,
             api_key=self.engine_api_key,
+            eval_engine=EvalEngine(self.eval_engine_url, self.eval_engine_api_key) if self.eval_engine_url else None,
         )
 
     def base(self, name: str) -> BaseModelConfig | None:

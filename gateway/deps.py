@@ -11,7 +11,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from adapters.engine_source import is_engine_key
+from adapters.engine_source import engine_key_bases
 from core.errors import TailorError
 from gateway.auth_guard import FailedAuthLimiter
 from gateway.services import Services
@@ -84,16 +84,18 @@ CallerDep = Annotated[Caller, Depends(authenticate_request)]
 AdminDep = Depends(authenticate_admin)
 
 
-async def authenticate_engine(request: Request) -> None:
-    """The request comes from one of the gateway's engines (it carries that engine's key), and
-    engines fetch adapters by name (TAILOR_ENGINE_ADAPTER_SOURCE=url); else this route is absent."""
+async def authenticate_engine(request: Request) -> frozenset[str]:
+    """The bases whose engine sent the request (it carries that engine's key), when engines
+    fetch adapters by name (TAILOR_ENGINE_ADAPTER_SOURCE=url); else this route is absent."""
     services: Services = request.app.state.services
     if services.settings.engine_adapter_source != "url":
         raise TailorError(404, "Not Found", code="not_found")
     # The key first: an engine behind the same address as clients that failed (a NAT, a proxy)
     # must still fetch; only a wrong key meets the address's lockout.
-    if is_engine_key(services.engines, f"Bearer {_bearer(request)}"):
-        return
+    pools = {name: pool.engines for name, pool in services.pools.items()}
+    bases = engine_key_bases(pools, f"Bearer {_bearer(request)}")
+    if bases:
+        return bases
     limiter = failed_auth_limiter(request)
     address = client_address(request)
     limiter.check(address)
@@ -101,4 +103,4 @@ async def authenticate_engine(request: Request) -> None:
     raise TailorError(401, "Incorrect engine key provided.", code="invalid_api_key")
 
 
-EngineDep = Depends(authenticate_engine)
+EngineBasesDep = Annotated[frozenset[str], Depends(authenticate_engine)]

@@ -283,7 +283,7 @@ class Services:
         if resolved.kind == VersionKind.MODEL and resolved.digest is not None:
             pool = await self.dedicated.pool_for(resolved.digest, resolved.public_name)
             return Upstream(pool, None, resolved.digest)
-        base = resolved.base if resolved.base in self.pools else self.settings.base_model_name
+        base = self.base_of(resolved.base)
         lora = self.lora_for(resolved)
         return Upstream(self.pools[base], lora, lora.name if lora else base)
 
@@ -307,6 +307,10 @@ class Services:
     def engines(self) -> list[Engine]:
         """Every base model's engines (not full-model versions' own)."""
         return [engine for pool in self.pools.values() for engine in pool.engines]
+
+    def base_of(self, recorded: str | None) -> str:
+        """The configured base whose pool serves a stored row recording base `recorded`."""
+        return self.settings.recorded_base(recorded).name
 
     async def unload(self, version_ids: list[str]) -> int:
         """Unload these versions from every base's engines; how many copies went."""

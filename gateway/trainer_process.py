@@ -40,9 +40,10 @@ STORE_CREDENTIALS = {
     "abfss": ("AZURE_",),
     "postgresql+psycopg": ("PG",),
 }
-# The worker never calls the HTTP API or the default base's engines: those keys would only be
-# more secrets to lose (it evaluates on TAILOR_EVAL_ENGINE_URL, and another base's jobs on that
-# base's engine_urls, with the key of that base's own entry).
+# The worker never calls the HTTP API or a base's serving engines: those keys would only be more
+# secrets to lose (an engine's key loads adapters on it and reads its base's adapters through the
+# gateway). It evaluates on evaluation engines (TAILOR_EVAL_ENGINE_URL, a base's
+# eval_engine_url), whose keys it gets, or on engines of its own.
 # It does get TAILOR_GRADER_MODEL_ENDPOINTS with their keys: a job's reward grader may name them,
 # and like the gateway it sends a key only to its own endpoint, through the outbound policy.
 WITHHELD_SETTINGS = frozenset({"admin_key", "engine_api_key"})
@@ -82,14 +83,8 @@ def settings_env(settings: Settings, *, withheld: frozenset[str] = WITHHELD_SETT
         if name not in withheld and (value := getattr(settings, name)) is not None
     }
     if "engine_api_key" in withheld and settings.base_models:
-        # The default base's engine key goes with TAILOR_ENGINE_API_KEY (the worker evaluates its
-        # jobs on TAILOR_EVAL_ENGINE_URL); another base's own key stays: the worker evaluates
-        # that base's jobs on its engine_urls (trainer.compute.engine.WorkerEngines).
-        default = next(iter(settings.base_models))
-        keyless = {
-            name: entry.model_copy(update={"api_key": None}) if name == default else entry
-            for name, entry in settings.base_models.items()
-        }
+        # Every base's own serving key goes with TAILOR_ENGINE_API_KEY.
+        keyless = {name: entry.model_copy(update={"api_key": None}) for name, entry in settings.base_models.items()}
         env["TAILOR_BASE_MODELS"] = _env_value(keyless)
     env["TAILOR_CONFIG_FILE"] = os.devnull
     return env

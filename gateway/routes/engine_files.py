@@ -10,20 +10,22 @@ from fastapi import APIRouter
 from starlette.responses import FileResponse
 
 from adapters.adapter_source import ROUTE_PREFIX
-from adapters.engine_source import engine_digest, served_file
-from gateway.deps import EngineDep, ServicesDep
+from adapters.engine_source import check_engine_reads, engine_digest, served_file
+from gateway.deps import EngineBasesDep, ServicesDep
 
-router = APIRouter(prefix=ROUTE_PREFIX, dependencies=[EngineDep], include_in_schema=False)
+router = APIRouter(prefix=ROUTE_PREFIX, include_in_schema=False)
 
 
 @router.get("/adapters/{name}")
-def adapter_digest(name: str, services: ServicesDep) -> dict[str, str]:
-    """The digest of the stored version an engine-side adapter name means."""
-    return {"digest": engine_digest(services.db, name)}
+def adapter_digest(name: str, bases: EngineBasesDep, services: ServicesDep) -> dict[str, str]:
+    """The digest of the stored version an engine-side adapter name means, for the engine's base."""
+    return {"digest": engine_digest(services.db, name, bases, services.base_of)}
 
 
 # HEAD too: fsspec's HTTP filesystem asks for a file's size before reading it.
 @router.api_route("/store/{prefix}/{digest}/{file_name}", methods=["GET", "HEAD"])
-def stored_file(prefix: str, digest: str, file_name: str, services: ServicesDep) -> FileResponse:
-    """One file of a stored version, as the adapter store lays it out."""
-    return FileResponse(served_file(services.store, prefix, digest, file_name))
+def stored_file(prefix: str, digest: str, file_name: str, bases: EngineBasesDep, services: ServicesDep) -> FileResponse:
+    """One file of a stored version of the engine's base, as the adapter store lays it out."""
+    path = served_file(services.store, prefix, digest, file_name)
+    check_engine_reads(services.db, digest, bases, services.base_of)
+    return FileResponse(path)

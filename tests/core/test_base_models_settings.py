@@ -45,6 +45,7 @@ def test_the_first_entry_is_the_default_base(monkeypatch: pytest.MonkeyPatch) ->
         ({"x@v1": {"path": "/m"}}, "no ':', '/' or '@'"),
         ({"x": {}}, '"path"'),
         ({"x": {"engine_urls": ["file:///etc"]}}, "http(s) URLs"),
+        ({"x": {"path": "/m", "eval_engine_url": "unix:///run/vllm.sock"}}, "http(s) URLs"),
         ({"x": {"path": "/m", "model": "y"}}, "Extra inputs"),
     ],
 )
@@ -58,6 +59,26 @@ def test_a_default_base_named_twice_must_agree(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("TAILOR_BASE_MODELS", json.dumps({"small": {"path": "/m"}}))
     monkeypatch.setenv("TAILOR_BASE_MODEL_NAME", "other")
     with pytest.raises(ValidationError, match="TAILOR_BASE_MODEL_NAME disagrees"):
+        Settings()
+
+
+def test_each_base_names_its_evaluation_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    bases = {
+        "small": {"path": "/s", "eval_engine_url": "http://eval-s:1/", "eval_engine_api_key": "k-s"},
+        "big": {"path": "/b", "engine_urls": ["http://serve-b:1"], "eval_engine_url": "http://eval-b:1"},
+        "other": {"path": "/o", "engine_urls": ["http://serve-o:1"]},
+    }
+    monkeypatch.setenv("TAILOR_BASE_MODELS", json.dumps(bases))
+    s = Settings()
+    # The default entry's is TAILOR_EVAL_ENGINE_URL, as its path is TAILOR_BASE_MODEL_PATH.
+    assert (s.eval_engine_url, s.eval_engine_api_key.get_secret_value()) == ("http://eval-s:1", "k-s")  # type: ignore[union-attr]
+    assert [b.eval_engine.url if b.eval_engine else None for b in s.bases] == [
+        "http://eval-s:1",
+        "http://eval-b:1",
+        None,  # never its serving engine: a worker starts one on its path
+    ]
+    monkeypatch.setenv("TAILOR_EVAL_ENGINE_URL", "http://elsewhere:1")
+    with pytest.raises(ValidationError, match="TAILOR_EVAL_ENGINE_URL disagrees"):
         Settings()
 
 
@@ -80,11 +101,14 @@ def test_a_base_sends_its_own_engine_key_or_the_common_one(tmp_path: Path) -> No
 def test_the_trainer_gets_no_base_engine_key(tmp_path: Path) -> None:
     entries = {
         "small": {"engine_urls": ["http://s:1"], "api_key": "sk-engine"},
-        "other": {"engine_urls": ["http://o:1"], "api_key": "sk-other"},
-    }
+        "other": {"path": "m", "engine_urls": ["http://o:1"], "api_key": "sk-other",
+                  "eval_engine_url": "http://e:1", "eval_engine_api_key": "sk-eval"},
+    }  # fmt: skip
     env = settings_env(Settings(data_dir=tmp_path, base_models=entries))
-    assert "sk-engine" not in json.dumps(env)
+    # A serving engine's key loads adapters on it and reads every adapter of its base through
+    # the gateway: a process running tenants' jobs holds none of them.
+    assert "sk-engine" not in json.dumps(env) and "sk-other" not in json.dumps(env)
     bases = json.loads(env["TAILOR_BASE_MODELS"])
-    assert bases["small"]["engine_urls"] == ["http://s:1"]
-    # Another base's key stays: the worker evaluates that base's jobs on its engines.
-    assert bases["other"]["api_key"] == "sk-other"
+    assert bases["small"]["engine_urls"] == ["http://s:1"] and bases["other"]["api_key"] is None
+    # The evaluation engine's key stays: the worker evaluates that base's jobs on it.
+    assert bases["other"]["eval_engine_api_key"] == "sk-eval"

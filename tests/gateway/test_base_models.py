@@ -8,6 +8,7 @@ engine. (A live run on two real vLLM engines: tests/integration/test_derived_mod
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import tarfile
@@ -17,9 +18,11 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from sqlalchemy import select
 
 from adapters import checkpoints
 from adapters.registry import ValidationLimits
+from core.models import AdapterVersion
 from tests.gateway.gateway_world import (
     ADMIN,
     BASE,
@@ -44,9 +47,9 @@ HALF_ENGINE = "http://half-engine.test"
 # --------------------------------------------------------------------------- the gateway
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def run(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Running]:
-    tmp = tmp_path_factory.mktemp("bases")
+@contextlib.asynccontextmanager
+async def two_bases(tmp: Path, **overrides: Any) -> AsyncIterator[Running]:
+    """The gateway with the tiny Llama and its 1-layer cut as bases, and one tenant (`auth`)."""
     half_dir = tmp / HALF
     half_dir.mkdir()
     (half_dir / "config.json").write_text(json.dumps({**TINY_CONFIG, "num_hidden_layers": 1}))
@@ -55,12 +58,18 @@ async def run(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Running
         HALF: {"path": str(half_dir), "engine_urls": [HALF_ENGINE], "api_key": "sk-half"},
     }
     half = FakeVLLM(base=HALF)
-    async with running_gateway(tmp, other_engines={HALF_ENGINE: half}, base_models=bases) as running:
+    async with running_gateway(tmp, other_engines={HALF_ENGINE: half}, base_models=bases, **overrides) as running:
         r = await running.http.post("/admin/tenants", json={"name": "acme"}, headers=ADMIN)
         assert r.status_code == 201, r.text
         r = await running.http.post("/admin/tenants/acme/keys", json={}, headers=ADMIN)
         running.auth = {"authorization": f"Bearer {r.json()['key']}"}  # type: ignore[attr-defined]
         running.half = half  # type: ignore[attr-defined]
+        yield running
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def run(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Running]:
+    async with two_bases(tmp_path_factory.mktemp("bases")) as running:
         yield running
 
 
@@ -183,8 +192,9 @@ async def test_lora_jobs_train_on_the_base_they_name(run: Running) -> None:
     assert r.status_code == 200, r.text
 
 
-async def test_a_jobs_checkpoint_serves_on_the_jobs_base(run: Running) -> None:
-    r = await _create_job(run, HALF, suffix="half-ckpt")
+async def _half_checkpoint(run: Running, suffix: str) -> tuple[str, job_records.CheckpointInfo]:
+    """(job id, its step-1 checkpoint) of a job on the 1-layer base."""
+    r = await _create_job(run, HALF, suffix=suffix)
     assert r.status_code == 200, r.text
     job_id = r.json()["id"]
     settings = run.services.settings
@@ -196,7 +206,11 @@ async def test_a_jobs_checkpoint_serves_on_the_jobs_base(run: Running) -> None:
         max_rank=limits.max_rank,
         max_bytes=limits.max_bytes,
     )
-    saved = job_records.add_checkpoint(run.services.db, job_id, step=1, metrics={}, path="ckpt", digest=digest)
+    return job_id, job_records.add_checkpoint(run.services.db, job_id, step=1, metrics={}, path="ckpt", digest=digest)
+
+
+async def test_a_jobs_checkpoint_serves_on_the_jobs_base(run: Running) -> None:
+    job_id, saved = await _half_checkpoint(run, "half-ckpt")
     before = len(run.half.completions())  # type: ignore[attr-defined]
     r = await _chat(run, checkpoints.checkpoint_model("half-ckpt", job_id, 1))
     assert r.status_code == 200, r.text
@@ -263,3 +277,43 @@ async def test_merges_stay_on_the_default_base(run: Running) -> None:
     assert r.status_code == 201, r.text
     r = await run.http.post("/v1/adapters/half-merged/merge", json={}, headers=run.auth)  # type: ignore[attr-defined]
     assert error_of(r, 400, param="version")["code"] == "unsupported_base_model"
+
+
+# --------------------------------------------------------------------------- engines fetching adapters
+
+ENGINE_KEY = "engine-key-" + "x" * 20
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def fetching(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Running]:
+    """Both bases' engines fetch adapters from the gateway, each base's with its own key."""
+    tmp = tmp_path_factory.mktemp("fetching")
+    async with two_bases(tmp, engine_adapter_source="url", engine_api_key=ENGINE_KEY) as running:
+        yield running
+
+
+async def test_an_engine_key_reads_only_its_own_bases_adapters(fetching: Running) -> None:
+    # Whoever runs one base's engines (its key) must not read what was trained for another.
+    run = fetching
+    main = await _upload(run, "main-a", write_tiny_adapter(run.tmp / f"main-{next(serial)}"))
+    half = await _upload(run, "half-a", write_tiny_adapter(run.tmp / f"half-{next(serial)}", layers=1, made_for=HALF),
+                         base_model=HALF)  # fmt: skip
+    assert main.status_code == half.status_code == 201, (main.text, half.text)
+    _, checkpoint = await _half_checkpoint(run, "half-ckpt")
+    with run.services.db.session() as s:
+        versions = {v.adapter.name: (v.id, v.digest) for v in s.scalars(select(AdapterVersion))}
+    own = {ENGINE_KEY: [versions["main-a"]], "sk-half": [versions["half-a"], (checkpoint.id, checkpoint.digest)]}
+    for key, readable in own.items():
+        others = [entry for k, entries in own.items() if k != key for entry in entries]
+        auth = {"authorization": f"Bearer {key}"}
+        for (name, digest), allowed in [(entry, True) for entry in readable] + [(entry, False) for entry in others]:
+            r = await run.http.get(f"/internal/engine/adapters/{name}", headers=auth)
+            assert r.status_code == (200 if allowed else 404), (key[:6], name, r.text)
+            assert not allowed or r.json()["digest"] == digest
+            r = await run.http.get(f"/internal/engine/store/{digest[:2]}/{digest}/adapter_config.json", headers=auth)
+            assert r.status_code == (200 if allowed else 404), (key[:6], name, r.text)
+            if not allowed:
+                assert error_of(r, 404)["code"] == "adapter_not_stored"
+    # A tenant's key is no engine's.
+    r = await run.http.get(f"/internal/engine/adapters/{versions['main-a'][0]}", headers=run.auth)  # type: ignore[attr-defined]
+    assert r.status_code == 401

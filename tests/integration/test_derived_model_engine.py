@@ -140,10 +140,12 @@ def test_one_gateway_serves_both_bases_and_an_adapter_on_its_own_base(
 ) -> None:
     bases = {
         BASE_MODEL: {"path": str(MODEL_DIR), "engine_urls": [eval_engine.url], "api_key": eval_engine.key},
-        NAME: {"path": str(derived), "engine_urls": [derived_engine.url], "api_key": derived_engine.key},
-    }
+        NAME: {"path": str(derived), "engine_urls": [derived_engine.url], "api_key": derived_engine.key,
+               "eval_engine_url": derived_engine.url, "eval_engine_api_key": derived_engine.key},
+    }  # fmt: skip
     # Its trainer evaluates the default base's jobs on TAILOR_EVAL_ENGINE_URL (the 30-layer
-    # engine) and the derived base's on that base's engine_urls.
+    # engine) and the derived base's on that base's eval_engine_url: here the engine that also
+    # serves it (no tenant traffic runs beside the job), which saves the test a third engine.
     with running_tailor(tmp_path, eval_engine, TAILOR_BASE_MODELS=json.dumps(bases)) as server:
         tenant = make_tenant(server, "bases")
         job_id = _queue_job_on_the_derived_base(server, tenant)

@@ -106,7 +106,9 @@ def test_answers_keep_order_and_scoring_goes_one_request_at_a_time() -> None:
     assert all(b["prompt_logprobs"] == 0 and b["max_tokens"] == 1 for b in scoring)
 
 
-def test_adapters_are_unloaded_whatever_happens_and_stale_ones_replaced(tmp_path: Path) -> None:
+def test_adapters_are_unloaded_whatever_happens_and_stale_ones_replaced(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     engine = FakeEngine(loaded=("tailor-eval-job1-candidate",))  # left by an earlier attempt
     client = client_for(engine)
     with pytest.raises(RuntimeError), client.adapters({"tailor-eval-job1-candidate": tmp_path, "other": tmp_path}):
@@ -119,7 +121,11 @@ def test_adapters_are_unloaded_whatever_happens_and_stale_ones_replaced(tmp_path
     with pytest.raises(TailorError) as info, client.adapters({"a": tmp_path, "b": tmp_path / "broken"}):
         pass
     assert info.value.status == 502 and info.value.code == "engine_adapter_load_failed"
-    assert "no adapter_config.json" in info.value.message
+    # The job's tenant reads the message: the engine's URL, the worker's paths and the engine's
+    # words stay in the worker's log.
+    assert "engine.test" not in info.value.message and str(tmp_path) not in info.value.message
+    assert "no adapter_config.json" not in info.value.message
+    assert "no adapter_config.json" in caplog.text and "engine.test" in caplog.text
     assert engine.adapters == set()  # the one that did load is unloaded again
 
 

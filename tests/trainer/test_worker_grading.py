@@ -39,11 +39,14 @@ class FakeEngine:
 
 
 def worker(tmp_path: Path, *, keep_own_engine: bool = True, **settings: Any) -> Any:
-    versions = {"mine": SimpleNamespace(kind=VersionKind.ADAPTER, digest="d1"),
-                "whole": SimpleNamespace(kind=VersionKind.MODEL, digest="d2")}  # fmt: skip
+    versions = {"mine": SimpleNamespace(kind=VersionKind.ADAPTER, digest="d1", base_model="base"),
+                "whole": SimpleNamespace(kind=VersionKind.MODEL, digest="d2", base_model="llama"),
+                "elsewhere": SimpleNamespace(kind=VersionKind.ADAPTER, digest="d3", base_model="other")}  # fmt: skip
+    # Jobs train on the default base; "other" is a second one.
+    settings.setdefault("base_models", {"base": {"path": str(tmp_path / "base")}, "other": {"path": "other"}})
 
     def version_of(tenant_id: str, model: str) -> Any:
-        if model == "base":
+        if model in ("base", "other"):
             return None
         if tenant_id != "t1" or model not in versions:
             raise TailorError(404, f"The model {model!r} does not exist.", code="model_not_found")
@@ -89,6 +92,10 @@ def test_graders_without_the_tenants_models_need_no_engine(tmp_path: Path) -> No
         ("mine", "t2", "neither one of your models"),  # another tenant's adapter
         ("nope", "t1", "neither one of your models"),
         ("whole", "t1", "whole model"),
+        # The worker's engine serves the default base: another base, or an adapter of one,
+        # would answer on the wrong model.
+        ("other", "t1", "another base model"),
+        ("elsewhere", "t1", "another base model"),
     ],
 )
 def test_models_the_tenant_cannot_grade_with_fail_the_job_first(

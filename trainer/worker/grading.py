@@ -2,8 +2,8 @@
 
 Each model a score_model or label_model grader names is the operator's (an endpoint of
 TAILOR_GRADER_MODEL_ENDPOINTS open to the tenant: called as it is) or else one of the tenant's
-own: the base model, or an adapter version (`name`, `name@vN`), loaded on the worker's engine
-under an internal name while the block runs. A name that is neither - another tenant's
+own: the (default) base model, or an adapter version (`name`, `name@vN`) of it, loaded on the
+worker's engine under an internal name while the block runs. A name that is neither - another tenant's
 adapter, a model that does not exist - fails the job before any training. A whole-model
 version (a full fine-tune) cannot grade: it would need an engine of its own for the whole run.
 """
@@ -61,10 +61,16 @@ def grader_models(
             version = w.version_of(job.tenant_id, name)
         except TailorError:
             raise _refused(name, "is neither one of your models nor a grader model this server offers") from None
+        if version is None and w.settings.base(name) != w.settings.bases[0]:
+            raise _refused(name, "is another base model; graders' models answer on the default base's engine")
         if version is None:
             served[name] = engine.served_model
         elif version.kind == VersionKind.MODEL:
             raise _refused(name, "is a whole model (a full fine-tune); graders may name the base model or an adapter")
+        elif not w.settings.recorded_base(version.base_model).default:
+            raise _refused(
+                name, "is an adapter of another base model; graders' models answer on the default base's engine"
+            )
         else:
             served[name] = f"tailor-grader-{job.id}-{i}"
             load[served[name]] = w.store.local_path(version.digest)

@@ -4,6 +4,7 @@
     python -m loadtests.bench_overhead --clients 1,20 --seconds 3 --env TAILOR_WORKERS=2
     python -m loadtests.bench_overhead --markdown --json overhead.json
     python -m loadtests.bench_overhead --workers 1,2 --clients 2,8,20,64   # one Tailor per value, compared
+    python -m loadtests.bench_overhead --litellm /opt/litellm/bin/litellm  # LiteLLM's proxy too
 
 Starts loadtests.mock_engine (health, models, LoRA loads and completions, no model work) and a
 throwaway `tailor serve` with it as an operator-run engine, logging on as deployed. For each
@@ -18,6 +19,9 @@ a gateway that saturates is measured together with what drives it.
 With `--workers 1,2` Tailor is started once per TAILOR_WORKERS value, one after the other in
 the same run (so both see the same machine), and each gets its table; then the saturation of
 each (its highest Tailor req/s over the client counts, and at which count) and their ratio.
+
+With `--litellm EXECUTABLE`, LiteLLM's proxy (loadtests.litellm_proxy) is measured the same way
+against the same engine right after Tailor (the first Tailor, with --workers), and gets a table.
 
 Goals (the exit code is 0 whatever the verdict: this measures, it does not test): at most
 0.5 ms added at p50 with 1 client, throughput through Tailor at 20 clients at least 0.9x
@@ -39,6 +43,7 @@ import psutil
 from loadtests.admin_api import create_tenant_key
 from loadtests.bench_cli import doc_parser
 from loadtests.launcher import MODEL_DIR, ROOT, progress
+from loadtests.litellm_proxy import litellm_proxy
 from loadtests.local_server import local_tailor
 
 TARGET_ADDED_P50_MS = 0.5  # at 1 client
@@ -83,7 +88,8 @@ def _cpu_seconds(procs: Sequence[psutil.Process]) -> float:
 def closed_loop(url: str, key: str, model: str, clients: int, seconds: float) -> dict[str, float]:
     """One loadtests.closed_loop run in its own process; its JSON result."""
     command = [sys.executable, "-m", "loadtests.closed_loop", "--url", url, "--model", model]
-    command += ["--clients", str(clients), "--seconds", str(seconds), "--key", key]
+    # `--key=`: a random key may begin with "-", which argparse would take for an option.
+    command += ["--clients", str(clients), "--seconds", str(seconds), f"--key={key}"]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"load generator failed: {done.stderr[-2000:]}")
@@ -127,10 +133,11 @@ def measure(
         )
 
 
-def table(levels: Sequence[Level]) -> str:
+def table(levels: Sequence[Level], proxy: str = "Tailor") -> str:
+    """The figures as Markdown; `proxy`: what stood between the load and the engine."""
     head = (
-        "| clients | direct req/s | direct p50 ms | Tailor req/s | Tailor p50 ms | Tailor p99 ms | added p50 ms "
-        "| Tailor/direct req/s | failed | CPU: load gen / gateway / engine |"
+        f"| clients | direct req/s | direct p50 ms | {proxy} req/s | {proxy} p50 ms | {proxy} p99 ms | added p50 ms "
+        f"| {proxy}/direct req/s | failed | CPU: load gen / {proxy} / engine |"
     )
     rows = [head, "|" + "---:|" * 9 + "---|"]
     for lv in levels:
@@ -184,24 +191,29 @@ def compare_workers(runs: dict[int, list[Level]]) -> list[str]:
     return out
 
 
-def run_tailor(env: dict[str, str], levels: Sequence[int], seconds: float) -> list[Level]:
-    """Start Tailor (mock engine) with `env` and measure every level against it."""
+def run_tailor(
+    env: dict[str, str], levels: Sequence[int], seconds: float, litellm: Path | None = None
+) -> tuple[list[Level], list[Level] | None]:
+    """Start Tailor (mock engine) with `env` and measure every level against it; then, with
+    `litellm`, LiteLLM's proxy in front of the same engine."""
     with local_tailor(MODEL_DIR, env_extra=env, engine="mock") as server:
         assert server.engine is not None
+        engine = server.engine
         key = create_tenant_key(server, "bench")
-        return list(
-            measure(
-                gateway=server.url,
-                gateway_key=key,
-                engine=server.engine.url,
-                engine_key=server.engine.key,
-                model=MODEL_DIR.name,
-                gateway_pid=server.process.pid,
-                engine_pid=server.engine.process.pid,
-                levels=levels,
-                seconds=seconds,
-            )
-        )
+        common = {"engine": engine.url, "engine_key": engine.key, "model": MODEL_DIR.name,
+                  "engine_pid": engine.process.pid, "levels": levels, "seconds": seconds}  # fmt: skip
+        tailor = list(measure(gateway=server.url, gateway_key=key, gateway_pid=server.process.pid, **common))
+        if litellm is None:
+            return tailor, None
+        with litellm_proxy(litellm, engine.url, engine.key, MODEL_DIR.name) as proxy:
+            other = list(measure(gateway=proxy.url, gateway_key=proxy.key, gateway_pid=proxy.process.pid, **common))
+        return tailor, other
+
+
+def print_litellm(levels: list[Level] | None) -> None:
+    if levels is not None:
+        print("\nLiteLLM's proxy, same engine, right after\n")
+        print(table(levels, proxy="LiteLLM"))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -214,25 +226,31 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--markdown", action="store_true", help="print the table only, as Markdown")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument(
+        "--litellm", type=Path, default=None, help="LiteLLM's `litellm` executable: its proxy is measured too"
+    )
     args = parser.parse_args(argv)
     levels = [int(x) for x in args.clients.split(",") if x.strip()]
     env = parse_env(args.env)
     load_before = os.getloadavg()
     if args.workers is None:
-        results = run_tailor(env, levels, args.seconds)
+        results, litellm = run_tailor(env, levels, args.seconds, args.litellm)
         if not args.markdown:
             print(f"machine: {psutil.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f}")
         print(table(results))
         for line in verdicts(results):
             print(f"- {line}")
+        print_litellm(litellm)
         if args.json:
             args.json.write_text(json.dumps([_figures(r) for r in results], indent=2))
         return
-    runs = {
-        int(w): run_tailor({**env, "TAILOR_WORKERS": w.strip()}, levels, args.seconds)
-        for w in args.workers.split(",")
-        if w.strip()
-    }
+    runs: dict[int, list[Level]] = {}
+    litellm = None
+    for w in (w.strip() for w in args.workers.split(",") if w.strip()):
+        runs[int(w)], other = run_tailor(
+            {**env, "TAILOR_WORKERS": w}, levels, args.seconds, args.litellm if not runs else None
+        )
+        litellm = litellm or other
     if not args.markdown:
         print(
             f"machine: {psutil.cpu_count()} CPUs; load average (1, 5, 15 min) before {_load(load_before)}, "
@@ -243,6 +261,7 @@ def main(argv: list[str] | None = None) -> None:
         print(table(results))
         for line in verdicts(results):
             print(f"- {line}")
+    print_litellm(litellm)
     print()
     for line in compare_workers(runs):
         print(f"- {line}")

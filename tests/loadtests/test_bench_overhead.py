@@ -68,3 +68,18 @@ def test_workers_are_compared_at_their_own_saturation() -> None:
     assert lines[0] == "1 worker(s): saturates at 120 req/s (8 clients)"
     assert lines[1] == "2 worker(s): saturates at 200 req/s (20 clients)"
     assert lines[2] == "2 workers / 1 worker at saturation: 1.67 (goal >= 1.6) PASS"
+
+
+def test_litellm_gets_the_same_engine_and_a_master_key(tmp_path: Path) -> None:
+    from loadtests.litellm_proxy import litellm_proxy, proxy_config
+
+    config = proxy_config("http://127.0.0.1:9", "engine-key", "m", "sk-master")
+    [entry] = config["model_list"]  # type: ignore[misc]
+    assert entry == {
+        "model_name": "m",
+        "litellm_params": {"model": "openai/m", "api_base": "http://127.0.0.1:9/v1", "api_key": "engine-key"},
+    }
+    assert config["general_settings"] == {"master_key": "sk-master"}
+    # Not installed beside Tailor: a clear exit, not a traceback.
+    with pytest.raises(SystemExit, match="no LiteLLM executable"), litellm_proxy(tmp_path / "litellm", "u", "k", "m"):
+        pass

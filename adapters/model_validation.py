@@ -17,7 +17,6 @@ refusal is a 400 saying what is wrong, in the words adapters.validation uses.
 from __future__ import annotations
 
 import json
-import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 
 from adapters.safetensors_file import SafetensorsError, read_header
 from adapters.validation import CONFIG_FILE, README_FILE
+from adapters.validation.files import PICKLE_SUFFIXES, check_capped_size, flat_files
 from core.errors import TailorError, bad_request
 
 MODEL_CONFIG = "config.json"
@@ -56,7 +56,6 @@ OTHER_FILES = frozenset(
 SMALL_FILE_MAX_BYTES: Mapping[str, int] = MappingProxyType(
     {name: 1 << 20 for name in (MODEL_CONFIG, TOKENIZER_CONFIG, "generation_config.json", "chat_template.jinja")}
 )
-_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz")
 
 
 @dataclass(frozen=True)
@@ -97,21 +96,12 @@ def validate_model_dir(path: Path | str, *, max_bytes: int) -> ModelManifest:
 
 
 def _list_files(path: Path) -> dict[str, int]:
-    if path.is_symlink() or not path.is_dir():
-        raise _invalid(f"model path {path.name!r} is not a directory")
     sizes: dict[str, int] = {}
-    for entry in sorted(path.iterdir()):
-        info = entry.lstat()
-        if stat.S_ISLNK(info.st_mode):
-            raise _invalid(f"model contains a symlink ({entry.name}); only regular files are allowed")
-        if stat.S_ISDIR(info.st_mode):
-            raise _invalid(f"model contains a folder ({entry.name}); put its files directly in the top level")
-        if not stat.S_ISREG(info.st_mode):
-            raise _invalid(f"model contains {entry.name}, which is not a regular file")
-        if not _allowed(entry.name):
-            raise _invalid(_unexpected_file_message(entry.name))
-        check_small_model_file(entry.name, info.st_size)
-        sizes[entry.name] = info.st_size
+    for name, size in flat_files(path, "model", "put its files directly in the top level", _invalid):
+        if not _allowed(name):
+            raise _invalid(_unexpected_file_message(name))
+        check_small_model_file(name, size)
+        sizes[name] = size
     if MODEL_CONFIG not in sizes:
         raise _invalid(f"model is missing {MODEL_CONFIG}; a model saved with save_pretrained() has one")
     return sizes
@@ -123,15 +113,11 @@ def _allowed(name: str) -> bool:
 
 def check_small_model_file(name: str, size: int) -> None:
     """A config or template past its cap is refused (also from an archive member's declared size)."""
-    limit = SMALL_FILE_MAX_BYTES.get(name)
-    if limit is not None and size > limit:
-        raise bad_request(
-            f"{name} is {size} bytes; the largest accepted {name} is {limit} bytes", code="model_file_too_large"
-        )
+    check_capped_size(name, size, SMALL_FILE_MAX_BYTES, "model_file_too_large")
 
 
 def _unexpected_file_message(name: str) -> str:
-    if name.lower().endswith(_PICKLE_SUFFIXES):
+    if name.lower().endswith(PICKLE_SUFFIXES):
         return (
             f"model contains {name}: safetensors only. Pickle-based weights can run code when loaded; "
             "save the model with save_pretrained(..., safe_serialization=True)"

@@ -21,7 +21,7 @@ from core import audit
 from core.db import Database
 from core.errors import TailorError
 from core.models import AuditEvent
-from tests.adapters.test_promotion import BASE, make_env
+from tests.adapters.test_promotion import BASE, make_env, register
 from tests.adapters.test_validation import write_adapter
 from tests.core.audit_faults import failing_after_recording
 from tests.dbutil import migrated, sqlite_url
@@ -45,20 +45,9 @@ def _events(db: Database) -> list[AuditEvent]:
 
 
 def _register(env: Any, r: int, *, activate: bool = True, actor: str = "setup") -> VersionInfo:
-    db, store, limits, acme, _other, tmp = env
+    tmp = env[5]
     src = write_adapter(tmp / f"src-{r}-{activate}", r=r)
-    return registry.register_dir(
-        db,
-        store,
-        limits,
-        tenant_id=acme,
-        name=NAME,
-        source_dir=src,
-        base_model_name=BASE,
-        actor=actor,
-        source="path",
-        activate=activate,
-    )
+    return register(env, NAME, src, actor=actor, source="path", activate=activate)
 
 
 def _three_versions(env: Any) -> None:

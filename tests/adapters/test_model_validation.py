@@ -16,7 +16,7 @@ from adapters import promotion, registry
 from adapters.model_validation import validate_model_dir
 from core.errors import TailorError
 from core.states import VersionKind
-from tests.adapters.test_promotion import BASE, add, env  # noqa: F401  (env is a fixture)
+from tests.adapters.test_promotion import BASE, add, env, register  # noqa: F401  (env is a fixture)
 from tests.adapters.test_validation import tiny_config
 
 
@@ -141,18 +141,9 @@ def test_a_model_registers_beside_adapters_and_takes_turns_serving_the_name(env)
 
 
 def test_a_model_over_its_limit_is_refused_and_stores_nothing(env) -> None:  # noqa: F811
-    db, store, limits, acme, _other, tmp = env
+    db, _store, limits, acme, _other, tmp = env
     small = type(limits)(base=limits.base, max_rank=16, max_bytes=10_000_000, max_model_bytes=1000)
     with pytest.raises(TailorError) as info:
-        registry.register_dir(
-            db,
-            store,
-            small,
-            tenant_id=acme,
-            name="big",
-            source_dir=write_model(tmp / "big"),
-            base_model_name=BASE,
-            actor="test",
-        )
+        register(env, "big", write_model(tmp / "big"), limits=small)
     assert info.value.code == "model_too_large"
     assert registry.list_adapters(db, acme) == []

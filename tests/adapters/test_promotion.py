@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -40,13 +41,30 @@ def env(tmp_path: Path):
     db.dispose()
 
 
+def register(
+    env, name: str, src: Path, *, tenant: str | None = None, limits: ValidationLimits | None = None, **options: Any
+) -> registry.VersionInfo:
+    """registry.register_dir of `src` as the next version of `name`: acme's, by actor "test",
+    under the env's limits, unless told otherwise (`options` are register_dir's own)."""
+    db, store, env_limits, acme, _other, _tmp = env
+    options.setdefault("actor", "test")
+    return registry.register_dir(
+        db,
+        store,
+        limits or env_limits,
+        tenant_id=tenant or acme,
+        name=name,
+        source_dir=src,
+        base_model_name=BASE,
+        **options,
+    )
+
+
 def add(env, name: str, r: int, *, activate: bool = True, tenant: str | None = None) -> registry.VersionInfo:
     db, store, limits, acme, _other, tmp = env
     src = write_adapter(tmp / f"src-{name}-{r}-{activate}", r=r)
     if activate:
-        return registry.register_dir(
-            db, store, limits, tenant_id=tenant or acme, name=name, source_dir=src, base_model_name=BASE, actor="test"
-        )
+        return register(env, name, src, tenant=tenant)
     return promotion.register_candidate(
         db,
         store,
@@ -136,7 +154,5 @@ def test_registration_refuses_bad_names(env) -> None:
     src = write_adapter(tmp / "src-bad", r=4)
     for bad in ("Support", "a/b", BASE):
         with pytest.raises(TailorError) as info:
-            registry.register_dir(
-                db, store, limits, tenant_id=acme, name=bad, source_dir=src, base_model_name=BASE, actor="test"
-            )
+            register(env, bad, src)
         assert info.value.status == 400

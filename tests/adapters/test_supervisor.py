@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from adapters.engines import EnginePool
 from adapters.ports import pick_free_port, port_is_free, tree_listens_on
 from adapters.supervisor import EngineLaunch, EnginePortTaken, EngineSupervisor, child_engine
 from tests.adapters import fake_vllm_server
+from tests.ports import listening_port
 
 BASE = "SmolLM2-135M-Instruct"
 FAKE_SERVER = Path(fake_vllm_server.__file__)
@@ -94,10 +94,8 @@ async def supervised(launch: EngineLaunch) -> AsyncIterator[Child]:
 
 @pytest.fixture
 def taken_port() -> Iterator[int]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
-        yield sock.getsockname()[1]
+    with listening_port() as port:
+        yield port
 
 
 # --- ports ---------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from core.db import Database
 from core.errors import TailorError
 from core.models import Tenant
 from core.quotas import Quotas, Usage, usage
-from tests.adapters.test_promotion import BASE, make_env
+from tests.adapters.test_promotion import make_env, register
 from tests.adapters.test_validation import write_adapter
 from trainer import files, job_queue, jobs
 
@@ -93,16 +93,7 @@ def test_stored_bytes_quota_counts_files_and_adapter_versions(env: Any) -> None:
     limits = registry.ValidationLimits(
         base=limits.base, max_rank=limits.max_rank, max_bytes=limits.max_bytes, quotas=GENEROUS
     )
-    version = registry.register_dir(
-        db,
-        store,
-        limits,
-        tenant_id=acme,
-        name="bot",
-        source_dir=write_adapter(tmp / "v1"),
-        base_model_name=BASE,
-        actor="test",
-    )
+    version = register(env, "bot", write_adapter(tmp / "v1"), limits=limits)
     files.upload_file(db, blobs, acme, "a.jsonl", CHAT_LINE, files.PURPOSE, quotas=GENEROUS)
     with db.session() as s:
         used = usage(s, acme)
@@ -112,48 +103,24 @@ def test_stored_bytes_quota_counts_files_and_adapter_versions(env: Any) -> None:
     assert f"(max_stored_bytes): {used.stored_bytes} used, this request adds {len(CHAT_LINE)}" in error.message
     assert len(blobs.list(f"files/{acme}")) == 1
     bigger = write_adapter(tmp / "v2", r=8)
-    _over_quota(
-        registry.register_dir,
-        db,
-        store,
-        limits,
-        tenant_id=acme,
-        name="bot",
-        source_dir=bigger,
-        base_model_name=BASE,
-        actor="test",
-    )
+    _over_quota(register, env, "bot", bigger, limits=limits)
     # Refused before the store write: the new weights are nowhere in the store.
     assert not store.exists(digest_dir(bigger))
     assert [v.version for v in registry.get_adapter(db, acme, "bot").versions] == [1]
 
 
 def test_adapter_versions_quota(env: Any) -> None:
-    db, store, limits, acme, other, tmp = env
+    db, _store, limits, acme, other, tmp = env
     limits = registry.ValidationLimits(
         base=limits.base, max_rank=limits.max_rank, max_bytes=limits.max_bytes, quotas=GENEROUS
     )
     _set_limits(db, acme, max_adapter_versions=1)
     src = write_adapter(tmp / "src")
-    registry.register_dir(
-        db, store, limits, tenant_id=acme, name="a", source_dir=src, base_model_name=BASE, actor="test"
-    )
-    error = _over_quota(
-        registry.register_dir,
-        db,
-        store,
-        limits,
-        tenant_id=acme,
-        name="b",
-        source_dir=src,
-        base_model_name=BASE,
-        actor="test",
-    )
+    register(env, "a", src, limits=limits)
+    error = _over_quota(register, env, "b", src, limits=limits)
     assert "quota of 1 adapter versions (max_adapter_versions): 1 used" in error.message
     assert [a.name for a in registry.list_adapters(db, acme)] == ["a"]
-    registry.register_dir(
-        db, store, limits, tenant_id=other, name="b", source_dir=src, base_model_name=BASE, actor="test"
-    )
+    register(env, "b", src, tenant=other, limits=limits)
 
 
 def test_concurrent_writers_never_pass_the_quota_together(env: Any) -> None:

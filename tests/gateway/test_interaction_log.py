@@ -12,6 +12,7 @@ from core.db import Database
 from core.models import Interaction
 from gateway.interaction_log import InteractionLog, InteractionRecord
 from gateway.tenants import create_tenant, delete_tenant
+from tests.gateway.interaction_records import chat_record
 
 
 @pytest.fixture
@@ -26,14 +27,7 @@ def tenant_id(db: Database) -> str:
 
 def rec(tenant_id: str, i: int, **kw: object) -> InteractionRecord:
     kw.setdefault("request", {"i": i})
-    return InteractionRecord(
-        id=f"chatcmpl-{i:06d}",
-        tenant_id=tenant_id,
-        api_key_id="key-1",
-        endpoint="chat.completions",
-        model="base",
-        **kw,
-    )
+    return chat_record(f"chatcmpl-{i:06d}", tenant_id, **kw)
 
 
 def count(db: Database) -> int:

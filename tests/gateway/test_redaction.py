@@ -31,6 +31,7 @@ from gateway.redaction import (
 )
 from gateway.tenants import create_tenant
 from tests.dbutil import add_interaction
+from tests.gateway.interaction_records import chat_record
 from trainer import feedback
 
 # --- examples ---------------------------------------------------------------------------
@@ -228,12 +229,9 @@ def _set_flag(db: Database, tenant_id: str, on: bool) -> None:
 
 
 def _record(tenant_id: str, i: int) -> InteractionRecord:
-    return InteractionRecord(
-        id=f"chatcmpl-{tenant_id}-{i}",
-        tenant_id=tenant_id,
-        api_key_id="key-1",
-        endpoint="chat.completions",
-        model="base",
+    return chat_record(
+        f"chatcmpl-{tenant_id}-{i}",
+        tenant_id,
         request={"messages": [{"role": "user", "content": PERSONAL}], "temperature": 0.5},
         response_text="Noted: jane@example.com",
         status_code=400,

@@ -31,6 +31,7 @@ from core import config as core_config
 from core.config import Settings
 from gateway import metrics, workers
 from gateway.workers import HostEngineOwner, HostProcesses
+from tests.ports import listening_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -209,10 +210,8 @@ def test_workers_with_operator_engines_use_them_as_given(tmp_path: Path, monkeyp
 
 @pytest.fixture
 def listening() -> Iterator[int]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
-        yield sock.getsockname()[1]
+    with listening_port() as port:
+        yield port
 
 
 def test_host_engine_owner_takes_only_a_listener_under_the_parent(listening: int) -> None:

@@ -14,12 +14,15 @@ The adapter is then merged into the base's weights (POST /v1/adapters/parser-lit
 activated) and its merged version served pinned, on an engine of its own (one serving thread,
 TAILOR_DEDICATED_ENGINE_THREADS's default, as many as vLLM's CPU build gives the base engine
 on 2 cores: it keeps one core for itself). The same traffic (the unseen tickets, `--rounds`
-times, `--concurrency` at a time) goes through the three arms, interleaved A B C C B A so
+times, `--concurrency` at a time) goes through the arms, interleaved A B C D D C B A so
 drift on a noisy machine hits all alike:
 
   A  model=<base> with the long prompt in every request
   B  model=parser-lite with the bare ticket (LoRA on the base engine)
   C  model=parser-lite@vN, the merged copy, with the bare ticket
+  D  model=parser-small, the same context distilled into a student keeping every other layer
+     of the base (method.distillation.student, a whole model on an engine of its own;
+     loadtests.student_arm), with the bare ticket; `--no-student` leaves it out
 
 and the table reports per arm: prompt and completion tokens per request and cost per 1K
 requests (from Tailor's metering, GET /v1/usage, priced by TAILOR_PRICES: the same price
@@ -45,6 +48,7 @@ import httpx
 import openai
 
 from core.states import TERMINAL_JOB_STATUSES, JobStatus
+from loadtests import student_arm
 from loadtests.admin_api import create_tenant_key
 from loadtests.bench_cli import doc_parser
 from loadtests.launcher import BASE_MODEL, MODEL_DIR, progress
@@ -241,6 +245,15 @@ def run(server: LocalTailor, args: argparse.Namespace) -> str:
     progress(f"{merge['model']}'s engine answered after {wait_served(c, merge['model']):.0f} s")
 
     arms = {"A": Arm("A", BASE_MODEL), "B": Arm("B", ADAPTER), "C": Arm("C", merge["model"])}
+    student = None
+    if args.student:
+        started = time.monotonic()
+        student = wait_for_job(c, student_arm.create_job(c, train_file.id, val_file.id, w.context(), hp))
+        progress(f"student job {student.id}: {student.status} in {(time.monotonic() - started) / 60:.1f} min")
+        if student.status != JobStatus.SUCCEEDED:
+            raise SystemExit(f"student job {student.id} {student.status}: {student.error}")
+        arms["D"] = Arm("D", student_arm.served_name(student))
+        progress(f"{arms['D'].model}'s engine answered after {wait_served(c, arms['D'].model):.0f} s")
     for arm in arms.values():  # warm every path (adapter load, prefix cache) before measuring
         send_round(c, Arm(arm.name, arm.model), w, args.concurrency)
     time.sleep(2)  # the interaction log flushes every 0.5 s
@@ -249,7 +262,14 @@ def run(server: LocalTailor, args: argparse.Namespace) -> str:
         send_round(c, arms[slot], w, args.concurrency)
     time.sleep(2)
     after = usage_by_model(server, auth)
-    return report(w, arms, before, after, reference, distilled, job, job_min, merge)
+    out = report(w, arms, before, after, reference, distilled, job, job_min, merge)
+    if student is not None:
+        agreement = sum(arms["D"].answers.get(t.text) == reference[t.text] for t in w.heldout) / len(w.heldout)
+        lines = student_arm.summary(
+            arms["A"].latencies, arms["D"].latencies, agreement, student_arm.results_of(student)
+        )
+        out += "\n" + "\n".join(lines)
+    return out
 
 
 def report(
@@ -287,10 +307,13 @@ def report(
     saved = 1 - b["prompt"] / a["prompt"] if a["prompt"] else 0.0
     loss_pts = (a["agree"] - b["agree"]) * 100
     speedup = m["tokens_s"] / b["tokens_s"] if b["tokens_s"] else 0.0
-    out = [
-        f"| | A: {BASE_MODEL} + long prompt | B: {ADAPTER} (distilled), no prompt | C: {merge['model']} (B merged) |",
-        "|---|---|---|---|",
-    ]
+    heads = {
+        "A": f"A: {BASE_MODEL} + long prompt",
+        "B": f"B: {ADAPTER} (distilled), no prompt",
+        "C": f"C: {merge['model']} (B merged)",
+        "D": f"D: {arms['D'].model if 'D' in arms else ''} (smaller student), no prompt",
+    }
+    out = [f"| | {' | '.join(heads[name] for name in arms)} |", "|---" * (len(arms) + 1) + "|"]
     out += [f"| {label} | {' | '.join(values)} |" for label, values in rows.items()]
     out += [
         "",
@@ -321,6 +344,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--passes", type=int, default=3, help="passes over the ticket generator (training inputs)")
     parser.add_argument("--epochs", type=int, default=3, help="n_epochs of the distillation job")
     parser.add_argument("--lr-multiplier", type=float, default=1.5, help="learning_rate_multiplier of the job")
+    parser.add_argument(
+        "--no-student", dest="student", action="store_false", help="leave out arm D (the smaller student)"
+    )
     args = parser.parse_args(argv)
     env = {"TAILOR_PRICES": json.dumps(PRICES)}
     with local_tailor(MODEL_DIR, env_extra=env) as server:

@@ -14,8 +14,9 @@ from __future__ import annotations
 import hmac
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Row, Select, select
 
 from adapters.engines import Engine
 from adapters.store import MANIFEST, AdapterStore, check_digest
@@ -23,7 +24,7 @@ from core.base_models import job_base_name
 from core.db import Database
 from core.errors import TailorError, not_found
 from core.models import AdapterVersion, Job, JobCheckpoint
-from core.states import UNSERVABLE_VERSION_STATES, VersionKind
+from core.states import UNSERVABLE_VERSION_STATES, FinetuningType, VersionKind
 
 # The configured base a stored row's recorded base means (Settings.recorded_base's name).
 BaseOf = Callable[[str | None], str]
@@ -34,7 +35,12 @@ def engine_key_bases(pools: Mapping[str, Iterable[Engine]], authorization: str |
     if not authorization:
         return frozenset()
     given = authorization.encode()
-    keyed = [(base, e.headers["Authorization"].encode()) for base, engines in pools.items() for e in engines]
+    keyed = [
+        (base, e.headers["Authorization"].encode())
+        for base, engines in pools.items()
+        for e in engines
+        if e.headers.get("Authorization")
+    ]
     # Every key is compared, in constant time, whichever matches.
     return frozenset([base for base, key in keyed if hmac.compare_digest(given, key)])
 
@@ -49,12 +55,8 @@ def engine_digest(db: Database, name: str, bases: frozenset[str], base_of: BaseO
             if _servable(version) and base_of(version.base_model) in bases:
                 return version.digest
         else:
-            row = s.execute(
-                select(JobCheckpoint.digest, Job.config)
-                .join(Job, Job.id == JobCheckpoint.job_id)
-                .where(JobCheckpoint.id == name)
-            ).first()
-            if row is not None and row.digest is not None and base_of(job_base_name(row.config)) in bases:
+            row = s.execute(_checkpoints().where(JobCheckpoint.id == name)).first()
+            if row is not None and row.digest is not None and _lora_of(row, bases, base_of):
                 return str(row.digest)
     raise not_found(f"no adapter {name[:80]!r} for engines", code="adapter_not_found")
 
@@ -65,12 +67,22 @@ def check_engine_reads(db: Database, digest: str, bases: frozenset[str], base_of
         versions = s.scalars(select(AdapterVersion).where(AdapterVersion.digest == digest)).all()
         if any(_servable(v) and base_of(v.base_model) in bases for v in versions):
             return
-        configs = s.scalars(
-            select(Job.config).join(JobCheckpoint, Job.id == JobCheckpoint.job_id).where(JobCheckpoint.digest == digest)
-        ).all()
-        if any(base_of(job_base_name(config)) in bases for config in configs):
+        rows = s.execute(_checkpoints().where(JobCheckpoint.digest == digest)).all()
+        if any(_lora_of(row, bases, base_of) for row in rows):
             return
     raise not_found("no such stored file", code="adapter_not_stored")
+
+
+def _checkpoints() -> Select[Any]:
+    """Checkpoints with their job's config (its base) and hyperparameters (full or LoRA)."""
+    return select(JobCheckpoint.digest, Job.config, Job.hyperparameters).join(Job, Job.id == JobCheckpoint.job_id)
+
+
+def _lora_of(row: Row[Any], bases: frozenset[str], base_of: BaseOf) -> bool:
+    """The checkpoint is a LoRA of one of `bases`: a full fine-tune's are whole models, which
+    engines never fetch (they run on engines of their own, loaded by path)."""
+    full = (row.hyperparameters or {}).get("finetuning_type") == FinetuningType.FULL
+    return not full and base_of(job_base_name(row.config)) in bases
 
 
 def _servable(version: AdapterVersion) -> bool:

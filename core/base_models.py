@@ -8,6 +8,7 @@ what fine-tuning trains on and what an adapter registered without a base is for.
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,6 +151,30 @@ def configured_bases(
 
 def _entry_eval_engine(entry: BaseModelEntry) -> EvalEngine | None:
     return EvalEngine(entry.eval_engine_url, entry.eval_engine_api_key) if entry.eval_engine_url else None
+
+
+def serving_eval_engines(bases: tuple[BaseModelConfig, ...]) -> list[str]:
+    """The bases whose evaluation engine is a serving engine (one of any base's engine_urls, or
+    called with a serving key): a configuration to warn about, since the trainer then holds a
+    serving key, and on vLLM's CPU build an evaluation's prompt-logprobs request batched with
+    tenant traffic can kill the engine core (trainer.compute.engine). Tests share engines so."""
+    urls = {url for b in bases for url in b.engine_urls}
+    keys = {b.api_key.get_secret_value() for b in bases if b.engine_urls and b.api_key}
+    found = []
+    for b in bases:
+        key = b.eval_engine.api_key if b.eval_engine else None
+        if b.eval_engine and (b.eval_engine.url in urls or (key and key.get_secret_value() in keys)):
+            found.append(b.name)
+    return found
+
+
+def warn_of_serving_eval_engines(bases: tuple[BaseModelConfig, ...], logger: logging.Logger) -> None:
+    for name in serving_eval_engines(bases):
+        logger.warning(
+            "the evaluation engine of %s is a serving engine (by URL or key): the trainer holds a serving key, "
+            "and on vLLM's CPU build an evaluation can take that engine down; give it an engine of its own",
+            name,
+        )
 
 
 def job_base_name(config: dict[str, Any] | None) -> str | None:

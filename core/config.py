@@ -34,6 +34,10 @@ DEFAULT_MODEL_DIR = Path("models/SmolLM2-135M-Instruct")
 MAX_DEFAULT_WORKERS = 8
 
 
+# Engine keys open adapters' files to engines in url mode (TAILOR_ENGINE_ADAPTER_SOURCE).
+MIN_ENGINE_KEY_CHARS = 16
+
+
 class GraderModelEndpoint(BaseModel):
     """An operator's OpenAI-compatible endpoint that model graders may name (see trainer.graders)."""
 
@@ -525,11 +529,26 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check_adapter_source(self) -> Settings:
         # The engines' key is what lets an engine read adapters from the gateway: without one,
-        # anybody who reaches the gateway could download every tenant's weights.
-        keyless = any(base.engine_urls and base.api_key is None for base in self.bases)
-        if self.engine_adapter_source == "url" and keyless:
+        # anybody who reaches the gateway could download every tenant's weights. It is tried
+        # online (a wrong one only counts toward the address's lockout), so it must be long;
+        # and each base's opens that base's adapters only, so no two bases may share one.
+        if self.engine_adapter_source != "url":
+            return self
+        keys = {b.name: b.api_key.get_secret_value() if b.api_key else "" for b in self.bases if b.engine_urls}
+        if not all(keys.values()):
             raise ValueError(
                 "TAILOR_ENGINE_ADAPTER_SOURCE=url needs TAILOR_ENGINE_API_KEY: engines fetch adapters with it"
+            )
+        short = [name for name, key in keys.items() if len(key) < MIN_ENGINE_KEY_CHARS]
+        if short:
+            raise ValueError(
+                f"TAILOR_ENGINE_ADAPTER_SOURCE=url needs engine keys of at least {MIN_ENGINE_KEY_CHARS} characters "
+                f"(they open adapters' files): too short for {', '.join(short)}"
+            )
+        if len(set(keys.values())) < len(keys):
+            raise ValueError(
+                "TAILOR_ENGINE_ADAPTER_SOURCE=url: bases served by engine_urls share an engine key, which would open "
+                "each one's adapters to the others' engines; give each base an api_key of its own"
             )
         return self
 

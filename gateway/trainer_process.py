@@ -46,7 +46,8 @@ STORE_CREDENTIALS = {
 # eval_engine_url), whose keys it gets, or on engines of its own.
 # It does get TAILOR_GRADER_MODEL_ENDPOINTS with their keys: a job's reward grader may name them,
 # and like the gateway it sends a key only to its own endpoint, through the outbound policy.
-WITHHELD_SETTINGS = frozenset({"admin_key", "engine_api_key"})
+# Nor how engines fetch adapters: url mode asks for the engine key it is not given.
+WITHHELD_SETTINGS = frozenset({"admin_key", "engine_api_key", "engine_adapter_source"})
 
 
 def _plain(value: object) -> object:

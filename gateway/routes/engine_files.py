@@ -26,6 +26,6 @@ def adapter_digest(name: str, bases: EngineBasesDep, services: ServicesDep) -> d
 @router.api_route("/store/{prefix}/{digest}/{file_name}", methods=["GET", "HEAD"])
 def stored_file(prefix: str, digest: str, file_name: str, bases: EngineBasesDep, services: ServicesDep) -> FileResponse:
     """One file of a stored version of the engine's base, as the adapter store lays it out."""
-    path = served_file(services.store, prefix, digest, file_name)
+    # Access first: nothing is read or fetched into this host's cache for a version the engine may not read.
     check_engine_reads(services.db, digest, bases, services.base_of)
-    return FileResponse(path)
+    return FileResponse(served_file(services.store, prefix, digest, file_name))

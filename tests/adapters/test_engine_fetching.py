@@ -142,6 +142,6 @@ def test_engines_run_by_the_operator_need_a_key_to_fetch_with(tmp_path: Path) ->
     with pytest.raises(ValidationError, match="TAILOR_ENGINE_API_KEY"):
         Settings(data_dir=tmp_path, engine_adapter_source="url", engine_urls=["http://gpu1:8000"])
     keyed = Settings(
-        data_dir=tmp_path, engine_adapter_source="url", engine_urls=["http://gpu1:8000"], engine_api_key="k"
+        data_dir=tmp_path, engine_adapter_source="url", engine_urls=["http://gpu1:8000"], engine_api_key="k" * 16
     )
     assert keyed.engine_adapter_source == "url"

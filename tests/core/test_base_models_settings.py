@@ -112,3 +112,39 @@ def test_the_trainer_gets_no_base_engine_key(tmp_path: Path) -> None:
     assert bases["small"]["engine_urls"] == ["http://s:1"] and bases["other"]["api_key"] is None
     # The evaluation engine's key stays: the worker evaluates that base's jobs on it.
     assert bases["other"]["eval_engine_api_key"] == "sk-eval"
+
+
+KEY = "k" * 16
+
+
+@pytest.mark.parametrize(
+    ("bases", "common", "words"),
+    [
+        # Two operator-run bases on the one common key: each would open the other's adapters.
+        ({"a": {"engine_urls": ["http://a:1"]}, "b": {"engine_urls": ["http://b:1"]}}, KEY, "share an engine key"),
+        ({"a": {"engine_urls": ["http://a:1"], "api_key": KEY}, "b": {"engine_urls": ["http://b:1"], "api_key": KEY}},
+         None, "share an engine key"),
+        ({"a": {"engine_urls": ["http://a:1"], "api_key": "short"}}, None, "at least 16 characters"),
+        ({"a": {"engine_urls": ["http://a:1"]}}, "", "needs TAILOR_ENGINE_API_KEY"),
+    ],
+)  # fmt: skip
+def test_engines_that_fetch_adapters_each_need_a_long_key_of_their_own(
+    tmp_path: Path, bases: dict[str, Any], common: str | None, words: str
+) -> None:
+    with pytest.raises(ValidationError, match=words):
+        Settings(data_dir=tmp_path, base_models=bases, engine_adapter_source="url", engine_api_key=common)  # type: ignore[arg-type]
+    # A child-engine base gets a random key of its own; one URL base may use the common key.
+    fine = {"a": {"engine_urls": ["http://a:1"]}, "c": {"path": "/m"}}
+    Settings(data_dir=tmp_path, base_models=fine, engine_adapter_source="url", engine_api_key=KEY)  # type: ignore[arg-type]
+
+
+def test_an_evaluation_engine_that_serves_is_named(tmp_path: Path) -> None:
+    from core.base_models import serving_eval_engines
+
+    bases = {
+        "a": {"path": "/a", "engine_urls": ["http://a:1"], "api_key": "serving-a"},
+        "by-url": {"path": "/b", "engine_urls": ["http://b:1"], "eval_engine_url": "http://a:1"},
+        "by-key": {"path": "/c", "eval_engine_url": "http://e:1", "eval_engine_api_key": "serving-a"},
+        "apart": {"path": "/d", "eval_engine_url": "http://e:2", "eval_engine_api_key": "eval-d"},
+    }
+    assert serving_eval_engines(Settings(data_dir=tmp_path, base_models=bases).bases) == ["by-url", "by-key"]  # type: ignore[arg-type]

@@ -42,6 +42,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 HALF = "tiny-half"
 HALF_ENGINE = "http://half-engine.test"
+HALF_KEY = "sk-half-" + "h" * 16
 
 
 # --------------------------------------------------------------------------- the gateway
@@ -55,7 +56,7 @@ async def two_bases(tmp: Path, **overrides: Any) -> AsyncIterator[Running]:
     (half_dir / "config.json").write_text(json.dumps({**TINY_CONFIG, "num_hidden_layers": 1}))
     bases = {
         BASE: {"path": str(tmp / "tiny-llama"), "engine_urls": [ENGINE]},
-        HALF: {"path": str(half_dir), "engine_urls": [HALF_ENGINE], "api_key": "sk-half"},
+        HALF: {"path": str(half_dir), "engine_urls": [HALF_ENGINE], "api_key": HALF_KEY},
     }
     half = FakeVLLM(base=HALF)
     async with running_gateway(tmp, other_engines={HALF_ENGINE: half}, base_models=bases, **overrides) as running:
@@ -115,7 +116,7 @@ async def test_each_base_answers_on_its_own_engines(run: Running) -> None:
         validate(r.json(), "CreateChatCompletionResponse")
     assert [s.body["model"] for s in run.fake.completions()[before_default:]] == [BASE]
     [seen] = half.completions()[before_half:]
-    assert (seen.body["model"], seen.authorization) == (HALF, "Bearer sk-half")  # its own engine key
+    assert (seen.body["model"], seen.authorization) == (HALF, f"Bearer {HALF_KEY}")  # its own engine key
 
 
 async def test_an_adapter_serves_on_the_base_it_was_registered_for(run: Running) -> None:
@@ -194,17 +195,24 @@ async def test_lora_jobs_train_on_the_base_they_name(run: Running) -> None:
 
 async def _half_checkpoint(run: Running, suffix: str) -> tuple[str, job_records.CheckpointInfo]:
     """(job id, its step-1 checkpoint) of a job on the 1-layer base."""
-    r = await _create_job(run, HALF, suffix=suffix)
+    return await _job_checkpoint(run, HALF, suffix)
+
+
+async def _job_checkpoint(
+    run: Running, base: str, suffix: str, method: dict[str, Any] | None = None, rank: int = 4
+) -> tuple[str, job_records.CheckpointInfo]:
+    """(job id, its step-1 checkpoint) of a job on `base` (for its checkpoint's files, a LoRA
+    of that base)."""
+    r = await _create_job(run, base, method, suffix=suffix)
     assert r.status_code == 200, r.text
     job_id = r.json()["id"]
     settings = run.services.settings
-    limits = ValidationLimits.from_settings(settings, settings.base(HALF))
+    limits = ValidationLimits.from_settings(settings, settings.base(base))
+    half = base == HALF
+    shape: dict[str, Any] = {"layers": 1, "made_for": HALF} if half else {}
+    source = write_tiny_adapter(run.tmp / f"ckpt-{next(serial)}", rank, **shape)
     digest = checkpoints.store_checkpoint(
-        run.services.store,
-        write_tiny_adapter(run.tmp / f"ckpt-{next(serial)}", layers=1, made_for=HALF),
-        base=limits.base,
-        max_rank=limits.max_rank,
-        max_bytes=limits.max_bytes,
+        run.services.store, source, base=limits.base, max_rank=limits.max_rank, max_bytes=limits.max_bytes
     )
     return job_id, job_records.add_checkpoint(run.services.db, job_id, step=1, metrics={}, path="ckpt", digest=digest)
 
@@ -300,10 +308,17 @@ async def test_an_engine_key_reads_only_its_own_bases_adapters(fetching: Running
                          base_model=HALF)  # fmt: skip
     assert main.status_code == half.status_code == 201, (main.text, half.text)
     _, checkpoint = await _half_checkpoint(run, "half-ckpt")
+    # A full fine-tune's checkpoints are whole models: engines never fetch them, whoever asks.
+    full = {"type": "supervised", "supervised": {"hyperparameters": {"finetuning_type": "full"}}}
+    _, whole = await _job_checkpoint(run, BASE, "whole", full, rank=8)  # files of its own
     with run.services.db.session() as s:
         versions = {v.adapter.name: (v.id, v.digest) for v in s.scalars(select(AdapterVersion))}
-    own = {ENGINE_KEY: [versions["main-a"]], "sk-half": [versions["half-a"], (checkpoint.id, checkpoint.digest)]}
-    for key, readable in own.items():
+    own = {
+        ENGINE_KEY: [versions["main-a"]],
+        HALF_KEY: [versions["half-a"], (checkpoint.id, checkpoint.digest)],
+        "nobody's": [(whole.id, whole.digest)],
+    }
+    for key, readable in list(own.items())[:2]:
         others = [entry for k, entries in own.items() if k != key for entry in entries]
         auth = {"authorization": f"Bearer {key}"}
         for (name, digest), allowed in [(entry, True) for entry in readable] + [(entry, False) for entry in others]:

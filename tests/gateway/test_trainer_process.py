@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+from unittest import mock
 
 import pytest
 
@@ -117,3 +118,38 @@ def test_grader_model_endpoints_reach_the_child_with_their_keys(
     back = Settings().grader_model_endpoints["judge"]
     assert back.api_key is not None and back.api_key.get_secret_value() == "sk-op"
     assert (back.base_url, back.tenants) == ("https://judge.example.com/v1", ["t1"])
+
+
+def test_the_child_starts_where_engines_fetch_adapters_by_url(tmp_path: Path) -> None:
+    # url mode needs the engine keys, which the trainer is not given: it is not told the mode.
+    bases = {
+        "main": {"path": str(tmp_path)},
+        "remote": {"path": str(tmp_path), "engine_urls": ["http://r:1"], "api_key": "sk-remote-" + "r" * 16},
+    }
+    given = settings(tmp_path, base_models=bases, engine_adapter_source="url")
+    env = trainer_env(given, {"PATH": "/usr/bin"})
+    assert "TAILOR_ENGINE_ADAPTER_SOURCE" not in env and "sk-remote" not in str(env)
+    with mock.patch.dict(os.environ, env, clear=True):
+        child = Settings()
+    assert [b.name for b in child.bases] == ["main", "remote"] and child.engine_adapter_source == "path"
+
+
+def test_training_processes_hold_no_store_database_or_sealing_secret() -> None:
+    from trainer.compute.launch import training_environment
+
+    worker = {
+        **GATEWAY_ENV,
+        "TAILOR_DATABASE_URL": "postgresql+psycopg://u:pw@db/tailor",
+        "TAILOR_EVAL_ENGINE_API_KEY": "eval-key",
+        "TAILOR_JUDGE_API_KEY": "judge-key",
+        "TAILOR_BASE_MODELS": '{"b": {"path": "/m", "eval_engine_api_key": "k"}}',
+        "TAILOR_TEACHER_KEY_ENV_ALLOWLIST": "OPENAI_API_KEY=api.openai.com",
+        "TAILOR_GRADER_MODEL_ENDPOINTS": '{"judge": {"base_url": "https://j.example/v1"}}',
+    }
+    env = training_environment(worker)
+    kept = {"PATH", "HF_HOME", "OMP_NUM_THREADS", "TAILOR_DATA_DIR", "TAILOR_GRADER_MODEL_ENDPOINTS"}
+    assert kept <= set(env)
+    for name in ("TAILOR_DATABASE_URL", "TAILOR_SECRET_KEY", "TAILOR_ADMIN_KEY", "TAILOR_EVAL_ENGINE_API_KEY",
+                 "TAILOR_JUDGE_API_KEY", "TAILOR_BASE_MODELS", "OPENAI_API_KEY", "AWS_SECRET_ACCESS_KEY",
+                 "AWS_ACCESS_KEY_ID", "PGPASSWORD"):  # fmt: skip
+        assert name not in env, name

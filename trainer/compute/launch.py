@@ -34,6 +34,38 @@ log = logging.getLogger("tailor.trainer")
 
 EXIT_REFUSED, EXIT_CANCELLED, EXIT_PAUSED = 2, 3, 4
 _LOG_TAIL_BYTES = 4000
+# What training processes never need of the worker's environment: they read no database or
+# store (the worker hands them local files and stores what they write), seal nothing, call no
+# judge, teacher or serving engine, and reach the evaluation engine only with the key the
+# worker adds for the run (trainer.reward_models.ENGINE_AUTH_ENV). They parse tenants' data:
+# what they do not hold cannot leak from them.
+WITHHELD_FROM_TRAINING = frozenset(
+    {
+        "TAILOR_DATABASE_URL",
+        "TAILOR_SECRET_KEY",
+        "TAILOR_ADMIN_KEY",
+        "TAILOR_ENGINE_API_KEY",
+        "TAILOR_EVAL_ENGINE_API_KEY",
+        "TAILOR_JUDGE_API_KEY",
+        "TAILOR_BASE_MODELS",  # its entries' keys
+        "TAILOR_ENGINE_ADAPTER_SOURCE",  # url mode asks for the engine key withheld above
+        "TAILOR_TEACHER_KEY_ENV_ALLOWLIST",
+    }
+)
+# Store and database credentials (gateway.trainer_process.STORE_CREDENTIALS).
+WITHHELD_PREFIXES = ("AWS_", "GOOGLE_", "GCLOUD_", "AZURE_", "PG")
+
+
+def training_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The worker's environment less what training processes never need (and the variables the
+    operator lets distillation jobs name as a teacher's key)."""
+    allowlist = environ.get("TAILOR_TEACHER_KEY_ENV_ALLOWLIST", "")
+    teacher_keys = {entry.partition("=")[0].strip() for entry in allowlist.split(",")}
+    return {
+        name: value
+        for name, value in environ.items()
+        if name not in WITHHELD_FROM_TRAINING and name not in teacher_keys and not name.startswith(WITHHELD_PREFIXES)
+    }
 
 
 def start_command(recipe_path: Path, placement: Placement) -> list[str]:
@@ -115,7 +147,8 @@ def run_training(
     checkpoint, reported through on_checkpoint, then TrainingPaused; the recipe needs a
     pause_path), anything else true cancels it (TrainingCancelled). A refused run raises its
     TailorError; a crash raises a 500 in Tailor's words, the process's last output going to
-    this process's log only. `env`: what the processes' environment adds to this one's.
+    this process's log only. `env`: what the processes' environment adds to this one's
+    (training_environment).
     """
     work_dir.mkdir(parents=True, exist_ok=True)
     # The run is where it is placed, whatever the caller filled in; and it starts clean:
@@ -138,7 +171,7 @@ def run_training(
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            env={**os.environ, **env} if env else None,
+            env={**training_environment(os.environ), **(env or {})},
         )
         try:
             last_check = time.monotonic()

@@ -18,7 +18,7 @@ from adapters import promotion, registry
 from adapters.registry import ValidationLimits, VersionInfo
 from adapters.store import AdapterStore
 from core import audit
-from core.base_models import BaseModelConfig
+from core.base_models import BaseModelConfig, warn_of_serving_eval_engines
 from core.blobs import BlobStore
 from core.config import Settings
 from core.db import Database
@@ -123,6 +123,7 @@ class Worker:
     def run_forever(self, stop: threading.Event, poll_s: float = 2.0) -> None:
         """Run jobs until `stop` is set (checked between jobs); requeue dead workers' jobs."""
         log.info("worker %s started", self.worker_id)
+        warn_of_serving_eval_engines(self.settings.bases, log)
         next_sweep = next_merge_pass = 0.0
         while not stop.is_set():
             try:

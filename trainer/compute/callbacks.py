@@ -7,7 +7,9 @@
 - cancellation and pausing: the worker creates the run's stop (or pause) file; every
   process checks both after each step and all of them stop at the same step (the flags are
   all-reduced, else one rank would wait forever in the next step's gradient all-reduce); a
-  paused run saves a checkpoint at that step first (a cancelled one saves nothing);
+  paused run saves a checkpoint at that step first (a cancelled one saves nothing); a run
+  whose worker is gone (killed: the job's next attempt resumes it elsewhere) stops as a
+  cancelled one;
 - checkpoints: every `checkpoint_every` steps the adapter is saved as it is, atomically
   (trainer.compute.weights: rank 0 writes, every rank gathers when the model is sharded),
   and announced in the progress file; the worker copies it to the blob store;
@@ -22,12 +24,14 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from transformers import EarlyStoppingCallback, TrainerCallback
 
+from trainer.compute.launch import PARENT_ENV
 from trainer.compute.recipe import EvalInfo, Recipe
 from trainer.compute.weights import Snapshot, Weights, is_main_process
 
@@ -52,6 +56,20 @@ def write_progress(path: Path, record: dict[str, Any]) -> None:
     with Path(path).open("a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
         f.flush()
+
+
+def worker_gone() -> bool:
+    """The worker that started this run has exited (trainer.compute.launch.PARENT_ENV)."""
+    pid = os.environ.get(PARENT_ENV)
+    if not pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, ValueError):
+        return False
+    return False
 
 
 def _any_rank(*flags: bool) -> tuple[bool, ...]:
@@ -87,7 +105,9 @@ class JobCallback(TrainerCallback):
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         pause_path = self.recipe.pause_path
-        stop, pause = _any_rank(Path(self.recipe.stop_path).exists(), bool(pause_path) and Path(pause_path).exists())
+        stop, pause = _any_rank(
+            Path(self.recipe.stop_path).exists() or worker_gone(), bool(pause_path) and Path(pause_path).exists()
+        )
         if stop:
             self.cancelled = True
             control.should_training_stop = True

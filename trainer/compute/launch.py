@@ -33,6 +33,10 @@ from trainer.compute.recipe import EvalInfo, Recipe, StepInfo, TrainingCancelled
 log = logging.getLogger("tailor.trainer")
 
 EXIT_REFUSED, EXIT_CANCELLED, EXIT_PAUSED = 2, 3, 4
+# The worker's pid, for the training processes to see it go (trainer.compute.callbacks): they
+# run in sessions of their own, so nothing else ends them when a worker is killed, and the
+# job's next attempt would train beside an orphan still holding the devices.
+PARENT_ENV = "TAILOR_TRAINING_PARENT_PID"
 _LOG_TAIL_BYTES = 4000
 # What training processes never need of the worker's environment: they read no database or
 # store (the worker hands them local files and stores what they write), seal nothing, call no
@@ -171,7 +175,7 @@ def run_training(
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            env={**training_environment(os.environ), **(env or {})},
+            env={**training_environment(os.environ), PARENT_ENV: str(os.getpid()), **(env or {})},
         )
         try:
             last_check = time.monotonic()

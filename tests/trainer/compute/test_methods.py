@@ -13,6 +13,8 @@ import dataclasses
 import json
 import logging
 import math
+import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,7 @@ from adapters.validation import BaseModelSpec, validate_adapter_dir
 from core.errors import TailorError
 from tests.trainer.compute.runs import RANK, Run, make_recipe, run
 from tests.trainer.tiny_models import user
-from trainer.compute.launch import run_training
+from trainer.compute.launch import EXIT_CANCELLED, PARENT_ENV, run_training, start_command
 from trainer.compute.placement import parse_devices
 from trainer.compute.recipe import StepInfo, TrainingCancelled, TrainingPaused
 
@@ -129,6 +131,21 @@ def test_should_stop_cancels_without_writing(tiny_model_dir: Path, tmp_path: Pat
     assert steps and steps[-1].step <= info.value.step
     out = Path(recipe.out_dir)
     assert not out.exists() and not (out.parent.exists() and any(out.parent.iterdir()))
+
+
+def test_a_run_whose_worker_is_gone_stops(tiny_model_dir: Path, tmp_path: Path) -> None:
+    # A killed worker's run would train on beside the job's next attempt: it stops itself.
+    recipe = make_recipe(tmp_path, "sft", tiny_model_dir, SFT_ROWS, max_steps=500, checkpoint_every=0)
+    placement = parse_devices("cpu", visible_gpus=0, bf16=False)
+    recipe = recipe.placed(placement)
+    recipe.save(tmp_path / "recipe.json")
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # reaped: no process has this pid now
+    env = {**os.environ, PARENT_ENV: str(gone.pid)}
+    done = subprocess.run(start_command(tmp_path / "recipe.json", placement), env=env, timeout=300, check=False)
+    assert done.returncode == EXIT_CANCELLED
+    records = [json.loads(line) for line in Path(recipe.progress_path).read_text().splitlines()]
+    assert records[-1]["event"] == "cancelled" and records[-1]["step"] < 500
 
 
 def test_pause_saves_a_checkpoint_and_the_rest_goes_on_from_it(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -206,8 +206,18 @@ class EnginePool:
         return max(resident or healthy, key=lambda e: e.score(lora))
 
     async def acquire(self, lora: LoraRef | None, *, background: bool = False) -> Lease:
-        """A place on an engine with `lora` resident; `background` for batch requests."""
+        """A place on an engine with `lora` resident; `background` for batch requests. An
+        engine that went away while the adapter loaded (marked down by then) is left for
+        another, once."""
         engine = self.pick(lora.name if lora else None)
+        try:
+            return await self._lease(engine, lora, background)
+        except TailorError as exc:
+            if exc.code != "engine_unavailable" or engine.healthy:
+                raise
+        return await self._lease(self.pick(lora.name if lora else None), lora, background)
+
+    async def _lease(self, engine: Engine, lora: LoraRef | None, background: bool) -> Lease:
         if lora is not None:
             # Counted as a user before waiting for the load: otherwise another load's
             # eviction can unload it between its load finishing and this request resuming.

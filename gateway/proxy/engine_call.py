@@ -1,7 +1,12 @@
 """Leasing an engine for a call and opening the engine's response.
 
 An adapter the engine lost is loaded again and the request sent once more; a batch
-request's `priority` that the engine refuses is dropped, for that engine, from then on.
+request's `priority` that the engine refuses is dropped, for that engine, from then on. An
+engine whose connection fails before it answers anything (it went away since its last health
+check: refused, reset, closed) is marked down and the request goes to another engine of the
+pool, once: nothing reached the client, and an engine's answer changes no state, so sending it
+again costs at most the dead engine's work. A timeout after connecting is not retried: that
+engine may be busy with the request, and a second copy would add to the load that made it slow.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from gateway.proxy.errors import load_failure
 log = logging.getLogger("tailor.gateway")
 
 _JSON_HEADERS = {"content-type": "application/json"}
+# Timeouts of an engine that took the connection (or of this gateway's own pool): not resent.
+_BUSY = (httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout)
 
 
 async def acquire(call: CompletionCall) -> Lease:
@@ -32,20 +39,25 @@ async def acquire(call: CompletionCall) -> Lease:
 async def send(call: CompletionCall) -> httpx.Response:
     """Open the upstream response. A 404 for an adapter the engine lost is retried once, and
     so is a batch request whose `priority` the engine refused (then without one)."""
-    lease, pool, lora, payload = call.lease, call.upstream.pool, call.upstream.lora, call.payload
+    pool, lora, payload = call.upstream.pool, call.upstream.lora, call.payload
     client = call.services.client
-    url = lease.url + call.route.path
-    # The engine's own credentials (none for an engine without a key); with tracing on,
-    # the engine-call span's `traceparent` for vLLM.
-    headers = call.spans.engine_headers(lease.url, call.route.path, {**_JSON_HEADERS, **lease.engine.headers})
-    reloaded = False
+    reloaded = failed_over = False
     while True:
+        lease = call.lease
+        url = lease.url + call.route.path
+        # The engine's own credentials (none for an engine without a key); with tracing on,
+        # the engine-call span's `traceparent` for vLLM.
+        headers = call.spans.engine_headers(lease.url, call.route.path, {**_JSON_HEADERS, **lease.engine.headers})
         body = payload.for_engine(lease.engine)
         req = client.build_request("POST", url, content=body, headers=headers)
         try:
             resp = await until_disconnect(call.request, client.send(req, stream=True))
         except httpx.TransportError as exc:
             pool.mark_down(lease.engine)
+            if not isinstance(exc, _BUSY) and not failed_over:
+                failed_over = True
+                await _lease_elsewhere(call)
+                continue
             raise TailorError(
                 503, "The inference engine became unavailable; retry shortly.", code="engine_unavailable"
             ) from exc
@@ -63,6 +75,16 @@ async def send(call: CompletionCall) -> httpx.Response:
             _stop_sending_priority(lease.engine)
             continue
         return resp
+
+
+async def _lease_elsewhere(call: CompletionCall) -> None:
+    """Move the call's lease to another engine (the pool no longer picks the one marked down);
+    without one, the acquire's 503 is the answer."""
+    moved = await acquire(call)
+    call.upstream.pool.release(call.lease)
+    call.lease = moved
+    call.record.engine = moved.url
+    log.warning("request %s moved to engine %s: the connection to the previous one failed", call.record.id, moved.url)
 
 
 async def _refuses_priority(resp: httpx.Response) -> bool:

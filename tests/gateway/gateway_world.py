@@ -335,6 +335,16 @@ async def running_gateway(
             yield Running(app, services, http, fake, tmp_path)
 
 
+async def new_tenant(run: Running, name: str) -> tuple[str, dict[str, str]]:
+    """A new tenant through the admin API: (its id, the headers of a key of its own)."""
+    r = await run.http.post("/admin/tenants", json={"name": name}, headers=ADMIN)
+    assert r.status_code == 201, r.text
+    tenant_id = str(r.json()["id"])
+    r = await run.http.post(f"/admin/tenants/{name}/keys", json={}, headers=ADMIN)
+    assert r.status_code == 201, r.text
+    return tenant_id, {"authorization": f"Bearer {r.json()['key']}"}
+
+
 async def tenant_view(run: Running, tmp_path: Path) -> AsyncIterator[Gateway]:
     """A fresh tenant and key on the shared gateway; engine and fake reset to a clean state."""
     run.fake.reset()
@@ -346,13 +356,7 @@ async def tenant_view(run: Running, tmp_path: Path) -> AsyncIterator[Gateway]:
         engine.loading.clear()
     run.services.changed()
     # Random: gateways of several modules may share one database.
-    name = f"t{secrets.token_hex(5)}"
-    r = await run.http.post("/admin/tenants", json={"name": name}, headers=ADMIN)
-    assert r.status_code == 201, r.text
-    tenant_id = r.json()["id"]
-    r = await run.http.post(f"/admin/tenants/{name}/keys", json={}, headers=ADMIN)
-    assert r.status_code == 201, r.text
-    auth = {"authorization": f"Bearer {r.json()['key']}"}
+    tenant_id, auth = await new_tenant(run, f"t{secrets.token_hex(5)}")
     yield Gateway(run.services, run.http, run.fake, tenant_id, auth, tmp_path)
     # Every request gave its lease back, whatever happened to it.
     for engine in run.services.pool.engines:

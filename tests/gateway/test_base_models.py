@@ -30,6 +30,7 @@ from tests.gateway.gateway_world import (
     FakeVLLM,
     Running,
     error_of,
+    new_tenant,
     running_gateway,
     serial,
     write_tiny_adapter,
@@ -60,10 +61,7 @@ async def two_bases(tmp: Path, **overrides: Any) -> AsyncIterator[Running]:
     }
     half = FakeVLLM(base=HALF)
     async with running_gateway(tmp, other_engines={HALF_ENGINE: half}, base_models=bases, **overrides) as running:
-        r = await running.http.post("/admin/tenants", json={"name": "acme"}, headers=ADMIN)
-        assert r.status_code == 201, r.text
-        r = await running.http.post("/admin/tenants/acme/keys", json={}, headers=ADMIN)
-        running.auth = {"authorization": f"Bearer {r.json()['key']}"}  # type: ignore[attr-defined]
+        _, running.auth = await new_tenant(running, "acme")  # type: ignore[attr-defined]
         running.half = half  # type: ignore[attr-defined]
         yield running
 

@@ -54,8 +54,8 @@ class TailorServer:
         return log_tail(self.log_path, n)
 
 
-# What every integration gateway runs with: small engine caches, quick health checks and log
-# flushes, so tests see their effects in well under a second.
+# What every integration gateway runs with: small engine caches, quick health checks, log
+# flushes and looks for queued work, so tests see their effects in well under a second.
 TEST_SETTINGS = {
     "TAILOR_MAX_RESIDENT_ADAPTERS": "2",
     "TAILOR_ENGINE_MAX_LORAS": "2",
@@ -63,6 +63,9 @@ TEST_SETTINGS = {
     "TAILOR_ENGINE_HEALTH_INTERVAL_S": "0.5",
     "TAILOR_AUTH_CACHE_TTL_S": "0.5",
     "TAILOR_LOG_FLUSH_INTERVAL_S": "0.1",
+    # Idle trainer workers and batch runners look for work this often (2 s by default).
+    "TAILOR_TRAINER_POLL_S": "0.5",
+    "TAILOR_BATCH_POLL_S": "0.5",
     "TAILOR_MAX_REQUEST_BYTES": "200000",
     # The distillation test's teacher is a local http server.
     "TAILOR_OUTBOUND_ALLOW_HTTP": "true",

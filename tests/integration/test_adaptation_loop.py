@@ -111,7 +111,7 @@ def test_feedback_trains_a_better_adapter_that_is_promoted(
         if job.status in ("succeeded", "failed", "cancelled"):
             break
         assert time.monotonic() < deadline, f"job still {job.status} after 10 minutes"
-        time.sleep(3)
+        time.sleep(0.5)
     raw = httpx.get(f"{tailor_server.url}/v1/fine_tuning/jobs/{job_id}", headers=auth).json()
     validate(raw, "FineTuningJob")
     assert job.status == "succeeded", raw.get("error")

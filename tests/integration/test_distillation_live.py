@@ -57,7 +57,7 @@ def test_teacher_distillation_through_an_openai_endpoint(tailor_server: TailorSe
     deadline = time.monotonic() + 600
     while (job := c.fine_tuning.jobs.retrieve(job.id)).status not in ("succeeded", "failed", "cancelled"):
         assert time.monotonic() < deadline, f"job still {job.status}:\n{tailor_server.log_tail()}"
-        time.sleep(2)
+        time.sleep(0.5)
     assert job.status == "succeeded", job.error
     assert (job.fine_tuned_model, job.metadata["tailor_decision"]) == ("zorblax-lite@v1", "promoted")
 

@@ -70,7 +70,7 @@ def test_a_reinforcement_job_raises_the_grader_score(tailor_server: TailorServer
     deadline = time.monotonic() + 600
     while (job := c.fine_tuning.jobs.retrieve(job.id)).status not in ("succeeded", "failed", "cancelled"):
         assert time.monotonic() < deadline, f"job still {job.status}:\n{tailor_server.log_tail()}"
-        time.sleep(2)
+        time.sleep(0.5)
     assert job.status == "succeeded", job.error
 
     auth = {"Authorization": f"Bearer {tenant.key}"}

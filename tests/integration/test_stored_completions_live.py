@@ -125,7 +125,7 @@ def test_stored_completions_and_the_distillation_recipe(
     deadline = time.monotonic() + 600
     while (job := c.fine_tuning.jobs.retrieve(job.id)).status not in ("succeeded", "failed", "cancelled"):
         assert time.monotonic() < deadline, f"job still {job.status}:\n{tailor_server.log_tail()}"
-        time.sleep(2)
+        time.sleep(0.5)
     assert job.status == "succeeded", job.error
     time.sleep(0.6)  # the test server's lookup cache TTL
     student = c.chat.completions.create(

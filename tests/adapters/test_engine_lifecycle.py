@@ -57,20 +57,28 @@ async def test_other_load_errors_propagate(client: httpx.AsyncClient, fake: Fake
     assert fake.count(LOAD, name) == 2
 
 
-async def test_transport_error_during_load_marks_engine_down(client: httpx.AsyncClient, fake: FakeVLLM) -> None:
+async def test_transport_error_during_load_marks_engine_down_and_loads_elsewhere(
+    client: httpx.AsyncClient, fake: FakeVLLM
+) -> None:
     pool = await make_pool(client, URLS[:2])
     name = "x"
     home = home_of(pool, name)
     other = next(u for u in URLS[:2] if u != home)
     fake.refuse.add(home)
-    with pytest.raises(TailorError) as err:
-        await pool.acquire(lora(name))
-    assert err.value.status == 503
+    # The request itself goes to the engine still up (its adapter loaded there).
+    lease = await pool.acquire(lora(name))
+    assert lease.engine.url == other and name in lease.engine.resident
+    pool.release(lease)
     e = engine(pool, home)
     assert not e.healthy and name not in e.resident and e.loading == {} and e.users == {}
     assert e.inflight == 0
-    # The next request goes to the engine still up.
     assert await use(pool, name) == other
+    # With no engine left up, the request gets the 503.
+    fake.refuse.add(other)
+    engine(pool, other).resident.clear()
+    with pytest.raises(TailorError) as err:
+        await pool.acquire(lora(name))
+    assert err.value.status == 503 and err.value.code == "engine_unavailable"
 
 
 async def test_engine_lost_mid_load_fails_other_waiting_loads_with_503(

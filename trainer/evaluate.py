@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import random
 import re
+import statistics
 import string
 from collections import Counter
 from collections.abc import Sequence
@@ -75,11 +76,34 @@ class Metrics:
     grader_score: float | None = None
 
 
+@dataclass(frozen=True)
+class Served:
+    """What the candidate's held-out answers cost to serve: the median wall-clock seconds per
+    request on the evaluation engine and the mean tokens per request (from the engine's usage)."""
+
+    p50_latency_s: float
+    mean_prompt_tokens: float
+    mean_completion_tokens: float
+
+    @classmethod
+    def measure(
+        cls, seconds: Sequence[float], prompt_tokens: Sequence[int], completion_tokens: Sequence[int]
+    ) -> Served:
+        n = max(1, len(seconds))
+        return cls(
+            p50_latency_s=statistics.median(seconds) if seconds else 0.0,
+            mean_prompt_tokens=sum(prompt_tokens) / n,
+            mean_completion_tokens=sum(completion_tokens) / n,
+        )
+
+
 @dataclass
 class Comparison:
     candidate: Metrics
     baseline: Metrics
     examples: list[ExampleResult] = field(default_factory=list)
+    # How the candidate's answers were served (None where not measured, e.g. a graded evaluation).
+    served: Served | None = None
 
 
 # -----------------------------------------------------------------------------
@@ -299,6 +323,7 @@ class Side:
 
     outputs: list[str]
     perplexity: float
+    served: Served | None = None
 
 
 def compare(
@@ -341,4 +366,5 @@ def compare(
         candidate=_metrics(results, "candidate", candidate.perplexity, win, judged),
         baseline=_metrics(results, "baseline", baseline.perplexity, None if win is None else 1 - win, judged),
         examples=results,
+        served=candidate.served,
     )

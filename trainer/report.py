@@ -139,10 +139,12 @@ def report_dict(
     decision: Decision,
     rewards: Sequence[RewardPoint] = (),
     sampler: str | None = None,
+    selection: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     examples = comparison.examples
     return _finite(
         {
+            **({"model_selection": dict(selection)} if selection is not None else {}),
             "job_id": job_id,
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "decision": {"promote": decision.promote, "reasons": list(decision.reasons)},
@@ -370,15 +372,23 @@ def write_report(
     decision: Decision,
     rewards: Sequence[RewardPoint] = (),
     sampler: str | None = None,
+    selection: Mapping[str, Any] | None = None,
 ) -> tuple[Path, Path]:
     """Write out_dir/report.json and out_dir/report.png (replacing earlier ones); `rewards`:
     a reinforcement run's reward curve (reward_curve of its step events), `sampler` where it
-    sampled its answers (sampler_of them)."""
+    sampled its answers (sampler_of them), `selection` a selection job's table of candidates
+    (trainer.selection; the metrics and examples are then the chosen candidate's)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, png_path = out_dir / "report.json", out_dir / "report.png"
     data = report_dict(
-        job_id=job_id, losses=losses, comparison=comparison, decision=decision, rewards=rewards, sampler=sampler
+        job_id=job_id,
+        losses=losses,
+        comparison=comparison,
+        decision=decision,
+        rewards=rewards,
+        sampler=sampler,
+        selection=selection,
     )
     text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
     _replace_into(json_path, lambda p: p.write_text(text, encoding="utf-8"))

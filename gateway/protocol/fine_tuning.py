@@ -16,6 +16,7 @@ from gateway.protocol.wire import UnixTime, WireModel, attributes, unix_seconds
 from trainer.distill import DistillSpec
 from trainer.job_records import CheckpointInfo, EvaluationInfo
 from trainer.jobs import JobInfo
+from trainer.selection import CANDIDATES_KEY
 
 Auto = Literal["auto"]
 EVENT_ID_PREFIX = "ftevent-"
@@ -121,6 +122,13 @@ class CreateFineTuningJobIn(BaseModel):
         description="Up to 16 string pairs (keys up to 64 characters, values up to 512; `tailor_` keys are "
         "Tailor's); the list route filters on them with metadata[key]=value.",
     )
+    candidate_models: list[str] | None = Field(
+        None,
+        max_length=16,
+        description="Tailor: 2 to 4 configured base model names, `model` among them (supervised, dpo and kto "
+        "LoRA jobs): one adapter is trained and evaluated per base, and the gate keeps the best (the cheaper "
+        "per 1K requests when within its tolerance); the job's report.json compares them.",
+    )
 
 
 class TrainFromFeedbackIn(BaseModel):
@@ -177,6 +185,11 @@ class FineTuningJobOut(BaseModel):
         None,
         description="Tailor: a distillation job's teacher and context (never the key), and once trained "
         "its prompt tokens saved per request and agreement with the teacher.",
+    )
+    candidate_models: list[str] | None = Field(
+        None,
+        description="Tailor: the base models a selection job trains a candidate on (its report.json compares "
+        "them; the result, fine_tuned_model, runs on the chosen one).",
     )
 
     @model_serializer(mode="wrap")
@@ -312,6 +325,7 @@ def job_out(job: JobInfo) -> FineTuningJobOut:
         metadata=_metadata(job),
         distillation=distillation,
         kto={"hyperparameters": dict(hp)} if job.method == "kto" else None,
+        candidate_models=(job.config or {}).get(CANDIDATES_KEY),
     )
 
 

@@ -51,9 +51,10 @@ from gateway.protocol.fine_tuning import (
 from gateway.protocol.wire import page_ids
 from gateway.services import Services
 from gateway.tenants import Caller
-from trainer import distill, hyperparameters, job_base, job_records, jobs, rewards
+from trainer import distill, hyperparameters, job_base, job_records, jobs, rewards, selection
 from trainer.graders import Capabilities, ExternalModels
 from trainer.jobs import JobInfo
+from trainer.selection import CANDIDATES_KEY
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 admin_router = APIRouter(prefix="/admin/tenants/{tenant}", tags=["admin"], dependencies=[AdminDep])
@@ -99,6 +100,21 @@ def _job_base(
     if current is not None:
         job_base.check_same_base(settings, base, current.base_model, f"{adapter_name!r}")
     return base
+
+
+def _candidates(
+    services: Services, tenant_id: str, body: CreateFineTuningJobIn, *, method: str, hp: dict[str, Any]
+) -> list[str]:
+    """A selection job's candidate bases (trainer.selection), each also one the adapter its result
+    is registered under may run on: 400 naming `candidate_models` (or `suffix`) otherwise."""
+    full = hp.get("finetuning_type") == FinetuningType.FULL
+    bases = selection.check_candidates(
+        services.settings, body.candidate_models, model=body.model, method=method, full=full
+    )
+    current = promotion.active_version(services.db, tenant_id, body.suffix) if body.suffix else None
+    for base in bases if current is not None else ():
+        job_base.check_same_base(services.settings, base, current.base_model, f"{body.suffix!r}")
+    return [b.name for b in bases]
 
 
 def _on_default_base(services: Services, tenant_id: str, model: str, param: str) -> None:
@@ -155,6 +171,8 @@ def create(services: Services, tenant_id: str, body: CreateFineTuningJobIn, *, a
     trains_on = _job_base(services, tenant_id, body.model, method=method, hp=hp, adapter_name=body.suffix)
     _same_kind(services, tenant_id, body.model, hp)
     config, capabilities = None, Capabilities()
+    if body.candidate_models is not None:
+        config = {CANDIDATES_KEY: _candidates(services, tenant_id, body, method=method, hp=hp)}
     if method == "distillation":
         config = _distillation_config(services, tenant_id, body)
         if config.get("student"):

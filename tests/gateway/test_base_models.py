@@ -277,6 +277,60 @@ async def test_another_tenants_adapter_of_a_base_cannot_train(run: Running) -> N
     assert refused["code"] == "model_not_found"
 
 
+async def test_a_job_may_name_candidate_bases(run: Running) -> None:
+    r = await _create_job(run, HALF, suffix="picked", candidate_models=[HALF, BASE])
+    assert r.status_code == 200, r.text
+    validate(r.json(), "FineTuningJob")
+    assert r.json()["candidate_models"] == [HALF, BASE]
+    r = await run.http.get(f"/v1/fine_tuning/jobs/{r.json()['id']}", headers=run.auth)  # type: ignore[attr-defined]
+    assert r.json()["candidate_models"] == [HALF, BASE]
+    r = await _create_job(run, BASE, {"type": "dpo", "dpo": {}}, candidate_models=[BASE, HALF])
+    assert error_of(r, 400, param="training_file")  # the file, not the candidates
+    # A plain job shows none.
+    r = await _create_job(run, BASE, suffix="plain")
+    assert r.status_code == 200 and r.json()["candidate_models"] is None
+
+
+@pytest.mark.parametrize(
+    ("model", "candidates", "code"),
+    [
+        (BASE, [BASE], "invalid_candidate_models"),
+        (BASE, [BASE, BASE], "invalid_candidate_models"),
+        (BASE, "tiny-half", "invalid_request_error"),
+        (BASE, [BASE, HALF, HALF + "x", "a", "b"], "invalid_candidate_models"),
+        (BASE, [BASE, str(Path("/etc").resolve())], "unknown_base_model"),
+        (BASE, [BASE, "http://169.254.169.254/latest"], "unknown_base_model"),
+        (BASE, [BASE, "globex-half"], "unknown_base_model"),
+        (BASE, [HALF, "half-tuned"], "unknown_base_model"),
+        (HALF, [BASE, "half-tuned"], "unknown_base_model"),
+    ],
+)
+async def test_candidate_bases_are_checked(run: Running, model: str, candidates: Any, code: str) -> None:
+    refused = error_of(await _create_job(run, model, candidate_models=candidates), 400, param="candidate_models")
+    assert refused["code"] == code or refused.get("type") == code, refused
+    assert "169.254" not in refused["message"] and "/etc" not in refused["message"]
+
+
+async def test_candidate_bases_train_lora_methods_only(run: Running) -> None:
+    r = await _create_job(run, BASE, hyperparameters={"finetuning_type": "full"}, candidate_models=[BASE, HALF])
+    assert error_of(r, 400, param="candidate_models")["code"] == "unsupported_base_model"
+    grader = {"type": "string_check", "name": "g", "input": "a", "reference": "b", "operation": "eq"}
+    method = {"type": "reinforcement", "reinforcement": {"grader": grader}}
+    r = await _create_job(run, BASE, method, candidate_models=[BASE, HALF])
+    assert error_of(r, 400, param="candidate_models")["code"] == "unsupported_base_model"
+    # The model must be a candidate: an adapter (continuing it) is not.
+    r = await _create_job(run, "wide-only", candidate_models=[BASE, HALF])
+    assert error_of(r, 400, param="candidate_models")["code"] == "invalid_candidate_models"
+
+
+async def test_candidates_cannot_replace_an_adapter_of_another_base(run: Running) -> None:
+    source = write_tiny_adapter(run.tmp / f"serving-{next(serial)}")
+    assert (await _upload(run, "serving-wide", source)).status_code == 201
+    r = await _create_job(run, BASE, suffix="serving-wide", candidate_models=[BASE, HALF])
+    refused = error_of(r, 400, param="suffix")
+    assert refused["code"] == "unsupported_base_model" and HALF in refused["message"]
+
+
 async def test_merges_stay_on_the_default_base(run: Running) -> None:
     source = write_tiny_adapter(run.tmp / f"merged-{next(serial)}", layers=1, made_for=HALF)
     r = await _upload(run, "half-merged", source, base_model=HALF)

@@ -146,7 +146,11 @@ def test_one_gateway_serves_both_bases_and_an_adapter_on_its_own_base(
     # Its trainer evaluates the default base's jobs on TAILOR_EVAL_ENGINE_URL (the 30-layer
     # engine) and the derived base's on that base's eval_engine_url: here the engine that also
     # serves it (no tenant traffic runs beside the job), which saves the test a third engine.
-    with running_tailor(tmp_path, eval_engine, TAILOR_BASE_MODELS=json.dumps(bases)) as server:
+    # The derived base costs half as much per token: the report's costs differ by base.
+    prices = {BASE_MODEL: {"prompt": 0.2, "completion": 0.4}, NAME: {"prompt": 0.1, "completion": 0.2}}
+    with running_tailor(
+        tmp_path, eval_engine, TAILOR_BASE_MODELS=json.dumps(bases), TAILOR_PRICES=json.dumps(prices)
+    ) as server:
         tenant = make_tenant(server, "bases")
         job_id = _queue_job_on_the_derived_base(server, tenant)
         listed = server.sdk(tenant).models.with_raw_response.list().http_response.json()
@@ -170,17 +174,19 @@ def test_one_gateway_serves_both_bases_and_an_adapter_on_its_own_base(
 
 
 def _queue_job_on_the_derived_base(server: TailorServer, tenant: TenantKeys) -> str:
-    """A tiny supervised job on the 15-layer base, queued first so that it trains while the rest runs."""
+    """A tiny supervised job on the 15-layer base that also names the 30-layer one as a candidate
+    (model selection), queued first so that it trains while the rest runs."""
     c = server.sdk(tenant)
     raw = c.fine_tuning.jobs.with_raw_response.create(
         model=NAME,
         training_file=fact_file(c),
         suffix="half-fact",
-        method={"type": "supervised", "supervised": {"hyperparameters": {"batch_size": 2, "max_steps": 2}}},  # type: ignore[typeddict-item]
+        method={"type": "supervised", "supervised": {"hyperparameters": {"batch_size": 2, "max_steps": 1}}},  # type: ignore[typeddict-item]
+        extra_body={"candidate_models": [NAME, BASE_MODEL]},
     )
     created = raw.http_response.json()
     validate(created, "FineTuningJob")
-    assert created["model"] == NAME
+    assert created["model"] == NAME and created["candidate_models"] == [NAME, BASE_MODEL]
     return str(created["id"])
 
 
@@ -192,14 +198,33 @@ def _check_the_job_on_the_derived_base(
     job = job_body(c, job_id)
     assert job["status"] == "succeeded", (job, server.log_tail())
     events = [e.message for e in c.fine_tuning.jobs.list_events(job_id, limit=100)]
-    assert any(m.startswith("Evaluation: token F1") for m in events), events
-    # Evaluated on the derived base's engine: the worker's candidate ran requests there, not on the other.
+    assert sum(m.startswith("Evaluation: token F1") for m in events) == 2, events
+    chosen = next(m for m in events if m.startswith("Chose base model ")).split()[3].rstrip(":")
+    # Each candidate was evaluated on its own base's evaluation engine.
     candidate = f"tailor-eval-{job_id}-candidate"
     assert candidate in derived_engine.served_adapters()
-    assert candidate not in eval_engine.served_adapters()
-    # The candidate answers through the gateway, served on the derived base's engine.
+    assert candidate in eval_engine.served_adapters()
+    auth = {"Authorization": f"Bearer {tenant.key}"}
+    r = httpx.get(f"{server.url}/v1/fine_tuning/jobs/{job_id}/report.json", headers=auth, timeout=30)
+    assert r.status_code == 200, r.text
+    table = r.json()["model_selection"]["candidates"]
+    assert [row["base_model"] for row in table] == [NAME, BASE_MODEL]
+    assert [row["base_model"] for row in table if row["chosen"]] == [chosen]
+    for row in table:
+        assert row["metric"] == "exact_match" and row["quality"] is not None
+        assert row["p50_latency_s"] > 0 and row["mean_prompt_tokens"] > 0 and row["mean_completion_tokens"] > 0
+    # Same tokens cost twice as much on the 30-layer base: per 1K requests, from its token means.
+    half, full = table
+    assert full["cost_per_1k_requests"] == pytest.approx(
+        0.2 * full["mean_prompt_tokens"] + 0.4 * full["mean_completion_tokens"], rel=1e-6
+    )
+    assert half["cost_per_1k_requests"] == pytest.approx(
+        0.1 * half["mean_prompt_tokens"] + 0.2 * half["mean_completion_tokens"], rel=1e-6
+    )
+    # The chosen candidate answers through the gateway, served on its base's engine.
     _chat(server, tenant, job["fine_tuned_model"])
     with server.admin() as admin:
         engines = {e["url"]: e for e in admin.get("/admin/engines").json()}
-    assert engines[derived_engine.url.rstrip("/")]["resident_adapters"] == 2
-    assert not engines[eval_engine.url.rstrip("/")]["resident_adapters"]
+    on_derived = 2 if chosen == NAME else 1  # "cut", and the result if it runs there
+    assert engines[derived_engine.url.rstrip("/")]["resident_adapters"] == on_derived
+    assert engines[eval_engine.url.rstrip("/")]["resident_adapters"] == 2 - on_derived

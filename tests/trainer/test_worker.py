@@ -120,7 +120,7 @@ def test_tenant_policy_picks_promote_candidate_or_canary(
     tmp_path: Path, eval_engine: LiveEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import trainer.worker.evaluating as evaluating
-    import trainer.worker.loop as loop
+    import trainer.worker.selecting as selecting
     from trainer.compute.evaluation import Plan
     from trainer.evaluate import Comparison, Metrics
     from trainer.gates import Decision
@@ -131,7 +131,7 @@ def test_tenant_policy_picks_promote_candidate_or_canary(
     monkeypatch.setattr(
         evaluating.evaluation, "evaluate", lambda *_a, **_k: (Comparison(metrics, metrics, []), Plan([], 1))
     )
-    monkeypatch.setattr(loop, "decide", lambda *_a: Decision(promote=True, reasons=["forced"]))
+    monkeypatch.setattr(selecting, "decide", lambda *_a: Decision(promote=True, reasons=["forced"]))
     env = Env(tmp_path, eval_engine)
     one_step = {**HYPER, "max_steps": 1}
 

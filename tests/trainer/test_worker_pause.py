@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import pytest
 
 import trainer.worker.evaluating as evaluating
-import trainer.worker.loop as loop
+import trainer.worker.selecting as selecting
 from core.db import Database
 from tests.trainer.worker_world import HYPER, NEEDS_MODEL, Env
 from trainer import job_records, jobs
@@ -34,7 +34,7 @@ STEPS = 16
 def test_paused_job_resumes_from_its_checkpoint_and_finishes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     metrics = Metrics(n=2, exact_match=1.0, token_f1=1.0, perplexity=1.5, win_rate=None)
     monkeypatch.setattr(evaluating, "evaluate", lambda *_a: Comparison(metrics, metrics, []))
-    monkeypatch.setattr(loop, "decide", lambda *_a: Decision(promote=True, reasons=["forced"]))
+    monkeypatch.setattr(selecting, "decide", lambda *_a: Decision(promote=True, reasons=["forced"]))
     env = Env(tmp_path, SimpleNamespace(url="http://127.0.0.1:9", key="unused"))  # type: ignore[arg-type]
     job = env.job(hyperparameters={**HYPER, "max_steps": STEPS})
     real_add_event = job_records.add_event

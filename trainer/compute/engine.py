@@ -89,6 +89,16 @@ def target_nll(encoded: EncodedExample, prompt_logprobs: Sequence[Mapping[str, A
     return total
 
 
+@dataclass(frozen=True)
+class Generation:
+    """One answer of the engine: its text, the request's wall-clock seconds and its usage."""
+
+    text: str
+    seconds: float
+    prompt_tokens: int
+    completion_tokens: int
+
+
 @dataclass
 class EngineClient:
     """One vLLM OpenAI server, called synchronously from the worker."""
@@ -212,11 +222,23 @@ class EngineClient:
 
     def answers(self, model: str, prompts: Sequence[Sequence[Message]], max_tokens: int) -> list[str]:
         """Greedy chat answers, one per prompt, in order ("" where the engine gave no text)."""
+        return [g.text for g in self.generations(model, prompts, max_tokens)]
 
-        def ask(prompt: Sequence[Message]) -> str:
+    def generations(self, model: str, prompts: Sequence[Sequence[Message]], max_tokens: int) -> list[Generation]:
+        """Greedy chat answers, one per prompt, in order, each with its wall-clock time and usage."""
+
+        def ask(prompt: Sequence[Message]) -> Generation:
+            started = time.monotonic()
             data = self.chat(model, {"messages": list(prompt), "temperature": 0.0, "max_tokens": max_tokens})
+            seconds = time.monotonic() - started
             choices = data.get("choices") or [{}]
-            return str((choices[0].get("message") or {}).get("content") or "").strip()
+            usage = data.get("usage") or {}
+            return Generation(
+                text=str((choices[0].get("message") or {}).get("content") or "").strip(),
+                seconds=seconds,
+                prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                completion_tokens=int(usage.get("completion_tokens") or 0),
+            )
 
         return self.concurrently(ask, prompts)
 

@@ -22,7 +22,7 @@ from core.errors import bad_request
 from trainer.compute.encoding import EncodedExample, encode_completion, render, validate_prompt
 from trainer.compute.engine import EngineClient, answer_budget
 from trainer.datasets import PromptRecord
-from trainer.evaluate import Comparison, EvalExample, ExampleResult, JudgeConfig, Metrics, Side, compare
+from trainer.evaluate import Comparison, EvalExample, ExampleResult, JudgeConfig, Metrics, Served, Side, compare
 from trainer.rewards import Reward, Scores
 
 
@@ -51,11 +51,14 @@ def plan(tokenizer: Any, examples: Sequence[EvalExample], max_model_len: int) ->
 
 
 def side(client: EngineClient, model: str, examples: Sequence[EvalExample], p: Plan) -> Side:
-    outputs = client.answers(model, [e.messages for e in examples], p.max_tokens)
+    generated = client.generations(model, [e.messages for e in examples], p.max_tokens)
     total, count = client.nll(model, p.encoded)
     if count == 0:
         raise bad_request("no reference answer token to score", code="no_eval_targets")
-    return Side(outputs, math.exp(total / count))
+    served = Served.measure(
+        [g.seconds for g in generated], [g.prompt_tokens for g in generated], [g.completion_tokens for g in generated]
+    )
+    return Side([g.text for g in generated], math.exp(total / count), served)
 
 
 def _targets(

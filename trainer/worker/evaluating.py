@@ -7,7 +7,7 @@ import contextlib
 import math
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -141,8 +141,16 @@ def _evaluate_graded(
     return comparison
 
 
-def store_report(w: Worker, job: JobInfo, result: TrainResult, comparison: Comparison, decision: Decision) -> str:
-    """Write the job's report (JSON and training curves) to the blob store; its JSON's key."""
+def store_report(
+    w: Worker,
+    job: JobInfo,
+    result: TrainResult,
+    comparison: Comparison,
+    decision: Decision,
+    selection: Mapping[str, Any] | None = None,
+) -> str:
+    """Write the job's report (JSON and training curves; a selection job's table of candidates)
+    to the blob store; its JSON's key."""
     prefix = f"reports/{job.tenant_id}/{job.id}"
     steps = job_records.step_data(w.db, job.id)
     rewards = reward_curve(steps)  # a reinforcement run's; none for the others
@@ -155,6 +163,7 @@ def store_report(w: Worker, job: JobInfo, result: TrainResult, comparison: Compa
             decision=decision,
             rewards=rewards,
             sampler=sampler_of(steps),
+            selection=selection,
         )
         w.blobs.put_bytes(f"{prefix}/loss.png", Path(png_path).read_bytes())
         # The JSON last: its presence says the report is complete.

@@ -26,12 +26,12 @@ from core.errors import TailorError
 from core.models import Job
 from core.quotas import Quotas
 from core.states import JobStatus
-from trainer import datasets, hyperparameters, job_base, job_queue, job_records, jobs, merge_policy, policy
+from trainer import datasets, hyperparameters, job_base, job_queue, job_records, jobs, merge_policy, policy, selection
 from trainer.compute.engine import WorkerEngines
 from trainer.compute.placement import Placement, choose
 from trainer.compute.recipe import TrainingCancelled, TrainingPaused
 from trainer.datasets import Snapshot
-from trainer.gates import GateConfig, decide
+from trainer.gates import GateConfig
 from trainer.graders import Capabilities
 from trainer.job_queue import JobLost
 from trainer.jobs import JobInfo
@@ -39,7 +39,7 @@ from trainer.jobs.methods import MERGE
 from trainer.policy import get_policy
 from trainer.tracing import JobTracing
 from trainer.worker import decision as decision_stage
-from trainer.worker import distillation, evaluating, merging, training
+from trainer.worker import distillation, evaluating, merging, selecting, training
 from trainer.worker.job_run import Heartbeat, JobRun
 
 log = logging.getLogger("tailor.trainer")
@@ -241,19 +241,14 @@ class Worker:
         # Checked again: the names may have moved to versions of another base since the job was queued.
         for version in {v.id: v for v in (baseline, start) if v is not None}.values():
             what = f"{version.adapter_name!r} version {version.version}"
-            job_base.check_same_base(self.settings, base, version.base_model, what)
+            for trains_on in selection.configured_candidates(self.settings, job.config) or [base]:
+                job_base.check_same_base(self.settings, trains_on, version.base_model, what)
         self.event(job, hp.describe_length(), data={"early_stopping": hp.early_stopping})
-        with self.tracing.stage("train", steps=hp.budget_steps, examples=n_train):
-            result = training.train(self, run, snapshot, hp, start)
-        if job_queue.heartbeat(self.db, job.id, self.worker_id):
-            raise TrainingCancelled(result.steps)
-        if jobs.get_job(self.db, None, job.id).pause_requested:
-            self.event(job, "Pause requested after the last training step; the job finishes instead")
-
-        with self.tracing.stage("evaluate", heldout=snapshot.heldout_count):
-            comparison = evaluating.evaluate(self, job, snapshot, result.out_dir, baseline)
         policy = get_policy(self.db, job.tenant_id)
-        decision = decide(comparison, GateConfig.from_dict(policy.gates))
+        trained = selecting.train_and_evaluate(
+            self, run, snapshot, hp, start, baseline, GateConfig.from_dict(policy.gates)
+        )
+        base, result, comparison, decision = trained.base, trained.result, trained.comparison, trained.decision
         train_metrics = {
             "train_loss": result.final_loss,
             "steps": result.steps,
@@ -267,6 +262,8 @@ class Worker:
             "gates_passed": decision.promote,
             "reasons": list(decision.reasons),
         }
+        if trained.model_selection is not None:
+            eval_metrics["model_selection"] = trained.model_selection
         if job.method == "distillation":
             eval_metrics["distillation"] = distillation.distillation_metrics(self, job, snapshot, comparison)
 
@@ -294,7 +291,7 @@ class Worker:
         )
 
         outcome = decision_stage.outcome(decision, baseline, policy)
-        report_key = evaluating.store_report(self, job, result, comparison, decision)
+        report_key = evaluating.store_report(self, job, result, comparison, decision, trained.model_selection)
         job_records.record_evaluation(
             self.db,
             tenant_id=job.tenant_id,
@@ -319,7 +316,7 @@ class Worker:
             result_version_id=version.id,
             decision=outcome,
             metrics={**train_metrics, **eval_metrics},
-            trained_tokens=result.trained_tokens or None,
+            trained_tokens=trained.trained_tokens or None,
         )
         self.event(job, f"The job has successfully completed: {pinned} ({outcome})", data={"decision": outcome})
 

@@ -101,10 +101,18 @@ def selection_data(result: TrainResult) -> dict[str, Any]:
 
 
 def train(
-    w: Worker, run: JobRun, snapshot: Snapshot, hp: hyperparameters.Resolved, start: VersionInfo | None
+    w: Worker,
+    run: JobRun,
+    snapshot: Snapshot,
+    hp: hyperparameters.Resolved,
+    start: VersionInfo | None,
+    *,
+    keep_checkpoints: bool = True,
 ) -> TrainResult:
     """Train the job's adapter (from `start`, or from the pause it resumes) on the worker's
-    placement, with an event per step and validation, and its checkpoints stored."""
+    placement, with an event per step and validation, and its checkpoints stored (unless not
+    `keep_checkpoints`: a selection job's candidates, whose checkpoints would be served on the
+    job's base whatever base they were trained on)."""
     job = run.job
     start = _compatible_start(w, job, start, full=hp.full_parameters)
     resumed_from = _resume_from(w, run)
@@ -178,7 +186,8 @@ def train(
 
     def on_checkpoint(step: int, loss: float, path: Path) -> None:
         checkpointed[step] = loss
-        save_checkpoint(w, run, step, loss, path)
+        if keep_checkpoints:
+            save_checkpoint(w, run, step, loss, path)
 
     def on_evaluation(info: EvalInfo) -> None:
         w.event(job, _describe_evaluation(info), data={"validation": asdict(info)})
@@ -208,7 +217,7 @@ def train(
         )
     # The result is the best evaluation's adapter with early stopping, else the last step's.
     kept = result.best_step or result.steps
-    if kept not in checkpointed:
+    if keep_checkpoints and kept not in checkpointed:
         save_checkpoint(w, run, kept, checkpointed.get(kept, result.final_loss), result.out_dir)
     w.event(
         job,

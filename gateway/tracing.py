@@ -137,6 +137,10 @@ class RequestSpan:
 
     def engine_headers(self, url: str, path: str, headers: dict[str, str]) -> dict[str, str]:
         """Start the engine-call span; `headers` plus the trace context for the engine."""
+        if self.engine_span is not None:
+            # The call moved to another engine: the attempt on the one before ends here, failed.
+            self.engine_span.set_status(Status(StatusCode.ERROR, "the engine's connection failed"))
+            self.engine_span.end()
         span = self.engine_span = self.tracer.start_span(
             f"POST {path}",
             context=self.context,

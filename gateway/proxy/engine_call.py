@@ -41,13 +41,10 @@ async def send(call: CompletionCall) -> httpx.Response:
     so is a batch request whose `priority` the engine refused (then without one)."""
     pool, lora, payload = call.upstream.pool, call.upstream.lora, call.payload
     client = call.services.client
+    url, headers = _target(call)
     reloaded = failed_over = False
     while True:
         lease = call.lease
-        url = lease.url + call.route.path
-        # The engine's own credentials (none for an engine without a key); with tracing on,
-        # the engine-call span's `traceparent` for vLLM.
-        headers = call.spans.engine_headers(lease.url, call.route.path, {**_JSON_HEADERS, **lease.engine.headers})
         body = payload.for_engine(lease.engine)
         req = client.build_request("POST", url, content=body, headers=headers)
         try:
@@ -57,6 +54,7 @@ async def send(call: CompletionCall) -> httpx.Response:
             if not isinstance(exc, _BUSY) and not failed_over:
                 failed_over = True
                 await _lease_elsewhere(call)
+                url, headers = _target(call)
                 continue
             raise TailorError(
                 503, "The inference engine became unavailable; retry shortly.", code="engine_unavailable"
@@ -75,6 +73,15 @@ async def send(call: CompletionCall) -> httpx.Response:
             _stop_sending_priority(lease.engine)
             continue
         return resp
+
+
+def _target(call: CompletionCall) -> tuple[str, dict[str, str]]:
+    """The leased engine's URL for the call's route, and the request's headers: the engine's own
+    credentials (none for an engine without a key) and, with tracing on, the engine-call span's
+    `traceparent` for vLLM (a span per engine the call is sent to)."""
+    lease = call.lease
+    headers = call.spans.engine_headers(lease.url, call.route.path, {**_JSON_HEADERS, **lease.engine.headers})
+    return lease.url + call.route.path, headers
 
 
 async def _lease_elsewhere(call: CompletionCall) -> None:

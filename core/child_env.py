@@ -11,6 +11,19 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+# Credentials of the stores, by URL scheme: the trainer worker gets a store's only where it
+# uses that store (gateway.trainer_process); training processes get none (trainer.compute.launch).
+STORE_CREDENTIALS = {
+    "s3": ("AWS_",),
+    "s3a": ("AWS_",),
+    "gs": ("GOOGLE_", "GCLOUD_"),
+    "gcs": ("GOOGLE_", "GCLOUD_"),
+    "az": ("AZURE_",),
+    "abfs": ("AZURE_",),
+    "abfss": ("AZURE_",),
+    "postgresql+psycopg": ("PG",),
+}
+
 # What Python, torch, CUDA, tokenizers and tracing read, by exact name ...
 RUNTIME_NAMES = frozenset(
     {
@@ -59,3 +72,8 @@ def runtime_env(
     wanted = RUNTIME_NAMES | {n.upper() for n in names}
     starts = RUNTIME_PREFIXES + prefixes
     return {k: v for k, v in environ.items() if k.upper() in wanted or k.upper().startswith(starts)}
+
+
+def store_credential_prefixes() -> tuple[str, ...]:
+    """Every store's credential variable prefixes."""
+    return tuple(sorted({p for prefixes in STORE_CREDENTIALS.values() for p in prefixes}))

@@ -23,23 +23,12 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, SecretStr
 
-from core.child_env import runtime_env
+from core.child_env import STORE_CREDENTIALS, runtime_env
 from core.config import Settings, get_settings
 from core.supervised import SupervisedChild
 
 log = logging.getLogger("tailor.trainer")
 
-# Credentials of the stores the worker reads and writes, passed only where a store uses them.
-STORE_CREDENTIALS = {
-    "s3": ("AWS_",),
-    "s3a": ("AWS_",),
-    "gs": ("GOOGLE_", "GCLOUD_"),
-    "gcs": ("GOOGLE_", "GCLOUD_"),
-    "az": ("AZURE_",),
-    "abfs": ("AZURE_",),
-    "abfss": ("AZURE_",),
-    "postgresql+psycopg": ("PG",),
-}
 # The worker never calls the HTTP API or a base's serving engines: those keys would only be more
 # secrets to lose (an engine's key loads adapters on it and reads its base's adapters through the
 # gateway). It evaluates on evaluation engines (TAILOR_EVAL_ENGINE_URL, a base's

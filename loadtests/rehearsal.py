@@ -39,6 +39,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from unittest import mock
 
 import httpx
 from sqlalchemy import create_engine, text
@@ -112,26 +113,11 @@ def object_store() -> Iterator[dict[str, str]]:
         "AWS_DEFAULT_REGION": "us-east-1",
     }
     try:
-        with contextlib.ExitStack() as undo:
-            for name, value in env.items():
-                undo.enter_context(_env_var(name, value))
+        with mock.patch.dict(os.environ, env):
             boto3.client("s3").create_bucket(Bucket=BUCKET)
         yield env
     finally:
         server.stop()
-
-
-@contextlib.contextmanager
-def _env_var(name: str, value: str) -> Iterator[None]:
-    before = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = before
 
 
 @contextlib.contextmanager

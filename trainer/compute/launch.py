@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from core.child_env import store_credential_prefixes
 from core.errors import TailorError
 from trainer.compute.placement import Placement
 from trainer.compute.recipe import EvalInfo, Recipe, StepInfo, TrainingCancelled, TrainingPaused, TrainResult
@@ -56,8 +57,7 @@ WITHHELD_FROM_TRAINING = frozenset(
         "TAILOR_TEACHER_KEY_ENV_ALLOWLIST",
     }
 )
-# Store and database credentials (gateway.trainer_process.STORE_CREDENTIALS).
-WITHHELD_PREFIXES = ("AWS_", "GOOGLE_", "GCLOUD_", "AZURE_", "PG")
+WITHHELD_PREFIXES = store_credential_prefixes()
 
 
 def training_environment(environ: Mapping[str, str]) -> dict[str, str]:

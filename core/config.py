@@ -391,8 +391,8 @@ class Settings(BaseSettings):
     # --- metering ----------------------------------------------------------------
     prices: dict[str, dict[str, float]] = Field(
         default_factory=dict,
-        description="Prices per 1K tokens, JSON: {MODEL: {prompt, completion}}; MODEL is the base model name, "
-        '"adapter" (every adapter) or "TENANT/ADAPTER".',
+        description="Prices per 1K tokens, JSON: {MODEL: {prompt, completion}}; MODEL is a base model name, "
+        '"adapter" (every adapter) or "TENANT/ADAPTER". An adapter without either pays its base\'s price.',
     )
 
     # --- privacy ---------------------------------------------------------------

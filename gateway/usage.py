@@ -22,7 +22,7 @@ import csv
 import io
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
@@ -31,6 +31,7 @@ from sqlalchemy import Date, and_, case, cast, func, literal_column, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from adapters import registry
+from core.config import Settings
 from core.db import Database
 from core.errors import bad_request
 from core.models import AdapterVersion, Interaction, Tenant
@@ -66,25 +67,39 @@ FREE = Price()
 class PriceBook:
     """Prices by key: a base model name, "adapter", or "<tenant>/<adapter>".
 
-    An adapter is priced by its override, else "adapter", else its base model's price:
-    adapter traffic runs on the base model, so configuring only the base model must not
-    make adapters free. Anything unpriced costs 0.
+    An adapter is priced by its override, else "adapter", else the price of the base model
+    its version was registered for: adapter traffic runs on that base's engines, so
+    configuring only the base models must not make adapters free, nor bill an adapter of a
+    small base at a large one's price. Anything unpriced costs 0.
     """
 
     prices: Mapping[str, Price] = field(default_factory=dict)
-    base_model: str = ""
+    base_model: str = ""  # the default base
     batch_factor: float = 1.0  # what a batch request pays of the price
+    # The configured base whose price a version recording base `name` pays (rows from before
+    # several bases, or naming a base no longer configured, pay the default base's).
+    base_of: Callable[[str | None], str] | None = None
 
-    def price(self, tenant: str, model: str, adapter: str | None) -> Price:
+    def price(self, tenant: str, model: str, adapter: str | None, version_base: str | None = None) -> Price:
         if adapter is None:
             return self.prices.get(model, FREE)
-        for key in (f"{tenant}/{adapter}", ADAPTER_DEFAULT, self.base_model):
+        base = self.base_of(version_base) if self.base_of is not None else self.base_model
+        for key in (f"{tenant}/{adapter}", ADAPTER_DEFAULT, base):
             if key in self.prices:
                 return self.prices[key]
         return FREE
 
-    def cost(self, tenant: str, model: str, adapter: str | None, tier: str, prompt: int, completion: int) -> float:
-        full = self.price(tenant, model, adapter).cost(prompt, completion)
+    def cost(
+        self,
+        tenant: str,
+        model: str,
+        adapter: str | None,
+        tier: str,
+        prompt: int,
+        completion: int,
+        version_base: str | None = None,
+    ) -> float:
+        full = self.price(tenant, model, adapter, version_base).cost(prompt, completion)
         return full * self.batch_factor if tier == BATCH else full
 
 
@@ -105,11 +120,12 @@ def parse_prices(raw: Mapping[str, Mapping[str, float]]) -> dict[str, Price]:
     return out
 
 
-def prices_from_settings(settings: Any) -> PriceBook:
+def prices_from_settings(settings: Settings) -> PriceBook:
     return PriceBook(
         prices=parse_prices(settings.prices),
-        base_model=getattr(settings, "base_model_name", ""),
-        batch_factor=getattr(settings, "batch_price_factor", 1.0),
+        base_model=settings.base_model_name,
+        batch_factor=settings.batch_price_factor,
+        base_of=lambda recorded: settings.recorded_base(recorded).name,
     )
 
 
@@ -247,7 +263,14 @@ def usage(
     status = Interaction.status_code
     # Always grouped by model, version and tier in SQL, whatever the caller's grouping: the
     # price depends on all three, so cost is computed per fine row and then summed.
-    keys: list[Any] = [Tenant.name, Interaction.model, Interaction.adapter_version_id, AdapterVersion.version, tier]
+    keys: list[Any] = [
+        Tenant.name,
+        Interaction.model,
+        Interaction.adapter_version_id,
+        AdapterVersion.version,
+        AdapterVersion.base_model,
+        tier,
+    ]
     if "day" in groups:
         keys.append(day)
     where = [Interaction.created_at >= start, Interaction.created_at < end]
@@ -290,7 +313,7 @@ def usage(
     latencies: dict[_Key, list[float]] = defaultdict(list)
     ttfts: dict[_Key, list[float]] = defaultdict(list)
     with db.session() as s:
-        for tenant, model, version_id, version, tier_value, *rest in s.execute(counts):
+        for tenant, model, version_id, version, version_base, tier_value, *rest in s.execute(counts):
             day_value = rest[0] if "day" in groups else None
             requests, errors, closed, prompt, completion = (int(v or 0) for v in rest[-5:])
             acc = sums[key(tenant, model, version, tier_value, day_value)]
@@ -299,7 +322,8 @@ def usage(
             acc.client_closed += closed
             acc.prompt_tokens += prompt
             acc.completion_tokens += completion
-            acc.cost += prices.cost(tenant, model, _adapter_name(model, version_id), tier_value, prompt, completion)
+            adapter = _adapter_name(model, version_id)
+            acc.cost += prices.cost(tenant, model, adapter, tier_value, prompt, completion, version_base)
         for tenant, model, version, tier_value, *rest in s.execute(timings.execution_options(yield_per=10_000)):
             stream, latency, ttft = rest[-3:]
             k = key(tenant, model, version, tier_value, rest[0] if "day" in groups else None)

@@ -350,6 +350,30 @@ def test_pinned_model_names_price_as_their_adapter(world: World) -> None:
     assert [(r.model, r.adapter_version, r.cost) for r in rows] == [("support@v1", 1, pytest.approx(1.0))]
 
 
+def test_an_adapter_pays_the_price_of_the_base_its_version_was_registered_for(world: World, tmp_path: Path) -> None:
+    base_dir = tmp_path / "small"
+    base_dir.mkdir()
+    (base_dir / "config.json").write_text(json.dumps(tiny_config()))
+    small = registry.register_dir(
+        world.db,
+        AdapterStore(str(tmp_path / "store"), tmp_path / "cache"),
+        registry.ValidationLimits(base=BaseModelSpec.from_config_dir(base_dir), max_rank=16, max_bytes=10_000_000),
+        tenant_id=world.acme,
+        name="lite",
+        source_dir=write_adapter(tmp_path / "lora"),
+        base_model_name="small",
+        actor="test",
+    ).id
+    add(world.db, world.acme, at(D3), model="lite", version_id=small, prompt=1000, completion=1000)
+    add(world.db, world.acme, at(D3), model="support@v1", version_id=world.v1, prompt=1000, completion=1000)
+    entries = {BASE: {"path": str(tmp_path / "big")}, "small": {"path": str(base_dir)}}
+    settings = Settings(data_dir=tmp_path, base_models=entries, prices={BASE: {"prompt": 1}, "small": {"prompt": 0.1}})
+    rows = u.usage(world.db, tenant_id=world.acme, since=D3, until=D3, prices=u.prices_from_settings(settings))
+    assert {r.model: r.cost for r in rows} == {"lite": pytest.approx(0.1), "support@v1": pytest.approx(1.0)}
+    # A version recording a base no longer configured pays the default base's price.
+    assert u.prices_from_settings(settings).price(world.acme, "old", "old", "gone") == u.Price(1.0, 0.0)
+
+
 def _refused(call, param: str) -> TailorError:  # type: ignore[no-untyped-def]
     with pytest.raises(TailorError) as err:
         call()

@@ -22,6 +22,7 @@ no torch:
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 import statistics
@@ -34,6 +35,8 @@ from typing import Literal
 import httpx
 
 from core.errors import TailorError, bad_request
+
+log = logging.getLogger("tailor.trainer")
 
 # -----------------------------------------------------------------------------
 # data types
@@ -269,7 +272,14 @@ def judge_verdicts(
                 max_tokens=judge.max_tokens,
             )
         except openai.OpenAIError as e:
-            raise TailorError(502, f"the judge request failed: {e}", code="judge_failed") from e
+            # The judge is the operator's: its answer can name its URL or echo part of its key
+            # ("Incorrect API key provided: sk-...") and stays in the worker's log, out of the
+            # job's error, which the tenant reads.
+            log.error("the judge request to %s failed: %s", judge.base_url, e)
+            status = getattr(e, "status_code", None)
+            detail = f"{type(e).__name__}" + (f", status {status}" if status else "")
+            message = f"the judge request failed ({detail}); the worker's log has the judge's answer"
+            raise TailorError(502, message, code="judge_failed") from e
         text = reply.choices[0].message.content if reply.choices else None
         verdict = parse_verdict(text)
         if verdict == "TIE":

@@ -139,6 +139,22 @@ def test_a_restarting_engine_is_retried_then_reported(monkeypatch: pytest.Monkey
     assert info.value.status == 502 and "503" in info.value.message
 
 
+def test_only_the_requests_own_faults_quote_the_engine(caplog: pytest.LogCaptureFixture) -> None:
+    def engine(status: int, message: str) -> EngineClient:
+        answer = httpx.Response(status, json={"error": {"message": message}})
+        return EngineClient("http://engine.test", "base", transport=httpx.MockTransport(lambda _r: answer))
+
+    prompt = [[{"role": "user", "content": "hi"}]]
+    with pytest.raises(TailorError) as info:
+        engine(400, "maximum context length is 2048 tokens").answers("base", prompt, 4)
+    assert "maximum context length is 2048 tokens" in info.value.message  # the tenant can fix that
+    with pytest.raises(TailorError) as info:
+        engine(500, "worker /srv/vllm/shard-3 crashed").answers("base", prompt, 4)
+    assert info.value.status == 502 and "500" in info.value.message
+    assert "/srv/vllm" not in info.value.message and "engine.test" not in info.value.message
+    assert "/srv/vllm/shard-3 crashed" in caplog.text and "engine.test" in caplog.text
+
+
 def test_a_configured_evaluation_engine_that_is_down_is_a_clear_503(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, eval_engine_url="http://127.0.0.1:9", eval_engine_api_key="k")
     engines = WorkerEngines(settings)

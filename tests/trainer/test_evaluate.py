@@ -75,7 +75,9 @@ def test_parse_verdict(reply: str | None, verdict: str | None) -> None:
 # --- the judge, faked -----------------------------------------------------------------
 
 
-def fake_judge(replies: list[str] | None = None, status: int = 200) -> tuple[httpx.Client, list[dict]]:
+def fake_judge(
+    replies: list[str] | None = None, status: int = 200, error: str = "nope"
+) -> tuple[httpx.Client, list[dict]]:
     """An OpenAI-compatible /chat/completions that prefers the answer containing GOOD.
 
     `replies` (cycled) are format templates for the verdict letter, to exercise parsing.
@@ -88,7 +90,7 @@ def fake_judge(replies: list[str] | None = None, status: int = 200) -> tuple[htt
         body = json.loads(request.content)
         seen.append(body)
         if status != 200:
-            return httpx.Response(status, json={"error": {"message": "nope", "type": "x"}})
+            return httpx.Response(status, json={"error": {"message": error, "type": "x"}})
         prompt = body["messages"][-1]["content"]
         a = prompt.split("[Answer A]\n")[1].split("\n\n[Answer B]")[0]
         b = prompt.split("[Answer B]\n")[1].split("\n\nWhich answer")[0]
@@ -149,10 +151,14 @@ def test_judge_ties_limits_and_unreadable_replies() -> None:
         judge_win_rate(JUDGE, EXAMPLES, same, same, http_client=client)
     assert info.value.code == "judge_unusable"
 
-    client, _ = fake_judge(status=400)  # not retried by the SDK: fails fast
+    # Not retried by the SDK: fails fast. The judge's words (here echoing part of its key) are
+    # the operator's: the log has them, the job's error does not.
+    client, _ = fake_judge(status=401, error="Incorrect API key provided: sk-ju***ge")
     with pytest.raises(TailorError) as info:
         judge_win_rate(JUDGE, EXAMPLES, same, same, http_client=client)
     assert info.value.status == 502 and info.value.code == "judge_failed"
+    assert "401" in info.value.message and "sk-ju" not in info.value.message
+    assert JUDGE.base_url not in info.value.message
 
 
 # --- compare() ------------------------------------------------------------------------

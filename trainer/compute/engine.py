@@ -159,7 +159,15 @@ class EngineClient:
     def _json(self, route: str, body: dict[str, Any]) -> dict[str, Any]:
         r = self._post(route, body)
         if r.status_code != 200:
-            message = f"the engine answered {route} with {r.status_code}: {_engine_message(r)}"
+            # A 4xx is about the job's own request (a prompt too long for the model, ...), which
+            # its tenant can fix; an engine's failure may describe the engine, which stays in
+            # the worker's log.
+            if 400 <= r.status_code < 500:
+                message = f"the engine answered {route} with {r.status_code}: {_engine_message(r)}"
+            else:
+                answer = _engine_message(r)
+                log.error("the engine at %s answered %s with %s: %s", self.url, route, r.status_code, answer)
+                message = f"the engine answered {route} with {r.status_code} (the worker's log has its answer)"
             raise TailorError(502, message, code="engine_error")
         data: dict[str, Any] = r.json()
         return data

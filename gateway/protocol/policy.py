@@ -7,8 +7,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.protocol.wire import WireModel
+from gateway.protocol.wire import WireModel, wire_model
 from trainer import merge_policy, policy
+from trainer.feedback import FeedbackSignal
 
 
 class PolicyIn(BaseModel):
@@ -58,14 +59,7 @@ class PolicyOut(WireModel):
     last_triggered_at: datetime | None
 
 
-# model_validate(trainer.feedback.FeedbackSignal)
-class SignalOut(WireModel):
-    judged: int
-    good: int
-    bad: int
-    corrections: int
-    share_good: float | None
-    correction_rate: float | None
+SignalOut = wire_model("SignalOut", FeedbackSignal)
 
 
 # model_validate(trainer.policy.DriftStatus)

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Collection, Sequence
 from dataclasses import fields
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, Any, Protocol, get_type_hints
+from typing import TYPE_CHECKING, Annotated, Any, Generic, Literal, Protocol, TypeVar, get_type_hints
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, create_model
 
@@ -21,6 +21,18 @@ class WireModel(BaseModel):
     returns: the fields are read by name, so a field renamed on one side fails loudly."""
 
     model_config = ConfigDict(from_attributes=True)
+
+
+Item = TypeVar("Item")
+
+
+class ListPage(BaseModel, Generic[Item]):
+    """OpenAI's list without first and last ids: one page of items, and whether more follow.
+    A subclass names it (`class JobListOut(ListPage[JobOut]): pass`): the schema takes that name."""
+
+    object: Literal["list"] = "list"
+    data: list[Item]
+    has_more: bool
 
 
 def wire_model(

@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -22,8 +21,7 @@ from sqlalchemy.orm import Session
 from adapters import registry
 from adapters.activation import end_canary, lock_adapter, serve
 from adapters.audit_log import describe_version, record_change
-from adapters.registry import AdapterInfo, Lineage, ValidationLimits, VersionInfo
-from adapters.store import AdapterStore
+from adapters.registry import AdapterInfo, VersionInfo
 from core.db import Database
 from core.errors import TailorError, bad_request, not_found
 from core.models import Adapter, AdapterVersion
@@ -73,38 +71,6 @@ def _version(adapter: Adapter, version: int) -> AdapterVersion:
             f"Version {version} of {adapter.name!r} is {target.state} and cannot serve.", code="version_not_servable"
         )
     return target
-
-
-def register_candidate(
-    db: Database,
-    store: AdapterStore,
-    limits: ValidationLimits,
-    *,
-    tenant_id: str,
-    name: str,
-    source_dir: Path,
-    base_model_name: str,
-    actor: str,
-    job_id: str | None,
-    dataset_id: str | None,
-    metrics: dict[str, object] | None,
-    parent_version_id: str | None,
-) -> VersionInfo:
-    """Store a trained adapter as a candidate: callable as `name@vN`, not yet served as `name`."""
-    return registry.register_dir(
-        db,
-        store,
-        limits,
-        tenant_id=tenant_id,
-        name=name,
-        source_dir=source_dir,
-        base_model_name=base_model_name,
-        actor=actor,
-        source="training",
-        activate=False,
-        state=VersionState.CANDIDATE,
-        lineage=Lineage(job_id=job_id, dataset_id=dataset_id, parent_version_id=parent_version_id, metrics=metrics),
-    )
 
 
 def _change(

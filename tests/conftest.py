@@ -4,13 +4,15 @@
 database (marked `postgres`; skipped where no cluster can start). `sqlite_db`: the SQLite
 one alone. `postgres_url`: the session's throwaway PostgreSQL cluster (tests/pg.py).
 `eval_engine`: the session's evaluation engine, a real vLLM child started the way a
-trainer worker starts its own (trainer.compute.engine.OwnEngine).
+trainer worker starts its own (trainer.compute.engine.OwnEngine); `live_engine(settings)`
+starts one so for a test's own settings.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,6 +24,7 @@ from tests.dbutil import open_migrated, sqlite_url
 from tests.pg import create_database, postgres_url  # noqa: F401
 
 if TYPE_CHECKING:
+    from core.config import Settings
     from trainer.compute.engine import EngineClient
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "SmolLM2-135M-Instruct"
@@ -67,7 +70,6 @@ def eval_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveEngine
     if not (MODEL_DIR / "config.json").exists():
         pytest.skip(f"base model not prepared at {MODEL_DIR} (run `make install`)")
     from core.config import Settings
-    from trainer.compute.engine import OwnEngine
 
     settings = Settings(
         data_dir=tmp_path_factory.mktemp("eval-engine"),
@@ -79,6 +81,16 @@ def eval_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveEngine
         # also serves the tool tests' gateway that has a parser, which then starts no engine.
         engine_tool_call_parser="hermes",
     )
+    with live_engine(settings) as engine:
+        yield engine
+
+
+@contextmanager
+def live_engine(settings: Settings) -> Iterator[LiveEngine]:
+    """A vLLM engine for `settings`, started as a trainer worker starts its own
+    (trainer.compute.engine.OwnEngine) and stopped on leaving."""
+    from trainer.compute.engine import OwnEngine
+
     own = OwnEngine(settings)
     client = own.start()
     try:

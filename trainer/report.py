@@ -1,8 +1,8 @@
 """The evaluation report of a training job: one JSON file and one PNG chart.
 
-    from trainer.report import write_report
-    json_path, png_path = write_report(Path("data/jobs/job_123"), job_id="job_123",
-                                       losses=result.losses, comparison=cmp, decision=decision)
+    from trainer.report import Report, write_report
+    json_path, png_path = write_report(Path("data/jobs/job_123"),
+                                       Report("job_123", result.losses, comparison=cmp, decision=decision))
 
 `report.json` holds everything a UI or an audit needs: the decision and its reasons,
 both models' metrics and their deltas, the loss curve, and per-example outputs (at most
@@ -57,6 +57,22 @@ class RewardPoint:
     mean_reward: float
     reward_std: float | None = None
     kl: float | None = None
+
+
+@dataclass(frozen=True)
+class Report:
+    """What a job's report shows. `rewards`: a reinforcement run's reward curve (reward_curve of
+    its step events); `sampler`: where it sampled its answers (sampler_of them); `selection`: a
+    selection job's table of candidates (trainer.selection; the metrics and examples are then
+    the chosen candidate's)."""
+
+    job_id: str
+    losses: list[float]
+    comparison: Comparison
+    decision: Decision
+    rewards: Sequence[RewardPoint] = ()
+    sampler: str | None = None
+    selection: Mapping[str, Any] | None = None
 
 
 def reward_curve(step_data: Iterable[Mapping[str, Any] | None]) -> list[RewardPoint]:
@@ -131,21 +147,13 @@ def _training(losses: list[float], rewards: Sequence[RewardPoint], sampler: str 
     return out
 
 
-def report_dict(
-    *,
-    job_id: str,
-    losses: list[float],
-    comparison: Comparison,
-    decision: Decision,
-    rewards: Sequence[RewardPoint] = (),
-    sampler: str | None = None,
-    selection: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    examples = comparison.examples
+def report_dict(report: Report) -> dict[str, Any]:
+    """report.json's content."""
+    comparison, decision, examples = report.comparison, report.decision, report.comparison.examples
     return _finite(
         {
-            **({"model_selection": dict(selection)} if selection is not None else {}),
-            "job_id": job_id,
+            **({"model_selection": dict(report.selection)} if report.selection is not None else {}),
+            "job_id": report.job_id,
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "decision": {"promote": decision.promote, "reasons": list(decision.reasons)},
             "metrics": {
@@ -153,7 +161,7 @@ def report_dict(
                 "baseline": asdict(comparison.baseline),
                 "delta": _deltas(comparison),
             },
-            "training": _training(losses, rewards, sampler),
+            "training": _training(report.losses, report.rewards, report.sampler),
             "examples_total": len(examples),
             "examples_changed": sum(e.candidate_output != e.baseline_output for e in examples),
             "examples": _pick_examples(examples),
@@ -314,14 +322,8 @@ def _plot_rewards(ax: Any, rewards: Sequence[RewardPoint]) -> None:
     ax.legend(handles, labels, frameon=False, fontsize=8, loc="upper left")
 
 
-def _plot(
-    path: Path,
-    job_id: str,
-    losses: list[float],
-    comparison: Comparison,
-    decision: Decision,
-    rewards: Sequence[RewardPoint] = (),
-) -> None:
+def _plot(path: Path, report: Report) -> None:
+    losses, comparison, decision, rewards = report.losses, report.comparison, report.decision, report.rewards
     panels: list[tuple[float, Any]] = [(1.35, lambda ax: _plot_losses(ax, losses))]
     if rewards:
         panels.append((1.35, lambda ax: _plot_rewards(ax, rewards)))
@@ -336,7 +338,7 @@ def _plot(
         draw(ax)
     verdict = "PROMOTE" if decision.promote else "HOLD"
     fig.suptitle(
-        f"{job_id} - {verdict}",
+        f"{report.job_id} - {verdict}",
         fontsize=13,
         fontweight="bold",
         color=PROMOTE_COLOR if decision.promote else HOLD_COLOR,
@@ -363,34 +365,12 @@ def _replace_into(path: Path, write: Any) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def write_report(
-    out_dir: Path,
-    *,
-    job_id: str,
-    losses: list[float],
-    comparison: Comparison,
-    decision: Decision,
-    rewards: Sequence[RewardPoint] = (),
-    sampler: str | None = None,
-    selection: Mapping[str, Any] | None = None,
-) -> tuple[Path, Path]:
-    """Write out_dir/report.json and out_dir/report.png (replacing earlier ones); `rewards`:
-    a reinforcement run's reward curve (reward_curve of its step events), `sampler` where it
-    sampled its answers (sampler_of them), `selection` a selection job's table of candidates
-    (trainer.selection; the metrics and examples are then the chosen candidate's)."""
+def write_report(out_dir: Path, report: Report) -> tuple[Path, Path]:
+    """Write out_dir/report.json and out_dir/report.png (replacing earlier ones)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, png_path = out_dir / "report.json", out_dir / "report.png"
-    data = report_dict(
-        job_id=job_id,
-        losses=losses,
-        comparison=comparison,
-        decision=decision,
-        rewards=rewards,
-        sampler=sampler,
-        selection=selection,
-    )
-    text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    text = json.dumps(report_dict(report), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
     _replace_into(json_path, lambda p: p.write_text(text, encoding="utf-8"))
-    _replace_into(png_path, lambda p: _plot(p, job_id, losses, comparison, decision, rewards))
+    _replace_into(png_path, lambda p: _plot(p, report))
     return json_path, png_path

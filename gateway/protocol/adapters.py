@@ -7,23 +7,16 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from gateway.protocol.wire import WireModel
+from adapters.promotion import VersionLineage
+from adapters.registry import VersionInfo
+from gateway.protocol.wire import WireModel, wire_model
+from trainer.merge import MergeInfo
 
-
-class AdapterVersionOut(WireModel):
-    id: str
-    version: int
-    digest: str
-    rank: int
-    alpha: float
-    target_modules: list[str]
-    size_bytes: int
-    state: str
-    source: str
-    active: bool
-    created_at: datetime
-    # "adapter" (a LoRA on the base model) or "model" (a full model on engines of its own).
-    kind: str = "adapter"
+# The vocabularies (state; kind: "adapter", a LoRA on the base model, or "model", a full model on
+# engines of its own) are plain strings on the wire.
+AdapterVersionOut = wire_model(
+    "AdapterVersionOut", VersionInfo, omit=("adapter_name", "base_model"), state=str, kind=(str, "adapter")
+)
 
 
 # model_validate(adapters.registry.AdapterInfo); no docstring: it would be the schema's description.
@@ -42,22 +35,9 @@ class CanaryStart(BaseModel):
     fraction: float = Field(gt=0, lt=1, description="Share of this name's requests sent to the canary.")
 
 
-# model_validate(adapters.promotion.VersionLineage)
-class VersionLineageOut(WireModel):
-    version: int
-    id: str
-    state: str
-    source: str
-    digest: str
-    job_id: str | None
-    dataset_id: str | None
-    parent_version_id: str | None
-    metrics: dict[str, Any] | None
-    created_at: datetime
-    promoted_at: datetime | None
-    promoted_by: str | None
-    serving: str | None
-    kind: str = "adapter"
+VersionLineageOut = wire_model(
+    "VersionLineageOut", VersionLineage, state=str, metrics=dict[str, Any] | None, kind=(str, "adapter")
+)
 
 
 BASE_MODEL_FIELD = "The base model (a name GET /v1/models lists) the adapter is for; default: the first one."
@@ -79,18 +59,12 @@ class MergeStart(BaseModel):
     activate: bool = Field(default=False, description="Serve the merged model as the name once it is registered.")
 
 
-# model_validate(trainer.merge.MergeInfo)
-class MergeOut(WireModel):
-    id: str
-    object: str = "adapter.merge"
-    adapter_name: str
-    source_version: int
-    activate: bool
-    # queued | running | succeeded | failed | cancelled
-    status: str
-    model: str | None = Field(description="The merged model, `name@vN`, once the merge succeeded.")
-    version: int | None = Field(description="The merged model's version number, once the merge succeeded.")
-    metrics: dict[str, Any] | None
-    error: dict[str, Any] | None
-    created_at: datetime
-    finished_at: datetime | None
+MergeOut = wire_model(
+    "MergeOut",
+    MergeInfo,
+    lead=("id",),
+    object=(str, "adapter.merge"),
+    status=str,  # queued | running | succeeded | failed | cancelled
+    model=(str | None, Field(description="The merged model, `name@vN`, once the merge succeeded.")),
+    version=(int | None, Field(description="The merged model's version number, once the merge succeeded.")),
+)

@@ -6,18 +6,15 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
-from gateway.protocol.wire import WireModel, attributes
-from gateway.tenants import NewKey
+from gateway.protocol.wire import WireModel, attributes, wire_model
+from gateway.tenants import KeyInfo, NewKey, TenantInfo
 
 
 class TenantCreate(BaseModel):
     name: str
 
 
-class TenantOut(WireModel):
-    id: str
-    name: str
-    created_at: datetime
+TenantOut = wire_model("TenantOut", TenantInfo)
 
 
 class KeyCreate(BaseModel):
@@ -25,14 +22,7 @@ class KeyCreate(BaseModel):
     expires_at: datetime | None = None
 
 
-class KeyOut(WireModel):
-    id: str
-    tenant_id: str
-    hint: str
-    name: str | None
-    created_at: datetime
-    expires_at: datetime | None
-    revoked_at: datetime | None
+KeyOut = wire_model("KeyOut", KeyInfo)
 
 
 class KeyCreated(KeyOut):

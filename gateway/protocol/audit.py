@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel
 
-from gateway.protocol.wire import WireModel
+from gateway.audit import Event
+from gateway.protocol.wire import wire_model
 
-
-# model_validate(gateway.audit.Event)
-class AuditEventOut(WireModel):
-    object: Literal["audit.event"] = "audit.event"
-    id: int
-    at: datetime
-    actor: str
-    tenant_id: str | None
-    action: str
-    target: str | None
-    before: dict[str, Any] | None
-    after: dict[str, Any] | None
+AuditEventOut = wire_model("AuditEventOut", Event, object=(Literal["audit.event"], "audit.event"))
 
 
 class AuditEventList(BaseModel):

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from gateway.protocol.wire import UnixTime, WireModel
+from gateway.protocol.wire import UnixTime, wire_model
+from trainer.feedback import FeedbackInfo
 
 
 class FeedbackCreate(BaseModel):
@@ -25,27 +26,19 @@ class FeedbackCreate(BaseModel):
     rejected: str | None = Field(None, description="The worse answer of an explicit pair (needs preferred).")
 
 
-# model_validate(trainer.feedback.FeedbackInfo)
-class FeedbackOut(WireModel):
-    id: str
-    object: Literal["feedback"] = "feedback"
-    interaction_id: str | None
-    adapter_version_id: str | None
-    model: str | None
-    rating: str | None
-    score: float | None
-    correction: str | None
-    preferred: str | None
-    rejected: str | None
-    messages: list[dict[str, str]] | None
-    source: str
-    created_at: UnixTime
+def _none_when_empty(value: Any) -> Any:
+    # Feedback without a conversation shows null, not an empty list.
+    return [dict(m) for m in value] if value else None
 
-    @field_validator("messages", mode="before")
-    @classmethod
-    def _none_when_empty(cls, value: Any) -> Any:
-        # Feedback without a conversation shows null, not an empty list.
-        return [dict(m) for m in value] if value else None
+
+FeedbackOut = wire_model(
+    "FeedbackOut",
+    FeedbackInfo,
+    lead=("id",),
+    object=(Literal["feedback"], "feedback"),
+    messages=Annotated[list[dict[str, str]] | None, BeforeValidator(_none_when_empty)],
+    created_at=UnixTime,
+)
 
 
 class FeedbackList(BaseModel):

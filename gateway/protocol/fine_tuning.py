@@ -12,7 +12,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SerializerFu
 
 from adapters import checkpoints
 from core.states import JobStatus
-from gateway.protocol.wire import UnixTime, WireModel, attributes, unix_seconds
+from gateway.protocol.wire import ListPage, UnixTime, WireModel, attributes, unix_seconds
 from trainer.distill import DistillSpec
 from trainer.job_records import CheckpointInfo, EvaluationInfo
 from trainer.jobs import JobInfo
@@ -200,10 +200,8 @@ class FineTuningJobOut(BaseModel):
         return out
 
 
-class FineTuningJobListOut(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[FineTuningJobOut]
-    has_more: bool
+class FineTuningJobListOut(ListPage[FineTuningJobOut]):
+    pass
 
 
 # model_validate(trainer.job_records.EventInfo)
@@ -217,10 +215,8 @@ class JobEventOut(WireModel):
     data: Annotated[dict[str, Any], BeforeValidator(_empty_when_none)]
 
 
-class JobEventListOut(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[JobEventOut]
-    has_more: bool
+class JobEventListOut(ListPage[JobEventOut]):
+    pass
 
 
 class CheckpointOut(BaseModel):

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.protocol.wire import WireModel
+from gateway.protocol.wire import wire_model
 from trainer import merge_policy, policy
+from trainer.feedback import FeedbackSignal
 
 
 class PolicyIn(BaseModel):
@@ -44,35 +44,13 @@ class PolicyIn(BaseModel):
     )
 
 
-# model_validate(trainer.policy.PolicyInfo)
-class PolicyOut(WireModel):
-    retrain: str
-    retrain_min_feedback: int
-    retrain_interval_hours: float
-    auto_promote: bool
-    canary_fraction: float
-    gates: dict[str, Any] | None
-    reward_grader: dict[str, Any] | None = None
-    merge_above_share: float | None = None
-    merge_min_requests: int
-    last_triggered_at: datetime | None
-
-
-# model_validate(trainer.feedback.FeedbackSignal)
-class SignalOut(WireModel):
-    judged: int
-    good: int
-    bad: int
-    corrections: int
-    share_good: float | None
-    correction_rate: float | None
-
-
-# model_validate(trainer.policy.DriftStatus)
-class DriftOut(WireModel):
-    adapter_name: str
-    version: int | None
-    promoted_level: SignalOut | None
-    recent: SignalOut | None
-    drifted: bool
-    reason: str
+# reward_grader and merge_above_share are optional in the response schema, as they have been since they were added.
+PolicyOut = wire_model(
+    "PolicyOut",
+    policy.PolicyInfo,
+    omit=("tenant_id",),
+    reward_grader=(dict[str, Any] | None, None),
+    merge_above_share=(float | None, None),
+)
+SignalOut = wire_model("SignalOut", FeedbackSignal)
+DriftOut = wire_model("DriftOut", policy.DriftStatus, promoted_level=SignalOut | None, recent=SignalOut | None)

@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 
 from adapters import promotion, registry
-from adapters.registry import ValidationLimits
+from adapters.registry import Lineage, ValidationLimits
 from adapters.store import AdapterStore
 from adapters.validation import BaseModelSpec
 from core.db import Database
 from core.errors import TailorError
+from core.states import VersionState
 from gateway import tenants
 from tests.adapters.test_validation import tiny_config, write_adapter
 from tests.dbutil import migrated, sqlite_url
@@ -61,23 +62,21 @@ def register(
 
 
 def add(env, name: str, r: int, *, activate: bool = True, tenant: str | None = None) -> registry.VersionInfo:
-    db, store, limits, acme, _other, tmp = env
+    tmp = env[-1]
     src = write_adapter(tmp / f"src-{name}-{r}-{activate}", r=r)
     if activate:
         return register(env, name, src, tenant=tenant)
-    return promotion.register_candidate(
-        db,
-        store,
-        limits,
-        tenant_id=tenant or acme,
-        name=name,
-        source_dir=src,
-        base_model_name=BASE,
-        job_id="ftjob-1",
-        dataset_id="ds-1",
-        metrics={"exact_match": 0.9},
-        parent_version_id=None,
-        actor="test",
+    # As the worker registers a trained version: a candidate, not served until promoted.
+    lineage = Lineage(job_id="ftjob-1", dataset_id="ds-1", metrics={"exact_match": 0.9})
+    return register(
+        env,
+        name,
+        src,
+        tenant=tenant,
+        source="training",
+        activate=False,
+        state=VersionState.CANDIDATE,
+        lineage=lineage,
     )
 
 

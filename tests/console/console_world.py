@@ -23,7 +23,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import update
 
 from adapters import promotion, registry
+from adapters.registry import Lineage
 from core.models import Feedback, Interaction
+from core.states import VersionState
 from gateway import tenants
 from gateway.console import mount_console
 from gateway.limits import TenantLimits
@@ -73,11 +75,18 @@ class World:
     beta_job: str  # beta: queued
 
     def register(self, tenant: TenantInfo, name: str, **lineage: Any) -> registry.VersionInfo:
-        """A new version of `name`: active at once, or a candidate when `lineage` is given."""
+        """A new version of `name`: active at once, or a trained candidate when `lineage` is given."""
         source = write_tiny_adapter(self.tmp / f"src-{name}-{next(_serial)}")
-        register = promotion.register_candidate if lineage else registry.register_dir
+        trained: dict[str, Any] = {}
+        if lineage:
+            trained = {
+                "source": "training",
+                "activate": False,
+                "state": VersionState.CANDIDATE,
+                "lineage": Lineage(**lineage),
+            }
         s = self.services
-        return register(
+        return registry.register_dir(
             s.db,
             s.store,
             s.limits,
@@ -85,8 +94,8 @@ class World:
             name=name,
             source_dir=source,
             base_model_name=BASE,
-            **lineage,
             actor="test",
+            **trained,
         )
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from tests.apputil import error
 from tests.gateway.fine_tuning_world import BASE, CHAT, PREF, Api, serve_api
+from tests.job_defaults import supervised_hyperparameters
 from trainer import jobs
 
 
@@ -50,23 +51,7 @@ def test_deprecated_hyperparameters_and_generated_name_and_seed(api: Api) -> Non
     assert job["hyperparameters"]["batch_size"] == 2
     assert job["method"] == {
         "type": "supervised",
-        "supervised": {
-            "hyperparameters": {
-                "batch_size": 2,
-                "n_epochs": "auto",
-                "learning_rate_multiplier": "auto",
-                "lora_rank": "auto",
-                "lora_alpha": "auto",
-                "max_steps": "auto",
-                "target_modules": "auto",
-                "max_seq_length": "auto",
-                "gradient_accumulation_steps": "auto",
-                "packing": "auto",
-                "early_stopping": "auto",
-                "quantization": "auto",
-                "finetuning_type": "auto",
-            }
-        },
+        "supervised": {"hyperparameters": supervised_hyperparameters(batch_size=2)},
     }
     assert job["metadata"]["tailor_adapter_name"] == "ft-" + job["id"].split("-", 1)[1][:8]
     assert isinstance(job["seed"], int)

@@ -56,6 +56,9 @@ class TailorServer:
 
 # What every integration gateway runs with: small engine caches, quick health checks, log
 # flushes and looks for queued work, so tests see their effects in well under a second.
+# Full-model versions on child engines of their own, one at a time; a request waits at most 3 s
+# for one that is starting, then gets 503 with Retry-After.
+ONE_DEDICATED_ENGINE = {"TAILOR_MAX_DEDICATED_ENGINES": "1", "TAILOR_COLD_START_WAIT_S": "3"}
 TEST_SETTINGS = {
     "TAILOR_MAX_RESIDENT_ADAPTERS": "2",
     "TAILOR_ENGINE_MAX_LORAS": "2",
@@ -76,11 +79,15 @@ TEST_SETTINGS = {
 
 
 @contextmanager
-def running_tailor(data_dir: Path, eval_engine: LiveEngine, **env_overrides: str) -> Iterator[TailorServer]:
+def running_tailor(
+    data_dir: Path, eval_engine: LiveEngine, *, serve_on_eval_engine: bool = False, **env_overrides: str
+) -> Iterator[TailorServer]:
     """`tailor serve` with its own data directory and child engine (unless TAILOR_ENGINE_URLS
-    names running ones), stopped on exit."""
+    names running ones, or `serve_on_eval_engine`: it serves on the session's engine, saving an
+    engine start), stopped on exit."""
     port, engine_port = free_port(), free_port()
     admin_key = "adm-" + secrets.token_urlsafe(16)
+    serving = {"TAILOR_ENGINE_URLS": eval_engine.url, "TAILOR_ENGINE_API_KEY": eval_engine.key}
     extra = {
         # A known port: tests read the child engine's own metrics.
         "TAILOR_ENGINE_PORT": str(engine_port),
@@ -88,6 +95,7 @@ def running_tailor(data_dir: Path, eval_engine: LiveEngine, **env_overrides: str
         # The trainer evaluates on the session's evaluation engine rather than starting one.
         "TAILOR_EVAL_ENGINE_URL": eval_engine.url,
         "TAILOR_EVAL_ENGINE_API_KEY": eval_engine.key,
+        **(serving if serve_on_eval_engine else {}),
         **env_overrides,
     }
     env = gateway_env(data_dir, port, admin_key, MODEL_DIR, env_extra=extra)

@@ -25,7 +25,14 @@ import pytest
 
 from adapters.derived_model import derive_model
 from tests.conftest import LiveEngine
-from tests.integration.conftest import MODEL_DIR, TailorServer, TenantKeys, make_tenant, running_tailor
+from tests.integration.conftest import (
+    MODEL_DIR,
+    ONE_DEDICATED_ENGINE,
+    TailorServer,
+    TenantKeys,
+    make_tenant,
+    running_tailor,
+)
 from tests.integration.traffic import MESSAGES, first_answer, traffic
 from tests.openai_schema import validate
 
@@ -46,11 +53,9 @@ def server(tmp_path_factory: pytest.TempPathFactory, eval_engine: LiveEngine) ->
     with running_tailor(
         tmp_path_factory.mktemp("tailor-dedicated"),
         eval_engine,
-        TAILOR_ENGINE_URLS=eval_engine.url,
-        TAILOR_ENGINE_API_KEY=eval_engine.key,
+        serve_on_eval_engine=True,
+        **ONE_DEDICATED_ENGINE,
         TAILOR_DEDICATED_IDLE_S=str(IDLE_S),
-        TAILOR_COLD_START_WAIT_S="3",
-        TAILOR_MAX_DEDICATED_ENGINES="1",
         TAILOR_RUN_TRAINER="false",
     ) as running:
         yield running

@@ -20,7 +20,7 @@ import pytest
 
 from adapters.derived_model import derive_model
 from core.config import Settings
-from tests.conftest import MODEL_DIR, LiveEngine
+from tests.conftest import MODEL_DIR, LiveEngine, live_engine
 from tests.integration.conftest import (
     BASE_MODEL,
     TailorServer,
@@ -31,7 +31,7 @@ from tests.integration.conftest import (
 )
 from tests.integration.test_fine_tuning_live import job_body, wait_for
 from tests.openai_schema import validate
-from trainer.compute.engine import EngineClient, OwnEngine
+from trainer.compute.engine import EngineClient
 
 pytestmark = pytest.mark.engine
 
@@ -59,13 +59,8 @@ def derived_engine(derived: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         engine_max_loras=2,
         max_resident_adapters=2,
     )
-    own = OwnEngine(settings)
-    client = own.start()
-    try:
-        yield LiveEngine(client, own.launch.url, own.key)
-    finally:
-        client.close()
-        own.stop()
+    with live_engine(settings) as engine:
+        yield engine
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,14 @@ import httpx
 import pytest
 
 from tests.conftest import LiveEngine
-from tests.integration.conftest import BASE_MODEL, TailorServer, fact_file, make_tenant, running_tailor
+from tests.integration.conftest import (
+    BASE_MODEL,
+    ONE_DEDICATED_ENGINE,
+    TailorServer,
+    fact_file,
+    make_tenant,
+    running_tailor,
+)
 from tests.integration.test_adapters_live import register_path
 from tests.integration.test_fine_tuning_live import job_body, wait_for
 from tests.integration.traffic import MESSAGES, first_answer
@@ -41,11 +48,9 @@ def server(tmp_path_factory: pytest.TempPathFactory, eval_engine: LiveEngine) ->
     with running_tailor(
         tmp_path_factory.mktemp("tailor-full"),
         eval_engine,
-        TAILOR_ENGINE_URLS=eval_engine.url,
-        TAILOR_ENGINE_API_KEY=eval_engine.key,
+        serve_on_eval_engine=True,
+        **ONE_DEDICATED_ENGINE,
         TAILOR_DEDICATED_IDLE_S="10",
-        TAILOR_COLD_START_WAIT_S="3",
-        TAILOR_MAX_DEDICATED_ENGINES="1",
     ) as running:
         yield running
 

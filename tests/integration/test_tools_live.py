@@ -232,8 +232,7 @@ def parser_server(tmp_path_factory: pytest.TempPathFactory, eval_engine: LiveEng
     with running_tailor(
         data_dir,
         eval_engine,
-        TAILOR_ENGINE_URLS=eval_engine.url,
-        TAILOR_ENGINE_API_KEY=eval_engine.key,
+        serve_on_eval_engine=True,
         TAILOR_ENGINE_TOOL_CALL_PARSER="hermes",
         TAILOR_RUN_TRAINER="false",
     ) as server:

@@ -15,6 +15,7 @@ from core.blobs import BlobStore
 from core.db import Database
 from core.errors import TailorError
 from core.quotas import Quotas
+from tests.job_defaults import supervised_hyperparameters
 from tests.trainer.job_world import add_tenant, queue_job, stale_after
 from trainer import files, job_queue, job_records, jobs
 from trainer.job_queue import JobLost
@@ -41,21 +42,7 @@ def test_create_fills_auto_and_names_the_adapter(db: Database, tenant: str) -> N
     assert job.status == "queued" and job.attempts == 0 and job.source == "api"
     assert job.id.startswith("ftjob-")
     assert job.adapter_name == "ft-" + job.id.split("-", 1)[1][:8]
-    assert job.hyperparameters == {
-        "n_epochs": 3,
-        "lora_rank": 4,
-        "batch_size": "auto",
-        "learning_rate_multiplier": "auto",
-        "lora_alpha": "auto",
-        "max_steps": "auto",
-        "target_modules": "auto",
-        "max_seq_length": "auto",
-        "gradient_accumulation_steps": "auto",
-        "packing": "auto",
-        "early_stopping": "auto",
-        "quantization": "auto",
-        "finetuning_type": "auto",
-    }
+    assert job.hyperparameters == supervised_hyperparameters(n_epochs=3, lora_rank=4)
     events, _ = job_records.list_events(db, tenant, job.id)
     assert [e.message for e in events] == [f"Created fine-tuning job: {job.id}"]
     assert events[0].type == "message"

@@ -7,13 +7,14 @@ from __future__ import annotations
 import json
 import math
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from trainer.evaluate import Comparison, ExampleResult, Metrics
 from trainer.gates import GateConfig, decide
-from trainer.report import MAX_EXAMPLES, RewardPoint, reward_curve, write_report
+from trainer.report import MAX_EXAMPLES, Report, RewardPoint, reward_curve, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -45,9 +46,7 @@ def test_report_json_and_png(tmp_path: Path) -> None:
     cmp = make_comparison(120, win=0.68)
     decision = decide(cmp, GateConfig())
     losses = [0.69 * math.exp(-i / 15) + 0.02 * math.sin(i) for i in range(60)]
-    json_path, png_path = write_report(
-        tmp_path / "job", job_id="ftjob-abc", losses=losses, comparison=cmp, decision=decision
-    )
+    json_path, png_path = write_report(tmp_path / "job", Report("ftjob-abc", losses, cmp, decision))
     assert (json_path.name, png_path.name) == ("report.json", "report.png")
     data = json.loads(json_path.read_text())
     assert data["job_id"] == "ftjob-abc"
@@ -70,7 +69,7 @@ def test_report_json_and_png(tmp_path: Path) -> None:
 def test_report_without_judge_losses_or_finite_perplexity(tmp_path: Path) -> None:
     cmp = make_comparison(3, win=None, ppl=math.inf)
     decision = decide(cmp, GateConfig())
-    json_path, png_path = write_report(tmp_path, job_id="ftjob-empty", losses=[], comparison=cmp, decision=decision)
+    json_path, png_path = write_report(tmp_path, Report("ftjob-empty", [], cmp, decision))
     text = json_path.read_text()
     assert "Infinity" not in text and "NaN" not in text  # strict JSON
     data = json.loads(text)
@@ -80,7 +79,7 @@ def test_report_without_judge_losses_or_finite_perplexity(tmp_path: Path) -> Non
     assert data["decision"]["promote"] is False
     assert png_path.read_bytes().startswith(PNG_MAGIC)
     # writing again replaces the files
-    write_report(tmp_path, job_id="ftjob-empty", losses=[1.0], comparison=cmp, decision=decision)
+    write_report(tmp_path, Report("ftjob-empty", [1.0], cmp, decision))
     assert json.loads(json_path.read_text())["training"]["steps"] == 1
 
 
@@ -104,8 +103,8 @@ def test_a_reinforcement_report_has_its_reward_curve(tmp_path: Path) -> None:
     )
     decision = decide(graded, GateConfig())
     rewards = [RewardPoint(s, min(1.0, 0.1 * s), 0.3, 0.002 * s) for s in range(1, 13)]
-    args = {"job_id": "ftjob-rft", "losses": [0.0] * 12, "comparison": graded, "decision": decision}
-    json_path, png_path = write_report(tmp_path / "rft", **args, rewards=rewards)
+    sft = Report("ftjob-rft", [0.0] * 12, graded, decision)
+    json_path, png_path = write_report(tmp_path / "rft", replace(sft, rewards=rewards))
     training = json.loads(json_path.read_text())["training"]
     assert [p["step"] for p in training["rewards"]] == list(range(1, 13))
     assert training["rewards"][2] == {"step": 3, "mean_reward": pytest.approx(0.3), "reward_std": 0.3, "kl": 0.006}
@@ -113,7 +112,7 @@ def test_a_reinforcement_report_has_its_reward_curve(tmp_path: Path) -> None:
     with_curve = png_path.read_bytes()
     assert with_curve.startswith(PNG_MAGIC)
     # Without rewards (every other method) the report is as before: no reward keys, one panel fewer.
-    json_path, png_path = write_report(tmp_path / "sft", **args)
+    json_path, png_path = write_report(tmp_path / "sft", sft)
     assert "rewards" not in json.loads(json_path.read_text())["training"]
     assert _png_width(png_path.read_bytes()) < _png_width(with_curve)
 

@@ -24,7 +24,7 @@ from trainer.datasets import Snapshot
 from trainer.evaluate import Comparison, Metrics, Served
 from trainer.gates import Decision, GateConfig
 from trainer.jobs import JobInfo, cancel_job, pause_job
-from trainer.report import report_dict
+from trainer.report import Report, report_dict
 from trainer.selection import CandidateFigures, check_candidates, choose, cost_per_1k, figures
 from trainer.worker import selecting
 from trainer.worker.job_run import JobRun
@@ -159,10 +159,7 @@ def test_figures_and_the_reports_table(settings: Settings) -> None:
     choice = choose([small, remote], gates)
     table = [r.row(i == choice.winner) for i, r in enumerate([small, remote])]
     selection = {"chosen": "small", "reason": choice.reason, "candidates": table}
-    report = report_dict(
-        job_id="ftjob-1", losses=[1.0], comparison=_comparison(0.5, None), decision=Decision(True, ["ok"]),
-        selection=selection,
-    )  # fmt: skip
+    report = report_dict(Report("ftjob-1", [1.0], _comparison(0.5, None), Decision(True, ["ok"]), selection=selection))
     json.dumps(report, allow_nan=False)  # strict JSON
     assert report["model_selection"]["candidates"] == [
         {
@@ -189,7 +186,7 @@ def test_figures_and_the_reports_table(settings: Settings) -> None:
         },
     ]
     # A job without candidates has no such table.
-    plain = report_dict(job_id="j", losses=[], comparison=_comparison(0.5, None), decision=Decision(True, []))
+    plain = report_dict(Report("j", [], _comparison(0.5, None), Decision(True, [])))
     assert "model_selection" not in plain
 
 

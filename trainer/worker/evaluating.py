@@ -22,7 +22,7 @@ from trainer.datasets import Snapshot
 from trainer.evaluate import Comparison, EvalExample, JudgeConfig
 from trainer.gates import Decision
 from trainer.jobs import JobInfo
-from trainer.report import reward_curve, sampler_of, write_report
+from trainer.report import Report, reward_curve, sampler_of, write_report
 from trainer.rewards import reward_for
 from trainer.worker.grading import grading
 
@@ -155,16 +155,16 @@ def store_report(
     steps = job_records.step_data(w.db, job.id)
     rewards = reward_curve(steps)  # a reinforcement run's; none for the others
     with tempfile.TemporaryDirectory(prefix="tailor-report-") as tmp:
-        json_path, png_path = write_report(
-            Path(tmp),
-            job_id=job.id,
-            losses=list(result.losses),
-            comparison=comparison,
-            decision=decision,
+        report = Report(
+            job.id,
+            list(result.losses),
+            comparison,
+            decision,
             rewards=rewards,
             sampler=sampler_of(steps),
             selection=selection,
         )
+        json_path, png_path = write_report(Path(tmp), report)
         w.blobs.put_bytes(f"{prefix}/loss.png", Path(png_path).read_bytes())
         # The JSON last: its presence says the report is complete.
         w.blobs.put_bytes(f"{prefix}/report.json", Path(json_path).read_bytes())

@@ -15,7 +15,7 @@ import uuid
 from typing import Any
 
 from adapters import promotion, registry
-from adapters.registry import ValidationLimits, VersionInfo
+from adapters.registry import Lineage, ValidationLimits, VersionInfo
 from adapters.store import AdapterStore
 from core import audit
 from core.base_models import BaseModelConfig, warn_of_serving_eval_engines
@@ -25,7 +25,7 @@ from core.db import Database
 from core.errors import TailorError
 from core.models import Job
 from core.quotas import Quotas
-from core.states import JobStatus
+from core.states import JobStatus, VersionState
 from trainer import datasets, hyperparameters, job_base, job_queue, job_records, jobs, merge_policy, policy, selection
 from trainer.compute.engine import WorkerEngines
 from trainer.compute.placement import Placement, choose
@@ -269,8 +269,15 @@ class Worker:
 
         # Lineage: the version it was trained from, else the one it is meant to replace.
         parent = start or baseline
+        lineage = Lineage(
+            job_id=job.id,
+            dataset_id=snapshot.id,
+            parent_version_id=parent.id if parent else None,
+            metrics={**train_metrics, **eval_metrics},
+        )
         with self.tracing.stage("register"):
-            run.version = version = promotion.register_candidate(
+            # A candidate: callable as `name@vN`, served as `name` only once promoted.
+            run.version = version = registry.register_dir(
                 self.db,
                 self.store,
                 self.limits_for(base),
@@ -279,10 +286,10 @@ class Worker:
                 source_dir=result.out_dir,
                 base_model_name=base.name,
                 actor=audit.actor_for_job(job.id),
-                job_id=job.id,
-                dataset_id=snapshot.id,
-                metrics={**train_metrics, **eval_metrics},
-                parent_version_id=parent.id if parent else None,
+                source="training",
+                activate=False,
+                state=VersionState.CANDIDATE,
+                lineage=lineage,
             )
         self.event(
             job,

@@ -25,7 +25,7 @@ def usage_cmd(
     """Requests, tokens, latency, errors and cost per tenant, adapter version, day and tier (interactive or batch)."""
     from datetime import date
 
-    from gateway import tenants, usage
+    from gateway import prices, tenants, usage
 
     settings = Settings()
     db = open_db()
@@ -40,7 +40,7 @@ def usage_cmd(
             since=first,
             until=last,
             group_by=usage.parse_group_by(group_by),
-            prices=usage.prices_from_settings(settings),
+            prices=prices.prices_from_settings(settings),
         )
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)

@@ -24,6 +24,7 @@ from core.models import Feedback, Interaction
 from core.states import JobStatus, VersionState
 from gateway import limits, tenants, usage
 from gateway.limits import TenantLimits
+from gateway.prices import PriceBook, prices_from_settings
 from gateway.routes.fine_tuning import report_bytes
 from gateway.services import Services
 from gateway.tenants import KeyInfo, TenantInfo
@@ -47,8 +48,8 @@ def today() -> date:
     return datetime.now(timezone.utc).date()
 
 
-def _prices(services: Services) -> usage.PriceBook:
-    return usage.prices_from_settings(services.settings)
+def _prices(services: Services) -> PriceBook:
+    return prices_from_settings(services.settings)
 
 
 # --- overview and tenants ----------------------------------------------------------------

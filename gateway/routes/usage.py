@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from starlette.responses import Response
 
 from core.errors import bad_request
-from gateway import tenants, usage
+from gateway import prices, tenants, usage
 from gateway.deps import AdminDep, CallerDep, ServicesDep
 from gateway.protocol.exports import CSV_RESPONSES, FORMAT_QUERY, Format
 from gateway.protocol.usage import UsageList, VersionStatsList
@@ -48,7 +48,7 @@ def report(
         since=since,
         until=until,
         group_by=groups,
-        prices=usage.prices_from_settings(services.settings),
+        prices=prices.prices_from_settings(services.settings),
     )
     if fmt == "csv":
         return Response(

@@ -23,6 +23,7 @@ from core.db import Database
 from core.errors import TailorError
 from core.ids import new_id
 from core.models import Feedback
+from gateway import prices
 from gateway import usage as u
 from gateway.tenants import create_tenant
 from tests.adapters.test_validation import tiny_config, write_adapter
@@ -175,8 +176,8 @@ def world(db: Database, tmp_path: Path) -> World:
     return build(db, tmp_path)
 
 
-PRICES = u.PriceBook(
-    prices=u.parse_prices(
+PRICES = prices.PriceBook(
+    prices=prices.parse_prices(
         {
             BASE: {"prompt": 0.1, "completion": 0.2},
             "adapter": {"prompt": 0.5, "completion": 1.0},
@@ -290,36 +291,36 @@ def test_all_tenants_when_tenant_id_is_none(world: World) -> None:
 
 
 def test_prices_fallbacks_and_validation() -> None:
-    book = u.PriceBook(prices=u.parse_prices({BASE: {"prompt": 0.1, "completion": 0.2}}), base_model=BASE)
-    assert book.price("acme", BASE, None) == u.Price(0.1, 0.2)
+    book = prices.PriceBook(prices=prices.parse_prices({BASE: {"prompt": 0.1, "completion": 0.2}}), base_model=BASE)
+    assert book.price("acme", BASE, None) == prices.Price(0.1, 0.2)
     # No "adapter" price: adapters cost what the base model they run on costs.
-    assert book.price("acme", "support", "support") == u.Price(0.1, 0.2)
-    assert book.price("acme", "unknown-model", None) == u.FREE
-    assert u.PriceBook().price("acme", BASE, None).cost(1000, 1000) == 0.0
-    assert u.parse_prices({"m": {"prompt": 1}}) == {"m": u.Price(1.0, 0.0)}
+    assert book.price("acme", "support", "support") == prices.Price(0.1, 0.2)
+    assert book.price("acme", "unknown-model", None) == prices.FREE
+    assert prices.PriceBook().price("acme", BASE, None).cost(1000, 1000) == 0.0
+    assert prices.parse_prices({"m": {"prompt": 1}}) == {"m": prices.Price(1.0, 0.0)}
     with pytest.raises(ValueError, match="promt"):
-        u.parse_prices({"m": {"promt": 1}})
+        prices.parse_prices({"m": {"promt": 1}})
     with pytest.raises(ValueError, match=">= 0"):
-        u.parse_prices({"m": {"prompt": -1}})
+        prices.parse_prices({"m": {"prompt": -1}})
 
 
 def test_prices_from_settings(tmp_path: Path) -> None:
     s = Settings(data_dir=tmp_path, prices={"adapter": {"prompt": 0.12, "completion": 0.24}})
-    book = u.prices_from_settings(s)
+    book = prices.prices_from_settings(s)
     assert book.base_model == s.base_model_name
-    assert book.price("t", "a", "a") == u.Price(0.12, 0.24)
+    assert book.price("t", "a", "a") == prices.Price(0.12, 0.24)
     assert book.batch_factor == 0.5  # OpenAI's batch discount, by default
     assert book.cost("t", "a", "a", "batch", 1000, 1000) == pytest.approx(0.18)
     assert book.cost("t", "a", "a", "interactive", 1000, 1000) == pytest.approx(0.36)
-    assert u.prices_from_settings(Settings(data_dir=tmp_path, batch_price_factor=1)).batch_factor == 1.0
-    assert u.prices_from_settings(Settings(data_dir=tmp_path)).prices == {}  # nothing configured: free
+    assert prices.prices_from_settings(Settings(data_dir=tmp_path, batch_price_factor=1)).batch_factor == 1.0
+    assert prices.prices_from_settings(Settings(data_dir=tmp_path)).prices == {}  # nothing configured: free
     for bad in (-0.1, float("inf"), float("nan")):
         with pytest.raises(ValueError, match="batch_price_factor"):
             Settings(data_dir=tmp_path, batch_price_factor=bad)
 
 
 def test_batch_requests_are_their_own_tier_at_the_batch_price(world: World) -> None:
-    half = u.PriceBook(prices=PRICES.prices, base_model=BASE, batch_factor=0.5)
+    half = prices.PriceBook(prices=PRICES.prices, base_model=BASE, batch_factor=0.5)
     for ms in (900, 1100):  # slower, as batch requests yield to interactive ones
         add(world.db, world.acme, at(D1, 14), prompt=1000, completion=500, latency=ms, batch_id="batch_1")
     add(world.db, world.acme, at(D1, 14), status=429, prompt=None, completion=None, latency=1, batch_id="batch_1")
@@ -368,10 +369,10 @@ def test_an_adapter_pays_the_price_of_the_base_its_version_was_registered_for(wo
     add(world.db, world.acme, at(D3), model="support@v1", version_id=world.v1, prompt=1000, completion=1000)
     entries = {BASE: {"path": str(tmp_path / "big")}, "small": {"path": str(base_dir)}}
     settings = Settings(data_dir=tmp_path, base_models=entries, prices={BASE: {"prompt": 1}, "small": {"prompt": 0.1}})
-    rows = u.usage(world.db, tenant_id=world.acme, since=D3, until=D3, prices=u.prices_from_settings(settings))
+    rows = u.usage(world.db, tenant_id=world.acme, since=D3, until=D3, prices=prices.prices_from_settings(settings))
     assert {r.model: r.cost for r in rows} == {"lite": pytest.approx(0.1), "support@v1": pytest.approx(1.0)}
     # A version recording a base no longer configured pays the default base's price.
-    assert u.prices_from_settings(settings).price(world.acme, "old", "old", "gone") == u.Price(1.0, 0.0)
+    assert prices.prices_from_settings(settings).price(world.acme, "old", "old", "gone") == prices.Price(1.0, 0.0)
 
 
 def _refused(call, param: str) -> TailorError:  # type: ignore[no-untyped-def]

@@ -337,21 +337,35 @@ def run_task(spec: TaskSpec, work: Path, *, n_heldout: int, fixed_epochs: int, s
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="two small tasks: checks the wiring, not the defaults")
+def task_parser(doc: str | None, quick: str) -> argparse.ArgumentParser:
+    """A task benchmark's command line: --quick (`quick` says what it runs), --tasks, --heldout."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help=f"{quick}: checks the wiring, not the defaults")
     parser.add_argument("--tasks", default="", help="comma-separated task indices of the full table (default: all)")
     parser.add_argument("--heldout", type=int, default=40, help="held-out examples per task")
+    return parser
+
+
+def chosen_tasks(
+    args: argparse.Namespace, tasks: Sequence[TaskSpec], quick: Sequence[TaskSpec]
+) -> tuple[Sequence[TaskSpec], int]:
+    """The tasks the command line picks, and the held-out examples per task; () when the model is missing."""
+    if not (MODEL_DIR / "config.json").exists():
+        print(f"the base model is not prepared at {MODEL_DIR} (run `make model`)")
+        return (), 0
+    if args.tasks:
+        return [tasks[int(i)] for i in args.tasks.split(",")], args.heldout
+    return (quick, 8) if args.quick else (tasks, args.heldout)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = task_parser(__doc__, "two small tasks")
     parser.add_argument("--fixed-epochs", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    if not (MODEL_DIR / "config.json").exists():
-        print(f"the base model is not prepared at {MODEL_DIR} (run `make model`)")
+    tasks, heldout = chosen_tasks(args, TASKS, QUICK_TASKS)
+    if not tasks:
         return 1
-    tasks: Sequence[TaskSpec] = QUICK_TASKS if args.quick else TASKS
-    if args.tasks:
-        tasks = [TASKS[int(i)] for i in args.tasks.split(",")]
-    heldout = 8 if args.quick else args.heldout
     print(HEADER, flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-auto-") as tmp:
         for spec in tasks:

@@ -45,19 +45,14 @@ AUTO = "auto"
 @dataclass(frozen=True)
 class Row:
     task: str
-    learning_rate: float
     length: str  # "auto" or "N ep"
-    budget_steps: int
-    steps: int
-    stop_reason: str
-    seconds: float
-    final_loss: float
-    exact_match: float
+    run: bench_auto.Scored
 
     def line(self) -> str:
+        hp, r = self.run.hp, self.run.result
         return (
-            f"| {self.task} | {self.learning_rate:.0e} | {self.length} | {self.steps}/{self.budget_steps} | "
-            f"{self.stop_reason} | {self.seconds:.0f} | {self.final_loss:.3f} | {self.exact_match:.2f} |"
+            f"| {self.task} | {hp.learning_rate:.0e} | {self.length} | {r.steps}/{hp.budget_steps} | "
+            f"{r.stop_reason} | {self.run.seconds:.0f} | {r.final_loss:.3f} | {self.run.exact_match:.2f} |"
         )
 
 
@@ -86,21 +81,7 @@ def run_task(
             hp = hps.resolve("distillation", student_knobs(multiplier, length), len(rows), student=True)
             where = bench_auto.run_dir(work, spec.name, f"{multiplier:g}x", length)
             run = bench_auto.train_and_score(where, rows, heldout, hp, spec, seed=seed, model_dir=student)
-            r = run.result
-            label = AUTO if length == AUTO else f"{length} ep"
-            out.append(
-                Row(
-                    spec.name,
-                    hp.learning_rate,
-                    label,
-                    hp.budget_steps,
-                    r.steps,
-                    r.stop_reason,
-                    run.seconds,
-                    r.final_loss,
-                    run.exact_match,
-                )
-            )
+            out.append(Row(spec.name, AUTO if length == AUTO else f"{length} ep", run))
             print(out[-1].line(), flush=True)
     return out
 
@@ -125,9 +106,7 @@ def parse_multipliers(raw: str) -> list[float]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="one small task: checks the wiring, not the defaults")
-    parser.add_argument("--tasks", default="", help="comma-separated task indices of the full table (default: all)")
+    parser = bench_auto.task_parser(__doc__, "one small task")
     parser.add_argument("--layers", default="every-other", help="the student's layers (adapters.layer_selection)")
     parser.add_argument(
         "--lr-multipliers",
@@ -138,18 +117,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--lengths", type=parse_lengths, default=[AUTO], help='"auto" and/or epoch counts (default: auto)'
     )
-    parser.add_argument("--heldout", type=int, default=40, help="held-out examples per task")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    if not (MODEL_DIR / "config.json").exists():
-        print(f"the base model is not prepared at {MODEL_DIR} (run `make model`)")
+    tasks, heldout = bench_auto.chosen_tasks(args, TASKS, QUICK_TASKS)
+    if not tasks:
         return 1
     from adapters.derived_model import derive_model
 
-    tasks: Sequence[TaskSpec] = QUICK_TASKS if args.quick else TASKS
-    if args.tasks:
-        tasks = [TASKS[int(i)] for i in args.tasks.split(",")]
-    heldout = 8 if args.quick else args.heldout
     with tempfile.TemporaryDirectory(prefix="bench-student-") as tmp:
         derived = derive_model(MODEL_DIR, Path(tmp) / "student", args.layers)
         print(f"Student: {len(derived.kept)} of {derived.source_layers} layers of {MODEL_DIR.name}\n", flush=True)

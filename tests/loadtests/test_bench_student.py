@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from types import SimpleNamespace
 
 import pytest
 
 from loadtests import bench_student
+from loadtests.bench_auto import Scored
 from trainer import hyperparameters as hps
 
 
@@ -35,6 +37,11 @@ def test_lengths_and_multipliers_are_checked() -> None:
 
 
 def test_table_line() -> None:
-    line = bench_student.Row("t", 1e-4, "auto", 160, 60, "no_improvement", 12.3, 0.01234, 0.375).line()
-    assert line == "| t | 1e-04 | auto | 60/160 | no_improvement | 12 | 0.012 | 0.38 |"
+    hp = hps.resolve("distillation", bench_student.student_knobs(1.0, "auto"), 40, student=True)
+    result = SimpleNamespace(steps=60, stop_reason="no_improvement", final_loss=0.01234)
+    line = bench_student.Row("t", "auto", Scored(hp, result, 8, 12.3, 0.375)).line()
+    assert (
+        line
+        == f"| t | {hps.STUDENT_LEARNING_RATE:.0e} | auto | 60/{hp.budget_steps} | no_improvement | 12 | 0.012 | 0.38 |"
+    )
     assert line.count("|") == bench_student.HEADER.splitlines()[0].count("|")

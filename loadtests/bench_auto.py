@@ -128,6 +128,21 @@ def reservation_examples(rng: random.Random) -> Callable[[], Example]:
     return draw
 
 
+def order_examples(rng: random.Random) -> Callable[[], Example]:
+    """Draws support tickets that mention an order number (loadtests.bench_distillation's
+    workload); the answer is the number alone, the prompt the bare ticket."""
+    from loadtests.bench_distillation import order_ticket
+    from loadtests.ticket_routing import tickets
+
+    texts = [t.text for t in tickets(per_queue=25, seed=rng.randrange(2**31))]
+
+    def draw() -> Example:
+        ticket = order_ticket(rng.choice(texts), rng)
+        return Example([{"role": "user", "content": ticket.text}], ticket.order)
+
+    return draw
+
+
 def distinct(draw: Callable[[], Example], n: int) -> list[Example]:
     """n examples with pairwise different prompts (a held-out prompt never repeats a training one)."""
     seen: set[str] = set()
@@ -144,16 +159,25 @@ def distinct(draw: Callable[[], Example], n: int) -> list[Example]:
 @dataclass(frozen=True)
 class TaskSpec:
     name: str
-    kind: str  # "routing" or "reservation"
+    kind: str  # "routing", "reservation" or "order"
     n_train: int
     n_labels: int = 0  # routing only
 
     def generate(self, n_heldout: int, seed: int = 0) -> tuple[list[Example], list[Example]]:
         """(training examples, held-out examples), disjoint prompts, the same for the same seed."""
         rng = random.Random(f"{self.name}-{seed}")
-        draw = routing_examples(self.n_labels, rng) if self.kind == "routing" else reservation_examples(rng)
-        examples = distinct(draw, self.n_train + n_heldout)
+        examples = distinct(self._draws(rng), self.n_train + n_heldout)
         return examples[: self.n_train], examples[self.n_train :]
+
+    def _draws(self, rng: random.Random) -> Callable[[], Example]:
+        if self.kind == "routing":
+            return routing_examples(self.n_labels, rng)
+        return order_examples(rng) if self.kind == "order" else reservation_examples(rng)
+
+    @property
+    def max_new_tokens(self) -> int:
+        """Enough tokens for the longest right answer (a code, a number, or a booking sentence)."""
+        return 32 if self.kind == "reservation" else 8
 
 
 TASKS = (
@@ -198,8 +222,15 @@ HEADER = (
 )
 
 
-def train(work: Path, rows: list[dict[str, Any]], hp: hps.Resolved, validation: list[dict[str, Any]]) -> Any:
-    """One training run the way the worker launches it (one CPU process)."""
+def train(
+    work: Path,
+    rows: list[dict[str, Any]],
+    hp: hps.Resolved,
+    validation: list[dict[str, Any]],
+    model_dir: Path = MODEL_DIR,
+) -> Any:
+    """One training run of `model_dir` the way the worker launches it (one CPU process): an
+    adapter, or with hp.full_parameters the whole model."""
     from trainer.compute.launch import run_training
     from trainer.compute.placement import parse_devices
     from trainer.compute.recipe import knobs
@@ -208,7 +239,7 @@ def train(work: Path, rows: list[dict[str, Any]], hp: hps.Resolved, validation: 
     recipe = recipe_in(
         work,
         "sft",
-        MODEL_DIR,
+        model_dir,
         write_rows(work / "train.jsonl", rows),
         eval_data_path=str(write_rows(work / "validation.jsonl", validation)) if validation else None,
         **{**knobs(hp), "max_seq_length": 512},
@@ -216,17 +247,27 @@ def train(work: Path, rows: list[dict[str, Any]], hp: hps.Resolved, validation: 
     return run_training(recipe, parse_devices("cpu", visible_gpus=0, bf16=False), work / "launch")
 
 
-def held_out_exact_match(adapter: Path, examples: Sequence[Example], max_new_tokens: int) -> float:
-    """Share of held-out examples whose greedy answer matches the reference (SQuAD normalisation)."""
+def load_trained(trained: Path) -> Any:
+    """What a run saved, ready to generate: an adapter on the base model, or a whole model."""
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
+
+    if not (trained / "adapter_config.json").exists():
+        return AutoModelForCausalLM.from_pretrained(trained, dtype=torch.float32).eval()
+    base = AutoModelForCausalLM.from_pretrained(MODEL_DIR, dtype=torch.float32)
+    return PeftModel.from_pretrained(base, trained).eval()
+
+
+def held_out_exact_match(trained: Path, examples: Sequence[Example], max_new_tokens: int) -> float:
+    """Share of held-out examples whose greedy answer matches the reference (SQuAD normalisation)."""
+    import torch
+    from transformers import AutoTokenizer
 
     from trainer.evaluate import exact_match
 
     tok = AutoTokenizer.from_pretrained(MODEL_DIR, padding_side="left")
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(MODEL_DIR, dtype=torch.float32), adapter)
-    model.eval()
+    model = load_trained(trained)
     texts = [tok.apply_chat_template(e.prompt, add_generation_prompt=True, tokenize=False) for e in examples]
     hits = 0.0
     for start in range(0, len(texts), 16):
@@ -238,11 +279,38 @@ def held_out_exact_match(adapter: Path, examples: Sequence[Example], max_new_tok
     return hits / len(examples)
 
 
+@dataclass
+class Scored:
+    hp: hps.Resolved
+    result: Any  # trainer.compute.recipe.TrainResult
+    validation: int  # rows held back from training
+    seconds: float  # training only
+    exact_match: float  # on the held-out examples
+
+
+def train_and_score(
+    work: Path, rows: list[dict[str, Any]], heldout: Sequence[Example], hp: hps.Resolved, spec: TaskSpec, *,
+    seed: int, model_dir: Path = MODEL_DIR,
+) -> Scored:  # fmt: skip
+    """One run on `rows` as the worker makes it ("auto": a validation slice off the training
+    rows), its result scored on the held-out examples."""
+    train_rows, validation = early_stopping.split_validation(rows, hp.validation_examples, seed)
+    started = time.monotonic()
+    result = train(work, train_rows, hp, validation, model_dir)
+    seconds = time.monotonic() - started
+    score = held_out_exact_match(result.out_dir, heldout, spec.max_new_tokens)
+    return Scored(hp, result, len(validation), seconds, score)
+
+
+def run_dir(work: Path, *parts: str) -> Path:
+    """A run's own work directory, named after its task and variant."""
+    return work / "-".join(parts).replace(" ", "_").replace(",", "")
+
+
 def run_task(spec: TaskSpec, work: Path, *, n_heldout: int, fixed_epochs: int, seed: int) -> list[Outcome]:
     """The task trained with "auto" and with fixed epochs, each scored on the same held-out examples."""
     examples, heldout = spec.generate(n_heldout, seed)
     rows = [e.row() for e in examples]
-    max_new = 8 if spec.kind == "routing" else 32
     variants: list[tuple[str, dict[str, Any]]] = [
         ("auto", {}),
         (f"fixed {fixed_epochs} ep", {"n_epochs": fixed_epochs}),
@@ -250,43 +318,54 @@ def run_task(spec: TaskSpec, work: Path, *, n_heldout: int, fixed_epochs: int, s
     out = []
     for name, knobs in variants:
         hp = hps.resolve("supervised", knobs, len(rows))
-        train_rows, validation = early_stopping.split_validation(rows, hp.validation_examples, seed)
-        started = time.monotonic()
-        result = train(work / f"{spec.name}-{name}".replace(" ", "_").replace(",", ""), train_rows, hp, validation)
-        seconds = time.monotonic() - started
-        score = held_out_exact_match(result.out_dir, heldout, max_new)
+        run = train_and_score(run_dir(work, spec.name, name), rows, heldout, hp, spec, seed=seed)
+        r = run.result
         out.append(
             Outcome(
                 spec.name,
                 name,
                 hp.budget_steps,
-                result.steps,
-                result.best_step,
-                result.stop_reason,
-                len(validation),
-                seconds,
-                score,
-            )  # fmt: skip
+                r.steps,
+                r.best_step,
+                r.stop_reason,
+                run.validation,
+                run.seconds,
+                run.exact_match,
+            )
         )
         print(out[-1].line(), flush=True)
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="two small tasks: checks the wiring, not the defaults")
+def task_parser(doc: str | None, quick: str) -> argparse.ArgumentParser:
+    """A task benchmark's command line: --quick (`quick` says what it runs), --tasks, --heldout."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help=f"{quick}: checks the wiring, not the defaults")
     parser.add_argument("--tasks", default="", help="comma-separated task indices of the full table (default: all)")
     parser.add_argument("--heldout", type=int, default=40, help="held-out examples per task")
+    return parser
+
+
+def chosen_tasks(
+    args: argparse.Namespace, tasks: Sequence[TaskSpec], quick: Sequence[TaskSpec]
+) -> tuple[Sequence[TaskSpec], int]:
+    """The tasks the command line picks, and the held-out examples per task; () when the model is missing."""
+    if not (MODEL_DIR / "config.json").exists():
+        print(f"the base model is not prepared at {MODEL_DIR} (run `make model`)")
+        return (), 0
+    if args.tasks:
+        return [tasks[int(i)] for i in args.tasks.split(",")], args.heldout
+    return (quick, 8) if args.quick else (tasks, args.heldout)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = task_parser(__doc__, "two small tasks")
     parser.add_argument("--fixed-epochs", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    if not (MODEL_DIR / "config.json").exists():
-        print(f"the base model is not prepared at {MODEL_DIR} (run `make model`)")
+    tasks, heldout = chosen_tasks(args, TASKS, QUICK_TASKS)
+    if not tasks:
         return 1
-    tasks: Sequence[TaskSpec] = QUICK_TASKS if args.quick else TASKS
-    if args.tasks:
-        tasks = [TASKS[int(i)] for i in args.tasks.split(",")]
-    heldout = 8 if args.quick else args.heldout
     print(HEADER, flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-auto-") as tmp:
         for spec in tasks:

@@ -22,7 +22,10 @@ drift on a noisy machine hits all alike:
   C  model=parser-lite@vN, the merged copy, with the bare ticket
   D  model=parser-small, the same context distilled into a student keeping every other layer
      of the base (method.distillation.student, a whole model on an engine of its own;
-     loadtests.student_arm), with the bare ticket; `--no-student` leaves it out
+     loadtests.student_arm), with the bare ticket; `--no-student` leaves it out. Its job
+     trains with the student's own "auto" hyperparameters (trainer.hyperparameters'
+     STUDENT_LEARNING_RATE and auto length), not the adapter's `--epochs`/`--lr-multiplier`,
+     unless `--student-epochs`/`--student-lr-multiplier` are given
 
 and the table reports per arm: prompt and completion tokens per request and cost per 1K
 requests (from Tailor's metering, GET /v1/usage, priced by TAILOR_PRICES: the same price
@@ -96,15 +99,18 @@ class Workload:
         return [{"role": "system", "content": ctx["system"]}, *ctx["examples"], {"role": "user", "content": text}]
 
 
+def order_ticket(text: str, rng: random.Random) -> Ticket:
+    """`text` mentioning a random five-digit order number in one of the FORMS."""
+    form = rng.choice(FORMS)  # drawn before the number: the workload stays what it was
+    n = rng.randint(10000, 99999)
+    return Ticket(form.format(t=text, n=n), str(n))
+
+
 def workload(shots: int, heldout: int, passes: int = 3, seed: int = 3) -> Workload:
     """Support tickets (loadtests.ticket_routing's, `passes` times over) that each mention a
     random order number in one of several ways: every input is distinct."""
     rng = random.Random(seed)
-    all_tickets = [
-        Ticket(rng.choice(FORMS).format(t=t.text, n=(n := rng.randint(10000, 99999))), str(n))
-        for p in range(passes)
-        for t in tickets(per_queue=25, seed=1 + p)
-    ]
+    all_tickets = [order_ticket(t.text, rng) for p in range(passes) for t in tickets(per_queue=25, seed=1 + p)]
     return Workload(
         shots=all_tickets[:shots],
         heldout=all_tickets[shots : shots + heldout],
@@ -248,7 +254,8 @@ def run(server: LocalTailor, args: argparse.Namespace) -> str:
     student = None
     if args.student:
         started = time.monotonic()
-        student = wait_for_job(c, student_arm.create_job(c, train_file.id, val_file.id, w.context(), hp))
+        student_hp = student_arm.hyperparameters(args.student_epochs, args.student_lr_multiplier)
+        student = wait_for_job(c, student_arm.create_job(c, train_file.id, val_file.id, w.context(), student_hp))
         progress(f"student job {student.id}: {student.status} in {(time.monotonic() - started) / 60:.1f} min")
         if student.status != JobStatus.SUCCEEDED:
             raise SystemExit(f"student job {student.id} {student.status}: {student.error}")
@@ -344,6 +351,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--passes", type=int, default=3, help="passes over the ticket generator (training inputs)")
     parser.add_argument("--epochs", type=int, default=3, help="n_epochs of the distillation job")
     parser.add_argument("--lr-multiplier", type=float, default=1.5, help="learning_rate_multiplier of the job")
+    parser.add_argument(
+        "--student-epochs", type=int, default=None, help="n_epochs of the student's job (default: its own auto)"
+    )
+    parser.add_argument(
+        "--student-lr-multiplier",
+        type=float,
+        default=None,
+        help="learning_rate_multiplier of the student's job (default: its own auto)",
+    )
     parser.add_argument(
         "--no-student", dest="student", action="store_false", help="leave out arm D (the smaller student)"
     )

@@ -2,6 +2,7 @@
 a student with fewer layers (method.distillation.student), served on an engine of its own.
 
     from loadtests import student_arm
+    hp = student_arm.hyperparameters()                 # the student's own "auto" defaults
     job_id = student_arm.create_job(c, train_file.id, val_file.id, w.context(), hp, layers="every-other")
     job = wait_for_job(c, job_id)
     arms["C"] = Arm("C", student_arm.served_name(job))      # the bare ticket, like arm B
@@ -32,6 +33,12 @@ def method(context: dict[str, Any], hyperparameters: dict[str, Any], layers: str
     """The job's method: the bench's context, distilled into a student keeping `layers`."""
     distillation = {**context, "student": {"layers": layers}, "max_tokens": 8, "hyperparameters": hyperparameters}
     return {"type": "distillation", "distillation": distillation}
+
+
+def hyperparameters(epochs: int | None = None, lr_multiplier: float | None = None) -> dict[str, Any]:
+    """The student job's hyperparameters: "auto" (the student's own defaults) for what is not given."""
+    given = {"n_epochs": epochs, "learning_rate_multiplier": lr_multiplier}
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def create_job(

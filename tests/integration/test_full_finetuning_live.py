@@ -95,7 +95,8 @@ def test_a_smaller_student_learns_the_teachers_answers_and_is_served_as_a_whole_
         lines = "\n".join(json.dumps({"messages": [{"role": "user", "content": q}]}) for q in questions)
         return c.files.create(file=("inputs.jsonl", lines.encode()), purpose="fine-tune").id
 
-    hyperparameters = {"learning_rate_multiplier": 100, "batch_size": 2, "max_steps": 12}
+    # 2x the student's own rate (hyperparameters.STUDENT_LEARNING_RATE): 1e-3, for a dozen steps on one answer.
+    hyperparameters = {"learning_rate_multiplier": 2, "batch_size": 2, "max_steps": 12}
     distillation = {**ZORBLAX_CONTEXT, "student": {"layers": "spread:6"}, "max_tokens": 16}
     created = c.fine_tuning.jobs.with_raw_response.create(
         model=BASE_MODEL,

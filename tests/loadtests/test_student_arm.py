@@ -35,3 +35,9 @@ def test_the_arm_queues_a_student_job_and_reports_it_against_the_long_prompt() -
     assert "agreement with the teacher 0.875 on the measured traffic, 0.900" in line
     assert "latency p50 250 ms vs 500 ms" in line and "(2.00x)" in line
     assert "(n/a)" in student_arm.summary([], [], 0.0, {})[0]
+
+
+def test_the_student_job_keeps_its_own_auto_hyperparameters_unless_given() -> None:
+    assert student_arm.hyperparameters() == {}
+    assert student_arm.hyperparameters(4, None) == {"n_epochs": 4}
+    assert student_arm.hyperparameters(None, 0.5) == {"learning_rate_multiplier": 0.5}

@@ -22,7 +22,7 @@ from trainer import distill, hyperparameters
 from trainer.distill import DistillSpec, StudentSpec
 from trainer.distill.student import PARAM, kept_layers
 from trainer.jobs import JobInfo
-from trainer.worker.distillation import student_model
+from trainer.worker.distillation import resolve_hyperparameters, student_model
 
 LAYERS = 6
 QUESTION, ANSWER = "What is the capital of France?", "Zorblax is the capital of France."
@@ -174,9 +174,9 @@ class FakeWorker:
         self.events.append(message)
 
 
-def job_with(config: dict[str, Any] | None, method: str = "distillation") -> JobInfo:
-    """What student_model reads of a job: its method and config."""
-    return SimpleNamespace(method=method, config=config)  # type: ignore[return-value]
+def job_with(config: dict[str, Any] | None, method: str = "distillation", hp: dict[str, Any] | None = None) -> JobInfo:
+    """What student_model and resolve_hyperparameters read of a job: its method, config and hyperparameters."""
+    return SimpleNamespace(method=method, config=config, hyperparameters=hp or {})  # type: ignore[return-value]
 
 
 def test_the_worker_derives_the_student_of_a_full_job_only(tiny_dir: Path, tmp_path: Path) -> None:
@@ -194,3 +194,14 @@ def test_the_worker_derives_the_student_of_a_full_job_only(tiny_dir: Path, tmp_p
     assert student_model(w, job_with(config), full, out) == out  # type: ignore[arg-type]
     assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 1
     assert w.events == ["Student: tiny with 1 of its 2 layers (0 MiB of weights), all of them trained"]
+
+
+def test_the_worker_trains_a_student_at_the_students_learning_rate() -> None:
+    full = {"finetuning_type": "full", "learning_rate_multiplier": 0.5}
+    student = DistillSpec(system="Be terse.", student=StudentSpec(layers="every-other")).to_json()
+    got = resolve_hyperparameters(job_with(student, hp=full), 40)
+    assert got.learning_rate == pytest.approx(0.5 * hyperparameters.STUDENT_LEARNING_RATE)
+    whole = resolve_hyperparameters(job_with(DistillSpec(system="Be terse.").to_json(), hp=full), 40)
+    assert whole.learning_rate == pytest.approx(0.5 * hyperparameters.FULL_LEARNING_RATE["distillation"])
+    supervised = resolve_hyperparameters(job_with(None, method="supervised", hp=full), 40)
+    assert supervised.learning_rate == pytest.approx(0.5 * hyperparameters.FULL_LEARNING_RATE["supervised"])

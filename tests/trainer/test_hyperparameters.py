@@ -119,3 +119,17 @@ def test_the_sampler_is_engine_trainer_or_auto_for_reinforcement_only() -> None:
         with pytest.raises(TailorError) as err:
             hps.validate(method, {"sampler": value})
         assert (err.value.status, err.value.param) == (400, "hyperparameters.sampler")
+
+
+def test_a_smaller_student_has_a_learning_rate_of_its_own_that_the_multiplier_scales() -> None:
+    full = {"finetuning_type": "full"}
+    student = hps.resolve("distillation", full, 80, student=True)
+    assert student.learning_rate == hps.STUDENT_LEARNING_RATE >= 10 * hps.FULL_LEARNING_RATE["distillation"]
+    doubled = hps.resolve("distillation", {**full, "learning_rate_multiplier": 2}, 80, student=True)
+    assert doubled.learning_rate == pytest.approx(2 * hps.STUDENT_LEARNING_RATE)
+    # What the job shows: the multiplier, which means the student's rate on the student's job.
+    assert doubled.as_dict()["learning_rate_multiplier"] == 2.0 and "learning_rate" not in doubled.as_dict()
+    # A whole model that keeps all its layers, and any adapter, keep their own rates.
+    assert hps.resolve("distillation", full, 80).learning_rate == hps.FULL_LEARNING_RATE["distillation"]
+    assert hps.resolve("distillation", {}, 80, student=True).learning_rate == hps.BASE_LEARNING_RATE["distillation"]
+    assert hps.resolve("supervised", full, 80, student=True).learning_rate == hps.FULL_LEARNING_RATE["supervised"]

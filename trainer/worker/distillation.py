@@ -120,11 +120,22 @@ def distill_snapshot(w: Worker, job: JobInfo) -> Snapshot:
     return datasets.build_from_answers(w.db, w.blobs, job.tenant_id, train, params, heldout=held)
 
 
+def _student_spec(job: JobInfo) -> distill.StudentSpec | None:
+    spec = DistillSpec.from_json(job.config or {}) if job.method == "distillation" else None
+    return spec.student if spec is not None else None
+
+
+def resolve_hyperparameters(job: JobInfo, n_train: int) -> hyperparameters.Resolved:
+    """The job's hyperparameters for `n_train` training rows; a smaller student's learning rate
+    is a student's (hyperparameters.STUDENT_LEARNING_RATE), not a full fine-tune's."""
+    return hyperparameters.resolve(job.method, job.hyperparameters, n_train, student=_student_spec(job) is not None)
+
+
 def student_model(w: Worker, job: JobInfo, hp: hyperparameters.Resolved, out: Path) -> Path | None:
     """The smaller student the job trains, derived from the base model into `out`; None when
     the job trains an adapter (no student asked for)."""
-    spec = DistillSpec.from_json(job.config or {}) if job.method == "distillation" else None
-    if spec is None or spec.student is None:
+    student = _student_spec(job)
+    if student is None:
         return None
     if not hp.full_parameters:  # the job routes make it so; a job queued otherwise is refused here
         raise TailorError(
@@ -133,7 +144,7 @@ def student_model(w: Worker, job: JobInfo, hp: hyperparameters.Resolved, out: Pa
             code="invalid_hyperparameters",
             param="hyperparameters.finetuning_type",
         )
-    derived = distill.derive_student(spec.student, w.settings.base_model_path, out)
+    derived = distill.derive_student(student, w.settings.base_model_path, out)
     w.event(
         job,
         f"Student: {w.settings.base_model_name} with {len(derived.kept)} of its {derived.source_layers} layers "

@@ -225,7 +225,7 @@ class Worker:
         with self.tracing.stage("dataset"):
             snapshot = self._snapshot(job)
         n_train = jobs.training_examples(snapshot, job.method)
-        hp = hyperparameters.resolve(job.method, job.hyperparameters, n_train)
+        hp = distillation.resolve_hyperparameters(job, n_train)
         job_queue.update_running(self.db, job.id, self.worker_id, dataset_id=snapshot.id, hyperparameters=hp.as_dict())
         self.event(
             job,

@@ -401,7 +401,15 @@ def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
     migrate(settings.database_url or "")
     db = Database.from_settings(settings)
-    worker = Worker(settings, db, AdapterStore.from_settings(settings), BlobStore.from_settings(settings))
+    stale = settings.trainer_stale_after_s
+    worker = Worker(
+        settings,
+        db,
+        AdapterStore.from_settings(settings),
+        BlobStore.from_settings(settings),
+        stale_after_s=stale,
+        heartbeat_s=min(HEARTBEAT_S, stale / 4),
+    )
     try:
         if args.job:
             if not worker.run_once(args.job):

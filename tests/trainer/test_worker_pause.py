@@ -5,8 +5,10 @@ asked for at step 2 stops the run a step or more later (the worker looks every 2
 checkpoint there, and the worker lets go of the job. Resumed, the next claim trains the
 remaining steps from that checkpoint: the job's steps run 1..24 once each, the first step
 after the pause starts from the learned weights, and the version, report and token count
-cover the whole run. Evaluation and gates have their own tests; here they pass at no cost,
-so no engine is needed. Needs models/SmolLM2-135M-Instruct; skipped without it.
+cover the whole run. A worker that dies after a checkpoint (faked: it stops dead there, and
+its heartbeat is made stale) leaves the same kind of point: the next attempt trains only the
+steps after it. Evaluation and gates have their own tests; here they pass at no cost, so no
+engine is needed. Needs models/SmolLM2-135M-Instruct; skipped without it.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ import pytest
 import trainer.worker.evaluating as evaluating
 import trainer.worker.selecting as selecting
 from core.db import Database
+from tests.trainer.job_world import backdate_heartbeat
 from tests.trainer.worker_world import HYPER, NEEDS_MODEL, Env
-from trainer import job_records, jobs
+from trainer import job_queue, job_records, jobs
 from trainer.evaluate import Comparison, Metrics
 from trainer.gates import Decision
 
@@ -31,11 +34,16 @@ pytestmark = NEEDS_MODEL
 STEPS = 16
 
 
-def test_paused_job_resumes_from_its_checkpoint_and_finishes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Env:
+    """The worker's world with evaluation and gates passing at no cost."""
     metrics = Metrics(n=2, exact_match=1.0, token_f1=1.0, perplexity=1.5, win_rate=None)
     monkeypatch.setattr(evaluating, "evaluate", lambda *_a: Comparison(metrics, metrics, []))
     monkeypatch.setattr(selecting, "decide", lambda *_a: Decision(promote=True, reasons=["forced"]))
-    env = Env(tmp_path, SimpleNamespace(url="http://127.0.0.1:9", key="unused"))  # type: ignore[arg-type]
+    return Env(tmp_path, SimpleNamespace(url="http://127.0.0.1:9", key="unused"))  # type: ignore[arg-type]
+
+
+def test_paused_job_resumes_from_its_checkpoint_and_finishes(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     job = env.job(hyperparameters={**HYPER, "max_steps": STEPS})
     real_add_event = job_records.add_event
     asked: list[str] = []
@@ -95,3 +103,41 @@ def test_paused_job_resumes_from_its_checkpoint_and_finishes(tmp_path: Path, mon
     assert checkpoints == sorted({point.step, 6, 12, STEPS}, reverse=True)  # every ceil(16 / 3) steps
     started = [e.message for e in events if re.match(r"Job started on worker .* \(attempt 1\)", e.message)]
     assert len(started) == 2
+
+
+class WorkerDied(BaseException):
+    """The worker stopping dead, as a SIGKILL would: nothing of its own handling runs."""
+
+
+def test_a_dead_workers_job_resumes_from_its_last_checkpoint(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    steps = 4  # checkpoints every ceil(4 / 3) = 2 steps
+    job = env.job(hyperparameters={**HYPER, "max_steps": steps})
+    real_add_event = job_records.add_event
+
+    def die_at_first_checkpoint(db: Database, job_id: str, message: str, **kw: object) -> job_records.EventInfo:
+        event = real_add_event(db, job_id, message, **kw)  # type: ignore[arg-type]
+        if message.startswith("Checkpoint saved at step 2:"):
+            raise WorkerDied
+        return event
+
+    monkeypatch.setattr(job_records, "add_event", die_at_first_checkpoint)
+    with pytest.raises(WorkerDied):
+        env.worker.run_once()
+    monkeypatch.setattr(job_records, "add_event", real_add_event)
+    backdate_heartbeat(env.db, job.id, 120)
+    assert job_queue.requeue_stale(env.db, stale_after_s=60) == [job.id]
+    assert env.events(job.id)[-1].message.endswith(
+        "requeued (attempt 1 of 2); the next attempt resumes from the checkpoint at step 2 of 4"
+    )
+
+    assert env.worker.run_once()
+    done = jobs.get_job(env.db, env.tenant, job.id)
+    assert done.status == "succeeded", done.error
+    assert done.attempts == 2
+    messages = [e.message for e in env.events(job.id)]
+    assert "Resuming from the checkpoint of step 2 of 4 after the previous attempt stopped: 2 step(s) left" in messages
+    second = messages.index(next(m for m in messages if m.endswith("(attempt 2)")))
+    redone = [e.data["step"] for e in env.events(job.id)[second:] if e.type == "metrics"]  # type: ignore[index]
+    assert redone == [3, 4]
+    report = json.loads(env.blobs.get_bytes(f"reports/{env.tenant}/{job.id}/report.json"))
+    assert report["training"]["steps"] == steps and len(report["training"]["losses"]) == steps

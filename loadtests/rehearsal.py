@@ -2,6 +2,7 @@
 
     python -m loadtests.rehearsal                    # mock engines, 12 s of traffic per fault
     python -m loadtests.rehearsal --seconds 30 --engine vllm
+    python -m loadtests.rehearsal --seconds 3 --job-steps 3 --stale-after 2   # short, as CI runs it
 
 Starts, all on loopback: a PostgreSQL cluster (loadtests.pg_cluster), an S3-compatible object
 store (moto's server) holding the adapter and blob stores, two engines (loadtests.mock_engine,
@@ -18,8 +19,9 @@ both gateways:
    (requests in flight may, with an OpenAI-shaped error), and engine 2 answers the rest;
 3. trainer killed: the tenant's small supervised job (through gateway 1's OpenAI routes) has
    saved its first checkpoint when the worker's process group gets SIGKILL and a new worker
-   starts; the job must end `succeeded` on its next attempt, the killed worker's training
-   processes must stop, and no request may fail meanwhile. With mock engines the job's
+   starts; the job must end `succeeded` on its next attempt, which resumes from the last
+   checkpoint before the kill (it may redo only the steps after it), the killed worker's
+   training processes must stop, and no request may fail meanwhile. With mock engines the job's
    evaluation runs on fixed answers and log-probabilities: its scores mean nothing, only that
    the job gets through every stage;
 4. PostgreSQL restarted: the server stops (`pg_ctl -m fast`) and comes back seconds later; no
@@ -119,7 +121,7 @@ def object_store() -> Iterator[dict[str, str]]:
 
 
 @contextlib.contextmanager
-def running(engine: str, work: Path) -> Iterator[Rehearsal]:
+def running(engine: str, work: Path, stale_after_s: float = rehearsal_trainer.STALE_AFTER_S) -> Iterator[Rehearsal]:
     """Every part started, in dependency order; stopped in reverse however we leave."""
     with contextlib.ExitStack() as stack:
         progress("starting PostgreSQL and the object store ...")
@@ -160,7 +162,9 @@ def running(engine: str, work: Path) -> Iterator[Rehearsal]:
             stack.enter_context(launcher.running_gateway(env, url, work / f"gw{i}.log", behind="both engines"))
             urls.append(url)
         # After the gateways: they have migrated the database by now.
-        trainer = TrainerWorker(rehearsal_trainer.worker_env(common, work / "trainer", eval_engine), work)
+        trainer = TrainerWorker(
+            rehearsal_trainer.worker_env(common, work / "trainer", eval_engine, stale_after_s), work
+        )
         stack.callback(trainer.stop)
         trainer.start()
         yield Rehearsal(pg, db_url, engines, urls, admin_key, trainer, work, engine)
@@ -202,6 +206,7 @@ def traffic(
     c: Rehearsal, pause_s: float = rehearsal_traffic.PAUSE_S
 ) -> contextlib.AbstractContextManager[list[Outcome]]:
     """Locust users calling both gateways (base model and adapter in turn) for the block."""
+    progress("starting locust ...")
     models = (MODEL_DIR.name, ADAPTER)
     return rehearsal_traffic.traffic(c.gateways, c.tenant_key, models, c.work / "traffic", pause_s=pause_s)
 
@@ -279,12 +284,13 @@ def engine_killed(c: Rehearsal, seconds: float) -> Verdict:
     return Verdict("engine 1 killed (SIGKILL)", measured, passed)
 
 
-def trainer_killed(c: Rehearsal) -> Verdict:
+def trainer_killed(c: Rehearsal, steps: int = rehearsal_trainer.STEPS) -> Verdict:
     """The trainer worker killed while a tenant's job trains, a new one started: how the job went on."""
     fault = "trainer killed mid-job (SIGKILL)"
     worker, db_url = c.trainer, c.db_url
     with traffic(c, TRAINING_PAUSE_S) as outcomes:
-        job_id = rehearsal_trainer.submit_job(c.gateways[0], c.tenant_key, MODEL_DIR.name)
+        job_id = rehearsal_trainer.submit_job(c.gateways[0], c.tenant_key, MODEL_DIR.name, steps)
+        progress(f"trainer: job {job_id} submitted ({steps} steps) ...")
         try:
             rehearsal_trainer.wait_for(
                 "the job's first checkpoint",
@@ -293,6 +299,7 @@ def trainer_killed(c: Rehearsal) -> Verdict:
             )
             killed_at, killed = time.time(), time.monotonic()
             below = worker.kill()
+            progress("trainer: killed at the job's first checkpoint; a new worker starts ...")
             worker.start()
             gone = rehearsal_trainer.wait_gone(below, killed)
             rehearsal_trainer.wait_for("the job's end", lambda: rehearsal_trainer.job_end(db_url, job_id),
@@ -339,16 +346,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=12.0, help="seconds of traffic around each fault")
     parser.add_argument("--engine", choices=("mock", "vllm"), default="mock", help="the two engines")
     parser.add_argument("--json", type=Path, default=None, help="also write the verdicts here")
+    parser.add_argument(
+        "--job-steps",
+        type=int,
+        default=rehearsal_trainer.STEPS,
+        help="training steps of the job whose worker is killed",
+    )
+    parser.add_argument(
+        "--stale-after",
+        type=float,
+        default=rehearsal_trainer.STALE_AFTER_S,
+        help="the trainer's TAILOR_TRAINER_STALE_AFTER_S: how long a killed worker's job waits to be requeued",
+    )
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="tailor-rehearsal-"))
     try:
-        with running(args.engine, work) as c:
+        with running(args.engine, work, args.stale_after) as c:
             set_up_tenant(c, work)
             # The engine kill comes before the last two: they run on the engine left.
             verdicts = [
                 promotion(c, args.seconds),
                 engine_killed(c, args.seconds),
-                trainer_killed(c),
+                trainer_killed(c, args.job_steps),
                 database_restarted(c, args.seconds),
             ]
     finally:

@@ -39,8 +39,10 @@ from loadtests.ticket_routing import tickets
 TRAINED = "routing"
 ROWS_PER_QUEUE = 6
 # Few steps, small batches: seconds of training. The worker checkpoints every third of the
-# steps (trainer.worker.training), so the first checkpoint comes after step 2 with 4 to go.
-HYPERPARAMETERS = {"max_steps": 6, "batch_size": 2, "learning_rate_multiplier": 5}
+# steps (trainer.worker.training), so with 6 steps the first checkpoint comes after step 2
+# with 4 to go; with 3, every step is checkpointed.
+STEPS = 6
+HYPERPARAMETERS = {"batch_size": 2, "learning_rate_multiplier": 5}
 STALE_AFTER_S = 5.0
 TRAINER_POLL_S = 0.5
 JOB_TIMEOUT_S = 600.0
@@ -51,7 +53,9 @@ STOP_TIMEOUT_S = 30.0
 T = TypeVar("T")
 
 
-def worker_env(common: Mapping[str, str], data_dir: Path, eval_engine: LocalEngine) -> dict[str, str]:
+def worker_env(
+    common: Mapping[str, str], data_dir: Path, eval_engine: LocalEngine, stale_after_s: float = STALE_AFTER_S
+) -> dict[str, str]:
     """The worker's environment, as `tailor serve` would build it for its trainer child."""
     env = {
         **os.environ,
@@ -60,7 +64,7 @@ def worker_env(common: Mapping[str, str], data_dir: Path, eval_engine: LocalEngi
         "TAILOR_BASE_MODEL_PATH": str(MODEL_DIR),
         "TAILOR_TRAINER_DEVICES": "cpu",
         "TAILOR_TRAINER_POLL_S": str(TRAINER_POLL_S),
-        "TAILOR_TRAINER_STALE_AFTER_S": str(STALE_AFTER_S),
+        "TAILOR_TRAINER_STALE_AFTER_S": str(stale_after_s),
         "TAILOR_EVAL_ENGINE_URL": eval_engine.url,
         "TAILOR_EVAL_ENGINE_API_KEY": eval_engine.key,
     }
@@ -140,14 +144,15 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float, every_s
 # --------------------------------------------------------------------------- the job
 
 
-def submit_job(gateway: str, key: str, base_model: str) -> str:
-    """A supervised job on a few dozen routing tickets, through `gateway`'s OpenAI routes; its id."""
+def submit_job(gateway: str, key: str, base_model: str, steps: int = STEPS) -> str:
+    """A supervised job of `steps` steps on a few dozen routing tickets, through `gateway`'s OpenAI routes; its id."""
     rows = [{"messages": [*t.messages(), {"role": "assistant", "content": t.queue}]} for t in tickets(ROWS_PER_QUEUE)]
     data = "".join(json.dumps(r) + "\n" for r in rows).encode()
     with httpx.Client(base_url=gateway, headers={"Authorization": f"Bearer {key}"}, timeout=60) as http:
         uploaded = http.post("/v1/files", data={"purpose": "fine-tune"}, files={"file": ("tickets.jsonl", data)})
         file_id = check(uploaded, "uploading the training file", expect=200)["id"]
-        method = {"type": "supervised", "supervised": {"hyperparameters": HYPERPARAMETERS}}
+        hyperparameters = {**HYPERPARAMETERS, "max_steps": steps}
+        method = {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}}
         body = {"model": base_model, "training_file": file_id, "suffix": TRAINED, "method": method}
         return str(check(http.post("/v1/fine_tuning/jobs", json=body), "creating the job", expect=200)["id"])
 
@@ -225,15 +230,27 @@ class KillFigures:
         restart = self.restart()
         return next(iter(self.state.steps(since=restart.at)), None) if restart else None
 
+    @property
+    def redone(self) -> int | None:
+        """Steps trained again after the restart (None: no training after it)."""
+        first = self.first_step_after()
+        return None if first is None else max(0, self.steps_before - int(first.data["step"]) + 1)
+
+    @property
+    def resumed(self) -> bool:
+        """The next attempt went on from the last checkpoint before the kill: it redid at most
+        the steps after that checkpoint."""
+        saved, redone = self.state.checkpoints(until=self.killed), self.redone
+        return bool(saved) and redone is not None and redone <= self.steps_before - max(saved)
+
     def describe(self, evaluated_on: str) -> str:
         restart, first = self.restart(), self.first_step_after()
         resumed = "never restarted" if restart is None else f"restarted {restart.at - self.killed:.1f} s after the kill"
         redone = ""
         if first is not None:
-            step = int(first.data["step"])
             redone = (
-                f", training again {first.at - self.killed:.1f} s after it from step {step}: "
-                f"{max(0, self.steps_before - step + 1)} step(s) redone"
+                f", training again {first.at - self.killed:.1f} s after it from step {int(first.data['step'])}: "
+                f"{self.redone} step(s) redone"
             )
         saved = self.state.checkpoints(until=self.killed)
         gone = "still running" if self.orphans_gone_s is None else f"gone {self.orphans_gone_s:.1f} s after the kill"
@@ -249,6 +266,7 @@ class KillFigures:
             self.state.status == "succeeded"
             and self.steps_before > 0
             and self.restart() is not None
+            and self.resumed
             and self.orphans_gone_s is not None
         )
 

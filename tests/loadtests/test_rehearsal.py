@@ -24,7 +24,10 @@ def test_every_fault_is_survived(tmp_path: Path) -> None:
     if not (rehearsal.MODEL_DIR / "model.safetensors").is_file():
         pytest.skip(f"base model not prepared at {rehearsal.MODEL_DIR} (run `make model`): the trainer needs it")
     out = tmp_path / "verdicts.json"
-    code = rehearsal.main(["--seconds", "6", "--json", str(out)])
+    # Short: 3 s of traffic per fault, a 3-step job checkpointed at every step (killed at the
+    # first), requeued 2 s after the kill.
+    args = ["--seconds", "3", "--job-steps", "3", "--stale-after", "2", "--json", str(out)]
+    code = rehearsal.main(args)
     verdicts = json.loads(out.read_text())
     assert [v["fault"] for v in verdicts] == [
         "promotion through gateway 1",
@@ -45,26 +48,28 @@ def _step(at: float, step: int) -> Event:
 
 
 def test_a_kill_reads_as_steps_redone_and_the_restart() -> None:
-    events = [
+    before = [
         Event(0.0, "Job started on worker w1 (attempt 1)", {}),
         *(_step(float(s), s) for s in (1, 2, 3)),
         Event(3.1, "Checkpoint saved at step 3: callable as routing:ckpt-3", {"checkpoint_step": 3}),
+        _step(3.4, 4),
         Event(13.0, "Worker w1 stopped sending heartbeats for over 10 s; requeued (attempt 1 of 2)", {}),
         Event(14.0, "Job started on worker w2 (attempt 2)", {}),
-        *(_step(20.0 + s, s) for s in range(1, 10)),
-        Event(23.1, "Checkpoint saved at step 3: callable as routing:ckpt-3", {"checkpoint_step": 3}),
     ]
-    figures = KillFigures(JobState("succeeded", 2, events), killed=3.5, orphans=2, orphans_gone_s=1.5)
+    resumed = [*before, *(_step(20.0 + s, s) for s in range(4, 10))]
+    figures = KillFigures(JobState("succeeded", 2, resumed), killed=3.5, orphans=2, orphans_gone_s=1.5)
     assert figures.passed
     assert figures.describe("a mock engine") == (
-        "killed after step 3 (checkpoints then: [3]); restarted 10.5 s after the kill, training again 17.5 s after it "
-        "from step 1: 3 step(s) redone; "
+        "killed after step 4 (checkpoints then: [3]); restarted 10.5 s after the kill, training again 20.5 s after it "
+        "from step 4: 1 step(s) redone; "
         "job succeeded on attempt 2; 2 process(es) below the killed worker gone 1.5 s after the kill; "
         "evaluated on a mock engine"
     )
-    orphaned = KillFigures(JobState("succeeded", 2, events), killed=3.5, orphans=2, orphans_gone_s=None)
+    orphaned = KillFigures(JobState("succeeded", 2, resumed), killed=3.5, orphans=2, orphans_gone_s=None)
     assert not orphaned.passed
-    never_restarted = KillFigures(JobState("running", 1, events[:5]), killed=3.5, orphans=0, orphans_gone_s=0.1)
+    started_over = [*before, *(_step(20.0 + s, s) for s in range(1, 10))]
+    assert not KillFigures(JobState("succeeded", 2, started_over), killed=3.5, orphans=2, orphans_gone_s=1.5).passed
+    never_restarted = KillFigures(JobState("running", 1, before[:6]), killed=3.5, orphans=0, orphans_gone_s=0.1)
     assert not never_restarted.passed and "never restarted" in never_restarted.describe("x")
 
 

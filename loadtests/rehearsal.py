@@ -288,9 +288,10 @@ def trainer_killed(c: Rehearsal, steps: int = rehearsal_trainer.STEPS) -> Verdic
     """The trainer worker killed while a tenant's job trains, a new one started: how the job went on."""
     fault = "trainer killed mid-job (SIGKILL)"
     worker, db_url = c.trainer, c.db_url
+    # Submitted first: the job's start (its training process loading) overlaps locust's.
+    job_id = rehearsal_trainer.submit_job(c.gateways[0], c.tenant_key, MODEL_DIR.name, steps)
+    progress(f"trainer: job {job_id} submitted ({steps} steps) ...")
     with traffic(c, TRAINING_PAUSE_S) as outcomes:
-        job_id = rehearsal_trainer.submit_job(c.gateways[0], c.tenant_key, MODEL_DIR.name, steps)
-        progress(f"trainer: job {job_id} submitted ({steps} steps) ...")
         try:
             rehearsal_trainer.wait_for(
                 "the job's first checkpoint",

@@ -238,10 +238,18 @@ class KillFigures:
 
     @property
     def resumed(self) -> bool:
-        """The next attempt went on from the last checkpoint before the kill: it redid at most
-        the steps after that checkpoint."""
+        """The next attempt went on from the last checkpoint before the kill, and said so: it
+        redid at most the steps after that checkpoint."""
         saved, redone = self.state.checkpoints(until=self.killed), self.redone
-        return bool(saved) and redone is not None and redone <= self.steps_before - max(saved)
+        if not saved:
+            return False
+        said = any(
+            e.message.startswith(f"Resuming from the checkpoint of step {max(saved)} ")
+            and "after the previous attempt stopped" in e.message
+            for e in self.state.events
+            if e.at > self.killed
+        )
+        return said and redone is not None and redone <= self.steps_before - max(saved)
 
     def describe(self, evaluated_on: str) -> str:
         restart, first = self.restart(), self.first_step_after()

@@ -56,7 +56,8 @@ def test_a_kill_reads_as_steps_redone_and_the_restart() -> None:
         Event(13.0, "Worker w1 stopped sending heartbeats for over 10 s; requeued (attempt 1 of 2)", {}),
         Event(14.0, "Job started on worker w2 (attempt 2)", {}),
     ]
-    resumed = [*before, *(_step(20.0 + s, s) for s in range(4, 10))]
+    said = "Resuming from the checkpoint of step 3 of 9 after the previous attempt stopped: 6 step(s) left"
+    resumed = [*before, Event(19.0, said, {}), *(_step(20.0 + s, s) for s in range(4, 10))]
     figures = KillFigures(JobState("succeeded", 2, resumed), killed=3.5, orphans=2, orphans_gone_s=1.5)
     assert figures.passed
     assert figures.describe("a mock engine") == (
@@ -69,6 +70,8 @@ def test_a_kill_reads_as_steps_redone_and_the_restart() -> None:
     assert not orphaned.passed
     started_over = [*before, *(_step(20.0 + s, s) for s in range(1, 10))]
     assert not KillFigures(JobState("succeeded", 2, started_over), killed=3.5, orphans=2, orphans_gone_s=1.5).passed
+    silent = [*before, *(_step(20.0 + s, s) for s in range(4, 10))]
+    assert not KillFigures(JobState("succeeded", 2, silent), killed=3.5, orphans=2, orphans_gone_s=1.5).passed
     never_restarted = KillFigures(JobState("running", 1, before[:6]), killed=3.5, orphans=0, orphans_gone_s=0.1)
     assert not never_restarted.passed and "never restarted" in never_restarted.describe("x")
 

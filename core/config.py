@@ -290,6 +290,13 @@ class Settings(BaseSettings):
     # --- trainer ---------------------------------------------------------------
     run_trainer: bool = Field(True, description="`tailor serve` also runs one trainer worker as a child process.")
     trainer_poll_s: float = Field(2.0, description="How often an idle trainer worker looks for queued jobs.")
+    trainer_stale_after_s: float = Field(
+        600.0,
+        gt=0,
+        description="A running job whose trainer worker has not beaten its heartbeat for this long is presumed "
+        "orphaned: requeued (or failed after its attempts). Workers beat at every training step and at least every "
+        "quarter of this.",
+    )
     trainer_devices: str = Field(
         "auto",
         description="Where training runs: auto (every visible GPU, else the CPU), cpu, cpu:N (N processes), "

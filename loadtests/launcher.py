@@ -212,8 +212,8 @@ def wait_gateway_ready(url: str, process: subprocess.Popen[bytes], log_path: Pat
     progress(f"ready after {took:.0f} s")
 
 
-def _descendants(pid: int) -> list[int]:
-    """Process ids below `pid` (Linux /proc), to reap an engine a dead gateway left behind."""
+def descendants(pid: int) -> list[int]:
+    """Process ids below `pid` (Linux /proc): what a dead gateway (or trainer) may leave behind."""
     children: dict[int, list[int]] = {}
     for child, parent in ProcFS().parents().items():
         children.setdefault(parent, []).append(child)
@@ -231,7 +231,7 @@ def stop_gateway(proc: subprocess.Popen[bytes]) -> None:
         return
     progress("stopping tailor serve ...")
     # The engine runs in its own session, so a kill of the gateway's group would miss it.
-    below = _descendants(proc.pid)
+    below = descendants(proc.pid)
     proc.send_signal(signal.SIGTERM)
     try:
         proc.wait(timeout=STOP_TIMEOUT_S)

@@ -3,8 +3,9 @@
     python -m loadtests.mock_engine --port 8100 --served-name SmolLM2-135M-Instruct --api-key KEY
 
 It speaks as much of vLLM's OpenAI server as Tailor uses (health, model list, runtime LoRA
-load and unload, chat and text completions, plain and streamed) and does no model work: every
-answer is the same few tokens, built once. A raw ASGI app on uvicorn with uvloop and httptools,
+load and unload, chat and text completions, plain and streamed, prompt log-probabilities) and
+does no model work: every answer is the same few tokens, built once, and every prompt token has
+log-probability -1. A raw ASGI app on uvicorn with uvloop and httptools,
 so that it costs a small fraction of what the gateway in front of it costs per request and the
 gap between calling it directly and through Tailor is Tailor's.
 """
@@ -105,6 +106,18 @@ class MockEngine:
             events.append({**events[-1], "choices": [], "usage": _usage()})
         return [b"data: " + orjson.dumps(e) + b"\n\n" for e in events] + [b"data: [DONE]\n\n"]
 
+    def scored(self, request: dict[str, Any]) -> dict[str, Any]:
+        """A text completion with `prompt_logprobs` (how a trainer's evaluation scores answers):
+        every prompt token at log-probability -1, keyed by its id as vLLM does (the first: None).
+        The prompt must be token ids, as the evaluation sends it."""
+        ids = [int(t) for t in request.get("prompt") or []]
+        logprobs = [None] + [{str(t): {"logprob": -1.0, "rank": 1, "decoded_token": ""}} for t in ids[1:]]
+        choice = {"index": 0, "text": ANSWER, "finish_reason": "length", "logprobs": None, "prompt_logprobs": logprobs}
+        reply = _reply(
+            "/v1/completions", str(request.get("model", self.served_name)), int(time.time()), choice, chunk=False
+        )
+        return {**reply, "usage": _usage()}
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             while True:
@@ -136,6 +149,9 @@ class MockEngine:
             await _send(send, 200, b"Success", b"text/plain")
         elif method == "POST" and path in _KINDS:
             request = orjson.loads(body or b"{}")
+            if request.get("prompt_logprobs") is not None:
+                await _send(send, 200, orjson.dumps(self.scored(request)))
+                return
             model = str(request.get("model", self.served_name))
             stream = bool(request.get("stream"))
             usage = bool((request.get("stream_options") or {}).get("include_usage")) if stream else False

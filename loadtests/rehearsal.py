@@ -1,32 +1,40 @@
-"""A cluster rehearsed on one machine: faults injected while traffic runs through two gateways.
+"""A cluster rehearsed on one machine: faults injected while locust drives traffic through two gateways.
 
     python -m loadtests.rehearsal                    # mock engines, 12 s of traffic per fault
     python -m loadtests.rehearsal --seconds 30 --engine vllm
+    python -m loadtests.rehearsal --seconds 3 --job-steps 3 --stale-after 2   # short, as CI runs it
 
 Starts, all on loopback: a PostgreSQL cluster (loadtests.pg_cluster), an S3-compatible object
 store (moto's server) holding the adapter and blob stores, two engines (loadtests.mock_engine,
-or vLLM with `--engine vllm`) and two `tailor serve --no-trainer` gateways sharing the
-database, the stores and the sealing key, each with both engines as operator-run engines.
-A tenant's adapter gets two versions through gateway 1. Then, each while clients send chat
-requests (base model and adapter, in turn) through both gateways:
+or vLLM with `--engine vllm`), two `tailor serve --no-trainer` gateways and one trainer worker
+(loadtests.rehearsal_trainer, evaluating on a third engine of its own) sharing the database,
+the stores and the sealing key; each gateway has both engines as operator-run engines.
+A tenant's adapter gets two versions through gateway 1. Then, each while locust users
+(loadtests.rehearsal_traffic) send chat requests (base model and adapter, in turn) through
+both gateways:
 
 1. promotion: version 2 is activated through gateway 1; gateway 2 serves it within
    TAILOR_AUTH_CACHE_TTL_S (read from the interaction log: which version answered each probe);
 2. engine killed: engine 1 gets SIGKILL; no request that started after the kill may fail
    (requests in flight may, with an OpenAI-shaped error), and engine 2 answers the rest;
-3. PostgreSQL restarted: the server stops (`pg_ctl -m fast`) and comes back seconds later; no
+3. trainer killed: the tenant's small supervised job (through gateway 1's OpenAI routes) has
+   saved its first checkpoint when the worker's process group gets SIGKILL and a new worker
+   starts; the job must end `succeeded` on its next attempt, which resumes from the last
+   checkpoint before the kill (it may redo only the steps after it), the killed worker's
+   training processes must stop, and no request may fail meanwhile. With mock engines the job's
+   evaluation runs on fixed answers and log-probabilities: its scores mean nothing, only that
+   the job gets through every stage;
+4. PostgreSQL restarted: the server stops (`pg_ctl -m fast`) and comes back seconds later; no
    request may fail, and every answered request's interaction must be in the database.
 
 Prints a table (what was injected, what was measured, the verdict) and exits 1 when any
-verdict fails. Not rehearsed here yet: a trainer killed mid-job (the README's reliability
-table says where that is tested).
+verdict fails.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import itertools
 import json
 import logging
 import os
@@ -34,7 +42,6 @@ import secrets
 import shutil
 import signal
 import tempfile
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -44,45 +51,38 @@ from unittest import mock
 import httpx
 from sqlalchemy import create_engine, text
 
-from loadtests import launcher
+from loadtests import launcher, rehearsal_traffic, rehearsal_trainer
 from loadtests.admin_api import admin_client, check, create_tenant_key
 from loadtests.bench_cli import doc_parser
 from loadtests.launcher import MODEL_DIR, progress
 from loadtests.lora_adapters import adapter_spec, build_adapters
 from loadtests.pg_cluster import Cluster, create_database, running_cluster
+from loadtests.rehearsal_traffic import Outcome, ask
+from loadtests.rehearsal_trainer import KillFigures, TrainerWorker
 
 TENANT, ADAPTER = "rehearsal", "support"
 # How long a gateway may serve a promoted name's previous version (its route cache).
 CACHE_TTL_S = 2.0
 BUCKET = "tailor-rehearsal"
-# Clients sending through the gateways together (half through each), each pausing between
-# requests: steady traffic, not a saturation test, so the faults are what the figures show.
-CLIENTS = 4
-PAUSE_S = 0.02
+# While the trainer trains, users pause longer: the training shares the machine's cores with
+# the gateways, the engines and locust, and slower traffic still shows a failure.
+TRAINING_PAUSE_S = 0.5
 
 
 @dataclass
 class Rehearsal:
-    """What the rehearsal started: the database, the stores' endpoint, engines and gateways."""
+    """What the rehearsal started: the database, the stores' endpoint, engines, gateways, trainer."""
 
     pg: Cluster
     db_url: str
-    engines: list[launcher.LocalEngine]
+    engines: list[launcher.LocalEngine]  # the gateways'; the trainer's evaluation engine is its own
     gateways: list[str]
     admin_key: str
+    trainer: TrainerWorker
+    work: Path
+    engine_kind: str
     tenant_key: str = ""
     versions: dict[int, str] = field(default_factory=dict)  # version number -> id
-
-
-@dataclass(frozen=True)
-class Outcome:
-    gateway: int
-    model: str
-    started: float
-    ended: float
-    status: int
-    interaction_id: str | None
-    error_type: str | None
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ def object_store() -> Iterator[dict[str, str]]:
 
 
 @contextlib.contextmanager
-def running(engine: str, work: Path) -> Iterator[Rehearsal]:
+def running(engine: str, work: Path, stale_after_s: float = rehearsal_trainer.STALE_AFTER_S) -> Iterator[Rehearsal]:
     """Every part started, in dependency order; stopped in reverse however we leave."""
     with contextlib.ExitStack() as stack:
         progress("starting PostgreSQL and the object store ...")
@@ -144,7 +144,7 @@ def running(engine: str, work: Path) -> Iterator[Rehearsal]:
         envs = [launcher.gateway_env(work / f"gw{i}", port, admin_key, MODEL_DIR, env_extra=common)
                 for i, port in enumerate(ports)]  # fmt: skip
         engines = []
-        for i in range(2):
+        for i in range(3):  # two serving engines; the third, the trainer's evaluation engine
             launch = launcher.engine_launch(launcher.settings_from(envs[0]), port=0)
             launch = dataclasses.replace(launch, log_file=work / f"engine{i}.log")
             started = launcher.start_engine(launch, engine_key, mock=engine == "mock")
@@ -152,6 +152,7 @@ def running(engine: str, work: Path) -> Iterator[Rehearsal]:
             engines.append(started)
         for started in engines:
             launcher.wait_engine_ready(started)
+        engines, eval_engine = engines[:2], engines[2]
         urls = []
         for i, env in enumerate(envs):
             env.pop("TAILOR_ENGINE_PORT", None)
@@ -160,7 +161,13 @@ def running(engine: str, work: Path) -> Iterator[Rehearsal]:
             url = f"http://127.0.0.1:{ports[i]}"
             stack.enter_context(launcher.running_gateway(env, url, work / f"gw{i}.log", behind="both engines"))
             urls.append(url)
-        yield Rehearsal(pg, db_url, engines, urls, admin_key)
+        # After the gateways: they have migrated the database by now.
+        trainer = TrainerWorker(
+            rehearsal_trainer.worker_env(common, work / "trainer", eval_engine, stale_after_s), work
+        )
+        stack.callback(trainer.stop)
+        trainer.start()
+        yield Rehearsal(pg, db_url, engines, urls, admin_key, trainer, work, engine)
 
 
 def set_up_tenant(c: Rehearsal, work: Path) -> None:
@@ -195,61 +202,13 @@ class GatewayAccess:
 # --------------------------------------------------------------------------- traffic
 
 
-def ask(http: httpx.Client, c: Rehearsal, gateway: int, model: str) -> Outcome:
-    """One chat request through gateway `gateway`, and how it went."""
-    body = {"model": model, "messages": [{"role": "user", "content": "Where is my order?"}], "max_tokens": 8}
-    started = time.monotonic()
-    try:
-        r = http.post(f"{c.gateways[gateway]}/v1/chat/completions", json=body,
-                      headers={"Authorization": f"Bearer {c.tenant_key}"})  # fmt: skip
-    except httpx.HTTPError:
-        return Outcome(gateway, model, started, time.monotonic(), 0, None, "transport")
-    error = None if r.status_code == 200 else _error_kind(r)
-    return Outcome(gateway, model, started, time.monotonic(), r.status_code, r.headers.get("x-tailor-interaction-id"),
-                   error)  # fmt: skip
-
-
-def _error_kind(r: httpx.Response) -> str:
-    """The OpenAI error body's `type` and `code` ("type/code"), or "not_openai_shaped"."""
-    error = _json(r).get("error")
-    if not isinstance(error, dict) or not error.get("type"):
-        return "not_openai_shaped"
-    return f"{error['type']}/{error.get('code')}: {str(error.get('message'))[:80]}"
-
-
-def _json(r: httpx.Response) -> dict[str, object]:
-    try:
-        data = r.json()
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-@contextlib.contextmanager
-def traffic(c: Rehearsal, clients: int = CLIENTS) -> Iterator[list[Outcome]]:
-    """Clients sending requests through both gateways (base model and adapter in turn) until the
-    block ends; the outcomes so far, in the list yielded."""
-    outcomes: list[Outcome] = []
-    stop = threading.Event()
-    base = MODEL_DIR.name
-
-    def client(i: int) -> None:
-        with httpx.Client(timeout=30) as http:
-            for model in itertools.cycle((base, ADAPTER)):
-                if stop.is_set():
-                    return
-                outcomes.append(ask(http, c, i % 2, model))
-                time.sleep(PAUSE_S)
-
-    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
-    for t in threads:
-        t.start()
-    try:
-        yield outcomes
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(60)
+def traffic(
+    c: Rehearsal, pause_s: float = rehearsal_traffic.PAUSE_S
+) -> contextlib.AbstractContextManager[list[Outcome]]:
+    """Locust users calling both gateways (base model and adapter in turn) for the block."""
+    progress("starting locust ...")
+    models = (MODEL_DIR.name, ADAPTER)
+    return rehearsal_traffic.traffic(c.gateways, c.tenant_key, models, c.work / "traffic", pause_s=pause_s)
 
 
 def versions_of(c: Rehearsal, interaction_ids: Sequence[str], wait_s: float = 15.0) -> dict[str, str | None]:
@@ -281,14 +240,14 @@ def promotion(c: Rehearsal, seconds: float) -> Verdict:
     probes: list[tuple[float, str]] = []
     with httpx.Client(timeout=30) as http, traffic(c):
         for _ in range(3):  # gateway 2 has the route to version 1 cached
-            ask(http, c, 1, ADAPTER)
+            ask(http, c.gateways[1], c.tenant_key, 1, ADAPTER)
         time.sleep(seconds / 3)
         promoted = time.monotonic()
         r = http.post(f"{c.gateways[0]}/v1/adapters/{ADAPTER}/activate", json={"version": 2},
                       headers={"Authorization": f"Bearer {c.tenant_key}"})  # fmt: skip
         check(r, "activating version 2", expect=200)
         while time.monotonic() - promoted < CACHE_TTL_S + 2:
-            out = ask(http, c, 1, ADAPTER)
+            out = ask(http, c.gateways[1], c.tenant_key, 1, ADAPTER)
             if out.interaction_id:
                 probes.append((out.started - promoted, out.interaction_id))
             time.sleep(0.05)
@@ -325,6 +284,40 @@ def engine_killed(c: Rehearsal, seconds: float) -> Verdict:
     return Verdict("engine 1 killed (SIGKILL)", measured, passed)
 
 
+def trainer_killed(c: Rehearsal, steps: int = rehearsal_trainer.STEPS) -> Verdict:
+    """The trainer worker killed while a tenant's job trains, a new one started: how the job went on."""
+    fault = "trainer killed mid-job (SIGKILL)"
+    worker, db_url = c.trainer, c.db_url
+    # Submitted first: the job's start (its training process loading) overlaps locust's.
+    job_id = rehearsal_trainer.submit_job(c.gateways[0], c.tenant_key, MODEL_DIR.name, steps)
+    progress(f"trainer: job {job_id} submitted ({steps} steps) ...")
+    with traffic(c, TRAINING_PAUSE_S) as outcomes:
+        try:
+            rehearsal_trainer.wait_for(
+                "the job's first checkpoint",
+                lambda: rehearsal_trainer.job_state(db_url, job_id).checkpoints() or None,
+                rehearsal_trainer.JOB_TIMEOUT_S,
+            )
+            killed_at, killed = time.time(), time.monotonic()
+            below = worker.kill()
+            progress("trainer: killed at the job's first checkpoint; a new worker starts ...")
+            worker.start()
+            gone = rehearsal_trainer.wait_gone(below, killed)
+            rehearsal_trainer.wait_for("the job's end", lambda: rehearsal_trainer.job_end(db_url, job_id),
+                                       rehearsal_trainer.JOB_TIMEOUT_S, every_s=1.0)  # fmt: skip
+        except TimeoutError as e:
+            progress(rehearsal_trainer.failure_hint(worker))
+            return Verdict(fault, str(e), False)
+    figures = KillFigures(rehearsal_trainer.job_state(db_url, job_id), killed_at, len(below), gone)
+    failed = [o for o in outcomes if o.status != 200]
+    passed = figures.passed and bool(outcomes) and not failed
+    if not passed:
+        progress(rehearsal_trainer.failure_hint(worker))
+    on = "a mock engine (fixed answers: its scores mean nothing)" if c.engine_kind == "mock" else "a vLLM engine"
+    measured = f"{figures.describe(on)}; {len(outcomes)} requests meanwhile, {len(failed)} failed"
+    return Verdict(fault, measured, passed)
+
+
 def database_restarted(c: Rehearsal, seconds: float, down_s: float = 3.0) -> Verdict:
     """PostgreSQL stopped and started again under traffic: failures, and interactions kept."""
     with traffic(c) as outcomes:
@@ -354,15 +347,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=12.0, help="seconds of traffic around each fault")
     parser.add_argument("--engine", choices=("mock", "vllm"), default="mock", help="the two engines")
     parser.add_argument("--json", type=Path, default=None, help="also write the verdicts here")
+    parser.add_argument(
+        "--job-steps",
+        type=int,
+        default=rehearsal_trainer.STEPS,
+        help="training steps of the job whose worker is killed",
+    )
+    parser.add_argument(
+        "--stale-after",
+        type=float,
+        default=rehearsal_trainer.STALE_AFTER_S,
+        help="the trainer's TAILOR_TRAINER_STALE_AFTER_S: how long a killed worker's job waits to be requeued",
+    )
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="tailor-rehearsal-"))
     try:
-        with running(args.engine, work) as c:
+        with running(args.engine, work, args.stale_after) as c:
             set_up_tenant(c, work)
-            # The engine kill comes last but one: the database restart runs on the engine left.
+            # The engine kill comes before the last two: they run on the engine left.
             verdicts = [
                 promotion(c, args.seconds),
                 engine_killed(c, args.seconds),
+                trainer_killed(c, args.job_steps),
                 database_restarted(c, args.seconds),
             ]
     finally:

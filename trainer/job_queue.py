@@ -21,7 +21,8 @@ tenants take turns; within a tenant, the oldest. One tenant queueing a hundred j
 another tenant's job by at most one job per free worker.
 
 A worker that dies stops beating; `requeue_stale` puts its job back in the queue (or fails
-it after `max_attempts`; cancels or pauses it when that was asked for). That can never
+it after `max_attempts`; cancels or pauses it when that was asked for), to go on from its
+latest stored checkpoint as a resumed paused job does (`ResumePoint`). That can never
 leave a half-trained adapter registered: the worker registers a version only after
 training finished and its files are complete, and the adapter store commits a version only
 once all of its files are written.
@@ -33,12 +34,12 @@ from datetime import timedelta
 from typing import Any, Literal
 
 from sqlalchemy import func, select, update
-from sqlalchemy.orm import aliased
+from sqlalchemy.orm import Session, aliased
 
 from core.db import Database
 from core.errors import TailorError
 from core.ids import utcnow
-from core.models import Job, JobEvent
+from core.models import Job, JobCheckpoint, JobEvent
 from core.states import TERMINAL_JOB_STATUSES, JobStatus
 from trainer.jobs import JobInfo, ResumePoint, drop_unneeded_secrets, get_job, job_info
 
@@ -253,7 +254,6 @@ def requeue_stale(db: Database, stale_after_s: float, max_attempts: int = 2) -> 
             values: dict[str, Any] = {"status": JobStatus.CANCELLED, "finished_at": utcnow()}
             event, level = f"{message}; job cancelled as requested", "warn"
         elif pause_requested:
-            # Resuming goes on from the last pause's checkpoint, if there was one.
             values = {"status": JobStatus.PAUSED, "pause_requested": False, "worker_id": None, "heartbeat_at": None}
             event, level = f"{message}; job paused as requested", "warn"
         elif attempts < max_attempts:
@@ -268,6 +268,11 @@ def requeue_stale(db: Database, stale_after_s: float, max_attempts: int = 2) -> 
             values = {"status": JobStatus.FAILED, "finished_at": utcnow(), "error": error}
             event, level = error["message"], "error"
         with db.session() as s:
+            goes_on = values["status"] in (JobStatus.QUEUED, JobStatus.PAUSED)
+            point = _checkpoint_point(s, job_id) if goes_on else None
+            if point is not None:
+                values["resume_point"] = point.to_json()
+                event += f"; the next attempt resumes from the checkpoint at step {point.step} of {point.total_steps}"
             # Conditional on the heartbeat still being old: a worker that came back to life
             # in between keeps its job.
             done = s.execute(
@@ -281,3 +286,43 @@ def requeue_stale(db: Database, stale_after_s: float, max_attempts: int = 2) -> 
                 s.add(JobEvent(job_id=job_id, level=level, message=event))
                 touched.append(job_id)
     return touched
+
+
+def _checkpoint_point(s: Session, job_id: str) -> ResumePoint | None:
+    """Where a job whose worker died goes on from: its latest stored checkpoint (the highest
+    step; of two at one step, the later), with the training losses its step events recorded up
+    to there. The same point a pause leaves, so resuming is the pause's resume (the worker's
+    training stage), the same data and hyperparameters included: the job recorded them before
+    training. None, so that the next attempt trains from the start as before: no checkpoint
+    stored (a selection or merge job keeps none), its steps' events incomplete, or training
+    had reached its last step.
+
+    The tokens the dead worker trained are not known (its process reports them only at the
+    end): the point keeps only the count of an earlier pause."""
+    checkpoint = s.scalars(
+        select(JobCheckpoint)
+        .where(JobCheckpoint.job_id == job_id, JobCheckpoint.digest.is_not(None))
+        .order_by(JobCheckpoint.step.desc(), JobCheckpoint.created_at.desc())
+        .limit(1)
+    ).first()
+    if checkpoint is None:
+        return None
+    steps: dict[int, dict[str, Any]] = {}
+    for data in s.scalars(select(JobEvent.data).where(JobEvent.job_id == job_id).order_by(JobEvent.id)):
+        if data and "step" in data and "train_loss" in data:
+            steps[int(data["step"])] = data  # a step run again (after a restart): its last run counts
+    numbers = range(1, checkpoint.step + 1)
+    if not numbers or any("total_steps" not in steps.get(step, {}) for step in numbers):
+        return None
+    done = [steps[step] for step in numbers]
+    total_steps = int(done[-1]["total_steps"])
+    if checkpoint.step >= total_steps:
+        return None  # it had trained to the end: nothing left to go on with
+    earlier = s.scalar(select(Job.resume_point).where(Job.id == job_id))
+    return ResumePoint(
+        step=checkpoint.step,
+        total_steps=total_steps,
+        checkpoint_id=checkpoint.id,
+        losses=tuple(float(d["train_loss"]) for d in done),
+        trained_tokens=ResumePoint.from_json(earlier).trained_tokens if earlier else 0,
+    )

@@ -161,6 +161,25 @@ def test_requeue_stale_retries_then_fails(db: Database, tenant: str) -> None:
     assert job_queue.requeue_stale(db, stale_after_s=60) == []
 
 
+def test_a_stale_job_goes_on_from_its_latest_stored_checkpoint(db: Database, tenant: str) -> None:
+    job, bare = queue_job(db, tenant), queue_job(db, tenant)
+    for claimed in (job, bare):
+        assert job_queue.claim_next(db, "dead", job_id=claimed.id) is not None
+        backdate_heartbeat(db, claimed.id, 120)
+    for step, loss in ((1, 2.0), (2, 1.5), (3, 1.0)):
+        job_records.add_event(db, job.id, f"Step {step}/6", data={"step": step, "total_steps": 6, "train_loss": loss})
+    for step in (1, 2):
+        job_records.add_checkpoint(db, job.id, step=step, metrics={}, path=f"p/{step}", digest=f"{step:064d}")
+
+    assert sorted(job_queue.requeue_stale(db, stale_after_s=60)) == sorted([job.id, bare.id])
+    point = jobs.get_job(db, tenant, job.id).resume
+    assert point is not None and (point.step, point.total_steps, point.losses) == (2, 6, (2.0, 1.5))
+    assert point.checkpoint_id == job_records.list_checkpoints(db, tenant, job.id)[0][0].id
+    events, _ = job_records.list_events(db, tenant, job.id)
+    assert events[0].message.endswith("; the next attempt resumes from the checkpoint at step 2 of 6")
+    assert jobs.get_job(db, tenant, bare.id).resume is None  # no checkpoint: it starts over
+
+
 def test_stale_job_with_cancellation_requested_is_cancelled(db: Database, tenant: str) -> None:
     assert stale_after(db, tenant, jobs.cancel_job).status == "cancelled"
 

@@ -188,10 +188,14 @@ class Worker:
     # --- one job ---------------------------------------------------------------
 
     def _run(self, job: JobInfo) -> None:
-        run = JobRun(job=job, workdir=self.settings.data_dir / "jobs" / job.id, resumed=job.resume)
+        # Each attempt in a directory of its own: a killed worker's training process goes on
+        # until its next step, writing its progress and checkpoints by path, and the next attempt
+        # on this host must not read them as its own.
+        job_dir = self.settings.data_dir / "jobs" / job.id
+        run = JobRun(job=job, workdir=job_dir / f"attempt-{job.attempts}", resumed=job.resume)
         try:
             # Leftovers of an earlier attempt on this host are useless: start clean.
-            shutil.rmtree(run.workdir, ignore_errors=True)
+            shutil.rmtree(job_dir, ignore_errors=True)
             run.workdir.mkdir(parents=True)
             self.event(job, f"Job started on worker {self.worker_id} (attempt {job.attempts})")
             with (
@@ -217,7 +221,7 @@ class Worker:
         except Exception as e:  # noqa: BLE001 - every failure must end as a failed job
             self._fail(run, e)
         finally:
-            shutil.rmtree(run.workdir, ignore_errors=True)
+            shutil.rmtree(job_dir, ignore_errors=True)
             self.engines.free_device()
 
     def _pipeline(self, run: JobRun) -> None:
@@ -408,7 +412,15 @@ def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
     migrate(settings.database_url or "")
     db = Database.from_settings(settings)
-    worker = Worker(settings, db, AdapterStore.from_settings(settings), BlobStore.from_settings(settings))
+    stale = settings.trainer_stale_after_s
+    worker = Worker(
+        settings,
+        db,
+        AdapterStore.from_settings(settings),
+        BlobStore.from_settings(settings),
+        stale_after_s=stale,
+        heartbeat_s=min(HEARTBEAT_S, stale / 4),
+    )
     try:
         if args.job:
             if not worker.run_once(args.job):

@@ -120,9 +120,11 @@ def train(
     init_dir = w.store.local_path(start.digest) if start is not None else None
     if resumed is not None and resumed_from is not None:
         init_dir = w.store.local_path(resumed_from)
+        # A pause's resume is the attempt's first; a dead worker's job is claimed again (job_queue).
+        after = " after the previous attempt stopped" if job.attempts > 1 else ""
         w.event(
             job,
-            f"Resuming from the checkpoint of step {resumed.step} of {resumed.total_steps}: "
+            f"Resuming from the checkpoint of step {resumed.step} of {resumed.total_steps}{after}: "
             f"{resumed.remaining_steps} step(s) left",
             data={"resume_step": resumed.step, "total_steps": resumed.total_steps},
         )

@@ -77,6 +77,19 @@ def check_same_base(settings: Settings, base: BaseModelConfig, version_base: str
         )
 
 
+def training_base(
+    settings: Settings, db: Database, tenant_id: str, model: str, *, method: str, full: bool, adapter_name: str | None
+) -> BaseModelConfig:
+    """The base a job from `model` trains on: a 400 when the method cannot train on it, or when
+    the adapter its result is registered under (`adapter_name`) serves on another base."""
+    base = requested_base(settings, db, tenant_id, model)
+    check_trainable(settings, base, method=method, full=full)
+    current = promotion.active_version(db, tenant_id, adapter_name) if adapter_name else None
+    if current is not None:
+        check_same_base(settings, base, current.base_model, f"{adapter_name!r}")
+    return base
+
+
 def job_config(base: BaseModelConfig, config: dict[str, Any] | None) -> dict[str, Any] | None:
     """The config a job is queued with: `config`, plus its base when not the default one."""
     return config if base.default else {**(config or {}), JOB_BASE_KEY: base.name}

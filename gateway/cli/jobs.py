@@ -11,7 +11,6 @@ import typer
 
 from core.config import Settings
 from core.errors import TailorError
-from core.quotas import Quotas
 from gateway.cli.common import JsonOpt, emit, fail, open_db
 
 
@@ -48,25 +47,20 @@ def train_cmd(
     db = open_db()
     hyper = {"max_steps": max_steps} if max_steps else {}
     try:
-        owner = tenants.find_tenant(db, tenant)
-        # Build the snapshot now: "no usable feedback" is an answer for the person at the
-        # terminal, not a job that fails later in a worker.
         from core.blobs import BlobStore
 
-        snapshot = jobs.feedback_snapshot(db, BlobStore.from_settings(settings), owner.id, adapter)
-        jobs.training_examples(snapshot, method)
-        job = jobs.submit(
+        owner = tenants.find_tenant(db, tenant)
+        # The dataset is snapshotted as the job is queued: "no usable feedback" is an answer for
+        # the person at the terminal, not a job that fails later in a worker.
+        job = jobs.submit_from_feedback(
             db,
+            BlobStore.from_settings(settings),
+            settings,
             owner.id,
+            adapter,
             actor=audit.actor_for_cli(),
             method=method,
-            model=settings.base_model_name,
-            adapter_name=adapter,
             hyperparameters=hyper,
-            source="feedback",
-            dataset_id=snapshot.id,
-            max_lora_rank=settings.engine_max_lora_rank,
-            quotas=Quotas.from_settings(settings),
         )
     except TailorError as exc:
         fail(exc)

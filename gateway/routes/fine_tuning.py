@@ -27,7 +27,6 @@ from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from adapters import checkpoints, promotion, registry
-from core.base_models import BaseModelConfig
 from core.errors import TailorError, bad_request, not_found
 from core.metadata import filter_from_query
 from core.quotas import Quotas
@@ -86,20 +85,6 @@ def _trainable(services: Services, tenant_id: str, model: str, param: str) -> No
             code="invalid_model",
             param=param,
         )
-
-
-def _job_base(
-    services: Services, tenant_id: str, model: str, *, method: str, hp: dict[str, Any], adapter_name: str | None
-) -> BaseModelConfig:
-    """The base the job trains on (trainer.job_base): a 400 when the method cannot train on it,
-    or when the adapter the result is registered under serves on another base."""
-    settings = services.settings
-    base = job_base.requested_base(settings, services.db, tenant_id, model)
-    job_base.check_trainable(settings, base, method=method, full=hp.get("finetuning_type") == FinetuningType.FULL)
-    current = promotion.active_version(services.db, tenant_id, adapter_name) if adapter_name else None
-    if current is not None:
-        job_base.check_same_base(settings, base, current.base_model, f"{adapter_name!r}")
-    return base
 
 
 def _candidates(
@@ -168,7 +153,10 @@ def create(services: Services, tenant_id: str, body: CreateFineTuningJobIn, *, a
     _trainable(services, tenant_id, body.model, "model")
     if body.suffix is not None and services.settings.base(body.suffix) is not None:
         raise bad_request(f"suffix {body.suffix!r} is the base model's name.", param="suffix")
-    trains_on = _job_base(services, tenant_id, body.model, method=method, hp=hp, adapter_name=body.suffix)
+    full = hp.get("finetuning_type") == FinetuningType.FULL
+    trains_on = job_base.training_base(
+        services.settings, services.db, tenant_id, body.model, method=method, full=full, adapter_name=body.suffix
+    )
     _same_kind(services, tenant_id, body.model, hp)
     config, capabilities = None, Capabilities()
     if body.candidate_models is not None:
@@ -391,29 +379,18 @@ def get_report_png(fine_tuning_job_id: str, services: ServicesDep, caller: Calle
 )
 def train_from_feedback(tenant: str, body: TrainFromFeedbackIn, services: ServicesDep) -> FineTuningJobOut:
     owner = tenants.find_tenant(services.db, tenant)
-    # Without a model: a fresh LoRA on the base the adapter serves on.
-    model = body.model or job_base.serving_base(services.settings, services.db, owner.id, body.adapter_name).name
-    _trainable(services, owner.id, model, "model")
-    if services.settings.base(body.adapter_name) is not None:
-        raise bad_request(f"adapter_name {body.adapter_name!r} is the base model's name.", param="adapter_name")
-    hp = dict(body.hyperparameters or {})
-    trains_on = _job_base(services, owner.id, model, method=body.method, hp=hp, adapter_name=body.adapter_name)
-    # Snapshot now, so "no usable feedback" is this request's 400 rather than a failed job.
-    snapshot = jobs.feedback_snapshot(services.db, services.blobs, owner.id, body.adapter_name)
-    jobs.training_examples(snapshot, body.method)
-    job = jobs.submit(
+    if body.model is not None:
+        _trainable(services, owner.id, body.model, "model")
+    job = jobs.submit_from_feedback(
         services.db,
+        services.blobs,
+        services.settings,
         owner.id,
+        body.adapter_name,
         actor=audit.ADMIN,
         method=body.method,
-        model=model,
-        adapter_name=body.adapter_name,
+        model=body.model,
         hyperparameters=body.hyperparameters,
         seed=body.seed,
-        source="feedback",
-        dataset_id=snapshot.id,
-        max_lora_rank=services.settings.engine_max_lora_rank,
-        quotas=Quotas.from_settings(services.settings),
-        config=job_base.job_config(trains_on, None),
     )
     return job_out(job)

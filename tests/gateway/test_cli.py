@@ -8,6 +8,7 @@ points at tmp_path and TAILOR_BASE_MODEL_PATH at a tiny Llama config.
 from __future__ import annotations
 
 import hashlib
+import json
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from sqlalchemy import select
 
 from core.ids import KEY_PREFIX, new_id
 from core.models import ApiKey, Feedback, Job
-from tests.adapters.test_validation import write_adapter
+from tests.adapters.test_validation import tiny_config, write_adapter
 from tests.gateway.cli_world import Cli, isolated_cli
 
 
@@ -309,6 +310,24 @@ def test_train_from_feedback_queues_a_job(cli: Cli) -> None:
     (row,) = jobs_in(cli)
     assert row.id == job["id"] and row.dataset_id == job["dataset_id"]
     assert row.source == "feedback" and row.hyperparameters.get("max_steps") == 3
+
+
+def test_train_from_feedback_trains_on_the_base_the_adapter_serves_on(
+    cli: Cli, monkeypatch: pytest.MonkeyPatch, adapter_dir: Path
+) -> None:
+    for name in ("big", "small"):
+        (cli.tmp / name).mkdir()
+        (cli.tmp / name / "config.json").write_text(json.dumps(tiny_config()))
+    monkeypatch.delenv("TAILOR_BASE_MODEL_PATH")
+    bases = {"big": {"path": str(cli.tmp / "big")}, "small": {"path": str(cli.tmp / "small")}}
+    monkeypatch.setenv("TAILOR_BASE_MODELS", json.dumps(bases))
+    tenant = cli.json("tenants", "create", "acme")
+    cli.ok("adapters", "register", "acme", "support", str(adapter_dir), "--base-model", "small")
+    add_feedback(cli, tenant["id"], 5, correction="Hello!")
+    cli.json("train", "acme", "--from-feedback", "--adapter", "support")
+    (row,) = jobs_in(cli)
+    # Not the default base: the retrained adapter's weights must fit the base it serves on.
+    assert row.model == "small" and (row.config or {}).get("base_model") == "small"
 
 
 def test_train_from_feedback_without_feedback_fails_clearly(cli: Cli) -> None:

@@ -23,11 +23,13 @@ Each tenant may have at most `max_queued_jobs` waiting (core.quotas).
 Hyperparameters (OpenAI's names, "auto", and Tailor's extras) are trainer.hyperparameters'.
 
 Modules: info (JobInfo, ResumePoint), methods (what each method trains on), creation (submit),
-reading (get and list), control (cancel, pause, resume).
+reading (get and list), control (cancel, pause, resume), from_feedback (a job on a tenant's
+feedback, snapshotted as it is queued).
 """
 
 from trainer.jobs.control import cancel_job, drop_unneeded_secrets, pause_job, resume_job
 from trainer.jobs.creation import RESERVED_METADATA_PREFIX, submit
+from trainer.jobs.from_feedback import submit_from_feedback
 from trainer.jobs.info import JobInfo, ResumePoint, job_info
 from trainer.jobs.methods import SFT_METHODS, feedback_snapshot, training_examples, validate_hyperparameters
 from trainer.jobs.reading import check_page_limit, get_job, list_jobs, owned_job
@@ -48,6 +50,7 @@ __all__ = [
     "pause_job",
     "resume_job",
     "submit",
+    "submit_from_feedback",
     "training_examples",
     "validate_hyperparameters",
 ]

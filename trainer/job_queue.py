@@ -30,6 +30,7 @@ once all of its files are written.
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from typing import Any, Literal
 
@@ -42,6 +43,8 @@ from core.ids import utcnow
 from core.models import Job, JobCheckpoint, JobEvent
 from core.states import TERMINAL_JOB_STATUSES, JobStatus
 from trainer.jobs import JobInfo, ResumePoint, drop_unneeded_secrets, get_job, job_info
+
+log = logging.getLogger("tailor.trainer")
 
 # What a training run is asked to do at its next step (stop_request).
 StopRequest = Literal["cancel", "pause"]
@@ -269,7 +272,7 @@ def requeue_stale(db: Database, stale_after_s: float, max_attempts: int = 2) -> 
             event, level = error["message"], "error"
         with db.session() as s:
             goes_on = values["status"] in (JobStatus.QUEUED, JobStatus.PAUSED)
-            point = _checkpoint_point(s, job_id) if goes_on else None
+            point = _resume_point_or_none(s, job_id) if goes_on else None
             if point is not None:
                 values["resume_point"] = point.to_json()
                 event += f"; the next attempt resumes from the checkpoint at step {point.step} of {point.total_steps}"
@@ -286,6 +289,16 @@ def requeue_stale(db: Database, stale_after_s: float, max_attempts: int = 2) -> 
                 s.add(JobEvent(job_id=job_id, level=level, message=event))
                 touched.append(job_id)
     return touched
+
+
+def _resume_point_or_none(s: Session, job_id: str) -> ResumePoint | None:
+    """_checkpoint_point, or None when its records cannot be read: one job's odd event must not
+    stop the sweep from requeueing every later stale job (that job trains from the start)."""
+    try:
+        return _checkpoint_point(s, job_id)
+    except (KeyError, TypeError, ValueError):
+        log.warning("job %s: no resume point from its checkpoints; the next attempt starts over", job_id, exc_info=True)
+        return None
 
 
 def _checkpoint_point(s: Session, job_id: str) -> ResumePoint | None:

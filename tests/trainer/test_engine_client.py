@@ -148,11 +148,18 @@ def test_only_the_requests_own_faults_quote_the_engine(caplog: pytest.LogCapture
     with pytest.raises(TailorError) as info:
         engine(400, "maximum context length is 2048 tokens").answers("base", prompt, 4)
     assert "maximum context length is 2048 tokens" in info.value.message  # the tenant can fix that
-    with pytest.raises(TailorError) as info:
-        engine(500, "worker /srv/vllm/shard-3 crashed").answers("base", prompt, 4)
-    assert info.value.status == 502 and "500" in info.value.message
-    assert "/srv/vllm" not in info.value.message and "engine.test" not in info.value.message
-    assert "/srv/vllm/shard-3 crashed" in caplog.text and "engine.test" in caplog.text
+    for status, words in ((500, "worker /srv/vllm/shard-3 crashed"), (401, "Incorrect API key provided: sk-ab***yz")):
+        with pytest.raises(TailorError) as info:
+            engine(status, words).answers("base", prompt, 4)
+        assert info.value.status == 502 and str(status) in info.value.message
+        assert words not in info.value.message and "engine.test" not in info.value.message
+        assert words in caplog.text and "engine.test" in caplog.text
+    # vLLM's auth middleware answers {"error": "Unauthorized"}: logged all the same.
+    unauthorized = httpx.Response(401, json={"error": "Unauthorized"})
+    client = EngineClient("http://engine.test", "base", transport=httpx.MockTransport(lambda _r: unauthorized))
+    with pytest.raises(TailorError):
+        client.answers("base", prompt, 4)
+    assert "Unauthorized" in caplog.text
 
 
 def test_a_configured_evaluation_engine_that_is_down_is_a_clear_503(tmp_path: Path) -> None:

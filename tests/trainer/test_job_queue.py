@@ -180,6 +180,19 @@ def test_a_stale_job_goes_on_from_its_latest_stored_checkpoint(db: Database, ten
     assert jobs.get_job(db, tenant, bare.id).resume is None  # no checkpoint: it starts over
 
 
+def test_an_unreadable_step_event_costs_only_its_own_jobs_resume(db: Database, tenant: str) -> None:
+    odd, other = queue_job(db, tenant), queue_job(db, tenant)
+    for claimed in (odd, other):
+        assert job_queue.claim_next(db, "dead", job_id=claimed.id) is not None
+        backdate_heartbeat(db, claimed.id, 120)
+    job_records.add_event(db, odd.id, "Step 1/6", data={"step": 1, "total_steps": 6, "train_loss": None})
+    job_records.add_checkpoint(db, odd.id, step=1, metrics={}, path="p/1", digest=f"{1:064d}")
+
+    assert sorted(job_queue.requeue_stale(db, stale_after_s=60)) == sorted([odd.id, other.id])
+    assert jobs.get_job(db, tenant, odd.id).status == "queued"
+    assert jobs.get_job(db, tenant, odd.id).resume is None  # starts over
+
+
 def test_stale_job_with_cancellation_requested_is_cancelled(db: Database, tenant: str) -> None:
     assert stale_after(db, tenant, jobs.cancel_job).status == "cancelled"
 

@@ -58,6 +58,8 @@ Message = Mapping[str, str]
 CONCURRENCY = 16
 # A transport error or 503 is retried this often: an engine restarting comes back in seconds.
 ATTEMPTS = 3
+# The engine's answers about the request itself, quoted in the job's error.
+_REQUEST_FAULTS = frozenset({400, 413, 422})
 
 
 def answer_budget(reference_tokens: Sequence[int], *, ceiling: int) -> int:
@@ -159,10 +161,11 @@ class EngineClient:
     def _json(self, route: str, body: dict[str, Any]) -> dict[str, Any]:
         r = self._post(route, body)
         if r.status_code != 200:
-            # A 4xx is about the job's own request (a prompt too long for the model, ...), which
-            # its tenant can fix; an engine's failure may describe the engine, which stays in
+            # A 400, 413 or 422 is about the job's own request (a prompt too long for the model,
+            # ...), which its tenant can fix; anything else (the engine's failure, its auth or
+            # rate limits, a proxy's page) may describe the engine or echo its key, and stays in
             # the worker's log.
-            if 400 <= r.status_code < 500:
+            if r.status_code in _REQUEST_FAULTS:
                 message = f"the engine answered {route} with {r.status_code}: {_engine_message(r)}"
             else:
                 answer = _engine_message(r)
@@ -282,9 +285,13 @@ class EngineClient:
 def _engine_message(r: httpx.Response) -> str:
     """The engine's error message, short; engines are ours or the operator's, not tenants'."""
     try:
-        message = r.json().get("error", {}).get("message") or r.json().get("message")
+        body = r.json()
     except ValueError:
-        message = None
+        body = None
+    error = body.get("error") if isinstance(body, dict) else None
+    message = error.get("message") if isinstance(error, dict) else error
+    if message is None and isinstance(body, dict):
+        message = body.get("message")
     return str(message or r.text)[:300]
 
 
